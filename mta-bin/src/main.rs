@@ -1,0 +1,109 @@
+//! `mta`: the command. `serve` runs the MTA; `send` is an SMTP client for testing any
+//! server; `user`, `queue` and `check-config` are the operator's tools. Wiring lives here:
+//! the queue (`mta-queue`) and the network (`mta-smtp`) meet through `mta_core::seams`.
+
+mod control;
+mod queue_cmd;
+mod send;
+mod serve;
+mod users;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use mta_core::config::Config;
+
+/// A minimal, secure mail transfer agent.
+#[derive(Parser, Debug)]
+#[command(name = "mta", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the MTA (built-in loopback defaults when no --config is given).
+    Serve {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Send one message through any SMTP server (a test client built on lettre).
+    Send(send::SendArgs),
+    /// Manage users: add, del, list, passwd.
+    User {
+        /// The TOML config file (for the data dir and local domains).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: users::UserCommand,
+    },
+    /// Inspect the queue.
+    Queue {
+        /// The TOML config file (for the data dir).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: queue_cmd::QueueCommand,
+    },
+    /// Validate the config and print the effective settings.
+    CheckConfig {
+        /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    // One crypto provider for every rustls user; Err only if already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => load_config(config.as_deref()).and_then(serve::run),
+        Command::Send(args) => send::run(args),
+        Command::User { config, command } => load_config(config.as_deref())
+            .and_then(|c| users::run(command, &c.data_dir, &c.local_domains)),
+        Command::Queue { config, command } => {
+            load_config(config.as_deref()).and_then(|c| queue_cmd::run(command, &c))
+        }
+        Command::CheckConfig { config } => load_config(config.as_deref()).map(|c| {
+            print!("{}", c.to_toml());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mta: {e:#}");
+            // 2 for bad input (config), 1 for everything else.
+            if e.downcast_ref::<mta_core::config::ConfigErrors>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The machine's host name, as the default `hostname`.
+fn system_hostname() -> String {
+    hostname::get()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// Reads and validates the config file, or the built-in defaults without one.
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let host = system_hostname();
+    match path {
+        None => Ok(Config::defaults(&host)?),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            Ok(Config::from_toml(&p.display().to_string(), &text, &host)?)
+        }
+    }
+}

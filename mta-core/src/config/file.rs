@@ -1,0 +1,241 @@
+//! The config file as TOML: [`RawConfig`] mirrors it key for key (every key optional, unknown
+//! keys refused), [`parse`] reads it, [`write`] turns a [`Config`] back into it. Validation and
+//! defaults are in `validate.rs`; this module only knows the shape of the file.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{Config, ConfigError, ConfigErrors, duration};
+
+/// A value with the byte range it was read from, for error positions.
+pub(super) type S<T> = Spanned<T>;
+/// A list whose elements each keep their own position.
+pub(super) type List = S<Vec<S<String>>>;
+
+/// The whole file. Integers are read as `i64` so that a negative or out-of-range value gets a
+/// validation message with the others instead of stopping the parse.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub hostname: Option<S<String>>,
+    pub data_dir: Option<S<String>>,
+    pub local_domains: Option<List>,
+    pub shutdown_grace: Option<S<String>>,
+    #[serde(default)]
+    pub listen: RawListen,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub dns: RawDns,
+    #[serde(default)]
+    pub outbound: RawOutbound,
+    pub aliases: Option<BTreeMap<S<String>, List>>,
+}
+
+/// `[listen]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawListen {
+    pub smtp: Option<List>,
+    pub submission: Option<List>,
+    pub submissions: Option<List>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTls {
+    pub cert: Option<S<String>>,
+    pub key: Option<S<String>>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub max_message_size: Option<S<i64>>,
+    pub max_recipients: Option<S<i64>>,
+    pub max_sessions: Option<S<i64>>,
+    pub max_errors: Option<S<i64>>,
+    pub command_timeout: Option<S<String>>,
+    pub data_timeout: Option<S<String>>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDns {
+    pub nameservers: Option<List>,
+}
+
+/// `[outbound]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawOutbound {
+    pub port: Option<S<i64>>,
+}
+
+/// Where errors are reported: the file name and its text (to turn byte offsets into lines).
+pub(super) struct Source<'a> {
+    pub origin: &'a str,
+    pub text: &'a str,
+}
+
+impl Source<'_> {
+    /// An error at a byte range of the text.
+    pub fn error(&self, span: Range<usize>, key: &str, message: String) -> ConfigError {
+        let (line, column) = line_column(self.text, span.start);
+        ConfigError {
+            origin: self.origin.to_string(),
+            line,
+            column,
+            key: key.to_string(),
+            message,
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Reads the file's syntax and shape. A TOML or serde error stops here, as one error.
+///
+/// # Errors
+/// The parser's message, placed at its position with the key it was reading when we can tell.
+pub(super) fn parse(source: &Source<'_>) -> Result<RawConfig, ConfigErrors> {
+    toml::from_str(source.text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let key = key_at(source.text, span.start);
+        ConfigErrors(vec![source.error(span, &key, e.message().to_string())])
+    })
+}
+
+/// The dotted key that a byte offset belongs to, by reading the text around it: the table
+/// header above it plus the key on its line (or, inside a multi-line array, the nearest
+/// `key =` line above). A best effort for messages; empty when nothing fits.
+fn key_at(text: &str, offset: usize) -> String {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let mut key = None;
+    let mut word = None;
+    let mut table = None;
+    for (n, line) in text[..line_end].lines().rev().enumerate() {
+        let line = line.trim();
+        if let Some(header) = line.strip_prefix('[') {
+            let name = header.trim_start_matches('[');
+            table = Some(name.split(']').next().unwrap_or("").trim().to_string());
+            break;
+        }
+        if key.is_some() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            // Inside a multi-line array, the key is the line that opened it.
+            Some((k, value))
+                if n == 0 || value.matches('[').count() > value.matches(']').count() =>
+            {
+                key = Some(k.trim().to_string());
+            }
+            Some(_) => key = Some(word.take().unwrap_or_default()),
+            // A key with no `=` (or an array element): the line's first word, unless an
+            // open array above turns out to hold it.
+            None if n == 0 => word = line.split(char::is_whitespace).next().map(str::to_string),
+            None => {}
+        }
+    }
+    let key = key.or(word).filter(|k| !k.is_empty());
+    match (table.filter(|t| !t.is_empty()), key) {
+        (Some(t), Some(k)) => format!("{t}.{k}"),
+        (Some(t), None) => t,
+        (None, k) => k.unwrap_or_default(),
+    }
+}
+
+/// The effective config as TOML: every key written out, so the text says exactly what runs.
+pub(super) fn write(config: &Config) -> String {
+    let path = |p: &std::path::Path| quote(&p.to_string_lossy());
+    let time = |d| quote(&duration::format(d));
+    let (l, m) = (&config.listen, &config.limits);
+    let mut tls = String::new();
+    if let Some(cert) = &config.tls.cert {
+        tls += &format!("cert = {}\n", path(cert));
+    }
+    if let Some(key) = &config.tls.key {
+        tls += &format!("key = {}\n", path(key));
+    }
+    if tls.is_empty() {
+        tls = "# no cert and key: a self-signed certificate in data_dir\n".to_string();
+    }
+    let mut aliases = String::new();
+    for (alias, targets) in &config.aliases {
+        aliases += &format!("{} = {}\n", quote(&alias.to_string()), list(targets));
+    }
+    format!(
+        "hostname = {hostname}\n\
+         data_dir = {data_dir}\n\
+         local_domains = {local_domains}\n\
+         shutdown_grace = {shutdown_grace}\n\
+         \n[listen]\n\
+         smtp = {smtp}\n\
+         submission = {submission}\n\
+         submissions = {submissions}\n\
+         \n[tls]\n\
+         {tls}\
+         \n[limits]\n\
+         max_message_size = {max_message_size}\n\
+         max_recipients = {max_recipients}\n\
+         max_sessions = {max_sessions}\n\
+         max_errors = {max_errors}\n\
+         command_timeout = {command_timeout}\n\
+         data_timeout = {data_timeout}\n\
+         \n[dns]\n\
+         nameservers = {nameservers}\n\
+         \n[outbound]\n\
+         port = {port}\n\
+         \n[aliases]\n\
+         {aliases}",
+        hostname = quote(config.hostname.as_str()),
+        data_dir = path(&config.data_dir),
+        local_domains = list(&config.local_domains),
+        shutdown_grace = time(config.shutdown_grace),
+        smtp = list(&l.smtp),
+        submission = list(&l.submission),
+        submissions = list(&l.submissions),
+        max_message_size = m.max_message_size,
+        max_recipients = m.max_recipients,
+        max_sessions = m.max_sessions,
+        max_errors = m.max_errors,
+        command_timeout = time(m.command_timeout),
+        data_timeout = time(m.data_timeout),
+        nameservers = list(&config.dns.nameservers),
+        port = config.outbound.port,
+    )
+}
+
+/// A TOML array of strings: `["a", "b"]`.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quote(&i.to_string())).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// A TOML string literal, escaped as TOML requires.
+fn quote(text: &str) -> String {
+    toml::Value::String(text.to_string()).to_string()
+}

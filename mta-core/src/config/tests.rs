@@ -1,0 +1,619 @@
+//! Unit tests of the config: defaults, a full file, the round trip through `to_toml`, the
+//! exact text of errors, alias expansion, and that `docs/config.md` documents every key.
+
+use super::*;
+
+const DOC: &str = include_str!("../../../docs/config.md");
+
+/// Every key the file accepts, as the docs name them.
+const KEYS: &[&str] = &[
+    "hostname",
+    "data_dir",
+    "local_domains",
+    "shutdown_grace",
+    "listen.smtp",
+    "listen.submission",
+    "listen.submissions",
+    "tls.cert",
+    "tls.key",
+    "limits.max_message_size",
+    "limits.max_recipients",
+    "limits.max_sessions",
+    "limits.max_errors",
+    "limits.command_timeout",
+    "limits.data_timeout",
+    "dns.nameservers",
+    "outbound.port",
+    "aliases",
+];
+const TABLES: &[&str] = &["listen", "tls", "limits", "dns", "outbound"];
+
+const FULL: &str = r#"
+hostname = "MX.Example.ORG"
+data_dir = "/var/lib/mta"
+local_domains = ["example.org", "mx.example.org", "bücher.example"]
+shutdown_grace = "1m"
+
+[listen]
+smtp = ["0.0.0.0:25", "[::1]:25"]
+submission = ["127.0.0.1:587"]
+submissions = []
+
+[tls]
+cert = "/etc/mta/cert.pem"
+key = "/etc/mta/key.pem"
+
+[limits]
+max_message_size = 1048576
+max_recipients = 200
+max_sessions = 50
+max_errors = 3
+command_timeout = "2m"
+data_timeout = "1h"
+
+[dns]
+nameservers = ["127.0.0.1:5353", "192.0.2.53", "[::1]"]
+
+[outbound]
+port = 2525
+
+[aliases]
+"postmaster@example.org" = ["alice@example.org"]
+"Info@bücher.example" = ["alice@example.org", "bob@remote.test"]
+"#;
+
+fn domain(s: &str) -> Domain {
+    Domain::parse(s).unwrap()
+}
+fn addr(s: &str) -> Address {
+    Address::parse(s).unwrap()
+}
+fn addrs(list: &[&str]) -> Vec<Address> {
+    list.iter().map(|a| addr(a)).collect()
+}
+fn sock(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+fn parse(text: &str) -> Result<Config, ConfigErrors> {
+    Config::from_toml("mta.toml", text, "buildhost")
+}
+fn errors(text: &str) -> String {
+    parse(text).expect_err("should be refused").to_string()
+}
+/// The first ```toml block after `heading` in the docs.
+fn doc_block(heading: &str) -> &'static str {
+    let after = &DOC[DOC.find(heading).expect("heading in docs/config.md")..];
+    let start = after.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let len = after[start..].find("```").expect("closing fence");
+    &after[start..start + len]
+}
+
+#[test]
+fn defaults() {
+    let c = Config::defaults("buildhost").unwrap();
+    let want = Config {
+        hostname: domain("buildhost"),
+        data_dir: PathBuf::from("./mta-data"),
+        local_domains: vec![domain("localhost"), domain("buildhost")],
+        listen: Listen {
+            smtp: vec![sock("127.0.0.1:2525")],
+            submission: vec![sock("127.0.0.1:2587")],
+            submissions: vec![sock("127.0.0.1:2465")],
+        },
+        tls: Tls {
+            cert: None,
+            key: None,
+        },
+        limits: Limits {
+            max_message_size: 26_214_400,
+            max_recipients: 100,
+            max_sessions: 1000,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+        },
+        dns: Dns {
+            nameservers: vec![],
+        },
+        outbound: Outbound { port: 25 },
+        aliases: BTreeMap::new(),
+        shutdown_grace: Duration::from_secs(10),
+    };
+    assert_eq!(c, want);
+    assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
+    // The system hostname is a default, never a reason to fail.
+    let hosts = [
+        ("buildhost", "buildhost", vec!["localhost", "buildhost"]),
+        (
+            "Mail.Example.ORG\n",
+            "mail.example.org",
+            vec!["localhost", "mail.example.org"],
+        ),
+        (
+            "mail.example.org.",
+            "mail.example.org",
+            vec!["localhost", "mail.example.org"],
+        ),
+        ("localhost", "localhost", vec!["localhost"]),
+        ("my_host", "localhost", vec!["localhost"]),
+        ("", "localhost", vec!["localhost"]),
+        ("[127.0.0.1]", "localhost", vec!["localhost"]),
+    ];
+    for (system, host, locals) in hosts {
+        let c = Config::defaults(system).unwrap();
+        assert_eq!(c.hostname, domain(host), "{system:?}");
+        assert_eq!(
+            c.local_domains,
+            locals.iter().map(|d| domain(d)).collect::<Vec<_>>()
+        );
+        assert!(c.is_local_domain(&domain(host)));
+        assert!(!c.is_local_domain(&domain("example.org")));
+    }
+    // A file that sets no hostname takes the system's; one that does takes its own.
+    let c = Config::from_toml("mta.toml", "", "my_host").unwrap();
+    assert_eq!(c.hostname, domain("localhost"));
+    let c = Config::from_toml("mta.toml", "hostname = \"mx.test\"", "my_host").unwrap();
+    assert_eq!(
+        c.local_domains,
+        vec![domain("localhost"), domain("mx.test")]
+    );
+}
+
+#[test]
+fn full_example() {
+    let c = parse(FULL).unwrap();
+    assert_eq!(c.hostname, domain("mx.example.org"));
+    assert_eq!(c.data_dir, PathBuf::from("/var/lib/mta"));
+    let locals = ["example.org", "mx.example.org", "xn--bcher-kva.example"];
+    assert_eq!(c.local_domains, locals.map(domain).to_vec());
+    assert_eq!(c.shutdown_grace, Duration::from_secs(60));
+    assert_eq!(c.listen.smtp, vec![sock("0.0.0.0:25"), sock("[::1]:25")]);
+    assert_eq!(c.listen.submission, vec![sock("127.0.0.1:587")]);
+    assert_eq!(c.listen.submissions, vec![]);
+    assert_eq!(c.tls.cert, Some(PathBuf::from("/etc/mta/cert.pem")));
+    assert_eq!(c.tls.key, Some(PathBuf::from("/etc/mta/key.pem")));
+    let limits = Limits {
+        max_message_size: 1_048_576,
+        max_recipients: 200,
+        max_sessions: 50,
+        max_errors: 3,
+        command_timeout: Duration::from_secs(120),
+        data_timeout: Duration::from_secs(3600),
+    };
+    assert_eq!(c.limits, limits);
+    let ns = ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"];
+    assert_eq!(c.dns.nameservers, ns.map(sock).to_vec());
+    assert_eq!(c.outbound.port, 2525);
+    let mut aliases = BTreeMap::new();
+    aliases.insert(
+        addr("postmaster@example.org"),
+        addrs(&["alice@example.org"]),
+    );
+    let info = addrs(&["alice@example.org", "bob@remote.test"]);
+    aliases.insert(addr("Info@xn--bcher-kva.example"), info);
+    assert_eq!(c.aliases, aliases);
+    assert!(c.is_local_domain(&domain("Bücher.example")));
+}
+
+#[test]
+fn round_trip() {
+    let odd = r#"
+data_dir = 'relative dir/with "quotes" and \back\slashes/ünï'
+local_domains = ["buildhost"]
+shutdown_grace = "90s"
+[listen]
+smtp = ["127.0.0.1:0", "127.0.0.1:0", "[::]:25"]
+submission = []
+[limits]
+command_timeout = "2d"
+data_timeout = "25h"
+[aliases]
+"\"a b\"@buildhost" = ["\"c\\\"d\"@remote.test", "x@buildhost"]
+"#;
+    let configs = [
+        Config::defaults("buildhost").unwrap(),
+        Config::defaults("my_host").unwrap(),
+        parse(FULL).unwrap(),
+        parse(doc_block("## Full example")).unwrap(),
+        parse(odd).unwrap(),
+        parse("local_domains = []\n[listen]\nsmtp = []\nsubmission = []").unwrap(),
+    ];
+    for c in configs {
+        let text = c.to_toml();
+        let back = parse(&text).unwrap_or_else(|e| panic!("{e}\nin:\n{text}"));
+        assert_eq!(back, c, "{text}");
+        // Writing again gives the same text: the output is canonical.
+        assert_eq!(back.to_toml(), text);
+    }
+}
+
+#[test]
+fn error_texts() {
+    let table = [
+        // Syntax and shape: serde stops at the first, with its position and key.
+        (
+            "[limits]\nmax_message_sise = 5\n",
+            "mta.toml:2:1: limits.max_message_sise: unknown field `max_message_sise`, expected \
+             one of `max_message_size`, `max_recipients`, `max_sessions`, `max_errors`, \
+             `command_timeout`, `data_timeout`",
+        ),
+        (
+            "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
+            "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
+             `local_domains`, `shutdown_grace`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
+             `aliases`",
+        ),
+        (
+            "[outbound]\nport = \"25\"\n",
+            "mta.toml:2:8: outbound.port: invalid type: string \"25\", expected i64",
+        ),
+        (
+            "[listen]\nsmtp = [\n  \"127.0.0.1:25\",\n  25,\n]\n",
+            "mta.toml:4:3: listen.smtp: invalid type: integer `25`, expected a string",
+        ),
+        (
+            "hostname = \n",
+            "mta.toml:1:12: hostname: string values must be quoted, expected literal string",
+        ),
+        (
+            "[aliases]\n\"a@buildhost\" = \"b@buildhost\"\n",
+            "mta.toml:2:17: aliases.\"a@buildhost\": invalid type: string \"b@buildhost\", \
+             expected a sequence",
+        ),
+        (
+            "limits = { max_errors = 1, max_error = 2 }\n",
+            "mta.toml:1:28: limits: unknown field `max_error`, expected one of \
+             `max_message_size`, `max_recipients`, `max_sessions`, `max_errors`, \
+             `command_timeout`, `data_timeout`",
+        ),
+        // Values: each with its key and the position of the value.
+        (
+            "hostname = \"exa mple.org\"",
+            "mta.toml:1:12: hostname: \"exa mple.org\" is not a domain name",
+        ),
+        (
+            "local_domains = [\"example.org\", \"a_b.test\"]",
+            "mta.toml:1:33: local_domains: \"a_b.test\" is not a domain name",
+        ),
+        (
+            "local_domains = [\"[192.0.2.1]\"]",
+            "mta.toml:1:18: local_domains: \"[192.0.2.1]\" is an address literal, not a domain name",
+        ),
+        (
+            "local_domains = [\"example.org\", \"EXAMPLE.org\"]",
+            "mta.toml:1:33: local_domains: example.org is listed twice",
+        ),
+        (
+            "data_dir = \"\"",
+            "mta.toml:1:12: data_dir: must not be empty",
+        ),
+        (
+            "[listen]\nsmtp = [\"127.0.0.1:25\"]\nsubmission = [\"127.0.0.1:25\"]\n",
+            "mta.toml:3:15: listen.submission: 127.0.0.1:25 is already used by listen.smtp",
+        ),
+        (
+            "[listen]\nsmtp = [\"0.0.0.0:25\"]\nsubmissions = [\"127.0.0.1:25\"]\n",
+            "mta.toml:3:16: listen.submissions: 127.0.0.1:25 is already used by listen.smtp \
+             (as 0.0.0.0:25)",
+        ),
+        (
+            "[listen]\nsubmission = [\"127.0.0.1:2525\"]\n",
+            "mta.toml:2:15: listen.submission: 127.0.0.1:2525 is already used by listen.smtp",
+        ),
+        (
+            "[listen]\nsmtp = [\"localhost:25\"]\n",
+            "mta.toml:2:9: listen.smtp: \"localhost:25\" is not an IP address and port, such as \
+             \"0.0.0.0:25\" or \"[::]:25\"",
+        ),
+        (
+            "[listen]\nsmtp = []\nsubmission = []\nsubmissions = []\n",
+            "mta.toml:4:15: listen: no listener: listen.smtp, listen.submission and \
+             listen.submissions are all empty",
+        ),
+        (
+            "[tls]\ncert = \"/etc/mta/cert.pem\"\n",
+            "mta.toml:2:8: tls.cert: set without tls.key: give both, or neither for a \
+             self-signed certificate",
+        ),
+        (
+            "[tls]\nkey = \"/etc/mta/key.pem\"\n",
+            "mta.toml:2:7: tls.key: set without tls.cert: give both, or neither for a \
+             self-signed certificate",
+        ),
+        (
+            "shutdown_grace = \"10\"",
+            "mta.toml:1:18: shutdown_grace: \"10\" is not a duration: write a positive whole \
+             number and a unit s, m, h or d, such as \"30s\" or \"5m\"",
+        ),
+        (
+            "[limits]\nmax_recipients = 50\n",
+            "mta.toml:2:18: limits.max_recipients: 50 is below the minimum of 100 \
+             (RFC 5321 §4.5.3.1.8)",
+        ),
+        (
+            "[limits]\nmax_message_size = -1\n",
+            "mta.toml:2:20: limits.max_message_size: -1 is below the minimum of 1024",
+        ),
+        (
+            "[limits]\nmax_errors = 4294967296\n",
+            "mta.toml:2:14: limits.max_errors: 4294967296 is above the maximum of 4294967295",
+        ),
+        (
+            "[outbound]\nport = 0\n",
+            "mta.toml:2:8: outbound.port: 0 is below the minimum of 1",
+        ),
+        (
+            "[dns]\nnameservers = [\"ns.example\"]\n",
+            "mta.toml:2:16: dns.nameservers: \"ns.example\" is not an IP address with an \
+             optional port, such as \"192.0.2.53\" or \"127.0.0.1:5353\"",
+        ),
+        (
+            "[dns]\nnameservers = [\"127.0.0.1:0\"]\n",
+            "mta.toml:2:16: dns.nameservers: \"127.0.0.1:0\" has port 0, which no DNS server \
+             listens on",
+        ),
+        (
+            "[tls]\ncert = \"\"\nkey = \"/etc/mta/key.pem\"\n",
+            "mta.toml:2:8: tls.cert: must not be empty",
+        ),
+        (
+            "[dns]\nnameservers = [\"::1\", \"[::1]:53\"]\n",
+            "mta.toml:2:23: dns.nameservers: [::1]:53 is listed twice",
+        ),
+        (
+            "[aliases]\n\"postmaster@other.test\" = [\"a@buildhost\"]\n",
+            "mta.toml:2:1: aliases.\"postmaster@other.test\": other.test is not one of \
+             local_domains",
+        ),
+        (
+            "[aliases]\n\"postmaster@buildhost\" = []\n",
+            "mta.toml:2:26: aliases.\"postmaster@buildhost\": must list at least one target \
+             address",
+        ),
+        (
+            "[aliases]\n\"postmaster@buildhost\" = [\"alice\"]\n",
+            "mta.toml:2:27: aliases.\"postmaster@buildhost\": \"alice\" is not a mail address: \
+             invalid local part",
+        ),
+        (
+            "[aliases]\n\"a@buildhost\" = [\"x@buildhost\"]\n\"A@BUILDHOST\" = [\"y@buildhost\"]\n",
+            "mta.toml:2:1: aliases.\"a@buildhost\": the same alias as \"A@buildhost\" (case does \
+             not matter)",
+        ),
+    ];
+    for (text, want) in table {
+        assert_eq!(errors(text), want, "for:\n{text}");
+    }
+    let e = parse("hostname = \"exa mple.org\"").unwrap_err();
+    let want = ConfigError {
+        origin: "mta.toml".to_string(),
+        line: 1,
+        column: 12,
+        key: "hostname".to_string(),
+        message: "\"exa mple.org\" is not a domain name".to_string(),
+    };
+    assert_eq!(e.0, vec![want]);
+    let nowhere = ConfigError {
+        line: 0,
+        column: 0,
+        ..e.0[0].clone()
+    };
+    assert_eq!(
+        nowhere.to_string(),
+        "mta.toml: hostname: \"exa mple.org\" is not a domain name"
+    );
+}
+
+#[test]
+fn all_errors_at_once() {
+    let text = r#"hostname = "exa mple.org"
+shutdown_grace = "soon"
+[listen]
+smtp = ["127.0.0.1:25"]
+submission = ["127.0.0.1:25"]
+[tls]
+cert = "cert.pem"
+[limits]
+max_recipients = 50
+max_sessions = 0
+[aliases]
+"postmaster@other.test" = ["root@buildhost"]
+"#;
+    let want = [
+        "mta.toml:1:12: hostname: \"exa mple.org\" is not a domain name",
+        "mta.toml:2:18: shutdown_grace: \"soon\" is not a duration: write a positive whole \
+         number and a unit s, m, h or d, such as \"30s\" or \"5m\"",
+        "mta.toml:5:15: listen.submission: 127.0.0.1:25 is already used by listen.smtp",
+        "mta.toml:7:8: tls.cert: set without tls.key: give both, or neither for a self-signed \
+         certificate",
+        "mta.toml:9:18: limits.max_recipients: 50 is below the minimum of 100 (RFC 5321 \
+         §4.5.3.1.8)",
+        "mta.toml:10:16: limits.max_sessions: 0 is below the minimum of 1",
+        "mta.toml:12:1: aliases.\"postmaster@other.test\": other.test is not one of \
+         local_domains",
+    ];
+    assert_eq!(errors(text), want.join("\n"));
+}
+
+#[test]
+fn durations() {
+    let ok = [
+        ("30s", 30),
+        ("5m", 300),
+        ("1h", 3600),
+        ("5d", 432_000),
+        ("010s", 10),
+    ];
+    for (text, secs) in ok {
+        assert_eq!(
+            duration::parse(text),
+            Ok(Duration::from_secs(secs)),
+            "{text}"
+        );
+    }
+    let bad = [
+        "",
+        "s",
+        "10",
+        "0s",
+        "00m",
+        "1.5h",
+        "-1s",
+        "+1s",
+        " 1s",
+        "1s ",
+        "1 s",
+        "1S",
+        "1w",
+        "1ms",
+        "99999999999999999999d",
+        "999999999999999999d",
+    ];
+    for text in bad {
+        assert!(duration::parse(text).is_err(), "{text:?} should be refused");
+    }
+    let formats = [
+        (Duration::from_secs(10), "10s"),
+        (Duration::from_secs(90), "90s"),
+        (Duration::from_secs(300), "5m"),
+        (Duration::from_secs(3600 * 25), "25h"),
+        (Duration::from_secs(86_400 * 2), "2d"),
+        (Duration::from_millis(1500), "2s"),
+        (Duration::ZERO, "0s"),
+    ];
+    for (d, want) in formats {
+        assert_eq!(duration::format(d), want);
+    }
+}
+
+#[test]
+fn alias_expansion() {
+    let mut text = String::from(
+        r#"local_domains = ["example.org"]
+[aliases]
+"a@example.org" = ["b@example.org", "x@example.org"]
+"b@example.org" = ["a@example.org", "y@example.org", "X@example.org"]
+"root@example.org" = ["root@example.org", "bob@example.org", "Bob@Example.org"]
+"list@example.org" = ["a@example.org", "b@example.org", "bob@example.org", "root@example.org"]
+"ext@example.org" = ["someone@remote.test"]
+"#,
+    );
+    // chain0 → chain1 → … → chain11 → end: longer than the depth limit of 10.
+    for i in 0..11 {
+        text.push_str(&format!(
+            "\"chain{i}@example.org\" = [\"chain{}@example.org\"]\n",
+            i + 1
+        ));
+    }
+    text.push_str("\"chain11@example.org\" = [\"end@example.org\"]\n");
+    let c = parse(&text).unwrap();
+    let table: &[(&str, Option<&[&str]>)] = &[
+        // a → b → (a: a cycle, its own mailbox), y, X; then x is X again.
+        (
+            "a@example.org",
+            Some(&["a@example.org", "y@example.org", "X@example.org"]),
+        ),
+        (
+            "A@EXAMPLE.ORG",
+            Some(&["a@example.org", "y@example.org", "X@example.org"]),
+        ),
+        (
+            "b@example.org",
+            Some(&["b@example.org", "x@example.org", "y@example.org"]),
+        ),
+        (
+            "root@example.org",
+            Some(&["root@example.org", "bob@example.org"]),
+        ),
+        (
+            "list@example.org",
+            Some(&[
+                "a@example.org",
+                "y@example.org",
+                "X@example.org",
+                "b@example.org",
+                "bob@example.org",
+                "root@example.org",
+            ]),
+        ),
+        ("ext@example.org", Some(&["someone@remote.test"])),
+        ("chain2@example.org", Some(&["end@example.org"])),
+        ("chain1@example.org", Some(&["chain11@example.org"])),
+        ("chain0@example.org", Some(&["chain10@example.org"])),
+        ("bob@example.org", None),
+        ("a@remote.test", None),
+    ];
+    for (alias, want) in table {
+        let want = want.map(addrs);
+        assert_eq!(c.expand_alias(&addr(alias)), want, "{alias}");
+    }
+}
+
+#[test]
+fn docs_list_every_key() {
+    // What RawConfig accepts, read from serde's own list in the unknown-field error, so
+    // a key added to the code but not to KEYS (and so the docs) fails here.
+    let accepted = |table: &str| -> Vec<String> {
+        let text = match table {
+            "" => "zzz = 1".to_string(),
+            t => format!("[{t}]\nzzz = 1"),
+        };
+        let e = parse(&text).unwrap_err().0.remove(0).message;
+        let expected = e.split_once("expected").expect("serde lists the fields").1;
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    };
+    let mut found = Vec::new();
+    for name in accepted("") {
+        if TABLES.contains(&name.as_str()) {
+            found.extend(accepted(&name).into_iter().map(|k| format!("{name}.{k}")));
+        } else {
+            found.push(name);
+        }
+    }
+    found.sort();
+    let mut keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();
+    keys.sort();
+    assert_eq!(found, keys, "KEYS must list exactly what RawConfig accepts");
+    for key in KEYS {
+        assert!(
+            DOC.contains(&format!("`{key}`")),
+            "docs/config.md does not document `{key}`"
+        );
+    }
+}
+
+#[test]
+fn docs_examples_parse() {
+    let c = parse(doc_block("## Full example")).unwrap();
+    assert_eq!(c.hostname, domain("mx.example.org"));
+    assert_eq!(c.listen.smtp, vec![sock("0.0.0.0:25")]);
+    assert_eq!(c.listen.submission, vec![sock("0.0.0.0:587")]);
+    assert_eq!(c.listen.submissions, vec![sock("0.0.0.0:465")]);
+    assert_eq!(
+        c.tls.cert,
+        Some(PathBuf::from("/etc/mta/tls/fullchain.pem"))
+    );
+    let postmaster = addr("postmaster@mx.example.org");
+    assert_eq!(
+        c.expand_alias(&postmaster),
+        Some(addrs(&["alice@example.org"]))
+    );
+    // The aliases snippet parses as written.
+    let snippet = format!(
+        "local_domains = [\"example.org\"]\n{}",
+        doc_block("### `[aliases]`")
+    );
+    let c = parse(&snippet).unwrap();
+    assert_eq!(
+        c.expand_alias(&addr("abuse@example.org")),
+        Some(addrs(&["alice@example.org"]))
+    );
+    // The printed defaults are what `to_toml` prints.
+    let defaults = Config::defaults("buildhost").unwrap().to_toml();
+    assert_eq!(doc_block("## Defaults"), defaults);
+}

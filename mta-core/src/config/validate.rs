@@ -1,0 +1,413 @@
+//! [`RawConfig`] → [`Config`]: applies the built-in defaults and checks every value, collecting
+//! all problems (each with its key and position) before giving up, so one run of
+//! `mta config check` shows everything that needs fixing.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{List, RawConfig, S, Source};
+use super::{Config, ConfigError, ConfigErrors, Dns, Limits, Listen, Outbound, Tls, duration};
+use crate::address::{Address, Domain};
+
+const DEFAULT_DATA_DIR: &str = "./mta-data";
+/// Unprivileged loopback ports, so `mta serve` runs as an ordinary user out of the box.
+const DEFAULT_SMTP: &str = "127.0.0.1:2525";
+const DEFAULT_SUBMISSION: &str = "127.0.0.1:2587";
+const DEFAULT_SUBMISSIONS: &str = "127.0.0.1:2465";
+const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+/// Below this, even a short message with ordinary headers would not fit.
+const MIN_MESSAGE_SIZE: i64 = 1024;
+/// RFC 5321 §4.5.3.1.8: a server MUST accept at least 100 recipients.
+const MIN_RECIPIENTS: i64 = 100;
+const DEFAULT_MAX_RECIPIENTS: usize = 100;
+const DEFAULT_MAX_SESSIONS: usize = 1000;
+const DEFAULT_MAX_ERRORS: u32 = 10;
+/// RFC 5321 §4.5.3.2.7: server timeout of at least 5 minutes while awaiting the next command.
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
+/// RFC 5321 §4.5.3.2.6 (DATA block, and the final dot): at least 10 minutes.
+const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_OUTBOUND_PORT: u16 = 25;
+const DNS_PORT: u16 = 53;
+
+/// Applies defaults and validates.
+///
+/// # Errors
+/// Every problem found, each with its key and (when it came from the file) its position.
+pub(super) fn from_raw(
+    source: &Source<'_>,
+    raw: RawConfig,
+    system_hostname: &str,
+) -> Result<Config, ConfigErrors> {
+    let mut c = Checker {
+        source,
+        errors: Vec::new(),
+    };
+    let hostname = match &raw.hostname {
+        Some(h) => c.domain(h, "hostname"),
+        None => None,
+    }
+    .unwrap_or_else(|| system_domain(system_hostname));
+    let data_dir = match &raw.data_dir {
+        Some(d) if d.get_ref().is_empty() => {
+            c.error(d.span(), "data_dir", "must not be empty".to_string());
+            PathBuf::from(DEFAULT_DATA_DIR)
+        }
+        Some(d) => PathBuf::from(d.get_ref()),
+        None => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    let local_domains = match &raw.local_domains {
+        Some(list) => c.local_domains(list),
+        None => {
+            let mut v = vec![system_domain("localhost")];
+            if !v.contains(&hostname) {
+                v.push(hostname.clone());
+            }
+            v
+        }
+    };
+    let shutdown_grace = c.duration(
+        &raw.shutdown_grace,
+        "shutdown_grace",
+        DEFAULT_SHUTDOWN_GRACE,
+    );
+    let listen = c.listen(&raw);
+    let tls = c.tls(&raw);
+    let limits = c.limits(&raw);
+    let nameservers = match &raw.dns.nameservers {
+        Some(list) => c.nameservers(list),
+        None => Vec::new(),
+    };
+    let port = match &raw.outbound.port {
+        Some(p) => c.int(p, "outbound.port", 1, i64::from(u16::MAX), None),
+        None => None,
+    };
+    let outbound = Outbound {
+        port: port.map_or(DEFAULT_OUTBOUND_PORT, |p| p as u16),
+    };
+    let aliases = match &raw.aliases {
+        Some(map) => c.aliases(map, &local_domains),
+        None => BTreeMap::new(),
+    };
+    if !c.errors.is_empty() {
+        let mut errors = c.errors;
+        errors.sort_by_key(|e| (e.line, e.column));
+        return Err(ConfigErrors(errors));
+    }
+    Ok(Config {
+        hostname,
+        data_dir,
+        local_domains,
+        listen,
+        tls,
+        limits,
+        dns: Dns { nameservers },
+        outbound,
+        aliases,
+        shutdown_grace,
+    })
+}
+
+/// The machine's name as our default hostname, or `localhost` when it is not a usable domain
+/// (a container's random name with underscores, say): defaults must never fail.
+fn system_domain(name: &str) -> Domain {
+    let name = name.trim();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    match Domain::parse(name) {
+        Ok(d) if !d.is_literal() => d,
+        _ => Domain::parse("localhost").expect("localhost is a valid domain"),
+    }
+}
+
+/// Collects errors while the values are converted.
+struct Checker<'a> {
+    source: &'a Source<'a>,
+    errors: Vec<ConfigError>,
+}
+
+impl Checker<'_> {
+    fn error(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
+        self.errors.push(self.source.error(span, key, message));
+    }
+
+    fn domain(&mut self, text: &S<String>, key: &str) -> Option<Domain> {
+        match Domain::parse(text.get_ref()) {
+            Ok(d) if d.is_literal() => {
+                let msg = format!(
+                    "{:?} is an address literal, not a domain name",
+                    text.get_ref()
+                );
+                self.error(text.span(), key, msg);
+                None
+            }
+            Ok(d) => Some(d),
+            Err(_) => {
+                let msg = format!("{:?} is not a domain name", text.get_ref());
+                self.error(text.span(), key, msg);
+                None
+            }
+        }
+    }
+
+    fn local_domains(&mut self, list: &List) -> Vec<Domain> {
+        let mut domains: Vec<Domain> = Vec::new();
+        for item in list.get_ref() {
+            let Some(d) = self.domain(item, "local_domains") else {
+                continue;
+            };
+            if domains.contains(&d) {
+                self.error(item.span(), "local_domains", format!("{d} is listed twice"));
+            } else {
+                domains.push(d);
+            }
+        }
+        domains
+    }
+
+    fn duration(&mut self, text: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+        let Some(text) = text else {
+            return default;
+        };
+        duration::parse(text.get_ref()).unwrap_or_else(|msg| {
+            self.error(text.span(), key, msg);
+            default
+        })
+    }
+
+    /// An integer in `min..=max`; `why` explains the minimum when a rule sets it.
+    fn int(&mut self, n: &S<i64>, key: &str, min: i64, max: i64, why: Option<&str>) -> Option<i64> {
+        let value = *n.get_ref();
+        let msg = if value < min {
+            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
+            format!("{value} is below the minimum of {min}{why}")
+        } else if value > max {
+            format!("{value} is above the maximum of {max}")
+        } else {
+            return Some(value);
+        };
+        self.error(n.span(), key, msg);
+        None
+    }
+
+    fn listen(&mut self, raw: &RawConfig) -> Listen {
+        let r = &raw.listen;
+        let kinds = [
+            ("smtp", &r.smtp, DEFAULT_SMTP),
+            ("submission", &r.submission, DEFAULT_SUBMISSION),
+            ("submissions", &r.submissions, DEFAULT_SUBMISSIONS),
+        ];
+        let mut seen: Vec<(SocketAddr, &str)> = Vec::new();
+        let mut lists: Vec<Vec<SocketAddr>> = Vec::new();
+        for (name, list, default) in kinds {
+            let key = format!("listen.{name}");
+            let Some(list) = list else {
+                let addr: SocketAddr = default.parse().expect("the default listener parses");
+                seen.push((addr, name));
+                lists.push(vec![addr]);
+                continue;
+            };
+            let mut addrs = Vec::new();
+            for item in list.get_ref() {
+                let Ok(addr) = item.get_ref().parse::<SocketAddr>() else {
+                    let msg = format!(
+                        "{:?} is not an IP address and port, such as \"0.0.0.0:25\" or \"[::]:25\"",
+                        item.get_ref()
+                    );
+                    self.error(item.span(), &key, msg);
+                    continue;
+                };
+                // Port 0 asks the kernel for a free port (tests do): never a clash.
+                let clash = seen
+                    .iter()
+                    .find(|(other, _)| addr.port() != 0 && overlaps(addr, *other));
+                if let Some((other, by)) = clash {
+                    let msg = if *other == addr {
+                        format!("{addr} is already used by listen.{by}")
+                    } else {
+                        format!("{addr} is already used by listen.{by} (as {other})")
+                    };
+                    self.error(item.span(), &key, msg);
+                }
+                seen.push((addr, name));
+                addrs.push(addr);
+            }
+            lists.push(addrs);
+        }
+        let any = [&r.smtp, &r.submission, &r.submissions]
+            .into_iter()
+            .any(|l| l.as_ref().is_none_or(|l| !l.get_ref().is_empty()));
+        if let (false, Some(last)) = (any, &r.submissions) {
+            let msg =
+                "no listener: listen.smtp, listen.submission and listen.submissions are all empty";
+            self.error(last.span(), "listen", msg.to_string());
+        }
+        let mut lists = lists.into_iter();
+        Listen {
+            smtp: lists.next().unwrap_or_default(),
+            submission: lists.next().unwrap_or_default(),
+            submissions: lists.next().unwrap_or_default(),
+        }
+    }
+
+    fn tls(&mut self, raw: &RawConfig) -> Tls {
+        let mut path = |p: &Option<S<String>>, key: &str| {
+            let p = p.as_ref()?;
+            if p.get_ref().is_empty() {
+                self.error(p.span(), key, "must not be empty".to_string());
+                return None;
+            }
+            Some(PathBuf::from(p.get_ref()))
+        };
+        let cert = path(&raw.tls.cert, "tls.cert");
+        let key = path(&raw.tls.key, "tls.key");
+        // A certificate without its key (or the reverse) cannot be served: say so rather than
+        // silently falling back to a self-signed certificate.
+        match (&raw.tls.cert, &raw.tls.key) {
+            (Some(c), None) => {
+                let msg =
+                    "set without tls.key: give both, or neither for a self-signed certificate";
+                self.error(c.span(), "tls.cert", msg.to_string());
+            }
+            (None, Some(k)) => {
+                let msg =
+                    "set without tls.cert: give both, or neither for a self-signed certificate";
+                self.error(k.span(), "tls.key", msg.to_string());
+            }
+            _ => {}
+        }
+        Tls { cert, key }
+    }
+
+    fn limits(&mut self, raw: &RawConfig) -> Limits {
+        let r = &raw.limits;
+        let mut int = |n: &Option<S<i64>>, key: &str, min: i64, max: i64, why: Option<&str>| {
+            self.int(n.as_ref()?, key, min, max, why)
+        };
+        let usize_max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
+        let size = int(
+            &r.max_message_size,
+            "limits.max_message_size",
+            MIN_MESSAGE_SIZE,
+            i64::MAX,
+            None,
+        );
+        let rfc = Some("RFC 5321 §4.5.3.1.8");
+        let rcpts = int(
+            &r.max_recipients,
+            "limits.max_recipients",
+            MIN_RECIPIENTS,
+            usize_max,
+            rfc,
+        );
+        let sessions = int(&r.max_sessions, "limits.max_sessions", 1, usize_max, None);
+        let errors = int(
+            &r.max_errors,
+            "limits.max_errors",
+            1,
+            i64::from(u32::MAX),
+            None,
+        );
+        // Each conversion below is of a value already checked to be in range.
+        Limits {
+            max_message_size: size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as u64),
+            max_recipients: rcpts.map_or(DEFAULT_MAX_RECIPIENTS, |n| n as usize),
+            max_sessions: sessions.map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
+            max_errors: errors.map_or(DEFAULT_MAX_ERRORS, |n| n as u32),
+            command_timeout: self.duration(
+                &r.command_timeout,
+                "limits.command_timeout",
+                DEFAULT_COMMAND_TIMEOUT,
+            ),
+            data_timeout: self.duration(
+                &r.data_timeout,
+                "limits.data_timeout",
+                DEFAULT_DATA_TIMEOUT,
+            ),
+        }
+    }
+
+    fn nameservers(&mut self, list: &List) -> Vec<SocketAddr> {
+        let mut servers = Vec::new();
+        for item in list.get_ref() {
+            let text = item.get_ref();
+            let bare = text
+                .strip_prefix('[')
+                .and_then(|t| t.strip_suffix(']'))
+                .unwrap_or(text);
+            let parsed = text.parse::<SocketAddr>().ok().or_else(|| {
+                bare.parse::<IpAddr>()
+                    .ok()
+                    .map(|ip| SocketAddr::new(ip, DNS_PORT))
+            });
+            let key = "dns.nameservers";
+            match parsed {
+                Some(addr) if addr.port() == 0 => {
+                    let msg = format!("{text:?} has port 0, which no DNS server listens on");
+                    self.error(item.span(), key, msg);
+                }
+                Some(addr) if servers.contains(&addr) => {
+                    self.error(item.span(), key, format!("{addr} is listed twice"));
+                }
+                Some(addr) => servers.push(addr),
+                None => {
+                    let msg = format!(
+                        "{text:?} is not an IP address with an optional port, such as \"192.0.2.53\" or \"127.0.0.1:5353\""
+                    );
+                    self.error(item.span(), key, msg);
+                }
+            }
+        }
+        servers
+    }
+
+    fn aliases(
+        &mut self,
+        map: &BTreeMap<S<String>, List>,
+        local: &[Domain],
+    ) -> BTreeMap<Address, Vec<Address>> {
+        let mut aliases: BTreeMap<Address, Vec<Address>> = BTreeMap::new();
+        for (alias, targets) in map {
+            let key = format!("aliases.{:?}", alias.get_ref());
+            let mut address = |text: &S<String>| match Address::parse(text.get_ref()) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let msg = format!("{:?} is not a mail address: {e}", text.get_ref());
+                    self.error(text.span(), &key, msg);
+                    None
+                }
+            };
+            let alias_address = address(alias);
+            let list: Vec<Address> = targets.get_ref().iter().filter_map(&mut address).collect();
+            if targets.get_ref().is_empty() {
+                let msg = "must list at least one target address".to_string();
+                self.error(targets.span(), &key, msg);
+            }
+            let Some(a) = alias_address else {
+                continue;
+            };
+            if !local.contains(a.domain()) {
+                let msg = format!("{} is not one of local_domains", a.domain());
+                self.error(alias.span(), &key, msg);
+            } else if let Some(same) = aliases.keys().find(|k| k.key() == a.key()) {
+                let msg = format!(
+                    "the same alias as {:?} (case does not matter)",
+                    same.to_string()
+                );
+                self.error(alias.span(), &key, msg);
+            } else {
+                aliases.insert(a, list);
+            }
+        }
+        aliases
+    }
+}
+
+/// Whether two listeners would fight over a port: the same address, or a wildcard address
+/// and another of its family (binding both fails on Linux).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}

@@ -1,0 +1,215 @@
+//! The envelope of a queued message: who sent it, to whom, and where each recipient stands.
+//!
+//! The session builds an [`Envelope`] with every recipient [`RcptState::Pending`]; the queue
+//! stores it (serde) and the scheduler updates each recipient's state after every attempt.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::address::{Address, ReversePath, parse_reverse_path};
+
+/// A queue id: 12 hex digits of Unix milliseconds and 8 random hex digits, so ids sort by
+/// arrival and never repeat in practice. It names the message in replies and logs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MessageId(String);
+
+impl MessageId {
+    /// A fresh id for a message received at `unix_millis`.
+    pub fn generate(unix_millis: u64) -> MessageId {
+        MessageId(format!(
+            "{:012x}{:08x}",
+            unix_millis & 0xffff_ffff_ffff,
+            rand::random::<u32>()
+        ))
+    }
+
+    /// The id as text (20 lower-case hex digits).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Parses an id typed by an operator or read from the store.
+    ///
+    /// # Errors
+    /// When the text is not 20 hex digits.
+    pub fn parse(text: &str) -> Result<MessageId, String> {
+        if text.len() == 20 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(MessageId(text.to_ascii_lowercase()))
+        } else {
+            Err(format!("{text:?} is not a queue id (20 hex digits)"))
+        }
+    }
+}
+
+impl TryFrom<String> for MessageId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        MessageId::parse(&s)
+    }
+}
+
+impl From<MessageId> for String {
+    fn from(id: MessageId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which kind of listener a message came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerKind {
+    /// Port 25: inbound for local domains, no AUTH.
+    Smtp,
+    /// Port 587: STARTTLS then AUTH (RFC 6409).
+    Submission,
+    /// Port 465: implicit TLS then AUTH (RFC 8314).
+    Submissions,
+}
+
+impl ListenerKind {
+    /// The config key and log name of this listener kind.
+    pub fn name(self) -> &'static str {
+        match self {
+            ListenerKind::Smtp => "smtp",
+            ListenerKind::Submission => "submission",
+            ListenerKind::Submissions => "submissions",
+        }
+    }
+
+    /// True for the ports where AUTH is required before MAIL.
+    pub fn is_submission(self) -> bool {
+        !matches!(self, ListenerKind::Smtp)
+    }
+}
+
+/// Where a recipient stands. Set by the session (`Pending`) and by the scheduler afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RcptState {
+    /// Not delivered yet; retried when the message is due.
+    Pending,
+    /// Delivered; `detail` says where (Maildir file, remote reply).
+    Delivered,
+    /// Failed for good; the reason is in `last_result`.
+    Failed,
+}
+
+/// One recipient of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    /// The address as accepted at RCPT (after alias expansion, if any).
+    #[serde(with = "address_text")]
+    pub address: Address,
+    /// Set by the session to `Pending`, by the scheduler after each attempt.
+    pub state: RcptState,
+    /// Delivery attempts made so far (scheduler).
+    #[serde(default)]
+    pub attempts: u32,
+    /// What the last attempt said (scheduler): a remote reply or a local error.
+    #[serde(default)]
+    pub last_result: Option<String>,
+}
+
+impl Recipient {
+    /// A recipient not yet tried.
+    pub fn pending(address: Address) -> Recipient {
+        Recipient {
+            address,
+            state: RcptState::Pending,
+            attempts: 0,
+            last_result: None,
+        }
+    }
+}
+
+/// How the message reached us; written once by the session, read by logs and the CLI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Origin {
+    /// The listener kind it came in on.
+    pub listener: ListenerKind,
+    /// The client's IP address and port.
+    pub peer: String,
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+    /// The authenticated user (submission only).
+    pub auth_user: Option<String>,
+    /// TLS protocol and cipher suite, if the session was encrypted.
+    pub tls: Option<String>,
+}
+
+/// A queued message's envelope. The body is stored beside it, not in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Queue id, made by the session at the end of DATA.
+    pub id: MessageId,
+    /// MAIL FROM; `<>` for bounces.
+    #[serde(with = "reverse_path_text")]
+    pub sender: ReversePath,
+    /// Every recipient with its own state.
+    pub recipients: Vec<Recipient>,
+    /// When we answered 250, in Unix seconds.
+    pub received_at: u64,
+    /// Size of the stored body in octets.
+    pub size: u64,
+    /// How it reached us.
+    pub origin: Origin,
+}
+
+impl Envelope {
+    /// True when no recipient is pending any more.
+    pub fn is_finished(&self) -> bool {
+        self.recipients
+            .iter()
+            .all(|r| r.state != RcptState::Pending)
+    }
+}
+
+mod address_text {
+    use super::Address;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(a: &Address, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(a)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Address, D::Error> {
+        let text = String::deserialize(d)?;
+        Address::parse(&text).map_err(D::Error::custom)
+    }
+}
+
+mod reverse_path_text {
+    use super::{ReversePath, parse_reverse_path};
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(p: &ReversePath, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(p)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<ReversePath, D::Error> {
+        let text = String::deserialize(d)?;
+        parse_reverse_path(&text).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        let id = MessageId::generate(0x0123_4567_89ab);
+        assert_eq!(id.as_str().len(), 20);
+        assert!(id.as_str().starts_with("0123456789ab"));
+        assert_eq!(MessageId::parse(id.as_str()).unwrap(), id);
+        assert!(MessageId::parse("../../etc/passwd").is_err());
+    }
+}

@@ -1,0 +1,18 @@
+//! `mta-core`: the vocabulary every other crate of `mta` speaks. Plain types and rules, no
+//! sockets, no async runtime, no dependency on the other crates: addresses and domains,
+//! the typed config, SMTP replies, envelopes, users and their passwords, relay and sender
+//! policy, and the traits ([`seams`]) at which the network and the queue meet.
+
+pub mod address;
+pub mod auth;
+pub mod config;
+pub mod date;
+pub mod envelope;
+pub mod policy;
+pub mod reply;
+pub mod seams;
+
+pub use address::{Address, Domain, ForwardPath, ReversePath};
+pub use config::Config;
+pub use envelope::{Envelope, MessageId, Recipient};
+pub use reply::Reply;

@@ -1,0 +1,229 @@
+//! Relay, recipient and sender decisions as pure functions of the config, the user
+//! database and what the client said. The session asks; this module answers with the reply.
+//!
+//! The one rule that matters most: without AUTH (port 25), only recipients in our local
+//! domains are accepted — never an open relay. The domain checked is the routable form
+//! ([`Domain`]), the same one delivery uses.
+
+use crate::address::{Address, Domain, ForwardPath, ReversePath};
+use crate::auth::UserDb;
+use crate::config::Config;
+use crate::reply::Reply;
+
+/// What to do with one RCPT TO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptDecision {
+    /// Accept; the message goes to these addresses (aliases expanded, order kept).
+    Accept(Vec<Address>),
+    /// Refuse with this reply.
+    Reject(Reply),
+}
+
+/// Whether the client is allowed to relay to domains that are not ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    /// Port 25 without AUTH: local domains only.
+    Denied,
+    /// An authenticated submission session: any domain.
+    Allowed,
+}
+
+/// Decides one recipient (RFC 5321 §4.5.1: postmaster is always accepted).
+pub fn rcpt(config: &Config, users: &UserDb, relay: Relay, to: &ForwardPath) -> RcptDecision {
+    let address = match to {
+        ForwardPath::Postmaster => {
+            return RcptDecision::Accept(postmaster(config, &config.hostname));
+        }
+        ForwardPath::Address(a) => a,
+    };
+    let domain = address.domain();
+    if !config.is_local_domain(domain) {
+        return match relay {
+            Relay::Allowed => RcptDecision::Accept(vec![address.clone()]),
+            Relay::Denied => RcptDecision::Reject(Reply::RELAY_DENIED),
+        };
+    }
+    if let Some(targets) = config.expand_alias(address) {
+        return RcptDecision::Accept(targets);
+    }
+    if users.contains(address) {
+        return RcptDecision::Accept(vec![address.clone()]);
+    }
+    if address.local_part().eq_ignore_ascii_case("postmaster") {
+        return RcptDecision::Accept(postmaster(config, domain));
+    }
+    RcptDecision::Reject(Reply::NO_SUCH_USER)
+}
+
+/// `postmaster@domain`, through its alias when one is configured.
+fn postmaster(config: &Config, domain: &Domain) -> Vec<Address> {
+    let address = Address::from_parts("postmaster", domain)
+        .expect("postmaster@<a parsed domain> is a valid address");
+    config
+        .expand_alias(&address)
+        .unwrap_or_else(|| vec![address])
+}
+
+/// Whether an authenticated `user` may use `from` as MAIL FROM: their own address, or an
+/// alias that expands to them. The null sender is not theirs to use.
+pub fn may_send_as(config: &Config, user: &Address, from: &ReversePath) -> bool {
+    let Some(from) = from.address() else {
+        return false;
+    };
+    if from.key() == user.key() {
+        return true;
+    }
+    config
+        .expand_alias(from)
+        .is_some_and(|targets| targets.iter().any(|t| t.key() == user.key()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::address::{parse_forward_path, parse_reverse_path};
+
+    fn setup() -> (Config, UserDb) {
+        let config = Config::from_toml(
+            "test.toml",
+            r#"
+hostname = "mx.example.org"
+local_domains = ["example.org", "mx.example.org"]
+[aliases]
+"info@example.org" = ["alice@example.org", "bob@example.org"]
+"postmaster@example.org" = ["alice@example.org"]
+"#,
+            "ignored",
+        )
+        .unwrap();
+        let mut users = UserDb::default();
+        users
+            .add(
+                Address::parse("alice@example.org").unwrap(),
+                "correct horse",
+            )
+            .unwrap();
+        (config, users)
+    }
+
+    fn addrs(list: &[&str]) -> Vec<Address> {
+        list.iter().map(|a| Address::parse(a).unwrap()).collect()
+    }
+
+    #[test]
+    fn recipients() {
+        let (config, users) = setup();
+        use RcptDecision::{Accept, Reject};
+        let table: &[(&str, Relay, RcptDecision)] = &[
+            (
+                "<alice@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["alice@example.org"])),
+            ),
+            (
+                "<ALICE@EXAMPLE.ORG>",
+                Relay::Denied,
+                Accept(addrs(&["ALICE@example.org"])),
+            ),
+            (
+                "<info@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["alice@example.org", "bob@example.org"])),
+            ),
+            (
+                "<Postmaster>",
+                Relay::Denied,
+                Accept(addrs(&["postmaster@mx.example.org"])),
+            ),
+            (
+                "<postmaster@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["alice@example.org"])),
+            ),
+            (
+                "<PostMaster@mx.example.org>",
+                Relay::Denied,
+                Accept(addrs(&["postmaster@mx.example.org"])),
+            ),
+            (
+                "<nobody@example.org>",
+                Relay::Denied,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<nobody@example.org>",
+                Relay::Allowed,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<x@remote.test>",
+                Relay::Denied,
+                Reject(Reply::RELAY_DENIED),
+            ),
+            (
+                "<x@remote.test>",
+                Relay::Allowed,
+                Accept(addrs(&["x@remote.test"])),
+            ),
+            // Classic open-relay tricks: each is a local mailbox that does not exist, or a
+            // remote domain; none may relay.
+            (
+                "<x%remote.test@example.org>",
+                Relay::Denied,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<\"x@remote.test\"@example.org>",
+                Relay::Denied,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<remote.test!x@example.org>",
+                Relay::Denied,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<@example.org:x@remote.test>",
+                Relay::Denied,
+                Reject(Reply::RELAY_DENIED),
+            ),
+            (
+                "<x@[127.0.0.1]>",
+                Relay::Denied,
+                Reject(Reply::RELAY_DENIED),
+            ),
+            (
+                "<x@sub.example.org>",
+                Relay::Denied,
+                Reject(Reply::RELAY_DENIED),
+            ),
+        ];
+        for (path, relay, want) in table {
+            let to = parse_forward_path(path).unwrap();
+            assert_eq!(
+                &rcpt(&config, &users, *relay, &to),
+                want,
+                "{path} {relay:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn senders() {
+        let (config, _) = setup();
+        let alice = Address::parse("alice@example.org").unwrap();
+        let table = [
+            ("<alice@example.org>", true),
+            ("<Alice@Example.org>", true),
+            ("<info@example.org>", true),
+            ("<postmaster@example.org>", true),
+            ("<bob@example.org>", false),
+            ("<alice@remote.test>", false),
+            ("<>", false),
+        ];
+        for (from, want) in table {
+            let from = parse_reverse_path(from).unwrap();
+            assert_eq!(may_send_as(&config, &alice, &from), want, "{from}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! SMTP replies: the basic code (RFC 5321 §4.2), the enhanced status code (RFC 3463,
+//! RFC 2034) and the text. Every reply the server sends is a named constant here, so the
+//! wording and codes live in one place.
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// One SMTP reply. `text` may hold several lines separated by `\n`; [`Reply::to_wire`]
+/// writes them as a multi-line reply, each line with the same codes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Basic reply code, 200..=599.
+    pub code: u16,
+    /// Enhanced status code such as `5.1.1`, or `None` for replies RFC 2034 exempts
+    /// (the 220 greeting, 221 is not exempt but EHLO's 250 lines are).
+    pub enhanced: Option<&'static str>,
+    /// Human-readable text. Never contains CR; never carries client input unescaped.
+    pub text: Cow<'static, str>,
+}
+
+macro_rules! replies {
+    ($($(#[$doc:meta])* $name:ident = $code:literal $enh:literal $text:literal;)*) => {
+        impl Reply {
+            $($(#[$doc])* pub const $name: Reply = Reply {
+                code: $code,
+                enhanced: Some($enh),
+                text: Cow::Borrowed($text),
+            };)*
+        }
+    };
+}
+
+replies! {
+    /// 250 after RSET, NOOP, MAIL, RCPT.
+    OK = 250 "2.0.0" "OK";
+    /// 250 after MAIL FROM.
+    SENDER_OK = 250 "2.1.0" "Sender OK";
+    /// 250 after RCPT TO.
+    RECIPIENT_OK = 250 "2.1.5" "Recipient OK";
+    /// 221 after QUIT.
+    BYE = 221 "2.0.0" "Bye";
+    /// 354 after DATA.
+    START_DATA = 354 "2.0.0" "End data with <CR><LF>.<CR><LF>";
+    /// 220 after STARTTLS.
+    READY_TLS = 220 "2.0.0" "Ready to start TLS";
+    /// 235 after a successful AUTH.
+    AUTH_OK = 235 "2.7.0" "Authentication successful";
+    /// 252 for VRFY: we never confirm or list mailboxes (RFC 5321 §3.5.3).
+    CANNOT_VRFY = 252 "2.1.5" "Cannot VRFY user, but will accept message and attempt delivery";
+    /// 214 for HELP.
+    HELP = 214 "2.0.0" "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY STARTTLS AUTH";
+    /// 421 when the server is shutting down.
+    SHUTTING_DOWN = 421 "4.3.2" "Service shutting down, try again later";
+    /// 421 when the client was idle too long.
+    TIMEOUT = 421 "4.4.2" "Idle timeout, closing connection";
+    /// 421 when the client made too many errors.
+    TOO_MANY_ERRORS = 421 "4.7.0" "Too many errors, closing connection";
+    /// 421 when there are too many sessions.
+    TOO_BUSY = 421 "4.7.0" "Too many connections, try again later";
+    /// 451 when storing the message failed.
+    LOCAL_ERROR = 451 "4.3.0" "Local error in processing, try again later";
+    /// 452 when the disk is (nearly) full.
+    INSUFFICIENT_STORAGE = 452 "4.3.1" "Insufficient system storage, try again later";
+    /// 452 beyond max_recipients (RFC 5321 §4.5.3.1.10).
+    TOO_MANY_RECIPIENTS = 452 "4.5.3" "Too many recipients";
+    /// 454 when the TLS handshake cannot start.
+    TLS_UNAVAILABLE = 454 "4.7.0" "TLS not available";
+    /// 500 for an unknown command.
+    UNKNOWN_COMMAND = 500 "5.5.1" "Command unrecognized";
+    /// 500 for a command line over 512 octets.
+    LINE_TOO_LONG = 500 "5.5.6" "Line too long";
+    /// 501 for a syntax error in the arguments.
+    SYNTAX_ERROR = 501 "5.5.4" "Syntax error in parameters or arguments";
+    /// 501 for a malformed sender address.
+    BAD_SENDER_SYNTAX = 501 "5.1.7" "Bad sender address syntax";
+    /// 501 for a malformed recipient address.
+    BAD_RECIPIENT_SYNTAX = 501 "5.1.3" "Bad recipient address syntax";
+    /// 501 for a bad AUTH response (not base64, wrong form).
+    BAD_AUTH_SYNTAX = 501 "5.5.2" "Cannot decode authentication response";
+    /// 503 for EHLO needed first.
+    NEED_EHLO_FIRST = 503 "5.5.1" "Send EHLO first";
+    /// 503 for RCPT before MAIL.
+    NEED_MAIL_FIRST = 503 "5.5.1" "Need MAIL before RCPT";
+    /// 503 for DATA before RCPT.
+    NEED_RCPT_FIRST = 503 "5.5.1" "Need RCPT before DATA";
+    /// 503 for a nested MAIL.
+    NESTED_MAIL = 503 "5.5.1" "Sender already given";
+    /// 503 for a second AUTH.
+    ALREADY_AUTHENTICATED = 503 "5.5.1" "Already authenticated";
+    /// 503 for STARTTLS twice.
+    ALREADY_TLS = 503 "5.5.1" "TLS already active";
+    /// 502 for STARTTLS where it is not offered.
+    TLS_NOT_OFFERED = 502 "5.5.1" "STARTTLS not offered here";
+    /// 502 for AUTH where it is not offered (port 25).
+    AUTH_NOT_OFFERED = 502 "5.5.1" "AUTH not offered here";
+    /// 504 for an AUTH mechanism we do not support.
+    UNKNOWN_MECHANISM = 504 "5.5.4" "Unrecognized authentication type";
+    /// 501 when AUTH was cancelled with `*`.
+    AUTH_CANCELLED = 501 "5.0.0" "Authentication cancelled";
+    /// 530 when MAIL comes before AUTH on a submission port.
+    AUTH_REQUIRED = 530 "5.7.0" "Authentication required";
+    /// 535 for a wrong user name or password (RFC 4954 §6).
+    AUTH_FAILED = 535 "5.7.8" "Authentication credentials invalid";
+    /// 538 for AUTH before TLS (RFC 4954 §6).
+    ENCRYPTION_REQUIRED = 538 "5.7.11" "Encryption required for requested authentication mechanism";
+    /// 530 for MAIL before STARTTLS on a port that requires TLS.
+    TLS_REQUIRED = 530 "5.7.0" "Must issue a STARTTLS command first";
+    /// 550 for an unknown local mailbox.
+    NO_SUCH_USER = 550 "5.1.1" "No such user here";
+    /// 550 for a recipient in a domain we do not own, without AUTH.
+    RELAY_DENIED = 550 "5.7.1" "Relaying denied";
+    /// 553 when an authenticated user uses an address that is not theirs.
+    SENDER_NOT_OWNED = 553 "5.7.1" "Sender address not owned by authenticated user";
+    /// 552 for a message over max_message_size.
+    MESSAGE_TOO_BIG = 552 "5.3.4" "Message size exceeds fixed maximum message size";
+    /// 553 for a non-ASCII address without SMTPUTF8.
+    NEED_SMTPUTF8 = 553 "5.6.7" "Non-ASCII address requires SMTPUTF8";
+    /// 555 for an unknown MAIL/RCPT parameter.
+    UNKNOWN_PARAMETER = 555 "5.5.4" "MAIL FROM/RCPT TO parameters not recognized or not implemented";
+    /// 500 then close when the client speaks HTTP to us (ALPACA-style cross-protocol).
+    HTTP_REFUSED = 500 "5.5.1" "This is an SMTP server, closing connection";
+    /// 500 for a bare CR or LF in a command line.
+    BARE_LINE_ENDING = 500 "5.5.2" "Bare CR or LF not allowed, use CRLF";
+    /// 550 for a bare CR or LF inside DATA: the message is refused (SMTP smuggling).
+    BARE_LINE_ENDING_DATA = 550 "5.6.0" "Bare CR or LF in message data not allowed";
+    /// 550 for a text line over 1000 octets in DATA (RFC 5321 §4.5.3.1.6).
+    DATA_LINE_TOO_LONG = 550 "5.6.0" "Message line longer than 1000 octets";
+    /// 554 when there were no valid recipients at DATA.
+    NO_VALID_RECIPIENTS = 554 "5.5.1" "No valid recipients";
+    /// 502 for EXPN and the commands we never implement.
+    NOT_IMPLEMENTED = 502 "5.5.1" "Command not implemented";
+}
+
+impl Reply {
+    /// A reply with text made at run time (for example `250 2.0.0 queued as ID`).
+    pub fn new(code: u16, enhanced: &'static str, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            code,
+            enhanced: Some(enhanced),
+            text: text.into(),
+        }
+    }
+
+    /// A reply without an enhanced code (the greeting, EHLO's capability list).
+    pub fn plain(code: u16, text: impl Into<Cow<'static, str>>) -> Reply {
+        Reply {
+            code,
+            enhanced: None,
+            text: text.into(),
+        }
+    }
+
+    /// True for 4xx: the client should try again later.
+    pub fn is_transient(&self) -> bool {
+        (400..500).contains(&self.code)
+    }
+
+    /// True for 5xx: the client must not repeat the same request.
+    pub fn is_permanent(&self) -> bool {
+        self.code >= 500
+    }
+
+    /// The reply as it goes on the wire: one `code-` line per line of text but the last,
+    /// which is `code ` (RFC 5321 §4.2.1), each ending in CRLF.
+    pub fn to_wire(&self) -> String {
+        let mut out = String::new();
+        let lines: Vec<&str> = self.text.split('\n').collect();
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.push_str(&self.code.to_string());
+            out.push(sep);
+            if let Some(enh) = self.enhanced {
+                out.push_str(enh);
+                out.push(' ');
+            }
+            // Defence in depth: no CR may reach the wire from text.
+            out.extend(line.chars().filter(|c| *c != '\r'));
+            out.push_str("\r\n");
+        }
+        out
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.enhanced {
+            Some(e) => write!(f, "{} {} {}", self.code, e, self.text.replace('\n', " / ")),
+            None => write!(f, "{} {}", self.code, self.text.replace('\n', " / ")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_format() {
+        assert_eq!(Reply::OK.to_wire(), "250 2.0.0 OK\r\n");
+        assert_eq!(
+            Reply::plain(250, "mx.test\nPIPELINING\nSIZE 10").to_wire(),
+            "250-mx.test\r\n250-PIPELINING\r\n250 SIZE 10\r\n"
+        );
+        assert_eq!(
+            Reply::new(451, "4.3.0", "a\rb").to_wire(),
+            "451 4.3.0 ab\r\n"
+        );
+        assert!(Reply::LOCAL_ERROR.is_transient());
+        assert!(Reply::NO_SUCH_USER.is_permanent());
+    }
+}

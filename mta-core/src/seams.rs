@@ -1,0 +1,74 @@
+//! The traits the crates meet at, so `mta-smtp` and `mta-queue` build and test alone:
+//! [`Enqueue`] (session → queue), [`Deliver`] (scheduler → delivery) and [`UserDirectory`]
+//! (session → the user database that `mta user` maintains).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use crate::address::Address;
+use crate::auth::UserDb;
+use crate::envelope::Envelope;
+use crate::reply::Reply;
+
+/// A boxed future, so the traits stay object-safe without an async-trait crate.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why the queue could not take a message. The session answers with [`EnqueueError::reply`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// The disk is full or below the free-space floor.
+    #[error("insufficient storage: {0}")]
+    DiskFull(String),
+    /// Writing or flushing the store failed.
+    #[error("queue write failed: {0}")]
+    Io(String),
+}
+
+impl EnqueueError {
+    /// What the SMTP client is told: always a 4xx, so the sender retries (RFC 5321 §6.1).
+    pub fn reply(&self) -> Reply {
+        match self {
+            EnqueueError::DiskFull(_) => Reply::INSUFFICIENT_STORAGE,
+            EnqueueError::Io(_) => Reply::LOCAL_ERROR,
+        }
+    }
+}
+
+/// The queue as the session sees it.
+pub trait Enqueue: Send + Sync {
+    /// Stores the envelope and body. Returns only once both are durably on disk: the
+    /// session answers `250` after this and never before.
+    fn enqueue(&self, envelope: Envelope, body: Vec<u8>)
+    -> BoxFuture<'_, Result<(), EnqueueError>>;
+}
+
+/// The result of one delivery attempt for one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Delivered; the text says where (a Maildir file, a remote reply).
+    Delivered(String),
+    /// Not now; the text says why. The scheduler retries later.
+    Deferred(String),
+    /// Never; the text says why. The recipient is marked failed.
+    Failed(String),
+}
+
+/// Delivery as the scheduler sees it.
+pub trait Deliver: Send + Sync {
+    /// Makes one attempt for `recipients` (all pending recipients of `envelope` that this
+    /// attempt covers) and returns one [`Outcome`] per recipient, in the same order.
+    fn deliver<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        body: &'a [u8],
+        recipients: &'a [Address],
+    ) -> BoxFuture<'a, Vec<Outcome>>;
+}
+
+/// The user database as the session sees it.
+pub trait UserDirectory: Send + Sync {
+    /// The current database; an implementation backed by a file reloads it when the file
+    /// changes, so `mta user add` takes effect without a restart.
+    fn current(&self) -> Arc<UserDb>;
+}

@@ -1,0 +1,413 @@
+//! The queue's front ([`Queue`], which implements [`Enqueue`]) and its scheduler: takes
+//! due messages with bounded concurrency, calls [`Deliver`], records every recipient's
+//! outcome, and reschedules what is left with backoff.
+//!
+//! A crash between "delivered" and "recorded" leaves the old schedule entry in place, so
+//! the message is tried again after a restart: it may be delivered twice, never zero times.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mta_core::address::Address;
+use mta_core::envelope::{Envelope, MessageId, RcptState};
+use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome};
+use tokio::sync::{Notify, Semaphore, watch};
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::retry;
+use crate::store::{Record, Store, StoreError};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The durable queue: the store, plus what the scheduler needs to run it.
+pub struct Queue {
+    store: Store,
+    wake: Notify,
+    inflight: Mutex<HashSet<MessageId>>,
+    lifetime: Duration,
+}
+
+impl Queue {
+    /// Opens the queue stored in `path`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be opened.
+    pub fn open(path: &Path) -> Result<Arc<Queue>, StoreError> {
+        Ok(Arc::new(Queue {
+            store: Store::open(path)?,
+            wake: Notify::new(),
+            inflight: Mutex::new(HashSet::new()),
+            lifetime: retry::MAX_LIFETIME,
+        }))
+    }
+
+    /// The underlying store (for inspection by the CLI and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs the scheduler until `shutdown` turns true, then waits for attempts in progress
+    /// to record their results. At most `concurrency` attempts run at once.
+    pub async fn run(
+        self: Arc<Self>,
+        deliver: Arc<dyn Deliver>,
+        concurrency: usize,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let now = now_ms();
+            let wait = match self.start_due(now, &slots, &deliver) {
+                Ok(()) => self.idle_time(now),
+                Err(e) => {
+                    error!(error = %e, "scheduler cannot read the queue; retrying in 5 s");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        // Let attempts in progress finish and record their outcome.
+        let _all = slots.acquire_many(concurrency.max(1) as u32).await;
+    }
+
+    fn start_due(
+        self: &Arc<Self>,
+        now: u64,
+        slots: &Arc<Semaphore>,
+        deliver: &Arc<dyn Deliver>,
+    ) -> Result<(), StoreError> {
+        let limit = slots.available_permits() + self.inflight_count();
+        for (due_ms, id) in self.store.due(now, limit.max(1))? {
+            if self.inflight_contains(&id) {
+                continue;
+            }
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                break;
+            };
+            self.inflight_set(&id, true);
+            let queue = self.clone();
+            let deliver = deliver.clone();
+            let span = info_span!("msg", id = %id);
+            tokio::spawn(
+                async move {
+                    queue.attempt(deliver.as_ref(), due_ms, &id).await;
+                    queue.inflight_set(&id, false);
+                    drop(permit);
+                    queue.wake.notify_one();
+                }
+                .instrument(span),
+            );
+        }
+        Ok(())
+    }
+
+    /// How long to sleep when nothing else wakes us: until the next due message, at most a
+    /// minute; one second when the due ones are all in flight (their end wakes us anyway).
+    fn idle_time(&self, now: u64) -> Duration {
+        match self.store.next_due_ms() {
+            Ok(Some(due)) if due > now => {
+                Duration::from_millis(due - now).min(Duration::from_secs(60))
+            }
+            Ok(Some(_)) => Duration::from_secs(1),
+            Ok(None) | Err(_) => Duration::from_secs(60),
+        }
+    }
+
+    fn inflight_contains(&self, id: &MessageId) -> bool {
+        self.inflight
+            .lock()
+            .expect("inflight lock poisoned")
+            .contains(id)
+    }
+
+    fn inflight_count(&self) -> usize {
+        self.inflight.lock().expect("inflight lock poisoned").len()
+    }
+
+    fn inflight_set(&self, id: &MessageId, on: bool) {
+        let mut set = self.inflight.lock().expect("inflight lock poisoned");
+        if on {
+            set.insert(id.clone());
+        } else {
+            set.remove(id);
+        }
+    }
+
+    /// One delivery attempt for every pending recipient of one message.
+    async fn attempt(&self, deliver: &dyn Deliver, due_ms: u64, id: &MessageId) {
+        let (mut record, body) = match self.store.load(id) {
+            Ok(Some(loaded)) => loaded,
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "cannot load queued message");
+                return;
+            }
+        };
+        let pending: Vec<Address> = record
+            .envelope
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .map(|r| r.address.clone())
+            .collect();
+        let outcomes = if pending.is_empty() {
+            Vec::new()
+        } else {
+            deliver.deliver(&record.envelope, &body, &pending).await
+        };
+        let now = now_ms();
+        apply_outcomes(&mut record.envelope, &pending, outcomes);
+        expire(&mut record.envelope, now, self.lifetime);
+        let finished = record.envelope.is_finished();
+        let attempts = record
+            .envelope
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .map(|r| r.attempts)
+            .max()
+            .unwrap_or(0);
+        let wait = retry::delay(attempts, rand::random::<f64>());
+        record.next_attempt_ms = now + wait.as_millis() as u64;
+        match self.store.update(&record, due_ms, finished).await {
+            Ok(()) if finished => info!("done, removed from queue"),
+            Ok(()) => {
+                info!(attempt = attempts, retry_in = ?Duration::from_secs(wait.as_secs()), "deferred")
+            }
+            Err(e) => {
+                error!(error = %e, "cannot record delivery result; the attempt will be repeated")
+            }
+        }
+    }
+}
+
+/// Records one attempt's outcomes on the envelope (one outcome per pending recipient, in
+/// order). A `Deliver` that returns the wrong number of outcomes defers them all.
+fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Vec<Outcome>) {
+    if outcomes.len() != pending.len() {
+        error!(
+            expected = pending.len(),
+            got = outcomes.len(),
+            "delivery returned the wrong number of results; deferring all"
+        );
+        outcomes =
+            vec![Outcome::Deferred("internal error: result count mismatch".into()); pending.len()];
+    }
+    for (address, outcome) in pending.iter().zip(outcomes) {
+        let Some(rcpt) = envelope
+            .recipients
+            .iter_mut()
+            .find(|r| r.state == RcptState::Pending && &r.address == address)
+        else {
+            continue;
+        };
+        rcpt.attempts += 1;
+        match outcome {
+            Outcome::Delivered(detail) => {
+                info!(rcpt = %address, result = %detail, "delivered");
+                rcpt.state = RcptState::Delivered;
+                rcpt.last_result = Some(detail);
+            }
+            Outcome::Deferred(reason) => {
+                warn!(rcpt = %address, attempt = rcpt.attempts, reason = %reason, "recipient deferred");
+                rcpt.last_result = Some(reason);
+            }
+            Outcome::Failed(reason) => {
+                warn!(rcpt = %address, reason = %reason, "recipient failed permanently");
+                rcpt.state = RcptState::Failed;
+                rcpt.last_result = Some(reason);
+            }
+        }
+    }
+}
+
+/// Fails every pending recipient of a message older than `lifetime`.
+fn expire(envelope: &mut Envelope, now_ms: u64, lifetime: Duration) {
+    let age_ms = now_ms.saturating_sub(envelope.received_at.saturating_mul(1000));
+    if age_ms <= lifetime.as_millis() as u64 {
+        return;
+    }
+    for rcpt in envelope
+        .recipients
+        .iter_mut()
+        .filter(|r| r.state == RcptState::Pending)
+    {
+        warn!(rcpt = %rcpt.address, "recipient expired in the queue");
+        rcpt.state = RcptState::Failed;
+        let last = rcpt.last_result.take().unwrap_or_default();
+        rcpt.last_result = Some(format!(
+            "4.4.7 gave up after {} days in the queue; last result: {last}",
+            lifetime.as_secs() / 86400
+        ));
+    }
+}
+
+impl Enqueue for Queue {
+    fn enqueue(
+        &self,
+        envelope: Envelope,
+        body: Vec<u8>,
+    ) -> BoxFuture<'_, Result<(), EnqueueError>> {
+        Box::pin(async move {
+            let record = Record {
+                envelope,
+                next_attempt_ms: now_ms(),
+            };
+            match self.store.insert(&record, &body).await {
+                Ok(()) => {
+                    info!(msg = %record.envelope.id, "queued");
+                    self.wake.notify_one();
+                    Ok(())
+                }
+                Err(e) => {
+                    error!(error = %e, "enqueue failed");
+                    Err(e.to_enqueue_error())
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_core::address::ReversePath;
+    use mta_core::envelope::{ListenerKind, Origin, Recipient};
+
+    fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
+        Envelope {
+            id: MessageId::generate(now_ms()),
+            sender: ReversePath::Null,
+            recipients: rcpts
+                .iter()
+                .map(|a| Recipient::pending(Address::parse(a).unwrap()))
+                .collect(),
+            received_at,
+            size: 5,
+            origin: Origin {
+                listener: ListenerKind::Smtp,
+                peer: "127.0.0.1:1".into(),
+                helo: "c.test".into(),
+                auth_user: None,
+                tls: None,
+            },
+        }
+    }
+
+    /// Delivers `a@…`, defers `b@…`, fails everything else; counts calls.
+    struct Scripted(Mutex<u32>);
+    impl Deliver for Scripted {
+        fn deliver<'a>(
+            &'a self,
+            _e: &'a Envelope,
+            _body: &'a [u8],
+            rcpts: &'a [Address],
+        ) -> BoxFuture<'a, Vec<Outcome>> {
+            *self.0.lock().unwrap() += 1;
+            Box::pin(async move {
+                rcpts
+                    .iter()
+                    .map(|r| match r.local_part() {
+                        "a" => Outcome::Delivered("ok".into()),
+                        "b" => Outcome::Deferred("4.0.0 later".into()),
+                        _ => Outcome::Failed("5.0.0 never".into()),
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    #[test]
+    fn outcomes_and_expiry() {
+        let mut env = envelope(&["a@x.test", "b@x.test", "c@x.test"], 0);
+        let pending: Vec<Address> = env.recipients.iter().map(|r| r.address.clone()).collect();
+        apply_outcomes(
+            &mut env,
+            &pending,
+            vec![
+                Outcome::Delivered("d".into()),
+                Outcome::Deferred("t".into()),
+                Outcome::Failed("f".into()),
+            ],
+        );
+        let states: Vec<_> = env.recipients.iter().map(|r| r.state.clone()).collect();
+        assert_eq!(
+            states,
+            [RcptState::Delivered, RcptState::Pending, RcptState::Failed]
+        );
+        assert!(env.recipients.iter().all(|r| r.attempts == 1));
+        assert!(!env.is_finished());
+
+        apply_outcomes(&mut env, &pending[1..2], vec![]);
+        assert_eq!(env.recipients[1].state, RcptState::Pending);
+        assert_eq!(env.recipients[1].attempts, 2);
+
+        expire(&mut env, 1000 * 3600, Duration::from_secs(7200));
+        assert_eq!(env.recipients[1].state, RcptState::Pending);
+        expire(&mut env, 1000 * 7201, Duration::from_secs(7200));
+        assert_eq!(env.recipients[1].state, RcptState::Failed);
+        assert!(env.is_finished());
+    }
+
+    #[tokio::test]
+    async fn scheduler_delivers_defers_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path()).unwrap();
+        let now_s = now_ms() / 1000;
+        let done = envelope(&["a@x.test"], now_s);
+        let mixed = envelope(&["a@x.test", "b@x.test"], now_s);
+        queue
+            .enqueue(done.clone(), b"hello".to_vec())
+            .await
+            .unwrap();
+        queue
+            .enqueue(mixed.clone(), b"hello".to_vec())
+            .await
+            .unwrap();
+
+        let deliver = Arc::new(Scripted(Mutex::new(0)));
+        let (stop, stopped) = watch::channel(false);
+        let runner = tokio::spawn(queue.clone().run(deliver.clone(), 4, stopped));
+        for _ in 0..200 {
+            if queue.store().len() == 1 && *deliver.0.lock().unwrap() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), runner)
+            .await
+            .unwrap()
+            .unwrap();
+
+        assert_eq!(queue.store().len(), 1, "the finished message is removed");
+        let (rec, _) = queue.store().load(&mixed.id).unwrap().unwrap();
+        assert_eq!(rec.envelope.recipients[0].state, RcptState::Delivered);
+        assert_eq!(rec.envelope.recipients[1].state, RcptState::Pending);
+        assert!(
+            rec.next_attempt_ms >= now_ms() + 4 * 60 * 1000,
+            "retry in about 5 min"
+        );
+        drop(queue);
+
+        let queue = Queue::open(dir.path()).unwrap();
+        let (rec, body) = queue.store().load(&mixed.id).unwrap().unwrap();
+        assert_eq!(rec.envelope.recipients[1].attempts, 1);
+        assert_eq!(body, b"hello");
+    }
+}

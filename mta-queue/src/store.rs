@@ -1,0 +1,397 @@
+//! The sled store behind the queue: three trees written together in one transaction.
+//!
+//! - `envelopes`: queue id → JSON [`Record`] (the envelope and its next attempt time)
+//! - `bodies`: queue id → message bytes exactly as they will be delivered
+//! - `schedule`: next-attempt time (big-endian Unix ms) ++ queue id → empty; "what is due"
+//!   is a range scan from the start of this tree
+//!
+//! Durability: sled runs with `flush_every_ms(None)`; every write that the SMTP client or the
+//! scheduler relies on is followed by `flush()` in `spawn_blocking` (sled's `flush_async`
+//! deadlocks under concurrency). Concurrent flushes share the disk sync (group commit).
+//! A record that does not decode is moved to the `corrupt` tree and logged, never dropped.
+
+use std::path::{Path, PathBuf};
+
+use mta_core::envelope::{Envelope, MessageId};
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+/// What is stored per message besides the body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The envelope with each recipient's state.
+    pub envelope: Envelope,
+    /// When the next attempt is due, Unix milliseconds. Mirrors the `schedule` key.
+    pub next_attempt_ms: u64,
+}
+
+/// Store failures, with enough context for the log; the SMTP client sees only a 4xx.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The disk is full.
+    #[error("queue store at {path}: disk full: {source}")]
+    DiskFull {
+        /// The store directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: sled::Error,
+    },
+    /// Any other sled or I/O failure.
+    #[error("queue store at {path}: {source}")]
+    Io {
+        /// The store directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: sled::Error,
+    },
+    /// A record that does not decode (it has been moved aside).
+    #[error("queue record {id} is corrupt and was moved to the corrupt tree: {reason}")]
+    Corrupt {
+        /// The record key.
+        id: String,
+        /// Why it did not decode.
+        reason: String,
+    },
+    /// The blocking flush task died (runtime shutting down).
+    #[error("queue flush task failed: {0}")]
+    Join(String),
+}
+
+impl StoreError {
+    /// Maps the error onto what the queue tells the session.
+    pub fn to_enqueue_error(&self) -> mta_core::seams::EnqueueError {
+        use mta_core::seams::EnqueueError;
+        match self {
+            StoreError::DiskFull { .. } => EnqueueError::DiskFull(self.to_string()),
+            StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::Join(_) => {
+                EnqueueError::Io(self.to_string())
+            }
+        }
+    }
+}
+
+/// The open store. Cheap to clone (sled handles are reference counted).
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    envelopes: sled::Tree,
+    bodies: sled::Tree,
+    schedule: sled::Tree,
+    corrupt: sled::Tree,
+}
+
+fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
+    let mut key = due_ms.to_be_bytes().to_vec();
+    key.extend_from_slice(id.as_str().as_bytes());
+    key
+}
+
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when sled cannot open or recover the directory.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let err = |source| classify(path, source);
+        let db = sled::Config::new()
+            .path(path)
+            .flush_every_ms(None)
+            .cache_capacity(64 * 1024 * 1024)
+            .open()
+            .map_err(err)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            envelopes: db.open_tree("envelopes").map_err(err)?,
+            bodies: db.open_tree("bodies").map_err(err)?,
+            schedule: db.open_tree("schedule").map_err(err)?,
+            corrupt: db.open_tree("corrupt").map_err(err)?,
+            db,
+        })
+    }
+
+    fn err(&self, source: sled::Error) -> StoreError {
+        classify(&self.path, source)
+    }
+
+    /// Flushes everything written so far to disk; returns when it is durable.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the flush fails.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db.clone();
+        let result = tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?;
+        result.map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    /// Stores a new message and flushes. Returns only when it is durable.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a write or flush failure; nothing may be assumed stored then.
+    pub async fn insert(&self, record: &Record, body: &[u8]) -> Result<(), StoreError> {
+        let id = record.envelope.id.clone();
+        let json = serde_json::to_vec(record).expect("a Record always serialises");
+        let key = schedule_key(record.next_attempt_ms, &id);
+        (&self.envelopes, &self.bodies, &self.schedule)
+            .transaction(|(e, b, s)| {
+                e.insert(id.as_str().as_bytes(), json.as_slice())?;
+                b.insert(id.as_str().as_bytes(), body)?;
+                s.insert(key.as_slice(), &[][..])?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.flush().await
+    }
+
+    /// Writes the new state of a message after an attempt: moves its schedule entry from
+    /// `old_due_ms` to the record's `next_attempt_ms`, or removes the message entirely when
+    /// `finished`. Flushes before returning.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a write or flush failure.
+    pub async fn update(
+        &self,
+        record: &Record,
+        old_due_ms: u64,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        let id = record.envelope.id.clone();
+        let json = serde_json::to_vec(record).expect("a Record always serialises");
+        let old_key = schedule_key(old_due_ms, &id);
+        let new_key = schedule_key(record.next_attempt_ms, &id);
+        (&self.envelopes, &self.bodies, &self.schedule)
+            .transaction(|(e, b, s)| {
+                s.remove(old_key.as_slice())?;
+                if finished {
+                    e.remove(id.as_str().as_bytes())?;
+                    b.remove(id.as_str().as_bytes())?;
+                } else {
+                    e.insert(id.as_str().as_bytes(), json.as_slice())?;
+                    s.insert(new_key.as_slice(), &[][..])?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| self.tx_err(e))?;
+        self.flush().await
+    }
+
+    fn tx_err(&self, e: TransactionError<()>) -> StoreError {
+        match e {
+            TransactionError::Storage(source) => self.err(source),
+            TransactionError::Abort(()) => unreachable!("our transactions never abort"),
+        }
+    }
+
+    /// Up to `limit` messages due at or before `now_ms`, oldest first, as (due, id).
+    ///
+    /// # Errors
+    /// [`StoreError`] when reading the schedule fails.
+    pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, MessageId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.schedule.range(..schedule_key(now_ms + 1, &zero_id())) {
+            let (key, _) = item.map_err(|e| self.err(e))?;
+            match decode_schedule_key(&key) {
+                Some(entry) => out.push(entry),
+                None => {
+                    tracing::error!(key = ?key, "unreadable schedule key removed");
+                    self.schedule.remove(&key).map_err(|e| self.err(e))?;
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The earliest due time in the schedule, if any.
+    ///
+    /// # Errors
+    /// [`StoreError`] when reading the schedule fails.
+    pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .schedule
+            .first()
+            .map_err(|e| self.err(e))?
+            .and_then(|(k, _)| decode_schedule_key(&k))
+            .map(|(due, _)| due))
+    }
+
+    /// Loads a message's record and body. `Ok(None)` when it is gone (finished or deleted).
+    /// A record that does not decode is moved aside and reported as [`StoreError::Corrupt`].
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read failure or a corrupt record.
+    pub fn load(&self, id: &MessageId) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
+        let key = id.as_str().as_bytes();
+        let Some(raw) = self.envelopes.get(key).map_err(|e| self.err(e))? else {
+            return Ok(None);
+        };
+        let record = match serde_json::from_slice::<Record>(&raw) {
+            Ok(r) => r,
+            Err(e) => return Err(self.set_aside(id, &raw, &e.to_string())),
+        };
+        let Some(body) = self.bodies.get(key).map_err(|e| self.err(e))? else {
+            return Err(self.set_aside(id, &raw, "body missing"));
+        };
+        Ok(Some((record, body.to_vec())))
+    }
+
+    /// Moves an undecodable record to the `corrupt` tree and drops its schedule entry, so it
+    /// stops being retried but stays on disk for an operator.
+    fn set_aside(&self, id: &MessageId, raw: &[u8], reason: &str) -> StoreError {
+        let key = id.as_str().as_bytes();
+        if let Err(e) = self.corrupt.insert(key, raw) {
+            tracing::error!(msg = %id, error = %e, "could not move corrupt record aside");
+        } else {
+            let _ = self.envelopes.remove(key);
+            let stale: Vec<_> = self
+                .schedule
+                .iter()
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| k.ends_with(key))
+                .collect();
+            for k in stale {
+                let _ = self.schedule.remove(k);
+            }
+        }
+        StoreError::Corrupt {
+            id: id.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Every queued record, in id (arrival) order, for `mta queue list`. Corrupt records
+    /// are returned as errors in place.
+    pub fn records(&self) -> Vec<Result<Record, StoreError>> {
+        self.envelopes
+            .iter()
+            .map(|item| {
+                let (k, v) = item.map_err(|e| self.err(e))?;
+                serde_json::from_slice::<Record>(&v).map_err(|e| StoreError::Corrupt {
+                    id: String::from_utf8_lossy(&k).into_owned(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Number of queued messages.
+    pub fn len(&self) -> usize {
+        self.envelopes.len()
+    }
+
+    /// True when the queue is empty.
+    pub fn is_empty(&self) -> bool {
+        self.envelopes.is_empty()
+    }
+}
+
+fn zero_id() -> MessageId {
+    MessageId::parse("00000000000000000000").expect("20 hex digits")
+}
+
+fn decode_schedule_key(key: &[u8]) -> Option<(u64, MessageId)> {
+    let (due, id) = key.split_at_checked(8)?;
+    let due = u64::from_be_bytes(due.try_into().ok()?);
+    let id = MessageId::parse(std::str::from_utf8(id).ok()?).ok()?;
+    Some((due, id))
+}
+
+fn classify(path: &Path, source: sled::Error) -> StoreError {
+    let full = matches!(&source, sled::Error::Io(io)
+        if io.kind() == std::io::ErrorKind::StorageFull || io.raw_os_error() == Some(28));
+    if full {
+        StoreError::DiskFull {
+            path: path.to_path_buf(),
+            source,
+        }
+    } else {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_core::address::{Address, ReversePath};
+    use mta_core::envelope::{ListenerKind, Origin, Recipient};
+
+    pub(crate) fn record(id: &str, due: u64) -> Record {
+        Record {
+            envelope: Envelope {
+                id: MessageId::parse(id).unwrap(),
+                sender: ReversePath::Address(Address::parse("a@example.test").unwrap()),
+                recipients: vec![Recipient::pending(Address::parse("b@local.test").unwrap())],
+                received_at: 1,
+                size: 3,
+                origin: Origin {
+                    listener: ListenerKind::Smtp,
+                    peer: "127.0.0.1:1".into(),
+                    helo: "client.test".into(),
+                    auth_user: None,
+                    tls: None,
+                },
+            },
+            next_attempt_ms: due,
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_due_update_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = record("00000000000100000001", 100);
+        let b = record("00000000000200000002", 50);
+        store.insert(&a, b"abc").await.unwrap();
+        store.insert(&b, b"xyz").await.unwrap();
+        let due = store.due(100, 10).unwrap();
+        assert_eq!(
+            due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+            vec![50, 100]
+        );
+        assert_eq!(store.due(60, 10).unwrap().len(), 1);
+        assert_eq!(store.next_due_ms().unwrap(), Some(50));
+
+        let mut b2 = b.clone();
+        b2.next_attempt_ms = 500;
+        store.update(&b2, 50, false).await.unwrap();
+        assert_eq!(store.due(100, 10).unwrap().len(), 1);
+        store.update(&a, 100, true).await.unwrap();
+        assert!(store.load(&a.envelope.id).unwrap().is_none());
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.len(), 1);
+        let (rec, body) = store.load(&b.envelope.id).unwrap().unwrap();
+        assert_eq!(rec, b2);
+        assert_eq!(body, b"xyz");
+        assert_eq!(store.next_due_ms().unwrap(), Some(500));
+    }
+
+    #[tokio::test]
+    async fn corrupt_record_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = record("00000000000100000001", 10);
+        store.insert(&a, b"abc").await.unwrap();
+        store
+            .envelopes
+            .insert(a.envelope.id.as_str(), &b"{not json"[..])
+            .unwrap();
+        let err = store.load(&a.envelope.id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(store.due(u64::MAX - 1, 10).unwrap().is_empty());
+        assert_eq!(store.corrupt.len(), 1);
+        assert!(store.load(&a.envelope.id).unwrap().is_none());
+    }
+}

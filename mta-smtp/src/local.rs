@@ -1,0 +1,209 @@
+//! Local delivery into Maildir (the layout Dovecot reads): `ROOT/<domain>/<user>/Maildir`
+//! with `tmp/`, `new/`, `cur/`. A message is written to `tmp/`, fsynced, renamed into
+//! `new/`, and `new/` is fsynced, so a reader never sees a partial file and a delivered
+//! message survives a crash.
+//!
+//! The file is the queued message, byte for byte, after a `Return-Path` and a
+//! `Delivered-To` header. Also the [`Router`] that the scheduler calls: local recipients
+//! here; remote ones are not delivered by this version (they wait in the queue).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mta_core::address::{Address, ReversePath};
+use mta_core::config::Config;
+use mta_core::envelope::Envelope;
+use mta_core::seams::{BoxFuture, Deliver, Outcome};
+
+/// A tree of Maildirs under one root directory.
+pub struct Maildirs {
+    root: PathBuf,
+    hostname: String,
+    counter: AtomicU64,
+}
+
+impl Maildirs {
+    /// Maildirs under `root` (created on first delivery). `hostname` goes into file names.
+    pub fn new(root: &Path, hostname: &str) -> Maildirs {
+        Maildirs {
+            root: root.to_path_buf(),
+            hostname: hostname.replace(['/', ':'], "_"),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// The Maildir of a local recipient, or `None` when the local part cannot safely name a
+    /// directory (it never becomes a path unless [`Address::is_path_safe`] holds).
+    pub fn maildir(&self, rcpt: &Address) -> Option<PathBuf> {
+        if !rcpt.is_path_safe() || rcpt.domain().is_literal() {
+            return None;
+        }
+        Some(
+            self.root
+                .join(rcpt.domain().as_str())
+                .join(rcpt.local_part().to_lowercase())
+                .join("Maildir"),
+        )
+    }
+
+    /// Writes one message into `dir` (a Maildir). Blocking: call from a blocking thread.
+    ///
+    /// # Errors
+    /// Any I/O error; a file left in `tmp/` by a failure is removed.
+    pub fn write(
+        &self,
+        dir: &Path,
+        sender: &ReversePath,
+        rcpt: &Address,
+        body: &[u8],
+    ) -> io::Result<PathBuf> {
+        for sub in ["tmp", "new", "cur"] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join(sub))?;
+        }
+        let head = format!("Return-Path: {sender}\r\nDelivered-To: {rcpt}\r\n");
+        let size = head.len() + body.len();
+        let name = self.unique_name(size);
+        let tmp = dir.join("tmp").join(&name);
+        let new = dir.join("new").join(&name);
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            file.write_all(head.as_bytes())?;
+            file.write_all(body)?;
+            file.sync_all()?;
+            fs::rename(&tmp, &new)?;
+            File::open(dir.join("new"))?.sync_all()
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        Ok(new)
+    }
+
+    /// `time.M<micros>P<pid>Q<n>.host,S=<size>`: unique per process and delivery, with
+    /// the size hint Dovecot uses.
+    fn unique_name(&self, size: usize) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        format!(
+            "{}.M{}P{}Q{}.{},S={}",
+            now.as_secs(),
+            now.subsec_micros(),
+            std::process::id(),
+            n,
+            self.hostname,
+            size
+        )
+    }
+}
+
+/// The scheduler's [`Deliver`]: local domains to Maildir, everything else deferred.
+pub struct Router {
+    config: Arc<Config>,
+    maildirs: Arc<Maildirs>,
+}
+
+impl Router {
+    /// A router delivering local mail under `DATA_DIR/mail`.
+    pub fn new(config: Arc<Config>) -> Router {
+        let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
+        Router {
+            config,
+            maildirs: Arc::new(maildirs),
+        }
+    }
+
+    async fn one(&self, envelope: &Envelope, body: Arc<[u8]>, rcpt: &Address) -> Outcome {
+        if !self.config.is_local_domain(rcpt.domain()) {
+            return Outcome::Deferred(
+                "4.4.0 delivery to remote domains is not available in this version; kept in the queue"
+                    .into(),
+            );
+        }
+        let Some(dir) = self.maildirs.maildir(rcpt) else {
+            return Outcome::Failed("5.1.3 local part cannot be used as a mailbox name".into());
+        };
+        let maildirs = self.maildirs.clone();
+        let sender = envelope.sender.clone();
+        let rcpt_owned = rcpt.clone();
+        let written =
+            tokio::task::spawn_blocking(move || maildirs.write(&dir, &sender, &rcpt_owned, &body))
+                .await;
+        match written {
+            Ok(Ok(path)) => Outcome::Delivered(format!("maildir {}", path.display())),
+            Ok(Err(e)) => Outcome::Deferred(format!("4.3.0 maildir write failed: {e}")),
+            Err(e) => Outcome::Deferred(format!("4.3.0 delivery task failed: {e}")),
+        }
+    }
+}
+
+impl Deliver for Router {
+    fn deliver<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        body: &'a [u8],
+        recipients: &'a [Address],
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
+            let body: Arc<[u8]> = Arc::from(body);
+            let mut out = Vec::with_capacity(recipients.len());
+            for rcpt in recipients {
+                out.push(self.one(envelope, body.clone(), rcpt).await);
+            }
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_into_new_with_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Maildirs::new(dir.path(), "mx.test");
+        let rcpt = Address::parse("Bob@Example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        assert_eq!(md, dir.path().join("example.org/bob/Maildir"));
+        let sender = ReversePath::Address(Address::parse("a@x.test").unwrap());
+        let path = m
+            .write(&md, &sender, &rcpt, b"Subject: hi\r\n\r\nbody\r\n")
+            .unwrap();
+        assert!(path.starts_with(md.join("new")));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            b"Return-Path: <a@x.test>\r\nDelivered-To: Bob@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+        let second = m.write(&md, &ReversePath::Null, &rcpt, b"x").unwrap();
+        assert_ne!(second, path);
+    }
+
+    #[test]
+    fn unsafe_local_parts_never_become_paths() {
+        let m = Maildirs::new(Path::new("/srv/mail"), "mx.test");
+        for bad in [
+            "\"../../etc\"@example.org",
+            "\"a/b\"@example.org",
+            "a/b@example.org",
+            "u@[127.0.0.1]",
+        ] {
+            assert_eq!(m.maildir(&Address::parse(bad).unwrap()), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The connection loop: reads lines, feeds the [`Session`], writes replies, and carries out
+//! its actions (STARTTLS, DATA, password checks), with the timeouts and limits of RFC 5321
+//! §4.5.3.2 applied to every read.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
+use mta_core::reply::Reply;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tracing::{debug, info, warn};
+
+use super::Shared;
+use super::data::{DataEnd, read_data};
+use super::line::{Line, read_line};
+use super::message::{Trace, assemble};
+use super::session::{Action, Context, Session};
+use crate::tls;
+
+/// How one phase (plaintext or TLS) of a connection ended.
+enum PhaseEnd<S> {
+    /// The connection is finished.
+    Closed,
+    /// The client asked for STARTTLS and got 220: hand over the raw stream.
+    StartTls(S),
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: ListenerKind) {
+    let _ = tcp.set_nodelay(true);
+    let ctx = Context {
+        config: shared.config.clone(),
+        users: shared.users.clone(),
+        listener,
+        peer,
+        tls: None,
+        starttls_available: shared.tls.is_some() && listener != ListenerKind::Submissions,
+    };
+    let limit = shared.config.limits.command_timeout;
+    if listener == ListenerKind::Submissions {
+        // RFC 8314 §3: TLS from the first byte, then the greeting.
+        let Some(acceptor) = shared.tls.clone() else {
+            warn!("implicit TLS listener without a certificate; closing");
+            return;
+        };
+        let stream = match timeout(limit, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
+            Err(_) => return info!("TLS handshake timed out"),
+        };
+        let ctx = Context {
+            tls: Some(tls::describe(stream.get_ref().1)),
+            starttls_available: false,
+            ..ctx
+        };
+        info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
+        let _ = phase(&shared, BufReader::new(stream), Session::new(ctx), true).await;
+        return;
+    }
+    let session = Session::new(ctx.clone());
+    let Ok(PhaseEnd::StartTls(reader)) = phase(&shared, BufReader::new(tcp), session, true).await
+    else {
+        return;
+    };
+    // RFC 3207 §4.2 and CVE-2011-0411: anything the client pipelined after STARTTLS is
+    // thrown away with the plaintext buffer, never read as a command after the handshake.
+    if !reader.buffer().is_empty() {
+        warn!(
+            bytes = reader.buffer().len(),
+            "discarding data pipelined after STARTTLS"
+        );
+    }
+    let acceptor = shared
+        .tls
+        .clone()
+        .expect("STARTTLS is offered only with a certificate");
+    let stream = match timeout(limit, acceptor.accept(reader.into_inner())).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
+        Err(_) => return info!("TLS handshake timed out"),
+    };
+    let ctx = Context {
+        tls: Some(tls::describe(stream.get_ref().1)),
+        starttls_available: false,
+        ..ctx
+    };
+    info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
+    let _ = phase(&shared, BufReader::new(stream), Session::new(ctx), false).await;
+}
+
+/// Runs one session over `io` until it closes or asks for STARTTLS.
+async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut io: BufReader<S>,
+    mut session: Session,
+    greet: bool,
+) -> std::io::Result<PhaseEnd<BufReader<S>>> {
+    let config = shared.config.clone();
+    let mut shutdown = shared.shutdown.clone();
+    let mut out = Vec::new();
+    if greet {
+        out.extend_from_slice(session.greeting().to_wire().as_bytes());
+    }
+    loop {
+        // PIPELINING (RFC 2920): replies to a batch of commands go out together, once no
+        // more input is waiting.
+        if io.buffer().is_empty() && !out.is_empty() {
+            io.write_all(&out).await?;
+            out.clear();
+        }
+        let line = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                return close(io, out, Reply::SHUTTING_DOWN).await;
+            }
+            r = timeout(config.limits.command_timeout, read_line(&mut io, session.line_limit())) => match r {
+                Err(_) => return close(io, out, Reply::TIMEOUT).await,
+                Ok(line) => line?,
+            },
+        };
+        let action = match line {
+            Line::Complete(l) => {
+                debug!(line = %redact(&l), "C:");
+                session.handle(&l)
+            }
+            Line::TooLong => session.count_errors(Action::Reply(Reply::LINE_TOO_LONG)),
+            Line::BareLineEnding => Action::Close(Reply::BARE_LINE_ENDING),
+            Line::Eof => return Ok(PhaseEnd::Closed),
+        };
+        let action = match action {
+            Action::CheckPassword { login, password } => {
+                let users = shared.users.current();
+                let result = tokio::task::spawn_blocking(move || users.verify(&login, &password))
+                    .await
+                    .unwrap_or(mta_core::auth::Verified::Rejected);
+                if let mta_core::auth::Verified::Rejected = result {
+                    warn!("authentication failed");
+                }
+                session.auth_checked(result)
+            }
+            other => other,
+        };
+        match action {
+            Action::Reply(r) => {
+                debug!(reply = %r, "S:");
+                out.extend_from_slice(r.to_wire().as_bytes());
+            }
+            Action::Close(r) => return close(io, out, r).await,
+            Action::StartTls(r) => {
+                out.extend_from_slice(r.to_wire().as_bytes());
+                io.write_all(&out).await?;
+                return Ok(PhaseEnd::StartTls(io));
+            }
+            Action::StartData(r) => {
+                if !io.buffer().is_empty() {
+                    // RFC 2920 §3.1: DATA ends a pipelined group; text sent before our 354
+                    // is not a message.
+                    session.take_transaction();
+                    return close(
+                        io,
+                        out,
+                        Reply::new(554, "5.5.0", "Data sent before 354; improper pipelining"),
+                    )
+                    .await;
+                }
+                out.extend_from_slice(r.to_wire().as_bytes());
+                io.write_all(&out).await?;
+                out.clear();
+                let reply = match receive(shared, &mut io, &mut session).await? {
+                    Some(reply) => reply,
+                    None => return Ok(PhaseEnd::Closed),
+                };
+                let close_after = reply == Reply::BARE_LINE_ENDING_DATA;
+                let reply = session.count_errors(Action::Reply(reply));
+                match reply {
+                    Action::Reply(r) if !close_after => {
+                        out.extend_from_slice(r.to_wire().as_bytes())
+                    }
+                    Action::Reply(r) | Action::Close(r) => return close(io, out, r).await,
+                    _ => unreachable!("count_errors returns Reply or Close"),
+                }
+            }
+            Action::CheckPassword { .. } => unreachable!("handled above"),
+        }
+    }
+}
+
+/// Sends what is pending plus a last reply, then closes.
+async fn close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: BufReader<S>,
+    mut out: Vec<u8>,
+    last: Reply,
+) -> std::io::Result<PhaseEnd<BufReader<S>>> {
+    debug!(reply = %last, "S: (closing)");
+    out.extend_from_slice(last.to_wire().as_bytes());
+    let _ = timeout(std::time::Duration::from_secs(5), async {
+        io.write_all(&out).await?;
+        io.shutdown().await
+    })
+    .await;
+    Ok(PhaseEnd::Closed)
+}
+
+/// Reads the message after 354 and queues it. `None` when the connection was lost.
+async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut BufReader<S>,
+    session: &mut Session,
+) -> std::io::Result<Option<Reply>> {
+    let config = &shared.config;
+    let end = match timeout(
+        config.limits.data_timeout,
+        read_data(io, config.limits.max_message_size),
+    )
+    .await
+    {
+        Ok(end) => end?,
+        Err(_) => {
+            session.take_transaction();
+            return Ok(Some(Reply::TIMEOUT));
+        }
+    };
+    let tx = session
+        .take_transaction()
+        .expect("DATA is accepted only inside a transaction");
+    let data = match end {
+        DataEnd::Message(data) => data,
+        DataEnd::TooBig => return Ok(Some(Reply::MESSAGE_TOO_BIG)),
+        DataEnd::LineTooLong => return Ok(Some(Reply::DATA_LINE_TOO_LONG)),
+        DataEnd::Malformed => {
+            warn!("bare CR/LF or NUL in message data; refusing and closing");
+            return Ok(Some(Reply::BARE_LINE_ENDING_DATA));
+        }
+        DataEnd::Eof => return Ok(None),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let id = MessageId::generate(now.as_millis() as u64);
+    let ctx = session.context();
+    let trace = Trace {
+        ctx,
+        helo: session.helo().unwrap_or("unknown"),
+        esmtp: session.esmtp(),
+        user: session.user(),
+        id: &id,
+        now: now.as_secs(),
+    };
+    let body = assemble(&trace, &tx, &data);
+    let envelope = Envelope {
+        id: id.clone(),
+        sender: tx.from.clone(),
+        recipients: tx
+            .recipients
+            .iter()
+            .cloned()
+            .map(Recipient::pending)
+            .collect(),
+        received_at: now.as_secs(),
+        size: body.len() as u64,
+        origin: Origin {
+            listener: ctx.listener,
+            peer: ctx.peer.to_string(),
+            helo: trace.helo.to_string(),
+            auth_user: session.user().map(|u| u.to_string()),
+            tls: ctx.tls.clone(),
+        },
+    };
+    let rcpts: Vec<String> = tx.recipients.iter().map(|r| r.to_string()).collect();
+    let size = body.len();
+    match shared.queue.enqueue(envelope, body).await {
+        Ok(()) => {
+            info!(msg = %id, from = %tx.from, rcpts = %rcpts.join(","), size, "received");
+            Ok(Some(Reply::new(250, "2.0.0", format!("OK queued as {id}"))))
+        }
+        Err(e) => {
+            warn!(error = %e, "message not accepted: queue write failed");
+            Ok(Some(e.reply()))
+        }
+    }
+}
+
+/// A command line for the debug transcript: AUTH data and SASL responses are hidden.
+fn redact(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    let upper = text.to_ascii_uppercase();
+    if upper.starts_with("AUTH ") {
+        let mech: String = text.split(' ').take(2).collect::<Vec<_>>().join(" ");
+        return format!("{mech} <redacted>");
+    }
+    if !text.contains(' ') && text.len() > 4 && !upper.chars().all(|c| c.is_ascii_uppercase()) {
+        // Probably a SASL response (base64); never log it.
+        return "<redacted>".into();
+    }
+    text.escape_debug().to_string()
+}

@@ -1,0 +1,146 @@
+//! Reading the message after DATA (RFC 5321 §4.1.1.4, §4.5.2): lines up to `<CRLF>.<CRLF>`,
+//! dot-unstuffed, with the size limit applied as data arrives.
+//!
+//! Only `<CRLF>.<CRLF>` ends the data. A bare CR or LF anywhere is refused at once and the
+//! connection closed, so no other ending can be read as the end of a message (SMTP
+//! smuggling). A NUL is refused the same way. A message over the size limit, or with a
+//! line over 1000 octets, is read to its end and then refused, keeping the dialogue in step.
+
+use std::io;
+
+use tokio::io::AsyncBufRead;
+
+use super::line::{Line, MAX_TEXT_LINE, read_line};
+
+/// How the data phase ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DataEnd {
+    /// The message, unstuffed, every line ending in CRLF.
+    Message(Vec<u8>),
+    /// The message was larger than the limit (read to its end, not kept).
+    TooBig,
+    /// A line was longer than 1000 octets (read to its end, not kept).
+    LineTooLong,
+    /// A bare CR or LF, or a NUL: the data cannot be trusted to end where the client
+    /// thinks. Answer and close.
+    Malformed,
+    /// The connection closed before the final dot.
+    Eof,
+}
+
+/// Reads the data of one message, keeping at most `max_size` octets.
+///
+/// # Errors
+/// I/O errors of the underlying reader.
+pub async fn read_data<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    max_size: u64,
+) -> io::Result<DataEnd> {
+    let mut body = Vec::new();
+    let mut size: u64 = 0;
+    let mut too_long = false;
+    loop {
+        let line = match read_line(reader, MAX_TEXT_LINE).await? {
+            Line::Complete(l) => l,
+            Line::TooLong => {
+                too_long = true;
+                continue;
+            }
+            Line::BareLineEnding => return Ok(DataEnd::Malformed),
+            Line::Eof => return Ok(DataEnd::Eof),
+        };
+        if line == b"." {
+            break;
+        }
+        if line.contains(&0) {
+            return Ok(DataEnd::Malformed);
+        }
+        let text = line.strip_prefix(b".").unwrap_or(&line);
+        size += text.len() as u64 + 2;
+        if size <= max_size && !too_long {
+            body.extend_from_slice(text);
+            body.extend_from_slice(b"\r\n");
+        } else if !too_long {
+            // Over the limit: stop keeping data, but read on to the dot.
+            body = Vec::new();
+        }
+    }
+    if too_long {
+        Ok(DataEnd::LineTooLong)
+    } else if size > max_size {
+        Ok(DataEnd::TooBig)
+    } else {
+        Ok(DataEnd::Message(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, BufReader};
+
+    async fn read(input: &[u8], max: u64, capacity: usize) -> (DataEnd, Vec<u8>) {
+        let mut r = BufReader::with_capacity(capacity, input);
+        let end = read_data(&mut r, max).await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        (end, rest)
+    }
+
+    #[tokio::test]
+    async fn ends_and_unstuffs() {
+        for capacity in [1, 3, 16, 4096] {
+            let (end, rest) =
+                read(b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n", 1000, capacity).await;
+            assert_eq!(
+                end,
+                DataEnd::Message(b"Subject: x\r\n\r\n.dot\r\n".to_vec())
+            );
+            assert_eq!(rest, b"QUIT\r\n", "the next command is left unread");
+            let (end, _) = read(b".\r\n", 1000, capacity).await;
+            assert_eq!(end, DataEnd::Message(Vec::new()));
+        }
+    }
+
+    #[tokio::test]
+    async fn smuggling_endings_are_refused() {
+        // Each of these must never end the data; the whole message is refused instead.
+        let endings: [&[u8]; 9] = [
+            b"\n.\n",
+            b"\r.\r",
+            b"\r.\n",
+            b"\n.\r",
+            b"\n.\r\n",
+            b"\r\n.\n",
+            b"\r.\r\n",
+            b"\r\n.\r",
+            b"\r\n\0.\r\n",
+        ];
+        for ending in endings {
+            let mut input = b"Subject: a\r\n\r\nbody".to_vec();
+            input.extend_from_slice(ending);
+            input.extend_from_slice(
+                b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nsmuggled\r\n.\r\n",
+            );
+            let (end, _) = read(&input, 100_000, 7).await;
+            assert_eq!(end, DataEnd::Malformed, "ending {ending:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_read_to_the_dot() {
+        let big = format!("{}\r\n.\r\nNOOP\r\n", "a".repeat(500));
+        let (end, rest) = read(big.as_bytes(), 100, 64).await;
+        assert_eq!((end, rest.as_slice()), (DataEnd::TooBig, &b"NOOP\r\n"[..]));
+        let (end, _) = read(big.as_bytes(), 502, 64).await;
+        assert!(matches!(end, DataEnd::Message(_)));
+        let long = format!("{}\r\n.\r\nNOOP\r\n", "a".repeat(1000));
+        let (end, rest) = read(long.as_bytes(), 100_000, 64).await;
+        assert_eq!(
+            (end, rest.as_slice()),
+            (DataEnd::LineTooLong, &b"NOOP\r\n"[..])
+        );
+        let (end, _) = read(b"no end\r\n", 100, 4).await;
+        assert_eq!(end, DataEnd::Eof);
+    }
+}

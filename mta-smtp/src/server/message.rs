@@ -1,0 +1,114 @@
+//! What we add to a message before it is queued: our `Received` trace header (RFC 5321
+//! §4.4, with the protocol names of RFC 3848 / RFC 6531), and on submission the `Message-ID`
+//! and `Date` a client left out (RFC 6409 §8). The client's bytes follow unchanged.
+
+use mta_core::address::Address;
+use mta_core::date;
+use mta_core::envelope::MessageId;
+
+use super::session::{Context, Transaction};
+
+/// Everything the trace header says about how the message reached us.
+pub struct Trace<'a> {
+    /// Connection facts.
+    pub ctx: &'a Context,
+    /// EHLO/HELO name, or `unknown` (validated: printable ASCII, no spaces).
+    pub helo: &'a str,
+    /// True after EHLO (ESMTP), false after HELO.
+    pub esmtp: bool,
+    /// Set when the client authenticated.
+    pub user: Option<&'a Address>,
+    /// The queue id.
+    pub id: &'a MessageId,
+    /// Reception time, Unix seconds.
+    pub now: u64,
+}
+
+/// RFC 3848 / RFC 6531 §3.7.3 `with` protocol name.
+fn protocol(t: &Trace<'_>, tx: &Transaction) -> String {
+    let mut p = String::from(match (tx.smtputf8, t.esmtp) {
+        (true, _) => "UTF8SMTP",
+        (false, true) => "ESMTP",
+        (false, false) => "SMTP",
+    });
+    if t.ctx.tls.is_some() {
+        p.push('S');
+    }
+    if t.user.is_some() {
+        p.push('A');
+    }
+    p
+}
+
+/// The `Received` header, folded, ending in CRLF.
+pub fn received(t: &Trace<'_>, tx: &Transaction) -> String {
+    let mut h = format!(
+        "Received: from {} ([{}])\r\n\tby {} (mta) with {} id {}",
+        t.helo,
+        t.ctx.peer.ip(),
+        t.ctx.config.hostname,
+        protocol(t, tx),
+        t.id
+    );
+    if let Some(tls) = &t.ctx.tls {
+        let (version, cipher) = tls.split_once(' ').unwrap_or((tls, "unknown"));
+        h.push_str(&format!("\r\n\t(using {version} with cipher {cipher})"));
+    }
+    // Name the recipient only when there is one: more would disclose Bcc recipients.
+    if let [only] = tx.recipients.as_slice() {
+        h.push_str(&format!("\r\n\tfor <{only}>"));
+    }
+    h.push_str(&format!(";\r\n\t{}\r\n", date::rfc5322(t.now)));
+    h
+}
+
+/// True when the header section of `data` has a field called `name` (case-insensitive).
+pub fn has_header(data: &[u8], name: &str) -> bool {
+    for line in data.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            return false;
+        }
+        if line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name.as_bytes())
+            && line[name.len()] == b':'
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// The bytes to queue: our headers, then the client's data unchanged.
+pub fn assemble(t: &Trace<'_>, tx: &Transaction, data: &[u8]) -> Vec<u8> {
+    let mut head = received(t, tx);
+    if t.ctx.listener.is_submission() {
+        if !has_header(data, "Message-ID") {
+            head.push_str(&format!(
+                "Message-ID: <{}@{}>\r\n",
+                t.id, t.ctx.config.hostname
+            ));
+        }
+        if !has_header(data, "Date") {
+            head.push_str(&format!("Date: {}\r\n", date::rfc5322(t.now)));
+        }
+    }
+    let mut out = Vec::with_capacity(head.len() + data.len());
+    out.extend_from_slice(head.as_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_detection() {
+        let msg = b"From: a@b\r\nmessage-id: <x@y>\r\n\r\nDate: in body\r\n";
+        assert!(has_header(msg, "Message-ID"));
+        assert!(!has_header(msg, "Date"));
+        assert!(!has_header(b"Message-IDs: x\r\n\r\n", "Message-ID"));
+        assert!(!has_header(b"\r\nDate: x\r\n", "Date"));
+    }
+}

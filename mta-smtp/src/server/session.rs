@@ -1,0 +1,413 @@
+//! One client's SMTP dialogue as a state machine (RFC 5321 §4.1.4 ordering, RFC 3207
+//! STARTTLS, RFC 4954 AUTH). It owns no socket: the connection loop passes each line to
+//! [`Session::handle`] and carries out the returned [`Action`].
+//!
+//! A session lives for one plaintext or one TLS phase: after STARTTLS the loop builds a new
+//! one, so nothing said before the handshake survives it (RFC 3207 §4.2).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use mta_core::address::{Address, ReversePath};
+use mta_core::auth::Verified;
+use mta_core::config::Config;
+use mta_core::envelope::ListenerKind;
+use mta_core::policy::{self, RcptDecision, Relay};
+use mta_core::reply::Reply;
+use mta_core::seams::UserDirectory;
+
+use super::command::{self, Command, MailFrom, Mechanism};
+use super::line::MAX_COMMAND_LINE;
+
+/// What a session knows about its connection. Set by the connection loop.
+#[derive(Clone)]
+pub struct Context {
+    /// The validated config.
+    pub config: Arc<Config>,
+    /// The user database (AUTH and recipient checks).
+    pub users: Arc<dyn UserDirectory>,
+    /// Which listener accepted the connection.
+    pub listener: ListenerKind,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// Protocol and cipher when the connection is encrypted, e.g. `TLSv1.3 TLS13_AES_128_GCM_SHA256`.
+    pub tls: Option<String>,
+    /// True when STARTTLS can be offered (plaintext phase with a certificate loaded).
+    pub starttls_available: bool,
+}
+
+/// What the connection loop must do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Send the reply and read the next line.
+    Reply(Reply),
+    /// Send the reply and close the connection.
+    Close(Reply),
+    /// Send the reply (220), then do the TLS handshake and start a new session.
+    StartTls(Reply),
+    /// Send the reply (354), read the message with [`super::data::read_data`], then call
+    /// [`Session::take_transaction`].
+    StartData(Reply),
+    /// Check a password off the async threads (argon2 is slow on purpose), then call
+    /// [`Session::auth_checked`]. Never log `password`.
+    CheckPassword {
+        /// The login the client gave.
+        login: String,
+        /// The password the client gave.
+        password: String,
+    },
+}
+
+/// A mail transaction: set by MAIL, grown by RCPT, taken by DATA, dropped by RSET/EHLO.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transaction {
+    /// MAIL FROM.
+    pub from: ReversePath,
+    /// The client announced SMTPUTF8.
+    pub smtputf8: bool,
+    /// Accepted recipients after alias expansion, without duplicates.
+    pub recipients: Vec<Address>,
+    /// RCPT commands accepted (before expansion), for the recipient limit.
+    pub rcpt_count: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum SaslStep {
+    None,
+    PlainResponse,
+    LoginUser,
+    LoginPassword { login: String },
+    Checking,
+}
+
+/// The state of one dialogue.
+pub struct Session {
+    ctx: Context,
+    helo: Option<String>,
+    esmtp: bool,
+    user: Option<Address>,
+    tx: Option<Transaction>,
+    sasl: SaslStep,
+    errors: u32,
+}
+
+impl Session {
+    /// A new session in its initial state.
+    pub fn new(ctx: Context) -> Session {
+        Session {
+            ctx,
+            helo: None,
+            esmtp: false,
+            user: None,
+            tx: None,
+            sasl: SaslStep::None,
+            errors: 0,
+        }
+    }
+
+    /// The greeting (RFC 5321 §4.3.1); not sent again after STARTTLS.
+    pub fn greeting(&self) -> Reply {
+        Reply::plain(220, format!("{} ESMTP mta", self.ctx.config.hostname))
+    }
+
+    /// The name from EHLO/HELO, if given.
+    pub fn helo(&self) -> Option<&str> {
+        self.helo.as_deref()
+    }
+
+    /// True after EHLO, false after HELO (for the `with` clause of `Received`).
+    pub fn esmtp(&self) -> bool {
+        self.esmtp
+    }
+
+    /// The authenticated user, if any.
+    pub fn user(&self) -> Option<&Address> {
+        self.user.as_ref()
+    }
+
+    /// The session context.
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// The longest line the loop should accept next: AUTH lines may be long (RFC 4954 §4).
+    pub fn line_limit(&self) -> usize {
+        super::line::MAX_AUTH_LINE
+    }
+
+    /// Handles one line (without CRLF): a command, or a SASL response during AUTH.
+    pub fn handle(&mut self, line: &[u8]) -> Action {
+        let action = if self.sasl != SaslStep::None {
+            self.sasl_response(line)
+        } else if line.len() + 2 > MAX_COMMAND_LINE && !starts_with_ignore_case(line, b"AUTH ") {
+            Action::Reply(Reply::LINE_TOO_LONG)
+        } else {
+            match command::parse(line) {
+                Ok(cmd) => self.command(cmd),
+                Err(r) if r.close => Action::Close(r.reply),
+                Err(r) => Action::Reply(r.reply),
+            }
+        };
+        self.count_errors(action)
+    }
+
+    /// Counts client errors (5xx replies); past the budget the session ends with 421.
+    pub fn count_errors(&mut self, action: Action) -> Action {
+        match &action {
+            Action::Reply(r) if r.is_permanent() => {
+                self.errors += 1;
+                if self.errors >= self.ctx.config.limits.max_errors {
+                    return Action::Close(Reply::TOO_MANY_ERRORS);
+                }
+                action
+            }
+            _ => action,
+        }
+    }
+
+    fn command(&mut self, cmd: Command) -> Action {
+        match cmd {
+            Command::Ehlo(name) => {
+                self.tx = None;
+                self.helo = Some(name);
+                self.esmtp = true;
+                Action::Reply(self.ehlo_reply())
+            }
+            Command::Helo(name) => {
+                self.tx = None;
+                self.helo = Some(name);
+                self.esmtp = false;
+                Action::Reply(Reply::plain(250, self.ctx.config.hostname.to_string()))
+            }
+            Command::Mail(mail) => self.mail(mail),
+            Command::Rcpt { to, utf8 } => self.rcpt(&to, utf8),
+            Command::Data => match &self.tx {
+                None => Action::Reply(Reply::NEED_MAIL_FIRST),
+                Some(tx) if tx.recipients.is_empty() => Action::Reply(Reply::NO_VALID_RECIPIENTS),
+                Some(_) => Action::StartData(Reply::START_DATA),
+            },
+            Command::Rset => {
+                self.tx = None;
+                Action::Reply(Reply::OK)
+            }
+            Command::Noop => Action::Reply(Reply::OK),
+            Command::Quit => Action::Close(Reply::BYE),
+            Command::Help => Action::Reply(Reply::HELP),
+            Command::Vrfy => Action::Reply(Reply::CANNOT_VRFY),
+            Command::Expn => Action::Reply(Reply::NOT_IMPLEMENTED),
+            Command::StartTls => {
+                if self.ctx.tls.is_some() {
+                    Action::Reply(Reply::ALREADY_TLS)
+                } else if !self.ctx.starttls_available {
+                    Action::Reply(Reply::TLS_NOT_OFFERED)
+                } else {
+                    Action::StartTls(Reply::READY_TLS)
+                }
+            }
+            Command::Auth { mechanism, initial } => self.auth(mechanism, initial),
+        }
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let cfg = &self.ctx.config;
+        let mut lines = vec![
+            cfg.hostname.to_string(),
+            "PIPELINING".to_string(),
+            format!("SIZE {}", cfg.limits.max_message_size),
+            "8BITMIME".to_string(),
+            "SMTPUTF8".to_string(),
+            "ENHANCEDSTATUSCODES".to_string(),
+        ];
+        if self.ctx.tls.is_none() && self.ctx.starttls_available {
+            lines.push("STARTTLS".to_string());
+        }
+        // RFC 4954 §4 and RFC 8314 §3: AUTH only where submission is, and only over TLS.
+        if self.ctx.listener.is_submission() && self.ctx.tls.is_some() && self.user.is_none() {
+            lines.push("AUTH PLAIN LOGIN".to_string());
+        }
+        Reply::plain(250, lines.join("\n"))
+    }
+
+    fn mail(&mut self, mail: MailFrom) -> Action {
+        if self.helo.is_none() {
+            return Action::Reply(Reply::NEED_EHLO_FIRST);
+        }
+        if self.tx.is_some() {
+            return Action::Reply(Reply::NESTED_MAIL);
+        }
+        if self.ctx.listener.is_submission() {
+            if self.ctx.tls.is_none() {
+                return Action::Reply(Reply::TLS_REQUIRED);
+            }
+            let Some(user) = &self.user else {
+                return Action::Reply(Reply::AUTH_REQUIRED);
+            };
+            if !policy::may_send_as(&self.ctx.config, user, &mail.from) {
+                return Action::Reply(Reply::SENDER_NOT_OWNED);
+            }
+        }
+        if mail
+            .size
+            .is_some_and(|s| s > self.ctx.config.limits.max_message_size)
+        {
+            return Action::Reply(Reply::MESSAGE_TOO_BIG);
+        }
+        self.tx = Some(Transaction {
+            from: mail.from,
+            smtputf8: mail.smtputf8,
+            recipients: Vec::new(),
+            rcpt_count: 0,
+        });
+        Action::Reply(Reply::SENDER_OK)
+    }
+
+    fn rcpt(&mut self, to: &mta_core::address::ForwardPath, utf8: bool) -> Action {
+        let relay = if self.user.is_some() {
+            Relay::Allowed
+        } else {
+            Relay::Denied
+        };
+        let max = self.ctx.config.limits.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return Action::Reply(Reply::NEED_MAIL_FIRST);
+        };
+        if tx.rcpt_count >= max {
+            return Action::Reply(Reply::TOO_MANY_RECIPIENTS);
+        }
+        if utf8 && !tx.smtputf8 {
+            return Action::Reply(Reply::NEED_SMTPUTF8);
+        }
+        let users = self.ctx.users.current();
+        match policy::rcpt(&self.ctx.config, &users, relay, to) {
+            RcptDecision::Accept(targets) => {
+                tx.rcpt_count += 1;
+                for t in targets {
+                    if !tx.recipients.iter().any(|r| r.key() == t.key()) {
+                        tx.recipients.push(t);
+                    }
+                }
+                Action::Reply(Reply::RECIPIENT_OK)
+            }
+            RcptDecision::Reject(reply) => Action::Reply(reply),
+        }
+    }
+
+    /// Takes the transaction after the data was read (whatever its fate), so the next
+    /// MAIL starts afresh (RFC 5321 §4.1.1.4).
+    pub fn take_transaction(&mut self) -> Option<Transaction> {
+        self.tx.take()
+    }
+
+    fn auth(&mut self, mechanism: Mechanism, initial: Option<String>) -> Action {
+        if !self.ctx.listener.is_submission() {
+            return Action::Reply(Reply::AUTH_NOT_OFFERED);
+        }
+        if self.ctx.tls.is_none() {
+            return Action::Reply(Reply::ENCRYPTION_REQUIRED);
+        }
+        if self.user.is_some() {
+            return Action::Reply(Reply::ALREADY_AUTHENTICATED);
+        }
+        if self.tx.is_some() {
+            // RFC 4954 §4: AUTH is not permitted during a mail transaction.
+            return Action::Reply(Reply::new(
+                503,
+                "5.5.1",
+                "AUTH not allowed during a mail transaction",
+            ));
+        }
+        match (mechanism, initial) {
+            (Mechanism::Plain, None) => {
+                self.sasl = SaslStep::PlainResponse;
+                Action::Reply(Reply::plain(334, ""))
+            }
+            (Mechanism::Plain, Some(resp)) => self.plain(resp.as_bytes()),
+            (Mechanism::Login, None) => {
+                self.sasl = SaslStep::LoginUser;
+                Action::Reply(Reply::plain(334, "VXNlcm5hbWU6"))
+            }
+            (Mechanism::Login, Some(resp)) => self.login_user(resp.as_bytes()),
+        }
+    }
+
+    fn sasl_response(&mut self, line: &[u8]) -> Action {
+        if line == b"*" {
+            self.sasl = SaslStep::None;
+            return Action::Reply(Reply::AUTH_CANCELLED);
+        }
+        match std::mem::replace(&mut self.sasl, SaslStep::None) {
+            SaslStep::PlainResponse => self.plain(line),
+            SaslStep::LoginUser => self.login_user(line),
+            SaslStep::LoginPassword { login } => match decode(line) {
+                Some(password) => self.check(login, password),
+                None => Action::Reply(Reply::BAD_AUTH_SYNTAX),
+            },
+            SaslStep::None | SaslStep::Checking => Action::Reply(Reply::BAD_AUTH_SYNTAX),
+        }
+    }
+
+    /// RFC 4616: `authzid NUL authcid NUL passwd`; authzid empty or equal to authcid.
+    fn plain(&mut self, response: &[u8]) -> Action {
+        let Some(text) = decode(response) else {
+            return Action::Reply(Reply::BAD_AUTH_SYNTAX);
+        };
+        let mut parts = text.split('\0');
+        match (parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some(authz), Some(login), Some(password), None)
+                if authz.is_empty() || authz == login =>
+            {
+                self.check(login.to_string(), password.to_string())
+            }
+            (Some(_), Some(_), Some(_), None) => Action::Reply(Reply::AUTH_FAILED),
+            _ => Action::Reply(Reply::BAD_AUTH_SYNTAX),
+        }
+    }
+
+    fn login_user(&mut self, response: &[u8]) -> Action {
+        match decode(response) {
+            Some(login) => {
+                self.sasl = SaslStep::LoginPassword { login };
+                Action::Reply(Reply::plain(334, "UGFzc3dvcmQ6"))
+            }
+            None => Action::Reply(Reply::BAD_AUTH_SYNTAX),
+        }
+    }
+
+    fn check(&mut self, login: String, password: String) -> Action {
+        self.sasl = SaslStep::Checking;
+        Action::CheckPassword { login, password }
+    }
+
+    /// Records the result of a [`Action::CheckPassword`].
+    pub fn auth_checked(&mut self, result: Verified) -> Action {
+        self.sasl = SaslStep::None;
+        let action = match result {
+            Verified::User(address) => {
+                self.user = Some(address);
+                Action::Reply(Reply::AUTH_OK)
+            }
+            Verified::Rejected => Action::Reply(Reply::AUTH_FAILED),
+        };
+        self.count_errors(action)
+    }
+}
+
+/// Base64 to UTF-8 text; `=` is the empty response (RFC 4954 §4).
+fn decode(response: &[u8]) -> Option<String> {
+    if response == b"=" {
+        return Some(String::new());
+    }
+    B64.decode(response)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
+    line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,268 @@
+//! Dialogue tables for [`Session`]: lines in, reply codes out. Each step is
+//! `(client line, expected code)`; a password check is carried out inline as the
+//! connection loop would.
+
+use super::*;
+use mta_core::auth::UserDb;
+use std::sync::OnceLock;
+
+struct Users(Arc<UserDb>);
+impl UserDirectory for Users {
+    fn current(&self) -> Arc<UserDb> {
+        self.0.clone()
+    }
+}
+
+fn users() -> Arc<UserDb> {
+    static DB: OnceLock<Arc<UserDb>> = OnceLock::new();
+    DB.get_or_init(|| {
+        let mut db = UserDb::default();
+        db.add(
+            Address::parse("alice@example.org").unwrap(),
+            "correct horse",
+        )
+        .unwrap();
+        Arc::new(db)
+    })
+    .clone()
+}
+
+fn session(listener: ListenerKind, tls: bool) -> Session {
+    session_with(listener, tls, 20)
+}
+
+fn session_with(listener: ListenerKind, tls: bool, max_errors: u32) -> Session {
+    let config = Config::from_toml(
+        "test.toml",
+        &format!(
+            r#"
+hostname = "mx.example.org"
+local_domains = ["example.org"]
+[limits]
+max_message_size = 10000
+max_recipients = 100
+max_errors = {max_errors}
+[aliases]
+"sales@example.org" = ["alice@example.org"]
+"#
+        ),
+        "unused",
+    )
+    .unwrap();
+    Session::new(Context {
+        config: Arc::new(config),
+        users: Arc::new(Users(users())),
+        listener,
+        peer: "127.0.0.1:40000".parse().unwrap(),
+        tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
+        starttls_available: !tls,
+    })
+}
+
+/// Runs the dialogue and returns each step's (code, action kind).
+fn run(s: &mut Session, steps: &[(&str, u16)]) {
+    for (line, want) in steps {
+        let mut action = s.handle(line.as_bytes());
+        if let Action::CheckPassword { login, password } = &action {
+            let verified = users().verify(login, password);
+            action = s.auth_checked(verified);
+        }
+        let code = match &action {
+            Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::StartData(r) => {
+                r.code
+            }
+            Action::CheckPassword { .. } => 0,
+        };
+        assert_eq!(code, *want, "after {line:?}: {action:?}");
+    }
+}
+
+fn b64(s: &str) -> String {
+    B64.encode(s)
+}
+
+#[test]
+fn inbound_port_25() {
+    let mut s = session(ListenerKind::Smtp, false);
+    run(
+        &mut s,
+        &[
+            ("MAIL FROM:<a@remote.test>", 503),
+            ("EHLO client.test", 250),
+            ("AUTH PLAIN", 502),
+            ("RCPT TO:<alice@example.org>", 503),
+            ("DATA", 503),
+            ("MAIL FROM:<a@remote.test>", 250),
+            ("MAIL FROM:<a@remote.test>", 503),
+            ("RCPT TO:<bob@remote.test>", 550),
+            ("RCPT TO:<nobody@example.org>", 550),
+            ("RCPT TO:<alice@example.org>", 250),
+            ("RCPT TO:<Sales@Example.ORG>", 250),
+            ("RCPT TO:<postmaster>", 250),
+            ("VRFY alice", 252),
+            ("NOOP", 250),
+            ("DATA", 354),
+        ],
+    );
+    let tx = s.take_transaction().unwrap();
+    let rcpts: Vec<String> = tx.recipients.iter().map(|a| a.to_string()).collect();
+    assert_eq!(rcpts, ["alice@example.org", "postmaster@mx.example.org"]);
+    run(&mut s, &[("DATA", 503), ("RSET", 250), ("QUIT", 221)]);
+}
+
+#[test]
+fn ehlo_advertises_by_state() {
+    let ehlo = |s: &mut Session| match s.handle(b"EHLO c.test") {
+        Action::Reply(r) => r.text.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let plain25 = ehlo(&mut session(ListenerKind::Smtp, false));
+    assert!(
+        plain25.contains("STARTTLS") && !plain25.contains("AUTH"),
+        "{plain25}"
+    );
+    assert!(plain25.contains("SIZE 10000") && plain25.contains("SMTPUTF8"));
+    let plain587 = ehlo(&mut session(ListenerKind::Submission, false));
+    assert!(
+        plain587.contains("STARTTLS") && !plain587.contains("AUTH"),
+        "{plain587}"
+    );
+    let tls587 = ehlo(&mut session(ListenerKind::Submission, true));
+    assert!(
+        !tls587.contains("STARTTLS") && tls587.contains("AUTH PLAIN LOGIN"),
+        "{tls587}"
+    );
+}
+
+#[test]
+fn submission_needs_tls_then_auth() {
+    let mut s = session(ListenerKind::Submission, false);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            (
+                &format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse")),
+                538,
+            ),
+            ("MAIL FROM:<alice@example.org>", 530),
+            ("STARTTLS", 220),
+        ],
+    );
+    let mut s = session(ListenerKind::Submissions, true);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            ("MAIL FROM:<alice@example.org>", 530),
+            (
+                &format!("AUTH PLAIN {}", b64("\0alice@example.org\0wrong")),
+                535,
+            ),
+            (
+                &format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse")),
+                235,
+            ),
+            (
+                &format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse")),
+                503,
+            ),
+            ("MAIL FROM:<bob@example.org>", 553),
+            ("MAIL FROM:<>", 553),
+            ("MAIL FROM:<sales@example.org> SIZE=20000", 552),
+            ("MAIL FROM:<sales@example.org>", 250),
+            ("RCPT TO:<anyone@remote.test>", 250),
+            ("RCPT TO:<nobody@example.org>", 550),
+            ("DATA", 354),
+        ],
+    );
+}
+
+#[test]
+fn auth_plain_and_login_steps() {
+    let mut s = session(ListenerKind::Submission, true);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            ("AUTH PLAIN", 334),
+            ("*", 501),
+            ("AUTH PLAIN", 334),
+            ("not base64!", 501),
+            ("AUTH LOGIN", 334),
+            (&b64("alice@example.org"), 334),
+            (&b64("correct horse"), 235),
+        ],
+    );
+    let mut s = session(ListenerKind::Submission, true);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            (&format!("AUTH LOGIN {}", b64("ALICE@example.org")), 334),
+            (&b64("correct horse"), 235),
+            ("MAIL FROM:<alice@example.org>", 250),
+        ],
+    );
+    let mut s = session(ListenerKind::Submission, true);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            (
+                &format!(
+                    "AUTH PLAIN {}",
+                    b64("bob@example.org\0alice@example.org\0correct horse")
+                ),
+                535,
+            ),
+            (
+                &format!("AUTH PLAIN {}", b64("\0nobody@example.org\0correct horse")),
+                535,
+            ),
+            ("AUTH CRAM-MD5", 504),
+        ],
+    );
+}
+
+#[test]
+fn errors_are_bounded_and_lines_limited() {
+    let mut s = session_with(ListenerKind::Smtp, false, 5);
+    run(&mut s, &[("EHLO c.test", 250)]);
+    let long = format!("NOOP {}", "x".repeat(600));
+    run(
+        &mut s,
+        &[
+            (&long, 500),
+            ("BOGUS", 500),
+            ("BOGUS", 500),
+            ("BOGUS", 500),
+            ("BOGUS", 421),
+        ],
+    );
+    let mut s = session(ListenerKind::Smtp, false);
+    match s.handle(b"GET / HTTP/1.1") {
+        Action::Close(r) => assert_eq!(r.code, 500),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn smtputf8_is_needed_for_utf8_recipients() {
+    let mut s = session(ListenerKind::Submission, true);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            (
+                &format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse")),
+                235,
+            ),
+            ("MAIL FROM:<alice@example.org>", 250),
+            ("RCPT TO:<ñ@remote.test>", 553),
+            ("RSET", 250),
+            ("MAIL FROM:<alice@example.org> SMTPUTF8", 250),
+            ("RCPT TO:<ñ@remote.test>", 250),
+        ],
+    );
+}
