@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-/// Seconds per unit, largest first (the order [`format`] tries them in).
+/// Seconds per unit, largest first (the order [`format()`] tries them in).
 const UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
 
 /// Parses `<digits><unit>`.

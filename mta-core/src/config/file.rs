@@ -1,5 +1,5 @@
 //! The config file as TOML: [`RawConfig`] mirrors it key for key (every key optional, unknown
-//! keys refused), [`parse`] reads it, [`write`] turns a [`Config`] back into it. Validation and
+//! keys refused), [`parse`] reads it, [`write()`] turns a [`Config`] back into it. Validation and
 //! defaults are in `validate.rs`; this module only knows the shape of the file.
 
 use std::collections::BTreeMap;
