@@ -32,7 +32,14 @@ pub enum Relay {
 pub fn rcpt(config: &Config, users: &UserDb, relay: Relay, to: &ForwardPath) -> RcptDecision {
     let address = match to {
         ForwardPath::Postmaster => {
-            return RcptDecision::Accept(postmaster(config, &config.hostname));
+            // The bare <Postmaster> is ours: at the hostname when that is a local domain,
+            // else at the first local domain, so it is never routed away from us.
+            let domain = if config.is_local_domain(&config.hostname) {
+                &config.hostname
+            } else {
+                config.local_domains.first().unwrap_or(&config.hostname)
+            };
+            return RcptDecision::Accept(postmaster(config, domain));
         }
         ForwardPath::Address(a) => a,
     };

@@ -63,6 +63,12 @@ impl Queue {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        // DESIGN: on start, everything not finished is tried again now.
+        match self.store.reschedule_all(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(messages = n, "start-up: every queued message is due now"),
+            Err(e) => error!(error = %e, "start-up: cannot reschedule the queue"),
+        }
         loop {
             if *shutdown.borrow() {
                 break;

@@ -187,6 +187,52 @@ impl Store {
         }
     }
 
+    /// Makes every message that is scheduled later than `now_ms` due at `now_ms` (on
+    /// start-up: a restart retries the whole queue). Returns how many were moved.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read, write or flush failure.
+    pub async fn reschedule_all(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let mut moved = 0;
+        let later: Vec<sled::IVec> = self
+            .schedule
+            .range(schedule_key(now_ms + 1, &zero_id())..)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        for key in later {
+            let Some((due, id)) = decode_schedule_key(&key) else {
+                continue;
+            };
+            let mut record = match self.load(&id) {
+                Ok(Some((record, _))) => record,
+                Ok(None) => {
+                    self.schedule.remove(&key).map_err(|e| self.err(e))?;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "skipping unreadable record");
+                    continue;
+                }
+            };
+            record.next_attempt_ms = now_ms;
+            let json = serde_json::to_vec(&record).expect("a Record always serialises");
+            let new_key = schedule_key(now_ms, &id);
+            let old_key = schedule_key(due, &id);
+            (&self.envelopes, &self.schedule)
+                .transaction(|(e, s)| {
+                    s.remove(old_key.as_slice())?;
+                    s.insert(new_key.as_slice(), &[][..])?;
+                    e.insert(id.as_str().as_bytes(), json.as_slice())?;
+                    Ok::<(), ConflictableTransactionError<()>>(())
+                })
+                .map_err(|e| self.tx_err(e))?;
+            moved += 1;
+        }
+        self.flush().await?;
+        Ok(moved)
+    }
+
     /// Up to `limit` messages due at or before `now_ms`, oldest first, as (due, id).
     ///
     /// # Errors
@@ -366,6 +412,12 @@ mod tests {
         b2.next_attempt_ms = 500;
         store.update(&b2, 50, false).await.unwrap();
         assert_eq!(store.due(100, 10).unwrap().len(), 1);
+        assert_eq!(store.reschedule_all(200).await.unwrap(), 1);
+        assert_eq!(store.due(200, 10).unwrap().len(), 2);
+        b2.next_attempt_ms = 200;
+        store.update(&b2, 200, false).await.unwrap();
+        b2.next_attempt_ms = 500;
+        store.update(&b2, 200, false).await.unwrap();
         store.update(&a, 100, true).await.unwrap();
         assert!(store.load(&a.envelope.id).unwrap().is_none());
         drop(store);
