@@ -3,7 +3,7 @@
 //! Owns: the file format (`file.rs`: `RawConfig` mirrors the file, unknown keys are refused),
 //! defaults and validation (`validate.rs`: every problem is reported at once, each with its
 //! key and `file:line:column`), durations such as `"5m"` (`duration.rs`), and the way back to
-//! TOML ([`Config::to_toml`], for `mta config check`). Leaves to others: reading the file and
+//! TOML ([`Config::to_toml`], for `mta check-config`). Leaves to others: reading the file and
 //! the machine's hostname (`mta-bin` hands us the text), and acting on the values.
 //!
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read

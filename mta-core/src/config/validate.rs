@@ -1,6 +1,6 @@
 //! [`RawConfig`] → [`Config`]: applies the built-in defaults and checks every value, collecting
 //! all problems (each with its key and position) before giving up, so one run of
-//! `mta config check` shows everything that needs fixing.
+//! `mta check-config` shows everything that needs fixing.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
