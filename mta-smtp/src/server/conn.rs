@@ -123,7 +123,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let action = match line {
             Line::Complete(l) => {
-                debug!(line = %redact(&l), "C:");
+                debug!(line = %redact(&l, session.expects_sasl()), "C:");
                 session.handle(&l)
             }
             Line::TooLong => session.count_errors(Action::Reply(Reply::LINE_TOO_LONG)),
@@ -283,17 +283,35 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A command line for the debug transcript: AUTH data and SASL responses are hidden.
-fn redact(line: &[u8]) -> String {
-    let text = String::from_utf8_lossy(line);
-    let upper = text.to_ascii_uppercase();
-    if upper.starts_with("AUTH ") {
-        let mech: String = text.split(' ').take(2).collect::<Vec<_>>().join(" ");
-        return format!("{mech} <redacted>");
-    }
-    if !text.contains(' ') && text.len() > 4 && !upper.chars().all(|c| c.is_ascii_uppercase()) {
-        // Probably a SASL response (base64); never log it.
+/// A command line for the debug transcript: AUTH data and SASL responses are hidden, and
+/// control characters escaped.
+fn redact(line: &[u8], sasl: bool) -> String {
+    if sasl {
         return "<redacted>".into();
     }
+    let text = String::from_utf8_lossy(line);
+    if text.len() >= 5 && text[..5].eq_ignore_ascii_case("AUTH ") {
+        let mech: Vec<&str> = text.split(' ').take(2).collect();
+        return format!("{} <redacted>", mech.join(" "));
+    }
     text.escape_debug().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn transcript_never_shows_credentials() {
+        assert_eq!(
+            redact(b"AUTH PLAIN AGFAYgBw", false),
+            "AUTH PLAIN <redacted>"
+        );
+        assert_eq!(redact(b"auth login", false), "auth login <redacted>");
+        assert_eq!(redact(b"cGFzc3dvcmQ=", true), "<redacted>");
+        assert_eq!(
+            redact(b"MAIL FROM:<a@b>\x1b", false),
+            "MAIL FROM:<a@b>\\u{1b}"
+        );
+    }
 }

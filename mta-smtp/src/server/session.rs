@@ -132,6 +132,14 @@ impl Session {
         &self.ctx
     }
 
+    /// True while the next line is a SASL response (base64 credentials: never log it).
+    pub fn expects_sasl(&self) -> bool {
+        matches!(
+            self.sasl,
+            SaslStep::PlainResponse | SaslStep::LoginUser | SaslStep::LoginPassword { .. }
+        )
+    }
+
     /// The longest line the loop should accept next: AUTH lines may be long (RFC 4954 §4).
     pub fn line_limit(&self) -> usize {
         super::line::MAX_AUTH_LINE
