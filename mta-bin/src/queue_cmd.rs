@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use mta_core::config::Config;
 use mta_core::date;
-use mta_queue::Queue;
+use mta_queue::{Queue, QueueSettings};
 
 use crate::control::{self, Listing};
 
@@ -49,7 +49,7 @@ fn fetch(config: &Config) -> anyhow::Result<Listing> {
             errors: vec![],
         });
     }
-    let queue = Queue::open(&path)
+    let queue = Queue::open(&path, QueueSettings::new(config.hostname.clone()))
         .with_context(|| format!("cannot open the queue in {}", path.display()))?;
     Ok(control::listing(&queue))
 }

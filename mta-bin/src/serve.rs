@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
-use mta_queue::Queue;
+use mta_queue::{Queue, QueueSettings};
 use mta_smtp::local::Router;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
@@ -50,7 +50,11 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
     prepare_data_dir(data_dir)?;
     let (acceptor, cert_note) = load_tls(&config)?;
-    let queue = Queue::open(&data_dir.join("queue")).with_context(|| {
+    let queue = Queue::open(
+        &data_dir.join("queue"),
+        QueueSettings::new(config.hostname.clone()),
+    )
+    .with_context(|| {
         format!(
             "cannot open the queue in {} (is another mta serve using this data dir?)",
             data_dir.join("queue").display()

@@ -161,6 +161,9 @@ pub struct Envelope {
     pub size: u64,
     /// How it reached us.
     pub origin: Origin,
+    /// Set by the scheduler once the "delayed" DSN has been sent, so it is sent only once.
+    #[serde(default)]
+    pub delay_warned: bool,
 }
 
 impl Envelope {

@@ -8,5 +8,5 @@ pub mod retry;
 pub mod scheduler;
 pub mod store;
 
-pub use scheduler::Queue;
+pub use scheduler::{Queue, QueueSettings};
 pub use store::{Record, Store, StoreError};

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use mta_core::address::Address;
+use mta_core::address::{Address, Domain};
 use mta_core::envelope::{Envelope, MessageId, RcptState};
 use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -27,12 +27,40 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// How the queue retries and when it gives up; from the `[queue]` config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Our hostname: `Reporting-MTA` and `MAILER-DAEMON@` of the DSNs we send.
+    pub hostname: Domain,
+    /// Delay after the first failed attempt; it doubles after each further one.
+    pub retry_first: Duration,
+    /// The delay stops doubling here.
+    pub retry_max: Duration,
+    /// Pending recipients older than this fail (and are bounced).
+    pub max_lifetime: Duration,
+    /// One "delayed" DSN is sent after a message waited this long.
+    pub delay_warning: Duration,
+}
+
+impl QueueSettings {
+    /// The built-in schedule (5 min doubling to 1 h, 4 h warning, 5 days lifetime).
+    pub fn new(hostname: Domain) -> QueueSettings {
+        QueueSettings {
+            hostname,
+            retry_first: retry::FIRST_RETRY,
+            retry_max: retry::MAX_RETRY,
+            max_lifetime: retry::MAX_LIFETIME,
+            delay_warning: retry::DELAY_WARNING,
+        }
+    }
+}
+
 /// The durable queue: the store, plus what the scheduler needs to run it.
 pub struct Queue {
     store: Store,
     wake: Notify,
     inflight: Mutex<HashSet<MessageId>>,
-    lifetime: Duration,
+    settings: QueueSettings,
 }
 
 impl Queue {
@@ -40,13 +68,23 @@ impl Queue {
     ///
     /// # Errors
     /// [`StoreError`] when the store cannot be opened.
-    pub fn open(path: &Path) -> Result<Arc<Queue>, StoreError> {
+    pub fn open(path: &Path, settings: QueueSettings) -> Result<Arc<Queue>, StoreError> {
         Ok(Arc::new(Queue {
             store: Store::open(path)?,
             wake: Notify::new(),
             inflight: Mutex::new(HashSet::new()),
-            lifetime: retry::MAX_LIFETIME,
+            settings,
         }))
+    }
+
+    /// The retry settings.
+    pub fn settings(&self) -> &QueueSettings {
+        &self.settings
+    }
+
+    /// Wakes the scheduler (after an operator made messages due).
+    pub fn wake(&self) {
+        self.wake.notify_one();
     }
 
     /// The underlying store (for inspection by the CLI and tests).
@@ -178,7 +216,7 @@ impl Queue {
         };
         let now = now_ms();
         apply_outcomes(&mut record.envelope, &pending, outcomes);
-        expire(&mut record.envelope, now, self.lifetime);
+        expire(&mut record.envelope, now, self.settings.max_lifetime);
         let finished = record.envelope.is_finished();
         let attempts = record
             .envelope
@@ -188,7 +226,12 @@ impl Queue {
             .map(|r| r.attempts)
             .max()
             .unwrap_or(0);
-        let wait = retry::delay(attempts, rand::random::<f64>());
+        let wait = retry::delay(
+            attempts,
+            self.settings.retry_first,
+            self.settings.retry_max,
+            rand::random::<f64>(),
+        );
         record.next_attempt_ms = now + wait.as_millis() as u64;
         match self.store.update(&record, due_ms, finished).await {
             Ok(()) if finished => info!("done, removed from queue"),
@@ -312,6 +355,7 @@ mod tests {
                 auth_user: None,
                 tls: None,
             },
+            delay_warned: false,
         }
     }
 
@@ -373,7 +417,11 @@ mod tests {
     #[tokio::test]
     async fn scheduler_delivers_defers_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let queue = Queue::open(dir.path()).unwrap();
+        let queue = Queue::open(
+            dir.path(),
+            QueueSettings::new(Domain::parse("mx.test").unwrap()),
+        )
+        .unwrap();
         let now_s = now_ms() / 1000;
         let done = envelope(&["a@x.test"], now_s);
         let mixed = envelope(&["a@x.test", "b@x.test"], now_s);
@@ -411,7 +459,11 @@ mod tests {
         );
         drop(queue);
 
-        let queue = Queue::open(dir.path()).unwrap();
+        let queue = Queue::open(
+            dir.path(),
+            QueueSettings::new(Domain::parse("mx.test").unwrap()),
+        )
+        .unwrap();
         let (rec, body) = queue.store().load(&mixed.id).unwrap().unwrap();
         assert_eq!(rec.envelope.recipients[1].attempts, 1);
         assert_eq!(body, b"hello");

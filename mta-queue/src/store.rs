@@ -387,6 +387,7 @@ mod tests {
                     auth_user: None,
                     tls: None,
                 },
+                delay_warned: false,
             },
             next_attempt_ms: due,
         }

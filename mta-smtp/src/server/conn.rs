@@ -268,6 +268,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             auth_user: session.user().map(|u| u.to_string()),
             tls: ctx.tls.clone(),
         },
+        delay_warned: false,
     };
     let rcpts: Vec<String> = tx.recipients.iter().map(|r| r.to_string()).collect();
     let size = body.len();
