@@ -58,7 +58,8 @@ pub struct SendArgs {
     /// Message body text.
     #[arg(long, default_value = "")]
     body: String,
-    /// Read a complete RFC 5322 message from stdin and send it unchanged.
+    /// Read a complete RFC 5322 message from stdin and send it as it is (LF line endings
+    /// become CRLF, as SMTP requires).
     #[arg(long, conflicts_with_all = ["subject", "body"])]
     raw: bool,
     /// Name to give in EHLO.
@@ -114,7 +115,7 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
         if raw.is_empty() {
             bail!("--raw: no message on stdin");
         }
-        raw
+        wire_form(&raw)
     } else {
         let mut builder = Message::builder()
             .from(Mailbox::new(None, from.clone()))
@@ -164,6 +165,43 @@ async fn send(args: SendArgs) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => bail!("not sent: {e}"),
+    }
+}
+
+/// The message as SMTP carries it: every line ending CRLF (a Unix file's bare LF becomes
+/// CRLF), and without its last CRLF, which the end-of-data marker supplies (lettre always
+/// sends CRLF.CRLF after the data).
+fn wire_form(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + raw.len() / 40);
+    let mut prev = 0u8;
+    for &b in raw {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        out.push(b);
+        prev = b;
+    }
+    if out.ends_with(b"\r\n") {
+        out.truncate(out.len() - 2);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wire_form;
+
+    #[test]
+    fn raw_messages_become_crlf_without_the_last_line_break() {
+        let table: [(&[u8], &[u8]); 4] = [
+            (b"Subject: a\r\n\r\nbody\r\n", b"Subject: a\r\n\r\nbody"),
+            (b"Subject: a\n\nbody\n", b"Subject: a\r\n\r\nbody"),
+            (b"Subject: a\n\nbody", b"Subject: a\r\n\r\nbody"),
+            (b"a\r\n\r\n", b"a\r\n"),
+        ];
+        for (input, want) in table {
+            assert_eq!(wire_form(input), want, "{:?}", String::from_utf8_lossy(input));
+        }
     }
 }
 

@@ -79,10 +79,8 @@ replies! {
     BAD_AUTH_SYNTAX = 501 "5.5.2" "Cannot decode authentication response";
     /// 503 for EHLO needed first.
     NEED_EHLO_FIRST = 503 "5.5.1" "Send EHLO first";
-    /// 503 for RCPT before MAIL.
-    NEED_MAIL_FIRST = 503 "5.5.1" "Need MAIL before RCPT";
-    /// 503 for DATA before RCPT.
-    NEED_RCPT_FIRST = 503 "5.5.1" "Need RCPT before DATA";
+    /// 503 for RCPT or DATA before MAIL.
+    NEED_MAIL_FIRST = 503 "5.5.1" "Need MAIL command first";
     /// 503 for a nested MAIL.
     NESTED_MAIL = 503 "5.5.1" "Sender already given";
     /// 503 for a second AUTH.

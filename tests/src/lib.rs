@@ -1,1 +1,74 @@
-//! harness
+//! The end-to-end test harness: a real `mta serve` on `127.0.0.1:0` in a temp dir
+//! ([`TestMta`]), bounded waits ([`wait_for`]), external commands with a deadline
+//! ([`run`]), a small raw SMTP client over TCP or TLS ([`SmtpClient`]) and the dialog-file
+//! runner ([`dialog`]). The scenarios live in `tests/it/`, one binary (STYLE §5).
+//!
+//! Everything here panics with a message naming what went wrong: these are test helpers,
+//! and a panic is how a test fails.
+
+pub mod dialog;
+mod maildir;
+mod process;
+mod server;
+mod smtp;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use maildir::{Delivered, assert_same_bytes, parse_delivered, queue_id, read_delivered};
+pub use process::{Output, run};
+pub use server::{KeptDir, TestMta, base_config, mta_with_config, serve_expecting_failure};
+pub use smtp::{Reply, SmtpClient, tls_config};
+
+/// The user every harness server knows (dialog files log in as alice).
+pub const ALICE: &str = "alice@example.test";
+/// Alice's password.
+pub const ALICE_PASSWORD: &str = "alice-password-1";
+
+/// `n` seconds.
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// The `mta` binary under test: `$MTA_BIN`, or `target/debug/mta` found from this test
+/// binary's own path (`target/debug/deps/it-…`).
+///
+/// # Panics
+/// When the binary does not exist: the tests never build it themselves.
+pub fn mta_bin() -> PathBuf {
+    let path = match std::env::var_os("MTA_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let exe = std::env::current_exe().expect("the test binary knows its own path");
+            // target/debug/deps/it-HASH → target/debug/mta
+            let deps = exe.parent().expect("the test binary is in a directory");
+            let profile = if deps.ends_with("deps") {
+                deps.parent().expect("deps/ has a parent")
+            } else {
+                deps
+            };
+            profile.join("mta")
+        }
+    };
+    assert!(
+        path.is_file(),
+        "the mta binary {} does not exist: build it with cargo build -p mta-bin \
+         (scripts/test.sh does), or point MTA_BIN at it",
+        path.display()
+    );
+    path
+}
+
+/// Polls `cond` every 25 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

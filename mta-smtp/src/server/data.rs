@@ -55,7 +55,12 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         if line.contains(&0) {
             return Ok(DataEnd::Malformed);
         }
+        // Every line that starts with a dot was stuffed by the client (§4.5.2), so the
+        // 1000-octet limit (§4.5.3.1.6) applies to the line without that dot.
         let text = line.strip_prefix(b".").unwrap_or(&line);
+        if text.len() + 2 > MAX_TEXT_LINE - 1 {
+            too_long = true;
+        }
         size += text.len() as u64 + 2;
         if size <= max_size && !too_long {
             body.extend_from_slice(text);
@@ -134,6 +139,10 @@ mod tests {
         assert_eq!((end, rest.as_slice()), (DataEnd::TooBig, &b"NOOP\r\n"[..]));
         let (end, _) = read(big.as_bytes(), 502, 64).await;
         assert!(matches!(end, DataEnd::Message(_)));
+        let ok = format!("{}\r\n..{}\r\n.\r\n", "a".repeat(998), "b".repeat(997));
+        assert!(matches!(read(ok.as_bytes(), 100_000, 64).await.0, DataEnd::Message(_)));
+        let over = format!("{}\r\n.\r\n", "a".repeat(999));
+        assert_eq!(read(over.as_bytes(), 100_000, 64).await.0, DataEnd::LineTooLong);
         let long = format!("{}\r\n.\r\nNOOP\r\n", "a".repeat(1000));
         let (end, rest) = read(long.as_bytes(), 100_000, 64).await;
         assert_eq!(

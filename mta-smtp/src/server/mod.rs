@@ -51,7 +51,7 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// A listen address could not be bound (in use, no permission, no such address).
-    #[error("cannot listen on {addr} (listen.{kind}): {source}")]
+    #[error("cannot listen on {addr} (listen.{kind})")]
     Bind {
         /// The config key.
         kind: &'static str,

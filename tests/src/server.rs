@@ -1,0 +1,446 @@
+//! [`TestMta`]: one real `mta serve` in its own temp dir, on `127.0.0.1:0` ports that its
+//! ready line reveals, killed when the test ends. On a failing test the temp dir is kept and
+//! the server's log printed.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::process::{Output, run};
+use crate::{mta_bin, secs, wait_for};
+
+/// How long `mta serve` may take to print its ready line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SIGTERM may take (the default `shutdown_grace` is 10 s, plus a margin).
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long an `mta` command (user, queue, check-config) may take.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A temp dir that is removed when dropped, unless the thread is panicking (a failing
+/// test): then it is kept and its path printed.
+pub struct KeptDir {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl KeptDir {
+    /// A new empty directory under the system temp dir.
+    pub fn new() -> KeptDir {
+        let dir = tempfile::Builder::new()
+            .prefix("mta-test-")
+            .tempdir()
+            .expect("cannot create a temp dir");
+        let path = dir.path().to_path_buf();
+        KeptDir {
+            dir: Some(dir),
+            path,
+        }
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Default for KeptDir {
+    fn default() -> Self {
+        KeptDir::new()
+    }
+}
+
+impl Drop for KeptDir {
+    fn drop(&mut self) {
+        if std::thread::panicking()
+            && let Some(dir) = self.dir.take()
+        {
+            eprintln!("test failed: keeping {}", dir.keep().display());
+        }
+    }
+}
+
+/// The config every [`TestMta`] starts from: `hostname`, `data_dir` (`DIR/data`) and
+/// `local_domains`, then `extra_toml`, then the `[listen]` table with all three listeners on
+/// `127.0.0.1:0`. `extra_toml` may add top-level keys and tables other than `[listen]`
+/// (top-level keys must come before its own tables, as TOML requires).
+pub fn base_config(dir: &Path, extra_toml: &str) -> String {
+    format!(
+        "hostname = \"mx.example.test\"\n\
+         data_dir = {:?}\n\
+         local_domains = [\"example.test\"]\n\
+         {extra_toml}\n\
+         [listen]\n\
+         smtp = [\"127.0.0.1:0\"]\n\
+         submission = [\"127.0.0.1:0\"]\n\
+         submissions = [\"127.0.0.1:0\"]\n",
+        dir.join("data").display().to_string()
+    )
+}
+
+type Shared = Arc<Mutex<Vec<u8>>>;
+
+fn text(buf: &Shared) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap_or_else(PoisonError::into_inner)).into_owned()
+}
+
+/// A running `mta serve`.
+pub struct TestMta {
+    child: Option<Child>,
+    config: PathBuf,
+    listeners: Vec<(String, SocketAddr)>,
+    cert: Option<PathBuf>,
+    /// Everything the server wrote on stderr, over all its runs.
+    log: Shared,
+    /// Everything it wrote on stdout, over all its runs.
+    stdout: Shared,
+    dir: KeptDir,
+}
+
+impl TestMta {
+    /// Starts a server on [`base_config`] plus `extra_toml`.
+    pub fn start(extra_toml: &str) -> TestMta {
+        TestMta::start_config(|dir| base_config(dir, extra_toml))
+    }
+
+    /// Starts a server on the config `make` returns for the temp dir. The config must set
+    /// `data_dir = "DIR/data"` (as [`base_config`] does) and should listen on port 0.
+    pub fn start_config(make: impl FnOnce(&Path) -> String) -> TestMta {
+        let dir = KeptDir::new();
+        let config = dir.path().join("mta.toml");
+        std::fs::write(&config, make(dir.path())).expect("cannot write the test config");
+        let mut mta = TestMta {
+            child: None,
+            config,
+            listeners: Vec::new(),
+            cert: None,
+            log: Shared::default(),
+            stdout: Shared::default(),
+            dir,
+        };
+        mta.spawn();
+        mta
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(mta_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start mta serve: {e}"));
+        let mut stderr = child.stderr.take().expect("stderr is piped");
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 8192];
+            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
+                log.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend_from_slice(&chunk[..n]);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (lines, ready) = mpsc::channel();
+        let keep = self.stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut kept = keep.lock().unwrap_or_else(PoisonError::into_inner);
+                kept.extend_from_slice(line.as_bytes());
+                kept.push(b'\n');
+                // After start-up nobody listens: the line is only kept.
+                let _ = lines.send(line);
+            }
+        });
+        self.child = Some(child);
+        self.listeners.clear();
+        let deadline = Instant::now() + READY_TIMEOUT;
+        // The ready line, then the certificate line right after it.
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match ready.recv_timeout(wait) {
+                Ok(line) if line.starts_with("mta ready ") => {
+                    self.listeners = parse_ready(&line);
+                }
+                Ok(line) if line.starts_with("mta tls ") => {
+                    self.cert = parse_cert(&line);
+                    if !self.listeners.is_empty() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "mta serve printed no ready line within {READY_TIMEOUT:?}\n{}",
+                        self.describe()
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.as_mut().map(|c| c.wait());
+                    panic!(
+                        "mta serve exited before it was ready ({status:?})\n{}",
+                        self.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "--- config {} ---\n{}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.config.display(),
+            std::fs::read_to_string(&self.config).unwrap_or_default(),
+            text(&self.stdout),
+            self.log()
+        )
+    }
+
+    fn listener(&self, kind: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(k, _)| k == kind)
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| panic!("no {kind} listener in the ready line: {:?}", self.listeners))
+    }
+
+    /// The port-25-style listener.
+    pub fn smtp_addr(&self) -> SocketAddr {
+        self.listener("smtp")
+    }
+
+    /// The STARTTLS submission listener.
+    pub fn submission_addr(&self) -> SocketAddr {
+        self.listener("submission")
+    }
+
+    /// The implicit-TLS submission listener.
+    pub fn submissions_addr(&self) -> SocketAddr {
+        self.listener("submissions")
+    }
+
+    /// The temp dir holding the config and the data dir.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The config file.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    /// `DIR/data`.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The certificate the server presents, as its start-up line names it.
+    pub fn cert_path(&self) -> PathBuf {
+        self.cert
+            .clone()
+            .unwrap_or_else(|| panic!("mta serve named no certificate\n{}", self.describe()))
+    }
+
+    /// What the server wrote on stderr so far (all runs).
+    pub fn log(&self) -> String {
+        text(&self.log)
+    }
+
+    /// Runs `mta ARGS --config CONFIG` with `stdin`, bounded.
+    pub fn mta(&self, args: &[&str], stdin: &[u8]) -> Output {
+        mta_with_config(&self.config, args, stdin)
+    }
+
+    /// `mta user add ADDR --password-stdin`; panics unless it succeeds.
+    pub fn add_user(&self, addr: &str, password: &str) {
+        self.mta(
+            &["user", "add", addr, "--password-stdin"],
+            format!("{password}\n").as_bytes(),
+        )
+        .assert_success(&format!("mta user add {addr}"));
+    }
+
+    /// `mta queue list --json`, parsed.
+    pub fn queue_json(&self) -> serde_json::Value {
+        let out = self.mta(&["queue", "list", "--json"], b"");
+        out.assert_success("mta queue list --json");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("mta queue list --json printed bad JSON ({e}): {out}"))
+    }
+
+    /// The files in `new/` of `addr`'s Maildir, sorted (none when it does not exist).
+    pub fn maildir_new(&self, addr: &str) -> Vec<PathBuf> {
+        let (local, domain) = addr
+            .rsplit_once('@')
+            .unwrap_or_else(|| panic!("{addr:?} is not an address"));
+        let new = self
+            .data_dir()
+            .join("mail")
+            .join(domain.to_lowercase())
+            .join(local.to_lowercase())
+            .join("Maildir")
+            .join("new");
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(&new) {
+            Ok(entries) => entries.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(_) => Vec::new(),
+        };
+        files.sort();
+        files
+    }
+
+    /// Waits up to `secs` seconds until `addr`'s Maildir holds at least `n` messages and
+    /// returns them.
+    pub fn wait_for_mail(&self, addr: &str, n: usize, timeout_secs: u64) -> Vec<PathBuf> {
+        let what = format!("{n} message(s) in {addr}'s Maildir");
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(secs(timeout_secs), &what, || {
+                self.maildir_new(addr).len() >= n
+            })
+        }));
+        if let Err(panic) = found {
+            eprintln!("--- mta log ---\n{}", self.log());
+            std::panic::resume_unwind(panic);
+        }
+        self.maildir_new(addr)
+    }
+
+    fn pid(&self) -> String {
+        self.child
+            .as_ref()
+            .expect("the server is running")
+            .id()
+            .to_string()
+    }
+
+    /// Kills the server with SIGKILL: no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the server to exit; returns how it exited.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_within(STOP_TIMEOUT)
+    }
+
+    /// Sends SIGTERM; panics unless the server exits within `timeout`.
+    pub fn stop_within(&mut self, timeout: Duration) -> ExitStatus {
+        let pid = self.pid();
+        let mut child = self.child.take().expect("the server is running");
+        // `kill` the command: the crate forbids unsafe code, so no libc::kill.
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("cannot run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + timeout;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "mta serve did not exit within {timeout:?} of SIGTERM\n{}",
+                        self.describe()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Starts the server again on the same dir and config (after [`TestMta::kill9`] or
+    /// [`TestMta::stop`]; a running server is stopped first). The ports are new.
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(
+                status.success(),
+                "mta serve exited with {status} on SIGTERM"
+            );
+        }
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(b"--- test harness: restart ---\n");
+        self.spawn();
+    }
+}
+
+impl Drop for TestMta {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("{}", self.describe());
+        }
+    }
+}
+
+/// `mta ready smtp=127.0.0.1:1 submission=…` → `[("smtp", addr), …]`.
+fn parse_ready(line: &str) -> Vec<(String, SocketAddr)> {
+    line.split_whitespace()
+        .skip(2)
+        .map(|item| {
+            let (kind, addr) = item
+                .split_once('=')
+                .unwrap_or_else(|| panic!("bad ready line {line:?}"));
+            let addr = addr
+                .parse()
+                .unwrap_or_else(|e| panic!("bad address in ready line {line:?}: {e}"));
+            (kind.to_string(), addr)
+        })
+        .collect()
+}
+
+/// `mta tls self-signed certificate PATH (…)` or `mta tls certificate PATH`.
+fn parse_cert(line: &str) -> Option<PathBuf> {
+    line.split_whitespace()
+        .find(|w| w.ends_with(".pem"))
+        .map(PathBuf::from)
+}
+
+/// Runs `mta ARGS --config CONFIG` with `stdin` in the config's directory, bounded (20 s).
+pub fn mta_with_config(config: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let what = format!("mta {}", args.join(" "));
+    let dir = config.parent().expect("a config file is in a directory");
+    run(
+        &what,
+        Command::new(mta_bin())
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .current_dir(dir),
+        stdin,
+        COMMAND_TIMEOUT,
+    )
+}
+
+/// Runs `mta serve` on a config that must make it fail at start-up; returns the config
+/// path and the output. Panics if the server is still running after 15 s (it started).
+pub fn serve_expecting_failure(dir: &Path, config_text: &str) -> (PathBuf, Output) {
+    let config = dir.join("mta.toml");
+    std::fs::write(&config, config_text).expect("cannot write the test config");
+    let out = run(
+        "mta serve (expected to fail at start-up)",
+        Command::new(mta_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(dir),
+        b"",
+        secs(15),
+    );
+    (config, out)
+}
