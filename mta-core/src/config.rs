@@ -1,16 +1,18 @@
 //! The typed, validated configuration of `mta`, from one TOML file or built-in defaults.
 //!
 //! Owns: the file format (`file.rs`: `RawConfig` mirrors the file, unknown keys are refused),
-//! defaults and validation (`validate.rs`: every problem is reported at once, each with its
-//! key and `file:line:column`), durations such as `"5m"` (`duration.rs`), and the way back to
-//! TOML ([`Config::to_toml`], for `mta check-config`). Leaves to others: reading the file and
-//! the machine's hostname (`mta-bin` hands us the text), and acting on the values.
+//! defaults and validation (`validate.rs`, and `outbound.rs` for `[outbound]` and `[queue]`:
+//! every problem is reported at once, each with its key and `file:line:column`), durations
+//! such as `"5m"` (`duration.rs`), and the way back to TOML ([`Config::to_toml`], for
+//! `mta check-config`). Leaves to others: reading the file, the machine's hostname and the
+//! smarthost password (`mta-bin` hands us the text), and acting on the values.
 //!
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
 mod duration;
 mod file;
+mod outbound;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -45,8 +47,10 @@ pub struct Config {
     pub limits: Limits,
     /// The resolver used for MX lookups.
     pub dns: Dns,
-    /// Outbound SMTP delivery.
+    /// Outbound SMTP delivery: connections, the smarthost and the TLS policy.
     pub outbound: Outbound,
+    /// How the queue retries and when it gives up.
+    pub queue: Queue,
     /// Alias address → the addresses it delivers to (other aliases, local mailboxes or remote
     /// addresses). Every alias is in one of [`Config::local_domains`].
     pub aliases: BTreeMap<Address, Vec<Address>>,
@@ -102,11 +106,151 @@ pub struct Dns {
     pub nameservers: Vec<SocketAddr>,
 }
 
-/// Outbound SMTP delivery.
+/// Outbound SMTP delivery (`[outbound]`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outbound {
-    /// The port MX hosts are connected on. Default 25; tests point it elsewhere.
+    /// The port MX hosts are connected on. Default 25; tests point it elsewhere. Not used for
+    /// the smarthost, whose port is part of [`Smarthost`].
     pub port: u16,
+    /// Which address family MX hosts are connected over. Default [`IpFamily::Any`].
+    pub ip: IpFamily,
+    /// Concurrent outbound SMTP connections overall. Default 32; ≥ 1.
+    pub max_connections: usize,
+    /// Concurrent connections per destination domain. Default 4; ≥ 1.
+    pub max_per_domain: usize,
+    /// How long one TCP connect to an MX host or the smarthost may take. Default 30 s.
+    pub connect_timeout: Duration,
+    /// Send all remote mail to this host instead of the MX hosts. Default `None`.
+    pub relay: Option<Smarthost>,
+    /// TLS policy per destination domain (`[outbound.tls."example.com"]`); a domain not
+    /// listed gets [`TlsMode::Opportunistic`]. Applies to MX delivery, not to the smarthost.
+    pub tls: BTreeMap<Domain, DomainTls>,
+}
+
+/// The address family outbound connections use (`outbound.ip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IpFamily {
+    /// IPv6 and IPv4 addresses of each MX host, in the order DNS gives them.
+    Any,
+    /// Only A records: for hosts without IPv6 connectivity.
+    Ipv4,
+    /// Only AAAA records.
+    Ipv6,
+}
+
+/// A smarthost (`outbound.relay`): every remote message goes here, never to MX hosts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Smarthost {
+    /// A domain name (lower-case A-labels) or an IP address (IPv6 without brackets). The
+    /// certificate is verified against it.
+    pub host: String,
+    /// From `outbound.relay`, which must name it.
+    pub port: u16,
+    /// How the connection is secured; TLS is never optional with a smarthost.
+    pub tls: SmarthostTls,
+    /// The AUTH user name; `Some` exactly when [`Smarthost::password`] is.
+    pub user: Option<String>,
+    /// Where the AUTH password is read from; the password is never in the config file.
+    pub password: Option<PasswordSource>,
+    /// A PEM file of extra CA certificates trusted for the smarthost, besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// How the smarthost connection is secured (`outbound.relay_tls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmarthostTls {
+    /// Plain connect, then STARTTLS, which must succeed (usually port 587).
+    Starttls,
+    /// TLS from the first byte (RFC 8314, usually port 465).
+    Implicit,
+}
+
+/// Where the smarthost password comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// The first line of this file (`outbound.relay_password_file`).
+    File(PathBuf),
+    /// This environment variable of the `mta` process (`outbound.relay_password_env`).
+    Env(String),
+}
+
+/// The TLS policy for one destination domain (`[outbound.tls."example.com"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DomainTls {
+    /// What is required of the connection.
+    pub mode: TlsMode,
+    /// A PEM file of extra CA certificates trusted for this domain's MX hosts.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// What TLS an outbound connection to a domain's MX hosts must have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    /// STARTTLS when offered, any certificate accepted (whether it verified is recorded);
+    /// plaintext when not offered.
+    Opportunistic,
+    /// STARTTLS and a certificate verified for the MX host name, or the attempt is deferred
+    /// (`4.7.5`); never plaintext.
+    Required,
+    /// Never STARTTLS, for peers whose TLS is broken.
+    None,
+}
+
+/// The queue's retry schedule and lifetime (`[queue]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Queue {
+    /// Delay after the first failed attempt; it doubles after each further one. Default 5 min.
+    pub retry_first: Duration,
+    /// The delay stops doubling here. Default 1 h; ≥ [`Queue::retry_first`].
+    pub retry_max: Duration,
+    /// Recipients still pending this long after the message was queued fail and are
+    /// bounced. Default 5 days.
+    pub max_lifetime: Duration,
+    /// One "delayed" DSN goes to the sender after the message waited this long. Default
+    /// 4 h; < [`Queue::max_lifetime`].
+    pub delay_warning: Duration,
+}
+
+impl Outbound {
+    /// The TLS policy for a destination domain: its table's mode, else Opportunistic.
+    pub fn tls_for(&self, domain: &Domain) -> DomainTls {
+        self.tls.get(domain).cloned().unwrap_or(DomainTls {
+            mode: TlsMode::Opportunistic,
+            ca_file: None,
+        })
+    }
+}
+
+impl IpFamily {
+    /// The name the config file uses: `any`, `ipv4` or `ipv6`.
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::Any => "any",
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+        }
+    }
+}
+
+impl SmarthostTls {
+    /// The name the config file uses: `starttls` or `implicit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SmarthostTls::Starttls => "starttls",
+            SmarthostTls::Implicit => "implicit",
+        }
+    }
+}
+
+impl TlsMode {
+    /// The name the config file (and the log) uses: `opportunistic`, `required` or `none`.
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsMode::Opportunistic => "opportunistic",
+            TlsMode::Required => "required",
+            TlsMode::None => "none",
+        }
+    }
 }
 
 impl Config {
@@ -249,5 +393,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+#[cfg(test)]
+mod docs_tests;
+#[cfg(test)]
+mod outbound_tests;
 #[cfg(test)]
 mod tests;

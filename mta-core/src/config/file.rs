@@ -3,12 +3,13 @@
 //! defaults are in `validate.rs`; this module only knows the shape of the file.
 
 use std::collections::BTreeMap;
+use std::net::Ipv6Addr;
 use std::ops::Range;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Config, ConfigError, ConfigErrors, duration};
+use super::{Config, ConfigError, ConfigErrors, Outbound, PasswordSource, duration};
 
 /// A value with the byte range it was read from, for error positions.
 pub(super) type S<T> = Spanned<T>;
@@ -34,6 +35,8 @@ pub(super) struct RawConfig {
     pub dns: RawDns,
     #[serde(default)]
     pub outbound: RawOutbound,
+    #[serde(default)]
+    pub queue: RawQueue,
     pub aliases: Option<BTreeMap<S<String>, List>>,
 }
 
@@ -78,6 +81,37 @@ pub(super) struct RawDns {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOutbound {
     pub port: Option<S<i64>>,
+    pub ip: Option<S<String>>,
+    pub max_connections: Option<S<i64>>,
+    pub max_per_domain: Option<S<i64>>,
+    pub connect_timeout: Option<S<String>>,
+    pub relay: Option<S<String>>,
+    pub relay_tls: Option<S<String>>,
+    pub relay_user: Option<S<String>>,
+    pub relay_password_file: Option<S<String>>,
+    pub relay_password_env: Option<S<String>>,
+    pub relay_ca_file: Option<S<String>>,
+    /// `[outbound.tls."example.com"]`: domain → its policy.
+    pub tls: Option<BTreeMap<S<String>, RawDomainTls>>,
+}
+
+/// `[outbound.tls."example.com"]`. `mode` is required, but checked in validation so that its
+/// absence is reported with the other problems.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDomainTls {
+    pub mode: Option<S<String>>,
+    pub ca_file: Option<S<String>>,
+}
+
+/// `[queue]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueue {
+    pub retry_first: Option<S<String>>,
+    pub retry_max: Option<S<String>>,
+    pub max_lifetime: Option<S<String>>,
+    pub delay_warning: Option<S<String>>,
 }
 
 /// Where errors are reported: the file name and its text (to turn byte offsets into lines).
@@ -208,7 +242,12 @@ pub(super) fn write(config: &Config) -> String {
          \n[dns]\n\
          nameservers = {nameservers}\n\
          \n[outbound]\n\
-         port = {port}\n\
+         {outbound}\
+         \n[queue]\n\
+         retry_first = {retry_first}\n\
+         retry_max = {retry_max}\n\
+         max_lifetime = {max_lifetime}\n\
+         delay_warning = {delay_warning}\n\
          \n[aliases]\n\
          {aliases}",
         hostname = quote(config.hostname.as_str()),
@@ -225,8 +264,67 @@ pub(super) fn write(config: &Config) -> String {
         command_timeout = time(m.command_timeout),
         data_timeout = time(m.data_timeout),
         nameservers = list(&config.dns.nameservers),
-        port = config.outbound.port,
+        outbound = write_outbound(&config.outbound),
+        retry_first = time(config.queue.retry_first),
+        retry_max = time(config.queue.retry_max),
+        max_lifetime = time(config.queue.max_lifetime),
+        delay_warning = time(config.queue.delay_warning),
     )
+}
+
+/// The keys of `[outbound]`, then one `[outbound.tls."domain"]` table per domain.
+fn write_outbound(o: &Outbound) -> String {
+    let path = |p: &std::path::Path| quote(&p.to_string_lossy());
+    let mut out = format!(
+        "port = {}\n\
+         ip = {}\n\
+         max_connections = {}\n\
+         max_per_domain = {}\n\
+         connect_timeout = {}\n",
+        o.port,
+        quote(o.ip.name()),
+        o.max_connections,
+        o.max_per_domain,
+        quote(&duration::format(o.connect_timeout)),
+    );
+    match &o.relay {
+        None => out += "# no relay: mail goes to each domain's MX hosts\n",
+        Some(relay) => {
+            // An IPv6 host needs brackets to keep its colons apart from the port.
+            let host = match relay.host.parse::<Ipv6Addr>() {
+                Ok(_) => format!("[{}]", relay.host),
+                Err(_) => relay.host.clone(),
+            };
+            out += &format!("relay = {}\n", quote(&format!("{host}:{}", relay.port)));
+            out += &format!("relay_tls = {}\n", quote(relay.tls.name()));
+            if let Some(user) = &relay.user {
+                out += &format!("relay_user = {}\n", quote(user));
+            }
+            match &relay.password {
+                Some(PasswordSource::File(p)) => {
+                    out += &format!("relay_password_file = {}\n", path(p));
+                }
+                Some(PasswordSource::Env(name)) => {
+                    out += &format!("relay_password_env = {}\n", quote(name));
+                }
+                None => {}
+            }
+            if let Some(ca) = &relay.ca_file {
+                out += &format!("relay_ca_file = {}\n", path(ca));
+            }
+        }
+    }
+    for (domain, policy) in &o.tls {
+        out += &format!(
+            "\n[outbound.tls.{}]\nmode = {}\n",
+            quote(domain.as_str()),
+            quote(policy.mode.name())
+        );
+        if let Some(ca) = &policy.ca_file {
+            out += &format!("ca_file = {}\n", path(ca));
+        }
+    }
+    out
 }
 
 /// A TOML array of strings: `["a", "b"]`.

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{List, RawConfig, S, Source};
-use super::{Config, ConfigError, ConfigErrors, Dns, Limits, Listen, Outbound, Tls, duration};
+use super::{Config, ConfigError, ConfigErrors, Dns, Limits, Listen, Tls, duration};
 use crate::address::{Address, Domain};
 
 const DEFAULT_DATA_DIR: &str = "./mta-data";
@@ -29,7 +29,6 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// RFC 5321 §4.5.3.2.6 (DATA block, and the final dot): at least 10 minutes.
 const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const DEFAULT_OUTBOUND_PORT: u16 = 25;
 const DNS_PORT: u16 = 53;
 
 /// Applies defaults and validates.
@@ -80,13 +79,8 @@ pub(super) fn from_raw(
         Some(list) => c.nameservers(list),
         None => Vec::new(),
     };
-    let port = match &raw.outbound.port {
-        Some(p) => c.int(p, "outbound.port", 1, i64::from(u16::MAX), None),
-        None => None,
-    };
-    let outbound = Outbound {
-        port: port.map_or(DEFAULT_OUTBOUND_PORT, |p| p as u16),
-    };
+    let outbound = c.outbound(&raw.outbound);
+    let queue = c.queue(&raw.queue);
     let aliases = match &raw.aliases {
         Some(map) => c.aliases(map, &local_domains),
         None => BTreeMap::new(),
@@ -105,6 +99,7 @@ pub(super) fn from_raw(
         limits,
         dns: Dns { nameservers },
         outbound,
+        queue,
         aliases,
         shutdown_grace,
     })
@@ -121,18 +116,19 @@ fn system_domain(name: &str) -> Domain {
     }
 }
 
-/// Collects errors while the values are converted.
-struct Checker<'a> {
+/// Collects errors while the values are converted. `outbound.rs` adds the methods for
+/// `[outbound]` and `[queue]`.
+pub(super) struct Checker<'a> {
     source: &'a Source<'a>,
     errors: Vec<ConfigError>,
 }
 
 impl Checker<'_> {
-    fn error(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
+    pub(super) fn error(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
         self.errors.push(self.source.error(span, key, message));
     }
 
-    fn domain(&mut self, text: &S<String>, key: &str) -> Option<Domain> {
+    pub(super) fn domain(&mut self, text: &S<String>, key: &str) -> Option<Domain> {
         match Domain::parse(text.get_ref()) {
             Ok(d) if d.is_literal() => {
                 let msg = format!(
@@ -166,7 +162,12 @@ impl Checker<'_> {
         domains
     }
 
-    fn duration(&mut self, text: &Option<S<String>>, key: &str, default: Duration) -> Duration {
+    pub(super) fn duration(
+        &mut self,
+        text: &Option<S<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
         let Some(text) = text else {
             return default;
         };
@@ -177,7 +178,14 @@ impl Checker<'_> {
     }
 
     /// An integer in `min..=max`; `why` explains the minimum when a rule sets it.
-    fn int(&mut self, n: &S<i64>, key: &str, min: i64, max: i64, why: Option<&str>) -> Option<i64> {
+    pub(super) fn int(
+        &mut self,
+        n: &S<i64>,
+        key: &str,
+        min: i64,
+        max: i64,
+        why: Option<&str>,
+    ) -> Option<i64> {
         let value = *n.get_ref();
         let msg = if value < min {
             let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
@@ -251,17 +259,19 @@ impl Checker<'_> {
         }
     }
 
+    /// A path, which must not be empty.
+    pub(super) fn path(&mut self, p: &Option<S<String>>, key: &str) -> Option<PathBuf> {
+        let p = p.as_ref()?;
+        if p.get_ref().is_empty() {
+            self.error(p.span(), key, "must not be empty".to_string());
+            return None;
+        }
+        Some(PathBuf::from(p.get_ref()))
+    }
+
     fn tls(&mut self, raw: &RawConfig) -> Tls {
-        let mut path = |p: &Option<S<String>>, key: &str| {
-            let p = p.as_ref()?;
-            if p.get_ref().is_empty() {
-                self.error(p.span(), key, "must not be empty".to_string());
-                return None;
-            }
-            Some(PathBuf::from(p.get_ref()))
-        };
-        let cert = path(&raw.tls.cert, "tls.cert");
-        let key = path(&raw.tls.key, "tls.key");
+        let cert = self.path(&raw.tls.cert, "tls.cert");
+        let key = self.path(&raw.tls.key, "tls.key");
         // A certificate without its key (or the reverse) cannot be served: say so rather than
         // silently falling back to a self-signed certificate.
         match (&raw.tls.cert, &raw.tls.key) {
