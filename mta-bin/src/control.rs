@@ -1,6 +1,11 @@
 //! The control socket: `DATA_DIR/control.sock`, a Unix socket (mode 0600 in the 0700 data
 //! dir) through which `mta queue` asks a running server, because sled lets only one
 //! process open the store. One request line, one JSON answer, then close.
+//!
+//! Requests ([`Request`]): `queue-list`, `queue-show ID`, `queue-flush`, `queue-retry ID`,
+//! `queue-delete ID`, `queue-bounce ID`. Answers: see [`execute`]; every failure is
+//! `{"error": "..."}`. The same [`execute`] serves the socket and `mta queue` on a store it
+//! opened itself when no server runs, so both paths answer alike.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -10,12 +15,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use mta_core::envelope::MessageId;
 use mta_queue::{Queue, Record};
 use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tracing::warn;
+
+/// The longest request line read from the socket.
+const MAX_REQUEST: u64 = 1024;
 
 /// The queue as `mta queue list` shows it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -26,17 +36,141 @@ pub struct Listing {
     pub errors: Vec<String>,
 }
 
-/// Reads the listing straight from a store (server not running, or inside the server).
+/// Reads the listing from a queue (inside the server, or a store opened directly).
 pub fn listing(queue: &Queue) -> Listing {
-    let mut records = Vec::new();
-    let mut errors = Vec::new();
-    for r in queue.store().records() {
-        match r {
-            Ok(rec) => records.push(rec),
-            Err(e) => errors.push(e.to_string()),
+    let (records, errors) = queue.list();
+    Listing { records, errors }
+}
+
+/// One request to the queue, as sent over the socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `queue-list`: every message.
+    List,
+    /// `queue-show ID`: one message in detail.
+    Show(MessageId),
+    /// `queue-flush`: every message due now.
+    Flush,
+    /// `queue-retry ID`: one message due now.
+    Retry(MessageId),
+    /// `queue-delete ID`: remove one message without delivering or bouncing it.
+    Delete(MessageId),
+    /// `queue-bounce ID`: fail the pending recipients and tell the sender.
+    Bounce(MessageId),
+}
+
+impl Request {
+    /// Parses one request line (without its line ending).
+    ///
+    /// # Errors
+    /// The text for `{"error": ...}` when the line is not a request or the id is not a
+    /// queue id.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let mut words = line.split_ascii_whitespace();
+        let verb = words.next().unwrap_or("");
+        let id = words.next();
+        if words.next().is_some() {
+            return Err(format!("too many arguments in request {line:?}"));
+        }
+        let with_id = |make: fn(MessageId) -> Request| match id {
+            Some(id) => MessageId::parse(id).map(make),
+            None => Err(format!("request {verb:?} needs a queue id")),
+        };
+        let without_id = |request: Request| match id {
+            None => Ok(request),
+            Some(_) => Err(format!("request {verb:?} takes no argument")),
+        };
+        match verb {
+            "queue-list" => without_id(Request::List),
+            "queue-flush" => without_id(Request::Flush),
+            "queue-show" => with_id(Request::Show),
+            "queue-retry" => with_id(Request::Retry),
+            "queue-delete" => with_id(Request::Delete),
+            "queue-bounce" => with_id(Request::Bounce),
+            _ => Err(format!("unknown request {line:?}")),
         }
     }
-    Listing { records, errors }
+
+    /// The request line [`Request::parse`] reads back (without its line ending).
+    pub fn line(&self) -> String {
+        match self {
+            Request::List => "queue-list".into(),
+            Request::Flush => "queue-flush".into(),
+            Request::Show(id) => format!("queue-show {id}"),
+            Request::Retry(id) => format!("queue-retry {id}"),
+            Request::Delete(id) => format!("queue-delete {id}"),
+            Request::Bounce(id) => format!("queue-bounce {id}"),
+        }
+    }
+}
+
+fn error(text: impl std::fmt::Display) -> Value {
+    json!({ "error": text.to_string() })
+}
+
+fn no_such(id: &MessageId) -> Value {
+    error(format!("no message {id} in the queue"))
+}
+
+fn to_json<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or_else(error)
+}
+
+/// Carries out `request` on `queue` and returns the JSON answer:
+///
+/// | request | answer |
+/// |---|---|
+/// | list | [`Listing`]: `{"records": [...], "errors": [...]}` |
+/// | show | [`mta_queue::admin::Detail`]: `{"record": {...}, "body_size": n, "headers": [...]}` |
+/// | flush | `{"flushed": n}` (messages that were waiting) |
+/// | retry, delete, bounce | `{"retried": id}`, `{"deleted": id}`, `{"bounced": id}` |
+///
+/// An unknown id or a store failure: `{"error": "..."}`.
+pub async fn execute(queue: &Queue, request: &Request) -> Value {
+    let done = |key: &str, found: Result<bool, mta_queue::StoreError>, id: &MessageId| match found {
+        Ok(true) => json!({ key: id }),
+        Ok(false) => no_such(id),
+        Err(e) => error(e),
+    };
+    match request {
+        Request::List => to_json(&listing(queue)),
+        Request::Show(id) => match queue.show(id) {
+            Ok(Some(detail)) => to_json(&detail),
+            Ok(None) => no_such(id),
+            Err(e) => error(e),
+        },
+        Request::Flush => match queue.flush_all().await {
+            Ok(n) => json!({ "flushed": n }),
+            Err(e) => error(e),
+        },
+        Request::Retry(id) => done("retried", queue.retry_now(id).await, id),
+        Request::Delete(id) => done("deleted", queue.delete(id).await, id),
+        Request::Bounce(id) => done("bounced", queue.bounce_now(id).await, id),
+    }
+}
+
+/// The answer when the queue has never been created (no server ever ran in this data
+/// dir): what [`execute`] would say on an empty queue, without creating one.
+pub fn execute_on_no_queue(request: &Request) -> Value {
+    match request {
+        Request::List => to_json(&Listing {
+            records: vec![],
+            errors: vec![],
+        }),
+        Request::Flush => json!({ "flushed": 0 }),
+        Request::Show(id) | Request::Retry(id) | Request::Delete(id) | Request::Bounce(id) => {
+            no_such(id)
+        }
+    }
+}
+
+/// Answers one request line from the socket.
+pub async fn answer(queue: &Queue, line: &str) -> String {
+    let value = match Request::parse(line.trim()) {
+        Ok(request) => execute(queue, &request).await,
+        Err(e) => error(e),
+    };
+    value.to_string()
 }
 
 /// The socket path in a data dir.
@@ -72,18 +206,18 @@ pub fn start(
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
-                let mut reader = tokio::io::BufReader::new(read).take(1024);
-                if tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
+                let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST);
+                match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line))
                     .await
-                    .is_err()
                 {
-                    return;
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        warn!(error = %e, "unreadable control request");
+                        return;
+                    }
+                    Err(_) => return,
                 }
-                let answer = match line.trim() {
-                    "queue-list" => serde_json::to_string(&listing(&queue)).unwrap_or_default(),
-                    other => serde_json::json!({ "error": format!("unknown request {other:?}") })
-                        .to_string(),
-                };
+                let answer = answer(&queue, &line).await;
                 let _ = write.write_all(answer.as_bytes()).await;
             });
         }
@@ -107,4 +241,200 @@ pub fn request(data_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
         .read_to_string(&mut answer)
         .with_context(|| format!("reading the answer from {}", path.display()))?;
     Ok(Some(answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use mta_core::address::{Address, Domain, ReversePath};
+    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient};
+    use mta_queue::QueueSettings;
+
+    use super::*;
+
+    const A: &str = "00000000000100000001";
+    const MISSING: &str = "00000000000300000003";
+
+    fn id(text: &str) -> MessageId {
+        MessageId::parse(text).expect("id")
+    }
+
+    #[test]
+    fn request_lines() {
+        let ok = [
+            ("queue-list", Request::List),
+            ("  queue-list \r\n", Request::List),
+            ("queue-flush", Request::Flush),
+            (&format!("queue-show {A}"), Request::Show(id(A))),
+            (&format!("queue-retry {A}"), Request::Retry(id(A))),
+            (&format!("queue-delete {A}"), Request::Delete(id(A))),
+            (&format!("queue-bounce {A}"), Request::Bounce(id(A))),
+            (
+                "queue-show 0000000000010000000A",
+                Request::Show(id("0000000000010000000a")),
+            ),
+        ];
+        for (line, want) in ok {
+            let got = Request::parse(line).expect(line);
+            assert_eq!(got, want, "{line:?}");
+            assert_eq!(Request::parse(&got.line()).expect("round trip"), got);
+        }
+        let bad = [
+            ("", "unknown request \"\""),
+            ("queue-drop", "unknown request \"queue-drop\""),
+            ("queue-show", "request \"queue-show\" needs a queue id"),
+            (
+                "queue-show ../../x",
+                "\"../../x\" is not a queue id (20 hex digits)",
+            ),
+            ("queue-list x", "request \"queue-list\" takes no argument"),
+            (
+                &format!("queue-show {A} {A}"),
+                &format!("too many arguments in request \"queue-show {A} {A}\""),
+            ),
+        ];
+        for (line, want) in bad {
+            assert_eq!(Request::parse(line).unwrap_err(), want, "{line:?}");
+        }
+    }
+
+    async fn queue_with_one(dir: &tempfile::TempDir) -> Arc<Queue> {
+        let queue = Queue::open(
+            dir.path(),
+            QueueSettings::new(Domain::parse("mx.test").expect("domain")),
+        )
+        .expect("open");
+        let envelope = Envelope {
+            id: id(A),
+            sender: ReversePath::Address(Address::parse("a@local.test").expect("address")),
+            recipients: vec![Recipient::pending(
+                Address::parse("b@remote.test").expect("address"),
+            )],
+            received_at: 1,
+            size: 14,
+            origin: Origin {
+                listener: ListenerKind::Smtp,
+                peer: "192.0.2.1:1".into(),
+                helo: "c.test".into(),
+                auth_user: None,
+                tls: None,
+            },
+            delay_warned: false,
+        };
+        let record = Record {
+            envelope,
+            next_attempt_ms: u64::MAX / 4,
+        };
+        queue
+            .store()
+            .insert(&record, b"Subject: x\r\n\r\nbody")
+            .await
+            .expect("insert");
+        queue
+    }
+
+    #[tokio::test]
+    async fn executor_answers_in_json() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = queue_with_one(&dir).await;
+        let ask = |line: &str| {
+            let queue = queue.clone();
+            let line = line.to_string();
+            async move {
+                serde_json::from_str::<Value>(&answer(&queue, &line).await).expect("JSON answer")
+            }
+        };
+
+        let list = ask("queue-list").await;
+        assert_eq!(list["records"][0]["envelope"]["id"], A);
+        assert_eq!(list["errors"], json!([]));
+
+        let show = ask(&format!("queue-show {A}")).await;
+        assert_eq!(show["body_size"], 18);
+        assert_eq!(show["headers"], json!(["Subject: x"]));
+        assert_eq!(show["record"]["envelope"]["sender"], "<a@local.test>");
+        assert_eq!(
+            show["record"]["envelope"]["recipients"][0]["state"],
+            "pending"
+        );
+
+        assert_eq!(
+            ask(&format!("queue-show {MISSING}")).await,
+            json!({ "error": format!("no message {MISSING} in the queue") })
+        );
+        assert_eq!(
+            ask("queue-nonsense").await,
+            json!({ "error": "unknown request \"queue-nonsense\"" })
+        );
+        assert_eq!(ask("queue-flush").await, json!({ "flushed": 1 }));
+        assert_eq!(
+            ask(&format!("queue-retry {A}")).await,
+            json!({ "retried": A })
+        );
+        assert_eq!(
+            ask(&format!("queue-bounce {MISSING}")).await,
+            json!({ "error": format!("no message {MISSING} in the queue") })
+        );
+        assert_eq!(
+            ask(&format!("queue-bounce {A}")).await,
+            json!({ "bounced": A })
+        );
+        // The message is gone; its DSN to a@local.test is queued from <>.
+        let list = ask("queue-list").await;
+        assert_eq!(list["records"].as_array().map(Vec::len), Some(1));
+        let dsn = &list["records"][0]["envelope"];
+        assert_eq!(dsn["sender"], "<>");
+        assert_eq!(dsn["recipients"][0]["address"], "a@local.test");
+        let dsn_id = dsn["id"].as_str().expect("id").to_string();
+        assert_eq!(
+            ask(&format!("queue-delete {dsn_id}")).await,
+            json!({ "deleted": dsn_id })
+        );
+        assert_eq!(ask("queue-list").await["records"], json!([]));
+        assert_eq!(
+            ask(&format!("queue-delete {dsn_id}")).await,
+            json!({ "error": format!("no message {dsn_id} in the queue") })
+        );
+    }
+
+    #[test]
+    fn no_queue_answers() {
+        assert_eq!(
+            execute_on_no_queue(&Request::List),
+            json!({ "records": [], "errors": [] })
+        );
+        assert_eq!(
+            execute_on_no_queue(&Request::Flush),
+            json!({ "flushed": 0 })
+        );
+        assert_eq!(
+            execute_on_no_queue(&Request::Delete(id(A))),
+            json!({ "error": format!("no message {A} in the queue") })
+        );
+    }
+
+    #[tokio::test]
+    async fn socket_round_trip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let queue = queue_with_one(&dir).await;
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).expect("data dir");
+        let (stop, stopped) = watch::channel(false);
+        let server = start(&data_dir, queue, stopped).expect("socket");
+        let dir_for_client = data_dir.clone();
+        let answer = tokio::task::spawn_blocking(move || {
+            request(&dir_for_client, &Request::Show(id(MISSING)).line())
+        })
+        .await
+        .expect("client task")
+        .expect("readable answer")
+        .expect("a server answered");
+        assert_eq!(
+            serde_json::from_str::<Value>(&answer).expect("JSON"),
+            json!({ "error": format!("no message {MISSING} in the queue") })
+        );
+        stop.send(true).expect("stop");
+        server.await.expect("server task");
+        assert!(!socket_path(&data_dir).exists(), "socket removed on stop");
+        assert_eq!(request(&data_dir, "queue-list").expect("no error"), None);
+    }
 }

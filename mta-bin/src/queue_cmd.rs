@@ -1,16 +1,25 @@
-//! `mta queue`: looks at the queue, through the running server's control socket or, when
-//! no server runs, by opening the store directly.
+//! `mta queue`: looks at and acts on the queue (list, show, flush, retry, delete, bounce),
+//! through the running server's control socket or, when no server runs, by opening the
+//! store directly. Both paths run the same [`control::execute`], so they answer alike.
+//!
+//! Everything printed for a person passes through [`printable`]: recipients' last results
+//! come from remote servers and header lines from senders, and neither may drive the
+//! operator's terminal.
 
 use anyhow::Context as _;
 use clap::Subcommand;
 use mta_core::config::Config;
 use mta_core::date;
+use mta_core::envelope::{MessageId, RcptState};
+use mta_queue::admin::Detail;
 use mta_queue::{Queue, QueueSettings};
+use serde_json::Value;
 
-use crate::control::{self, Listing};
+use crate::control::{self, Listing, Request};
 
-/// Queue commands.
-#[derive(Subcommand, Debug)]
+/// Queue commands. Each takes `--json` to print the control socket's JSON answer for
+/// scripts.
+#[derive(Subcommand, Debug, PartialEq, Eq)]
 pub enum QueueCommand {
     /// List queued messages with each recipient's state.
     List {
@@ -18,43 +27,189 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show one message: envelope, recipients, origin and its first header lines.
+    Show {
+        /// The queue id (20 hex digits, as `list` prints it).
+        #[arg(value_parser = parse_id)]
+        id: MessageId,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make every queued message due now.
+    Flush {
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make one message due now.
+    Retry {
+        /// The queue id.
+        #[arg(value_parser = parse_id)]
+        id: MessageId,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove one message without delivering it and without telling the sender.
+    Delete {
+        /// The queue id.
+        #[arg(value_parser = parse_id)]
+        id: MessageId,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give up on one message now: its pending recipients fail and the sender gets a
+    /// delivery status notification (none when the sender is <>).
+    Bounce {
+        /// The queue id.
+        #[arg(value_parser = parse_id)]
+        id: MessageId,
+        /// Print JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Queue ids as clap reads them, with [`MessageId::parse`]'s message on error.
+fn parse_id(text: &str) -> Result<MessageId, String> {
+    MessageId::parse(text)
+}
+
+/// How an answer was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// A running server answered on the control socket.
+    Server,
+    /// No server runs; the store was opened directly.
+    Store,
+}
+
+/// How the output is printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Human,
+    Json,
+}
+
+impl QueueCommand {
+    /// The control request this command sends, and how to print the answer.
+    fn request(self) -> (Request, Format) {
+        let format = |json| if json { Format::Json } else { Format::Human };
+        match self {
+            QueueCommand::List { json } => (Request::List, format(json)),
+            QueueCommand::Show { id, json } => (Request::Show(id), format(json)),
+            QueueCommand::Flush { json } => (Request::Flush, format(json)),
+            QueueCommand::Retry { id, json } => (Request::Retry(id), format(json)),
+            QueueCommand::Delete { id, json } => (Request::Delete(id), format(json)),
+            QueueCommand::Bounce { id, json } => (Request::Bounce(id), format(json)),
+        }
+    }
 }
 
 /// Runs a queue command.
 ///
 /// # Errors
-/// When the queue can be reached neither through the server nor directly.
+/// When the queue can be reached neither through the server nor directly, when the answer
+/// is an error (such as an unknown id), or when it cannot be read.
 pub fn run(cmd: QueueCommand, config: &Config) -> anyhow::Result<()> {
-    match cmd {
-        QueueCommand::List { json } => {
-            let listing = fetch(config)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&listing)?);
-            } else {
-                print!("{}", render(&listing));
-            }
-            Ok(())
-        }
+    let (request, format) = cmd.request();
+    let (answer, via) = ask(config, &request)?;
+    if let Some(error) = answer.get("error") {
+        anyhow::bail!(
+            "{}",
+            error.as_str().unwrap_or("the server reported an error")
+        );
     }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
+        Format::Human => print!("{}", render(&request, answer, via)?),
+    }
+    Ok(())
 }
 
-fn fetch(config: &Config) -> anyhow::Result<Listing> {
-    if let Some(answer) = control::request(&config.data_dir, "queue-list")? {
-        return serde_json::from_str(&answer).context("unreadable answer from the running server");
+/// Sends `request` to the running server, or carries it out on the store when none runs.
+fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
+    if let Some(answer) = control::request(&config.data_dir, &request.line())? {
+        let value =
+            serde_json::from_str(&answer).context("unreadable answer from the running server")?;
+        return Ok((value, Via::Server));
     }
     let path = config.data_dir.join("queue");
     if !path.exists() {
-        return Ok(Listing {
-            records: vec![],
-            errors: vec![],
-        });
+        return Ok((control::execute_on_no_queue(request), Via::Store));
     }
-    let queue = Queue::open(&path, QueueSettings::new(config.hostname.clone()))
-        .with_context(|| format!("cannot open the queue in {}", path.display()))?;
-    Ok(control::listing(&queue))
+    let queue = Queue::open(&path, settings(config)).with_context(|| {
+        format!(
+            "cannot open the queue in {} (is mta serve starting or stopping?)",
+            path.display()
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let answer = runtime.block_on(control::execute(&queue, request));
+    Ok((answer, Via::Store))
 }
 
-fn render(listing: &Listing) -> String {
+/// The queue settings from the config (the hostname names our DSNs).
+fn settings(config: &Config) -> QueueSettings {
+    QueueSettings {
+        hostname: config.hostname.clone(),
+        retry_first: config.queue.retry_first,
+        retry_max: config.queue.retry_max,
+        max_lifetime: config.queue.max_lifetime,
+        delay_warning: config.queue.delay_warning,
+    }
+}
+
+/// The human-readable form of an answer.
+fn render(request: &Request, answer: Value, via: Via) -> anyhow::Result<String> {
+    let later = match via {
+        Via::Server => "",
+        Via::Store => " (no server is running: delivery starts with `mta serve`)",
+    };
+    let out = match request {
+        Request::List => render_list(&serde_json::from_value(answer).context("unreadable list")?),
+        Request::Show(_) => render_show(&serde_json::from_value(answer).context("unreadable")?),
+        Request::Flush => {
+            let n = answer.get("flushed").and_then(Value::as_u64).unwrap_or(0);
+            format!("{n} waiting message(s) made due now{later}\n")
+        }
+        Request::Retry(id) => format!("{id} is due now{later}\n"),
+        Request::Delete(id) => format!("{id} deleted\n"),
+        Request::Bounce(id) => {
+            format!("{id} returned to the sender; the notification is queued{later}\n")
+        }
+    };
+    Ok(out)
+}
+
+fn state(state: &RcptState) -> &'static str {
+    match state {
+        RcptState::Pending => "pending",
+        RcptState::Delivered => "delivered",
+        RcptState::Failed => "failed",
+    }
+}
+
+/// Untrusted text made safe for a terminal: control characters other than tab are shown
+/// escaped (`\u{1b}`), never sent.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn render_list(listing: &Listing) -> String {
     let mut out = String::new();
     for rec in &listing.records {
         let e = &rec.envelope;
@@ -68,17 +223,200 @@ fn render(listing: &Listing) -> String {
         ));
         for r in &e.recipients {
             out.push_str(&format!(
-                "    {}  {:?}  attempts {}  {}\n",
+                "    {}  {}  attempts {}  {}\n",
                 r.address,
-                r.state,
+                state(&r.state),
                 r.attempts,
-                r.last_result.as_deref().unwrap_or("")
+                printable(r.last_result.as_deref().unwrap_or(""))
             ));
         }
     }
     for err in &listing.errors {
-        out.push_str(&format!("corrupt: {err}\n"));
+        out.push_str(&format!("corrupt: {}\n", printable(err)));
     }
     out.push_str(&format!("{} message(s) queued\n", listing.records.len()));
     out
+}
+
+fn render_show(detail: &Detail) -> String {
+    let rec = &detail.record;
+    let e = &rec.envelope;
+    let o = &e.origin;
+    let none = || "none".to_string();
+    let mut out = format!(
+        "id            {}\n\
+         from          {}\n\
+         received      {} on {} from {} (helo {})\n\
+         tls           {}\n\
+         auth user     {}\n\
+         size          {} bytes\n\
+         next attempt  {}\n\
+         delay notice  {}\n\
+         recipients\n",
+        e.id,
+        e.sender,
+        date::rfc5322(e.received_at),
+        o.listener.name(),
+        printable(&o.peer),
+        printable(&o.helo),
+        o.tls.as_deref().map_or_else(none, printable),
+        o.auth_user.as_deref().map_or_else(none, printable),
+        detail.body_size,
+        date::rfc5322(rec.next_attempt_ms / 1000),
+        if e.delay_warned { "sent" } else { "not sent" },
+    );
+    for r in &e.recipients {
+        out.push_str(&format!(
+            "    {}  {}  attempts {}  {}\n",
+            r.address,
+            state(&r.state),
+            r.attempts,
+            printable(r.last_result.as_deref().unwrap_or(""))
+        ));
+    }
+    out.push_str("headers\n");
+    for line in &detail.headers {
+        out.push_str(&format!("    {}\n", printable(line)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// `mta queue` as main.rs mounts it.
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(subcommand)]
+        cmd: QueueCommand,
+    }
+
+    const ID: &str = "0190000000000000abcd";
+
+    fn parse(args: &str) -> Result<QueueCommand, String> {
+        Cli::try_parse_from(std::iter::once("queue").chain(args.split_whitespace()))
+            .map(|cli| cli.cmd)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn command_line() {
+        let id = MessageId::parse(ID).expect("id");
+        let table = [
+            ("list", Request::List, Format::Human),
+            ("list --json", Request::List, Format::Json),
+            ("flush", Request::Flush, Format::Human),
+            ("flush --json", Request::Flush, Format::Json),
+            (
+                &format!("show {ID}"),
+                Request::Show(id.clone()),
+                Format::Human,
+            ),
+            (
+                &format!("show --json {ID}"),
+                Request::Show(id.clone()),
+                Format::Json,
+            ),
+            (
+                &format!("retry {ID} --json"),
+                Request::Retry(id.clone()),
+                Format::Json,
+            ),
+            (
+                &format!("delete {ID}"),
+                Request::Delete(id.clone()),
+                Format::Human,
+            ),
+            (
+                &format!("bounce {}", ID.to_uppercase()),
+                Request::Bounce(id.clone()),
+                Format::Human,
+            ),
+        ];
+        for (args, request, format) in table {
+            let cmd = parse(args).unwrap_or_else(|e| panic!("{args}: {e}"));
+            assert_eq!(cmd.request(), (request, format), "{args}");
+        }
+        let bad = [
+            ("show", "required"),
+            ("show 12345", "\"12345\" is not a queue id (20 hex digits)"),
+            ("delete ../../etc", "is not a queue id"),
+            ("retry", "required"),
+            ("list extra", "unexpected argument"),
+            ("purge", "unrecognized subcommand"),
+        ];
+        for (args, want) in bad {
+            let err = parse(args).expect_err(args);
+            assert!(err.contains(want), "{args}: {err}");
+        }
+    }
+
+    #[test]
+    fn terminal_escapes_are_shown_not_sent() {
+        assert_eq!(
+            printable("550 \x1b[2Jgone\r\n\tok"),
+            "550 \\u{1b}[2Jgone\\r\\n\tok"
+        );
+    }
+
+    #[test]
+    fn human_output() {
+        let answer = serde_json::json!({
+            "record": {
+                "envelope": {
+                    "id": ID,
+                    "sender": "<a@local.test>",
+                    "recipients": [{
+                        "address": "b@remote.test",
+                        "state": "pending",
+                        "attempts": 2,
+                        "last_result": "451 4.3.0 \u{1b}[31mbusy"
+                    }],
+                    "received_at": 0,
+                    "size": 20,
+                    "origin": {
+                        "listener": "submission",
+                        "peer": "192.0.2.1:5000",
+                        "helo": "laptop",
+                        "auth_user": "a@local.test",
+                        "tls": "TLSv1.3 TLS13_AES_128_GCM_SHA256"
+                    },
+                    "delay_warned": false
+                },
+                "next_attempt_ms": 300_000
+            },
+            "body_size": 20,
+            "headers": ["Subject: hi"]
+        });
+        let id = MessageId::parse(ID).expect("id");
+        let text = render(&Request::Show(id.clone()), answer, Via::Server).expect("render");
+        assert_eq!(
+            text,
+            format!(
+                "id            {ID}\n\
+                 from          <a@local.test>\n\
+                 received      Thu, 1 Jan 1970 00:00:00 +0000 on submission from \
+                 192.0.2.1:5000 (helo laptop)\n\
+                 tls           TLSv1.3 TLS13_AES_128_GCM_SHA256\n\
+                 auth user     a@local.test\n\
+                 size          20 bytes\n\
+                 next attempt  Thu, 1 Jan 1970 00:05:00 +0000\n\
+                 delay notice  not sent\n\
+                 recipients\n    \
+                 b@remote.test  pending  attempts 2  451 4.3.0 \\u{{1b}}[31mbusy\n\
+                 headers\n    \
+                 Subject: hi\n"
+            )
+        );
+        let flushed = render(
+            &Request::Flush,
+            serde_json::json!({ "flushed": 2 }),
+            Via::Store,
+        )
+        .expect("render");
+        assert!(flushed.starts_with("2 waiting message(s) made due now (no server"));
+    }
 }

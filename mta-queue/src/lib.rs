@@ -1,9 +1,11 @@
-//! `mta-queue`: the durable queue. A message handed to [`Queue::enqueue`] is on disk (sled,
+//! `mta-queue`: the durable queue. A message handed to [`Queue`]'s `enqueue` ([`mta_core::seams::Enqueue`]) is on disk (sled,
 //! flushed) before the call returns; the [`scheduler`] then hands due messages to a
 //! [`mta_core::seams::Deliver`] and records each recipient's outcome atomically.
 //!
 //! Depends on `mta-core` only; the network side plugs in through the `Deliver` trait.
 
+pub mod admin;
+pub mod bounce;
 pub mod retry;
 pub mod scheduler;
 pub mod store;

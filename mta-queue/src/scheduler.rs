@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mta_core::address::{Address, Domain};
-use mta_core::envelope::{Envelope, MessageId, RcptState};
+use mta_core::envelope::{Envelope, MessageId, RcptState, Recipient};
 use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::bounce::{DsnKind, DsnRecipient, status_of};
 use crate::retry;
 use crate::store::{Record, Store, StoreError};
 
@@ -172,6 +173,25 @@ impl Queue {
         }
     }
 
+    /// Claims a message for an operator action: waits (up to 30 s) until no delivery
+    /// attempt is working on it, then keeps the scheduler off it until the [`Claim`] is
+    /// dropped. `None` when an attempt did not finish in time.
+    pub async fn claim(&self, id: &MessageId) -> Option<Claim<'_>> {
+        for _ in 0..600 {
+            {
+                let mut set = self.inflight.lock().expect("inflight lock poisoned");
+                if set.insert(id.clone()) {
+                    return Some(Claim {
+                        queue: self,
+                        id: id.clone(),
+                    });
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     fn inflight_contains(&self, id: &MessageId) -> bool {
         self.inflight
             .lock()
@@ -196,7 +216,14 @@ impl Queue {
     async fn attempt(&self, deliver: &dyn Deliver, due_ms: u64, id: &MessageId) {
         let (mut record, body) = match self.store.load(id) {
             Ok(Some(loaded)) => loaded,
-            Ok(None) => return,
+            Ok(None) => {
+                // Deleted or finished since it was found due: drop the stale entry, or it
+                // would be found due again on every pass.
+                if let Err(e) = self.store.unschedule(due_ms, id).await {
+                    error!(error = %e, "cannot remove a stale schedule entry");
+                }
+                return;
+            }
             Err(e) => {
                 error!(error = %e, "cannot load queued message");
                 return;
@@ -215,8 +242,16 @@ impl Queue {
             deliver.deliver(&record.envelope, &body, &pending).await
         };
         let now = now_ms();
+        let before: Vec<RcptState> = record
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.state.clone())
+            .collect();
         apply_outcomes(&mut record.envelope, &pending, outcomes);
         expire(&mut record.envelope, now, self.settings.max_lifetime);
+        self.notify_sender(&mut record.envelope, &before, &body, now)
+            .await;
         let finished = record.envelope.is_finished();
         let attempts = record
             .envelope
@@ -242,6 +277,87 @@ impl Queue {
                 error!(error = %e, "cannot record delivery result; the attempt will be repeated")
             }
         }
+    }
+}
+
+impl Queue {
+    /// Tells the sender what became of their message: one "failed" DSN for the recipients
+    /// that failed in this attempt, and once, after `delay_warning`, a "delayed" DSN for
+    /// those still pending. The DSN is queued before the attempt's result is recorded, so a
+    /// crash in between may send it twice, never zero times.
+    async fn notify_sender(
+        &self,
+        envelope: &mut Envelope,
+        before: &[RcptState],
+        body: &[u8],
+        now_ms: u64,
+    ) {
+        let failed: Vec<DsnRecipient> = envelope
+            .recipients
+            .iter()
+            .zip(before)
+            .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Failed)
+            .map(|(r, _)| dsn_recipient(r, DsnKind::Failed))
+            .collect();
+        if !failed.is_empty() {
+            if let Err(e) = self
+                .send_dsn(DsnKind::Failed, envelope, &failed, body)
+                .await
+            {
+                error!(error = %e, "could not queue the bounce");
+            }
+        }
+        let age =
+            Duration::from_millis(now_ms.saturating_sub(envelope.received_at.saturating_mul(1000)));
+        if envelope.delay_warned || age < self.settings.delay_warning {
+            return;
+        }
+        let delayed: Vec<DsnRecipient> = envelope
+            .recipients
+            .iter()
+            .filter(|r| r.state == RcptState::Pending)
+            .map(|r| dsn_recipient(r, DsnKind::Delayed))
+            .collect();
+        if delayed.is_empty() {
+            return;
+        }
+        match self
+            .send_dsn(DsnKind::Delayed, envelope, &delayed, body)
+            .await
+        {
+            Ok(_) => envelope.delay_warned = true,
+            Err(e) => error!(error = %e, "could not queue the delay notice; will try again"),
+        }
+    }
+}
+
+fn dsn_recipient(r: &Recipient, kind: DsnKind) -> DsnRecipient {
+    let diagnostic = r.last_result.clone().unwrap_or_default();
+    DsnRecipient {
+        address: r.address.clone(),
+        status: status_of(&diagnostic, kind),
+        remote_mta: remote_mta(&diagnostic),
+        diagnostic,
+    }
+}
+
+/// The host named in a relay result such as `… (from mx.example.org [192.0.2.1] …)`.
+fn remote_mta(result: &str) -> Option<String> {
+    let rest = &result[result.find("(from ")? + 6..];
+    let host = rest.split([' ', ')']).next()?;
+    (!host.is_empty()).then(|| host.to_string())
+}
+
+/// An operator's hold on one message (see [`Queue::claim`]).
+pub struct Claim<'a> {
+    queue: &'a Queue,
+    id: MessageId,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.queue.inflight_set(&self.id, false);
+        self.queue.wake.notify_one();
     }
 }
 
@@ -300,9 +416,20 @@ fn expire(envelope: &mut Envelope, now_ms: u64, lifetime: Duration) {
         rcpt.state = RcptState::Failed;
         let last = rcpt.last_result.take().unwrap_or_default();
         rcpt.last_result = Some(format!(
-            "4.4.7 gave up after {} days in the queue; last result: {last}",
-            lifetime.as_secs() / 86400
+            "5.4.7 gave up after {} in the queue; last result: {last}",
+            human(lifetime)
         ));
+    }
+}
+
+/// `5 days`, `4 hours`, `90 seconds`: a lifetime as people say it.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 86400 && s % 86400 == 0 => format!("{} days", s / 86400),
+        s if s >= 3600 && s % 3600 == 0 => format!("{} hours", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} minutes", s / 60),
+        s => format!("{s} seconds"),
     }
 }
 

@@ -55,6 +55,9 @@ pub enum StoreError {
         /// Why it did not decode.
         reason: String,
     },
+    /// A delivery attempt kept working on the message longer than an operator action waits.
+    #[error("message {0} is busy with a delivery attempt; try again")]
+    Busy(String),
     /// The blocking flush task died (runtime shutting down).
     #[error("queue flush task failed: {0}")]
     Join(String),
@@ -66,9 +69,10 @@ impl StoreError {
         use mta_core::seams::EnqueueError;
         match self {
             StoreError::DiskFull { .. } => EnqueueError::DiskFull(self.to_string()),
-            StoreError::Io { .. } | StoreError::Corrupt { .. } | StoreError::Join(_) => {
-                EnqueueError::Io(self.to_string())
-            }
+            StoreError::Io { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Busy(_)
+            | StoreError::Join(_) => EnqueueError::Io(self.to_string()),
         }
     }
 }
@@ -185,6 +189,17 @@ impl Store {
             TransactionError::Storage(source) => self.err(source),
             TransactionError::Abort(()) => unreachable!("our transactions never abort"),
         }
+    }
+
+    /// Removes one schedule entry (of a message that no longer exists) and flushes.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a write or flush failure.
+    pub async fn unschedule(&self, due_ms: u64, id: &MessageId) -> Result<(), StoreError> {
+        self.schedule
+            .remove(schedule_key(due_ms, id))
+            .map_err(|e| self.err(e))?;
+        self.flush().await
     }
 
     /// Makes every message that is scheduled later than `now_ms` due at `now_ms` (on
