@@ -541,6 +541,100 @@ mod tests {
         assert!(env.is_finished());
     }
 
+    /// Runs the scheduler until `done` holds (bounded), then stops it.
+    async fn run_until(
+        queue: &Arc<Queue>,
+        deliver: Arc<dyn Deliver>,
+        done: impl Fn(&Queue) -> bool,
+    ) {
+        let (stop, stopped) = watch::channel(false);
+        let runner = tokio::spawn(queue.clone().run(deliver, 4, stopped));
+        for _ in 0..250 {
+            if done(queue) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), runner)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// Like [`Scripted`] for the original's recipients, and keeps every DSN it is given.
+    struct Recording(Mutex<Vec<Vec<u8>>>);
+    impl Deliver for Recording {
+        fn deliver<'a>(
+            &'a self,
+            e: &'a Envelope,
+            body: &'a [u8],
+            rcpts: &'a [Address],
+        ) -> BoxFuture<'a, Vec<Outcome>> {
+            if e.sender == ReversePath::Null {
+                self.0.lock().unwrap().push(body.to_vec());
+                return Box::pin(async move { vec![Outcome::Delivered("ok".into()); rcpts.len()] });
+            }
+            Box::pin(async move {
+                rcpts
+                    .iter()
+                    .map(|r| match r.local_part() {
+                        "b" => Outcome::Deferred("451 4.0.0 later".into()),
+                        _ => Outcome::Failed("550 5.1.1 no such user".into()),
+                    })
+                    .collect()
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn failures_bounce_once_and_delays_warn_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut settings = QueueSettings::new(Domain::parse("mx.test").unwrap());
+        settings.delay_warning = Duration::from_secs(60);
+        let queue = Queue::open(dir.path(), settings).unwrap();
+        let now_s = now_ms() / 1000;
+        // Old enough for the delay notice; b is deferred, c fails.
+        let mut env = envelope(&["b@x.test", "c@x.test"], now_s - 120);
+        env.sender = ReversePath::Address(Address::parse("sender@local.test").unwrap());
+        queue
+            .enqueue(env.clone(), b"Subject: s\r\n\r\nbody\r\n".to_vec())
+            .await
+            .unwrap();
+        let deliver = Arc::new(Recording(Mutex::new(Vec::new())));
+        let d = deliver.clone();
+        run_until(&queue, deliver.clone(), move |q| {
+            q.store().len() == 1 && d.0.lock().unwrap().len() == 2
+        })
+        .await;
+
+        let dsns = deliver.0.lock().unwrap().clone();
+        assert_eq!(dsns.len(), 2, "one failure DSN and one delay notice");
+        let text: Vec<String> = dsns
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
+        let failed = text
+            .iter()
+            .find(|t| t.contains("Action: failed"))
+            .expect("a failure DSN");
+        assert!(
+            failed.contains("Final-Recipient: rfc822; c@x.test")
+                && !failed.contains("rfc822; b@x.test")
+        );
+        let delayed = text
+            .iter()
+            .find(|t| t.contains("Action: delayed"))
+            .expect("a delay notice");
+        assert!(
+            delayed.contains("Final-Recipient: rfc822; b@x.test")
+                && !delayed.contains("rfc822; c@x.test")
+        );
+        let (original, _) = queue.store().load(&env.id).unwrap().unwrap();
+        assert!(original.envelope.delay_warned);
+        assert_eq!(original.envelope.recipients[1].state, RcptState::Failed);
+    }
+
     #[tokio::test]
     async fn scheduler_delivers_defers_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
