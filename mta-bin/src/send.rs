@@ -187,6 +187,20 @@ fn wire_form(raw: &[u8]) -> Vec<u8> {
     out
 }
 
+fn split_server(server: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = server
+        .rsplit_once(':')
+        .with_context(|| format!("--server {server:?}: expected HOST:PORT"))?;
+    let port = port
+        .parse()
+        .with_context(|| format!("--server {server:?}: bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("--server {server:?}: empty host");
+    }
+    Ok((host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::wire_form;
@@ -200,21 +214,12 @@ mod tests {
             (b"a\r\n\r\n", b"a\r\n"),
         ];
         for (input, want) in table {
-            assert_eq!(wire_form(input), want, "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(
+                wire_form(input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
         }
     }
-}
-
-fn split_server(server: &str) -> anyhow::Result<(String, u16)> {
-    let (host, port) = server
-        .rsplit_once(':')
-        .with_context(|| format!("--server {server:?}: expected HOST:PORT"))?;
-    let port = port
-        .parse()
-        .with_context(|| format!("--server {server:?}: bad port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        bail!("--server {server:?}: empty host");
-    }
-    Ok((host.to_string(), port))
 }
