@@ -299,13 +299,12 @@ impl Queue {
             .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Failed)
             .map(|(r, _)| dsn_recipient(r, DsnKind::Failed))
             .collect();
-        if !failed.is_empty() {
-            if let Err(e) = self
+        if !failed.is_empty()
+            && let Err(e) = self
                 .send_dsn(DsnKind::Failed, envelope, &failed, body)
                 .await
-            {
-                error!(error = %e, "could not queue the bounce");
-            }
+        {
+            error!(error = %e, "could not queue the bounce");
         }
         let age =
             Duration::from_millis(now_ms.saturating_sub(envelope.received_at.saturating_mul(1000)));
