@@ -140,7 +140,7 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
     if !path.exists() {
         return Ok((control::execute_on_no_queue(request), Via::Store));
     }
-    let queue = Queue::open(&path, settings(config)).with_context(|| {
+    let queue = Queue::open(&path, QueueSettings::from_config(config)).with_context(|| {
         format!(
             "cannot open the queue in {} (is mta serve starting or stopping?)",
             path.display()
@@ -154,16 +154,6 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
     Ok((answer, Via::Store))
 }
 
-/// The queue settings from the config (the hostname names our DSNs).
-fn settings(config: &Config) -> QueueSettings {
-    QueueSettings {
-        hostname: config.hostname.clone(),
-        retry_first: config.queue.retry_first,
-        retry_max: config.queue.retry_max,
-        max_lifetime: config.queue.max_lifetime,
-        delay_warning: config.queue.delay_warning,
-    }
-}
 
 /// The human-readable form of an answer.
 fn render(request: &Request, answer: Value, via: Via) -> anyhow::Result<String> {

@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_queue::{Queue, QueueSettings};
-use mta_smtp::local::Router;
+use mta_smtp::router::Router;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -20,8 +20,9 @@ use tracing::{info, warn};
 
 use crate::{control, users};
 
-/// Concurrent delivery attempts.
-const DELIVERY_CONCURRENCY: usize = 16;
+/// Concurrent delivery attempts (messages); remote connections are bounded separately by
+/// `outbound.max_connections` and `outbound.max_per_domain`.
+const DELIVERY_CONCURRENCY: usize = 64;
 
 /// Runs the MTA until SIGTERM/SIGINT.
 ///
@@ -50,17 +51,15 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
     prepare_data_dir(data_dir)?;
     let (acceptor, cert_note) = load_tls(&config)?;
-    let queue = Queue::open(
-        &data_dir.join("queue"),
-        QueueSettings::new(config.hostname.clone()),
-    )
-    .with_context(|| {
-        format!(
-            "cannot open the queue in {} (is another mta serve using this data dir?)",
-            data_dir.join("queue").display()
-        )
-    })?;
+    let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
+        .with_context(|| {
+            format!(
+                "cannot open the queue in {} (is another mta serve using this data dir?)",
+                data_dir.join("queue").display()
+            )
+        })?;
     let users = Arc::new(users::UsersFile::open(data_dir)?);
+    let router = Arc::new(Router::new(config.clone()).context("cannot set up delivery")?);
     let (stop, stopped) = watch::channel(false);
     let server = Server::bind(Shared {
         config: config.clone(),
@@ -82,11 +81,11 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     print_hint(&config, &addrs);
     info!(hostname = %config.hostname, data_dir = %data_dir.display(), "started");
 
-    let scheduler = tokio::spawn(queue.clone().run(
-        Arc::new(Router::new(config.clone())),
-        DELIVERY_CONCURRENCY,
-        stopped.clone(),
-    ));
+    let scheduler = tokio::spawn(
+        queue
+            .clone()
+            .run(router, DELIVERY_CONCURRENCY, stopped.clone()),
+    );
     let server = tokio::spawn(server.run());
     wait_for_signal().await?;
     info!("stopping: no new connections; waiting for sessions and deliveries");

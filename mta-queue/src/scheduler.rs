@@ -44,6 +44,17 @@ pub struct QueueSettings {
 }
 
 impl QueueSettings {
+    /// The `[queue]` settings of a config.
+    pub fn from_config(config: &mta_core::config::Config) -> QueueSettings {
+        QueueSettings {
+            hostname: config.hostname.clone(),
+            retry_first: config.queue.retry_first,
+            retry_max: config.queue.retry_max,
+            max_lifetime: config.queue.max_lifetime,
+            delay_warning: config.queue.delay_warning,
+        }
+    }
+
     /// The built-in schedule (5 min doubling to 1 h, 4 h warning, 5 days lifetime).
     pub fn new(hostname: Domain) -> QueueSettings {
         QueueSettings {
@@ -331,20 +342,25 @@ impl Queue {
 }
 
 fn dsn_recipient(r: &Recipient, kind: DsnKind) -> DsnRecipient {
-    let diagnostic = r.last_result.clone().unwrap_or_default();
+    let result = r.last_result.clone().unwrap_or_default();
+    let (diagnostic, remote_mta) = split_remote(&result);
     DsnRecipient {
         address: r.address.clone(),
-        status: status_of(&diagnostic, kind),
-        remote_mta: remote_mta(&diagnostic),
-        diagnostic,
+        status: status_of(diagnostic, kind),
+        remote_mta,
+        diagnostic: diagnostic.to_string(),
     }
 }
 
-/// The host named in a relay result such as `… (from mx.example.org [192.0.2.1] …)`.
-fn remote_mta(result: &str) -> Option<String> {
-    let rest = &result[result.find("(from ")? + 6..];
-    let host = rest.split([' ', ')']).next()?;
-    (!host.is_empty()).then(|| host.to_string())
+/// Splits a relay result `550 5.1.1 text (from mx.example.org [192.0.2.1] TLSv1.3 …)` into
+/// the remote reply and the remote host (RFC 3464 `Remote-MTA`).
+fn split_remote(result: &str) -> (&str, Option<String>) {
+    let Some(at) = result.rfind(" (from ") else {
+        return (result, None);
+    };
+    let host = result[at + 7..].split([' ', ')']).next().unwrap_or("");
+    let host = (!host.is_empty()).then(|| host.to_string());
+    (&result[..at], host)
 }
 
 /// An operator's hold on one message (see [`Queue::claim`]).
@@ -506,6 +522,18 @@ mod tests {
                     .collect()
             })
         }
+    }
+
+    #[test]
+    fn remote_host_is_split_from_the_reply() {
+        assert_eq!(
+            split_remote("550 5.1.1 No such user (from mx1.remote.test [127.0.0.2] TLSv1.3 x)"),
+            (
+                "550 5.1.1 No such user",
+                Some("mx1.remote.test".to_string())
+            )
+        );
+        assert_eq!(split_remote("5.4.7 gave up"), ("5.4.7 gave up", None));
     }
 
     #[test]

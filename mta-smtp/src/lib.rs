@@ -1,7 +1,12 @@
 //! `mta-smtp`: the network side of `mta`. The SMTP server ([`server`]: listeners, sessions,
-//! STARTTLS and implicit TLS, AUTH), server TLS setup ([`tls`]), and local delivery into
-//! Maildir ([`local`]). Talks to the queue only through the traits in `mta_core::seams`.
+//! STARTTLS and implicit TLS, AUTH), server TLS setup ([`tls`]), local delivery into Maildir
+//! ([`local`]), our SMTP client ([`client`]), remote delivery through MX or a smarthost
+//! ([`relay`]), and the [`router`] the scheduler calls. Talks to the queue only through the
+//! traits in `mta_core::seams`.
 
+pub mod client;
 pub mod local;
+pub mod relay;
+pub mod router;
 pub mod server;
 pub mod tls;

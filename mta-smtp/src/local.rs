@@ -4,21 +4,16 @@
 //! message survives a crash.
 //!
 //! The file is the queued message, byte for byte, after a `Return-Path` and a
-//! `Delivered-To` header. Also the [`Router`] that the scheduler calls: local recipients
-//! here; remote ones are not delivered by this version (they wait in the queue).
+//! `Delivered-To` header.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mta_core::address::{Address, ReversePath};
-use mta_core::config::Config;
-use mta_core::envelope::Envelope;
-use mta_core::seams::{BoxFuture, Deliver, Outcome};
 
 /// A tree of Maildirs under one root directory.
 pub struct Maildirs {
@@ -108,64 +103,6 @@ impl Maildirs {
             self.hostname,
             size
         )
-    }
-}
-
-/// The scheduler's [`Deliver`]: local domains to Maildir, everything else deferred.
-pub struct Router {
-    config: Arc<Config>,
-    maildirs: Arc<Maildirs>,
-}
-
-impl Router {
-    /// A router delivering local mail under `DATA_DIR/mail`.
-    pub fn new(config: Arc<Config>) -> Router {
-        let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
-        Router {
-            config,
-            maildirs: Arc::new(maildirs),
-        }
-    }
-
-    async fn one(&self, envelope: &Envelope, body: Arc<[u8]>, rcpt: &Address) -> Outcome {
-        if !self.config.is_local_domain(rcpt.domain()) {
-            return Outcome::Deferred(
-                "4.4.0 delivery to remote domains is not available in this version; kept in the queue"
-                    .into(),
-            );
-        }
-        let Some(dir) = self.maildirs.maildir(rcpt) else {
-            return Outcome::Failed("5.1.3 local part cannot be used as a mailbox name".into());
-        };
-        let maildirs = self.maildirs.clone();
-        let sender = envelope.sender.clone();
-        let rcpt_owned = rcpt.clone();
-        let written =
-            tokio::task::spawn_blocking(move || maildirs.write(&dir, &sender, &rcpt_owned, &body))
-                .await;
-        match written {
-            Ok(Ok(path)) => Outcome::Delivered(format!("maildir {}", path.display())),
-            Ok(Err(e)) => Outcome::Deferred(format!("4.3.0 maildir write failed: {e}")),
-            Err(e) => Outcome::Deferred(format!("4.3.0 delivery task failed: {e}")),
-        }
-    }
-}
-
-impl Deliver for Router {
-    fn deliver<'a>(
-        &'a self,
-        envelope: &'a Envelope,
-        body: &'a [u8],
-        recipients: &'a [Address],
-    ) -> BoxFuture<'a, Vec<Outcome>> {
-        Box::pin(async move {
-            let body: Arc<[u8]> = Arc::from(body);
-            let mut out = Vec::with_capacity(recipients.len());
-            for rcpt in recipients {
-                out.push(self.one(envelope, body.clone(), rcpt).await);
-            }
-            out
-        })
     }
 }
 

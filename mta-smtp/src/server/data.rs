@@ -140,9 +140,15 @@ mod tests {
         let (end, _) = read(big.as_bytes(), 502, 64).await;
         assert!(matches!(end, DataEnd::Message(_)));
         let ok = format!("{}\r\n..{}\r\n.\r\n", "a".repeat(998), "b".repeat(997));
-        assert!(matches!(read(ok.as_bytes(), 100_000, 64).await.0, DataEnd::Message(_)));
+        assert!(matches!(
+            read(ok.as_bytes(), 100_000, 64).await.0,
+            DataEnd::Message(_)
+        ));
         let over = format!("{}\r\n.\r\n", "a".repeat(999));
-        assert_eq!(read(over.as_bytes(), 100_000, 64).await.0, DataEnd::LineTooLong);
+        assert_eq!(
+            read(over.as_bytes(), 100_000, 64).await.0,
+            DataEnd::LineTooLong
+        );
         let long = format!("{}\r\n.\r\nNOOP\r\n", "a".repeat(1000));
         let (end, rest) = read(long.as_bytes(), 100_000, 64).await;
         assert_eq!(

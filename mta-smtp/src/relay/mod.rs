@@ -1,0 +1,333 @@
+//! Remote delivery: one attempt for the recipients of one message in one destination
+//! domain. Finds the hosts ([`mx`], or the configured smarthost), applies the domain's TLS
+//! policy, tries hosts in order until one takes the transaction, and maps every result onto
+//! an [`Outcome`] per recipient.
+//!
+//! Next host on a failed connection, a refused greeting, or a TLS failure where the policy
+//! demands TLS. Once a transaction has started on a host, its answer is final for this
+//! attempt (another host could otherwise receive the message twice).
+
+pub mod mx;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use hickory_resolver::TokioResolver;
+use mta_core::address::{Address, Domain};
+use mta_core::config::{Config, PasswordSource, SmarthostTls, TlsMode};
+use mta_core::envelope::Envelope;
+use mta_core::seams::Outcome;
+use rustls::RootCertStore;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::client::{
+    ClientSettings, Connection, OutgoingMessage, RcptResult, Target, Timeouts, TlsInfo, TlsPolicy,
+    Verification, roots_with, webpki_roots,
+};
+use mx::{DnsFailure, Route};
+
+/// Why the relay could not be set up (at start-up, so the operator sees it at once).
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The DNS resolver could not be built.
+    #[error("DNS: {0}")]
+    Dns(String),
+    /// A CA file could not be read.
+    #[error("{key}: {reason}")]
+    CaFile {
+        /// The config key.
+        key: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The smarthost password could not be read.
+    #[error("outbound relay password: {0}")]
+    Password(String),
+}
+
+struct Smarthost {
+    host: String,
+    port: u16,
+    policy: TlsPolicy,
+    auth: Option<(String, String)>,
+}
+
+/// Remote delivery, shared by all attempts.
+pub struct Relay {
+    config: Arc<Config>,
+    resolver: TokioResolver,
+    webpki: Arc<RootCertStore>,
+    domain_roots: HashMap<Domain, Arc<RootCertStore>>,
+    smarthost: Option<Smarthost>,
+    all: Arc<Semaphore>,
+    per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
+}
+
+impl Relay {
+    /// Builds the relay from the config: resolver, CA roots, smarthost credentials.
+    ///
+    /// # Errors
+    /// [`RelayError`] naming what could not be loaded.
+    pub fn new(config: Arc<Config>) -> Result<Relay, RelayError> {
+        let out = &config.outbound;
+        let resolver = mx::resolver(&config.dns.nameservers, out.ip).map_err(RelayError::Dns)?;
+        let webpki = Arc::new(webpki_roots());
+        let mut domain_roots = HashMap::new();
+        for (domain, policy) in &out.tls {
+            if let Some(ca) = &policy.ca_file {
+                let roots = load_roots(Some(ca), &format!("outbound.tls.\"{domain}\".ca_file"))?;
+                domain_roots.insert(domain.clone(), roots);
+            }
+        }
+        let smarthost = match &out.relay {
+            None => None,
+            Some(s) => {
+                let roots = load_roots(s.ca_file.as_deref(), "outbound.relay_ca_file")?;
+                let policy = match s.tls {
+                    SmarthostTls::Starttls => TlsPolicy::Required { roots },
+                    SmarthostTls::Implicit => TlsPolicy::Implicit { roots },
+                };
+                let auth = match (&s.user, &s.password) {
+                    (Some(user), Some(source)) => Some((user.clone(), read_password(source)?)),
+                    _ => None,
+                };
+                Some(Smarthost {
+                    host: s.host.clone(),
+                    port: s.port,
+                    policy,
+                    auth,
+                })
+            }
+        };
+        Ok(Relay {
+            all: Arc::new(Semaphore::new(out.max_connections)),
+            per_domain: Mutex::new(HashMap::new()),
+            config,
+            resolver,
+            webpki,
+            domain_roots,
+            smarthost,
+        })
+    }
+
+    fn domain_slots(&self, domain: &Domain) -> Arc<Semaphore> {
+        let mut map = self.per_domain.lock().expect("per-domain lock poisoned");
+        map.entry(domain.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.outbound.max_per_domain)))
+            .clone()
+    }
+
+    fn settings(&self, policy: TlsPolicy, auth: Option<(String, String)>) -> ClientSettings {
+        ClientSettings {
+            helo: self.config.hostname.to_string(),
+            policy,
+            auth,
+            connect_timeout: self.config.outbound.connect_timeout,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    fn policy_for(&self, domain: &Domain) -> TlsPolicy {
+        let policy = self.config.outbound.tls_for(domain);
+        let roots = self
+            .domain_roots
+            .get(domain)
+            .cloned()
+            .unwrap_or_else(|| self.webpki.clone());
+        match policy.mode {
+            TlsMode::Opportunistic => TlsPolicy::Opportunistic { roots },
+            TlsMode::Required => TlsPolicy::Required { roots },
+            TlsMode::None => TlsPolicy::Plaintext,
+        }
+    }
+
+    /// One attempt for `rcpts` (all in `domain`) of one message; one outcome per recipient.
+    pub async fn deliver(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        domain: &Domain,
+        rcpts: &[Address],
+    ) -> Vec<Outcome> {
+        let _all = self.all.acquire().await;
+        let slots = self.domain_slots(domain);
+        let _one = slots.acquire().await;
+        let msg = OutgoingMessage {
+            from: &envelope.sender,
+            rcpts,
+            body,
+            eight_bit: !body.is_ascii(),
+            smtputf8: rcpts.iter().any(Address::needs_smtputf8)
+                || envelope
+                    .sender
+                    .address()
+                    .is_some_and(Address::needs_smtputf8),
+        };
+        let (hosts, settings, port) = match &self.smarthost {
+            Some(s) => (
+                vec![mx::MxHost {
+                    name: s.host.clone(),
+                    preference: 0,
+                }],
+                self.settings(s.policy.clone(), s.auth.clone()),
+                s.port,
+            ),
+            None => {
+                let hosts = match self.hosts(domain).await {
+                    Ok(h) => h,
+                    Err(outcome) => return vec![outcome; rcpts.len()],
+                };
+                (
+                    hosts,
+                    self.settings(self.policy_for(domain), None),
+                    self.config.outbound.port,
+                )
+            }
+        };
+        let mut last = String::from("no host to try");
+        for host in &hosts {
+            let ips = match self.ips(domain, &host.name).await {
+                Ok(ips) => ips,
+                Err(e) => {
+                    warn!(%domain, mx = %host.name, error = %e, "MX host has no usable address");
+                    last = format!("{}: {e}", host.name);
+                    continue;
+                }
+            };
+            for ip in ips {
+                let target = Target {
+                    addr: SocketAddr::new(ip, port),
+                    name: host.name.clone(),
+                };
+                match Connection::open(&target, &settings).await {
+                    Ok(mut conn) => {
+                        let tls = describe_tls(conn.tls());
+                        let result = conn.send(&msg).await;
+                        conn.quit().await;
+                        return self.outcomes(&target, &tls, rcpts, result);
+                    }
+                    Err(e) => {
+                        warn!(%domain, mx = %host.name, %ip, error = %e, "connection attempt failed; trying the next host");
+                        last = format!("{} [{ip}]: {e}", host.name);
+                    }
+                }
+            }
+        }
+        vec![
+            Outcome::Deferred(format!(
+                "4.4.1 no host for {domain} took the message; last error: {last}"
+            ));
+            rcpts.len()
+        ]
+    }
+
+    /// The hosts for a domain, or the outcome for every recipient when there are none.
+    async fn hosts(&self, domain: &Domain) -> Result<Vec<mx::MxHost>, Outcome> {
+        if domain.is_literal() {
+            return Ok(vec![mx::MxHost {
+                name: domain
+                    .as_str()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .trim_start_matches("IPv6:")
+                    .to_string(),
+                preference: 0,
+            }]);
+        }
+        match mx::route(&self.resolver, domain).await {
+            Ok(Route::Hosts(h)) => Ok(h),
+            Ok(Route::NullMx) => {
+                info!(%domain, "null MX: the domain accepts no mail");
+                Err(Outcome::Failed(format!(
+                    "556 5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
+                )))
+            }
+            Err(DnsFailure::Permanent(why)) => Err(Outcome::Failed(format!("550 5.1.2 {why}"))),
+            Err(DnsFailure::Temporary(why)) => Err(Outcome::Deferred(format!("451 4.4.3 {why}"))),
+        }
+    }
+
+    async fn ips(&self, _domain: &Domain, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+        let ips = mx::addresses(&self.resolver, host).await?;
+        let wanted: Vec<IpAddr> = ips
+            .into_iter()
+            .filter(|ip| match self.config.outbound.ip {
+                mta_core::config::IpFamily::Any => true,
+                mta_core::config::IpFamily::Ipv4 => ip.is_ipv4(),
+                mta_core::config::IpFamily::Ipv6 => ip.is_ipv6(),
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Err(DnsFailure::Temporary(format!(
+                "{host} has no address of the configured family"
+            )));
+        }
+        Ok(wanted)
+    }
+
+    fn outcomes(
+        &self,
+        target: &Target,
+        tls: &str,
+        rcpts: &[Address],
+        result: Result<Vec<RcptResult>, crate::client::ClientError>,
+    ) -> Vec<Outcome> {
+        let at = format!("{} [{}] {tls}", target.name, target.addr.ip());
+        match result {
+            Ok(results) => rcpts
+                .iter()
+                .zip(results)
+                .map(|(rcpt, r)| {
+                    let outcome = match r {
+                        RcptResult::Delivered(reply) => Outcome::Delivered(format!("{at}: {reply}")),
+                        RcptResult::Temporary(reply) => Outcome::Deferred(format!("{reply} (from {at})")),
+                        RcptResult::Permanent(reply) => Outcome::Failed(format!("{reply} (from {at})")),
+                    };
+                    info!(%rcpt, mx = %target.name, ip = %target.addr.ip(), tls, result = ?outcome, "remote attempt");
+                    outcome
+                })
+                .collect(),
+            Err(e) => {
+                warn!(mx = %target.name, ip = %target.addr.ip(), tls, error = %e, "transaction failed");
+                let text = format!("4.4.2 transaction with {at} failed: {e}");
+                vec![Outcome::Deferred(text); rcpts.len()]
+            }
+        }
+    }
+}
+
+/// `TLSv1.3 verified` / `TLSv1.2 unverified (UnknownIssuer)` / `plaintext`.
+fn describe_tls(tls: Option<&TlsInfo>) -> String {
+    match tls {
+        None => "plaintext".into(),
+        Some(t) => match &t.verified {
+            Verification::Verified => format!("{} {} verified", t.version, t.cipher),
+            Verification::Failed(why) => format!("{} {} unverified ({why})", t.version, t.cipher),
+        },
+    }
+}
+
+fn load_roots(ca_file: Option<&Path>, key: &str) -> Result<Arc<RootCertStore>, RelayError> {
+    roots_with(ca_file)
+        .map(Arc::new)
+        .map_err(|e| RelayError::CaFile {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })
+}
+
+fn read_password(source: &PasswordSource) -> Result<String, RelayError> {
+    match source {
+        PasswordSource::Env(var) => std::env::var(var)
+            .map_err(|_| RelayError::Password(format!("environment variable {var} is not set"))),
+        PasswordSource::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                RelayError::Password(format!("cannot read {}: {e}", path.display()))
+            })?;
+            Ok(text.lines().next().unwrap_or("").to_string())
+        }
+    }
+}

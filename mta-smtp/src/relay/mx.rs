@@ -1,0 +1,205 @@
+//! Where mail for a domain goes (RFC 5321 §5.1): the MX hosts in preference order (equal
+//! preferences in random order), the domain itself when it has no MX (implicit MX), nowhere
+//! when it publishes a null MX (RFC 7505), and the addresses of each host.
+//!
+//! Failures are classified once, here: only an answer that says "no such domain" or "no such
+//! records" is permanent; SERVFAIL, timeouts, refusals and answers we do not understand are
+//! temporary, so DNS trouble never bounces mail.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::RData;
+use mta_core::address::Domain;
+use mta_core::config::IpFamily;
+use rand::seq::SliceRandom;
+
+/// One MX host, in the order to try.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MxHost {
+    /// Host name without the trailing dot (also the name to verify in its certificate).
+    pub name: String,
+    /// MX preference (0 for an implicit MX).
+    pub preference: u16,
+}
+
+/// The routing answer for a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Hosts to try, best first.
+    Hosts(Vec<MxHost>),
+    /// RFC 7505 null MX: the domain accepts no mail.
+    NullMx,
+}
+
+/// A DNS failure, already classified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DnsFailure {
+    /// The name does not exist or has no usable records: bounce.
+    #[error("{0}")]
+    Permanent(String),
+    /// Anything else: try again later.
+    #[error("{0}")]
+    Temporary(String),
+}
+
+/// Builds the resolver from `[dns] nameservers` (empty: the system's resolv.conf).
+///
+/// # Errors
+/// When the system configuration cannot be read.
+pub fn resolver(nameservers: &[SocketAddr], family: IpFamily) -> Result<TokioResolver, String> {
+    let mut opts = ResolverOpts::default();
+    opts.timeout = Duration::from_secs(4);
+    opts.attempts = 2;
+    opts.ip_strategy = match family {
+        IpFamily::Any => LookupIpStrategy::Ipv6AndIpv4,
+        IpFamily::Ipv4 => LookupIpStrategy::Ipv4Only,
+        IpFamily::Ipv6 => LookupIpStrategy::Ipv6Only,
+    };
+    let builder = if nameservers.is_empty() {
+        TokioResolver::builder_tokio().map_err(|e| format!("system resolver: {e}"))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|addr| {
+                let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
+                for c in &mut ns.connections {
+                    c.port = addr.port();
+                }
+                ns
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_parts(None, vec![], servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    builder
+        .with_options(opts)
+        .build()
+        .map_err(|e| format!("resolver: {e}"))
+}
+
+fn fqdn(name: &str) -> String {
+    format!("{}.", name.trim_end_matches('.'))
+}
+
+/// Looks up where mail for `domain` goes.
+///
+/// # Errors
+/// [`DnsFailure`], permanent only for NXDOMAIN.
+pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<Route, DnsFailure> {
+    match resolver.mx_lookup(fqdn(domain.as_str())).await {
+        Ok(lookup) => {
+            let records: Vec<(u16, hickory_resolver::proto::rr::Name)> = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::MX(mx) => Some((mx.preference, mx.exchange.clone())),
+                    _ => None,
+                })
+                .collect();
+            if records.iter().any(|(_, name)| name.is_root()) {
+                return Ok(Route::NullMx);
+            }
+            if records.is_empty() {
+                return Ok(implicit(domain));
+            }
+            let hosts = records
+                .into_iter()
+                .map(|(preference, name)| MxHost {
+                    name: name.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+                    preference,
+                })
+                .collect();
+            Ok(Route::Hosts(order(hosts)))
+        }
+        // NODATA: the domain exists but has no MX; RFC 5321 §5.1: use the domain itself.
+        Err(NetError::Dns(DnsError::NoRecordsFound(nr)))
+            if nr.response_code == ResponseCode::NoError =>
+        {
+            Ok(implicit(domain))
+        }
+        Err(e) => Err(classify(&e, "MX", domain.as_str())),
+    }
+}
+
+fn implicit(domain: &Domain) -> Route {
+    Route::Hosts(vec![MxHost {
+        name: domain.as_str().to_string(),
+        preference: 0,
+    }])
+}
+
+/// Sorts by preference and shuffles hosts of equal preference (RFC 5321 §5.1).
+fn order(mut hosts: Vec<MxHost>) -> Vec<MxHost> {
+    hosts.shuffle(&mut rand::rng());
+    hosts.sort_by_key(|h| h.preference);
+    hosts
+}
+
+/// The addresses of one host, IPv6 and IPv4 as the configured family allows.
+///
+/// # Errors
+/// [`DnsFailure`]: permanent when the host does not exist or has no address.
+pub async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![ip]);
+    }
+    match resolver.lookup_ip(fqdn(host)).await {
+        Ok(ips) => Ok(ips.iter().collect()),
+        Err(e) => Err(classify(&e, "address", host)),
+    }
+}
+
+fn classify(e: &NetError, what: &str, name: &str) -> DnsFailure {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(nr))
+            if nr.response_code == ResponseCode::NXDomain =>
+        {
+            DnsFailure::Permanent(format!("{name} does not exist (NXDOMAIN)"))
+        }
+        NetError::Dns(DnsError::NoRecordsFound(_)) => {
+            DnsFailure::Permanent(format!("{name} has no {what} record"))
+        }
+        NetError::Timeout => {
+            DnsFailure::Temporary(format!("DNS {what} lookup for {name} timed out"))
+        }
+        other => DnsFailure::Temporary(format!("DNS {what} lookup for {name} failed: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, preference: u16) -> MxHost {
+        MxHost {
+            name: name.into(),
+            preference,
+        }
+    }
+
+    #[test]
+    fn preference_order_with_equal_preferences_shuffled() {
+        let input = vec![host("c", 20), host("a", 10), host("b", 10), host("d", 5)];
+        let mut seen_first_of_equal = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let out = order(input.clone());
+            let prefs: Vec<u16> = out.iter().map(|h| h.preference).collect();
+            assert_eq!(prefs, [5, 10, 10, 20]);
+            assert_eq!(out[0].name, "d");
+            seen_first_of_equal.insert(out[1].name.clone());
+        }
+        assert_eq!(
+            seen_first_of_equal.len(),
+            2,
+            "equal preferences are shuffled"
+        );
+    }
+}
