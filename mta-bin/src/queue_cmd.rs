@@ -154,7 +154,6 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
     Ok((answer, Via::Store))
 }
 
-
 /// The human-readable form of an answer.
 fn render(request: &Request, answer: Value, via: Via) -> anyhow::Result<String> {
     let later = match via {

@@ -28,8 +28,23 @@ impl Router {
     /// [`RelayError`] when the relay cannot be set up (resolver, CA files, smarthost password).
     pub fn new(config: Arc<Config>) -> Result<Router, RelayError> {
         let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
+        let relay = Arc::new(Relay::new(config.clone())?);
+        // Close connections that stopped being useful; ends when the relay is dropped.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&relay);
+            runtime.spawn(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(relay) => relay.close_idle(),
+                        None => return,
+                    }
+                }
+            });
+        }
         Ok(Router {
-            relay: Arc::new(Relay::new(config.clone())?),
+            relay,
             maildirs: Arc::new(maildirs),
             config,
         })

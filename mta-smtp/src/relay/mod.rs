@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mta_core::address::{Address, Domain};
@@ -55,8 +56,20 @@ struct Smarthost {
     auth: Option<(String, String)>,
 }
 
+/// How long an open connection waits for the next message to the same destination.
+const IDLE: Duration = Duration::from_secs(5);
+
+/// A connection kept open after a transaction, for the next message to the same place.
+struct Idle {
+    conn: Connection,
+    target: Target,
+    tls: String,
+    since: Instant,
+}
+
 /// Remote delivery, shared by all attempts.
 pub struct Relay {
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
     config: Arc<Config>,
     resolver: TokioResolver,
     webpki: Arc<RootCertStore>,
@@ -103,6 +116,7 @@ impl Relay {
             }
         };
         Ok(Relay {
+            idle: Mutex::new(HashMap::new()),
             all: Arc::new(Semaphore::new(out.max_connections)),
             per_domain: Mutex::new(HashMap::new()),
             config,
@@ -187,9 +201,25 @@ impl Relay {
                 )
             }
         };
+        let key = match &self.smarthost {
+            Some(_) => "smarthost".to_string(),
+            None => domain.to_string(),
+        };
+        // A connection left open by an earlier message to the same place: RSET proves it is
+        // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
+        while let Some(mut idle) = self.take_idle(&key) {
+            if idle.conn.reset().await.is_ok() {
+                let result = idle.conn.send(&msg).await;
+                let outcomes = self.outcomes(&idle.target, &idle.tls, rcpts, &result);
+                if result.is_ok() {
+                    self.put_idle(&key, idle);
+                }
+                return outcomes;
+            }
+        }
         let mut last = String::from("no host to try");
         for host in &hosts {
-            let ips = match self.ips(domain, &host.name).await {
+            let ips = match self.ips(&host.name).await {
                 Ok(ips) => ips,
                 Err(e) => {
                     warn!(%domain, mx = %host.name, error = %e, "MX host has no usable address");
@@ -206,8 +236,19 @@ impl Relay {
                     Ok(mut conn) => {
                         let tls = describe_tls(conn.tls());
                         let result = conn.send(&msg).await;
-                        conn.quit().await;
-                        return self.outcomes(&target, &tls, rcpts, result);
+                        let outcomes = self.outcomes(&target, &tls, rcpts, &result);
+                        if result.is_ok() {
+                            self.put_idle(
+                                &key,
+                                Idle {
+                                    conn,
+                                    target,
+                                    tls,
+                                    since: Instant::now(),
+                                },
+                            );
+                        }
+                        return outcomes;
                     }
                     Err(e) => {
                         warn!(%domain, mx = %host.name, %ip, error = %e, "connection attempt failed; trying the next host");
@@ -222,6 +263,46 @@ impl Relay {
             ));
             rcpts.len()
         ]
+    }
+
+    /// An idle connection to `key` that has not waited too long; expired ones are closed.
+    fn take_idle(&self, key: &str) -> Option<Idle> {
+        let mut pool = self.idle.lock().expect("idle pool lock poisoned");
+        let list = pool.get_mut(key)?;
+        while let Some(idle) = list.pop() {
+            if idle.since.elapsed() < IDLE {
+                return Some(idle);
+            }
+            tokio::spawn(idle.conn.quit());
+        }
+        None
+    }
+
+    /// Keeps a connection for the next message to `key` (at most `max_per_domain` each).
+    fn put_idle(&self, key: &str, mut idle: Idle) {
+        idle.since = Instant::now();
+        let mut pool = self.idle.lock().expect("idle pool lock poisoned");
+        let list = pool.entry(key.to_string()).or_default();
+        if list.len() < self.config.outbound.max_per_domain {
+            list.push(idle);
+        } else {
+            tokio::spawn(idle.conn.quit());
+        }
+    }
+
+    /// Closes connections that waited longer than [`IDLE`]; the router calls this every
+    /// second.
+    pub fn close_idle(&self) {
+        let mut pool = self.idle.lock().expect("idle pool lock poisoned");
+        for list in pool.values_mut() {
+            let (keep, expired): (Vec<Idle>, Vec<Idle>) =
+                list.drain(..).partition(|i| i.since.elapsed() < IDLE);
+            *list = keep;
+            for idle in expired {
+                tokio::spawn(idle.conn.quit());
+            }
+        }
+        pool.retain(|_, list| !list.is_empty());
     }
 
     /// The hosts for a domain, or the outcome for every recipient when there are none.
@@ -250,7 +331,7 @@ impl Relay {
         }
     }
 
-    async fn ips(&self, _domain: &Domain, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+    async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
         let ips = mx::addresses(&self.resolver, host).await?;
         let wanted: Vec<IpAddr> = ips
             .into_iter()
@@ -273,7 +354,7 @@ impl Relay {
         target: &Target,
         tls: &str,
         rcpts: &[Address],
-        result: Result<Vec<RcptResult>, crate::client::ClientError>,
+        result: &Result<Vec<RcptResult>, crate::client::ClientError>,
     ) -> Vec<Outcome> {
         let at = format!("{} [{}] {tls}", target.name, target.addr.ip());
         match result {
