@@ -25,8 +25,8 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::client::{
-    ClientSettings, Connection, OutgoingMessage, RcptResult, Target, Timeouts, TlsInfo, TlsPolicy,
-    Verification, roots_with, webpki_roots,
+    ClientError, ClientSettings, Connection, OutgoingMessage, RcptResult, Target, Timeouts,
+    TlsInfo, TlsPolicy, Verification, roots_with, webpki_roots,
 };
 use mx::{DnsFailure, Route};
 
@@ -218,6 +218,7 @@ impl Relay {
             }
         }
         let mut last = String::from("no host to try");
+        let mut tls_failed = false;
         for host in &hosts {
             let ips = match self.ips(&host.name).await {
                 Ok(ips) => ips,
@@ -252,14 +253,22 @@ impl Relay {
                     }
                     Err(e) => {
                         warn!(%domain, mx = %host.name, %ip, error = %e, "connection attempt failed; trying the next host");
+                        tls_failed = matches!(
+                            e,
+                            ClientError::Tls(_)
+                                | ClientError::StartTlsNotOffered
+                                | ClientError::TlsRequiredButFailed(_)
+                        );
                         last = format!("{} [{ip}]: {e}", host.name);
                     }
                 }
             }
         }
+        // RFC 3463: 4.7.5 when the last host failed the TLS the policy demands.
+        let code = if tls_failed { "4.7.5" } else { "4.4.1" };
         vec![
             Outcome::Deferred(format!(
-                "4.4.1 no host for {domain} took the message; last error: {last}"
+                "{code} no host for {domain} took the message; last error: {last}"
             ));
             rcpts.len()
         ]
@@ -354,7 +363,7 @@ impl Relay {
         target: &Target,
         tls: &str,
         rcpts: &[Address],
-        result: &Result<Vec<RcptResult>, crate::client::ClientError>,
+        result: &Result<Vec<RcptResult>, ClientError>,
     ) -> Vec<Outcome> {
         let at = format!("{} [{}] {tls}", target.name, target.addr.ip());
         match result {
