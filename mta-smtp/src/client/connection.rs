@@ -527,12 +527,16 @@ impl Connection {
 
 async fn connect(target: &Target, settings: &ClientSettings) -> Result<TcpStream, ClientError> {
     let addr = target.addr;
-    timed(Phase::Connect, settings.connect_timeout, async move {
+    let stream = timed(Phase::Connect, settings.connect_timeout, async move {
         TcpStream::connect(addr)
             .await
             .map_err(|source| ClientError::Connect { addr, source })
     })
-    .await
+    .await?;
+    // Our writes are whole commands or batches; Nagle's algorithm would hold the last one
+    // back until the server's delayed ACK (~40 ms a message).
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 fn expect(phase: Phase, want: Expect, reply: &ServerReply) -> Result<(), ClientError> {
