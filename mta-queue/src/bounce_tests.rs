@@ -1,0 +1,326 @@
+//! Unit tests of bounce.
+
+use super::*;
+use crate::QueueSettings;
+use mta_core::envelope::RcptState;
+
+fn addr(a: &str) -> Address {
+    Address::parse(a).expect("test address")
+}
+
+fn original(sender: ReversePath) -> Envelope {
+    let mut e = dsn_envelope(
+        MessageId::parse("0190000000000000abcd").expect("id"),
+        addr("b@remote.test"),
+        &Domain::parse("mx.test").expect("domain"),
+        1_795_886_158,
+        100,
+    );
+    e.sender = sender;
+    e.recipients.push(Recipient::pending(addr("c@remote.test")));
+    e.recipients.push(Recipient::pending(addr("d@remote.test")));
+    e
+}
+
+fn rcpt(a: &str, status: &str, diagnostic: &str, mx: Option<&str>) -> DsnRecipient {
+    DsnRecipient {
+        address: addr(a),
+        status: status.into(),
+        diagnostic: diagnostic.into(),
+        remote_mta: mx.map(str::to_string),
+    }
+}
+
+const BODY: &[u8] = b"Received: from client.test\r\n\tby mx.test\r\nFrom: <a@local.test>\r\n\
+Subject: hello\r\nMessage-ID: <1@local.test>\r\n\r\nSECRET BODY LINE\r\n";
+
+fn dsn(kind: DsnKind, rcpts: &[DsnRecipient], body: &[u8]) -> String {
+    let sender = ReversePath::Address(addr("a@local.test"));
+    let bytes = build(
+        kind,
+        &Domain::parse("mx.test").expect("domain"),
+        &MessageId::parse("01900000000000001234").expect("id"),
+        &original(sender),
+        rcpts,
+        body,
+        1_795_886_158,
+    )
+    .expect("a DSN is due");
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+/// The boundary from the top-level Content-Type, and the body split on it.
+fn parts(message: &str) -> (String, Vec<String>) {
+    let (head, body) = message.split_once("\r\n\r\n").expect("header/body");
+    let boundary = head
+        .split("boundary=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("boundary parameter")
+        .to_string();
+    let delimiter = format!("\r\n--{boundary}");
+    let mut pieces: Vec<String> = body.split(&delimiter).map(str::to_string).collect();
+    assert_eq!(pieces.pop().as_deref(), Some("--\r\n"), "close delimiter");
+    pieces.remove(0); // preamble
+    (boundary, pieces)
+}
+
+#[test]
+fn failed_dsn_is_a_multipart_report() {
+    let rcpts = [
+        rcpt(
+            "b@remote.test",
+            "5.1.1",
+            "550 5.1.1 no such user",
+            Some("mx1.remote.test"),
+        ),
+        rcpt("c@remote.test", "5.4.4", "5.4.4 no MX and no address", None),
+    ];
+    let text = dsn(DsnKind::Failed, &rcpts, BODY);
+    assert!(text.lines().all(|l| l.len() <= 998));
+    assert!(!text.replace("\r\n", "").contains('\n'), "CRLF only");
+    let (head, _) = text.split_once("\r\n\r\n").expect("header/body");
+    for want in [
+        "From: Mail Delivery System <MAILER-DAEMON@mx.test>\r\n",
+        "To: <a@local.test>\r\n",
+        "Subject: Undelivered Mail Returned to Sender\r\n",
+        "Date: Sat, 28 Nov 2026 17:15:58 +0000\r\n",
+        "Message-ID: <01900000000000001234@mx.test>\r\n",
+        "Auto-Submitted: auto-replied\r\n",
+        "MIME-Version: 1.0\r\n",
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n",
+    ] {
+        assert!(head.contains(want), "missing {want:?} in\n{head}");
+    }
+    let (boundary, parts) = parts(&text);
+    assert!(boundary.contains("01900000000000001234"));
+    assert_eq!(parts.len(), 3);
+    let types: Vec<&str> = parts
+        .iter()
+        .map(|p| {
+            p.lines()
+                .find_map(|l| l.strip_prefix("Content-Type: "))
+                .expect("part content type")
+        })
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "text/plain; charset=utf-8",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]
+    );
+    assert!(parts[0].contains("<b@remote.test>: 550 5.1.1 no such user (from mx1.remote.test)"));
+
+    let status = &parts[1];
+    assert!(status.contains("Reporting-MTA: dns; mx.test\r\n"));
+    assert!(status.contains("Arrival-Date: Sat, 28 Nov 2026 17:15:58 +0000\r\n"));
+    let finals: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Final-Recipient: "))
+        .collect();
+    assert_eq!(finals, ["rfc822; b@remote.test", "rfc822; c@remote.test"]);
+    let statuses: Vec<&str> = status
+        .lines()
+        .filter_map(|l| l.strip_prefix("Status: "))
+        .collect();
+    assert_eq!(statuses, ["5.1.1", "5.4.4"]);
+    assert_eq!(status.matches("Action: failed\r\n").count(), 2);
+    assert!(status.contains("Remote-MTA: dns; mx1.remote.test\r\n"));
+    assert!(status.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+    assert!(status.contains("Diagnostic-Code: X-mta; 5.4.4 no MX and no address\r\n"));
+    // Per-recipient groups are separated from the per-message fields by a blank line.
+    assert!(status.contains("\r\n\r\nFinal-Recipient: rfc822; b@remote.test"));
+
+    let headers = &parts[2];
+    assert!(headers.contains("Subject: hello\r\n"));
+    assert!(headers.contains("Received: from client.test\r\n\tby mx.test\r\n"));
+    assert!(!text.contains("SECRET BODY LINE"), "never the body");
+}
+
+#[test]
+fn delayed_dsn() {
+    let rcpts = [rcpt(
+        "d@remote.test",
+        "4.4.1",
+        "4.4.1 connection refused",
+        None,
+    )];
+    let text = dsn(DsnKind::Delayed, &rcpts, BODY);
+    assert!(text.contains("Subject: Delayed Mail (still being retried)\r\n"));
+    assert!(text.contains("Action: delayed\r\nStatus: 4.4.1\r\n"));
+    assert!(!text.contains("Action: failed"));
+    // A status that is not a code is replaced by the kind's default.
+    let text = dsn(
+        DsnKind::Delayed,
+        &[rcpt("d@remote.test", "junk", "", None)],
+        BODY,
+    );
+    assert!(text.contains("Status: 4.0.0\r\n"));
+    assert!(!text.contains("Diagnostic-Code"));
+}
+
+#[test]
+fn null_sender_or_no_recipients_gets_no_dsn() {
+    let host = Domain::parse("mx.test").expect("domain");
+    let id = MessageId::generate(1);
+    let rcpts = [rcpt("b@remote.test", "5.1.1", "550 5.1.1 no", None)];
+    let bounce = original(ReversePath::Null);
+    assert_eq!(
+        build(DsnKind::Failed, &host, &id, &bounce, &rcpts, BODY, 0),
+        None
+    );
+    let normal = original(ReversePath::Address(addr("a@local.test")));
+    assert_eq!(
+        build(DsnKind::Failed, &host, &id, &normal, &[], BODY, 0),
+        None
+    );
+}
+
+#[test]
+fn status_codes() {
+    let f = DsnKind::Failed;
+    let d = DsnKind::Delayed;
+    let table = [
+        ("550 5.1.1 no such user", f, "5.1.1"),
+        ("550-5.7.1 blocked", f, "5.7.1"),
+        ("5.1.10 null MX", f, "5.1.10"),
+        ("4.4.0 connection refused", d, "4.4.0"),
+        ("451 4.3.0 (4.3.0) try later", d, "4.3.0"),
+        (
+            "4.4.7 gave up after 5 days in the queue; last result: 550 5.1.1 x",
+            f,
+            "4.4.7",
+        ),
+        ("connection refused", f, "5.0.0"),
+        ("connection refused", d, "4.0.0"),
+        ("", f, "5.0.0"),
+        ("421 from 5.6.7.8 too busy", d, "4.0.0"),
+        ("250 2.0.0 ok", f, "5.0.0"),
+        ("550 5.1.1234 odd", f, "5.0.0"),
+        ("550 5..1 odd", f, "5.0.0"),
+    ];
+    for (result, kind, want) in table {
+        assert_eq!(status_of(result, kind), want, "{result:?}");
+    }
+}
+
+#[test]
+fn diagnostics_are_cleaned() {
+    let evil = "550 5.1.1 no\r\nFinal-Recipient: rfc822; x@y\r\n\x1b[31mred\x00\t é";
+    let rcpts = [rcpt("b@remote.test", "5.1.1", evil, Some("mx\r\nX: y"))];
+    let text = dsn(DsnKind::Failed, &rcpts, BODY);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("Final-Recipient:"))
+            .count(),
+        1
+    );
+    assert!(!text.contains('\x1b') && !text.contains('\0'));
+    assert!(text.contains(
+        "Diagnostic-Code: smtp; 550 5.1.1 no Final-Recipient: rfc822; x@y [31mred ?\r\n"
+    ));
+    assert!(text.contains("Remote-MTA: dns; mx X: y\r\n"));
+
+    let long = "550 5.1.1 ".to_string() + &"x".repeat(5000);
+    let text = dsn(
+        DsnKind::Failed,
+        &[rcpt("b@remote.test", "5.1.1", &long, None)],
+        BODY,
+    );
+    assert!(text.lines().all(|l| l.len() <= 998));
+    assert!(text.contains("xxx...\r\n"));
+    assert_eq!(clean("  a \r\n b  ", 100), "a b");
+}
+
+#[test]
+fn header_section_and_boundary() {
+    assert_eq!(
+        header_section(b"A: 1\r\nB: 2\r\n\r\nbody"),
+        b"A: 1\r\nB: 2\r\n"
+    );
+    assert_eq!(header_section(b"A: 1\nB: 2\n\nbody"), b"A: 1\nB: 2\n");
+    assert_eq!(header_section(b"A: 1\r\n"), b"A: 1\r\n");
+    assert_eq!(header_section(b"\r\nbody"), b"");
+    // Headers capped at 64 KiB, whole lines only.
+    let mut big = Vec::new();
+    for i in 0..5000 {
+        big.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "y".repeat(40)).as_bytes());
+    }
+    big.extend_from_slice(b"\r\nbody");
+    let part = header_part(&big);
+    assert!(part.len() <= MAX_HEADERS && part.len() > MAX_HEADERS - 100);
+    assert!(part.ends_with(b"\r\n"));
+
+    // An original that contains our boundary gets another one.
+    let id = MessageId::parse("01900000000000001234").expect("id");
+    let trap = b"X-Trap: =_mta-dsn-01900000000000001234\r\n\r\nbody".to_vec();
+    let text = dsn(
+        DsnKind::Failed,
+        &[rcpt("b@remote.test", "5.1.1", "550 5.1.1 no", None)],
+        &trap,
+    );
+    let (boundary, parts) = parts(&text);
+    assert_eq!(boundary, format!("=_mta-dsn-{id}-1"));
+    assert_eq!(parts.len(), 3);
+}
+
+#[test]
+fn utf8_recipient_uses_global_types() {
+    let rcpts = [rcpt("jörg@remote.test", "5.1.1", "550 5.1.1 no", None)];
+    let text = dsn(
+        DsnKind::Failed,
+        &rcpts,
+        "Subject: grüße\r\n\r\nx".as_bytes(),
+    );
+    assert!(text.contains("Content-Type: message/global-delivery-status\r\n"));
+    assert!(text.contains("Final-Recipient: utf-8; jörg@remote.test\r\n"));
+    assert!(text.contains("Content-Type: message/global-headers\r\n"));
+    assert!(text.contains("Content-Transfer-Encoding: 8bit\r\n"));
+}
+
+#[tokio::test]
+async fn send_dsn_queues_a_bounce_to_the_sender() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = crate::Queue::open(
+        dir.path(),
+        QueueSettings::new(Domain::parse("mx.test").expect("domain")),
+    )
+    .expect("open queue");
+    let orig = original(ReversePath::Address(addr("a@local.test")));
+    let rcpts = [rcpt(
+        "b@remote.test",
+        "5.1.1",
+        "550 5.1.1 no such user",
+        None,
+    )];
+    let id = queue
+        .send_dsn(DsnKind::Failed, &orig, &rcpts, BODY)
+        .await
+        .expect("stored")
+        .expect("a DSN is due");
+    let (record, body) = queue.store().load(&id).expect("load").expect("present");
+    let env = &record.envelope;
+    assert_eq!(env.sender, ReversePath::Null);
+    assert_eq!(env.recipients.len(), 1);
+    assert_eq!(env.recipients[0].address, addr("a@local.test"));
+    assert_eq!(env.recipients[0].state, RcptState::Pending);
+    assert_eq!(env.size, body.len() as u64);
+    assert_eq!(env.origin.peer, "local");
+    assert_eq!(env.origin.helo, "mx.test");
+    let text = String::from_utf8(body).expect("utf-8");
+    assert!(text.contains(&format!("Message-ID: <{id}@mx.test>\r\n")));
+    assert!(text.contains("Final-Recipient: rfc822; b@remote.test\r\n"));
+
+    // A bounce of a bounce is never sent.
+    let bounce = env.clone();
+    assert_eq!(
+        queue
+            .send_dsn(DsnKind::Failed, &bounce, &rcpts, BODY)
+            .await
+            .expect("no error"),
+        None
+    );
+    assert_eq!(queue.store().len(), 1);
+}
