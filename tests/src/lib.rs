@@ -1,21 +1,33 @@
 //! The end-to-end test harness: a real `mta serve` on `127.0.0.1:0` in a temp dir
 //! ([`TestMta`]), bounded waits ([`wait_for`]), external commands with a deadline
 //! ([`run`]), a small raw SMTP client over TCP or TLS ([`SmtpClient`]) and the dialog-file
-//! runner ([`dialog`]). The scenarios live in `tests/it/`, one binary (STYLE §5).
+//! runner ([`dialog`]). For relaying: dnsmasq ([`TestDns`]), servers with their own names and
+//! addresses ([`MtaBuilder`], [`relay`]), a shared port on `127.0.0.2`, `127.0.0.3`…
+//! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]).
+//! The scenarios live in `tests/it/`, one binary (STYLE §5).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
 //! and a panic is how a test fails.
 
+mod builder;
 pub mod dialog;
+mod dns;
+pub mod dsn;
+pub mod fake_smtp;
 mod maildir;
+mod net;
 mod process;
+pub mod relay;
 mod server;
 mod smtp;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+pub use builder::MtaBuilder;
+pub use dns::{ServfailDns, TestDns, qtype, rcode};
 pub use maildir::{Delivered, assert_same_bytes, parse_delivered, queue_id, read_delivered};
+pub use net::{MX_ADDRS, Trap, on_shared_port, shared_port};
 pub use process::{Output, run};
 pub use server::{KeptDir, TestMta, base_config, mta_with_config, serve_expecting_failure};
 pub use smtp::{Reply, SmtpClient, tls_config};

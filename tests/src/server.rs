@@ -97,6 +97,11 @@ pub struct TestMta {
     log: Shared,
     /// Everything it wrote on stdout, over all its runs.
     stdout: Shared,
+    /// Environment variables set on every run (a smarthost password, `RUST_LOG`).
+    env: Vec<(String, String)>,
+    /// The thread copying stderr into `log`: joined when the server exits early, so that
+    /// its last words are in the log.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
     dir: KeptDir,
 }
 
@@ -109,6 +114,17 @@ impl TestMta {
     /// Starts a server on the config `make` returns for the temp dir. The config must set
     /// `data_dir = "DIR/data"` (as [`base_config`] does) and should listen on port 0.
     pub fn start_config(make: impl FnOnce(&Path) -> String) -> TestMta {
+        TestMta::try_start_with(make, Vec::new()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`TestMta::start_config`], with `env` set on the server process, but a server
+    /// that exits before it is ready is an `Err` with its config and output (the caller
+    /// may retry, for example on `Address already in use`). A server that prints no ready
+    /// line in time still panics.
+    pub fn try_start_with(
+        make: impl FnOnce(&Path) -> String,
+        env: Vec<(String, String)>,
+    ) -> Result<TestMta, String> {
         let dir = KeptDir::new();
         let config = dir.path().join("mta.toml");
         std::fs::write(&config, make(dir.path())).expect("cannot write the test config");
@@ -119,18 +135,27 @@ impl TestMta {
             cert: None,
             log: Shared::default(),
             stdout: Shared::default(),
+            env,
+            stderr_reader: None,
             dir,
         };
-        mta.spawn();
-        mta
+        mta.try_spawn()?;
+        Ok(mta)
     }
 
     fn spawn(&mut self) {
+        if let Err(e) = self.try_spawn() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), String> {
         let mut child = Command::new(mta_bin())
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
             .current_dir(self.dir.path())
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -138,14 +163,14 @@ impl TestMta {
             .unwrap_or_else(|e| panic!("cannot start mta serve: {e}"));
         let mut stderr = child.stderr.take().expect("stderr is piped");
         let log = self.log.clone();
-        std::thread::spawn(move || {
+        self.stderr_reader = Some(std::thread::spawn(move || {
             let mut chunk = [0u8; 8192];
             while let Ok(n @ 1..) = stderr.read(&mut chunk) {
                 log.lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .extend_from_slice(&chunk[..n]);
             }
-        });
+        }));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (lines, ready) = mpsc::channel();
         let keep = self.stdout.clone();
@@ -172,7 +197,7 @@ impl TestMta {
                 Ok(line) if line.starts_with("mta tls ") => {
                     self.cert = parse_cert(&line);
                     if !self.listeners.is_empty() {
-                        return;
+                        return Ok(());
                     }
                 }
                 Ok(_) => {}
@@ -183,11 +208,15 @@ impl TestMta {
                     );
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.as_mut().map(|c| c.wait());
-                    panic!(
+                    let status = self.child.take().map(|mut c| c.wait());
+                    // Its stderr is at EOF now: let the reader copy the last of it.
+                    if let Some(reader) = self.stderr_reader.take() {
+                        let _ = reader.join();
+                    }
+                    return Err(format!(
                         "mta serve exited before it was ready ({status:?})\n{}",
                         self.describe()
-                    );
+                    ));
                 }
             }
         }
@@ -273,6 +302,77 @@ impl TestMta {
         out.assert_success("mta queue list --json");
         serde_json::from_str(&out.stdout)
             .unwrap_or_else(|e| panic!("mta queue list --json printed bad JSON ({e}): {out}"))
+    }
+
+    /// The queue record of message `id` (`mta queue list --json`), if it is queued. Panics
+    /// when the queue reports errors.
+    pub fn queue_record(&self, id: &str) -> Option<serde_json::Value> {
+        let queue = self.queue_json();
+        let errors = queue["errors"].as_array().expect("errors is an array");
+        assert!(errors.is_empty(), "queue errors: {queue}");
+        queue["records"]
+            .as_array()
+            .expect("records is an array")
+            .iter()
+            .find(|r| r["envelope"]["id"] == id)
+            .cloned()
+    }
+
+    /// The queue entry of recipient `addr` of message `id` (`address`, `state`,
+    /// `attempts`, `last_result`), if the message is queued.
+    pub fn queued_recipient(&self, id: &str, addr: &str) -> Option<serde_json::Value> {
+        let record = self.queue_record(id)?;
+        let found = record["envelope"]["recipients"]
+            .as_array()
+            .expect("recipients is an array")
+            .iter()
+            .find(|r| r["address"] == addr)
+            .cloned();
+        Some(found.unwrap_or_else(|| panic!("{addr} is not a recipient of {record}")))
+    }
+
+    /// Waits until recipient `addr` of message `id` is pending after at least `attempts`
+    /// attempts, and returns its queue entry.
+    pub fn wait_for_deferral(
+        &self,
+        id: &str,
+        addr: &str,
+        attempts: u64,
+        timeout: Duration,
+    ) -> serde_json::Value {
+        let what = format!("{addr} of {id} pending after {attempts} attempt(s)");
+        self.wait_logged(timeout, &what, || {
+            self.queued_recipient(id, addr).is_some_and(|r| {
+                r["state"] == "pending" && r["attempts"].as_u64() >= Some(attempts)
+            })
+        });
+        self.queued_recipient(id, addr)
+            .unwrap_or_else(|| panic!("{id} left the queue"))
+    }
+
+    /// Waits until the queue holds no message at all.
+    pub fn wait_for_empty_queue(&self, timeout: Duration) {
+        self.wait_logged(timeout, "an empty queue", || {
+            self.queue_json()["records"]
+                .as_array()
+                .is_some_and(Vec::is_empty)
+        });
+    }
+
+    /// [`wait_for`], printing this server's queue when it times out (its log follows when
+    /// the test's servers are dropped).
+    pub fn wait_logged(&self, timeout: Duration, what: &str, cond: impl FnMut() -> bool) {
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(timeout, what, cond)
+        }));
+        if let Err(panic) = found {
+            eprintln!(
+                "--- queue of {} ---\n{}",
+                self.config.display(),
+                self.mta(&["queue", "list"], b"").all()
+            );
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// The files in `new/` of `addr`'s Maildir, sorted (none when it does not exist).

@@ -332,11 +332,11 @@ impl Relay {
             Ok(Route::NullMx) => {
                 info!(%domain, "null MX: the domain accepts no mail");
                 Err(Outcome::Failed(format!(
-                    "556 5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
+                    "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
                 )))
             }
-            Err(DnsFailure::Permanent(why)) => Err(Outcome::Failed(format!("550 5.1.2 {why}"))),
-            Err(DnsFailure::Temporary(why)) => Err(Outcome::Deferred(format!("451 4.4.3 {why}"))),
+            Err(DnsFailure::Permanent(why)) => Err(Outcome::Failed(format!("5.1.2 {why}"))),
+            Err(DnsFailure::Temporary(why)) => Err(Outcome::Deferred(format!("4.4.3 {why}"))),
         }
     }
 

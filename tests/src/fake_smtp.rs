@@ -1,0 +1,271 @@
+//! [`FakeSmtp`]: a scripted SMTP receiver for what a real one will not do on request: a
+//! `4xx` now and `250` later, a `5xx` after the data, and a record of the exact bytes on the
+//! wire. Plaintext, no PIPELINING (one reply per command), `8BITMIME` offered.
+
+use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// One transaction the fake received.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    /// Which connection (0, 1, …) it came on.
+    pub connection: usize,
+    /// The `MAIL FROM:` line as sent.
+    pub mail_from: String,
+    /// The `RCPT TO:` lines as sent, with the reply each got.
+    pub rcpts: Vec<(String, String)>,
+    /// The data as it came over the wire (dot-stuffed), up to but without the final
+    /// `.\r\n`. Empty when DATA was not reached.
+    pub wire_data: Vec<u8>,
+    /// The reply to the final dot.
+    pub data_reply: String,
+}
+
+/// Answers for (connection index): the greeting, the reply to the final dot.
+pub type ByConnection = Box<dyn Fn(usize) -> String + Send + Sync>;
+/// Answers for (connection index, command line): the reply to `RCPT TO:`.
+pub type ByCommand = Box<dyn Fn(usize, &str) -> String + Send + Sync>;
+
+/// What the fake answers; every reply is one or more lines without the final CRLF.
+pub struct Script {
+    /// The greeting for (connection index); anything but `220 …` makes the fake close the
+    /// connection after the client's next line.
+    pub greeting: ByConnection,
+    /// The reply to `RCPT TO:` for (connection index, the command line).
+    pub rcpt: ByCommand,
+    /// The reply to the final dot for (connection index).
+    pub data: ByConnection,
+}
+
+impl Default for Script {
+    /// Accepts everything.
+    fn default() -> Self {
+        Script {
+            greeting: Box::new(|_| "220 fake.test ESMTP fake".into()),
+            rcpt: Box::new(|_, _| "250 2.1.5 OK".into()),
+            data: Box::new(|_| "250 2.0.0 OK fake".into()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    connections: usize,
+    transactions: Vec<Transaction>,
+    transcript: Vec<String>,
+}
+
+/// A running fake receiver.
+pub struct FakeSmtp {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl FakeSmtp {
+    /// Listens on `addr` with `script`; `Err` (mentioning "in use" when it is) when it
+    /// cannot bind.
+    pub fn start(addr: SocketAddr, script: Script) -> Result<FakeSmtp, String> {
+        let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
+            ErrorKind::AddrInUse => format!("{addr} is already in use"),
+            _ => format!("cannot bind {addr}: {e}"),
+        })?;
+        listener
+            .set_nonblocking(true)
+            .expect("set_nonblocking on a listener");
+        let state = Arc::new(Mutex::new(State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let script = Arc::new(script);
+        let (st, sp) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !sp.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        let index = {
+                            let mut s = st.lock().unwrap_or_else(PoisonError::into_inner);
+                            s.connections += 1;
+                            s.connections - 1
+                        };
+                        let (st, script) = (st.clone(), script.clone());
+                        std::thread::spawn(move || serve(conn, index, &script, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(FakeSmtp {
+            addr,
+            state,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// How many connections it accepted.
+    pub fn connections(&self) -> usize {
+        self.lock().connections
+    }
+
+    /// The transactions so far (one per MAIL FROM).
+    pub fn transactions(&self) -> Vec<Transaction> {
+        self.lock().transactions.clone()
+    }
+
+    /// Everything said on every connection, `N C: …` / `N S: …`.
+    pub fn transcript(&self) -> String {
+        self.lock().transcript.join("\n")
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Drop for FakeSmtp {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- fake SMTP {} ---\n{}", self.addr, self.transcript());
+        }
+    }
+}
+
+/// One connection, until QUIT, EOF or an I/O error (10 s timeouts).
+fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
+    let mut input = BufReader::new(conn);
+    let log = |line: String| {
+        state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .transcript
+            .push(line);
+    };
+    let mut reply = |text: &str| -> bool {
+        log(format!("{index} S: {text}"));
+        out.write_all(format!("{text}\r\n").as_bytes()).is_ok()
+    };
+    let greeting = (script.greeting)(index);
+    if !reply(&greeting) {
+        return;
+    }
+    if !greeting.starts_with("220 ") {
+        let mut line = Vec::new();
+        let _ = input.read_until(b'\n', &mut line);
+        log(format!(
+            "{index} C: {}",
+            String::from_utf8_lossy(&line).trim_end()
+        ));
+        return;
+    }
+    let mut current: Option<Transaction> = None;
+    // A transaction that ended without data (all recipients refused) is kept too.
+    let keep = |t: Option<Transaction>| {
+        if let Some(t) = t {
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .transactions
+                .push(t);
+        }
+    };
+    loop {
+        let mut raw = Vec::new();
+        match input.read_until(b'\n', &mut raw) {
+            Ok(0) | Err(_) => return keep(current),
+            Ok(_) => {}
+        }
+        let line = String::from_utf8_lossy(&raw).trim_end().to_string();
+        log(format!("{index} C: {line}"));
+        let verb = line
+            .split([' ', ':'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let ok = match verb.as_str() {
+            "EHLO" => reply("250-fake.test\r\n250 8BITMIME"),
+            "HELO" | "NOOP" => reply("250 2.0.0 OK"),
+            "RSET" => {
+                keep(current.take());
+                reply("250 2.0.0 OK")
+            }
+            "MAIL" => {
+                keep(current.take());
+                current = Some(Transaction {
+                    connection: index,
+                    mail_from: line.clone(),
+                    ..Transaction::default()
+                });
+                reply("250 2.1.0 OK")
+            }
+            "RCPT" => {
+                let answer = (script.rcpt)(index, &line);
+                if let Some(t) = current.as_mut() {
+                    t.rcpts.push((line.clone(), answer.clone()));
+                }
+                reply(&answer)
+            }
+            "DATA" => {
+                let Some(mut t) = current.take() else {
+                    reply("503 5.5.1 MAIL first");
+                    continue;
+                };
+                if !reply("354 go ahead") {
+                    return;
+                }
+                loop {
+                    let mut data_line = Vec::new();
+                    match input.read_until(b'\n', &mut data_line) {
+                        Ok(0) | Err(_) => return keep(Some(t)),
+                        Ok(_) => {}
+                    }
+                    if data_line == b".\r\n" {
+                        break;
+                    }
+                    t.wire_data.extend_from_slice(&data_line);
+                }
+                log(format!("{index} C: ({} bytes of data)", t.wire_data.len()));
+                let answer = (script.data)(index);
+                t.data_reply = answer.clone();
+                keep(Some(t));
+                reply(&answer)
+            }
+            "QUIT" => {
+                keep(current.take());
+                reply("221 2.0.0 bye");
+                return;
+            }
+            _ => reply("502 5.5.1 not here"),
+        };
+        if !ok {
+            return keep(current);
+        }
+    }
+}
+
+/// Undoes dot-stuffing (RFC 5321 §4.5.2) of data as it came over the wire.
+pub fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(wire.len());
+    for line in wire.split_inclusive(|&b| b == b'\n') {
+        out.extend_from_slice(line.strip_prefix(b".").unwrap_or(line));
+    }
+    out
+}

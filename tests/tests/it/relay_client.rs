@@ -1,0 +1,165 @@
+//! What our SMTP client does with the receiver's extensions (docs/relay.md, "The SMTP
+//! client"): SIZE and SMTPUTF8 are respected before anything is sent, and an open
+//! connection carries the next message after a RSET.
+
+use std::net::SocketAddr;
+
+use mta_tests::dsn::wait_for_dsn;
+use mta_tests::fake_smtp::{FakeSmtp, Script};
+use mta_tests::relay::{
+    REMOTE_BOB, REMOTE_BOB_PASSWORD, login, message, receiver, sender, start_sender, submit,
+};
+use mta_tests::{ALICE, TestDns, on_shared_port, queue_id, secs, wait_for};
+
+fn dns() -> TestDns {
+    TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+    ])
+}
+
+#[test]
+fn message_over_the_receivers_size_fails_5_3_4_unsent() {
+    let dns = dns();
+    let (port, rx) = on_shared_port("a receiver taking 1024 octets", |p| {
+        let rx = receiver("mx1.remote.test", &["remote.test"], "127.0.0.2", p)
+            .toml("[limits]\nmax_message_size = 1024\n")
+            .try_start()?;
+        rx.add_user(REMOTE_BOB, REMOTE_BOB_PASSWORD);
+        Ok(rx)
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let mut big = message(REMOTE_BOB, "too big");
+    big.extend_from_slice("x".repeat(70).as_bytes());
+    for _ in 0..30 {
+        big.extend_from_slice(format!("{}\r\n", "y".repeat(70)).as_bytes());
+    }
+    let id = submit(&tx, &[REMOTE_BOB], &big);
+
+    let (_, dsn) = wait_for_dsn(&tx, ALICE, secs(10));
+    assert_eq!(dsn.final_recipients(), [REMOTE_BOB]);
+    let r = dsn.recipient(REMOTE_BOB);
+    assert_eq!(r.expect("Status"), "5.3.4", "{r:?}");
+    assert_eq!(dsn.per_message.expect("X-Mta-Queue-ID"), id);
+    tx.wait_for_empty_queue(secs(10));
+    assert!(rx.maildir_new(REMOTE_BOB).is_empty());
+    assert!(
+        !rx.log().contains("received msg="),
+        "nothing may be sent: {}",
+        rx.log()
+    );
+}
+
+#[test]
+fn utf8_recipient_to_a_server_without_smtputf8_fails_5_6_7() {
+    // The fake offers no SMTPUTF8: the message cannot go there, and the bounce uses the
+    // RFC 6533 types because the recipient's address is UTF-8.
+    let dns = dns();
+    let (port, fake) = on_shared_port("the fake receiver", |p| {
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 2], p)), Script::default())
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let to = "bøb@remote.test";
+    let mut c = login(&tx);
+    c.expect(&format!("MAIL FROM:<{ALICE}> SMTPUTF8"), 250);
+    c.expect(&format!("RCPT TO:<{to}>"), 250);
+    c.expect("DATA", 354);
+    c.send_raw(&message(to, "utf8")).unwrap();
+    let reply = c.command(".");
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    queue_id(&reply.to_string());
+
+    let (_, dsn) = wait_for_dsn(&tx, ALICE, secs(10));
+    assert!(dsn.global, "RFC 6533 report types for a UTF-8 recipient");
+    assert_eq!(dsn.final_recipients(), [to]);
+    assert_eq!(dsn.recipient(to).expect("Status"), "5.6.7");
+    tx.wait_for_empty_queue(secs(10));
+    assert!(
+        fake.transactions().is_empty(),
+        "no MAIL FROM may reach a server without SMTPUTF8:\n{}",
+        fake.transcript()
+    );
+}
+
+#[test]
+fn next_message_reuses_the_open_connection() {
+    let dns = dns();
+    let (port, fake) = on_shared_port("the fake receiver", |p| {
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 2], p)), Script::default())
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "first"));
+    wait_for(secs(10), "the first message at the fake", || {
+        fake.transactions().len() == 1
+    });
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "second"));
+    wait_for(secs(10), "the second message at the fake", || {
+        fake.transactions().len() == 2
+    });
+    tx.wait_for_empty_queue(secs(10));
+    let ts = fake.transactions();
+    assert_eq!(
+        (ts[0].connection, ts[1].connection),
+        (0, 0),
+        "one connection for both:\n{}",
+        fake.transcript()
+    );
+    assert_eq!(fake.connections(), 1, "{}", fake.transcript());
+    let transcript = fake.transcript();
+    let rset = transcript
+        .find("C: RSET")
+        .expect("a RSET before the second message");
+    let second_mail = transcript.rfind("C: MAIL FROM").unwrap();
+    assert!(rset < second_mail, "{transcript}");
+}
+
+#[test]
+fn one_transaction_for_all_recipients_of_a_domain() {
+    let dns = dns();
+    let (port, fake) = on_shared_port("the fake receiver", |p| {
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 2], p)), Script::default())
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let carol = "carol@remote.test";
+    submit(
+        &tx,
+        &[REMOTE_BOB, carol],
+        &message(REMOTE_BOB, "two at once"),
+    );
+    tx.wait_for_empty_queue(secs(10));
+    let ts = fake.transactions();
+    assert_eq!(ts.len(), 1, "{}", fake.transcript());
+    let rcpts: Vec<&str> = ts[0].rcpts.iter().map(|(line, _)| line.as_str()).collect();
+    assert_eq!(
+        rcpts,
+        [
+            format!("RCPT TO:<{REMOTE_BOB}>"),
+            format!("RCPT TO:<{carol}>")
+        ]
+    );
+}
+
+#[test]
+fn a_dead_kept_connection_is_replaced() {
+    // The receiver dies (kill -9) and comes back while the sender keeps its connection
+    // from the first message: the second message goes over a new one.
+    let dns = dns();
+    let (port, mut rx) = on_shared_port("the receiver", |p| {
+        mta_tests::relay::try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "before"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    tx.wait_for_empty_queue(secs(10));
+    rx.kill9();
+    rx.restart();
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "after"));
+    let files = rx.wait_for_mail(REMOTE_BOB, 2, 10);
+    assert_eq!(files.len(), 2);
+    tx.wait_for_empty_queue(secs(10));
+    assert!(
+        !tx.log().contains("recipient deferred"),
+        "the dead connection cost no retry: {}",
+        tx.log()
+    );
+}
