@@ -67,6 +67,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         queue: queue.clone(),
         tls: Some(acceptor),
         shutdown: stopped.clone(),
+        guards: Default::default(),
     })
     .await?;
     let control = control::start(data_dir, queue.clone(), stopped.clone())?;

@@ -125,6 +125,20 @@ replies! {
     DATA_LINE_TOO_LONG = 550 "5.6.0" "Message line longer than 1000 octets";
     /// 554 when there were no valid recipients at DATA.
     NO_VALID_RECIPIENTS = 554 "5.5.1" "No valid recipients";
+    /// 552 for a header section over the size or field-count bound.
+    HEADER_TOO_LARGE = 552 "5.3.4" "Message header too large";
+    /// 554 for too many Received fields (RFC 5321 §6.3).
+    MAIL_LOOP = 554 "5.4.6" "Too many Received headers: mail loop";
+    /// 550 when an authenticated user's From: header names an address that is not theirs.
+    FROM_NOT_OWNED = 550 "5.7.1" "From header address not owned by authenticated user";
+    /// 550 for a submitted message without a From: header.
+    NO_FROM_HEADER = 550 "5.6.0" "Message has no From header";
+    /// 421 after too many failed AUTH attempts from one address or for one account.
+    AUTH_LOCKED = 421 "4.7.0" "Too many authentication failures, try again later";
+    /// 421 when one client address has too many sessions open.
+    TOO_MANY_FROM_IP = 421 "4.7.0" "Too many connections from your address";
+    /// 421 when a session has lasted longer than the total session time.
+    SESSION_TOO_LONG = 421 "4.4.2" "Session time limit reached, closing connection";
     /// 502 for EXPN and the commands we never implement.
     NOT_IMPLEMENTED = 502 "5.5.1" "Command not implemented";
 }

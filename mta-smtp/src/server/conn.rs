@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
 use mta_core::reply::Reply;
@@ -40,6 +40,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
         starttls_available: shared.tls.is_some() && listener != ListenerKind::Submissions,
     };
     let limit = shared.config.limits.command_timeout;
+    let deadline = Instant::now() + super::limits::MAX_SESSION_TIME;
     if listener == ListenerKind::Submissions {
         // RFC 8314 §3: TLS from the first byte, then the greeting.
         let Some(acceptor) = shared.tls.clone() else {
@@ -57,11 +58,19 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
             ..ctx
         };
         info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
-        let _ = phase(&shared, BufReader::new(stream), Session::new(ctx), true).await;
+        let _ = phase(
+            &shared,
+            BufReader::new(stream),
+            Session::new(ctx),
+            true,
+            deadline,
+        )
+        .await;
         return;
     }
     let session = Session::new(ctx.clone());
-    let Ok(PhaseEnd::StartTls(reader)) = phase(&shared, BufReader::new(tcp), session, true).await
+    let Ok(PhaseEnd::StartTls(reader)) =
+        phase(&shared, BufReader::new(tcp), session, true, deadline).await
     else {
         return;
     };
@@ -88,7 +97,14 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
         ..ctx
     };
     info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
-    let _ = phase(&shared, BufReader::new(stream), Session::new(ctx), false).await;
+    let _ = phase(
+        &shared,
+        BufReader::new(stream),
+        Session::new(ctx),
+        false,
+        deadline,
+    )
+    .await;
 }
 
 /// Runs one session over `io` until it closes or asks for STARTTLS.
@@ -97,6 +113,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
     mut io: BufReader<S>,
     mut session: Session,
     greet: bool,
+    deadline: Instant,
 ) -> std::io::Result<PhaseEnd<BufReader<S>>> {
     let config = shared.config.clone();
     let mut shutdown = shared.shutdown.clone();
@@ -116,7 +133,8 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
             _ = shutdown.changed() => {
                 return close(io, out, Reply::SHUTTING_DOWN).await;
             }
-            r = timeout(config.limits.command_timeout, read_line(&mut io, session.line_limit())) => match r {
+            r = timeout(wait(config.limits.command_timeout, deadline), read_line(&mut io, session.line_limit())) => match r {
+                Err(_) if Instant::now() >= deadline => return close(io, out, Reply::SESSION_TOO_LONG).await,
                 Err(_) => return close(io, out, Reply::TIMEOUT).await,
                 Ok(line) => line?,
             },
@@ -132,12 +150,22 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let action = match action {
             Action::CheckPassword { login, password } => {
+                let ip = session.context().peer.ip();
+                if shared.guards.auth.locked(ip, &login, Instant::now()) {
+                    warn!(login = %escape(&login), "AUTH refused: too many recent failures from this address or for this account");
+                    return close(io, out, Reply::AUTH_LOCKED).await;
+                }
                 let users = shared.users.current();
-                let result = tokio::task::spawn_blocking(move || users.verify(&login, &password))
+                let who = login.clone();
+                let result = tokio::task::spawn_blocking(move || users.verify(&who, &password))
                     .await
                     .unwrap_or(mta_core::auth::Verified::Rejected);
-                if let mta_core::auth::Verified::Rejected = result {
-                    warn!("authentication failed");
+                match &result {
+                    mta_core::auth::Verified::Rejected => {
+                        shared.guards.auth.failed(ip, &login, Instant::now());
+                        warn!(login = %escape(&login), "authentication failed");
+                    }
+                    mta_core::auth::Verified::User(user) => info!(%user, "authenticated"),
                 }
                 session.auth_checked(result)
             }
@@ -169,11 +197,12 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 out.extend_from_slice(r.to_wire().as_bytes());
                 io.write_all(&out).await?;
                 out.clear();
-                let reply = match receive(shared, &mut io, &mut session).await? {
+                let reply = match receive(shared, &mut io, &mut session, deadline).await? {
                     Some(reply) => reply,
                     None => return Ok(PhaseEnd::Closed),
                 };
-                let close_after = reply == Reply::BARE_LINE_ENDING_DATA;
+                // After malformed data or a timeout the dialogue is out of step: close.
+                let close_after = reply == Reply::BARE_LINE_ENDING_DATA || reply.code == 421;
                 let reply = session.count_errors(Action::Reply(reply));
                 match reply {
                     Action::Reply(r) if !close_after => {
@@ -209,10 +238,11 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut BufReader<S>,
     session: &mut Session,
+    deadline: Instant,
 ) -> std::io::Result<Option<Reply>> {
     let config = &shared.config;
     let end = match timeout(
-        config.limits.data_timeout,
+        wait(config.limits.data_timeout, deadline),
         read_data(io, config.limits.max_message_size),
     )
     .await
@@ -220,6 +250,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(end) => end?,
         Err(_) => {
             session.take_transaction();
+            if Instant::now() >= deadline {
+                return Ok(Some(Reply::SESSION_TOO_LONG));
+            }
             return Ok(Some(Reply::TIMEOUT));
         }
     };
@@ -236,6 +269,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         }
         DataEnd::Eof => return Ok(None),
     };
+    if let Err(reply) = super::inspect::check(&data, config, session.user()) {
+        warn!(reply = %reply, "message refused after DATA");
+        return Ok(Some(reply));
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -282,6 +319,19 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             Ok(Some(e.reply()))
         }
     }
+}
+
+/// How long the next read may wait: `limit`, but never past the session's `deadline`.
+fn wait(limit: Duration, deadline: Instant) -> Duration {
+    limit.min(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// Client text for a log field: control characters escaped, at most 256 characters.
+fn escape(text: &str) -> String {
+    text.chars()
+        .take(256)
+        .flat_map(char::escape_debug)
+        .collect()
 }
 
 /// A command line for the debug transcript: AUTH data and SASL responses are hidden, and

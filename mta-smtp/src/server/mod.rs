@@ -8,6 +8,8 @@
 pub mod command;
 pub mod conn;
 pub mod data;
+pub mod inspect;
+pub mod limits;
 pub mod line;
 pub mod message;
 pub mod session;
@@ -38,6 +40,8 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Turns true when the server is stopping.
     pub shutdown: watch::Receiver<bool>,
+    /// Per-address session counts and AUTH failures (start with `Default::default()`).
+    pub guards: limits::Guards,
 }
 
 /// Bound listening sockets, before they accept anything.
@@ -160,6 +164,11 @@ async fn accept_loop(
             warn!(%peer, "too many sessions; refused");
             continue;
         };
+        let Some(ip_slot) = shared.guards.per_ip.enter(peer.ip()) else {
+            tokio::spawn(refuse(tcp, Reply::TOO_MANY_FROM_IP));
+            warn!(%peer, "too many sessions from this address; refused");
+            continue;
+        };
         let id = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = info_span!("session", id, %peer, listener = kind.name());
         let shared = shared.clone();
@@ -168,6 +177,7 @@ async fn accept_loop(
                 info!("connected");
                 conn::serve(shared, tcp, peer, kind).await;
                 info!("disconnected");
+                drop(ip_slot);
                 drop(permit);
             }
             .instrument(span),

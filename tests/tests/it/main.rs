@@ -6,6 +6,7 @@ mod dialogs;
 mod durability;
 mod harness;
 mod headers;
+mod hostile;
 mod protocol;
 mod python;
 mod relay;

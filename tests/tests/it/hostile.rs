@@ -1,0 +1,124 @@
+//! Hostile clients against a real server: a forged `From:` header on submission, password
+//! guessing, too many connections from one address, and a mail loop. Each asserts the reply
+//! and that nothing was queued.
+
+use mta_tests::{ALICE, ALICE_PASSWORD, SmtpClient, TestMta};
+
+const BOB: &str = "bob@example.test";
+
+fn server() -> TestMta {
+    let mta = TestMta::start("");
+    mta.add_user(ALICE, ALICE_PASSWORD);
+    mta.add_user(BOB, "bob-password-1");
+    mta
+}
+
+fn queued(mta: &TestMta) -> usize {
+    mta.queue_json()["records"].as_array().map_or(0, Vec::len)
+}
+
+fn logged_in(mta: &TestMta) -> SmtpClient {
+    let mut c = SmtpClient::connect_tls(mta.submissions_addr(), &mta.cert_path());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    let auth = c.auth_plain(ALICE, ALICE_PASSWORD);
+    assert_eq!(auth.code, 235, "{}", c.transcript());
+    c
+}
+
+#[test]
+fn submission_refuses_a_from_header_that_is_not_the_users() {
+    let mta = server();
+    let table: &[(&str, u16)] = &[
+        (
+            "From: Bob <bob@example.test>\r\nSubject: forged\r\n\r\nhi\r\n",
+            550,
+        ),
+        (
+            "From: alice@example.test, bob@example.test\r\nSubject: two\r\n\r\nhi\r\n",
+            550,
+        ),
+        (
+            "Sender: alice@example.test\r\nFrom: bob@example.test\r\n\r\nhi\r\n",
+            550,
+        ),
+        ("Subject: no from\r\n\r\nhi\r\n", 550),
+        (
+            "From: \"Alice\" <ALICE@example.test>\r\nSubject: mine\r\n\r\nhi\r\n",
+            250,
+        ),
+    ];
+    for (message, want) in table {
+        let mut c = logged_in(&mta);
+        let reply = c.send_message(ALICE, &[BOB], message.as_bytes());
+        assert_eq!(reply.code, *want, "{message:?}\n{}", c.transcript());
+        if *want == 550 {
+            assert!(
+                reply.matches(550, Some("5.7.1")) || reply.matches(550, Some("5.6.0")),
+                "{reply}"
+            );
+        }
+    }
+    assert!(queued(&mta) <= 1, "only the honest message may be queued");
+    assert_eq!(mta.wait_for_mail(BOB, 1, 10).len(), 1);
+}
+
+#[test]
+fn password_guessing_is_cut_off() {
+    let mta = server();
+    for i in 0..5 {
+        let mut c = SmtpClient::connect_tls(mta.submissions_addr(), &mta.cert_path());
+        c.reply("the greeting");
+        c.expect("EHLO client.test", 250);
+        let r = c.auth_plain(ALICE, &format!("wrong-{i}"));
+        assert!(r.matches(535, Some("5.7.8")), "attempt {i}: {r}");
+    }
+    // Even the right password is refused during the cool-off, and the connection closes.
+    let mut c = SmtpClient::connect_tls(mta.submissions_addr(), &mta.cert_path());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    let r = c.auth_plain(ALICE, ALICE_PASSWORD);
+    assert!(r.matches(421, Some("4.7.0")), "{r}");
+    assert!(c.is_closed());
+    let log = mta.log();
+    assert!(log.contains("authentication failed"), "failures are logged");
+    assert!(!log.contains("wrong-0"), "passwords never reach the log");
+}
+
+#[test]
+fn one_address_gets_at_most_twenty_sessions() {
+    let mta = server();
+    let mut open = Vec::new();
+    for i in 0..20 {
+        let mut c = SmtpClient::connect(mta.smtp_addr());
+        let r = c.reply("the greeting");
+        assert_eq!(r.code, 220, "session {i}");
+        open.push(c);
+    }
+    let mut extra = SmtpClient::connect(mta.smtp_addr());
+    let r = extra.reply("the refusal");
+    assert!(r.matches(421, Some("4.7.0")), "{r}");
+    drop(open);
+    mta_tests::wait_for(
+        mta_tests::secs(10),
+        "a session slot to be free again",
+        || {
+            let mut c = SmtpClient::connect(mta.smtp_addr());
+            c.reply("the greeting").code == 220
+        },
+    );
+}
+
+#[test]
+fn a_message_with_too_many_received_headers_is_a_loop() {
+    let mta = server();
+    let mut message =
+        "Received: from a.test by b.test; Sat, 28 Nov 2026 10:00:00 +0000\r\n".repeat(51);
+    message.push_str("From: x@remote.test\r\nSubject: loop\r\n\r\nround and round\r\n");
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    let r = c.send_message("x@remote.test", &[BOB], message.as_bytes());
+    assert!(r.matches(554, Some("5.4.6")), "{r}\n{}", c.transcript());
+    assert_eq!(queued(&mta), 0);
+}
