@@ -122,3 +122,69 @@ fn a_message_with_too_many_received_headers_is_a_loop() {
     assert!(r.matches(554, Some("5.4.6")), "{r}\n{}", c.transcript());
     assert_eq!(queued(&mta), 0);
 }
+
+/// SMTP smuggling (SEC Consult 2023): each of the nine non-standard endings, followed by a
+/// smuggled second transaction, must neither end the message nor start a transaction. The
+/// message is refused, the connection closed, and nothing is queued or delivered.
+#[test]
+fn smuggling_endings_are_refused_and_nothing_is_queued() {
+    let mta = server();
+    let endings: [&[u8]; 9] = [
+        b"\n.\n",
+        b"\r.\r",
+        b"\r.\n",
+        b"\n.\r",
+        b"\n.\r\n",
+        b"\r\n.\n",
+        b"\r.\r\n",
+        b"\r\n.\r",
+        b"\r\n\0.\r\n",
+    ];
+    for ending in endings {
+        let mut c = SmtpClient::connect(mta.smtp_addr());
+        c.reply("the greeting");
+        c.expect("EHLO client.test", 250);
+        c.expect("MAIL FROM:<someone@remote.test>", 250);
+        c.expect("RCPT TO:<bob@example.test>", 250);
+        c.expect("DATA", 354);
+        let mut data = b"From: someone@remote.test\r\nSubject: innocent\r\n\r\nhello".to_vec();
+        data.extend_from_slice(ending);
+        data.extend_from_slice(
+            b"MAIL FROM:<admin@example.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n\
+              From: admin@example.test\r\nSubject: smuggled\r\n\r\nevil\r\n.\r\n",
+        );
+        c.send_raw(&data).unwrap();
+        let r = c.reply("the refusal");
+        assert!(r.code >= 500, "ending {ending:?}: {}", c.transcript());
+        assert!(c.is_closed(), "ending {ending:?}: {}", c.transcript());
+    }
+    assert_eq!(queued(&mta), 0);
+    assert!(mta.maildir_new(BOB).is_empty());
+}
+
+/// The classic open-relay tricks on port 25, without AUTH: none may relay. Mailboxes that
+/// are ours in another spelling (case, IDNA) are accepted as local, never relayed.
+#[test]
+fn open_relay_tricks_on_port_25_all_fail() {
+    let mta = server();
+    let table: &[(&str, u16)] = &[
+        ("<bob%remote.test@example.test>", 550),
+        ("<@example.test:bob@remote.test>", 550),
+        ("<\"bob@remote.test\"@example.test>", 550),
+        ("<remote.test!bob@example.test>", 550),
+        ("<bob@remote.test.>", 501),
+        ("<bob@[127.0.0.1]>", 550),
+        ("<bob@remote.test>", 550),
+        ("<BOB@EXAMPLE.TEST>", 250),
+    ];
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<someone@remote.test>", 250);
+    for (path, want) in table {
+        let r = c.command(&format!("RCPT TO:{path}"));
+        assert_eq!(r.code, *want, "{path}: {r}");
+    }
+    c.expect("RSET", 250);
+    assert_eq!(queued(&mta), 0);
+}
