@@ -1,0 +1,236 @@
+//! Fuzz targets: one function per input surface that the network or the disk can reach.
+//! Each takes arbitrary bytes and must neither panic nor hang; each also checks an
+//! invariant (a parsed address prints and parses back the same, the DATA reader gives the
+//! same answer however the input is chunked, a queue record re-encodes to itself).
+//!
+//! libFuzzer needs a nightly toolchain, which this project does not use; `src/main.rs` is a
+//! small seeded mutation loop over the committed corpus instead (`scripts/fuzz.sh`), and the
+//! unit test at the end replays the corpus in CI.
+
+use std::cell::RefCell;
+use std::sync::{Arc, OnceLock};
+
+use mta_core::address::{
+    Address, Domain, ForwardPath, ReversePath, parse_forward_path, parse_reverse_path,
+};
+use mta_core::auth::{UserDb, Verified};
+use mta_core::config::Config;
+use mta_core::envelope::ListenerKind;
+use mta_core::seams::UserDirectory;
+use mta_smtp::client::reply::{ReplyParser, take_line};
+use mta_smtp::server::command::{self, Command};
+use mta_smtp::server::data::{DataEnd, read_data};
+use mta_smtp::server::session::{Action, Context, Session};
+
+/// The targets by name, as `main.rs` and the corpus directories call them.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("command", command),
+    ("data", data),
+    ("address", address),
+    ("auth", auth),
+    ("record", record),
+    ("session", session),
+    ("client_reply", client_reply),
+];
+
+/// The SMTP command parser; a parsed path prints and parses back to the same address.
+pub fn command(input: &[u8]) {
+    match command::parse(input) {
+        Ok(Command::Mail(mail)) => {
+            if let ReversePath::Address(a) = &mail.from {
+                round_trip(a);
+            }
+        }
+        Ok(Command::Rcpt {
+            to: ForwardPath::Address(a),
+            ..
+        }) => round_trip(&a),
+        _ => {}
+    }
+}
+
+fn round_trip(a: &Address) {
+    let text = a.to_string();
+    assert!(
+        !text.chars().any(char::is_control),
+        "control character in {text:?}"
+    );
+    let again = Address::parse(&text).expect("a printed address parses");
+    assert_eq!(&again, a, "{text}");
+}
+
+thread_local! {
+    static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a current-thread runtime");
+}
+
+/// The DATA reader: the same answer for every way the input is cut into reads.
+pub fn data(input: &[u8]) {
+    let results: Vec<DataEnd> = [1usize, 3, 64, 8192]
+        .iter()
+        .map(|&capacity| {
+            RUNTIME.with(|rt| {
+                rt.block_on(async {
+                    let mut reader = tokio::io::BufReader::with_capacity(capacity, input);
+                    read_data(&mut reader, 4096)
+                        .await
+                        .expect("reading a slice never fails")
+                })
+            })
+        })
+        .collect();
+    for r in &results[1..] {
+        assert_eq!(r, &results[0], "chunking changed the result");
+    }
+    if let DataEnd::Message(body) = &results[0] {
+        assert!(body.len() <= 4096, "the size limit held");
+    }
+}
+
+/// Addresses, domains and paths: what parses prints and parses back the same.
+pub fn address(input: &[u8]) {
+    let Ok(text) = std::str::from_utf8(input) else {
+        return;
+    };
+    if let Ok(a) = Address::parse(text) {
+        round_trip(&a);
+    }
+    if let Ok(d) = Domain::parse(text) {
+        let again = Domain::parse(d.as_str()).expect("a domain in routable form parses");
+        assert_eq!(again, d);
+    }
+    if let Ok(ForwardPath::Address(a)) = parse_forward_path(text) {
+        round_trip(&a);
+    }
+    if let Ok(ReversePath::Address(a)) = parse_reverse_path(text) {
+        round_trip(&a);
+    }
+}
+
+struct Users(Arc<UserDb>);
+
+impl UserDirectory for Users {
+    fn current(&self) -> Arc<UserDb> {
+        self.0.clone()
+    }
+}
+
+fn context(listener: ListenerKind, tls: bool) -> Context {
+    static CONFIG: OnceLock<Arc<Config>> = OnceLock::new();
+    let config = CONFIG
+        .get_or_init(|| {
+            Arc::new(
+                Config::from_toml(
+                    "fuzz.toml",
+                    "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n\
+                     [aliases]\n\"sales@example.org\" = [\"alice@example.org\"]\n",
+                    "x",
+                )
+                .expect("the fuzz config is valid"),
+            )
+        })
+        .clone();
+    Context {
+        config,
+        users: Arc::new(Users(Arc::new(UserDb::default()))),
+        listener,
+        peer: "127.0.0.1:40000".parse().expect("an address"),
+        tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
+        starttls_available: !tls,
+    }
+}
+
+/// Carries out one action as the connection loop would (passwords are always wrong here).
+fn step(session: &mut Session, line: &[u8]) {
+    if let Action::CheckPassword { .. } = session.handle(line) {
+        session.auth_checked(Verified::Rejected);
+    }
+}
+
+/// SASL responses: `AUTH PLAIN` / `AUTH LOGIN` then the input as the client's answers.
+pub fn auth(input: &[u8]) {
+    for start in [&b"AUTH PLAIN"[..], b"AUTH LOGIN"] {
+        let mut s = Session::new(context(ListenerKind::Submission, true));
+        step(&mut s, b"EHLO fuzz.test");
+        step(&mut s, start);
+        for line in input.split(|&b| b == b'\n').take(16) {
+            step(&mut s, line);
+        }
+    }
+}
+
+/// A whole dialogue, one line per `\n`, on every kind of listener.
+pub fn session(input: &[u8]) {
+    for (listener, tls) in [
+        (ListenerKind::Smtp, false),
+        (ListenerKind::Submission, false),
+        (ListenerKind::Submissions, true),
+    ] {
+        let mut s = Session::new(context(listener, tls));
+        for line in input.split(|&b| b == b'\n').take(256) {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            step(&mut s, line);
+            s.take_transaction();
+        }
+    }
+}
+
+/// The queue's record decoder: what decodes re-encodes to something that decodes equal.
+pub fn record(input: &[u8]) {
+    if let Ok(r) = serde_json::from_slice::<mta_queue::Record>(input) {
+        let bytes = serde_json::to_vec(&r).expect("a record encodes");
+        let again: mta_queue::Record = serde_json::from_slice(&bytes).expect("re-decodes");
+        assert_eq!(again, r);
+    }
+}
+
+/// The outbound client's reply framing and parser, on what a hostile server might send.
+pub fn client_reply(input: &[u8]) {
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        buf.clear();
+        buf.extend_from_slice(input);
+        let mut parser = ReplyParser::new();
+        while let Ok(Some(line)) = take_line(&mut buf) {
+            match parser.push(&line) {
+                Ok(Some(reply)) => {
+                    assert!((200..=599).contains(&reply.code), "{reply:?}");
+                    parser = ReplyParser::new();
+                }
+                Ok(None) => {}
+                Err(_) => break,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CI: every committed corpus input (and every saved crash) runs through its target.
+    #[test]
+    fn corpus_replays() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let mut total = 0;
+        for (name, target) in TARGETS {
+            let dir = root.join(name);
+            let entries =
+                std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            let mut n = 0;
+            for entry in entries {
+                let path = entry.expect("a directory entry").path();
+                let bytes = std::fs::read(&path).expect("a corpus file");
+                target(&bytes);
+                n += 1;
+            }
+            assert!(n > 0, "corpus for {name} is empty");
+            total += n;
+        }
+        assert!(total > 50, "only {total} corpus inputs");
+    }
+}
