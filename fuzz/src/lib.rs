@@ -22,8 +22,11 @@ use mta_smtp::server::command::{self, Command};
 use mta_smtp::server::data::{DataEnd, read_data};
 use mta_smtp::server::session::{Action, Context, Session};
 
+/// A fuzz target: takes any bytes, panics only on a bug.
+pub type Target = fn(&[u8]);
+
 /// The targets by name, as `main.rs` and the corpus directories call them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("command", command),
     ("data", data),
     ("address", address),
