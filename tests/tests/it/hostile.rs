@@ -188,3 +188,47 @@ fn open_relay_tricks_on_port_25_all_fail() {
     c.expect("RSET", 250);
     assert_eq!(queued(&mta), 0);
 }
+
+/// Pipelining desync (RFC 2920 §3.1): message text sent with DATA, before our 354, is not
+/// taken as a message; nothing is queued and the connection is closed.
+#[test]
+fn text_sent_before_354_is_not_a_message() {
+    let mta = server();
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    c.send_raw(
+        b"MAIL FROM:<someone@remote.test>\r\nRCPT TO:<bob@example.test>\r\nDATA\r\n\
+          From: someone@remote.test\r\nSubject: early\r\n\r\ntoo soon\r\n.\r\n",
+    )
+    .unwrap();
+    assert_eq!(c.reply("MAIL").code, 250);
+    assert_eq!(c.reply("RCPT").code, 250);
+    let r = c.reply("DATA");
+    assert!(r.matches(554, Some("5.5.0")), "{r}\n{}", c.transcript());
+    assert!(c.is_closed());
+    assert_eq!(queued(&mta), 0);
+}
+
+/// No command lets a client claim another address or identity.
+#[test]
+fn xclient_and_friends_do_not_exist() {
+    let mta = server();
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(!ehlo.to_string().contains("XCLIENT"), "{ehlo}");
+    for cmd in [
+        "XCLIENT ADDR=192.0.2.1 LOGIN=alice",
+        "XFORWARD ADDR=192.0.2.1",
+        "ETRN example.test",
+        "TURN",
+        "ATRN",
+    ] {
+        let r = c.command(cmd);
+        assert!(r.matches(500, Some("5.5.1")), "{cmd}: {r}");
+    }
+    // Still port 25 rules: no relaying.
+    c.expect("MAIL FROM:<someone@remote.test>", 250);
+    assert_eq!(c.command("RCPT TO:<x@remote.test>").code, 550);
+}
