@@ -232,3 +232,29 @@ fn xclient_and_friends_do_not_exist() {
     c.expect("MAIL FROM:<someone@remote.test>", 250);
     assert_eq!(c.command("RCPT TO:<x@remote.test>").code, 550);
 }
+
+/// A client that sends nothing, or trickles one byte at a time, is dropped once the
+/// command timeout passes for a line.
+#[test]
+fn silent_and_trickling_clients_are_dropped() {
+    let mta = TestMta::start("[limits]\ncommand_timeout = \"1s\"\n");
+    let mut silent = SmtpClient::connect(mta.smtp_addr());
+    silent.reply("the greeting");
+    let r = silent.reply("the timeout");
+    assert!(r.matches(421, Some("4.4.2")), "{r}");
+    assert!(silent.is_closed());
+
+    let mut slow = SmtpClient::connect(mta.smtp_addr());
+    slow.reply("the greeting");
+    for b in b"NOOP\r\n" {
+        if slow.send_raw(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let r = slow.reply("the timeout");
+    assert!(
+        r.matches(421, Some("4.4.2")),
+        "a line may not take longer than the timeout: {r}"
+    );
+}
