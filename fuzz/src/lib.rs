@@ -34,6 +34,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("record", record),
     ("session", session),
     ("client_reply", client_reply),
+    ("conn", conn),
 ];
 
 /// The SMTP command parser; a parsed path prints and parses back to the same address.
@@ -64,6 +65,7 @@ fn round_trip(a: &Address) {
 
 thread_local! {
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .expect("a current-thread runtime");
 }
@@ -176,6 +178,60 @@ pub fn session(input: &[u8]) {
             step(&mut s, line);
             s.take_transaction();
         }
+    }
+}
+
+/// A queue that takes everything and keeps nothing, for [`conn`].
+struct Discard;
+
+impl mta_core::seams::Enqueue for Discard {
+    fn enqueue(
+        &self,
+        _envelope: mta_core::envelope::Envelope,
+        _body: Vec<u8>,
+    ) -> mta_core::seams::BoxFuture<'_, Result<(), mta_core::seams::EnqueueError>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A whole connection over an in-memory stream: the input is everything the client sends
+/// (then it closes its side); framing, DATA, the header checks and the replies all run.
+/// Every reply line the server writes must be well-formed.
+pub fn conn(input: &[u8]) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let shared = mta_smtp::server::Shared {
+        config: context(ListenerKind::Smtp, false).config,
+        users: Arc::new(Users(Arc::new(UserDb::default()))),
+        queue: Arc::new(Discard),
+        tls: None,
+        shutdown: tokio::sync::watch::channel(false).1,
+        guards: Default::default(),
+    };
+    let output = RUNTIME.with(|rt| {
+        rt.block_on(async {
+            let (mut client, server) = tokio::io::duplex(1 << 20);
+            let peer = "127.0.0.1:40000".parse().expect("an address");
+            let serving =
+                mta_smtp::server::conn::serve_stream(&shared, server, peer, ListenerKind::Smtp);
+            let talking = async {
+                let _ = client.write_all(input).await;
+                let _ = client.shutdown().await;
+                let mut out = Vec::new();
+                let _ = client.read_to_end(&mut out).await;
+                out
+            };
+            let ((), out) = tokio::join!(serving, talking);
+            out
+        })
+    });
+    assert!(output.starts_with(b"220 "), "no greeting: {output:?}");
+    for line in output.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        assert!(line.ends_with(b"\r"), "reply line without CRLF: {line:?}");
+        let code = std::str::from_utf8(&line[..3.min(line.len())]).unwrap_or("");
+        assert!(
+            matches!(code.parse::<u16>(), Ok(200..=599)),
+            "bad reply line {line:?}"
+        );
     }
 }
 

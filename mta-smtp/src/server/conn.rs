@@ -107,6 +107,27 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
     .await;
 }
 
+/// Serves one plaintext session over any stream (no TLS: STARTTLS is offered only when
+/// `shared.tls` is set, and then ends the session here). For tests and fuzzing over
+/// in-memory streams; the server itself uses [`serve`].
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: S,
+    peer: SocketAddr,
+    listener: ListenerKind,
+) {
+    let ctx = Context {
+        config: shared.config.clone(),
+        users: shared.users.clone(),
+        listener,
+        peer,
+        tls: None,
+        starttls_available: false,
+    };
+    let deadline = Instant::now() + super::limits::MAX_SESSION_TIME;
+    let _ = phase(shared, BufReader::new(io), Session::new(ctx), true, deadline).await;
+}
+
 /// Runs one session over `io` until it closes or asks for STARTTLS.
 async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
