@@ -94,9 +94,30 @@ pub struct Limits {
     pub max_errors: u32,
     /// How long to wait for the next command. Default 5 min (RFC 5321 §4.5.3.2.7).
     pub command_timeout: Duration,
-    /// How long to wait for each DATA block and the final dot. Default 10 min
-    /// (RFC 5321 §4.5.3.2.6).
+    /// How long the whole message may take, from our `354` to the final dot. Default 10 min
+    /// (RFC 5321 §4.5.3.2.6). Each read within it waits at most [`Limits::command_timeout`].
     pub data_timeout: Duration,
+    /// Sessions one client may have open at once; IPv6 clients count per /64 (one host can
+    /// have all of one). Default 20; ≥ 1.
+    pub max_sessions_per_ip: usize,
+    /// How long one connection may last in all, STARTTLS and every message included, so a
+    /// client that trickles bytes cannot hold a session for ever. Default 30 min; not shorter
+    /// than [`Limits::data_timeout`].
+    pub session_timeout: Duration,
+    /// Failed AUTH attempts from one client (per address, IPv6 per /64), or for one account,
+    /// within [`Limits::auth_failure_window`] before further AUTH is refused with `421`.
+    /// Default 5; 1..=100.
+    pub auth_failures: u32,
+    /// The window [`Limits::auth_failures`] is counted in; the lock-out ends when the oldest
+    /// of those failures is this old. Default 10 min.
+    pub auth_failure_window: Duration,
+    /// Header fields in one message. Default 1000; ≥ 100.
+    pub max_headers: usize,
+    /// Octets of one message's header section. Default 1 MiB; ≥ 16 KiB.
+    pub max_header_size: usize,
+    /// `Received:` fields a message may carry before it is taken for a mail loop
+    /// (RFC 5321 §6.3). Default 50; ≥ 10.
+    pub max_received: usize,
 }
 
 /// The DNS resolver used for outbound delivery.
@@ -395,6 +416,8 @@ impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod docs_tests;
+#[cfg(test)]
+mod limits_tests;
 #[cfg(test)]
 mod outbound_tests;
 #[cfg(test)]

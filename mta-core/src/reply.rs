@@ -131,13 +131,20 @@ replies! {
     MAIL_LOOP = 554 "5.4.6" "Too many Received headers: mail loop";
     /// 550 when an authenticated user's From: header names an address that is not theirs.
     FROM_NOT_OWNED = 550 "5.7.1" "From header address not owned by authenticated user";
+    /// 550 when an authenticated user's Sender:, Resent-From: or Resent-Sender: header names
+    /// an address that is not theirs.
+    SENDER_HEADER_NOT_OWNED = 550 "5.7.1" "Sender or Resent- header address not owned by authenticated user";
     /// 550 for a submitted message without a From: header.
     NO_FROM_HEADER = 550 "5.6.0" "Message has no From header";
+    /// 554 then close when message text arrived before our 354 (RFC 2920 §3.1).
+    DATA_BEFORE_354 = 554 "5.5.0" "Data sent before 354; improper pipelining";
+    /// 503 for AUTH inside a mail transaction (RFC 4954 §4).
+    AUTH_IN_TRANSACTION = 503 "5.5.1" "AUTH not allowed during a mail transaction";
     /// 421 after too many failed AUTH attempts from one address or for one account.
     AUTH_LOCKED = 421 "4.7.0" "Too many authentication failures, try again later";
     /// 421 when one client address has too many sessions open.
     TOO_MANY_FROM_IP = 421 "4.7.0" "Too many connections from your address";
-    /// 421 when a session has lasted longer than the total session time.
+    /// 421 when a session has lasted longer than `limits.session_timeout`.
     SESSION_TOO_LONG = 421 "4.4.2" "Session time limit reached, closing connection";
     /// 502 for EXPN and the commands we never implement.
     NOT_IMPLEMENTED = 502 "5.5.1" "Command not implemented";

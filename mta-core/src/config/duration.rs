@@ -42,3 +42,55 @@ pub(super) fn format(duration: Duration) -> String {
         .unwrap_or(&('s', 1));
     format!("{}{unit}", secs / per_unit)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("30s", 30),
+            ("5m", 300),
+            ("1h", 3600),
+            ("5d", 432_000),
+            ("010s", 10),
+        ];
+        for (text, secs) in ok {
+            assert_eq!(parse(text), Ok(Duration::from_secs(secs)), "{text}");
+        }
+        let bad = [
+            "",
+            "s",
+            "10",
+            "0s",
+            "00m",
+            "1.5h",
+            "-1s",
+            "+1s",
+            " 1s",
+            "1s ",
+            "1 s",
+            "1S",
+            "1w",
+            "1ms",
+            "99999999999999999999d",
+            "999999999999999999d",
+        ];
+        for text in bad {
+            assert!(parse(text).is_err(), "{text:?} should be refused");
+        }
+        let formats = [
+            (Duration::from_secs(10), "10s"),
+            (Duration::from_secs(90), "90s"),
+            (Duration::from_secs(300), "5m"),
+            (Duration::from_secs(3600 * 25), "25h"),
+            (Duration::from_secs(86_400 * 2), "2d"),
+            (Duration::from_millis(1500), "2s"),
+            (Duration::ZERO, "0s"),
+        ];
+        for (d, want) in formats {
+            assert_eq!(format(d), want);
+        }
+    }
+}

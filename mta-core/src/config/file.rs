@@ -67,6 +67,13 @@ pub(super) struct RawLimits {
     pub max_errors: Option<S<i64>>,
     pub command_timeout: Option<S<String>>,
     pub data_timeout: Option<S<String>>,
+    pub max_sessions_per_ip: Option<S<i64>>,
+    pub session_timeout: Option<S<String>>,
+    pub auth_failures: Option<S<i64>>,
+    pub auth_failure_window: Option<S<String>>,
+    pub max_headers: Option<S<i64>>,
+    pub max_header_size: Option<S<i64>>,
+    pub max_received: Option<S<i64>>,
 }
 
 /// `[dns]`
@@ -239,6 +246,13 @@ pub(super) fn write(config: &Config) -> String {
          max_errors = {max_errors}\n\
          command_timeout = {command_timeout}\n\
          data_timeout = {data_timeout}\n\
+         max_sessions_per_ip = {max_sessions_per_ip}\n\
+         session_timeout = {session_timeout}\n\
+         auth_failures = {auth_failures}\n\
+         auth_failure_window = {auth_failure_window}\n\
+         max_headers = {max_headers}\n\
+         max_header_size = {max_header_size}\n\
+         max_received = {max_received}\n\
          \n[dns]\n\
          nameservers = {nameservers}\n\
          \n[outbound]\n\
@@ -263,6 +277,13 @@ pub(super) fn write(config: &Config) -> String {
         max_errors = m.max_errors,
         command_timeout = time(m.command_timeout),
         data_timeout = time(m.data_timeout),
+        max_sessions_per_ip = m.max_sessions_per_ip,
+        session_timeout = time(m.session_timeout),
+        auth_failures = m.auth_failures,
+        auth_failure_window = time(m.auth_failure_window),
+        max_headers = m.max_headers,
+        max_header_size = m.max_header_size,
+        max_received = m.max_received,
         nameservers = list(&config.dns.nameservers),
         outbound = write_outbound(&config.outbound),
         retry_first = time(config.queue.retry_first),

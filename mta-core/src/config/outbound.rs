@@ -33,7 +33,7 @@ const SMARTHOST_TLS: [SmarthostTls; 2] = [SmarthostTls::Starttls, SmarthostTls::
 const TLS_MODES: [TlsMode; 3] = [TlsMode::Opportunistic, TlsMode::Required, TlsMode::None];
 
 /// A duration key as the file gives it, for the checks that compare two of them.
-enum Given {
+pub(super) enum Given {
     /// Not in the file: the default applies.
     Absent,
     /// In the file and valid, with the position of its value.
@@ -43,14 +43,14 @@ enum Given {
 }
 
 impl Given {
-    fn or(&self, default: Duration) -> Duration {
+    pub(super) fn or(&self, default: Duration) -> Duration {
         match self {
             Given::Valid(d, _) => *d,
             Given::Absent | Given::Invalid => default,
         }
     }
 
-    fn span(&self) -> Option<Range<usize>> {
+    pub(super) fn span(&self) -> Option<Range<usize>> {
         match self {
             Given::Valid(_, span) => Some(span.clone()),
             Given::Absent | Given::Invalid => None,
@@ -303,7 +303,7 @@ impl Checker<'_> {
         queue
     }
 
-    fn given(&mut self, text: &Option<S<String>>, key: &str) -> Given {
+    pub(super) fn given(&mut self, text: &Option<S<String>>, key: &str) -> Given {
         let Some(text) = text else {
             return Given::Absent;
         };

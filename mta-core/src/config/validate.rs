@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{List, RawConfig, S, Source};
+use super::outbound::Given;
 use super::{Config, ConfigError, ConfigErrors, Dns, Limits, Listen, Tls, duration};
 use crate::address::{Address, Domain};
 
@@ -28,6 +29,22 @@ const DEFAULT_MAX_ERRORS: u32 = 10;
 const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// RFC 5321 §4.5.3.2.6 (DATA block, and the final dot): at least 10 minutes.
 const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_MAX_SESSIONS_PER_IP: usize = 20;
+const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+const DEFAULT_AUTH_FAILURES: u32 = 5;
+/// Each tracked client or account keeps this many failure times at most: a bound on memory.
+const MAX_AUTH_FAILURES: i64 = 100;
+const DEFAULT_AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_MAX_HEADERS: usize = 1000;
+/// Fewer would refuse ordinary mail (list mail with its trace fields has over 50).
+const MIN_HEADERS: i64 = 100;
+const DEFAULT_MAX_HEADER_SIZE: usize = 1024 * 1024;
+/// Fewer would refuse ordinary mail with DKIM, ARC and trace fields.
+const MIN_HEADER_SIZE: i64 = 16 * 1024;
+/// RFC 5321 §6.3 suggests rejecting at 100 or more; 50 is Postfix's `hopcount_limit`, still
+/// far above what real mail carries.
+const DEFAULT_MAX_RECEIVED: usize = 50;
+const MIN_RECEIVED: i64 = 10;
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const DNS_PORT: u16 = 53;
 
@@ -319,22 +336,86 @@ impl Checker<'_> {
             i64::from(u32::MAX),
             None,
         );
+        let per_ip = int(
+            &r.max_sessions_per_ip,
+            "limits.max_sessions_per_ip",
+            1,
+            usize_max,
+            None,
+        );
+        let auth_failures = int(
+            &r.auth_failures,
+            "limits.auth_failures",
+            1,
+            MAX_AUTH_FAILURES,
+            None,
+        );
+        let headers = int(
+            &r.max_headers,
+            "limits.max_headers",
+            MIN_HEADERS,
+            usize_max,
+            None,
+        );
+        let header_size = int(
+            &r.max_header_size,
+            "limits.max_header_size",
+            MIN_HEADER_SIZE,
+            usize_max,
+            None,
+        );
+        let loop_rfc = Some("RFC 5321 §6.3 asks for a large threshold");
+        let received = int(
+            &r.max_received,
+            "limits.max_received",
+            MIN_RECEIVED,
+            usize_max,
+            loop_rfc,
+        );
+        let command_timeout = self.duration(
+            &r.command_timeout,
+            "limits.command_timeout",
+            DEFAULT_COMMAND_TIMEOUT,
+        );
+        let data = self.given(&r.data_timeout, "limits.data_timeout");
+        let session = self.given(&r.session_timeout, "limits.session_timeout");
+        let data_timeout = data.or(DEFAULT_DATA_TIMEOUT);
+        let session_timeout = session.or(DEFAULT_SESSION_TIMEOUT);
+        // A session shorter than the DATA phase could cut off every large message. Reported
+        // at the session key when the file sets it, else at the data key.
+        let comparable = !matches!(data, Given::Invalid) && !matches!(session, Given::Invalid);
+        if comparable && session_timeout < data_timeout {
+            match (session.span(), data.span()) {
+                (Some(span), _) => {
+                    let msg = "must not be shorter than limits.data_timeout".to_string();
+                    self.error(span, "limits.session_timeout", msg);
+                }
+                (None, Some(span)) => {
+                    let msg = "must not be longer than limits.session_timeout".to_string();
+                    self.error(span, "limits.data_timeout", msg);
+                }
+                (None, None) => {}
+            }
+        }
         // Each conversion below is of a value already checked to be in range.
         Limits {
             max_message_size: size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as u64),
             max_recipients: rcpts.map_or(DEFAULT_MAX_RECIPIENTS, |n| n as usize),
             max_sessions: sessions.map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
             max_errors: errors.map_or(DEFAULT_MAX_ERRORS, |n| n as u32),
-            command_timeout: self.duration(
-                &r.command_timeout,
-                "limits.command_timeout",
-                DEFAULT_COMMAND_TIMEOUT,
+            command_timeout,
+            data_timeout,
+            max_sessions_per_ip: per_ip.map_or(DEFAULT_MAX_SESSIONS_PER_IP, |n| n as usize),
+            session_timeout,
+            auth_failures: auth_failures.map_or(DEFAULT_AUTH_FAILURES, |n| n as u32),
+            auth_failure_window: self.duration(
+                &r.auth_failure_window,
+                "limits.auth_failure_window",
+                DEFAULT_AUTH_FAILURE_WINDOW,
             ),
-            data_timeout: self.duration(
-                &r.data_timeout,
-                "limits.data_timeout",
-                DEFAULT_DATA_TIMEOUT,
-            ),
+            max_headers: headers.map_or(DEFAULT_MAX_HEADERS, |n| n as usize),
+            max_header_size: header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |n| n as usize),
+            max_received: received.map_or(DEFAULT_MAX_RECEIVED, |n| n as usize),
         }
     }
 

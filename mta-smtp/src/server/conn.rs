@@ -1,23 +1,35 @@
 //! The connection loop: reads lines, feeds the [`Session`], writes replies, and carries out
 //! its actions (STARTTLS, DATA, password checks), with the timeouts and limits of RFC 5321
-//! §4.5.3.2 applied to every read.
+//! §4.5.3.2 applied to every read and write.
+//!
+//! Time limits, all from `[limits]`: `command_timeout` for each command line and for each
+//! read during DATA (so a client that stalls mid-message is dropped), `data_timeout` for a
+//! whole message, and `session_timeout` for the whole connection (so a client that trickles
+//! bytes cannot hold a session for ever); each wait is also cut short at the session's end.
+//! Password checks go through the shared failure table ([`super::guards`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use mta_core::auth::Verified;
+use mta_core::config::Limits;
 use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
 use mta_core::reply::Reply;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
-use super::Shared;
 use super::data::{DataEnd, read_data};
+use super::guards::AuthPolicy;
+use super::idle::{IdleLimit, is_stalled};
 use super::line::{Line, read_line};
+use super::log_text::{escape, transcript};
 use super::message::{Trace, assemble};
 use super::session::{Action, Context, Session};
+use super::{Shared, stopping};
 use crate::tls;
 
 /// How one phase (plaintext or TLS) of a connection ended.
@@ -28,9 +40,42 @@ enum PhaseEnd<S> {
     StartTls(S),
 }
 
-/// Serves one accepted connection to its end.
+/// How the data phase ended.
+enum AfterData {
+    /// Answer and read the next command.
+    Answer(Reply),
+    /// Answer and close: the data could not be trusted to end where the client thinks, or
+    /// time ran out.
+    Close(Reply),
+    /// The client went away.
+    Lost,
+}
+
+/// The outcome of a password check.
+enum Checked {
+    /// The user database's answer.
+    Verified(Verified),
+    /// Not asked: the client or the account has failed too often lately.
+    Locked,
+}
+
+/// Serves one accepted TCP connection to its end.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listener: ListenerKind) {
     let _ = tcp.set_nodelay(true);
+    serve_stream(&shared, tcp, peer, listener).await;
+}
+
+/// Serves one connection over any stream to its end: the greeting (after the TLS handshake
+/// on `submissions`), the dialogue, STARTTLS when `shared.tls` has a certificate. The server
+/// calls it through [`serve`]; tests and fuzzing call it over in-memory streams.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    stream: S,
+    peer: SocketAddr,
+    listener: ListenerKind,
+) {
+    let deadline = Instant::now() + shared.config.limits.session_timeout;
+    let handshake = wait(shared.config.limits.command_timeout, deadline);
     let ctx = Context {
         config: shared.config.clone(),
         users: shared.users.clone(),
@@ -39,15 +84,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
         tls: None,
         starttls_available: shared.tls.is_some() && listener != ListenerKind::Submissions,
     };
-    let limit = shared.config.limits.command_timeout;
-    let deadline = Instant::now() + super::limits::MAX_SESSION_TIME;
     if listener == ListenerKind::Submissions {
         // RFC 8314 §3: TLS from the first byte, then the greeting.
         let Some(acceptor) = shared.tls.clone() else {
             warn!("implicit TLS listener without a certificate; closing");
             return;
         };
-        let stream = match timeout(limit, acceptor.accept(tcp)).await {
+        let stream = match timeout(handshake, acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
             Err(_) => return info!("TLS handshake timed out"),
@@ -58,19 +101,13 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
             ..ctx
         };
         info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
-        let _ = phase(
-            &shared,
-            BufReader::new(stream),
-            Session::new(ctx),
-            true,
-            deadline,
-        )
-        .await;
+        let session = Session::new(ctx);
+        let _ = phase(shared, BufReader::new(stream), session, true, deadline).await;
         return;
     }
     let session = Session::new(ctx.clone());
     let Ok(PhaseEnd::StartTls(reader)) =
-        phase(&shared, BufReader::new(tcp), session, true, deadline).await
+        phase(shared, BufReader::new(stream), session, true, deadline).await
     else {
         return;
     };
@@ -86,7 +123,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
         .tls
         .clone()
         .expect("STARTTLS is offered only with a certificate");
-    let stream = match timeout(limit, acceptor.accept(reader.into_inner())).await {
+    let handshake = wait(shared.config.limits.command_timeout, deadline);
+    let stream = match timeout(handshake, acceptor.accept(reader.into_inner())).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
         Err(_) => return info!("TLS handshake timed out"),
@@ -97,35 +135,8 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, listen
         ..ctx
     };
     info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
-    let _ = phase(
-        &shared,
-        BufReader::new(stream),
-        Session::new(ctx),
-        false,
-        deadline,
-    )
-    .await;
-}
-
-/// Serves one plaintext session over any stream (no TLS: STARTTLS is offered only when
-/// `shared.tls` is set, and then ends the session here). For tests and fuzzing over
-/// in-memory streams; the server itself uses [`serve`].
-pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: &Shared,
-    io: S,
-    peer: SocketAddr,
-    listener: ListenerKind,
-) {
-    let ctx = Context {
-        config: shared.config.clone(),
-        users: shared.users.clone(),
-        listener,
-        peer,
-        tls: None,
-        starttls_available: false,
-    };
-    let deadline = Instant::now() + super::limits::MAX_SESSION_TIME;
-    let _ = phase(shared, BufReader::new(io), Session::new(ctx), true, deadline).await;
+    let session = Session::new(ctx);
+    let _ = phase(shared, BufReader::new(stream), session, false, deadline).await;
 }
 
 /// Runs one session over `io` until it closes or asks for STARTTLS.
@@ -136,7 +147,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
     greet: bool,
     deadline: Instant,
 ) -> std::io::Result<PhaseEnd<BufReader<S>>> {
-    let config = shared.config.clone();
+    let limits = &shared.config.limits;
     let mut shutdown = shared.shutdown.clone();
     let mut out = Vec::new();
     if greet {
@@ -146,23 +157,15 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
         // PIPELINING (RFC 2920): replies to a batch of commands go out together, once no
         // more input is waiting.
         if io.buffer().is_empty() && !out.is_empty() {
-            io.write_all(&out).await?;
-            out.clear();
+            send(&mut io, &mut out, limits.command_timeout, deadline).await?;
         }
-        let line = tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                return close(io, out, Reply::SHUTTING_DOWN).await;
-            }
-            r = timeout(wait(config.limits.command_timeout, deadline), read_line(&mut io, session.line_limit())) => match r {
-                Err(_) if Instant::now() >= deadline => return close(io, out, Reply::SESSION_TOO_LONG).await,
-                Err(_) => return close(io, out, Reply::TIMEOUT).await,
-                Ok(line) => line?,
-            },
+        let line = match next_line(&mut io, &session, &mut shutdown, limits, deadline).await? {
+            Ok(line) => line,
+            Err(last) => return close(io, out, last).await,
         };
         let action = match line {
             Line::Complete(l) => {
-                debug!(line = %redact(&l, session.expects_sasl()), "C:");
+                debug!(line = %transcript(&l, session.expects_sasl()), "C:");
                 session.handle(&l)
             }
             Line::TooLong => session.count_errors(Action::Reply(Reply::LINE_TOO_LONG)),
@@ -172,23 +175,10 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
         let action = match action {
             Action::CheckPassword { login, password } => {
                 let ip = session.context().peer.ip();
-                if shared.guards.auth.locked(ip, &login, Instant::now()) {
-                    warn!(login = %escape(&login), "AUTH refused: too many recent failures from this address or for this account");
-                    return close(io, out, Reply::AUTH_LOCKED).await;
+                match check_password(shared, ip, login, password).await {
+                    Checked::Verified(result) => session.auth_checked(result),
+                    Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
                 }
-                let users = shared.users.current();
-                let who = login.clone();
-                let result = tokio::task::spawn_blocking(move || users.verify(&who, &password))
-                    .await
-                    .unwrap_or(mta_core::auth::Verified::Rejected);
-                match &result {
-                    mta_core::auth::Verified::Rejected => {
-                        shared.guards.auth.failed(ip, &login, Instant::now());
-                        warn!(login = %escape(&login), "authentication failed");
-                    }
-                    mta_core::auth::Verified::User(user) => info!(%user, "authenticated"),
-                }
-                session.auth_checked(result)
             }
             other => other,
         };
@@ -200,7 +190,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
             Action::Close(r) => return close(io, out, r).await,
             Action::StartTls(r) => {
                 out.extend_from_slice(r.to_wire().as_bytes());
-                io.write_all(&out).await?;
+                send(&mut io, &mut out, limits.command_timeout, deadline).await?;
                 return Ok(PhaseEnd::StartTls(io));
             }
             Action::StartData(r) => {
@@ -208,34 +198,88 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     // RFC 2920 §3.1: DATA ends a pipelined group; text sent before our 354
                     // is not a message.
                     session.take_transaction();
-                    return close(
-                        io,
-                        out,
-                        Reply::new(554, "5.5.0", "Data sent before 354; improper pipelining"),
-                    )
-                    .await;
+                    return close(io, out, Reply::DATA_BEFORE_354).await;
                 }
                 out.extend_from_slice(r.to_wire().as_bytes());
-                io.write_all(&out).await?;
-                out.clear();
-                let reply = match receive(shared, &mut io, &mut session, deadline).await? {
-                    Some(reply) => reply,
-                    None => return Ok(PhaseEnd::Closed),
+                send(&mut io, &mut out, limits.command_timeout, deadline).await?;
+                let r = match receive(shared, &mut io, &mut session, deadline).await? {
+                    AfterData::Answer(reply) => session.count_errors(Action::Reply(reply)),
+                    AfterData::Close(reply) => Action::Close(reply),
+                    AfterData::Lost => return Ok(PhaseEnd::Closed),
                 };
-                // After malformed data or a timeout the dialogue is out of step: close.
-                let close_after = reply == Reply::BARE_LINE_ENDING_DATA || reply.code == 421;
-                let reply = session.count_errors(Action::Reply(reply));
-                match reply {
-                    Action::Reply(r) if !close_after => {
-                        out.extend_from_slice(r.to_wire().as_bytes())
-                    }
-                    Action::Reply(r) | Action::Close(r) => return close(io, out, r).await,
+                match r {
+                    Action::Reply(r) => out.extend_from_slice(r.to_wire().as_bytes()),
+                    Action::Close(r) => return close(io, out, r).await,
                     _ => unreachable!("count_errors returns Reply or Close"),
                 }
             }
             Action::CheckPassword { .. } => unreachable!("handled above"),
         }
     }
+}
+
+/// The next command line, or the reply to close with: the server is stopping, the client
+/// was too slow, or the session is over.
+async fn next_line<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    session: &Session,
+    shutdown: &mut watch::Receiver<bool>,
+    limits: &Limits,
+    deadline: Instant,
+) -> std::io::Result<Result<Line, Reply>> {
+    // Checked before each command, not only while waiting: a client that always has the
+    // next command ready would otherwise never meet the limit.
+    if Instant::now() >= deadline {
+        warn!("session time limit reached");
+        return Ok(Err(Reply::SESSION_TOO_LONG));
+    }
+    let read = timeout(
+        wait(limits.command_timeout, deadline),
+        read_line(io, session.line_limit()),
+    );
+    tokio::select! {
+        biased;
+        () = stopping(shutdown) => Ok(Err(Reply::SHUTTING_DOWN)),
+        r = read => match r {
+            Err(_) => Ok(Err(timed_out(deadline))),
+            Ok(line) => line.map(Ok),
+        },
+    }
+}
+
+/// How long the next wait may last: `limit`, but never past the session's `deadline`.
+fn wait(limit: Duration, deadline: Instant) -> Duration {
+    limit.min(deadline.saturating_duration_since(Instant::now()))
+}
+
+/// The reply when a wait ran out: the session's end, or the wait's own limit.
+fn timed_out(deadline: Instant) -> Reply {
+    if Instant::now() >= deadline {
+        warn!("session time limit reached");
+        Reply::SESSION_TOO_LONG
+    } else {
+        info!("client too slow; closing");
+        Reply::TIMEOUT
+    }
+}
+
+/// Writes the pending replies. A client that does not read them (so our writes block) is
+/// given as long as for a command, and never past the session's end.
+async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut BufReader<S>,
+    out: &mut Vec<u8>,
+    limit: Duration,
+    deadline: Instant,
+) -> std::io::Result<()> {
+    match timeout(wait(limit, deadline), io.write_all(out)).await {
+        Ok(written) => written?,
+        Err(_) => {
+            info!("client does not read its replies; closing");
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+    }
+    out.clear();
+    Ok(())
 }
 
 /// Sends what is pending plus a last reply, then closes.
@@ -246,7 +290,7 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> std::io::Result<PhaseEnd<BufReader<S>>> {
     debug!(reply = %last, "S: (closing)");
     out.extend_from_slice(last.to_wire().as_bytes());
-    let _ = timeout(std::time::Duration::from_secs(5), async {
+    let _ = timeout(Duration::from_secs(5), async {
         io.write_all(&out).await?;
         io.shutdown().await
     })
@@ -254,27 +298,59 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(PhaseEnd::Closed)
 }
 
-/// Reads the message after 354 and queues it. `None` when the connection was lost.
+/// Checks a password off the async threads, unless the client address or the account has
+/// failed too often within the window; records and logs each failure (never the password).
+/// The same argon2 work is done for unknown users as for known ones (`UserDb::verify`).
+async fn check_password(shared: &Shared, ip: IpAddr, login: String, password: String) -> Checked {
+    let limits = &shared.config.limits;
+    let policy = AuthPolicy {
+        failures: limits.auth_failures,
+        window: limits.auth_failure_window,
+    };
+    let auth = &shared.guards.auth;
+    if let Some(lock) = auth.locked(ip, &login, policy, std::time::Instant::now()) {
+        let by = lock.name();
+        warn!(%ip, login = %escape(&login), by, "AUTH refused: too many recent failures");
+        return Checked::Locked;
+    }
+    let users = shared.users.current();
+    let who = login.clone();
+    let result = tokio::task::spawn_blocking(move || users.verify(&who, &password))
+        .await
+        .unwrap_or(Verified::Rejected);
+    match &result {
+        Verified::Rejected => {
+            auth.failed(ip, &login, policy, std::time::Instant::now());
+            warn!(%ip, login = %escape(&login), "authentication failed");
+        }
+        Verified::User(user) => info!(user = %escape(&user.to_string()), "authenticated"),
+    }
+    Checked::Verified(result)
+}
+
+/// Reads the message after 354, checks its header section and queues it.
 async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut BufReader<S>,
     session: &mut Session,
     deadline: Instant,
-) -> std::io::Result<Option<Reply>> {
-    let config = &shared.config;
-    let end = match timeout(
-        wait(config.limits.data_timeout, deadline),
-        read_data(io, config.limits.max_message_size),
-    )
-    .await
-    {
-        Ok(end) => end?,
+) -> std::io::Result<AfterData> {
+    let limits = &shared.config.limits;
+    // Each read waits at most command_timeout; the whole message data_timeout; all of it
+    // ends with the session.
+    let mut reader = IdleLimit::new(io, limits.command_timeout);
+    let read = read_data(&mut reader, limits.max_message_size);
+    let end = match timeout(wait(limits.data_timeout, deadline), read).await {
+        Ok(Ok(end)) => end,
+        Ok(Err(e)) if is_stalled(&e) => {
+            session.take_transaction();
+            info!("client stalled during DATA; closing");
+            return Ok(AfterData::Close(Reply::TIMEOUT));
+        }
+        Ok(Err(e)) => return Err(e),
         Err(_) => {
             session.take_transaction();
-            if Instant::now() >= deadline {
-                return Ok(Some(Reply::SESSION_TOO_LONG));
-            }
-            return Ok(Some(Reply::TIMEOUT));
+            return Ok(AfterData::Close(timed_out(deadline)));
         }
     };
     let tx = session
@@ -282,17 +358,22 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         .expect("DATA is accepted only inside a transaction");
     let data = match end {
         DataEnd::Message(data) => data,
-        DataEnd::TooBig => return Ok(Some(Reply::MESSAGE_TOO_BIG)),
-        DataEnd::LineTooLong => return Ok(Some(Reply::DATA_LINE_TOO_LONG)),
+        DataEnd::TooBig => return Ok(AfterData::Answer(Reply::MESSAGE_TOO_BIG)),
+        DataEnd::LineTooLong => return Ok(AfterData::Answer(Reply::DATA_LINE_TOO_LONG)),
         DataEnd::Malformed => {
             warn!("bare CR/LF or NUL in message data; refusing and closing");
-            return Ok(Some(Reply::BARE_LINE_ENDING_DATA));
+            return Ok(AfterData::Close(Reply::BARE_LINE_ENDING_DATA));
         }
-        DataEnd::Eof => return Ok(None),
+        DataEnd::Eof => return Ok(AfterData::Lost),
     };
-    if let Err(reply) = super::inspect::check(&data, config, session.user()) {
-        warn!(reply = %reply, "message refused after DATA");
-        return Ok(Some(reply));
+    if let Err(reply) = super::inspect::check(&data, &shared.config, session.user()) {
+        warn!(
+            from = %escape(&tx.from.to_string()),
+            user = %escape(&session.user().map(|u| u.to_string()).unwrap_or_default()),
+            reply = %reply,
+            "message refused after DATA"
+        );
+        return Ok(AfterData::Answer(reply));
     }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -332,58 +413,27 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     let size = body.len();
     match shared.queue.enqueue(envelope, body).await {
         Ok(()) => {
-            info!(msg = %id, from = %tx.from, rcpts = %rcpts.join(","), size, "received");
-            Ok(Some(Reply::new(250, "2.0.0", format!("OK queued as {id}"))))
+            info!(
+                msg = %id,
+                from = %escape(&tx.from.to_string()),
+                rcpts = %escape(&rcpts.join(",")),
+                helo = %escape(trace.helo),
+                size,
+                "received"
+            );
+            Ok(AfterData::Answer(Reply::new(
+                250,
+                "2.0.0",
+                format!("OK queued as {id}"),
+            )))
         }
         Err(e) => {
             warn!(error = %e, "message not accepted: queue write failed");
-            Ok(Some(e.reply()))
+            Ok(AfterData::Answer(e.reply()))
         }
     }
 }
 
-/// How long the next read may wait: `limit`, but never past the session's `deadline`.
-fn wait(limit: Duration, deadline: Instant) -> Duration {
-    limit.min(deadline.saturating_duration_since(Instant::now()))
-}
-
-/// Client text for a log field: control characters escaped, at most 256 characters.
-fn escape(text: &str) -> String {
-    text.chars()
-        .take(256)
-        .flat_map(char::escape_debug)
-        .collect()
-}
-
-/// A command line for the debug transcript: AUTH data and SASL responses are hidden, and
-/// control characters escaped.
-fn redact(line: &[u8], sasl: bool) -> String {
-    if sasl {
-        return "<redacted>".into();
-    }
-    let text = String::from_utf8_lossy(line);
-    if text.len() >= 5 && text[..5].eq_ignore_ascii_case("AUTH ") {
-        let mech: Vec<&str> = text.split(' ').take(2).collect();
-        return format!("{} <redacted>", mech.join(" "));
-    }
-    text.escape_debug().to_string()
-}
-
 #[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn transcript_never_shows_credentials() {
-        assert_eq!(
-            redact(b"AUTH PLAIN AGFAYgBw", false),
-            "AUTH PLAIN <redacted>"
-        );
-        assert_eq!(redact(b"auth login", false), "auth login <redacted>");
-        assert_eq!(redact(b"cGFzc3dvcmQ=", true), "<redacted>");
-        assert_eq!(
-            redact(b"MAIL FROM:<a@b>\x1b", false),
-            "MAIL FROM:<a@b>\\u{1b}"
-        );
-    }
-}
+#[path = "conn_tests.rs"]
+mod tests;

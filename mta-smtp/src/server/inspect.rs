@@ -1,316 +1,314 @@
-//! Checks on a received message's header section, made after the final dot and before the
-//! message is queued: bounded header size and count, the mail-loop limit on `Received:`
-//! fields (RFC 5321 §6.3), and, for authenticated submission, that every `From:` address
-//! is one the user may send as (the envelope check alone would let a user forge the header).
+//! Checks on a received message's header section, made after the final dot (so the
+//! dialogue stays in step) and before the message is queued: bounded header size and field
+//! count, the mail-loop limit on `Received:` fields (RFC 5321 §6.3), and, for an
+//! authenticated submission, that the originator fields name only addresses the user may
+//! send as (the envelope check alone would let a user forge the header everyone reads).
+//!
+//! The originator fields are `From:` (required) and, when present, `Sender:`,
+//! `Resent-From:` and `Resent-Sender:` (RFC 5322 §3.6.2, §3.6.6): every mailbox in every one
+//! of them must be the user's own address or an alias that expands to them
+//! ([`policy::may_send_as`]). A message without `From:` is refused rather than given one
+//! (RFC 6409 §8.1 lets an MSA add it; we would have to guess the display name). A header
+//! section that cannot be read clearly (a line that is neither a field nor a continuation
+//! before the blank line, invalid UTF-8 in an originator field, an address list that does not
+//! parse) is refused too: a check that guesses can be fooled.
 
-use mta_core::address::Address;
-use mta_core::config::Config;
+use mta_core::address::{Address, ReversePath};
+use mta_core::config::{Config, Limits};
 use mta_core::policy;
 use mta_core::reply::Reply;
 
-/// At most this many header fields.
-pub const MAX_HEADER_FIELDS: usize = 1000;
-/// At most this many octets of header section.
-pub const MAX_HEADER_OCTETS: usize = 1024 * 1024;
-/// More `Received:` fields than this means a loop (RFC 5321 §6.3 suggests 100; Postfix
-/// uses 50).
-pub const MAX_RECEIVED: usize = 50;
+use super::mailbox::mailboxes;
 
-/// The header fields of a message, unfolded: (name, value), in order.
-pub fn fields(data: &[u8]) -> Result<Vec<(String, String)>, Reply> {
-    let end = header_end(data);
-    if end > MAX_HEADER_OCTETS {
-        return Err(Reply::HEADER_TOO_LARGE);
-    }
-    let mut out: Vec<(String, String)> = Vec::new();
-    for line in data[..end].split(|&b| b == b'\n') {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            break;
-        }
-        let text = String::from_utf8_lossy(line);
-        if line[0] == b' ' || line[0] == b'\t' {
-            // A continuation line (RFC 5322 §2.2.3); one before any field is ignored.
-            if let Some((_, value)) = out.last_mut() {
-                value.push(' ');
-                value.push_str(text.trim());
-            }
-            continue;
-        }
-        let Some((name, value)) = text.split_once(':') else {
-            // Not a header field: the header section ends here (the body started without
-            // its blank line); nothing after it is a header.
-            break;
-        };
-        out.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        if out.len() > MAX_HEADER_FIELDS {
-            return Err(Reply::HEADER_TOO_LARGE);
-        }
-    }
-    Ok(out)
+/// Where the header section stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// At the blank line before the body, or at the end of a message without a body.
+    Clean,
+    /// At a line that is neither a field nor a continuation: no blank line before the body,
+    /// or a malformed field. Readers differ on what follows, so a submission is refused.
+    Malformed,
 }
 
-/// Where the header section ends (the offset of its blank line, or the end of the data).
-fn header_end(data: &[u8]) -> usize {
-    data.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(data.len(), |i| i + 2)
+/// The header section as far as the checks need it.
+#[derive(Debug, Default)]
+struct Header {
+    /// Number of `Received:` fields.
+    received: usize,
+    /// The unfolded values of the originator fields: (lower-case name, raw value).
+    originators: Vec<(String, Vec<u8>)>,
 }
+
+/// Field names whose mailboxes must all be the authenticated user's.
+const ORIGINATORS: [&str; 4] = ["from", "sender", "resent-from", "resent-sender"];
 
 /// Checks a message before it is queued. `user` is the authenticated submitter, if any.
 ///
 /// # Errors
 /// The reply to send instead of `250`.
 pub fn check(data: &[u8], config: &Config, user: Option<&Address>) -> Result<(), Reply> {
-    let fields = fields(data)?;
-    let received = fields.iter().filter(|(n, _)| n == "received").count();
-    if received > MAX_RECEIVED {
+    let (header, end) = read_header(data, &config.limits)?;
+    if header.received > config.limits.max_received {
         return Err(Reply::MAIL_LOOP);
     }
     let Some(user) = user else {
         return Ok(());
     };
-    let froms: Vec<&str> = fields
-        .iter()
-        .filter(|(n, _)| n == "from")
-        .map(|(_, v)| v.as_str())
-        .collect();
-    if froms.is_empty() {
+    if end == End::Malformed {
+        return Err(Reply::FROM_NOT_OWNED);
+    }
+    if !header.originators.iter().any(|(name, _)| name == "from") {
         return Err(Reply::NO_FROM_HEADER);
     }
-    for value in froms {
-        let addresses = mailboxes(value).ok_or(Reply::FROM_NOT_OWNED)?;
+    for (name, value) in &header.originators {
+        let refusal = match name.as_str() {
+            "from" => Reply::FROM_NOT_OWNED,
+            _ => Reply::SENDER_HEADER_NOT_OWNED,
+        };
+        let addresses = std::str::from_utf8(value)
+            .ok()
+            .and_then(mailboxes)
+            .ok_or_else(|| refusal.clone())?;
         for a in addresses {
-            let path = mta_core::address::ReversePath::Address(a);
-            if !policy::may_send_as(config, user, &path) {
-                return Err(Reply::FROM_NOT_OWNED);
+            if !policy::may_send_as(config, user, &ReversePath::Address(a)) {
+                return Err(refusal);
             }
         }
     }
     Ok(())
 }
 
-/// The addresses of an RFC 5322 `mailbox-list` / `address-list` (display names, comments,
-/// angle addresses, groups). `None` when any part does not parse: a header we cannot read
-/// is not trusted.
-pub fn mailboxes(value: &str) -> Option<Vec<Address>> {
-    let cleaned = strip_comments(value)?;
-    let mut out = Vec::new();
-    for part in split_outside_quotes(&cleaned, &[',', ';', ':']) {
-        let part = part.trim();
-        if part.is_empty() {
-            continue;
-        }
-        let spec = match angle_addr(part)? {
-            Some(inner) => inner,
-            None => part,
+/// Reads the header section of `data` (lines ending in CRLF, as the DATA reader leaves
+/// them), applying the size and field-count bounds as it goes.
+fn read_header(data: &[u8], limits: &Limits) -> Result<(Header, End), Reply> {
+    let mut header = Header::default();
+    let mut fields = 0usize;
+    let mut size = 0usize;
+    // The index in `originators` of the field a continuation line belongs to, if any.
+    let mut current: Option<Option<usize>> = None;
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (line, after) = match rest.windows(2).position(|w| w == b"\r\n") {
+            Some(i) => (&rest[..i], &rest[i + 2..]),
+            None => (rest, &rest[rest.len()..]),
         };
-        if spec.is_empty() {
+        rest = after;
+        if line.is_empty() {
+            return Ok((header, End::Clean));
+        }
+        size += line.len() + 2;
+        if size > limits.max_header_size {
+            return Err(Reply::HEADER_TOO_LARGE);
+        }
+        if line[0] == b' ' || line[0] == b'\t' {
+            // RFC 5322 §2.2.3: unfolding removes the CRLF only.
+            match current {
+                Some(Some(i)) => header.originators[i].1.extend_from_slice(line),
+                Some(None) => {}
+                None => return Ok((header, End::Malformed)),
+            }
             continue;
         }
-        out.push(Address::parse(spec).ok()?);
+        let Some(name) = field_name(line) else {
+            return Ok((header, End::Malformed));
+        };
+        fields += 1;
+        if fields > limits.max_headers {
+            return Err(Reply::HEADER_TOO_LARGE);
+        }
+        let name = name.to_ascii_lowercase();
+        current = Some(None);
+        if name == "received" {
+            header.received += 1;
+        } else if ORIGINATORS.contains(&name.as_str()) {
+            let colon = line
+                .iter()
+                .position(|&b| b == b':')
+                .expect("field_name found it");
+            header.originators.push((name, line[colon + 1..].to_vec()));
+            current = Some(Some(header.originators.len() - 1));
+        }
     }
-    (!out.is_empty()).then_some(out)
+    Ok((header, End::Clean))
 }
 
-/// The `<…>` of a `name-addr` (outside quoted strings): `Some(Some(inner))`, `Some(None)`
-/// for a bare addr-spec, `None` when the brackets are unbalanced.
-fn angle_addr(part: &str) -> Option<Option<&str>> {
-    let (mut quoted, mut escaped) = (false, false);
-    let (mut open, mut close) = (None, None);
-    for (i, c) in part.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' => quoted = !quoted,
-            '<' if !quoted => open = Some(i),
-            '>' if !quoted => close = Some(i),
-            _ => {}
-        }
-    }
-    match (open, close) {
-        (Some(o), Some(c)) if o < c => Some(Some(part[o + 1..c].trim())),
-        (None, None) => Some(None),
-        _ => None,
-    }
-}
-
-/// Removes `(comments)` outside quoted strings; `None` on unbalanced quotes or parentheses.
-fn strip_comments(value: &str) -> Option<String> {
-    let mut out = String::with_capacity(value.len());
-    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
-    for c in value.chars() {
-        if escaped {
-            escaped = false;
-            if depth == 0 {
-                out.push(c);
-            }
-            continue;
-        }
-        match c {
-            '\\' if quoted || depth > 0 => {
-                escaped = true;
-                if depth == 0 {
-                    out.push(c);
-                }
-            }
-            '"' if depth == 0 => {
-                quoted = !quoted;
-                out.push(c);
-            }
-            '(' if !quoted => depth += 1,
-            ')' if !quoted => depth = depth.checked_sub(1)?,
-            _ if depth == 0 => out.push(c),
-            _ => {}
-        }
-    }
-    (depth == 0 && !quoted).then_some(out)
-}
-
-/// Splits at any of `seps` outside quoted strings and angle brackets. A `:` there ends a
-/// group's display name (RFC 5322 §3.4 `group`), which is dropped.
-fn split_outside_quotes<'a>(text: &'a str, seps: &[char]) -> Vec<&'a str> {
-    let mut parts = Vec::new();
-    let (mut start, mut quoted, mut angle, mut escaped) = (0, false, false, false);
-    for (i, c) in text.char_indices() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match c {
-            '\\' if quoted => escaped = true,
-            '"' if !angle => quoted = !quoted,
-            '<' if !quoted => angle = true,
-            '>' if !quoted => angle = false,
-            ':' if !quoted && !angle && seps.contains(&':') => {
-                // A group name ends here: drop it.
-                start = i + 1;
-            }
-            c if !quoted && !angle && seps.contains(&c) => {
-                parts.push(&text[start..i]);
-                start = i + c.len_utf8();
-            }
-            _ => {}
-        }
-    }
-    parts.push(&text[start..]);
-    parts
+/// The name of a header field line (RFC 5322 §3.6.8: printable ASCII but `:`; §4.5.3
+/// obs-optional allows white space before the colon), or `None` when it is not one.
+fn field_name(line: &[u8]) -> Option<&str> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = line[..colon].trim_ascii_end();
+    let valid = !name.is_empty() && name.iter().all(|b| (0x21..=0x7e).contains(b));
+    valid.then(|| std::str::from_utf8(name).expect("printable ASCII"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn addrs(value: &str) -> Option<Vec<String>> {
-        mailboxes(value).map(|v| v.iter().map(|a| a.to_string()).collect())
-    }
-
-    #[test]
-    fn from_fields() {
-        let table: &[(&str, Option<&[&str]>)] = &[
-            ("alice@example.org", Some(&["alice@example.org"])),
-            ("Alice <alice@example.org>", Some(&["alice@example.org"])),
-            (
-                "\"Smith, Alice\" <alice@example.org>",
-                Some(&["alice@example.org"]),
-            ),
-            (
-                "\"a <b@evil.test>\" <alice@example.org>",
-                Some(&["alice@example.org"]),
-            ),
-            (
-                "alice@example.org (Alice, <x@evil.test>)",
-                Some(&["alice@example.org"]),
-            ),
-            (
-                "Alice <alice@example.org>, bob@example.org",
-                Some(&["alice@example.org", "bob@example.org"]),
-            ),
-            (
-                "team: alice@example.org, Bob <bob@example.org>;",
-                Some(&["alice@example.org", "bob@example.org"]),
-            ),
-            ("\"weird\"@example.org", Some(&["weird@example.org"])),
-            ("<alice@example.org", None),
-            ("alice@example.org (unclosed", None),
-            ("\"unclosed <alice@example.org>", None),
-            ("=?utf-8?q?alice=40example.org?=", None),
-            ("", None),
-            ("Alice <>", None),
-        ];
-        for (value, want) in table {
-            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-            assert_eq!(addrs(value), want, "{value}");
-        }
-    }
-
     fn config() -> Config {
         Config::from_toml(
             "t.toml",
-            "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n[aliases]\n\"info@example.org\" = [\"alice@example.org\"]\n",
+            "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n\
+             [aliases]\n\"info@example.org\" = [\"alice@example.org\"]\n\
+             \"team@example.org\" = [\"alice@example.org\", \"bob@example.org\"]\n",
             "x",
         )
         .unwrap()
     }
 
     #[test]
-    fn authenticated_from_must_be_owned() {
+    fn authenticated_originators_must_be_owned() {
         let cfg = config();
         let alice = Address::parse("alice@example.org").unwrap();
-        let table: &[(&str, Option<u16>)] = &[
-            ("From: Alice <alice@example.org>\r\n\r\nbody", None),
+        let from_not_owned = Some((550, "5.7.1"));
+        let table: &[(&str, Option<(u16, &str)>)] = &[
+            ("From: Alice <alice@example.org>\r\n\r\nbody\r\n", None),
             ("From: ALICE@Example.org\r\n\r\n", None),
+            ("FROM : alice@example.org\r\n\r\n", None),
             ("From: Info\r\n <info@example.org>\r\n\r\n", None),
-            ("From: bob@example.org\r\n\r\n", Some(550)),
+            (
+                "From: \"Alice\"\r\n\t(the boss)\r\n <alice@example.org>\r\n\r\n",
+                None,
+            ),
+            ("From: Team <team@example.org>\r\n\r\n", None),
+            ("From: alice@example.org, info@example.org\r\n\r\n", None),
+            (
+                "From: alice@example.org\r\nSender: info@example.org\r\n\r\n",
+                None,
+            ),
+            ("From: alice@example.org\r\nSubject: x", None),
+            (
+                "Subject: a\r\nFrom: alice@example.org\r\n\r\nFrom: bob@example.org\r\n",
+                None,
+            ),
+            ("From: bob@example.org\r\n\r\n", from_not_owned),
             (
                 "From: alice@example.org, bob@example.org\r\n\r\n",
-                Some(550),
+                from_not_owned,
+            ),
+            (
+                "From: alice@example.org,\r\n bob@example.org\r\n\r\n",
+                from_not_owned,
+            ),
+            (
+                "From: crew: alice@example.org, bob@example.org;\r\n\r\n",
+                from_not_owned,
             ),
             (
                 "Sender: alice@example.org\r\nFrom: bob@example.org\r\n\r\n",
-                Some(550),
+                from_not_owned,
             ),
             (
                 "From: alice@example.org\r\nFrom: bob@example.org\r\n\r\n",
-                Some(550),
+                from_not_owned,
             ),
-            ("Subject: no from\r\n\r\n", Some(550)),
+            (
+                "From: \"alice@example.org\" <bob@example.org>\r\n\r\n",
+                from_not_owned,
+            ),
+            (
+                "From: alice@example.org <bob@example.org>\r\n\r\n",
+                from_not_owned,
+            ),
+            (
+                "From: <bob@example.org> <alice@example.org>\r\n\r\n",
+                from_not_owned,
+            ),
             (
                 "From: =?utf-8?b?YWxpY2U=?= <bob@example.org>\r\n\r\n",
-                Some(550),
+                from_not_owned,
             ),
-            ("From: garbage <<\r\n\r\n", Some(550)),
+            (
+                "From: =?utf-8?q?alice=40example.org?=\r\n\r\n",
+                from_not_owned,
+            ),
+            ("From: garbage <<\r\n\r\n", from_not_owned),
+            (
+                "From: alice@example.org\r\nno colon here\r\n\r\n",
+                from_not_owned,
+            ),
+            (
+                "From: alice@example.org\r\nBad Name: x\r\n\r\n",
+                from_not_owned,
+            ),
+            (
+                " folded: first\r\nFrom: alice@example.org\r\n\r\n",
+                from_not_owned,
+            ),
+            (
+                "From: alice@example.org\r\nSender: bob@example.org\r\n\r\n",
+                Some((550, "5.7.1")),
+            ),
+            (
+                "From: alice@example.org\r\nResent-From: bob@example.org\r\n\r\n",
+                Some((550, "5.7.1")),
+            ),
+            (
+                "From: alice@example.org\r\nresent-sender: <>\r\n\r\n",
+                Some((550, "5.7.1")),
+            ),
+            ("Subject: no from\r\n\r\n", Some((550, "5.6.0"))),
+            (
+                "Subject: x\r\n\r\nFrom: alice@example.org\r\n",
+                Some((550, "5.6.0")),
+            ),
+            ("", Some((550, "5.6.0"))),
         ];
         for (msg, want) in table {
             let got = check(msg.as_bytes(), &cfg, Some(&alice))
                 .err()
-                .map(|r| r.code);
+                .map(|r| (r.code, r.enhanced.unwrap_or("")));
             assert_eq!(got, *want, "{msg:?}");
             assert_eq!(
                 check(msg.as_bytes(), &cfg, None),
                 Ok(()),
-                "port 25 does not check From: {msg:?}"
+                "port 25 does not check originators: {msg:?}"
             );
         }
+        let not_utf8 = check(b"From: alice@example.org\xff\r\n\r\n", &cfg, Some(&alice));
+        assert_eq!(not_utf8, Err(Reply::FROM_NOT_OWNED));
+        // The two replies name the field at fault.
+        let sender = check(
+            b"From: alice@example.org\r\nSender: bob@example.org\r\n\r\n",
+            &cfg,
+            Some(&alice),
+        );
+        assert_eq!(sender, Err(Reply::SENDER_HEADER_NOT_OWNED));
     }
 
     #[test]
     fn loops_and_header_bounds() {
-        let cfg = config();
-        let mut msg = "Received: from a by b; now\r\n".repeat(MAX_RECEIVED);
+        let mut cfg = config();
+        let max_received = cfg.limits.max_received;
+        let mut msg = "Received: from a by b; now\r\n".repeat(max_received);
         msg.push_str("\r\nbody\r\n");
         assert_eq!(check(msg.as_bytes(), &cfg, None), Ok(()));
-        let looped = format!("Received: x\r\n{msg}");
-        assert_eq!(check(looped.as_bytes(), &cfg, None).unwrap_err().code, 554);
-        let many = format!("{}\r\nbody", "X-A: 1\r\n".repeat(MAX_HEADER_FIELDS + 1));
-        assert_eq!(check(many.as_bytes(), &cfg, None).unwrap_err().code, 552);
-        let big = format!("X-A: {}\r\n\r\n", "a".repeat(MAX_HEADER_OCTETS));
-        assert_eq!(check(big.as_bytes(), &cfg, None).unwrap_err().code, 552);
+        let looped = format!("received : x\r\n{msg}");
+        assert_eq!(check(looped.as_bytes(), &cfg, None), Err(Reply::MAIL_LOOP));
         // "Received:" in the body is not a header.
         let body = format!("Subject: x\r\n\r\n{}", "Received: x\r\n".repeat(60));
         assert_eq!(check(body.as_bytes(), &cfg, None), Ok(()));
+
+        cfg.limits.max_headers = 100;
+        cfg.limits.max_header_size = 2000;
+        let fields = |n: usize| format!("{}\r\nbody\r\n", "X-A: 1\r\n".repeat(n));
+        assert_eq!(check(fields(100).as_bytes(), &cfg, None), Ok(()));
+        assert_eq!(
+            check(fields(101).as_bytes(), &cfg, None),
+            Err(Reply::HEADER_TOO_LARGE)
+        );
+        // Size counts folded lines and CRLFs, up to the blank line only.
+        let sized = |n: usize| format!("X-A: {}\r\n \r\n\r\n{}", "a".repeat(n), "b".repeat(5000));
+        assert_eq!(check(sized(1990).as_bytes(), &cfg, None), Ok(()));
+        assert_eq!(
+            check(sized(1991).as_bytes(), &cfg, None),
+            Err(Reply::HEADER_TOO_LARGE)
+        );
+        // A message that is all header (no blank line) is bounded too.
+        let no_body = "X-A: a\r\n".repeat(300);
+        assert_eq!(
+            check(no_body.as_bytes(), &cfg, None),
+            Err(Reply::HEADER_TOO_LARGE)
+        );
     }
 }

@@ -1,20 +1,26 @@
-//! The SMTP server: listeners for ports 25, 587 and 465, one task per connection, a bound
-//! on concurrent sessions, and a graceful stop.
+//! The SMTP server: listeners for ports 25, 587 and 465, one task per connection, bounds on
+//! concurrent sessions overall and per client ([`admit`]), and a graceful stop.
 //!
 //! Layers, outermost first: [`Server`] (accept loops) → [`conn`] (one connection: reads,
-//! writes, timeouts, TLS) → [`session`] (the state machine, no I/O) → [`command`] (parsing).
-//! [`line`] and [`data`] frame the input; [`message`] adds our trace headers.
+//! writes, timeouts, TLS, password checks) → [`session`] (the state machine, no I/O) →
+//! [`command`] (parsing). [`line`], [`data`] and [`idle`] frame the input and bound its
+//! reads; [`inspect`] (with [`mailbox`]) checks a message's header before it is queued;
+//! [`message`] adds our trace headers; [`guards`] holds what sessions share against one
+//! hostile client; [`log_text`] is how client text reaches the log.
 
 pub mod command;
 pub mod conn;
 pub mod data;
+pub mod guards;
+pub mod idle;
 pub mod inspect;
-pub mod limits;
 pub mod line;
+pub mod log_text;
+pub mod mailbox;
 pub mod message;
 pub mod session;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +28,12 @@ use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_core::reply::Reply;
 use mta_core::seams::{Enqueue, UserDirectory};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, error, info, info_span, warn};
+
+use guards::{ClientSlot, Guards};
 
 /// What every connection task shares.
 pub struct Shared {
@@ -40,8 +47,9 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Turns true when the server is stopping.
     pub shutdown: watch::Receiver<bool>,
-    /// Per-address session counts and AUTH failures (start with `Default::default()`).
-    pub guards: limits::Guards,
+    /// Sessions per client and recent AUTH failures, shared by all sessions (start with
+    /// `Default::default()`; the limits come from `config`).
+    pub guards: Guards,
 }
 
 /// Bound listening sockets, before they accept anything.
@@ -147,7 +155,7 @@ async fn accept_loop(
     let mut shutdown = shared.shutdown.clone();
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.changed() => return,
+            () = stopping(&mut shutdown) => return,
             a = listener.accept() => a,
         };
         let (tcp, peer) = match accepted {
@@ -159,15 +167,13 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = sessions.clone().try_acquire_owned() else {
-            tokio::spawn(refuse(tcp, Reply::TOO_BUSY));
-            warn!(%peer, "too many sessions; refused");
-            continue;
-        };
-        let Some(ip_slot) = shared.guards.per_ip.enter(peer.ip()) else {
-            tokio::spawn(refuse(tcp, Reply::TOO_MANY_FROM_IP));
-            warn!(%peer, "too many sessions from this address; refused");
-            continue;
+        let admission = match admit(&shared, &sessions, peer.ip()) {
+            Ok(admission) => admission,
+            Err(reply) => {
+                warn!(%peer, listener = kind.name(), reply = %reply, "connection refused");
+                refuse(tcp, &reply);
+                continue;
+            }
         };
         let id = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = info_span!("session", id, %peer, listener = kind.name());
@@ -177,18 +183,122 @@ async fn accept_loop(
                 info!("connected");
                 conn::serve(shared, tcp, peer, kind).await;
                 info!("disconnected");
-                drop(ip_slot);
-                drop(permit);
+                drop(admission);
             }
             .instrument(span),
         );
     }
 }
 
-async fn refuse(mut tcp: TcpStream, reply: Reply) {
-    let _ = tokio::time::timeout(
-        Duration::from_secs(5),
-        tcp.write_all(reply.to_wire().as_bytes()),
-    )
-    .await;
+/// A session's places in the overall count and in its client's; dropping it frees both.
+pub struct Admission {
+    _client: ClientSlot,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Room for one more session from `ip`, or the `421` that refuses it: more than
+/// `limits.max_sessions_per_ip` from that client, or `limits.max_sessions` in all.
+///
+/// # Errors
+/// [`Reply::TOO_MANY_FROM_IP`] or [`Reply::TOO_BUSY`].
+pub fn admit(shared: &Shared, sessions: &Arc<Semaphore>, ip: IpAddr) -> Result<Admission, Reply> {
+    let per_client = shared.config.limits.max_sessions_per_ip;
+    let client = shared
+        .guards
+        .sessions
+        .enter(ip, per_client)
+        .ok_or(Reply::TOO_MANY_FROM_IP)?;
+    let permit = sessions
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Reply::TOO_BUSY)?;
+    Ok(Admission {
+        _client: client,
+        _permit: permit,
+    })
+}
+
+/// Answers a connection we will not serve and closes it, without waiting: a fresh socket's
+/// send buffer has room for one line, and a flood of refused connections must not cost a
+/// task (and a file descriptor for seconds) each.
+fn refuse(tcp: TcpStream, reply: &Reply) {
+    if let Ok(mut stream) = tcp.into_std() {
+        let _ = std::io::Write::write(&mut stream, reply.to_wire().as_bytes());
+    }
+}
+
+/// Resolves once the server is told to stop (the value turns `true`). If the sending side
+/// is gone, never: that is not a request to stop.
+pub(crate) async fn stopping(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mta_core::auth::UserDb;
+    use mta_core::envelope::Envelope;
+    use mta_core::seams::{BoxFuture, EnqueueError};
+
+    struct NoUsers;
+    impl UserDirectory for NoUsers {
+        fn current(&self) -> Arc<UserDb> {
+            Arc::new(UserDb::default())
+        }
+    }
+    struct NoQueue;
+    impl Enqueue for NoQueue {
+        fn enqueue(&self, _: Envelope, _: Vec<u8>) -> BoxFuture<'_, Result<(), EnqueueError>> {
+            Box::pin(async { Err(EnqueueError::Io("not in this test".into())) })
+        }
+    }
+
+    #[test]
+    fn admission_per_client_and_overall() {
+        let mut config = Config::defaults("mx.test").unwrap();
+        config.limits.max_sessions_per_ip = 2;
+        let shared = Shared {
+            config: Arc::new(config),
+            users: Arc::new(NoUsers),
+            queue: Arc::new(NoQueue),
+            tls: None,
+            shutdown: watch::channel(false).1,
+            guards: Guards::default(),
+        };
+        let sessions = Arc::new(Semaphore::new(3));
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let a1 = admit(&shared, &sessions, ip("192.0.2.1")).unwrap();
+        let a2 = admit(&shared, &sessions, ip("::ffff:192.0.2.1")).unwrap();
+        let refused = admit(&shared, &sessions, ip("192.0.2.1")).err();
+        assert_eq!(refused, Some(Reply::TOO_MANY_FROM_IP));
+        let b1 = admit(&shared, &sessions, ip("2001:db8::1")).unwrap();
+        let busy = admit(&shared, &sessions, ip("198.51.100.1")).err();
+        assert_eq!(busy, Some(Reply::TOO_BUSY), "three sessions in all");
+        assert_eq!(
+            admit(&shared, &sessions, ip("2001:db8::2")).err(),
+            Some(Reply::TOO_BUSY),
+            "a refusal overall frees the client's place again"
+        );
+        drop(a1);
+        let a3 = admit(&shared, &sessions, ip("192.0.2.1")).unwrap();
+        drop((a2, a3, b1));
+        assert_eq!(shared.guards.sessions.clients(), 0);
+        assert_eq!(sessions.available_permits(), 3);
+    }
+
+    #[tokio::test]
+    async fn only_true_means_stop() {
+        let (tx, mut rx) = watch::channel(false);
+        tx.send(false).unwrap();
+        let early = tokio::time::timeout(Duration::from_millis(50), stopping(&mut rx)).await;
+        assert!(early.is_err(), "a change to false is not a stop");
+        drop(tx);
+        let gone = tokio::time::timeout(Duration::from_millis(50), stopping(&mut rx)).await;
+        assert!(gone.is_err(), "a dropped sender is not a stop");
+        let (tx, mut rx) = watch::channel(false);
+        tx.send(true).unwrap();
+        stopping(&mut rx).await;
+    }
 }

@@ -320,11 +320,7 @@ impl Session {
         }
         if self.tx.is_some() {
             // RFC 4954 §4: AUTH is not permitted during a mail transaction.
-            return Action::Reply(Reply::new(
-                503,
-                "5.5.1",
-                "AUTH not allowed during a mail transaction",
-            ));
+            return Action::Reply(Reply::AUTH_IN_TRANSACTION);
         }
         match (mechanism, initial) {
             (Mechanism::Plain, None) => {

@@ -270,3 +270,62 @@ fn smtputf8_is_needed_for_utf8_recipients() {
         ],
     );
 }
+
+/// XCLIENT and XFORWARD (Postfix: let a proxy claim another client address, name or login),
+/// and ATRN/TURN/ETRN (turn the connection around or start a queue run): none exists here.
+/// Each gets 500 5.5.1, is not advertised, and leaves the session exactly as it was.
+#[test]
+fn identity_and_queue_extensions_do_not_exist() {
+    let commands = [
+        "XCLIENT ADDR=1.2.3.4",
+        "XCLIENT ADDR=192.0.2.1 NAME=trusted.example LOGIN=alice@example.org",
+        "xclient addr=1.2.3.4",
+        "XFORWARD",
+        "XFORWARD ADDR=1.2.3.4 HELO=trusted.example",
+        "ATRN",
+        "ATRN example.org",
+        "TURN",
+        "ETRN",
+        "ETRN example.org",
+    ];
+    for (listener, tls) in [
+        (ListenerKind::Smtp, false),
+        (ListenerKind::Submission, true),
+    ] {
+        let mut s = session(listener, tls);
+        let ehlo = match s.handle(b"EHLO client.test") {
+            Action::Reply(r) => r.text.to_string(),
+            other => panic!("{other:?}"),
+        };
+        for word in ["XCLIENT", "XFORWARD", "ATRN", "TURN", "ETRN"] {
+            assert!(!ehlo.contains(word), "{word} advertised: {ehlo}");
+        }
+        if listener == ListenerKind::Smtp {
+            run(&mut s, &[("MAIL FROM:<a@remote.test>", 250)]);
+        }
+        for cmd in commands {
+            match s.handle(cmd.as_bytes()) {
+                Action::Reply(r) => {
+                    assert_eq!((r.code, r.enhanced), (500, Some("5.5.1")), "{cmd}")
+                }
+                other => panic!("{cmd}: {other:?}"),
+            }
+            assert_eq!(s.context().peer.to_string(), "127.0.0.1:40000", "{cmd}");
+            assert_eq!(s.helo(), Some("client.test"), "{cmd}");
+            assert_eq!(s.user(), None, "{cmd}");
+        }
+        if listener == ListenerKind::Smtp {
+            // The transaction survived, and port 25 rules still hold: no relaying.
+            run(
+                &mut s,
+                &[
+                    ("RCPT TO:<bob@remote.test>", 550),
+                    ("RCPT TO:<alice@example.org>", 250),
+                    ("DATA", 354),
+                ],
+            );
+        } else {
+            run(&mut s, &[("MAIL FROM:<alice@example.org>", 530)]);
+        }
+    }
+}

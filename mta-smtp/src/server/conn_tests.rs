@@ -1,0 +1,330 @@
+//! Whole connections over in-memory streams: what a hostile client gets from the time
+//! limits, the header checks and the password-failure table. Limits are shrunk to
+//! milliseconds so the waits are short; every assertion is on replies, never on timing.
+
+use std::time::Duration;
+
+use mta_core::address::Address;
+use mta_core::auth::UserDb;
+use mta_core::config::Config;
+use mta_core::envelope::Envelope;
+use mta_core::seams::{BoxFuture, Enqueue, EnqueueError, UserDirectory};
+use tokio::io::{
+    AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf, duplex,
+};
+use tokio::sync::watch;
+
+use super::super::guards::Guards;
+use super::*;
+
+struct Users(Arc<UserDb>);
+impl UserDirectory for Users {
+    fn current(&self) -> Arc<UserDb> {
+        self.0.clone()
+    }
+}
+
+/// Keeps what it is given.
+#[derive(Default)]
+struct Queue(std::sync::Mutex<Vec<Vec<u8>>>);
+impl Enqueue for Queue {
+    fn enqueue(&self, _: Envelope, body: Vec<u8>) -> BoxFuture<'_, Result<(), EnqueueError>> {
+        self.0.lock().unwrap().push(body);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct Setup {
+    shared: Arc<Shared>,
+    queue: Arc<Queue>,
+    _stop: watch::Sender<bool>,
+}
+
+fn setup(limits: impl FnOnce(&mut mta_core::config::Limits)) -> Setup {
+    let mut config = Config::from_toml(
+        "t.toml",
+        "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n",
+        "x",
+    )
+    .unwrap();
+    limits(&mut config.limits);
+    let mut db = UserDb::default();
+    db.add(
+        Address::parse("alice@example.org").unwrap(),
+        "correct horse",
+    )
+    .unwrap();
+    let queue = Arc::new(Queue::default());
+    let (stop, shutdown) = watch::channel(false);
+    let shared = Shared {
+        config: Arc::new(config),
+        users: Arc::new(Users(Arc::new(db))),
+        queue: queue.clone(),
+        tls: None,
+        shutdown,
+        guards: Guards::default(),
+    };
+    Setup {
+        shared: Arc::new(shared),
+        queue,
+        _stop: stop,
+    }
+}
+
+/// The client's end of a connection served on port 25.
+struct Client {
+    reader: BufReader<ReadHalf<DuplexStream>>,
+    writer: WriteHalf<DuplexStream>,
+}
+
+impl Client {
+    fn connect(s: &Setup) -> Client {
+        let (client, server) = duplex(1 << 16);
+        let shared = s.shared.clone();
+        let peer = "192.0.2.7:40000".parse().unwrap();
+        tokio::spawn(async move {
+            serve_stream(&shared, server, peer, ListenerKind::Smtp).await;
+        });
+        let (reader, writer) = tokio::io::split(client);
+        Client {
+            reader: BufReader::new(reader),
+            writer,
+        }
+    }
+
+    async fn reply(&mut self) -> Option<String> {
+        next_reply(&mut self.reader).await
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        // The server may have closed already; the replies tell.
+        let _ = self.writer.write_all(bytes).await;
+    }
+
+    async fn command(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply()
+            .await
+            .unwrap_or_else(|| format!("closed after {line}"))
+    }
+
+    async fn closed(&mut self) -> bool {
+        self.reply().await.is_none()
+    }
+
+    /// Greeting, EHLO, MAIL, RCPT, DATA: ready for message text.
+    async fn start_data(&mut self) {
+        assert!(self.reply().await.unwrap().starts_with("220"));
+        for (cmd, code) in [
+            ("EHLO client.test", "250"),
+            ("MAIL FROM:<x@remote.test>", "250"),
+            ("RCPT TO:<alice@example.org>", "250"),
+            ("DATA", "354"),
+        ] {
+            let r = self.command(cmd).await;
+            assert!(r.starts_with(code), "{cmd}: {r}");
+        }
+    }
+}
+
+/// The next reply's last line, or `None` when the server closed the connection.
+async fn next_reply(reader: &mut BufReader<ReadHalf<DuplexStream>>) -> Option<String> {
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Some(line.trim_end().to_string());
+        }
+    }
+}
+
+const MS: fn(u64) -> Duration = Duration::from_millis;
+
+/// Sends one byte every 20 ms until the connection closes: every read is quick, the
+/// message never ends.
+fn trickle(mut writer: WriteHalf<DuplexStream>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while writer.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(MS(20)).await;
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_message_is_dropped() {
+    let s = setup(|l| {
+        l.command_timeout = MS(200);
+        l.data_timeout = Duration::from_secs(60);
+    });
+    let mut c = Client::connect(&s);
+    c.start_data().await;
+    c.send(b"Subject: half a message\r\n").await;
+    // Nothing more: the read waits command_timeout, not the minute of data_timeout.
+    let r = c.reply().await.unwrap();
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(c.closed().await);
+    assert!(s.queue.0.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_a_message_meets_the_data_limit() {
+    let s = setup(|l| {
+        l.command_timeout = Duration::from_secs(10);
+        l.data_timeout = MS(300);
+        l.session_timeout = Duration::from_secs(60);
+    });
+    let mut c = Client::connect(&s);
+    c.start_data().await;
+    let Client { mut reader, writer } = c;
+    let trickle = trickle(writer);
+    let r = next_reply(&mut reader).await.unwrap();
+    assert!(r.starts_with("421 4.4.2 Idle"), "{r}");
+    assert_eq!(next_reply(&mut reader).await, None, "closed");
+    trickle.abort();
+}
+
+#[tokio::test]
+async fn the_session_limit_ends_a_message_in_progress() {
+    let s = setup(|l| {
+        l.command_timeout = Duration::from_secs(10);
+        l.data_timeout = Duration::from_secs(10);
+        l.session_timeout = MS(400);
+    });
+    let mut c = Client::connect(&s);
+    c.start_data().await;
+    let Client { mut reader, writer } = c;
+    let trickle = trickle(writer);
+    let r = next_reply(&mut reader).await.unwrap();
+    assert!(r.starts_with("421 4.4.2 Session time limit"), "{r}");
+    assert_eq!(next_reply(&mut reader).await, None, "closed");
+    trickle.abort();
+}
+
+#[tokio::test]
+async fn the_session_limit_holds_against_a_busy_client() {
+    let s = setup(|l| l.session_timeout = MS(300));
+    let mut c = Client::connect(&s);
+    assert!(c.reply().await.unwrap().starts_with("220"));
+    // Always a command ready, each answered at once: only the session limit ends this.
+    let mut last = String::new();
+    for _ in 0..1000 {
+        last = c.command("NOOP").await;
+        if !last.starts_with("250") {
+            break;
+        }
+        tokio::time::sleep(MS(5)).await;
+    }
+    assert!(last.starts_with("421 4.4.2 Session time limit"), "{last}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped() {
+    let s = setup(|l| l.command_timeout = MS(200));
+    let mut c = Client::connect(&s);
+    assert!(c.reply().await.unwrap().starts_with("220"));
+    assert!(c.reply().await.unwrap().starts_with("421 4.4.2 Idle"));
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn header_checks_answer_after_the_dot_and_keep_the_dialogue() {
+    let s = setup(|_| {});
+    let mut c = Client::connect(&s);
+    c.start_data().await;
+    let mut loop_msg = "Received: from a by b; now\r\n".repeat(51);
+    loop_msg.push_str("From: x@remote.test\r\n\r\nround and round\r\n.\r\n");
+    c.send(loop_msg.as_bytes()).await;
+    let r = c.reply().await.unwrap();
+    assert!(r.starts_with("554 5.4.6"), "{r}");
+    // In step: the next transaction works and is queued.
+    for (cmd, code) in [
+        ("MAIL FROM:<x@remote.test>", "250"),
+        ("RCPT TO:<alice@example.org>", "250"),
+        ("DATA", "354"),
+    ] {
+        let r = c.command(cmd).await;
+        assert!(r.starts_with(code), "{cmd}: {r}");
+    }
+    let fields = "X-Filler: 1\r\n".repeat(1001);
+    c.send(format!("{fields}\r\nbody\r\n.\r\n").as_bytes())
+        .await;
+    let r = c.reply().await.unwrap();
+    assert!(r.starts_with("552 5.3.4 Message header too large"), "{r}");
+    assert!(s.queue.0.lock().unwrap().is_empty());
+    assert!(c.command("QUIT").await.starts_with("221"));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_its_replies_is_dropped() {
+    let s = setup(|l| l.command_timeout = MS(300));
+    let (client, server) = duplex(256);
+    let shared = s.shared.clone();
+    let served = tokio::spawn(async move {
+        let peer = "192.0.2.7:40000".parse().unwrap();
+        serve_stream(&shared, server, peer, ListenerKind::Smtp).await;
+    });
+    let (_read_half, mut write_half) = tokio::io::split(client);
+    // Thousands of pipelined commands, never a reply read: the server's writes block.
+    let writer = tokio::spawn(async move {
+        for _ in 0..2000 {
+            if write_half.write_all(b"NOOP\r\n").await.is_err() {
+                break;
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("the server gave up on the connection")
+        .unwrap();
+    writer.abort();
+}
+
+#[tokio::test]
+async fn password_failures_lock_the_client_and_the_account() {
+    let s = setup(|l| l.auth_failures = 2);
+    let ip: IpAddr = "192.0.2.7".parse().unwrap();
+    let other: IpAddr = "198.51.100.1".parse().unwrap();
+    let check = |ip, login: &str, password: &str| {
+        check_password(&s.shared, ip, login.to_string(), password.to_string())
+    };
+    let verified = |c: Checked| match c {
+        Checked::Verified(Verified::User(u)) => format!("user {u}"),
+        Checked::Verified(Verified::Rejected) => "rejected".to_string(),
+        Checked::Locked => "locked".to_string(),
+    };
+    assert_eq!(
+        verified(check(ip, "nobody@example.org", "x").await),
+        "rejected"
+    );
+    assert_eq!(
+        verified(check(ip, "alice@example.org", "x").await),
+        "rejected"
+    );
+    // The client is locked, even with the right password.
+    assert_eq!(
+        verified(check(ip, "alice@example.org", "correct horse").await),
+        "locked"
+    );
+    // From elsewhere alice had one failure: one more locks her account everywhere.
+    assert_eq!(
+        verified(check(other, "alice@example.org", "correct horse").await),
+        "user alice@example.org"
+    );
+    assert_eq!(
+        verified(check(other, "ALICE@example.org", "y").await),
+        "rejected"
+    );
+    let third: IpAddr = "203.0.113.9".parse().unwrap();
+    assert_eq!(
+        verified(check(third, "alice@example.org", "correct horse").await),
+        "locked"
+    );
+    assert_eq!(
+        verified(check(third, "bob@example.org", "z").await),
+        "rejected",
+        "other accounts from that address are still checked"
+    );
+}
