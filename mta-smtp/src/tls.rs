@@ -77,6 +77,13 @@ pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
 
 /// `TLSv1.3 TLS13_AES_256_GCM_SHA384`: what the session negotiated, for logs and headers.
 pub fn describe(conn: &rustls::ServerConnection) -> String {
+    let (version, cipher) = negotiated(conn);
+    format!("{version} {cipher}")
+}
+
+/// The protocol version and cipher suite of a TLS session (server or client side), named as
+/// logs, `Received` headers and queue results show them.
+pub fn negotiated(conn: &rustls::CommonState) -> (String, String) {
     let version = match conn.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
         Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
@@ -85,7 +92,12 @@ pub fn describe(conn: &rustls::ServerConnection) -> String {
     };
     let cipher = conn
         .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_else(|| "unknown".into());
-    format!("{version} {cipher}")
+        .map(|s| {
+            let suite = s.suite();
+            suite
+                .as_str()
+                .map_or_else(|| format!("{suite:?}"), str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    (version, cipher)
 }

@@ -179,21 +179,7 @@ pub(super) async fn handshake(
             .unwrap_or_else(|| Verification::Failed("certificate was never checked".into())),
     };
     let (_, conn) = stream.get_ref();
-    let version = match conn.protocol_version() {
-        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
-        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_string(),
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| {
-            let suite = s.suite();
-            suite
-                .as_str()
-                .map_or_else(|| format!("{suite:?}"), str::to_string)
-        })
-        .unwrap_or_else(|| "unknown".to_string());
+    let (version, cipher) = crate::tls::negotiated(conn);
     Ok((
         stream,
         TlsInfo {
