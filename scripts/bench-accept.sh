@@ -34,6 +34,7 @@ submission = []
 submissions = []
 [limits]
 max_sessions = 2000
+max_sessions_per_ip = 1000
 TOML
 echo 'bench-password-1' | "$mta" user add u@local.test --password-stdin --config "$dir/mta.toml" >/dev/null
 RUST_LOG=warn "$mta" serve --config "$dir/mta.toml" > "$dir/out" 2> "$dir/err" &

@@ -49,6 +49,7 @@ submission = []
 submissions = []
 [limits]
 max_sessions = 2000
+max_sessions_per_ip = 1000
 [dns]
 nameservers = ["127.0.0.1:$dns_port"]
 [outbound]
