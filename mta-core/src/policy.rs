@@ -215,6 +215,37 @@ local_domains = ["example.org", "mx.example.org"]
         }
     }
 
+    /// A local domain is ours in every spelling that routes to it (upper case, U-label,
+    /// A-label), and only in those.
+    #[test]
+    fn idna_and_case_forms_of_a_local_domain() {
+        let config = Config::from_toml(
+            "t.toml",
+            "hostname = \"mx.bücher.example\"\nlocal_domains = [\"bücher.example\"]\n",
+            "x",
+        )
+        .unwrap();
+        let mut users = UserDb::default();
+        users
+            .add(Address::parse("u@bücher.example").unwrap(), "correct horse")
+            .unwrap();
+        for (path, accepted) in [
+            ("<u@bücher.example>", true),
+            ("<u@xn--bcher-kva.example>", true),
+            ("<U@XN--BCHER-KVA.EXAMPLE>", true),
+            ("<u@BÜCHER.example>", true),
+            ("<u@bucher.example>", false),
+            ("<u@xn--bcher-kva.example.evil.test>", false),
+        ] {
+            let to = parse_forward_path(path).unwrap();
+            let got = matches!(
+                rcpt(&config, &users, Relay::Denied, &to),
+                RcptDecision::Accept(_)
+            );
+            assert_eq!(got, accepted, "{path}");
+        }
+    }
+
     #[test]
     fn senders() {
         let (config, _) = setup();
