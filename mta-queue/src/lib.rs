@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod bounce;
+pub mod group_sync;
 pub mod retry;
 pub mod scheduler;
 pub mod store;

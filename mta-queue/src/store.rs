@@ -86,6 +86,7 @@ pub struct Store {
     bodies: sled::Tree,
     schedule: sled::Tree,
     corrupt: sled::Tree,
+    group: std::sync::Arc<crate::group_sync::GroupSync>,
 }
 
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
@@ -113,6 +114,7 @@ impl Store {
             bodies: db.open_tree("bodies").map_err(err)?,
             schedule: db.open_tree("schedule").map_err(err)?,
             corrupt: db.open_tree("corrupt").map_err(err)?,
+            group: Default::default(),
             db,
         })
     }
@@ -128,20 +130,42 @@ impl Store {
     /// values as separate blob files without any sync. So after sled's flush we
     /// `fdatasync` the log file, every blob file, and the blob directory ourselves: only
     /// then is the data on stable storage. Syncing a blob that is already clean costs next to
-    /// nothing.
+    /// nothing. Concurrent callers share one round ([`crate::group_sync`]).
     ///
     /// # Errors
     /// [`StoreError`] when the flush fails.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
         let path = self.path.clone();
-        let result = tokio::task::spawn_blocking(move || -> sled::Result<()> {
-            db.flush()?;
-            sync_files(&path).map_err(sled::Error::Io)
+        let group = self.group.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            group.sync(|| -> sled::Result<()> {
+                db.flush()?;
+                sync_files(&path).map_err(sled::Error::Io)
+            })
         })
         .await
         .map_err(|e| StoreError::Join(e.to_string()))?;
-        result.map_err(|e| self.err(e))
+        result.map_err(|why| {
+            let full = why.contains("No space left") || why.contains("StorageFull");
+            let source = sled::Error::Io(std::io::Error::other(why));
+            if full {
+                StoreError::DiskFull {
+                    path: self.path.clone(),
+                    source,
+                }
+            } else {
+                StoreError::Io {
+                    path: self.path.clone(),
+                    source,
+                }
+            }
+        })
+    }
+
+    /// How many flush-and-sync rounds have run (several writers share one: group commit).
+    pub fn syncs(&self) -> u64 {
+        self.group.syncs()
     }
 
     /// Stores a new message and flushes. Returns only when it is durable.
