@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
-# dnsmasq for the relay tests' DNS, openssl, from Debian packages) when it is missing, builds the `mta` binary the end-to-end tests
-# start, and runs every test in the workspace.
+# dnsmasq for the relay tests' DNS, openssl, from Debian packages; dkimpy from PyPI) when
+# it is missing, builds the `mta` binary the end-to-end tests start, and runs every test in
+# the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -16,6 +18,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# An independent DKIM verifier for the signing tests (dkimpy, with PyNaCl for Ed25519).
+if ! python3 -c 'import dkim, nacl' 2>/dev/null; then
+  echo "test.sh: installing dkimpy and pynacl from PyPI"
+  python3 -m pip install -q --disable-pip-version-check dkimpy pynacl \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages dkimpy pynacl
 fi
 
 # The end-to-end tests in tests/ run target/debug/mta: build it first so it is never stale.

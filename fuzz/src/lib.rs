@@ -206,6 +206,7 @@ pub fn conn(input: &[u8]) {
         tls: None,
         shutdown: tokio::sync::watch::channel(false).1,
         guards: Default::default(),
+        checks: None,
     };
     let output = RUNTIME.with(|rt| {
         rt.block_on(async {

@@ -3,6 +3,7 @@
 //! the queue (`mta-queue`) and the network (`mta-smtp`) meet through `mta_core::seams`.
 
 mod control;
+mod dkim_cmd;
 mod queue_cmd;
 mod send;
 mod serve;
@@ -49,7 +50,15 @@ enum Command {
         #[command(subcommand)]
         command: queue_cmd::QueueCommand,
     },
-    /// Validate the config and print the effective settings.
+    /// DKIM signing keys: keygen, show.
+    Dkim {
+        /// The TOML config file (for the data dir and the configured keys).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: dkim_cmd::DkimCommand,
+    },
+    /// Validate the config (and read its DKIM keys) and print the effective settings.
     CheckConfig {
         /// The TOML config file.
         #[arg(long, short)]
@@ -69,8 +78,13 @@ fn main() -> ExitCode {
         Command::Queue { config, command } => {
             load_config(config.as_deref()).and_then(|c| queue_cmd::run(command, &c))
         }
-        Command::CheckConfig { config } => load_config(config.as_deref()).map(|c| {
+        Command::Dkim { config, command } => {
+            load_config(config.as_deref()).and_then(|c| dkim_cmd::run(command, &c))
+        }
+        Command::CheckConfig { config } => load_config(config.as_deref()).and_then(|c| {
+            mta_smtp::dkim::Signer::load(&c)?;
             print!("{}", c.to_toml());
+            Ok(())
         }),
     };
     match result {

@@ -13,6 +13,7 @@ use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_queue::{Queue, QueueSettings};
 use mta_smtp::router::Router;
+use mta_smtp::server::authcheck::Checker;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
@@ -60,6 +61,14 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         })?;
     let users = Arc::new(users::UsersFile::open(data_dir)?);
     let router = Arc::new(Router::new(config.clone()).context("cannot set up delivery")?);
+    let checks = match config.inbound.checks {
+        true => {
+            Some(Arc::new(Checker::new(&config).map_err(|e| {
+                anyhow::anyhow!("cannot set up inbound checks: {e}")
+            })?))
+        }
+        false => None,
+    };
     let (stop, stopped) = watch::channel(false);
     let server = Server::bind(Shared {
         config: config.clone(),
@@ -68,6 +77,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         tls: Some(acceptor),
         shutdown: stopped.clone(),
         guards: Default::default(),
+        checks,
     })
     .await?;
     let control = control::start(data_dir, queue.clone(), stopped.clone())?;

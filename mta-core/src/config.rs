@@ -10,6 +10,7 @@
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
+mod authentication;
 mod duration;
 mod file;
 mod outbound;
@@ -22,6 +23,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::address::{Address, Domain};
+
+pub use authentication::is_dkim_selector;
 
 /// How deep aliases of aliases are followed before the rest is taken as mailboxes.
 const MAX_ALIAS_DEPTH: usize = 10;
@@ -56,6 +59,60 @@ pub struct Config {
     pub aliases: BTreeMap<Address, Vec<Address>>,
     /// How long SIGTERM waits for open sessions to finish before closing them. Default 10 s.
     pub shutdown_grace: Duration,
+    /// DKIM signing keys (`[dkim."example.org"]`), in file order. Outbound mail is signed
+    /// with every key of its `From:` domain.
+    pub dkim: Vec<DkimKey>,
+    /// SPF, DKIM and DMARC checks on mail that arrives on the smtp listener (`[inbound]`).
+    pub inbound: Inbound,
+}
+
+/// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several
+/// `[[dkim."example.org"]]` to sign with more than one (RSA and Ed25519, RFC 8463).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DkimKey {
+    /// The signing domain (`d=`); mail whose `From:` is in this domain is signed.
+    pub domain: Domain,
+    /// The selector (`s=`): the key's TXT record is at `<selector>._domainkey.<domain>`.
+    pub selector: String,
+    /// The PEM private key file (PKCS#8, or PKCS#1 for RSA), as `mta dkim keygen` writes it.
+    pub key: PathBuf,
+    /// What kind of key [`DkimKey::key`] holds. Default [`DkimAlgorithm::Rsa`].
+    pub algorithm: DkimAlgorithm,
+    /// How long a signature stays valid (`x=`). Default 7 days.
+    pub expire: Duration,
+}
+
+/// A DKIM signing algorithm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DkimAlgorithm {
+    /// `rsa-sha256`, which every verifier understands.
+    Rsa,
+    /// `ed25519-sha256` (RFC 8463): short keys, not yet verified everywhere; sign with RSA too.
+    Ed25519,
+}
+
+impl DkimAlgorithm {
+    /// The name the config file uses, which is also the DNS record's `k=`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Rsa => "rsa",
+            DkimAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// What is checked on mail arriving on the smtp listener (`[inbound]`); mail from
+/// authenticated users is never checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inbound {
+    /// Run SPF, DKIM and DMARC and add an `Authentication-Results:` header. Default true.
+    pub checks: bool,
+    /// Refuse (`550 5.7.1`) a message that fails DMARC for a domain whose policy is
+    /// `p=reject`. Default true.
+    pub dmarc_reject: bool,
+    /// Refuse (`550 5.7.23`) a message whose SPF result is `fail`. Default false: DMARC
+    /// decides, since forwarded mail fails SPF.
+    pub spf_reject: bool,
 }
 
 /// Listening sockets per kind. An empty list means that listener is off; at least one list
@@ -414,6 +471,8 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+#[cfg(test)]
+mod authentication_tests;
 #[cfg(test)]
 mod docs_tests;
 #[cfg(test)]

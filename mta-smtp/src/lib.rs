@@ -5,6 +5,8 @@
 //! traits in `mta_core::seams`.
 
 pub mod client;
+pub mod dkim;
+pub mod headers;
 pub mod local;
 pub mod relay;
 pub mod router;

@@ -11,6 +11,7 @@ use mta_core::seams::{BoxFuture, Deliver, Outcome};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::dkim::Signer;
 use crate::local::Maildirs;
 use crate::relay::{Relay, RelayError};
 
@@ -19,14 +20,17 @@ pub struct Router {
     config: Arc<Config>,
     maildirs: Arc<Maildirs>,
     relay: Arc<Relay>,
+    signer: Signer,
 }
 
 impl Router {
     /// A router delivering local mail under `DATA_DIR/mail` and relaying the rest.
     ///
     /// # Errors
-    /// [`RelayError`] when the relay cannot be set up (resolver, CA files, smarthost password).
+    /// [`RelayError`] when the relay cannot be set up (resolver, CA files, smarthost password,
+    /// DKIM keys).
     pub fn new(config: Arc<Config>) -> Result<Router, RelayError> {
+        let signer = Signer::load(&config)?;
         let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
         let relay = Arc::new(Relay::new(config.clone())?);
         // Close connections that stopped being useful; ends when the relay is dropped.
@@ -44,6 +48,7 @@ impl Router {
             });
         }
         Ok(Router {
+            signer,
             relay,
             maildirs: Arc::new(maildirs),
             config,
@@ -90,6 +95,23 @@ impl Deliver for Router {
                     }
                 }
             }
+            if remote.is_empty() {
+                return finish(out);
+            }
+            // Signed once for every remote domain, after every header of ours is in place.
+            let body = match self.signer.sign(&body) {
+                Ok(signed) if signed.by.is_empty() => body,
+                Ok(signed) => {
+                    tracing::info!(msg = %envelope.id, by = %signed.by.join(","), "DKIM-signed");
+                    let mut fields = signed.fields;
+                    fields.extend_from_slice(&body);
+                    Arc::from(fields)
+                }
+                Err(e) => {
+                    tracing::warn!(msg = %envelope.id, error = %e, "sending unsigned");
+                    body
+                }
+            };
             let envelope = Arc::new(envelope.clone());
             let mut tasks = JoinSet::new();
             for (domain, idx) in remote {
@@ -111,11 +133,14 @@ impl Deliver for Router {
                     }
                 }
             }
-            out.into_iter()
-                .map(|o| {
-                    o.unwrap_or_else(|| Outcome::Deferred("451 4.3.0 delivery task failed".into()))
-                })
-                .collect()
+            finish(out)
         })
     }
+}
+
+/// One outcome per recipient; a task that died without one is a temporary failure.
+fn finish(out: Vec<Option<Outcome>>) -> Vec<Outcome> {
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Deferred("451 4.3.0 delivery task failed".into())))
+        .collect()
 }

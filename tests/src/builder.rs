@@ -103,7 +103,7 @@ impl MtaBuilder {
             self.hostname,
             dir.join("data").display().to_string(),
             list(&self.local_domains),
-            self.toml,
+            crate::server::with_inbound_default(&self.toml),
             list(&self.smtp),
             list(&self.submission),
             list(&self.submissions),

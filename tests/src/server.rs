@@ -68,6 +68,7 @@ impl Drop for KeptDir {
 /// `127.0.0.1:0`. `extra_toml` may add top-level keys and tables other than `[listen]`
 /// (top-level keys must come before its own tables, as TOML requires).
 pub fn base_config(dir: &Path, extra_toml: &str) -> String {
+    let extra_toml = with_inbound_default(extra_toml);
     format!(
         "hostname = \"mx.example.test\"\n\
          data_dir = {:?}\n\
@@ -79,6 +80,17 @@ pub fn base_config(dir: &Path, extra_toml: &str) -> String {
          submissions = [\"127.0.0.1:0\"]\n",
         dir.join("data").display().to_string()
     )
+}
+
+/// `extra_toml`, plus `[inbound] checks = false` unless it has an `[inbound]` table: the
+/// SPF/DKIM/DMARC checks would ask the machine's resolver about the test domains, so only the
+/// tests of those checks (which bring their own DNS server) turn them on.
+pub fn with_inbound_default(extra_toml: &str) -> String {
+    if extra_toml.contains("[inbound]") {
+        extra_toml.to_string()
+    } else {
+        format!("{extra_toml}\n[inbound]\nchecks = false\n")
+    }
 }
 
 type Shared = Arc<Mutex<Vec<u8>>>;

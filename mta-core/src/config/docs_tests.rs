@@ -49,10 +49,22 @@ const KEYS: &[&str] = &[
     "queue.max_lifetime",
     "queue.delay_warning",
     "aliases",
+    "inbound.checks",
+    "inbound.dmarc_reject",
+    "inbound.spf_reject",
+    "dkim.\"domain\".selector",
+    "dkim.\"domain\".key",
+    "dkim.\"domain\".algorithm",
+    "dkim.\"domain\".expire",
 ];
-const TABLES: &[&str] = &["listen", "tls", "limits", "dns", "outbound", "queue"];
+const TABLES: &[&str] = &[
+    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound",
+];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
-const NAMED_TABLES: &[(&str, &str)] = &[("outbound.tls", "outbound.tls.\"domain\"")];
+const NAMED_TABLES: &[(&str, &str)] = &[
+    ("outbound.tls", "outbound.tls.\"domain\""),
+    ("dkim", "dkim.\"domain\""),
+];
 
 /// The first ```toml block after `heading` in the docs.
 pub(super) fn doc_block(heading: &str) -> &'static str {
@@ -81,14 +93,24 @@ fn docs_list_every_key() {
             .collect()
     };
     let mut found = Vec::new();
+    let named = |key: &str| {
+        NAMED_TABLES
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, t)| *t)
+    };
     for name in accepted("") {
+        if let Some(table) = named(&name) {
+            found.extend(accepted(table).into_iter().map(|k| format!("{table}.{k}")));
+            continue;
+        }
         if !TABLES.contains(&name.as_str()) {
             found.push(name);
             continue;
         }
         for key in accepted(&name).into_iter().map(|k| format!("{name}.{k}")) {
-            match NAMED_TABLES.iter().find(|(k, _)| *k == key) {
-                Some((_, table)) => {
+            match named(&key) {
+                Some(table) => {
                     found.extend(accepted(table).into_iter().map(|k| format!("{table}.{k}")))
                 }
                 None => found.push(key),

@@ -38,6 +38,62 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub queue: RawQueue,
     pub aliases: Option<BTreeMap<S<String>, List>>,
+    /// `[dkim."example.org"]` or `[[dkim."example.org"]]`: domain → its keys.
+    pub dkim: Option<BTreeMap<S<String>, OneOrMany<RawDkimKey>>>,
+    #[serde(default)]
+    pub inbound: RawInbound,
+}
+
+/// One DKIM key table. `selector` and `key` are required, but checked in validation so that
+/// their absence is reported with the other problems.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDkimKey {
+    pub selector: Option<S<String>>,
+    pub key: Option<S<String>>,
+    pub algorithm: Option<S<String>>,
+    pub expire: Option<S<String>>,
+}
+
+/// `[inbound]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawInbound {
+    pub checks: Option<bool>,
+    pub dmarc_reject: Option<bool>,
+    pub spf_reject: Option<bool>,
+}
+
+/// A table (`[a."b"]`) or an array of tables (`[[a."b"]]`), read as a list either way. Written
+/// out by hand rather than `#[serde(untagged)]` so that a mistake inside the table keeps its
+/// own message ("unknown field") instead of "did not match any variant".
+#[derive(Debug)]
+pub(super) struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+        struct Visitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a table or an array of tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|one| OneOrMany(vec![one]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                Vec::<T>::deserialize(SeqAccessDeserializer::new(seq)).map(OneOrMany)
+            }
+        }
+        deserializer.deserialize_any(Visitor(std::marker::PhantomData))
+    }
 }
 
 /// `[listen]`
@@ -262,8 +318,13 @@ pub(super) fn write(config: &Config) -> String {
          retry_max = {retry_max}\n\
          max_lifetime = {max_lifetime}\n\
          delay_warning = {delay_warning}\n\
+         \n[inbound]\n\
+         checks = {checks}\n\
+         dmarc_reject = {dmarc_reject}\n\
+         spf_reject = {spf_reject}\n\
          \n[aliases]\n\
-         {aliases}",
+         {aliases}\
+         {dkim}",
         hostname = quote(config.hostname.as_str()),
         data_dir = path(&config.data_dir),
         local_domains = list(&config.local_domains),
@@ -290,7 +351,27 @@ pub(super) fn write(config: &Config) -> String {
         retry_max = time(config.queue.retry_max),
         max_lifetime = time(config.queue.max_lifetime),
         delay_warning = time(config.queue.delay_warning),
+        checks = config.inbound.checks,
+        dmarc_reject = config.inbound.dmarc_reject,
+        spf_reject = config.inbound.spf_reject,
+        dkim = write_dkim(&config.dkim),
     )
+}
+
+/// One `[[dkim."domain"]]` table per key, in order.
+fn write_dkim(keys: &[super::DkimKey]) -> String {
+    let mut out = String::new();
+    for k in keys {
+        out += &format!(
+            "\n[[dkim.{}]]\nselector = {}\nkey = {}\nalgorithm = {}\nexpire = {}\n",
+            quote(k.domain.as_str()),
+            quote(&k.selector),
+            quote(&k.key.to_string_lossy()),
+            quote(k.algorithm.name()),
+            quote(&duration::format(k.expire)),
+        );
+    }
+    out
 }
 
 /// The keys of `[outbound]`, then one `[outbound.tls."domain"]` table per domain.

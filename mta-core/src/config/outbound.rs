@@ -92,7 +92,7 @@ impl Checker<'_> {
     }
 
     /// One of a fixed set of names, such as `"required"`; `None` (reported) for any other.
-    fn choice<T: Copy>(
+    pub(super) fn choice<T: Copy>(
         &mut self,
         text: &S<String>,
         key: &str,

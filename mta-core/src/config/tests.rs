@@ -66,6 +66,25 @@ delay_warning = "1h"
 [aliases]
 "postmaster@example.org" = ["alice@example.org"]
 "Info@bücher.example" = ["alice@example.org", "bob@remote.test"]
+
+[inbound]
+dmarc_reject = false
+spf_reject = true
+
+[dkim."example.org"]
+selector = "s2026"
+key = "/etc/mta/dkim/example.org.key"
+
+[[dkim."bücher.example"]]
+selector = "RSA"
+key = "/etc/mta/dkim/buecher-rsa.key"
+algorithm = "rsa"
+expire = "2d"
+
+[[dkim."bücher.example"]]
+selector = "ed.2026"
+key = "/etc/mta/dkim/buecher-ed.key"
+algorithm = "ed25519"
 "#;
 
 pub(super) fn domain(s: &str) -> Domain {
@@ -137,6 +156,12 @@ fn defaults() {
         },
         aliases: BTreeMap::new(),
         shutdown_grace: Duration::from_secs(10),
+        dkim: vec![],
+        inbound: Inbound {
+            checks: true,
+            dmarc_reject: true,
+            spf_reject: false,
+        },
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -318,7 +343,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`",
+             `queue`, `aliases`, `dkim`, `inbound`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

@@ -102,6 +102,11 @@ pub(super) fn from_raw(
         Some(map) => c.aliases(map, &local_domains),
         None => BTreeMap::new(),
     };
+    let dkim = match &raw.dkim {
+        Some(map) => c.dkim(map),
+        None => Vec::new(),
+    };
+    let inbound = c.inbound(&raw.inbound);
     if !c.errors.is_empty() {
         let mut errors = c.errors;
         errors.sort_by_key(|e| (e.line, e.column));
@@ -119,6 +124,8 @@ pub(super) fn from_raw(
         queue,
         aliases,
         shutdown_grace,
+        dkim,
+        inbound,
     })
 }
 

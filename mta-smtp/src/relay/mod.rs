@@ -47,6 +47,9 @@ pub enum RelayError {
     /// The smarthost password could not be read.
     #[error("outbound relay password: {0}")]
     Password(String),
+    /// A DKIM signing key could not be loaded.
+    #[error(transparent)]
+    Dkim(#[from] crate::dkim::KeyError),
 }
 
 struct Smarthost {

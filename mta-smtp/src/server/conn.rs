@@ -22,13 +22,14 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
+use super::authcheck::{Verdict, strip_forged};
 use super::data::{DataEnd, read_data};
 use super::guards::AuthPolicy;
 use super::idle::{IdleLimit, is_stalled};
 use super::line::{Line, read_line};
 use super::log_text::{escape, transcript};
 use super::message::{Trace, assemble};
-use super::session::{Action, Context, Session};
+use super::session::{Action, Context, Session, Transaction};
 use super::{Shared, stopping};
 use crate::tls;
 
@@ -400,6 +401,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return Ok(AfterData::Answer(reply));
     }
+    let (data, auth) = match inbound_checks(shared, session, &tx, data).await {
+        Ok(checked) => checked,
+        Err(reply) => return Ok(AfterData::Answer(reply)),
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -444,6 +449,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
                 rcpts = %escape(&rcpts.join(",")),
                 helo = %escape(trace.helo),
                 size,
+                auth = %auth,
                 "received"
             );
             Ok(AfterData::Answer(Reply::new(
@@ -455,6 +461,50 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         Err(e) => {
             warn!(error = %e, "message not accepted: queue write failed");
             Ok(AfterData::Answer(e.reply()))
+        }
+    }
+}
+
+/// SPF, DKIM and DMARC for mail from another server (the smtp listener, no AUTH): the data
+/// with our `Authentication-Results:` in front and forged ones removed, and the results for
+/// the log; or the reply that refuses it. Submissions and a server without checks pass the
+/// data through.
+async fn inbound_checks(
+    shared: &Shared,
+    session: &Session,
+    tx: &Transaction,
+    data: Vec<u8>,
+) -> Result<(Vec<u8>, String), Reply> {
+    let ctx = session.context();
+    let Some(checker) = &shared.checks else {
+        return Ok((data, "-".into()));
+    };
+    if ctx.listener != ListenerKind::Smtp || session.user().is_some() {
+        return Ok((data, "-".into()));
+    }
+    let helo = session.helo().unwrap_or("unknown");
+    match checker.check(ctx.peer.ip(), helo, &tx.from, &data).await {
+        Verdict::Refuse { reply, summary } => {
+            warn!(
+                from = %escape(&tx.from.to_string()),
+                auth = %summary,
+                reply = %reply,
+                "message refused after DATA"
+            );
+            Err(reply)
+        }
+        Verdict::Accept { fields, summary } => {
+            let (clean, forged) = strip_forged(&data, shared.config.hostname.as_str());
+            if forged > 0 {
+                info!(
+                    forged,
+                    "removed Authentication-Results fields claiming our name"
+                );
+            }
+            let mut out = Vec::with_capacity(fields.len() + clean.len());
+            out.extend_from_slice(fields.as_bytes());
+            out.extend_from_slice(&clean);
+            Ok((out, summary))
         }
     }
 }

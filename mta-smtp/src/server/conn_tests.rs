@@ -63,6 +63,7 @@ fn setup(limits: impl FnOnce(&mut mta_core::config::Limits)) -> Setup {
         tls: None,
         shutdown,
         guards: Guards::default(),
+        checks: None,
     };
     Setup {
         shared: Arc::new(shared),

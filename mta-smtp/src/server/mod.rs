@@ -8,6 +8,7 @@
 //! [`message`] adds our trace headers; [`guards`] holds what sessions share against one
 //! hostile client; [`log_text`] is how client text reaches the log.
 
+pub mod authcheck;
 pub mod command;
 pub mod conn;
 pub mod data;
@@ -50,6 +51,9 @@ pub struct Shared {
     /// Sessions per client and recent AUTH failures, shared by all sessions (start with
     /// `Default::default()`; the limits come from `config`).
     pub guards: Guards,
+    /// SPF/DKIM/DMARC checks for mail on the smtp listener; `None` when `inbound.checks` is
+    /// off.
+    pub checks: Option<Arc<authcheck::Checker>>,
 }
 
 /// Bound listening sockets, before they accept anything.
@@ -266,6 +270,7 @@ mod tests {
             tls: None,
             shutdown: watch::channel(false).1,
             guards: Guards::default(),
+            checks: None,
         };
         let sessions = Arc::new(Semaphore::new(3));
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };

@@ -3,6 +3,7 @@
 //! Each test starts its own server, so they run in parallel.
 
 mod dialogs;
+mod dkim;
 mod durability;
 mod harness;
 mod headers;

@@ -1,0 +1,317 @@
+//! SPF (RFC 7208), DKIM (RFC 6376) and DMARC (RFC 7489) checks on mail from other servers, by
+//! mail-auth over the same resolver configuration as delivery, made after the final dot. The
+//! results become one `Authentication-Results:` field (RFC 8601) with our hostname as
+//! authserv-id, and `[inbound]` decides what is refused:
+//!
+//! - DMARC `fail` where the `From:` domain says `p=reject`: `550 5.7.1` (`dmarc_reject`);
+//!   `p=quarantine` (or `p=reject` with `dmarc_reject` off): delivered with `X-Spam-Flag: YES`.
+//! - SPF `fail`: `550 5.7.23` (`spf_reject`, off by default).
+//! - A DNS failure never makes a permanent refusal: when a policy that is on needs the answer,
+//!   `451 4.7.1` (DMARC) or `451 4.7.24` (SPF, RFC 7372), and the client tries again.
+//!
+//! Fields that arrive claiming our authserv-id are removed ([`strip_forged`]), so only our own
+//! verdict carries our name.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mail_auth::dmarc::Policy;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult,
+    MessageAuthenticator, SpfResult,
+};
+use mta_core::address::ReversePath;
+use mta_core::config::{Config, Inbound, IpFamily};
+use mta_core::reply::Reply;
+
+use crate::headers;
+
+/// All checks of one message together may take this long; then the message is treated as if
+/// DNS had failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the checks; built once when the server starts.
+pub struct Checker {
+    auth: MessageAuthenticator,
+    hostname: String,
+    policy: Inbound,
+}
+
+/// What the checks decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Accept, with these fields (each ending in CRLF) put in front of the message.
+    Accept {
+        /// `Authentication-Results:`, and `X-Spam-Flag:` for a quarantined message.
+        fields: String,
+        /// `spf=… dkim=… dmarc=…` for the log.
+        summary: String,
+    },
+    /// Refuse with this reply.
+    Refuse {
+        /// `550` or `451`.
+        reply: Reply,
+        /// `spf=… dkim=… dmarc=…` for the log.
+        summary: String,
+    },
+}
+
+/// The message's sender as SPF and the header want it: the address, or empty for `<>`.
+fn sender_text(from: &ReversePath) -> String {
+    from.address().map(|a| a.to_string()).unwrap_or_default()
+}
+
+impl Checker {
+    /// A checker resolving through `[dns] nameservers` (or the system resolver).
+    ///
+    /// # Errors
+    /// The resolver could not be built.
+    pub fn new(config: &Config) -> Result<Checker, String> {
+        let resolver = crate::relay::mx::resolver(&config.dns.nameservers, IpFamily::Any)?;
+        Ok(Checker {
+            auth: MessageAuthenticator(resolver),
+            hostname: config.hostname.to_string(),
+            policy: config.inbound.clone(),
+        })
+    }
+
+    /// Checks one message from `ip`, which said `helo` and `MAIL FROM:<from>`.
+    pub async fn check(&self, ip: IpAddr, helo: &str, from: &ReversePath, data: &[u8]) -> Verdict {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.run(ip, helo, from, data)).await {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                let summary = "timed out".to_string();
+                if self.policy.dmarc_reject || self.policy.spf_reject {
+                    let reply = Reply::new(
+                        451,
+                        "4.7.1",
+                        "Authentication checks timed out, try again later",
+                    );
+                    return Verdict::Refuse { reply, summary };
+                }
+                let fields = format!(
+                    "Authentication-Results: {}; none (checks timed out)\r\n",
+                    self.hostname
+                );
+                Verdict::Accept { fields, summary }
+            }
+        }
+    }
+
+    async fn run(&self, ip: IpAddr, helo: &str, from: &ReversePath, data: &[u8]) -> Verdict {
+        let sender = sender_text(from);
+        let spf = self
+            .auth
+            .verify_spf(SpfParameters::verify(ip, helo, &self.hostname, &sender))
+            .await;
+        let message = AuthenticatedMessage::parse(data);
+        let dkim: Vec<DkimOutput<'_>> = match &message {
+            Some(m) => self.auth.verify_dkim(m).await,
+            None => Vec::new(),
+        };
+        // DMARC's SPF identity is the MAIL FROM domain, or the HELO name for `<>`.
+        let spf_domain = from
+            .address()
+            .map(|a| a.domain().to_string())
+            .unwrap_or_else(|| helo.to_ascii_lowercase());
+        let dmarc = match &message {
+            Some(m) => Some(
+                self.auth
+                    .verify_dmarc(DmarcParameters::new(m, &dkim, &spf_domain, &spf))
+                    .await,
+            ),
+            None => None,
+        };
+        let header_from = message
+            .as_ref()
+            .map(|m| m.from().to_string())
+            .unwrap_or_default();
+
+        let mut results = AuthenticationResults::new(&self.hostname)
+            .with_spf_mailfrom_result(&spf, ip, &sender, helo)
+            .to_string();
+        if dkim.is_empty() {
+            results.push_str(";\r\n\tdkim=none");
+        } else {
+            // With an empty id, the text is just the `;\r\n\tdkim=…` parts.
+            let part = AuthenticationResults::new("").with_dkim_results(&dkim, &header_from);
+            results += &part.to_string();
+        }
+        let dmarc_result = dmarc.as_ref().map_or(DmarcResult::None, |d| d.result());
+        match &dmarc {
+            Some(d) if !d.domain().is_empty() => {
+                results += &AuthenticationResults::new("")
+                    .with_dmarc_result(d)
+                    .to_string();
+            }
+            _ => results.push_str(";\r\n\tdmarc=none"),
+        }
+        let policy = dmarc.as_ref().map_or(Policy::Unspecified, |d| d.policy());
+        let summary = format!(
+            "spf={} dkim={} dmarc={}{}",
+            spf_word(spf.result()),
+            dkim_word(&dkim),
+            dmarc_word(&dmarc_result),
+            match policy {
+                Policy::Reject => " p=reject",
+                Policy::Quarantine => " p=quarantine",
+                Policy::None => " p=none",
+                Policy::Unspecified => "",
+            }
+        );
+        let domain = dmarc
+            .as_ref()
+            .map(|d| d.domain().to_string())
+            .unwrap_or_default();
+
+        // What the policies refuse, most certain first.
+        if self.policy.spf_reject {
+            match spf.result() {
+                SpfResult::Fail => {
+                    let text = format!("SPF of {} does not allow this host to send", spf.domain());
+                    return refuse(550, "5.7.23", text, summary);
+                }
+                SpfResult::TempError => {
+                    let text = format!(
+                        "SPF of {} could not be checked (DNS), try again later",
+                        spf.domain()
+                    );
+                    return refuse(451, "4.7.24", text, summary);
+                }
+                _ => {}
+            }
+        }
+        let dmarc_failed = matches!(dmarc_result, DmarcResult::Fail(_));
+        let dkim_unsure = dkim
+            .iter()
+            .any(|o| matches!(o.result(), DkimResult::TempError(_)));
+        if self.policy.dmarc_reject && matches!(policy, Policy::Reject | Policy::Unspecified) {
+            let unsure =
+                matches!(dmarc_result, DmarcResult::TempError(_)) || (dmarc_failed && dkim_unsure);
+            if unsure
+                && (policy == Policy::Reject || matches!(dmarc_result, DmarcResult::TempError(_)))
+            {
+                let text = format!("DMARC of {domain} could not be checked (DNS), try again later");
+                return refuse(451, "4.7.1", text, summary);
+            }
+            if dmarc_failed && policy == Policy::Reject {
+                let text =
+                    format!("Message refused: it fails the DMARC policy (p=reject) of {domain}");
+                return refuse(550, "5.7.1", text, summary);
+            }
+        }
+        let mut fields = format!("Authentication-Results: {results}\r\n");
+        if dmarc_failed && matches!(policy, Policy::Quarantine | Policy::Reject) {
+            fields.push_str("X-Spam-Flag: YES\r\n");
+        }
+        Verdict::Accept { fields, summary }
+    }
+}
+
+fn refuse(code: u16, status: &'static str, text: String, summary: String) -> Verdict {
+    Verdict::Refuse {
+        reply: Reply::new(code, status, text),
+        summary,
+    }
+}
+
+fn spf_word(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_word(outputs: &[DkimOutput<'_>]) -> String {
+    if outputs.is_empty() {
+        return "none".to_string();
+    }
+    let words: Vec<&str> = outputs
+        .iter()
+        .map(|o| match o.result() {
+            DkimResult::Pass => "pass",
+            DkimResult::Neutral(_) => "neutral",
+            DkimResult::Fail(_) => "fail",
+            DkimResult::PermError(_) => "permerror",
+            DkimResult::TempError(_) => "temperror",
+            DkimResult::None => "none",
+        })
+        .collect();
+    words.join(",")
+}
+
+fn dmarc_word(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+/// `data` without the `Authentication-Results:` fields whose authserv-id is `hostname`
+/// (RFC 8601 §5: only we may speak for us), and how many were removed.
+pub fn strip_forged(data: &[u8], hostname: &str) -> (Vec<u8>, usize) {
+    let forged: Vec<_> = headers::fields(data)
+        .into_iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("Authentication-Results"))
+        .filter(|f| authserv_id(f.value).is_some_and(|id| id.eq_ignore_ascii_case(hostname)))
+        .map(|f| f.range)
+        .collect();
+    if forged.is_empty() {
+        return (data.to_vec(), 0);
+    }
+    let mut out = Vec::with_capacity(data.len());
+    let mut pos = 0;
+    for range in &forged {
+        out.extend_from_slice(&data[pos..range.start]);
+        pos = range.end;
+    }
+    out.extend_from_slice(&data[pos..]);
+    (out, forged.len())
+}
+
+/// The authserv-id of an `Authentication-Results:` value: the first word, before `;`, white
+/// space or a comment. Lenient: a reader may take a sloppy field for ours, so we do too.
+fn authserv_id(value: &[u8]) -> Option<String> {
+    let text = headers::unfold(value)?;
+    let id: String = text
+        .trim_start()
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != '(')
+        .collect();
+    let id = id.trim_end_matches('.').to_string();
+    (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_results_for_our_name_are_removed() {
+        let msg = b"Authentication-Results: MX.example.org;\r\n\tspf=pass smtp.mailfrom=a@b\r\n\
+            Authentication-Results: other.example; dkim=pass\r\n\
+            Subject: hi\r\n\
+            Authentication-Results: mx.example.org. (forged); dmarc=pass\r\n\
+            \r\n\
+            Authentication-Results: mx.example.org; in the body stays\r\n";
+        let (out, n) = strip_forged(msg, "mx.example.org");
+        assert_eq!(n, 2);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Authentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\n\
+             Authentication-Results: mx.example.org; in the body stays\r\n"
+        );
+        let clean = b"Subject: x\r\n\r\n";
+        assert_eq!(strip_forged(clean, "mx.example.org"), (clean.to_vec(), 0));
+    }
+}
