@@ -15,11 +15,12 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, Error,
     MessageAuthenticator, SpfResult,
 };
 use mta_core::address::ReversePath;
@@ -124,20 +125,15 @@ impl Checker {
             ),
             None => None,
         };
-        let header_from = message
-            .as_ref()
-            .map(|m| m.from().to_string())
-            .unwrap_or_default();
 
         let mut results = AuthenticationResults::new(&self.hostname)
             .with_spf_mailfrom_result(&spf, ip, &sender, helo)
             .to_string();
         if dkim.is_empty() {
             results.push_str(";\r\n\tdkim=none");
-        } else {
-            // With an empty id, the text is just the `;\r\n\tdkim=…` parts.
-            let part = AuthenticationResults::new("").with_dkim_results(&dkim, &header_from);
-            results += &part.to_string();
+        }
+        for output in &dkim {
+            results.push_str(&dkim_part(output));
         }
         let dmarc_result = dmarc.as_ref().map_or(DmarcResult::None, |d| d.result());
         match &dmarc {
@@ -148,7 +144,11 @@ impl Checker {
             }
             _ => results.push_str(";\r\n\tdmarc=none"),
         }
-        let policy = dmarc.as_ref().map_or(Policy::Unspecified, |d| d.policy());
+        // Unspecified: no record was read (none published, or the lookup failed).
+        let policy = match &dmarc {
+            Some(d) if d.dmarc_record().is_some() => d.policy(),
+            _ => Policy::Unspecified,
+        };
         let summary = format!(
             "spf={} dkim={} dmarc={}{}",
             spf_word(spf.result()),
@@ -187,12 +187,14 @@ impl Checker {
         let dkim_unsure = dkim
             .iter()
             .any(|o| matches!(o.result(), DkimResult::TempError(_)));
-        if self.policy.dmarc_reject && matches!(policy, Policy::Reject | Policy::Unspecified) {
-            let unsure =
-                matches!(dmarc_result, DmarcResult::TempError(_)) || (dmarc_failed && dkim_unsure);
-            if unsure
-                && (policy == Policy::Reject || matches!(dmarc_result, DmarcResult::TempError(_)))
-            {
+        if self.policy.dmarc_reject {
+            // The policy could not be read, or it says reject and the failure may be DNS's.
+            let unsure = match dmarc_result {
+                DmarcResult::TempError(_) => policy != Policy::None && policy != Policy::Quarantine,
+                DmarcResult::Fail(_) => dkim_unsure && policy == Policy::Reject,
+                _ => false,
+            };
+            if unsure {
                 let text = format!("DMARC of {domain} could not be checked (DNS), try again later");
                 return refuse(451, "4.7.1", text, summary);
             }
@@ -233,18 +235,51 @@ fn dkim_word(outputs: &[DkimOutput<'_>]) -> String {
     if outputs.is_empty() {
         return "none".to_string();
     }
-    let words: Vec<&str> = outputs
-        .iter()
-        .map(|o| match o.result() {
-            DkimResult::Pass => "pass",
-            DkimResult::Neutral(_) => "neutral",
-            DkimResult::Fail(_) => "fail",
-            DkimResult::PermError(_) => "permerror",
-            DkimResult::TempError(_) => "temperror",
-            DkimResult::None => "none",
-        })
-        .collect();
+    let words: Vec<&str> = outputs.iter().map(|o| dkim_verdict(o.result()).0).collect();
     words.join(",")
+}
+
+/// The RFC 8601 §2.7.1 result of one signature and why. mail-auth calls a body that no
+/// longer matches its hash `neutral`; the RFC's word for a signature that does not verify is
+/// `fail`, which is what readers act on.
+fn dkim_verdict(result: &DkimResult) -> (&'static str, Option<String>) {
+    match result {
+        DkimResult::Pass => ("pass", None),
+        DkimResult::Neutral(Error::Dkim(DkimError::FailedBodyHashMatch)) => {
+            ("fail", Some("body hash did not verify".into()))
+        }
+        DkimResult::Neutral(e) => ("neutral", Some(e.to_string())),
+        DkimResult::Fail(e) => ("fail", Some(e.to_string())),
+        DkimResult::PermError(e) => ("permerror", Some(e.to_string())),
+        DkimResult::TempError(e) => ("temperror", Some(e.to_string())),
+        DkimResult::None => ("none", None),
+    }
+}
+
+/// `;\r\n\tdkim=RESULT (reason) header.d=… header.s=… header.b=…` for one signature.
+fn dkim_part(output: &DkimOutput<'_>) -> String {
+    use base64::Engine as _;
+    let (word, reason) = dkim_verdict(output.result());
+    let mut part = format!(";\r\n\tdkim={word}");
+    if let Some(reason) = reason {
+        // A comment may not hold unbalanced parentheses or line breaks.
+        let clean: String = reason
+            .chars()
+            .filter(|c| !matches!(c, '(' | ')' | '\\') && !c.is_control())
+            .collect();
+        part.push_str(&format!(" ({clean})"));
+    }
+    if let Some(sig) = output.signature() {
+        let printable = |t: &str| t.chars().all(|c| c.is_ascii_graphic() && c != ';');
+        if printable(&sig.d) && printable(&sig.s) {
+            part.push_str(&format!(" header.d={} header.s={}", sig.d, sig.s));
+        }
+        let b = base64::engine::general_purpose::STANDARD.encode(&sig.b);
+        if let Some(prefix) = b.get(..8) {
+            part.push_str(&format!(" header.b={prefix}"));
+        }
+    }
+    part
 }
 
 fn dmarc_word(r: &DmarcResult) -> &'static str {

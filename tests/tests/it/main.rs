@@ -8,6 +8,7 @@ mod durability;
 mod harness;
 mod headers;
 mod hostile;
+mod inbound_auth;
 mod protocol;
 mod python;
 mod relay;
