@@ -3,7 +3,8 @@
 //! process open the store. One request line, one JSON answer, then close.
 //!
 //! Requests ([`Request`]): `queue-list`, `queue-show ID`, `queue-flush`, `queue-retry ID`,
-//! `queue-delete ID`, `queue-bounce ID`. Answers: see [`execute`]; every failure is
+//! `queue-delete ID`, `queue-bounce ID`; and `reload` (`mta reload`), which only a running
+//! server answers. Answers: see [`execute`]; every failure is
 //! `{"error": "..."}`. The same [`execute`] serves the socket and `mta queue` on a store it
 //! opened itself when no server runs, so both paths answer alike.
 
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::warn;
 
 /// The longest request line read from the socket.
@@ -186,6 +187,7 @@ pub fn start(
     data_dir: &Path,
     queue: Arc<Queue>,
     mut stop: watch::Receiver<bool>,
+    reload: ReloadRequests,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     // A stale socket from a killed server: we hold the queue lock, so no other server runs.
@@ -203,6 +205,7 @@ pub fn start(
                 },
             };
             let queue = queue.clone();
+            let reload = reload.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -217,12 +220,54 @@ pub fn start(
                     }
                     Err(_) => return,
                 }
-                let answer = answer(&queue, &line).await;
+                let answer = match line.trim() {
+                    "reload" => ask_reload(&reload).await,
+                    _ => answer(&queue, &line).await,
+                };
                 let _ = write.write_all(answer.as_bytes()).await;
             });
         }
         let _ = std::fs::remove_file(&path);
     }))
+}
+
+/// How the server is asked to reload: it answers on the oneshot with the outcome.
+pub type ReloadRequests = mpsc::Sender<oneshot::Sender<Result<(), String>>>;
+
+async fn ask_reload(reload: &ReloadRequests) -> String {
+    let (tx, rx) = oneshot::channel();
+    let answer = match reload.send(tx).await {
+        Ok(()) => rx
+            .await
+            .unwrap_or_else(|_| Err("the server is stopping".into())),
+        Err(_) => Err("the server is stopping".into()),
+    };
+    match answer {
+        Ok(()) => json!({ "reloaded": true }).to_string(),
+        Err(e) => error(e).to_string(),
+    }
+}
+
+/// `mta reload`: asks the running server to reload and prints the outcome.
+///
+/// # Errors
+/// No server runs, or it refused the new config (its reason).
+pub fn reload(config: &mta_core::config::Config) -> anyhow::Result<()> {
+    let Some(answer) = request(&config.data_dir, "reload")? else {
+        anyhow::bail!(
+            "no running server found (no control socket in {})",
+            config.data_dir.display()
+        );
+    };
+    let value: Value = serde_json::from_str(&answer)
+        .with_context(|| format!("unreadable answer from the server: {answer:?}"))?;
+    match value.get("error").and_then(Value::as_str) {
+        Some(e) => anyhow::bail!("reload refused: {e}"),
+        None => {
+            println!("reloaded");
+            Ok(())
+        }
+    }
 }
 
 /// Asks a running server. `Ok(None)` when no server listens on the socket.
@@ -419,7 +464,7 @@ mod tests {
         let data_dir = dir.path().join("data");
         std::fs::create_dir(&data_dir).expect("data dir");
         let (stop, stopped) = watch::channel(false);
-        let server = start(&data_dir, queue, stopped).expect("socket");
+        let server = start(&data_dir, queue, stopped, mpsc::channel(1).0).expect("socket");
         let dir_for_client = data_dir.clone();
         let answer = tokio::task::spawn_blocking(move || {
             request(&dir_for_client, &Request::Show(id(MISSING)).line())

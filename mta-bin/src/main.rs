@@ -5,6 +5,7 @@
 mod control;
 mod dkim_cmd;
 mod queue_cmd;
+mod reload;
 mod send;
 mod serve;
 mod users;
@@ -29,6 +30,13 @@ enum Command {
     /// Run the MTA (built-in loopback defaults when no --config is given).
     Serve {
         /// The TOML config file.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Make the running server re-read its config, certificate and DKIM keys (as SIGHUP
+    /// does), and say whether the new config was taken.
+    Reload {
+        /// The TOML config file (for the data dir, where the server's control socket is).
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
@@ -71,7 +79,12 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => load_config(config.as_deref()).and_then(serve::run),
+        Command::Serve { config } => {
+            load_config(config.as_deref()).and_then(|c| serve::run(c, config))
+        }
+        Command::Reload { config } => {
+            load_config(config.as_deref()).and_then(|c| control::reload(&c))
+        }
         Command::Send(args) => send::run(args),
         Command::User { config, command } => load_config(config.as_deref())
             .and_then(|c| users::run(command, &c.data_dir, &c.local_domains)),
@@ -110,7 +123,7 @@ fn system_hostname() -> String {
 }
 
 /// Reads and validates the config file, or the built-in defaults without one.
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+pub(crate) fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     let host = system_hostname();
     match path {
         None => Ok(Config::defaults(&host)?),

@@ -1,6 +1,6 @@
 //! `mta serve`: prepares the data dir and certificate, opens the queue, binds the
 //! listeners, prints the ready line, runs the server and the scheduler, and stops cleanly
-//! on SIGTERM or SIGINT.
+//! on SIGTERM or SIGINT; SIGHUP reloads the config (`reload.rs`).
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -11,14 +11,14 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
+use mta_core::seams::Deliver;
 use mta_queue::{Queue, QueueSettings};
-use mta_smtp::router::Router;
-use mta_smtp::server::authcheck::Checker;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
-use tracing::{info, warn};
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
 
+use crate::reload::{Parts, Reloader, Switch};
 use crate::{control, users};
 
 /// Concurrent delivery attempts (messages); remote connections are bounded separately by
@@ -29,13 +29,13 @@ const DELIVERY_CONCURRENCY: usize = 64;
 ///
 /// # Errors
 /// Anything that stops start-up: an unusable data dir, certificate, queue or port.
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(Arc::new(config)))
+    runtime.block_on(serve(Arc::new(config), path))
 }
 
 fn init_logging() {
@@ -48,10 +48,10 @@ fn init_logging() {
         .try_init();
 }
 
-async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
     prepare_data_dir(data_dir)?;
-    let (acceptor, cert_note) = load_tls(&config)?;
+    let parts = Parts::build(config.clone())?;
     let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
         .with_context(|| {
             format!(
@@ -60,27 +60,25 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             )
         })?;
     let users = Arc::new(users::UsersFile::open(data_dir)?);
-    let router = Arc::new(Router::new(config.clone()).context("cannot set up delivery")?);
-    let checks = match config.inbound.checks {
-        true => {
-            Some(Arc::new(Checker::new(&config).map_err(|e| {
-                anyhow::anyhow!("cannot set up inbound checks: {e}")
-            })?))
-        }
-        false => None,
-    };
+    let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
     let server = Server::bind(Shared {
         config: config.clone(),
         users,
         queue: queue.clone(),
-        tls: Some(acceptor),
+        tls: Some(parts.tls),
         shutdown: stopped.clone(),
         guards: Default::default(),
-        checks,
+        checks: parts.checks,
     })
     .await?;
-    let control = control::start(data_dir, queue.clone(), stopped.clone())?;
+    let reloader = Reloader {
+        path,
+        current: server.current(),
+        router: router.clone(),
+    };
+    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let control = control::start(data_dir, queue.clone(), stopped.clone(), reload_tx)?;
 
     let addrs = server.local_addrs();
     let ready: Vec<String> = addrs
@@ -88,20 +86,32 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         .map(|(k, a)| format!("{}={a}", k.name()))
         .collect();
     println!("mta ready {}", ready.join(" "));
-    println!("{cert_note}");
+    println!("{}", parts.cert_note);
     print_hint(&config, &addrs);
     info!(hostname = %config.hostname, data_dir = %data_dir.display(), "started");
 
-    let scheduler = tokio::spawn(
-        queue
-            .clone()
-            .run(router, DELIVERY_CONCURRENCY, stopped.clone()),
-    );
+    let scheduler = tokio::spawn(queue.clone().run(
+        router as Arc<dyn Deliver>,
+        DELIVERY_CONCURRENCY,
+        stopped.clone(),
+    ));
     let server = tokio::spawn(server.run());
-    wait_for_signal().await?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM"); break; }
+            _ = int.recv() => { info!("SIGINT"); break; }
+            _ = hup.recv() => { let _ = reload(&reloader, "SIGHUP"); }
+            Some(answer) = reload_rx.recv() => {
+                let _ = answer.send(reload(&reloader, "mta reload"));
+            }
+        }
+    }
     info!("stopping: no new connections; waiting for sessions and deliveries");
     let _ = stop.send(true);
-    let grace = config.shutdown_grace + Duration::from_secs(1);
+    let grace = reloader.current.get().config.shutdown_grace + Duration::from_secs(1);
     if tokio::time::timeout(grace, server).await.is_err() {
         warn!("server did not stop within the grace period");
     }
@@ -114,14 +124,18 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
+/// Reloads and logs the outcome; the error text is also what `mta reload` prints.
+fn reload(reloader: &Reloader, why: &str) -> Result<(), String> {
+    match reloader.reload() {
+        Ok(()) => {
+            info!(trigger = why, "config reloaded");
+            Ok(())
+        }
+        Err(e) => {
+            error!(trigger = why, error = %format!("{e:#}"), "reload refused; the old config stays in force");
+            Err(format!("{e:#}"))
+        }
     }
-    Ok(())
 }
 
 /// Creates the data dir (0700) if missing and checks that we can write in it.
@@ -139,7 +153,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The configured certificate, or a self-signed one made once in `DATA_DIR/tls/`.
-fn load_tls(config: &Config) -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
+pub(crate) fn load_tls(config: &Config) -> anyhow::Result<(tokio_rustls::TlsAcceptor, String)> {
     let (cert, key, note) = match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (
             c.clone(),

@@ -431,6 +431,15 @@ impl TestMta {
             .to_string()
     }
 
+    /// Sends SIGHUP (reload the config); panics when `kill` fails.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-s", "HUP", &self.pid()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Kills the server with SIGKILL: no chance to flush or say goodbye.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -14,7 +14,6 @@ use tokio::io::{
 };
 use tokio::sync::watch;
 
-use super::super::guards::Guards;
 use super::*;
 
 struct Users(Arc<UserDb>);
@@ -62,7 +61,7 @@ fn setup(limits: impl FnOnce(&mut mta_core::config::Limits)) -> Setup {
         queue: queue.clone(),
         tls: None,
         shutdown,
-        guards: Guards::default(),
+        guards: Default::default(),
         checks: None,
     };
     Setup {

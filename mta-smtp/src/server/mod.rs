@@ -48,9 +48,9 @@ pub struct Shared {
     pub tls: Option<TlsAcceptor>,
     /// Turns true when the server is stopping.
     pub shutdown: watch::Receiver<bool>,
-    /// Sessions per client and recent AUTH failures, shared by all sessions (start with
-    /// `Default::default()`; the limits come from `config`).
-    pub guards: Guards,
+    /// Sessions per client and recent AUTH failures, shared by all sessions and kept over a
+    /// reload (start with `Default::default()`; the limits come from `config`).
+    pub guards: Arc<Guards>,
     /// SPF/DKIM/DMARC checks for mail on the smtp listener; `None` when `inbound.checks` is
     /// off.
     pub checks: Option<Arc<authcheck::Checker>>,
@@ -59,8 +59,25 @@ pub struct Shared {
 /// Bound listening sockets, before they accept anything.
 pub struct Server {
     listeners: Vec<(ListenerKind, TcpListener)>,
-    shared: Arc<Shared>,
+    shared: Current,
     sessions: Arc<Semaphore>,
+}
+
+/// The [`Shared`] that new connections get. A reload puts a new one in place; sessions that
+/// are open keep the one they started with, so a reload never cuts a session.
+#[derive(Clone)]
+pub struct Current(Arc<std::sync::RwLock<Arc<Shared>>>);
+
+impl Current {
+    /// The one in force now.
+    pub fn get(&self) -> Arc<Shared> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `shared` in force for every connection accepted from now on.
+    pub fn replace(&self, shared: Shared) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(shared);
+    }
 }
 
 /// Why the server could not start.
@@ -112,8 +129,13 @@ impl Server {
         Ok(Server {
             listeners,
             sessions: Arc::new(Semaphore::new(cfg.limits.max_sessions)),
-            shared: Arc::new(shared),
+            shared: Current(Arc::new(std::sync::RwLock::new(Arc::new(shared)))),
         })
+    }
+
+    /// The handle a reload uses to put a new [`Shared`] in force.
+    pub fn current(&self) -> Current {
+        self.shared.clone()
     }
 
     /// The bound addresses (with the real ports when port 0 was configured).
@@ -137,7 +159,8 @@ impl Server {
         for t in tasks {
             let _ = t.await;
         }
-        let cfg = &self.shared.config;
+        let shared = self.shared.get();
+        let cfg = &shared.config;
         let all = cfg.limits.max_sessions as u32;
         match tokio::time::timeout(cfg.shutdown_grace, self.sessions.acquire_many(all)).await {
             Ok(_) => info!("all sessions ended"),
@@ -151,12 +174,12 @@ impl Server {
 static NEXT_SESSION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    current: Current,
     sessions: Arc<Semaphore>,
     kind: ListenerKind,
     listener: TcpListener,
 ) {
-    let mut shutdown = shared.shutdown.clone();
+    let mut shutdown = current.get().shutdown.clone();
     loop {
         let accepted = tokio::select! {
             () = stopping(&mut shutdown) => return,
@@ -171,6 +194,7 @@ async fn accept_loop(
                 continue;
             }
         };
+        let shared = current.get();
         let admission = match admit(&shared, &sessions, peer.ip()) {
             Ok(admission) => admission,
             Err(reply) => {
@@ -181,7 +205,6 @@ async fn accept_loop(
         };
         let id = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = info_span!("session", id, %peer, listener = kind.name());
-        let shared = shared.clone();
         tokio::spawn(
             async move {
                 info!("connected");
@@ -269,7 +292,7 @@ mod tests {
             queue: Arc::new(NoQueue),
             tls: None,
             shutdown: watch::channel(false).1,
-            guards: Guards::default(),
+            guards: Default::default(),
             checks: None,
         };
         let sessions = Arc::new(Semaphore::new(3));

@@ -19,6 +19,7 @@ mod relay_forward;
 mod relay_harness;
 mod relay_smarthost;
 mod relay_tls;
+mod reload;
 mod send;
 mod shutdown;
 mod startup;

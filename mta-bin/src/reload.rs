@@ -1,0 +1,157 @@
+//! Reloading without a restart (SIGHUP, or `mta reload` through the control socket): the
+//! config file is read again and everything that depends on it is built anew (certificate,
+//! DKIM keys and outbound settings in a new router, inbound checks); only when all of it works
+//! is it put in force, for connections accepted and deliveries started from then on. Sessions
+//! and deliveries in progress finish with what they started with. A config that does not
+//! parse, a key or certificate that cannot be read, or a change that needs a restart is
+//! refused with one log line, and the old settings stay.
+//!
+//! Users need nothing: the users file is re-read whenever it changes. Certificate files that
+//! change on disk are picked up without any reload (`mta_smtp::tls::ReloadingCert`).
+
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use anyhow::{Context as _, bail};
+use mta_core::address::Address;
+use mta_core::config::Config;
+use mta_core::envelope::Envelope;
+use mta_core::seams::{BoxFuture, Deliver, Outcome};
+use mta_smtp::router::Router;
+use mta_smtp::server::authcheck::Checker;
+use mta_smtp::server::{Current, Shared};
+use tokio_rustls::TlsAcceptor;
+
+/// What is built from a config: everything a reload replaces.
+pub struct Parts {
+    /// The config itself.
+    pub config: Arc<Config>,
+    /// The listeners' certificate.
+    pub tls: TlsAcceptor,
+    /// How to find the certificate, for the start-up line.
+    pub cert_note: String,
+    /// Local and remote delivery, with the DKIM keys.
+    pub router: Arc<Router>,
+    /// The inbound checks, when on.
+    pub checks: Option<Arc<Checker>>,
+}
+
+impl Parts {
+    /// Builds everything from `config`.
+    ///
+    /// # Errors
+    /// The first part that cannot be built, naming its file or key.
+    pub fn build(config: Arc<Config>) -> anyhow::Result<Parts> {
+        let (tls, cert_note) = crate::serve::load_tls(&config)?;
+        let router = Arc::new(Router::new(config.clone()).context("cannot set up delivery")?);
+        let checks = match config.inbound.checks {
+            true => {
+                Some(Arc::new(Checker::new(&config).map_err(|e| {
+                    anyhow::anyhow!("cannot set up inbound checks: {e}")
+                })?))
+            }
+            false => None,
+        };
+        Ok(Parts {
+            config,
+            tls,
+            cert_note,
+            router,
+            checks,
+        })
+    }
+}
+
+/// The router the scheduler calls; a reload swaps the one behind it. An attempt in progress
+/// keeps the router it started with.
+pub struct Switch(RwLock<Arc<Router>>);
+
+impl Switch {
+    /// Starts with `router`.
+    pub fn new(router: Arc<Router>) -> Switch {
+        Switch(RwLock::new(router))
+    }
+
+    fn get(&self) -> Arc<Router> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, router: Arc<Router>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = router;
+    }
+}
+
+impl Deliver for Switch {
+    fn deliver<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        body: &'a [u8],
+        recipients: &'a [Address],
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        let router = self.get();
+        Box::pin(async move { router.deliver(envelope, body, recipients).await })
+    }
+}
+
+/// What a reload needs to reach: the config file, the server's current [`Shared`], the router
+/// switch.
+pub struct Reloader {
+    /// The config file; `None` when running on built-in defaults.
+    pub path: Option<PathBuf>,
+    /// The server's handle.
+    pub current: Current,
+    /// The scheduler's router.
+    pub router: Arc<Switch>,
+}
+
+impl Reloader {
+    /// Reads the config file again and puts it in force, or leaves everything as it was.
+    ///
+    /// # Errors
+    /// Why the new config was refused; the old one is still in force.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let new = crate::load_config(self.path.as_deref())?;
+        let old = self.current.get();
+        let needs_restart = restart_only(&old.config, &new);
+        if !needs_restart.is_empty() {
+            bail!(
+                "{} changed, which needs a restart (the running settings are unchanged)",
+                needs_restart.join(", ")
+            );
+        }
+        let parts = Parts::build(Arc::new(new))?;
+        self.current.replace(Shared {
+            config: parts.config.clone(),
+            users: old.users.clone(),
+            queue: old.queue.clone(),
+            tls: Some(parts.tls),
+            shutdown: old.shutdown.clone(),
+            guards: old.guards.clone(),
+            checks: parts.checks,
+        });
+        self.router.replace(parts.router);
+        Ok(())
+    }
+}
+
+/// The keys that differ between `old` and `new` but are only read at start-up: the sockets,
+/// the store, the session limit, and the queue's settings.
+fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut changed = Vec::new();
+    if old.hostname != new.hostname {
+        changed.push("hostname");
+    }
+    if old.data_dir != new.data_dir {
+        changed.push("data_dir");
+    }
+    if old.listen != new.listen {
+        changed.push("[listen]");
+    }
+    if old.limits.max_sessions != new.limits.max_sessions {
+        changed.push("limits.max_sessions");
+    }
+    if old.queue != new.queue {
+        changed.push("[queue]");
+    }
+    changed
+}
