@@ -4,6 +4,7 @@
 
 mod control;
 mod dkim_cmd;
+mod metrics_http;
 mod queue_cmd;
 mod reload;
 mod send;
@@ -32,6 +33,9 @@ enum Command {
         /// The TOML config file.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// Log lines as text, or as JSON objects for log shippers.
+        #[arg(long, value_enum, default_value_t = serve::LogFormat::Text, env = "MTA_LOG_FORMAT")]
+        log_format: serve::LogFormat,
     },
     /// Make the running server re-read its config, certificate and DKIM keys (as SIGHUP
     /// does), and say whether the new config was taken.
@@ -79,8 +83,8 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => {
-            load_config(config.as_deref()).and_then(|c| serve::run(c, config))
+        Command::Serve { config, log_format } => {
+            load_config(config.as_deref()).and_then(|c| serve::run(c, config, log_format))
         }
         Command::Reload { config } => {
             load_config(config.as_deref()).and_then(|c| control::reload(&c))

@@ -153,5 +153,8 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.queue != new.queue {
         changed.push("[queue]");
     }
+    if old.metrics_listen != new.metrics_listen {
+        changed.push("metrics.listen");
+    }
     changed
 }

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::reload::{Parts, Reloader, Switch};
-use crate::{control, users};
+use crate::{control, metrics_http, users};
 
 /// Concurrent delivery attempts (messages); remote connections are bounded separately by
 /// `outbound.max_connections` and `outbound.max_per_domain`.
@@ -29,8 +29,8 @@ const DELIVERY_CONCURRENCY: usize = 64;
 ///
 /// # Errors
 /// Anything that stops start-up: an unusable data dir, certificate, queue or port.
-pub fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
-    init_logging();
+pub fn run(config: Config, path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<()> {
+    init_logging(format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -38,14 +38,32 @@ pub fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     runtime.block_on(serve(Arc::new(config), path))
 }
 
-fn init_logging() {
+/// How log lines are written (`--log-format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Text,
+    /// One JSON object per line, with the span fields (session, queue id), for log shippers.
+    Json,
+}
+
+/// Logs to stderr (journald keeps it under systemd), filtered by `RUST_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .try_init();
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .try_init(),
+    };
 }
 
 async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()> {
@@ -79,12 +97,24 @@ async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()>
     };
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let control = control::start(data_dir, queue.clone(), stopped.clone(), reload_tx)?;
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(metrics_http::bind(addr).await?),
+        None => None,
+    };
 
     let addrs = server.local_addrs();
-    let ready: Vec<String> = addrs
+    let mut ready: Vec<String> = addrs
         .iter()
         .map(|(k, a)| format!("{}={a}", k.name()))
         .collect();
+    if let Some((listener, addr)) = metrics {
+        ready.push(format!("metrics={addr}"));
+        tokio::spawn(metrics_http::serve(
+            listener,
+            queue.clone(),
+            stopped.clone(),
+        ));
+    }
     println!("mta ready {}", ready.join(" "));
     println!("{}", parts.cert_note);
     print_hint(&config, &addrs);

@@ -64,6 +64,9 @@ pub struct Config {
     pub dkim: Vec<DkimKey>,
     /// SPF, DKIM and DMARC checks on mail that arrives on the smtp listener (`[inbound]`).
     pub inbound: Inbound,
+    /// Where Prometheus metrics are served over HTTP (`metrics.listen`); `None` (the
+    /// default) serves none.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod date;
 pub mod envelope;
+pub mod metrics;
 pub mod policy;
 pub mod reply;
 pub mod seams;

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mta_core::address::{Address, Domain};
 use mta_core::envelope::{Envelope, MessageId, RcptState, Recipient};
+use mta_core::metrics::METRICS;
 use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
@@ -400,15 +401,18 @@ fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Ve
         match outcome {
             Outcome::Delivered(detail) => {
                 info!(rcpt = %address, result = %detail, "delivered");
+                METRICS.recipient("delivered");
                 rcpt.state = RcptState::Delivered;
                 rcpt.last_result = Some(detail);
             }
             Outcome::Deferred(reason) => {
                 warn!(rcpt = %address, attempt = rcpt.attempts, reason = %reason, "recipient deferred");
+                METRICS.recipient("deferred");
                 rcpt.last_result = Some(reason);
             }
             Outcome::Failed(reason) => {
                 warn!(rcpt = %address, reason = %reason, "recipient failed permanently");
+                METRICS.recipient("failed");
                 rcpt.state = RcptState::Failed;
                 rcpt.last_result = Some(reason);
             }
@@ -428,6 +432,7 @@ fn expire(envelope: &mut Envelope, now_ms: u64, lifetime: Duration) {
         .filter(|r| r.state == RcptState::Pending)
     {
         warn!(rcpt = %rcpt.address, "recipient expired in the queue");
+        METRICS.recipient("expired");
         rcpt.state = RcptState::Failed;
         let last = rcpt.last_result.take().unwrap_or_default();
         rcpt.last_result = Some(format!(

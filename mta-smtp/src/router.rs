@@ -103,12 +103,14 @@ impl Deliver for Router {
                 Ok(signed) if signed.by.is_empty() => body,
                 Ok(signed) => {
                     tracing::info!(msg = %envelope.id, by = %signed.by.join(","), "DKIM-signed");
+                    mta_core::metrics::METRICS.dkim("signed");
                     let mut fields = signed.fields;
                     fields.extend_from_slice(&body);
                     Arc::from(fields)
                 }
                 Err(e) => {
                     tracing::warn!(msg = %envelope.id, error = %e, "sending unsigned");
+                    mta_core::metrics::METRICS.dkim("error");
                     body
                 }
             };

@@ -244,7 +244,8 @@ impl TestMta {
         )
     }
 
-    fn listener(&self, kind: &str) -> SocketAddr {
+    /// The address of a listener the ready line named (`smtp`, `metrics`, ...).
+    pub fn listener(&self, kind: &str) -> SocketAddr {
         self.listeners
             .iter()
             .find(|(k, _)| k == kind)

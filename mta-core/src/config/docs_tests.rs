@@ -49,6 +49,7 @@ const KEYS: &[&str] = &[
     "queue.max_lifetime",
     "queue.delay_warning",
     "aliases",
+    "metrics.listen",
     "inbound.checks",
     "inbound.dmarc_reject",
     "inbound.spf_reject",
@@ -58,7 +59,7 @@ const KEYS: &[&str] = &[
     "dkim.\"domain\".expire",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound",
+    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

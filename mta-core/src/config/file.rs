@@ -42,6 +42,15 @@ pub(super) struct RawConfig {
     pub dkim: Option<BTreeMap<S<String>, OneOrMany<RawDkimKey>>>,
     #[serde(default)]
     pub inbound: RawInbound,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub listen: Option<S<String>>,
 }
 
 /// One DKIM key table. `selector` and `key` are required, but checked in validation so that
@@ -318,6 +327,8 @@ pub(super) fn write(config: &Config) -> String {
          retry_max = {retry_max}\n\
          max_lifetime = {max_lifetime}\n\
          delay_warning = {delay_warning}\n\
+         \n[metrics]\n\
+         {metrics}\
          \n[inbound]\n\
          checks = {checks}\n\
          dmarc_reject = {dmarc_reject}\n\
@@ -351,6 +362,10 @@ pub(super) fn write(config: &Config) -> String {
         retry_max = time(config.queue.retry_max),
         max_lifetime = time(config.queue.max_lifetime),
         delay_warning = time(config.queue.delay_warning),
+        metrics = match config.metrics_listen {
+            Some(addr) => format!("listen = {}\n", quote(&addr.to_string())),
+            None => "# no listen: no metrics served\n".to_string(),
+        },
         checks = config.inbound.checks,
         dmarc_reject = config.inbound.dmarc_reject,
         spf_reject = config.inbound.spf_reject,

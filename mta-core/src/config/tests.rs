@@ -67,6 +67,9 @@ delay_warning = "1h"
 "postmaster@example.org" = ["alice@example.org"]
 "Info@bücher.example" = ["alice@example.org", "bob@remote.test"]
 
+[metrics]
+listen = "127.0.0.1:9725"
+
 [inbound]
 dmarc_reject = false
 spf_reject = true
@@ -157,6 +160,7 @@ fn defaults() {
         aliases: BTreeMap::new(),
         shutdown_grace: Duration::from_secs(10),
         dkim: vec![],
+        metrics_listen: None,
         inbound: Inbound {
             checks: true,
             dmarc_reject: true,
@@ -343,7 +347,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

@@ -107,6 +107,14 @@ pub(super) fn from_raw(
         None => Vec::new(),
     };
     let inbound = c.inbound(&raw.inbound);
+    let metrics_listen = raw.metrics.listen.as_ref().and_then(|text| {
+        let parsed = text.get_ref().parse::<SocketAddr>();
+        if parsed.is_err() {
+            let msg = format!("{:?} is not an address:port", text.get_ref());
+            c.error(text.span(), "metrics.listen", msg);
+        }
+        parsed.ok()
+    });
     if !c.errors.is_empty() {
         let mut errors = c.errors;
         errors.sort_by_key(|e| (e.line, e.column));
@@ -126,6 +134,7 @@ pub(super) fn from_raw(
         shutdown_grace,
         dkim,
         inbound,
+        metrics_listen,
     })
 }
 

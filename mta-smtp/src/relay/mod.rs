@@ -19,6 +19,7 @@ use hickory_resolver::TokioResolver;
 use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, PasswordSource, SmarthostTls, TlsMode};
 use mta_core::envelope::Envelope;
+use mta_core::metrics::METRICS;
 use mta_core::seams::Outcome;
 use rustls::RootCertStore;
 use tokio::sync::Semaphore;
@@ -339,12 +340,19 @@ impl Relay {
                 )))
             }
             Err(DnsFailure::Permanent(why)) => Err(Outcome::Failed(format!("5.1.2 {why}"))),
-            Err(DnsFailure::Temporary(why)) => Err(Outcome::Deferred(format!("4.4.3 {why}"))),
+            Err(DnsFailure::Temporary(why)) => {
+                METRICS.dns_error("mx");
+                Err(Outcome::Deferred(format!("4.4.3 {why}")))
+            }
         }
     }
 
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
-        let ips = mx::addresses(&self.resolver, host).await?;
+        let ips = mx::addresses(&self.resolver, host).await.inspect_err(|e| {
+            if matches!(e, DnsFailure::Temporary(_)) {
+                METRICS.dns_error("address");
+            }
+        })?;
         let wanted: Vec<IpAddr> = ips
             .into_iter()
             .filter(|ip| match self.config.outbound.ip {
@@ -380,15 +388,33 @@ impl Relay {
                         RcptResult::Permanent(reply) => Outcome::Failed(format!("{reply} (from {at})")),
                     };
                     info!(%rcpt, mx = %target.name, ip = %target.addr.ip(), tls, result = ?outcome, "remote attempt");
+                    let result = match &outcome {
+                        Outcome::Delivered(_) => "delivered",
+                        Outcome::Deferred(_) => "deferred",
+                        Outcome::Failed(_) => "failed",
+                    };
+                    METRICS.remote_attempt(result, tls_level(tls));
                     outcome
                 })
                 .collect(),
             Err(e) => {
                 warn!(mx = %target.name, ip = %target.addr.ip(), tls, error = %e, "transaction failed");
+                METRICS.remote_attempt("error", tls_level(tls));
                 let text = format!("4.4.2 transaction with {at} failed: {e}");
                 vec![Outcome::Deferred(text); rcpts.len()]
             }
         }
+    }
+}
+
+/// The TLS level for the metrics, from [`describe_tls`]'s text.
+fn tls_level(described: &str) -> &'static str {
+    if described == "plaintext" {
+        "none"
+    } else if described.contains(" unverified") {
+        "unverified"
+    } else {
+        "verified"
     }
 }
 

@@ -161,6 +161,10 @@ impl Checker {
                 Policy::Unspecified => "",
             }
         );
+        if spf.result() == SpfResult::TempError || matches!(dmarc_result, DmarcResult::TempError(_))
+        {
+            mta_core::metrics::METRICS.dns_error("inbound");
+        }
         let domain = dmarc
             .as_ref()
             .map(|d| d.domain().to_string())

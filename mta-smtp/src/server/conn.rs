@@ -15,6 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use mta_core::auth::Verified;
 use mta_core::config::Limits;
 use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
+use mta_core::metrics::METRICS;
 use mta_core::reply::Reply;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -200,8 +201,8 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let action = match action {
             Action::CheckPassword { login, password } => {
-                let ip = session.context().peer.ip();
-                match check_password(shared, ip, login, password).await {
+                let (ip, listener) = (session.context().peer.ip(), session.context().listener);
+                match check_password(shared, ip, listener, login, password).await {
                     Checked::Verified(result) => session.auth_checked(result),
                     Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
                 }
@@ -228,7 +229,18 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 out.extend_from_slice(r.to_wire().as_bytes());
                 send(&mut io, &mut out, limits.command_timeout, deadline).await?;
-                let r = match receive(shared, &mut io, &mut session, deadline).await? {
+                let after = receive(shared, &mut io, &mut session, deadline).await?;
+                let listener = session.context().listener.name();
+                match &after {
+                    AfterData::Answer(reply) | AfterData::Close(reply) if reply.code == 250 => {
+                        METRICS.accepted(listener);
+                    }
+                    AfterData::Answer(reply) | AfterData::Close(reply) => {
+                        METRICS.rejected(listener, reply.code, reply.enhanced.unwrap_or(""));
+                    }
+                    AfterData::Lost => {}
+                }
+                let r = match after {
                     AfterData::Answer(reply) => session.count_errors(Action::Reply(reply)),
                     AfterData::Close(reply) => Action::Close(reply),
                     AfterData::Lost => return Ok(PhaseEnd::Closed),
@@ -327,7 +339,13 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 /// Checks a password off the async threads, unless the client address or the account has
 /// failed too often within the window; records and logs each failure (never the password).
 /// The same argon2 work is done for unknown users as for known ones (`UserDb::verify`).
-async fn check_password(shared: &Shared, ip: IpAddr, login: String, password: String) -> Checked {
+async fn check_password(
+    shared: &Shared,
+    ip: IpAddr,
+    listener: ListenerKind,
+    login: String,
+    password: String,
+) -> Checked {
     let limits = &shared.config.limits;
     let policy = AuthPolicy {
         failures: limits.auth_failures,
@@ -347,6 +365,7 @@ async fn check_password(shared: &Shared, ip: IpAddr, login: String, password: St
     match &result {
         Verified::Rejected => {
             auth.failed(ip, &login, policy, std::time::Instant::now());
+            METRICS.auth_failure(listener.name());
             warn!(%ip, login = %escape(&login), "authentication failed");
         }
         Verified::User(user) => info!(user = %escape(&user.to_string()), "authenticated"),

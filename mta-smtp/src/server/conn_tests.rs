@@ -7,7 +7,7 @@ use std::time::Duration;
 use mta_core::address::Address;
 use mta_core::auth::UserDb;
 use mta_core::config::Config;
-use mta_core::envelope::Envelope;
+use mta_core::envelope::{Envelope, ListenerKind};
 use mta_core::seams::{BoxFuture, Enqueue, EnqueueError, UserDirectory};
 use tokio::io::{
     AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf, duplex,
@@ -288,7 +288,13 @@ async fn password_failures_lock_the_client_and_the_account() {
     let ip: IpAddr = "192.0.2.7".parse().unwrap();
     let other: IpAddr = "198.51.100.1".parse().unwrap();
     let check = |ip, login: &str, password: &str| {
-        check_password(&s.shared, ip, login.to_string(), password.to_string())
+        check_password(
+            &s.shared,
+            ip,
+            ListenerKind::Submission,
+            login.to_string(),
+            password.to_string(),
+        )
     };
     let verified = |c: Checked| match c {
         Checked::Verified(Verified::User(u)) => format!("user {u}"),

@@ -205,11 +205,13 @@ async fn accept_loop(
         };
         let id = NEXT_SESSION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let span = info_span!("session", id, %peer, listener = kind.name());
+        let open = mta_core::metrics::METRICS.session(kind.name());
         tokio::spawn(
             async move {
                 info!("connected");
                 conn::serve(shared, tcp, peer, kind).await;
                 info!("disconnected");
+                drop(open);
                 drop(admission);
             }
             .instrument(span),

@@ -9,6 +9,7 @@ mod harness;
 mod headers;
 mod hostile;
 mod inbound_auth;
+mod observability;
 mod protocol;
 mod python;
 mod relay;

@@ -1,0 +1,243 @@
+//! The counters an operator scrapes (`[metrics] listen`): one process-wide [`METRICS`] that
+//! every part of `mta` counts into, rendered in the Prometheus/OpenMetrics text format by
+//! prometheus-client. Label values come from small fixed sets (listener names, results, TLS
+//! levels, reply status codes), so the number of series stays bounded whatever clients send.
+
+use std::sync::LazyLock;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels as `(name, value)` pairs.
+type Labels = Vec<(&'static str, String)>;
+
+/// Every counter `mta` keeps.
+pub struct Metrics {
+    registry: Registry,
+    sessions: Family<Labels, Counter>,
+    sessions_open: Family<Labels, Gauge>,
+    accepted: Family<Labels, Counter>,
+    rejected: Family<Labels, Counter>,
+    auth_failures: Family<Labels, Counter>,
+    recipients: Family<Labels, Counter>,
+    remote_attempts: Family<Labels, Counter>,
+    dns_errors: Family<Labels, Counter>,
+    dkim: Family<Labels, Counter>,
+    queue_messages: Gauge,
+    queue_oldest: Gauge,
+}
+
+/// The one set of counters of this process.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mta");
+        let m = Metrics {
+            sessions: Family::default(),
+            sessions_open: Family::default(),
+            accepted: Family::default(),
+            rejected: Family::default(),
+            auth_failures: Family::default(),
+            recipients: Family::default(),
+            remote_attempts: Family::default(),
+            dns_errors: Family::default(),
+            dkim: Family::default(),
+            queue_messages: Gauge::default(),
+            queue_oldest: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "sessions",
+            "SMTP sessions accepted, by listener",
+            m.sessions.clone(),
+        );
+        registry.register(
+            "sessions_open",
+            "SMTP sessions open now, by listener",
+            m.sessions_open.clone(),
+        );
+        registry.register(
+            "messages_accepted",
+            "Messages queued after DATA (250), by listener",
+            m.accepted.clone(),
+        );
+        registry.register(
+            "messages_rejected",
+            "Messages refused after DATA, by listener and reply status",
+            m.rejected.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed AUTH attempts, by listener",
+            m.auth_failures.clone(),
+        );
+        registry.register(
+            "recipients",
+            "Recipient delivery outcomes recorded by the queue: delivered, deferred, failed, expired",
+            m.recipients.clone(),
+        );
+        registry.register(
+            "remote_attempts",
+            "SMTP transactions with remote hosts, by result and TLS level",
+            m.remote_attempts.clone(),
+        );
+        registry.register(
+            "dns_errors",
+            "DNS lookups that failed temporarily, by purpose",
+            m.dns_errors.clone(),
+        );
+        registry.register(
+            "dkim",
+            "DKIM signing of outbound messages: signed, or error",
+            m.dkim.clone(),
+        );
+        registry.register(
+            "queue_messages",
+            "Messages in the queue (at the last scrape)",
+            m.queue_messages.clone(),
+        );
+        registry.register(
+            "queue_oldest_seconds",
+            "Age of the oldest queued message in seconds (at the last scrape)",
+            m.queue_oldest.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// A session was accepted on `listener`; the returned guard counts it open until dropped.
+    pub fn session(&self, listener: &str) -> OpenSession {
+        let labels = vec![("listener", listener.to_string())];
+        self.sessions.get_or_create(&labels).inc();
+        self.sessions_open.get_or_create(&labels).inc();
+        OpenSession {
+            family: self.sessions_open.clone(),
+            labels,
+        }
+    }
+
+    /// A message was queued.
+    pub fn accepted(&self, listener: &str) {
+        self.accepted
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .inc();
+    }
+
+    /// A message was refused after DATA with this reply code and enhanced status.
+    pub fn rejected(&self, listener: &str, code: u16, status: &str) {
+        self.rejected
+            .get_or_create(&vec![
+                ("listener", listener.to_string()),
+                ("code", code.to_string()),
+                ("status", status.to_string()),
+            ])
+            .inc();
+    }
+
+    /// An AUTH attempt failed.
+    pub fn auth_failure(&self, listener: &str) {
+        self.auth_failures
+            .get_or_create(&vec![("listener", listener.to_string())])
+            .inc();
+    }
+
+    /// The queue recorded an outcome for one recipient: `delivered`, `deferred`, `failed`
+    /// or `expired`.
+    pub fn recipient(&self, result: &'static str) {
+        self.recipients
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// A transaction with a remote host ended: `result` is `delivered`, `deferred`,
+    /// `failed` or `error`; `tls` is `none`, `unverified` or `verified`.
+    pub fn remote_attempt(&self, result: &'static str, tls: &'static str) {
+        self.remote_attempts
+            .get_or_create(&vec![
+                ("result", result.to_string()),
+                ("tls", tls.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A DNS lookup for `purpose` (`mx`, `address`, `inbound`) failed temporarily.
+    pub fn dns_error(&self, purpose: &'static str) {
+        self.dns_errors
+            .get_or_create(&vec![("purpose", purpose.to_string())])
+            .inc();
+    }
+
+    /// An outbound message was DKIM-signed (`signed`) or signing failed (`error`).
+    pub fn dkim(&self, result: &'static str) {
+        self.dkim
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// The queue's size and the age of its oldest message, set before a scrape.
+    pub fn set_queue(&self, messages: usize, oldest_seconds: u64) {
+        self.queue_messages
+            .set(i64::try_from(messages).unwrap_or(i64::MAX));
+        self.queue_oldest
+            .set(i64::try_from(oldest_seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Everything in the OpenMetrics text format (which Prometheus reads).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Counts a session as open until dropped.
+pub struct OpenSession {
+    family: Family<Labels, Gauge>,
+    labels: Labels,
+}
+
+impl Drop for OpenSession {
+    fn drop(&mut self) {
+        self.family.get_or_create(&self.labels).dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_counted() {
+        let m = Metrics::new();
+        let open = m.session("smtp");
+        m.accepted("smtp");
+        m.rejected("smtp", 550, "5.7.1");
+        m.remote_attempt("delivered", "verified");
+        m.set_queue(3, 60);
+        let text = m.render();
+        for line in [
+            "mta_sessions_total{listener=\"smtp\"} 1",
+            "mta_messages_accepted_total{listener=\"smtp\"} 1",
+            "mta_messages_rejected_total{listener=\"smtp\",code=\"550\",status=\"5.7.1\"} 1",
+            "mta_remote_attempts_total{result=\"delivered\",tls=\"verified\"} 1",
+            "mta_queue_messages 3",
+            "mta_queue_oldest_seconds 60",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(
+            text.contains("mta_sessions_open{listener=\"smtp\"} 1"),
+            "{text}"
+        );
+        drop(open);
+        assert!(
+            m.render()
+                .contains("mta_sessions_open{listener=\"smtp\"} 0")
+        );
+    }
+}
