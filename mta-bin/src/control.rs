@@ -187,7 +187,7 @@ pub fn start(
     data_dir: &Path,
     queue: Arc<Queue>,
     mut stop: watch::Receiver<bool>,
-    reload: ReloadRequests,
+    hooks: Hooks,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let path = socket_path(data_dir);
     // A stale socket from a killed server: we hold the queue lock, so no other server runs.
@@ -205,7 +205,7 @@ pub fn start(
                 },
             };
             let queue = queue.clone();
-            let reload = reload.clone();
+            let hooks = hooks.clone();
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
@@ -221,7 +221,8 @@ pub fn start(
                     Err(_) => return,
                 }
                 let answer = match line.trim() {
-                    "reload" => ask_reload(&reload).await,
+                    "reload" => ask_reload(&hooks.reload).await,
+                    l if l.starts_with("tls-") => crate::tls_cmd::answer(&hooks.memory, l),
                     _ => answer(&queue, &line).await,
                 };
                 let _ = write.write_all(answer.as_bytes()).await;
@@ -233,6 +234,15 @@ pub fn start(
 
 /// How the server is asked to reload: it answers on the oneshot with the outcome.
 pub type ReloadRequests = mpsc::Sender<oneshot::Sender<Result<(), String>>>;
+
+/// What the socket reaches in a running server besides the queue.
+#[derive(Clone)]
+pub struct Hooks {
+    /// Reload requests (`reload`).
+    pub reload: ReloadRequests,
+    /// The downgrade memory (`tls-list`, `tls-forget DOMAIN`).
+    pub memory: Arc<mta_smtp::relay::memory::TlsMemory>,
+}
 
 async fn ask_reload(reload: &ReloadRequests) -> String {
     let (tx, rx) = oneshot::channel();
@@ -464,7 +474,14 @@ mod tests {
         let data_dir = dir.path().join("data");
         std::fs::create_dir(&data_dir).expect("data dir");
         let (stop, stopped) = watch::channel(false);
-        let server = start(&data_dir, queue, stopped, mpsc::channel(1).0).expect("socket");
+        let hooks = Hooks {
+            reload: mpsc::channel(1).0,
+            memory: Arc::new(mta_smtp::relay::memory::TlsMemory::open(
+                dir.path(),
+                Duration::from_secs(60),
+            )),
+        };
+        let server = start(&data_dir, queue, stopped, hooks).expect("socket");
         let dir_for_client = data_dir.clone();
         let answer = tokio::task::spawn_blocking(move || {
             request(&dir_for_client, &Request::Show(id(MISSING)).line())

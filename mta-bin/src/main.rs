@@ -9,6 +9,7 @@ mod queue_cmd;
 mod reload;
 mod send;
 mod serve;
+mod tls_cmd;
 mod users;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,14 @@ enum Command {
         #[command(subcommand)]
         command: queue_cmd::QueueCommand,
     },
+    /// The downgrade memory of outbound TLS: list, forget DOMAIN.
+    Tls {
+        /// The TOML config file (for the data dir).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: tls_cmd::TlsCommand,
+    },
     /// DKIM signing keys: keygen, show.
     Dkim {
         /// The TOML config file (for the data dir and the configured keys).
@@ -94,6 +103,9 @@ fn main() -> ExitCode {
             .and_then(|c| users::run(command, &c.data_dir, &c.local_domains)),
         Command::Queue { config, command } => {
             load_config(config.as_deref()).and_then(|c| queue_cmd::run(command, &c))
+        }
+        Command::Tls { config, command } => {
+            load_config(config.as_deref()).and_then(|c| tls_cmd::run(command, &c))
         }
         Command::Dkim { config, command } => {
             load_config(config.as_deref()).and_then(|c| dkim_cmd::run(command, &c))

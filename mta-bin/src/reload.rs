@@ -17,6 +17,7 @@ use mta_core::address::Address;
 use mta_core::config::Config;
 use mta_core::envelope::Envelope;
 use mta_core::seams::{BoxFuture, Deliver, Outcome};
+use mta_smtp::relay::memory::TlsMemory;
 use mta_smtp::router::Router;
 use mta_smtp::server::authcheck::Checker;
 use mta_smtp::server::{Current, Shared};
@@ -41,9 +42,10 @@ impl Parts {
     ///
     /// # Errors
     /// The first part that cannot be built, naming its file or key.
-    pub fn build(config: Arc<Config>) -> anyhow::Result<Parts> {
+    pub fn build(config: Arc<Config>, memory: Arc<TlsMemory>) -> anyhow::Result<Parts> {
         let (tls, cert_note) = crate::serve::load_tls(&config)?;
-        let router = Arc::new(Router::new(config.clone()).context("cannot set up delivery")?);
+        let router =
+            Arc::new(Router::new(config.clone(), memory).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {
             true => {
                 Some(Arc::new(Checker::new(&config).map_err(|e| {
@@ -102,6 +104,8 @@ pub struct Reloader {
     pub current: Current,
     /// The scheduler's router.
     pub router: Arc<Switch>,
+    /// The downgrade memory, kept over reloads.
+    pub memory: Arc<TlsMemory>,
 }
 
 impl Reloader {
@@ -119,7 +123,7 @@ impl Reloader {
                 needs_restart.join(", ")
             );
         }
-        let parts = Parts::build(Arc::new(new))?;
+        let parts = Parts::build(Arc::new(new), self.memory.clone())?;
         self.current.replace(Shared {
             config: parts.config.clone(),
             users: old.users.clone(),
@@ -155,6 +159,9 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.metrics_listen != new.metrics_listen {
         changed.push("metrics.listen");
+    }
+    if old.outbound.tls_memory != new.outbound.tls_memory {
+        changed.push("outbound.tls_memory");
     }
     changed
 }

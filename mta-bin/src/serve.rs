@@ -13,6 +13,7 @@ use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_core::seams::Deliver;
 use mta_queue::{Queue, QueueSettings};
+use mta_smtp::relay::memory::TlsMemory;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -69,7 +70,8 @@ fn init_logging(format: LogFormat) {
 async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
     prepare_data_dir(data_dir)?;
-    let parts = Parts::build(config.clone())?;
+    let memory = Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory));
+    let parts = Parts::build(config.clone(), memory.clone())?;
     let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
         .with_context(|| {
             format!(
@@ -94,9 +96,14 @@ async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()>
         path,
         current: server.current(),
         router: router.clone(),
+        memory: memory.clone(),
     };
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
-    let control = control::start(data_dir, queue.clone(), stopped.clone(), reload_tx)?;
+    let hooks = control::Hooks {
+        reload: reload_tx,
+        memory: memory.clone(),
+    };
+    let control = control::start(data_dir, queue.clone(), stopped.clone(), hooks)?;
     let metrics = match config.metrics_listen {
         Some(addr) => Some(metrics_http::bind(addr).await?),
         None => None,

@@ -201,6 +201,9 @@ pub struct Outbound {
     pub max_per_domain: usize,
     /// How long one TCP connect to an MX host or the smarthost may take. Default 30 s.
     pub connect_timeout: Duration,
+    /// How long a domain that took mail over verified TLS keeps needing it (downgrade
+    /// memory), counted from its last such delivery. Default 30 days.
+    pub tls_memory: Duration,
     /// Send all remote mail to this host instead of the MX hosts. Default `None`.
     pub relay: Option<Smarthost>,
     /// TLS policy per destination domain (`[outbound.tls."example.com"]`); a domain not

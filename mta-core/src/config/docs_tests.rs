@@ -36,6 +36,7 @@ const KEYS: &[&str] = &[
     "outbound.max_connections",
     "outbound.max_per_domain",
     "outbound.connect_timeout",
+    "outbound.tls_memory",
     "outbound.relay",
     "outbound.relay_tls",
     "outbound.relay_user",

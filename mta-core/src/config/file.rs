@@ -157,6 +157,7 @@ pub(super) struct RawOutbound {
     pub max_connections: Option<S<i64>>,
     pub max_per_domain: Option<S<i64>>,
     pub connect_timeout: Option<S<String>>,
+    pub tls_memory: Option<S<String>>,
     pub relay: Option<S<String>>,
     pub relay_tls: Option<S<String>>,
     pub relay_user: Option<S<String>>,
@@ -397,12 +398,14 @@ fn write_outbound(o: &Outbound) -> String {
          ip = {}\n\
          max_connections = {}\n\
          max_per_domain = {}\n\
-         connect_timeout = {}\n",
+         connect_timeout = {}\n\
+         tls_memory = {}\n",
         o.port,
         quote(o.ip.name()),
         o.max_connections,
         o.max_per_domain,
         quote(&duration::format(o.connect_timeout)),
+        quote(&duration::format(o.tls_memory)),
     );
     match &o.relay {
         None => out += "# no relay: mail goes to each domain's MX hosts\n",

@@ -20,6 +20,9 @@ const DEFAULT_PORT: u16 = 25;
 const DEFAULT_MAX_CONNECTIONS: usize = 32;
 const DEFAULT_MAX_PER_DOMAIN: usize = 4;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Long enough to outlast an attacker's patience, short enough that a domain that really
+/// dropped TLS gets mail again within a month without an operator.
+const DEFAULT_TLS_MEMORY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 // The queue's schedule: RFC 5321 §4.5.4.1 suggests at least 30 minutes between attempts and
 // giving up after 4–5 days; we start sooner (greylisting usually clears in minutes) and
 // back off to an hour.
@@ -86,6 +89,7 @@ impl Checker<'_> {
                 "outbound.connect_timeout",
                 DEFAULT_CONNECT_TIMEOUT,
             ),
+            tls_memory: self.duration(&raw.tls_memory, "outbound.tls_memory", DEFAULT_TLS_MEMORY),
             relay: self.relay(raw),
             tls,
         }

@@ -148,6 +148,7 @@ fn defaults() {
             max_connections: 32,
             max_per_domain: 4,
             connect_timeout: Duration::from_secs(30),
+            tls_memory: Duration::from_secs(30 * 86_400),
             relay: None,
             tls: BTreeMap::new(),
         },
@@ -263,6 +264,7 @@ fn full_example() {
         max_connections: 10,
         max_per_domain: 2,
         connect_timeout: Duration::from_secs(60),
+        tls_memory: Duration::from_secs(30 * 86_400),
         relay: Some(relay),
         tls,
     };

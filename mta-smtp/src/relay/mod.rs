@@ -7,6 +7,7 @@
 //! demands TLS. Once a transaction has started on a host, its answer is final for this
 //! attempt (another host could otherwise receive the message twice).
 
+pub mod memory;
 pub mod mx;
 
 use std::collections::HashMap;
@@ -29,7 +30,30 @@ use crate::client::{
     ClientError, ClientSettings, Connection, OutgoingMessage, RcptResult, Target, Timeouts,
     TlsInfo, TlsPolicy, Verification, roots_with, webpki_roots,
 };
+use memory::TlsMemory;
 use mx::{DnsFailure, Route};
+
+/// Where the TLS requirement of an attempt came from; logs and queue results name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicySource {
+    /// `[outbound.tls."domain"]` (required or none), or the smarthost (always required).
+    Configured,
+    /// The domain took mail over verified TLS before (`outbound.tls_memory`).
+    Memory,
+    /// Nothing asks for more: STARTTLS when offered, any certificate.
+    Opportunistic,
+}
+
+impl PolicySource {
+    /// `configured`, `memory` or `opportunistic`.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicySource::Configured => "configured",
+            PolicySource::Memory => "memory",
+            PolicySource::Opportunistic => "opportunistic",
+        }
+    }
+}
 
 /// Why the relay could not be set up (at start-up, so the operator sees it at once).
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +105,7 @@ pub struct Relay {
     smarthost: Option<Smarthost>,
     all: Arc<Semaphore>,
     per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
+    memory: Arc<TlsMemory>,
 }
 
 impl Relay {
@@ -88,7 +113,7 @@ impl Relay {
     ///
     /// # Errors
     /// [`RelayError`] naming what could not be loaded.
-    pub fn new(config: Arc<Config>) -> Result<Relay, RelayError> {
+    pub fn new(config: Arc<Config>, memory: Arc<TlsMemory>) -> Result<Relay, RelayError> {
         let out = &config.outbound;
         let resolver = mx::resolver(&config.dns.nameservers, out.ip).map_err(RelayError::Dns)?;
         let webpki = Arc::new(webpki_roots());
@@ -128,6 +153,7 @@ impl Relay {
             webpki,
             domain_roots,
             smarthost,
+            memory,
         })
     }
 
@@ -148,17 +174,24 @@ impl Relay {
         }
     }
 
-    fn policy_for(&self, domain: &Domain) -> TlsPolicy {
-        let policy = self.config.outbound.tls_for(domain);
+    /// The TLS policy for MX delivery to `domain`, and where it came from: the domain's
+    /// table when it names one, else the downgrade memory, else opportunistic.
+    fn policy_for(&self, domain: &Domain) -> (TlsPolicy, PolicySource) {
         let roots = self
             .domain_roots
             .get(domain)
             .cloned()
             .unwrap_or_else(|| self.webpki.clone());
-        match policy.mode {
-            TlsMode::Opportunistic => TlsPolicy::Opportunistic { roots },
-            TlsMode::Required => TlsPolicy::Required { roots },
-            TlsMode::None => TlsPolicy::Plaintext,
+        match self.config.outbound.tls.get(domain).map(|t| t.mode) {
+            Some(TlsMode::Required) => (TlsPolicy::Required { roots }, PolicySource::Configured),
+            Some(TlsMode::None) => (TlsPolicy::Plaintext, PolicySource::Configured),
+            _ if self.memory.remembers(domain) => {
+                (TlsPolicy::Required { roots }, PolicySource::Memory)
+            }
+            _ => (
+                TlsPolicy::Opportunistic { roots },
+                PolicySource::Opportunistic,
+            ),
         }
     }
 
@@ -184,7 +217,7 @@ impl Relay {
                     .address()
                     .is_some_and(Address::needs_smtputf8),
         };
-        let (hosts, settings, port) = match &self.smarthost {
+        let (hosts, settings, port, source) = match &self.smarthost {
             Some(s) => (
                 vec![mx::MxHost {
                     name: s.host.clone(),
@@ -192,19 +225,24 @@ impl Relay {
                 }],
                 self.settings(s.policy.clone(), s.auth.clone()),
                 s.port,
+                PolicySource::Configured,
             ),
             None => {
                 let hosts = match self.hosts(domain).await {
                     Ok(h) => h,
                     Err(outcome) => return vec![outcome; rcpts.len()],
                 };
+                let (policy, source) = self.policy_for(domain);
                 (
                     hosts,
-                    self.settings(self.policy_for(domain), None),
+                    self.settings(policy, None),
                     self.config.outbound.port,
+                    source,
                 )
             }
         };
+        // The downgrade memory is about MX hosts; the smarthost's TLS is always required.
+        let remember = self.smarthost.is_none().then_some(domain);
         let key = match &self.smarthost {
             Some(_) => "smarthost".to_string(),
             None => domain.to_string(),
@@ -215,6 +253,7 @@ impl Relay {
             if idle.conn.reset().await.is_ok() {
                 let result = idle.conn.send(&msg).await;
                 let outcomes = self.outcomes(&idle.target, &idle.tls, rcpts, &result);
+                self.remember(remember, idle.conn.tls(), &outcomes);
                 if result.is_ok() {
                     self.put_idle(&key, idle);
                 }
@@ -239,9 +278,10 @@ impl Relay {
                 };
                 match Connection::open(&target, &settings).await {
                     Ok(mut conn) => {
-                        let tls = describe_tls(conn.tls());
+                        let tls = format!("{} policy={}", describe_tls(conn.tls()), source.name());
                         let result = conn.send(&msg).await;
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
+                        self.remember(remember, conn.tls(), &outcomes);
                         if result.is_ok() {
                             self.put_idle(
                                 &key,
@@ -270,12 +310,28 @@ impl Relay {
         }
         // RFC 3463: 4.7.5 when the last host failed the TLS the policy demands.
         let code = if tls_failed { "4.7.5" } else { "4.4.1" };
+        let hint = match (tls_failed, source) {
+            (true, PolicySource::Memory) => format!(
+                " (policy=memory: {domain} took mail over verified TLS before; \
+                 `mta tls forget {domain}` allows less)"
+            ),
+            _ => format!(" (policy={})", source.name()),
+        };
         vec![
             Outcome::Deferred(format!(
-                "{code} no host for {domain} took the message; last error: {last}"
+                "{code} no host for {domain} took the message; last error: {last}{hint}"
             ));
             rcpts.len()
         ]
+    }
+
+    /// Remembers `domain` when a message was delivered to it over verified TLS.
+    fn remember(&self, domain: Option<&Domain>, tls: Option<&TlsInfo>, outcomes: &[Outcome]) {
+        let verified = tls.is_some_and(|t| matches!(t.verified, Verification::Verified));
+        let delivered = outcomes.iter().any(|o| matches!(o, Outcome::Delivered(_)));
+        if let (Some(domain), true, true) = (domain, verified, delivered) {
+            self.memory.verified(domain);
+        }
     }
 
     /// An idle connection to `key` that has not waited too long; expired ones are closed.
@@ -409,7 +465,7 @@ impl Relay {
 
 /// The TLS level for the metrics, from [`describe_tls`]'s text.
 fn tls_level(described: &str) -> &'static str {
-    if described == "plaintext" {
+    if described.starts_with("plaintext") {
         "none"
     } else if described.contains(" unverified") {
         "unverified"

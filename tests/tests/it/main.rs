@@ -18,6 +18,7 @@ mod relay_client;
 mod relay_content;
 mod relay_forward;
 mod relay_harness;
+mod relay_memory;
 mod relay_smarthost;
 mod relay_tls;
 mod reload;

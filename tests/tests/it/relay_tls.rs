@@ -79,8 +79,8 @@ fn opportunistic_accepts_an_untrusted_certificate_and_records_it() {
     );
     let tls = logged_tls(&tx);
     assert!(
-        tls.iter()
-            .any(|t| t.starts_with("TLSv1.3 ") && t.ends_with(" unverified (UnknownIssuer)")),
+        tls.iter().any(|t| t.starts_with("TLSv1.3 ")
+            && t.ends_with(" unverified (UnknownIssuer) policy=opportunistic")),
         "{tls:?}"
     );
 }
@@ -147,7 +147,7 @@ fn required_tls_with_the_receivers_certificate_as_ca_file() {
         !tls.is_empty()
             && tls
                 .iter()
-                .all(|t| t.ends_with(" verified") && !t.contains("unverified")),
+                .all(|t| t.ends_with(" verified policy=configured") && !t.contains("unverified")),
         "{tls:?}"
     );
 }
@@ -211,7 +211,7 @@ fn mode_none_sends_in_plaintext() {
     assert!(!d.received.contains("using TLS"), "{}", d.received);
     let (_, rest) = split_first_field(&d.rest, "Received");
     mta_tests::assert_same_bytes("the message", rest, &sent);
-    assert_eq!(logged_tls(&tx), ["plaintext"]);
+    assert_eq!(logged_tls(&tx), ["plaintext policy=configured"]);
 }
 
 #[test]
