@@ -48,6 +48,8 @@ const KEYS: &[&str] = &[
     "queue.retry_max",
     "queue.max_lifetime",
     "queue.delay_warning",
+    "queue.min_free_space",
+    "queue.min_free_inodes",
     "aliases",
 ];
 const TABLES: &[&str] = &["listen", "tls", "limits", "dns", "outbound", "queue"];
