@@ -501,6 +501,21 @@ impl Enqueue for Queue {
                 envelope,
                 next_attempt_ms: now_ms(),
             };
+            match self.store.headroom(body.len() as u64) {
+                Ok(Room::Enough) => {}
+                Ok(Room::LowSpace(free)) => {
+                    warn!(
+                        size = body.len(),
+                        free, "message refused: too little free space for it"
+                    );
+                    return Err(EnqueueError::DiskFull(format!("{free} bytes free")));
+                }
+                Ok(Room::LowInodes(free)) => {
+                    warn!(free, "message refused: too few free inodes");
+                    return Err(EnqueueError::DiskFull(format!("{free} inodes free")));
+                }
+                Err(e) => return Err(EnqueueError::Io(format!("cannot check free space: {e}"))),
+            }
             match self.store.insert(&record, &body).await {
                 Ok(()) => {
                     info!(msg = %record.envelope.id, "queued");

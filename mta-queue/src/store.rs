@@ -16,7 +16,8 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use mta_core::envelope::{Envelope, MessageId};
 use serde::{Deserialize, Serialize};
@@ -116,7 +117,17 @@ struct Shared {
     retired_syncs: AtomicU64,
     /// Reopens after an error (for tests and the log).
     reopens: AtomicU64,
+    /// The handles given up last, to tell in the log who still holds them.
+    retired: Mutex<std::sync::Weak<Handle>>,
+    /// When reopening was last tried: at most once per [`REOPEN_INTERVAL`], since sled
+    /// reads its whole log to open.
+    last_reopen: Mutex<Option<std::time::Instant>>,
+    /// The "stuck inside sled" error was logged for the handles given up last.
+    stuck_logged: std::sync::atomic::AtomicBool,
 }
+
+/// How often a given-up store is tried again.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 enum Slot {
     Open(Arc<Handle>),
@@ -185,6 +196,9 @@ impl Store {
                 reopening: Mutex::new(()),
                 retired_syncs: AtomicU64::new(0),
                 reopens: AtomicU64::new(0),
+                retired: Mutex::new(std::sync::Weak::new()),
+                last_reopen: Mutex::new(None),
+                stuck_logged: Default::default(),
             }),
         })
     }
@@ -193,7 +207,7 @@ impl Store {
         self.shared
             .slot
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The handles in use, or [`StoreError::Unavailable`] after an error.
@@ -222,6 +236,12 @@ impl Store {
             self.shared
                 .retired_syncs
                 .fetch_add(h.group.syncs(), Ordering::Relaxed);
+            *self
+                .shared
+                .retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(h);
+            self.shared.stuck_logged.store(false, Ordering::Relaxed);
             *slot = Slot::Failed(error.to_string());
         }
         error
@@ -257,6 +277,18 @@ impl Store {
         if let Slot::Open(h) = &*self.slot() {
             return Ok(h.clone());
         }
+        {
+            let mut last = self
+                .shared
+                .last_reopen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < REOPEN_INTERVAL) {
+                return Err(self.unavailable("tried again shortly"));
+            }
+            *last = Some(now);
+        }
         match Handle::open(&self.path) {
             Ok(handle) => {
                 let handle = Arc::new(handle);
@@ -266,7 +298,28 @@ impl Store {
                 Ok(handle)
             }
             Err(e) => {
-                tracing::warn!(error = %e, "queue store cannot be reopened yet");
+                // Operations still using the given-up handles (each keeps sled's lock).
+                let held = self
+                    .shared
+                    .retired
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .strong_count();
+                let locked = e.to_string().contains("could not acquire lock");
+                if held == 0 && locked {
+                    // None of our operations holds the old handles: sled itself does (a
+                    // flush stuck inside it, see `flush_sled`). Only a new process can open
+                    // the store again.
+                    if !self.shared.stuck_logged.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            path = %self.path.display(),
+                            "queue store stuck inside sled after an I/O error: new mail gets 451 \
+                             until mta serve is restarted (a restart loses nothing)"
+                        );
+                    }
+                } else {
+                    tracing::warn!(error = %e, held, "queue store cannot be reopened yet");
+                }
                 *self.slot() = Slot::Failed(e.to_string());
                 Err(e)
             }
@@ -296,6 +349,26 @@ impl Store {
         Ok(Room::Enough)
     }
 
+    /// Whether a message of `size` bytes fits with room to spare: twice its size plus
+    /// [`HEADROOM`] free (sled may hold a value twice until it compacts its log, and the
+    /// Maildir copy follows), and a few inodes (a large value is a file of its own). Checked
+    /// before the message is written, so that sled itself rarely meets a full disk: after
+    /// such an error it has to be reopened, or worse (see [`flush_sled`]).
+    ///
+    /// # Errors
+    /// The `statvfs` error.
+    pub fn headroom(&self, size: u64) -> std::io::Result<Room> {
+        let st = rustix::fs::statvfs(&self.path)?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < size.saturating_mul(2).saturating_add(HEADROOM) {
+            return Ok(Room::LowSpace(free));
+        }
+        if st.f_files > 0 && st.f_favail < HEADROOM_INODES {
+            return Ok(Room::LowInodes(st.f_favail));
+        }
+        Ok(Room::Enough)
+    }
+
     /// Flushes everything written so far to disk; returns when it is durable.
     ///
     /// # Errors
@@ -318,7 +391,7 @@ impl Store {
         let path = self.path.clone();
         let result = tokio::task::spawn_blocking(move || {
             handle.group.sync(|| -> sled::Result<()> {
-                handle.db.flush()?;
+                flush_sled(&handle.db)?;
                 sync_files(&path).map_err(sled::Error::Io)
             })
         })
@@ -624,6 +697,46 @@ impl Store {
     /// Number of records set aside as corrupt.
     pub fn corrupt_len(&self) -> usize {
         self.current().map_or(0, |h| h.corrupt.len())
+    }
+}
+
+/// Free bytes a new message must leave beyond twice its size: a few of sled's 512 KiB log
+/// segments and a snapshot.
+const HEADROOM: u64 = 4 * 1024 * 1024;
+/// Free inodes a new message must leave (a blob file, a Maildir file, sled's snapshot).
+const HEADROOM_INODES: u64 = 16;
+
+/// How long a sled flush may take before it counts as failed.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// sled's `flush()`, bounded by [`FLUSH_TIMEOUT`].
+///
+/// After a write fails for lack of space, sled 0.34 can wedge: its flushes wait for a log
+/// position that never becomes stable, with no error recorded (seen in about a third of
+/// the disk-full runs of `tests/it/storage_faults.rs`). A session would then hang at the
+/// dot. So the flush runs on its own thread and, when it has not returned in time, fails:
+/// the message gets a 4xx and the store is given up. The stuck thread is left behind; it
+/// keeps sled's lock, so reopening waits for it (see [`Store::reopen`]).
+fn flush_sled(db: &sled::Db) -> sled::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let db = db.clone();
+    std::thread::Builder::new()
+        .name("queue-flush".into())
+        .spawn(move || {
+            let _ = tx.send(db.flush());
+        })
+        .map_err(sled::Error::Io)?;
+    match rx.recv_timeout(FLUSH_TIMEOUT) {
+        Ok(result) => result.map(drop),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "sled flush did not return within 5 s",
+            )))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(sled::Error::Io(
+            std::io::Error::other("sled flush thread died"),
+        )),
     }
 }
 

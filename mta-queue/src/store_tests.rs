@@ -162,6 +162,11 @@ async fn reopen_waits_for_the_old_handles_to_go() {
         "old handles still open"
     );
     drop(old);
+    assert!(
+        store.insert(&a, b"abc").await.is_err(),
+        "not tried again within a second"
+    );
+    std::thread::sleep(REOPEN_INTERVAL);
     store.insert(&a, b"abc").await.unwrap();
     assert_eq!(store.reopens(), 1);
 }

@@ -20,5 +20,6 @@ mod relay_tls;
 mod send;
 mod shutdown;
 mod startup;
+mod storage_faults;
 mod swaks;
 mod users;
