@@ -54,6 +54,18 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// The store's files are not a sled store we can read: opening them would let sled
+    /// start afresh over them, so they are left alone.
+    #[error(
+        "queue store at {path} is damaged: {why}; it was not opened and nothing in it was \
+         changed (see docs/durability.md, \"Corrupt store\")"
+    )]
+    Damaged {
+        /// The store directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A record that does not decode (it has been moved aside).
     #[error("queue record {id} is corrupt and was moved to the corrupt tree: {reason}")]
     Corrupt {
@@ -85,6 +97,7 @@ impl StoreError {
         match self {
             StoreError::DiskFull { .. } => EnqueueError::DiskFull(self.to_string()),
             StoreError::Io { .. }
+            | StoreError::Damaged { .. }
             | StoreError::Unavailable { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Busy(_)
@@ -164,12 +177,24 @@ fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
 
 impl Handle {
     fn open(path: &Path) -> Result<Handle, StoreError> {
+        check_log(path).map_err(|why| StoreError::Damaged {
+            path: path.to_path_buf(),
+            why,
+        })?;
         let err = |source| classify(path, source);
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
+        // sled may panic on a log it cannot make sense of: that is a damaged store too.
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .flush_every_ms(None)
+                .cache_capacity(64 * 1024 * 1024)
+                .open()
+        });
+        let db = opened
+            .map_err(|_| StoreError::Damaged {
+                path: path.to_path_buf(),
+                why: "sled panicked while reading it".into(),
+            })?
             .map_err(err)?;
         Ok(Handle {
             envelopes: db.open_tree("envelopes").map_err(err)?,
@@ -698,6 +723,60 @@ impl Store {
     pub fn corrupt_len(&self) -> usize {
         self.current().map_or(0, |h| h.corrupt.len())
     }
+}
+
+/// sled's log segment size unless its `conf` says otherwise.
+const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024;
+/// The header at the start of each segment of sled 0.34's log: CRC-32 (little endian,
+/// inverted) of the 16 bytes after it (two LSNs).
+const SEGMENT_HEADER_LEN: usize = 20;
+
+/// Refuses a store whose log holds no valid sled segment header.
+///
+/// sled 0.34 opens a log whose segment headers do not check out as an empty store and
+/// writes over it: a damaged or foreign file would be silently replaced and every queued
+/// message lost. A real log always has at least one valid header (the first segment is
+/// written when the store is created), so a non-empty `db` without one is not opened.
+/// Damage inside valid segments is sled's to find (its records carry CRCs).
+fn check_log(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let db = path.join("db");
+    let mut file = match std::fs::File::open(&db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", db.display())),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", db.display()))?
+        .len();
+    if len == 0 {
+        return Ok(());
+    }
+    let segment = std::fs::read_to_string(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse::<u64>().ok())
+        })
+        .filter(|&s| s >= SEGMENT_HEADER_LEN as u64)
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    let mut offset = 0;
+    while offset + SEGMENT_HEADER_LEN as u64 <= len {
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut header))
+            .map_err(|e| format!("cannot read {}: {e}", db.display()))?;
+        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) ^ u32::MAX;
+        if crc32fast::hash(&header[4..]) == stored {
+            return Ok(());
+        }
+        offset += segment;
+    }
+    Err(format!(
+        "{} ({len} bytes) has no valid sled log segment header: it is not a sled 0.34 log",
+        db.display()
+    ))
 }
 
 /// Free bytes a new message must leave beyond twice its size: a few of sled's 512 KiB log

@@ -266,3 +266,137 @@ fn finish(test: &str, mut s: OnTmpfs, mut tally: Tally) {
         "{test}: mta serve did not stop cleanly"
     );
 }
+
+/// Point 8: a queue record that no longer decodes is moved aside (to the store's `corrupt`
+/// tree, kept for the operator) with a log line naming it; every other message is delivered.
+#[test]
+fn damaged_record_is_set_aside_and_the_rest_delivered() {
+    let mut mta = TestMta::start("[queue]\nretry_first = \"1s\"\nretry_max = \"2s\"\n");
+    mta.add_user(BOB, "bob-password-1");
+    // Hold delivery: a regular file where bob's mail directory must go.
+    let domain_dir = mta.data_dir().join("mail").join("example.test");
+    std::fs::create_dir_all(&domain_dir).expect("mkdir");
+    let blocker = domain_dir.join("bob");
+    std::fs::write(&blocker, b"not a directory").expect("write the blocker");
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO sender.test", 250);
+    let ids: Vec<String> = (0..4)
+        .map(|n| {
+            let m = message(&format!("rec-{n}"), FROM, BOB, 2_000);
+            let reply = c.send_message(FROM, &[BOB], &m);
+            assert_eq!(reply.code, 250, "{}", c.transcript());
+            mta_tests::queue_id(&reply.to_string())
+        })
+        .collect();
+    c.expect("QUIT", 221);
+    assert!(mta.stop().success(), "mta serve did not stop cleanly");
+
+    // Damage one record the way a disk or a bad edit might: it no longer decodes.
+    let damaged = &ids[1];
+    {
+        let db = sled::open(mta.data_dir().join("queue")).expect("open the stopped store");
+        let envelopes = db.open_tree("envelopes").expect("envelopes tree");
+        assert!(
+            envelopes.get(damaged).expect("read").is_some(),
+            "{damaged} is queued"
+        );
+        envelopes
+            .insert(damaged.as_bytes(), &b"{\"envelope\": 42"[..])
+            .expect("damage the record");
+        db.flush().expect("flush");
+    }
+    std::fs::remove_file(&blocker).expect("remove the blocker");
+    mta.restart();
+
+    mta.wait_for_mail(BOB, 3, 30);
+    let tags = delivered_tags(&mta.maildir_new(BOB));
+    for (n, id) in ids.iter().enumerate() {
+        let tag = format!("rec-{n}");
+        let want = usize::from(id != damaged);
+        assert_eq!(
+            tags.iter().filter(|t| **t == tag).count(),
+            want,
+            "{tag} ({id}) delivered {want} time(s): {tags:?}"
+        );
+    }
+    let named = mta
+        .log()
+        .lines()
+        .any(|l| l.contains("corrupt queue record moved aside") && l.contains(damaged.as_str()));
+    assert!(named, "no log line names the damaged record {damaged}");
+    mta.wait_for_empty_queue(secs(20));
+    let listed = mta.queue_json();
+    let errors = listed["errors"].as_array().expect("errors is an array");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.as_str().is_some_and(|e| e.contains(damaged.as_str()))),
+        "mta queue list names the record set aside: {listed}"
+    );
+    println!(
+        "corrupt record: {damaged} set aside and listed, the other {} delivered once each",
+        ids.len() - 1
+    );
+}
+
+/// Point 8: a queue store that is garbage stops start-up with a clear message and a
+/// non-zero exit, and not one byte of it is changed.
+#[test]
+fn garbage_store_stops_start_up_and_changes_nothing() {
+    let mut mta = TestMta::start("");
+    assert!(mta.stop().success(), "mta serve did not stop cleanly");
+    let queue = mta.data_dir().join("queue");
+    let log = queue.join("db");
+    let len = std::fs::metadata(&log).expect("the store has a log").len() as usize;
+    // Deterministic noise (xorshift), as long as the log was.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..len.max(4096))
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&log, &noise).expect("write the noise");
+    let before = snapshot(&queue);
+    let config = std::fs::read_to_string(mta.config_path()).expect("read the config");
+    let (_, out) = mta_tests::serve_expecting_failure(mta.dir(), &config);
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "mta serve started on garbage: {out}"
+    );
+    assert!(
+        out.stderr.contains("is damaged") && out.stderr.contains("nothing in it was changed"),
+        "no clear message: {out}"
+    );
+    assert!(
+        out.stderr.contains("Corrupt store"),
+        "no pointer to the docs: {out}"
+    );
+    assert_eq!(snapshot(&queue), before, "the damaged store was changed");
+    println!(
+        "garbage store: mta serve exited with {} and changed nothing",
+        out.status
+    );
+}
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push((path.clone(), std::fs::read(&path).expect("read")));
+            }
+        }
+    }
+    out.sort();
+    out
+}
