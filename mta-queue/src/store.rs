@@ -137,10 +137,15 @@ struct Shared {
     last_reopen: Mutex<Option<std::time::Instant>>,
     /// The "stuck inside sled" error was logged for the handles given up last.
     stuck_logged: std::sync::atomic::AtomicBool,
+    /// When the handles in use were last given up.
+    gave_up: Mutex<Option<std::time::Instant>>,
 }
 
 /// How often a given-up store is tried again.
 const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// When sled still holds its lock this long after the store was given up, and none of our
+/// operations uses the old handles, sled is stuck (a flush that never returns).
+const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 enum Slot {
     Open(Arc<Handle>),
@@ -224,6 +229,7 @@ impl Store {
                 retired: Mutex::new(std::sync::Weak::new()),
                 last_reopen: Mutex::new(None),
                 stuck_logged: Default::default(),
+                gave_up: Mutex::new(None),
             }),
         })
     }
@@ -267,6 +273,11 @@ impl Store {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(h);
             self.shared.stuck_logged.store(false, Ordering::Relaxed);
+            *self
+                .shared
+                .gave_up
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
             *slot = Slot::Failed(error.to_string());
         }
         error
@@ -331,7 +342,13 @@ impl Store {
                     .unwrap_or_else(PoisonError::into_inner)
                     .strong_count();
                 let locked = e.to_string().contains("could not acquire lock");
-                if held == 0 && locked {
+                let long_ago = self
+                    .shared
+                    .gave_up
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some_and(|t| t.elapsed() > STUCK_AFTER);
+                if held == 0 && locked && long_ago {
                     // None of our operations holds the old handles: sled itself does (a
                     // flush stuck inside it, see `flush_sled`). Only a new process can open
                     // the store again.
@@ -827,7 +844,14 @@ fn sync_files(path: &Path) -> std::io::Result<()> {
         Ok(entries) => {
             for entry in entries {
                 let entry = entry?;
-                if entry.file_type()?.is_file() {
+                // sled removes blobs of deleted values concurrently; where the directory
+                // does not record file types (FUSE), asking for it is a stat that can miss.
+                let kind = match entry.file_type() {
+                    Ok(kind) => kind,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if kind.is_file() {
                     match std::fs::File::open(entry.path()) {
                         Ok(f) => f.sync_data()?,
                         // sled removes blobs of deleted values concurrently.
