@@ -293,6 +293,11 @@ pub struct Queue {
     /// One "delayed" DSN goes to the sender after the message waited this long. Default
     /// 4 h; < [`Queue::max_lifetime`].
     pub delay_warning: Duration,
+    /// MAIL FROM gets `452 4.3.1` while the queue's file system has less free space than
+    /// this, in bytes. Default 100 MiB; 0 turns the check off.
+    pub min_free_space: u64,
+    /// Likewise for free inodes (files). Default 1000; 0 turns the check off.
+    pub min_free_inodes: u64,
 }
 
 impl Outbound {

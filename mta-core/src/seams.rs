@@ -41,6 +41,13 @@ pub trait Enqueue: Send + Sync {
     /// session answers `250` after this and never before.
     fn enqueue(&self, envelope: Envelope, body: Vec<u8>)
     -> BoxFuture<'_, Result<(), EnqueueError>>;
+
+    /// Whether there is room for a new message now: free disk space above the configured
+    /// floor and a usable store. Asked at MAIL FROM, so that a full disk is answered with a
+    /// 4xx before the client sends the message. The default says yes.
+    fn room(&self) -> BoxFuture<'_, Result<(), EnqueueError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The result of one delivery attempt for one recipient.

@@ -12,4 +12,4 @@ pub mod scheduler;
 pub mod store;
 
 pub use scheduler::{Queue, QueueSettings};
-pub use store::{Record, Store, StoreError};
+pub use store::{Record, Room, Store, StoreError};

@@ -19,7 +19,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::bounce::{DsnKind, DsnRecipient, status_of};
 use crate::retry;
-use crate::store::{Record, Store, StoreError};
+use crate::store::{Record, Room, Store, StoreError};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -42,6 +42,10 @@ pub struct QueueSettings {
     pub max_lifetime: Duration,
     /// One "delayed" DSN is sent after a message waited this long.
     pub delay_warning: Duration,
+    /// New mail is refused (452) while the store's file system has fewer free bytes; 0: off.
+    pub min_free_space: u64,
+    /// Likewise for free inodes; 0: off.
+    pub min_free_inodes: u64,
 }
 
 impl QueueSettings {
@@ -53,10 +57,13 @@ impl QueueSettings {
             retry_max: config.queue.retry_max,
             max_lifetime: config.queue.max_lifetime,
             delay_warning: config.queue.delay_warning,
+            min_free_space: config.queue.min_free_space,
+            min_free_inodes: config.queue.min_free_inodes,
         }
     }
 
-    /// The built-in schedule (5 min doubling to 1 h, 4 h warning, 5 days lifetime).
+    /// The built-in schedule (5 min doubling to 1 h, 4 h warning, 5 days lifetime), with
+    /// no free-space floors.
     pub fn new(hostname: Domain) -> QueueSettings {
         QueueSettings {
             hostname,
@@ -64,6 +71,8 @@ impl QueueSettings {
             retry_max: retry::MAX_RETRY,
             max_lifetime: retry::MAX_LIFETIME,
             delay_warning: retry::DELAY_WARNING,
+            min_free_space: 0,
+            min_free_inodes: 0,
         }
     }
 }
@@ -125,7 +134,10 @@ impl Queue {
                 break;
             }
             let now = now_ms();
-            let wait = match self.start_due(now, &slots, &deliver) {
+            // After a store error (a full disk) the scheduler reopens the store too, so the
+            // queue recovers even when no new mail arrives.
+            let ready = self.store.ensure_open().await;
+            let wait = match ready.and_then(|()| self.start_due(now, &slots, &deliver)) {
                 Ok(()) => self.idle_time(now),
                 Err(e) => {
                     error!(error = %e, "scheduler cannot read the queue; retrying in 5 s");
@@ -453,7 +465,37 @@ fn human(d: Duration) -> String {
     }
 }
 
+impl Queue {
+    /// [`Enqueue::room`]: the free-space floors, then a usable store (reopened after an
+    /// error). Below a floor the store is not even reopened: that waits for space.
+    async fn check_room(&self) -> Result<(), EnqueueError> {
+        let s = &self.settings;
+        match self.store.room(s.min_free_space, s.min_free_inodes) {
+            Ok(Room::Enough) => {}
+            Ok(Room::LowSpace(free)) => {
+                return Err(EnqueueError::DiskFull(format!(
+                    "{free} bytes free in the queue's file system, below queue.min_free_space"
+                )));
+            }
+            Ok(Room::LowInodes(free)) => {
+                return Err(EnqueueError::DiskFull(format!(
+                    "{free} inodes free in the queue's file system, below queue.min_free_inodes"
+                )));
+            }
+            Err(e) => return Err(EnqueueError::Io(format!("cannot check free space: {e}"))),
+        }
+        self.store
+            .ensure_open()
+            .await
+            .map_err(|e| e.to_enqueue_error())
+    }
+}
+
 impl Enqueue for Queue {
+    fn room(&self) -> BoxFuture<'_, Result<(), EnqueueError>> {
+        Box::pin(self.check_room())
+    }
+
     fn enqueue(
         &self,
         envelope: Envelope,
@@ -464,6 +506,21 @@ impl Enqueue for Queue {
                 envelope,
                 next_attempt_ms: now_ms(),
             };
+            match self.store.headroom(body.len() as u64) {
+                Ok(Room::Enough) => {}
+                Ok(Room::LowSpace(free)) => {
+                    warn!(
+                        size = body.len(),
+                        free, "message refused: too little free space for it"
+                    );
+                    return Err(EnqueueError::DiskFull(format!("{free} bytes free")));
+                }
+                Ok(Room::LowInodes(free)) => {
+                    warn!(free, "message refused: too few free inodes");
+                    return Err(EnqueueError::DiskFull(format!("{free} inodes free")));
+                }
+                Err(e) => return Err(EnqueueError::Io(format!("cannot check free space: {e}"))),
+            }
             match self.store.insert(&record, &body).await {
                 Ok(()) => {
                     info!(msg = %record.envelope.id, "queued");

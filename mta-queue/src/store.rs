@@ -9,8 +9,15 @@
 //! scheduler relies on is followed by `flush()` in `spawn_blocking` (sled's `flush_async`
 //! deadlocks under concurrency). Concurrent flushes share the disk sync (group commit).
 //! A record that does not decode is moved to the `corrupt` tree and logged, never dropped.
+//!
+//! Failure: after any I/O error (a full disk, a failed sync) the open sled handles are given
+//! up and sled is reopened from disk before the next write ([`Store`]), because sled stays
+//! failed after an error and a sync after a failed one proves nothing.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use mta_core::envelope::{Envelope, MessageId};
 use serde::{Deserialize, Serialize};
@@ -47,6 +54,18 @@ pub enum StoreError {
         #[source]
         source: sled::Error,
     },
+    /// The store's files are not a sled store we can read: opening them would let sled
+    /// start afresh over them, so they are left alone.
+    #[error(
+        "queue store at {path} is damaged: {why}; it was not opened and nothing in it was \
+         changed (see docs/durability.md, \"Corrupt store\")"
+    )]
+    Damaged {
+        /// The store directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// A record that does not decode (it has been moved aside).
     #[error("queue record {id} is corrupt and was moved to the corrupt tree: {reason}")]
     Corrupt {
@@ -58,6 +77,14 @@ pub enum StoreError {
     /// A delivery attempt kept working on the message longer than an operator action waits.
     #[error("message {0} is busy with a delivery attempt; try again")]
     Busy(String),
+    /// The store was given up after an error and is not reopened yet.
+    #[error("queue store at {path} is unavailable after an error, until it can be reopened: {why}")]
+    Unavailable {
+        /// The store directory.
+        path: PathBuf,
+        /// The error that made us give it up, or why reopening failed.
+        why: String,
+    },
     /// The blocking flush task died (runtime shutting down).
     #[error("queue flush task failed: {0}")]
     Join(String),
@@ -70,6 +97,8 @@ impl StoreError {
         match self {
             StoreError::DiskFull { .. } => EnqueueError::DiskFull(self.to_string()),
             StoreError::Io { .. }
+            | StoreError::Damaged { .. }
+            | StoreError::Unavailable { .. }
             | StoreError::Corrupt { .. }
             | StoreError::Busy(_)
             | StoreError::Join(_) => EnqueueError::Io(self.to_string()),
@@ -77,16 +106,72 @@ impl StoreError {
     }
 }
 
-/// The open store. Cheap to clone (sled handles are reference counted).
+/// The open store. Cheap to clone: clones share the sled handles and the reopen state.
+///
+/// After any I/O error the sled handles in use are given up for good (sled stays failed
+/// after an error, and a later sync could not vouch for writes an earlier failed one may
+/// have lost). The next write, [`Store::ensure_open`] or [`Store::room`] reopens sled from
+/// what is on disk; until that succeeds every operation fails with
+/// [`StoreError::Unavailable`], which the session answers with a 4xx. Operations take the
+/// current handles once and use them to the end, so an old handle is dropped as soon as the
+/// operations that were using it finish; sled's file lock makes a reopen fail (and be tried
+/// again later) while one is still alive.
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    slot: Mutex<Slot>,
+    /// Held while reopening, so that only one caller reopens; others do not wait for it.
+    reopening: Mutex<()>,
+    /// Syncs run by handles given up since the store was opened (for measurements).
+    retired_syncs: AtomicU64,
+    /// Reopens after an error (for tests and the log).
+    reopens: AtomicU64,
+    /// The handles given up last, to tell in the log who still holds them.
+    retired: Mutex<std::sync::Weak<Handle>>,
+    /// When reopening was last tried: at most once per [`REOPEN_INTERVAL`], since sled
+    /// reads its whole log to open.
+    last_reopen: Mutex<Option<std::time::Instant>>,
+    /// The "stuck inside sled" error was logged for the handles given up last.
+    stuck_logged: std::sync::atomic::AtomicBool,
+    /// When the handles in use were last given up.
+    gave_up: Mutex<Option<std::time::Instant>>,
+}
+
+/// How often a given-up store is tried again.
+const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
+/// When sled still holds its lock this long after the store was given up, and none of our
+/// operations uses the old handles, sled is stuck (a flush that never returns).
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+
+enum Slot {
+    Open(Arc<Handle>),
+    /// Given up after an error, with the error.
+    Failed(String),
+}
+
+/// One opening of sled: the database, its trees, and the group commit of its flushes.
+struct Handle {
     db: sled::Db,
     envelopes: sled::Tree,
     bodies: sled::Tree,
     schedule: sled::Tree,
     corrupt: sled::Tree,
-    group: std::sync::Arc<crate::group_sync::GroupSync>,
+    group: crate::group_sync::GroupSync,
+}
+
+/// Free space on the store's file system against the floors of `[queue]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Room {
+    /// At or above both floors (or the file system does not say).
+    Enough,
+    /// Below the byte floor: this many bytes are free.
+    LowSpace(u64),
+    /// Below the inode floor: this many inodes are free.
+    LowInodes(u64),
 }
 
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
@@ -95,21 +180,28 @@ fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
     key
 }
 
-impl Store {
-    /// Opens (or creates) the store in `path`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when sled cannot open or recover the directory.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let err = |source| classify(path, source);
-        let db = sled::Config::new()
-            .path(path)
-            .flush_every_ms(None)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()
-            .map_err(err)?;
-        Ok(Store {
+impl Handle {
+    fn open(path: &Path) -> Result<Handle, StoreError> {
+        check_log(path).map_err(|why| StoreError::Damaged {
             path: path.to_path_buf(),
+            why,
+        })?;
+        let err = |source| classify(path, source);
+        // sled may panic on a log it cannot make sense of: that is a damaged store too.
+        let opened = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .flush_every_ms(None)
+                .cache_capacity(64 * 1024 * 1024)
+                .open()
+        });
+        let db = opened
+            .map_err(|_| StoreError::Damaged {
+                path: path.to_path_buf(),
+                why: "sled panicked while reading it".into(),
+            })?
+            .map_err(err)?;
+        Ok(Handle {
             envelopes: db.open_tree("envelopes").map_err(err)?,
             bodies: db.open_tree("bodies").map_err(err)?,
             schedule: db.open_tree("schedule").map_err(err)?,
@@ -118,12 +210,217 @@ impl Store {
             db,
         })
     }
+}
 
-    fn err(&self, source: sled::Error) -> StoreError {
-        classify(&self.path, source)
+impl Store {
+    /// Opens (or creates) the store in `path`.
+    ///
+    /// # Errors
+    /// [`StoreError`] when sled cannot open or recover the directory.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let handle = Handle::open(path)?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            shared: Arc::new(Shared {
+                slot: Mutex::new(Slot::Open(Arc::new(handle))),
+                reopening: Mutex::new(()),
+                retired_syncs: AtomicU64::new(0),
+                reopens: AtomicU64::new(0),
+                retired: Mutex::new(std::sync::Weak::new()),
+                last_reopen: Mutex::new(None),
+                stuck_logged: Default::default(),
+                gave_up: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.shared
+            .slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The handles in use, or [`StoreError::Unavailable`] after an error.
+    fn current(&self) -> Result<Arc<Handle>, StoreError> {
+        match &*self.slot() {
+            Slot::Open(h) => Ok(h.clone()),
+            Slot::Failed(why) => Err(self.unavailable(why)),
+        }
+    }
+
+    fn unavailable(&self, why: &str) -> StoreError {
+        StoreError::Unavailable {
+            path: self.path.clone(),
+            why: why.to_string(),
+        }
+    }
+
+    /// Gives up `handle` after an error (if it is still the one in use) and returns the
+    /// error. Logged here, once per handle.
+    fn fail(&self, handle: &Arc<Handle>, error: StoreError) -> StoreError {
+        let mut slot = self.slot();
+        if let Slot::Open(h) = &*slot
+            && Arc::ptr_eq(h, handle)
+        {
+            tracing::error!(error = %error, "queue store failed; it is reopened before the next write");
+            self.shared
+                .retired_syncs
+                .fetch_add(h.group.syncs(), Ordering::Relaxed);
+            *self
+                .shared
+                .retired
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(h);
+            self.shared.stuck_logged.store(false, Ordering::Relaxed);
+            *self
+                .shared
+                .gave_up
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
+            *slot = Slot::Failed(error.to_string());
+        }
+        error
+    }
+
+    /// Makes sure the store is usable, reopening it if an error made us give it up. Called
+    /// before each write and by the scheduler, so that the queue recovers on its own once
+    /// the cause (a full disk) is gone.
+    ///
+    /// # Errors
+    /// [`StoreError`] when it is still unusable; the next call tries again.
+    pub async fn ensure_open(&self) -> Result<(), StoreError> {
+        self.writable().await.map(drop)
+    }
+
+    /// The handles for a write: the current ones, or freshly reopened ones.
+    async fn writable(&self) -> Result<Arc<Handle>, StoreError> {
+        if let Ok(h) = self.current() {
+            return Ok(h);
+        }
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.reopen())
+            .await
+            .map_err(|e| StoreError::Join(e.to_string()))?
+    }
+
+    /// Reopens sled after an error. Blocking. Only one caller reopens at a time; the others
+    /// get `Unavailable` at once rather than wait.
+    fn reopen(&self) -> Result<Arc<Handle>, StoreError> {
+        let Ok(_only_me) = self.shared.reopening.try_lock() else {
+            return Err(self.unavailable("being reopened"));
+        };
+        if let Slot::Open(h) = &*self.slot() {
+            return Ok(h.clone());
+        }
+        {
+            let mut last = self
+                .shared
+                .last_reopen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < REOPEN_INTERVAL) {
+                return Err(self.unavailable("tried again shortly"));
+            }
+            *last = Some(now);
+        }
+        match Handle::open(&self.path) {
+            Ok(handle) => {
+                let handle = Arc::new(handle);
+                *self.slot() = Slot::Open(handle.clone());
+                self.shared.reopens.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %self.path.display(), "queue store reopened after an error");
+                Ok(handle)
+            }
+            Err(e) => {
+                // Operations still using the given-up handles (each keeps sled's lock).
+                let held = self
+                    .shared
+                    .retired
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .strong_count();
+                let locked = e.to_string().contains("could not acquire lock");
+                let long_ago = self
+                    .shared
+                    .gave_up
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_some_and(|t| t.elapsed() > STUCK_AFTER);
+                if held == 0 && locked && long_ago {
+                    // None of our operations holds the old handles: sled itself does (a
+                    // flush stuck inside it, see `flush_sled`). Only a new process can open
+                    // the store again.
+                    if !self.shared.stuck_logged.swap(true, Ordering::Relaxed) {
+                        tracing::error!(
+                            path = %self.path.display(),
+                            "queue store stuck inside sled after an I/O error: new mail gets 451 \
+                             until mta serve is restarted (a restart loses nothing)"
+                        );
+                    }
+                } else {
+                    tracing::warn!(error = %e, held, "queue store cannot be reopened yet");
+                }
+                *self.slot() = Slot::Failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// How many times the store was reopened after an error.
+    pub fn reopens(&self) -> u64 {
+        self.shared.reopens.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store's file system has room for new mail: free bytes and inodes
+    /// (`statvfs`, the part usable by unprivileged users) against the floors. A floor of 0
+    /// is not checked, nor is the inode floor on file systems that report no inodes.
+    ///
+    /// # Errors
+    /// The `statvfs` error (the session answers 451).
+    pub fn room(&self, min_space: u64, min_inodes: u64) -> std::io::Result<Room> {
+        let st = rustix::fs::statvfs(&self.path)?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if min_space > 0 && free < min_space {
+            return Ok(Room::LowSpace(free));
+        }
+        if min_inodes > 0 && st.f_files > 0 && st.f_favail < min_inodes {
+            return Ok(Room::LowInodes(st.f_favail));
+        }
+        Ok(Room::Enough)
+    }
+
+    /// Whether a message of `size` bytes fits with room to spare: twice its size plus
+    /// [`HEADROOM`] free (sled may hold a value twice until it compacts its log, and the
+    /// Maildir copy follows), and a few inodes (a large value is a file of its own). Checked
+    /// before the message is written, so that sled itself rarely meets a full disk: after
+    /// such an error it has to be reopened, or worse (see [`flush_sled`]).
+    ///
+    /// # Errors
+    /// The `statvfs` error.
+    pub fn headroom(&self, size: u64) -> std::io::Result<Room> {
+        let st = rustix::fs::statvfs(&self.path)?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < size.saturating_mul(2).saturating_add(HEADROOM) {
+            return Ok(Room::LowSpace(free));
+        }
+        if st.f_files > 0 && st.f_favail < HEADROOM_INODES {
+            return Ok(Room::LowInodes(st.f_favail));
+        }
+        Ok(Room::Enough)
     }
 
     /// Flushes everything written so far to disk; returns when it is durable.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the flush fails, or the store is unavailable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let h = self.writable().await?;
+        self.flush_handle(&h).await
+    }
+
+    /// Flushes `h`; on failure gives it up.
     ///
     /// sled 0.34's own flush ends in `sync_file_range(2)` on Linux, which neither flushes the
     /// drive's write cache nor the file's metadata (its growing size), and it writes large
@@ -131,60 +428,72 @@ impl Store {
     /// `fdatasync` the log file, every blob file, and the blob directory ourselves: only
     /// then is the data on stable storage. Syncing a blob that is already clean costs next to
     /// nothing. Concurrent callers share one round ([`crate::group_sync`]).
-    ///
-    /// # Errors
-    /// [`StoreError`] when the flush fails.
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
+    async fn flush_handle(&self, h: &Arc<Handle>) -> Result<(), StoreError> {
+        let handle = h.clone();
         let path = self.path.clone();
-        let group = self.group.clone();
         let result = tokio::task::spawn_blocking(move || {
-            group.sync(|| -> sled::Result<()> {
-                db.flush()?;
+            handle.group.sync(|| -> sled::Result<()> {
+                flush_sled(&handle.db)?;
                 sync_files(&path).map_err(sled::Error::Io)
             })
         })
         .await
         .map_err(|e| StoreError::Join(e.to_string()))?;
         result.map_err(|why| {
-            let full = why.contains("No space left") || why.contains("StorageFull");
+            let full = ["No space left", "StorageFull", "quota exceeded"]
+                .iter()
+                .any(|s| why.contains(s));
             let source = sled::Error::Io(std::io::Error::other(why));
-            if full {
-                StoreError::DiskFull {
-                    path: self.path.clone(),
-                    source,
-                }
+            let path = self.path.clone();
+            let e = if full {
+                StoreError::DiskFull { path, source }
             } else {
-                StoreError::Io {
-                    path: self.path.clone(),
-                    source,
-                }
-            }
+                StoreError::Io { path, source }
+            };
+            self.fail(h, e)
         })
     }
 
     /// How many flush-and-sync rounds have run (several writers share one: group commit).
     pub fn syncs(&self) -> u64 {
-        self.group.syncs()
+        let current = match &*self.slot() {
+            Slot::Open(h) => h.group.syncs(),
+            Slot::Failed(_) => 0,
+        };
+        self.shared.retired_syncs.load(Ordering::Relaxed) + current
+    }
+
+    /// Runs a write on `h`; a storage error gives `h` up.
+    fn write<T>(
+        &self,
+        h: &Arc<Handle>,
+        tx: impl FnOnce(&Handle) -> Result<T, TransactionError<()>>,
+    ) -> Result<T, StoreError> {
+        tx(h).map_err(|e| match e {
+            TransactionError::Storage(source) => self.fail(h, classify(&self.path, source)),
+            TransactionError::Abort(()) => unreachable!("our transactions never abort"),
+        })
     }
 
     /// Stores a new message and flushes. Returns only when it is durable.
     ///
     /// # Errors
-    /// [`StoreError`] on a write or flush failure; nothing may be assumed stored then.
+    /// [`StoreError`] on a write or flush failure; nothing may be assumed stored then (nor
+    /// missing: a message refused this way may still be delivered).
     pub async fn insert(&self, record: &Record, body: &[u8]) -> Result<(), StoreError> {
+        let h = self.writable().await?;
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let key = schedule_key(record.next_attempt_ms, &id);
-        (&self.envelopes, &self.bodies, &self.schedule)
-            .transaction(|(e, b, s)| {
+        self.write(&h, |h| {
+            (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 e.insert(id.as_str().as_bytes(), json.as_slice())?;
                 b.insert(id.as_str().as_bytes(), body)?;
                 s.insert(key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| self.tx_err(e))?;
-        self.flush().await
+        })?;
+        self.flush_handle(&h).await
     }
 
     /// Writes the new state of a message after an attempt: moves its schedule entry from
@@ -199,12 +508,13 @@ impl Store {
         old_due_ms: u64,
         finished: bool,
     ) -> Result<(), StoreError> {
+        let h = self.writable().await?;
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let old_key = schedule_key(old_due_ms, &id);
         let new_key = schedule_key(record.next_attempt_ms, &id);
-        (&self.envelopes, &self.bodies, &self.schedule)
-            .transaction(|(e, b, s)| {
+        self.write(&h, |h| {
+            (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 s.remove(old_key.as_slice())?;
                 if finished {
                     e.remove(id.as_str().as_bytes())?;
@@ -215,15 +525,8 @@ impl Store {
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|e| self.tx_err(e))?;
-        self.flush().await
-    }
-
-    fn tx_err(&self, e: TransactionError<()>) -> StoreError {
-        match e {
-            TransactionError::Storage(source) => self.err(source),
-            TransactionError::Abort(()) => unreachable!("our transactions never abort"),
-        }
+        })?;
+        self.flush_handle(&h).await
     }
 
     /// Removes one schedule entry (of a message that no longer exists) and flushes.
@@ -231,10 +534,12 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on a write or flush failure.
     pub async fn unschedule(&self, due_ms: u64, id: &MessageId) -> Result<(), StoreError> {
-        self.schedule
-            .remove(schedule_key(due_ms, id))
-            .map_err(|e| self.err(e))?;
-        self.flush().await
+        let h = self.writable().await?;
+        let key = schedule_key(due_ms, id);
+        self.write(&h, |h| {
+            h.schedule.remove(key).map_err(TransactionError::Storage)
+        })?;
+        self.flush_handle(&h).await
     }
 
     /// Makes every message that is scheduled later than `now_ms` due at `now_ms` (on
@@ -243,21 +548,25 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on a read, write or flush failure.
     pub async fn reschedule_all(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let h = self.writable().await?;
         let mut moved = 0;
-        let later: Vec<sled::IVec> = self
-            .schedule
-            .range(schedule_key(now_ms + 1, &zero_id())..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
+        let later: Vec<sled::IVec> = self.write(&h, |h| {
+            h.schedule
+                .range(schedule_key(now_ms + 1, &zero_id())..)
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(TransactionError::Storage)
+        })?;
         for key in later {
             let Some((due, id)) = decode_schedule_key(&key) else {
                 continue;
             };
-            let mut record = match self.load(&id) {
+            let mut record = match self.load_from(&h, &id) {
                 Ok(Some((record, _))) => record,
                 Ok(None) => {
-                    self.schedule.remove(&key).map_err(|e| self.err(e))?;
+                    self.write(&h, |h| {
+                        h.schedule.remove(&key).map_err(TransactionError::Storage)
+                    })?;
                     continue;
                 }
                 Err(e) => {
@@ -269,17 +578,17 @@ impl Store {
             let json = serde_json::to_vec(&record).expect("a Record always serialises");
             let new_key = schedule_key(now_ms, &id);
             let old_key = schedule_key(due, &id);
-            (&self.envelopes, &self.schedule)
-                .transaction(|(e, s)| {
+            self.write(&h, |h| {
+                (&h.envelopes, &h.schedule).transaction(|(e, s)| {
                     s.remove(old_key.as_slice())?;
                     s.insert(new_key.as_slice(), &[][..])?;
                     e.insert(id.as_str().as_bytes(), json.as_slice())?;
                     Ok::<(), ConflictableTransactionError<()>>(())
                 })
-                .map_err(|e| self.tx_err(e))?;
+            })?;
             moved += 1;
         }
-        self.flush().await?;
+        self.flush_handle(&h).await?;
         Ok(moved)
     }
 
@@ -288,14 +597,17 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when reading the schedule fails.
     pub fn due(&self, now_ms: u64, limit: usize) -> Result<Vec<(u64, MessageId)>, StoreError> {
+        let h = self.current()?;
         let mut out = Vec::new();
-        for item in self.schedule.range(..schedule_key(now_ms + 1, &zero_id())) {
-            let (key, _) = item.map_err(|e| self.err(e))?;
+        for item in h.schedule.range(..schedule_key(now_ms + 1, &zero_id())) {
+            let (key, _) = item.map_err(|e| self.fail(&h, classify(&self.path, e)))?;
             match decode_schedule_key(&key) {
                 Some(entry) => out.push(entry),
                 None => {
                     tracing::error!(key = ?key, "unreadable schedule key removed");
-                    self.schedule.remove(&key).map_err(|e| self.err(e))?;
+                    self.write(&h, |h| {
+                        h.schedule.remove(&key).map_err(TransactionError::Storage)
+                    })?;
                 }
             }
             if out.len() >= limit {
@@ -310,10 +622,11 @@ impl Store {
     /// # Errors
     /// [`StoreError`] when reading the schedule fails.
     pub fn next_due_ms(&self) -> Result<Option<u64>, StoreError> {
-        Ok(self
-            .schedule
-            .first()
-            .map_err(|e| self.err(e))?
+        let h = self.current()?;
+        let first = self.write(&h, |h| {
+            h.schedule.first().map_err(TransactionError::Storage)
+        })?;
+        Ok(first
             .and_then(|(k, _)| decode_schedule_key(&k))
             .map(|(due, _)| due))
     }
@@ -324,37 +637,65 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on a read failure or a corrupt record.
     pub fn load(&self, id: &MessageId) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
+        let h = self.current()?;
+        self.load_from(&h, id)
+    }
+
+    fn load_from(
+        &self,
+        h: &Arc<Handle>,
+        id: &MessageId,
+    ) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
         let key = id.as_str().as_bytes();
-        let Some(raw) = self.envelopes.get(key).map_err(|e| self.err(e))? else {
+        let read = |tree: &sled::Tree| {
+            tree.get(key)
+                .map_err(|e| self.fail(h, classify(&self.path, e)))
+        };
+        let Some(raw) = read(&h.envelopes)? else {
             return Ok(None);
         };
         let record = match serde_json::from_slice::<Record>(&raw) {
-            Ok(r) => r,
-            Err(e) => return Err(self.set_aside(id, &raw, &e.to_string())),
+            Ok(r) if r.envelope.id == *id => r,
+            Ok(r) => {
+                let why = format!("the record is for another id, {}", r.envelope.id);
+                return Err(self.set_aside(h, id, &raw, &why));
+            }
+            Err(e) => return Err(self.set_aside(h, id, &raw, &e.to_string())),
         };
-        let Some(body) = self.bodies.get(key).map_err(|e| self.err(e))? else {
-            return Err(self.set_aside(id, &raw, "body missing"));
+        let Some(body) = read(&h.bodies)? else {
+            return Err(self.set_aside(h, id, &raw, "body missing"));
         };
         Ok(Some((record, body.to_vec())))
     }
 
-    /// Moves an undecodable record to the `corrupt` tree and drops its schedule entry, so it
-    /// stops being retried but stays on disk for an operator.
-    fn set_aside(&self, id: &MessageId, raw: &[u8], reason: &str) -> StoreError {
+    /// Moves an undecodable record to the `corrupt` tree and drops its schedule entries, in
+    /// one transaction, so it stops being retried but stays on disk (with its body) for an
+    /// operator. Logged here with the record's id.
+    fn set_aside(&self, h: &Arc<Handle>, id: &MessageId, raw: &[u8], reason: &str) -> StoreError {
         let key = id.as_str().as_bytes();
-        if let Err(e) = self.corrupt.insert(key, raw) {
-            tracing::error!(msg = %id, error = %e, "could not move corrupt record aside");
-        } else {
-            let _ = self.envelopes.remove(key);
-            let stale: Vec<_> = self
-                .schedule
-                .iter()
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| k.ends_with(key))
-                .collect();
-            for k in stale {
-                let _ = self.schedule.remove(k);
+        let stale: Vec<sled::IVec> = h
+            .schedule
+            .iter()
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.ends_with(key))
+            .collect();
+        let moved = (&h.envelopes, &h.schedule, &h.corrupt).transaction(|(e, s, c)| {
+            c.insert(key, raw)?;
+            e.remove(key)?;
+            for k in &stale {
+                s.remove(k)?;
+            }
+            Ok::<(), ConflictableTransactionError<()>>(())
+        });
+        match moved {
+            Ok(()) => tracing::error!(
+                msg = %id,
+                reason,
+                "corrupt queue record moved aside to the corrupt tree; the other messages go on"
+            ),
+            Err(e) => {
+                tracing::error!(msg = %id, reason, error = ?e, "corrupt queue record could not be moved aside")
             }
         }
         StoreError::Corrupt {
@@ -363,29 +704,135 @@ impl Store {
         }
     }
 
-    /// Every queued record, in id (arrival) order, for `mta queue list`. Corrupt records
-    /// are returned as errors in place.
+    /// Every queued record, in id (arrival) order, for `mta queue list`, then the records
+    /// set aside as corrupt. Records that do not decode are returned as errors in place.
     pub fn records(&self) -> Vec<Result<Record, StoreError>> {
-        self.envelopes
-            .iter()
-            .map(|item| {
-                let (k, v) = item.map_err(|e| self.err(e))?;
-                serde_json::from_slice::<Record>(&v).map_err(|e| StoreError::Corrupt {
-                    id: String::from_utf8_lossy(&k).into_owned(),
-                    reason: e.to_string(),
-                })
-            })
-            .collect()
+        let h = match self.current() {
+            Ok(h) => h,
+            Err(e) => return vec![Err(e)],
+        };
+        let undecodable = |k: &[u8], reason: String| StoreError::Corrupt {
+            id: String::from_utf8_lossy(k).into_owned(),
+            reason,
+        };
+        let queued = h.envelopes.iter().map(|item| {
+            let (k, v) = item.map_err(|e| classify(&self.path, e))?;
+            serde_json::from_slice::<Record>(&v).map_err(|e| undecodable(&k, e.to_string()))
+        });
+        let aside = h.corrupt.iter().map(|item| {
+            let (k, _) = item.map_err(|e| classify(&self.path, e))?;
+            Err(undecodable(&k, "set aside earlier".into()))
+        });
+        queued.chain(aside).collect()
     }
 
-    /// Number of queued messages.
+    /// Number of queued messages (0 while the store is unavailable).
     pub fn len(&self) -> usize {
-        self.envelopes.len()
+        self.current().map_or(0, |h| h.envelopes.len())
     }
 
-    /// True when the queue is empty.
+    /// True when no message is queued (or the store is unavailable).
     pub fn is_empty(&self) -> bool {
-        self.envelopes.is_empty()
+        self.len() == 0
+    }
+
+    /// Number of records set aside as corrupt.
+    pub fn corrupt_len(&self) -> usize {
+        self.current().map_or(0, |h| h.corrupt.len())
+    }
+}
+
+/// sled's log segment size unless its `conf` says otherwise.
+const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024;
+/// The header at the start of each segment of sled 0.34's log: CRC-32 (little endian,
+/// inverted) of the 16 bytes after it (two LSNs).
+const SEGMENT_HEADER_LEN: usize = 20;
+
+/// Refuses a store whose log holds no valid sled segment header.
+///
+/// sled 0.34 opens a log whose segment headers do not check out as an empty store and
+/// writes over it: a damaged or foreign file would be silently replaced and every queued
+/// message lost. A real log always has at least one valid header (the first segment is
+/// written when the store is created), so a non-empty `db` without one is not opened.
+/// Damage inside valid segments is sled's to find (its records carry CRCs).
+fn check_log(path: &Path) -> Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let db = path.join("db");
+    let mut file = match std::fs::File::open(&db) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(format!("cannot read {}: {e}", db.display())),
+    };
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read {}: {e}", db.display()))?
+        .len();
+    if len == 0 {
+        return Ok(());
+    }
+    let segment = std::fs::read_to_string(path.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse::<u64>().ok())
+        })
+        .filter(|&s| s >= SEGMENT_HEADER_LEN as u64)
+        .unwrap_or(DEFAULT_SEGMENT_SIZE);
+    let mut header = [0u8; SEGMENT_HEADER_LEN];
+    let mut offset = 0;
+    while offset + SEGMENT_HEADER_LEN as u64 <= len {
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_exact(&mut header))
+            .map_err(|e| format!("cannot read {}: {e}", db.display()))?;
+        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) ^ u32::MAX;
+        if crc32fast::hash(&header[4..]) == stored {
+            return Ok(());
+        }
+        offset += segment;
+    }
+    Err(format!(
+        "{} ({len} bytes) has no valid sled log segment header: it is not a sled 0.34 log",
+        db.display()
+    ))
+}
+
+/// Free bytes a new message must leave beyond twice its size: a few of sled's 512 KiB log
+/// segments and a snapshot.
+const HEADROOM: u64 = 4 * 1024 * 1024;
+/// Free inodes a new message must leave (a blob file, a Maildir file, sled's snapshot).
+const HEADROOM_INODES: u64 = 16;
+
+/// How long a sled flush may take before it counts as failed.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// sled's `flush()`, bounded by [`FLUSH_TIMEOUT`].
+///
+/// After a write fails for lack of space, sled 0.34 can wedge: its flushes wait for a log
+/// position that never becomes stable, with no error recorded (seen in about a third of
+/// the disk-full runs of `tests/it/storage_faults.rs`). A session would then hang at the
+/// dot. So the flush runs on its own thread and, when it has not returned in time, fails:
+/// the message gets a 4xx and the store is given up. The stuck thread is left behind; it
+/// keeps sled's lock, so reopening waits for it (see [`Store::reopen`]).
+fn flush_sled(db: &sled::Db) -> sled::Result<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let db = db.clone();
+    std::thread::Builder::new()
+        .name("queue-flush".into())
+        .spawn(move || {
+            let _ = tx.send(db.flush());
+        })
+        .map_err(sled::Error::Io)?;
+    match rx.recv_timeout(FLUSH_TIMEOUT) {
+        Ok(result) => result.map(drop),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            Err(sled::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "sled flush did not return within 5 s",
+            )))
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(sled::Error::Io(
+            std::io::Error::other("sled flush thread died"),
+        )),
     }
 }
 
@@ -397,7 +844,14 @@ fn sync_files(path: &Path) -> std::io::Result<()> {
         Ok(entries) => {
             for entry in entries {
                 let entry = entry?;
-                if entry.file_type()?.is_file() {
+                // sled removes blobs of deleted values concurrently; where the directory
+                // does not record file types (FUSE), asking for it is a stat that can miss.
+                let kind = match entry.file_type() {
+                    Ok(kind) => kind,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                };
+                if kind.is_file() {
                     match std::fs::File::open(entry.path()) {
                         Ok(f) => f.sync_data()?,
                         // sled removes blobs of deleted values concurrently.
@@ -441,84 +895,5 @@ fn classify(path: &Path, source: sled::Error) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use mta_core::address::{Address, ReversePath};
-    use mta_core::envelope::{ListenerKind, Origin, Recipient};
-
-    pub(crate) fn record(id: &str, due: u64) -> Record {
-        Record {
-            envelope: Envelope {
-                id: MessageId::parse(id).unwrap(),
-                sender: ReversePath::Address(Address::parse("a@example.test").unwrap()),
-                recipients: vec![Recipient::pending(Address::parse("b@local.test").unwrap())],
-                received_at: 1,
-                size: 3,
-                origin: Origin {
-                    listener: ListenerKind::Smtp,
-                    peer: "127.0.0.1:1".into(),
-                    helo: "client.test".into(),
-                    auth_user: None,
-                    tls: None,
-                },
-                delay_warned: false,
-            },
-            next_attempt_ms: due,
-        }
-    }
-
-    #[tokio::test]
-    async fn insert_due_update_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let a = record("00000000000100000001", 100);
-        let b = record("00000000000200000002", 50);
-        store.insert(&a, b"abc").await.unwrap();
-        store.insert(&b, b"xyz").await.unwrap();
-        let due = store.due(100, 10).unwrap();
-        assert_eq!(
-            due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
-            vec![50, 100]
-        );
-        assert_eq!(store.due(60, 10).unwrap().len(), 1);
-        assert_eq!(store.next_due_ms().unwrap(), Some(50));
-
-        let mut b2 = b.clone();
-        b2.next_attempt_ms = 500;
-        store.update(&b2, 50, false).await.unwrap();
-        assert_eq!(store.due(100, 10).unwrap().len(), 1);
-        assert_eq!(store.reschedule_all(200).await.unwrap(), 1);
-        assert_eq!(store.due(200, 10).unwrap().len(), 2);
-        b2.next_attempt_ms = 200;
-        store.update(&b2, 200, false).await.unwrap();
-        b2.next_attempt_ms = 500;
-        store.update(&b2, 200, false).await.unwrap();
-        store.update(&a, 100, true).await.unwrap();
-        assert!(store.load(&a.envelope.id).unwrap().is_none());
-        drop(store);
-
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.len(), 1);
-        let (rec, body) = store.load(&b.envelope.id).unwrap().unwrap();
-        assert_eq!(rec, b2);
-        assert_eq!(body, b"xyz");
-        assert_eq!(store.next_due_ms().unwrap(), Some(500));
-    }
-
-    #[tokio::test]
-    async fn corrupt_record_is_set_aside() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let a = record("00000000000100000001", 10);
-        store.insert(&a, b"abc").await.unwrap();
-        store
-            .envelopes
-            .insert(a.envelope.id.as_str(), &b"{not json"[..])
-            .unwrap();
-        let err = store.load(&a.envelope.id).unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        assert!(store.due(u64::MAX - 1, 10).unwrap().is_empty());
-        assert_eq!(store.corrupt.len(), 1);
-        assert!(store.load(&a.envelope.id).unwrap().is_none());
-    }
-}
+#[path = "store_tests.rs"]
+mod tests;

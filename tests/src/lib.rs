@@ -14,6 +14,7 @@ pub mod dialog;
 mod dns;
 pub mod dsn;
 pub mod fake_smtp;
+pub mod faults;
 mod maildir;
 mod net;
 mod process;

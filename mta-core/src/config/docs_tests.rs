@@ -49,6 +49,8 @@ const KEYS: &[&str] = &[
     "queue.retry_max",
     "queue.max_lifetime",
     "queue.delay_warning",
+    "queue.min_free_space",
+    "queue.min_free_inodes",
     "aliases",
     "metrics.listen",
     "inbound.checks",

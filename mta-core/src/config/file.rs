@@ -185,6 +185,8 @@ pub(super) struct RawQueue {
     pub retry_max: Option<S<String>>,
     pub max_lifetime: Option<S<String>>,
     pub delay_warning: Option<S<String>>,
+    pub min_free_space: Option<S<i64>>,
+    pub min_free_inodes: Option<S<i64>>,
 }
 
 /// Where errors are reported: the file name and its text (to turn byte offsets into lines).
@@ -328,6 +330,8 @@ pub(super) fn write(config: &Config) -> String {
          retry_max = {retry_max}\n\
          max_lifetime = {max_lifetime}\n\
          delay_warning = {delay_warning}\n\
+         min_free_space = {min_free_space}\n\
+         min_free_inodes = {min_free_inodes}\n\
          \n[metrics]\n\
          {metrics}\
          \n[inbound]\n\
@@ -363,6 +367,8 @@ pub(super) fn write(config: &Config) -> String {
         retry_max = time(config.queue.retry_max),
         max_lifetime = time(config.queue.max_lifetime),
         delay_warning = time(config.queue.delay_warning),
+        min_free_space = config.queue.min_free_space,
+        min_free_inodes = config.queue.min_free_inodes,
         metrics = match config.metrics_listen {
             Some(addr) => format!("listen = {}\n", quote(&addr.to_string())),
             None => "# no listen: no metrics served\n".to_string(),

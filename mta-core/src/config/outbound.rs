@@ -30,6 +30,10 @@ const DEFAULT_RETRY_FIRST: Duration = Duration::from_secs(5 * 60);
 const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(5 * 24 * 60 * 60);
 const DEFAULT_DELAY_WARNING: Duration = Duration::from_secs(4 * 60 * 60);
+// The free-space floor at MAIL FROM: room for a few messages of the default 25 MiB limit,
+// which sled stores at about twice their size until its log is compacted.
+const DEFAULT_MIN_FREE_SPACE: u64 = 100 * 1024 * 1024;
+const DEFAULT_MIN_FREE_INODES: u64 = 1000;
 
 const IP_FAMILIES: [IpFamily; 3] = [IpFamily::Any, IpFamily::Ipv4, IpFamily::Ipv6];
 const SMARTHOST_TLS: [SmarthostTls; 2] = [SmarthostTls::Starttls, SmarthostTls::Implicit];
@@ -263,8 +267,8 @@ impl Checker<'_> {
     }
 
     /// `[queue]`: the durations, with `retry_first ≤ retry_max` and
-    /// `delay_warning < max_lifetime`. A violation is reported at whichever of the two keys
-    /// the file sets, the second one when it sets both.
+    /// `delay_warning < max_lifetime` (a violation is reported at whichever of the two keys
+    /// the file sets, the second one when it sets both), and the free-space floors (≥ 0).
     pub(super) fn queue(&mut self, raw: &RawQueue) -> Queue {
         let first = self.given(&raw.retry_first, "queue.retry_first");
         let max = self.given(&raw.retry_max, "queue.retry_max");
@@ -275,6 +279,16 @@ impl Checker<'_> {
             retry_max: max.or(DEFAULT_RETRY_MAX),
             max_lifetime: lifetime.or(DEFAULT_MAX_LIFETIME),
             delay_warning: warning.or(DEFAULT_DELAY_WARNING),
+            min_free_space: self.floor(
+                &raw.min_free_space,
+                "queue.min_free_space",
+                DEFAULT_MIN_FREE_SPACE,
+            ),
+            min_free_inodes: self.floor(
+                &raw.min_free_inodes,
+                "queue.min_free_inodes",
+                DEFAULT_MIN_FREE_INODES,
+            ),
         };
         let comparable =
             |a: &Given, b: &Given| !matches!(a, Given::Invalid) && !matches!(b, Given::Invalid);
@@ -305,6 +319,13 @@ impl Checker<'_> {
             }
         }
         queue
+    }
+
+    /// A free-space floor: a count ≥ 0, or `default` when absent.
+    fn floor(&mut self, n: &Option<S<i64>>, key: &str, default: u64) -> u64 {
+        n.as_ref()
+            .and_then(|n| self.int(n, key, 0, i64::MAX, None))
+            .map_or(default, |n| n as u64)
     }
 
     pub(super) fn given(&mut self, text: &Option<S<String>>, key: &str) -> Given {

@@ -280,6 +280,14 @@ fn queue_order() {
             "mta.toml:2:15: queue.retry_first: \"2\" is not a duration: write a positive whole \
              number and a unit s, m, h or d, such as \"30s\" or \"5m\"",
         ),
+        (
+            "min_free_space = -1\n",
+            "mta.toml:2:18: queue.min_free_space: -1 is below the minimum of 0",
+        ),
+        (
+            "min_free_inodes = -5\n",
+            "mta.toml:2:19: queue.min_free_inodes: -5 is below the minimum of 0",
+        ),
     ];
     for (keys, want) in table {
         assert_eq!(errors(&format!("[queue]\n{keys}")), want, "for:\n{keys}");

@@ -62,6 +62,8 @@ retry_first = "1m"
 retry_max = "2h"
 max_lifetime = "3d"
 delay_warning = "1h"
+min_free_space = 0
+min_free_inodes = 50
 
 [aliases]
 "postmaster@example.org" = ["alice@example.org"]
@@ -157,6 +159,8 @@ fn defaults() {
             retry_max: Duration::from_secs(3600),
             max_lifetime: Duration::from_secs(5 * 86_400),
             delay_warning: Duration::from_secs(4 * 3600),
+            min_free_space: 100 * 1024 * 1024,
+            min_free_inodes: 1000,
         },
         aliases: BTreeMap::new(),
         shutdown_grace: Duration::from_secs(10),
@@ -274,6 +278,8 @@ fn full_example() {
         retry_max: Duration::from_secs(7200),
         max_lifetime: Duration::from_secs(3 * 86_400),
         delay_warning: Duration::from_secs(3600),
+        min_free_space: 0,
+        min_free_inodes: 50,
     };
     assert_eq!(c.queue, queue);
     let mut aliases = BTreeMap::new();

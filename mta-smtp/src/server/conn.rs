@@ -207,6 +207,13 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
                 }
             }
+            Action::CheckRoom => {
+                let room = shared.queue.room().await.map_err(|e| {
+                    warn!(error = %e, "MAIL refused: no room in the queue");
+                    e.reply()
+                });
+                session.room_checked(room)
+            }
             other => other,
         };
         match action {
@@ -251,7 +258,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     _ => unreachable!("count_errors returns Reply or Close"),
                 }
             }
-            Action::CheckPassword { .. } => unreachable!("handled above"),
+            Action::CheckPassword { .. } | Action::CheckRoom => unreachable!("handled above"),
         }
     }
 }

@@ -58,6 +58,9 @@ pub enum Action {
         /// The password the client gave.
         password: String,
     },
+    /// Ask the queue whether there is room for a message (free disk space, a usable store),
+    /// then call [`Session::room_checked`]. MAIL FROM is answered only then.
+    CheckRoom,
 }
 
 /// A mail transaction: set by MAIL, grown by RCPT, taken by DATA, dropped by RSET/EHLO.
@@ -268,7 +271,19 @@ impl Session {
             recipients: Vec::new(),
             rcpt_count: 0,
         });
-        Action::Reply(Reply::SENDER_OK)
+        Action::CheckRoom
+    }
+
+    /// Records the result of an [`Action::CheckRoom`]: the transaction MAIL started stands,
+    /// or is dropped with the queue's 4xx (RFC 5321 §6.1: say so before taking the message).
+    pub fn room_checked(&mut self, result: Result<(), Reply>) -> Action {
+        match result {
+            Ok(()) => Action::Reply(Reply::SENDER_OK),
+            Err(reply) => {
+                self.tx = None;
+                Action::Reply(reply)
+            }
+        }
     }
 
     fn rcpt(&mut self, to: &mta_core::address::ForwardPath, utf8: bool) -> Action {

@@ -67,11 +67,14 @@ fn run(s: &mut Session, steps: &[(&str, u16)]) {
             let verified = users().verify(login, password);
             action = s.auth_checked(verified);
         }
+        if action == Action::CheckRoom {
+            action = s.room_checked(Ok(()));
+        }
         let code = match &action {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::StartData(r) => {
                 r.code
             }
-            Action::CheckPassword { .. } => 0,
+            Action::CheckPassword { .. } | Action::CheckRoom => 0,
         };
         assert_eq!(code, *want, "after {line:?}: {action:?}");
     }
@@ -112,6 +115,24 @@ fn inbound_port_25() {
         "hostname is not local here"
     );
     run(&mut s, &[("DATA", 503), ("RSET", 250), ("QUIT", 221)]);
+}
+
+#[test]
+fn mail_waits_for_room_in_the_queue() {
+    let mut s = session(ListenerKind::Smtp, false);
+    run(&mut s, &[("EHLO client.test", 250)]);
+    assert_eq!(s.handle(b"MAIL FROM:<a@remote.test>"), Action::CheckRoom);
+    let refused = s.room_checked(Err(Reply::INSUFFICIENT_STORAGE));
+    assert_eq!(refused, Action::Reply(Reply::INSUFFICIENT_STORAGE));
+    // No transaction was started: the client may try again at once.
+    run(
+        &mut s,
+        &[
+            ("RCPT TO:<alice@example.org>", 503),
+            ("MAIL FROM:<a@remote.test>", 250),
+            ("RCPT TO:<alice@example.org>", 250),
+        ],
+    );
 }
 
 #[test]

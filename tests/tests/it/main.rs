@@ -25,5 +25,6 @@ mod reload;
 mod send;
 mod shutdown;
 mod startup;
+mod storage_faults;
 mod swaks;
 mod users;

@@ -1,0 +1,184 @@
+//! Unit tests of the store: writes, schedule, reopen after errors, corrupt records.
+
+use super::*;
+use mta_core::address::{Address, ReversePath};
+use mta_core::envelope::{ListenerKind, Origin, Recipient};
+
+pub(crate) fn record(id: &str, due: u64) -> Record {
+    Record {
+        envelope: Envelope {
+            id: MessageId::parse(id).unwrap(),
+            sender: ReversePath::Address(Address::parse("a@example.test").unwrap()),
+            recipients: vec![Recipient::pending(Address::parse("b@local.test").unwrap())],
+            received_at: 1,
+            size: 3,
+            origin: Origin {
+                listener: ListenerKind::Smtp,
+                peer: "127.0.0.1:1".into(),
+                helo: "client.test".into(),
+                auth_user: None,
+                tls: None,
+            },
+            delay_warned: false,
+        },
+        next_attempt_ms: due,
+    }
+}
+
+#[tokio::test]
+async fn insert_due_update_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = record("00000000000100000001", 100);
+    let b = record("00000000000200000002", 50);
+    store.insert(&a, b"abc").await.unwrap();
+    store.insert(&b, b"xyz").await.unwrap();
+    let due = store.due(100, 10).unwrap();
+    assert_eq!(
+        due.iter().map(|(d, _)| *d).collect::<Vec<_>>(),
+        vec![50, 100]
+    );
+    assert_eq!(store.due(60, 10).unwrap().len(), 1);
+    assert_eq!(store.next_due_ms().unwrap(), Some(50));
+
+    let mut b2 = b.clone();
+    b2.next_attempt_ms = 500;
+    store.update(&b2, 50, false).await.unwrap();
+    assert_eq!(store.due(100, 10).unwrap().len(), 1);
+    assert_eq!(store.reschedule_all(200).await.unwrap(), 1);
+    assert_eq!(store.due(200, 10).unwrap().len(), 2);
+    b2.next_attempt_ms = 200;
+    store.update(&b2, 200, false).await.unwrap();
+    b2.next_attempt_ms = 500;
+    store.update(&b2, 200, false).await.unwrap();
+    store.update(&a, 100, true).await.unwrap();
+    assert!(store.load(&a.envelope.id).unwrap().is_none());
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.len(), 1);
+    let (rec, body) = store.load(&b.envelope.id).unwrap().unwrap();
+    assert_eq!(rec, b2);
+    assert_eq!(body, b"xyz");
+    assert_eq!(store.next_due_ms().unwrap(), Some(500));
+}
+
+#[tokio::test]
+async fn corrupt_record_is_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = record("00000000000100000001", 10);
+    let b = record("00000000000200000002", 10);
+    let c = record("00000000000300000003", 10);
+    store.insert(&a, b"abc").await.unwrap();
+    store.insert(&b, b"def").await.unwrap();
+    store.insert(&c, b"ghi").await.unwrap();
+    let h = store.current().unwrap();
+    h.envelopes
+        .insert(a.envelope.id.as_str(), &b"{not json"[..])
+        .unwrap();
+    // A record that decodes but sits under another message's key is damaged too.
+    h.envelopes
+        .insert(b.envelope.id.as_str(), serde_json::to_vec(&c).unwrap())
+        .unwrap();
+    drop(h);
+    for damaged in [&a, &b] {
+        let err = store.load(&damaged.envelope.id).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string().contains(damaged.envelope.id.as_str()),
+            "{err}"
+        );
+        assert!(store.load(&damaged.envelope.id).unwrap().is_none());
+    }
+    let due = store.due(u64::MAX - 1, 10).unwrap();
+    assert_eq!(
+        due,
+        vec![(10, c.envelope.id.clone())],
+        "only the sound one is due"
+    );
+    assert_eq!(store.corrupt_len(), 2);
+    assert_eq!(store.len(), 1);
+    // Listed for the operator, and kept across a reopen.
+    let listed = store.records();
+    assert_eq!(listed.iter().filter(|r| r.is_err()).count(), 2);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.corrupt_len(), 2);
+    assert!(store.load(&c.envelope.id).unwrap().is_some());
+}
+
+/// A flush whose sync fails (here: sled's log file renamed away, so our `fdatasync` of it
+/// cannot open it) fails that write; the store is then given up, refuses reads and writes
+/// until it is reopened, and reopens by itself at the next write once the cause is gone.
+#[tokio::test]
+async fn a_failed_flush_fails_the_write_and_the_store_reopens() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = record("00000000000100000001", 10);
+    let b = record("00000000000200000002", 10);
+    let c = record("00000000000300000003", 10);
+    store.insert(&a, b"abc").await.unwrap();
+    let log = dir.path().join("db");
+    let aside = dir.path().join("db.away");
+    std::fs::rename(&log, &aside).unwrap();
+    let err = store.insert(&b, b"def").await.unwrap_err();
+    assert!(matches!(err, StoreError::Io { .. }), "{err}");
+    assert_eq!(
+        err.to_enqueue_error().reply().code,
+        451,
+        "the client is told to try again"
+    );
+    // Given up: nothing is read from or acknowledged by the failed handles.
+    assert!(matches!(
+        store.load(&a.envelope.id),
+        Err(StoreError::Unavailable { .. })
+    ));
+    std::fs::rename(&aside, &log).unwrap();
+    assert_eq!(store.reopens(), 0);
+    store.insert(&c, b"ghi").await.unwrap();
+    assert_eq!(store.reopens(), 1, "reopened in place, no restart");
+    assert!(store.load(&a.envelope.id).unwrap().is_some());
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    for acked in [&a, &c] {
+        let (rec, _) = store.load(&acked.envelope.id).unwrap().unwrap();
+        assert_eq!(&rec, acked);
+    }
+}
+
+/// While another user still holds the old handles (sled's file lock), a reopen fails and
+/// is tried again by the next write.
+#[tokio::test]
+async fn reopen_waits_for_the_old_handles_to_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let old = store.current().unwrap();
+    let err = store.fail(&old, store.unavailable("injected"));
+    assert!(matches!(err, StoreError::Unavailable { .. }));
+    let a = record("00000000000100000001", 10);
+    assert!(
+        store.insert(&a, b"abc").await.is_err(),
+        "old handles still open"
+    );
+    drop(old);
+    assert!(
+        store.insert(&a, b"abc").await.is_err(),
+        "not tried again within a second"
+    );
+    std::thread::sleep(REOPEN_INTERVAL);
+    store.insert(&a, b"abc").await.unwrap();
+    assert_eq!(store.reopens(), 1);
+}
+
+#[test]
+fn room_compares_with_both_floors() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.room(0, 0).unwrap(), Room::Enough);
+    assert_eq!(store.room(1, 1).unwrap(), Room::Enough);
+    assert!(matches!(
+        store.room(u64::MAX, 0).unwrap(),
+        Room::LowSpace(_)
+    ));
+}
