@@ -374,6 +374,7 @@ mod tests {
                 tls: None,
             },
             delay_warned: false,
+            require_tls: false,
         };
         let record = Record {
             envelope,

@@ -164,6 +164,11 @@ pub struct Envelope {
     /// Set by the scheduler once the "delayed" DSN has been sent, so it is sent only once.
     #[serde(default)]
     pub delay_warned: bool,
+    /// RFC 8689 REQUIRETLS: relay only over TLS with a verified certificate to servers that
+    /// offer REQUIRETLS too, else fail with `5.7.30`. Records queued before this field
+    /// existed read as `false`.
+    #[serde(default)]
+    pub require_tls: bool,
 }
 
 impl Envelope {

@@ -111,6 +111,8 @@ replies! {
     SENDER_NOT_OWNED = 553 "5.7.1" "Sender address not owned by authenticated user";
     /// 552 for a message over max_message_size.
     MESSAGE_TOO_BIG = 552 "5.3.4" "Message size exceeds fixed maximum message size";
+    /// 530 for `MAIL FROM:<…> REQUIRETLS` outside TLS (RFC 8689 §3: offered only over TLS).
+    REQUIRETLS_NEEDS_TLS = 530 "5.7.10" "REQUIRETLS needs a TLS session: use STARTTLS first";
     /// 553 for a non-ASCII address without SMTPUTF8.
     NEED_SMTPUTF8 = 553 "5.6.7" "Non-ASCII address requires SMTPUTF8";
     /// 555 for an unknown MAIL/RCPT parameter.

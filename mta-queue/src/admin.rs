@@ -250,6 +250,7 @@ mod tests {
                     tls: Some("TLSv1.3".into()),
                 },
                 delay_warned: false,
+                require_tls: false,
             },
             next_attempt_ms: due,
         };

@@ -398,6 +398,7 @@ fn dsn_envelope(
             tls: None,
         },
         delay_warned: false,
+        require_tls: false,
     }
 }
 

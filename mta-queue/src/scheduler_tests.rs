@@ -22,6 +22,7 @@ fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
             tls: None,
         },
         delay_warned: false,
+        require_tls: false,
     }
 }
 

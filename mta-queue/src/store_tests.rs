@@ -20,6 +20,7 @@ pub(crate) fn record(id: &str, due: u64) -> Record {
                 tls: None,
             },
             delay_warned: false,
+            require_tls: false,
         },
         next_attempt_ms: due,
     }

@@ -27,6 +27,8 @@ pub struct Extensions {
     pub enhanced_status_codes: bool,
     /// RFC 4954 SASL mechanisms, upper case, in the server's order, no duplicates.
     pub auth: Vec<String>,
+    /// RFC 8689 REQUIRETLS.
+    pub require_tls: bool,
 }
 
 impl Extensions {
@@ -45,6 +47,7 @@ impl Extensions {
                 "SIZE" => ext.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
+                "REQUIRETLS" => ext.require_tls = true,
                 "STARTTLS" => ext.starttls = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "AUTH" => ext.add_mechanisms(words),

@@ -182,6 +182,8 @@ pub struct OutgoingMessage<'a> {
     pub eight_bit: bool,
     /// An address (or header) needs SMTPUTF8 (RFC 6531); the server must offer it.
     pub smtputf8: bool,
+    /// RFC 8689 REQUIRETLS: the server must offer it, and MAIL FROM carries it.
+    pub require_tls: bool,
 }
 
 impl fmt::Debug for OutgoingMessage<'_> {

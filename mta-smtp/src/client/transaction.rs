@@ -24,6 +24,8 @@ pub struct MailParams {
     pub eight_bit: bool,
     /// `SMTPUTF8` (RFC 6531).
     pub smtputf8: bool,
+    /// `REQUIRETLS` (RFC 8689).
+    pub require_tls: bool,
 }
 
 /// Decides the MAIL parameters, or refuses the message for this server before anything is
@@ -51,10 +53,18 @@ pub fn plan(msg: &OutgoingMessage<'_>, ext: &Extensions) -> Result<MailParams, S
             "the message needs SMTPUTF8 and the server does not offer it",
         ));
     }
+    if msg.require_tls && !ext.require_tls {
+        return Err(ServerReply::local(
+            550,
+            "5.7.30",
+            "the message requires TLS all the way (REQUIRETLS) and the server does not offer it",
+        ));
+    }
     Ok(MailParams {
         size: ext.size.map(|_| size),
         eight_bit: msg.eight_bit && ext.eight_bit_mime,
         smtputf8: msg.smtputf8,
+        require_tls: msg.require_tls,
     })
 }
 
@@ -69,6 +79,9 @@ pub fn mail_from(from: &ReversePath, params: &MailParams) -> String {
     }
     if params.smtputf8 {
         line.push_str(" SMTPUTF8");
+    }
+    if params.require_tls {
+        line.push_str(" REQUIRETLS");
     }
     line.push_str("\r\n");
     line
@@ -169,11 +182,13 @@ mod tests {
             size: None,
             eight_bit: false,
             smtputf8: false,
+            require_tls: false,
         };
         let all = MailParams {
             size: Some(1234),
             eight_bit: true,
             smtputf8: true,
+            require_tls: true,
         };
         let table = [
             (&from, &none, "MAIL FROM:<a@example.org>\r\n"),
@@ -181,7 +196,7 @@ mod tests {
             (
                 &from,
                 &all,
-                "MAIL FROM:<a@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8\r\n",
+                "MAIL FROM:<a@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8 REQUIRETLS\r\n",
             ),
         ];
         for (from, params, want) in table {
@@ -206,6 +221,7 @@ mod tests {
             body,
             eight_bit,
             smtputf8,
+            require_tls: false,
         };
         let ext = |size, eight_bit_mime, smtputf8| Extensions {
             size,
@@ -218,6 +234,7 @@ mod tests {
                 size,
                 eight_bit,
                 smtputf8,
+                require_tls: false,
             })
         };
         let body: &[u8] = b"0123456789\r\n"; // 12 octets

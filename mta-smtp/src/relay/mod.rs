@@ -40,6 +40,8 @@ pub enum PolicySource {
     Configured,
     /// The domain took mail over verified TLS before (`outbound.tls_memory`).
     Memory,
+    /// The sender asked for TLS all the way (RFC 8689 REQUIRETLS).
+    RequireTls,
     /// Nothing asks for more: STARTTLS when offered, any certificate.
     Opportunistic,
 }
@@ -50,6 +52,7 @@ impl PolicySource {
         match self {
             PolicySource::Configured => "configured",
             PolicySource::Memory => "memory",
+            PolicySource::RequireTls => "requiretls",
             PolicySource::Opportunistic => "opportunistic",
         }
     }
@@ -174,18 +177,23 @@ impl Relay {
         }
     }
 
-    /// The TLS policy for MX delivery to `domain`, and where it came from: the domain's
-    /// table when it names one, else the downgrade memory, else opportunistic.
-    fn policy_for(&self, domain: &Domain) -> (TlsPolicy, PolicySource) {
+    /// The TLS policy for MX delivery to `domain` for a message that asks for `wish`, and
+    /// where it came from: REQUIRETLS first (verified TLS, whatever else is configured), then
+    /// the domain's table when it names one, then the downgrade memory (which a sender's
+    /// `TLS-Required: No` waives, RFC 8689 §5), else opportunistic.
+    fn policy_for(&self, domain: &Domain, wish: TlsWish) -> (TlsPolicy, PolicySource) {
         let roots = self
             .domain_roots
             .get(domain)
             .cloned()
             .unwrap_or_else(|| self.webpki.clone());
+        if wish == TlsWish::Require {
+            return (TlsPolicy::Required { roots }, PolicySource::RequireTls);
+        }
         match self.config.outbound.tls.get(domain).map(|t| t.mode) {
             Some(TlsMode::Required) => (TlsPolicy::Required { roots }, PolicySource::Configured),
             Some(TlsMode::None) => (TlsPolicy::Plaintext, PolicySource::Configured),
-            _ if self.memory.remembers(domain) => {
+            _ if wish != TlsWish::Waive && self.memory.remembers(domain) => {
                 (TlsPolicy::Required { roots }, PolicySource::Memory)
             }
             _ => (
@@ -211,6 +219,7 @@ impl Relay {
             rcpts,
             body,
             eight_bit: !body.is_ascii(),
+            require_tls: envelope.require_tls,
             smtputf8: rcpts.iter().any(Address::needs_smtputf8)
                 || envelope
                     .sender
@@ -232,7 +241,7 @@ impl Relay {
                     Ok(h) => h,
                     Err(outcome) => return vec![outcome; rcpts.len()],
                 };
-                let (policy, source) = self.policy_for(domain);
+                let (policy, source) = self.policy_for(domain, TlsWish::of(envelope, body));
                 (
                     hosts,
                     self.settings(policy, None),
@@ -310,6 +319,16 @@ impl Relay {
         }
         // RFC 3463: 4.7.5 when the last host failed the TLS the policy demands.
         let code = if tls_failed { "4.7.5" } else { "4.4.1" };
+        if tls_failed && envelope.require_tls {
+            // RFC 8689 §4.2.1: a REQUIRETLS message that cannot get verified TLS is returned.
+            return vec![
+                Outcome::Failed(format!(
+                    "5.7.30 REQUIRETLS: no host for {domain} offered TLS with a verified \
+                     certificate; last error: {last}"
+                ));
+                rcpts.len()
+            ];
+        }
         let hint = match (tls_failed, source) {
             (true, PolicySource::Memory) => format!(
                 " (policy=memory: {domain} took mail over verified TLS before; \
@@ -459,6 +478,35 @@ impl Relay {
                 let text = format!("4.4.2 transaction with {at} failed: {e}");
                 vec![Outcome::Deferred(text); rcpts.len()]
             }
+        }
+    }
+}
+
+/// What the sender asked of TLS for this message (RFC 8689).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TlsWish {
+    /// `MAIL FROM:<…> REQUIRETLS`: verified TLS to servers that offer REQUIRETLS.
+    Require,
+    /// A `TLS-Required: No` header (and no REQUIRETLS): recipient-side policies such as the
+    /// downgrade memory are waived; the operator's own `[outbound.tls]` tables still apply.
+    Waive,
+    /// Nothing.
+    Default,
+}
+
+impl TlsWish {
+    fn of(envelope: &Envelope, body: &[u8]) -> TlsWish {
+        if envelope.require_tls {
+            return TlsWish::Require;
+        }
+        let waived = crate::headers::fields(body).iter().any(|f| {
+            f.name.eq_ignore_ascii_case("TLS-Required")
+                && crate::headers::unfold(f.value).is_some_and(|v| v.eq_ignore_ascii_case("no"))
+        });
+        if waived {
+            TlsWish::Waive
+        } else {
+            TlsWish::Default
         }
     }
 }

@@ -59,6 +59,8 @@ pub struct MailFrom {
     pub size: Option<u64>,
     /// `SMTPUTF8` was given.
     pub smtputf8: bool,
+    /// `REQUIRETLS` was given (RFC 8689).
+    pub require_tls: bool,
 }
 
 /// The SASL mechanisms we offer (over TLS only).
@@ -199,6 +201,7 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
     };
     let mut size = None;
     let mut smtputf8 = false;
+    let mut require_tls = false;
     for param in params.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -216,6 +219,7 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
             ("BODY", Some(v))
                 if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
             ("SMTPUTF8", None) => smtputf8 = true,
+            ("REQUIRETLS", None) => require_tls = true,
             _ => return Err(Rejection::reply(Reply::UNKNOWN_PARAMETER)),
         }
     }
@@ -228,6 +232,7 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
         from,
         size,
         smtputf8,
+        require_tls,
     }))
 }
 
@@ -303,6 +308,7 @@ mod tests {
                     from: ReversePath::Address(addr("a@b.test")),
                     size: None,
                     smtputf8: false,
+                    require_tls: false,
                 }),
             ),
             (
@@ -311,6 +317,7 @@ mod tests {
                     from: ReversePath::Address(addr("a@b.test")),
                     size: Some(1000),
                     smtputf8: false,
+                    require_tls: false,
                 }),
             ),
             (
@@ -319,6 +326,7 @@ mod tests {
                     from: ReversePath::Null,
                     size: None,
                     smtputf8: true,
+                    require_tls: false,
                 }),
             ),
             (
@@ -327,6 +335,7 @@ mod tests {
                     from: ReversePath::Address(addr("ñ@b.test")),
                     size: None,
                     smtputf8: true,
+                    require_tls: false,
                 }),
             ),
             (
@@ -335,6 +344,7 @@ mod tests {
                     from: ReversePath::Address(addr("\"a> b\"@b.test")),
                     size: None,
                     smtputf8: false,
+                    require_tls: false,
                 }),
             ),
             (

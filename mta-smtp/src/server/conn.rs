@@ -464,6 +464,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             tls: ctx.tls.clone(),
         },
         delay_warned: false,
+        require_tls: tx.require_tls,
     };
     let rcpts: Vec<String> = tx.recipients.iter().map(|r| r.to_string()).collect();
     let size = body.len();

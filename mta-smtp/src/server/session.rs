@@ -70,6 +70,8 @@ pub struct Transaction {
     pub from: ReversePath,
     /// The client announced SMTPUTF8.
     pub smtputf8: bool,
+    /// The client asked for REQUIRETLS (RFC 8689), on a TLS session.
+    pub require_tls: bool,
     /// Accepted recipients after alias expansion, without duplicates.
     pub recipients: Vec<Address>,
     /// RCPT commands accepted (before expansion), for the recipient limit.
@@ -234,6 +236,10 @@ impl Session {
         if self.ctx.tls.is_none() && self.ctx.starttls_available {
             lines.push("STARTTLS".to_string());
         }
+        // RFC 8689 §3: only over TLS.
+        if self.ctx.tls.is_some() {
+            lines.push("REQUIRETLS".to_string());
+        }
         // RFC 4954 §4 and RFC 8314 §3: AUTH only where submission is, and only over TLS.
         if self.ctx.listener.is_submission() && self.ctx.tls.is_some() && self.user.is_none() {
             lines.push("AUTH PLAIN LOGIN".to_string());
@@ -265,9 +271,13 @@ impl Session {
         {
             return Action::Reply(Reply::MESSAGE_TOO_BIG);
         }
+        if mail.require_tls && self.ctx.tls.is_none() {
+            return Action::Reply(Reply::REQUIRETLS_NEEDS_TLS);
+        }
         self.tx = Some(Transaction {
             from: mail.from,
             smtputf8: mail.smtputf8,
+            require_tls: mail.require_tls,
             recipients: Vec::new(),
             rcpt_count: 0,
         });

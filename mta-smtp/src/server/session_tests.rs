@@ -157,6 +157,33 @@ fn ehlo_advertises_by_state() {
         !tls587.contains("STARTTLS") && tls587.contains("AUTH PLAIN LOGIN"),
         "{tls587}"
     );
+    // RFC 8689 §3: REQUIRETLS only over TLS.
+    assert!(!plain25.contains("REQUIRETLS") && tls587.contains("REQUIRETLS"));
+    let tls25 = ehlo(&mut session(ListenerKind::Smtp, true));
+    assert!(tls25.contains("REQUIRETLS"), "{tls25}");
+}
+
+#[test]
+fn requiretls_needs_a_tls_session() {
+    let mut plain = session(ListenerKind::Smtp, false);
+    run(
+        &mut plain,
+        &[
+            ("EHLO c.test", 250),
+            ("MAIL FROM:<a@remote.test> REQUIRETLS", 530),
+            ("MAIL FROM:<a@remote.test>", 250),
+        ],
+    );
+    let mut tls = session(ListenerKind::Smtp, true);
+    run(
+        &mut tls,
+        &[
+            ("EHLO c.test", 250),
+            ("MAIL FROM:<a@remote.test> requiretls", 250),
+            ("RCPT TO:<alice@example.org>", 250),
+        ],
+    );
+    assert!(tls.take_transaction().expect("a transaction").require_tls);
 }
 
 #[test]

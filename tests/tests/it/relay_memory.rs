@@ -1,7 +1,8 @@
 //! Downgrade memory: remote.test took a message over verified TLS (its MX's certificate is
 //! trusted through `ca_file`); when that MX is gone and the next one offers no STARTTLS (an
 //! attacker stripping it looks the same), the message is deferred with 4.7.5, not sent in
-//! plaintext, until `mta tls forget remote.test`.
+//! plaintext, until `mta tls forget remote.test`; a message whose sender wrote
+//! `TLS-Required: No` (RFC 8689 §5) goes anyway.
 
 use std::net::SocketAddr;
 

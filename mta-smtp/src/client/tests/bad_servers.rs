@@ -125,6 +125,7 @@ async fn nonsense_reply_to_data() {
         body: b"x\r\n",
         eight_bit: false,
         smtputf8: false,
+        require_tls: false,
     };
     let e = conn.send(&msg).await.expect_err("DATA got 250");
     assert_eq!(e.phase(), Phase::Data);
@@ -161,6 +162,7 @@ async fn server_closes_mid_data() {
         body: body.as_bytes(),
         eight_bit: false,
         smtputf8: false,
+        require_tls: false,
     };
     let e = conn.send(&msg).await.expect_err("the server hung up");
     assert!(
@@ -223,6 +225,7 @@ async fn slow_rcpt_reply_times_out() {
         body: b"x\r\n",
         eight_bit: false,
         smtputf8: false,
+        require_tls: false,
     };
     let e = conn.send(&msg).await.expect_err("RCPT never answered");
     assert!(

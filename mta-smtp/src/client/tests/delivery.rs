@@ -19,6 +19,7 @@ fn msg<'a>(from: &'a ReversePath, rcpts: &'a [Address], body: &'a [u8]) -> Outgo
         body,
         eight_bit: false,
         smtputf8: false,
+        require_tls: false,
     }
 }
 

@@ -47,6 +47,7 @@ async fn deliver_one(conn: &mut Connection) {
         body: b"x\r\n",
         eight_bit: false,
         smtputf8: false,
+        require_tls: false,
     };
     let results = conn.send(&msg).await.expect("send");
     assert!(
