@@ -204,6 +204,12 @@ pub struct Outbound {
     /// How long a domain that took mail over verified TLS keeps needing it (downgrade
     /// memory), counted from its last such delivery. Default 30 days.
     pub tls_memory: Duration,
+    /// Apply the MTA-STS policies (RFC 8461) that destination domains publish. Default true.
+    pub mta_sts: bool,
+    /// The HTTPS port MTA-STS policies are fetched from. Default 443; tests point it elsewhere.
+    pub mta_sts_port: u16,
+    /// Extra CA certificates (PEM) trusted for the MTA-STS policy servers, besides the system's.
+    pub mta_sts_ca_file: Option<PathBuf>,
     /// Send all remote mail to this host instead of the MX hosts. Default `None`.
     pub relay: Option<Smarthost>,
     /// TLS policy per destination domain (`[outbound.tls."example.com"]`); a domain not

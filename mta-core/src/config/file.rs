@@ -158,6 +158,9 @@ pub(super) struct RawOutbound {
     pub max_per_domain: Option<S<i64>>,
     pub connect_timeout: Option<S<String>>,
     pub tls_memory: Option<S<String>>,
+    pub mta_sts: Option<bool>,
+    pub mta_sts_port: Option<S<i64>>,
+    pub mta_sts_ca_file: Option<S<String>>,
     pub relay: Option<S<String>>,
     pub relay_tls: Option<S<String>>,
     pub relay_user: Option<S<String>>,
@@ -405,14 +408,21 @@ fn write_outbound(o: &Outbound) -> String {
          max_connections = {}\n\
          max_per_domain = {}\n\
          connect_timeout = {}\n\
-         tls_memory = {}\n",
+         tls_memory = {}\n\
+         mta_sts = {}\n\
+         mta_sts_port = {}\n",
         o.port,
         quote(o.ip.name()),
         o.max_connections,
         o.max_per_domain,
         quote(&duration::format(o.connect_timeout)),
         quote(&duration::format(o.tls_memory)),
+        o.mta_sts,
+        o.mta_sts_port,
     );
+    if let Some(ca) = &o.mta_sts_ca_file {
+        out += &format!("mta_sts_ca_file = {}\n", path(ca));
+    }
     match &o.relay {
         None => out += "# no relay: mail goes to each domain's MX hosts\n",
         Some(relay) => {

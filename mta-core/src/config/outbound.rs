@@ -94,9 +94,19 @@ impl Checker<'_> {
                 DEFAULT_CONNECT_TIMEOUT,
             ),
             tls_memory: self.duration(&raw.tls_memory, "outbound.tls_memory", DEFAULT_TLS_MEMORY),
+            mta_sts: raw.mta_sts.unwrap_or(true),
+            mta_sts_port: self.mta_sts_port(&raw.mta_sts_port),
+            mta_sts_ca_file: self.path(&raw.mta_sts_ca_file, "outbound.mta_sts_ca_file"),
             relay: self.relay(raw),
             tls,
         }
+    }
+
+    /// `outbound.mta_sts_port`, 443 when not set or out of range (reported).
+    fn mta_sts_port(&mut self, n: &Option<S<i64>>) -> u16 {
+        n.as_ref()
+            .and_then(|n| self.int(n, "outbound.mta_sts_port", 1, i64::from(u16::MAX), None))
+            .map_or(443, |p| p as u16)
     }
 
     /// One of a fixed set of names, such as `"required"`; `None` (reported) for any other.

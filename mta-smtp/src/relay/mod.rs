@@ -8,6 +8,7 @@
 //! attempt (another host could otherwise receive the message twice).
 
 pub mod memory;
+pub mod mta_sts;
 pub mod mx;
 
 use std::collections::HashMap;
@@ -42,6 +43,8 @@ pub enum PolicySource {
     Memory,
     /// The sender asked for TLS all the way (RFC 8689 REQUIRETLS).
     RequireTls,
+    /// The domain's MTA-STS policy says `enforce` (RFC 8461).
+    MtaSts,
     /// Nothing asks for more: STARTTLS when offered, any certificate.
     Opportunistic,
 }
@@ -53,6 +56,7 @@ impl PolicySource {
             PolicySource::Configured => "configured",
             PolicySource::Memory => "memory",
             PolicySource::RequireTls => "requiretls",
+            PolicySource::MtaSts => "mta-sts",
             PolicySource::Opportunistic => "opportunistic",
         }
     }
@@ -109,6 +113,7 @@ pub struct Relay {
     all: Arc<Semaphore>,
     per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
     memory: Arc<TlsMemory>,
+    sts: Option<mta_sts::Sts>,
 }
 
 impl Relay {
@@ -119,6 +124,18 @@ impl Relay {
     pub fn new(config: Arc<Config>, memory: Arc<TlsMemory>) -> Result<Relay, RelayError> {
         let out = &config.outbound;
         let resolver = mx::resolver(&config.dns.nameservers, out.ip).map_err(RelayError::Dns)?;
+        let sts = match out.mta_sts {
+            true => {
+                let roots = load_roots(out.mta_sts_ca_file.as_deref(), "outbound.mta_sts_ca_file")?;
+                Some(mta_sts::Sts::new(
+                    resolver.clone(),
+                    roots,
+                    out.mta_sts_port,
+                    &config.data_dir,
+                ))
+            }
+            false => None,
+        };
         let webpki = Arc::new(webpki_roots());
         let mut domain_roots = HashMap::new();
         for (domain, policy) in &out.tls {
@@ -157,6 +174,7 @@ impl Relay {
             domain_roots,
             smarthost,
             memory,
+            sts,
         })
     }
 
@@ -177,11 +195,32 @@ impl Relay {
         }
     }
 
+    /// The MTA-STS policy of `domain` when one can apply: MTA-STS on, the sender did not
+    /// waive it (`TLS-Required: No`) or ask for more (REQUIRETLS), and no `[outbound.tls]`
+    /// table of the operator's decides instead.
+    async fn sts_policy(&self, domain: &Domain, wish: TlsWish) -> Option<Arc<mta_sts::Policy>> {
+        let sts = self.sts.as_ref()?;
+        let configured = matches!(
+            self.config.outbound.tls.get(domain).map(|t| t.mode),
+            Some(TlsMode::Required | TlsMode::None)
+        );
+        if wish != TlsWish::Default || configured || domain.is_literal() {
+            return None;
+        }
+        sts.policy(domain).await
+    }
+
     /// The TLS policy for MX delivery to `domain` for a message that asks for `wish`, and
     /// where it came from: REQUIRETLS first (verified TLS, whatever else is configured), then
-    /// the domain's table when it names one, then the downgrade memory (which a sender's
-    /// `TLS-Required: No` waives, RFC 8689 §5), else opportunistic.
-    fn policy_for(&self, domain: &Domain, wish: TlsWish) -> (TlsPolicy, PolicySource) {
+    /// the domain's table when it names one, then an MTA-STS `enforce` policy, then the
+    /// downgrade memory (which a sender's `TLS-Required: No` waives, RFC 8689 §5), else
+    /// opportunistic.
+    fn policy_for(
+        &self,
+        domain: &Domain,
+        wish: TlsWish,
+        sts: Option<&mta_sts::Policy>,
+    ) -> (TlsPolicy, PolicySource) {
         let roots = self
             .domain_roots
             .get(domain)
@@ -193,6 +232,9 @@ impl Relay {
         match self.config.outbound.tls.get(domain).map(|t| t.mode) {
             Some(TlsMode::Required) => (TlsPolicy::Required { roots }, PolicySource::Configured),
             Some(TlsMode::None) => (TlsPolicy::Plaintext, PolicySource::Configured),
+            _ if sts.is_some_and(|p| p.mode == mta_sts::Mode::Enforce) => {
+                (TlsPolicy::Required { roots }, PolicySource::MtaSts)
+            }
             _ if wish != TlsWish::Waive && self.memory.remembers(domain) => {
                 (TlsPolicy::Required { roots }, PolicySource::Memory)
             }
@@ -226,7 +268,7 @@ impl Relay {
                     .address()
                     .is_some_and(Address::needs_smtputf8),
         };
-        let (hosts, settings, port, source) = match &self.smarthost {
+        let (hosts, settings, port, source, testing) = match &self.smarthost {
             Some(s) => (
                 vec![mx::MxHost {
                     name: s.host.clone(),
@@ -235,26 +277,49 @@ impl Relay {
                 self.settings(s.policy.clone(), s.auth.clone()),
                 s.port,
                 PolicySource::Configured,
+                None,
             ),
             None => {
                 let hosts = match self.hosts(domain).await {
                     Ok(h) => h,
                     Err(outcome) => return vec![outcome; rcpts.len()],
                 };
-                let (policy, source) = self.policy_for(domain, TlsWish::of(envelope, body));
+                let wish = TlsWish::of(envelope, body);
+                let sts = self.sts_policy(domain, wish).await;
+                let (policy, source) = self.policy_for(domain, wish, sts.as_deref());
+                let hosts = match (&sts, source) {
+                    (Some(p), PolicySource::MtaSts) => {
+                        let allowed: Vec<mx::MxHost> =
+                            hosts.into_iter().filter(|h| p.allows(&h.name)).collect();
+                        if allowed.is_empty() {
+                            warn!(%domain, patterns = %p.mx.join(","), "MTA-STS: no MX host matches the policy");
+                            let text = format!(
+                                "4.7.5 MTA-STS: no MX host of {domain} matches its policy (mx: {}) (policy=mta-sts)",
+                                p.mx.join(", ")
+                            );
+                            return vec![Outcome::Deferred(text); rcpts.len()];
+                        }
+                        allowed
+                    }
+                    _ => hosts,
+                };
+                let testing = sts.filter(|p| p.mode == mta_sts::Mode::Testing);
                 (
                     hosts,
                     self.settings(policy, None),
                     self.config.outbound.port,
                     source,
+                    testing,
                 )
             }
         };
         // The downgrade memory is about MX hosts; the smarthost's TLS is always required.
         let remember = self.smarthost.is_none().then_some(domain);
+        // A kept connection serves only attempts under the same policy: one opened
+        // opportunistically must never carry a message that needs verified TLS.
         let key = match &self.smarthost {
             Some(_) => "smarthost".to_string(),
-            None => domain.to_string(),
+            None => format!("{domain} {}", source.name()),
         };
         // A connection left open by an earlier message to the same place: RSET proves it is
         // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
@@ -288,6 +353,9 @@ impl Relay {
                 match Connection::open(&target, &settings).await {
                     Ok(mut conn) => {
                         let tls = format!("{} policy={}", describe_tls(conn.tls()), source.name());
+                        if let Some(p) = &testing {
+                            sts_testing_report(domain, &host.name, p, conn.tls());
+                        }
                         let result = conn.send(&msg).await;
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
                         self.remember(remember, conn.tls(), &outcomes);
@@ -479,6 +547,30 @@ impl Relay {
                 vec![Outcome::Deferred(text); rcpts.len()]
             }
         }
+    }
+}
+
+/// MTA-STS `testing` (RFC 8461 §5): deliver as usual, but say when `enforce` would have
+/// refused this host.
+fn sts_testing_report(
+    domain: &Domain,
+    host: &str,
+    policy: &mta_sts::Policy,
+    tls: Option<&TlsInfo>,
+) {
+    let problem = if !policy.allows(host) {
+        Some("the MX host does not match the policy".to_string())
+    } else {
+        match tls {
+            None => Some("no TLS".to_string()),
+            Some(t) => match &t.verified {
+                Verification::Verified => None,
+                Verification::Failed(why) => Some(format!("certificate not verified ({why})")),
+            },
+        }
+    };
+    if let Some(problem) = problem {
+        warn!(%domain, mx = host, %problem, "MTA-STS testing: enforce mode would have refused this delivery");
     }
 }
 

@@ -19,6 +19,7 @@ mod relay_content;
 mod relay_forward;
 mod relay_harness;
 mod relay_memory;
+mod relay_mta_sts;
 mod relay_requiretls;
 mod relay_smarthost;
 mod relay_tls;

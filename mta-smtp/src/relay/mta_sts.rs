@@ -1,0 +1,443 @@
+//! MTA-STS (RFC 8461): a domain that publishes `_mta-sts.<domain>` TXT (`v=STSv1; id=…`)
+//! and a policy at `https://mta-sts.<domain>/.well-known/mta-sts.txt` tells senders which MX
+//! hosts are genuine and that they must be reached over TLS with a valid certificate.
+//!
+//! [`Sts::policy`] looks the TXT record up on every attempt (the resolver caches it by its
+//! TTL), and fetches the policy when its `id` is new or the cached one is past `max_age`. The
+//! fetch is HTTPS with a verified certificate for `mta-sts.<domain>`, no redirects, at most
+//! 64 KiB within 20 s. Policies are cached in memory and in `DATA_DIR/mta-sts/<domain>`, so a
+//! restart keeps them; when the TXT lookup or the fetch fails, a cached policy still in its
+//! `max_age` goes on applying (§5.1: an attacker who blocks the fetch must not win).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hickory_resolver::TokioResolver;
+use mta_core::address::Domain;
+use rustls::RootCertStore;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tracing::{info, warn};
+
+/// The largest policy body read (RFC 8461 §3.3 suggests a limit; 64 KiB is generous).
+const MAX_POLICY: usize = 64 * 1024;
+/// How long the whole fetch may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
+/// RFC 8461 §3.2: max_age at most 31557600 (one year).
+const MAX_AGE_LIMIT: u64 = 31_557_600;
+
+/// What a policy asks of senders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Deliver only to matching MX hosts over verified TLS, else defer.
+    Enforce,
+    /// Deliver as usual, but report (log) what enforce would have refused.
+    Testing,
+    /// The domain withdrew its policy.
+    None,
+}
+
+impl Mode {
+    /// The word the policy file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Testing => "testing",
+            Mode::None => "none",
+        }
+    }
+}
+
+/// A parsed policy file (RFC 8461 §3.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The `id` of the TXT record it was fetched for.
+    pub id: String,
+    /// `mode:`.
+    pub mode: Mode,
+    /// `mx:` patterns, lower case: `mail.example.com` or `*.example.net`.
+    pub mx: Vec<String>,
+    /// `max_age:` in seconds.
+    pub max_age: u64,
+    /// When it was fetched (Unix seconds).
+    pub fetched_at: u64,
+}
+
+impl Policy {
+    /// Parses the policy text; `id` and `fetched_at` come from outside.
+    ///
+    /// # Errors
+    /// What is missing or wrong, for the log.
+    pub fn parse(text: &str, id: &str, fetched_at: u64) -> Result<Policy, String> {
+        let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
+        for line in text.lines() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let Some((key, value)) = line.split_once(':') else {
+                return Err(format!("line {line:?} is not `key: value`"));
+            };
+            let value = value.trim();
+            match key.trim() {
+                "version" => version = Some(value.to_string()),
+                "mode" => {
+                    mode = Some(match value {
+                        "enforce" => Mode::Enforce,
+                        "testing" => Mode::Testing,
+                        "none" => Mode::None,
+                        other => return Err(format!("unknown mode {other:?}")),
+                    })
+                }
+                "max_age" => {
+                    let n: u64 = value
+                        .parse()
+                        .map_err(|_| format!("max_age {value:?} is not a number"))?;
+                    max_age = Some(n.min(MAX_AGE_LIMIT));
+                }
+                "mx" => mx.push(value.to_ascii_lowercase().trim_end_matches('.').to_string()),
+                // §3.2: unknown fields are ignored.
+                _ => {}
+            }
+        }
+        if version.as_deref() != Some("STSv1") {
+            return Err("no `version: STSv1`".into());
+        }
+        let mode = mode.ok_or("no `mode:`")?;
+        let max_age = max_age.ok_or("no `max_age:`")?;
+        if mode != Mode::None && mx.is_empty() {
+            return Err("no `mx:` pattern".into());
+        }
+        Ok(Policy {
+            id: id.to_string(),
+            mode,
+            mx,
+            max_age,
+            fetched_at,
+        })
+    }
+
+    /// True when `host` (an MX name) matches one of the `mx:` patterns (§4.1: a `*.` pattern
+    /// matches exactly one more label on the left).
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.mx
+            .iter()
+            .any(|pattern| match pattern.strip_prefix("*.") {
+                Some(base) => host
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == base),
+                None => *pattern == host,
+            })
+    }
+
+    fn expired(&self, now: u64) -> bool {
+        now.saturating_sub(self.fetched_at) >= self.max_age
+    }
+
+    fn to_file(&self) -> String {
+        let mut text = format!(
+            "id: {}\nfetched_at: {}\nversion: STSv1\nmode: {}\nmax_age: {}\n",
+            self.id,
+            self.fetched_at,
+            self.mode.name(),
+            self.max_age
+        );
+        for mx in &self.mx {
+            text.push_str(&format!("mx: {mx}\n"));
+        }
+        text
+    }
+
+    fn from_file(text: &str) -> Option<Policy> {
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let id = field("id:")?;
+        let fetched_at = field("fetched_at:")?.parse().ok()?;
+        Policy::parse(text, &id, fetched_at).ok()
+    }
+}
+
+/// Where to fetch policies, and the cache.
+pub struct Sts {
+    resolver: TokioResolver,
+    connector: TlsConnector,
+    port: u16,
+    dir: PathBuf,
+    cache: Mutex<HashMap<String, Arc<Policy>>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Sts {
+    /// Fetches over port `port` (443 but in tests), trusting `roots`; caches under
+    /// `data_dir/mta-sts`.
+    pub fn new(
+        resolver: TokioResolver,
+        roots: Arc<RootCertStore>,
+        port: u16,
+        data_dir: &Path,
+    ) -> Sts {
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Sts {
+            resolver,
+            connector: TlsConnector::from(Arc::new(config)),
+            port,
+            dir: data_dir.join("mta-sts"),
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The policy in force for `domain`, if any.
+    pub async fn policy(&self, domain: &Domain) -> Option<Arc<Policy>> {
+        let now = now();
+        let cached = self.cached(domain).filter(|p| !p.expired(now));
+        let id = match self.txt_id(domain).await {
+            Ok(Some(id)) => id,
+            // No record: no policy, unless a cached one is still valid (§5.1: the TXT record
+            // may be removed only after a `mode: none` policy has been published).
+            Ok(None) => return cached.filter(|p| p.mode != Mode::None),
+            Err(e) => {
+                warn!(%domain, error = %e, "MTA-STS TXT lookup failed; using the cached policy if any");
+                return cached;
+            }
+        };
+        if let Some(p) = &cached
+            && p.id == id
+        {
+            return cached;
+        }
+        match self.fetch(domain, &id, now).await {
+            Ok(policy) => {
+                info!(%domain, id = %policy.id, mode = policy.mode.name(), max_age = policy.max_age, "MTA-STS policy fetched");
+                let policy = Arc::new(policy);
+                self.store(domain, &policy);
+                Some(policy)
+            }
+            Err(e) => {
+                warn!(%domain, error = %e, "MTA-STS policy fetch failed; using the cached policy if any");
+                cached
+            }
+        }
+    }
+
+    fn cached(&self, domain: &Domain) -> Option<Arc<Policy>> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = cache.get(domain.as_str()) {
+            return Some(p.clone());
+        }
+        let text = std::fs::read_to_string(self.dir.join(domain.as_str())).ok()?;
+        let policy = Arc::new(Policy::from_file(&text)?);
+        cache.insert(domain.to_string(), policy.clone());
+        Some(policy)
+    }
+
+    fn store(&self, domain: &Domain, policy: &Arc<Policy>) {
+        self.cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(domain.to_string(), policy.clone());
+        let write = || -> std::io::Result<()> {
+            std::fs::create_dir_all(&self.dir)?;
+            let path = self.dir.join(domain.as_str());
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, policy.to_file())?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            warn!(%domain, error = %e, "cannot save the MTA-STS policy; it is kept in memory");
+        }
+    }
+
+    /// The `id` of `_mta-sts.<domain>`, `None` when there is no such record.
+    async fn txt_id(&self, domain: &Domain) -> Result<Option<String>, String> {
+        let name = format!("_mta-sts.{domain}.");
+        let lookup = match self.resolver.txt_lookup(name.as_str()).await {
+            Ok(l) => l,
+            Err(e) if e.is_no_records_found() => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
+        let records: Vec<String> = lookup
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .filter(|t| t.starts_with("v=STSv1"))
+            .collect();
+        // §3.1: more than one STSv1 record means no policy.
+        let [record] = records.as_slice() else {
+            return Ok(None);
+        };
+        Ok(record
+            .split(';')
+            .filter_map(|part| part.trim().strip_prefix("id="))
+            .map(str::to_string)
+            .next())
+    }
+
+    async fn fetch(&self, domain: &Domain, id: &str, now: u64) -> Result<Policy, String> {
+        let host = format!("mta-sts.{domain}");
+        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get(&host))
+            .await
+            .map_err(|_| format!("https://{host}/ took longer than {FETCH_TIMEOUT:?}"))??;
+        Policy::parse(&body, id, now).map_err(|e| format!("policy of {domain}: {e}"))
+    }
+
+    /// `GET /.well-known/mta-sts.txt` over HTTPS/1.0 (no chunked encoding to undo); the body
+    /// of a `200` with `Content-Type: text/plain`, anything else an error (no redirects).
+    async fn get(&self, host: &str) -> Result<String, String> {
+        let ips = super::mx::addresses(&self.resolver, host)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut last = format!("{host} has no address");
+        for ip in ips {
+            let addr = SocketAddr::new(ip, self.port);
+            let tcp = match TcpStream::connect(addr).await {
+                Ok(t) => t,
+                Err(e) => {
+                    last = format!("cannot connect to {addr}: {e}");
+                    continue;
+                }
+            };
+            let name = ServerName::try_from(host.to_string()).map_err(|e| e.to_string())?;
+            let mut tls = self
+                .connector
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS with {host}: {e}"))?;
+            let request = format!(
+                "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nUser-Agent: mta\r\n\r\n"
+            );
+            tls.write_all(request.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut response = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = match tls.read(&mut chunk).await {
+                    Ok(n) => n,
+                    // Servers often close without close_notify; what arrived is complete.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    Err(e) => return Err(e.to_string()),
+                };
+                if n == 0 {
+                    break;
+                }
+                response.extend_from_slice(&chunk[..n]);
+                if response.len() > MAX_POLICY + 8192 {
+                    return Err(format!(
+                        "the response from {host} is over {MAX_POLICY} octets"
+                    ));
+                }
+            }
+            return parse_response(&response, host);
+        }
+        Err(last)
+    }
+}
+
+fn parse_response(response: &[u8], host: &str) -> Result<String, String> {
+    let text = String::from_utf8_lossy(response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP response from {host}"))?;
+    let mut lines = head.lines();
+    let status = lines.next().unwrap_or("");
+    let code = status.split_whitespace().nth(1).unwrap_or("");
+    if code != "200" {
+        return Err(format!(
+            "https://{host}/.well-known/mta-sts.txt answered {status:?} (redirects are not followed)"
+        ));
+    }
+    let content_type = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !content_type.starts_with("text/plain") {
+        return Err(format!(
+            "the policy of {host} is {content_type:?}, not text/plain"
+        ));
+    }
+    if body.len() > MAX_POLICY {
+        return Err(format!("the policy of {host} is over {MAX_POLICY} octets"));
+    }
+    Ok(body.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n";
+
+    #[test]
+    fn parses_and_matches() {
+        let p = Policy::parse(GOOD, "20260101", 5).unwrap();
+        assert_eq!((p.mode, p.max_age, p.mx.len()), (Mode::Enforce, 604_800, 2));
+        assert!(p.allows("mail.example.com") && p.allows("MAIL.example.com."));
+        assert!(p.allows("mx1.example.net"));
+        assert!(!p.allows("a.b.example.net"), "one label only");
+        assert!(!p.allows("example.net") && !p.allows("evil.example.com"));
+        let back = Policy::from_file(&p.to_file()).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_policy() {
+        for (text, why) in [
+            ("mode: enforce\nmx: a\nmax_age: 1\n", "version"),
+            (
+                "version: STSv1\nmode: strict\nmx: a\nmax_age: 1\n",
+                "unknown mode",
+            ),
+            ("version: STSv1\nmode: enforce\nmax_age: 1\n", "mx"),
+            ("version: STSv1\nmode: enforce\nmx: a\n", "max_age"),
+            ("<html>", "key: value"),
+        ] {
+            let e = Policy::parse(text, "1", 0).unwrap_err();
+            assert!(e.contains(why), "{text:?}: {e}");
+        }
+        let huge = "version: STSv1\nmode: none\nmax_age: 99999999999\n";
+        assert_eq!(Policy::parse(huge, "1", 0).unwrap().max_age, MAX_AGE_LIMIT);
+    }
+
+    #[test]
+    fn responses() {
+        let ok =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nversion: STSv1\r\n";
+        assert_eq!(parse_response(ok, "h").unwrap(), "version: STSv1\r\n");
+        let moved = b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\n\r\n";
+        assert!(
+            parse_response(moved, "h")
+                .unwrap_err()
+                .contains("redirects")
+        );
+        let html = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>";
+        assert!(
+            parse_response(html, "h")
+                .unwrap_err()
+                .contains("text/plain")
+        );
+    }
+}
