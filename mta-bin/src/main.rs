@@ -4,6 +4,7 @@
 
 mod control;
 mod dkim_cmd;
+mod doctor;
 mod queue_cmd;
 mod send;
 mod serve;
@@ -58,6 +59,9 @@ enum Command {
         #[command(subcommand)]
         command: dkim_cmd::DkimCommand,
     },
+    /// Check the DNS records and certificate the world needs to trust our mail (exit 1 when
+    /// something would hurt deliverability).
+    Doctor(doctor::DoctorArgs),
     /// Validate the config (and read its DKIM keys) and print the effective settings.
     CheckConfig {
         /// The TOML config file.
@@ -80,6 +84,12 @@ fn main() -> ExitCode {
         }
         Command::Dkim { config, command } => {
             load_config(config.as_deref()).and_then(|c| dkim_cmd::run(command, &c))
+        }
+        Command::Doctor(args) => {
+            match load_config(args.config.as_deref()).and_then(|c| doctor::run(&args, &c)) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
         }
         Command::CheckConfig { config } => load_config(config.as_deref()).and_then(|c| {
             mta_smtp::dkim::Signer::load(&c)?;
