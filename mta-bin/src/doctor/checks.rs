@@ -182,7 +182,7 @@ async fn dkim_key(ctx: &Ctx<'_>, key: &DkimKey) -> Verdict {
             format!("{name} says the key is revoked (empty p=)"),
         )
         .publish(publish)
-    } else if their_p != our_p {
+    } else if !same_key(their_p, our_p) {
         v(
             Status::Fail,
             format!("{name} publishes another key than {}", key.key.display()),
@@ -207,6 +207,34 @@ async fn dkim_key(ctx: &Ctx<'_>, key: &DkimKey) -> Verdict {
             ),
         )
     }
+}
+
+/// True when the published `p=` is our key: the same base64, or, for RSA, the bare PKCS#1
+/// key inside our SubjectPublicKeyInfo (some tools publish that; verifiers accept both).
+fn same_key(theirs: &str, ours: &str) -> bool {
+    use base64::Engine;
+    let decode = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    theirs == ours
+        || match (decode(theirs), decode(ours)) {
+            (Some(t), Some(o)) => t == o || (is_der_sequence(&t) && spki_holds(&o, &t)),
+            _ => false,
+        }
+}
+
+/// True when `b` is exactly one DER SEQUENCE (as a PKCS#1 RSAPublicKey is).
+fn is_der_sequence(b: &[u8]) -> bool {
+    let (header, len) = match b {
+        [0x30, n, ..] if *n < 0x80 => (2, usize::from(*n)),
+        [0x30, 0x81, n, ..] => (3, usize::from(*n)),
+        [0x30, 0x82, hi, lo, ..] => (4, usize::from(*hi) << 8 | usize::from(*lo)),
+        _ => return false,
+    };
+    header + len == b.len()
+}
+
+/// True when the SubjectPublicKeyInfo `spki` ends in a BIT STRING holding exactly `key`.
+fn spki_holds(spki: &[u8], key: &[u8]) -> bool {
+    spki.len() > key.len() && spki.ends_with(key) && spki[spki.len() - key.len() - 1] == 0
 }
 
 /// The domain's parents down to two labels, for the organizational DMARC record (RFC 7489
@@ -440,6 +468,22 @@ mod tests {
         assert_eq!(tag(&t, "k"), Some("ed25519"));
         assert_eq!(tag(&t, "p"), Some("ABCDEF"));
         assert_eq!(tag(&t, "x"), None);
+    }
+
+    #[test]
+    fn rsa_keys_match_as_spki_or_pkcs1() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        let mut pkcs1 = vec![0x30, 0x81, 137];
+        pkcs1.extend(0..137u8);
+        let mut spki = vec![0x30, 0x81, 0x9f, 0x03, 0x81, 141, 0x00];
+        spki.extend(&pkcs1);
+        assert!(same_key(&b64(&spki), &b64(&spki)));
+        assert!(same_key(&b64(&pkcs1), &b64(&spki)));
+        assert!(!same_key(&b64(&spki[spki.len() - 100..]), &b64(&spki)));
+        assert!(!same_key(&b64(&pkcs1[..pkcs1.len() - 1]), &b64(&spki)));
+        assert!(!same_key(&b64(&[1, 2, 3]), &b64(&spki)));
+        assert!(!same_key("not base64!", &b64(&spki)));
     }
 
     #[test]

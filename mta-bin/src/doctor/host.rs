@@ -37,6 +37,23 @@ pub fn address(hostname: &str, answer: &Answer<IpAddr>, given: &[IpAddr]) -> Ver
             .publish(format!("{hostname}. IN {kind} {example}"));
     }
     let list: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+    let private: Vec<String> = ips
+        .iter()
+        .chain(given)
+        .filter(|ip| !is_public(**ip))
+        .map(IpAddr::to_string)
+        .collect();
+    if !private.is_empty() {
+        return v(
+            Status::Warn,
+            format!(
+                "{hostname} has {}; {} cannot be reached from the internet (behind NAT, \
+                 publish the public address and give it with --ip)",
+                list.join(", "),
+                private.join(", ")
+            ),
+        );
+    }
     let elsewhere: Vec<String> = given
         .iter()
         .filter(|ip| !ips.contains(ip))
@@ -54,6 +71,28 @@ pub fn address(hostname: &str, answer: &Answer<IpAddr>, given: &[IpAddr]) -> Ver
                 elsewhere.join(", ")
             ),
         )
+    }
+}
+
+/// False for loopback, private (RFC 1918, RFC 6598 shared, RFC 4193 unique local) and
+/// link-local addresses, which no other mail server can see mail come from.
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let shared = a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64;
+            !(a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_broadcast()
+                || shared)
+        }
+        IpAddr::V6(a) => {
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_unique_local()
+                || a.is_unicast_link_local())
+        }
     }
 }
 
