@@ -140,45 +140,38 @@ where
     }
 }
 
-/// All verdicts, host first, then each domain; and the report's header line.
-async fn examine(
-    config: &Config,
-    dns: Dns,
-    domains: &[String],
-    given: &[IpAddr],
-) -> (String, Vec<Verdict>) {
-    let hostname = config.hostname.to_string();
-    let host_answer = match tokio::time::timeout(CHECK_TIMEOUT, dns.ips(&hostname)).await {
-        Ok(answer) => answer,
-        Err(_) => Err(format!("address lookup for {hostname} took over a minute")),
-    };
-    let host_ips = host_answer.clone().unwrap_or_default();
-    let (outbound, source) = if !given.is_empty() {
-        (Outbound::Known(given.to_vec()), "--ip")
-    } else if let Some(relay) = &config.outbound.relay {
-        (Outbound::Smarthost(relay.host.clone()), "smarthost")
+/// Where mail leaves from, and how that was found out (for the header): the `--ip` flags,
+/// else the smarthost, else the hostname's addresses of the family `outbound.ip` uses.
+fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound, &'static str) {
+    if !given.is_empty() {
+        return (Outbound::Known(given.to_vec()), "--ip");
+    }
+    if let Some(relay) = &config.outbound.relay {
+        return (Outbound::Smarthost(relay.host.clone()), "smarthost");
+    }
+    let family: Vec<IpAddr> = host_ips
+        .iter()
+        .copied()
+        .filter(|ip| match config.outbound.ip {
+            IpFamily::Any => true,
+            IpFamily::Ipv4 => ip.is_ipv4(),
+            IpFamily::Ipv6 => ip.is_ipv6(),
+        })
+        .collect();
+    if family.is_empty() {
+        let why = format!(
+            "no outbound address known ({} has none; give them with --ip)",
+            config.hostname
+        );
+        (Outbound::Unknown(why), "unknown")
     } else {
-        let family: Vec<IpAddr> = host_ips
-            .iter()
-            .copied()
-            .filter(|ip| match config.outbound.ip {
-                IpFamily::Any => true,
-                IpFamily::Ipv4 => ip.is_ipv4(),
-                IpFamily::Ipv6 => ip.is_ipv6(),
-            })
-            .collect();
-        if family.is_empty() {
-            (
-                Outbound::Unknown(format!(
-                    "no outbound address known ({hostname} has none; give them with --ip)"
-                )),
-                "unknown",
-            )
-        } else {
-            (Outbound::Known(family), "the hostname's A/AAAA")
-        }
-    };
-    let header = match &outbound {
+        (Outbound::Known(family), "the hostname's A/AAAA")
+    }
+}
+
+/// The report's first line: who we are and where mail leaves from.
+fn header(hostname: &str, outbound: &Outbound, source: &str) -> String {
+    match outbound {
         Outbound::Known(ips) => {
             let list: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
             format!(
@@ -192,7 +185,24 @@ async fn examine(
         Outbound::Unknown(_) => {
             format!("mta doctor: hostname {hostname}, outbound addresses unknown")
         }
+    }
+}
+
+/// All verdicts, host first, then each domain; and the report's header line.
+async fn examine(
+    config: &Config,
+    dns: Dns,
+    domains: &[String],
+    given: &[IpAddr],
+) -> (String, Vec<Verdict>) {
+    let hostname = config.hostname.to_string();
+    let host_answer = match tokio::time::timeout(CHECK_TIMEOUT, dns.ips(&hostname)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(format!("address lookup for {hostname} took over a minute")),
     };
+    let host_ips = host_answer.clone().unwrap_or_default();
+    let (outbound, source) = outbound(config, given, &host_ips);
+    let header = header(&hostname, &outbound, source);
     let ctx = Ctx {
         config,
         dns,
@@ -258,4 +268,40 @@ async fn examine(
         }
     }
     (header, verdicts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_toml("mta.toml", text, "buildhost").unwrap()
+    }
+
+    #[test]
+    fn outbound_addresses_come_from_ip_flags_smarthost_or_hostname() {
+        let v4: IpAddr = "192.0.2.10".parse().unwrap();
+        let v6: IpAddr = "2001:db8::10".parse().unwrap();
+        let plain = config("hostname = \"mx.example.org\"\n");
+        let known = |o: Outbound| match o {
+            Outbound::Known(ips) => ips,
+            _ => panic!("not known"),
+        };
+        let (o, source) = outbound(&plain, &[], &[v6, v4]);
+        assert_eq!((known(o), source), (vec![v6, v4], "the hostname's A/AAAA"));
+        let (o, source) = outbound(&plain, &[v4], &[v6]);
+        assert_eq!((known(o), source), (vec![v4], "--ip"));
+        let only4 = config("hostname = \"mx.example.org\"\n[outbound]\nip = \"ipv4\"\n");
+        assert_eq!(known(outbound(&only4, &[], &[v6, v4]).0), vec![v4]);
+        let (o, _) = outbound(&only4, &[], &[v6]);
+        assert!(matches!(o, Outbound::Unknown(why) if why.contains("--ip")));
+        let relay =
+            config("hostname = \"mx.example.org\"\n[outbound]\nrelay = \"smtp.example.net:587\"\n");
+        let (o, source) = outbound(&relay, &[], &[v4]);
+        assert!(matches!(&o, Outbound::Smarthost(h) if h == "smtp.example.net"));
+        assert_eq!(
+            header("mx.example.org", &o, source),
+            "mta doctor: hostname mx.example.org, outbound through the smarthost smtp.example.net"
+        );
+    }
 }
