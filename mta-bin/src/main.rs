@@ -1,9 +1,11 @@
 //! `mta`: the command. `serve` runs the MTA; `send` is an SMTP client for testing any
-//! server; `user`, `queue` and `check-config` are the operator's tools. Wiring lives here:
+//! server; `user`, `queue`, `dkim`, `tls`, `reload`, `doctor` and `check-config` are the
+//! operator's tools. Wiring lives here:
 //! the queue (`mta-queue`) and the network (`mta-smtp`) meet through `mta_core::seams`.
 
 mod control;
 mod dkim_cmd;
+mod doctor;
 mod metrics_http;
 mod queue_cmd;
 mod reload;
@@ -79,6 +81,9 @@ enum Command {
         #[command(subcommand)]
         command: dkim_cmd::DkimCommand,
     },
+    /// Check the DNS records and certificate the world needs to trust our mail (exit 1 when
+    /// something would hurt deliverability).
+    Doctor(doctor::DoctorArgs),
     /// Validate the config (and read its DKIM keys) and print the effective settings.
     CheckConfig {
         /// The TOML config file.
@@ -109,6 +114,12 @@ fn main() -> ExitCode {
         }
         Command::Dkim { config, command } => {
             load_config(config.as_deref()).and_then(|c| dkim_cmd::run(command, &c))
+        }
+        Command::Doctor(args) => {
+            match load_config(args.config.as_deref()).and_then(|c| doctor::run(&args, &c)) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
+            }
         }
         Command::CheckConfig { config } => load_config(config.as_deref()).and_then(|c| {
             mta_smtp::dkim::Signer::load(&c)?;

@@ -1,0 +1,552 @@
+//! `mta doctor` against dnsmasq: a zone with every record right gives `ok` for every item and
+//! exit 0; zones with one mistake each give `FAIL` for exactly that item, the record to
+//! publish, and exit 1; `--json` says the same; a DNS server that fails gives "could not
+//! check". No server runs: doctor reads the config and DNS only.
+//!
+//! Addresses are from the documentation ranges (192.0.2.0/24, 198.51.100.0/24): nothing
+//! connects to them, and reverse DNS of 127.0.0.0/8 cannot be served by a test zone (the
+//! resolver answers `localhost` itself, RFC 6761 §6.3).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use mta_tests::{KeptDir, Output, ServfailDns, TestDns, mta_with_config, run, secs};
+
+use crate::dkim::{Key, keygen, txt_record};
+
+const HOST: &str = "mx.example.test";
+const HOST_IP: &str = "192.0.2.10";
+
+/// Runs openssl in `dir`; panics unless it succeeds.
+fn openssl(dir: &Path, args: &[&str]) {
+    run(
+        "openssl",
+        Command::new("openssl").args(args).current_dir(dir),
+        b"",
+        secs(30),
+    )
+    .assert_success(&format!("openssl {}", args.join(" ")));
+}
+
+/// A test CA and a certificate it signed for [`HOST`]: `ca.pem`, `mx.pem`, `mx.key` in `dir`.
+fn ca_signed_cert(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "30", "-subj", "/CN=Doctor Test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut leaf = vec![
+        "req",
+        "-x509",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=mx.example.test",
+    ];
+    leaf.extend(ec);
+    leaf.extend([
+        "-addext",
+        "subjectAltName=DNS:mx.example.test",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-keyout",
+        "mx.key",
+        "-out",
+        "mx.pem",
+    ]);
+    openssl(dir, &leaf);
+}
+
+/// The records of a mail domain served by [`HOST`], all right, unless left out by `skip`
+/// (`mx`, `spf`, `dkim`, `dmarc`).
+fn good_domain(domain: &str, key: &Key, skip: &[&str]) -> Vec<String> {
+    let mut records = Vec::new();
+    if !skip.contains(&"mx") {
+        records.push(format!("--mx-host={domain},{HOST},10"));
+    }
+    if !skip.contains(&"spf") {
+        records.push(txt_record(domain, "v=spf1 ip4:192.0.2.0/24 -all"));
+    }
+    if !skip.contains(&"dkim") {
+        records.push(txt_record(&format!("ed._domainkey.{domain}"), &key.text));
+    }
+    if !skip.contains(&"dmarc") {
+        records.push(txt_record(
+            &format!("_dmarc.{domain}"),
+            &format!("v=DMARC1; p=reject; rua=mailto:postmaster@{domain}"),
+        ));
+    }
+    records
+}
+
+/// The host's own records: its address, forward-confirmed reverse DNS, SPF for its EHLO name
+/// and the DKIM key of its bounces.
+fn good_host(key: &Key) -> Vec<String> {
+    vec![
+        "--local=/2.0.192.in-addr.arpa/".to_string(),
+        format!("--address=/{HOST}/{HOST_IP}"),
+        format!("--ptr-record=10.2.0.192.in-addr.arpa,{HOST}"),
+        txt_record(HOST, "v=spf1 ip4:192.0.2.0/24 -all"),
+        txt_record(&format!("ed._domainkey.{HOST}"), &key.text),
+    ]
+}
+
+fn start_dns(records: &[String]) -> TestDns {
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    TestDns::start(&refs)
+}
+
+/// A `[[dkim."domain"]]` table signing `domain` with the key file of `key`.
+fn dkim_table(domain: &str, key: &Key) -> String {
+    format!(
+        "[[dkim.\"{domain}\"]]\nselector = \"ed\"\nkey = {:?}\nalgorithm = \"ed25519\"\n",
+        key.file.display().to_string()
+    )
+}
+
+/// Writes a config into `dir`: the hostname, the local domains, DNS, the certificate (when
+/// `cert`) and a DKIM key for each of `signed`.
+fn config(
+    dir: &Path,
+    name: &str,
+    dns: &str,
+    domains: &[&str],
+    signed: &[&str],
+    key: &Key,
+    cert: bool,
+) -> std::path::PathBuf {
+    let list: Vec<String> = domains.iter().map(|d| format!("{d:?}")).collect();
+    let mut text = format!(
+        "hostname = \"{HOST}\"\ndata_dir = {:?}\nlocal_domains = [{}]\n",
+        dir.join("data").display().to_string(),
+        list.join(", ")
+    );
+    if cert {
+        text.push_str(&format!(
+            "[tls]\ncert = {:?}\nkey = {:?}\n",
+            dir.join("mx.pem").display().to_string(),
+            dir.join("mx.key").display().to_string()
+        ));
+    }
+    text.push_str(dns);
+    for d in signed {
+        text.push_str(&dkim_table(d, key));
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One line of the text report.
+#[derive(Debug)]
+struct Line {
+    status: String,
+    check: String,
+    domain: String,
+    detail: String,
+    record: Option<String>,
+}
+
+/// The verdict lines of a text report (between the header and the summary).
+fn lines(out: &Output) -> Vec<Line> {
+    let mut result: Vec<Line> = Vec::new();
+    let mut in_record = false;
+    for l in out.stdout.lines().skip(2) {
+        if l.is_empty() {
+            break;
+        }
+        if l == "      publish:" {
+            in_record = true;
+            continue;
+        }
+        if in_record && let Some(r) = l.strip_prefix("        ") {
+            let last = result.last_mut().expect("a record follows a verdict");
+            let record = last.record.get_or_insert_with(String::new);
+            record.push_str(r);
+            record.push('\n');
+            continue;
+        }
+        in_record = false;
+        let mut parts = l.split_whitespace();
+        let status = parts.next().unwrap_or_default().to_string();
+        let check = parts.next().unwrap_or_default().to_string();
+        let domain = parts.next().unwrap_or_default().to_string();
+        let detail = parts.collect::<Vec<_>>().join(" ");
+        result.push(Line {
+            status,
+            check,
+            domain,
+            detail,
+            record: None,
+        });
+    }
+    assert!(!result.is_empty(), "no verdicts in:\n{}", out.all());
+    result
+}
+
+fn doctor(config: &Path, args: &[&str]) -> Output {
+    let mut all = vec!["doctor"];
+    all.extend(args);
+    mta_with_config(config, &all, b"")
+}
+
+/// `--json` output as (check, domain) → statuses, after checking each item's shape.
+fn json_statuses(out: &Output) -> BTreeMap<(String, String), Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("--json is not JSON ({e}):\n{}", out.all()));
+    let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for item in v.as_array().expect("a JSON array") {
+        let s = |k: &str| item[k].as_str().unwrap_or_else(|| panic!("{k} in {item}"));
+        assert!(!s("detail").is_empty(), "{item}");
+        if s("status") == "fail" {
+            assert!(
+                item.get("record").is_some()
+                    || s("check") == "cert"
+                    || s("detail").starts_with("no key: run mta dkim keygen"),
+                "a wrong or missing record comes with the record to publish: {item}"
+            );
+        }
+        map.entry((s("check").into(), s("domain").into()))
+            .or_default()
+            .push(s("status").into());
+    }
+    map
+}
+
+fn text_statuses(lines: &[Line]) -> BTreeMap<(String, String), Vec<String>> {
+    let mut map: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for l in lines {
+        map.entry((l.check.clone(), l.domain.clone()))
+            .or_default()
+            .push(l.status.to_ascii_lowercase());
+    }
+    map
+}
+
+#[test]
+fn good_zone_is_ok_for_every_item() {
+    let dir = KeptDir::new();
+    let key = keygen(dir.path(), "example.test", "ed", "ed25519");
+    ca_signed_cert(dir.path());
+    let mut records = good_host(&key);
+    records.extend(good_domain("example.test", &key, &[]));
+    records.push(txt_record("_mta-sts.example.test", "v=STSv1; id=20261129"));
+    records.push(txt_record(
+        "_smtp._tls.example.test",
+        "v=TLSRPTv1; rua=mailto:tls-reports@example.test",
+    ));
+    let dns = start_dns(&records);
+    let cfg = config(
+        dir.path(),
+        "mta.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &["example.test", HOST],
+        &key,
+        true,
+    );
+
+    let out = doctor(&cfg, &[]);
+    assert_eq!(out.code(), 0, "{}", out.all());
+    assert!(
+        out.stdout
+            .starts_with("mta doctor: hostname mx.example.test, outbound 192.0.2.10 "),
+        "{}",
+        out.stdout
+    );
+    let verdicts = lines(&out);
+    for l in &verdicts {
+        assert_eq!(l.status, "ok", "{l:?}\n{}", out.stdout);
+        assert!(l.record.is_none(), "{l:?}");
+    }
+    let checks: Vec<(&str, &str)> = verdicts
+        .iter()
+        .map(|l| (l.check.as_str(), l.domain.as_str()))
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            ("address", HOST),
+            ("ptr", HOST),
+            ("spf", HOST),
+            ("dkim", HOST),
+            ("cert", HOST),
+            ("mx", "example.test"),
+            ("spf", "example.test"),
+            ("dkim", "example.test"),
+            ("dmarc", "example.test"),
+            ("mta-sts", "example.test"),
+            ("tls-rpt", "example.test"),
+        ],
+        "{}",
+        out.stdout
+    );
+    let detail = |check: &str| {
+        &verdicts
+            .iter()
+            .find(|l| l.check == check)
+            .expect("checked")
+            .detail
+    };
+    assert_eq!(
+        detail("ptr"),
+        "192.0.2.10 → mx.example.test, which resolves back to 192.0.2.10"
+    );
+    assert!(
+        detail("cert").contains("issued by CN=Doctor Test CA"),
+        "{}",
+        detail("cert")
+    );
+    assert!(
+        detail("cert").contains("chain not checked"),
+        "{}",
+        detail("cert")
+    );
+    assert_eq!(detail("mx"), "MX 10 mx.example.test (this host)");
+
+    let json = doctor(&cfg, &["--json"]);
+    assert_eq!(json.code(), 0, "{}", json.all());
+    assert_eq!(json_statuses(&json), text_statuses(&verdicts));
+}
+
+/// One mistake per domain (or per outbound address), each to be named alone.
+#[test]
+fn each_mistake_fails_naming_the_item_and_the_record() {
+    let dir = KeptDir::new();
+    let key = keygen(dir.path(), "example.test", "ed", "ed25519");
+    let other = keygen(dir.path(), "other.test", "ed", "ed25519");
+    ca_signed_cert(dir.path());
+    let mut records = good_host(&key);
+    records.extend(good_domain("nomx.test", &key, &["mx"]));
+    records.extend(good_domain("wrongmx.test", &key, &["mx"]));
+    records.push("--mx-host=wrongmx.test,mx.elsewhere.test,10".into());
+    records.push("--address=/mx.elsewhere.test/198.51.100.7".into());
+    records.extend(good_domain("badspf.test", &key, &["spf"]));
+    records.push(txt_record("badspf.test", "v=spf1 ip4:198.51.100.0/24 -all"));
+    records.extend(good_domain("baddkim.test", &key, &["dkim"]));
+    records.push(txt_record("ed._domainkey.baddkim.test", &other.text));
+    records.extend(good_domain("nodkim.test", &key, &["dkim"]));
+    records.extend(good_domain("nodmarc.test", &key, &["dmarc"]));
+    records.extend(good_domain("badsts.test", &key, &[]));
+    records.push(txt_record("_mta-sts.badsts.test", "v=STSv1;"));
+    records.extend(good_domain("example.test", &key, &[]));
+    // 192.0.2.20 has no PTR; 192.0.2.30's names a host that is elsewhere.
+    records.push("--ptr-record=30.2.0.192.in-addr.arpa,mail.elsewhere.test".into());
+    records.push("--address=/mail.elsewhere.test/198.51.100.30".into());
+    let dns = start_dns(&records);
+    let domains = [
+        "nomx.test",
+        "wrongmx.test",
+        "badspf.test",
+        "baddkim.test",
+        "nodkim.test",
+        "nodmarc.test",
+        "badsts.test",
+        "example.test",
+    ];
+    let signed: Vec<&str> = domains
+        .iter()
+        .copied()
+        .filter(|d| *d != "nodkim.test")
+        .chain([HOST])
+        .collect();
+    let cfg = config(
+        dir.path(),
+        "mta.toml",
+        &dns.config_toml(),
+        &domains,
+        &signed,
+        &key,
+        true,
+    );
+
+    // (arguments, the failing check, words of its detail, words of the record)
+    let cases: [(&[&str], &str, &str, &str); 9] = [
+        (
+            &["nomx.test"],
+            "mx",
+            "no MX record",
+            "nomx.test. IN MX 10 mx.example.test.",
+        ),
+        (
+            &["wrongmx.test"],
+            "mx",
+            "MX 10 mx.elsewhere.test is not this host",
+            "wrongmx.test. IN MX 10 mx.example.test.",
+        ),
+        (
+            &["badspf.test"],
+            "spf",
+            "\"v=spf1 ip4:198.51.100.0/24 -all\" gives fail for 192.0.2.10",
+            "\"v=spf1 ip4:192.0.2.10 ip4:198.51.100.0/24 -all\"",
+        ),
+        (
+            &["baddkim.test"],
+            "dkim",
+            "ed._domainkey.baddkim.test publishes another key than",
+            &format!("ed._domainkey.baddkim.test. IN TXT ( \"{}\" )", key.text),
+        ),
+        (
+            &["nodkim.test"],
+            "dkim",
+            "no key: run mta dkim keygen --domain nodkim.test",
+            "",
+        ),
+        (
+            &["nodmarc.test"],
+            "dmarc",
+            "no DMARC record at _dmarc.nodmarc.test",
+            "\"v=DMARC1; p=quarantine; rua=mailto:postmaster@nodmarc.test\"",
+        ),
+        (
+            &["badsts.test"],
+            "mta-sts",
+            "\"v=STSv1;\" at _mta-sts.badsts.test does not parse",
+            "_mta-sts.badsts.test. IN TXT ( \"v=STSv1; id=",
+        ),
+        (
+            &["example.test", "--ip", "192.0.2.20"],
+            "ptr",
+            "192.0.2.20 has no PTR record",
+            "20.2.0.192.in-addr.arpa. IN PTR mx.example.test.",
+        ),
+        (
+            &["example.test", "--ip", "192.0.2.30"],
+            "ptr",
+            "192.0.2.30 → mail.elsewhere.test, which does not resolve back",
+            "30.2.0.192.in-addr.arpa. IN PTR mx.example.test.",
+        ),
+    ];
+    for (args, check, detail, record) in cases {
+        let out = doctor(&cfg, args);
+        assert_eq!(out.code(), 1, "{args:?}\n{}", out.all());
+        let verdicts = lines(&out);
+        let failed: Vec<&Line> = verdicts.iter().filter(|l| l.status == "FAIL").collect();
+        assert_eq!(failed.len(), 1, "{args:?}: one FAIL\n{}", out.stdout);
+        let f = failed[0];
+        assert_eq!(f.check, check, "{args:?}\n{}", out.stdout);
+        assert!(f.detail.contains(detail), "{args:?}: {f:?}");
+        if !record.is_empty() {
+            let published = f.record.as_deref().unwrap_or_default();
+            assert!(published.contains(record), "{args:?}: {f:?}");
+        }
+        // Everything else is fine (MTA-STS and TLS-RPT are optional, and the address warns
+        // when --ip is not the hostname's).
+        for l in verdicts.iter().filter(|l| l.status != "FAIL") {
+            assert!(
+                l.status == "ok"
+                    || (["mta-sts", "tls-rpt"].contains(&l.check.as_str()) && l.status == "info")
+                    || (l.check == "address" && l.status == "warn"),
+                "{args:?}: {l:?}\n{}",
+                out.stdout
+            );
+        }
+    }
+
+    // Every domain at once, in text and in JSON: the same verdicts.
+    let out = doctor(&cfg, &[]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    let text = text_statuses(&lines(&out));
+    let json = doctor(&cfg, &["--json"]);
+    assert_eq!(json.code(), 1, "{}", json.all());
+    assert_eq!(json_statuses(&json), text);
+    let failed: Vec<(&str, &str)> = text
+        .iter()
+        .filter(|(_, s)| s.iter().any(|s| s == "fail"))
+        .map(|((c, d), _)| (c.as_str(), d.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [
+            ("dkim", "baddkim.test"),
+            ("dkim", "nodkim.test"),
+            ("dmarc", "nodmarc.test"),
+            ("mta-sts", "badsts.test"),
+            ("mx", "nomx.test"),
+            ("mx", "wrongmx.test"),
+            ("spf", "badspf.test"),
+        ]
+    );
+
+    // No [tls] cert: the self-signed certificate `mta serve` made is a FAIL.
+    let tls = dir.path().join("data").join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    openssl(
+        &tls,
+        &[
+            "req",
+            "-x509",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=mx.example.test",
+            "-addext",
+            "subjectAltName=DNS:mx.example.test",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "selfsigned-key.pem",
+            "-out",
+            "selfsigned-cert.pem",
+        ],
+    );
+    let cfg = config(
+        dir.path(),
+        "selfsigned.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &["example.test"],
+        &key,
+        false,
+    );
+    let out = doctor(&cfg, &[]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    let failed: Vec<Line> = lines(&out)
+        .into_iter()
+        .filter(|l| l.status == "FAIL")
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", out.stdout);
+    assert_eq!(failed[0].check, "cert");
+    assert!(failed[0].detail.contains("self-signed"), "{:?}", failed[0]);
+}
+
+#[test]
+fn dns_failure_is_could_not_check() {
+    let dir = KeptDir::new();
+    let key = keygen(dir.path(), "example.test", "ed", "ed25519");
+    ca_signed_cert(dir.path());
+    let dns = ServfailDns::start();
+    let cfg = config(
+        dir.path(),
+        "mta.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &["example.test"],
+        &key,
+        true,
+    );
+    let out = doctor(&cfg, &["--ip", HOST_IP]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    let verdicts = lines(&out);
+    // Only the certificate (a file) and the bounce key (none configured) need no DNS.
+    for l in verdicts
+        .iter()
+        .filter(|l| l.check != "cert" && l.status != "info")
+    {
+        assert_eq!(l.status, "FAIL", "{l:?}");
+        assert!(l.detail.starts_with("could not check (DNS: "), "{l:?}");
+    }
+    assert!(dns.queries() > 0);
+}
