@@ -3,7 +3,7 @@
 # test server, which stores nothing: the ceiling), in one run, interleaved (mta, postfix,
 # sink, mta, postfix, sink, ...), and a table of medians and ratios at the end.
 #
-#   scripts/bench.sh            full run (about 10-15 minutes on 2 cores)
+#   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not)
 #   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes)
 #
 # Load comes from Postfix's smtp-source (one message per connection, MTA-to-MTA style);
@@ -101,9 +101,9 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$out"; }
 count_new() { find "$1" -path '*/new/*' -type f 2>/dev/null | wc -l; }
 # Moves each Maildir's new/ aside (a fresh new/ takes its place) instead of deleting the
-# messages: on ext4 without a journal, creating a file skips every inode freed in the last
-# 30 s, one inode-table lookup each, so deleting thousands of messages between runs would
-# slow the next run's file creations (seen in perf as recently_deleted/find_inode_bit).
+# messages: on ext4 without a journal, creating a file skips the inodes freed in the last
+# few seconds, one inode-table lookup each, so deleting thousands of messages between runs
+# would slow the next run's file creations (seen in perf as recently_deleted/find_inode_bit).
 set_aside() { # set_aside MAILDIR_ROOT
   local n keep
   while read -r n; do
@@ -177,12 +177,27 @@ log "postfix on $PF_ADDR (master pid $PF_MASTER)"
 # --- smtp-sink as the no-storage ceiling
 SINK_PORT=$(free_port 127.0.0.1)
 "$sink" -u nobody "127.0.0.1:$SINK_PORT" 1024 >/dev/null 2>&1 &
-pids+=($!)
+SINK_PID=$!
+pids+=("$SINK_PID")
 wait_port 127.0.0.1 "$SINK_PORT" || die "smtp-sink does not answer"
 SINK_ADDR=127.0.0.1:$SINK_PORT
 
 addr_of() { case "$1" in mta) echo "$MTA_ADDR" ;; postfix) echo "$PF_ADDR" ;; sink) echo "$SINK_ADDR" ;; esac; }
 maildir_of() { case "$1" in mta) echo "$MTA_MAILDIR" ;; postfix) echo "$PF_MAILDIR" ;; *) echo "" ;; esac; }
+# CPU time (clock ticks) a server has used so far, all its processes: mta and smtp-sink are
+# one process each; for Postfix, the master with its reaped children plus every live child.
+# On a shared machine CPU per message is steadier than messages per second.
+cpu_ticks() {
+  case "$1" in
+    mta) awk '{print $14 + $15}' "/proc/$MTA_PID/stat" ;;
+    sink) awk '{print $14 + $15}' "/proc/$SINK_PID/stat" ;;
+    postfix)
+      { awk '{print $14 + $15 + $16 + $17}' "/proc/$PF_MASTER/stat"
+        for p in $(ps -o pid= --ppid "$PF_MASTER"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done
+      } | awk '{t += $1} END {print t}' ;;
+  esac
+}
+TICK=$(getconf CLK_TCK)
 secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}'; }
 
 wait_delivered() { # wait_delivered MAILDIR N: until N files sit in new/ (at most 600 s)
@@ -211,18 +226,19 @@ load() { # load ADDR RCPT SESSIONS N SIZE
 }
 
 accept_run() { # accept_run TEST SERVER ROUND SESSIONS N SIZE
-  local test=$1 srv=$2 round=$3 s=$4 n=$5 size=$6 md l rate pn
+  local test=$1 srv=$2 round=$3 s=$4 n=$5 size=$6 md l rate pn=0 c0 cpu
   md=$(maildir_of "$srv")
   l=$(load1)
+  c0=$(cpu_ticks "$srv")
   load "$(addr_of "$srv")" u@local.test "$s" "$n" "$size"
   rate=$(awk -v n="$n" -v t="$run_secs" 'BEGIN{printf "%.0f", n/t}')
-  record "$test" "$srv" "$round" "$rate" msg/s "$l" "secs=$run_secs $run_probe"
-  log "$test $srv r$round: $rate msg/s ($run_secs s, load $l) probe: $run_probe"
-  if [ -n "$md" ]; then
-    pn=$(sed -n 's/^n=\([0-9]*\).*/\1/p' <<<"$run_probe"); pn=${pn:-0}
-    wait_delivered "$md" $((n + pn))
-    set_aside "$md"
-  fi
+  pn=$(sed -n 's/^n=\([0-9]*\).*/\1/p' <<<"$run_probe"); pn=${pn:-0}
+  # Deliveries included: CPU is read once everything sits in the Maildir.
+  if [ -n "$md" ]; then wait_delivered "$md" $((n + pn)); fi
+  cpu=$(awk -v a="$c0" -v b="$(cpu_ticks "$srv")" -v n=$((n + pn)) -v t="$TICK" 'BEGIN{printf "%.3f", (b-a)/t*1000/n}')
+  record "$test" "$srv" "$round" "$rate" msg/s "$l" "secs=$run_secs cpu_ms_per_msg=$cpu $run_probe"
+  log "$test $srv r$round: $rate msg/s ($run_secs s, load $l, $cpu ms CPU per message) probe: $run_probe"
+  if [ -n "$md" ]; then set_aside "$md"; fi
 }
 
 relay_run() { # relay_run SERVER ROUND N: first submission to the N-th message at the sink

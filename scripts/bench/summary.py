@@ -49,6 +49,9 @@ def main():
             a, b = probe(test, srv, "p50_ms"), probe(test, srv, "p99_ms")
             cells.append(f"{fmt(a, 1)} / {fmt(b, 1)}")
         print(f"| … dot → 250, p50 / p99 (ms) | {cells[0]} | {cells[1]} | {cells[2]} | | |")
+        c = [probe(test, srv, "cpu_ms_per_msg") for srv in ("mta", "postfix", "sink")]
+        print(f"| … CPU per message, deliveries included (ms) | {fmt(c[0], 2)} | {fmt(c[1], 2)} | {fmt(c[2], 2)} "
+              f"| {ratio(c[1], c[0]) if c[0] else '—'} less | |")
     if any(k[0] == "relay-s20-5KiB" for k in by):
         m, p = med("relay-s20-5KiB", "mta"), med("relay-s20-5KiB", "postfix")
         print(f"| relay, 20 sessions, 5 KiB, to the sink (msg/s) | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
