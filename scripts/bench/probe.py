@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Small SMTP clients for scripts/bench.sh. Standard library only.
 
-  probe.py latency HOST:PORT RCPT SIZE [--count N] [--interval S] [--stop-file F] [--ready F]
-                        [--max-s S]
-      Sends messages one after another on one connection (RSET-free: MAIL, RCPT, DATA,
-      body, dot) and times each from the final dot to the 250. Stops after N messages, or
-      once F exists, or after S seconds. Writes the --ready file once connected. Prints: n=K p50_ms=A p99_ms=B max_ms=C
+  probe.py latency HOST:PORT RCPT SIZE [--count N] [--interval S] [--stop-file F]
+                   [--ready F] [--max-s S]
+      Sends messages one after another on one connection (MAIL, RCPT, DATA, body, dot; no
+      RSET needed) and times each from the final dot to the 250, pausing S seconds
+      (--interval) between messages. Writes the --ready file once past EHLO. Stops after N
+      messages, once the stop file exists, or after --max-s seconds.
+      Prints: n=K p50_ms=A p99_ms=B max_ms=C
   probe.py hold HOST:PORT N [--sources K] [--ready F] [--stop-file F] [--max-s S]
       Opens N sessions from K loopback source addresses (127.0.1.1 ...), reads each
       greeting, sends EHLO, writes F (--ready) with the count once all answered, and holds
