@@ -97,7 +97,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             warn!("implicit TLS listener without a certificate; closing");
             return;
         };
-        let stream = match timeout(handshake, acceptor.accept(stream)).await {
+        let stream = match Box::pin(timeout(handshake, acceptor.accept(stream))).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
             Err(_) => return info!("TLS handshake timed out"),
@@ -109,13 +109,13 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         };
         info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
         let session = Session::new(ctx);
-        let _ = phase(
+        let _ = Box::pin(phase(
             shared,
             BufReader::with_capacity(READ_BUFFER, stream),
             session,
             true,
             deadline,
-        )
+        ))
         .await;
         return;
     }
@@ -144,7 +144,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         .clone()
         .expect("STARTTLS is offered only with a certificate");
     let handshake = wait(shared.config.limits.command_timeout, deadline);
-    let stream = match timeout(handshake, acceptor.accept(reader.into_inner())).await {
+    let stream = match Box::pin(timeout(handshake, acceptor.accept(reader.into_inner()))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
         Err(_) => return info!("TLS handshake timed out"),
@@ -156,13 +156,13 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     };
     info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
     let session = Session::new(ctx);
-    let _ = phase(
+    let _ = Box::pin(phase(
         shared,
         BufReader::with_capacity(READ_BUFFER, stream),
         session,
         false,
         deadline,
-    )
+    ))
     .await;
 }
 
@@ -202,7 +202,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
         let action = match action {
             Action::CheckPassword { login, password } => {
                 let (ip, listener) = (session.context().peer.ip(), session.context().listener);
-                match check_password(shared, ip, listener, login, password).await {
+                match Box::pin(check_password(shared, ip, listener, login, password)).await {
                     Checked::Verified(result) => session.auth_checked(result),
                     Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
                 }
@@ -236,7 +236,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 out.extend_from_slice(r.to_wire().as_bytes());
                 send(&mut io, &mut out, limits.command_timeout, deadline).await?;
-                let after = receive(shared, &mut io, &mut session, deadline).await?;
+                let after = Box::pin(receive(shared, &mut io, &mut session, deadline)).await?;
                 let listener = session.context().listener.name();
                 match &after {
                     AfterData::Answer(reply) | AfterData::Close(reply) if reply.code == 250 => {
@@ -444,7 +444,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         id: &id,
         now: now.as_secs(),
     };
-    let body = assemble(&trace, &tx, &data);
+    let body = assemble(&trace, &tx, data);
     let envelope = Envelope {
         id: id.clone(),
         sender: tx.from.clone(),

@@ -334,3 +334,20 @@ async fn password_failures_lock_the_client_and_the_account() {
         "other accounts from that address are still checked"
     );
 }
+
+/// Every open connection costs its task's future, held for as long as the client is idle; the
+/// DATA, password and TLS steps are boxed so they cost only while they run (8 KiB per
+/// connection when they were inline). See docs/performance.md, "Memory per idle session".
+#[test]
+fn a_connection_future_stays_small() {
+    fn size_of_future<F: std::future::Future>(_: &F) -> usize {
+        std::mem::size_of::<F>()
+    }
+    let s = setup(|_| {});
+    let (_client, server) = duplex(64);
+    let peer: SocketAddr = "192.0.2.1:2525".parse().unwrap();
+    let fut = serve_stream(&s.shared, server, peer, ListenerKind::Smtp);
+    let size = size_of_future(&fut);
+    println!("serve_stream future: {size} bytes");
+    assert!(size <= 4096, "serve_stream future is {size} bytes");
+}

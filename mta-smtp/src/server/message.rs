@@ -79,24 +79,24 @@ pub fn has_header(data: &[u8], name: &str) -> bool {
     false
 }
 
-/// The bytes to queue: our headers, then the client's data unchanged.
-pub fn assemble(t: &Trace<'_>, tx: &Transaction, data: &[u8]) -> Vec<u8> {
+/// The bytes to queue: our headers, then the client's data unchanged. The headers are put in
+/// front of `data` in place (the buffer usually has room to spare), so a large message is not
+/// held twice.
+pub fn assemble(t: &Trace<'_>, tx: &Transaction, mut data: Vec<u8>) -> Vec<u8> {
     let mut head = received(t, tx);
     if t.ctx.listener.is_submission() {
-        if !has_header(data, "Message-ID") {
+        if !has_header(&data, "Message-ID") {
             head.push_str(&format!(
                 "Message-ID: <{}@{}>\r\n",
                 t.id, t.ctx.config.hostname
             ));
         }
-        if !has_header(data, "Date") {
+        if !has_header(&data, "Date") {
             head.push_str(&format!("Date: {}\r\n", date::rfc5322(t.now)));
         }
     }
-    let mut out = Vec::with_capacity(head.len() + data.len());
-    out.extend_from_slice(head.as_bytes());
-    out.extend_from_slice(data);
-    out
+    data.splice(0..0, head.into_bytes());
+    data
 }
 
 #[cfg(test)]

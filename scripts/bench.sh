@@ -1,0 +1,374 @@
+#!/usr/bin/env bash
+# The benchmark: `mta` side by side with a private Postfix and with smtp-sink (Postfix's
+# test server, which stores nothing: the ceiling), in one run, interleaved (mta, postfix,
+# sink, mta, postfix, sink, ...), and a table of medians and ratios at the end.
+#
+#   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not)
+#   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes)
+#
+# Load comes from Postfix's smtp-source (one message per connection, MTA-to-MTA style);
+# dot-to-250 latency from scripts/bench/probe.py, which sends its own messages on one more
+# connection while the load runs (one every BENCH_PROBE_INTERVAL seconds). Tests:
+#   accept   20 sessions and 1 session of 5 KiB messages, 20 sessions of 100 KiB, to a local
+#            Maildir recipient (u@local.test); msg/s and the probe's p50/p99.
+#   relay    20 sessions to a remote domain; msg/s from the first submission to the last
+#            message counted by an smtp-sink on 127.0.0.2 (mta finds it by MX through a
+#            dnsmasq on loopback, Postfix through a transport map).
+#   idle     RSS of a fresh mta with 0 and BENCH_IDLE sessions held open after EHLO (from 50
+#            loopback source addresses); PSS per smtpd process for Postfix.
+#   fsync    fsync+fdatasync per accepted message at 20 sessions (strace -f), mta and Postfix.
+#   big      peak RSS (VmHWM) of a fresh mta before and after one 25 MiB message.
+# Knobs (environment): BENCH_ROUNDS, BENCH_MSGS (20 sessions, 5 KiB), BENCH_MSGS_1 (1
+# session), BENCH_MSGS_BIG (100 KiB), BENCH_RELAY_MSGS, BENCH_FSYNC_MSGS, BENCH_IDLE,
+# BENCH_PF_IDLE, BENCH_PROBE_INTERVAL, BENCH_TESTS (default "accept relay idle fsync big"),
+# BENCH_KEEP=1 keeps the work directory. Raw results: target/bench/results-TIME.tsv.
+#
+# Needs root (Postfix's daemons and smtp-sink drop privileges). Installs postfix (for
+# smtp-source, smtp-sink and the Postfix under test; a system Postfix is left alone: the
+# private one has its own config, queue and data directories and ports), dnsmasq-base and
+# strace with apt-get when missing. Every process started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+quick=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    *) echo "bench: unknown argument $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+if [ "$quick" = 1 ]; then d_rounds=1 d_msgs=3000 d_msgs1=1000 d_big=600 d_fsync=1000
+else d_rounds=3 d_msgs=5000 d_msgs1=2000 d_big=2000 d_fsync=3000; fi
+ROUNDS=${BENCH_ROUNDS:-$d_rounds}
+MSGS=${BENCH_MSGS:-$d_msgs}
+MSGS_1=${BENCH_MSGS_1:-$d_msgs1}
+MSGS_BIG=${BENCH_MSGS_BIG:-$d_big}
+RELAY_MSGS=${BENCH_RELAY_MSGS:-$MSGS}
+FSYNC_MSGS=${BENCH_FSYNC_MSGS:-$d_fsync}
+IDLE=${BENCH_IDLE:-1000}
+PF_IDLE=${BENCH_PF_IDLE:-100}
+PROBE_INTERVAL=${BENCH_PROBE_INTERVAL:-0.01}
+TESTS=" ${BENCH_TESTS:-accept relay idle fsync big} "
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { log "bench: $*"; exit 1; }
+[ "$(id -u)" = 0 ] || die "run as root (Postfix and smtp-sink need it)"
+
+need=()
+command -v smtp-source >/dev/null 2>&1 || [ -x /usr/sbin/smtp-source ] || need+=(postfix)
+[ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
+command -v strace >/dev/null 2>&1 || need+=(strace)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ "${#need[@]}" -gt 0 ]; then
+  log "installing ${need[*]}"
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+src=$(command -v smtp-source || echo /usr/sbin/smtp-source)
+sink=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
+probe=$repo/scripts/bench/probe.py
+
+log "building release"
+cargo build --release --bin mta >&2
+mta=$repo/target/release/mta
+
+# On the real disk, not a tmpfs /tmp: fsync must cost what it costs.
+dir=$(mktemp -d /var/tmp/mta-bench.XXXXXX)
+chmod 755 "$dir"   # Postfix's daemons run as postfix and mail
+mkdir -p "$repo/target/bench"
+out=$repo/target/bench/results-$(date +%Y%m%d-%H%M%S).tsv
+printf 'test\tserver\tround\tvalue\tunit\tload1\textra\n' >"$out"
+pids=()
+pf_started=0
+cleanup() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ "$pf_started" = 1 ]; then
+    postfix -c "$dir/postfix/etc" stop >/dev/null 2>&1 || postfix -c "$dir/postfix/etc" abort >/dev/null 2>&1 || true
+    local i
+    for i in $(seq 1 40); do [ -s "$dir/postfix/queue/pid/master.pid" ] || break
+      kill -0 "$(tr -dc 0-9 <"$dir/postfix/queue/pid/master.pid")" 2>/dev/null || break; sleep 0.25; done
+  fi
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "kept $dir"; else rm -rf "$dir"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() { python3 -c 'import socket,sys; s=socket.socket(); s.bind((sys.argv[1],0)); print(s.getsockname()[1])' "$1"; }
+load1() { cut -d' ' -f1 /proc/loadavg; }
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$out"; }
+count_new() { find "$1" -path '*/new/*' -type f 2>/dev/null | wc -l; }
+# Moves each Maildir's new/ aside (a fresh new/ takes its place) instead of deleting the
+# messages: on ext4 without a journal, creating a file skips the inodes freed in the last
+# few seconds, one inode-table lookup each, so deleting thousands of messages between runs
+# would slow the next run's file creations (seen in perf as recently_deleted/find_inode_bit).
+set_aside() { # set_aside MAILDIR_ROOT
+  local n keep
+  while read -r n; do
+    keep=$n.$(date +%s%N)
+    mv "$n" "$keep"; mkdir "$n"
+    chown --reference="$keep" "$n"; chmod --reference="$keep" "$n"
+  done < <(find "$1" -type d -name new)
+}
+wait_port() { # wait_port IP PORT: bounded wait until something listens
+  local i
+  for i in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
+
+# --- loopback DNS: MX relay.test -> 127.0.0.2 (for mta; Postfix uses a transport map)
+SINK_IP=127.0.0.2
+dns_port=$(free_port 127.0.0.1)
+relay_port=$(free_port $SINK_IP)
+/usr/sbin/dnsmasq --no-daemon --conf-file=/dev/null --pid-file= --port="$dns_port" \
+  --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts --local=/test/ \
+  --mx-host=relay.test,mx.relay.test,10 --host-record=mx.relay.test,$SINK_IP 2>/dev/null &
+pids+=($!)
+
+# --- mta: one instance for throughput; fresh ones for the memory tests
+start_mta() { # start_mta NAME: sets mta_pid and mta_addr
+  local d=$dir/$1
+  mkdir -p "$d"
+  sed -e "s|@DATA@|$d/data|" -e "s|@DNS_PORT@|$dns_port|" -e "s|@RELAY_PORT@|$relay_port|" \
+    "$repo/scripts/bench/mta.toml.in" >"$d/mta.toml"
+  echo 'bench-password-1' | "$mta" user add u@local.test --password-stdin --config "$d/mta.toml" >/dev/null
+  RUST_LOG=warn "$mta" serve --config "$d/mta.toml" >"$d/out" 2>"$d/err" &
+  mta_pid=$!
+  pids+=("$mta_pid")
+  local i
+  for i in $(seq 1 100); do grep -q '^mta ready' "$d/out" 2>/dev/null && break; sleep 0.1; done
+  mta_addr=$(grep -o 'smtp=[^ ]*' "$d/out" | head -n1 | cut -d= -f2)
+  [ -n "$mta_addr" ] || { cat "$d/err" >&2; die "mta $1 did not start"; }
+}
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+ulimit -n 8192
+start_mta mta
+MTA_PID=$mta_pid MTA_ADDR=$mta_addr
+MTA_MAILDIR=$dir/mta/data/mail
+log "mta on $MTA_ADDR (pid $MTA_PID)"
+
+# --- private Postfix
+pf=$dir/postfix
+PF_PORT=$(free_port 127.0.0.1)
+mkdir -p "$pf/etc" "$pf/queue" "$pf/data" "$pf/mail/Maildir/"{cur,new,tmp}
+chown -R mail:mail "$pf/mail"; chown postfix "$pf/data"
+for f in main.cf master.cf; do
+  sed -e "s|@DIR@|$pf|g" -e "s|@IP@|127.0.0.1|g" -e "s|@PORT@|$PF_PORT|g" \
+    -e "s|@SINK_IP@|$SINK_IP|g" -e "s|@SINK_PORT@|$relay_port|g" \
+    -e "s|@MAILUID@|$(id -u mail)|g" -e "s|@MAILGID@|$(id -g mail)|g" \
+    "$repo/scripts/bench/postfix/$f.in" >"$pf/etc/$f"
+done
+pf_started=1
+postfix -c "$pf/etc" start >&2 2>"$pf/start.err" || { cat "$pf/start.err" >&2; die "postfix did not start"; }
+for i in $(seq 1 40); do [ -s "$pf/queue/pid/master.pid" ] && break; sleep 0.25; done
+PF_MASTER=$(tr -dc 0-9 <"$pf/queue/pid/master.pid")
+wait_port 127.0.0.1 "$PF_PORT" || die "postfix does not answer on 127.0.0.1:$PF_PORT"
+PF_ADDR=127.0.0.1:$PF_PORT
+PF_MAILDIR=$pf/mail
+log "postfix on $PF_ADDR (master pid $PF_MASTER)"
+
+# --- smtp-sink as the no-storage ceiling
+SINK_PORT=$(free_port 127.0.0.1)
+"$sink" -u nobody "127.0.0.1:$SINK_PORT" 1024 >/dev/null 2>&1 &
+SINK_PID=$!
+pids+=("$SINK_PID")
+wait_port 127.0.0.1 "$SINK_PORT" || die "smtp-sink does not answer"
+SINK_ADDR=127.0.0.1:$SINK_PORT
+
+addr_of() { case "$1" in mta) echo "$MTA_ADDR" ;; postfix) echo "$PF_ADDR" ;; sink) echo "$SINK_ADDR" ;; esac; }
+maildir_of() { case "$1" in mta) echo "$MTA_MAILDIR" ;; postfix) echo "$PF_MAILDIR" ;; *) echo "" ;; esac; }
+# CPU time (clock ticks) a server has used so far, all its processes: mta and smtp-sink are
+# one process each; for Postfix, the master with its reaped children plus every live child.
+# On a shared machine CPU per message is steadier than messages per second.
+cpu_ticks() {
+  case "$1" in
+    mta) awk '{print $14 + $15}' "/proc/$MTA_PID/stat" ;;
+    sink) awk '{print $14 + $15}' "/proc/$SINK_PID/stat" ;;
+    postfix)
+      { awk '{print $14 + $15 + $16 + $17}' "/proc/$PF_MASTER/stat"
+        for p in $(ps -o pid= --ppid "$PF_MASTER"); do awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null; done
+      } | awk '{t += $1} END {print t}' ;;
+  esac
+}
+TICK=$(getconf CLK_TCK)
+secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}'; }
+
+wait_delivered() { # wait_delivered MAILDIR N: until N files sit in new/ (at most 600 s)
+  local i got=0
+  for i in $(seq 1 2400); do got=$(count_new "$1"); [ "$got" -ge "$2" ] && return 0; sleep 0.25; done
+  log "WARN: only $got of $2 messages delivered to $1"
+}
+
+# One load run: smtp-source with SESSIONS sessions, N messages of SIZE bytes to RCPT, plus
+# the latency probe. Sets run_secs, run_probe.
+load() { # load ADDR RCPT SESSIONS N SIZE
+  local addr=$1 rcpt=$2 s=$3 n=$4 size=$5 t0 rc=0 ppid
+  rm -f "$dir/probe.stop" "$dir/probe.ready"
+  python3 "$probe" latency "$addr" "$rcpt" "$size" --count 100000 --interval "$PROBE_INTERVAL" \
+    --stop-file "$dir/probe.stop" --ready "$dir/probe.ready" >"$dir/probe.out" 2>&1 & ppid=$!
+  local i
+  for i in $(seq 1 100); do [ -e "$dir/probe.ready" ] && break; kill -0 "$ppid" 2>/dev/null || break; sleep 0.1; done
+  t0=$(date +%s.%N)
+  timeout 900 "$src" -s "$s" -m "$n" -l "$size" -f sender@remote.test -t "$rcpt" \
+    -M bench-client.test "$addr" >"$dir/source.out" 2>&1 || rc=$?
+  run_secs=$(secs_since "$t0")
+  touch "$dir/probe.stop"
+  wait "$ppid" || true
+  run_probe=$(tail -n1 "$dir/probe.out")
+  [ "$rc" = 0 ] || { cat "$dir/source.out" >&2; die "smtp-source against $addr failed (rc=$rc)"; }
+}
+
+accept_run() { # accept_run TEST SERVER ROUND SESSIONS N SIZE
+  local test=$1 srv=$2 round=$3 s=$4 n=$5 size=$6 md l rate pn=0 c0 cpu
+  md=$(maildir_of "$srv")
+  l=$(load1)
+  c0=$(cpu_ticks "$srv")
+  load "$(addr_of "$srv")" u@local.test "$s" "$n" "$size"
+  rate=$(awk -v n="$n" -v t="$run_secs" 'BEGIN{printf "%.0f", n/t}')
+  pn=$(sed -n 's/^n=\([0-9]*\).*/\1/p' <<<"$run_probe"); pn=${pn:-0}
+  # Deliveries included: CPU is read once everything sits in the Maildir.
+  if [ -n "$md" ]; then wait_delivered "$md" $((n + pn)); fi
+  cpu=$(awk -v a="$c0" -v b="$(cpu_ticks "$srv")" -v n=$((n + pn)) -v t="$TICK" 'BEGIN{printf "%.3f", (b-a)/t*1000/n}')
+  record "$test" "$srv" "$round" "$rate" msg/s "$l" "secs=$run_secs cpu_ms_per_msg=$cpu $run_probe"
+  log "$test $srv r$round: $rate msg/s ($run_secs s, load $l, $cpu ms CPU per message) probe: $run_probe"
+  if [ -n "$md" ]; then set_aside "$md"; fi
+}
+
+relay_run() { # relay_run SERVER ROUND N: first submission to the N-th message at the sink
+  local srv=$1 round=$2 n=$3 rcpt sp wp t0 l i tend secs rate accept
+  case "$srv" in mta) rcpt=fwd@local.test ;; *) rcpt=u@relay.test ;; esac
+  rm -f "$dir/sink.mark" "$dir/sink.mark.final" "$dir/sink.fifo"; mkfifo "$dir/sink.fifo"
+  python3 "$probe" sinkcount "$n" "$dir/sink.mark" <"$dir/sink.fifo" & wp=$!
+  "$sink" -c -u nobody "$SINK_IP:$relay_port" 1024 >"$dir/sink.fifo" 2>/dev/null & sp=$!
+  pids+=("$sp")
+  wait_port "$SINK_IP" "$relay_port" || die "relay sink does not answer"
+  sleep 0.5
+  l=$(load1)
+  t0=$(date +%s.%N)
+  rm -f "$dir/probe.stop"
+  timeout 900 "$src" -s 20 -m "$n" -l 5120 -f sender@remote.test -t "$rcpt" \
+    -M bench-client.test "$(addr_of "$srv")" >"$dir/source.out" 2>&1 || { cat "$dir/source.out" >&2; die "smtp-source failed"; }
+  accept=$(awk -v n="$n" -v t="$(secs_since "$t0")" 'BEGIN{printf "%.0f", n/t}')
+  for i in $(seq 1 2400); do [ -s "$dir/sink.mark" ] && break; sleep 0.25; done
+  stop_pid "$sp"; wait "$wp" 2>/dev/null || true
+  if [ -s "$dir/sink.mark" ]; then
+    tend=$(cat "$dir/sink.mark")
+    secs=$(awk -v a="$t0" -v b="$tend" 'BEGIN{printf "%.3f", b-a}')
+    rate=$(awk -v n="$n" -v t="$secs" 'BEGIN{printf "%.0f", n/t}')
+  else
+    secs=NaN rate=NaN
+  fi
+  record relay-s20-5KiB "$srv" "$round" "$rate" msg/s "$l" "secs=$secs accept_msg_per_s=$accept sink_got=$(cat "$dir/sink.mark.final" 2>/dev/null)"
+  log "relay $srv r$round: $rate msg/s end to end ($secs s; accepted at $accept msg/s; load $l; sink got $(cat "$dir/sink.mark.final" 2>/dev/null))"
+  # Let the server record its deliveries before the next run.
+  sleep 2
+}
+
+# --- accept and relay, interleaved
+if [[ $TESTS == *" accept "* ]]; then
+  for r in $(seq 1 "$ROUNDS"); do
+    for srv in mta postfix sink; do accept_run accept-s20-5KiB "$srv" "$r" 20 "$MSGS" 5120; done
+    for srv in mta postfix sink; do accept_run accept-s1-5KiB "$srv" "$r" 1 "$MSGS_1" 5120; done
+    for srv in mta postfix sink; do accept_run accept-s20-100KiB "$srv" "$r" 20 "$MSGS_BIG" 102400; done
+  done
+fi
+if [[ $TESTS == *" relay "* ]]; then
+  for r in $(seq 1 "$ROUNDS"); do
+    for srv in mta postfix; do relay_run "$srv" "$r" "$RELAY_MSGS"; done
+  done
+fi
+
+# --- fsyncs per accepted message, 20 sessions, deliveries included
+fsync_run() { # fsync_run SERVER
+  local srv=$1 md targets=() sp l n=$FSYNC_MSGS total queue mail pn
+  md=$(maildir_of "$srv")
+  if [ "$srv" = mta ]; then targets=(-p "$MTA_PID")
+  else
+    # The master and every process it has now; strace -f follows the ones it forks later.
+    targets=(-p "$PF_MASTER")
+    for p in $(ps -o pid= --ppid "$PF_MASTER"); do targets+=(-p "$p"); done
+  fi
+  strace -f -qq -y -e trace=fsync,fdatasync -o "$dir/strace.$srv" "${targets[@]}" 2>/dev/null & sp=$!
+  sleep 1
+  l=$(load1)
+  load "$(addr_of "$srv")" u@local.test 20 "$n" 5120
+  pn=$(sed -n 's/^n=\([0-9]*\).*/\1/p' <<<"$run_probe"); pn=${pn:-0}
+  wait_delivered "$md" $((n + pn))
+  sleep 1
+  kill "$sp" 2>/dev/null; wait "$sp" 2>/dev/null || true
+  set_aside "$md"
+  total=$(grep -cE '(fsync|fdatasync)\(' "$dir/strace.$srv" || true)
+  mail=$(grep -E '(fsync|fdatasync)\(' "$dir/strace.$srv" | grep -c "<$md" || true)
+  queue=$((total - mail))
+  record fsync-s20 "$srv" 1 "$(awk -v a="$total" -v n=$((n + pn)) 'BEGIN{printf "%.2f", a/n}')" per_msg "$l" \
+    "messages=$((n + pn)) total=$total queue=$queue maildir=$mail queue_per_msg=$(awk -v a="$queue" -v n=$((n + pn)) 'BEGIN{printf "%.2f", a/n}')"
+  log "fsync $srv: $total syncs for $((n + pn)) messages (queue $queue, maildir $mail; load $l)"
+}
+if [[ $TESTS == *" fsync "* ]]; then
+  fsync_run mta
+  fsync_run postfix
+fi
+
+# --- idle sessions
+hold_run() { # hold_run ADDR N: hold N sessions; runs $on_ready while they are held
+  rm -f "$dir/hold.ready" "$dir/hold.stop"
+  python3 "$probe" hold "$1" "$2" --sources 50 --ready "$dir/hold.ready" --stop-file "$dir/hold.stop" \
+    --max-s 300 >"$dir/hold.out" 2>&1 & local hp=$! i
+  for i in $(seq 1 1200); do [ -s "$dir/hold.ready" ] && break; kill -0 "$hp" 2>/dev/null || break; sleep 0.25; done
+  sleep 2
+  "$on_ready"
+  touch "$dir/hold.stop"; wait "$hp" || true
+  hold_result=$(cat "$dir/hold.out")
+}
+if [[ $TESTS == *" idle "* ]]; then
+  start_mta mem
+  sleep 2
+  l=$(load1)
+  rss0=$(kib "$mta_pid" VmRSS)
+  mta_rss() { rss1=$(kib "$mta_pid" VmRSS); }
+  on_ready=mta_rss hold_run "$mta_addr" "$IDLE"
+  per=$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE" 'BEGIN{printf "%.1f", (b-a)/n}')
+  record idle-rss mta 1 "$per" KiB/session "$l" "rss_idle_kib=$rss0 rss_held_kib=$rss1 sessions=$IDLE $hold_result"
+  log "idle mta: $rss0 KiB idle, $rss1 KiB with $IDLE sessions: $per KiB each ($hold_result; load $l)"
+  stop_pid "$mta_pid"
+  pf_pss() { # PSS of the smtpd processes the master has while the sessions are held
+    local p n=0 sum=0 v
+    for p in $(ps -o pid=,comm= --ppid "$PF_MASTER" | awk '$2 == "smtpd" {print $1}'); do
+      v=$(awk '/^Pss:/ {print $2}' "/proc/$p/smaps_rollup" 2>/dev/null || echo 0)
+      n=$((n + 1)); sum=$((sum + v))
+    done
+    pf_n=$n pf_sum=$sum
+  }
+  l=$(load1)
+  on_ready=pf_pss hold_run "$PF_ADDR" "$PF_IDLE"
+  per=$(awk -v a="$pf_sum" -v n="$pf_n" 'BEGIN{printf "%.1f", n ? a/n : 0}')
+  record idle-rss postfix 1 "$per" KiB/session "$l" "smtpd_processes=$pf_n pss_sum_kib=$pf_sum sessions=$PF_IDLE $hold_result"
+  log "idle postfix: $pf_n smtpd processes for $PF_IDLE sessions, $per KiB PSS each ($hold_result; load $l)"
+fi
+
+# --- one 25 MiB message: peak RSS before and after
+if [[ $TESTS == *" big "* ]]; then
+  start_mta big
+  sleep 1
+  l=$(load1)
+  h0=$(kib "$mta_pid" VmHWM)
+  big=$(python3 "$probe" latency "$mta_addr" u@local.test 26214400 --count 1 2>&1 | tail -n1)
+  h1=$(kib "$mta_pid" VmHWM)
+  wait_delivered "$dir/big/data/mail" 1
+  sleep 1
+  h2=$(kib "$mta_pid" VmHWM)
+  record big-25MiB mta 1 "$(awk -v a="$h0" -v b="$h2" 'BEGIN{printf "%.2f", (b-a)/25600}')" x_message "$l" \
+    "hwm_before_kib=$h0 hwm_after_250_kib=$h1 hwm_after_delivery_kib=$h2 $big"
+  log "25 MiB: VmHWM $h0 KiB before, $h1 KiB after the 250, $h2 KiB after delivery ($big; load $l)"
+  stop_pid "$mta_pid"
+fi
+
+log "raw results: $out"
+python3 "$repo/scripts/bench/summary.py" "$out"

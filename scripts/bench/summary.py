@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Prints the table of scripts/bench.sh from its raw results (TSV): medians over rounds and
+ratios, as Markdown.
+
+  summary.py RESULTS.tsv
+"""
+import csv
+import statistics
+import sys
+
+
+def main():
+    rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+    by = {}
+    for r in rows:
+        by.setdefault((r["test"], r["server"]), []).append(r)
+    loads = [float(r["load1"]) for r in rows if r["load1"]]
+
+    def med(test, server):
+        vals = [float(r["value"]) for r in by.get((test, server), []) if r["value"] not in ("NaN", "")]
+        return statistics.median(vals) if vals else None
+
+    def probe(test, server, key):
+        vals = []
+        for r in by.get((test, server), []):
+            for kv in r["extra"].split():
+                k, _, v = kv.partition("=")
+                if k == key and v != "nan":
+                    vals.append(float(v))
+        return statistics.median(vals) if vals else None
+
+    def fmt(v, digits=0):
+        return "—" if v is None else f"{v:.{digits}f}"
+
+    def ratio(a, b):
+        return "—" if a is None or not b else f"{a / b:.2f}×"
+
+    print("| test | mta | Postfix | smtp-sink | mta / Postfix | mta / smtp-sink |")
+    print("|---|---|---|---|---|---|")
+    for test, name in (("accept-s20-5KiB", "accept, 20 sessions, 5 KiB (msg/s)"),
+                       ("accept-s1-5KiB", "accept, 1 session, 5 KiB (msg/s)"),
+                       ("accept-s20-100KiB", "accept, 20 sessions, 100 KiB (msg/s)")):
+        if not any(k[0] == test for k in by):
+            continue
+        m, p, s = med(test, "mta"), med(test, "postfix"), med(test, "sink")
+        print(f"| {name} | {fmt(m)} | {fmt(p)} | {fmt(s)} | {ratio(m, p)} | {ratio(m, s)} |")
+        cells = []
+        for srv in ("mta", "postfix", "sink"):
+            a, b = probe(test, srv, "p50_ms"), probe(test, srv, "p99_ms")
+            cells.append(f"{fmt(a, 1)} / {fmt(b, 1)}")
+        print(f"| … dot → 250, p50 / p99 (ms) | {cells[0]} | {cells[1]} | {cells[2]} | | |")
+        c = [probe(test, srv, "cpu_ms_per_msg") for srv in ("mta", "postfix", "sink")]
+        print(f"| … CPU per message, deliveries included (ms) | {fmt(c[0], 2)} | {fmt(c[1], 2)} | {fmt(c[2], 2)} "
+              f"| {ratio(c[1], c[0]) if c[0] else '—'} less | |")
+    if any(k[0] == "relay-s20-5KiB" for k in by):
+        m, p = med("relay-s20-5KiB", "mta"), med("relay-s20-5KiB", "postfix")
+        print(f"| relay, 20 sessions, 5 KiB, to the sink (msg/s) | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
+    if any(k[0] == "fsync-s20" for k in by):
+        m, p = med("fsync-s20", "mta"), med("fsync-s20", "postfix")
+        mq, pq = probe("fsync-s20", "mta", "queue_per_msg"), probe("fsync-s20", "postfix", "queue_per_msg")
+        print(f"| fsync + fdatasync per message, 20 sessions (all) | {fmt(m, 2)} | {fmt(p, 2)} | 0 | | |")
+        print(f"| … of which the queue (not the Maildir) | {fmt(mq, 2)} | {fmt(pq, 2)} | 0 | | |")
+    if any(k[0] == "idle-rss" for k in by):
+        m, p = med("idle-rss", "mta"), med("idle-rss", "postfix")
+        n = probe("idle-rss", "mta", "sessions")
+        print(f"| memory per idle session (KiB; mta: RSS growth over {fmt(n)}; Postfix: PSS of an smtpd process each) "
+              f"| {fmt(m, 1)} | {fmt(p, 1)} | — | | |")
+    if any(k[0] == "big-25MiB" for k in by):
+        h0, h1, h2 = (probe("big-25MiB", "mta", k) for k in
+                      ("hwm_before_kib", "hwm_after_250_kib", "hwm_after_delivery_kib"))
+        print(f"| one 25 MiB message: peak RSS before → after 250 → after delivery (MiB) "
+              f"| {fmt(h0 / 1024 if h0 else None, 1)} → {fmt(h1 / 1024 if h1 else None, 1)} → "
+              f"{fmt(h2 / 1024 if h2 else None, 1)} | | | | |")
+    if loads:
+        print(f"\nload average (1 min) at the start of the runs: {min(loads):.2f}–{max(loads):.2f}; "
+              f"raw results: {sys.argv[1]}")
+
+
+if __name__ == "__main__":
+    main()
