@@ -4,7 +4,9 @@
 
 mod control;
 mod dkim_cmd;
+mod privileges;
 mod queue_cmd;
+mod sandbox;
 mod send;
 mod serve;
 mod users;
@@ -71,7 +73,9 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => load_config(config.as_deref()).and_then(serve::run),
+        Command::Serve { config } => {
+            load_config(config.as_deref()).and_then(|c| serve::run(c, config.as_deref()))
+        }
         Command::Send(args) => send::run(args),
         Command::User { config, command } => load_config(config.as_deref())
             .and_then(|c| users::run(command, &c.data_dir, &c.local_domains)),

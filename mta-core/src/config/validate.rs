@@ -107,6 +107,7 @@ pub(super) fn from_raw(
         None => Vec::new(),
     };
     let inbound = c.inbound(&raw.inbound);
+    let process = c.process(&raw);
     if !c.errors.is_empty() {
         let mut errors = c.errors;
         errors.sort_by_key(|e| (e.line, e.column));
@@ -126,6 +127,7 @@ pub(super) fn from_raw(
         shutdown_grace,
         dkim,
         inbound,
+        process,
     })
 }
 
