@@ -39,6 +39,14 @@ const SYSTEM_READ: &[&str] = &[
     "/usr/share/ca-certificates",
     "/usr/local/share/ca-certificates",
     "/usr/share/zoneinfo",
+    // What the runtime, the allocator and sled read about the machine: CPUs, cgroup limits.
+    "/proc/stat",
+    "/proc/meminfo",
+    "/proc/self/cgroup",
+    "/proc/self/mountinfo",
+    "/proc/sys/vm/overcommit_memory",
+    "/sys/devices/system/cpu",
+    "/sys/fs/cgroup",
 ];
 
 /// Read-write for `/dev/null` (daemons' stdio is often redirected there), read-only for the
@@ -100,6 +108,8 @@ fn paths(config: &Config, config_file: Option<&Path>) -> (Vec<PathBuf>, Vec<Path
             .filter_map(|t| t.ca_file.as_deref()),
     );
     let mut read = Vec::new();
+    // Our own executable, for the symbols of a panic's backtrace.
+    read.extend(std::env::current_exe().ok());
     for file in files {
         // The directory, so that a file replaced by rename (an editor, an ACME client) is
         // still readable; and the directory of the file a link points to (certbot's live/

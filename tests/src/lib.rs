@@ -20,6 +20,7 @@ mod process;
 pub mod relay;
 mod server;
 mod smtp;
+pub mod system;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

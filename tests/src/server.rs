@@ -425,7 +425,8 @@ impl TestMta {
         self.maildir_new(addr)
     }
 
-    fn pid(&self) -> String {
+    /// The process id of the running server.
+    pub fn pid(&self) -> String {
         self.child
             .as_ref()
             .expect("the server is running")
