@@ -12,6 +12,7 @@
 mod builder;
 pub mod dialog;
 mod dns;
+pub mod dovecot;
 pub mod dsn;
 pub mod fake_smtp;
 mod maildir;

@@ -4,6 +4,7 @@
 
 mod dialogs;
 mod dkim;
+mod dovecot;
 mod durability;
 mod harness;
 mod headers;
