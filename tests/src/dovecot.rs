@@ -76,7 +76,10 @@ impl TestDovecot {
              ssl_key = <{key}\n\
              disable_plaintext_auth = yes\n\
              auth_mechanisms = plain login\n\
+             auth_username_format = %Lu\n\
              mail_location = maildir:{mail}/%d/%n/Maildir\n\
+             first_valid_uid = {uid}\n\
+             last_valid_uid = {uid}\n\
              passdb {{\n  driver = passwd-file\n  args = scheme=ARGON2ID {passwd}\n}}\n\
              userdb {{\n  driver = static\n  args = uid={uid} gid={gid} home={mail}/%d/%n\n}}\n\
              service imap-login {{\n  inet_listener imap {{\n    port = 0\n  }}\n  \

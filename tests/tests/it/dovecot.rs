@@ -8,8 +8,8 @@ use mta_tests::dovecot::{DovecotSetup, TestDovecot};
 use mta_tests::system::{is_root, unprivileged_user};
 use mta_tests::{SmtpClient, TestMta, base_config, mta_with_config, run, secs};
 
-/// The conversion docs/operations.md gives, run on our users file.
-const USERS_TO_DOVECOT: &str = r#"awk '!/^#/ && NF == 2 { print $1 ":{ARGON2ID}" $2 }'"#;
+/// The script that turns our users file into Dovecot's passwd-file (docs/operations.md).
+const USERS_TO_DOVECOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/mta-dovecot-users.sh");
 
 const PASSWORD: &str = "a long password 1";
 
@@ -51,18 +51,10 @@ fn dovecot_serves_what_mta_delivered_over_imaps_and_pop3s() {
     mta.wait_for_mail("alice@example.test", 1, 10);
 
     let passwd = mta.dir().join("dovecot-users");
-    let convert = format!(
-        "{USERS_TO_DOVECOT} {} > {}",
-        mta.data_dir().join("users").display(),
-        passwd.display()
-    );
-    run(
-        "awk users",
-        std::process::Command::new("sh").args(["-c", &convert]),
-        b"",
-        secs(10),
-    )
-    .assert_success("converting the users file");
+    let users = mta.data_dir().join("users");
+    let mut convert = std::process::Command::new("sh");
+    convert.arg(USERS_TO_DOVECOT).arg(&users).arg(&passwd);
+    run("mta-dovecot-users.sh", &mut convert, b"", secs(10)).assert_success("mta-dovecot-users.sh");
     let tls = mta.data_dir().join("tls");
     let dovecot_dir = mta.dir().join("dovecot");
     let mail_root = mta.data_dir().join("mail");
@@ -104,7 +96,8 @@ p.quit()
             &cert.display().to_string(),
             &dovecot.imaps.to_string(),
             &dovecot.pop3s.to_string(),
-            "alice@example.test",
+            // Any case: Dovecot lowers it (auth_username_format = %Lu) to find the Maildir.
+            "Alice@Example.test",
             PASSWORD,
         ]),
         b"",
