@@ -157,12 +157,20 @@ mod linux {
     pub(super) fn landlock(read: &[PathBuf], write: &[PathBuf]) -> anyhow::Result<String> {
         let all = AccessFs::from_all(LANDLOCK_ABI);
         let read_rights = AccessFs::from_read(LANDLOCK_ABI) & !AccessFs::Execute;
-        let mut ruleset = Ruleset::default()
+        let created = Ruleset::default()
             .set_compatibility(CompatLevel::BestEffort)
             .handle_access(all)
             .context("landlock: cannot set up the ruleset")?
-            .create()
-            .context("landlock: cannot create the ruleset")?;
+            .create();
+        let mut ruleset = match created {
+            Ok(r) => r,
+            // The kernel has Landlock but this process may not use it (a container's or a
+            // service manager's system-call filter): the same as a kernel without it.
+            Err(e) => {
+                warn!(error = %e, "landlock cannot be used here: file access is not restricted");
+                return Ok("unsupported".to_string());
+            }
+        };
         for (paths, rights) in [(read, read_rights), (write, all & !AccessFs::Execute)] {
             for path in paths {
                 let fd = match PathFd::new(path) {
@@ -231,7 +239,14 @@ mod linux {
             .context("seccomp: cannot compile the filter")?;
         match seccompiler::apply_filter(&program) {
             Ok(()) => Ok("on".to_string()),
-            Err(seccompiler::Error::Seccomp(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // EINVAL: a kernel without seccomp filters; EPERM/EACCES: a filter already in
+            // place that refuses new ones.
+            Err(seccompiler::Error::Seccomp(e))
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL | libc::EPERM | libc::EACCES)
+                ) =>
+            {
                 warn!(error = %e, "seccomp is not available on this kernel: system calls are not restricted");
                 Ok("unsupported".to_string())
             }

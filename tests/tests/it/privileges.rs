@@ -263,3 +263,73 @@ fn the_example_production_config_passes_check_config() {
         assert!(out.stdout.contains(want), "no {want} in:\n{out}");
     }
 }
+
+/// `mta serve` under strace, with the Landlock and seccomp calls failing as on a kernel
+/// without them (ENOSYS, EINVAL).
+#[test]
+fn without_landlock_and_seccomp_it_warns_once_each_and_serves() {
+    let test = "without_landlock_and_seccomp_it_warns_once_each_and_serves";
+    if !std::path::Path::new("/usr/bin/strace").exists() {
+        eprintln!("{test}: skipped: strace (which fakes the old kernel) is not installed");
+        return;
+    }
+    let dir = KeptDir::new();
+    let config = dir.path().join("mta.toml");
+    std::fs::write(&config, base_config(dir.path(), "")).expect("write config");
+    let mut child = std::process::Command::new("/usr/bin/strace")
+        .args(["-f", "-qq", "-o", "/dev/null"])
+        .args(["-e", "inject=landlock_create_ruleset:error=ENOSYS"])
+        .args(["-e", "inject=seccomp:error=EINVAL"])
+        .arg(mta_tests::mta_bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start strace");
+    let stdout = child.stdout.take().expect("piped");
+    let stderr = child.stderr.take().expect("piped");
+    let (lines, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines.send(line);
+        }
+    });
+    let log = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+        text
+    });
+    let got = ready.recv_timeout(secs(20));
+    // The server is strace's child: stop it, not strace (which would leave it running).
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))
+        .unwrap_or_default();
+    for pid in children.split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", pid])
+            .status();
+    }
+    let deadline = std::time::Instant::now() + secs(15);
+    while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = log.join().unwrap_or_default();
+    let ready = got.unwrap_or_else(|e| panic!("no ready line ({e}):\n{log}"));
+    assert!(ready.starts_with("mta ready "), "{ready}\n{log}");
+    let count = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(count("landlock is not available"), 1, "{log}");
+    assert_eq!(count("seccomp is not available"), 1, "{log}");
+    assert_eq!(
+        count("landlock=unsupported seccomp=unsupported"),
+        1,
+        "{log}"
+    );
+}
