@@ -223,10 +223,7 @@ mod linux {
                 return Ok("unsupported".to_string());
             }
         };
-        let rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = super::syscalls::ALLOWED
-            .iter()
-            .map(|&n| (n, Vec::new()))
-            .collect();
+        let rules = super::syscalls::rules().context("seccomp: cannot build the rules")?;
         let filter = SeccompFilter::new(
             rules,
             SeccompAction::Errno(libc::EPERM as u32),
@@ -237,8 +234,25 @@ mod linux {
         let program: BpfProgram = filter
             .try_into()
             .context("seccomp: cannot compile the filter")?;
-        match seccompiler::apply_filter(&program) {
-            Ok(()) => Ok("on".to_string()),
+        let enosys: BTreeMap<i64, Vec<seccompiler::SeccompRule>> = super::syscalls::NOT_IMPLEMENTED
+            .iter()
+            .map(|&n| (n, Vec::new()))
+            .collect();
+        let enosys: BpfProgram = SeccompFilter::new(
+            enosys,
+            SeccompAction::Allow,
+            SeccompAction::Errno(libc::ENOSYS as u32),
+            arch,
+        )
+        .and_then(TryInto::try_into)
+        .context("seccomp: cannot build the ENOSYS filter")?;
+        // The ENOSYS filter first: once the allow-list is in, `seccomp` itself is refused.
+        match seccompiler::apply_filter(&enosys) {
+            Ok(()) => {
+                seccompiler::apply_filter(&program)
+                    .context("seccomp: cannot install the filter")?;
+                Ok("on".to_string())
+            }
             // EINVAL: a kernel without seccomp filters; EPERM/EACCES: a filter already in
             // place that refuses new ones.
             Err(seccompiler::Error::Seccomp(e))
@@ -250,7 +264,7 @@ mod linux {
                 warn!(error = %e, "seccomp is not available on this kernel: system calls are not restricted");
                 Ok("unsupported".to_string())
             }
-            Err(e) => Err(e).context("seccomp: cannot install the filter"),
+            Err(e) => Err(e).context("seccomp: cannot install the ENOSYS filter"),
         }
     }
 }
@@ -274,3 +288,46 @@ mod linux {
 
 #[cfg(target_os = "linux")]
 mod syscalls;
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::io::ErrorKind;
+
+    /// The filter on one thread (seccomp binds the thread that installs it and the threads
+    /// it starts, not the rest of the test process): what a server needs still works, what
+    /// an attacker would want fails with EPERM.
+    #[test]
+    fn seccomp_allows_a_server_and_refuses_exec_and_namespaces() {
+        let outcome = std::thread::spawn(|| {
+            let status = super::linux::seccomp().expect("the filter installs");
+            if status != "on" {
+                return Err(format!("could not check: seccomp is {status} here"));
+            }
+            // Threads (clone3 → ENOSYS → clone), sockets, files: all fine.
+            let inner = std::thread::spawn(|| std::net::UdpSocket::bind("127.0.0.1:0").is_ok());
+            assert!(inner.join().expect("a thread starts"), "UDP socket");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("TCP listener");
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+            std::os::unix::net::UnixStream::pair().expect("a Unix socket pair");
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("f"), b"x").expect("write");
+            std::fs::File::open(dir.path().join("f"))
+                .and_then(|f| f.sync_all())
+                .expect("fsync");
+            // Running a program, and new namespaces: refused.
+            let exec = std::process::Command::new("/bin/true").status();
+            assert!(
+                matches!(&exec, Err(e) if e.kind() == ErrorKind::PermissionDenied),
+                "exec: {exec:?}"
+            );
+            let unshare = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER);
+            assert_eq!(unshare, Err(nix::errno::Errno::EPERM));
+            Ok(())
+        })
+        .join()
+        .expect("the sandboxed thread does not panic");
+        if let Err(why) = outcome {
+            eprintln!("seccomp_allows_a_server_and_refuses_exec_and_namespaces: {why}");
+        }
+    }
+}

@@ -8,8 +8,51 @@
 //! `perf_event_open`, `keyctl`/`add_key`/`request_key`, `userfaultfd`, `io_uring_*`, module,
 //! `kexec`, `reboot`, `swap`, clock and host-name setters.
 
-/// System call numbers the filter allows; everything else fails with `EPERM`.
-pub(super) const ALLOWED: &[i64] = &[
+use std::collections::BTreeMap;
+
+use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition, SeccompRule};
+
+/// The allow-list: every call in [`ALLOWED`] without condition, and three with conditions on
+/// their arguments: `ioctl` but not `TIOCSTI`/`TIOCLINUX` (typing into a terminal), `clone`
+/// without namespace flags (no new user or network namespace to attack the kernel from), and
+/// `socket` only for IPv4, IPv6 and Unix sockets.
+///
+/// # Errors
+/// A condition seccompiler refuses (a bug here, not an input problem).
+pub(super) fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Error> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&n| (n, Vec::new())).collect();
+    let ne = |arg: u8, value: u64| SeccompCondition::new(arg, Len::Dword, Op::Ne, value);
+    let ioctl = SeccompRule::new(vec![
+        ne(1, u64::from(libc::TIOCSTI))?,
+        ne(1, u64::from(libc::TIOCLINUX))?,
+    ])?;
+    rules.insert(libc::SYS_ioctl, vec![ioctl]);
+    let namespaces = (libc::CLONE_NEWNS
+        | libc::CLONE_NEWCGROUP
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUSER
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET) as u64;
+    let clone = SeccompCondition::new(0, Len::Qword, Op::MaskedEq(namespaces), 0)?;
+    rules.insert(libc::SYS_clone, vec![SeccompRule::new(vec![clone])?]);
+    let mut socket = Vec::new();
+    for family in [libc::AF_INET, libc::AF_INET6, libc::AF_UNIX] {
+        let eq = SeccompCondition::new(0, Len::Dword, Op::Eq, family as u64)?;
+        socket.push(SeccompRule::new(vec![eq])?);
+    }
+    rules.insert(libc::SYS_socket, socket);
+    Ok(rules)
+}
+
+/// Calls a second filter answers with `ENOSYS`: `clone3`, whose flags sit in memory where a
+/// filter cannot read them, so glibc falls back to `clone`, whose flags are checked above.
+pub(super) const NOT_IMPLEMENTED: &[i64] = &[libc::SYS_clone3];
+
+/// System call numbers the filter allows without condition; everything else fails with
+/// `EPERM`. `ioctl`, `clone` and `socket` are allowed by [`rules`] with conditions.
+const ALLOWED: &[i64] = &[
     // Files and directories.
     libc::SYS_read,
     libc::SYS_write,
@@ -51,7 +94,6 @@ pub(super) const ALLOWED: &[i64] = &[
     libc::SYS_sync_file_range,
     libc::SYS_flock,
     libc::SYS_fcntl,
-    libc::SYS_ioctl,
     libc::SYS_getcwd,
     libc::SYS_umask,
     libc::SYS_dup,
@@ -74,7 +116,6 @@ pub(super) const ALLOWED: &[i64] = &[
     libc::SYS_mincore,
     libc::SYS_membarrier,
     // Threads, waiting, signals.
-    libc::SYS_clone,
     libc::SYS_clone3,
     libc::SYS_exit,
     libc::SYS_exit_group,
@@ -117,7 +158,6 @@ pub(super) const ALLOWED: &[i64] = &[
     libc::SYS_gettimeofday,
     libc::SYS_getrandom,
     // Sockets.
-    libc::SYS_socket,
     libc::SYS_socketpair,
     libc::SYS_bind,
     libc::SYS_listen,
