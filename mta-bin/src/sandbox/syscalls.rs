@@ -23,10 +23,10 @@ pub(super) fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Er
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
         ALLOWED.iter().map(|&n| (n, Vec::new())).collect();
     let ne = |arg: u8, value: u64| SeccompCondition::new(arg, Len::Dword, Op::Ne, value);
-    let ioctl = SeccompRule::new(vec![
-        ne(1, u64::from(libc::TIOCSTI))?,
-        ne(1, u64::from(libc::TIOCLINUX))?,
-    ])?;
+    // c_ulong: u64 here, u32 on 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    let (tiocsti, tioclinux) = (u64::from(libc::TIOCSTI), u64::from(libc::TIOCLINUX));
+    let ioctl = SeccompRule::new(vec![ne(1, tiocsti)?, ne(1, tioclinux)?])?;
     rules.insert(libc::SYS_ioctl, vec![ioctl]);
     let namespaces = (libc::CLONE_NEWNS
         | libc::CLONE_NEWCGROUP
