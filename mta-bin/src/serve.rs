@@ -51,6 +51,15 @@ pub fn run(config: Config, config_file: Option<&Path>) -> anyhow::Result<()> {
     privileges::secure_data_dir(&config.data_dir, &plan)?;
     let sockets = mta_smtp::server::bind_sockets(&config)?;
     privileges::drop_to(&plan)?;
+    // A data dir under a directory the new user may not enter (/root, a 0700 home) would
+    // otherwise fail later as "cannot open the queue".
+    fs::read_dir(&config.data_dir).with_context(|| {
+        format!(
+            "data dir {} cannot be used after dropping privileges (is a parent directory \
+             closed to the user mta serves as?)",
+            config.data_dir.display()
+        )
+    })?;
     sandbox::apply(&config, config_file)?;
     check_readable(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
