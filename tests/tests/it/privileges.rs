@@ -333,3 +333,44 @@ fn without_landlock_and_seccomp_it_warns_once_each_and_serves() {
         "{log}"
     );
 }
+
+/// `systemd-analyze verify` on the units in dist/, with their programs pointed at this
+/// build (verify checks that they exist).
+#[test]
+fn the_systemd_units_verify() {
+    let analyze = "/usr/bin/systemd-analyze";
+    if !Path::new(analyze).exists() {
+        eprintln!("the_systemd_units_verify: skipped: systemd-analyze is not installed");
+        return;
+    }
+    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dist");
+    let dir = KeptDir::new();
+    let mta = mta_tests::mta_bin().display().to_string();
+    let script = dist.join("mta-dovecot-users.sh").display().to_string();
+    let mut units = Vec::new();
+    for name in [
+        "mta.service",
+        "mta-dovecot-users.service",
+        "mta-dovecot-users.path",
+    ] {
+        let text = std::fs::read_to_string(dist.join(name)).expect("read unit");
+        let text = text
+            .replace("/usr/local/bin/mta", &mta)
+            .replace("/usr/local/lib/mta/mta-dovecot-users.sh", &script);
+        let unit = dir.path().join(name);
+        std::fs::write(&unit, text).expect("write unit");
+        units.push(unit);
+    }
+    let out = mta_tests::run(
+        "systemd-analyze verify",
+        std::process::Command::new(analyze)
+            .arg("verify")
+            .args(&units),
+        b"",
+        secs(60),
+    );
+    assert!(
+        out.status.success() && out.stderr.trim().is_empty(),
+        "{out}"
+    );
+}
