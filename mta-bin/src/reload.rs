@@ -44,6 +44,20 @@ impl Parts {
     /// The first part that cannot be built, naming its file or key.
     pub fn build(config: Arc<Config>, memory: Arc<TlsMemory>) -> anyhow::Result<Parts> {
         let (tls, cert_note) = crate::serve::load_tls(&config)?;
+        Parts::with_tls(config, memory, tls, cert_note)
+    }
+
+    /// [`Parts::build`] with the certificate already loaded (at start-up, before privileges
+    /// were dropped, so a key only root may read still works).
+    ///
+    /// # Errors
+    /// The router or the inbound checks cannot be set up.
+    pub fn with_tls(
+        config: Arc<Config>,
+        memory: Arc<TlsMemory>,
+        tls: TlsAcceptor,
+        cert_note: String,
+    ) -> anyhow::Result<Parts> {
         let router =
             Arc::new(Router::new(config.clone(), memory).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {

@@ -1,6 +1,13 @@
-//! `mta serve`: prepares the data dir and certificate, opens the queue, binds the
-//! listeners, prints the ready line, runs the server and the scheduler, and stops cleanly
-//! on SIGTERM or SIGINT; SIGHUP reloads the config (`reload.rs`).
+//! `mta serve`: prepares the data dir and certificate, binds the listeners, drops privileges
+//! and enters the sandbox, opens the queue, prints the ready line, runs the server and the
+//! scheduler, and stops cleanly on SIGTERM or SIGINT; SIGHUP reloads the config (`reload.rs`).
+//!
+//! Start-up order: config (main.rs) → who to run as (`privileges::Plan`) → data dir →
+//! certificate → DKIM keys (read, to fail early) → data-dir owner and modes → bind → drop
+//! privileges → sandbox → runtime → queue, users, router, inbound checks → listen → control
+//! socket → ready line. Everything up to the sandbox runs on the main thread alone: Landlock
+//! and seccomp bind only the thread that applies them and the threads it starts later, and
+//! no network input is read before the privileges are gone.
 
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -20,23 +27,64 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::reload::{Parts, Reloader, Switch};
-use crate::{control, metrics_http, users};
+use crate::{control, metrics_http, privileges, sandbox, users};
 
 /// Concurrent delivery attempts (messages); remote connections are bounded separately by
 /// `outbound.max_connections` and `outbound.max_per_domain`.
 const DELIVERY_CONCURRENCY: usize = 64;
 
-/// Runs the MTA until SIGTERM/SIGINT.
+/// Runs the MTA until SIGTERM/SIGINT. `config_file` is the file the config came from, kept
+/// readable by the sandbox.
 ///
 /// # Errors
-/// Anything that stops start-up: an unusable data dir, certificate, queue or port.
-pub fn run(config: Config, path: Option<PathBuf>, format: LogFormat) -> anyhow::Result<()> {
+/// Anything that stops start-up: an unusable data dir, certificate, queue or port, an
+/// unknown `user`, serving as root without `allow_root`, a sandbox that cannot be set up.
+pub fn run(config: Config, config_file: Option<PathBuf>, format: LogFormat) -> anyhow::Result<()> {
     init_logging(format);
+    // Nothing we create is for other users: sled's files, Maildirs, sockets.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let plan = privileges::Plan::decide(&config)?;
+    prepare_data_dir(&config.data_dir)?;
+    let (acceptor, cert_note) = load_tls(&config)?;
+    // Read the DKIM keys now, as root if we started as root, so that a missing key stops
+    // the start with its name before anything else; the router reads them again.
+    mta_smtp::dkim::Signer::load(&config)?;
+    privileges::secure_data_dir(&config.data_dir, &plan)?;
+    let sockets = mta_smtp::server::bind_sockets(&config)?;
+    privileges::drop_to(&plan)?;
+    // A data dir under a directory the new user may not enter (/root, a 0700 home) would
+    // otherwise fail later as "cannot open the queue".
+    fs::read_dir(&config.data_dir).with_context(|| {
+        format!(
+            "data dir {} cannot be used after dropping privileges (is a parent directory \
+             closed to the user mta serves as?)",
+            config.data_dir.display()
+        )
+    })?;
+    sandbox::apply(&config, config_file.as_deref())?;
+    check_readable(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(Arc::new(config), path))
+    let config = Arc::new(config);
+    runtime.block_on(serve(config, config_file, acceptor, cert_note, sockets))
+}
+
+/// Warns about configured files the dropped, sandboxed process can no longer read: they were
+/// read at start, but a reload would fail on them.
+fn check_readable(config: &Config) {
+    let files = config.tls.cert.iter().chain(config.tls.key.iter());
+    for file in files.chain(config.dkim.iter().map(|k| &k.key)) {
+        if let Err(e) = fs::File::open(file) {
+            warn!(
+                path = %file.display(),
+                error = %e,
+                "read at start-up, but not readable now: a reload will fail on it \
+                 (make it readable by the user mta runs as)"
+            );
+        }
+    }
 }
 
 /// How log lines are written (`--log-format`).
@@ -67,11 +115,16 @@ fn init_logging(format: LogFormat) {
     };
 }
 
-async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(
+    config: Arc<Config>,
+    path: Option<PathBuf>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    cert_note: String,
+    sockets: Vec<(ListenerKind, tokio::net::TcpSocket)>,
+) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
-    prepare_data_dir(data_dir)?;
     let memory = Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory));
-    let parts = Parts::build(config.clone(), memory.clone())?;
+    let parts = Parts::with_tls(config.clone(), memory.clone(), acceptor, cert_note)?;
     let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
         .with_context(|| {
             format!(
@@ -82,16 +135,18 @@ async fn serve(config: Arc<Config>, path: Option<PathBuf>) -> anyhow::Result<()>
     let users = Arc::new(users::UsersFile::open(data_dir)?);
     let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
-    let server = Server::bind(Shared {
-        config: config.clone(),
-        users,
-        queue: queue.clone(),
-        tls: Some(parts.tls),
-        shutdown: stopped.clone(),
-        guards: Default::default(),
-        checks: parts.checks,
-    })
-    .await?;
+    let server = Server::listen(
+        Shared {
+            config: config.clone(),
+            users,
+            queue: queue.clone(),
+            tls: Some(parts.tls),
+            shutdown: stopped.clone(),
+            guards: Default::default(),
+            checks: parts.checks,
+        },
+        sockets,
+    )?;
     let reloader = Reloader {
         path,
         current: server.current(),

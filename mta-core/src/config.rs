@@ -14,6 +14,7 @@ mod authentication;
 mod duration;
 mod file;
 mod outbound;
+mod process;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -25,6 +26,7 @@ use std::time::Duration;
 use crate::address::{Address, Domain};
 
 pub use authentication::is_dkim_selector;
+pub use process::Process;
 
 /// How deep aliases of aliases are followed before the rest is taken as mailboxes.
 const MAX_ALIAS_DEPTH: usize = 10;
@@ -67,6 +69,9 @@ pub struct Config {
     /// Where Prometheus metrics are served over HTTP (`metrics.listen`); `None` (the
     /// default) serves none.
     pub metrics_listen: Option<SocketAddr>,
+    /// The user `mta serve` runs as and its sandbox (`user`, `group`, `allow_root`,
+    /// `sandbox`).
+    pub process: Process,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several

@@ -95,6 +95,7 @@ impl MtaBuilder {
             "hostname = {:?}\n\
              data_dir = {:?}\n\
              local_domains = {}\n\
+             allow_root = true\n\
              {}\n\
              [listen]\n\
              smtp = {}\n\

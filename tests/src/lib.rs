@@ -12,6 +12,7 @@
 mod builder;
 pub mod dialog;
 mod dns;
+pub mod dovecot;
 pub mod dsn;
 pub mod fake_smtp;
 pub mod faults;
@@ -21,6 +22,7 @@ mod process;
 pub mod relay;
 mod server;
 mod smtp;
+pub mod system;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

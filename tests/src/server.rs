@@ -63,16 +63,18 @@ impl Drop for KeptDir {
     }
 }
 
-/// The config every [`TestMta`] starts from: `hostname`, `data_dir` (`DIR/data`) and
-/// `local_domains`, then `extra_toml`, then the `[listen]` table with all three listeners on
-/// `127.0.0.1:0`. `extra_toml` may add top-level keys and tables other than `[listen]`
-/// (top-level keys must come before its own tables, as TOML requires).
+/// The config every [`TestMta`] starts from: `hostname`, `data_dir` (`DIR/data`),
+/// `local_domains` and `allow_root = true` (the tests run as root, and most run the server
+/// as the user that runs them), then `extra_toml`, then the `[listen]` table with all three
+/// listeners on `127.0.0.1:0`. `extra_toml` may add top-level keys and tables other than
+/// `[listen]` (top-level keys must come before its own tables, as TOML requires).
 pub fn base_config(dir: &Path, extra_toml: &str) -> String {
     let extra_toml = with_inbound_default(extra_toml);
     format!(
         "hostname = \"mx.example.test\"\n\
          data_dir = {:?}\n\
          local_domains = [\"example.test\"]\n\
+         allow_root = true\n\
          {extra_toml}\n\
          [listen]\n\
          smtp = [\"127.0.0.1:0\"]\n\
@@ -424,7 +426,8 @@ impl TestMta {
         self.maildir_new(addr)
     }
 
-    fn pid(&self) -> String {
+    /// The process id of the running server.
+    pub fn pid(&self) -> String {
         self.child
             .as_ref()
             .expect("the server is running")

@@ -25,6 +25,10 @@ pub(super) struct RawConfig {
     pub data_dir: Option<S<String>>,
     pub local_domains: Option<List>,
     pub shutdown_grace: Option<S<String>>,
+    pub user: Option<S<String>>,
+    pub group: Option<S<String>>,
+    pub allow_root: Option<bool>,
+    pub sandbox: Option<bool>,
     #[serde(default)]
     pub listen: RawListen,
     #[serde(default)]
@@ -304,6 +308,7 @@ pub(super) fn write(config: &Config) -> String {
          data_dir = {data_dir}\n\
          local_domains = {local_domains}\n\
          shutdown_grace = {shutdown_grace}\n\
+         {process}\
          \n[listen]\n\
          smtp = {smtp}\n\
          submission = {submission}\n\
@@ -348,6 +353,7 @@ pub(super) fn write(config: &Config) -> String {
         data_dir = path(&config.data_dir),
         local_domains = list(&config.local_domains),
         shutdown_grace = time(config.shutdown_grace),
+        process = write_process(&config.process),
         smtp = list(&l.smtp),
         submission = list(&l.submission),
         submissions = list(&l.submissions),
@@ -381,6 +387,18 @@ pub(super) fn write(config: &Config) -> String {
         spf_reject = config.inbound.spf_reject,
         dkim = write_dkim(&config.dkim),
     )
+}
+
+/// `user`, `group`, `allow_root` and `sandbox`.
+fn write_process(p: &super::Process) -> String {
+    let mut out = match &p.user {
+        Some(user) => format!("user = {}\n", quote(user)),
+        None => "# no user: serves as the user that starts it\n".to_string(),
+    };
+    if let Some(group) = &p.group {
+        out += &format!("group = {}\n", quote(group));
+    }
+    out + &format!("allow_root = {}\nsandbox = {}\n", p.allow_root, p.sandbox)
 }
 
 /// One `[[dkim."domain"]]` table per key, in order.

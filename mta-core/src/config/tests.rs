@@ -174,6 +174,12 @@ fn defaults() {
             dmarc_reject: true,
             spf_reject: false,
         },
+        process: Process {
+            user: None,
+            group: None,
+            allow_root: false,
+            sandbox: true,
+        },
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -360,7 +366,7 @@ fn error_texts() {
         (
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
-             `local_domains`, `shutdown_grace`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
+             `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
              `queue`, `aliases`, `dkim`, `inbound`, `metrics`",
         ),
         (

@@ -115,6 +115,7 @@ pub(super) fn from_raw(
         }
         parsed.ok()
     });
+    let process = c.process(&raw);
     if !c.errors.is_empty() {
         let mut errors = c.errors;
         errors.sort_by_key(|e| (e.line, e.column));
@@ -135,6 +136,7 @@ pub(super) fn from_raw(
         dkim,
         inbound,
         metrics_listen,
+        process,
     })
 }
 

@@ -29,7 +29,7 @@ use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_core::reply::Reply;
 use mta_core::seams::{Enqueue, UserDirectory};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, error, info, info_span, warn};
@@ -105,30 +105,34 @@ impl Server {
     /// # Errors
     /// [`BindError`] naming the first address that could not be bound.
     pub async fn bind(shared: Shared) -> Result<Server, BindError> {
-        let cfg = shared.config.clone();
-        if !cfg.listen.submissions.is_empty() && shared.tls.is_none() {
+        let sockets = bind_sockets(&shared.config)?;
+        Server::listen(shared, sockets)
+    }
+
+    /// A server listening on sockets bound earlier by [`bind_sockets`] (so that `mta serve`
+    /// can bind ports below 1024 as root, then drop privileges before any runtime thread
+    /// exists). Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`BindError`] when port 465 has no certificate or a socket cannot listen.
+    pub fn listen(
+        shared: Shared,
+        sockets: Vec<(ListenerKind, TcpSocket)>,
+    ) -> Result<Server, BindError> {
+        if !shared.config.listen.submissions.is_empty() && shared.tls.is_none() {
             return Err(BindError::NoCertificate);
         }
-        let mut listeners = Vec::new();
-        for (kind, addrs) in [
-            (ListenerKind::Smtp, &cfg.listen.smtp),
-            (ListenerKind::Submission, &cfg.listen.submission),
-            (ListenerKind::Submissions, &cfg.listen.submissions),
-        ] {
-            for addr in addrs {
-                let l = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| BindError::Bind {
-                        kind: kind.name(),
-                        addr: *addr,
-                        source,
-                    })?;
-                listeners.push((kind, l));
-            }
+        let mut bound = Vec::new();
+        for (kind, socket) in sockets {
+            let addr = socket.local_addr().ok();
+            let l = socket
+                .listen(LISTEN_BACKLOG)
+                .map_err(|source| bind_error(kind, addr, source))?;
+            bound.push((kind, l));
         }
         Ok(Server {
-            listeners,
-            sessions: Arc::new(Semaphore::new(cfg.limits.max_sessions)),
+            listeners: bound,
+            sessions: Arc::new(Semaphore::new(shared.config.limits.max_sessions)),
             shared: Current(Arc::new(std::sync::RwLock::new(Arc::new(shared)))),
         })
     }
@@ -168,6 +172,45 @@ impl Server {
                 warn!(grace = ?cfg.shutdown_grace, "sessions still open after the grace period; closing them")
             }
         }
+    }
+}
+
+/// The accept queue of each listener, as tokio's `TcpListener::bind` sets it.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds (without listening) a socket for every configured listener. Needs no runtime, so
+/// `mta serve` calls it before any thread exists; [`Server::listen`] takes the sockets.
+///
+/// # Errors
+/// [`BindError`] naming the first address that could not be bound.
+pub fn bind_sockets(config: &Config) -> Result<Vec<(ListenerKind, TcpSocket)>, BindError> {
+    let mut listeners = Vec::new();
+    for (kind, addrs) in [
+        (ListenerKind::Smtp, &config.listen.smtp),
+        (ListenerKind::Submission, &config.listen.submission),
+        (ListenerKind::Submissions, &config.listen.submissions),
+    ] {
+        for addr in addrs {
+            let socket = match addr {
+                SocketAddr::V4(_) => TcpSocket::new_v4(),
+                SocketAddr::V6(_) => TcpSocket::new_v6(),
+            };
+            // SO_REUSEADDR, as tokio's TcpListener::bind sets it: a restart can bind at once.
+            let socket = socket
+                .and_then(|s| s.set_reuseaddr(true).map(|()| s))
+                .and_then(|s| s.bind(*addr).map(|()| s))
+                .map_err(|source| bind_error(kind, Some(*addr), source))?;
+            listeners.push((kind, socket));
+        }
+    }
+    Ok(listeners)
+}
+
+fn bind_error(kind: ListenerKind, addr: Option<SocketAddr>, source: std::io::Error) -> BindError {
+    BindError::Bind {
+        kind: kind.name(),
+        addr: addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+        source,
     }
 }
 

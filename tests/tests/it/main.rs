@@ -5,12 +5,14 @@
 mod dialogs;
 mod dkim;
 mod doctor;
+mod dovecot;
 mod durability;
 mod harness;
 mod headers;
 mod hostile;
 mod inbound_auth;
 mod observability;
+mod privileges;
 mod protocol;
 mod python;
 mod relay;
