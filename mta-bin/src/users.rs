@@ -83,6 +83,12 @@ pub fn save(data_dir: &Path, db: &UserDb) -> anyhow::Result<()> {
             .open(&tmp)?;
         // The umask may have taken bits from 0600 (never added any); make it exactly 0600.
         file.set_permissions(Permissions::from_mode(0o600))?;
+        // `mta user` run as root for a server that runs as its own user (docs/install.md):
+        // the file belongs to whoever owns the data dir, or the server could not read it.
+        let owner = fs::metadata(data_dir)?;
+        if owner.uid() != file.metadata()?.uid() {
+            std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid()))?;
+        }
         file.write_all(db.to_text().as_bytes())?;
         file.sync_all()
     };
@@ -404,6 +410,23 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = load(&dir.path().join("not-yet")).expect("missing file loads");
         assert!(db.is_empty());
+    }
+
+    #[test]
+    fn saved_by_root_the_file_belongs_to_the_data_dir_owner() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: only root can give a file away");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        fs::create_dir(&data).expect("data dir");
+        std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown to nobody");
+        let mut db = UserDb::default();
+        db.add(addr("alice@example.org"), "alice-secret").expect("add");
+        save(&data, &db).expect("save");
+        let meta = fs::metadata(users_path(&data)).expect("stat");
+        assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
     }
 
     #[test]
