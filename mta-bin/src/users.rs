@@ -423,7 +423,8 @@ mod tests {
         fs::create_dir(&data).expect("data dir");
         std::os::unix::fs::chown(&data, Some(65534), Some(65534)).expect("chown to nobody");
         let mut db = UserDb::default();
-        db.add(addr("alice@example.org"), "alice-secret").expect("add");
+        db.add(addr("alice@example.org"), "alice-secret")
+            .expect("add");
         save(&data, &db).expect("save");
         let meta = fs::metadata(users_path(&data)).expect("stat");
         assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
