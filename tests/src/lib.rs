@@ -10,6 +10,7 @@
 //! and a panic is how a test fails.
 
 mod builder;
+pub mod certs;
 pub mod dialog;
 mod dns;
 pub mod dovecot;

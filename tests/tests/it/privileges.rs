@@ -216,31 +216,7 @@ fn the_example_production_config_passes_check_config() {
     assert_ne!(text, example, "the example names /var/lib/mta and /etc/mta");
     let tls = etc.join("tls");
     let (key, cert) = (tls.join("privkey.pem"), tls.join("fullchain.pem"));
-    let openssl = [
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=mx.example.org",
-    ];
-    mta_tests::run(
-        "openssl req",
-        std::process::Command::new("openssl")
-            .args(openssl)
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-        b"",
-        secs(30),
-    )
-    .assert_success("openssl req");
+    mta_tests::certs::write_self_signed(&cert, &key, "mx.example.org");
     let config = dir.path().join("mta.toml");
     std::fs::write(&config, &text).expect("write config");
     let keygen = [

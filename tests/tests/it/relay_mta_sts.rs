@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use mta_tests::relay::{REMOTE_BOB, message, sender, start_sender, submit, try_remote_receiver};
-use mta_tests::{KeptDir, TestDns, TestMta, on_shared_port, run, secs, wait_for};
+use mta_tests::{KeptDir, TestDns, TestMta, on_shared_port, secs, wait_for};
 
 use crate::dkim::txt_record;
 
@@ -46,29 +46,7 @@ struct PolicyServer {
 
 impl PolicyServer {
     fn start(dir: &Path, policy: &str) -> PolicyServer {
-        let (cert, key) = (dir.join("sts.crt"), dir.join("sts.key"));
-        run(
-            "openssl req",
-            Command::new("openssl")
-                .args([
-                    "req",
-                    "-x509",
-                    "-newkey",
-                    "ec",
-                    "-pkeyopt",
-                    "ec_paramgen_curve:P-256",
-                ])
-                .args(["-nodes", "-days", "2", "-subj", "/CN=mta-sts.remote.test"])
-                .args(["-addext", "subjectAltName=DNS:mta-sts.remote.test"])
-                .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-                .arg("-keyout")
-                .arg(&key)
-                .arg("-out")
-                .arg(&cert),
-            b"",
-            secs(30),
-        )
-        .assert_success("openssl req");
+        let (cert, key) = mta_tests::certs::self_signed(dir, "sts", "mta-sts.remote.test");
         let file = dir.join("mta-sts.txt");
         std::fs::write(&file, policy).unwrap();
         let mut child = Command::new("python3")

@@ -111,37 +111,9 @@ fn bad_config_is_refused_and_the_old_one_stays() {
     );
 }
 
-/// A self-signed P-256 certificate for `name` made by openssl, written to `dir/NAME.{crt,key}`.
+/// A self-signed certificate for `name` in `dir/NAME.{crt,key}`.
 fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = run(
-        "openssl req",
-        Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-days",
-                "2",
-            ])
-            .arg("-subj")
-            .arg(format!("/CN={name}"))
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert),
-        b"",
-        secs(30),
-    );
-    out.assert_success("openssl req");
-    (cert, key)
+    mta_tests::certs::self_signed(dir, name, name)
 }
 
 /// The subject CN of the certificate served after STARTTLS on `mta`'s submission port.
