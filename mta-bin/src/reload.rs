@@ -17,7 +17,7 @@ use mta_core::address::Address;
 use mta_core::config::Config;
 use mta_core::envelope::Envelope;
 use mta_core::seams::{BoxFuture, Deliver, Outcome};
-use mta_smtp::relay::memory::TlsMemory;
+use mta_smtp::relay::Kept;
 use mta_smtp::router::Router;
 use mta_smtp::server::authcheck::Checker;
 use mta_smtp::server::{Current, Shared};
@@ -42,9 +42,9 @@ impl Parts {
     ///
     /// # Errors
     /// The first part that cannot be built, naming its file or key.
-    pub fn build(config: Arc<Config>, memory: Arc<TlsMemory>) -> anyhow::Result<Parts> {
+    pub fn build(config: Arc<Config>, kept: Kept) -> anyhow::Result<Parts> {
         let (tls, cert_note) = crate::serve::load_tls(&config)?;
-        Parts::with_tls(config, memory, tls, cert_note)
+        Parts::with_tls(config, kept, tls, cert_note)
     }
 
     /// [`Parts::build`] with the certificate already loaded (at start-up, before privileges
@@ -54,12 +54,11 @@ impl Parts {
     /// The router or the inbound checks cannot be set up.
     pub fn with_tls(
         config: Arc<Config>,
-        memory: Arc<TlsMemory>,
+        kept: Kept,
         tls: TlsAcceptor,
         cert_note: String,
     ) -> anyhow::Result<Parts> {
-        let router =
-            Arc::new(Router::new(config.clone(), memory).context("cannot set up delivery")?);
+        let router = Arc::new(Router::new(config.clone(), kept).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {
             true => {
                 Some(Arc::new(Checker::new(&config).map_err(|e| {
@@ -118,8 +117,8 @@ pub struct Reloader {
     pub current: Current,
     /// The scheduler's router.
     pub router: Arc<Switch>,
-    /// The downgrade memory, kept over reloads.
-    pub memory: Arc<TlsMemory>,
+    /// The downgrade memory and TLS report counts, kept over reloads.
+    pub kept: Kept,
 }
 
 impl Reloader {
@@ -137,7 +136,7 @@ impl Reloader {
                 needs_restart.join(", ")
             );
         }
-        let parts = Parts::build(Arc::new(new), self.memory.clone())?;
+        let parts = Parts::build(Arc::new(new), self.kept.clone())?;
         self.current.replace(Shared {
             config: parts.config.clone(),
             users: old.users.clone(),
@@ -173,6 +172,11 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     if old.metrics_listen != new.metrics_listen {
         changed.push("metrics.listen");
+    }
+    if (old.outbound.tls_reports, old.outbound.tls_report_interval)
+        != (new.outbound.tls_reports, new.outbound.tls_report_interval)
+    {
+        changed.push("outbound.tls_reports");
     }
     if old.outbound.tls_memory != new.outbound.tls_memory {
         changed.push("outbound.tls_memory");

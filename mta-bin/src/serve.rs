@@ -20,6 +20,7 @@ use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_core::seams::Deliver;
 use mta_queue::{Queue, QueueSettings};
+use mta_smtp::relay::Kept;
 use mta_smtp::relay::memory::TlsMemory;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
@@ -123,8 +124,11 @@ async fn serve(
     sockets: Vec<(ListenerKind, tokio::net::TcpSocket)>,
 ) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
-    let memory = Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory));
-    let parts = Parts::with_tls(config.clone(), memory.clone(), acceptor, cert_note)?;
+    let kept = Kept {
+        memory: Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory)),
+        reports: Default::default(),
+    };
+    let parts = Parts::with_tls(config.clone(), kept.clone(), acceptor, cert_note)?;
     let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
         .with_context(|| {
             format!(
@@ -151,12 +155,12 @@ async fn serve(
         path,
         current: server.current(),
         router: router.clone(),
-        memory: memory.clone(),
+        kept: kept.clone(),
     };
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let hooks = control::Hooks {
         reload: reload_tx,
-        memory: memory.clone(),
+        memory: kept.memory.clone(),
     };
     let control = control::start(data_dir, queue.clone(), stopped.clone(), hooks)?;
     let metrics = match config.metrics_listen {
@@ -187,6 +191,14 @@ async fn serve(
         DELIVERY_CONCURRENCY,
         stopped.clone(),
     ));
+    if config.outbound.tls_reports {
+        tokio::spawn(mta_smtp::relay::tlsrpt::run(
+            kept.reports.clone(),
+            queue.clone(),
+            config.clone(),
+            stopped.clone(),
+        ));
+    }
     let server = tokio::spawn(server.run());
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

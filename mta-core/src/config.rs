@@ -215,6 +215,10 @@ pub struct Outbound {
     pub mta_sts_port: u16,
     /// Extra CA certificates (PEM) trusted for the MTA-STS policy servers, besides the system's.
     pub mta_sts_ca_file: Option<PathBuf>,
+    /// Send TLS reports (RFC 8460) to the domains that ask for them. Default true.
+    pub tls_reports: bool,
+    /// How often TLS reports are sent, each covering the time since the last. Default 1 day.
+    pub tls_report_interval: Duration,
     /// Send all remote mail to this host instead of the MX hosts. Default `None`.
     pub relay: Option<Smarthost>,
     /// TLS policy per destination domain (`[outbound.tls."example.com"]`); a domain not

@@ -13,8 +13,7 @@ use tracing::Instrument;
 
 use crate::dkim::Signer;
 use crate::local::Maildirs;
-use crate::relay::memory::TlsMemory;
-use crate::relay::{Relay, RelayError};
+use crate::relay::{Kept, Relay, RelayError};
 
 /// Local and remote delivery behind one [`Deliver`].
 pub struct Router {
@@ -30,10 +29,10 @@ impl Router {
     /// # Errors
     /// [`RelayError`] when the relay cannot be set up (resolver, CA files, smarthost password,
     /// DKIM keys).
-    pub fn new(config: Arc<Config>, memory: Arc<TlsMemory>) -> Result<Router, RelayError> {
+    pub fn new(config: Arc<Config>, kept: Kept) -> Result<Router, RelayError> {
         let signer = Signer::load(&config)?;
         let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
-        let relay = Arc::new(Relay::new(config.clone(), memory)?);
+        let relay = Arc::new(Relay::new(config.clone(), kept)?);
         // Close connections that stopped being useful; ends when the relay is dropped.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let weak = Arc::downgrade(&relay);

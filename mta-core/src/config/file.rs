@@ -165,6 +165,8 @@ pub(super) struct RawOutbound {
     pub mta_sts: Option<bool>,
     pub mta_sts_port: Option<S<i64>>,
     pub mta_sts_ca_file: Option<S<String>>,
+    pub tls_reports: Option<bool>,
+    pub tls_report_interval: Option<S<String>>,
     pub relay: Option<S<String>>,
     pub relay_tls: Option<S<String>>,
     pub relay_user: Option<S<String>>,
@@ -428,7 +430,9 @@ fn write_outbound(o: &Outbound) -> String {
          connect_timeout = {}\n\
          tls_memory = {}\n\
          mta_sts = {}\n\
-         mta_sts_port = {}\n",
+         mta_sts_port = {}\n\
+         tls_reports = {}\n\
+         tls_report_interval = {}\n",
         o.port,
         quote(o.ip.name()),
         o.max_connections,
@@ -437,6 +441,8 @@ fn write_outbound(o: &Outbound) -> String {
         quote(&duration::format(o.tls_memory)),
         o.mta_sts,
         o.mta_sts_port,
+        o.tls_reports,
+        quote(&duration::format(o.tls_report_interval)),
     );
     if let Some(ca) = &o.mta_sts_ca_file {
         out += &format!("mta_sts_ca_file = {}\n", path(ca));

@@ -97,6 +97,12 @@ impl Checker<'_> {
             mta_sts: raw.mta_sts.unwrap_or(true),
             mta_sts_port: self.mta_sts_port(&raw.mta_sts_port),
             mta_sts_ca_file: self.path(&raw.mta_sts_ca_file, "outbound.mta_sts_ca_file"),
+            tls_reports: raw.tls_reports.unwrap_or(true),
+            tls_report_interval: self.duration(
+                &raw.tls_report_interval,
+                "outbound.tls_report_interval",
+                Duration::from_secs(24 * 60 * 60),
+            ),
             relay: self.relay(raw),
             tls,
         }

@@ -154,6 +154,8 @@ fn defaults() {
             mta_sts: true,
             mta_sts_port: 443,
             mta_sts_ca_file: None,
+            tls_reports: true,
+            tls_report_interval: Duration::from_secs(86_400),
             relay: None,
             tls: BTreeMap::new(),
         },
@@ -281,6 +283,8 @@ fn full_example() {
         mta_sts: true,
         mta_sts_port: 443,
         mta_sts_ca_file: None,
+        tls_reports: true,
+        tls_report_interval: Duration::from_secs(86_400),
         relay: Some(relay),
         tls,
     };

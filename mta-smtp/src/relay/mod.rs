@@ -11,6 +11,7 @@ pub mod memory;
 pub mod mta_sts;
 pub mod mx;
 mod policy;
+pub mod tlsrpt;
 
 pub use policy::PolicySource;
 use policy::{TlsWish, sts_testing_report, tls_level};
@@ -35,7 +36,19 @@ use crate::client::{
     ClientError, ClientSettings, Connection, OutgoingMessage, RcptResult, Target, Timeouts,
     TlsInfo, TlsPolicy, Verification, roots_with, webpki_roots,
 };
+use mail_auth::report::tlsrpt::ResultType;
 use memory::TlsMemory;
+use tlsrpt::{Session, TlsReports};
+
+/// What the relay keeps from one config to the next (a reload builds a new relay): the
+/// downgrade memory and the TLS report counts.
+#[derive(Clone)]
+pub struct Kept {
+    /// Domains that had verified TLS.
+    pub memory: Arc<TlsMemory>,
+    /// This period's TLS report counts.
+    pub reports: Arc<TlsReports>,
+}
 use mx::{DnsFailure, Route};
 
 /// Why the relay could not be set up (at start-up, so the operator sees it at once).
@@ -89,6 +102,7 @@ pub struct Relay {
     all: Arc<Semaphore>,
     per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
     memory: Arc<TlsMemory>,
+    reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
 }
 
@@ -97,7 +111,7 @@ impl Relay {
     ///
     /// # Errors
     /// [`RelayError`] naming what could not be loaded.
-    pub fn new(config: Arc<Config>, memory: Arc<TlsMemory>) -> Result<Relay, RelayError> {
+    pub fn new(config: Arc<Config>, kept: Kept) -> Result<Relay, RelayError> {
         let out = &config.outbound;
         let resolver = mx::resolver(&config.dns.nameservers, out.ip).map_err(RelayError::Dns)?;
         let sts = match out.mta_sts {
@@ -149,7 +163,8 @@ impl Relay {
             webpki,
             domain_roots,
             smarthost,
-            memory,
+            memory: kept.memory,
+            reports: kept.reports,
             sts,
         })
     }
@@ -194,7 +209,7 @@ impl Relay {
                     .address()
                     .is_some_and(Address::needs_smtputf8),
         };
-        let (hosts, settings, port, source, testing) = match &self.smarthost {
+        let (hosts, settings, port, source, sts) = match &self.smarthost {
             Some(s) => (
                 vec![mx::MxHost {
                     name: s.host.clone(),
@@ -219,6 +234,16 @@ impl Relay {
                             hosts.into_iter().filter(|h| p.allows(&h.name)).collect();
                         if allowed.is_empty() {
                             warn!(%domain, patterns = %p.mx.join(","), "MTA-STS: no MX host matches the policy");
+                            self.reports.record(
+                                domain,
+                                Some(p),
+                                Session::Failure {
+                                    kind: ResultType::ValidationFailure,
+                                    mx: None,
+                                    ip: None,
+                                    info: Some("no MX host matches the policy".into()),
+                                },
+                            );
                             let text = format!(
                                 "4.7.5 MTA-STS: no MX host of {domain} matches its policy (mx: {}) (policy=mta-sts)",
                                 p.mx.join(", ")
@@ -229,18 +254,19 @@ impl Relay {
                     }
                     _ => hosts,
                 };
-                let testing = sts.filter(|p| p.mode == mta_sts::Mode::Testing);
                 (
                     hosts,
                     self.settings(policy, None),
                     self.config.outbound.port,
                     source,
-                    testing,
+                    sts,
                 )
             }
         };
-        // The downgrade memory is about MX hosts; the smarthost's TLS is always required.
+        // The downgrade memory and TLS reports are about MX hosts; the smarthost's TLS is
+        // always required.
         let remember = self.smarthost.is_none().then_some(domain);
+        let testing = sts.as_ref().filter(|p| p.mode == mta_sts::Mode::Testing);
         // A kept connection serves only attempts under the same policy: one opened
         // opportunistically must never carry a message that needs verified TLS.
         let key = match &self.smarthost {
@@ -279,8 +305,12 @@ impl Relay {
                 match Connection::open(&target, &settings).await {
                     Ok(mut conn) => {
                         let tls = format!("{} policy={}", describe_tls(conn.tls()), source.name());
-                        if let Some(p) = &testing {
+                        if let Some(p) = testing {
                             sts_testing_report(domain, &host.name, p, conn.tls());
+                        }
+                        if remember.is_some() {
+                            let session = session_of(sts.as_deref(), &host.name, ip, conn.tls());
+                            self.reports.record(domain, sts.as_deref(), session);
                         }
                         let result = conn.send(&msg).await;
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
@@ -307,6 +337,15 @@ impl Relay {
                                 | ClientError::TlsRequiredButFailed(_)
                         );
                         last = format!("{} [{ip}]: {e}", host.name);
+                        if tls_failed && remember.is_some() {
+                            let session = Session::Failure {
+                                kind: tlsrpt::failure_kind(&e.to_string()),
+                                mx: Some(host.name.clone()),
+                                ip: Some(ip),
+                                info: Some(e.to_string()),
+                            };
+                            self.reports.record(domain, sts.as_deref(), session);
+                        }
                     }
                 }
             }
@@ -473,6 +512,30 @@ impl Relay {
                 vec![Outcome::Deferred(text); rcpts.len()]
             }
         }
+    }
+}
+
+/// What a connection that opened shows for TLS reporting: under an MTA-STS policy, success
+/// only with a verified certificate; with no policy, success whenever TLS was negotiated.
+fn session_of(
+    sts: Option<&mta_sts::Policy>,
+    mx: &str,
+    ip: std::net::IpAddr,
+    tls: Option<&TlsInfo>,
+) -> Session {
+    let failure = |kind, info: String| Session::Failure {
+        kind,
+        mx: Some(mx.to_string()),
+        ip: Some(ip),
+        info: Some(info),
+    };
+    match (tls, sts) {
+        (None, _) => failure(ResultType::StartTlsNotSupported, "no STARTTLS".into()),
+        (Some(t), Some(_)) => match &t.verified {
+            Verification::Verified => Session::Success,
+            Verification::Failed(why) => failure(tlsrpt::failure_kind(why), why.clone()),
+        },
+        (Some(_), None) => Session::Success,
     }
 }
 

@@ -136,6 +136,17 @@ impl Policy {
             })
     }
 
+    /// The policy as lines, as TLS reports quote it (RFC 8460 §4.4 `policy-string`).
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = vec![
+            "version: STSv1".to_string(),
+            format!("mode: {}", self.mode.name()),
+        ];
+        lines.extend(self.mx.iter().map(|mx| format!("mx: {mx}")));
+        lines.push(format!("max_age: {}", self.max_age));
+        lines
+    }
+
     fn expired(&self, now: u64) -> bool {
         now.saturating_sub(self.fetched_at) >= self.max_age
     }

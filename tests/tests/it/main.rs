@@ -26,6 +26,7 @@ mod relay_mta_sts;
 mod relay_requiretls;
 mod relay_smarthost;
 mod relay_tls;
+mod relay_tlsrpt;
 mod reload;
 mod send;
 mod shutdown;
