@@ -46,13 +46,17 @@ pub enum Session {
     },
 }
 
+/// What distinguishes one kind of failure from another in a report: result type, MX host,
+/// its address, and the additional information.
+type FailureKey = (ResultType, Option<String>, Option<IpAddr>, Option<String>);
+
 #[derive(Debug, Default)]
 struct Counts {
     policy_type: PolicyType,
     policy_string: Vec<String>,
     mx_hosts: Vec<String>,
     success: u32,
-    failures: HashMap<(ResultType, Option<String>, Option<IpAddr>, Option<String>), u32>,
+    failures: HashMap<FailureKey, u32>,
 }
 
 /// The counts of the current period.
