@@ -60,7 +60,8 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             )
         })?;
     let users = Arc::new(users::UsersFile::open(data_dir)?);
-    let router = Arc::new(Router::new(config.clone()).context("cannot set up delivery")?);
+    let router =
+        Arc::new(Router::new(config.clone(), users.clone()).context("cannot set up delivery")?);
     let checks = match config.inbound.checks {
         true => {
             Some(Arc::new(Checker::new(&config).map_err(|e| {

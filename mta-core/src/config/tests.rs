@@ -155,6 +155,11 @@ fn defaults() {
             delay_warning: Duration::from_secs(4 * 3600),
         },
         aliases: BTreeMap::new(),
+        catch_all: BTreeMap::new(),
+        local: Local {
+            delivery: LocalDelivery::Maildir,
+            recipient_delimiter: Some('+'),
+        },
         shutdown_grace: Duration::from_secs(10),
         dkim: vec![],
         inbound: Inbound {
@@ -343,7 +348,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`",
+             `queue`, `aliases`, `dkim`, `inbound`, `local`",
         ),
         (
             "[outbound]\nport = \"25\"\n",
