@@ -9,6 +9,7 @@ mod harness;
 mod headers;
 mod hostile;
 mod inbound_auth;
+mod local_delivery;
 mod protocol;
 mod python;
 mod relay;
