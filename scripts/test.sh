@@ -20,11 +20,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# An independent DKIM verifier for the signing tests (dkimpy, with PyNaCl for Ed25519).
-if ! python3 -c 'import dkim, nacl' 2>/dev/null; then
-  echo "test.sh: installing dkimpy and pynacl from PyPI"
-  python3 -m pip install -q --disable-pip-version-check dkimpy pynacl \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages dkimpy pynacl
+# An independent DKIM verifier for the signing tests (dkimpy, with PyNaCl for Ed25519), and a
+# real LMTP server for the local delivery tests (aiosmtpd).
+if ! python3 -c 'import dkim, nacl, aiosmtpd.lmtp' 2>/dev/null; then
+  echo "test.sh: installing dkimpy, pynacl and aiosmtpd from PyPI"
+  python3 -m pip install -q --disable-pip-version-check dkimpy pynacl aiosmtpd \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages dkimpy pynacl aiosmtpd
 fi
 
 # The end-to-end tests in tests/ run target/debug/mta: build it first so it is never stale.

@@ -106,8 +106,10 @@ fn main() -> ExitCode {
             load_config(config.as_deref()).and_then(|c| control::reload(&c))
         }
         Command::Send(args) => send::run(args),
-        Command::User { config, command } => load_config(config.as_deref())
-            .and_then(|c| users::run(command, &c.data_dir, &c.local_domains)),
+        Command::User { config, command } => load_config(config.as_deref()).and_then(|c| {
+            let delimiter = c.local.recipient_delimiter;
+            users::run(command, &c.data_dir, &c.local_domains, delimiter)
+        }),
         Command::Queue { config, command } => {
             load_config(config.as_deref()).and_then(|c| queue_cmd::run(command, &c))
         }

@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use mta_core::address::Address;
 use mta_core::config::Config;
 use mta_core::envelope::Envelope;
-use mta_core::seams::{BoxFuture, Deliver, Outcome};
+use mta_core::seams::{BoxFuture, Deliver, Outcome, UserDirectory};
 use mta_smtp::relay::Kept;
 use mta_smtp::router::Router;
 use mta_smtp::server::authcheck::Checker;
@@ -42,9 +42,13 @@ impl Parts {
     ///
     /// # Errors
     /// The first part that cannot be built, naming its file or key.
-    pub fn build(config: Arc<Config>, kept: Kept) -> anyhow::Result<Parts> {
+    pub fn build(
+        config: Arc<Config>,
+        kept: Kept,
+        users: Arc<dyn UserDirectory>,
+    ) -> anyhow::Result<Parts> {
         let (tls, cert_note) = crate::serve::load_tls(&config)?;
-        Parts::with_tls(config, kept, tls, cert_note)
+        Parts::with_tls(config, kept, users, tls, cert_note)
     }
 
     /// [`Parts::build`] with the certificate already loaded (at start-up, before privileges
@@ -55,10 +59,12 @@ impl Parts {
     pub fn with_tls(
         config: Arc<Config>,
         kept: Kept,
+        users: Arc<dyn UserDirectory>,
         tls: TlsAcceptor,
         cert_note: String,
     ) -> anyhow::Result<Parts> {
-        let router = Arc::new(Router::new(config.clone(), kept).context("cannot set up delivery")?);
+        let router =
+            Arc::new(Router::new(config.clone(), kept, users).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {
             true => {
                 Some(Arc::new(Checker::new(&config).map_err(|e| {
@@ -136,7 +142,7 @@ impl Reloader {
                 needs_restart.join(", ")
             );
         }
-        let parts = Parts::build(Arc::new(new), self.kept.clone())?;
+        let parts = Parts::build(Arc::new(new), self.kept.clone(), old.users.clone())?;
         self.current.replace(Shared {
             config: parts.config.clone(),
             users: old.users.clone(),

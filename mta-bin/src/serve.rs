@@ -128,7 +128,14 @@ async fn serve(
         memory: Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory)),
         reports: Default::default(),
     };
-    let parts = Parts::with_tls(config.clone(), kept.clone(), acceptor, cert_note)?;
+    let users = Arc::new(users::UsersFile::open(data_dir)?);
+    let parts = Parts::with_tls(
+        config.clone(),
+        kept.clone(),
+        users.clone(),
+        acceptor,
+        cert_note,
+    )?;
     let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
         .with_context(|| {
             format!(
@@ -136,7 +143,6 @@ async fn serve(
                 data_dir.join("queue").display()
             )
         })?;
-    let users = Arc::new(users::UsersFile::open(data_dir)?);
     let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
     let server = Server::listen(

@@ -138,15 +138,22 @@ pub enum UserCommand {
 /// Passwords come from the terminal (hidden) or stdin and are never printed or logged.
 ///
 /// # Errors
-/// A bad address, an address outside `local_domains` (for `add`), an unknown or existing
-/// user, a password that fails the policy, or a file that cannot be read or written.
-pub fn run(cmd: UserCommand, data_dir: &Path, local_domains: &[Domain]) -> anyhow::Result<()> {
+/// A bad address, an address outside `local_domains` or with the recipient `delimiter` in
+/// its local part (for `add`), an unknown or existing user, a password that fails the
+/// policy, or a file that cannot be read or written.
+pub fn run(
+    cmd: UserCommand,
+    data_dir: &Path,
+    local_domains: &[Domain],
+    delimiter: Option<char>,
+) -> anyhow::Result<()> {
     let stdin = io::stdin();
     let stdout = io::stdout();
     execute(
         cmd,
         data_dir,
         local_domains,
+        delimiter,
         &mut stdin.lock(),
         &mut stdout.lock(),
     )
@@ -157,6 +164,7 @@ fn execute(
     cmd: UserCommand,
     data_dir: &Path,
     local_domains: &[Domain],
+    delimiter: Option<char>,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
@@ -166,7 +174,7 @@ fn execute(
             password_stdin,
         } => {
             let address = parse_address(&address)?;
-            check_local(&address, local_domains)?;
+            check_local(&address, local_domains, delimiter)?;
             let mut db = load(data_dir)?;
             if db.contains(&address) {
                 bail!(
@@ -213,8 +221,13 @@ fn parse_address(text: &str) -> anyhow::Result<Address> {
 }
 
 /// A user must be a mailbox we deliver to: a local domain, and a local part that can name a
-/// Maildir directory.
-fn check_local(address: &Address, local_domains: &[Domain]) -> anyhow::Result<()> {
+/// Maildir directory and does not contain the recipient delimiter (`bob+x` would take mail
+/// meant for bob's tag `x`, and would share bob's Maildir under LMTP servers that strip it).
+fn check_local(
+    address: &Address,
+    local_domains: &[Domain],
+    delimiter: Option<char>,
+) -> anyhow::Result<()> {
     if !local_domains.contains(address.domain()) {
         if local_domains.is_empty() {
             bail!("{address}: no local domains are configured; add the domain to the config first");
@@ -230,6 +243,14 @@ fn check_local(address: &Address, local_domains: &[Domain]) -> anyhow::Result<()
         bail!(
             "{address}: this local part cannot name a Maildir directory \
              (no quotes, '/', '\\', leading '.' or '..')"
+        );
+    }
+    if let Some(d) = delimiter
+        && address.local_part().contains(d)
+    {
+        bail!(
+            "{address}: the local part contains the recipient delimiter {d:?} \
+             ([local] recipient_delimiter): mail to it goes to the user before the {d:?}"
         );
     }
     Ok(())
@@ -398,6 +419,7 @@ mod tests {
             cmd,
             dir,
             &domains(&["example.org"]),
+            Some('+'),
             &mut stdin.as_bytes(),
             &mut out,
         )
@@ -526,6 +548,11 @@ mod tests {
                 "bob-secret\n",
                 Err("\"bob\" is not a valid address"),
             ),
+            (
+                add("bob+x@example.org"),
+                "bob-secret\n",
+                Err("bob+x@example.org: the local part contains the recipient delimiter '+'"),
+            ),
             (add("bob@example.org"), "", Err("no password on stdin")),
             (
                 add("bob@example.org"),
@@ -589,6 +616,7 @@ mod tests {
             add("x@example.org"),
             d,
             &[],
+            Some('+'),
             &mut "x-secret-1\n".as_bytes(),
             &mut out,
         )

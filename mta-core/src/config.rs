@@ -13,6 +13,7 @@
 mod authentication;
 mod duration;
 mod file;
+mod local;
 mod outbound;
 mod process;
 mod validate;
@@ -59,6 +60,11 @@ pub struct Config {
     /// Alias address → the addresses it delivers to (other aliases, local mailboxes or remote
     /// addresses). Every alias is in one of [`Config::local_domains`].
     pub aliases: BTreeMap<Address, Vec<Address>>,
+    /// Catch-all per local domain (`"@example.org" = [...]` in `[aliases]`): where mail for
+    /// a local part that is neither a user nor an alias nor postmaster goes.
+    pub catch_all: BTreeMap<Domain, Vec<Address>>,
+    /// How local mail is delivered and how `user+tag@` addresses are read (`[local]`).
+    pub local: Local,
     /// How long SIGTERM waits for open sessions to finish before closing them. Default 10 s.
     pub shutdown_grace: Duration,
     /// DKIM signing keys (`[dkim."example.org"]`), in file order. Outbound mail is signed
@@ -121,6 +127,54 @@ pub struct Inbound {
     /// Refuse (`550 5.7.23`) a message whose SPF result is `fail`. Default false: DMARC
     /// decides, since forwarded mail fails SPF.
     pub spf_reject: bool,
+}
+
+/// Local delivery (`[local]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Local {
+    /// Where mail for local recipients goes. Default [`LocalDelivery::Maildir`].
+    pub delivery: LocalDelivery,
+    /// The character between a user and a tag (`bob+tag@example.org` goes to bob's mailbox);
+    /// `None` turns plus-addressing off. Default `+`.
+    pub recipient_delimiter: Option<char>,
+}
+
+/// How mail for local recipients is delivered (`local.delivery`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalDelivery {
+    /// Into `DATA_DIR/mail/<domain>/<user>/Maildir`, by us.
+    Maildir,
+    /// Handed to an LMTP server (RFC 2033), such as Dovecot's, at this address
+    /// (`local.lmtp`).
+    Lmtp(LmtpAddress),
+}
+
+/// Where the LMTP server listens (`local.lmtp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpAddress {
+    /// An IP address and port, such as `127.0.0.1:24`.
+    Tcp(SocketAddr),
+    /// A Unix socket, such as `/run/dovecot/lmtp` (an absolute path).
+    Unix(PathBuf),
+}
+
+impl fmt::Display for LmtpAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LmtpAddress::Tcp(addr) => write!(f, "{addr}"),
+            LmtpAddress::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl LocalDelivery {
+    /// The name the config file uses: `maildir` or `lmtp`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            LocalDelivery::Maildir => "maildir",
+            LocalDelivery::Lmtp(_) => "lmtp",
+        }
+    }
 }
 
 /// Listening sockets per kind. An empty list means that listener is off; at least one list
@@ -409,6 +463,34 @@ impl Config {
         Some(out)
     }
 
+    /// Where mail for an unknown local part of `domain` goes: the domain's catch-all
+    /// (`"@example.org"` in `[aliases]`), expanded like an alias, or `None` when it has none.
+    pub fn expand_catch_all(&self, domain: &Domain) -> Option<Vec<Address>> {
+        let targets = self.catch_all.get(domain)?;
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut path = vec![format!("@{domain}")];
+        self.expand_into(targets, &mut path, &mut seen, &mut out);
+        Some(out)
+    }
+
+    /// `address` without its tag: `bob@example.org` for `bob+tag@example.org` when the
+    /// recipient delimiter is `+`. `None` when plus-addressing is off, the local part is
+    /// quoted or has no delimiter, or nothing (or no valid local part) comes before it.
+    /// The cut is at the first delimiter: `a+b+c` is `a` with the tag `b+c`.
+    pub fn untagged(&self, address: &Address) -> Option<Address> {
+        let delimiter = self.local.recipient_delimiter?;
+        let local = address.local_part();
+        if local.starts_with('"') {
+            return None;
+        }
+        let (base, _tag) = local.split_once(delimiter)?;
+        if base.is_empty() {
+            return None;
+        }
+        Address::from_parts(base, address.domain()).ok()
+    }
+
     fn alias_targets(&self, alias: &Address) -> Option<&[Address]> {
         let key = alias.key();
         self.aliases
@@ -426,7 +508,12 @@ impl Config {
     ) {
         for target in targets {
             let key = target.key();
-            match self.alias_targets(target) {
+            // A tagged target (`bob+lists@`) whose untagged form is an alias follows it.
+            let next = self.alias_targets(target).or_else(|| {
+                self.untagged(target)
+                    .and_then(|base| self.alias_targets(&base))
+            });
+            match next {
                 Some(next) if !path.contains(&key) && path.len() < MAX_ALIAS_DEPTH => {
                     path.push(key);
                     self.expand_into(next, path, seen, out);

@@ -4,6 +4,12 @@
 //! The one rule that matters most: without AUTH (port 25), only recipients in our local
 //! domains are accepted — never an open relay. The domain checked is the routable form
 //! ([`Domain`]), the same one delivery uses.
+//!
+//! A local recipient is looked up in this order, the first match deciding: an alias, a
+//! user, `postmaster` (RFC 5321 §4.5.1); then, for `user+tag@` (plus-addressing), the same
+//! three for `user@`; then the domain's catch-all; else `550 5.1.1`. A tag is only ever
+//! stripped from a local address that is already decided to be ours, so it opens no relay
+//! and no way past the unknown-user refusal. [`mailbox`] gives delivery the same answer.
 
 use crate::address::{Address, Domain, ForwardPath, ReversePath};
 use crate::auth::UserDb;
@@ -50,16 +56,49 @@ pub fn rcpt(config: &Config, users: &UserDb, relay: Relay, to: &ForwardPath) -> 
             Relay::Denied => RcptDecision::Reject(Reply::RELAY_DENIED),
         };
     }
-    if let Some(targets) = config.expand_alias(address) {
+    if let Some(targets) = local_rcpt(config, users, address) {
         return RcptDecision::Accept(targets);
     }
-    if users.contains(address) {
-        return RcptDecision::Accept(vec![address.clone()]);
+    // `bob+tag@`: accepted when `bob@` is, and a user's copy keeps the tag (its mailbox is
+    // bob's, see `mailbox`; `Delivered-To:` shows the full address).
+    if let Some(base) = config.untagged(address)
+        && let Some(targets) = local_rcpt(config, users, &base)
+    {
+        let targets = match targets.as_slice() {
+            [only] if only == &base && users.contains(&base) => vec![address.clone()],
+            _ => targets,
+        };
+        return RcptDecision::Accept(targets);
     }
-    if address.local_part().eq_ignore_ascii_case("postmaster") {
-        return RcptDecision::Accept(postmaster(config, domain));
+    if let Some(targets) = config.expand_catch_all(domain) {
+        return RcptDecision::Accept(targets);
     }
     RcptDecision::Reject(Reply::NO_SUCH_USER)
+}
+
+/// Where mail for `address` (in a local domain) goes when it is an alias, a user or
+/// postmaster; `None` when it is none of them.
+fn local_rcpt(config: &Config, users: &UserDb, address: &Address) -> Option<Vec<Address>> {
+    if let Some(targets) = config.expand_alias(address) {
+        return Some(targets);
+    }
+    if users.contains(address) {
+        return Some(vec![address.clone()]);
+    }
+    if address.local_part().eq_ignore_ascii_case("postmaster") {
+        return Some(postmaster(config, address.domain()));
+    }
+    None
+}
+
+/// The mailbox that local delivery writes to for `rcpt`, an address [`rcpt`] accepted (or an
+/// alias target): the user `rcpt` itself when there is one, else `rcpt` without its tag
+/// (`bob+tag@` → `bob@`), else `rcpt`. The recipient, tag and all, stays in `Delivered-To:`.
+pub fn mailbox(config: &Config, users: &UserDb, rcpt: &Address) -> Address {
+    if users.contains(rcpt) {
+        return rcpt.clone();
+    }
+    config.untagged(rcpt).unwrap_or_else(|| rcpt.clone())
 }
 
 /// `postmaster@domain`, through its alias when one is configured.
@@ -213,6 +252,149 @@ local_domains = ["example.org", "mx.example.org"]
                 "{path} {relay:?}"
             );
         }
+    }
+
+    /// Plus-addressing and the catch-all: users and aliases win, a tag reaches only what its
+    /// untagged form reaches, and neither opens relaying.
+    #[test]
+    fn tags_and_catch_all() {
+        let config = Config::from_toml(
+            "test.toml",
+            r#"
+hostname = "mx.example.org"
+local_domains = ["example.org", "other.example"]
+[aliases]
+"info@example.org" = ["alice@example.org", "bob@example.org"]
+"alice+lists@example.org" = ["carol@example.org"]
+"@other.example" = ["alice@example.org"]
+"#,
+            "ignored",
+        )
+        .unwrap();
+        let mut users = UserDb::default();
+        for user in ["alice@example.org", "a+b@example.org", "x@other.example"] {
+            users
+                .add(Address::parse(user).unwrap(), "correct horse")
+                .unwrap();
+        }
+        use RcptDecision::{Accept, Reject};
+        let table: &[(&str, Relay, RcptDecision)] = &[
+            (
+                "<alice+tag@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["alice+tag@example.org"])),
+            ),
+            (
+                "<ALICE+Tag@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["ALICE+Tag@example.org"])),
+            ),
+            // An explicit alias beats the tag, and an existing user with the delimiter in
+            // its name is itself.
+            (
+                "<alice+lists@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["carol@example.org"])),
+            ),
+            (
+                "<a+b@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["a+b@example.org"])),
+            ),
+            (
+                "<info+x@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["alice@example.org", "bob@example.org"])),
+            ),
+            (
+                "<postmaster+x@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["postmaster@example.org"])),
+            ),
+            // No way past the unknown-user refusal, and none to relay.
+            (
+                "<nobody+x@example.org>",
+                Relay::Denied,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<nobody+alice@example.org>",
+                Relay::Allowed,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<+alice@example.org>",
+                Relay::Denied,
+                Reject(Reply::NO_SUCH_USER),
+            ),
+            (
+                "<alice+x@remote.test>",
+                Relay::Denied,
+                Reject(Reply::RELAY_DENIED),
+            ),
+            (
+                "<alice+x%remote.test@example.org>",
+                Relay::Denied,
+                Accept(addrs(&["alice+x%remote.test@example.org"])),
+            ),
+            // The catch-all takes unknown local parts of its domain only; users and
+            // postmaster keep theirs.
+            (
+                "<anything@other.example>",
+                Relay::Denied,
+                Accept(addrs(&["alice@example.org"])),
+            ),
+            (
+                "<x@other.example>",
+                Relay::Denied,
+                Accept(addrs(&["x@other.example"])),
+            ),
+            (
+                "<x+tag@other.example>",
+                Relay::Denied,
+                Accept(addrs(&["x+tag@other.example"])),
+            ),
+            (
+                "<postmaster@other.example>",
+                Relay::Denied,
+                Accept(addrs(&["postmaster@other.example"])),
+            ),
+        ];
+        for (path, relay, want) in table {
+            let to = parse_forward_path(path).unwrap();
+            assert_eq!(
+                &rcpt(&config, &users, *relay, &to),
+                want,
+                "{path} {relay:?}"
+            );
+        }
+        // Delivery's mailbox for what was accepted.
+        for (rcpt, want) in [
+            ("alice+tag@example.org", "alice@example.org"),
+            ("a+b@example.org", "a+b@example.org"),
+            ("alice@example.org", "alice@example.org"),
+            ("postmaster@other.example", "postmaster@other.example"),
+            ("alice+x%remote.test@example.org", "alice@example.org"),
+        ] {
+            let got = mailbox(&config, &users, &Address::parse(rcpt).unwrap());
+            assert_eq!(got, Address::parse(want).unwrap(), "{rcpt}");
+        }
+        // With plus-addressing off, a tag is just an unknown user.
+        let off = Config::from_toml(
+            "t.toml",
+            "local_domains = [\"example.org\"]\n[local]\nrecipient_delimiter = \"\"\n",
+            "x",
+        )
+        .unwrap();
+        let to = parse_forward_path("<alice+tag@example.org>").unwrap();
+        assert_eq!(
+            rcpt(&off, &users, Relay::Denied, &to),
+            Reject(Reply::NO_SUCH_USER)
+        );
+        // A catch-all is not a way to send as anyone in its domain.
+        let alice = Address::parse("alice@example.org").unwrap();
+        let from = parse_reverse_path("<anything@other.example>").unwrap();
+        assert!(!may_send_as(&config, &alice, &from));
     }
 
     /// A local domain is ours in every spelling that routes to it (upper case, U-label,

@@ -1,16 +1,24 @@
 //! The scheduler's [`Deliver`]: splits a message's pending recipients into local ones
-//! (Maildir) and remote ones grouped by domain (one SMTP transaction per domain, domains in
-//! parallel), and returns one [`Outcome`] per recipient in the order given.
+//! (Maildir, or one LMTP transaction for all of them, as `[local] delivery` says) and remote
+//! ones grouped by domain (one SMTP transaction per domain, domains in parallel), and returns
+//! one [`Outcome`] per recipient in the order given.
+//!
+//! A local recipient's Maildir is its mailbox by [`mta_core::policy::mailbox`]: the user, or
+//! for `bob+tag@` bob's; `Delivered-To:` names the recipient as accepted, tag and all. An
+//! LMTP server gets the recipient as accepted and adds its own `Return-Path:` and
+//! `Delivered-To:` (Dovecot does, stripping the tag by its own `recipient_delimiter`).
 
 use std::sync::Arc;
 
 use mta_core::address::{Address, Domain};
-use mta_core::config::Config;
+use mta_core::config::{Config, LmtpAddress, LocalDelivery};
 use mta_core::envelope::Envelope;
-use mta_core::seams::{BoxFuture, Deliver, Outcome};
+use mta_core::policy;
+use mta_core::seams::{BoxFuture, Deliver, Outcome, UserDirectory};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+use crate::client::{self, OutgoingMessage, RcptResult, Timeouts};
 use crate::dkim::Signer;
 use crate::local::Maildirs;
 use crate::relay::{Kept, Relay, RelayError};
@@ -19,17 +27,23 @@ use crate::relay::{Kept, Relay, RelayError};
 pub struct Router {
     config: Arc<Config>,
     maildirs: Arc<Maildirs>,
+    users: Arc<dyn UserDirectory>,
     relay: Arc<Relay>,
     signer: Signer,
 }
 
 impl Router {
-    /// A router delivering local mail under `DATA_DIR/mail` and relaying the rest.
+    /// A router delivering local mail under `DATA_DIR/mail` (or to the LMTP server) and
+    /// relaying the rest. `users` tells which mailbox a tagged address belongs to.
     ///
     /// # Errors
     /// [`RelayError`] when the relay cannot be set up (resolver, CA files, smarthost password,
     /// DKIM keys).
-    pub fn new(config: Arc<Config>, kept: Kept) -> Result<Router, RelayError> {
+    pub fn new(
+        config: Arc<Config>,
+        kept: Kept,
+        users: Arc<dyn UserDirectory>,
+    ) -> Result<Router, RelayError> {
         let signer = Signer::load(&config)?;
         let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
         let relay = Arc::new(Relay::new(config.clone(), kept)?);
@@ -51,12 +65,14 @@ impl Router {
             signer,
             relay,
             maildirs: Arc::new(maildirs),
+            users,
             config,
         })
     }
 
-    async fn local(&self, envelope: &Envelope, body: Arc<[u8]>, rcpt: &Address) -> Outcome {
-        let Some(dir) = self.maildirs.maildir(rcpt) else {
+    async fn maildir(&self, envelope: &Envelope, body: Arc<[u8]>, rcpt: &Address) -> Outcome {
+        let mailbox = policy::mailbox(&self.config, &self.users.current(), rcpt);
+        let Some(dir) = self.maildirs.maildir(&mailbox) else {
             return Outcome::Failed("550 5.1.3 local part cannot be used as a mailbox name".into());
         };
         let maildirs = self.maildirs.clone();
@@ -69,6 +85,58 @@ impl Router {
             Ok(Ok(path)) => Outcome::Delivered(format!("maildir {}", path.display())),
             Ok(Err(e)) => Outcome::Deferred(format!("451 4.3.0 maildir write failed: {e}")),
             Err(e) => Outcome::Deferred(format!("451 4.3.0 delivery task failed: {e}")),
+        }
+    }
+
+    /// One LMTP transaction for all local recipients of a message.
+    async fn lmtp(
+        &self,
+        at: &LmtpAddress,
+        envelope: &Envelope,
+        body: &[u8],
+        rcpts: &[Address],
+    ) -> Vec<Outcome> {
+        let msg = OutgoingMessage {
+            from: &envelope.sender,
+            rcpts,
+            body,
+            eight_bit: !body.is_ascii(),
+            smtputf8: rcpts.iter().any(Address::needs_smtputf8)
+                || envelope
+                    .sender
+                    .address()
+                    .is_some_and(Address::needs_smtputf8),
+            // Local delivery: REQUIRETLS is about relaying, and LMTP never leaves the host.
+            require_tls: false,
+        };
+        let result = client::lmtp::deliver(
+            at,
+            self.config.hostname.as_str(),
+            self.config.outbound.connect_timeout,
+            &Timeouts::default(),
+            &msg,
+        )
+        .await;
+        match result {
+            Ok(results) => results
+                .into_iter()
+                .map(|r| match r {
+                    RcptResult::Delivered(reply) => {
+                        Outcome::Delivered(format!("lmtp {at}: {reply}"))
+                    }
+                    RcptResult::Temporary(reply) => {
+                        Outcome::Deferred(format!("{reply} (from lmtp {at})"))
+                    }
+                    RcptResult::Permanent(reply) => {
+                        Outcome::Failed(format!("{reply} (from lmtp {at})"))
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(msg = %envelope.id, lmtp = %at, error = %e, "LMTP delivery failed");
+                let text = format!("451 4.4.1 LMTP delivery to {at} failed: {e}");
+                vec![Outcome::Deferred(text); rcpts.len()]
+            }
         }
     }
 }
@@ -85,14 +153,29 @@ impl Deliver for Router {
             let mut out: Vec<Option<Outcome>> = vec![None; recipients.len()];
             // Remote recipients grouped by domain, remembering their positions.
             let mut remote: Vec<(Domain, Vec<usize>)> = Vec::new();
+            let mut local: Vec<usize> = Vec::new();
             for (i, rcpt) in recipients.iter().enumerate() {
                 if self.config.is_local_domain(rcpt.domain()) {
-                    out[i] = Some(self.local(envelope, body.clone(), rcpt).await);
+                    match &self.config.local.delivery {
+                        LocalDelivery::Maildir => {
+                            out[i] = Some(self.maildir(envelope, body.clone(), rcpt).await);
+                        }
+                        LocalDelivery::Lmtp(_) => local.push(i),
+                    }
                 } else {
                     match remote.iter_mut().find(|(d, _)| d == rcpt.domain()) {
                         Some((_, idx)) => idx.push(i),
                         None => remote.push((rcpt.domain().clone(), vec![i])),
                     }
+                }
+            }
+            if let (LocalDelivery::Lmtp(at), false) =
+                (&self.config.local.delivery, local.is_empty())
+            {
+                let rcpts: Vec<Address> = local.iter().map(|&i| recipients[i].clone()).collect();
+                let outcomes = self.lmtp(at, envelope, &body, &rcpts).await;
+                for (i, o) in local.into_iter().zip(outcomes) {
+                    out[i] = Some(o);
                 }
             }
             if remote.is_empty() {

@@ -3,7 +3,8 @@
 //! ([`run`]), a small raw SMTP client over TCP or TLS ([`SmtpClient`]) and the dialog-file
 //! runner ([`dialog`]). For relaying: dnsmasq ([`TestDns`]), servers with their own names and
 //! addresses ([`MtaBuilder`], [`relay`]), a shared port on `127.0.0.2`, `127.0.0.3`…
-//! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]).
+//! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]). For
+//! local delivery over LMTP: a real LMTP server, Python's aiosmtpd ([`LmtpServer`]).
 //! The scenarios live in `tests/it/`, one binary (STYLE §5).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
@@ -17,6 +18,7 @@ pub mod dovecot;
 pub mod dsn;
 pub mod fake_smtp;
 pub mod faults;
+mod lmtp;
 mod maildir;
 mod net;
 mod process;
@@ -30,10 +32,13 @@ use std::time::{Duration, Instant};
 
 pub use builder::MtaBuilder;
 pub use dns::{ServfailDns, TestDns, qtype, rcode};
+pub use lmtp::LmtpServer;
 pub use maildir::{Delivered, assert_same_bytes, parse_delivered, queue_id, read_delivered};
 pub use net::{MX_ADDRS, Trap, on_shared_port, shared_port};
 pub use process::{Output, run};
-pub use server::{KeptDir, TestMta, base_config, mta_with_config, serve_expecting_failure};
+pub use server::{
+    KeptDir, TestMta, base_config, mta_with_config, serve_expecting_failure, with_inbound_default,
+};
 pub use smtp::{Reply, SmtpClient, tls_config};
 
 /// The user every harness server knows (dialog files log in as alice).

@@ -69,9 +69,12 @@ const KEYS: &[&str] = &[
     "dkim.\"domain\".key",
     "dkim.\"domain\".algorithm",
     "dkim.\"domain\".expire",
+    "local.delivery",
+    "local.lmtp",
+    "local.recipient_delimiter",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics",
+    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[
@@ -173,6 +176,19 @@ fn docs_examples_parse() {
         c.expand_alias(&addr("abuse@example.org")),
         Some(addrs(&["alice@example.org"]))
     );
+    // The catch-all and [local] snippets parse as written.
+    let snippet = format!(
+        "local_domains = [\"example.org\"]\n{}",
+        doc_block("**Catch-all.**")
+    );
+    let c = parse(&snippet).unwrap();
+    assert_eq!(
+        c.expand_catch_all(&domain("example.org")),
+        Some(addrs(&["alice@example.org"]))
+    );
+    let c = parse(doc_block("### Local delivery")).unwrap();
+    let socket = LmtpAddress::Unix(PathBuf::from("/run/dovecot/lmtp"));
+    assert_eq!(c.local.delivery, LocalDelivery::Lmtp(socket));
     // The snippets of [outbound] and [queue] parse as written.
     let c = parse(doc_block("### TLS per domain")).unwrap();
     let partner = c.outbound.tls_for(&domain("partner.example"));

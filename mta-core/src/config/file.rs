@@ -9,7 +9,9 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{Config, ConfigError, ConfigErrors, Outbound, PasswordSource, duration};
+use super::{
+    Config, ConfigError, ConfigErrors, Local, LocalDelivery, Outbound, PasswordSource, duration,
+};
 
 /// A value with the byte range it was read from, for error positions.
 pub(super) type S<T> = Spanned<T>;
@@ -48,6 +50,8 @@ pub(super) struct RawConfig {
     pub inbound: RawInbound,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub local: RawLocal,
 }
 
 /// `[metrics]`
@@ -55,6 +59,15 @@ pub(super) struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub listen: Option<S<String>>,
+}
+
+/// `[local]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLocal {
+    pub delivery: Option<S<String>>,
+    pub lmtp: Option<S<String>>,
+    pub recipient_delimiter: Option<S<String>>,
 }
 
 /// One DKIM key table. `selector` and `key` are required, but checked in validation so that
@@ -305,6 +318,9 @@ pub(super) fn write(config: &Config) -> String {
     for (alias, targets) in &config.aliases {
         aliases += &format!("{} = {}\n", quote(&alias.to_string()), list(targets));
     }
+    for (domain, targets) in &config.catch_all {
+        aliases += &format!("{} = {}\n", quote(&format!("@{domain}")), list(targets));
+    }
     format!(
         "hostname = {hostname}\n\
          data_dir = {data_dir}\n\
@@ -348,6 +364,8 @@ pub(super) fn write(config: &Config) -> String {
          checks = {checks}\n\
          dmarc_reject = {dmarc_reject}\n\
          spf_reject = {spf_reject}\n\
+         \n[local]\n\
+         {local}\
          \n[aliases]\n\
          {aliases}\
          {dkim}",
@@ -388,6 +406,7 @@ pub(super) fn write(config: &Config) -> String {
         dmarc_reject = config.inbound.dmarc_reject,
         spf_reject = config.inbound.spf_reject,
         dkim = write_dkim(&config.dkim),
+        local = write_local(&config.local),
     )
 }
 
@@ -401,6 +420,17 @@ fn write_process(p: &super::Process) -> String {
         out += &format!("group = {}\n", quote(group));
     }
     out + &format!("allow_root = {}\nsandbox = {}\n", p.allow_root, p.sandbox)
+}
+
+/// The keys of `[local]`.
+fn write_local(l: &Local) -> String {
+    let mut out = format!("delivery = {}\n", quote(l.delivery.name()));
+    if let LocalDelivery::Lmtp(at) = &l.delivery {
+        out += &format!("lmtp = {}\n", quote(&at.to_string()));
+    }
+    let delimiter = l.recipient_delimiter.map(String::from).unwrap_or_default();
+    out += &format!("recipient_delimiter = {}\n", quote(&delimiter));
+    out
 }
 
 /// One `[[dkim."domain"]]` table per key, in order.

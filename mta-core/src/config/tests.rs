@@ -168,6 +168,11 @@ fn defaults() {
             min_free_inodes: 1000,
         },
         aliases: BTreeMap::new(),
+        catch_all: BTreeMap::new(),
+        local: Local {
+            delivery: LocalDelivery::Maildir,
+            recipient_delimiter: Some('+'),
+        },
         shutdown_grace: Duration::from_secs(10),
         dkim: vec![],
         metrics_listen: None,
@@ -371,7 +376,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

@@ -98,10 +98,11 @@ pub(super) fn from_raw(
     };
     let outbound = c.outbound(&raw.outbound);
     let queue = c.queue(&raw.queue);
-    let aliases = match &raw.aliases {
+    let (aliases, catch_all) = match &raw.aliases {
         Some(map) => c.aliases(map, &local_domains),
-        None => BTreeMap::new(),
+        None => (BTreeMap::new(), BTreeMap::new()),
     };
+    let local = c.local(&raw.local);
     let dkim = match &raw.dkim {
         Some(map) => c.dkim(map),
         None => Vec::new(),
@@ -132,6 +133,8 @@ pub(super) fn from_raw(
         outbound,
         queue,
         aliases,
+        catch_all,
+        local,
         shutdown_grace,
         dkim,
         inbound,
@@ -471,12 +474,18 @@ impl Checker<'_> {
         servers
     }
 
+    /// The aliases, and the catch-all per domain (keys `"@domain"`).
+    #[allow(clippy::type_complexity)]
     fn aliases(
         &mut self,
         map: &BTreeMap<S<String>, List>,
         local: &[Domain],
-    ) -> BTreeMap<Address, Vec<Address>> {
+    ) -> (
+        BTreeMap<Address, Vec<Address>>,
+        BTreeMap<Domain, Vec<Address>>,
+    ) {
         let mut aliases: BTreeMap<Address, Vec<Address>> = BTreeMap::new();
+        let mut catch_all: BTreeMap<Domain, Vec<Address>> = BTreeMap::new();
         for (alias, targets) in map {
             let key = format!("aliases.{:?}", alias.get_ref());
             let mut address = |text: &S<String>| match Address::parse(text.get_ref()) {
@@ -487,11 +496,40 @@ impl Checker<'_> {
                     None
                 }
             };
-            let alias_address = address(alias);
+            let catch_all_domain = alias.get_ref().strip_prefix('@');
+            let alias_address = match catch_all_domain {
+                Some(_) => None,
+                None => address(alias),
+            };
             let list: Vec<Address> = targets.get_ref().iter().filter_map(&mut address).collect();
             if targets.get_ref().is_empty() {
                 let msg = "must list at least one target address".to_string();
                 self.error(targets.span(), &key, msg);
+            }
+            if let Some(text) = catch_all_domain {
+                let Ok(d) = Domain::parse(text) else {
+                    let msg = format!(
+                        "{:?} is not a catch-all: \"@\" must be followed by a local domain",
+                        alias.get_ref()
+                    );
+                    self.error(alias.span(), &key, msg);
+                    continue;
+                };
+                if !local.contains(&d) {
+                    let msg = format!("{d} is not one of local_domains");
+                    self.error(alias.span(), &key, msg);
+                    continue;
+                }
+                match catch_all.entry(d) {
+                    std::collections::btree_map::Entry::Occupied(e) => {
+                        let msg = format!("a second catch-all for {}", e.key());
+                        self.error(alias.span(), &key, msg);
+                    }
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        e.insert(list);
+                    }
+                }
+                continue;
             }
             let Some(a) = alias_address else {
                 continue;
@@ -509,7 +547,7 @@ impl Checker<'_> {
                 aliases.insert(a, list);
             }
         }
-        aliases
+        (aliases, catch_all)
     }
 }
 

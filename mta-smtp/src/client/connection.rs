@@ -539,7 +539,7 @@ async fn connect(target: &Target, settings: &ClientSettings) -> Result<TcpStream
     Ok(stream)
 }
 
-fn expect(phase: Phase, want: Expect, reply: &ServerReply) -> Result<(), ClientError> {
+pub(super) fn expect(phase: Phase, want: Expect, reply: &ServerReply) -> Result<(), ClientError> {
     if want.allows(reply) {
         Ok(())
     } else {
@@ -547,6 +547,6 @@ fn expect(phase: Phase, want: Expect, reply: &ServerReply) -> Result<(), ClientE
     }
 }
 
-fn protocol(phase: Phase, reason: String) -> ClientError {
+pub(super) fn protocol(phase: Phase, reason: String) -> ClientError {
     ClientError::Protocol { phase, reason }
 }

@@ -13,11 +13,13 @@
 //! Layout: the sans-I/O parts are [`reply`] (framing and the strict reply parser), [`ehlo`]
 //! (the extension list), [`transaction`] (MAIL/RCPT lines, pre-checks, per-recipient results)
 //! and [`dot`] (dot-stuffing); `wire` does the buffered reads and timed writes, `tls` builds
-//! the rustls client, [`Connection`] drives the dialogue.
+//! the rustls client, [`Connection`] drives the dialogue. [`lmtp`] is the same client
+//! speaking LMTP (RFC 2033) to a local delivery agent, over TCP or a Unix socket.
 
 mod connection;
 pub mod dot;
 pub mod ehlo;
+pub mod lmtp;
 pub mod reply;
 mod tls;
 pub mod transaction;
@@ -233,6 +235,8 @@ pub enum Phase {
     Ehlo,
     /// HELO (the fallback).
     Helo,
+    /// LHLO (LMTP's EHLO, RFC 2033 §4.1).
+    Lhlo,
     /// STARTTLS and its reply.
     StartTls,
     /// AUTH.
@@ -261,6 +265,7 @@ impl fmt::Display for Phase {
             Phase::Greeting => "greeting",
             Phase::Ehlo => "EHLO",
             Phase::Helo => "HELO",
+            Phase::Lhlo => "LHLO",
             Phase::StartTls => "STARTTLS",
             Phase::Auth => "AUTH",
             Phase::Mail => "MAIL FROM",

@@ -112,7 +112,7 @@ impl Expect {
 }
 
 /// How a completion reply reads for a recipient it decides.
-fn verdict(reply: &ServerReply) -> RcptResult {
+pub(super) fn verdict(reply: &ServerReply) -> RcptResult {
     if reply.is_success() {
         RcptResult::Delivered(reply.clone())
     } else if reply.is_transient() {

@@ -11,6 +11,7 @@ mod harness;
 mod headers;
 mod hostile;
 mod inbound_auth;
+mod local_delivery;
 mod observability;
 mod privileges;
 mod protocol;

@@ -5,6 +5,7 @@
 
 mod bad_servers;
 mod delivery;
+mod lmtp;
 mod tls_auth;
 
 use std::net::SocketAddr;

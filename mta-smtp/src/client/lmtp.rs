@@ -1,0 +1,343 @@
+//! LMTP (RFC 2033): our client speaking to a local delivery agent such as Dovecot's LMTP
+//! server, over TCP or a Unix socket, one message per connection.
+//!
+//! LMTP is SMTP with two differences that matter here: the client says `LHLO` (§4.1; there
+//! is no HELO fallback), and after the final dot the server answers once for **each**
+//! recipient it accepted at RCPT, in RCPT order (§4.2), so one message can be delivered to
+//! one mailbox, refused for another (`5xx`) and deferred for a third (`4xx`). The rest is
+//! this module's SMTP client: replies ([`super::reply`]), MAIL/RCPT lines and their pre-checks
+//! ([`super::transaction`]), dot-stuffing ([`super::dot`]), timed reads and writes
+//! (`wire.rs`), and PIPELINING (RFC 2920) when the server offers it, which RFC 2033 §5 says it
+//! must. No TLS and no AUTH: the LMTP server is on this machine or one we trust.
+
+use std::io;
+use std::time::Duration;
+
+use mta_core::config::LmtpAddress;
+use tokio::net::{TcpStream, UnixStream};
+use tracing::debug;
+
+use super::connection::{expect, protocol};
+use super::ehlo::Extensions;
+use super::reply::ServerReply;
+use super::transaction::{self, Expect, verdict};
+use super::wire::{Stream, Wire, timed};
+use super::{ClientError, OutgoingMessage, Phase, RcptResult, Timeouts};
+
+/// How much message data one write carries (each write has the data-block timeout).
+const BODY_CHUNK: usize = 64 * 1024;
+
+/// Hands one message to the LMTP server at `at`: connect, greeting, `LHLO lhlo`, one
+/// transaction, QUIT. Returns one result per recipient of `msg`, in order.
+///
+/// A connection lost after the final dot does not undo the replies already read: those
+/// recipients keep their result, and only the ones still unanswered get a temporary failure
+/// (they may have been delivered; the queue tries them again, RFC 2033 §4.2 accepts that).
+///
+/// # Errors
+/// [`ClientError`] when nothing was decided: the connect failed or timed out, the greeting
+/// or LHLO was refused, the server broke the protocol or hung up before the final dot.
+pub async fn deliver(
+    at: &LmtpAddress,
+    lhlo: &str,
+    connect_timeout: Duration,
+    timeouts: &Timeouts,
+    msg: &OutgoingMessage<'_>,
+) -> Result<Vec<RcptResult>, ClientError> {
+    let stream = connect(at, connect_timeout).await?;
+    let mut conn = Lmtp {
+        wire: Wire::new(stream),
+        extensions: Extensions::default(),
+        timeouts: timeouts.clone(),
+    };
+    let result = conn.start(lhlo).await;
+    let result = match result {
+        Ok(()) => conn.send(msg).await,
+        Err(e) => Err(e),
+    };
+    conn.quit().await;
+    result
+}
+
+/// One result per recipient from an LMTP transaction's replies (RFC 2033 §4.2).
+///
+/// `mail` decides everyone when it is not 2xx. Otherwise a recipient whose RCPT reply
+/// (`rcpts[i]`) was not 2xx keeps it; the k-th recipient accepted at RCPT gets `finals[k]`,
+/// the k-th reply after the final dot. Recipients that no reply covers (the server ended the
+/// transaction with a 421, refused DATA, or hung up) get `ended`, or a temporary local failure
+/// without one: never a false delivery.
+pub fn results(
+    count: usize,
+    mail: &ServerReply,
+    rcpts: &[ServerReply],
+    finals: &[ServerReply],
+    ended: Option<&ServerReply>,
+) -> Vec<RcptResult> {
+    if !mail.is_success() {
+        return vec![verdict(mail); count];
+    }
+    let undecided = || match ended {
+        Some(reply) => verdict(reply),
+        None => RcptResult::Temporary(ServerReply::local(
+            451,
+            "4.4.2",
+            "the LMTP server gave no reply for this recipient",
+        )),
+    };
+    let mut accepted = 0;
+    (0..count)
+        .map(|i| match rcpts.get(i) {
+            Some(r) if !r.is_success() => verdict(r),
+            Some(_) => {
+                let k = accepted;
+                accepted += 1;
+                finals.get(k).map_or_else(undecided, verdict)
+            }
+            None => undecided(),
+        })
+        .collect()
+}
+
+async fn connect(at: &LmtpAddress, limit: Duration) -> Result<Stream, ClientError> {
+    match at {
+        LmtpAddress::Tcp(addr) => {
+            let addr = *addr;
+            let tcp = timed(Phase::Connect, limit, async move {
+                TcpStream::connect(addr)
+                    .await
+                    .map_err(|source| ClientError::Connect { addr, source })
+            })
+            .await?;
+            // Whole commands per write: Nagle would only delay the last one.
+            let _ = tcp.set_nodelay(true);
+            Ok(Stream::Plain(tcp))
+        }
+        LmtpAddress::Unix(path) => {
+            let unix = timed(Phase::Connect, limit, async move {
+                UnixStream::connect(path)
+                    .await
+                    .map_err(|e| ClientError::Io {
+                        phase: Phase::Connect,
+                        source: io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+                    })
+            })
+            .await?;
+            Ok(Stream::Unix(unix))
+        }
+    }
+}
+
+/// An open LMTP connection.
+struct Lmtp {
+    wire: Wire,
+    extensions: Extensions,
+    timeouts: Timeouts,
+}
+
+impl Lmtp {
+    /// The 220 greeting, then LHLO.
+    async fn start(&mut self, lhlo: &str) -> Result<(), ClientError> {
+        let t = self.timeouts.clone();
+        let greeting = self.wire.read_reply(Phase::Greeting, t.greeting).await?;
+        match greeting.code {
+            220 => {}
+            _ if greeting.is_transient() || greeting.is_permanent() => {
+                return Err(ClientError::Greeting(greeting));
+            }
+            _ => {
+                let reason = format!("unexpected greeting {greeting}");
+                return Err(protocol(Phase::Greeting, reason));
+            }
+        }
+        let reply = self
+            .command(Phase::Lhlo, t.ehlo, &format!("LHLO {lhlo}\r\n"))
+            .await?;
+        expect(Phase::Lhlo, Expect::Completion, &reply)?;
+        if !reply.is_success() {
+            return Err(ClientError::Rejected {
+                phase: Phase::Lhlo,
+                reply,
+            });
+        }
+        self.extensions = Extensions::parse(&reply);
+        Ok(())
+    }
+
+    /// MAIL, the RCPTs and DATA (in one write with PIPELINING), the body, and one reply per
+    /// accepted recipient.
+    async fn send(&mut self, msg: &OutgoingMessage<'_>) -> Result<Vec<RcptResult>, ClientError> {
+        let count = msg.rcpts.len();
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let params = match transaction::plan(msg, &self.extensions) {
+            Ok(params) => params,
+            Err(refusal) => return Ok(vec![RcptResult::Permanent(refusal); count]),
+        };
+        let mail = transaction::mail_from(msg.from, &params);
+        let t = self.timeouts.clone();
+        let pipelining = self.extensions.pipelining;
+        if pipelining {
+            let mut group = mail.clone();
+            for rcpt in msg.rcpts {
+                group.push_str(&transaction::rcpt_to(rcpt));
+            }
+            group.push_str("DATA\r\n");
+            self.ensure_idle(Phase::Mail)?;
+            debug!(
+                "C: {} (pipelined with {count} RCPT and DATA)",
+                mail.trim_end()
+            );
+            self.wire
+                .write(Phase::Mail, t.mail, group.as_bytes())
+                .await?;
+        }
+        let mail_reply = match pipelining {
+            true => self.reply(Phase::Mail, t.mail, Expect::Completion).await?,
+            false => {
+                let reply = self.command(Phase::Mail, t.mail, &mail).await?;
+                expect(Phase::Mail, Expect::Completion, &reply)?;
+                reply
+            }
+        };
+        // Lockstep: no RCPT after a refused MAIL. Pipelined: a 421 closes the connection,
+        // any other refusal is followed by the RCPT and DATA replies, read below.
+        if (!pipelining && !mail_reply.is_success()) || mail_reply.code == 421 {
+            return Ok(results(count, &mail_reply, &[], &[], None));
+        }
+        let mut rcpts = Vec::with_capacity(count);
+        for rcpt in msg.rcpts {
+            let reply = match pipelining {
+                true => self.reply(Phase::Rcpt, t.rcpt, Expect::Completion).await?,
+                false => {
+                    let line = transaction::rcpt_to(rcpt);
+                    let reply = self.command(Phase::Rcpt, t.rcpt, &line).await?;
+                    expect(Phase::Rcpt, Expect::Completion, &reply)?;
+                    reply
+                }
+            };
+            if reply.code == 421 {
+                return Ok(results(count, &mail_reply, &rcpts, &[], Some(&reply)));
+            }
+            rcpts.push(reply);
+        }
+        let any = transaction::any_accepted(&mail_reply, &rcpts);
+        if !pipelining && !any {
+            return Ok(results(count, &mail_reply, &rcpts, &[], None));
+        }
+        let data = match pipelining {
+            true => {
+                self.reply(Phase::Data, t.data_init, Expect::StartData)
+                    .await?
+            }
+            false => {
+                let reply = self.command(Phase::Data, t.data_init, "DATA\r\n").await?;
+                expect(Phase::Data, Expect::StartData, &reply)?;
+                reply
+            }
+        };
+        if data.code != 354 {
+            // RFC 2033 §4.2: DATA fails with 503 when no RCPT succeeded.
+            return Ok(results(count, &mail_reply, &rcpts, &[], Some(&data)));
+        }
+        if !any {
+            // A 354 with nobody accepted: end the empty message. Whatever the server answers
+            // (one reply, or none as §4.2 would have it) is not read: we QUIT next.
+            debug!("C: . (nobody accepted, but DATA got 354)");
+            self.wire.write(Phase::Body, t.data_block, b".\r\n").await?;
+            return Ok(results(count, &mail_reply, &rcpts, &[], None));
+        }
+        self.body(msg.body).await?;
+        let accepted = rcpts.iter().filter(|r| r.is_success()).count();
+        let mut finals = Vec::with_capacity(accepted);
+        for _ in 0..accepted {
+            match self
+                .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
+                .await
+            {
+                Ok(reply) => finals.push(reply),
+                Err(e) => {
+                    let lost = ServerReply::local(
+                        451,
+                        "4.4.2",
+                        &format!("no reply from the LMTP server for this recipient: {e}"),
+                    );
+                    return Ok(results(count, &mail_reply, &rcpts, &finals, Some(&lost)));
+                }
+            }
+        }
+        Ok(results(count, &mail_reply, &rcpts, &finals, None))
+    }
+
+    /// The stuffed body in chunks and the final dot.
+    async fn body(&mut self, body: &[u8]) -> Result<(), ClientError> {
+        self.ensure_idle(Phase::Body)?;
+        let limit = self.timeouts.data_block;
+        let mut stuffer = super::dot::DotStuffer::new();
+        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
+        for chunk in body.chunks(BODY_CHUNK) {
+            out.clear();
+            stuffer.push(chunk, &mut out);
+            self.wire.write(Phase::Body, limit, &out).await?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        self.wire.write(Phase::Body, limit, &out).await?;
+        debug!(octets = body.len(), "C: <message data> .");
+        Ok(())
+    }
+
+    /// One command line (from validated addresses and our hostname) and its reply.
+    async fn command(
+        &mut self,
+        phase: Phase,
+        limit: Duration,
+        line: &str,
+    ) -> Result<ServerReply, ClientError> {
+        if line.trim_end_matches("\r\n").contains(['\r', '\n']) {
+            let reason = "refusing to send a command with an embedded CR or LF".into();
+            return Err(protocol(phase, reason));
+        }
+        self.ensure_idle(phase)?;
+        debug!("C: {}", line.trim_end());
+        self.wire.write(phase, limit, line.as_bytes()).await?;
+        self.wire.read_reply(phase, limit).await
+    }
+
+    async fn reply(
+        &mut self,
+        phase: Phase,
+        limit: Duration,
+        want: Expect,
+    ) -> Result<ServerReply, ClientError> {
+        let reply = self.wire.read_reply(phase, limit).await?;
+        expect(phase, want, &reply)?;
+        Ok(reply)
+    }
+
+    /// A reply to nothing is a protocol violation (RFC 5321 §4.2: one reply per command).
+    fn ensure_idle(&self, phase: Phase) -> Result<(), ClientError> {
+        match self.wire.unread() {
+            0 => Ok(()),
+            n => Err(protocol(
+                phase,
+                format!("the server sent {n} octets that answer no command of ours"),
+            )),
+        }
+    }
+
+    /// QUIT and close; failures only get logged.
+    async fn quit(&mut self) {
+        let limit = self.timeouts.quit;
+        self.wire.discard_unread();
+        debug!("C: QUIT");
+        let said = match self.wire.write(Phase::Quit, limit, b"QUIT\r\n").await {
+            Ok(()) => self.wire.read_reply(Phase::Quit, limit).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = said {
+            debug!(error = %e, "LMTP QUIT went unanswered");
+        }
+        self.wire.shutdown(limit).await;
+    }
+}
