@@ -196,6 +196,15 @@ impl Store {
             }
             *last = Some(now);
         }
+        // sled would make a new, empty log where its log went missing: the queue would
+        // start afresh while the messages sit in the vanished file. Only the first opening
+        // of a store may create it.
+        if !self.path.join("db").is_file() {
+            let why = format!("its log {} is gone", self.path.join("db").display());
+            tracing::warn!(path = %self.path.display(), %why, "queue store cannot be reopened yet");
+            *self.slot() = Slot::Failed(why.clone());
+            return Err(self.unavailable(&why));
+        }
         match Handle::open(&self.path) {
             Ok(handle) => {
                 let handle = Arc::new(handle);
