@@ -35,6 +35,22 @@ pub fn room(path: &Path, min_space: u64, min_inodes: u64) -> std::io::Result<Roo
     Ok(Room::Enough)
 }
 
+/// The free bytes on the file system of `path` (or of its nearest existing ancestor) when
+/// they are fewer than [`HEADROOM`] (or inodes fewer than [`HEADROOM_INODES`]); `None` when
+/// there is room to open the store, or the file system does not say.
+pub fn too_full_to_open(path: &Path) -> Option<u64> {
+    let existing = path.ancestors().find(|p| p.exists())?;
+    match headroom(existing, 0) {
+        Ok(Room::Enough) | Err(_) => None,
+        Ok(Room::LowSpace(free)) => Some(free),
+        Ok(Room::LowInodes(_)) => Some(
+            rustix::fs::statvfs(existing)
+                .ok()
+                .map_or(0, |st| st.f_bavail.saturating_mul(st.f_frsize)),
+        ),
+    }
+}
+
 /// Whether a message of `size` bytes fits with room to spare: twice its size plus
 /// [`HEADROOM`] free (sled may hold a value twice until it compacts its log, and the Maildir
 /// copy follows), and [`HEADROOM_INODES`] inodes (a large value is a file of its own).
@@ -115,8 +131,8 @@ pub const HEADROOM: u64 = 4 * 1024 * 1024;
 /// Free inodes a new message must leave (a blob file, a Maildir file, sled's snapshot).
 pub const HEADROOM_INODES: u64 = 16;
 
-/// How long a sled flush may take before it counts as failed.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a sled flush or write may take before it counts as failed.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// sled's `flush()`, bounded by [`FLUSH_TIMEOUT`].
 ///

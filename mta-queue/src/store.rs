@@ -210,6 +210,36 @@ impl Store {
         })
     }
 
+    /// Runs a write on `h` on a thread of its own, bounded by [`disk::FLUSH_TIMEOUT`]: after
+    /// sled met a full disk, a write can block for ever too (it waits for log space that
+    /// never comes), and it must not take an async worker with it. A write that does not
+    /// return in time fails and gives `h` up; its thread is left behind.
+    async fn write_bounded<T: Send + 'static>(
+        &self,
+        h: &Arc<Handle>,
+        tx: impl FnOnce(&Handle) -> Result<T, TransactionError<()>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let handle = h.clone();
+        std::thread::Builder::new()
+            .name("queue-write".into())
+            .spawn(move || {
+                let _ = done.send(tx(&handle));
+            })
+            .map_err(|e| self.fail(h, classify(&self.path, sled::Error::Io(e))))?;
+        match tokio::time::timeout(disk::FLUSH_TIMEOUT, result).await {
+            Ok(Ok(written)) => self.write(h, |_| written),
+            Ok(Err(_)) => Err(StoreError::Join("queue write thread died".into())),
+            Err(_) => {
+                let stuck = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "sled write did not return within 5 s",
+                );
+                Err(self.fail(h, classify(&self.path, sled::Error::Io(stuck))))
+            }
+        }
+    }
+
     /// Stores a new message and flushes. Returns only when it is durable.
     ///
     /// # Errors
@@ -220,14 +250,16 @@ impl Store {
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let key = schedule_key(record.next_attempt_ms, &id);
-        self.write(&h, |h| {
+        let body = body.to_vec();
+        self.write_bounded(&h, move |h| {
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                b.insert(id.as_str().as_bytes(), body)?;
+                b.insert(id.as_str().as_bytes(), body.as_slice())?;
                 s.insert(key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-        })?;
+        })
+        .await?;
         self.flush_handle(&h).await
     }
 
@@ -248,7 +280,7 @@ impl Store {
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let old_key = schedule_key(old_due_ms, &id);
         let new_key = schedule_key(record.next_attempt_ms, &id);
-        self.write(&h, |h| {
+        self.write_bounded(&h, move |h| {
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 s.remove(old_key.as_slice())?;
                 if finished {
@@ -260,7 +292,8 @@ impl Store {
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-        })?;
+        })
+        .await?;
         self.flush_handle(&h).await
     }
 

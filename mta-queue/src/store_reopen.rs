@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{Store, StoreError, classify};
-use crate::disk::check_log;
+use crate::disk::{self, check_log};
 
 /// What the clones of one [`Store`] share: the handles in use and the reopen bookkeeping.
 pub(super) struct Shared {
@@ -31,8 +31,8 @@ pub(super) struct Shared {
 
 /// How often a given-up store is tried again.
 pub(super) const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
-/// When sled still holds its lock this long after the store was given up, and none of our
-/// operations uses the old handles, sled is stuck (a flush that never returns).
+/// When sled still holds its lock this long after the store was given up, sled is stuck:
+/// our own operations on the old handles all end within 5 s.
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 pub(super) enum Slot {
@@ -57,6 +57,21 @@ impl Handle {
             path: path.to_path_buf(),
             why,
         })?;
+        // sled writes while it opens (it may rewrite the tail of its log and its snapshot);
+        // on a full disk such a write can fail half done and leave a store sled then
+        // refuses ("Read corrupted data"), seen once in scripts/diskfull.sh. So no opening
+        // without room.
+        if let Some(free) = disk::too_full_to_open(path) {
+            let why = format!(
+                "only {free} bytes free; opening the store needs {} (sled writes while it \
+                 opens): free some space first",
+                disk::HEADROOM
+            );
+            return Err(StoreError::DiskFull {
+                path: path.to_path_buf(),
+                source: sled::Error::Io(std::io::Error::new(std::io::ErrorKind::StorageFull, why)),
+            });
+        }
         let err = |source| classify(path, source);
         // sled may panic on a log it cannot make sense of: that is a damaged store too.
         let opened = std::panic::catch_unwind(|| {
@@ -228,10 +243,10 @@ impl Store {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .is_some_and(|t| t.elapsed() > STUCK_AFTER);
-                if held == 0 && locked && long_ago {
-                    // None of our operations holds the old handles: sled itself does (a
-                    // flush stuck inside it, see `flush_sled`). Only a new process can open
-                    // the store again.
+                if locked && long_ago {
+                    // Every operation of ours gives up within 5 s, so whatever still holds
+                    // the old handles is stuck inside sled (a flush or write that never
+                    // returns, see `flush_sled`). Only a new process can open the store.
                     if !self.shared.stuck_logged.swap(true, Ordering::Relaxed) {
                         tracing::error!(
                             path = %self.path.display(),
