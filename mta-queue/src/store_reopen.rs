@@ -29,6 +29,9 @@ pub(super) struct Shared {
     gave_up: Mutex<Option<std::time::Instant>>,
 }
 
+/// How long a caller waits for a reopen (sled reads its whole log to open); the reopen goes
+/// on in its thread, and a later call finds its result.
+const REOPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a given-up store is tried again.
 pub(super) const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 /// When sled still holds its lock this long after the store was given up, sled is stuck:
@@ -184,10 +187,22 @@ impl Store {
         if let Ok(h) = self.current() {
             return Ok(h);
         }
+        // On a thread of its own and bounded, like sled's writes and flushes: an opening
+        // that never returns must not keep a session or the scheduler waiting for ever.
+        // Meanwhile other callers get `Unavailable` at once (only one reopens at a time).
+        let (done, opened) = tokio::sync::oneshot::channel();
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.reopen())
-            .await
-            .map_err(|e| StoreError::Join(e.to_string()))?
+        std::thread::Builder::new()
+            .name("queue-reopen".into())
+            .spawn(move || {
+                let _ = done.send(store.reopen());
+            })
+            .map_err(|e| self.unavailable(&format!("cannot start a thread to reopen: {e}")))?;
+        match tokio::time::timeout(REOPEN_TIMEOUT, opened).await {
+            Ok(Ok(reopened)) => reopened,
+            Ok(Err(_)) => Err(StoreError::Join("queue reopen thread died".into())),
+            Err(_) => Err(self.unavailable("reopening takes longer than 30 s")),
+        }
     }
 
     /// Reopens sled after an error. Blocking. Only one caller reopens at a time; the others
