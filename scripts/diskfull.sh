@@ -143,11 +143,12 @@ for r in $(seq 1 "$runs"); do
   broken=$((broken + $(grep -c '^broken' "$work/load.$r" || true)))
   errs=$(grep -c 'queue store failed' "$work/err.$r" || true)
   [ "$errs" -gt 0 ] && sled_errors=$((sled_errors + 1))
-  # One more message, for up to 12 s, without a restart.
+  # One more message, for up to 45 s (a reopen may take 30 s to be declared stuck), without
+  # a restart.
   how="in place"
   if ! "$PYTHON" - "$port" "r$r" >>"$work/load.$r" <<'EOF'
 import smtplib, sys, time
-end = time.time() + 12
+end = time.time() + 45
 while time.time() < end:
     try:
         c = smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10)

@@ -201,7 +201,16 @@ impl Store {
         match tokio::time::timeout(REOPEN_TIMEOUT, opened).await {
             Ok(Ok(reopened)) => reopened,
             Ok(Err(_)) => Err(StoreError::Join("queue reopen thread died".into())),
-            Err(_) => Err(self.unavailable("reopening takes longer than 30 s")),
+            Err(_) => {
+                if !self.shared.stuck_logged.swap(true, Ordering::Relaxed) {
+                    tracing::error!(
+                        path = %self.path.display(),
+                        "queue store stuck inside sled: reopening it has not returned in 30 s; \
+                         new mail gets 451 until mta serve is restarted (a restart loses nothing)"
+                    );
+                }
+                Err(self.unavailable("reopening takes longer than 30 s"))
+            }
         }
     }
 
