@@ -35,19 +35,15 @@ pub fn room(path: &Path, min_space: u64, min_inodes: u64) -> std::io::Result<Roo
     Ok(Room::Enough)
 }
 
-/// The free bytes on the file system of `path` (or of its nearest existing ancestor) when
-/// they are fewer than [`HEADROOM`] (or inodes fewer than [`HEADROOM_INODES`]); `None` when
-/// there is room to open the store, or the file system does not say.
-pub fn too_full_to_open(path: &Path) -> Option<u64> {
+/// Why the file system of `path` (or of its nearest existing ancestor) is too full to open
+/// the store on: fewer than [`HEADROOM`] bytes or [`HEADROOM_INODES`] inodes free. `None`
+/// when there is room, or the file system does not say.
+pub fn too_full_to_open(path: &Path) -> Option<String> {
     let existing = path.ancestors().find(|p| p.exists())?;
     match headroom(existing, 0) {
         Ok(Room::Enough) | Err(_) => None,
-        Ok(Room::LowSpace(free)) => Some(free),
-        Ok(Room::LowInodes(_)) => Some(
-            rustix::fs::statvfs(existing)
-                .ok()
-                .map_or(0, |st| st.f_bavail.saturating_mul(st.f_frsize)),
-        ),
+        Ok(Room::LowSpace(free)) => Some(format!("only {free} bytes free")),
+        Ok(Room::LowInodes(free)) => Some(format!("only {free} inodes free")),
     }
 }
 

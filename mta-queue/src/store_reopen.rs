@@ -64,11 +64,12 @@ impl Handle {
         // on a full disk such a write can fail half done and leave a store sled then
         // refuses ("Read corrupted data"), seen once in scripts/diskfull.sh. So no opening
         // without room.
-        if let Some(free) = disk::too_full_to_open(path) {
+        if let Some(low) = disk::too_full_to_open(path) {
             let why = format!(
-                "only {free} bytes free; opening the store needs {} (sled writes while it \
-                 opens): free some space first",
-                disk::HEADROOM
+                "{low}; opening the store needs {} bytes and {} inodes free (sled writes \
+                 while it opens): free some space first",
+                disk::HEADROOM,
+                disk::HEADROOM_INODES
             );
             return Err(StoreError::DiskFull {
                 path: path.to_path_buf(),
