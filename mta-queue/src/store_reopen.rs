@@ -188,6 +188,17 @@ impl Store {
         if let Ok(h) = self.current() {
             return Ok(h);
         }
+        // Cheap answers first: a flood of MAIL commands while the store is unusable must not
+        // start a thread each.
+        let recently = self
+            .shared
+            .last_reopen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < REOPEN_INTERVAL);
+        if recently {
+            return Err(self.unavailable("tried again shortly"));
+        }
         // On a thread of its own and bounded, like sled's writes and flushes: an opening
         // that never returns must not keep a session or the scheduler waiting for ever.
         // Meanwhile other callers get `Unavailable` at once (only one reopens at a time).
