@@ -6,10 +6,12 @@
 
 pub mod admin;
 pub mod bounce;
+pub mod disk;
 pub mod group_sync;
 pub mod retry;
 pub mod scheduler;
 pub mod store;
 
+pub use disk::Room;
 pub use scheduler::{Queue, QueueSettings};
-pub use store::{Record, Room, Store, StoreError};
+pub use store::{Record, Store, StoreError};

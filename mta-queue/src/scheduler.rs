@@ -18,8 +18,9 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::bounce::{DsnKind, DsnRecipient, status_of};
+use crate::disk::Room;
 use crate::retry;
-use crate::store::{Record, Room, Store, StoreError};
+use crate::store::{Record, Store, StoreError};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -15,13 +15,14 @@
 //! failed after an error and a sync after a failed one proves nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use mta_core::envelope::{Envelope, MessageId};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
+
+use crate::disk::{self, Room, flush_sled, sync_files};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 /// What is stored per message besides the body.
@@ -122,293 +123,27 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
-struct Shared {
-    slot: Mutex<Slot>,
-    /// Held while reopening, so that only one caller reopens; others do not wait for it.
-    reopening: Mutex<()>,
-    /// Syncs run by handles given up since the store was opened (for measurements).
-    retired_syncs: AtomicU64,
-    /// Reopens after an error (for tests and the log).
-    reopens: AtomicU64,
-    /// The handles given up last, to tell in the log who still holds them.
-    retired: Mutex<std::sync::Weak<Handle>>,
-    /// When reopening was last tried: at most once per [`REOPEN_INTERVAL`], since sled
-    /// reads its whole log to open.
-    last_reopen: Mutex<Option<std::time::Instant>>,
-    /// The "stuck inside sled" error was logged for the handles given up last.
-    stuck_logged: std::sync::atomic::AtomicBool,
-    /// When the handles in use were last given up.
-    gave_up: Mutex<Option<std::time::Instant>>,
-}
-
-/// How often a given-up store is tried again.
-const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
-/// When sled still holds its lock this long after the store was given up, and none of our
-/// operations uses the old handles, sled is stuck (a flush that never returns).
-const STUCK_AFTER: Duration = Duration::from_secs(10);
-
-enum Slot {
-    Open(Arc<Handle>),
-    /// Given up after an error, with the error.
-    Failed(String),
-}
-
-/// One opening of sled: the database, its trees, and the group commit of its flushes.
-struct Handle {
-    db: sled::Db,
-    envelopes: sled::Tree,
-    bodies: sled::Tree,
-    schedule: sled::Tree,
-    corrupt: sled::Tree,
-    group: crate::group_sync::GroupSync,
-}
-
-/// Free space on the store's file system against the floors of `[queue]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Room {
-    /// At or above both floors (or the file system does not say).
-    Enough,
-    /// Below the byte floor: this many bytes are free.
-    LowSpace(u64),
-    /// Below the inode floor: this many inodes are free.
-    LowInodes(u64),
-}
-
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
     let mut key = due_ms.to_be_bytes().to_vec();
     key.extend_from_slice(id.as_str().as_bytes());
     key
 }
 
-impl Handle {
-    fn open(path: &Path) -> Result<Handle, StoreError> {
-        check_log(path).map_err(|why| StoreError::Damaged {
-            path: path.to_path_buf(),
-            why,
-        })?;
-        let err = |source| classify(path, source);
-        // sled may panic on a log it cannot make sense of: that is a damaged store too.
-        let opened = std::panic::catch_unwind(|| {
-            sled::Config::new()
-                .path(path)
-                .flush_every_ms(None)
-                .cache_capacity(64 * 1024 * 1024)
-                .open()
-        });
-        let db = opened
-            .map_err(|_| StoreError::Damaged {
-                path: path.to_path_buf(),
-                why: "sled panicked while reading it".into(),
-            })?
-            .map_err(err)?;
-        Ok(Handle {
-            envelopes: db.open_tree("envelopes").map_err(err)?,
-            bodies: db.open_tree("bodies").map_err(err)?,
-            schedule: db.open_tree("schedule").map_err(err)?,
-            corrupt: db.open_tree("corrupt").map_err(err)?,
-            group: Default::default(),
-            db,
-        })
-    }
-}
-
 impl Store {
-    /// Opens (or creates) the store in `path`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when sled cannot open or recover the directory.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let handle = Handle::open(path)?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            shared: Arc::new(Shared {
-                slot: Mutex::new(Slot::Open(Arc::new(handle))),
-                reopening: Mutex::new(()),
-                retired_syncs: AtomicU64::new(0),
-                reopens: AtomicU64::new(0),
-                retired: Mutex::new(std::sync::Weak::new()),
-                last_reopen: Mutex::new(None),
-                stuck_logged: Default::default(),
-                gave_up: Mutex::new(None),
-            }),
-        })
-    }
-
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.shared
-            .slot
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The handles in use, or [`StoreError::Unavailable`] after an error.
-    fn current(&self) -> Result<Arc<Handle>, StoreError> {
-        match &*self.slot() {
-            Slot::Open(h) => Ok(h.clone()),
-            Slot::Failed(why) => Err(self.unavailable(why)),
-        }
-    }
-
-    fn unavailable(&self, why: &str) -> StoreError {
-        StoreError::Unavailable {
-            path: self.path.clone(),
-            why: why.to_string(),
-        }
-    }
-
-    /// Gives up `handle` after an error (if it is still the one in use) and returns the
-    /// error. Logged here, once per handle.
-    fn fail(&self, handle: &Arc<Handle>, error: StoreError) -> StoreError {
-        let mut slot = self.slot();
-        if let Slot::Open(h) = &*slot
-            && Arc::ptr_eq(h, handle)
-        {
-            tracing::error!(error = %error, "queue store failed; it is reopened before the next write");
-            self.shared
-                .retired_syncs
-                .fetch_add(h.group.syncs(), Ordering::Relaxed);
-            *self
-                .shared
-                .retired
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(h);
-            self.shared.stuck_logged.store(false, Ordering::Relaxed);
-            *self
-                .shared
-                .gave_up
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(std::time::Instant::now());
-            *slot = Slot::Failed(error.to_string());
-        }
-        error
-    }
-
-    /// Makes sure the store is usable, reopening it if an error made us give it up. Called
-    /// before each write and by the scheduler, so that the queue recovers on its own once
-    /// the cause (a full disk) is gone.
-    ///
-    /// # Errors
-    /// [`StoreError`] when it is still unusable; the next call tries again.
-    pub async fn ensure_open(&self) -> Result<(), StoreError> {
-        self.writable().await.map(drop)
-    }
-
-    /// The handles for a write: the current ones, or freshly reopened ones.
-    async fn writable(&self) -> Result<Arc<Handle>, StoreError> {
-        if let Ok(h) = self.current() {
-            return Ok(h);
-        }
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.reopen())
-            .await
-            .map_err(|e| StoreError::Join(e.to_string()))?
-    }
-
-    /// Reopens sled after an error. Blocking. Only one caller reopens at a time; the others
-    /// get `Unavailable` at once rather than wait.
-    fn reopen(&self) -> Result<Arc<Handle>, StoreError> {
-        let Ok(_only_me) = self.shared.reopening.try_lock() else {
-            return Err(self.unavailable("being reopened"));
-        };
-        if let Slot::Open(h) = &*self.slot() {
-            return Ok(h.clone());
-        }
-        {
-            let mut last = self
-                .shared
-                .last_reopen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            let now = std::time::Instant::now();
-            if last.is_some_and(|t| now.duration_since(t) < REOPEN_INTERVAL) {
-                return Err(self.unavailable("tried again shortly"));
-            }
-            *last = Some(now);
-        }
-        match Handle::open(&self.path) {
-            Ok(handle) => {
-                let handle = Arc::new(handle);
-                *self.slot() = Slot::Open(handle.clone());
-                self.shared.reopens.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(path = %self.path.display(), "queue store reopened after an error");
-                Ok(handle)
-            }
-            Err(e) => {
-                // Operations still using the given-up handles (each keeps sled's lock).
-                let held = self
-                    .shared
-                    .retired
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .strong_count();
-                let locked = e.to_string().contains("could not acquire lock");
-                let long_ago = self
-                    .shared
-                    .gave_up
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .is_some_and(|t| t.elapsed() > STUCK_AFTER);
-                if held == 0 && locked && long_ago {
-                    // None of our operations holds the old handles: sled itself does (a
-                    // flush stuck inside it, see `flush_sled`). Only a new process can open
-                    // the store again.
-                    if !self.shared.stuck_logged.swap(true, Ordering::Relaxed) {
-                        tracing::error!(
-                            path = %self.path.display(),
-                            "queue store stuck inside sled after an I/O error: new mail gets 451 \
-                             until mta serve is restarted (a restart loses nothing)"
-                        );
-                    }
-                } else {
-                    tracing::warn!(error = %e, held, "queue store cannot be reopened yet");
-                }
-                *self.slot() = Slot::Failed(e.to_string());
-                Err(e)
-            }
-        }
-    }
-
-    /// How many times the store was reopened after an error.
-    pub fn reopens(&self) -> u64 {
-        self.shared.reopens.load(Ordering::Relaxed)
-    }
-
-    /// Whether the store's file system has room for new mail: free bytes and inodes
-    /// (`statvfs`, the part usable by unprivileged users) against the floors. A floor of 0
-    /// is not checked, nor is the inode floor on file systems that report no inodes.
+    /// Whether the store's file system has room for new mail ([`disk::room`]).
     ///
     /// # Errors
     /// The `statvfs` error (the session answers 451).
     pub fn room(&self, min_space: u64, min_inodes: u64) -> std::io::Result<Room> {
-        let st = rustix::fs::statvfs(&self.path)?;
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
-        if min_space > 0 && free < min_space {
-            return Ok(Room::LowSpace(free));
-        }
-        if min_inodes > 0 && st.f_files > 0 && st.f_favail < min_inodes {
-            return Ok(Room::LowInodes(st.f_favail));
-        }
-        Ok(Room::Enough)
+        disk::room(&self.path, min_space, min_inodes)
     }
 
-    /// Whether a message of `size` bytes fits with room to spare: twice its size plus
-    /// [`HEADROOM`] free (sled may hold a value twice until it compacts its log, and the
-    /// Maildir copy follows), and a few inodes (a large value is a file of its own). Checked
-    /// before the message is written, so that sled itself rarely meets a full disk: after
-    /// such an error it has to be reopened, or worse (see [`flush_sled`]).
+    /// Whether a message of `size` bytes fits with room to spare ([`disk::headroom`]).
     ///
     /// # Errors
     /// The `statvfs` error.
     pub fn headroom(&self, size: u64) -> std::io::Result<Room> {
-        let st = rustix::fs::statvfs(&self.path)?;
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
-        if free < size.saturating_mul(2).saturating_add(HEADROOM) {
-            return Ok(Room::LowSpace(free));
-        }
-        if st.f_files > 0 && st.f_favail < HEADROOM_INODES {
-            return Ok(Room::LowInodes(st.f_favail));
-        }
-        Ok(Room::Enough)
+        disk::headroom(&self.path, size)
     }
 
     /// Flushes everything written so far to disk; returns when it is durable.
@@ -475,6 +210,36 @@ impl Store {
         })
     }
 
+    /// Runs a write on `h` on a thread of its own, bounded by [`disk::FLUSH_TIMEOUT`]: after
+    /// sled met a full disk, a write can block for ever too (it waits for log space that
+    /// never comes), and it must not take an async worker with it. A write that does not
+    /// return in time fails and gives `h` up; its thread is left behind.
+    async fn write_bounded<T: Send + 'static>(
+        &self,
+        h: &Arc<Handle>,
+        tx: impl FnOnce(&Handle) -> Result<T, TransactionError<()>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        let handle = h.clone();
+        std::thread::Builder::new()
+            .name("queue-write".into())
+            .spawn(move || {
+                let _ = done.send(tx(&handle));
+            })
+            .map_err(|e| self.fail(h, classify(&self.path, sled::Error::Io(e))))?;
+        match tokio::time::timeout(disk::FLUSH_TIMEOUT, result).await {
+            Ok(Ok(written)) => self.write(h, |_| written),
+            Ok(Err(_)) => Err(StoreError::Join("queue write thread died".into())),
+            Err(_) => {
+                let stuck = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "sled write did not return within 5 s",
+                );
+                Err(self.fail(h, classify(&self.path, sled::Error::Io(stuck))))
+            }
+        }
+    }
+
     /// Stores a new message and flushes. Returns only when it is durable.
     ///
     /// # Errors
@@ -485,14 +250,16 @@ impl Store {
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let key = schedule_key(record.next_attempt_ms, &id);
-        self.write(&h, |h| {
+        let body = body.to_vec();
+        self.write_bounded(&h, move |h| {
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                b.insert(id.as_str().as_bytes(), body)?;
+                b.insert(id.as_str().as_bytes(), body.as_slice())?;
                 s.insert(key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-        })?;
+        })
+        .await?;
         self.flush_handle(&h).await
     }
 
@@ -513,7 +280,7 @@ impl Store {
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let old_key = schedule_key(old_due_ms, &id);
         let new_key = schedule_key(record.next_attempt_ms, &id);
-        self.write(&h, |h| {
+        self.write_bounded(&h, move |h| {
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 s.remove(old_key.as_slice())?;
                 if finished {
@@ -525,7 +292,8 @@ impl Store {
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-        })?;
+        })
+        .await?;
         self.flush_handle(&h).await
     }
 
@@ -742,131 +510,6 @@ impl Store {
     }
 }
 
-/// sled's log segment size unless its `conf` says otherwise.
-const DEFAULT_SEGMENT_SIZE: u64 = 512 * 1024;
-/// The header at the start of each segment of sled 0.34's log: CRC-32 (little endian,
-/// inverted) of the 16 bytes after it (two LSNs).
-const SEGMENT_HEADER_LEN: usize = 20;
-
-/// Refuses a store whose log holds no valid sled segment header.
-///
-/// sled 0.34 opens a log whose segment headers do not check out as an empty store and
-/// writes over it: a damaged or foreign file would be silently replaced and every queued
-/// message lost. A real log always has at least one valid header (the first segment is
-/// written when the store is created), so a non-empty `db` without one is not opened.
-/// Damage inside valid segments is sled's to find (its records carry CRCs).
-fn check_log(path: &Path) -> Result<(), String> {
-    use std::io::{Read, Seek, SeekFrom};
-    let db = path.join("db");
-    let mut file = match std::fs::File::open(&db) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", db.display())),
-    };
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", db.display()))?
-        .len();
-    if len == 0 {
-        return Ok(());
-    }
-    let segment = std::fs::read_to_string(path.join("conf"))
-        .ok()
-        .and_then(|conf| {
-            conf.lines()
-                .find_map(|l| l.strip_prefix("segment_size: ")?.trim().parse::<u64>().ok())
-        })
-        .filter(|&s| s >= SEGMENT_HEADER_LEN as u64)
-        .unwrap_or(DEFAULT_SEGMENT_SIZE);
-    let mut header = [0u8; SEGMENT_HEADER_LEN];
-    let mut offset = 0;
-    while offset + SEGMENT_HEADER_LEN as u64 <= len {
-        file.seek(SeekFrom::Start(offset))
-            .and_then(|_| file.read_exact(&mut header))
-            .map_err(|e| format!("cannot read {}: {e}", db.display()))?;
-        let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) ^ u32::MAX;
-        if crc32fast::hash(&header[4..]) == stored {
-            return Ok(());
-        }
-        offset += segment;
-    }
-    Err(format!(
-        "{} ({len} bytes) has no valid sled log segment header: it is not a sled 0.34 log",
-        db.display()
-    ))
-}
-
-/// Free bytes a new message must leave beyond twice its size: a few of sled's 512 KiB log
-/// segments and a snapshot.
-const HEADROOM: u64 = 4 * 1024 * 1024;
-/// Free inodes a new message must leave (a blob file, a Maildir file, sled's snapshot).
-const HEADROOM_INODES: u64 = 16;
-
-/// How long a sled flush may take before it counts as failed.
-const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// sled's `flush()`, bounded by [`FLUSH_TIMEOUT`].
-///
-/// After a write fails for lack of space, sled 0.34 can wedge: its flushes wait for a log
-/// position that never becomes stable, with no error recorded (seen in about a third of
-/// the disk-full runs of `tests/it/storage_faults.rs`). A session would then hang at the
-/// dot. So the flush runs on its own thread and, when it has not returned in time, fails:
-/// the message gets a 4xx and the store is given up. The stuck thread is left behind; it
-/// keeps sled's lock, so reopening waits for it (see [`Store::reopen`]).
-fn flush_sled(db: &sled::Db) -> sled::Result<()> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let db = db.clone();
-    std::thread::Builder::new()
-        .name("queue-flush".into())
-        .spawn(move || {
-            let _ = tx.send(db.flush());
-        })
-        .map_err(sled::Error::Io)?;
-    match rx.recv_timeout(FLUSH_TIMEOUT) {
-        Ok(result) => result.map(drop),
-        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-            Err(sled::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "sled flush did not return within 5 s",
-            )))
-        }
-        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(sled::Error::Io(
-            std::io::Error::other("sled flush thread died"),
-        )),
-    }
-}
-
-/// `fdatasync` of sled's log (`db`), each file in `blobs/`, and `blobs/` itself.
-fn sync_files(path: &Path) -> std::io::Result<()> {
-    std::fs::File::open(path.join("db"))?.sync_data()?;
-    let blobs = path.join("blobs");
-    match std::fs::read_dir(&blobs) {
-        Ok(entries) => {
-            for entry in entries {
-                let entry = entry?;
-                // sled removes blobs of deleted values concurrently; where the directory
-                // does not record file types (FUSE), asking for it is a stat that can miss.
-                let kind = match entry.file_type() {
-                    Ok(kind) => kind,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(e),
-                };
-                if kind.is_file() {
-                    match std::fs::File::open(entry.path()) {
-                        Ok(f) => f.sync_data()?,
-                        // sled removes blobs of deleted values concurrently.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
-            std::fs::File::open(&blobs)?.sync_all()
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 fn zero_id() -> MessageId {
     MessageId::parse("00000000000000000000").expect("20 hex digits")
 }
@@ -893,6 +536,12 @@ fn classify(path: &Path, source: sled::Error) -> StoreError {
         }
     }
 }
+
+#[path = "store_reopen.rs"]
+mod reopen;
+#[cfg(test)]
+use reopen::REOPEN_INTERVAL;
+use reopen::{Handle, Shared, Slot};
 
 #[cfg(test)]
 #[path = "store_tests.rs"]

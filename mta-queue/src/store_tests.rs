@@ -135,6 +135,11 @@ async fn a_failed_flush_fails_the_write_and_the_store_reopens() {
         store.load(&a.envelope.id),
         Err(StoreError::Unavailable { .. })
     ));
+    // While the log is gone it is not reopened (sled would start an empty one).
+    let refused = store.insert(&c, b"ghi").await.unwrap_err();
+    assert!(refused.to_string().contains("is gone"), "{refused}");
+    assert!(!log.exists(), "no new log was made");
+    std::thread::sleep(REOPEN_INTERVAL);
     std::fs::rename(&aside, &log).unwrap();
     assert_eq!(store.reopens(), 0);
     store.insert(&c, b"ghi").await.unwrap();

@@ -83,13 +83,25 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        // A server killed a moment ago may still hold files: fall back to a lazy unmount.
-        let ok = Command::new("umount")
-            .arg(&self.path)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        // A server killed a moment ago may still hold files for a moment: try a few times
+        // (bounded), then fall back to a lazy unmount, and say so if even that fails.
+        let umount = |lazy: bool| {
+            let mut cmd = Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.path).status().is_ok_and(|s| s.success())
+        };
+        let mut done = false;
+        for _ in 0..20 {
+            if umount(false) {
+                done = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if !done && !umount(true) {
+            eprintln!("could not unmount the test tmpfs {}", self.path.display());
         }
         let _ = std::fs::remove_dir(&self.path);
     }

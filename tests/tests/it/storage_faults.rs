@@ -400,3 +400,49 @@ fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     out.sort();
     out
 }
+
+/// Point 5, end to end: when the flush after a message fails (here: sled's log renamed away
+/// under the running server, so the `fdatasync` of it fails), that message gets
+/// `451 4.3.0`, never 250; new mail is refused with a 4xx while the store cannot be
+/// reopened, and accepted again, without a restart, once it can.
+#[test]
+fn flush_error_is_451_and_the_store_reopens_in_place() {
+    let mta = TestMta::start("[queue]\nretry_first = \"1s\"\nretry_max = \"2s\"\n");
+    mta.add_user(BOB, "bob-password-1");
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO sender.test", 250);
+    let mut accepted = Vec::new();
+    assert_eq!(
+        try_send(&mut c, FROM, BOB, &message("flush-0", FROM, BOB, 2_000)),
+        Sent::Accepted
+    );
+    accepted.push("flush-0".to_string());
+
+    let log = mta.data_dir().join("queue").join("db");
+    let away = mta.data_dir().join("queue").join("db.away");
+    std::fs::rename(&log, &away).expect("move the log away");
+    let sent = try_send(&mut c, FROM, BOB, &message("flush-1", FROM, BOB, 2_000));
+    match &sent {
+        Sent::Refused(".", r) => assert!(r.matches(451, Some("4.3.0")), "{r}"),
+        other => panic!("the message whose flush failed got {other:?}"),
+    }
+    // The store is given up and cannot be reopened while its log is gone.
+    match try_send(&mut c, FROM, BOB, &message("flush-2", FROM, BOB, 2_000)) {
+        Sent::Refused("MAIL", r) => assert!(r.code / 100 == 4, "{r}"),
+        other => panic!("with the store given up: {other:?}"),
+    }
+    assert!(!log.exists(), "no empty log was made in its place");
+    std::fs::rename(&away, &log).expect("put the log back");
+    let _ = c.send_line("QUIT");
+    let tag = send_after_freeing(&mta, "flush-3", secs(10));
+    accepted.push(tag.expect("accepted again without a restart"));
+    let (delivered, dups) = wait_all_delivered(&mta, &accepted);
+    let reopened = mta.log().contains("queue store reopened after an error");
+    assert!(reopened, "the store was not reopened in place");
+    println!(
+        "flush error: 451 4.3.0 at the dot, store reopened in place; {} accepted delivered \
+         ({delivered} distinct in the Maildir, {dups} duplicates)",
+        accepted.len()
+    );
+}
