@@ -160,16 +160,17 @@ impl Store {
     /// sled 0.34's own flush ends in `sync_file_range(2)` on Linux, which neither flushes the
     /// drive's write cache nor the file's metadata (its growing size), and it writes large
     /// values as separate blob files without any sync. So after sled's flush we
-    /// `fdatasync` the log file, every blob file, and the blob directory ourselves: only
-    /// then is the data on stable storage. Syncing a blob that is already clean costs next to
-    /// nothing. Concurrent callers share one round ([`crate::group_sync`]).
+    /// `fdatasync` the log file, every blob file not yet synced at its length, and the blob
+    /// directory when a blob appeared: only then is the data on stable storage. Concurrent
+    /// callers share one round ([`crate::group_sync`]).
     async fn flush_handle(&self, h: &Arc<Handle>) -> Result<(), StoreError> {
         let handle = h.clone();
         let path = self.path.clone();
         let result = tokio::task::spawn_blocking(move || {
             handle.group.sync(|| -> sled::Result<()> {
                 flush_sled(&handle.db)?;
-                sync_files(&path).map_err(sled::Error::Io)
+                let mut synced = handle.synced.lock().unwrap_or_else(|e| e.into_inner());
+                sync_files(&path, &mut synced).map_err(sled::Error::Io)
             })
         })
         .await

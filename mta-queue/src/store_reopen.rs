@@ -52,6 +52,8 @@ pub(super) struct Handle {
     pub(super) schedule: sled::Tree,
     pub(super) corrupt: sled::Tree,
     pub(super) group: crate::group_sync::GroupSync,
+    /// Blob files this handle's flushes made durable, at which length (`disk::sync_files`).
+    pub(super) synced: std::sync::Mutex<crate::disk::SyncedBlobs>,
 }
 
 impl Handle {
@@ -97,6 +99,7 @@ impl Handle {
             schedule: db.open_tree("schedule").map_err(err)?,
             corrupt: db.open_tree("corrupt").map_err(err)?,
             group: Default::default(),
+            synced: Default::default(),
             db,
         })
     }
