@@ -143,7 +143,7 @@ start_mta() { # start_mta NAME: sets mta_pid and mta_addr
   pids+=("$mta_pid")
   local i
   for i in $(seq 1 100); do grep -q '^mta ready' "$d/out" 2>/dev/null && break; sleep 0.1; done
-  mta_addr=$(grep -o 'smtp=[^ ]*' "$d/out" | head -n1 | cut -d= -f2)
+  mta_addr=$(grep -o 'smtp=[^ ]*' "$d/out" | head -n1 | cut -d= -f2 || true)
   [ -n "$mta_addr" ] || { cat "$d/err" >&2; die "mta $1 did not start"; }
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
