@@ -4,7 +4,7 @@
 //! runner ([`dialog`]). For relaying: dnsmasq ([`TestDns`]), servers with their own names and
 //! addresses ([`MtaBuilder`], [`relay`]), a shared port on `127.0.0.2`, `127.0.0.3`…
 //! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]).
-//! The scenarios live in `tests/it/`, one binary (STYLE §5).
+//! For durability: concurrent submitters ([`load`]). The scenarios live in `tests/it/`, one binary (STYLE §5).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
 //! and a panic is how a test fails.
@@ -14,6 +14,7 @@ pub mod dialog;
 mod dns;
 pub mod dsn;
 pub mod fake_smtp;
+pub mod load;
 mod maildir;
 mod net;
 mod process;

@@ -4,6 +4,7 @@
 
 mod dialogs;
 mod durability;
+mod durability_kill;
 mod harness;
 mod headers;
 mod hostile;
