@@ -335,10 +335,14 @@ fn submit(
         let size = rng.range(spec.sizes.0 as u64, spec.sizes.1 as u64) as usize;
         let mid = message_id(&spec.tag, session, n, size);
         n += 1;
-        let refused = |report: &mut SessionReport, mid: &str, r: String| {
+        // After a 421 the server must close: read on to see that it does.
+        let refused = |c: &mut Conn, report: &mut SessionReport, mid: &str, r: String| {
             report
                 .transactions
                 .push((mid.to_string(), Outcome::Refused(r.clone())));
+            if r.contains("421 ") {
+                let _ = c.reply(report);
+            }
             Err(r)
         };
         for (line, code) in [
@@ -348,7 +352,7 @@ fn submit(
         ] {
             match c.command(&line, code, report) {
                 Ok(_) => {}
-                Err(e) if e.contains(" -> ") => return refused(report, &mid, e),
+                Err(e) if e.contains(" -> ") => return refused(&mut c, report, &mid, e),
                 Err(e) => return Err(e),
             }
         }
@@ -366,7 +370,10 @@ fn submit(
                 Err(_) => Outcome::NoReply,
             }
         };
-        let ended = !matches!(outcome, Outcome::Accepted(_));
+        if let Outcome::Refused(r) = outcome {
+            return refused(&mut c, report, &mid, r);
+        }
+        let ended = outcome == Outcome::NoReply;
         report.transactions.push((mid, outcome));
         if ended {
             return Err(format!("transaction {n} did not get 250"));
