@@ -4,13 +4,15 @@
 //! runner ([`dialog`]). For relaying: dnsmasq ([`TestDns`]), servers with their own names and
 //! addresses ([`MtaBuilder`], [`relay`]), a shared port on `127.0.0.2`, `127.0.0.3`…
 //! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]).
-//! For durability: concurrent submitters ([`load`]) and
-//! `mta serve` under strace ([`strace`]). The scenarios live in `tests/it/`, one binary (STYLE §5).
+//! For durability: concurrent submitters ([`load`]), a receiver that counts and misbehaves
+//! ([`counting_smtp`]) and `mta serve` under strace ([`strace`]). The scenarios live in
+//! `tests/it/`, one binary (STYLE §5).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
 //! and a panic is how a test fails.
 
 mod builder;
+pub mod counting_smtp;
 pub mod dialog;
 mod dns;
 pub mod dsn;

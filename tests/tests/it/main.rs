@@ -5,6 +5,7 @@
 mod dialogs;
 mod durability;
 mod durability_kill;
+mod durability_relay;
 mod durability_stop;
 mod durability_sync;
 mod harness;
