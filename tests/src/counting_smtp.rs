@@ -27,7 +27,8 @@ pub enum Fault {
     Rcpt451,
     /// Reads the whole message, then closes without a reply.
     DropAfterDot,
-    /// Every reply goes out one byte a second.
+    /// The greeting (`220 c`) and the reply to the final dot (`250 ok`) go out one byte a
+    /// second.
     Trickle,
     /// Waits this long before the `250` to the final dot.
     SlowDot(Duration),
@@ -155,7 +156,7 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
     let mut reply = |text: &str| -> bool {
         log(format!("{index} S: {text}"));
         let wire = format!("{text}\r\n");
-        if fault == Fault::Trickle {
+        if fault == Fault::Trickle && (text.starts_with("220") || text.starts_with("250 ok")) {
             for b in wire.as_bytes() {
                 if out.write_all(&[*b]).is_err() {
                     return false;
@@ -171,7 +172,12 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
         reply("421 4.3.2 counting.test busy, come back later");
         return;
     }
-    if !reply("220 counting.test ESMTP") {
+    let greeting = if fault == Fault::Trickle {
+        "220 c"
+    } else {
+        "220 counting.test ESMTP"
+    };
+    if !reply(greeting) {
         return;
     }
     let mut in_tx = false;
@@ -234,7 +240,11 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
                     _ => {}
                 }
                 lock().accepted.push((mid, index));
-                reply("250 2.0.0 OK counted")
+                reply(if fault == Fault::Trickle {
+                    "250 ok"
+                } else {
+                    "250 2.0.0 OK counted"
+                })
             }
             "QUIT" => {
                 reply("221 2.0.0 bye");

@@ -5,7 +5,7 @@
 //! addresses ([`MtaBuilder`], [`relay`]), a shared port on `127.0.0.2`, `127.0.0.3`…
 //! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]).
 //! For durability: concurrent submitters ([`load`]), a receiver that counts and misbehaves
-//! ([`counting_smtp`]) and `mta serve` under strace ([`strace`]). The scenarios live in
+//! ([`counting_smtp`]), a DNS server that never answers ([`silent_dns`]) and `mta serve` under strace ([`strace`]). The scenarios live in
 //! `tests/it/`, one binary (STYLE §5).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
@@ -23,6 +23,7 @@ mod net;
 mod process;
 pub mod relay;
 mod server;
+pub mod silent_dns;
 mod smtp;
 pub mod strace;
 

@@ -6,6 +6,7 @@ mod dialogs;
 mod durability;
 mod durability_kill;
 mod durability_relay;
+mod durability_remote;
 mod durability_stop;
 mod durability_sync;
 mod harness;
