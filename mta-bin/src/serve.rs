@@ -91,11 +91,13 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     wait_for_signal().await?;
     info!("stopping: no new connections; waiting for sessions and deliveries");
     let _ = stop.send(true);
-    let grace = config.shutdown_grace + Duration::from_secs(1);
-    if tokio::time::timeout(grace, server).await.is_err() {
+    // One deadline for sessions and deliveries together: the grace period bounds the whole
+    // stop (plus a second for the last replies), not each part in turn.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace + Duration::from_secs(1);
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
         warn!("server did not stop within the grace period");
     }
-    if tokio::time::timeout(grace, scheduler).await.is_err() {
+    if tokio::time::timeout_at(deadline, scheduler).await.is_err() {
         warn!("deliveries did not finish within the grace period; they will be retried");
     }
     let _ = control.await;

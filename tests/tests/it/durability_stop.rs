@@ -133,3 +133,55 @@ fn session_stuck_in_data_past_the_grace_period_gets_421() {
         "half a message was delivered"
     );
 }
+
+/// The grace period bounds the whole stop, not each of its parts: with a session stuck in
+/// DATA and a delivery stuck on a receiver that trickles its greeting a byte a second, the
+/// server still exits within `shutdown_grace` (plus its one second for the final flush), and
+/// the cut-short delivery is still queued.
+#[test]
+fn grace_period_bounds_sessions_and_deliveries_together() {
+    use mta_tests::counting_smtp::{CountingSmtp, Fault};
+    use mta_tests::relay::{REMOTE_BOB, message, start_sender, submit};
+    use mta_tests::{ALICE, TestDns, on_shared_port, wait_for};
+
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+    ]);
+    let (port, rx) = on_shared_port("the trickling receiver", |p| {
+        CountingSmtp::start(
+            std::net::SocketAddr::from(([127, 0, 0, 2], p)),
+            Box::new(|_| Fault::Trickle),
+        )
+    });
+    let mut tx = start_sender(mta_tests::MtaBuilder::new().toml(&format!(
+        "shutdown_grace = \"3s\"\n{}[outbound]\nport = {port}\n",
+        dns.config_toml()
+    )));
+    let id = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "stuck delivery"));
+    wait_for(secs(10), "the delivery attempt to connect", || {
+        !rx.connection_times().is_empty()
+    });
+    let mut c = mta_tests::SmtpClient::connect(tx.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<a@remote.test>", 250);
+    c.expect(&format!("RCPT TO:<{ALICE}>"), 250);
+    c.expect("DATA", 354);
+    c.send_raw(b"Subject: half\r\n\r\nhalf\r\n").expect("write");
+
+    let signalled = Instant::now();
+    let status = tx.stop_within(secs(3) + secs(1) + secs(2));
+    let took = signalled.elapsed();
+    println!("stuck session and stuck delivery: exit {status} after {took:?} (grace 3s)");
+    assert_eq!(status.code(), Some(0));
+    let reply = c.read_reply();
+    assert!(
+        reply.as_ref().is_ok_and(|r| r.matches(421, Some("4.3.2"))),
+        "{reply:?}"
+    );
+    let rcpt = tx
+        .queued_recipient(&id, REMOTE_BOB)
+        .expect("the cut-short delivery is still queued");
+    assert_eq!(rcpt["state"], "pending", "{rcpt}");
+}
