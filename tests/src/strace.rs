@@ -182,8 +182,11 @@ fn calls(trace: &str) -> Vec<Call> {
     let mut open: HashMap<String, (String, usize)> = HashMap::new();
     let mut out = Vec::new();
     for (i, line) in trace.lines().enumerate() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(_ts), Some(rest)) = (parts.next(), parts.next(), parts.next()) else {
+        // `PID TIME CALL`; strace pads the pid to 5 columns.
+        let Some((pid, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((_time, rest)) = rest.trim_start().split_once(' ') else {
             continue;
         };
         if let Some(start) = rest.strip_suffix(" <unfinished ...>") {
@@ -256,7 +259,9 @@ pub fn check_trace(trace: &str, store: &str) -> SyncOrder {
             }
             continue;
         }
-        if !c.fd.starts_with("TCP:") {
+        // `-yy` names TCP sockets by their addresses; where strace cannot ask the kernel
+        // for them it shows the socket's inode, unique per connection just the same.
+        if !c.fd.starts_with("TCP:") && !c.fd.starts_with("socket:[") {
             continue;
         }
         let read = matches!(c.name.as_str(), "read" | "readv" | "recvfrom" | "recvmsg");

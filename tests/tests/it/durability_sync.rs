@@ -92,7 +92,7 @@ fn trace_checker_finds_a_250_before_the_sync() {
     let conn = "TCP:[127.0.0.1:25->127.0.0.1:40000]";
     let trace = |sync: &str| {
         format!(
-            "1 1.0 recvfrom(7<{conn}>, \"x\\r\\n.\\r\\n\", 2048, 0, NULL, NULL) = 6\n\
+            "1    1.0 recvfrom(7<{conn}>, \"x\\r\\n.\\r\\n\", 2048, 0, NULL, NULL) = 6\n\
              2 1.1 fdatasync(9</d/queue/db> <unfinished ...>\n\
              {sync}\
              1 1.3 sendto(7<{conn}>, \"250 2.0.0 OK queued as 0123456789abcdef0123\\r\\n\", 45, 0) = 45\n\
