@@ -9,4 +9,4 @@ cycles="${1:-50}"
 cargo build -q --bin mta
 MTA_KILL_CYCLES="$cycles" cargo test -q -p mta-tests --test it \
   durability_kill::kill_9_under_load_loses_nothing_that_got_250 -- --exact --nocapture 2>&1 |
-  grep -E '^(kill -9|cycle [0-9]+:|test result|thread|  left|  right)|panicked'
+  awk -v keep='^(kill -9|cycle [0-9]+:|test result)' '$0 ~ keep { print } /panicked at/ { n = 6 } n > 0 { print; n-- }'
