@@ -23,8 +23,9 @@ pub enum Fault {
     None,
     /// `421 4.3.2` instead of the greeting, then close.
     Greeting421,
-    /// `451 4.3.0` to every RCPT.
-    Rcpt451,
+    /// `451 4.3.0` to the first `n` RCPTs the receiver sees, over all connections (a sender
+    /// may retry on the connection it kept).
+    Rcpt451First(usize),
     /// Reads the whole message, then closes without a reply.
     DropAfterDot,
     /// The greeting (`220 c`) and the reply to the final dot (`250 ok`) go out one byte a
@@ -43,6 +44,8 @@ struct State {
     /// Message-IDs read in full but dropped without a reply.
     dropped: Vec<(String, usize)>,
     transcript: Vec<String>,
+    /// RCPT commands seen, over all connections.
+    rcpts: usize,
 }
 
 /// A running counting receiver.
@@ -204,8 +207,18 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
                 in_tx = true;
                 reply("250 2.1.0 OK")
             }
-            "RCPT" if fault == Fault::Rcpt451 => reply("451 4.3.0 counting.test: try later"),
-            "RCPT" => reply("250 2.1.5 OK"),
+            "RCPT" => {
+                let seen = {
+                    let mut st = lock();
+                    st.rcpts += 1;
+                    st.rcpts
+                };
+                if matches!(fault, Fault::Rcpt451First(n) if seen <= n) {
+                    reply("451 4.3.0 counting.test: try later")
+                } else {
+                    reply("250 2.1.5 OK")
+                }
+            }
             "DATA" if !in_tx => reply("503 5.5.1 MAIL first"),
             "DATA" => {
                 in_tx = false;

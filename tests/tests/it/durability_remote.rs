@@ -1,11 +1,10 @@
-//! Remote faults (issue 8, point 9): a receiver that says `421` at the greeting or drops
-//! the connection after the final dot without a reply is retried with a growing delay
+//! Remote faults (issue 8, point 9): a receiver that says `421` at the greeting or `451` to
+//! RCPT, or drops the connection after the final dot without a reply, is retried with a growing delay
 //! (`retry_in` doubles: 1 s, then 2 s) until it recovers, and then gets the message once (a
 //! drop after the dot may duplicate: counted); one that trickles its replies a byte a second
 //! is waited for, within the RFC 5321 §4.5.3.2 timeouts; a DNS server that never answers
-//! defers, never bounces. Already covered elsewhere: `451` at RCPT (relay.rs
-//! `remote_4xx_reply_is_retried`) and SERVFAIL (relay_bounce.rs
-//! `servfail_defers_and_never_bounces`).
+//! defers, never bounces. SERVFAIL is covered in relay_bounce.rs
+//! (`servfail_defers_and_never_bounces`).
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -43,9 +42,9 @@ fn sender_and_receiver(plan: fn(usize) -> Fault) -> (TestDns, CountingSmtp, Test
     (dns, rx, tx)
 }
 
-/// Sends one message through a receiver whose first two connections fail with `fault`;
-/// checks the two deferrals, their growing delay and the one delivery; returns the
-/// receiver.
+/// Sends one message through a receiver that fails twice with `fault` (as `plan` says),
+/// then recovers; checks the two deferrals, their growing delay and the one delivery;
+/// returns the receiver.
 fn retried_until_it_recovers(name: &str, fault: Fault, plan: fn(usize) -> Fault) -> CountingSmtp {
     let (_dns, rx, tx) = sender_and_receiver(plan);
     let started = Instant::now();
@@ -63,7 +62,7 @@ fn retried_until_it_recovers(name: &str, fault: Fault, plan: fn(usize) -> Fault)
         .map(|w| w[1] - w[0])
         .collect();
     println!(
-        "{name} ({fault:?} twice): delivered after {took:?}, {} connections {gaps:?} apart, \
+        "{name} ({fault:?}): delivered after {took:?}, {} connections {gaps:?} apart, \
          retry_in {delays:?}, accepted {} time(s), dropped after the dot {} time(s)",
         gaps.len() + 1,
         rx.accepted()[&mid],
@@ -158,4 +157,14 @@ fn dns_timeout_defers_and_never_bounces() {
         tx.maildir_new(ALICE).is_empty(),
         "no bounce for DNS trouble"
     );
+}
+
+#[test]
+fn rcpt_451_is_retried_with_growing_delay() {
+    // relay.rs `remote_4xx_reply_is_retried` checks the 451 reaches the queue and the
+    // message arrives once; this adds the doubling delay. The sender keeps the connection
+    // for its retries, so the receiver counts RCPTs, not connections.
+    retried_until_it_recovers("rcpt-451", Fault::Rcpt451First(2), |_| {
+        Fault::Rcpt451First(2)
+    });
 }
