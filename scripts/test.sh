@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
-# dnsmasq for the relay tests' DNS, openssl, from Debian packages; dkimpy from PyPI) when
-# it is missing, builds the `mta` binary the end-to-end tests start, and runs every test in
-# the workspace.
+# dnsmasq for the relay tests' DNS, openssl, strace for the syscall-order test, from Debian
+# packages; dkimpy and aiosmtpd from PyPI) when it is missing, builds the `mta` binary the
+# end-to-end tests start, and runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +11,7 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v strace >/dev/null 2>&1 || missing+=(strace)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"

@@ -221,11 +221,15 @@ async fn serve(
     }
     info!("stopping: no new connections; waiting for sessions and deliveries");
     let _ = stop.send(true);
-    let grace = reloader.current.get().config.shutdown_grace + Duration::from_secs(1);
-    if tokio::time::timeout(grace, server).await.is_err() {
+    // One deadline for sessions and deliveries together: the grace period bounds the whole
+    // stop (plus a second for the last replies), not each part in turn. A reload may have
+    // changed the grace period: the one in force now counts.
+    let grace = reloader.current.get().config.shutdown_grace;
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
+    if tokio::time::timeout_at(deadline, server).await.is_err() {
         warn!("server did not stop within the grace period");
     }
-    if tokio::time::timeout(grace, scheduler).await.is_err() {
+    if tokio::time::timeout_at(deadline, scheduler).await.is_err() {
         warn!("deliveries did not finish within the grace period; they will be retried");
     }
     let _ = control.await;

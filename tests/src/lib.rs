@@ -4,14 +4,17 @@
 //! runner ([`dialog`]). For relaying: dnsmasq ([`TestDns`]), servers with their own names and
 //! addresses ([`MtaBuilder`], [`relay`]), a shared port on `127.0.0.2`, `127.0.0.3`…
 //! ([`on_shared_port`]), a scripted receiver ([`fake_smtp`]) and DSN parsing ([`dsn`]). For
-//! local delivery over LMTP: a real LMTP server, Python's aiosmtpd ([`LmtpServer`]).
-//! The scenarios live in `tests/it/`, one binary (STYLE §5).
+//! local delivery over LMTP: a real LMTP server, Python's aiosmtpd ([`LmtpServer`]). For
+//! durability: concurrent submitters ([`load`]), a receiver that counts and misbehaves
+//! ([`counting_smtp`]), a DNS server that never answers ([`silent_dns`]) and `mta serve`
+//! under strace ([`strace`]). The scenarios live in `tests/it/`, one binary (STYLE §5).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
 //! and a panic is how a test fails.
 
 mod builder;
 pub mod certs;
+pub mod counting_smtp;
 pub mod dialog;
 mod dns;
 pub mod dovecot;
@@ -19,13 +22,16 @@ pub mod dsn;
 pub mod fake_smtp;
 pub mod faults;
 mod lmtp;
+pub mod load;
 mod maildir;
 mod net;
 mod process;
 pub mod relay;
 mod server;
+pub mod silent_dns;
 mod smtp;
 pub mod system;
+pub mod strace;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

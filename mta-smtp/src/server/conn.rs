@@ -392,7 +392,23 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     // ends with the session.
     let mut reader = IdleLimit::new(io, limits.command_timeout);
     let read = read_data(&mut reader, limits.max_message_size);
-    let end = match timeout(wait(limits.data_timeout, deadline), read).await {
+    // On SIGTERM a message being sent may finish within the grace period; one still
+    // incomplete near its end gets 421 4.3.2 while we can still say it, not a bare close
+    // when the process exits (the server waits `shutdown_grace` for sessions).
+    let mut shutdown = shared.shutdown.clone();
+    let grace_over = async {
+        stopping(&mut shutdown).await;
+        tokio::time::sleep(shared.config.shutdown_grace * 9 / 10).await;
+    };
+    let read = tokio::select! {
+        r = timeout(wait(limits.data_timeout, deadline), read) => r,
+        () = grace_over => {
+            session.take_transaction();
+            info!("stopping and the message is still incomplete; closing");
+            return Ok(AfterData::Close(Reply::SHUTTING_DOWN));
+        }
+    };
+    let end = match read {
         Ok(Ok(end)) => end,
         Ok(Err(e)) if is_stalled(&e) => {
             session.take_transaction();

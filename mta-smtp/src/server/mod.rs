@@ -152,7 +152,8 @@ impl Server {
 
     /// Accepts connections until shutdown, then waits up to `shutdown_grace` for sessions
     /// to end. Sessions waiting for a command are told `421` at once; a session in the
-    /// middle of DATA gets to finish it (and its `250`) within the grace period.
+    /// middle of DATA gets to finish it (and its `250`) within the grace period; one whose
+    /// message is still incomplete at nine tenths of it gets `421 4.3.2` ([`conn`]).
     pub async fn run(self) {
         let mut tasks = Vec::new();
         for (kind, listener) in self.listeners {
