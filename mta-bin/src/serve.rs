@@ -69,7 +69,11 @@ pub fn run(config: Config, config_file: Option<PathBuf>, format: LogFormat) -> a
         .build()
         .context("cannot start the async runtime")?;
     let config = Arc::new(config);
-    runtime.block_on(serve(config, config_file, acceptor, cert_note, sockets))
+    let result = runtime.block_on(serve(config, config_file, acceptor, cert_note, sockets));
+    // A store write or flush that sled never returned from (after a full disk) sits on a
+    // blocking-pool thread: do not wait for it to exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Warns about configured files the dropped, sandboxed process can no longer read: they were

@@ -440,7 +440,7 @@ impl crate::Queue {
         };
         // The store directly rather than `Enqueue`, so the caller gets the StoreError with
         // its context; this is what `Enqueue::enqueue` does too.
-        self.store().insert(&record, &body).await?;
+        self.store().insert(&record, body).await?;
         info!(msg = %id, "queued");
         self.wake();
         match kind {

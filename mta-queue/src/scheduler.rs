@@ -522,7 +522,7 @@ impl Enqueue for Queue {
                 }
                 Err(e) => return Err(EnqueueError::Io(format!("cannot check free space: {e}"))),
             }
-            match self.store.insert(&record, &body).await {
+            match self.store.insert(&record, body).await {
                 Ok(()) => {
                     info!(msg = %record.envelope.id, "queued");
                     self.wake.notify_one();

@@ -211,23 +211,19 @@ impl Store {
         })
     }
 
-    /// Runs a write on `h` on a thread of its own, bounded by [`disk::FLUSH_TIMEOUT`]: after
-    /// sled met a full disk, a write can block for ever too (it waits for log space that
-    /// never comes), and it must not take an async worker with it. A write that does not
+    /// Runs a write on `h` on a blocking-pool thread, bounded by [`disk::FLUSH_TIMEOUT`]:
+    /// after sled met a full disk, a write can block for ever too (it waits for log space
+    /// that never comes), and it must not take an async worker with it. A write that does not
     /// return in time fails and gives `h` up; its thread is left behind.
     async fn write_bounded<T: Send + 'static>(
         &self,
         h: &Arc<Handle>,
         tx: impl FnOnce(&Handle) -> Result<T, TransactionError<()>> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let (done, result) = tokio::sync::oneshot::channel();
         let handle = h.clone();
-        std::thread::Builder::new()
-            .name("queue-write".into())
-            .spawn(move || {
-                let _ = done.send(tx(&handle));
-            })
-            .map_err(|e| self.fail(h, classify(&self.path, sled::Error::Io(e))))?;
+        // A thread of the blocking pool, reused from write to write (a new thread for each
+        // write cost a thread start per message).
+        let result = tokio::task::spawn_blocking(move || tx(&handle));
         match tokio::time::timeout(disk::FLUSH_TIMEOUT, result).await {
             Ok(Ok(written)) => self.write(h, |_| written),
             Ok(Err(_)) => Err(StoreError::Join("queue write thread died".into())),
@@ -246,16 +242,19 @@ impl Store {
     /// # Errors
     /// [`StoreError`] on a write or flush failure; nothing may be assumed stored then (nor
     /// missing: a message refused this way may still be delivered).
-    pub async fn insert(&self, record: &Record, body: &[u8]) -> Result<(), StoreError> {
+    pub async fn insert<B>(&self, record: &Record, body: B) -> Result<(), StoreError>
+    where
+        B: AsRef<[u8]> + Send + 'static,
+    {
         let h = self.writable().await?;
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let key = schedule_key(record.next_attempt_ms, &id);
-        let body = body.to_vec();
+        // The body moves to the writing thread as it is: no copy of a large message here.
         self.write_bounded(&h, move |h| {
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                b.insert(id.as_str().as_bytes(), body.as_slice())?;
+                b.insert(id.as_str().as_bytes(), body.as_ref())?;
                 s.insert(key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })

@@ -30,8 +30,8 @@ pub mod relay;
 mod server;
 pub mod silent_dns;
 mod smtp;
-pub mod system;
 pub mod strace;
+pub mod system;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
