@@ -265,7 +265,10 @@ pub fn drop_to(plan: &Plan) -> anyhow::Result<()> {
     match plan {
         Plan::Keep { root: false } => Ok(()),
         Plan::Keep { root: true } => {
-            warn!("serving as root (allow_root = true): set user to drop privileges");
+            warn!(
+                "serving as root (allow_root = true, or the built-in defaults): set user to \
+                 drop privileges"
+            );
             Ok(())
         }
         Plan::RefuseRoot => bail!(

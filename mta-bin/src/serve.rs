@@ -44,6 +44,14 @@ pub fn run(config: Config, config_file: Option<PathBuf>, format: LogFormat) -> a
     init_logging(format);
     // Nothing we create is for other users: sled's files, Maildirs, sockets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // The built-in defaults (no config file) listen on loopback only, on unprivileged ports:
+    // the way to try mta out, where refusing root would only get in the way. Any config file
+    // must say `user` or `allow_root` to serve as root.
+    let mut config = config;
+    let trying = config_file.is_none() && config.process.user.is_none();
+    if trying && nix::unistd::geteuid().is_root() {
+        config.process.allow_root = true;
+    }
     let plan = privileges::Plan::decide(&config)?;
     prepare_data_dir(&config.data_dir)?;
     let (acceptor, cert_note) = load_tls(&config)?;

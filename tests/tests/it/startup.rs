@@ -138,3 +138,55 @@ fn check_config_prints_the_effective_config() {
     // Keys left out show their defaults.
     assert!(out.stdout.contains("max_errors = 10"), "{out}");
 }
+
+#[test]
+fn built_in_defaults_run_as_whoever_starts_them() {
+    // The README's first command: no config file. As root it serves (loopback only) with a
+    // warning; a config file would have to say `user` or `allow_root`.
+    let dir = mta_tests::KeptDir::new();
+    let mut child = std::process::Command::new(mta_tests::mta_bin())
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start mta serve");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut first = String::new();
+    let read = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::new(stdout);
+        let _ = std::io::BufRead::read_line(&mut r, &mut first);
+        first
+    });
+    let deadline = std::time::Instant::now() + mta_tests::secs(20);
+    while !read.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("wait");
+    let first = read.join().expect("reader");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The default ports may be taken by another program here; then that is what it says.
+    if stderr.contains("cannot listen on") {
+        eprintln!("skipped: a default port is taken on this machine: {stderr}");
+        return;
+    }
+    assert!(
+        first.starts_with("mta ready smtp=127.0.0.1:2525"),
+        "{first}\n{stderr}"
+    );
+    if nix_is_root() {
+        assert!(stderr.contains("serving as root"), "{stderr}");
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
