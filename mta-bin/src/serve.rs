@@ -221,10 +221,22 @@ async fn serve(
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut health = tokio::time::interval(Duration::from_secs(5));
+    let mut stuck = false;
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); break; }
             _ = int.recv() => { info!("SIGINT"); break; }
+            _ = health.tick() => {
+                // What got 250 is on disk; a new process opens the store afresh (systemd's
+                // Restart=on-failure starts it again), where this one would answer 451 for
+                // ever.
+                if queue.store().is_stuck() {
+                    error!("the queue store is stuck inside sled; stopping so that a restart can open it again");
+                    stuck = true;
+                    break;
+                }
+            }
             _ = hup.recv() => { let _ = reload(&reloader, "SIGHUP"); }
             Some(answer) = reload_rx.recv() => {
                 let _ = answer.send(reload(&reloader, "mta reload"));
@@ -245,6 +257,11 @@ async fn serve(
         warn!("deliveries did not finish within the grace period; they will be retried");
     }
     let _ = control.await;
+    if stuck {
+        bail!(
+            "stopped: the queue store was stuck inside sled (see docs/durability.md, \"Disk full\")"
+        );
+    }
     queue.store().flush().await.context("final queue flush")?;
     info!("stopped");
     Ok(())

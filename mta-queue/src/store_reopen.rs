@@ -302,6 +302,13 @@ impl Store {
         }
     }
 
+    /// True while the store is stuck inside sled: given up after an I/O error, and sled has
+    /// not let go of it for [`STUCK_AFTER`] (a write or flush that never returns, seen after
+    /// sled itself met a full disk). Only a new process can open it again.
+    pub fn is_stuck(&self) -> bool {
+        self.shared.stuck_logged.load(Ordering::Relaxed)
+    }
+
     /// How many times the store was reopened after an error.
     pub fn reopens(&self) -> u64 {
         self.shared.reopens.load(Ordering::Relaxed)
