@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(command data address auth record session client_reply conn)
+[ "${#targets[@]}" -gt 0 ] || targets=(command data address auth record session client_reply conn mta_sts_policy headers)
 cargo build --release -p mta-fuzz >&2
 status=0
 for t in "${targets[@]}"; do

@@ -35,6 +35,8 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("session", session),
     ("client_reply", client_reply),
     ("conn", conn),
+    ("mta_sts_policy", mta_sts_policy),
+    ("headers", headers),
 ];
 
 /// The SMTP command parser; a parsed path prints and parses back to the same address.
@@ -266,6 +268,44 @@ pub fn client_reply(input: &[u8]) {
             }
         }
     });
+}
+
+/// An MTA-STS policy file, as a hostile HTTPS server serves it: what parses writes out and
+/// parses back equal, and an MX name matches at most what its patterns allow.
+pub fn mta_sts_policy(input: &[u8]) {
+    use mta_smtp::relay::mta_sts::Policy;
+    let text = String::from_utf8_lossy(input);
+    if let Ok(p) = Policy::parse(&text, "1", 0) {
+        let again = Policy::parse(&p.lines().join("\n"), "1", 0).expect("its own lines parse");
+        assert_eq!(again, p);
+        for host in text.lines().take(4) {
+            let _ = p.allows(host.trim());
+        }
+    }
+}
+
+/// The header fields of a received message, and removing `Authentication-Results` that claim
+/// our name: fields lie inside the data in order, and stripping removes exactly the claiming
+/// fields, never grows the message, and leaves nothing for a second pass.
+pub fn headers(input: &[u8]) {
+    use mta_smtp::headers::{fields, unfold};
+    use mta_smtp::server::authcheck::strip_forged;
+    let found = fields(input);
+    let mut end = 0;
+    for f in &found {
+        assert!(f.range.start >= end && f.range.end <= input.len(), "{f:?}");
+        end = f.range.end;
+        let _ = unfold(f.value);
+    }
+    let (out, n) = strip_forged(input, "mx.example.test");
+    if n == 0 {
+        assert_eq!(out, input);
+    } else {
+        assert!(out.len() < input.len());
+    }
+    // Removing whole fields exposes nothing new: a second pass finds none.
+    let (again, m) = strip_forged(&out, "mx.example.test");
+    assert_eq!((m, again.len()), (0, out.len()));
 }
 
 #[cfg(test)]

@@ -100,7 +100,14 @@ impl Policy {
                         .map_err(|_| format!("max_age {value:?} is not a number"))?;
                     max_age = Some(n.min(MAX_AGE_LIMIT));
                 }
-                "mx" => mx.push(value.to_ascii_lowercase().trim_end_matches('.').to_string()),
+                "mx" => {
+                    let pattern = value.to_ascii_lowercase();
+                    let pattern = pattern.trim_end_matches('.');
+                    if !is_mx_pattern(pattern) {
+                        return Err(format!("mx {value:?} is not a host name or *.domain"));
+                    }
+                    mx.push(pattern.to_string());
+                }
                 // §3.2: unknown fields are ignored.
                 _ => {}
             }
@@ -174,6 +181,22 @@ impl Policy {
         let fetched_at = field("fetched_at:")?.parse().ok()?;
         Policy::parse(text, &id, fetched_at).ok()
     }
+}
+
+/// RFC 8461 §3.2: an `mx` is a host name, or `*.` and a domain; LDH labels, A-labels.
+fn is_mx_pattern(pattern: &str) -> bool {
+    let name = pattern.strip_prefix("*.").unwrap_or(pattern);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// Where to fetch policies, and the cache.
@@ -425,6 +448,14 @@ mod tests {
             ("version: STSv1\nmode: enforce\nmax_age: 1\n", "mx"),
             ("version: STSv1\nmode: enforce\nmx: a\n", "max_age"),
             ("<html>", "key: value"),
+            (
+                "version: STSv1\nmode: enforce\nmx: a\r.b\nmax_age: 1\n",
+                "not a host name",
+            ),
+            (
+                "version: STSv1\nmode: enforce\nmx: *.*.b\nmax_age: 1\n",
+                "not a host name",
+            ),
         ] {
             let e = Policy::parse(text, "1", 0).unwrap_err();
             assert!(e.contains(why), "{text:?}: {e}");
