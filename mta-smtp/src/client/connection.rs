@@ -346,7 +346,7 @@ impl Connection {
             group.push_str(&transaction::rcpt_to(rcpt));
         }
         group.push_str("DATA\r\n");
-        self.ensure_idle(Phase::Mail)?;
+        self.wire.ensure_idle(Phase::Mail)?;
         debug!(
             "C: {} (pipelined with {count} RCPT and DATA)",
             mail.trim_end()
@@ -355,13 +355,19 @@ impl Connection {
             .write(Phase::Mail, t.mail, group.as_bytes())
             .await?;
 
-        let mail_reply = self.reply(Phase::Mail, t.mail, Expect::Completion).await?;
+        let mail_reply = self
+            .wire
+            .reply(Phase::Mail, t.mail, Expect::Completion)
+            .await?;
         if mail_reply.code == 421 {
             return Ok(transaction::results(count, &mail_reply, &[], None));
         }
         let mut rcpts = Vec::with_capacity(count);
         for _ in 0..count {
-            let reply = self.reply(Phase::Rcpt, t.rcpt, Expect::Completion).await?;
+            let reply = self
+                .wire
+                .reply(Phase::Rcpt, t.rcpt, Expect::Completion)
+                .await?;
             if reply.code == 421 {
                 return Ok(transaction::results(
                     count,
@@ -373,6 +379,7 @@ impl Connection {
             rcpts.push(reply);
         }
         let data = self
+            .wire
             .reply(Phase::Data, t.data_init, Expect::StartData)
             .await?;
         if data.code != 354 {
@@ -390,7 +397,8 @@ impl Connection {
         // RFC 2920 §3.1: DATA accepted with nobody to deliver to: send an empty message.
         debug!("C: . (nobody accepted, but DATA got 354)");
         self.wire.write(Phase::Body, t.data_block, b".\r\n").await?;
-        self.reply(Phase::FinalDot, t.final_dot, Expect::Completion)
+        self.wire
+            .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
             .await?;
         Ok(transaction::results(count, &mail_reply, &rcpts, None))
     }
@@ -444,7 +452,7 @@ impl Connection {
     /// The stuffed body in chunks, the final dot, and its reply.
     async fn body(&mut self, body: &[u8]) -> Result<ServerReply, ClientError> {
         // Nothing may come between 354 and our data.
-        self.ensure_idle(Phase::Body)?;
+        self.wire.ensure_idle(Phase::Body)?;
         let t = self.timeouts.clone();
         let mut stuffer = super::dot::DotStuffer::new();
         let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
@@ -457,7 +465,8 @@ impl Connection {
         stuffer.finish(&mut out);
         self.wire.write(Phase::Body, t.data_block, &out).await?;
         debug!(octets = body.len(), "C: <message data> .");
-        self.reply(Phase::FinalDot, t.final_dot, Expect::Completion)
+        self.wire
+            .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
             .await
     }
 
@@ -497,31 +506,9 @@ impl Connection {
                 "refusing to send a command with an embedded CR or LF".into(),
             ));
         }
-        self.ensure_idle(phase)?;
+        self.wire.ensure_idle(phase)?;
         self.wire.write(phase, limit, line.as_bytes()).await?;
         self.wire.read_reply(phase, limit).await
-    }
-
-    async fn reply(
-        &mut self,
-        phase: Phase,
-        limit: std::time::Duration,
-        want: Expect,
-    ) -> Result<ServerReply, ClientError> {
-        let reply = self.wire.read_reply(phase, limit).await?;
-        expect(phase, want, &reply)?;
-        Ok(reply)
-    }
-
-    /// A reply to nothing is a protocol violation (RFC 5321 §4.2: one reply per command).
-    fn ensure_idle(&self, phase: Phase) -> Result<(), ClientError> {
-        match self.wire.unread() {
-            0 => Ok(()),
-            n => Err(protocol(
-                phase,
-                format!("the server sent {n} octets that answer no command of ours"),
-            )),
-        }
     }
 }
 

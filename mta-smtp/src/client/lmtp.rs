@@ -183,7 +183,7 @@ impl Lmtp {
                 group.push_str(&transaction::rcpt_to(rcpt));
             }
             group.push_str("DATA\r\n");
-            self.ensure_idle(Phase::Mail)?;
+            self.wire.ensure_idle(Phase::Mail)?;
             debug!(
                 "C: {} (pipelined with {count} RCPT and DATA)",
                 mail.trim_end()
@@ -193,7 +193,11 @@ impl Lmtp {
                 .await?;
         }
         let mail_reply = match pipelining {
-            true => self.reply(Phase::Mail, t.mail, Expect::Completion).await?,
+            true => {
+                self.wire
+                    .reply(Phase::Mail, t.mail, Expect::Completion)
+                    .await?
+            }
             false => {
                 let reply = self.command(Phase::Mail, t.mail, &mail).await?;
                 expect(Phase::Mail, Expect::Completion, &reply)?;
@@ -208,7 +212,11 @@ impl Lmtp {
         let mut rcpts = Vec::with_capacity(count);
         for rcpt in msg.rcpts {
             let reply = match pipelining {
-                true => self.reply(Phase::Rcpt, t.rcpt, Expect::Completion).await?,
+                true => {
+                    self.wire
+                        .reply(Phase::Rcpt, t.rcpt, Expect::Completion)
+                        .await?
+                }
                 false => {
                     let line = transaction::rcpt_to(rcpt);
                     let reply = self.command(Phase::Rcpt, t.rcpt, &line).await?;
@@ -227,7 +235,8 @@ impl Lmtp {
         }
         let data = match pipelining {
             true => {
-                self.reply(Phase::Data, t.data_init, Expect::StartData)
+                self.wire
+                    .reply(Phase::Data, t.data_init, Expect::StartData)
                     .await?
             }
             false => {
@@ -252,6 +261,7 @@ impl Lmtp {
         let mut finals = Vec::with_capacity(accepted);
         for _ in 0..accepted {
             match self
+                .wire
                 .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
                 .await
             {
@@ -271,7 +281,7 @@ impl Lmtp {
 
     /// The stuffed body in chunks and the final dot.
     async fn body(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        self.ensure_idle(Phase::Body)?;
+        self.wire.ensure_idle(Phase::Body)?;
         let limit = self.timeouts.data_block;
         let mut stuffer = super::dot::DotStuffer::new();
         let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
@@ -298,32 +308,10 @@ impl Lmtp {
             let reason = "refusing to send a command with an embedded CR or LF".into();
             return Err(protocol(phase, reason));
         }
-        self.ensure_idle(phase)?;
+        self.wire.ensure_idle(phase)?;
         debug!("C: {}", line.trim_end());
         self.wire.write(phase, limit, line.as_bytes()).await?;
         self.wire.read_reply(phase, limit).await
-    }
-
-    async fn reply(
-        &mut self,
-        phase: Phase,
-        limit: Duration,
-        want: Expect,
-    ) -> Result<ServerReply, ClientError> {
-        let reply = self.wire.read_reply(phase, limit).await?;
-        expect(phase, want, &reply)?;
-        Ok(reply)
-    }
-
-    /// A reply to nothing is a protocol violation (RFC 5321 §4.2: one reply per command).
-    fn ensure_idle(&self, phase: Phase) -> Result<(), ClientError> {
-        match self.wire.unread() {
-            0 => Ok(()),
-            n => Err(protocol(
-                phase,
-                format!("the server sent {n} octets that answer no command of ours"),
-            )),
-        }
     }
 
     /// QUIT and close; failures only get logged.

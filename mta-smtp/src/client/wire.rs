@@ -105,6 +105,35 @@ pub(super) struct Wire {
 }
 
 impl Wire {
+    /// Reads a reply and checks it is what `phase` needs.
+    ///
+    /// # Errors
+    /// The read failed, or the reply is not `want`.
+    pub(super) async fn reply(
+        &mut self,
+        phase: super::Phase,
+        limit: std::time::Duration,
+        want: super::transaction::Expect,
+    ) -> Result<super::reply::ServerReply, super::ClientError> {
+        let reply = self.read_reply(phase, limit).await?;
+        super::connection::expect(phase, want, &reply)?;
+        Ok(reply)
+    }
+
+    /// A reply to nothing is a protocol violation (RFC 5321 §4.2: one reply per command).
+    ///
+    /// # Errors
+    /// The server sent octets that answer no command of ours.
+    pub(super) fn ensure_idle(&self, phase: super::Phase) -> Result<(), super::ClientError> {
+        match self.unread() {
+            0 => Ok(()),
+            n => Err(super::connection::protocol(
+                phase,
+                format!("the server sent {n} octets that answer no command of ours"),
+            )),
+        }
+    }
+
     pub(super) fn new(stream: Stream) -> Wire {
         Wire {
             stream,
