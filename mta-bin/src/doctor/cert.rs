@@ -162,6 +162,101 @@ pub fn check(config: &Config, now: i64) -> Verdict {
     }
 }
 
+/// The DER of the first certificate in `pem` and of its SubjectPublicKeyInfo: what TLSA
+/// selectors 0 and 1 hash (RFC 6698 §2.1.2).
+///
+/// # Errors
+/// The reason, when there is no certificate or it does not parse.
+pub fn der_and_spki(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let pem = Pem::iter_from_buffer(pem)
+        .filter_map(Result::ok)
+        .find(|p| p.label == "CERTIFICATE")
+        .ok_or("no PEM CERTIFICATE in it")?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| format!("the certificate does not parse: {e}"))?;
+    let spki = cert.public_key().raw.to_vec();
+    Ok((pem.contents.clone(), spki))
+}
+
+/// Whether a TLSA record (usage, selector, matching, data) names our certificate.
+fn tlsa_matches(record: &(u8, u8, u8, Vec<u8>), cert: &[u8], spki: &[u8]) -> bool {
+    let (_, selector, matching, data) = record;
+    let subject = match selector {
+        0 => cert,
+        1 => spki,
+        _ => return false,
+    };
+    match matching {
+        0 => subject == data.as_slice(),
+        1 => ring::digest::digest(&ring::digest::SHA256, subject).as_ref() == data.as_slice(),
+        2 => ring::digest::digest(&ring::digest::SHA512, subject).as_ref() == data.as_slice(),
+        _ => false,
+    }
+}
+
+/// The `tlsa` verdict: DANE (RFC 7672) senders check `_25._tcp.<hostname>` against the
+/// certificate we present. None published is fine (DANE needs DNSSEC; `docs/tls.md`);
+/// DANE-EE (usage 3) records of which none matches our certificate make DANE senders refuse
+/// mail. DANE-TA (usage 2) records name a CA in the chain, which is not checked here.
+pub async fn tlsa(dns: &super::dns::Dns, config: &Config) -> Verdict {
+    let hostname = config.hostname.as_str();
+    let name = format!("_25._tcp.{hostname}");
+    let verdict = |status, detail: String| Verdict::new("tlsa", hostname, status, detail);
+    let (path, _) = cert_file(config);
+    let Ok((cert, spki)) = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| der_and_spki(&pem))
+    else {
+        return verdict(
+            Status::Info,
+            "no certificate to compare TLSA records with (see cert)".into(),
+        );
+    };
+    let hash: String = ring::digest::digest(&ring::digest::SHA256, &spki)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let suggestion = format!("{name}. IN TLSA 3 1 1 {hash}");
+    let records = match dns.tlsa(&name).await {
+        Ok(r) => r,
+        Err(e) => return verdict(Status::Fail, format!("could not check (DNS: {e})")),
+    };
+    if records.is_empty() {
+        return verdict(
+            Status::Info,
+            format!("no TLSA record at {name} (optional: DANE needs DNSSEC, see docs/tls.md)"),
+        )
+        .publish(suggestion);
+    }
+    let ee: Vec<_> = records.iter().filter(|r| r.0 == 3).collect();
+    if ee.iter().any(|r| tlsa_matches(r, &cert, &spki)) {
+        return verdict(
+            Status::Ok,
+            format!("a DANE-EE record at {name} matches our certificate"),
+        );
+    }
+    if ee.is_empty() {
+        return verdict(
+            Status::Info,
+            format!(
+                "{} TLSA record(s) at {name}, none DANE-EE (3): not checked",
+                records.len()
+            ),
+        );
+    }
+    verdict(
+        Status::Fail,
+        format!(
+            "{} DANE-EE record(s) at {name}, none matching our certificate: senders that use \
+             DANE will refuse mail",
+            ee.len()
+        ),
+    )
+    .publish(suggestion)
+}
+
 /// The file name, for a short line.
 fn short(path: &Path) -> String {
     path.file_name()

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use mail_auth::MessageAuthenticator;
 
 /// A lookup's answer: records, or why there is none to judge.
@@ -89,6 +89,31 @@ impl Dns {
                 })
                 .collect()),
             Err(e) => failure(e, "MX", name),
+        }
+    }
+
+    /// The TLSA records at `name` (RFC 6698): usage, selector, matching type, data.
+    pub async fn tlsa(&self, name: &str) -> Answer<(u8, u8, u8, Vec<u8>)> {
+        let lookup = self
+            .auth
+            .resolver()
+            .lookup(fqdn(name), RecordType::TLSA)
+            .await;
+        match lookup {
+            Ok(lookup) => Ok(lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::TLSA(t) => Some((
+                        u8::from(t.cert_usage),
+                        u8::from(t.selector),
+                        u8::from(t.matching),
+                        t.cert_data.clone(),
+                    )),
+                    _ => None,
+                })
+                .collect()),
+            Err(e) => failure(e, "TLSA", name),
         }
     }
 

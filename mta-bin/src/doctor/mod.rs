@@ -237,6 +237,12 @@ async fn examine(
     verdicts.extend(helo_spf);
     verdicts.extend(bounce_dkim);
     verdicts.push(cert::check(config, now));
+    verdicts.extend(
+        bounded("tlsa", &hostname, async {
+            vec![cert::tlsa(&ctx.dns, config).await]
+        })
+        .await,
+    );
 
     for domain in domains {
         let d = domain.as_str();

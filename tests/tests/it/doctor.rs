@@ -237,7 +237,9 @@ fn good_zone_is_ok_for_every_item() {
     let dir = KeptDir::new();
     let key = keygen(dir.path(), "example.test", "ed", "ed25519");
     ca_signed_cert(dir.path());
+    let spki = spki_sha256(dir.path());
     let mut records = good_host(&key);
+    records.push(tlsa_record(&spki));
     records.extend(good_domain("example.test", &key, &[]));
     records.push(txt_record("_mta-sts.example.test", "v=STSv1; id=20261129"));
     records.push(txt_record(
@@ -280,6 +282,7 @@ fn good_zone_is_ok_for_every_item() {
             ("spf", HOST),
             ("dkim", HOST),
             ("cert", HOST),
+            ("tlsa", HOST),
             ("mx", "example.test"),
             ("spf", "example.test"),
             ("dkim", "example.test"),
@@ -313,9 +316,74 @@ fn good_zone_is_ok_for_every_item() {
     );
     assert_eq!(detail("mx"), "MX 10 mx.example.test (this host)");
 
+    assert_eq!(
+        detail("tlsa"),
+        "a DANE-EE record at _25._tcp.mx.example.test matches our certificate"
+    );
+
     let json = doctor(&cfg, &["--json"]);
     assert_eq!(json.code(), 0, "{}", json.all());
     assert_eq!(json_statuses(&json), text_statuses(&verdicts));
+
+    // A TLSA record for another key: DANE senders would refuse our mail.
+    drop(dns);
+    let wrong = "00".repeat(32);
+    let mut records: Vec<String> = records
+        .into_iter()
+        .filter(|r| !r.starts_with("--dns-rr=_25._tcp"))
+        .collect();
+    records.push(tlsa_record(&wrong));
+    let dns = start_dns(&records);
+    let cfg = config(
+        dir.path(),
+        "mta-wrong-tlsa.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &["example.test", HOST],
+        &key,
+        true,
+    );
+    let out = doctor(&cfg, &[]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    let tlsa = lines(&out)
+        .into_iter()
+        .find(|l| l.check == "tlsa")
+        .expect("a tlsa line");
+    assert_eq!(tlsa.status, "FAIL", "{tlsa:?}");
+    assert!(
+        tlsa.detail.contains("none matching our certificate"),
+        "{tlsa:?}"
+    );
+    let published = tlsa.record.unwrap_or_default();
+    assert!(
+        published.contains(&format!("IN TLSA 3 1 1 {spki}")),
+        "{published}"
+    );
+}
+
+/// The SHA-256 (hex) of the public key of `dir/mx.pem`, by openssl: what a `3 1 1` TLSA
+/// record publishes.
+fn spki_sha256(dir: &Path) -> String {
+    let out = run(
+        "openssl pubkey hash",
+        Command::new("sh")
+            .arg("-c")
+            .arg("openssl x509 -in mx.pem -noout -pubkey | openssl pkey -pubin -outform der | sha256sum")
+            .current_dir(dir),
+        b"",
+        secs(30),
+    );
+    out.assert_success("openssl pubkey hash");
+    out.stdout
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string()
+}
+
+/// dnsmasq's raw record for `_25._tcp.HOST IN TLSA 3 1 1 <hash>` (type 52).
+fn tlsa_record(sha256_hex: &str) -> String {
+    format!("--dns-rr=_25._tcp.{HOST},52,030101{sha256_hex}")
 }
 
 /// One mistake per domain (or per outbound address), each to be named alone.
@@ -444,7 +512,8 @@ fn each_mistake_fails_naming_the_item_and_the_record() {
         for l in verdicts.iter().filter(|l| l.status != "FAIL") {
             assert!(
                 l.status == "ok"
-                    || (["mta-sts", "tls-rpt"].contains(&l.check.as_str()) && l.status == "info")
+                    || (["mta-sts", "tls-rpt", "tlsa"].contains(&l.check.as_str())
+                        && l.status == "info")
                     || (l.check == "address" && l.status == "warn"),
                 "{args:?}: {l:?}\n{}",
                 out.stdout
