@@ -313,6 +313,23 @@ pub enum ForwardPath {
     Address(Address),
 }
 
+/// True when `name` is one or more DNS labels of letters, digits and hyphens (LDH, A-labels),
+/// none empty, none over 63 octets, none starting or ending with a hyphen, `max_len` octets
+/// at most in all: DKIM selectors, MTA-STS `mx` patterns.
+pub fn is_ldh_name(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
 /// Parses the `<...>` of MAIL FROM (which may be `<>`).
 ///
 /// # Errors

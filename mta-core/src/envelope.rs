@@ -172,6 +172,33 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The envelope of a message `mta` writes itself (a bounce, a TLS report): from `<>`,
+    /// so that its own failure bounces nowhere, "received" from this host now.
+    pub fn generated(
+        id: MessageId,
+        to: Vec<Address>,
+        hostname: &str,
+        now_secs: u64,
+        size: usize,
+    ) -> Envelope {
+        Envelope {
+            id,
+            sender: ReversePath::Null,
+            recipients: to.into_iter().map(Recipient::pending).collect(),
+            received_at: now_secs,
+            size: size as u64,
+            origin: Origin {
+                listener: ListenerKind::Smtp,
+                peer: "local".into(),
+                helo: hostname.to_string(),
+                auth_user: None,
+                tls: None,
+            },
+            delay_warned: false,
+            require_tls: false,
+        }
+    }
+
     /// True when no recipient is pending any more.
     pub fn is_finished(&self) -> bool {
         self.recipients

@@ -13,9 +13,9 @@
 //! business; this module only writes and queues them. Addresses with a UTF-8 local part use
 //! the RFC 6533 `message/global-*` types.
 
-use mta_core::address::{Address, Domain, ReversePath};
+use mta_core::address::{Address, Domain};
 use mta_core::date;
-use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
+use mta_core::envelope::{Envelope, MessageId};
 use tracing::info;
 
 use crate::scheduler::now_ms;
@@ -376,32 +376,6 @@ fn clean(text: &str, max: usize) -> String {
     out.trim_end().to_string()
 }
 
-/// The envelope of a DSN to `to`: from `<>`, made locally, one pending recipient.
-fn dsn_envelope(
-    id: MessageId,
-    to: Address,
-    hostname: &Domain,
-    now_secs: u64,
-    size: usize,
-) -> Envelope {
-    Envelope {
-        id,
-        sender: ReversePath::Null,
-        recipients: vec![Recipient::pending(to)],
-        received_at: now_secs,
-        size: size as u64,
-        origin: Origin {
-            listener: ListenerKind::Smtp,
-            peer: "local".into(),
-            helo: hostname.to_string(),
-            auth_user: None,
-            tls: None,
-        },
-        delay_warned: false,
-        require_tls: false,
-    }
-}
-
 impl crate::Queue {
     /// Builds the DSN for `rcpts` of `original` and queues it durably as a new message
     /// from `<>` to the original sender; the scheduler is woken to deliver it. Returns the
@@ -435,7 +409,13 @@ impl crate::Queue {
             return Ok(None);
         };
         let record = Record {
-            envelope: dsn_envelope(id.clone(), to.clone(), hostname, now / 1000, body.len()),
+            envelope: Envelope::generated(
+                id.clone(),
+                vec![to.clone()],
+                hostname.as_str(),
+                now / 1000,
+                body.len(),
+            ),
             next_attempt_ms: now,
         };
         // The store directly rather than `Enqueue`, so the caller gets the StoreError with

@@ -2,17 +2,18 @@
 
 use super::*;
 use crate::QueueSettings;
-use mta_core::envelope::RcptState;
+use mta_core::address::ReversePath;
+use mta_core::envelope::{RcptState, Recipient};
 
 fn addr(a: &str) -> Address {
     Address::parse(a).expect("test address")
 }
 
 fn original(sender: ReversePath) -> Envelope {
-    let mut e = dsn_envelope(
+    let mut e = Envelope::generated(
         MessageId::parse("0190000000000000abcd").expect("id"),
-        addr("b@remote.test"),
-        &Domain::parse("mx.test").expect("domain"),
+        vec![addr("b@remote.test")],
+        "mx.test",
         1_795_886_158,
         100,
     );

@@ -107,15 +107,5 @@ impl Checker<'_> {
 /// True when `text` is a DKIM selector: one or more DNS labels of letters, digits and hyphens
 /// (RFC 6376 §3.1).
 pub fn is_dkim_selector(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 200
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    crate::address::is_ldh_name(text, 200)
 }

@@ -186,17 +186,7 @@ impl Policy {
 /// RFC 8461 §3.2: an `mx` is a host name, or `*.` and a domain; LDH labels, A-labels.
 fn is_mx_pattern(pattern: &str) -> bool {
     let name = pattern.strip_prefix("*.").unwrap_or(pattern);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    mta_core::address::is_ldh_name(name, 253)
 }
 
 /// Where to fetch policies, and the cache.

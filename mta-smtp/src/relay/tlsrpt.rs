@@ -20,9 +20,9 @@ use mail_auth::mta_sts::{ReportUri, TlsRpt};
 use mail_auth::report::tlsrpt::{
     DateRange, FailureDetails, Policy, PolicyDetails, PolicyType, ResultType, Summary, TlsReport,
 };
-use mta_core::address::{Address, Domain, ReversePath};
+use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, IpFamily};
-use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
+use mta_core::envelope::{Envelope, MessageId};
 use mta_core::seams::Enqueue;
 use tracing::{info, warn};
 
@@ -225,35 +225,18 @@ pub async fn run(
         }
         for (to, body) in reports.messages(&resolver, &config.hostname).await {
             let rcpts: Vec<String> = to.iter().map(Address::to_string).collect();
-            let envelope = report_envelope(&config.hostname, to, body.len());
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            let id = MessageId::generate(now.as_millis() as u64);
+            let envelope =
+                Envelope::generated(id, to, config.hostname.as_str(), now.as_secs(), body.len());
             let id = envelope.id.clone();
             match queue.enqueue(envelope, body).await {
                 Ok(()) => info!(msg = %id, rcpts = %rcpts.join(","), "TLS report queued"),
                 Err(e) => warn!(error = %e, "cannot queue a TLS report; its counts are lost"),
             }
         }
-    }
-}
-
-fn report_envelope(hostname: &Domain, to: Vec<Address>, size: usize) -> Envelope {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    Envelope {
-        id: MessageId::generate(now.as_millis() as u64),
-        sender: ReversePath::Null,
-        recipients: to.into_iter().map(Recipient::pending).collect(),
-        received_at: now.as_secs(),
-        size: size as u64,
-        origin: Origin {
-            listener: ListenerKind::Smtp,
-            peer: "local".into(),
-            helo: hostname.to_string(),
-            auth_user: None,
-            tls: None,
-        },
-        delay_warned: false,
-        require_tls: false,
     }
 }
 
