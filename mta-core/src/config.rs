@@ -269,6 +269,12 @@ pub struct Outbound {
     pub mta_sts_port: u16,
     /// Extra CA certificates (PEM) trusted for the MTA-STS policy servers, besides the system's.
     pub mta_sts_ca_file: Option<PathBuf>,
+    /// Authenticate MX hosts by their DNSSEC-validated TLSA records (DANE, RFC 7672).
+    /// Default true; applies only while DNSSEC validation works through the resolver.
+    pub dane: bool,
+    /// The DNSSEC trust anchors (DNSKEY or DS records in zone-file form) that validation
+    /// starts from. Default `None`: the IANA root keys built into hickory-resolver.
+    pub dane_trust_anchor: Option<PathBuf>,
     /// Send TLS reports (RFC 8460) to the domains that ask for them. Default true.
     pub tls_reports: bool,
     /// How often TLS reports are sent, each covering the time since the last. Default 1 day.

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use mta_core::config::Config;
+use mta_smtp::client::dane::DANE_EE;
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
@@ -179,22 +180,6 @@ pub fn der_and_spki(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
     Ok((pem.contents.clone(), spki))
 }
 
-/// Whether a TLSA record (usage, selector, matching, data) names our certificate.
-fn tlsa_matches(record: &(u8, u8, u8, Vec<u8>), cert: &[u8], spki: &[u8]) -> bool {
-    let (_, selector, matching, data) = record;
-    let subject = match selector {
-        0 => cert,
-        1 => spki,
-        _ => return false,
-    };
-    match matching {
-        0 => subject == data.as_slice(),
-        1 => ring::digest::digest(&ring::digest::SHA256, subject).as_ref() == data.as_slice(),
-        2 => ring::digest::digest(&ring::digest::SHA512, subject).as_ref() == data.as_slice(),
-        _ => false,
-    }
-}
-
 /// The `tlsa` verdict: DANE (RFC 7672) senders check `_25._tcp.<hostname>` against the
 /// certificate we present. None published is fine (DANE needs DNSSEC; `docs/tls.md`);
 /// DANE-EE (usage 3) records of which none matches our certificate make DANE senders refuse
@@ -230,8 +215,8 @@ pub async fn tlsa(dns: &super::dns::Dns, config: &Config) -> Verdict {
         )
         .publish(suggestion);
     }
-    let ee: Vec<_> = records.iter().filter(|r| r.0 == 3).collect();
-    if ee.iter().any(|r| tlsa_matches(r, &cert, &spki)) {
+    let ee: Vec<_> = records.iter().filter(|r| r.usage == DANE_EE).collect();
+    if ee.iter().any(|r| r.matches(&cert)) {
         return verdict(
             Status::Ok,
             format!("a DANE-EE record at {name} matches our certificate"),

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use mail_auth::MessageAuthenticator;
+use mta_smtp::client::dane::TlsaRecord;
 
 /// A lookup's answer: records, or why there is none to judge.
 pub type Answer<T> = Result<Vec<T>, String>;
@@ -92,8 +93,8 @@ impl Dns {
         }
     }
 
-    /// The TLSA records at `name` (RFC 6698): usage, selector, matching type, data.
-    pub async fn tlsa(&self, name: &str) -> Answer<(u8, u8, u8, Vec<u8>)> {
+    /// The TLSA records at `name` (RFC 6698).
+    pub async fn tlsa(&self, name: &str) -> Answer<TlsaRecord> {
         let lookup = self
             .auth
             .resolver()
@@ -104,12 +105,12 @@ impl Dns {
                 .answers()
                 .iter()
                 .filter_map(|r| match &r.data {
-                    RData::TLSA(t) => Some((
-                        u8::from(t.cert_usage),
-                        u8::from(t.selector),
-                        u8::from(t.matching),
-                        t.cert_data.clone(),
-                    )),
+                    RData::TLSA(t) => Some(TlsaRecord {
+                        usage: u8::from(t.cert_usage),
+                        selector: u8::from(t.selector),
+                        matching: u8::from(t.matching),
+                        data: t.cert_data.clone(),
+                    }),
                     _ => None,
                 })
                 .collect()),

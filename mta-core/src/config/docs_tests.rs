@@ -44,6 +44,8 @@ const KEYS: &[&str] = &[
     "outbound.mta_sts",
     "outbound.mta_sts_port",
     "outbound.mta_sts_ca_file",
+    "outbound.dane",
+    "outbound.dane_trust_anchor",
     "outbound.tls_reports",
     "outbound.tls_report_interval",
     "outbound.relay",

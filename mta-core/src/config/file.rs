@@ -178,6 +178,8 @@ pub(super) struct RawOutbound {
     pub mta_sts: Option<bool>,
     pub mta_sts_port: Option<S<i64>>,
     pub mta_sts_ca_file: Option<S<String>>,
+    pub dane: Option<bool>,
+    pub dane_trust_anchor: Option<S<String>>,
     pub tls_reports: Option<bool>,
     pub tls_report_interval: Option<S<String>>,
     pub relay: Option<S<String>>,
@@ -461,6 +463,7 @@ fn write_outbound(o: &Outbound) -> String {
          tls_memory = {}\n\
          mta_sts = {}\n\
          mta_sts_port = {}\n\
+         dane = {}\n\
          tls_reports = {}\n\
          tls_report_interval = {}\n",
         o.port,
@@ -471,11 +474,15 @@ fn write_outbound(o: &Outbound) -> String {
         quote(&duration::format(o.tls_memory)),
         o.mta_sts,
         o.mta_sts_port,
+        o.dane,
         o.tls_reports,
         quote(&duration::format(o.tls_report_interval)),
     );
     if let Some(ca) = &o.mta_sts_ca_file {
         out += &format!("mta_sts_ca_file = {}\n", path(ca));
+    }
+    if let Some(anchor) = &o.dane_trust_anchor {
+        out += &format!("dane_trust_anchor = {}\n", path(anchor));
     }
     match &o.relay {
         None => out += "# no relay: mail goes to each domain's MX hosts\n",

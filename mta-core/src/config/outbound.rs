@@ -97,6 +97,8 @@ impl Checker<'_> {
             mta_sts: raw.mta_sts.unwrap_or(true),
             mta_sts_port: self.mta_sts_port(&raw.mta_sts_port),
             mta_sts_ca_file: self.path(&raw.mta_sts_ca_file, "outbound.mta_sts_ca_file"),
+            dane: raw.dane.unwrap_or(true),
+            dane_trust_anchor: self.path(&raw.dane_trust_anchor, "outbound.dane_trust_anchor"),
             tls_reports: raw.tls_reports.unwrap_or(true),
             tls_report_interval: self.duration(
                 &raw.tls_report_interval,

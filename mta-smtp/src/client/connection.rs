@@ -16,17 +16,14 @@
 //! Bytes waiting before any other command of ours answer nothing we asked: that is a
 //! [`ClientError::Protocol`] ("reply to nothing").
 
-use std::sync::Arc;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rustls::RootCertStore;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use super::ehlo::Extensions;
 use super::reply::ServerReply;
-use super::tls::{self, Check};
+use super::tls::{self, Check, Trust};
 use super::transaction::{self, Expect};
 use super::wire::{Stream, Wire, timed};
 use super::{
@@ -64,14 +61,20 @@ impl Connection {
         let tcp = connect(target, settings).await?;
         let (wire, tls) = match &settings.policy {
             TlsPolicy::Implicit { roots } => {
-                let (stream, info) =
-                    tls::handshake(tcp, roots, &target.name, Check::Enforce, t.tls_handshake)
-                        .await?;
+                let (stream, info) = tls::handshake(
+                    tcp,
+                    Trust::Roots(roots),
+                    &target.name,
+                    Check::Enforce,
+                    t.tls_handshake,
+                )
+                .await?;
                 (Wire::new(Stream::Tls(Box::new(stream))), Some(info))
             }
-            TlsPolicy::Opportunistic { .. } | TlsPolicy::Required { .. } | TlsPolicy::Plaintext => {
-                (Wire::new(Stream::Plain(tcp)), None)
-            }
+            TlsPolicy::Opportunistic { .. }
+            | TlsPolicy::Required { .. }
+            | TlsPolicy::Dane { .. }
+            | TlsPolicy::Plaintext => (Wire::new(Stream::Plain(tcp)), None),
         };
         let mut conn = Connection {
             wire,
@@ -83,15 +86,25 @@ impl Connection {
         conn.hello(&settings.helo).await?;
         match &settings.policy {
             TlsPolicy::Opportunistic { roots } if conn.extensions.starttls => {
-                conn.starttls(roots, target, Check::Record, &settings.helo)
+                conn.starttls(Trust::Roots(roots), target, Check::Record, &settings.helo)
                     .await?;
             }
             TlsPolicy::Required { roots } => {
                 if !conn.extensions.starttls {
                     return Err(ClientError::StartTlsNotOffered);
                 }
-                conn.starttls(roots, target, Check::Enforce, &settings.helo)
+                conn.starttls(Trust::Roots(roots), target, Check::Enforce, &settings.helo)
                     .await?;
+            }
+            TlsPolicy::Dane { dane, roots } => {
+                if !conn.extensions.starttls {
+                    return Err(ClientError::StartTlsNotOffered);
+                }
+                let (trust, check) = match dane.usable() {
+                    true => (Trust::Dane(dane), Check::Enforce),
+                    false => (Trust::Roots(roots), Check::Encrypt),
+                };
+                conn.starttls(trust, target, check, &settings.helo).await?;
             }
             TlsPolicy::Opportunistic { .. } | TlsPolicy::Implicit { .. } | TlsPolicy::Plaintext => {
             }
@@ -240,7 +253,7 @@ impl Connection {
 
     async fn starttls(
         &mut self,
-        roots: &Arc<RootCertStore>,
+        trust: Trust<'_>,
         target: &Target,
         check: Check,
         helo: &str,
@@ -260,7 +273,7 @@ impl Connection {
                     Phase::StartTls,
                     format!("unexpected reply {reply}"),
                 )),
-                Check::Enforce => Err(ClientError::TlsRequiredButFailed(format!(
+                Check::Enforce | Check::Encrypt => Err(ClientError::TlsRequiredButFailed(format!(
                     "STARTTLS refused: {reply}"
                 ))),
             };
@@ -277,7 +290,7 @@ impl Connection {
             )
         })?;
         let (stream, info) =
-            tls::handshake(tcp, roots, &target.name, check, self.timeouts.tls_handshake).await?;
+            tls::handshake(tcp, trust, &target.name, check, self.timeouts.tls_handshake).await?;
         debug!(mx = %target.name, version = %info.version, cipher = %info.cipher, verified = ?info.verified, "TLS established");
         self.wire.set_tls(stream);
         self.tls = Some(info);

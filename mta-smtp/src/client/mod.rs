@@ -17,6 +17,7 @@
 //! speaking LMTP (RFC 2033) to a local delivery agent, over TCP or a Unix socket.
 
 mod connection;
+pub mod dane;
 pub mod dot;
 pub mod ehlo;
 pub mod lmtp;
@@ -72,6 +73,15 @@ pub enum TlsPolicy {
     /// [`TlsPolicy::Required`].
     Implicit {
         /// Trust anchors.
+        roots: Arc<rustls::RootCertStore>,
+    },
+    /// STARTTLS mandatory; the server is authenticated by its host's TLSA records (RFC 7672
+    /// §3), or, when none of them is usable, TLS without authentication (§2.2). The
+    /// certificate is then recorded against `roots` as under opportunistic TLS.
+    Dane {
+        /// The host's TLSA records and reference names.
+        dane: Arc<dane::Dane>,
+        /// Trust anchors for the recorded verification when no record is usable.
         roots: Arc<rustls::RootCertStore>,
     },
     /// Never STARTTLS.

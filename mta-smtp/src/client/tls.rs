@@ -26,6 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::dane::{Dane, DaneVerifier};
 use super::wire::timed;
 use super::{ClientError, Phase, TlsInfo, Verification};
 
@@ -99,10 +100,29 @@ pub fn roots_with(ca_file: Option<&Path>) -> Result<RootCertStore, RootsError> {
 /// What a failed verification means for the connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Check {
-    /// Fail the handshake (required and implicit TLS).
+    /// Fail the handshake (required and implicit TLS, DANE).
     Enforce,
+    /// TLS is mandatory, but the certificate is only recorded (a host whose TLSA records
+    /// are all unusable, RFC 7672 §2.2).
+    Encrypt,
     /// Record the result and go on (opportunistic TLS).
     Record,
+}
+
+impl Check {
+    /// Whether a failure to reach TLS ends the attempt on this host.
+    pub(super) fn mandatory(self) -> bool {
+        matches!(self, Check::Enforce | Check::Encrypt)
+    }
+}
+
+/// What the server's certificate is checked against.
+#[derive(Clone, Copy)]
+pub(super) enum Trust<'a> {
+    /// A chain to one of these roots, valid for the target name.
+    Roots(&'a Arc<RootCertStore>),
+    /// The host's TLSA records (RFC 7672).
+    Dane(&'a Arc<Dane>),
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -118,26 +138,32 @@ fn server_name(name: &str) -> Result<ServerName<'static>, ClientError> {
 
 type Slot = Arc<Mutex<Option<Verification>>>;
 
-fn client_config(
-    roots: &Arc<RootCertStore>,
-    check: Check,
-) -> Result<(ClientConfig, Slot), ClientError> {
+fn client_config(trust: Trust<'_>, check: Check) -> Result<(ClientConfig, Slot), ClientError> {
     let provider = provider();
     let slot: Slot = Arc::new(Mutex::new(None));
-    let verifier =
-        WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone()).build();
-    let verifier: Arc<dyn ServerCertVerifier> = match (check, verifier) {
-        (Check::Enforce, Ok(v)) => v,
-        (Check::Enforce, Err(e)) => {
-            return Err(ClientError::Tls(format!(
-                "cannot build a certificate verifier: {e}"
-            )));
-        }
-        (Check::Record, inner) => Arc::new(RecordingVerifier {
-            inner: inner.map_err(|e| e.to_string()),
-            algorithms: provider.signature_verification_algorithms,
-            slot: slot.clone(),
+    let verifier: Arc<dyn ServerCertVerifier> = match trust {
+        Trust::Dane(dane) => Arc::new(DaneVerifier {
+            dane: dane.clone(),
+            provider: provider.clone(),
         }),
+        Trust::Roots(roots) => {
+            let verifier =
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build();
+            match (check, verifier) {
+                (Check::Enforce, Ok(v)) => v,
+                (Check::Enforce, Err(e)) => {
+                    return Err(ClientError::Tls(format!(
+                        "cannot build a certificate verifier: {e}"
+                    )));
+                }
+                (Check::Record | Check::Encrypt, inner) => Arc::new(RecordingVerifier {
+                    inner: inner.map_err(|e| e.to_string()),
+                    algorithms: provider.signature_verification_algorithms,
+                    slot: slot.clone(),
+                }),
+            }
+        }
     };
     let config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -148,31 +174,35 @@ fn client_config(
     Ok((config, slot))
 }
 
-/// Runs the client handshake on `tcp` within `limit`.
+/// Runs the client handshake on `tcp` within `limit`. The name is verified (for
+/// [`Trust::Roots`]) and sent as SNI; for DANE it is the TLSA base domain (RFC 7672 §3.2.2).
 ///
-/// Failures are [`ClientError::TlsRequiredButFailed`] under [`Check::Enforce`] and
+/// Failures are [`ClientError::TlsRequiredButFailed`] when TLS is mandatory and
 /// [`ClientError::Tls`] under [`Check::Record`].
 pub(super) async fn handshake(
     tcp: TcpStream,
-    roots: &Arc<RootCertStore>,
+    trust: Trust<'_>,
     name: &str,
     check: Check,
     limit: Duration,
 ) -> Result<(TlsStream<TcpStream>, TlsInfo), ClientError> {
     let name = server_name(name)?;
-    let (config, slot) = client_config(roots, check)?;
+    let (config, slot) = client_config(trust, check)?;
     let connector = TlsConnector::from(Arc::new(config));
     let stream = timed(Phase::TlsHandshake, limit, async {
-        connector.connect(name, tcp).await.map_err(|e| match check {
-            Check::Enforce => ClientError::TlsRequiredButFailed(e.to_string()),
-            Check::Record => ClientError::Tls(e.to_string()),
-        })
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| match check.mandatory() {
+                true => ClientError::TlsRequiredButFailed(e.to_string()),
+                false => ClientError::Tls(e.to_string()),
+            })
     })
     .await?;
-    let verified = match check {
+    let verified = match (trust, check) {
         // The handshake would have failed otherwise.
-        Check::Enforce => Verification::Verified,
-        Check::Record => slot
+        (Trust::Dane(_), _) | (Trust::Roots(_), Check::Enforce) => Verification::Verified,
+        (Trust::Roots(_), Check::Record | Check::Encrypt) => slot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()

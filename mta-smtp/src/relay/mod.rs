@@ -7,6 +7,7 @@
 //! demands TLS. Once a transaction has started on a host, its answer is final for this
 //! attempt (another host could otherwise receive the message twice).
 
+pub mod dane;
 pub mod memory;
 pub mod mta_sts;
 pub mod mx;
@@ -14,7 +15,7 @@ mod policy;
 pub mod tlsrpt;
 
 pub use policy::PolicySource;
-use policy::{TlsWish, sts_testing_report, tls_level};
+use policy::{HostPlan, TlsWish, sts_testing_report, tls_level};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -38,7 +39,7 @@ use crate::client::{
 };
 use mail_auth::report::tlsrpt::ResultType;
 use memory::TlsMemory;
-use tlsrpt::{Session, TlsReports};
+use tlsrpt::{ReportPolicy, Session, TlsReports};
 
 /// What the relay keeps from one config to the next (a reload builds a new relay): the
 /// downgrade memory and the TLS report counts.
@@ -104,6 +105,7 @@ pub struct Relay {
     memory: Arc<TlsMemory>,
     reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
+    dnssec: Option<dane::Dnssec>,
 }
 
 impl Relay {
@@ -124,6 +126,17 @@ impl Relay {
                     &config.data_dir,
                 ))
             }
+            false => None,
+        };
+        let dnssec = match out.dane {
+            true => Some(
+                dane::Dnssec::new(
+                    &config.dns.nameservers,
+                    out.ip,
+                    out.dane_trust_anchor.as_deref(),
+                )
+                .map_err(RelayError::Dns)?,
+            ),
             false => None,
         };
         let webpki = Arc::new(webpki_roots());
@@ -166,6 +179,7 @@ impl Relay {
             memory: kept.memory,
             reports: kept.reports,
             sts,
+            dnssec,
         })
     }
 
@@ -209,59 +223,23 @@ impl Relay {
                     .address()
                     .is_some_and(Address::needs_smtputf8),
         };
-        let (hosts, settings, port, source, sts) = match &self.smarthost {
-            Some(s) => (
-                vec![mx::MxHost {
-                    name: s.host.clone(),
-                    preference: 0,
-                }],
-                self.settings(s.policy.clone(), s.auth.clone()),
-                s.port,
-                PolicySource::Configured,
-                None,
-            ),
-            None => {
-                let hosts = match self.hosts(domain).await {
-                    Ok(h) => h,
-                    Err(outcome) => return vec![outcome; rcpts.len()],
+        let (plans, sts, port, auth) = match &self.smarthost {
+            Some(s) => {
+                let plan = HostPlan {
+                    host: mx::MxHost {
+                        name: s.host.clone(),
+                        preference: 0,
+                    },
+                    policy: s.policy.clone(),
+                    source: PolicySource::Configured,
+                    dane: None,
                 };
-                let wish = TlsWish::of(envelope, body);
-                let sts = self.sts_policy(domain, wish).await;
-                let (policy, source) = self.policy_for(domain, wish, sts.as_deref());
-                let hosts = match (&sts, source) {
-                    (Some(p), PolicySource::MtaSts) => {
-                        let allowed: Vec<mx::MxHost> =
-                            hosts.into_iter().filter(|h| p.allows(&h.name)).collect();
-                        if allowed.is_empty() {
-                            warn!(%domain, patterns = %p.mx.join(","), "MTA-STS: no MX host matches the policy");
-                            self.reports.record(
-                                domain,
-                                Some(p),
-                                Session::Failure {
-                                    kind: ResultType::ValidationFailure,
-                                    mx: None,
-                                    ip: None,
-                                    info: Some("no MX host matches the policy".into()),
-                                },
-                            );
-                            let text = format!(
-                                "4.7.5 MTA-STS: no MX host of {domain} matches its policy (mx: {}) (policy=mta-sts)",
-                                p.mx.join(", ")
-                            );
-                            return vec![Outcome::Deferred(text); rcpts.len()];
-                        }
-                        allowed
-                    }
-                    _ => hosts,
-                };
-                (
-                    hosts,
-                    self.settings(policy, None),
-                    self.config.outbound.port,
-                    source,
-                    sts,
-                )
+                (vec![plan], None, s.port, s.auth.clone())
             }
+            None => match self.plan(domain, TlsWish::of(envelope, body)).await {
+                Ok(plan) => (plan.hosts, plan.sts, self.config.outbound.port, None),
+                Err(outcome) => return vec![outcome; rcpts.len()],
+            },
         };
         // The downgrade memory and TLS reports are about MX hosts; the smarthost's TLS is
         // always required.
@@ -269,26 +247,34 @@ impl Relay {
         let testing = sts.as_ref().filter(|p| p.mode == mta_sts::Mode::Testing);
         // A kept connection serves only attempts under the same policy: one opened
         // opportunistically must never carry a message that needs verified TLS.
-        let key = match &self.smarthost {
+        let key = |source: PolicySource| match &self.smarthost {
             Some(_) => "smarthost".to_string(),
             None => format!("{domain} {}", source.name()),
         };
+        let first = plans
+            .first()
+            .map_or(PolicySource::Opportunistic, |p| p.source);
         // A connection left open by an earlier message to the same place: RSET proves it is
         // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
-        while let Some(mut idle) = self.take_idle(&key) {
+        while let Some(mut idle) = self.take_idle(&key(first)) {
             if idle.conn.reset().await.is_ok() {
                 let result = idle.conn.send(&msg).await;
                 let outcomes = self.outcomes(&idle.target, &idle.tls, rcpts, &result);
                 self.remember(remember, idle.conn.tls(), &outcomes);
                 if result.is_ok() {
-                    self.put_idle(&key, idle);
+                    self.put_idle(&key(first), idle);
                 }
                 return outcomes;
             }
         }
         let mut last = String::from("no host to try");
         let mut tls_failed = false;
-        for host in &hosts {
+        let mut source = first;
+        for plan in &plans {
+            let host = &plan.host;
+            source = plan.source;
+            let settings = self.settings(plan.policy.clone(), auth.clone());
+            let report = plan.report(sts.as_deref());
             let ips = match self.ips(&host.name).await {
                 Ok(ips) => ips,
                 Err(e) => {
@@ -309,15 +295,15 @@ impl Relay {
                             sts_testing_report(domain, &host.name, p, conn.tls());
                         }
                         if remember.is_some() {
-                            let session = session_of(sts.as_deref(), &host.name, ip, conn.tls());
-                            self.reports.record(domain, sts.as_deref(), session);
+                            let session = session_of(report, &host.name, ip, conn.tls());
+                            self.reports.record(domain, report, session);
                         }
                         let result = conn.send(&msg).await;
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
                         self.remember(remember, conn.tls(), &outcomes);
                         if result.is_ok() {
                             self.put_idle(
-                                &key,
+                                &key(source),
                                 Idle {
                                     conn,
                                     target,
@@ -329,7 +315,7 @@ impl Relay {
                         return outcomes;
                     }
                     Err(e) => {
-                        warn!(%domain, mx = %host.name, %ip, error = %e, "connection attempt failed; trying the next host");
+                        warn!(%domain, mx = %host.name, %ip, policy = source.name(), error = %e, "connection attempt failed; trying the next host");
                         tls_failed = matches!(
                             e,
                             ClientError::Tls(_)
@@ -344,7 +330,7 @@ impl Relay {
                                 ip: Some(ip),
                                 info: Some(e.to_string()),
                             };
-                            self.reports.record(domain, sts.as_deref(), session);
+                            self.reports.record(domain, report, session);
                         }
                     }
                 }
@@ -426,10 +412,16 @@ impl Relay {
         pool.retain(|_, list| !list.is_empty());
     }
 
-    /// The hosts for a domain, or the outcome for every recipient when there are none.
-    async fn hosts(&self, domain: &Domain) -> Result<Vec<mx::MxHost>, Outcome> {
+    /// The hosts for a domain and whether their names can be trusted for DANE (looked up
+    /// through `validating` when given), or the outcome for every recipient when there are
+    /// none.
+    async fn hosts(
+        &self,
+        domain: &Domain,
+        validating: Option<&TokioResolver>,
+    ) -> Result<(Vec<mx::MxHost>, bool), Outcome> {
         if domain.is_literal() {
-            return Ok(vec![mx::MxHost {
+            let host = mx::MxHost {
                 name: domain
                     .as_str()
                     .trim_start_matches('[')
@@ -437,11 +429,12 @@ impl Relay {
                     .trim_start_matches("IPv6:")
                     .to_string(),
                 preference: 0,
-            }]);
+            };
+            return Ok((vec![host], false));
         }
-        match mx::route(&self.resolver, domain).await {
-            Ok(Route::Hosts(h)) => Ok(h),
-            Ok(Route::NullMx) => {
+        match mx::route(validating.unwrap_or(&self.resolver), domain).await {
+            Ok((Route::Hosts(h), secure)) => Ok((h, secure)),
+            Ok((Route::NullMx, _)) => {
                 info!(%domain, "null MX: the domain accepts no mail");
                 Err(Outcome::Failed(format!(
                     "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
@@ -515,10 +508,11 @@ impl Relay {
     }
 }
 
-/// What a connection that opened shows for TLS reporting: under an MTA-STS policy, success
-/// only with a verified certificate; with no policy, success whenever TLS was negotiated.
+/// What a connection that opened shows for TLS reporting: under an MTA-STS or DANE policy,
+/// success only with a verified certificate; with no policy, success whenever TLS was
+/// negotiated.
 fn session_of(
-    sts: Option<&mta_sts::Policy>,
+    policy: ReportPolicy<'_>,
     mx: &str,
     ip: std::net::IpAddr,
     tls: Option<&TlsInfo>,
@@ -529,13 +523,15 @@ fn session_of(
         ip: Some(ip),
         info: Some(info),
     };
-    match (tls, sts) {
+    match (tls, policy) {
         (None, _) => failure(ResultType::StartTlsNotSupported, "no STARTTLS".into()),
-        (Some(t), Some(_)) => match &t.verified {
+        (Some(_), ReportPolicy::None) => Session::Success,
+        // No usable TLSA record: TLS was all DANE asked for (RFC 7672 §2.2).
+        (Some(_), ReportPolicy::Tlsa { dane, .. }) if !dane.usable() => Session::Success,
+        (Some(t), ReportPolicy::Sts(_) | ReportPolicy::Tlsa { .. }) => match &t.verified {
             Verification::Verified => Session::Success,
             Verification::Failed(why) => failure(tlsrpt::failure_kind(why), why.clone()),
         },
-        (Some(_), None) => Session::Success,
     }
 }
 

@@ -7,14 +7,16 @@
 //! temporary, so DNS trouble never bounces mail.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::RData;
+use hickory_resolver::{ResolverBuilder, TokioResolver};
 use mta_core::address::Domain;
 use mta_core::config::IpFamily;
 use rand::seq::SliceRandom;
@@ -53,6 +55,30 @@ pub enum DnsFailure {
 /// # Errors
 /// When the system configuration cannot be read.
 pub fn resolver(nameservers: &[SocketAddr], family: IpFamily) -> Result<TokioResolver, String> {
+    builder(nameservers, family)?
+        .build()
+        .map_err(|e| format!("resolver: {e}"))
+}
+
+/// [`resolver`] validating DNSSEC from `anchors` (every answer carries its proof).
+///
+/// # Errors
+/// When the system configuration cannot be read.
+pub fn validating_resolver(
+    nameservers: &[SocketAddr],
+    family: IpFamily,
+    anchors: Arc<TrustAnchors>,
+) -> Result<TokioResolver, String> {
+    builder(nameservers, family)?
+        .with_trust_anchor(anchors)
+        .build()
+        .map_err(|e| format!("validating resolver: {e}"))
+}
+
+fn builder(
+    nameservers: &[SocketAddr],
+    family: IpFamily,
+) -> Result<ResolverBuilder<TokioRuntimeProvider>, String> {
     let mut opts = ResolverOpts::default();
     opts.timeout = Duration::from_secs(4);
     opts.attempts = 2;
@@ -79,23 +105,30 @@ pub fn resolver(nameservers: &[SocketAddr], family: IpFamily) -> Result<TokioRes
             TokioRuntimeProvider::default(),
         )
     };
-    builder
-        .with_options(opts)
-        .build()
-        .map_err(|e| format!("resolver: {e}"))
+    Ok(builder.with_options(opts))
 }
 
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
 }
 
-/// Looks up where mail for `domain` goes.
+/// Looks up where mail for `domain` goes, and whether the host names can be trusted for
+/// DANE: a secure MX RRset, or no MX at all (the implicit MX is the domain itself). With a
+/// non-validating resolver nothing is secure.
 ///
 /// # Errors
-/// [`DnsFailure`], permanent only for NXDOMAIN.
-pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<Route, DnsFailure> {
+/// [`DnsFailure`], permanent only for NXDOMAIN; an answer that fails DNSSEC validation is
+/// temporary.
+pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<(Route, bool), DnsFailure> {
     match resolver.mx_lookup(fqdn(domain.as_str())).await {
         Ok(lookup) => {
+            let security = super::dane::security(lookup.answers());
+            if security == super::dane::Security::Bogus {
+                return Err(DnsFailure::Temporary(format!(
+                    "the MX answer for {domain} fails DNSSEC validation (bogus)"
+                )));
+            }
+            let secure = security == super::dane::Security::Secure;
             let records: Vec<(u16, hickory_resolver::proto::rr::Name)> = lookup
                 .answers()
                 .iter()
@@ -105,10 +138,10 @@ pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<Route, D
                 })
                 .collect();
             if records.iter().any(|(_, name)| name.is_root()) {
-                return Ok(Route::NullMx);
+                return Ok((Route::NullMx, secure));
             }
             if records.is_empty() {
-                return Ok(implicit(domain));
+                return Ok((implicit(domain), true));
             }
             let hosts = records
                 .into_iter()
@@ -117,14 +150,17 @@ pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<Route, D
                     preference,
                 })
                 .collect();
-            Ok(Route::Hosts(order(hosts)))
+            Ok((Route::Hosts(order(hosts)), secure))
         }
         // NODATA: the domain exists but has no MX; RFC 5321 §5.1: use the domain itself.
         Err(NetError::Dns(DnsError::NoRecordsFound(nr)))
             if nr.response_code == ResponseCode::NoError =>
         {
-            Ok(implicit(domain))
+            Ok((implicit(domain), true))
         }
+        Err(e) if super::dane::is_bogus(&e) => Err(DnsFailure::Temporary(format!(
+            "the MX answer for {domain} fails DNSSEC validation (bogus)"
+        ))),
         Err(e) => Err(classify(&e, "MX", domain.as_str())),
     }
 }

@@ -1,22 +1,60 @@
-//! Which TLS an attempt must reach and why ([`PolicySource`]): REQUIRETLS, the operator's
-//! `[outbound.tls."domain"]` tables, MTA-STS, the downgrade memory, or opportunistic, in that
-//! order (`docs/tls.md`); and the sender's wish from RFC 8689 ([`TlsWish`]).
+//! Which TLS an attempt must reach on each host and why ([`PolicySource`]): REQUIRETLS, the
+//! operator's `[outbound.tls."domain"]` tables, DANE for a host with TLSA records, MTA-STS,
+//! the downgrade memory, or opportunistic, in that order (`docs/tls.md`); and the sender's
+//! wish from RFC 8689 ([`TlsWish`]).
 
 use std::sync::Arc;
 
+use mail_auth::report::tlsrpt::ResultType;
 use mta_core::address::Domain;
 use mta_core::config::TlsMode;
 use mta_core::envelope::Envelope;
-use tracing::warn;
+use mta_core::seams::Outcome;
+use tracing::{info, warn};
 
+use super::dane::HostTlsa;
+use super::mx::MxHost;
+use super::tlsrpt::{ReportPolicy, Session};
 use super::{Relay, mta_sts};
+use crate::client::dane::Dane;
 use crate::client::{TlsInfo, TlsPolicy, Verification};
+
+/// One host of an attempt and the TLS it must reach there.
+pub(super) struct HostPlan {
+    pub(super) host: MxHost,
+    pub(super) policy: TlsPolicy,
+    pub(super) source: PolicySource,
+    /// The host's TLSA records when DANE applies.
+    pub(super) dane: Option<Arc<Dane>>,
+}
+
+/// The hosts to try for one domain, in order, and the domain's MTA-STS policy if any.
+pub(super) struct Plan {
+    pub(super) hosts: Vec<HostPlan>,
+    pub(super) sts: Option<Arc<mta_sts::Policy>>,
+}
+
+impl HostPlan {
+    /// The policy the TLS report counts this host's sessions under.
+    pub(super) fn report<'a>(&'a self, sts: Option<&'a mta_sts::Policy>) -> ReportPolicy<'a> {
+        match (&self.dane, sts) {
+            (Some(dane), _) => ReportPolicy::Tlsa {
+                host: &self.host.name,
+                dane,
+            },
+            (None, Some(p)) => ReportPolicy::Sts(p),
+            (None, None) => ReportPolicy::None,
+        }
+    }
+}
 
 /// Where the TLS requirement of an attempt came from; logs and queue results name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicySource {
     /// `[outbound.tls."domain"]` (required or none), or the smarthost (always required).
     Configured,
+    /// The MX host has DNSSEC-validated TLSA records (RFC 7672).
+    Dane,
     /// The domain took mail over verified TLS before (`outbound.tls_memory`).
     Memory,
     /// The sender asked for TLS all the way (RFC 8689 REQUIRETLS).
@@ -28,10 +66,11 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
-    /// `configured`, `memory` or `opportunistic`.
+    /// `configured`, `dane`, `memory`, `requiretls`, `mta-sts` or `opportunistic`.
     pub fn name(self) -> &'static str {
         match self {
             PolicySource::Configured => "configured",
+            PolicySource::Dane => "dane",
             PolicySource::Memory => "memory",
             PolicySource::RequireTls => "requiretls",
             PolicySource::MtaSts => "mta-sts",
@@ -93,6 +132,121 @@ impl Relay {
                 PolicySource::Opportunistic,
             ),
         }
+    }
+}
+
+impl Relay {
+    /// The plan for MX delivery to `domain`: its hosts in order, each with its policy. DANE
+    /// decides for a host with a secure TLSA RRset; the others get the domain's policy, and
+    /// under MTA-STS `enforce` only the hosts the policy lists. A host whose TLSA lookup
+    /// failed is left out.
+    ///
+    /// # Errors
+    /// The outcome for every recipient when no host is left to try.
+    pub(super) async fn plan(&self, domain: &Domain, wish: TlsWish) -> Result<Plan, Outcome> {
+        // Where mail goes is decided without DNSSEC first, so that a resolver that cannot
+        // validate costs nothing when DNS is down anyway; while validation works, the answer
+        // is looked up again through the validating resolver for its proofs.
+        let (hosts, _) = self.hosts(domain, None).await?;
+        let dnssec = match &self.dnssec {
+            Some(d) if !domain.is_literal() && d.works().await => Some(d),
+            _ => None,
+        };
+        let (hosts, names_secure) = match dnssec {
+            Some(d) => self.hosts(domain, Some(d.resolver())).await?,
+            None => (hosts, false),
+        };
+        let sts = self.sts_policy(domain, wish).await;
+        let (policy, source) = self.policy_for(domain, wish, sts.as_deref());
+        // RFC 8689 §5: `TLS-Required: No` waives recipient-side policies, DANE too; the
+        // operator's own table decides over DANE as over MTA-STS.
+        let dnssec = dnssec.filter(|_| {
+            names_secure
+                && wish != TlsWish::Waive
+                && source != PolicySource::Configured
+                && !domain.is_literal()
+        });
+        let enforced = sts
+            .as_ref()
+            .filter(|p| source == PolicySource::MtaSts && p.mode == mta_sts::Mode::Enforce);
+        let mut plans = Vec::new();
+        let mut failed = Vec::new();
+        let mut unlisted = 0;
+        for host in hosts {
+            let tlsa = match dnssec {
+                Some(d) => d.tlsa(&host.name, domain).await,
+                None => HostTlsa::None,
+            };
+            match tlsa {
+                // All records unusable: TLS without authentication (RFC 7672 §2.2), unless
+                // the domain's own policy asks for more.
+                HostTlsa::Dane(dane)
+                    if !dane.usable() && matches!(policy, TlsPolicy::Required { .. }) =>
+                {
+                    plans.push(HostPlan {
+                        host,
+                        policy: policy.clone(),
+                        source,
+                        dane: None,
+                    });
+                }
+                HostTlsa::Dane(dane) => {
+                    info!(%domain, mx = %host.name, records = dane.records.len(), "DANE: the MX host has TLSA records");
+                    plans.push(HostPlan {
+                        host,
+                        policy: TlsPolicy::Dane {
+                            dane: dane.clone(),
+                            roots: self.webpki.clone(),
+                        },
+                        source: PolicySource::Dane,
+                        dane: Some(dane),
+                    });
+                }
+                HostTlsa::Failed(why) => {
+                    warn!(%domain, mx = %host.name, reason = %why, "DANE: the MX host cannot be used now");
+                    let session = Session::Failure {
+                        kind: ResultType::DnssecInvalid,
+                        mx: Some(host.name.clone()),
+                        ip: None,
+                        info: Some(why.clone()),
+                    };
+                    self.reports.record(domain, ReportPolicy::None, session);
+                    failed.push(format!("{}: {why}", host.name));
+                }
+                HostTlsa::None if enforced.is_some_and(|p| !p.allows(&host.name)) => unlisted += 1,
+                HostTlsa::None => plans.push(HostPlan {
+                    host,
+                    policy: policy.clone(),
+                    source,
+                    dane: None,
+                }),
+            }
+        }
+        if !plans.is_empty() {
+            return Ok(Plan { hosts: plans, sts });
+        }
+        if !failed.is_empty() {
+            return Err(Outcome::Deferred(format!(
+                "4.7.5 DANE: no MX host of {domain} can be used now: {} (policy=dane)",
+                failed.join("; ")
+            )));
+        }
+        let p = enforced.map_or_else(Vec::new, |p| p.mx.clone());
+        warn!(%domain, patterns = %p.join(","), hosts = unlisted, "MTA-STS: no MX host matches the policy");
+        self.reports.record(
+            domain,
+            sts.as_deref().map_or(ReportPolicy::None, ReportPolicy::Sts),
+            Session::Failure {
+                kind: ResultType::ValidationFailure,
+                mx: None,
+                ip: None,
+                info: Some("no MX host matches the policy".into()),
+            },
+        );
+        Err(Outcome::Deferred(format!(
+            "4.7.5 MTA-STS: no MX host of {domain} matches its policy (mx: {}) (policy=mta-sts)",
+            p.join(", ")
+        )))
     }
 }
 

@@ -1,6 +1,6 @@
 //! TLS reporting (RFC 8460): every connection to a destination's MX hosts is counted as a
-//! success or a failure of its TLS policy (MTA-STS `sts`, or `no-policy-found`), per policy
-//! domain; once per `outbound.tls_report_interval` the counts go, as one aggregate JSON report
+//! success or a failure of its TLS policy (MTA-STS `sts`, a host's DANE `tlsa` records, or
+//! `no-policy-found`), per policy domain and policy; once per `outbound.tls_report_interval` the counts go, as one aggregate JSON report
 //! (gzip, `multipart/report; report-type=tlsrpt`, built by mail-auth), to the `mailto:`
 //! addresses of the domain's `_smtp._tls` TXT record, queued like any other message (from
 //! `<>`, so a report that cannot be delivered bounces nowhere). Domains without that record get
@@ -27,6 +27,7 @@ use mta_core::seams::Enqueue;
 use tracing::{info, warn};
 
 use super::mta_sts;
+use crate::client::dane::Dane;
 
 /// What one connection showed about a domain's TLS policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,10 +60,29 @@ struct Counts {
     failures: HashMap<FailureKey, u32>,
 }
 
-/// The counts of the current period.
+/// The policy a session was under, as the report names it.
+#[derive(Debug, Clone, Copy)]
+pub enum ReportPolicy<'a> {
+    /// None applied.
+    None,
+    /// The domain's MTA-STS policy.
+    Sts(&'a mta_sts::Policy),
+    /// The TLSA records of one MX host (DANE).
+    Tlsa {
+        /// The MX host.
+        host: &'a str,
+        /// Its records.
+        dane: &'a Dane,
+    },
+}
+
+/// Counts per policy domain and policy (the MX host for DANE, empty otherwise).
+type ByPolicy = BTreeMap<(String, String), Counts>;
+
+/// The counts of the current period and when it started.
 #[derive(Debug)]
 pub struct TlsReports {
-    period: Mutex<(u64, BTreeMap<String, Counts>)>,
+    period: Mutex<(u64, ByPolicy)>,
 }
 
 fn now() -> u64 {
@@ -80,17 +100,26 @@ impl Default for TlsReports {
 }
 
 impl TlsReports {
-    /// Counts one session with `domain`'s MX hosts under `policy` (`None`: no policy found).
-    pub fn record(&self, domain: &Domain, policy: Option<&mta_sts::Policy>, session: Session) {
+    /// Counts one session with `domain`'s MX hosts under `policy`.
+    pub fn record(&self, domain: &Domain, policy: ReportPolicy<'_>, session: Session) {
         let mut period = self.period.lock().unwrap_or_else(|e| e.into_inner());
-        let counts = period.1.entry(domain.to_string()).or_default();
+        let which = match policy {
+            ReportPolicy::Tlsa { host, .. } => host.to_string(),
+            ReportPolicy::None | ReportPolicy::Sts(_) => String::new(),
+        };
+        let counts = period.1.entry((domain.to_string(), which)).or_default();
         match policy {
-            Some(p) => {
+            ReportPolicy::Sts(p) => {
                 counts.policy_type = PolicyType::Sts;
                 counts.policy_string = p.lines();
                 counts.mx_hosts = p.mx.clone();
             }
-            None => counts.policy_type = PolicyType::NoPolicyFound,
+            ReportPolicy::Tlsa { host, dane } => {
+                counts.policy_type = PolicyType::Tlsa;
+                counts.policy_string = dane.records.iter().map(ToString::to_string).collect();
+                counts.mx_hosts = vec![host.to_string()];
+            }
+            ReportPolicy::None => counts.policy_type = PolicyType::NoPolicyFound,
         }
         match session {
             Session::Success => counts.success = counts.success.saturating_add(1),
@@ -101,7 +130,8 @@ impl TlsReports {
         }
     }
 
-    /// Ends the period: its reports, one per domain that had sessions, and a new empty period.
+    /// Ends the period: its reports, one per domain that had sessions (one policy entry per
+    /// policy it was under), and a new empty period.
     fn take(&self, organization: &str) -> Vec<(String, TlsReport)> {
         let (start, counts) = {
             let mut period = self.period.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,46 +140,24 @@ impl TlsReports {
             (start, std::mem::take(&mut period.1))
         };
         let end = now().max(start + 1);
-        counts
-            .into_iter()
-            .map(|(domain, c)| {
-                let total_failure: u32 = c.failures.values().sum();
-                let failure_details = c
-                    .failures
-                    .into_iter()
-                    .map(|((kind, mx, ip, info), n)| FailureDetails {
-                        result_type: kind,
-                        sending_mta_ip: None,
-                        receiving_mx_hostname: mx,
-                        receiving_mx_helo: None,
-                        receiving_ip: ip,
-                        failed_session_count: n,
-                        additional_information: info,
-                        failure_reason_code: None,
-                    })
-                    .collect();
-                let report = TlsReport {
-                    organization_name: Some(organization.to_string()),
-                    date_range: DateRange::from_timestamps(start as i64, end as i64),
-                    contact_info: Some(format!("postmaster@{organization}")),
-                    report_id: format!("{start}.{domain}@{organization}"),
-                    policies: vec![Policy {
-                        policy: PolicyDetails {
-                            policy_type: c.policy_type,
-                            policy_string: c.policy_string,
-                            policy_domain: domain.clone(),
-                            mx_host: c.mx_hosts,
-                        },
-                        summary: Summary {
-                            total_success: c.success,
-                            total_failure,
-                        },
-                        failure_details,
-                    }],
-                };
-                (domain, report)
-            })
-            .collect()
+        let mut reports: Vec<(String, TlsReport)> = Vec::new();
+        for ((domain, _), c) in counts {
+            let policy = policy_entry(&domain, c);
+            match reports.last_mut() {
+                Some((d, report)) if *d == domain => report.policies.push(policy),
+                _ => reports.push((
+                    domain.clone(),
+                    TlsReport {
+                        organization_name: Some(organization.to_string()),
+                        date_range: DateRange::from_timestamps(start as i64, end as i64),
+                        contact_info: Some(format!("postmaster@{organization}")),
+                        report_id: format!("{start}.{domain}@{organization}"),
+                        policies: vec![policy],
+                    },
+                )),
+            }
+        }
+        reports
     }
 
     /// Ends the period and builds the report messages: for each domain whose `_smtp._tls`
@@ -240,6 +248,38 @@ pub async fn run(
     }
 }
 
+/// One policy's counts as a report entry.
+fn policy_entry(domain: &str, c: Counts) -> Policy {
+    let total_failure: u32 = c.failures.values().sum();
+    let failure_details = c
+        .failures
+        .into_iter()
+        .map(|((kind, mx, ip, info), n)| FailureDetails {
+            result_type: kind,
+            sending_mta_ip: None,
+            receiving_mx_hostname: mx,
+            receiving_mx_helo: None,
+            receiving_ip: ip,
+            failed_session_count: n,
+            additional_information: info,
+            failure_reason_code: None,
+        })
+        .collect();
+    Policy {
+        policy: PolicyDetails {
+            policy_type: c.policy_type,
+            policy_string: c.policy_string,
+            policy_domain: domain.to_string(),
+            mx_host: c.mx_hosts,
+        },
+        summary: Summary {
+            total_success: c.success,
+            total_failure,
+        },
+        failure_details,
+    }
+}
+
 /// The report addresses of `_smtp._tls.<domain>`.
 async fn rua(resolver: &TokioResolver, domain: &str) -> Result<Vec<ReportUri>, String> {
     let name = format!("_smtp._tls.{domain}.");
@@ -273,6 +313,10 @@ async fn rua(resolver: &TokioResolver, domain: &str) -> Result<Vec<ReportUri>, S
 pub fn failure_kind(error: &str) -> ResultType {
     if error.contains("does not offer STARTTLS") || error.contains("STARTTLS refused") {
         ResultType::StartTlsNotSupported
+    } else if error.contains("DNSSEC validation") {
+        ResultType::DnssecInvalid
+    } else if error.contains("DANE") || error.contains("TLSA") {
+        ResultType::TlsaInvalid
     } else if error.contains("NotValidForName") {
         ResultType::CertificateHostMismatch
     } else if error.contains("Expired") {
@@ -298,16 +342,16 @@ mod tests {
             0,
         )
         .unwrap();
-        r.record(&d, Some(&policy), Session::Success);
-        r.record(&d, Some(&policy), Session::Success);
+        r.record(&d, ReportPolicy::Sts(&policy), Session::Success);
+        r.record(&d, ReportPolicy::Sts(&policy), Session::Success);
         let fail = || Session::Failure {
             kind: ResultType::StartTlsNotSupported,
             mx: Some("mx.example.net".into()),
             ip: None,
             info: None,
         };
-        r.record(&d, Some(&policy), fail());
-        r.record(&d, Some(&policy), fail());
+        r.record(&d, ReportPolicy::Sts(&policy), fail());
+        r.record(&d, ReportPolicy::Sts(&policy), fail());
         let reports = r.take("mx.example.org");
         assert_eq!(reports.len(), 1);
         let p = &reports[0].1.policies[0];
@@ -326,6 +370,59 @@ mod tests {
         assert_eq!(
             failure_kind("invalid peer certificate: NotValidForName"),
             ResultType::CertificateHostMismatch
+        );
+    }
+
+    #[test]
+    fn a_dane_host_is_a_tlsa_policy_of_its_own_in_the_domains_report() {
+        let r = TlsReports::default();
+        let d = Domain::parse("example.net").unwrap();
+        let dane = Dane::new(
+            vec![crate::client::dane::TlsaRecord {
+                usage: 3,
+                selector: 1,
+                matching: 1,
+                data: vec![0xab; 32],
+            }],
+            vec!["mx1.example.net".into(), "example.net".into()],
+        );
+        let tlsa = ReportPolicy::Tlsa {
+            host: "mx1.example.net",
+            dane: &dane,
+        };
+        r.record(&d, tlsa, Session::Success);
+        r.record(&d, ReportPolicy::None, Session::Success);
+        r.record(
+            &d,
+            tlsa,
+            Session::Failure {
+                kind: failure_kind("invalid peer certificate: Other(DANE: no TLSA record)"),
+                mx: Some("mx1.example.net".into()),
+                ip: None,
+                info: None,
+            },
+        );
+        let reports = r.take("mx.example.org");
+        assert_eq!(reports.len(), 1, "one report for the domain");
+        let policies = &reports[0].1.policies;
+        assert_eq!(policies.len(), 2);
+        let tlsa = policies
+            .iter()
+            .find(|p| p.policy.policy_type == PolicyType::Tlsa)
+            .expect("the tlsa policy");
+        assert_eq!(tlsa.policy.mx_host, ["mx1.example.net"]);
+        assert_eq!(
+            tlsa.policy.policy_string,
+            [format!("3 1 1 {}", "ab".repeat(32))]
+        );
+        assert_eq!(
+            (tlsa.summary.total_success, tlsa.summary.total_failure),
+            (1, 1)
+        );
+        assert_eq!(tlsa.failure_details[0].result_type, ResultType::TlsaInvalid);
+        assert_eq!(
+            failure_kind("the TLSA records at x fail DNSSEC validation (bogus)"),
+            ResultType::DnssecInvalid
         );
     }
 }

@@ -1,0 +1,250 @@
+//! DANE for MX delivery (RFC 7672 §2): DNSSEC validation by hickory-resolver itself (no
+//! local validating resolver needed), the security of a domain's MX answer, and the TLSA
+//! records of each MX host.
+//!
+//! - Validation starts from the IANA root keys built into hickory-resolver, or from
+//!   `outbound.dane_trust_anchor`.
+//! - Whether validation works through the configured resolver is probed (the root's DNSKEY
+//!   must validate) at most once per [`PROBE_EVERY`]. A resolver that strips DNSSEC records
+//!   would otherwise make every answer bogus and stop all mail; while the probe fails, DANE
+//!   is not applied, mail goes as it would without DANE, and the log says so (once per
+//!   change).
+//! - TLSA records are looked up only for hosts whose names came from a secure MX RRset (an
+//!   attacker who can forge an insecure MX answer could name a host with TLSA records of
+//!   their own), or for the domain itself when it has no MX (implicit MX).
+//! - A secure TLSA RRset makes the host a DANE host: its certificate must match a usable
+//!   record (`crate::client::dane`), and TLS is mandatory even when none is usable. No TLSA
+//!   RRset, or an insecure one, means no DANE. A bogus answer or a failed lookup means the
+//!   host cannot be used now (RFC 7672 §2.2): the next host is tried, and the message is
+//!   deferred when none is left.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use mta_core::address::Domain;
+use mta_core::config::IpFamily;
+use tracing::{info, warn};
+
+use crate::client::dane::{Dane, TlsaRecord};
+
+/// How long a probe result stands.
+pub const PROBE_EVERY: Duration = Duration::from_secs(600);
+
+/// The TLSA answer for one MX host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostTlsa {
+    /// No secure TLSA RRset: DANE does not apply to this host.
+    None,
+    /// A secure TLSA RRset: authenticate by it.
+    Dane(Arc<Dane>),
+    /// Bogus, or the lookup failed: the host cannot be used now.
+    Failed(String),
+}
+
+/// What the validator says of a set of records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Security {
+    /// Every record validated from a trust anchor.
+    Secure,
+    /// Provably unsigned, or not validated at all.
+    Insecure,
+    /// Signed, but the signatures do not validate.
+    Bogus,
+}
+
+/// Secure only when every record is; bogus when any is.
+pub fn security<'a>(records: impl IntoIterator<Item = &'a Record>) -> Security {
+    let mut any = false;
+    let mut all_secure = true;
+    for r in records {
+        any = true;
+        match r.proof {
+            Proof::Secure => {}
+            Proof::Bogus => return Security::Bogus,
+            Proof::Insecure | Proof::Indeterminate => all_secure = false,
+        }
+    }
+    if any && all_secure {
+        Security::Secure
+    } else {
+        Security::Insecure
+    }
+}
+
+/// Whether a DNS error is a bogus negative answer (RFC 4035 §5.5).
+pub fn is_bogus(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Dns(DnsError::Nsec {
+            proof: Proof::Bogus,
+            ..
+        })
+    )
+}
+
+/// The validating resolver and whether validation works through it.
+pub struct Dnssec {
+    resolver: TokioResolver,
+    probe: Mutex<Option<(bool, Instant)>>,
+}
+
+impl Dnssec {
+    /// A validating resolver on `[dns] nameservers` (empty: resolv.conf), starting from the
+    /// anchors in `trust_anchor` or the built-in root keys.
+    ///
+    /// # Errors
+    /// When the anchors cannot be read or the resolver cannot be built.
+    pub fn new(
+        nameservers: &[SocketAddr],
+        family: IpFamily,
+        trust_anchor: Option<&Path>,
+    ) -> Result<Dnssec, String> {
+        let anchors = match trust_anchor {
+            Some(path) => TrustAnchors::from_file(path).map_err(|e| {
+                format!(
+                    "outbound.dane_trust_anchor: cannot read {}: {e}",
+                    path.display()
+                )
+            })?,
+            None => TrustAnchors::default(),
+        };
+        if anchors.is_empty() {
+            return Err(format!(
+                "outbound.dane_trust_anchor: {} holds no root DNSKEY",
+                trust_anchor.map_or(String::new(), |p| p.display().to_string())
+            ));
+        }
+        let resolver = super::mx::validating_resolver(nameservers, family, Arc::new(anchors))?;
+        Ok(Dnssec {
+            resolver,
+            probe: Mutex::new(None),
+        })
+    }
+
+    /// The validating resolver, for MX lookups while validation works.
+    pub fn resolver(&self) -> &TokioResolver {
+        &self.resolver
+    }
+
+    /// Whether validation works: the root's DNSKEY RRset validates. Probed at most once per
+    /// [`PROBE_EVERY`]; a change is logged.
+    pub async fn works(&self) -> bool {
+        let last = *self.probe.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((works, at)) = last
+            && at.elapsed() < PROBE_EVERY
+        {
+            return works;
+        }
+        let (works, why) = match self.resolver.lookup(".", RecordType::DNSKEY).await {
+            Ok(lookup) => match security(lookup.answers()) {
+                Security::Secure => (true, String::new()),
+                other => (false, format!("the root DNSKEY answer is {other:?}")),
+            },
+            Err(e) => (false, format!("the root DNSKEY lookup failed: {e}")),
+        };
+        let before = self
+            .probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace((works, Instant::now()));
+        let changed = before.is_none_or(|(was, _)| was != works);
+        if changed && works {
+            info!("DNSSEC validation works through the resolver; DANE is applied");
+        } else if changed {
+            warn!(reason = %why, "DNSSEC validation does not work through the resolver; DANE is not applied until it does");
+        }
+        works
+    }
+
+    /// The TLSA records at `_25._tcp.<host>` (RFC 7672 §2.2); `domain` is the destination,
+    /// the second reference name for DANE-TA.
+    pub async fn tlsa(&self, host: &str, domain: &Domain) -> HostTlsa {
+        let name = format!("_25._tcp.{}.", host.trim_end_matches('.'));
+        match self.resolver.lookup(name.as_str(), RecordType::TLSA).await {
+            Ok(lookup) => {
+                let answers = lookup.answers();
+                match security(answers) {
+                    Security::Bogus => HostTlsa::Failed(format!(
+                        "the TLSA records at {name} fail DNSSEC validation (bogus)"
+                    )),
+                    Security::Insecure => HostTlsa::None,
+                    Security::Secure => {
+                        let records: Vec<TlsaRecord> = answers
+                            .iter()
+                            .filter_map(|r| match &r.data {
+                                RData::TLSA(t) => Some(TlsaRecord {
+                                    usage: u8::from(t.cert_usage),
+                                    selector: u8::from(t.selector),
+                                    matching: u8::from(t.matching),
+                                    data: t.cert_data.clone(),
+                                }),
+                                _ => None,
+                            })
+                            .collect();
+                        if records.is_empty() {
+                            return HostTlsa::None;
+                        }
+                        let names = vec![
+                            host.trim_end_matches('.').to_ascii_lowercase(),
+                            domain.as_str().to_string(),
+                        ];
+                        HostTlsa::Dane(Arc::new(Dane::new(records, names)))
+                    }
+                }
+            }
+            Err(NetError::Dns(DnsError::NoRecordsFound(_))) => HostTlsa::None,
+            Err(e) if is_bogus(&e) => HostTlsa::Failed(format!(
+                "the denial of TLSA records at {name} fails DNSSEC validation (bogus)"
+            )),
+            Err(NetError::Dns(DnsError::Nsec { .. })) => HostTlsa::None,
+            Err(e) => HostTlsa::Failed(format!("TLSA lookup for {name} failed: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::rr::Name;
+    use std::net::Ipv4Addr;
+
+    fn record(proof: Proof) -> Record {
+        let mut r = Record::from_rdata(
+            Name::from_ascii("a.test.").unwrap(),
+            60,
+            RData::A(Ipv4Addr::LOCALHOST.into()),
+        );
+        r.proof = proof;
+        r
+    }
+
+    #[test]
+    fn security_of_a_set() {
+        let s = |proofs: &[Proof]| {
+            let records: Vec<Record> = proofs.iter().map(|p| record(*p)).collect();
+            security(&records)
+        };
+        assert_eq!(s(&[Proof::Secure, Proof::Secure]), Security::Secure);
+        assert_eq!(s(&[Proof::Secure, Proof::Insecure]), Security::Insecure);
+        assert_eq!(s(&[Proof::Indeterminate]), Security::Insecure);
+        assert_eq!(s(&[Proof::Secure, Proof::Bogus]), Security::Bogus);
+        assert_eq!(s(&[]), Security::Insecure);
+    }
+
+    #[test]
+    fn a_trust_anchor_file_without_keys_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("anchor");
+        std::fs::write(&file, "; nothing\n").unwrap();
+        let err = Dnssec::new(&[], IpFamily::Any, Some(&file))
+            .err()
+            .expect("refused");
+        assert!(err.contains("dane_trust_anchor"), "{err}");
+    }
+}
