@@ -38,14 +38,14 @@ srv.serve_forever()
 "#;
 
 /// The policy server: a Python HTTPS server for `mta-sts.remote.test`, killed on drop.
-struct PolicyServer {
+pub(crate) struct PolicyServer {
     child: Child,
     port: u16,
     ca: PathBuf,
 }
 
 impl PolicyServer {
-    fn start(dir: &Path, policy: &str) -> PolicyServer {
+    pub(crate) fn start(dir: &Path, policy: &str) -> PolicyServer {
         let (cert, key) = mta_tests::certs::self_signed(dir, "sts", "mta-sts.remote.test");
         let file = dir.join("mta-sts.txt");
         std::fs::write(&file, policy).unwrap();
@@ -73,7 +73,7 @@ impl PolicyServer {
         }
     }
 
-    fn outbound_keys(&self) -> String {
+    pub(crate) fn outbound_keys(&self) -> String {
         format!(
             "mta_sts_port = {}\nmta_sts_ca_file = {:?}\n",
             self.port,

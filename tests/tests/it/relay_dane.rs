@@ -1,0 +1,347 @@
+//! DANE (RFC 7672) end to end: nsd serves a DNSSEC-signed root zone holding `remote.test`
+//! ([`SignedDns`]), the sender validates from that zone's key (`outbound.dane_trust_anchor`),
+//! and the receivers present certificates no CA vouches for. For each case, the delivery
+//! that must succeed and the one that must defer:
+//!
+//! - DANE-EE (`3 1 1`) matching a self-signed certificate delivers, `policy=dane`; one that
+//!   matches nothing defers with `4.7.5`, and nothing is sent;
+//! - DANE-TA (`2 0 1`) naming a private CA delivers when the chain is valid for the MX name,
+//!   and defers when it is issued for another name;
+//! - a host with TLSA records that offers no STARTTLS (the stripped case) defers, also when
+//!   every record is unusable, though then any certificate will do;
+//! - DANE wins over an MTA-STS `enforce` policy that does not list the MX (RFC 8461 §2);
+//! - TLSA records in an unsigned zone, or a host named by an unsigned MX answer, are ignored;
+//! - bogus TLSA records defer;
+//! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use mta_tests::certs::{ca_and_leaf, cert_sha256, spki_sha256};
+use mta_tests::fake_smtp::{FakeSmtp, Script};
+use mta_tests::relay::{
+    REMOTE_BOB, REMOTE_BOB_PASSWORD, message, receiver, sender, start_sender, submit,
+    try_remote_receiver,
+};
+use mta_tests::{KeptDir, MtaBuilder, SignedDns, TestDns, TestMta, on_shared_port, secs, wait_for};
+
+use crate::relay_mta_sts::PolicyServer;
+
+/// remote.test's MX record and its host's address, in the signed root zone.
+const REMOTE: [&str; 2] = [
+    "remote.test. 300 IN MX 10 mx1.remote.test.",
+    "mx1.remote.test. 300 IN A 127.0.0.2",
+];
+
+/// A TLSA record at `_25._tcp.mx1.remote.test`.
+fn tlsa(data: &str) -> String {
+    format!("_25._tcp.mx1.remote.test. 300 IN TLSA {data}")
+}
+
+/// A hash nobody's key has.
+const WRONG: &str = "3 1 1 0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The signed zone: remote.test and `more` records.
+fn signed(more: &[String]) -> SignedDns {
+    let mut records: Vec<String> = REMOTE.iter().map(|r| r.to_string()).collect();
+    records.extend_from_slice(more);
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    SignedDns::start(&refs, &[], &[])
+}
+
+/// The sender, validating DNSSEC from `dns`'s key; `outbound` are more `[outbound]` keys.
+fn dane_sender(dns: &SignedDns, port: u16, outbound: &str) -> TestMta {
+    start_sender(MtaBuilder::new().toml(&format!(
+        "{}[outbound]\nport = {port}\ndane_trust_anchor = {:?}\n{outbound}\n\
+         [queue]\nretry_first = \"1s\"\nretry_max = \"2s\"\n",
+        dns.config_toml(),
+        dns.trust_anchor().display().to_string()
+    )))
+}
+
+/// A receiver `host` for `user`'s domain, presenting `cert` and `key`.
+fn receiver_with_cert(
+    host: &str,
+    user: &str,
+    (ip, port): (&str, u16),
+    (cert, key): (&Path, &Path),
+) -> Result<TestMta, String> {
+    let tls = format!(
+        "[tls]\ncert = {:?}\nkey = {:?}\n",
+        cert.display().to_string(),
+        key.display().to_string()
+    );
+    let domain = user.split('@').nth(1).unwrap_or_default();
+    let mta = receiver(host, &[domain], ip, port).toml(&tls).try_start()?;
+    mta.add_user(user, REMOTE_BOB_PASSWORD);
+    Ok(mta)
+}
+
+/// The queue's last result for bob after at least one attempt.
+fn deferred(tx: &TestMta, id: &str) -> String {
+    let entry = tx.wait_for_deferral(id, REMOTE_BOB, 1, secs(20));
+    entry["last_result"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits for the delivery line that names the TLS and policy.
+fn wait_delivered_with(tx: &TestMta, what: &str) {
+    wait_for(secs(10), what, || {
+        tx.log()
+            .lines()
+            .any(|l| l.contains("remote attempt") && l.contains(what))
+    });
+}
+
+#[test]
+fn dane_ee_authenticates_a_self_signed_certificate() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = signed(&[tlsa(&format!("3 1 1 {hash}"))]);
+    let tx = dane_sender(&dns, port, "");
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "pinned"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
+    let log = tx.log();
+    assert!(
+        log.contains("DNSSEC validation works through the resolver"),
+        "{log}"
+    );
+    assert!(log.contains("DANE: the MX host has TLSA records"), "{log}");
+}
+
+#[test]
+fn dane_ee_that_matches_nothing_defers_and_sends_nothing() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let dns = signed(&[tlsa(WRONG)]);
+    let tx = dane_sender(&dns, port, "");
+    let id = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "wrong pin"));
+    let last = deferred(&tx, &id);
+    assert!(last.starts_with("4.7.5 "), "{last}");
+    assert!(
+        last.contains("no TLSA record (3 1 1 0000") && last.contains("policy=dane"),
+        "{last}"
+    );
+    assert!(rx.maildir_new(REMOTE_BOB).is_empty(), "nothing delivered");
+}
+
+#[test]
+fn dane_ta_delivers_for_the_mx_name_and_defers_for_another() {
+    let dir = KeptDir::new();
+    let (ca, chain, key) = ca_and_leaf(dir.path(), "good", "mx1.remote.test");
+    let (other_ca, other_chain, other_key) = ca_and_leaf(dir.path(), "other", "elsewhere.test");
+    // mx1 (127.0.0.2) has a chain for its name; mx1.other.test (127.0.0.3) one for
+    // elsewhere.test, both from CAs their domains publish.
+    let carol = "carol@other.test";
+    let (port, (rx, other)) = on_shared_port("the receivers", |p| {
+        let rx = receiver_with_cert(
+            "mx1.remote.test",
+            REMOTE_BOB,
+            ("127.0.0.2", p),
+            (&chain, &key),
+        )?;
+        let other = receiver_with_cert(
+            "mx1.other.test",
+            carol,
+            ("127.0.0.3", p),
+            (&other_chain, &other_key),
+        )?;
+        Ok((rx, other))
+    });
+    let dns = SignedDns::start(
+        &[
+            REMOTE[0],
+            REMOTE[1],
+            &tlsa(&format!("2 0 1 {}", cert_sha256(&ca))),
+            "other.test. 300 IN MX 10 mx1.other.test.",
+            "mx1.other.test. 300 IN A 127.0.0.3",
+            &format!(
+                "_25._tcp.mx1.other.test. 300 IN TLSA 2 0 1 {}",
+                cert_sha256(&other_ca)
+            ),
+        ],
+        &[],
+        &[],
+    );
+    let tx = dane_sender(&dns, port, "");
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "through the CA"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
+
+    let id = submit(&tx, &[carol], &message(carol, "wrong name"));
+    let entry = tx.wait_for_deferral(&id, carol, 1, secs(20));
+    let last = entry["last_result"].as_str().unwrap_or_default();
+    assert!(last.starts_with("4.7.5 "), "{last}");
+    assert!(last.contains("DANE-TA"), "{last}");
+    assert!(other.maildir_new(carol).is_empty(), "nothing delivered");
+}
+
+#[test]
+fn a_stripped_starttls_defers() {
+    let (port, fake) = on_shared_port("the receiver", |p| {
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 2], p)), Script::default())
+    });
+    let dns = signed(&[tlsa(WRONG)]);
+    let tx = dane_sender(&dns, port, "");
+    let id = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "stripped"));
+    let last = deferred(&tx, &id);
+    assert!(last.starts_with("4.7.5 "), "{last}");
+    assert!(
+        last.contains("STARTTLS") && last.contains("policy=dane"),
+        "{last}"
+    );
+    assert!(
+        fake.transactions().is_empty(),
+        "nothing went out in plaintext: {}",
+        fake.transcript()
+    );
+}
+
+#[test]
+fn a_host_whose_records_are_all_unusable_needs_tls_but_no_authentication() {
+    let (port, (fake, rx)) = on_shared_port("the receivers", |p| {
+        let fake = FakeSmtp::start(SocketAddr::from(([127, 0, 0, 3], p)), Script::default())?;
+        let rx = try_remote_receiver("mx1.remote.test", "127.0.0.2", p)?;
+        Ok((fake, rx))
+    });
+    let unusable = "1 1 1 0000000000000000000000000000000000000000000000000000000000000000";
+    let dns = SignedDns::start(
+        &[
+            REMOTE[0],
+            REMOTE[1],
+            &tlsa(unusable),
+            "plain.test. 300 IN MX 10 mx.plain.test.",
+            "mx.plain.test. 300 IN A 127.0.0.3",
+            &format!("_25._tcp.mx.plain.test. 300 IN TLSA {unusable}"),
+        ],
+        &[],
+        &[],
+    );
+    let tx = dane_sender(&dns, port, "");
+    // TLS with a certificate nobody vouches for is enough.
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "encrypted"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, ") policy=dane");
+    assert!(tx.log().contains(" unverified ("), "{}", tx.log());
+    // No STARTTLS is not.
+    let carol = "carol@plain.test";
+    let id = submit(&tx, &[carol], &message(carol, "stripped"));
+    let entry = tx.wait_for_deferral(&id, carol, 1, secs(20));
+    let last = entry["last_result"].as_str().unwrap_or_default();
+    assert!(last.starts_with("4.7.5 "), "{last}");
+    assert!(fake.transactions().is_empty(), "{}", fake.transcript());
+}
+
+#[test]
+fn dane_wins_over_an_mta_sts_policy_that_does_not_list_the_mx() {
+    let dir = KeptDir::new();
+    let web = PolicyServer::start(
+        dir.path(),
+        "version: STSv1\nmode: enforce\nmx: mx9.remote.test\nmax_age: 86400\n",
+    );
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = signed(&[
+        tlsa(&format!("3 1 1 {hash}")),
+        "_mta-sts.remote.test. 300 IN TXT \"v=STSv1; id=20261129\"".to_string(),
+        "mta-sts.remote.test. 300 IN A 127.0.0.1".to_string(),
+    ]);
+    let tx = dane_sender(&dns, port, &web.outbound_keys());
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "dane first"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
+    assert!(tx.log().contains("MTA-STS policy fetched"), "{}", tx.log());
+}
+
+#[test]
+fn tlsa_records_in_an_unsigned_zone_or_behind_an_unsigned_mx_are_ignored() {
+    let carol = "carol@plain.test";
+    let dave = "dave@hosted.test";
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        let rx = receiver(
+            "mx1.remote.test",
+            &["plain.test", "hosted.test"],
+            "127.0.0.2",
+            p,
+        )
+        .try_start()?;
+        rx.add_user(carol, REMOTE_BOB_PASSWORD);
+        rx.add_user(dave, REMOTE_BOB_PASSWORD);
+        Ok(rx)
+    });
+    // plain.test is unsigned, TLSA and all; hosted.test is unsigned but its MX is the
+    // signed mx1.remote.test, whose TLSA record matches nothing.
+    let dns = SignedDns::start(
+        &[REMOTE[1], &tlsa(WRONG)],
+        &[
+            (
+                "plain.test.",
+                &[
+                    "plain.test. 300 IN MX 10 mx.plain.test.",
+                    "mx.plain.test. 300 IN A 127.0.0.2",
+                    &format!("_25._tcp.mx.plain.test. 300 IN TLSA {WRONG}"),
+                ] as &[&str],
+            ),
+            (
+                "hosted.test.",
+                &["hosted.test. 300 IN MX 10 mx1.remote.test."] as &[&str],
+            ),
+        ],
+        &[],
+    );
+    let tx = dane_sender(&dns, port, "");
+    submit(&tx, &[carol, dave], &message(carol, "unsigned"));
+    rx.wait_for_mail(carol, 1, 10);
+    rx.wait_for_mail(dave, 1, 10);
+    tx.wait_for_empty_queue(secs(10));
+    let log = tx.log();
+    assert!(!log.contains("policy=dane"), "{log}");
+    assert!(log.contains("policy=opportunistic"), "{log}");
+}
+
+#[test]
+fn bogus_tlsa_records_defer() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    // The record would match, but its signature does not.
+    let dns = SignedDns::start(REMOTE.as_slice(), &[], &[&tlsa(&format!("3 1 1 {hash}"))]);
+    let tx = dane_sender(&dns, port, "");
+    let id = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "bogus"));
+    let last = deferred(&tx, &id);
+    assert!(last.starts_with("4.7.5 DANE: "), "{last}");
+    assert!(last.contains("bogus"), "{last}");
+    assert!(rx.maildir_new(REMOTE_BOB).is_empty(), "nothing delivered");
+}
+
+#[test]
+fn without_dnssec_validation_dane_is_not_applied_and_the_log_says_so() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    // dnsmasq answers the TLSA record, but no signatures: validation cannot work.
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+        &format!("--dns-rr=_25._tcp.mx1.remote.test,52,030101{}", "00".repeat(32)),
+    ]);
+    let tx = start_sender(sender(&dns, port, ""));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "no dnssec"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, "policy=opportunistic");
+    assert!(
+        tx.log()
+            .contains("DNSSEC validation does not work through the resolver; DANE is not applied"),
+        "{}",
+        tx.log()
+    );
+}
