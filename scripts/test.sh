@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
-# dnsmasq for the relay tests' DNS, openssl, strace for the syscall-order test, from Debian
-# packages; dkimpy and aiosmtpd from PyPI) when it is missing, builds the `mta` binary the
-# end-to-end tests start, and runs every test in the workspace.
+# dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
+# openssl, strace for the syscall-order test, from Debian packages; dkimpy and aiosmtpd from
+# PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, and runs
+# every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,12 +14,19 @@ python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v strace >/dev/null 2>&1 || missing+=(strace)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
+[ -x /usr/sbin/nsd ] || missing+=(nsd)
+command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  # The tests start their own nsd on a loopback port; the system service the package
+  # enables and starts under systemd (port 53 on every address) is not wanted.
+  if [[ " ${missing[*]} " == *" nsd "* ]] && [ -d /run/systemd/system ]; then
+    $sudo systemctl disable --now nsd.service >/dev/null 2>&1 || true
+  fi
 fi
 
 # An independent DKIM verifier for the signing tests (dkimpy, with PyNaCl for Ed25519), and a

@@ -17,6 +17,7 @@ pub mod certs;
 pub mod counting_smtp;
 pub mod dialog;
 mod dns;
+pub mod dnssec;
 pub mod dovecot;
 pub mod dsn;
 pub mod fake_smtp;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 
 pub use builder::MtaBuilder;
 pub use dns::{ServfailDns, TestDns, qtype, rcode};
+pub use dnssec::SignedDns;
 pub use lmtp::LmtpServer;
 pub use maildir::{Delivered, assert_same_bytes, parse_delivered, queue_id, read_delivered};
 pub use net::{MX_ADDRS, Trap, on_shared_port, shared_port};

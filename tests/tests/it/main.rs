@@ -4,6 +4,7 @@
 
 mod dialogs;
 mod dkim;
+mod dnssec_server;
 mod doctor;
 mod dovecot;
 mod durability;
