@@ -106,7 +106,13 @@ pub fn ca_and_leaf(dir: &Path, stem: &str, name: &str) -> (PathBuf, PathBuf, Pat
         run(what, cmd, b"", secs(30)).assert_success(what);
     };
     let new_key = |cmd: &mut Command| {
-        cmd.args(["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]);
+        cmd.args([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ]);
     };
     let mut req = Command::new("openssl");
     req.args(["req", "-x509", "-days", "2"]);

@@ -58,11 +58,15 @@ pub enum Security {
     Bogus,
 }
 
-/// Secure only when every record is; bogus when any is.
-pub fn security<'a>(records: impl IntoIterator<Item = &'a Record>) -> Security {
+/// The security of the `wanted` records among `records` (an answer also holds RRSIGs, and
+/// CNAMEs on the way, which count too): secure only when every one is, bogus when any is.
+pub fn security<'a>(records: impl IntoIterator<Item = &'a Record>, wanted: RecordType) -> Security {
     let mut any = false;
     let mut all_secure = true;
-    for r in records {
+    let counted = records
+        .into_iter()
+        .filter(|r| r.record_type() == wanted || r.record_type() == RecordType::CNAME);
+    for r in counted {
         any = true;
         match r.proof {
             Proof::Secure => {}
@@ -77,14 +81,18 @@ pub fn security<'a>(records: impl IntoIterator<Item = &'a Record>) -> Security {
     }
 }
 
-/// Whether a DNS error is a bogus negative answer (RFC 4035 §5.5).
+/// Whether a DNS error says the answer failed validation (RFC 4035 §5.5): hickory answers
+/// a bogus RRset with `DnssecBogus`, and a bogus denial of existence with `Nsec`.
 pub fn is_bogus(e: &NetError) -> bool {
     matches!(
         e,
-        NetError::Dns(DnsError::Nsec {
-            proof: Proof::Bogus,
-            ..
-        })
+        NetError::Dns(
+            DnsError::DnssecBogus
+                | DnsError::Nsec {
+                    proof: Proof::Bogus,
+                    ..
+                }
+        )
     )
 }
 
@@ -142,7 +150,7 @@ impl Dnssec {
             return works;
         }
         let (works, why) = match self.resolver.lookup(".", RecordType::DNSKEY).await {
-            Ok(lookup) => match security(lookup.answers()) {
+            Ok(lookup) => match security(lookup.answers(), RecordType::DNSKEY) {
                 Security::Secure => (true, String::new()),
                 other => (false, format!("the root DNSKEY answer is {other:?}")),
             },
@@ -169,7 +177,7 @@ impl Dnssec {
         match self.resolver.lookup(name.as_str(), RecordType::TLSA).await {
             Ok(lookup) => {
                 let answers = lookup.answers();
-                match security(answers) {
+                match security(answers, RecordType::TLSA) {
                     Security::Bogus => HostTlsa::Failed(format!(
                         "the TLSA records at {name} fail DNSSEC validation (bogus)"
                     )),
@@ -200,7 +208,7 @@ impl Dnssec {
             }
             Err(NetError::Dns(DnsError::NoRecordsFound(_))) => HostTlsa::None,
             Err(e) if is_bogus(&e) => HostTlsa::Failed(format!(
-                "the denial of TLSA records at {name} fails DNSSEC validation (bogus)"
+                "the TLSA answer for {name} fails DNSSEC validation (bogus)"
             )),
             Err(NetError::Dns(DnsError::Nsec { .. })) => HostTlsa::None,
             Err(e) => HostTlsa::Failed(format!("TLSA lookup for {name} failed: {e}")),
@@ -228,13 +236,20 @@ mod tests {
     fn security_of_a_set() {
         let s = |proofs: &[Proof]| {
             let records: Vec<Record> = proofs.iter().map(|p| record(*p)).collect();
-            security(&records)
+            security(&records, RecordType::A)
         };
         assert_eq!(s(&[Proof::Secure, Proof::Secure]), Security::Secure);
         assert_eq!(s(&[Proof::Secure, Proof::Insecure]), Security::Insecure);
         assert_eq!(s(&[Proof::Indeterminate]), Security::Insecure);
         assert_eq!(s(&[Proof::Secure, Proof::Bogus]), Security::Bogus);
         assert_eq!(s(&[]), Security::Insecure);
+        let mut rrsig = record(Proof::Indeterminate);
+        rrsig.data = RData::Update0(RecordType::RRSIG);
+        assert_eq!(
+            security(&[record(Proof::Secure), rrsig], RecordType::A),
+            Security::Secure,
+            "only the records asked for count"
+        );
     }
 
     #[test]

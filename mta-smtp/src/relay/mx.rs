@@ -15,7 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::RData;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use hickory_resolver::{ResolverBuilder, TokioResolver};
 use mta_core::address::Domain;
 use mta_core::config::IpFamily;
@@ -122,7 +122,7 @@ fn fqdn(name: &str) -> String {
 pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<(Route, bool), DnsFailure> {
     match resolver.mx_lookup(fqdn(domain.as_str())).await {
         Ok(lookup) => {
-            let security = super::dane::security(lookup.answers());
+            let security = super::dane::security(lookup.answers(), RecordType::MX);
             if security == super::dane::Security::Bogus {
                 return Err(DnsFailure::Temporary(format!(
                     "the MX answer for {domain} fails DNSSEC validation (bogus)"

@@ -26,6 +26,7 @@ mod relay;
 mod relay_bounce;
 mod relay_client;
 mod relay_content;
+mod relay_dane;
 mod relay_forward;
 mod relay_harness;
 mod relay_memory;

@@ -10,8 +10,10 @@
 //! - a host with TLSA records that offers no STARTTLS (the stripped case) defers, also when
 //!   every record is unusable, though then any certificate will do;
 //! - DANE wins over an MTA-STS `enforce` policy that does not list the MX (RFC 8461 §2);
-//! - TLSA records in an unsigned zone, or a host named by an unsigned MX answer, are ignored;
-//! - bogus TLSA records defer;
+//! - TLSA records in an unsigned zone, or of a host named by an unsigned MX answer, are
+//!   ignored;
+//! - bogus TLSA or MX records defer;
+//! - a signed domain whose MX host has no TLSA records gets opportunistic TLS;
 //! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so.
 
 use std::net::SocketAddr;
@@ -262,25 +264,33 @@ fn dane_wins_over_an_mta_sts_policy_that_does_not_list_the_mx() {
 }
 
 #[test]
-fn tlsa_records_in_an_unsigned_zone_or_behind_an_unsigned_mx_are_ignored() {
+fn without_secure_tlsa_records_dane_does_not_apply() {
     let carol = "carol@plain.test";
     let dave = "dave@hosted.test";
+    let eve = "eve@signed.test";
     let (port, rx) = on_shared_port("the receiver", |p| {
         let rx = receiver(
             "mx1.remote.test",
-            &["plain.test", "hosted.test"],
+            &["plain.test", "hosted.test", "signed.test"],
             "127.0.0.2",
             p,
         )
         .try_start()?;
-        rx.add_user(carol, REMOTE_BOB_PASSWORD);
-        rx.add_user(dave, REMOTE_BOB_PASSWORD);
+        for user in [carol, dave, eve] {
+            rx.add_user(user, REMOTE_BOB_PASSWORD);
+        }
         Ok(rx)
     });
     // plain.test is unsigned, TLSA and all; hosted.test is unsigned but its MX is the
-    // signed mx1.remote.test, whose TLSA record matches nothing.
+    // signed mx1.remote.test, whose TLSA record matches nothing; signed.test is signed, and
+    // its MX host has no TLSA record.
     let dns = SignedDns::start(
-        &[REMOTE[1], &tlsa(WRONG)],
+        &[
+            REMOTE[1],
+            &tlsa(WRONG),
+            "signed.test. 300 IN MX 10 mx.signed.test.",
+            "mx.signed.test. 300 IN A 127.0.0.2",
+        ],
         &[
             (
                 "plain.test.",
@@ -298,9 +308,10 @@ fn tlsa_records_in_an_unsigned_zone_or_behind_an_unsigned_mx_are_ignored() {
         &[],
     );
     let tx = dane_sender(&dns, port, "");
-    submit(&tx, &[carol, dave], &message(carol, "unsigned"));
-    rx.wait_for_mail(carol, 1, 10);
-    rx.wait_for_mail(dave, 1, 10);
+    submit(&tx, &[carol, dave, eve], &message(carol, "no DANE"));
+    for user in [carol, dave, eve] {
+        rx.wait_for_mail(user, 1, 10);
+    }
     tx.wait_for_empty_queue(secs(10));
     let log = tx.log();
     assert!(!log.contains("policy=dane"), "{log}");
@@ -308,18 +319,34 @@ fn tlsa_records_in_an_unsigned_zone_or_behind_an_unsigned_mx_are_ignored() {
 }
 
 #[test]
-fn bogus_tlsa_records_defer() {
+fn bogus_answers_defer() {
     let (port, rx) = on_shared_port("the receiver", |p| {
         try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
     });
     let hash = spki_sha256(&rx.cert_path());
-    // The record would match, but its signature does not.
-    let dns = SignedDns::start(REMOTE.as_slice(), &[], &[&tlsa(&format!("3 1 1 {hash}"))]);
+    // remote.test's TLSA record would match, but its signature does not; so does
+    // bogus.test's MX record's.
+    let dns = SignedDns::start(
+        REMOTE.as_slice(),
+        &[],
+        &[
+            &tlsa(&format!("3 1 1 {hash}")),
+            "bogus.test. 300 IN MX 10 mx1.remote.test.",
+        ],
+    );
     let tx = dane_sender(&dns, port, "");
     let id = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "bogus"));
     let last = deferred(&tx, &id);
     assert!(last.starts_with("4.7.5 DANE: "), "{last}");
     assert!(last.contains("bogus"), "{last}");
+    let carol = "carol@bogus.test";
+    let id = submit(&tx, &[carol], &message(carol, "bogus MX"));
+    let entry = tx.wait_for_deferral(&id, carol, 1, secs(20));
+    let last = entry["last_result"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("4.4.3 the MX answer for bogus.test fails DNSSEC validation"),
+        "{last}"
+    );
     assert!(rx.maildir_new(REMOTE_BOB).is_empty(), "nothing delivered");
 }
 
@@ -332,7 +359,10 @@ fn without_dnssec_validation_dane_is_not_applied_and_the_log_says_so() {
     let dns = TestDns::start(&[
         "--mx-host=remote.test,mx1.remote.test,10",
         "--host-record=mx1.remote.test,127.0.0.2",
-        &format!("--dns-rr=_25._tcp.mx1.remote.test,52,030101{}", "00".repeat(32)),
+        &format!(
+            "--dns-rr=_25._tcp.mx1.remote.test,52,030101{}",
+            "00".repeat(32)
+        ),
     ]);
     let tx = start_sender(sender(&dns, port, ""));
     submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "no dnssec"));
