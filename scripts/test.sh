@@ -20,10 +20,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-  # The tests start their own nsd on a loopback port; the system service the package
-  # enables and starts under systemd (port 53 on every address) is not wanted.
+  # The tests start their own nsd on a loopback port; the system service the package would
+  # start (port 53 on every address, which may be taken) is not wanted: policy-rc.d says no
+  # to every service start during the install, and under systemd it is disabled after.
+  policy_rc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo tee /usr/sbin/policy-rc.d >/dev/null
+    $sudo chmod 755 /usr/sbin/policy-rc.d
+    policy_rc=yes
+  fi
+  installed=0
+  $sudo apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+    || installed=$?
+  [ -z "$policy_rc" ] || $sudo rm -f /usr/sbin/policy-rc.d
+  [ "$installed" = 0 ] || { echo "test.sh: apt-get failed ($installed)" >&2; exit 1; }
   if [[ " ${missing[*]} " == *" nsd "* ]] && [ -d /run/systemd/system ]; then
     $sudo systemctl disable --now nsd.service >/dev/null 2>&1 || true
   fi
