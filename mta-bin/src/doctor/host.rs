@@ -1,8 +1,12 @@
 //! The checks of this host rather than of a mail domain: the hostname (our EHLO name)
-//! resolves, and reverse DNS of each outbound address names a host that resolves back to it
-//! (forward-confirmed reverse DNS, which large receivers require), ideally the hostname.
+//! resolves, reverse DNS of each outbound address names a host that resolves back to it
+//! (forward-confirmed reverse DNS, which large receivers require), ideally the hostname, and
+//! DNSSEC validation works through the resolver (else outbound mail gets no DANE).
 
 use std::net::IpAddr;
+
+use mta_core::config::Config;
+use mta_smtp::relay::dane::Dnssec;
 
 use super::checks::unchecked;
 use super::dns::{Answer, reverse_name};
@@ -198,5 +202,40 @@ mod tests {
         );
         let dns = address("mx.example.org", &Err("timed out".into()), &[]);
         assert_eq!(dns.detail, "could not check (DNS: timed out)");
+    }
+}
+
+/// The `dnssec` verdict: whether outbound DANE can work, which needs DNSSEC validation
+/// through the configured resolver (`docs/tls.md`, "DANE in detail").
+pub async fn dnssec(config: &Config, hostname: &str) -> Verdict {
+    let v = |status, detail: String| Verdict::new("dnssec", hostname, status, detail);
+    if !config.outbound.dane {
+        return v(
+            Status::Info,
+            "outbound DANE is off (outbound.dane = false)".into(),
+        );
+    }
+    let dnssec = match Dnssec::new(
+        &config.dns.nameservers,
+        config.outbound.ip,
+        config.outbound.dane_trust_anchor.as_deref(),
+    ) {
+        Ok(d) => d,
+        Err(e) => return v(Status::Fail, e),
+    };
+    match dnssec.probe().await {
+        Ok(()) => v(
+            Status::Ok,
+            "DNSSEC validation works through the resolver: outbound mail uses DANE where \
+             the receiving domain publishes TLSA records"
+                .into(),
+        ),
+        Err(why) => v(
+            Status::Warn,
+            format!(
+                "DNSSEC validation does not work through the resolver ({why}): outbound mail \
+                 gets no DANE; use a resolver that passes DNSSEC records along (docs/tls.md)"
+            ),
+        ),
     }
 }

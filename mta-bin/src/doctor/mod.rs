@@ -243,6 +243,12 @@ async fn examine(
         })
         .await,
     );
+    verdicts.extend(
+        bounded("dnssec", &hostname, async {
+            vec![host::dnssec(config, &hostname).await]
+        })
+        .await,
+    );
 
     for domain in domains {
         let d = domain.as_str();

@@ -149,12 +149,9 @@ impl Dnssec {
         {
             return works;
         }
-        let (works, why) = match self.resolver.lookup(".", RecordType::DNSKEY).await {
-            Ok(lookup) => match security(lookup.answers(), RecordType::DNSKEY) {
-                Security::Secure => (true, String::new()),
-                other => (false, format!("the root DNSKEY answer is {other:?}")),
-            },
-            Err(e) => (false, format!("the root DNSKEY lookup failed: {e}")),
+        let (works, why) = match self.probe().await {
+            Ok(()) => (true, String::new()),
+            Err(why) => (false, why),
         };
         let before = self
             .probe
@@ -168,6 +165,22 @@ impl Dnssec {
             warn!(reason = %why, "DNSSEC validation does not work through the resolver; DANE is not applied until it does");
         }
         works
+    }
+
+    /// Asks for the root's DNSKEY RRset, which validates only when the resolver passes
+    /// DNSSEC records along and the trust anchors are right.
+    ///
+    /// # Errors
+    /// Why validation does not work.
+    pub async fn probe(&self) -> Result<(), String> {
+        match self.resolver.lookup(".", RecordType::DNSKEY).await {
+            Ok(lookup) => match security(lookup.answers(), RecordType::DNSKEY) {
+                Security::Secure => Ok(()),
+                Security::Insecure => Err("the root DNSKEY answer is not signed".into()),
+                Security::Bogus => Err("the root DNSKEY answer does not validate".into()),
+            },
+            Err(e) => Err(format!("the root DNSKEY lookup failed: {e}")),
+        }
     }
 
     /// The TLSA records at `_25._tcp.<host>` (RFC 7672 §2.2); `domain` is the destination,
