@@ -17,8 +17,10 @@
 //! and finally defers (`4.7.5`), never sends in plaintext.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
+use super::Verification;
+use super::tls::Slot;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
@@ -218,10 +220,12 @@ impl std::error::Error for Mismatch {}
 
 /// The rustls verifier for a host with usable TLSA records; the handshake fails unless one
 /// matches. Handshake signatures are checked as always.
+/// Why it failed is also left in `slot`, for an error message without rustls's wrapping.
 #[derive(Debug)]
 pub(super) struct DaneVerifier {
     pub(super) dane: Arc<Dane>,
     pub(super) provider: Arc<CryptoProvider>,
+    pub(super) slot: Slot,
 }
 
 impl ServerCertVerifier for DaneVerifier {
@@ -237,8 +241,11 @@ impl ServerCertVerifier for DaneVerifier {
             .check(end_entity, intermediates, now, &self.provider)
             .map(|()| ServerCertVerified::assertion())
             .map_err(|why| {
+                let mismatch = Mismatch(why);
+                *self.slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Verification::Failed(mismatch.to_string()));
                 TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
-                    Mismatch(why),
+                    mismatch,
                 ))))
             })
     }

@@ -136,7 +136,8 @@ fn server_name(name: &str) -> Result<ServerName<'static>, ClientError> {
         .map_err(|e| ClientError::Tls(format!("{name:?} cannot be verified as a host name: {e}")))
 }
 
-type Slot = Arc<Mutex<Option<Verification>>>;
+/// Where a verifier leaves its verdict for the handshake's caller.
+pub(super) type Slot = Arc<Mutex<Option<Verification>>>;
 
 fn client_config(trust: Trust<'_>, check: Check) -> Result<(ClientConfig, Slot), ClientError> {
     let provider = provider();
@@ -145,6 +146,7 @@ fn client_config(trust: Trust<'_>, check: Check) -> Result<(ClientConfig, Slot),
         Trust::Dane(dane) => Arc::new(DaneVerifier {
             dane: dane.clone(),
             provider: provider.clone(),
+            slot: slot.clone(),
         }),
         Trust::Roots(roots) => {
             let verifier =
@@ -190,13 +192,20 @@ pub(super) async fn handshake(
     let (config, slot) = client_config(trust, check)?;
     let connector = TlsConnector::from(Arc::new(config));
     let stream = timed(Phase::TlsHandshake, limit, async {
-        connector
-            .connect(name, tcp)
-            .await
-            .map_err(|e| match check.mandatory() {
-                true => ClientError::TlsRequiredButFailed(e.to_string()),
-                false => ClientError::Tls(e.to_string()),
-            })
+        connector.connect(name, tcp).await.map_err(|e| {
+            // A DANE mismatch in its own words rather than inside rustls's wrapping.
+            let text = match (
+                trust,
+                slot.lock().unwrap_or_else(PoisonError::into_inner).take(),
+            ) {
+                (Trust::Dane(_), Some(Verification::Failed(why))) => why,
+                _ => e.to_string(),
+            };
+            match check.mandatory() {
+                true => ClientError::TlsRequiredButFailed(text),
+                false => ClientError::Tls(text),
+            }
+        })
     })
     .await?;
     let verified = match (trust, check) {
