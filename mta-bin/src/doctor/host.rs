@@ -178,33 +178,6 @@ async fn ptr_of(ctx: &Ctx<'_>, ip: IpAddr) -> Verdict {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn address_verdicts() {
-        let ip: IpAddr = "192.0.2.10".parse().unwrap();
-        let other: IpAddr = "2001:db8::99".parse().unwrap();
-        let ok = address("mx.example.org", &Ok(vec![ip]), &[]);
-        assert_eq!(ok.status, Status::Ok);
-        assert_eq!(ok.detail, "mx.example.org has 192.0.2.10");
-        assert_eq!(
-            address("mx.example.org", &Ok(vec![ip]), &[other]).status,
-            Status::Warn
-        );
-        let none = address("mx.example.org", &Ok(vec![]), &[other]);
-        assert_eq!(none.status, Status::Fail);
-        assert_eq!(none.record.unwrap(), "mx.example.org. IN AAAA 2001:db8::99");
-        assert_eq!(
-            address("localhost", &Ok(vec![ip]), &[]).status,
-            Status::Fail
-        );
-        let dns = address("mx.example.org", &Err("timed out".into()), &[]);
-        assert_eq!(dns.detail, "could not check (DNS: timed out)");
-    }
-}
-
 /// The `dnssec` verdict: whether outbound DANE can work, which needs DNSSEC validation
 /// through the configured resolver (`docs/tls.md`, "DANE in detail").
 pub async fn dnssec(config: &Config, hostname: &str) -> Verdict {
@@ -237,5 +210,32 @@ pub async fn dnssec(config: &Config, hostname: &str) -> Verdict {
                  gets no DANE; use a resolver that passes DNSSEC records along (docs/tls.md)"
             ),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_verdicts() {
+        let ip: IpAddr = "192.0.2.10".parse().unwrap();
+        let other: IpAddr = "2001:db8::99".parse().unwrap();
+        let ok = address("mx.example.org", &Ok(vec![ip]), &[]);
+        assert_eq!(ok.status, Status::Ok);
+        assert_eq!(ok.detail, "mx.example.org has 192.0.2.10");
+        assert_eq!(
+            address("mx.example.org", &Ok(vec![ip]), &[other]).status,
+            Status::Warn
+        );
+        let none = address("mx.example.org", &Ok(vec![]), &[other]);
+        assert_eq!(none.status, Status::Fail);
+        assert_eq!(none.record.unwrap(), "mx.example.org. IN AAAA 2001:db8::99");
+        assert_eq!(
+            address("localhost", &Ok(vec![ip]), &[]).status,
+            Status::Fail
+        );
+        let dns = address("mx.example.org", &Err("timed out".into()), &[]);
+        assert_eq!(dns.detail, "could not check (DNS: timed out)");
     }
 }
