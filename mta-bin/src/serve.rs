@@ -186,6 +186,11 @@ async fn serve(
         None => None,
     };
 
+    // Watched before anyone is told we are ready: a SIGTERM right after "mta ready" must
+    // stop us cleanly, not kill us by its default action.
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let addrs = server.local_addrs();
     let mut ready: Vec<String> = addrs
         .iter()
@@ -218,9 +223,6 @@ async fn serve(
         ));
     }
     let server = tokio::spawn(server.run());
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut health = tokio::time::interval(Duration::from_secs(5));
     let mut stuck = false;
     loop {

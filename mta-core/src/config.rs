@@ -272,7 +272,9 @@ pub struct Outbound {
     /// Authenticate MX hosts by their DNSSEC-validated TLSA records (DANE, RFC 7672).
     /// Default true; applies only while DNSSEC validation works through the resolver.
     pub dane: bool,
-    /// The DNSSEC trust anchors (DNSKEY or DS records in zone-file form) that validation
+    /// Who validates DNSSEC for DANE. Default [`DnssecSource::Validate`].
+    pub dnssec: DnssecSource,
+    /// The DNSSEC trust anchors (root DNSKEY records in zone-file form) that validation
     /// starts from. Default `None`: the IANA root keys built into hickory-resolver.
     pub dane_trust_anchor: Option<PathBuf>,
     /// Send TLS reports (RFC 8460) to the domains that ask for them. Default true.
@@ -295,6 +297,26 @@ pub enum IpFamily {
     Ipv4,
     /// Only AAAA records.
     Ipv6,
+}
+
+/// Who validates DNSSEC for DANE (`outbound.dnssec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnssecSource {
+    /// `mta` itself, from the trust anchors, through any resolver that passes DNSSEC
+    /// records along.
+    Validate,
+    /// A validating resolver on loopback, whose AD bit is trusted.
+    Resolver,
+}
+
+impl DnssecSource {
+    /// The name the config file uses: `validate` or `resolver`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DnssecSource::Validate => "validate",
+            DnssecSource::Resolver => "resolver",
+        }
+    }
 }
 
 /// A smarthost (`outbound.relay`): every remote message goes here, never to MX hosts.

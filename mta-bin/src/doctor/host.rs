@@ -188,11 +188,7 @@ pub async fn dnssec(config: &Config, hostname: &str) -> Verdict {
             "outbound DANE is off (outbound.dane = false)".into(),
         );
     }
-    let dnssec = match Dnssec::new(
-        &config.dns.nameservers,
-        config.outbound.ip,
-        config.outbound.dane_trust_anchor.as_deref(),
-    ) {
+    let dnssec = match Dnssec::new(config) {
         Ok(d) => d,
         Err(e) => return v(Status::Fail, e),
     };

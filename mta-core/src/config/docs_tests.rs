@@ -45,6 +45,7 @@ const KEYS: &[&str] = &[
     "outbound.mta_sts_port",
     "outbound.mta_sts_ca_file",
     "outbound.dane",
+    "outbound.dnssec",
     "outbound.dane_trust_anchor",
     "outbound.tls_reports",
     "outbound.tls_report_interval",

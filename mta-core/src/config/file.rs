@@ -179,6 +179,7 @@ pub(super) struct RawOutbound {
     pub mta_sts_port: Option<S<i64>>,
     pub mta_sts_ca_file: Option<S<String>>,
     pub dane: Option<bool>,
+    pub dnssec: Option<S<String>>,
     pub dane_trust_anchor: Option<S<String>>,
     pub tls_reports: Option<bool>,
     pub tls_report_interval: Option<S<String>>,
@@ -464,6 +465,7 @@ fn write_outbound(o: &Outbound) -> String {
          mta_sts = {}\n\
          mta_sts_port = {}\n\
          dane = {}\n\
+         dnssec = {}\n\
          tls_reports = {}\n\
          tls_report_interval = {}\n",
         o.port,
@@ -475,6 +477,7 @@ fn write_outbound(o: &Outbound) -> String {
         o.mta_sts,
         o.mta_sts_port,
         o.dane,
+        quote(o.dnssec.name()),
         o.tls_reports,
         quote(&duration::format(o.tls_report_interval)),
     );

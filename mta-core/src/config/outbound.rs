@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::file::{RawDomainTls, RawOutbound, RawQueue, S};
 use super::validate::Checker;
 use super::{
-    DomainTls, IpFamily, Outbound, PasswordSource, Queue, Smarthost, SmarthostTls, TlsMode,
-    duration,
+    DnssecSource, DomainTls, IpFamily, Outbound, PasswordSource, Queue, Smarthost, SmarthostTls,
+    TlsMode, duration,
 };
 use crate::address::Domain;
 
@@ -36,6 +36,7 @@ const DEFAULT_MIN_FREE_SPACE: u64 = 100 * 1024 * 1024;
 const DEFAULT_MIN_FREE_INODES: u64 = 1000;
 
 const IP_FAMILIES: [IpFamily; 3] = [IpFamily::Any, IpFamily::Ipv4, IpFamily::Ipv6];
+const DNSSEC_SOURCES: [DnssecSource; 2] = [DnssecSource::Validate, DnssecSource::Resolver];
 const SMARTHOST_TLS: [SmarthostTls; 2] = [SmarthostTls::Starttls, SmarthostTls::Implicit];
 const TLS_MODES: [TlsMode; 3] = [TlsMode::Opportunistic, TlsMode::Required, TlsMode::None];
 
@@ -78,6 +79,10 @@ impl Checker<'_> {
             .ip
             .as_ref()
             .and_then(|ip| self.choice(ip, "outbound.ip", &IP_FAMILIES, IpFamily::name));
+        let dnssec = raw
+            .dnssec
+            .as_ref()
+            .and_then(|d| self.choice(d, "outbound.dnssec", &DNSSEC_SOURCES, DnssecSource::name));
         let tls = match &raw.tls {
             Some(map) => self.domain_tls(map),
             None => BTreeMap::new(),
@@ -98,6 +103,7 @@ impl Checker<'_> {
             mta_sts_port: self.mta_sts_port(&raw.mta_sts_port),
             mta_sts_ca_file: self.path(&raw.mta_sts_ca_file, "outbound.mta_sts_ca_file"),
             dane: raw.dane.unwrap_or(true),
+            dnssec: dnssec.unwrap_or(DnssecSource::Validate),
             dane_trust_anchor: self.path(&raw.dane_trust_anchor, "outbound.dane_trust_anchor"),
             tls_reports: raw.tls_reports.unwrap_or(true),
             tls_report_interval: self.duration(

@@ -26,11 +26,14 @@ use std::time::{Duration, Instant};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use mta_core::address::Domain;
-use mta_core::config::IpFamily;
+use mta_core::config::{Config, DnssecSource, IpFamily};
 use tracing::{info, warn};
 
+use super::ad::AdResolver;
+use super::mx::{DnsFailure, Route};
 use crate::client::dane::{Dane, TlsaRecord};
 
 /// How long a probe result stands.
@@ -96,48 +99,51 @@ pub fn is_bogus(e: &NetError) -> bool {
     )
 }
 
-/// The validating resolver and whether validation works through it.
+/// Who says an answer is validated.
+enum Validator {
+    /// hickory-resolver, validating from the trust anchors (`outbound.dnssec = "validate"`).
+    Own(Box<TokioResolver>),
+    /// A validating resolver on loopback, by its AD bit (`"resolver"`).
+    Resolver(AdResolver),
+}
+
+/// DNSSEC for DANE, and whether it works.
 pub struct Dnssec {
-    resolver: TokioResolver,
+    validator: Validator,
     probe: Mutex<Option<(bool, Instant)>>,
 }
 
 impl Dnssec {
-    /// A validating resolver on `[dns] nameservers` (empty: resolv.conf), starting from the
-    /// anchors in `trust_anchor` or the built-in root keys.
+    /// The validator `outbound.dnssec` names, asking `[dns] nameservers` (empty:
+    /// resolv.conf): a validating resolver starting from `outbound.dane_trust_anchor` or the
+    /// built-in root keys, or a stub that trusts the AD bit of loopback resolvers.
     ///
     /// # Errors
-    /// When the anchors cannot be read or the resolver cannot be built.
-    pub fn new(
-        nameservers: &[SocketAddr],
-        family: IpFamily,
-        trust_anchor: Option<&Path>,
-    ) -> Result<Dnssec, String> {
-        let anchors = match trust_anchor {
-            Some(path) => TrustAnchors::from_file(path).map_err(|e| {
-                format!(
-                    "outbound.dane_trust_anchor: cannot read {}: {e}",
-                    path.display()
+    /// When the anchors cannot be read, the resolver cannot be built, or a resolver whose
+    /// AD bit would be trusted is not on loopback.
+    pub fn new(config: &Config) -> Result<Dnssec, String> {
+        let nameservers = &config.dns.nameservers;
+        let validator = match config.outbound.dnssec {
+            DnssecSource::Validate => Validator::Own(Box::new(validating(
+                nameservers,
+                config.outbound.ip,
+                config.outbound.dane_trust_anchor.as_deref(),
+            )?)),
+            DnssecSource::Resolver => {
+                let servers = match nameservers.is_empty() {
+                    false => nameservers.clone(),
+                    true => system_nameservers()?,
+                };
+                Validator::Resolver(
+                    AdResolver::new(servers)
+                        .map_err(|e| format!("outbound.dnssec = \"resolver\": {e}"))?,
                 )
-            })?,
-            None => TrustAnchors::default(),
+            }
         };
-        if anchors.is_empty() {
-            return Err(format!(
-                "outbound.dane_trust_anchor: {} holds no root DNSKEY",
-                trust_anchor.map_or(String::new(), |p| p.display().to_string())
-            ));
-        }
-        let resolver = super::mx::validating_resolver(nameservers, family, Arc::new(anchors))?;
         Ok(Dnssec {
-            resolver,
+            validator,
             probe: Mutex::new(None),
         })
-    }
-
-    /// The validating resolver, for MX lookups while validation works.
-    pub fn resolver(&self) -> &TokioResolver {
-        &self.resolver
     }
 
     /// Whether validation works: the root's DNSKEY RRset validates. Probed at most once per
@@ -168,18 +174,71 @@ impl Dnssec {
     }
 
     /// Asks for the root's DNSKEY RRset, which validates only when the resolver passes
-    /// DNSSEC records along and the trust anchors are right.
+    /// DNSSEC records along and the trust anchors are right (or, trusting the resolver, when
+    /// it validates).
     ///
     /// # Errors
     /// Why validation does not work.
     pub async fn probe(&self) -> Result<(), String> {
-        match self.resolver.lookup(".", RecordType::DNSKEY).await {
-            Ok(lookup) => match security(lookup.answers(), RecordType::DNSKEY) {
-                Security::Secure => Ok(()),
-                Security::Insecure => Err("the root DNSKEY answer is not signed".into()),
-                Security::Bogus => Err("the root DNSKEY answer does not validate".into()),
+        match &self.validator {
+            Validator::Own(resolver) => match resolver.lookup(".", RecordType::DNSKEY).await {
+                Ok(lookup) => match security(lookup.answers(), RecordType::DNSKEY) {
+                    Security::Secure => Ok(()),
+                    Security::Insecure => Err("the root DNSKEY answer is not signed".into()),
+                    Security::Bogus => Err("the root DNSKEY answer does not validate".into()),
+                },
+                Err(e) => Err(format!("the root DNSKEY lookup failed: {e}")),
             },
-            Err(e) => Err(format!("the root DNSKEY lookup failed: {e}")),
+            Validator::Resolver(ad) => match ad.ask(".", RecordType::DNSKEY).await {
+                Ok(a) if a.rcode == ResponseCode::NoError && a.authentic => Ok(()),
+                Ok(a) => Err(format!(
+                    "the resolver answered {} without the AD bit for the root DNSKEY: it \
+                     does not validate",
+                    a.rcode
+                )),
+                Err(e) => Err(format!("the root DNSKEY lookup failed: {e}")),
+            },
+        }
+    }
+
+    /// Where mail for `domain` goes, and whether the host names can be trusted for DANE
+    /// ([`super::mx::route`]).
+    ///
+    /// # Errors
+    /// [`DnsFailure`]; an answer that fails validation is temporary.
+    pub async fn route(&self, domain: &Domain) -> Result<(Route, bool), DnsFailure> {
+        let ad = match &self.validator {
+            Validator::Own(resolver) => return super::mx::route(resolver, domain).await,
+            Validator::Resolver(ad) => ad,
+        };
+        let name = format!("{domain}.");
+        let answer = ad.ask(&name, RecordType::MX).await.map_err(|e| {
+            DnsFailure::Temporary(format!("DNS MX lookup for {domain} failed: {e}"))
+        })?;
+        match answer.rcode {
+            ResponseCode::NoError => {
+                let records = answer
+                    .records
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(mx) => Some((mx.preference, mx.exchange.clone())),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>();
+                // No MX: the domain is its own host (implicit MX), trusted as such.
+                let secure = answer.authentic || records.is_empty();
+                Ok((super::mx::route_from(domain, records), secure))
+            }
+            ResponseCode::NXDomain => Err(DnsFailure::Permanent(format!(
+                "{domain} does not exist (NXDOMAIN)"
+            ))),
+            ResponseCode::ServFail => Err(DnsFailure::Temporary(format!(
+                "the resolver answered SERVFAIL for the MX of {domain} (a DNSSEC validation \
+                 failure, or DNS trouble)"
+            ))),
+            other => Err(DnsFailure::Temporary(format!(
+                "DNS MX lookup for {domain} failed: {other}"
+            ))),
         }
     }
 
@@ -187,46 +246,107 @@ impl Dnssec {
     /// the second reference name for DANE-TA.
     pub async fn tlsa(&self, host: &str, domain: &Domain) -> HostTlsa {
         let name = format!("_25._tcp.{}.", host.trim_end_matches('.'));
-        match self.resolver.lookup(name.as_str(), RecordType::TLSA).await {
-            Ok(lookup) => {
-                let answers = lookup.answers();
-                match security(answers, RecordType::TLSA) {
-                    Security::Bogus => HostTlsa::Failed(format!(
-                        "the TLSA records at {name} fail DNSSEC validation (bogus)"
-                    )),
-                    Security::Insecure => HostTlsa::None,
-                    Security::Secure => {
-                        let records: Vec<TlsaRecord> = answers
-                            .iter()
-                            .filter_map(|r| match &r.data {
-                                RData::TLSA(t) => Some(TlsaRecord {
-                                    usage: u8::from(t.cert_usage),
-                                    selector: u8::from(t.selector),
-                                    matching: u8::from(t.matching),
-                                    data: t.cert_data.clone(),
-                                }),
-                                _ => None,
-                            })
-                            .collect();
-                        if records.is_empty() {
-                            return HostTlsa::None;
-                        }
-                        let names = vec![
-                            host.trim_end_matches('.').to_ascii_lowercase(),
-                            domain.as_str().to_string(),
-                        ];
-                        HostTlsa::Dane(Arc::new(Dane::new(records, names)))
-                    }
-                }
+        let ad = match &self.validator {
+            Validator::Own(resolver) => return own_tlsa(resolver, &name, host, domain).await,
+            Validator::Resolver(ad) => ad,
+        };
+        match ad.ask(&name, RecordType::TLSA).await {
+            Ok(a) if a.rcode == ResponseCode::NoError && a.authentic => {
+                dane_of(&a.records, host, domain)
             }
-            Err(NetError::Dns(DnsError::NoRecordsFound(_))) => HostTlsa::None,
-            Err(e) if is_bogus(&e) => HostTlsa::Failed(format!(
-                "the TLSA answer for {name} fails DNSSEC validation (bogus)"
+            Ok(a) if matches!(a.rcode, ResponseCode::NoError | ResponseCode::NXDomain) => {
+                HostTlsa::None
+            }
+            Ok(a) => HostTlsa::Failed(format!(
+                "the resolver answered {} for the TLSA records at {name} (a DNSSEC \
+                 validation failure, or DNS trouble)",
+                a.rcode
             )),
-            Err(NetError::Dns(DnsError::Nsec { .. })) => HostTlsa::None,
             Err(e) => HostTlsa::Failed(format!("TLSA lookup for {name} failed: {e}")),
         }
     }
+}
+
+/// hickory's validating resolver on `nameservers`, from the anchors in `trust_anchor` or the
+/// built-in root keys.
+fn validating(
+    nameservers: &[SocketAddr],
+    family: IpFamily,
+    trust_anchor: Option<&Path>,
+) -> Result<TokioResolver, String> {
+    let anchors = match trust_anchor {
+        Some(path) => TrustAnchors::from_file(path).map_err(|e| {
+            format!(
+                "outbound.dane_trust_anchor: cannot read {}: {e}",
+                path.display()
+            )
+        })?,
+        None => TrustAnchors::default(),
+    };
+    if anchors.is_empty() {
+        return Err(format!(
+            "outbound.dane_trust_anchor: {} holds no root DNSKEY",
+            trust_anchor.map_or(String::new(), |p| p.display().to_string())
+        ));
+    }
+    super::mx::validating_resolver(nameservers, family, Arc::new(anchors))
+}
+
+/// The name servers of `/etc/resolv.conf`.
+fn system_nameservers() -> Result<Vec<SocketAddr>, String> {
+    let (config, _) = hickory_resolver::system_conf::read_system_conf()
+        .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+    Ok(config
+        .name_servers()
+        .iter()
+        .map(|ns| {
+            let port = ns.connections.first().map_or(53, |c| c.port);
+            SocketAddr::new(ns.ip, port)
+        })
+        .collect())
+}
+
+/// The TLSA answer through hickory's own validation.
+async fn own_tlsa(resolver: &TokioResolver, name: &str, host: &str, domain: &Domain) -> HostTlsa {
+    match resolver.lookup(name, RecordType::TLSA).await {
+        Ok(lookup) => match security(lookup.answers(), RecordType::TLSA) {
+            Security::Bogus => HostTlsa::Failed(format!(
+                "the TLSA records at {name} fail DNSSEC validation (bogus)"
+            )),
+            Security::Insecure => HostTlsa::None,
+            Security::Secure => dane_of(lookup.answers(), host, domain),
+        },
+        Err(NetError::Dns(DnsError::NoRecordsFound(_))) => HostTlsa::None,
+        Err(e) if is_bogus(&e) => HostTlsa::Failed(format!(
+            "the TLSA answer for {name} fails DNSSEC validation (bogus)"
+        )),
+        Err(NetError::Dns(DnsError::Nsec { .. })) => HostTlsa::None,
+        Err(e) => HostTlsa::Failed(format!("TLSA lookup for {name} failed: {e}")),
+    }
+}
+
+/// The DANE policy of `host` from the TLSA records of a secure answer.
+fn dane_of(answers: &[Record], host: &str, domain: &Domain) -> HostTlsa {
+    let records: Vec<TlsaRecord> = answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TLSA(t) => Some(TlsaRecord {
+                usage: u8::from(t.cert_usage),
+                selector: u8::from(t.selector),
+                matching: u8::from(t.matching),
+                data: t.cert_data.clone(),
+            }),
+            _ => None,
+        })
+        .collect();
+    if records.is_empty() {
+        return HostTlsa::None;
+    }
+    let names = vec![
+        host.trim_end_matches('.').to_ascii_lowercase(),
+        domain.as_str().to_string(),
+    ];
+    HostTlsa::Dane(Arc::new(Dane::new(records, names)))
 }
 
 #[cfg(test)]
@@ -270,9 +390,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("anchor");
         std::fs::write(&file, "; nothing\n").unwrap();
-        let err = Dnssec::new(&[], IpFamily::Any, Some(&file))
-            .err()
-            .expect("refused");
+        let err = validating(&[], IpFamily::Any, Some(&file)).expect_err("refused");
         assert!(err.contains("dane_trust_anchor"), "{err}");
     }
 }

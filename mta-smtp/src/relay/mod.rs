@@ -7,6 +7,7 @@
 //! demands TLS. Once a transaction has started on a host, its answer is final for this
 //! attempt (another host could otherwise receive the message twice).
 
+mod ad;
 pub mod dane;
 pub mod memory;
 pub mod mta_sts;
@@ -129,14 +130,7 @@ impl Relay {
             false => None,
         };
         let dnssec = match out.dane {
-            true => Some(
-                dane::Dnssec::new(
-                    &config.dns.nameservers,
-                    out.ip,
-                    out.dane_trust_anchor.as_deref(),
-                )
-                .map_err(RelayError::Dns)?,
-            ),
+            true => Some(dane::Dnssec::new(&config).map_err(RelayError::Dns)?),
             false => None,
         };
         let webpki = Arc::new(webpki_roots());
@@ -413,12 +407,11 @@ impl Relay {
     }
 
     /// The hosts for a domain and whether their names can be trusted for DANE (looked up
-    /// through `validating` when given), or the outcome for every recipient when there are
-    /// none.
+    /// through `dnssec` when given), or the outcome for every recipient when there are none.
     async fn hosts(
         &self,
         domain: &Domain,
-        validating: Option<&TokioResolver>,
+        dnssec: Option<&dane::Dnssec>,
     ) -> Result<(Vec<mx::MxHost>, bool), Outcome> {
         if domain.is_literal() {
             let host = mx::MxHost {
@@ -432,7 +425,11 @@ impl Relay {
             };
             return Ok((vec![host], false));
         }
-        match mx::route(validating.unwrap_or(&self.resolver), domain).await {
+        let route = match dnssec {
+            Some(d) => d.route(domain).await,
+            None => mx::route(&self.resolver, domain).await,
+        };
+        match route {
             Ok((Route::Hosts(h), secure)) => Ok((h, secure)),
             Ok((Route::NullMx, _)) => {
                 info!(%domain, "null MX: the domain accepts no mail");

@@ -15,7 +15,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::op::ResponseCode;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use hickory_resolver::{ResolverBuilder, TokioResolver};
 use mta_core::address::Domain;
 use mta_core::config::IpFamily;
@@ -137,20 +137,8 @@ pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<(Route, 
                     _ => None,
                 })
                 .collect();
-            if records.iter().any(|(_, name)| name.is_root()) {
-                return Ok((Route::NullMx, secure));
-            }
-            if records.is_empty() {
-                return Ok((implicit(domain), true));
-            }
-            let hosts = records
-                .into_iter()
-                .map(|(preference, name)| MxHost {
-                    name: name.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
-                    preference,
-                })
-                .collect();
-            Ok((Route::Hosts(order(hosts)), secure))
+            let implicit = records.is_empty();
+            Ok((route_from(domain, records), secure || implicit))
         }
         // NODATA: the domain exists but has no MX; RFC 5321 §5.1: use the domain itself.
         Err(NetError::Dns(DnsError::NoRecordsFound(nr)))
@@ -163,6 +151,25 @@ pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<(Route, 
         ))),
         Err(e) => Err(classify(&e, "MX", domain.as_str())),
     }
+}
+
+/// The route an MX answer gives: a null MX (RFC 7505), the domain itself when there is no
+/// MX (implicit MX), or the hosts in order.
+pub fn route_from(domain: &Domain, records: Vec<(u16, Name)>) -> Route {
+    if records.iter().any(|(_, name)| name.is_root()) {
+        return Route::NullMx;
+    }
+    if records.is_empty() {
+        return implicit(domain);
+    }
+    let hosts = records
+        .into_iter()
+        .map(|(preference, name)| MxHost {
+            name: name.to_ascii().trim_end_matches('.').to_ascii_lowercase(),
+            preference,
+        })
+        .collect();
+    Route::Hosts(order(hosts))
 }
 
 fn implicit(domain: &Domain) -> Route {

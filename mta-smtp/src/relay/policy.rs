@@ -153,7 +153,7 @@ impl Relay {
             _ => None,
         };
         let (hosts, names_secure) = match dnssec {
-            Some(d) => self.hosts(domain, Some(d.resolver())).await?,
+            Some(d) => self.hosts(domain, Some(d)).await?,
             None => (hosts, false),
         };
         let sts = self.sts_policy(domain, wish).await;
