@@ -1,5 +1,6 @@
 //! [`TestDns`]: dnsmasq on a free `127.0.0.1` port (UDP and TCP), answering for `.test`
-//! from its command-line records only, killed when the test ends.
+//! from its command-line records only (or, [`TestDns::validating`], validating what another
+//! server answers), killed when the test ends.
 //!
 //! dnsmasq is started without a shell (no quoting: values go in as they are), with no
 //! config file, no upstream servers and no `/etc/hosts`; `--local=/test/` makes every name
@@ -58,10 +59,28 @@ impl TestDns {
     /// `--mx-host=remote.test,mx1.remote.test,10`, `--host-record=mx1.remote.test,127.0.0.2`
     /// or `--address=/x.test/127.0.0.3`. Panics when it does not answer within 10 s.
     pub fn start(records: &[&str]) -> TestDns {
+        let mut args = vec!["--local=/test/"];
+        args.extend_from_slice(records);
+        TestDns::start_with(&args)
+    }
+
+    /// A validating resolver: dnsmasq forwarding every query to `upstream` and validating
+    /// the answers from the root key whose DS is `ds` (`.,KEYTAG,ALGORITHM,2,DIGEST`), setting
+    /// AD on those that validate and answering SERVFAIL for bogus ones.
+    pub fn validating(upstream: SocketAddr, ds: &str) -> TestDns {
+        TestDns::start_with(&[
+            &format!("--server={}#{}", upstream.ip(), upstream.port()),
+            "--dnssec",
+            &format!("--trust-anchor={ds}"),
+            "--no-negcache",
+        ])
+    }
+
+    fn start_with(args: &[&str]) -> TestDns {
         let mut last = String::new();
         for _ in 0..PORT_TRIES {
             let port = free_udp_tcp_port();
-            match TestDns::try_start(port, records) {
+            match TestDns::try_start(port, args) {
                 Ok(dns) => return dns,
                 Err(e) if e.contains("in use") => last = e,
                 Err(e) => panic!("{e}"),
@@ -79,7 +98,6 @@ impl TestDns {
             "--bind-interfaces",
             "--no-resolv",
             "--no-hosts",
-            "--local=/test/",
             "--log-queries",
         ]
         .iter()

@@ -218,6 +218,28 @@ impl SignedDns {
         &self.anchor
     }
 
+    /// The root key's DS (SHA-256) as dnsmasq's `--trust-anchor` wants it:
+    /// `.,KEYTAG,ALGORITHM,2,DIGEST`.
+    pub fn root_ds(&self) -> String {
+        let out = run(
+            "ldns-key2ds",
+            Command::new("ldns-key2ds")
+                .args(["-n", "-2"])
+                .arg(&self.anchor),
+            b"",
+            TOOL_TIMEOUT,
+        );
+        out.assert_success("ldns-key2ds");
+        // `.	3600	IN	DS	43374 13 2 75b6…`
+        let fields: Vec<&str> = out.stdout.split_whitespace().collect();
+        match fields.as_slice() {
+            [_, _, _, "DS", tag, alg, digest_type, digest] => {
+                format!(".,{tag},{alg},{digest_type},{digest}")
+            }
+            _ => panic!("ldns-key2ds printed {:?}", out.stdout),
+        }
+    }
+
     /// What nsd logged so far (start-up, zone loading, errors).
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap_or_else(PoisonError::into_inner))

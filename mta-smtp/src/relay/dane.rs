@@ -194,7 +194,7 @@ impl Dnssec {
                 Ok(a) => Err(format!(
                     "the resolver answered {} without the AD bit for the root DNSKEY: it \
                      does not validate",
-                    a.rcode
+                    rcode(a.rcode)
                 )),
                 Err(e) => Err(format!("the root DNSKEY lookup failed: {e}")),
             },
@@ -237,7 +237,8 @@ impl Dnssec {
                  failure, or DNS trouble)"
             ))),
             other => Err(DnsFailure::Temporary(format!(
-                "DNS MX lookup for {domain} failed: {other}"
+                "DNS MX lookup for {domain} failed: {}",
+                rcode(other)
             ))),
         }
     }
@@ -260,10 +261,21 @@ impl Dnssec {
             Ok(a) => HostTlsa::Failed(format!(
                 "the resolver answered {} for the TLSA records at {name} (a DNSSEC \
                  validation failure, or DNS trouble)",
-                a.rcode
+                rcode(a.rcode)
             )),
             Err(e) => HostTlsa::Failed(format!("TLSA lookup for {name} failed: {e}")),
         }
+    }
+}
+
+/// A response code as DNS people write it (`SERVFAIL`, not "Server Failure").
+fn rcode(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::NoError => "NOERROR".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::NXDomain => "NXDOMAIN".into(),
+        ResponseCode::Refused => "REFUSED".into(),
+        other => other.to_string(),
     }
 }
 

@@ -14,7 +14,10 @@
 //!   ignored;
 //! - bogus TLSA or MX records defer;
 //! - a signed domain whose MX host has no TLSA records gets opportunistic TLS;
-//! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so.
+//! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so;
+//! - `outbound.dnssec = "resolver"` trusts the AD bit of a validating dnsmasq on loopback in
+//!   front of the same zone (match delivers, mismatch and bogus defer), and refuses to start
+//!   with a name server that is not on loopback.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,7 +28,10 @@ use mta_tests::relay::{
     REMOTE_BOB, REMOTE_BOB_PASSWORD, message, receiver, sender, start_sender, submit,
     try_remote_receiver,
 };
-use mta_tests::{KeptDir, MtaBuilder, SignedDns, TestDns, TestMta, on_shared_port, secs, wait_for};
+use mta_tests::{
+    KeptDir, MtaBuilder, SignedDns, TestDns, TestMta, on_shared_port, secs,
+    serve_expecting_failure, wait_for,
+};
 
 use crate::relay_mta_sts::PolicyServer;
 
@@ -373,5 +379,81 @@ fn without_dnssec_validation_dane_is_not_applied_and_the_log_says_so() {
             .contains("DNSSEC validation does not work through the resolver; DANE is not applied"),
         "{}",
         tx.log()
+    );
+}
+
+#[test]
+fn trusting_a_validating_resolver_on_loopback() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = SignedDns::start(
+        &[
+            REMOTE[0],
+            REMOTE[1],
+            &tlsa(&format!("3 1 1 {hash}")),
+            "wrong.test. 300 IN MX 10 mx.wrong.test.",
+            "mx.wrong.test. 300 IN A 127.0.0.2",
+            &format!("_25._tcp.mx.wrong.test. 300 IN TLSA {WRONG}"),
+            "bogus.test. 300 IN MX 10 mx.bogus.test.",
+            "mx.bogus.test. 300 IN A 127.0.0.2",
+        ],
+        &[],
+        &[&format!("_25._tcp.mx.bogus.test. 300 IN TLSA 3 1 1 {hash}")],
+    );
+    let resolver = TestDns::validating(dns.addr(), &dns.root_ds());
+    let tx = start_sender(MtaBuilder::new().toml(&format!(
+        "{}[outbound]\nport = {port}\ndnssec = \"resolver\"\n\
+         [queue]\nretry_first = \"1s\"\nretry_max = \"2s\"\n",
+        resolver.config_toml()
+    )));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "AD bit"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
+    assert!(
+        tx.log()
+            .contains("DNSSEC validation works through the resolver"),
+        "{}",
+        tx.log()
+    );
+
+    let carol = "carol@wrong.test";
+    let id = submit(&tx, &[carol], &message(carol, "wrong pin"));
+    let entry = tx.wait_for_deferral(&id, carol, 1, secs(20));
+    let last = entry["last_result"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("4.7.5 ") && last.contains("no TLSA record (3 1 1 0000"),
+        "{last}"
+    );
+
+    // The resolver answers SERVFAIL for the bogus record: the host cannot be used.
+    let dave = "dave@bogus.test";
+    let id = submit(&tx, &[dave], &message(dave, "bogus"));
+    let entry = tx.wait_for_deferral(&id, dave, 1, secs(20));
+    let last = entry["last_result"].as_str().unwrap_or_default();
+    assert!(
+        last.starts_with("4.7.5 DANE: ") && last.contains("SERVFAIL"),
+        "{last}"
+    );
+}
+
+#[test]
+fn trusting_a_resolver_that_is_not_on_loopback_is_refused() {
+    let dir = KeptDir::new();
+    let text = format!(
+        "data_dir = {:?}\nallow_root = true\n[listen]\nsmtp = [\"127.0.0.1:0\"]\n\
+         submission = []\nsubmissions = []\n[dns]\nnameservers = [\"192.0.2.53\"]\n\
+         [outbound]\ndnssec = \"resolver\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    let (_, out) = serve_expecting_failure(dir.path(), &text);
+    assert_ne!(out.code(), 0, "{}", out.all());
+    assert!(
+        out.stderr.contains(
+            "outbound.dnssec = \"resolver\": name server 192.0.2.53:53 is not on loopback"
+        ),
+        "{}",
+        out.all()
     );
 }
