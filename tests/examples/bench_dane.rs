@@ -25,7 +25,9 @@ const LIMIT: Duration = Duration::from_secs(300);
 fn main() {
     let mut args = std::env::args().skip(1);
     let n: usize = args.next().map_or(500, |a| a.parse().expect("N: a number"));
-    let rounds: usize = args.next().map_or(3, |a| a.parse().expect("ROUNDS: a number"));
+    let rounds: usize = args
+        .next()
+        .map_or(3, |a| a.parse().expect("ROUNDS: a number"));
     let (port, rx) = on_shared_port("the receiver", |p| {
         try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
     });
@@ -45,7 +47,12 @@ fn main() {
         dns.trust_anchor().display().to_string()
     );
     let setups = [
-        ("dane validate", dns.config_toml(), anchor.clone(), "verified policy=dane"),
+        (
+            "dane validate",
+            dns.config_toml(),
+            anchor.clone(),
+            "verified policy=dane",
+        ),
         (
             "dane resolver",
             validating.config_toml(),
@@ -60,7 +67,10 @@ fn main() {
         ),
     ];
     println!("bench_dane: {n} messages per run, {rounds} round(s)");
-    println!("{:<14} {:>6} {:>14} {:>10}", "setup", "round", "first (ms)", "msg/s");
+    println!(
+        "{:<14} {:>6} {:>14} {:>10}",
+        "setup", "round", "first (ms)", "msg/s"
+    );
     let mut delivered = 0;
     for round in 1..=rounds {
         for (label, dns_toml, outbound, expect) in &setups {
@@ -98,7 +108,10 @@ fn run(tx: &TestMta, rx: &TestMta, n: usize, delivered: &mut usize) -> Duration 
     let _ = session.send_line("QUIT");
     *delivered += n;
     while rx.maildir_new(REMOTE_BOB).len() < *delivered {
-        assert!(start.elapsed() < LIMIT, "not all delivered within {LIMIT:?}");
+        assert!(
+            start.elapsed() < LIMIT,
+            "not all delivered within {LIMIT:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     start.elapsed()

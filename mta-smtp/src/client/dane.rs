@@ -311,16 +311,23 @@ mod tests {
 
     /// A CA and a leaf for `name` issued by it, as DER.
     fn chain(name: &str) -> (CertificateDer<'static>, CertificateDer<'static>) {
+        chain_with(name, false)
+    }
+
+    /// [`chain`], the leaf expired in 2000 when `expired`.
+    fn chain_with(name: &str, expired: bool) -> (CertificateDer<'static>, CertificateDer<'static>) {
         let ca_key = KeyPair::generate().expect("key");
         let mut ca = CertificateParams::new(Vec::<String>::new()).expect("params");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         let ca_cert = ca.self_signed(&ca_key).expect("CA");
         let issuer = rcgen::Issuer::new(ca, ca_key);
         let leaf_key = KeyPair::generate().expect("key");
-        let leaf = CertificateParams::new(vec![name.to_string()])
-            .expect("params")
-            .signed_by(&leaf_key, &issuer)
-            .expect("leaf");
+        let mut params = CertificateParams::new(vec![name.to_string()]).expect("params");
+        if expired {
+            params.not_before = rcgen::date_time_ymd(1999, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2000, 1, 1);
+        }
+        let leaf = params.signed_by(&leaf_key, &issuer).expect("leaf");
         (leaf.der().clone(), ca_cert.der().clone())
     }
 
@@ -402,6 +409,17 @@ mod tests {
         // A DANE-TA record does not accept the leaf itself.
         let leaf_as_ta = dane(vec![record(2, 0, 1, sha256(&leaf))]);
         assert!(leaf_as_ta.check(&leaf, &[ca], now, &provider()).is_err());
+    }
+
+    #[test]
+    fn dane_ee_ignores_expiry_and_dane_ta_does_not() {
+        let now = UnixTime::now();
+        let (leaf, ca) = chain_with("mx.example.test", true);
+        let ee = dane(vec![record(3, 1, 1, sha256(&spki(&leaf).unwrap()))]);
+        assert_eq!(ee.check(&leaf, &[], now, &provider()), Ok(()));
+        let ta = dane(vec![record(2, 0, 1, sha256(&ca))]);
+        let err = ta.check(&leaf, &[ca], now, &provider()).unwrap_err();
+        assert!(err.contains("Expired"), "{err}");
     }
 
     #[test]
