@@ -10,6 +10,8 @@
 //! - a host with TLSA records that offers no STARTTLS (the stripped case) defers, also when
 //!   every record is unusable, though then any certificate will do;
 //! - DANE wins over an MTA-STS `enforce` policy that does not list the MX (RFC 8461 §2);
+//! - a REQUIRETLS message is relayed to a host DANE authenticates (RFC 8689 §4.2.1), where
+//!   without DANE it is returned (`relay_requiretls.rs`);
 //! - TLSA records in an unsigned zone, or of a host named by an unsigned MX answer, are
 //!   ignored;
 //! - bogus TLSA or MX records defer;
@@ -267,6 +269,19 @@ fn dane_wins_over_an_mta_sts_policy_that_does_not_list_the_mx() {
     rx.wait_for_mail(REMOTE_BOB, 1, 10);
     wait_delivered_with(&tx, " verified policy=dane");
     assert!(tx.log().contains("MTA-STS policy fetched"), "{}", tx.log());
+}
+
+#[test]
+fn a_requiretls_message_goes_to_a_host_dane_authenticates() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = signed(&[tlsa(&format!("3 1 1 {hash}"))]);
+    let tx = dane_sender(&dns, port, "");
+    crate::relay_requiretls::submit_requiretls(&tx, "DANE is verified TLS");
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
 }
 
 #[test]

@@ -18,7 +18,7 @@ fn dns() -> TestDns {
 }
 
 /// Submits from alice with `MAIL FROM:<alice> REQUIRETLS`; panics unless it is queued.
-fn submit_requiretls(tx: &TestMta, subject: &str) {
+pub(crate) fn submit_requiretls(tx: &TestMta, subject: &str) {
     let mut c = login(tx);
     c.expect(&format!("MAIL FROM:<{ALICE}> REQUIRETLS"), 250);
     c.expect(&format!("RCPT TO:<{REMOTE_BOB}>"), 250);
