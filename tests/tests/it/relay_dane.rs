@@ -15,6 +15,7 @@
 //! - TLSA records in an unsigned zone, or of a host named by an unsigned MX answer, are
 //!   ignored;
 //! - bogus TLSA or MX records defer;
+//! - TLS reports count DANE hosts under a `tlsa` policy (success, and `tlsa-invalid`);
 //! - a signed domain whose MX host has no TLSA records gets opportunistic TLS;
 //! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so;
 //! - `outbound.dnssec = "resolver"` trusts the AD bit of a validating dnsmasq on loopback in
@@ -269,6 +270,69 @@ fn dane_wins_over_an_mta_sts_policy_that_does_not_list_the_mx() {
     rx.wait_for_mail(REMOTE_BOB, 1, 10);
     wait_delivered_with(&tx, " verified policy=dane");
     assert!(tx.log().contains("MTA-STS policy fetched"), "{}", tx.log());
+}
+
+#[test]
+fn tls_reports_count_dane_hosts_under_a_tlsa_policy() {
+    let rua = "\"v=TLSRPTv1; rua=mailto:tlsrpt@example.test\"";
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = signed(&[
+        tlsa(&format!("3 1 1 {hash}")),
+        format!("_smtp._tls.remote.test. 300 IN TXT {rua}"),
+        "wrong.test. 300 IN MX 10 mx.wrong.test.".into(),
+        "mx.wrong.test. 300 IN A 127.0.0.2".into(),
+        format!("_25._tcp.mx.wrong.test. 300 IN TLSA {WRONG}"),
+        format!("_smtp._tls.wrong.test. 300 IN TXT {rua}"),
+    ]);
+    let tx = dane_sender(&dns, port, "tls_report_interval = \"2s\"\n");
+    tx.add_user("tlsrpt@example.test", "reports-password-1");
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "reported"));
+    let carol = "carol@wrong.test";
+    let id = submit(&tx, &[carol], &message(carol, "refused"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    tx.wait_for_deferral(&id, carol, 1, secs(20));
+    // One report per domain and period; the two domains may land in different periods.
+    let read = || {
+        let files = tx.maildir_new("tlsrpt@example.test");
+        let mut cmd = std::process::Command::new("python3");
+        cmd.args(["-c", crate::relay_tlsrpt::READ]).args(&files);
+        let out = mta_tests::run("read the reports", &mut cmd, b"", secs(30));
+        out.assert_success("python3");
+        serde_json::from_str::<serde_json::Value>(out.stdout.trim()).unwrap()
+    };
+    let mut reports = serde_json::Value::Null;
+    wait_for(secs(20), "reports for remote.test and wrong.test", || {
+        reports = read();
+        ["remote.test", "wrong.test"].iter().all(|d| {
+            reports
+                .as_array()
+                .is_some_and(|a| a.iter().any(|r| r["domain"] == *d))
+        })
+    });
+    let by_domain = |d: &str| {
+        reports
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["domain"] == d))
+            .unwrap_or_else(|| panic!("no report for {d}: {reports}"))
+            .clone()
+    };
+    let remote = by_domain("remote.test");
+    assert_eq!(
+        (&remote["type"], &remote["ok"], &remote["fail"]),
+        (&"tlsa".into(), &1.into(), &0.into()),
+        "{reports}"
+    );
+    let wrong = by_domain("wrong.test");
+    assert_eq!(wrong["type"], "tlsa", "{reports}");
+    assert_eq!(wrong["ok"], 0, "{reports}");
+    assert_eq!(
+        wrong["results"],
+        serde_json::json!(["tlsa-invalid"]),
+        "{reports}"
+    );
 }
 
 #[test]

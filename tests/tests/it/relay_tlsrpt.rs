@@ -12,7 +12,7 @@ use mta_tests::{TestDns, on_shared_port, run, secs, wait_for};
 
 use crate::dkim::txt_record;
 
-const READ: &str = r#"
+pub(crate) const READ: &str = r#"
 import sys, email, gzip, json
 from email import policy
 out = []
