@@ -6,8 +6,10 @@
 
 use std::path::{Path, PathBuf};
 
+use mta_core::address::Domain;
 use mta_core::config::Config;
 use mta_smtp::client::dane::DANE_EE;
+use mta_smtp::relay::dane::{Dnssec, HostTlsa};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
@@ -183,7 +185,8 @@ pub fn der_and_spki(pem: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
 /// The `tlsa` verdict: DANE (RFC 7672) senders check `_25._tcp.<hostname>` against the
 /// certificate we present. None published is fine (DANE needs DNSSEC; `docs/tls.md`);
 /// DANE-EE (usage 3) records of which none matches our certificate make DANE senders refuse
-/// mail. DANE-TA (usage 2) records name a CA in the chain, which is not checked here.
+/// mail. DANE-TA (usage 2) records name a CA in the chain, which is not checked here. A match
+/// in a zone that is not signed warns, and one whose signatures fail validation fails.
 pub async fn tlsa(dns: &super::dns::Dns, config: &Config) -> Verdict {
     let hostname = config.hostname.as_str();
     let name = format!("_25._tcp.{hostname}");
@@ -217,10 +220,11 @@ pub async fn tlsa(dns: &super::dns::Dns, config: &Config) -> Verdict {
     }
     let ee: Vec<_> = records.iter().filter(|r| r.usage == DANE_EE).collect();
     if ee.iter().any(|r| r.matches(&cert)) {
-        return verdict(
-            Status::Ok,
-            format!("a DANE-EE record at {name} matches our certificate"),
-        );
+        let matched = format!("a DANE-EE record at {name} matches our certificate");
+        return match unsigned(config).await {
+            None => verdict(Status::Ok, matched),
+            Some((status, problem)) => verdict(status, format!("{matched}, but {problem}")),
+        };
     }
     if ee.is_empty() {
         return verdict(
@@ -240,6 +244,26 @@ pub async fn tlsa(dns: &super::dns::Dns, config: &Config) -> Verdict {
         ),
     )
     .publish(suggestion)
+}
+
+/// Why DANE senders would not use our TLSA records although they are published: the zone is
+/// not signed (warn), or its signatures do not validate (FAIL). `None` when they are secure,
+/// or when validation does not work here (the `dnssec` verdict says so).
+async fn unsigned(config: &Config) -> Option<(Status, String)> {
+    let dnssec = Dnssec::new(config).ok()?;
+    dnssec.probe().await.ok()?;
+    let host = Domain::parse(config.hostname.as_str()).ok()?;
+    match dnssec.tlsa(host.as_str(), &host).await {
+        HostTlsa::Dane(_) => None,
+        HostTlsa::None => Some((
+            Status::Warn,
+            "the zone is not DNSSEC-signed, so DANE senders ignore the record".into(),
+        )),
+        HostTlsa::Failed(why) => Some((
+            Status::Fail,
+            format!("{why}: DANE senders will not deliver to this host"),
+        )),
+    }
 }
 
 /// The file name, for a short line.

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
+use mta_tests::certs::spki_sha256;
 use mta_tests::{KeptDir, Output, ServfailDns, TestDns, mta_with_config, run, secs};
 
 use crate::dkim::{Key, keygen, txt_record};
@@ -237,7 +238,7 @@ fn good_zone_is_ok_for_every_item() {
     let dir = KeptDir::new();
     let key = keygen(dir.path(), "example.test", "ed", "ed25519");
     ca_signed_cert(dir.path());
-    let spki = spki_sha256(dir.path());
+    let spki = spki_sha256(&dir.path().join("mx.pem"));
     let mut records = good_host(&key);
     records.push(tlsa_record(&spki));
     records.extend(good_domain("example.test", &key, &[]));
@@ -367,26 +368,6 @@ fn good_zone_is_ok_for_every_item() {
         published.contains(&format!("IN TLSA 3 1 1 {spki}")),
         "{published}"
     );
-}
-
-/// The SHA-256 (hex) of the public key of `dir/mx.pem`, by openssl: what a `3 1 1` TLSA
-/// record publishes.
-fn spki_sha256(dir: &Path) -> String {
-    let out = run(
-        "openssl pubkey hash",
-        Command::new("sh")
-            .arg("-c")
-            .arg("openssl x509 -in mx.pem -noout -pubkey | openssl pkey -pubin -outform der | sha256sum")
-            .current_dir(dir),
-        b"",
-        secs(30),
-    );
-    out.assert_success("openssl pubkey hash");
-    out.stdout
-        .split_whitespace()
-        .next()
-        .expect("a hash")
-        .to_string()
 }
 
 /// dnsmasq's raw record for `_25._tcp.HOST IN TLSA 3 1 1 <hash>` (type 52).
@@ -630,32 +611,61 @@ fn dns_failure_is_could_not_check() {
 }
 
 #[test]
-fn dnssec_is_ok_through_a_resolver_that_passes_signatures() {
+fn dnssec_is_ok_through_a_resolver_that_passes_signatures_and_tlsa_must_be_signed() {
     let dir = KeptDir::new();
     let key = keygen(dir.path(), "example.test", "ed", "ed25519");
-    let dns = mta_tests::SignedDns::start(&["mx.example.test. 300 IN A 192.0.2.10"], &[], &[]);
-    let outbound = format!(
-        "[outbound]\ndane_trust_anchor = {:?}\n",
-        dns.trust_anchor().display().to_string()
-    );
-    let cfg = config(
-        dir.path(),
-        "mta.toml",
-        &format!("{}{outbound}", dns.config_toml()),
-        &["example.test"],
-        &[],
-        &key,
-        false,
-    );
-    let out = doctor(&cfg, &["--ip", HOST_IP]);
-    let verdicts = lines(&out);
-    let dnssec = verdicts
-        .iter()
-        .find(|l| l.check == "dnssec")
-        .expect("a dnssec verdict");
-    assert_eq!(dnssec.status, "ok", "{dnssec:?}\n{}", out.stdout);
-    assert!(dnssec.detail.contains("uses DANE"), "{dnssec:?}");
+    ca_signed_cert(dir.path());
+    let spki = spki_sha256(&dir.path().join("mx.pem"));
+    let record = format!("_25._tcp.{HOST}. 300 IN TLSA 3 1 1 {spki}");
+    let host = format!("{HOST}. 300 IN A {HOST_IP}");
+    // The verdicts `dnssec` and `tlsa` with `signed`, `unsigned` (zone, records) and `bogus`.
+    let verdicts = |name: &str, signed: &[&str], unsigned: &[(&str, &[&str])], bogus: &[&str]| {
+        let dns = mta_tests::SignedDns::start(signed, unsigned, bogus);
+        let outbound = format!(
+            "[outbound]\ndane_trust_anchor = {:?}\n",
+            dns.trust_anchor().display().to_string()
+        );
+        let cfg = config(
+            dir.path(),
+            name,
+            &format!("{}{outbound}", dns.config_toml()),
+            &["example.test"],
+            &[],
+            &key,
+            true,
+        );
+        let out = doctor(&cfg, &["--ip", HOST_IP]);
+        let find = |check: &str| {
+            lines(&out)
+                .into_iter()
+                .find(|l| l.check == check)
+                .unwrap_or_else(|| panic!("no {check} verdict\n{}", out.stdout))
+        };
+        (find("dnssec"), find("tlsa"))
+    };
 
+    let (dnssec, tlsa) = verdicts("signed.toml", &[&host, &record], &[], &[]);
+    assert_eq!(dnssec.status, "ok", "{dnssec:?}");
+    assert!(dnssec.detail.contains("uses DANE"), "{dnssec:?}");
+    assert_eq!(tlsa.status, "ok", "{tlsa:?}");
+
+    let (_, tlsa) = verdicts(
+        "unsigned.toml",
+        &[],
+        &[(
+            "example.test.",
+            &[host.as_str(), record.as_str()] as &[&str],
+        )],
+        &[],
+    );
+    assert_eq!(tlsa.status, "warn", "{tlsa:?}");
+    assert!(tlsa.detail.contains("not DNSSEC-signed"), "{tlsa:?}");
+
+    let (_, tlsa) = verdicts("bogus.toml", &[&host], &[], &[&record]);
+    assert_eq!(tlsa.status, "FAIL", "{tlsa:?}");
+    assert!(tlsa.detail.contains("bogus"), "{tlsa:?}");
+
+    let dns = mta_tests::SignedDns::start(&[], &[], &[]);
     let off = config(
         dir.path(),
         "off.toml",
