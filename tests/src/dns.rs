@@ -216,7 +216,7 @@ impl Drop for TestDns {
 }
 
 /// A port free for UDP and TCP on 127.0.0.1 right now, not handed out before.
-fn free_udp_tcp_port() -> u16 {
+pub(crate) fn free_udp_tcp_port() -> u16 {
     for _ in 0..100 {
         let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind UDP 127.0.0.1:0");
         let port = udp

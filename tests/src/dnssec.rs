@@ -54,7 +54,7 @@
 
 use std::fmt::Write as _;
 use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -65,7 +65,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::KeptDir;
-use crate::net::claim_port;
+use crate::dns::free_udp_tcp_port;
 use crate::run;
 
 /// The nsd binary (Debian package `nsd`).
@@ -513,23 +513,6 @@ zone:
 
 fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
-}
-
-/// A port free for UDP and TCP on 127.0.0.1 right now, not handed out before.
-fn free_udp_tcp_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("cannot bind UDP 127.0.0.1:0");
-        let port = udp
-            .local_addr()
-            .expect("a bound socket has an address")
-            .port();
-        let tcp_free = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok();
-        drop(udp);
-        if tcp_free && claim_port(port) {
-            return port;
-        }
-    }
-    panic!("found no port free for UDP and TCP on 127.0.0.1 in 100 tries");
 }
 
 /// True when `addr` answers a query for the root SOA over UDP within 200 ms, NOERROR with
