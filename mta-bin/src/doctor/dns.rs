@@ -9,6 +9,7 @@ use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use mail_auth::MessageAuthenticator;
 use mta_smtp::client::dane::TlsaRecord;
+use mta_smtp::relay::dane::tlsa_records;
 
 /// A lookup's answer: records, or why there is none to judge.
 pub type Answer<T> = Result<Vec<T>, String>;
@@ -101,19 +102,7 @@ impl Dns {
             .lookup(fqdn(name), RecordType::TLSA)
             .await;
         match lookup {
-            Ok(lookup) => Ok(lookup
-                .answers()
-                .iter()
-                .filter_map(|r| match &r.data {
-                    RData::TLSA(t) => Some(TlsaRecord {
-                        usage: u8::from(t.cert_usage),
-                        selector: u8::from(t.selector),
-                        matching: u8::from(t.matching),
-                        data: t.cert_data.clone(),
-                    }),
-                    _ => None,
-                })
-                .collect()),
+            Ok(lookup) => Ok(tlsa_records(lookup.answers())),
             Err(e) => failure(e, "TLSA", name),
         }
     }

@@ -337,9 +337,9 @@ async fn own_tlsa(resolver: &TokioResolver, name: &str, host: &str, domain: &Dom
     }
 }
 
-/// The DANE policy of `host` from the TLSA records of a secure answer.
-fn dane_of(answers: &[Record], host: &str, domain: &Domain) -> HostTlsa {
-    let records: Vec<TlsaRecord> = answers
+/// The TLSA records among `answers`.
+pub fn tlsa_records(answers: &[Record]) -> Vec<TlsaRecord> {
+    answers
         .iter()
         .filter_map(|r| match &r.data {
             RData::TLSA(t) => Some(TlsaRecord {
@@ -350,7 +350,12 @@ fn dane_of(answers: &[Record], host: &str, domain: &Domain) -> HostTlsa {
             }),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// The DANE policy of `host` from the TLSA records of a secure answer.
+fn dane_of(answers: &[Record], host: &str, domain: &Domain) -> HostTlsa {
+    let records = tlsa_records(answers);
     if records.is_empty() {
         return HostTlsa::None;
     }
