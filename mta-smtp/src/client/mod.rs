@@ -173,10 +173,12 @@ pub struct TlsInfo {
 /// The outcome of certificate verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {
-    /// The chain leads to a trusted root and is valid for [`Target::name`].
+    /// The chain leads to a trusted root and is valid for [`Target::name`], or (DANE) it
+    /// matches one of the host's TLSA records.
     Verified,
     /// Why not, in rustls's words (for example `UnknownIssuer`, or a `certificate not valid
-    /// for name ...` text). Only seen under [`TlsPolicy::Opportunistic`].
+    /// for name ...` text). Only seen under [`TlsPolicy::Opportunistic`], and under
+    /// [`TlsPolicy::Dane`] when no TLSA record is usable.
     Failed(String),
 }
 
