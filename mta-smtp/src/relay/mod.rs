@@ -1,7 +1,8 @@
 //! Remote delivery: one attempt for the recipients of one message in one destination
-//! domain. Finds the hosts ([`mx`], or the configured smarthost), applies the domain's TLS
-//! policy, tries hosts in order until one takes the transaction, and maps every result onto
-//! an [`Outcome`] per recipient.
+//! domain. Finds the hosts ([`mx`], or the configured smarthost), gives each the TLS policy
+//! it must meet (`policy`: DANE for a host with TLSA records, [`dane`], else the domain's),
+//! tries hosts in order until one takes the transaction, and maps every result onto an
+//! [`Outcome`] per recipient.
 //!
 //! Next host on a failed connection, a refused greeting, or a TLS failure where the policy
 //! demands TLS. Once a transaction has started on a host, its answer is final for this
@@ -129,7 +130,8 @@ impl Relay {
             }
             false => None,
         };
-        let dnssec = match out.dane {
+        // DANE is for MX hosts; everything goes to the smarthost when there is one.
+        let dnssec = match out.dane && out.relay.is_none() {
             true => Some(dane::Dnssec::new(&config).map_err(RelayError::Dns)?),
             false => None,
         };
