@@ -188,6 +188,12 @@ pub async fn dnssec(config: &Config, hostname: &str) -> Verdict {
             "outbound DANE is off (outbound.dane = false)".into(),
         );
     }
+    if config.outbound.relay.is_some() {
+        return v(
+            Status::Info,
+            "outbound mail goes to the smarthost (outbound.relay): DANE does not apply".into(),
+        );
+    }
     let dnssec = match Dnssec::new(config) {
         Ok(d) => d,
         Err(e) => return v(Status::Fail, e),
