@@ -168,6 +168,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_an_answer_to_our_question_counts() {
+        let name = Name::from_ascii("_25._tcp.mx.example.test.").unwrap();
+        let answer = |id: u16, qname: &Name, rtype: RecordType, kind: MessageType| {
+            let mut m = Message::new(id, kind, hickory_resolver::proto::op::OpCode::Query);
+            m.add_query(Query::query(qname.clone(), rtype));
+            m
+        };
+        let ours = answer(7, &name, RecordType::TLSA, MessageType::Response);
+        assert!(check(ours, 7, &name, RecordType::TLSA).is_ok());
+        let other = Name::from_ascii("evil.test.").unwrap();
+        for wrong in [
+            answer(8, &name, RecordType::TLSA, MessageType::Response),
+            answer(7, &other, RecordType::TLSA, MessageType::Response),
+            answer(7, &name, RecordType::A, MessageType::Response),
+            answer(7, &name, RecordType::TLSA, MessageType::Query),
+        ] {
+            assert!(check(wrong, 7, &name, RecordType::TLSA).is_err());
+        }
+    }
+
+    #[test]
     fn only_loopback_resolvers_are_trusted() {
         assert!(AdResolver::new(vec!["127.0.0.53:53".parse().unwrap()]).is_ok());
         assert!(AdResolver::new(vec!["[::1]:53".parse().unwrap()]).is_ok());
