@@ -7,11 +7,13 @@ pub mod address;
 pub mod auth;
 pub mod config;
 pub mod date;
+pub mod durable_file;
 pub mod envelope;
 pub mod metrics;
 pub mod policy;
 pub mod reply;
 pub mod seams;
+pub mod text;
 
 pub use address::{Address, Domain, ForwardPath, ReversePath};
 pub use config::Config;

@@ -16,7 +16,8 @@ pub mod guards;
 pub mod idle;
 pub mod inspect;
 pub mod line;
-pub mod log_text;
+/// Kept under its old name: [`mta_core::text`] is where client text is escaped for logs.
+pub use mta_core::text as log_text;
 pub mod mailbox;
 pub mod message;
 pub mod session;

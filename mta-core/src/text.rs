@@ -1,9 +1,11 @@
-//! Client text on its way into a log: the one place that decides how it is written, so a
-//! client cannot forge log lines or fields (CR, LF, escape sequences, bidi overrides,
-//! quotes) or flood them, and never sees its credentials logged.
+//! Text that someone else chose, on its way into a log or onto an operator's terminal: the
+//! one place that decides how it is written, so a client, a remote server or a DNS record
+//! cannot forge log lines or fields (CR, LF, escape sequences, bidi overrides, quotes),
+//! flood them, or send escape sequences to a terminal, and never sees credentials logged.
 //!
-//! Everything a client chose (command lines, EHLO names, MAIL/RCPT addresses, AUTH logins)
-//! goes through [`escape`] or [`transcript`] before it reaches a `tracing` field.
+//! Everything a peer chose (command lines, EHLO names, MAIL/RCPT addresses, AUTH logins,
+//! remote replies, DNS record text) goes through [`escape`] or [`transcript`] before it
+//! reaches a `tracing` field, and through [`terminal`] before a CLI prints it.
 
 use std::fmt;
 
@@ -59,6 +61,28 @@ pub fn transcript(line: &[u8], sasl: bool) -> String {
     escape(&text).to_string()
 }
 
+/// Text for an operator's terminal: kept as it is, except that every control character
+/// (ESC, BEL, CR, the C1 range…) and bidi override is written as `\u{..}`, so remote text
+/// cannot move the cursor, set the window title or hide what follows. Newlines and tabs are
+/// kept when `keep_newlines` is set (a multi-line DNS record or reply printed as lines).
+pub fn terminal(text: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let keep = (keep_newlines && (c == '\n' || c == '\t'))
+            || (!c.is_control() && c.escape_debug().eq(std::iter::once(c)))
+            || c == ' '
+            || c == '"'
+            || c == '\''
+            || c == '\\';
+        if keep {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +129,28 @@ mod tests {
         for (line, sasl, want) in table {
             assert_eq!(transcript(line, *sasl), *want, "{line:?}");
         }
+    }
+
+    #[test]
+    fn terminal_text_loses_its_escapes() {
+        assert_eq!(terminal("250 ok", false), "250 ok");
+        assert_eq!(
+            terminal("a\x1b]0;pwned\x07b", false),
+            "a\\u{1b}]0;pwned\\u{7}b"
+        );
+        assert_eq!(terminal("x\r\ny", false), "x\\u{d}\\u{a}y");
+        assert_eq!(terminal("x\ny", true), "x\ny");
+        assert_eq!(terminal("\u{202e}evil", false), "\\u{202e}evil");
+        assert_eq!(terminal("\u{9b}31m", false), "\\u{9b}31m");
+        assert_eq!(terminal("caf\u{e9} \"q\" \\", false), "caf\u{e9} \"q\" \\");
+    }
+
+    #[test]
+    fn log_fields_escape_line_breaks() {
+        assert_eq!(escape("plain").to_string(), "plain");
+        assert_eq!(
+            escape("a\r\nINFO forged").to_string(),
+            "\"a\\r\\nINFO forged\""
+        );
     }
 }
