@@ -5,6 +5,9 @@
 #
 #   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not)
 #   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes)
+#   scripts/bench.sh --smoke    a handful of messages per row, debug build, one round: checks
+#                               that every server starts, every message is delivered and every
+#                               row produces a number (CI runs it; its figures mean nothing)
 #
 # Load comes from Postfix's smtp-source (one message per connection, MTA-to-MTA style);
 # dot-to-250 latency from scripts/bench/probe.py, which sends its own messages on one more
@@ -31,14 +34,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 quick=0
+smoke=0
 for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
+    --smoke) smoke=1 ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
-if [ "$quick" = 1 ]; then d_rounds=1 d_msgs=3000 d_msgs1=1000 d_big=600 d_fsync=1000
+d_idle=1000 d_pf_idle=100
+if [ "$smoke" = 1 ]; then d_rounds=1 d_msgs=40 d_msgs1=10 d_big=10 d_fsync=20 d_idle=20 d_pf_idle=5
+elif [ "$quick" = 1 ]; then d_rounds=1 d_msgs=3000 d_msgs1=1000 d_big=600 d_fsync=1000
 else d_rounds=3 d_msgs=5000 d_msgs1=2000 d_big=2000 d_fsync=3000; fi
 ROUNDS=${BENCH_ROUNDS:-$d_rounds}
 MSGS=${BENCH_MSGS:-$d_msgs}
@@ -46,8 +53,8 @@ MSGS_1=${BENCH_MSGS_1:-$d_msgs1}
 MSGS_BIG=${BENCH_MSGS_BIG:-$d_big}
 RELAY_MSGS=${BENCH_RELAY_MSGS:-$MSGS}
 FSYNC_MSGS=${BENCH_FSYNC_MSGS:-$d_fsync}
-IDLE=${BENCH_IDLE:-1000}
-PF_IDLE=${BENCH_PF_IDLE:-100}
+IDLE=${BENCH_IDLE:-$d_idle}
+PF_IDLE=${BENCH_PF_IDLE:-$d_pf_idle}
 PROBE_INTERVAL=${BENCH_PROBE_INTERVAL:-0.01}
 TESTS=" ${BENCH_TESTS:-accept relay idle fsync big} "
 
@@ -69,9 +76,15 @@ src=$(command -v smtp-source || echo /usr/sbin/smtp-source)
 sink=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 probe=$repo/scripts/bench/probe.py
 
-log "building release"
-cargo build --release --bin mta >&2
-mta=$repo/target/release/mta
+if [ "$smoke" = 1 ]; then
+  log "building (debug: the smoke run checks that everything works, not how fast)"
+  cargo build --bin mta >&2
+  mta=$repo/target/debug/mta
+else
+  log "building release"
+  cargo build --release --bin mta >&2
+  mta=$repo/target/release/mta
+fi
 
 # On the real disk, not a tmpfs /tmp: fsync must cost what it costs.
 dir=$(mktemp -d /var/tmp/mta-bench.XXXXXX)
@@ -203,6 +216,7 @@ secs_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN{printf "%.3f", b-a}'; 
 wait_delivered() { # wait_delivered MAILDIR N: until N files sit in new/ (at most 600 s)
   local i got=0
   for i in $(seq 1 2400); do got=$(count_new "$1"); [ "$got" -ge "$2" ] && return 0; sleep 0.25; done
+  [ "$smoke" = 0 ] || die "only $got of $2 messages delivered to $1"
   log "WARN: only $got of $2 messages delivered to $1"
 }
 
@@ -359,7 +373,8 @@ if [[ $TESTS == *" big "* ]]; then
   sleep 1
   l=$(load1)
   h0=$(kib "$mta_pid" VmHWM)
-  big=$(python3 "$probe" latency "$mta_addr" u@local.test 26214400 --count 1 2>&1 | tail -n1)
+  big=$(python3 "$probe" latency "$mta_addr" u@local.test 26214400 --count 1 2>&1 | tail -n1) ||
+    die "the 25 MiB message was not accepted: $big"
   h1=$(kib "$mta_pid" VmHWM)
   wait_delivered "$dir/big/data/mail" 1
   sleep 1
@@ -372,3 +387,24 @@ fi
 
 log "raw results: $out"
 python3 "$repo/scripts/bench/summary.py" "$out"
+
+# The smoke run's verdict: every row of every test asked for has a number.
+if [ "$smoke" = 1 ]; then
+  want=()
+  [[ $TESTS == *" accept "* ]] && for t in accept-s20-5KiB accept-s1-5KiB accept-s20-100KiB; do
+    for srv in mta postfix sink; do want+=("$t:$srv"); done; done
+  [[ $TESTS == *" relay "* ]] && want+=(relay-s20-5KiB:mta relay-s20-5KiB:postfix)
+  [[ $TESTS == *" fsync "* ]] && want+=(fsync-s20:mta fsync-s20:postfix)
+  [[ $TESTS == *" idle "* ]] && want+=(idle-rss:mta idle-rss:postfix)
+  [[ $TESTS == *" big "* ]] && want+=(big-25MiB:mta)
+  missing=0
+  for w in "${want[@]}"; do
+    if ! awk -F'\t' -v t="${w%%:*}" -v s="${w#*:}" \
+      '$1 == t && $2 == s && $4 ~ /^[0-9]+(\.[0-9]+)?$/ { found = 1 } END { exit !found }' "$out"; then
+      log "bench smoke: no figure for ${w%%:*} on ${w#*:}"
+      missing=$((missing + 1))
+    fi
+  done
+  [ "$missing" = 0 ] || die "smoke run: $missing of ${#want[@]} rows have no figure"
+  log "bench smoke: all ${#want[@]} rows have a figure"
+fi

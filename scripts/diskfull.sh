@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Disk-full soak (issue 8, point 4): how the queue fares when another process fills the disk
+# Disk-full soak: how the queue fares when another process fills the disk
 # *between* our free-space checks, so that sled itself meets "no space". Prints figures.
 #
 #   scripts/diskfull.sh [RUNS]        (default 10)
+#   CONTROL=1 scripts/diskfull.sh 1   (the control: must see a loss)
+#
+# The harness proves it still tests in two ways. Every run must see the disk fill up (a 4xx
+# refusal or a store error in the log): a run where the ballast never filled the disk tested
+# nothing and fails. CONTROL=1 removes one delivered message from the Maildir before the
+# count, and the run must then report exactly that one as lost; a harness whose loss count
+# stopped working fails its control.
 #
 # Each run: a fresh 32 MiB tmpfs as the data dir, `mta serve` with no free-space floor,
 # 8 SMTP senders (messages of 1 KB to 200 KB with unique Message-IDs) and, at the same time,
@@ -18,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10}
+CONTROL=${CONTROL:-0}
 if [ "$(id -u)" != 0 ]; then echo "diskfull: needs root (mount)"; exit 2; fi
 
 cargo build --bin mta >&2
@@ -36,6 +44,8 @@ cat >"$work/mta.toml" <<EOF
 hostname = "mx.example.test"
 data_dir = "$mnt"
 local_domains = ["example.test"]
+# The harness runs as root (it mounts a tmpfs); serving as root must be said explicitly.
+allow_root = true
 
 [queue]
 retry_first = "1s"
@@ -98,7 +108,16 @@ def fill():
     # Fill to the last byte, then free 8 MiB for a moment, again and again: a message that
     # passed the free-space check may find the disk full again before sled writes it.
     import random
-    with open(ballast, "wb") as f:
+    while True:
+        try:
+            f = open(ballast, "ab")
+            break
+        except OSError:
+            # The other ballast writer filled the disk before this one could open the file.
+            if time.time() >= end:
+                return
+            time.sleep(0.01)
+    with f:
         while time.time() < end:
             try:
                 f.write(b"\0" * 65536); f.flush()
@@ -163,13 +182,24 @@ EOF
     grep -q 'queue store stuck inside sled' "$work/err.$r" || { echo "diskfull: run $r: refused after freeing, sled not stuck"; tail -5 "$work/err.$r"; exit 1; }
     how="after a restart (sled stuck)"
     restarts=$((restarts + 1))
-    kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+    # mta serve stops by itself when sled is stuck (docs/durability.md): it may be gone.
+    kill -9 "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
     start "$r"
   elif [ "$errs" -gt 0 ]; then
     in_place=$((in_place + 1))
   fi
   for _ in $(seq 120); do check_delivered "$r" >/dev/null && break; sleep 0.5; done
+  if [ "$CONTROL" = 1 ]; then
+    victim=$(grep -l "Message-ID: <r$r-" "$mnt/mail/example.test/bob/Maildir/new/"* 2>/dev/null | head -n1 || true)
+    [ -n "$victim" ] || { echo "diskfull: control: no delivered message to remove"; exit 1; }
+    rm -f "$victim"
+  fi
   read -r acc lost < <(check_delivered "$r" || true)
+  refused_4xx=$(awk '$1 == "refused" && $3 ~ /^4/' "$work/load.$r" | wc -l)
+  if [ "$refused_4xx" = 0 ] && [ "$errs" = 0 ]; then
+    echo "diskfull: run $r: the disk never filled up (no 4xx, no store error): this run tested nothing"
+    exit 1
+  fi
   total_acc=$((total_acc + acc)); total_lost=$((total_lost + lost))
   printf 'run %2d: %4d accepted, %3d refused, store errors %3d, lost %d, new mail accepted %s\n' \
     "$r" "$acc" "$(grep -c '^refused' "$work/load.$r" || true)" "$errs" "$lost" "$how"
@@ -178,4 +208,12 @@ EOF
 done
 echo "diskfull: $runs runs, $total_acc accepted, $total_lost lost, $bad_replies non-4xx refusals, $broken broken sessions"
 echo "diskfull: runs where sled met a full disk: $sled_errors; reopened in place: $in_place; needed a restart: $restarts"
+if [ "$CONTROL" = 1 ]; then
+  if [ "$total_lost" = "$runs" ]; then
+    echo "diskfull: control: the harness counted the removed message$([ "$runs" = 1 ] || echo s) as lost, as it must"
+    exit 0
+  fi
+  echo "diskfull: CONTROL FAILED: $runs message(s) removed, $total_lost counted as lost"
+  exit 1
+fi
 [ "$total_lost" = 0 ] && [ "$bad_replies" = 0 ]

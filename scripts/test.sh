@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
-# openssl, strace for the syscall-order test, from Debian packages; dkimpy and aiosmtpd from
-# PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, and runs
-# every test in the workspace.
+# openssl, strace for the syscall-order test, Dovecot for the IMAP/POP3 test, systemd for
+# `systemd-analyze verify`, postfix, python3-fusepy and fuse3 for the
+# short runs of the soak and benchmark scripts, from Debian packages; dkimpy and aiosmtpd
+# from PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, runs
+# every test in the workspace, then every figure-producing script in its short form
+# (scripts/short-runs.sh).
+#
+#   scripts/test.sh              everything (what CI runs)
+#   scripts/test.sh FILTER...    only `cargo test --workspace FILTER...`, no short runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +22,14 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 [ -x /usr/sbin/nsd ] || missing+=(nsd)
 command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)
+# The short runs of the figure-producing scripts: Postfix (the benchmark's peer, smtp-source
+# and smtp-sink), python3-fusepy and fuse3 (the power-loss harness's FUSE file system).
+[ -x /usr/sbin/smtp-source ] || missing+=(postfix)
+/usr/bin/python3 -c 'import fusepy' 2>/dev/null || missing+=(python3-fusepy)
+command -v fusermount >/dev/null 2>&1 || missing+=(fuse3)
+# Dovecot reads what mta delivered, over IMAPS and POP3S; systemd-analyze verifies the units.
+[ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd dovecot-pop3d)
+[ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""
@@ -30,13 +44,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
     policy_rc=yes
   fi
   installed=0
+  # Postfix asks how to configure the system's mail; the tests and the benchmark run private
+  # instances with their own configs, so the system one is left unconfigured.
+  echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections 2>/dev/null || true
   $sudo apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
     || installed=$?
   [ -z "$policy_rc" ] || $sudo rm -f /usr/sbin/policy-rc.d
   [ "$installed" = 0 ] || { echo "test.sh: apt-get failed ($installed)" >&2; exit 1; }
-  if [[ " ${missing[*]} " == *" nsd "* ]] && [ -d /run/systemd/system ]; then
-    $sudo systemctl disable --now nsd.service >/dev/null 2>&1 || true
+  if [ -d /run/systemd/system ]; then
+    for unit in nsd postfix dovecot; do
+      [[ " ${missing[*]} " == *" $unit"* ]] && $sudo systemctl disable --now "$unit.service" >/dev/null 2>&1 || true
+    done
   fi
 fi
 
@@ -54,8 +73,19 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+# The scripts behind the figures in docs/ (soaks, power loss, disk full, benchmarks, fuzzing),
+# in short form, each counted as one test. A run given a test filter is a developer's
+# targeted run: the short runs go with the whole suite only.
+runs=$(mktemp)
+trap 'rm -f "$log" "$runs"' EXIT
+if [ "$#" = 0 ]; then
+  scripts/short-runs.sh 2>&1 | tee "$runs" || status=1
+fi
 # One closing line for the whole run (cargo prints one per test binary, the last of which
 # is often an empty doc-test run).
-awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
-     END { printf "all tests: %d passed, %d failed\n", p, f }' "$log"
+{
+  awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+       END { print p + 0, f + 0 }' "$log"
+  awk '/^short run [^ ]+: ok/ { p++ } /^short run [^ ]+: FAILED/ { f++ } END { print p + 0, f + 0 }' "$runs"
+} | awk '{ p += $1; f += $2 } END { printf "all tests: %d passed, %d failed\n", p, f }'
 exit "$status"

@@ -77,6 +77,17 @@ pub fn is_empty_file(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// The test-only switch the power-loss harness's control run uses to prove that it can see
+/// a loss: in a debug build started with `MTA_TEST_NO_SYNC=1`, the queue store and Maildir
+/// delivery skip their `fsync`/`fdatasync` calls, so a power cut must lose or tear
+/// something (`scripts/powerloss.sh` with `CONTROL=1`). A release build ignores it.
+pub fn syncs_disabled() -> bool {
+    static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DISABLED.get_or_init(|| {
+        cfg!(debug_assertions) && std::env::var_os("MTA_TEST_NO_SYNC").is_some_and(|v| v == "1")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

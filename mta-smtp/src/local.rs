@@ -76,9 +76,15 @@ impl Maildirs {
                 .open(&tmp)?;
             file.write_all(head.as_bytes())?;
             file.write_all(body)?;
-            file.sync_all()?;
+            let sync = !mta_core::durable_file::syncs_disabled();
+            if sync {
+                file.sync_all()?;
+            }
             fs::rename(&tmp, &new)?;
-            File::open(dir.join("new"))?.sync_all()
+            if sync {
+                File::open(dir.join("new"))?.sync_all()?;
+            }
+            Ok(())
         })();
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);

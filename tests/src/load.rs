@@ -168,6 +168,8 @@ pub struct Load {
     awaiting: Arc<AtomicUsize>,
     /// Sessions connected right now.
     connected: Arc<AtomicUsize>,
+    /// Messages answered `250` so far.
+    accepted: Arc<AtomicUsize>,
     threads: Vec<JoinHandle<SessionReport>>,
 }
 
@@ -177,17 +179,23 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let awaiting = Arc::new(AtomicUsize::new(0));
         let connected = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let threads = (0..spec.sessions)
             .map(|i| {
                 let spec = spec.clone();
-                let (stop, awaiting, connected) =
-                    (stop.clone(), awaiting.clone(), connected.clone());
+                let (stop, awaiting, connected, accepted) = (
+                    stop.clone(),
+                    awaiting.clone(),
+                    connected.clone(),
+                    accepted.clone(),
+                );
                 std::thread::spawn(move || {
                     let mut report = SessionReport::default();
                     let counters = Counters {
                         stop: &stop,
                         awaiting: &awaiting,
                         connected: &connected,
+                        accepted: &accepted,
                     };
                     report.end = match submit(&spec, i, &counters, &mut report) {
                         Ok(()) => "quit".into(),
@@ -201,6 +209,7 @@ impl Load {
             stop,
             awaiting,
             connected,
+            accepted,
             threads,
         }
     }
@@ -220,6 +229,11 @@ impl Load {
         self.connected.load(Ordering::SeqCst)
     }
 
+    /// Messages answered `250` so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
     /// Waits for every session to end (each I/O is bounded by 30 s).
     pub fn join(self) -> Vec<SessionReport> {
         self.threads
@@ -233,6 +247,7 @@ struct Counters<'a> {
     stop: &'a AtomicBool,
     awaiting: &'a AtomicUsize,
     connected: &'a AtomicUsize,
+    accepted: &'a AtomicUsize,
 }
 
 /// Decrements a counter when dropped.
@@ -370,6 +385,9 @@ fn submit(
                 Err(_) => Outcome::NoReply,
             }
         };
+        if let Outcome::Accepted(_) = outcome {
+            counters.accepted.fetch_add(1, Ordering::SeqCst);
+        }
         if let Outcome::Refused(r) = outcome {
             return refused(&mut c, report, &mid, r);
         }

@@ -87,6 +87,15 @@ fn kill_9_under_load_loses_nothing_that_got_250() {
             seed: rng.next_u64(),
         };
         let load = Load::start(&spec);
+        // A short run (two cycles on a busy machine) could kill every cycle before the first
+        // 250 and so test nothing: the last cycle of a run without a 250 yet first waits
+        // (bounded) for one, then draws its kill time.
+        if cycle + 1 == cycles && acked.is_empty() {
+            let deadline = Instant::now() + secs(60);
+            while load.accepted() == 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let kill_at = Duration::from_millis(rng.range(20, 1500));
         std::thread::sleep(kill_at);
         let (connected, awaiting) = (load.connected(), load.awaiting_reply());
