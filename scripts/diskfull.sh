@@ -110,7 +110,7 @@ def fill():
     import random
     while True:
         try:
-            f = open(ballast, "ab")
+            f = open(ballast, "ab", buffering=0)
             break
         except OSError:
             # The other ballast writer filled the disk before this one could open the file.
@@ -120,7 +120,7 @@ def fill():
     with f:
         while time.time() < end:
             try:
-                f.write(b"\0" * 65536); f.flush()
+                f.write(b"\0" * 65536)
             except OSError:
                 time.sleep(0.02)
                 f.truncate(max(0, f.tell() - 8 * 1024 * 1024)); f.seek(0, 2)
