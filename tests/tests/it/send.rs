@@ -52,7 +52,12 @@ fn round_trip_over_starttls() {
         b"",
     );
     out.assert_success("mta send");
-    assert!(out.stdout.starts_with("250 "), "{out}");
+    assert!(
+        out.stdout.starts_with(&format!(
+            "accepted <{BOB}>: 250 2.1.5 Recipient OK\nsent to 1 of 1 recipient: 250 "
+        )),
+        "{out}"
+    );
     let id = queue_id(out.stdout.trim());
     let files = mta.wait_for_mail(BOB, 1, 10);
     let d = read_delivered(&files[0]);
@@ -95,7 +100,11 @@ fn raw_message_arrives_byte_for_byte() {
     );
     let out = mta_send(&mta, &["--to", BOB, "--raw"], &raw);
     out.assert_success("mta send --raw");
-    assert!(out.stdout.starts_with("250 2.0.0 "), "{out}");
+    assert!(
+        out.stdout
+            .contains("\nsent to 1 of 1 recipient: 250 2.0.0 "),
+        "{out}"
+    );
     let id = queue_id(out.stdout.trim());
 
     let files = mta.wait_for_mail(BOB, 1, 10);
