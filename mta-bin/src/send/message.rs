@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use lettre::address::Envelope;
-use lettre::message::header::{ContentType, HeaderName, HeaderValue, Headers};
-use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
+use lettre::message::header::{
+    ContentTransferEncoding, ContentType, HeaderName, HeaderValue, Headers,
+};
+use lettre::message::{Attachment, Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 
 /// Where a `--body` or `--data` value comes from: `@FILE`, `-` (stdin) or the text itself.
@@ -195,7 +197,7 @@ pub fn build(parts: &Parts<'_>) -> anyhow::Result<Vec<u8>> {
     ));
     let body = SinglePart::builder()
         .header(ContentType::TEXT_PLAIN)
-        .body(parts.body.clone());
+        .body(encoded(parts.body.clone(), true));
     let message = if parts.attach.is_empty() {
         builder.singlepart(body)
     } else {
@@ -203,18 +205,37 @@ pub fn build(parts: &Parts<'_>) -> anyhow::Result<Vec<u8>> {
         for path in parts.attach {
             let content = read_file("--attach", path)?;
             let kind = guess_type(path, &content);
+            let text = kind.starts_with("text/");
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "attachment".into());
             let kind = ContentType::parse(kind).expect("every guessed type is a valid MIME type");
-            mixed = mixed.singlepart(Attachment::new(name).body(content, kind));
+            mixed = mixed.singlepart(Attachment::new(name).body(encoded(content, text), kind));
         }
         builder.multipart(mixed)
     }
     .context("building the message")?;
     let built = message.formatted();
     Ok(with_headers(&built, &message_id.to_string(), parts.headers))
+}
+
+/// A MIME part's body: text that is UTF-8 as lettre's text (CRLF line ends, 7bit or
+/// quoted-printable), anything else base64, so that no bare CR, LF or NUL reaches the wire.
+fn encoded(content: Vec<u8>, text: bool) -> Body {
+    match String::from_utf8(content) {
+        Ok(s) if text && !s.contains('\0') => Body::new(
+            String::from_utf8(wire_form(s.as_bytes()))
+                .expect("CR and LF are all wire_form changes"),
+        ),
+        Ok(s) => base64(s.into_bytes()),
+        Err(e) => base64(e.into_bytes()),
+    }
+}
+
+fn base64(content: Vec<u8>) -> Body {
+    Body::new_with_encoding(content, ContentTransferEncoding::Base64)
+        .expect("base64 can carry any bytes")
 }
 
 /// `<time.pid@helo>`: unique enough for a test message (RFC 5322 §3.6.4).
@@ -413,5 +434,45 @@ mod tests {
         for (name, content, want) in table {
             assert_eq!(guess_type(Path::new(name), content), want, "{name}");
         }
+    }
+}
+
+#[cfg(test)]
+mod build_tests {
+    use super::*;
+
+    /// Every line of a built message ends CRLF, whatever the attachments hold.
+    #[test]
+    fn built_messages_have_no_bare_line_breaks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut attach = Vec::new();
+        for (name, content) in [
+            ("notes", &b"plain notes\nsecond\rthird\r\n"[..]),
+            ("report.pdf", b"%PDF-1.4\n\x00\x01\n"),
+            ("page.html", b"<p>\n</p>\n"),
+            ("blob", b"\xff\xfe\n\r"),
+        ] {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).unwrap();
+            attach.push(path);
+        }
+        let to: Vec<Address> = vec!["bob@example.test".parse().unwrap()];
+        let from: Address = "alice@example.test".parse().unwrap();
+        let built = build(&Parts {
+            from: Some(&from),
+            to: &to,
+            subject: "s",
+            body: wire_form(b"a\nb\n"),
+            headers: &[],
+            attach: &attach,
+            helo: "client.test",
+        })
+        .unwrap();
+        assert_eq!(
+            wire_form(&built),
+            built,
+            "{}",
+            String::from_utf8_lossy(&built)
+        );
     }
 }

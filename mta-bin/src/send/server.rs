@@ -36,7 +36,10 @@ pub fn parse(text: &str, default_port: u16) -> anyhow::Result<(String, u16)> {
     let (host, port) = match text.split_once(':') {
         None => (text, default_port),
         Some((_, p)) if p.contains(':') => {
-            bail!("--server {text:?}: write an IPv6 address with a port as [ADDRESS]:PORT")
+            bail!(
+                "--server {text:?}: more than one `:`: write HOST:PORT, or an IPv6 address \
+                 with a port as [ADDRESS]:PORT"
+            )
         }
         Some((h, p)) => (h, port(text, p)?),
     };
