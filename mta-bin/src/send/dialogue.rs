@@ -352,13 +352,13 @@ impl Conn {
                     format!("the server's {waiting_for} is not an SMTP reply: {shown:?}"),
                 );
             };
-            if let Some(&(first, _)) = lines.first().map(|l: &(u16, String)| l) {
-                if first != code {
-                    return fail(
-                        phase,
-                        format!("the server's {waiting_for} mixes codes {first} and {code}"),
-                    );
-                }
+            if let Some(&(first, _)) = lines.first()
+                && first != code
+            {
+                return fail(
+                    phase,
+                    format!("the server's {waiting_for} mixes codes {first} and {code}"),
+                );
             }
             lines.push((code, text));
             if !more {

@@ -412,10 +412,10 @@ async fn session(plan: &Plan) -> Result<u8, Failure> {
         }
         conn.start_tls(tls_config(), &plan.tls_name, false).await?;
     }
-    if plan.tls != TlsMode::None {
-        if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Starttls).await {
-            return Ok(code);
-        }
+    if plan.tls != TlsMode::None
+        && let Some(code) = stop_here(plan, &mut conn, QuitAfter::Starttls).await
+    {
+        return Ok(code);
     }
     if plan.tls == TlsMode::Starttls {
         ext = ehlo(plan, &mut conn).await?;

@@ -3,7 +3,7 @@
 //! commands for the same server and steps), and bad options, each refused in words.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -14,62 +14,69 @@ use mta_tests::{ALICE, ALICE_PASSWORD, run, secs};
 use super::{BOB, commands, send, server};
 
 /// A server that answers each command with text full of terminal escapes (an OSC window
-/// title, a screen clear, BEL), and refuses every recipient.
-fn hostile_server() -> SocketAddr {
+/// title, a screen clear, BEL), and refuses every recipient; for `connections` sessions.
+fn hostile_server(connections: usize) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
-        let Ok((conn, _)) = listener.accept() else {
-            return;
-        };
-        conn.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut writer = conn.try_clone().unwrap();
-        let _ = writer.write_all(b"220 evil.test \x1b]0;pwned\x07\x1b[31mred\r\n");
-        for line in BufReader::new(conn).lines() {
-            let Ok(line) = line else { break };
-            let reply: &[u8] = match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
-                "EHLO" => b"250-evil.test \x1b[5m\r\n250 8BITMIME\r\n",
-                "MAIL" => b"250 ok\x07\r\n",
-                "RCPT" => b"550 5.1.1 \x1b[2Jgone \x1b]8;;http://evil.test\x07link\r\n",
-                "QUIT" => b"221 bye\x1b[0m\r\n",
-                _ => b"500 what\r\n",
+        for _ in 0..connections {
+            let Ok((conn, _)) = listener.accept() else {
+                return;
             };
-            let _ = writer.write_all(reply);
-            if line.eq_ignore_ascii_case("QUIT") {
-                break;
-            }
+            hostile_session(conn);
         }
     });
     addr
 }
 
+fn hostile_session(conn: TcpStream) {
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let _ = writer.write_all(b"220 evil.test \x1b]0;pwned\x07\x1b[31mred\r\n");
+    for line in BufReader::new(conn).lines() {
+        let Ok(line) = line else { break };
+        let reply: &[u8] = match line.get(..4).unwrap_or("").to_ascii_uppercase().as_str() {
+            "EHLO" => b"250-evil.test \x1b[5m\r\n250 8BITMIME\r\n",
+            "MAIL" => b"250 ok\x07\r\n",
+            "RCPT" => b"550 5.1.1 \x1b[2Jgone \x1b]8;;http://evil.test\x07link\r\n",
+            "QUIT" => b"221 bye\x1b[0m\r\n",
+            _ => b"500 what\r\n",
+        };
+        let _ = writer.write_all(reply);
+        if line.eq_ignore_ascii_case("QUIT") {
+            break;
+        }
+    }
+}
+
 #[test]
 fn a_hostile_servers_escapes_come_out_escaped() {
-    let addr = hostile_server().to_string();
-    let out = send(
-        &[
-            "-v", "--server", &addr, "--tls", "none", "--from", ALICE, "--to", BOB,
-        ],
-        &[],
-        b"",
-    );
-    assert_eq!(out.code(), 24, "{out}");
-    let all = out.all();
-    assert!(
-        !all.contains(['\u{1b}', '\u{7}']),
-        "a raw escape reached the terminal: {all:?}"
-    );
-    assert!(
-        all.contains("220 evil.test \\u{1b}]0;pwned\\u{7}\\u{1b}[31mred"),
-        "{all}"
-    );
-    assert!(
-        out.stdout.contains(&format!(
-            "refused  <{BOB}>: 550 5.1.1 \\u{{1b}}[2Jgone \\u{{1b}}]8;;http://evil.test\\u{{7}}link"
-        )),
-        "{out}"
-    );
+    let addr = hostile_server(2).to_string();
+    for verbose in [&[][..], &["-v"]] {
+        let base = [
+            "--server", &addr, "--tls", "none", "--from", ALICE, "--to", BOB,
+        ];
+        let out = send(&[&base[..], verbose].concat(), &[], b"");
+        let all = out.all();
+        assert!(
+            !all.contains(['\u{1b}', '\u{7}']),
+            "a raw escape reached the terminal: {all:?}"
+        );
+        assert_eq!(out.code(), 24, "{out}");
+        assert!(
+            out.stdout.contains(&format!(
+                "refused  <{BOB}>: 550 5.1.1 \\u{{1b}}[2Jgone \\u{{1b}}]8;;http://evil.test\\u{{7}}link"
+            )),
+            "{out}"
+        );
+        if !verbose.is_empty() {
+            assert!(
+                all.contains("220 evil.test \\u{1b}]0;pwned\\u{7}\\u{1b}[31mred"),
+                "{all}"
+            );
+        }
+    }
 }
 
 const AIOSMTPD: &str = r#"
