@@ -275,14 +275,9 @@ impl Conn {
                 return fail(Phase::Tls, tls::explain(&e, plain.seen(), name, implicit));
             }
             Err(_) => {
-                let hint = if implicit {
-                    ": if this port expects STARTTLS (587, 25), use --tls starttls"
-                } else {
-                    ""
-                };
                 return fail(
                     Phase::Tls,
-                    format!("no TLS handshake within {secs} s{hint} (--timeout)"),
+                    format!("no TLS handshake within {secs} s (--timeout)"),
                 );
             }
         };
@@ -300,7 +295,12 @@ impl Conn {
         Ok(())
     }
 
-    async fn read_more(&mut self, phase: Phase, waiting_for: &str) -> Result<(), Failure> {
+    async fn read_more(
+        &mut self,
+        phase: Phase,
+        waiting_for: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), Failure> {
         let mut chunk = [0u8; 4096];
         let secs = self.timeout.as_secs_f64();
         let read = async {
@@ -310,7 +310,7 @@ impl Conn {
                 Stream::Upgrading => Ok(0),
             }
         };
-        match tokio::time::timeout(self.timeout, read).await {
+        match tokio::time::timeout_at(deadline, read).await {
             Err(_) => fail(
                 phase,
                 format!("no {waiting_for} from the server within {secs} s (--timeout)"),
@@ -327,8 +327,10 @@ impl Conn {
         }
     }
 
-    /// Reads one reply, showing each line in the transcript.
+    /// Reads one reply, showing each line in the transcript. The whole reply must come
+    /// within the timeout: a server sending a byte at a time cannot stretch it.
     pub async fn reply(&mut self, phase: Phase, waiting_for: &str) -> Result<Reply, Failure> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let mut lines = Vec::new();
         loop {
             let Some(end) = self.buf.iter().position(|&b| b == b'\n') else {
@@ -338,7 +340,7 @@ impl Conn {
                         format!("the {waiting_for} has a line over {MAX_LINE} octets"),
                     );
                 }
-                self.read_more(phase, waiting_for).await?;
+                self.read_more(phase, waiting_for, deadline).await?;
                 continue;
             };
             let raw: Vec<u8> = self.buf.drain(..=end).collect();

@@ -215,3 +215,48 @@ fn without_a_port_the_tls_mode_picks_it() {
         );
     }
 }
+
+/// A server that sends its greeting one octet every half second, never ending the line:
+/// `--timeout` bounds the whole reply, not each read, so this ends after 2 s, not when the
+/// line limit is reached half an hour later.
+#[test]
+fn a_trickling_server_cannot_stretch_the_timeout() {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let _ = conn.write_all(b"220");
+        // Bounded: 120 octets, one minute at most.
+        for _ in 0..120 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            if conn.write_all(b"a").is_err() {
+                break;
+            }
+        }
+    });
+    let out = send(
+        &[
+            "--server",
+            &addr,
+            "--tls",
+            "none",
+            "--from",
+            ALICE,
+            "--to",
+            BOB,
+            "--timeout",
+            "2",
+        ],
+        &[],
+        b"",
+    );
+    assert_eq!(out.code(), 21, "{out}");
+    assert!(
+        out.stderr
+            .contains("no greeting from the server within 2 s"),
+        "{out}"
+    );
+}
