@@ -285,7 +285,8 @@ impl Conn {
         let version = session
             .protocol_version()
             .and_then(|v| v.as_str())
-            .unwrap_or("TLS");
+            .unwrap_or("TLS")
+            .replace('_', ".");
         let cipher = session
             .negotiated_cipher_suite()
             .and_then(|c| c.suite().as_str())

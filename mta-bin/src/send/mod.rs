@@ -343,13 +343,12 @@ async fn stop_here(plan: &Plan, conn: &mut Conn, step: QuitAfter) -> Option<u8> 
     if plan.quit_after != Some(step) {
         return None;
     }
-    conn.note(&format!("stopping after {step:?} (--quit-after)"));
+    let name = step
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    conn.note(&format!("stopping after {name} (--quit-after)"));
     conn.quit().await;
-    println!(
-        "stopped after {} (--quit-after)",
-        step.to_possible_value()
-            .map_or_else(String::new, |v| v.get_name().to_string())
-    );
+    println!("stopped after {name} (--quit-after)");
     Some(0)
 }
 
@@ -386,41 +385,23 @@ async fn session(plan: &Plan) -> Result<u8, Failure> {
     if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Connect).await {
         return Ok(code);
     }
-    let mut ext = ehlo(plan, &mut conn).await?;
-    if plan.tls == TlsMode::Starttls {
-        if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Ehlo).await {
-            return Ok(code);
-        }
-        if !ext.has("STARTTLS") {
-            conn.quit().await;
-            return Err(Failure {
-                phase: Phase::Tls,
-                message: "the server does not offer STARTTLS here: use --tls implicit for a \
-                          port that expects TLS at once (465), or --tls none for plaintext"
-                    .into(),
-            });
-        }
-        let reply = conn
-            .command("STARTTLS", Phase::Tls, "reply to STARTTLS")
-            .await?;
-        if reply.code != 220 {
-            conn.quit().await;
-            return Err(Failure {
-                phase: Phase::Tls,
-                message: format!("STARTTLS refused: {reply}"),
-            });
-        }
-        conn.start_tls(tls_config(), &plan.tls_name, false).await?;
-    }
-    if plan.tls != TlsMode::None
+    // With implicit TLS the handshake came before the greeting.
+    if plan.tls == TlsMode::Implicit
         && let Some(code) = stop_here(plan, &mut conn, QuitAfter::Starttls).await
     {
         return Ok(code);
     }
-    if plan.tls == TlsMode::Starttls {
-        ext = ehlo(plan, &mut conn).await?;
-    } else if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Ehlo).await {
+    let mut ext = ehlo(plan, &mut conn).await?;
+    if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Ehlo).await {
         return Ok(code);
+    }
+    if plan.tls == TlsMode::Starttls {
+        starttls(plan, &mut conn, &ext).await?;
+        if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Starttls).await {
+            return Ok(code);
+        }
+        // RFC 3207 §4.2: nothing learnt before TLS holds; ask again.
+        ext = ehlo(plan, &mut conn).await?;
     }
     if let Some((user, password, mechanism)) = &plan.login {
         login(&mut conn, &ext, user, password, *mechanism).await?;
@@ -429,6 +410,34 @@ async fn session(plan: &Plan) -> Result<u8, Failure> {
         }
     }
     transaction(plan, &mut conn, &ext).await
+}
+
+/// STARTTLS and the handshake (RFC 3207).
+async fn starttls(plan: &Plan, conn: &mut Conn, ext: &Extensions) -> Result<(), Failure> {
+    if !ext.has("STARTTLS") {
+        conn.quit().await;
+        return Err(Failure {
+            phase: Phase::Tls,
+            message: "the server does not offer STARTTLS here: use --tls implicit for a port \
+                      that expects TLS at once (465), or --tls none for plaintext"
+                .into(),
+        });
+    }
+    let reply = conn
+        .command("STARTTLS", Phase::Tls, "reply to STARTTLS")
+        .await?;
+    if reply.code != 220 {
+        conn.quit().await;
+        return Err(Failure {
+            phase: Phase::Tls,
+            message: format!("STARTTLS refused: {reply}"),
+        });
+    }
+    let config = plan
+        .tls_config
+        .clone()
+        .expect("a TLS mode has a TLS config");
+    conn.start_tls(config, &plan.tls_name, false).await
 }
 
 /// EHLO, or HELO when EHLO is refused and nothing needs an extension.

@@ -210,7 +210,7 @@ fn transcript_shows_the_dialogue_with_auth_hidden() {
         "<-  220 ",
         " -> EHLO mta-send.localhost",
         " -> STARTTLS",
-        "=== TLS started with TLSv1_3",
+        "=== TLS started with TLSv1.3 TLS13_",
         " ~> EHLO mta-send.localhost",
         " ~> AUTH PLAIN <redacted>",
         "<~  235 ",
@@ -266,6 +266,43 @@ fn quit_after_stops_at_each_step_and_sends_nothing() {
             "{out}"
         );
         assert_eq!(commands(&out.stderr), *want, "--quit-after {step}\n{out}");
+    }
+    // With implicit TLS the handshake comes first: starttls is connect, ehlo the only EHLO.
+    let cert = mta.cert_path();
+    let implicit = mta.submissions_addr().to_string();
+    for (step, want) in [
+        ("connect", &["QUIT"][..]),
+        ("starttls", &["QUIT"]),
+        ("ehlo", &["EHLO", "QUIT"]),
+    ] {
+        let out = send(
+            &[
+                "-v",
+                "--server",
+                &implicit,
+                "--tls",
+                "implicit",
+                "--cafile",
+                cert.to_str().unwrap(),
+                "--tls-name",
+                "localhost",
+                "--from",
+                ALICE,
+                "--to",
+                BOB,
+                "--quit-after",
+                step,
+            ],
+            &[],
+            b"",
+        );
+        out.assert_success(&format!("--tls implicit --quit-after {step}"));
+        assert!(out.stderr.contains("=== TLS started with TLSv1.3"), "{out}");
+        assert_eq!(
+            commands(&out.stderr),
+            want,
+            "--tls implicit --quit-after {step}\n{out}"
+        );
     }
     // Not even the message cut off after DATA's 354 was queued.
     assert!(mta.queue_json()["records"].as_array().unwrap().is_empty());
