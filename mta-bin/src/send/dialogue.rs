@@ -607,6 +607,30 @@ mod tests {
     }
 
     proptest! {
+        /// The reference model of an EHLO reply's keywords: each line after the first, cut
+        /// at spaces and `=`, the first word the keyword.
+        #[test]
+        fn extensions_match_their_model(lines in proptest::collection::vec(
+            "[A-Za-z0-9= -]{0,12}", 1..6)) {
+            let ext = Extensions::parse(&Reply { code: 250, lines: lines.clone() });
+            let mut auth = Vec::new();
+            for line in &lines[1..] {
+                let words: Vec<String> = line
+                    .replace('=', " ")
+                    .split_whitespace()
+                    .map(str::to_ascii_uppercase)
+                    .collect();
+                if let Some((keyword, params)) = words.split_first() {
+                    prop_assert!(ext.has(keyword));
+                    if keyword == "AUTH" {
+                        auth.extend(params.iter().cloned());
+                    }
+                }
+            }
+            prop_assert_eq!(ext.auth(), auth);
+            prop_assert!(!ext.has("") );
+        }
+
         /// The reference model: RFC 5321 §4.2's grammar as a regular expression.
         #[test]
         fn reply_lines_match_the_grammar(line in "[0-9a-z -]{0,6}") {

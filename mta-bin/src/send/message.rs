@@ -384,6 +384,30 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// The reference model of a header block's fields: its lines, each line that starts
+        /// with a space or tab joined to the one before (RFC 5322 §2.2.3 folding).
+        #[test]
+        fn fields_match_their_model(lines in proptest::collection::vec(
+            "[ \t]?[A-Za-z: ]{0,6}", 0..8)) {
+            let head: String = lines.iter().map(|l| format!("{l}\r\n")).collect();
+            let mut model: Vec<String> = Vec::new();
+            for line in &lines {
+                match model.last_mut() {
+                    Some(last) if line.starts_with([' ', '\t']) => {
+                        last.push_str(&format!("{line}\r\n"));
+                    }
+                    _ => model.push(format!("{line}\r\n")),
+                }
+            }
+            let got: Vec<String> = fields(head.as_bytes())
+                .iter()
+                .map(|f| String::from_utf8(f.to_vec()).unwrap())
+                .collect();
+            prop_assert_eq!(got, model);
+        }
+    }
+
     #[test]
     fn bad_headers_are_named_with_the_fix() {
         let table = [

@@ -212,6 +212,37 @@ fn aiosmtpd_gets_the_null_sender_several_recipients_and_a_data_file() {
     );
     assert_eq!(saved(dir.path(), 1)["to"], serde_json::json!([BOB]));
 
+    // No STARTTLS offered: 29; no AUTH offered: 28; both say what the server offers.
+    let out = send(
+        &[
+            "--server",
+            &addr,
+            "--insecure",
+            "--from",
+            ALICE,
+            "--to",
+            BOB,
+        ],
+        &[],
+        b"",
+    );
+    assert_eq!(out.code(), 29, "{out}");
+    assert!(
+        out.stderr
+            .contains("the server does not offer STARTTLS here"),
+        "{out}"
+    );
+    let out = send(
+        &[&base[..], &["--user", ALICE, "--from", ALICE, "--to", BOB]].concat(),
+        &[("MTA_PASSWORD", "x")],
+        b"",
+    );
+    assert_eq!(out.code(), 28, "{out}");
+    assert!(
+        out.stderr.contains("the server offers no AUTH at all here"),
+        "{out}"
+    );
+
     let file = dir.path().join("message.txt");
     std::fs::write(
         &file,
