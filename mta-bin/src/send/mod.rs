@@ -565,15 +565,15 @@ async fn transaction(plan: &Plan, conn: &mut Conn, ext: &Extensions) -> Result<u
             println!("refused  <{to}>: {reply}");
         }
     }
-    if let Some(code) = stop_here(plan, conn, QuitAfter::Rcpt).await {
-        return Ok(if accepted == plan.to.len() { code } else { 30 });
-    }
     if accepted == 0 {
         conn.quit().await;
         return Err(Failure {
             phase: Phase::Rcpt,
             message: "every recipient was refused; nothing sent".into(),
         });
+    }
+    if let Some(code) = stop_here(plan, conn, QuitAfter::Rcpt).await {
+        return Ok(if accepted == plan.to.len() { code } else { 30 });
     }
     let reply = conn.command("DATA", Phase::Data, "reply to DATA").await?;
     if reply.code != 354 {
