@@ -151,6 +151,13 @@ pub struct SendArgs {
     quit_after: Option<QuitAfter>,
 }
 
+/// `--user`, its password and `--auth`.
+struct Login {
+    user: String,
+    password: String,
+    mechanism: Option<Mechanism>,
+}
+
 /// Everything checked and read before connecting.
 struct Plan {
     host: String,
@@ -158,7 +165,7 @@ struct Plan {
     tls: TlsMode,
     tls_config: Option<std::sync::Arc<rustls::ClientConfig>>,
     tls_name: String,
-    login: Option<(String, String, Option<Mechanism>)>,
+    login: Option<Login>,
     from: Option<Address>,
     to: Vec<Address>,
     message: Vec<u8>,
@@ -293,7 +300,11 @@ fn plan(args: SendArgs) -> anyhow::Result<Plan> {
         None => None,
         Some(user) => {
             let password = password::get(user, args.password_file.as_deref(), stdin)?;
-            Some((user.clone(), password, args.auth))
+            Some(Login {
+                user: user.clone(),
+                password,
+                mechanism: args.auth,
+            })
         }
     };
     let message = match data {
@@ -403,8 +414,8 @@ async fn session(plan: &Plan) -> Result<u8, Failure> {
         // RFC 3207 §4.2: nothing learnt before TLS holds; ask again.
         ext = ehlo(plan, &mut conn).await?;
     }
-    if let Some((user, password, mechanism)) = &plan.login {
-        login(&mut conn, &ext, user, password, *mechanism).await?;
+    if let Some(l) = &plan.login {
+        login(&mut conn, &ext, l).await?;
         if let Some(code) = stop_here(plan, &mut conn, QuitAfter::Auth).await {
             return Ok(code);
         }
@@ -466,13 +477,7 @@ async fn ehlo(plan: &Plan, conn: &mut Conn) -> Result<Extensions, Failure> {
     })
 }
 
-async fn login(
-    conn: &mut Conn,
-    ext: &Extensions,
-    user: &str,
-    password: &str,
-    mechanism: Option<Mechanism>,
-) -> Result<(), Failure> {
+async fn login(conn: &mut Conn, ext: &Extensions, l: &Login) -> Result<(), Failure> {
     // RFC 4954 §4: a password in the clear is for a server on this machine only.
     if !conn.is_tls() && !conn.peer().ip().is_loopback() {
         conn.quit().await;
@@ -486,7 +491,7 @@ async fn login(
     }
     let offered = ext.auth();
     let has = |m: &str| offered.iter().any(|o| o == m);
-    let mechanism = match mechanism {
+    let mechanism = match l.mechanism {
         Some(m) => m,
         None if has("PLAIN") => Mechanism::Plain,
         None if has("LOGIN") => Mechanism::Login,
@@ -511,7 +516,7 @@ async fn login(
             });
         }
     };
-    if let Err(f) = dialogue::auth(conn, mechanism, user, password).await {
+    if let Err(f) = dialogue::auth(conn, mechanism, &l.user, &l.password).await {
         conn.quit().await;
         return Err(f);
     }
