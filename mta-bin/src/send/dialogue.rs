@@ -1,9 +1,9 @@
-//! The SMTP dialogue of `mta send`, one command at a time so that each step can be shown
-//! (`--transcript`) and be the last (`--quit-after`): RFC 5321 §3.1 greeting, §4.1.1.1 EHLO
-//! (HELO when refused and nothing needs extensions), RFC 3207 STARTTLS (nothing read before
-//! the handshake is kept, §4.2), RFC 4954 AUTH PLAIN (RFC 4616) and LOGIN, MAIL, one RCPT
-//! per recipient with its own result, DATA with dot-stuffing (§4.5.2), QUIT. Every connect,
-//! read, write and handshake is bounded by `--timeout`.
+//! The connection of `mta send`: one command and one reply at a time, each shown in the
+//! transcript (`--transcript`), server replies parsed (RFC 5321 §4.2), the TLS handshake
+//! (implicit, RFC 8314, or after STARTTLS, RFC 3207, with nothing read before it kept,
+//! §4.2), the message dot-stuffed (§4.5.2), and the EHLO keywords (§4.1.1.1). Every
+//! connect, reply, write and handshake is bounded by `--timeout`. The order of the steps is
+//! `session`'s; AUTH is `auth`'s.
 //!
 //! Server replies reach the terminal only through `mta_core::text::terminal`: a hostile
 //! server's ESC, BEL or OSC sequences are shown escaped, never obeyed.
@@ -13,8 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use mta_core::text::terminal;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -72,7 +70,7 @@ pub struct Failure {
     pub message: String,
 }
 
-fn fail<T>(phase: Phase, message: impl Into<String>) -> Result<T, Failure> {
+pub(super) fn fail<T>(phase: Phase, message: impl Into<String>) -> Result<T, Failure> {
     Err(Failure {
         phase,
         message: message.into(),
@@ -492,55 +490,6 @@ impl Extensions {
             }
         }
         out
-    }
-}
-
-/// SASL mechanisms `mta send` speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Mechanism {
-    /// RFC 4616: user and password in one response.
-    Plain,
-    /// The LOGIN mechanism: user and password in two responses.
-    Login,
-}
-
-/// AUTH as `user` with `mechanism`, the responses hidden from the transcript.
-pub async fn auth(
-    conn: &mut Conn,
-    mechanism: Mechanism,
-    user: &str,
-    password: &str,
-) -> Result<Reply, Failure> {
-    let reply = match mechanism {
-        Mechanism::Plain => {
-            let token = B64.encode(format!("\0{user}\0{password}"));
-            conn.send(
-                &format!("AUTH PLAIN {token}"),
-                "AUTH PLAIN <redacted>",
-                Phase::Auth,
-            )
-            .await?;
-            conn.reply(Phase::Auth, "reply to AUTH").await?
-        }
-        Mechanism::Login => {
-            let mut reply = conn
-                .command("AUTH LOGIN", Phase::Auth, "reply to AUTH")
-                .await?;
-            for secret in [user, password] {
-                if reply.code != 334 {
-                    break;
-                }
-                conn.send(&B64.encode(secret), "<redacted>", Phase::Auth)
-                    .await?;
-                reply = conn.reply(Phase::Auth, "reply to AUTH").await?;
-            }
-            reply
-        }
-    };
-    if reply.class() == 2 {
-        Ok(reply)
-    } else {
-        fail(Phase::Auth, format!("login refused: {reply}"))
     }
 }
 
