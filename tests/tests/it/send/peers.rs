@@ -419,3 +419,48 @@ fn bad_options_name_the_thing_and_the_fix() {
         }
     }
 }
+
+/// RFC 3207 §4.2: a server that sends more after its STARTTLS reply, before the handshake
+/// (here a forged EHLO reply), is refused instead of having it read as if it came over TLS.
+#[test]
+fn text_sent_ahead_of_the_tls_handshake_is_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let Ok((conn, _)) = listener.accept() else {
+            return;
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut writer = conn.try_clone().unwrap();
+        let _ = writer.write_all(b"220 injector.test ESMTP\r\n");
+        for line in BufReader::new(conn).lines() {
+            let Ok(line) = line else { break };
+            let reply: &[u8] = match line.to_ascii_uppercase().as_str() {
+                l if l.starts_with("EHLO") => b"250-injector.test\r\n250 STARTTLS\r\n",
+                "STARTTLS" => b"220 go ahead\r\n250-injected\r\n250 AUTH PLAIN\r\n",
+                _ => b"221 bye\r\n",
+            };
+            if writer.write_all(reply).is_err() {
+                break;
+            }
+        }
+    });
+    let out = send(
+        &[
+            "-v",
+            "--server",
+            &addr,
+            "--insecure",
+            "--from",
+            ALICE,
+            "--to",
+            BOB,
+        ],
+        &[],
+        b"",
+    );
+    assert_eq!(out.code(), 29, "{out}");
+    assert!(out.stderr.contains("STARTTLS command injection"), "{out}");
+    assert!(!out.stderr.contains("=== TLS started"), "{out}");
+}
