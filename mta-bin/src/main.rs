@@ -49,8 +49,9 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Send one message through any SMTP server (a test client built on lettre).
-    Send(send::SendArgs),
+    /// Send one message through any SMTP server: a test client with a transcript, a result
+    /// per recipient and an exit code per failed step.
+    Send(Box<send::SendArgs>),
     /// Manage users: add, del, list, passwd.
     User {
         /// The TOML config file (for the data dir and local domains).
@@ -105,7 +106,7 @@ fn main() -> ExitCode {
         Command::Reload { config } => {
             load_config(config.as_deref()).and_then(|c| control::reload(&c))
         }
-        Command::Send(args) => send::run(args),
+        Command::Send(args) => return send::run(*args),
         Command::User { config, command } => load_config(config.as_deref()).and_then(|c| {
             let delimiter = c.local.recipient_delimiter;
             users::run(command, &c.data_dir, &c.local_domains, delimiter)
