@@ -16,6 +16,7 @@ mod file;
 mod local;
 mod outbound;
 mod process;
+mod size;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -450,23 +451,24 @@ impl Config {
             origin: "defaults",
             text: "",
         };
-        validate::from_raw(&source, file::RawConfig::default(), system_hostname)
+        validate::from_raw(&source, file::RawConfig::default(), Vec::new(), system_hostname)
     }
 
     /// Parses and validates the text of a config file. `origin` (the file name) starts
     /// every error message; `system_hostname` is the default for `hostname`.
     ///
     /// # Errors
-    /// All problems found, in file order, each with its position and key. A TOML syntax
-    /// error or an unknown key stops the parse and is reported alone.
+    /// All problems found, in file order, each with its position and key: unknown keys and
+    /// values of the wrong type together with every other problem. Only a TOML syntax error
+    /// stops the parse and is reported alone.
     pub fn from_toml(
         origin: &str,
         text: &str,
         system_hostname: &str,
     ) -> Result<Config, ConfigErrors> {
         let source = file::Source { origin, text };
-        let raw = file::parse(&source)?;
-        validate::from_raw(&source, raw, system_hostname)
+        let (raw, shape_errors) = file::parse(&source)?;
+        validate::from_raw(&source, raw, shape_errors, system_hostname)
     }
 
     /// The effective config as TOML, every key written out: [`Config::from_toml`] reads it

@@ -102,7 +102,13 @@ fn docs_list_every_key() {
             "" => "zzz = 1".to_string(),
             t => format!("[{t}]\nzzz = 1"),
         };
-        let e = parse(&text).unwrap_err().0.remove(0).message;
+        let e = parse(&text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .find(|e| e.message.contains("unknown field"))
+            .expect("an unknown field error")
+            .message;
         let expected = e.split_once("expected").expect("serde lists the fields").1;
         expected
             .split('`')

@@ -55,11 +55,12 @@ const DNS_PORT: u16 = 53;
 pub(super) fn from_raw(
     source: &Source<'_>,
     raw: RawConfig,
+    shape_errors: Vec<ConfigError>,
     system_hostname: &str,
 ) -> Result<Config, ConfigErrors> {
     let mut c = Checker {
         source,
-        errors: Vec::new(),
+        errors: shape_errors,
     };
     let hostname = match &raw.hostname {
         Some(h) => c.domain(h, "hostname"),
@@ -112,6 +113,26 @@ pub(super) fn from_raw(
         let parsed = text.get_ref().parse::<SocketAddr>();
         if parsed.is_err() {
             let msg = format!("{:?} is not an address:port", text.get_ref());
+            c.error(text.span(), "metrics.listen", msg);
+        }
+        // The metrics listener is bound after the mail listeners: on one of their addresses
+        // it would stop the start after the mail ports are already taken.
+        let mail = [
+            ("smtp", &listen.smtp),
+            ("submission", &listen.submission),
+            ("submissions", &listen.submissions),
+        ];
+        if let Ok(addr) = parsed
+            && addr.port() != 0
+            && let Some((by, other)) = mail.iter().find_map(|(by, list)| {
+                list.iter()
+                    .find(|other| overlaps(addr, **other))
+                    .map(|other| (by, other))
+            })
+        {
+            let msg = format!(
+                "{addr} is already used by listen.{by} (as {other}): give the metrics their own port"
+            );
             c.error(text.span(), "metrics.listen", msg);
         }
         parsed.ok()
@@ -335,7 +356,7 @@ impl Checker<'_> {
         };
         let usize_max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
         let size = int(
-            &r.max_message_size,
+            &bytes(&r.max_message_size),
             "limits.max_message_size",
             MIN_MESSAGE_SIZE,
             i64::MAX,
@@ -379,7 +400,7 @@ impl Checker<'_> {
             None,
         );
         let header_size = int(
-            &r.max_header_size,
+            &bytes(&r.max_header_size),
             "limits.max_header_size",
             MIN_HEADER_SIZE,
             usize_max,
@@ -553,6 +574,12 @@ impl Checker<'_> {
 
 /// Whether two listeners would fight over a port: the same address, or a wildcard address
 /// and another of its family (binding both fails on Linux).
+/// A size read with its unit, as the plain number of bytes the range checks take.
+pub(super) fn bytes(n: &Option<S<super::size::Size>>) -> Option<S<i64>> {
+    n.as_ref()
+        .map(|n| toml::Spanned::new(n.span(), n.get_ref().0))
+}
+
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
