@@ -94,6 +94,18 @@ enum Format {
 }
 
 impl QueueCommand {
+    /// True when `--json` was given: answers and errors are printed as JSON.
+    pub fn json(&self) -> bool {
+        match self {
+            QueueCommand::List { json }
+            | QueueCommand::Show { json, .. }
+            | QueueCommand::Flush { json }
+            | QueueCommand::Retry { json, .. }
+            | QueueCommand::Delete { json, .. }
+            | QueueCommand::Bounce { json, .. } => *json,
+        }
+    }
+
     /// The control request this command sends, and how to print the answer.
     fn request(self) -> (Request, Format) {
         let format = |json| if json { Format::Json } else { Format::Human };
@@ -122,9 +134,21 @@ pub fn run(cmd: QueueCommand, config: &Config) -> anyhow::Result<()> {
             error.as_str().unwrap_or("the server reported an error")
         );
     }
+    // Records that could not be read: the listing is incomplete, which is a failure.
+    let unreadable = answer
+        .get("errors")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
     match format {
+        Format::Json if unreadable > 0 => anyhow::bail!(
+            "{unreadable} queue record(s) could not be read: {}",
+            answer["errors"]
+        ),
         Format::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Format::Human => print!("{}", render(&request, answer, via)?),
+    }
+    if unreadable > 0 {
+        anyhow::bail!("{unreadable} queue record(s) could not be read (listed above)");
     }
     Ok(())
 }
@@ -137,8 +161,15 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
         return Ok((value, Via::Server));
     }
     let path = config.data_dir.join("queue");
-    if !path.exists() {
-        return Ok((control::execute_on_no_queue(request), Via::Store));
+    match std::fs::metadata(&path) {
+        Ok(_) => {}
+        // The data dir is there and ours (checked above), but no server ever made a queue.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((control::execute_on_no_queue(request), Via::Store));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot use the queue {}", path.display()));
+        }
     }
     let queue = Queue::open(&path, QueueSettings::from_config(config)).with_context(|| {
         format!(
@@ -184,18 +215,10 @@ fn state(state: &RcptState) -> &'static str {
     }
 }
 
-/// Untrusted text made safe for a terminal: control characters other than tab are shown
-/// escaped (`\u{1b}`), never sent.
+/// Text for the operator's terminal: control characters are shown escaped (`\u{1b}`),
+/// never sent.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    mta_core::text::terminal(text, false)
 }
 
 fn render_list(listing: &Listing) -> String {
@@ -207,13 +230,13 @@ fn render_list(listing: &Listing) -> String {
             e.id,
             date::rfc5322(e.received_at),
             e.size,
-            e.sender,
+            printable(&e.sender.to_string()),
             date::rfc5322(rec.next_attempt_ms / 1000)
         ));
         for r in &e.recipients {
             out.push_str(&format!(
                 "    {}  {}  attempts {}  {}\n",
-                r.address,
+                printable(&r.address.to_string()),
                 state(&r.state),
                 r.attempts,
                 printable(r.last_result.as_deref().unwrap_or(""))
@@ -243,7 +266,7 @@ fn render_show(detail: &Detail) -> String {
          delay notice  {}\n\
          recipients\n",
         e.id,
-        e.sender,
+        printable(&e.sender.to_string()),
         date::rfc5322(e.received_at),
         o.listener.name(),
         printable(&o.peer),
@@ -257,7 +280,7 @@ fn render_show(detail: &Detail) -> String {
     for r in &e.recipients {
         out.push_str(&format!(
             "    {}  {}  attempts {}  {}\n",
-            r.address,
+            printable(&r.address.to_string()),
             state(&r.state),
             r.attempts,
             printable(r.last_result.as_deref().unwrap_or(""))
@@ -347,7 +370,7 @@ mod tests {
     fn terminal_escapes_are_shown_not_sent() {
         assert_eq!(
             printable("550 \x1b[2Jgone\r\n\tok"),
-            "550 \\u{1b}[2Jgone\\r\\n\tok"
+            "550 \\u{1b}[2Jgone\\u{d}\\u{a}\\u{9}ok"
         );
     }
 

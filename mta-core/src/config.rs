@@ -451,7 +451,12 @@ impl Config {
             origin: "defaults",
             text: "",
         };
-        validate::from_raw(&source, file::RawConfig::default(), Vec::new(), system_hostname)
+        validate::from_raw(
+            &source,
+            file::RawConfig::default(),
+            Vec::new(),
+            system_hostname,
+        )
     }
 
     /// Parses and validates the text of a config file. `origin` (the file name) starts

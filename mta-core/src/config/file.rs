@@ -10,7 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, Local, LocalDelivery, Outbound, PasswordSource, duration, size,
+    Config, ConfigError, ConfigErrors, Local, LocalDelivery, Outbound, PasswordSource, duration,
+    size,
 };
 
 /// A value with the byte range it was read from, for error positions.
@@ -263,9 +264,8 @@ pub(super) fn parse(source: &Source<'_>) -> Result<(RawConfig, Vec<ConfigError>)
         let key = key_at(source.text, span.start);
         source.error(span, &key, message.to_string())
     };
-    let mut table = toml::de::DeTable::parse(source.text).map_err(|e| {
-        ConfigErrors(vec![at(e.span().unwrap_or(0..0), e.message())])
-    })?;
+    let mut table = toml::de::DeTable::parse(source.text)
+        .map_err(|e| ConfigErrors(vec![at(e.span().unwrap_or(0..0), e.message())]))?;
     let mut errors = Vec::new();
     loop {
         let deserializer = toml::de::Deserializer::from(table.clone());

@@ -32,9 +32,7 @@ pub(super) fn parse(text: &str) -> Result<i64, String> {
              KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024), such as \"25MB\""
         )
     };
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(bad)?;
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
     let (number, unit) = text.split_at(split);
     if number.is_empty() {
         return Err(bad());
@@ -92,8 +90,20 @@ mod tests {
             assert_eq!(parse(text), Ok(bytes), "{text}");
         }
         let bad = [
-            "", "MB", "25", "25M", "25 MB", " 25MB", "25MB ", "1.5MB", "-1MB", "+1MB", "25XB",
-            "25MBs", "99999999999999999999B", "9999999999999GiB",
+            "",
+            "MB",
+            "25",
+            "25M",
+            "25 MB",
+            " 25MB",
+            "25MB ",
+            "1.5MB",
+            "-1MB",
+            "+1MB",
+            "25XB",
+            "25MBs",
+            "99999999999999999999B",
+            "9999999999999GiB",
         ];
         for text in bad {
             let e = parse(text).expect_err(text);

@@ -684,9 +684,11 @@ fn every_problem_in_one_run_unknown_keys_included() {
     for (line, want) in lines.iter().zip(want) {
         assert!(line.starts_with(want), "{line}\nwant {want}");
     }
-    let c = parse("[limits]\nmax_message_size = \"25MB\"\nmax_header_size = \"64KiB\"\n\
-                   [queue]\nmin_free_space = \"1GB\"\n")
-        .expect("sizes with units");
+    let c = parse(
+        "[limits]\nmax_message_size = \"25MB\"\nmax_header_size = \"64KiB\"\n\
+                   [queue]\nmin_free_space = \"1GB\"\n",
+    )
+    .expect("sizes with units");
     assert_eq!(c.limits.max_message_size, 25_000_000);
     assert_eq!(c.limits.max_header_size, 65_536);
     assert_eq!(c.queue.min_free_space, 1_000_000_000);
