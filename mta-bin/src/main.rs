@@ -140,6 +140,7 @@ fn main() -> ExitCode {
             ErrorFormat::JsonLog
         }
         Command::Queue { command } if command.json() => ErrorFormat::JsonAnswer,
+        Command::Doctor(args) if args.json => ErrorFormat::JsonAnswer,
         _ => ErrorFormat::Text,
     };
     let path = source.path().map(Path::to_path_buf);

@@ -474,3 +474,48 @@ fn dkim_keygen_says_reload_not_restart() {
     assert!(out.stdout.contains("then run `mta reload`"), "{out}");
     assert!(!out.stdout.contains("restart mta"), "{out}");
 }
+
+#[test]
+fn json_log_format_makes_a_start_up_error_json_too() {
+    let dir = KeptDir::new();
+    let cfg = dir.path().join("mta.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = {:?}\nallow_root = true\n[tls]\ncert = \"/nonexistent/cert.pem\"\n\
+             key = \"/nonexistent/key.pem\"\n",
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let out = run(
+        "mta serve --log-format json (expected to fail at start-up)",
+        Command::new(mta_bin())
+            .args(["serve", "--log-format", "json", "--config"])
+            .arg(&cfg),
+        b"",
+        secs(15),
+    );
+    assert_ne!(out.code(), 0, "{out}");
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .chain(out.stdout.lines())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}\n{out}")))
+        .collect();
+    let error = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error line: {out}"));
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nonexistent/cert.pem"),
+        "{error}"
+    );
+    assert!(
+        error["config"].as_str().unwrap().contains("mta.toml"),
+        "{error}"
+    );
+}
