@@ -309,8 +309,26 @@ fn report_error(e: &anyhow::Error, source: &ConfigSource, format: ErrorFormat) {
 /// makes before it binds its ports, all reported in one run (exit 2 when any fails), else
 /// the effective settings.
 fn check_config(path: Option<&Path>, source: &ConfigSource) -> anyhow::Result<ExitCode> {
-    let config = load_config(path)?;
+    // The file's own errors, and the checks below on what could be read of it, so that one
+    // run names every problem.
+    let (config, config_errors) = match path {
+        None => (load_config(None)?, Vec::new()),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read config file {}", p.display()))?;
+            let origin = p.display().to_string();
+            match Config::check_toml(&origin, &text, &system_hostname()) {
+                (Some(config), errors) => (config, errors),
+                (None, errors) => {
+                    return Err(mta_core::config::ConfigErrors(errors).into());
+                }
+            }
+        }
+    };
     let mut report = serve::preflight(&config);
+    report
+        .errors
+        .splice(0..0, config_errors.iter().map(ToString::to_string));
     match privileges::Plan::decide(&config) {
         Ok(privileges::Plan::RefuseRoot) => report.warnings.push(
             "run as root, mta serve would refuse to serve: set user (for example user = \
@@ -335,6 +353,7 @@ fn check_config(path: Option<&Path>, source: &ConfigSource) -> anyhow::Result<Ex
         );
         return Ok(ExitCode::from(2));
     }
+    // Only a config without errors comes this far, and only it is printed.
     print!("{}", config.to_toml());
     Ok(ExitCode::SUCCESS)
 }

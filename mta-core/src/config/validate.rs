@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::file::{List, RawConfig, S, Source};
 use super::outbound::Given;
-use super::{Config, ConfigError, ConfigErrors, Dns, Limits, Listen, Tls, duration};
+use super::{Config, ConfigError, Dns, Limits, Listen, Tls, duration};
 use crate::address::{Address, Domain};
 
 const DEFAULT_DATA_DIR: &str = "./mta-data";
@@ -57,7 +57,7 @@ pub(super) fn from_raw(
     raw: RawConfig,
     shape_errors: Vec<ConfigError>,
     system_hostname: &str,
-) -> Result<Config, ConfigErrors> {
+) -> (Config, Vec<ConfigError>) {
     let mut c = Checker {
         source,
         errors: shape_errors,
@@ -138,12 +138,9 @@ pub(super) fn from_raw(
         parsed.ok()
     });
     let process = c.process(&raw);
-    if !c.errors.is_empty() {
-        let mut errors = c.errors;
-        errors.sort_by_key(|e| (e.line, e.column));
-        return Err(ConfigErrors(errors));
-    }
-    Ok(Config {
+    let mut errors = c.errors;
+    errors.sort_by_key(|e| (e.line, e.column));
+    let config = Config {
         hostname,
         data_dir,
         local_domains,
@@ -161,7 +158,8 @@ pub(super) fn from_raw(
         inbound,
         metrics_listen,
         process,
-    })
+    };
+    (config, errors)
 }
 
 /// The machine's name as our default hostname, or `localhost` when it is not a usable domain

@@ -176,16 +176,25 @@ fn check_config_reports_every_problem_in_one_run() {
     let dir = KeptDir::new();
     let d = |name: &str| dir.path().join(name).display().to_string();
 
-    // Problems of the file itself: an unknown key no longer hides the others.
+    // Problems of the file itself: an unknown key no longer hides the others, nor what
+    // mta serve would find next (a certificate that is not there).
     let (_, out) = check_config(
         dir.path(),
-        "colour = \"blue\"\nshutdown_grace = \"10\"\n[limits]\nmax_message_size = \"25XB\"\n",
+        &format!(
+            "colour = \"blue\"\nshutdown_grace = \"10\"\ndata_dir = {:?}\n[limits]\n\
+             max_message_size = \"25XB\"\n[tls]\ncert = {:?}\nkey = {:?}\n",
+            d("data"),
+            d("no-cert.pem"),
+            d("no-key.pem")
+        ),
     );
     assert_eq!(out.code(), 2, "{out}");
     for want in [
         "mta.toml:1:1: colour: unknown field",
         "mta.toml:2:18: shutdown_grace: \"10\" is not a duration",
-        "mta.toml:4:20: limits.max_message_size: \"25XB\" is not a size",
+        "mta.toml:5:20: limits.max_message_size: \"25XB\" is not a size",
+        "no-cert.pem",
+        "4 problem(s)",
     ] {
         assert!(out.stderr.contains(want), "{want}\n{out}");
     }
