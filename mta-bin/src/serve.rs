@@ -132,7 +132,7 @@ pub fn preflight(config: &Config) -> Preflight {
     for key in &config.dkim {
         if let Err(reason) = mta_smtp::dkim::PrivateKey::load(&key.key, key.algorithm) {
             report.errors.push(format!(
-                "DKIM key {} (dkim.\"{}\", selector {}): {reason}",
+                "DKIM key {} ({}, selector {}): {reason}",
                 key.key.display(),
                 key.domain,
                 key.selector
