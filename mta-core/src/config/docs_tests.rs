@@ -152,6 +152,22 @@ fn docs_list_every_key() {
             "docs/config.md does not document `{key}`"
         );
     }
+    // Each key has one row in the table: two rows would say two things about one key.
+    let mut rows: Vec<&str> = DOC
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once("` |").map(|(key, _)| key))
+        .collect();
+    rows.sort_unstable();
+    let twice: Vec<&&str> = rows
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "docs/config.md has two rows for {twice:?}"
+    );
 }
 
 #[test]
