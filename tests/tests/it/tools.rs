@@ -528,3 +528,76 @@ fn json_log_format_makes_a_start_up_error_json_too() {
         "{error}"
     );
 }
+
+/// The repository root (the tests crate is one level down).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repository")
+        .to_path_buf()
+}
+
+#[test]
+fn docs_match_the_unit_the_binary_and_its_help() {
+    let read = |p: &str| std::fs::read_to_string(repo().join(p)).unwrap();
+    let (unit, install, readme) = (
+        read("dist/mta.service"),
+        read("docs/install.md"),
+        read("README.md"),
+    );
+    // Every page the unit's Documentation= names is one of ours, and install.md puts it there.
+    let line = unit
+        .lines()
+        .find(|l| l.starts_with("Documentation="))
+        .expect("a Documentation= line");
+    for url in line["Documentation=".len()..].split_whitespace() {
+        let page = url
+            .strip_prefix("file:///usr/local/share/doc/mta/")
+            .unwrap_or_else(|| panic!("{url} is not where install.md puts the docs"));
+        assert!(repo().join("docs").join(page).is_file(), "{url}");
+    }
+    assert!(
+        install.contains("-t\n/usr/local/share/doc/mta docs/*.md")
+            || install.contains("/usr/local/share/doc/mta docs/*.md"),
+        "install.md installs the pages Documentation= names"
+    );
+    // What mta user run as root does with the users file (users.rs gives it to the data
+    // dir's owner), and what a failed restart leaves.
+    assert!(
+        install.contains("gives the users file\nto the owner of the data dir"),
+        "install.md on the users file's owner"
+    );
+    assert!(
+        install.contains("mta stays **down**"),
+        "install.md on a failed restart"
+    );
+    // Each subcommand in `mta --help` has its row in the README's command table.
+    let help = run(
+        "mta --help",
+        Command::new(mta_bin()).arg("--help"),
+        b"",
+        secs(10),
+    );
+    help.assert_success("mta --help");
+    let commands: Vec<&str> = help
+        .stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .collect();
+    assert!(commands.len() >= 9, "{help}");
+    for c in commands {
+        assert!(
+            readme.contains(&format!("| `mta {c}")),
+            "README's command table has no row for mta {c}"
+        );
+    }
+    assert!(help.stdout.contains("MTA_CONFIG"), "{help}");
+    assert!(
+        readme.contains("`MTA_CONFIG`"),
+        "README on finding the config"
+    );
+}
