@@ -261,12 +261,23 @@ async fn ask_reload(reload: &ReloadRequests) -> String {
 /// `mta reload`: asks the running server to reload and prints the outcome.
 ///
 /// # Errors
-/// No server runs, or it refused the new config (its reason).
+/// No server runs (with the reason: no socket, or a socket nobody answers on), the data dir
+/// or socket cannot be reached, or the server refused the new config (its reason).
 pub fn reload(config: &mta_core::config::Config) -> anyhow::Result<()> {
     let Some(answer) = request(&config.data_dir, "reload")? else {
+        let path = socket_path(&config.data_dir);
+        if path.exists() {
+            anyhow::bail!(
+                "no server answers on the control socket {}: it refuses connections (left by \
+                 a server that did not stop cleanly?); start mta serve",
+                path.display()
+            );
+        }
         anyhow::bail!(
-            "no running server found (no control socket in {})",
-            config.data_dir.display()
+            "no server is running with data dir {} (no control socket {}); start mta serve, \
+             or give the config it runs with",
+            config.data_dir.display(),
+            path.display()
         );
     };
     let value: Value = serde_json::from_str(&answer)
@@ -280,21 +291,75 @@ pub fn reload(config: &mta_core::config::Config) -> anyhow::Result<()> {
     }
 }
 
-/// Asks a running server. `Ok(None)` when no server listens on the socket.
+/// Checks that this process may use `data_dir`, the directory the control socket and the
+/// store are in, so that a missing or closed data dir is reported as such and never read as
+/// "no server" or "empty queue".
 ///
 /// # Errors
-/// When a server answers but the answer is unreadable.
+/// The data dir is missing, not a directory, or closed to this user.
+pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    let uid = nix::unistd::geteuid();
+    match std::fs::read_dir(data_dir) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "data dir {} does not exist: no server has run with this config (is --config \
+             or MTA_CONFIG missing?)",
+            data_dir.display()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "permission denied on data dir {} (running as uid {uid}): run this as the user \
+             mta serves as, or as root",
+            data_dir.display()
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot use data dir {}", data_dir.display())),
+    }
+}
+
+/// Asks a running server. `Ok(None)` when no server runs: there is no control socket, or
+/// nobody accepts on it (a socket left behind by a server that was killed).
+///
+/// # Errors
+/// The data dir cannot be used ([`check_data_dir`]), the socket cannot be reached (such as
+/// permission denied), or a server answers but the answer is unreadable.
 pub fn request(data_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
+    check_data_dir(data_dir)?;
     let path = socket_path(data_dir);
-    let Ok(mut stream) = StdUnixStream::connect(&path) else {
-        return Ok(None);
+    let mut stream = match StdUnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => anyhow::bail!(
+            "permission denied on the control socket {} (running as uid {}): run this as \
+             the user mta serves as, or as root",
+            path.display(),
+            nix::unistd::geteuid()
+        ),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!("cannot connect to the control socket {}", path.display())
+            });
+        }
     };
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(format!("{what}\n").as_bytes())?;
+    stream
+        .write_all(format!("{what}\n").as_bytes())
+        .with_context(|| format!("writing to the control socket {}", path.display()))?;
     let mut answer = String::new();
     stream
         .read_to_string(&mut answer)
         .with_context(|| format!("reading the answer from {}", path.display()))?;
+    if answer.is_empty() {
+        anyhow::bail!(
+            "the server closed the control socket {} without an answer",
+            path.display()
+        );
+    }
     Ok(Some(answer))
 }
 

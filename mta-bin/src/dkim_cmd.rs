@@ -121,7 +121,7 @@ fn keygen(
         zone_line(&name, &text)
     );
     println!(
-        "2. Add this to the config, then restart mta:\n\n\
+        "2. Add this to the config, then run `mta reload` (no restart needed):\n\n\
          [[dkim.\"{domain}\"]]\nselector = \"{selector}\"\nkey = \"{}\"\nalgorithm = \"{}\"\n",
         path.display(),
         algorithm.name()

@@ -94,6 +94,18 @@ enum Format {
 }
 
 impl QueueCommand {
+    /// True when `--json` was given: answers and errors are printed as JSON.
+    pub fn json(&self) -> bool {
+        match self {
+            QueueCommand::List { json }
+            | QueueCommand::Show { json, .. }
+            | QueueCommand::Flush { json }
+            | QueueCommand::Retry { json, .. }
+            | QueueCommand::Delete { json, .. }
+            | QueueCommand::Bounce { json, .. } => *json,
+        }
+    }
+
     /// The control request this command sends, and how to print the answer.
     fn request(self) -> (Request, Format) {
         let format = |json| if json { Format::Json } else { Format::Human };
@@ -122,6 +134,8 @@ pub fn run(cmd: QueueCommand, config: &Config) -> anyhow::Result<()> {
             error.as_str().unwrap_or("the server reported an error")
         );
     }
+    // Records set aside as corrupt are part of the answer (listed as such); a store that
+    // cannot be read at all is an error above, never an empty list.
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&answer)?),
         Format::Human => print!("{}", render(&request, answer, via)?),
@@ -137,8 +151,15 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
         return Ok((value, Via::Server));
     }
     let path = config.data_dir.join("queue");
-    if !path.exists() {
-        return Ok((control::execute_on_no_queue(request), Via::Store));
+    match std::fs::metadata(&path) {
+        Ok(_) => {}
+        // The data dir is there and ours (checked above), but no server ever made a queue.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((control::execute_on_no_queue(request), Via::Store));
+        }
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot use the queue {}", path.display()));
+        }
     }
     let queue = Queue::open(&path, QueueSettings::from_config(config)).with_context(|| {
         format!(
@@ -184,18 +205,10 @@ fn state(state: &RcptState) -> &'static str {
     }
 }
 
-/// Untrusted text made safe for a terminal: control characters other than tab are shown
-/// escaped (`\u{1b}`), never sent.
+/// Text for the operator's terminal: control characters are shown escaped (`\u{1b}`),
+/// never sent.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() && c != '\t' {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    mta_core::text::terminal(text, false)
 }
 
 fn render_list(listing: &Listing) -> String {
@@ -207,13 +220,13 @@ fn render_list(listing: &Listing) -> String {
             e.id,
             date::rfc5322(e.received_at),
             e.size,
-            e.sender,
+            printable(&e.sender.to_string()),
             date::rfc5322(rec.next_attempt_ms / 1000)
         ));
         for r in &e.recipients {
             out.push_str(&format!(
                 "    {}  {}  attempts {}  {}\n",
-                r.address,
+                printable(&r.address.to_string()),
                 state(&r.state),
                 r.attempts,
                 printable(r.last_result.as_deref().unwrap_or(""))
@@ -243,7 +256,7 @@ fn render_show(detail: &Detail) -> String {
          delay notice  {}\n\
          recipients\n",
         e.id,
-        e.sender,
+        printable(&e.sender.to_string()),
         date::rfc5322(e.received_at),
         o.listener.name(),
         printable(&o.peer),
@@ -257,7 +270,7 @@ fn render_show(detail: &Detail) -> String {
     for r in &e.recipients {
         out.push_str(&format!(
             "    {}  {}  attempts {}  {}\n",
-            r.address,
+            printable(&r.address.to_string()),
             state(&r.state),
             r.attempts,
             printable(r.last_result.as_deref().unwrap_or(""))
@@ -347,7 +360,7 @@ mod tests {
     fn terminal_escapes_are_shown_not_sent() {
         assert_eq!(
             printable("550 \x1b[2Jgone\r\n\tok"),
-            "550 \\u{1b}[2Jgone\\r\\n\tok"
+            "550 \\u{1b}[2Jgone\\u{d}\\u{a}\\u{9}ok"
         );
     }
 

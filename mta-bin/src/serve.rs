@@ -40,7 +40,12 @@ const DELIVERY_CONCURRENCY: usize = 64;
 /// # Errors
 /// Anything that stops start-up: an unusable data dir, certificate, queue or port, an
 /// unknown `user`, serving as root without `allow_root`, a sandbox that cannot be set up.
-pub fn run(config: Config, config_file: Option<PathBuf>, format: LogFormat) -> anyhow::Result<()> {
+pub fn run(
+    config: Config,
+    config_file: Option<PathBuf>,
+    format: LogFormat,
+    source: &crate::ConfigSource,
+) -> anyhow::Result<()> {
     init_logging(format);
     // Nothing we create is for other users: sled's files, Maildirs, sockets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
@@ -53,11 +58,17 @@ pub fn run(config: Config, config_file: Option<PathBuf>, format: LogFormat) -> a
         config.process.allow_root = true;
     }
     let plan = privileges::Plan::decide(&config)?;
+    // The checks `mta check-config` runs too: every problem named at once, before anything
+    // is created or bound. The router reads the DKIM keys and the password again.
+    let report = preflight(&config);
+    for warning in &report.warnings {
+        warn!("{warning}");
+    }
+    if !report.errors.is_empty() {
+        bail!("{}", report.errors.join("\n"));
+    }
     prepare_data_dir(&config.data_dir)?;
     let (acceptor, cert_note) = load_tls(&config)?;
-    // Read the DKIM keys now, as root if we started as root, so that a missing key stops
-    // the start with its name before anything else; the router reads them again.
-    mta_smtp::dkim::Signer::load(&config)?;
     privileges::secure_data_dir(&config.data_dir, &plan)?;
     let sockets = mta_smtp::server::bind_sockets(&config)?;
     privileges::drop_to(&plan)?;
@@ -77,11 +88,182 @@ pub fn run(config: Config, config_file: Option<PathBuf>, format: LogFormat) -> a
         .build()
         .context("cannot start the async runtime")?;
     let config = Arc::new(config);
-    let result = runtime.block_on(serve(config, config_file, acceptor, cert_note, sockets));
+    let said = Said {
+        format,
+        config_flag: match source.path() {
+            Some(p) => format!(" --config {}", p.display()),
+            None => String::new(),
+        },
+    };
+    let result = runtime.block_on(serve(
+        config,
+        config_file,
+        acceptor,
+        cert_note,
+        sockets,
+        said,
+    ));
     // A store write or flush that sled never returned from (after a full disk) sits on a
     // blocking-pool thread: do not wait for it to exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// What [`preflight`] found: problems that stop `mta serve` (and make `mta check-config`
+/// exit 2), and ones it only warns about.
+#[derive(Debug, Default)]
+pub struct Preflight {
+    /// Each stops the start.
+    pub errors: Vec<String>,
+    /// Each is logged; the start goes on.
+    pub warnings: Vec<String>,
+}
+
+/// Every check `mta serve` makes on a valid config before it creates or binds anything, run
+/// by `mta serve` and `mta check-config` alike, as the user running it: the certificate and
+/// key (readable, parse, belong together, name the hostname), each DKIM key, the smarthost
+/// password, the data dir and the users file. Changes nothing.
+pub fn preflight(config: &Config) -> Preflight {
+    let mut report = Preflight::default();
+    if let Err(e) = privileges::Plan::decide(config) {
+        report.errors.push(format!("{e:#}"));
+    }
+    check_tls(config, &mut report);
+    for key in &config.dkim {
+        if let Err(reason) = mta_smtp::dkim::PrivateKey::load(&key.key, key.algorithm) {
+            report.errors.push(format!(
+                "DKIM key {} ({}, selector {}): {reason}",
+                key.key.display(),
+                key.domain,
+                key.selector
+            ));
+        }
+    }
+    if let Some(relay) = &config.outbound.relay {
+        match &relay.password {
+            Some(mta_core::config::PasswordSource::Env(var))
+                if std::env::var_os(var).is_none_or(|v| v.is_empty()) =>
+            {
+                report.errors.push(format!(
+                    "outbound.relay_password_env: the environment variable {var} is not set \
+                     (or empty) for this process; set it where mta serve starts (systemd: \
+                     Environment= or EnvironmentFile=)"
+                ));
+            }
+            Some(mta_core::config::PasswordSource::Env(_)) => {}
+            Some(mta_core::config::PasswordSource::File(path)) => {
+                if let Err(e) = fs::read_to_string(path) {
+                    report.errors.push(format!(
+                        "outbound.relay_password_file: cannot read {}: {e}",
+                        path.display()
+                    ));
+                }
+            }
+            None => {}
+        }
+    }
+    check_data_dir(&config.data_dir, &mut report);
+    report
+}
+
+/// The certificate and key: readable, parsed, a pair, and naming the hostname (a warning:
+/// senders that verify the name refuse it, others do not care).
+fn check_tls(config: &Config, report: &mut Preflight) {
+    let (cert, key) = match (&config.tls.cert, &config.tls.key) {
+        (Some(c), Some(k)) => (c, k),
+        (None, None) => return,
+        _ => {
+            report
+                .errors
+                .push("tls.cert and tls.key must be set together".to_string());
+            return;
+        }
+    };
+    if let Err(e) = mta_smtp::tls::load_acceptor(cert, key) {
+        report.errors.push(format!("{e}"));
+        return;
+    }
+    let hostname = config.hostname.as_str();
+    let names = fs::read(cert)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| crate::doctor::cert::facts(&pem));
+    match names {
+        Ok(facts)
+            if !facts
+                .dns_names
+                .iter()
+                .any(|n| crate::doctor::cert::name_matches(n, hostname)) =>
+        {
+            report.warnings.push(format!(
+                "certificate {} does not name the hostname {hostname} (it names {}): senders \
+                 that verify it refuse it",
+                cert.display(),
+                if facts.dns_names.is_empty() {
+                    "no DNS name".to_string()
+                } else {
+                    facts.dns_names.join(", ")
+                }
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => report
+            .warnings
+            .push(format!("certificate {}: {e}", cert.display())),
+    }
+}
+
+/// The data dir: a directory this process may write in, or one it may create; and the users
+/// file in it readable.
+fn check_data_dir(dir: &Path, report: &mut Preflight) {
+    use nix::unistd::{AccessFlags, access};
+    match fs::metadata(dir) {
+        Ok(meta) if !meta.is_dir() => {
+            report
+                .errors
+                .push(format!("data dir {} is not a directory", dir.display()));
+            return;
+        }
+        Ok(_) => {
+            if let Err(e) = access(dir, AccessFlags::W_OK | AccessFlags::X_OK) {
+                report.errors.push(format!(
+                    "data dir {} is not writable by this user (uid {}): {e}",
+                    dir.display(),
+                    nix::unistd::geteuid()
+                ));
+                return;
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // mta serve creates it: its nearest existing parent must let us.
+            let parent = dir
+                .ancestors()
+                .skip(1)
+                .find(|p| !p.as_os_str().is_empty() && p.exists())
+                .unwrap_or(Path::new("."));
+            if let Err(e) = access(parent, AccessFlags::W_OK | AccessFlags::X_OK) {
+                report.errors.push(format!(
+                    "data dir {} does not exist and cannot be created in {}: {e}",
+                    dir.display(),
+                    parent.display()
+                ));
+            }
+            return;
+        }
+        Err(e) => {
+            report
+                .errors
+                .push(format!("data dir {}: {e}", dir.display()));
+            return;
+        }
+    }
+    let users = users::users_path(dir);
+    match fs::File::open(&users) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => report
+            .errors
+            .push(format!("users file {}: {e}", users.display())),
+    }
 }
 
 /// Warns about configured files the dropped, sandboxed process can no longer read: they were
@@ -134,6 +316,7 @@ async fn serve(
     acceptor: tokio_rustls::TlsAcceptor,
     cert_note: String,
     sockets: Vec<(ListenerKind, tokio::net::TcpSocket)>,
+    said: Said,
 ) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
     let kept = Kept {
@@ -160,7 +343,7 @@ async fn serve(
     let server = Server::listen(
         Shared {
             config: config.clone(),
-            users,
+            users: users.clone(),
             queue: queue.clone(),
             tls: Some(parts.tls),
             shutdown: stopped.clone(),
@@ -204,9 +387,11 @@ async fn serve(
             stopped.clone(),
         ));
     }
-    println!("mta ready {}", ready.join(" "));
-    println!("{}", parts.cert_note);
-    print_hint(&config, &addrs);
+    said.line(&format!("mta ready {}", ready.join(" ")));
+    said.line(&parts.cert_note);
+    for hint in hints(&config, &addrs, &users, &said.config_flag) {
+        said.line(&hint);
+    }
     info!(hostname = %config.hostname, data_dir = %data_dir.display(), "started");
 
     let scheduler = tokio::spawn(queue.clone().run(
@@ -365,11 +550,72 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What a newcomer types next.
-fn print_hint(config: &Config, addrs: &[(ListenerKind, std::net::SocketAddr)]) {
-    let Some((_, sub)) = addrs.iter().find(|(k, _)| *k == ListenerKind::Submission) else {
-        return;
-    };
+/// How the lines on stdout (ready, certificate, hints) are written: as text, or as JSON
+/// objects like the log lines, so that every line of `--log-format json` parses.
+struct Said {
+    format: LogFormat,
+    /// ` --config FILE` when a file is in use, for the hints' commands.
+    config_flag: String,
+}
+
+impl Said {
+    fn line(&self, text: &str) {
+        match self.format {
+            LogFormat::Text => println!("{text}"),
+            LogFormat::Json => println!(
+                "{}",
+                serde_json::json!({
+                    "timestamp": timestamp(),
+                    "level": "INFO",
+                    "message": text,
+                })
+            ),
+        }
+    }
+}
+
+/// Now in RFC 3339 UTC with microseconds, as the JSON log lines write it.
+pub fn timestamp() -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        now.subsec_micros()
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// What a newcomer types next, only where it applies: with no user yet, how to add one
+/// and send a first message (on the submission listener, if there is one).
+fn hints(
+    config: &Config,
+    addrs: &[(ListenerKind, std::net::SocketAddr)],
+    users: &users::UsersFile,
+    config_flag: &str,
+) -> Vec<String> {
+    use mta_core::seams::UserDirectory as _;
+    if !users.current().is_empty() {
+        return Vec::new();
+    }
     let domain = config
         .local_domains
         .iter()
@@ -377,11 +623,21 @@ fn print_hint(config: &Config, addrs: &[(ListenerKind, std::net::SocketAddr)]) {
         .or(config.local_domains.first())
         .map(|d| d.to_string())
         .unwrap_or_else(|| config.hostname.to_string());
-    println!(
-        "mta hint: add a user:    mta user add you@{domain}\n\
-         mta hint: send a message: MTA_PASSWORD=... mta send --server {sub} --tls starttls --insecure \
-         --user you@{domain} --from you@{domain} --to you@{domain} --subject hello --body 'first mail'\n\
-         mta hint: find it in     {}/mail/{domain}/you/Maildir/new/",
-        config.data_dir.display()
-    );
+    let mut out = vec![format!(
+        "mta hint: no user yet; add one: mta user add you@{domain}{config_flag}"
+    )];
+    if let Some((_, sub)) = addrs.iter().find(|(k, _)| *k == ListenerKind::Submission) {
+        out.push(format!(
+            "mta hint: then send a message: MTA_PASSWORD=... mta send --server {sub} --tls \
+             starttls --insecure --user you@{domain} --from you@{domain} --to you@{domain} \
+             --subject hello --body 'first mail'"
+        ));
+        if config.local.delivery == mta_core::config::LocalDelivery::Maildir {
+            out.push(format!(
+                "mta hint: and find it in {}/mail/{domain}/you/Maildir/new/",
+                config.data_dir.display()
+            ));
+        }
+    }
+    out
 }

@@ -16,6 +16,7 @@ mod file;
 mod local;
 mod outbound;
 mod process;
+mod size;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -450,23 +451,55 @@ impl Config {
             origin: "defaults",
             text: "",
         };
-        validate::from_raw(&source, file::RawConfig::default(), system_hostname)
+        let (config, errors) = validate::from_raw(
+            &source,
+            file::RawConfig::default(),
+            Vec::new(),
+            system_hostname,
+        );
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
     }
 
     /// Parses and validates the text of a config file. `origin` (the file name) starts
     /// every error message; `system_hostname` is the default for `hostname`.
     ///
     /// # Errors
-    /// All problems found, in file order, each with its position and key. A TOML syntax
-    /// error or an unknown key stops the parse and is reported alone.
+    /// All problems found, in file order, each with its position and key: unknown keys and
+    /// values of the wrong type together with every other problem. Only a TOML syntax error
+    /// stops the parse and is reported alone.
     pub fn from_toml(
         origin: &str,
         text: &str,
         system_hostname: &str,
     ) -> Result<Config, ConfigErrors> {
+        match Config::check_toml(origin, text, system_hostname) {
+            (Some(config), errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// [`Config::from_toml`] for `mta check-config`, which goes on to check what it can
+    /// after errors: every problem, and the config as far as it could be read, each value in
+    /// error replaced by its default (`None` after a TOML syntax error). Such a config is only
+    /// for finding more problems, never for running on.
+    pub fn check_toml(
+        origin: &str,
+        text: &str,
+        system_hostname: &str,
+    ) -> (Option<Config>, Vec<ConfigError>) {
         let source = file::Source { origin, text };
-        let raw = file::parse(&source)?;
-        validate::from_raw(&source, raw, system_hostname)
+        match file::parse(&source) {
+            Ok((raw, shape_errors)) => {
+                let (config, errors) =
+                    validate::from_raw(&source, raw, shape_errors, system_hostname);
+                (Some(config), errors)
+            }
+            Err(errors) => (None, errors.0),
+        }
     }
 
     /// The effective config as TOML, every key written out: [`Config::from_toml`] reads it

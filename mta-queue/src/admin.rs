@@ -182,6 +182,10 @@ impl crate::Queue {
                 .update(&current, current.next_attempt_ms, true)
                 .await?;
         }
+        // Each recipient failed, as one that failed on delivery would have.
+        for _ in &rcpts {
+            mta_core::metrics::METRICS.recipient("failed");
+        }
         info!(
             msg = %id,
             rcpts = rcpts.len(),

@@ -204,7 +204,17 @@ impl TestMta {
         // The ready line, then the certificate line right after it.
         loop {
             let wait = deadline.saturating_duration_since(Instant::now());
-            match ready.recv_timeout(wait) {
+            // With `--log-format json` each stdout line is a JSON object; its message is the
+            // text line.
+            let received = ready.recv_timeout(wait).map(|line| {
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(v) if line.starts_with('{') => {
+                        v["message"].as_str().unwrap_or("").to_string()
+                    }
+                    _ => line,
+                }
+            });
+            match received {
                 Ok(line) if line.starts_with("mta ready ") => {
                     self.listeners = parse_ready(&line);
                 }
@@ -290,6 +300,12 @@ impl TestMta {
         self.cert
             .clone()
             .unwrap_or_else(|| panic!("mta serve named no certificate\n{}", self.describe()))
+    }
+
+    /// What the server wrote on stdout so far (all runs): the ready, certificate and hint
+    /// lines.
+    pub fn stdout(&self) -> String {
+        text(&self.stdout)
     }
 
     /// What the server wrote on stderr so far (all runs).

@@ -42,6 +42,11 @@ impl SilentDns {
         }
     }
 
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The `[dns]` table pointing a server at it.
     pub fn config_toml(&self) -> String {
         format!("[dns]\nnameservers = [\"{}\"]\n", self.addr)

@@ -69,7 +69,7 @@ pub fn facts(pem: &[u8]) -> Result<Facts, String> {
 
 /// True when the certificate name `pattern` covers `host` (RFC 6125 §6.4.3: a `*` only as
 /// the whole left-most label, matching exactly one label).
-fn name_matches(pattern: &str, host: &str) -> bool {
+pub(crate) fn name_matches(pattern: &str, host: &str) -> bool {
     let (pattern, host) = (pattern.trim_end_matches('.'), host.trim_end_matches('.'));
     match pattern.strip_prefix("*.") {
         Some(rest) => host

@@ -257,9 +257,10 @@ fn parents(domain: &str) -> Vec<&str> {
 pub async fn dmarc(ctx: &Ctx<'_>, domain: &str) -> Verdict {
     let v = |status, detail| Verdict::new("dmarc", domain, status, detail);
     let name = format!("_dmarc.{domain}");
-    let suggest = |rua: Option<&str>| {
+    // As docs/dns.md advises: start with p=none and reports; from p=none, move to quarantine.
+    let suggest = |rua: Option<&str>, policy: &str| {
         let rua = rua.map_or_else(|| format!("mailto:postmaster@{domain}"), str::to_string);
-        txt_line(&name, &format!("v=DMARC1; p=quarantine; rua={rua}"))
+        txt_line(&name, &format!("v=DMARC1; p={policy}; rua={rua}"))
     };
     let mut found = None;
     for candidate in std::iter::once(domain).chain(parents(domain)) {
@@ -278,7 +279,8 @@ pub async fn dmarc(ctx: &Ctx<'_>, domain: &str) -> Verdict {
         }
     }
     let Some((owner, at, records)) = found else {
-        return v(Status::Fail, format!("no DMARC record at {name}")).publish(suggest(None));
+        return v(Status::Fail, format!("no DMARC record at {name}"))
+            .publish(suggest(None, "none"));
     };
     if records.len() > 1 {
         return v(
@@ -288,14 +290,14 @@ pub async fn dmarc(ctx: &Ctx<'_>, domain: &str) -> Verdict {
                 records.len()
             ),
         )
-        .publish(suggest(None));
+        .publish(suggest(None, "none"));
     }
     let text = &records[0];
     let record = match Dmarc::parse(text.as_bytes()) {
         Ok(r) => r,
         Err(_) => {
             return v(Status::Fail, format!("{text:?} at {at} does not parse"))
-                .publish(suggest(None));
+                .publish(suggest(None, "none"));
         }
     };
     let tags = tags(text);
@@ -326,9 +328,9 @@ pub async fn dmarc(ctx: &Ctx<'_>, domain: &str) -> Verdict {
                  the reports show only your own mail"
             ),
         )
-        .publish(suggest(rua)),
+        .publish(suggest(rua, "quarantine")),
         Policy::Unspecified => {
-            v(Status::Fail, format!("{text:?} at {at} has no p= tag")).publish(suggest(rua))
+            v(Status::Fail, format!("{text:?} at {at} has no p= tag")).publish(suggest(rua, "none"))
         }
     }
 }

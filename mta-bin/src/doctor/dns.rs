@@ -41,6 +41,15 @@ fn failure<T>(e: NetError, what: &str, name: &str) -> Answer<T> {
     }
 }
 
+/// True when the error carries a DNS server's answer (a response code or an empty answer),
+/// false when no server was heard from.
+fn answered(e: &NetError) -> bool {
+    matches!(
+        e,
+        NetError::Dns(DnsError::NoRecordsFound(_)) | NetError::Dns(DnsError::ResponseCode(_))
+    )
+}
+
 impl Dns {
     /// Wraps the resolver delivery uses.
     pub fn new(auth: MessageAuthenticator) -> Dns {
@@ -112,6 +121,18 @@ impl Dns {
         match self.auth.resolver().lookup_ip(fqdn(name)).await {
             Ok(lookup) => Ok(lookup.iter().collect()),
             Err(e) => failure(e, "address", name),
+        }
+    }
+
+    /// Whether any nameserver answers at all: `Err` with the reason when none does (a
+    /// timeout, a refused connection), `Ok` for any DNS answer, even an error code such as
+    /// SERVFAIL or NXDOMAIN, which the checks then report one by one.
+    pub async fn probe(&self) -> Result<(), String> {
+        match self.auth.resolver().lookup(".", RecordType::NS).await {
+            Ok(_) => Ok(()),
+            Err(e) if answered(&e) => Ok(()),
+            Err(NetError::Timeout) => Err("no answer (timed out)".to_string()),
+            Err(e) => Err(e.to_string()),
         }
     }
 

@@ -136,6 +136,17 @@ async fn ptr_of(ctx: &Ctx<'_>, ip: IpAddr) -> Verdict {
         "{} IN PTR {host}.   ; set by whoever owns {ip} (your hosting provider)",
         reverse_name(ip)
     );
+    // Reverse DNS of a loopback or private address is whatever the local resolver says
+    // (often the hostname from /etc/hosts); no receiver ever sees mail come from it.
+    if !is_public(ip) {
+        return v(
+            Status::Warn,
+            format!(
+                "not checked: {ip} is a loopback or private address, which other mail servers \
+                 never see; give the public address mail leaves from with --ip"
+            ),
+        );
+    }
     let names = match ctx.dns.ptr(ip).await {
         Ok(names) => names,
         Err(e) => return unchecked("ptr", host, &e),

@@ -13,7 +13,7 @@
 //! gives "could not check", which counts as a failure: exit 1 when any verdict is FAIL, 0
 //! otherwise (2 stays for config errors).
 
-mod cert;
+pub(crate) mod cert;
 mod checks;
 mod dns;
 mod host;
@@ -21,7 +21,6 @@ mod report;
 mod spf;
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -39,6 +38,35 @@ use spf::Identity;
 /// bounded by the resolver's own timeout and attempts).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the first question may wait for any answer before DNS is reported unreachable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The nameservers asked, for the message when none answers: `[dns] nameservers`, else the
+/// system's from /etc/resolv.conf.
+fn nameservers(config: &Config) -> String {
+    let list: Vec<String> = if config.dns.nameservers.is_empty() {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .map(|rest| rest.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    } else {
+        config
+            .dns
+            .nameservers
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    };
+    match list.as_slice() {
+        [] => "the system resolver (no nameserver in /etc/resolv.conf)".to_string(),
+        [one] => format!("the nameserver {one}"),
+        many => format!("the nameservers {}", many.join(", ")),
+    }
+}
+
 /// `mta doctor`
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -51,9 +79,6 @@ pub struct DoctorArgs {
     /// A/AAAA records.
     #[arg(long = "ip", value_name = "ADDR")]
     pub ips: Vec<IpAddr>,
-    /// The TOML config file.
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
 }
 
 /// Where our mail leaves from, as far as the checks can know.
@@ -98,11 +123,14 @@ pub fn run(args: &DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> {
             Ok(d) if !d.is_literal() => vec![d.to_string()],
             _ => bail!("{d:?} is not a domain name"),
         },
+        // The hostname is checked as this host (address, reverse DNS, EHLO SPF, bounce
+        // DKIM), not as a mail domain: it is local so that postmaster@ reaches someone, and
+        // needs no MX or DMARC of its own. `mta doctor HOSTNAME` checks it as one.
         None => config
             .local_domains
             .iter()
             .map(Domain::to_string)
-            .filter(|d| d != "localhost")
+            .filter(|d| d != "localhost" && d != config.hostname.as_str())
             .collect(),
     };
     let resolver = mta_smtp::relay::mx::resolver(&config.dns.nameservers, IpFamily::Any)
@@ -112,7 +140,52 @@ pub fn run(args: &DoctorArgs, config: &Config) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     let dns = Dns::new(MessageAuthenticator(resolver));
-    let (header, verdicts) = runtime.block_on(examine(config, dns, &domains, &args.ips));
+    // A resolver that does not answer would make every check wait for its own timeouts and
+    // then fail alike: one line that says so instead, within PROBE_TIMEOUT.
+    let probe = runtime.block_on(async {
+        match tokio::time::timeout(PROBE_TIMEOUT, dns.probe()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {} s", PROBE_TIMEOUT.as_secs())),
+        }
+    });
+    if let Err(why) = probe {
+        let servers = nameservers(config);
+        let verdict = Verdict::new(
+            "dns",
+            &config.hostname.to_string(),
+            Status::Fail,
+            format!(
+                "DNS unreachable: {why} from {servers}; nothing else was checked (fix [dns] \
+                 nameservers, /etc/resolv.conf or the network, then run mta doctor again)"
+            ),
+        );
+        if args.json {
+            print!("{}", report::json(std::slice::from_ref(&verdict)));
+        } else {
+            print!("{}", report::one(&verdict));
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut notes = Vec::new();
+    if let Some(d) = &args.domain
+        && !config
+            .local_domains
+            .iter()
+            .any(|l| l.as_str() == domains[0])
+    {
+        notes.push(Verdict::new(
+            "domain",
+            &domains[0],
+            Status::Warn,
+            format!(
+                "{d} is not one of local_domains: mta does not receive mail for it; its records \
+                 are checked as if mta sent and received its mail"
+            ),
+        ));
+    }
+    let (header, mut verdicts) = runtime.block_on(examine(config, dns, &domains, &args.ips));
+    notes.append(&mut verdicts);
+    let verdicts = notes;
     if args.json {
         print!("{}", report::json(&verdicts));
     } else {

@@ -73,8 +73,25 @@ impl Verdict {
     }
 }
 
+/// Text that came from DNS (TXT records, names) made safe for a terminal: control
+/// characters are shown escaped, never sent.
+fn shown(text: &str) -> String {
+    mta_core::text::terminal(text, false)
+}
+
+/// One verdict as one line, for when nothing else could be checked.
+pub fn one(v: &Verdict) -> String {
+    format!(
+        "{}  {}  {}  {}\n",
+        v.status.text(),
+        v.check,
+        shown(&v.domain),
+        shown(&v.detail)
+    )
+}
+
 /// The text report: a header line, one aligned line per verdict (with the record to publish
-/// indented below it), and a summary.
+/// indented below it), and a summary. Text from DNS is escaped ([`shown`]).
 pub fn text(header: &str, verdicts: &[Verdict]) -> String {
     let check_width = verdicts.iter().map(|v| v.check.len()).max().unwrap_or(0);
     let domain_width = verdicts.iter().map(|v| v.domain.len()).max().unwrap_or(0);
@@ -85,13 +102,13 @@ pub fn text(header: &str, verdicts: &[Verdict]) -> String {
             "{:<4}  {:<check_width$}  {:<domain_width$}  {}",
             v.status.text(),
             v.check,
-            v.domain,
-            v.detail
+            shown(&v.domain),
+            shown(&v.detail)
         );
         if let Some(record) = &v.record {
             let _ = writeln!(out, "      publish:");
             for line in record.lines() {
-                let _ = writeln!(out, "        {line}");
+                let _ = writeln!(out, "        {}", shown(line));
             }
         }
     }
@@ -156,6 +173,22 @@ mod tests {
              _dmarc.example.org. IN TXT \"v=DMARC1; p=none\"\n\n\
              1 ok, 0 info, 0 warn, 1 FAIL. What each record is for: docs/dns.md\n"
         );
+    }
+
+    #[test]
+    fn dns_text_cannot_drive_the_terminal() {
+        let v = Verdict::new(
+            "dmarc",
+            "example.org",
+            Status::Warn,
+            "rua=mailto:a@example.org\u{1b}]0;owned\u{7}".into(),
+        )
+        .publish("_dmarc.example.org. IN TXT \"k=\u{1b}[2J\"".into());
+        let out = text("header", std::slice::from_ref(&v));
+        assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out}");
+        assert!(out.contains("a@example.org\\u{1b}]0;owned\\u{7}"), "{out}");
+        assert!(out.contains("k=\\u{1b}[2J"), "{out}");
+        assert!(!one(&v).contains('\u{1b}'));
     }
 
     #[test]

@@ -102,7 +102,13 @@ fn docs_list_every_key() {
             "" => "zzz = 1".to_string(),
             t => format!("[{t}]\nzzz = 1"),
         };
-        let e = parse(&text).unwrap_err().0.remove(0).message;
+        let e = parse(&text)
+            .unwrap_err()
+            .0
+            .into_iter()
+            .find(|e| e.message.contains("unknown field"))
+            .expect("an unknown field error")
+            .message;
         let expected = e.split_once("expected").expect("serde lists the fields").1;
         expected
             .split('`')
@@ -146,6 +152,22 @@ fn docs_list_every_key() {
             "docs/config.md does not document `{key}`"
         );
     }
+    // Each key has one row in the table: two rows would say two things about one key.
+    let mut rows: Vec<&str> = DOC
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once("` |").map(|(key, _)| key))
+        .collect();
+    rows.sort_unstable();
+    let twice: Vec<&&str> = rows
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "docs/config.md has two rows for {twice:?}"
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ use toml::Spanned;
 
 use super::{
     Config, ConfigError, ConfigErrors, Local, LocalDelivery, Outbound, PasswordSource, duration,
+    size,
 };
 
 /// A value with the byte range it was read from, for error positions.
@@ -143,7 +144,7 @@ pub(super) struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawLimits {
-    pub max_message_size: Option<S<i64>>,
+    pub max_message_size: Option<S<size::Size>>,
     pub max_recipients: Option<S<i64>>,
     pub max_sessions: Option<S<i64>>,
     pub max_errors: Option<S<i64>>,
@@ -154,7 +155,7 @@ pub(super) struct RawLimits {
     pub auth_failures: Option<S<i64>>,
     pub auth_failure_window: Option<S<String>>,
     pub max_headers: Option<S<i64>>,
-    pub max_header_size: Option<S<i64>>,
+    pub max_header_size: Option<S<size::Size>>,
     pub max_received: Option<S<i64>>,
 }
 
@@ -210,7 +211,7 @@ pub(super) struct RawQueue {
     pub retry_max: Option<S<String>>,
     pub max_lifetime: Option<S<String>>,
     pub delay_warning: Option<S<String>>,
-    pub min_free_space: Option<S<i64>>,
+    pub min_free_space: Option<S<size::Size>>,
     pub min_free_inodes: Option<S<i64>>,
 }
 
@@ -246,16 +247,70 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// Reads the file's syntax and shape. A TOML or serde error stops here, as one error.
+/// The most shape errors (unknown keys, wrong types) reported from one file; past it, the
+/// rest are left for the next run.
+const MAX_SHAPE_ERRORS: usize = 50;
+
+/// Reads the file's syntax and shape. A syntax error stops here, as one error. A key that is
+/// unknown or has the wrong type is reported, taken out, and the file read again without it,
+/// so that every such key is reported in one run; the rest of the file is still read, and its
+/// validation errors come with these.
 ///
 /// # Errors
-/// The parser's message, placed at its position with the key it was reading when we can tell.
-pub(super) fn parse(source: &Source<'_>) -> Result<RawConfig, ConfigErrors> {
-    toml::from_str(source.text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
+/// A syntax error at its position, or nothing but shape errors (then `Ok` with a partial
+/// [`RawConfig`] is never returned: the errors are).
+pub(super) fn parse(source: &Source<'_>) -> Result<(RawConfig, Vec<ConfigError>), ConfigErrors> {
+    let at = |span: Range<usize>, message: &str| {
         let key = key_at(source.text, span.start);
-        ConfigErrors(vec![source.error(span, &key, e.message().to_string())])
-    })
+        source.error(span, &key, message.to_string())
+    };
+    let mut table = toml::de::DeTable::parse(source.text)
+        .map_err(|e| ConfigErrors(vec![at(e.span().unwrap_or(0..0), e.message())]))?;
+    let mut errors = Vec::new();
+    loop {
+        let deserializer = toml::de::Deserializer::from(table.clone());
+        match RawConfig::deserialize(deserializer) {
+            Ok(raw) => return Ok((raw, errors)),
+            Err(e) => {
+                let span = e.span().unwrap_or(0..0);
+                errors.push(at(span.clone(), e.message()));
+                let removed = remove_at(table.get_mut(), span.start);
+                if !removed || errors.len() >= MAX_SHAPE_ERRORS {
+                    return Err(ConfigErrors(errors));
+                }
+            }
+        }
+    }
+}
+
+/// Takes out of `table` the entry (key and value) that the byte offset `at` falls in, the
+/// innermost one when tables nest. False when no entry holds it.
+fn remove_at(table: &mut toml::de::DeTable<'_>, at: usize) -> bool {
+    use toml::de::DeValue;
+    let mut found = None;
+    for (key, value) in table.iter_mut() {
+        let inside = |span: Range<usize>| span.start <= at && at < span.end.max(span.start + 1);
+        let (in_key, in_value) = (inside(key.span()), inside(value.span()));
+        let nested = match value.get_mut() {
+            DeValue::Table(inner) => remove_at(inner, at),
+            DeValue::Array(items) => items.iter_mut().any(|item| match item.get_mut() {
+                DeValue::Table(inner) => remove_at(inner, at),
+                _ => false,
+            }),
+            _ => false,
+        };
+        if nested {
+            return true;
+        }
+        if in_key || in_value {
+            found = Some(key.clone());
+            break;
+        }
+    }
+    match found {
+        Some(key) => table.remove(&key).is_some(),
+        None => false,
+    }
 }
 
 /// The dotted key that a byte offset belongs to, by reading the text around it: the table

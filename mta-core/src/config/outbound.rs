@@ -304,7 +304,7 @@ impl Checker<'_> {
             max_lifetime: lifetime.or(DEFAULT_MAX_LIFETIME),
             delay_warning: warning.or(DEFAULT_DELAY_WARNING),
             min_free_space: self.floor(
-                &raw.min_free_space,
+                &super::validate::bytes(&raw.min_free_space),
                 "queue.min_free_space",
                 DEFAULT_MIN_FREE_SPACE,
             ),

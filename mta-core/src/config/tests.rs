@@ -658,3 +658,112 @@ fn alias_expansion() {
         assert_eq!(c.expand_alias(&addr(alias)), want, "{alias}");
     }
 }
+
+#[test]
+fn every_problem_in_one_run_unknown_keys_included() {
+    let text = "hostnme = \"a.test\"\n\
+                shutdown_grace = \"10\"\n\
+                [limits]\n\
+                max_message_size = \"25MB\"\n\
+                max_header_size = \"64XB\"\n\
+                max_recipients = 5\n\
+                colour = \"blue\"\n\
+                [outbound]\n\
+                port = \"25\"\n";
+    let e = parse(text).expect_err("five problems");
+    let lines: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    let want = [
+        "mta.toml:1:1: hostnme: unknown field `hostnme`",
+        "mta.toml:2:18: shutdown_grace: \"10\" is not a duration",
+        "mta.toml:5:19: limits.max_header_size: \"64XB\" is not a size",
+        "mta.toml:6:18: limits.max_recipients: 5 is below the minimum of 100",
+        "mta.toml:7:1: limits.colour: unknown field `colour`",
+        "mta.toml:9:8: outbound.port: invalid type: string \"25\", expected i64",
+    ];
+    for (line, want) in lines.iter().zip(want) {
+        assert!(line.starts_with(want), "{line}\nwant {want}");
+    }
+    let c = parse(
+        "[limits]\nmax_message_size = \"25MB\"\nmax_header_size = \"64KiB\"\n\
+                   [queue]\nmin_free_space = \"1GB\"\n",
+    )
+    .expect("sizes with units");
+    assert_eq!(c.limits.max_message_size, 25_000_000);
+    assert_eq!(c.limits.max_header_size, 65_536);
+    assert_eq!(c.queue.min_free_space, 1_000_000_000);
+}
+
+mod unknown_keys_model {
+    use proptest::prelude::*;
+
+    use super::parse;
+
+    /// Keys the file accepts, each with a value that is valid alone.
+    const KNOWN: [(&str, &str, &str); 6] = [
+        ("", "hostname", "\"a.test\""),
+        ("", "shutdown_grace", "\"10s\""),
+        ("limits", "max_errors", "5"),
+        ("limits", "max_message_size", "\"10MB\""),
+        ("queue", "retry_first", "\"5m\""),
+        ("inbound", "checks", "false"),
+    ];
+    const UNKNOWN: [&str; 4] = ["colour", "hostnme", "max_mesage_size", "zzz"];
+
+    proptest! {
+        /// The model: a file made of known keys and unknown keys in any tables is refused
+        /// with exactly one error per unknown key, and is accepted when there is none.
+        #[test]
+        fn each_unknown_key_is_reported_once(
+            known in proptest::sample::subsequence(KNOWN.to_vec(), 0..=KNOWN.len()),
+            unknown in proptest::collection::vec((0..4usize, 0..4usize), 0..6),
+        ) {
+            let tables = ["", "limits", "queue", "inbound"];
+            let mut text = String::new();
+            let mut want = Vec::new();
+            for table in tables {
+                if !table.is_empty() {
+                    text += &format!("[{table}]\n");
+                }
+                for (t, key, value) in &known {
+                    if *t == table {
+                        text += &format!("{key} = {value}\n");
+                    }
+                }
+                let mut used = Vec::new();
+                for (t, k) in &unknown {
+                    if tables[*t] == table && !used.contains(k) {
+                        used.push(*k);
+                        text += &format!("{} = 1\n", UNKNOWN[*k]);
+                        want.push(if table.is_empty() {
+                            UNKNOWN[*k].to_string()
+                        } else {
+                            format!("{table}.{}", UNKNOWN[*k])
+                        });
+                    }
+                }
+            }
+            match parse(&text) {
+                Ok(_) => prop_assert!(want.is_empty(), "{text}"),
+                Err(e) => {
+                    let mut got: Vec<String> = e.0.iter().map(|e| e.key.clone()).collect();
+                    prop_assert!(e.0.iter().all(|e| e.message.contains("unknown field")), "{e}");
+                    got.sort();
+                    want.sort();
+                    prop_assert_eq!(got, want, "{}", text);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn metrics_on_a_mail_listener_is_refused() {
+    let e = errors("[listen]\nsmtp = [\"0.0.0.0:2525\"]\n[metrics]\nlisten = \"127.0.0.1:2525\"\n");
+    assert_eq!(
+        e,
+        "mta.toml:4:10: metrics.listen: 127.0.0.1:2525 is already used by listen.smtp (as \
+         0.0.0.0:2525): give the metrics their own port"
+    );
+    parse("[metrics]\nlisten = \"127.0.0.1:9100\"\n").expect("its own port");
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::file::{List, RawConfig, S, Source};
 use super::outbound::Given;
-use super::{Config, ConfigError, ConfigErrors, Dns, Limits, Listen, Tls, duration};
+use super::{Config, ConfigError, Dns, Limits, Listen, Tls, duration};
 use crate::address::{Address, Domain};
 
 const DEFAULT_DATA_DIR: &str = "./mta-data";
@@ -55,11 +55,12 @@ const DNS_PORT: u16 = 53;
 pub(super) fn from_raw(
     source: &Source<'_>,
     raw: RawConfig,
+    shape_errors: Vec<ConfigError>,
     system_hostname: &str,
-) -> Result<Config, ConfigErrors> {
+) -> (Config, Vec<ConfigError>) {
     let mut c = Checker {
         source,
-        errors: Vec::new(),
+        errors: shape_errors,
     };
     let hostname = match &raw.hostname {
         Some(h) => c.domain(h, "hostname"),
@@ -114,15 +115,32 @@ pub(super) fn from_raw(
             let msg = format!("{:?} is not an address:port", text.get_ref());
             c.error(text.span(), "metrics.listen", msg);
         }
+        // The metrics listener is bound after the mail listeners: on one of their addresses
+        // it would stop the start after the mail ports are already taken.
+        let mail = [
+            ("smtp", &listen.smtp),
+            ("submission", &listen.submission),
+            ("submissions", &listen.submissions),
+        ];
+        if let Ok(addr) = parsed
+            && addr.port() != 0
+            && let Some((by, other)) = mail.iter().find_map(|(by, list)| {
+                list.iter()
+                    .find(|other| overlaps(addr, **other))
+                    .map(|other| (by, other))
+            })
+        {
+            let msg = format!(
+                "{addr} is already used by listen.{by} (as {other}): give the metrics their own port"
+            );
+            c.error(text.span(), "metrics.listen", msg);
+        }
         parsed.ok()
     });
     let process = c.process(&raw);
-    if !c.errors.is_empty() {
-        let mut errors = c.errors;
-        errors.sort_by_key(|e| (e.line, e.column));
-        return Err(ConfigErrors(errors));
-    }
-    Ok(Config {
+    let mut errors = c.errors;
+    errors.sort_by_key(|e| (e.line, e.column));
+    let config = Config {
         hostname,
         data_dir,
         local_domains,
@@ -140,7 +158,8 @@ pub(super) fn from_raw(
         inbound,
         metrics_listen,
         process,
-    })
+    };
+    (config, errors)
 }
 
 /// The machine's name as our default hostname, or `localhost` when it is not a usable domain
@@ -335,7 +354,7 @@ impl Checker<'_> {
         };
         let usize_max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
         let size = int(
-            &r.max_message_size,
+            &bytes(&r.max_message_size),
             "limits.max_message_size",
             MIN_MESSAGE_SIZE,
             i64::MAX,
@@ -379,7 +398,7 @@ impl Checker<'_> {
             None,
         );
         let header_size = int(
-            &r.max_header_size,
+            &bytes(&r.max_header_size),
             "limits.max_header_size",
             MIN_HEADER_SIZE,
             usize_max,
@@ -553,6 +572,12 @@ impl Checker<'_> {
 
 /// Whether two listeners would fight over a port: the same address, or a wildcard address
 /// and another of its family (binding both fails on Linux).
+/// A size read with its unit, as the plain number of bytes the range checks take.
+pub(super) fn bytes(n: &Option<S<super::size::Size>>) -> Option<S<i64>> {
+    n.as_ref()
+        .map(|n| toml::Spanned::new(n.span(), n.get_ref().0))
+}
+
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()

@@ -493,6 +493,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
                 helo = %escape(trace.helo),
                 size,
                 auth = %auth,
+                user = session.user().map(|u| escape(&u.to_string()).to_string()),
                 "received"
             );
             Ok(AfterData::Answer(Reply::new(

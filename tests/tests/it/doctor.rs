@@ -462,7 +462,7 @@ fn each_mistake_fails_naming_the_item_and_the_record() {
             &["nodmarc.test"],
             "dmarc",
             "no DMARC record at _dmarc.nodmarc.test",
-            "\"v=DMARC1; p=quarantine; rua=mailto:postmaster@nodmarc.test\"",
+            "\"v=DMARC1; p=none; rua=mailto:postmaster@nodmarc.test\"",
         ),
         (
             &["badsts.test"],

@@ -41,4 +41,5 @@ mod shutdown;
 mod startup;
 mod storage_faults;
 mod swaks;
+mod tools;
 mod users;
