@@ -1,8 +1,9 @@
 //! `mta`: the command. `serve` runs the MTA; `send` is an SMTP client for testing any
-//! server; `user`, `queue`, `dkim`, `tls`, `reload`, `doctor` and `check-config` are the
+//! server; `user`, `queue`, `dkim`, `tls`, `auth`, `reload`, `doctor` and `check-config` are the
 //! operator's tools. Wiring lives here:
 //! the queue (`mta-queue`) and the network (`mta-smtp`) meet through `mta_core::seams`.
 
+mod auth_cmd;
 mod control;
 mod dkim_cmd;
 mod doctor;
@@ -75,6 +76,14 @@ enum Command {
         #[command(subcommand)]
         command: tls_cmd::TlsCommand,
     },
+    /// Login blocks and delays of the running server: blocked, unblock ADDRESS|ACCOUNT.
+    Auth {
+        /// The TOML config file (for the data dir, where the server's control socket is).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: auth_cmd::AuthCommand,
+    },
     /// DKIM signing keys: keygen, show.
     Dkim {
         /// The TOML config file (for the data dir and the configured keys).
@@ -115,6 +124,9 @@ fn main() -> ExitCode {
         }
         Command::Tls { config, command } => {
             load_config(config.as_deref()).and_then(|c| tls_cmd::run(command, &c))
+        }
+        Command::Auth { config, command } => {
+            load_config(config.as_deref()).and_then(|c| auth_cmd::run(command, &c))
         }
         Command::Dkim { config, command } => {
             load_config(config.as_deref()).and_then(|c| dkim_cmd::run(command, &c))

@@ -74,6 +74,13 @@ pub enum UserDbError {
         /// The user listed twice.
         address: Address,
     },
+    /// `add` for an address that starts with `#`: its line in the users file would be read
+    /// back as a comment, and the user would silently not exist.
+    #[error(
+        "{0}: an address starting with '#' cannot be a user (its line in the users file \
+         would read as a comment)"
+    )]
+    CommentLike(Address),
     /// `add` for a user who already exists.
     #[error("user {0} already exists")]
     Exists(Address),
@@ -191,9 +198,14 @@ impl UserDb {
     /// Adds a user with a new hash of `password`.
     ///
     /// # Errors
-    /// [`UserDbError::Exists`] if the user exists (in any case spelling), a password policy
-    /// error from [`check_password_policy`], or [`UserDbError::Hash`].
+    /// [`UserDbError::CommentLike`] for an address starting with `#` (the users file reads
+    /// such a line as a comment), [`UserDbError::Exists`] if the user exists (in any case
+    /// spelling), a password policy error from [`check_password_policy`], or
+    /// [`UserDbError::Hash`].
     pub fn add(&mut self, address: Address, password: &str) -> Result<(), UserDbError> {
+        if address.to_string().starts_with('#') {
+            return Err(UserDbError::CommentLike(address));
+        }
         if self.contains(&address) {
             return Err(UserDbError::Exists(address));
         }

@@ -290,3 +290,29 @@ fn record_debug_hides_hash() {
     assert!(shown.contains("alice"), "{shown}");
     assert!(!shown.contains("argon2"), "{shown}");
 }
+
+/// A user whose line would start with `#` is refused on the way in, because on the way back
+/// the line is a comment; a quoted local part that starts with `#` is written with its quote
+/// and reads back as the same user.
+#[test]
+fn users_starting_with_hash_are_refused_not_lost() {
+    let mut db = UserDb::default();
+    let err = db
+        .add(addr("#ops@example.org"), "ops-secret-1")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "#ops@example.org: an address starting with '#' cannot be a user (its line in the \
+         users file would read as a comment)"
+    );
+    assert!(db.is_empty());
+    // Reading: such a line, written by hand, is a comment, as the header says.
+    let read = UserDb::parse(&format!("#ops@example.org {}\n", alice_hash())).expect("parses");
+    assert!(read.is_empty());
+    // A '#' inside the address is fine both ways.
+    db.add(addr("o#ps@example.org"), "ops-secret-1")
+        .expect("added");
+    let back = UserDb::parse(&db.to_text()).expect("parses");
+    assert_eq!(back, db);
+    assert!(back.contains(&addr("o#ps@example.org")));
+}

@@ -71,6 +71,12 @@ pub struct Server {
 pub struct Current(Arc<std::sync::RwLock<Arc<Shared>>>);
 
 impl Current {
+    /// A handle with `shared` in force (the server makes its own; the control socket's
+    /// tests make one without a server).
+    pub fn new(shared: Shared) -> Current {
+        Current(Arc::new(std::sync::RwLock::new(Arc::new(shared))))
+    }
+
     /// The one in force now.
     pub fn get(&self) -> Arc<Shared> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
