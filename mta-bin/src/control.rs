@@ -212,16 +212,6 @@ pub fn start(
             let hooks = hooks.clone();
             tokio::spawn(async move {
                 let peer = stream.peer_cred().map(|c| c.uid());
-                let own = nix::unistd::geteuid().as_raw();
-                let peer_uid = peer.as_ref().ok().copied();
-                if let Err(refusal) = admit_peer(peer, own) {
-                    warn!(peer_uid = ?peer_uid, "control socket: connection refused, {refusal}");
-                    let mut stream = stream;
-                    let _ = stream
-                        .write_all(error(refusal).to_string().as_bytes())
-                        .await;
-                    return;
-                }
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST);
@@ -234,6 +224,15 @@ pub fn start(
                         return;
                     }
                     Err(_) => return,
+                }
+                // Checked once the request is read, so that the client, which writes before
+                // it reads, gets the refusal rather than a broken pipe.
+                let own = nix::unistd::geteuid().as_raw();
+                let peer_uid = peer.as_ref().ok().copied();
+                if let Err(refusal) = admit_peer(peer, own) {
+                    warn!(peer_uid = ?peer_uid, "control socket: connection refused, {refusal}");
+                    let _ = write.write_all(error(refusal).to_string().as_bytes()).await;
+                    return;
                 }
                 let answer = match line.trim() {
                     "reload" => ask_reload(&hooks.reload).await,
