@@ -388,14 +388,15 @@ async fn check_password(
     };
     let users = shared.users.current();
     let who = login.clone();
-    // The turn goes with the work: a session that ends mid-check must not free the place
+    // The turn goes with the work: a session that ends mid-check does not free the place
     // of argon2 work still running.
-    let result = tokio::task::spawn_blocking(move || {
-        let _turn = turn;
-        users.verify(&who, &password)
-    })
-    .await
-    .unwrap_or(Verified::Rejected);
+    let result = guards
+        .password_checks
+        .run(turn, move || {
+            logins::with_scratch(|scratch| users.verify_with(&who, &password, scratch))
+        })
+        .await
+        .unwrap_or(Verified::Rejected);
     let now = std::time::Instant::now();
     match &result {
         Verified::Rejected => {

@@ -18,7 +18,9 @@
 //!   [`MAX_DELAY`], not lose their mail.
 //! - **Argon2** ([`PasswordChecks`]): each check holds about 19 MiB for its duration, so at
 //!   most one per CPU runs at once; up to [`MAX_WAITING`] more wait their turn, for at most
-//!   [`MAX_WAIT`]; beyond that the attempt gets `454 4.7.0` and nothing is counted.
+//!   [`MAX_WAIT`]; beyond that the attempt gets `454 4.7.0` and nothing is counted. The checks
+//!   run on threads of their own, as many as may run at once: on the shared blocking pool
+//!   each check landed on another thread, and the allocator kept 19 MiB for each of them.
 //!
 //! Both tables are bounded by [`MAX_TRACKED`] entries; when one is full, entries with nothing
 //! left to say go first, then the one quiet longest (never one with an attempt in progress).
@@ -476,6 +478,9 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct PasswordChecks {
     permits: Arc<Semaphore>,
     running: usize,
+    /// Work for the check threads; `None` when none could be started (then the blocking
+    /// pool runs the checks).
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
     waiting: AtomicUsize,
     max_waiting: usize,
 }
@@ -483,6 +488,24 @@ pub struct PasswordChecks {
 /// Why a check was not started: too many are running and waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooBusy;
+
+std::thread_local! {
+    /// The argon2 working memory of this thread, kept between checks.
+    static SCRATCH: std::cell::RefCell<mta_core::auth::Scratch> = Default::default();
+}
+
+/// Runs `f` with this thread's argon2 working memory. Meant for the check threads, which
+/// keep it for good; on any other thread it lives as long as the thread.
+pub fn with_scratch<T>(f: impl FnOnce(&mut mta_core::auth::Scratch) -> T) -> T {
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        // Only re-entry could find it borrowed: a check inside a check never happens.
+        Err(_) => f(&mut mta_core::auth::Scratch::default()),
+    })
+}
+
+/// One password check, sent to a check thread.
+type Job = Box<dyn FnOnce() + Send>;
 
 /// A check's turn; dropping it lets the next one run.
 pub struct Turn {
@@ -500,9 +523,32 @@ impl Default for PasswordChecks {
 impl PasswordChecks {
     /// At most `running` checks at once and `waiting` more in line.
     pub fn new(running: usize, waiting: usize) -> PasswordChecks {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let mut started = 0;
+        for n in 0..running {
+            let rx = rx.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("mta-password-{n}"))
+                .spawn(move || {
+                    // Ends when the sender is dropped with the last `PasswordChecks`.
+                    loop {
+                        // The lock is released before the job runs (end of statement).
+                        let next = lock(&rx).recv();
+                        match next {
+                            Ok(job) => job(),
+                            Err(_) => break,
+                        }
+                    }
+                });
+            if thread.is_ok() {
+                started += 1;
+            }
+        }
         PasswordChecks {
             permits: Arc::new(Semaphore::new(running)),
             running,
+            jobs: (started > 0).then_some(tx),
             waiting: AtomicUsize::new(0),
             max_waiting: waiting,
         }
@@ -525,6 +571,34 @@ impl PasswordChecks {
             Ok(Ok(permit)) => Ok(Turn { _permit: permit }),
             Ok(Err(_)) | Err(_) => Err(TooBusy),
         }
+    }
+
+    /// Runs `check` in its `turn` on a check thread, and its result; `None` if the check
+    /// panicked. The turn ends when the check does, also if the caller stops waiting.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        turn: Turn,
+        check: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            // A check that panics must neither take its thread down nor keep its turn.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(check));
+            drop(turn);
+            let _ = tx.send(result.ok());
+        });
+        match &self.jobs {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::SendError(job)) => {
+                    let _ = tokio::task::spawn_blocking(job).await;
+                }
+            },
+            None => {
+                let _ = tokio::task::spawn_blocking(job).await;
+            }
+        }
+        rx.await.ok().flatten()
     }
 
     /// Checks running now.

@@ -301,6 +301,45 @@ async fn password_checks_queue_then_refuse() {
     );
 }
 
+/// The checks run on a fixed set of threads, as many as may run at once, whoever asks: the
+/// memory the allocator keeps after an argon2 check is kept per thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_run_on_their_own_few_threads() {
+    let checks = Arc::new(PasswordChecks::new(2, 16));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let checks = checks.clone();
+        tasks.push(tokio::spawn(async move {
+            let turn = checks.turn(MAX_WAIT).await.expect("a turn");
+            checks
+                .run(turn, || {
+                    std::thread::current()
+                        .name()
+                        .unwrap_or("unnamed")
+                        .to_string()
+                })
+                .await
+                .expect("ran")
+        }));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for t in tasks {
+        names.insert(t.await.expect("task"));
+    }
+    assert!(
+        names.iter().all(|n| n.starts_with("mta-password-")) && names.len() <= 2,
+        "{names:?}"
+    );
+    assert_eq!(checks.running(), 0);
+    assert_eq!(
+        checks
+            .run(checks.turn(MAX_WAIT).await.unwrap(), || panic!("boom"))
+            .await,
+        None::<()>
+    );
+    assert_eq!(checks.running(), 0, "a check that panicked frees its turn");
+}
+
 // --- The reference model: decisions recomputed from the whole history of events. ---
 
 /// What the model and the real tables are asked to do.
