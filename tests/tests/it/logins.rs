@@ -149,9 +149,6 @@ fn blocks_are_listed_and_cleared_by_the_operator() {
     assert_eq!(login(&mta, "127.0.0.4", ALICE, ALICE_PASSWORD).code, 235);
     let after = mta.mta(&["auth", "blocked"], b"");
     assert!(after.stdout.contains("no address is blocked"), "{after}");
-
-    // Without a server there is nothing to ask: an error, never "no blocks".
-    drop(mta);
 }
 
 #[test]
