@@ -3,10 +3,14 @@
 //! process open the store. One request line, one JSON answer, then close.
 //!
 //! Requests ([`Request`]): `queue-list`, `queue-show ID`, `queue-flush`, `queue-retry ID`,
-//! `queue-delete ID`, `queue-bounce ID`; and `reload` (`mta reload`), which only a running
-//! server answers. Answers: see [`execute`]; every failure is
-//! `{"error": "..."}`. The same [`execute`] serves the socket and `mta queue` on a store it
-//! opened itself when no server runs, so both paths answer alike.
+//! `queue-delete ID`, `queue-bounce ID`; and `reload` (`mta reload`), `tls-…` (`mta tls`)
+//! and `auth-…` (`mta auth`), which only a running server answers. Answers: see [`execute`];
+//! every failure is `{"error": "..."}`. The same [`execute`] serves the socket and
+//! `mta queue` on a store it opened itself when no server runs, so both paths answer alike.
+//!
+//! Only root and the user the server runs as may ask: the socket's mode is the first fence,
+//! the peer's credentials (`SO_PEERCRED`, checked on every connection) the second, so a
+//! socket or directory made readable by mistake still lets no one else in.
 
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -207,6 +211,7 @@ pub fn start(
             let queue = queue.clone();
             let hooks = hooks.clone();
             tokio::spawn(async move {
+                let peer = stream.peer_cred().map(|c| c.uid());
                 let (read, mut write) = stream.into_split();
                 let mut line = String::new();
                 let mut reader = tokio::io::BufReader::new(read).take(MAX_REQUEST);
@@ -220,9 +225,19 @@ pub fn start(
                     }
                     Err(_) => return,
                 }
+                // Checked once the request is read, so that the client, which writes before
+                // it reads, gets the refusal rather than a broken pipe.
+                let own = nix::unistd::geteuid().as_raw();
+                let peer_uid = peer.as_ref().ok().copied();
+                if let Err(refusal) = admit_peer(peer, own) {
+                    warn!(peer_uid = ?peer_uid, "control socket: connection refused, {refusal}");
+                    let _ = write.write_all(error(refusal).to_string().as_bytes()).await;
+                    return;
+                }
                 let answer = match line.trim() {
                     "reload" => ask_reload(&hooks.reload).await,
                     l if l.starts_with("tls-") => crate::tls_cmd::answer(&hooks.memory, l),
+                    l if l.starts_with("auth-") => crate::auth_cmd::answer(&hooks.server, l),
                     _ => answer(&queue, &line).await,
                 };
                 let _ = write.write_all(answer.as_bytes()).await;
@@ -242,6 +257,26 @@ pub struct Hooks {
     pub reload: ReloadRequests,
     /// The downgrade memory (`tls-list`, `tls-forget DOMAIN`).
     pub memory: Arc<mta_smtp::relay::memory::TlsMemory>,
+    /// The server's shared state, for its login blocks (`auth-blocked`, `auth-unblock X`).
+    pub server: mta_smtp::server::Current,
+}
+
+/// Whether a peer with uid `peer` may use the socket of a server running as uid `own`: root
+/// and `own` may, anyone else (or a peer whose credentials cannot be read) may not.
+///
+/// # Errors
+/// The reason, for the client and the log.
+pub fn admit_peer(peer: std::io::Result<u32>, own: u32) -> Result<(), String> {
+    match peer {
+        Ok(uid) if uid == 0 || uid == own => Ok(()),
+        Ok(uid) => Err(format!(
+            "permission denied: uid {uid} may not use the control socket (only root and uid {own}, \
+             which mta runs as)"
+        )),
+        Err(e) => Err(format!(
+            "permission denied: the peer's credentials cannot be read ({e})"
+        )),
+    }
 }
 
 async fn ask_reload(reload: &ReloadRequests) -> String {
@@ -290,6 +325,40 @@ pub fn reload(config: &mta_core::config::Config) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Asks a running server for something only it knows (`mta auth`).
+///
+/// # Errors
+/// No server listens (no socket, or a stale one), the socket cannot be reached (its
+/// permissions), or the answer cannot be read: each said as such, never as an empty answer.
+pub fn ask(data_dir: &Path, what: &str) -> anyhow::Result<String> {
+    check_data_dir(data_dir)?;
+    let path = socket_path(data_dir);
+    let mut stream = match StdUnixStream::connect(&path) {
+        Ok(stream) => stream,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            anyhow::bail!(
+                "no running server found (no control socket at {}): is mta serve running with \
+                 this config?",
+                path.display()
+            )
+        }
+        Err(e) => anyhow::bail!("cannot reach the running server at {}: {e}", path.display()),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(format!("{what}\n").as_bytes())?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("reading the answer from {}", path.display()))?;
+    Ok(answer)
+}
+
 
 /// Checks that this process may use `data_dir`, the directory the control socket and the
 /// store are in, so that a missing or closed data dir is reported as such and never read as
@@ -533,6 +602,39 @@ mod tests {
         );
     }
 
+    fn test_server(data_dir: &Path, queue: Arc<Queue>) -> mta_smtp::server::Current {
+        let config = mta_core::config::Config::defaults("mx.test").expect("defaults");
+        mta_smtp::server::Current::new(mta_smtp::server::Shared {
+            config: Arc::new(config),
+            users: Arc::new(crate::users::UsersFile::open(data_dir).expect("users")),
+            queue,
+            tls: None,
+            shutdown: watch::channel(false).1,
+            guards: Default::default(),
+            checks: None,
+        })
+    }
+
+    #[test]
+    fn only_root_and_our_own_uid_may_ask() {
+        let own = 998;
+        let denied = |uid: u32| admit_peer(Ok(uid), own).unwrap_err();
+        assert_eq!(admit_peer(Ok(0), own), Ok(()));
+        assert_eq!(admit_peer(Ok(own), own), Ok(()));
+        assert_eq!(
+            denied(65534),
+            "permission denied: uid 65534 may not use the control socket (only root and uid \
+             998, which mta runs as)"
+        );
+        assert!(denied(1).starts_with("permission denied: uid 1 "));
+        let unreadable = admit_peer(Err(std::io::ErrorKind::Unsupported.into()), own);
+        assert!(
+            unreadable
+                .unwrap_err()
+                .starts_with("permission denied: the peer's credentials cannot be read")
+        );
+    }
+
     #[tokio::test]
     async fn socket_round_trip() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -546,6 +648,7 @@ mod tests {
                 dir.path(),
                 Duration::from_secs(60),
             )),
+            server: test_server(&data_dir, queue.clone()),
         };
         let server = start(&data_dir, queue, stopped, hooks).expect("socket");
         let dir_for_client = data_dir.clone();
@@ -560,9 +663,23 @@ mod tests {
             serde_json::from_str::<Value>(&answer).expect("JSON"),
             json!({ "error": format!("no message {MISSING} in the queue") })
         );
+        let dir_for_client = data_dir.clone();
+        let blocked = tokio::task::spawn_blocking(move || ask(&dir_for_client, "auth-blocked"))
+            .await
+            .expect("client task")
+            .expect("an answer");
+        assert_eq!(
+            serde_json::from_str::<Value>(&blocked).expect("JSON"),
+            json!({ "addresses": [], "accounts": [] })
+        );
         stop.send(true).expect("stop");
         server.await.expect("server task");
         assert!(!socket_path(&data_dir).exists(), "socket removed on stop");
         assert_eq!(request(&data_dir, "queue-list").expect("no error"), None);
+        let no_server = ask(&data_dir, "auth-blocked").unwrap_err().to_string();
+        assert!(
+            no_server.starts_with("no running server found"),
+            "{no_server}"
+        );
     }
 }

@@ -1,8 +1,9 @@
 //! `mta`: the command. `serve` runs the MTA; `send` is an SMTP client for testing any
-//! server; `user`, `queue`, `dkim`, `tls`, `reload`, `doctor` and `check-config` are the
+//! server; `user`, `queue`, `dkim`, `tls`, `auth`, `reload`, `doctor` and `check-config` are the
 //! operator's tools. Wiring lives here:
 //! the queue (`mta-queue`) and the network (`mta-smtp`) meet through `mta_core::seams`.
 
+mod auth_cmd;
 mod control;
 mod dkim_cmd;
 mod doctor;
@@ -63,6 +64,11 @@ enum Command {
     Tls {
         #[command(subcommand)]
         command: tls_cmd::TlsCommand,
+    },
+    /// Login blocks and delays of the running server: blocked, unblock ADDRESS|ACCOUNT.
+    Auth {
+        #[command(subcommand)]
+        command: auth_cmd::AuthCommand,
     },
     /// DKIM signing keys: keygen, show.
     Dkim {
@@ -154,6 +160,9 @@ fn main() -> ExitCode {
         }
         Command::Tls { command } => {
             load_config(path.as_deref()).and_then(|c| tls_cmd::run(command, &c))
+        }
+        Command::Auth { command } => {
+            load_config(path.as_deref()).and_then(|c| auth_cmd::run(command, &c))
         }
         Command::Dkim { command } => {
             load_config(path.as_deref()).and_then(|c| dkim_cmd::run(command, &c))

@@ -362,6 +362,7 @@ async fn serve(
     let hooks = control::Hooks {
         reload: reload_tx,
         memory: kept.memory.clone(),
+        server: server.current(),
     };
     let control = control::start(data_dir, queue.clone(), stopped.clone(), hooks)?;
     let metrics = match config.metrics_listen {

@@ -14,8 +14,8 @@ use std::collections::btree_map::Entry;
 use std::fmt;
 use std::sync::OnceLock;
 
+use argon2::password_hash::PasswordHasher;
 use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params};
 
 use crate::address::{Address, AddressError};
@@ -74,6 +74,13 @@ pub enum UserDbError {
         /// The user listed twice.
         address: Address,
     },
+    /// `add` for an address that starts with `#`: its line in the users file would be read
+    /// back as a comment, and the user would silently not exist.
+    #[error(
+        "{0}: an address starting with '#' cannot be a user (its line in the users file \
+         would read as a comment)"
+    )]
+    CommentLike(Address),
     /// `add` for a user who already exists.
     #[error("user {0} already exists")]
     Exists(Address),
@@ -191,9 +198,14 @@ impl UserDb {
     /// Adds a user with a new hash of `password`.
     ///
     /// # Errors
-    /// [`UserDbError::Exists`] if the user exists (in any case spelling), a password policy
-    /// error from [`check_password_policy`], or [`UserDbError::Hash`].
+    /// [`UserDbError::CommentLike`] for an address starting with `#` (the users file reads
+    /// such a line as a comment), [`UserDbError::Exists`] if the user exists (in any case
+    /// spelling), a password policy error from [`check_password_policy`], or
+    /// [`UserDbError::Hash`].
     pub fn add(&mut self, address: Address, password: &str) -> Result<(), UserDbError> {
+        if address.to_string().starts_with('#') {
+            return Err(UserDbError::CommentLike(address));
+        }
         if self.contains(&address) {
             return Err(UserDbError::Exists(address));
         }
@@ -257,23 +269,29 @@ impl UserDb {
     /// case-insensitively; anything that does not parse is an unknown user.
     ///
     /// An unknown user costs the same argon2 work as a known one (a verification against a
-    /// fixed dummy hash), so timing does not reveal which users exist.
+    /// fixed dummy hash), so timing does not reveal which users exist. Allocates the argon2
+    /// working memory for this one check; [`UserDb::verify_with`] reuses it.
     pub fn verify(&self, login: &str, password: &str) -> Verified {
+        self.verify_with(login, password, &mut Scratch::default())
+    }
+
+    /// [`UserDb::verify`] with the argon2 working memory in `scratch`, kept for the next
+    /// check: a thread that checks passwords one after the other holds one buffer for good,
+    /// instead of leaving the allocator a fresh 19 MiB to keep after each check.
+    pub fn verify_with(&self, login: &str, password: &str, scratch: &mut Scratch) -> Verified {
         let record = Address::parse(login)
             .ok()
             .and_then(|address| self.users.get(&address.key()));
         let stored = record.and_then(|record| PasswordHash::new(&record.phc).ok());
         match (record, stored) {
-            (Some(record), Some(hash)) => {
-                match Argon2::default().verify_password(password.as_bytes(), &hash) {
-                    Ok(()) => Verified::User(record.address.clone()),
-                    Err(_) => Verified::Rejected,
-                }
-            }
+            (Some(record), Some(hash)) => match matches(password.as_bytes(), &hash, scratch) {
+                true => Verified::User(record.address.clone()),
+                false => Verified::Rejected,
+            },
             // Unknown user (or a record whose hash cannot be read, which parse and add never
             // store): do the same work, then refuse whatever its outcome.
             _ => {
-                let _ = Argon2::default().verify_password(password.as_bytes(), dummy_hash());
+                let _ = matches(password.as_bytes(), dummy_hash(), scratch);
                 Verified::Rejected
             }
         }
@@ -282,6 +300,47 @@ impl UserDb {
     fn insert(&mut self, record: UserRecord) {
         self.users.insert(record.address.key(), record);
     }
+}
+
+/// Argon2 working memory (`m_cost` blocks of 1 KiB; 19 MiB for the default parameters),
+/// grown to what a hash needs and kept for the next check.
+#[derive(Default)]
+pub struct Scratch(Vec<argon2::Block>);
+
+/// True when `password` hashes to `hash` under the hash's own algorithm, version and
+/// parameters, as argon2's `verify_password` decides, but in `scratch`'s memory. The outputs
+/// are compared in constant time (`Output`'s equality).
+fn matches(password: &[u8], hash: &PasswordHash, scratch: &mut Scratch) -> bool {
+    use argon2::password_hash::phc::Output;
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version.map(argon2::Version::try_from).transpose() {
+        Ok(version) => version.unwrap_or_default(),
+        Err(_) => return false,
+    };
+    let Ok(params) = Params::try_from(hash) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if scratch.0.len() < blocks {
+        scratch.0.resize(blocks, argon2::Block::default());
+    }
+    let mut buffer = [0u8; Output::MAX_LENGTH];
+    let Some(out) = buffer.get_mut(..expected.len()) else {
+        return false;
+    };
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password, salt, &mut *out, &mut scratch.0[..blocks])
+        .is_err()
+    {
+        return false;
+    }
+    Output::new(out).is_ok_and(|computed| computed == *expected)
 }
 
 /// Hashes a password for storage: argon2id with the crate's default (OWASP) parameters and a

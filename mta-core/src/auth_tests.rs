@@ -1,6 +1,7 @@
 //! Unit tests of auth.
 
 use super::*;
+use argon2::password_hash::PasswordVerifier;
 
 fn addr(text: &str) -> Address {
     Address::parse(text).expect("test address is valid")
@@ -289,4 +290,73 @@ fn record_debug_hides_hash() {
     let shown = format!("{db:?}");
     assert!(shown.contains("alice"), "{shown}");
     assert!(!shown.contains("argon2"), "{shown}");
+}
+
+/// A user whose line would start with `#` is refused on the way in, because on the way back
+/// the line is a comment; a quoted local part that starts with `#` is written with its quote
+/// and reads back as the same user.
+#[test]
+fn users_starting_with_hash_are_refused_not_lost() {
+    let mut db = UserDb::default();
+    let err = db
+        .add(addr("#ops@example.org"), "ops-secret-1")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "#ops@example.org: an address starting with '#' cannot be a user (its line in the \
+         users file would read as a comment)"
+    );
+    assert!(db.is_empty());
+    // Reading: such a line, written by hand, is a comment, as the header says.
+    let read = UserDb::parse(&format!("#ops@example.org {}\n", alice_hash())).expect("parses");
+    assert!(read.is_empty());
+    // A '#' inside the address is fine both ways.
+    db.add(addr("o#ps@example.org"), "ops-secret-1")
+        .expect("added");
+    let back = UserDb::parse(&db.to_text()).expect("parses");
+    assert_eq!(back, db);
+    assert!(back.contains(&addr("o#ps@example.org")));
+}
+
+/// Checking in reused memory decides as argon2's own `verify_password` does, for right and
+/// wrong passwords, other parameters and the dummy hash; the memory grows once.
+#[test]
+fn verify_with_scratch_agrees_with_argon2() {
+    let small = Argon2::new(
+        Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        Params::new(64, 1, 1, Some(32)).expect("params"),
+    )
+    .hash_password_with_salt(b"small-secret", b"0123456789abcdef")
+    .expect("hash")
+    .to_string();
+    let argon2i = Argon2::new(
+        Algorithm::Argon2i,
+        argon2::Version::V0x10,
+        Params::new(128, 2, 1, Some(16)).expect("params"),
+    )
+    .hash_password_with_salt(b"older-secret", b"fedcba9876543210")
+    .expect("hash")
+    .to_string();
+    let mut scratch = Scratch::default();
+    for phc in [alice_hash(), small.as_str(), argon2i.as_str()] {
+        let hash = PasswordHash::new(phc).expect("phc");
+        for password in ["alice-secret", "small-secret", "older-secret", "wrong", ""] {
+            let theirs = Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok();
+            let ours = matches(password.as_bytes(), &hash, &mut scratch);
+            assert_eq!(ours, theirs, "{password:?} against {phc}");
+        }
+    }
+    assert_eq!(scratch.0.len(), 19 * 1024, "grown to the largest, once");
+    let db = sample_db();
+    assert_eq!(
+        db.verify_with("ALICE@example.org", "alice-secret", &mut scratch),
+        Verified::User(addr("alice@example.org"))
+    );
+    assert_eq!(
+        db.verify_with("nobody@example.org", "alice-secret", &mut scratch),
+        Verified::Rejected
+    );
 }

@@ -142,8 +142,13 @@ replies! {
     DATA_BEFORE_354 = 554 "5.5.0" "Data sent before 354; improper pipelining";
     /// 503 for AUTH inside a mail transaction (RFC 4954 §4).
     AUTH_IN_TRANSACTION = 503 "5.5.1" "AUTH not allowed during a mail transaction";
-    /// 421 after too many failed AUTH attempts from one address or for one account.
-    AUTH_LOCKED = 421 "4.7.0" "Too many authentication failures, try again later";
+    /// 421 after too many failed AUTH attempts from one client address (a block that
+    /// `mta auth unblock` clears).
+    AUTH_LOCKED = 421 "4.7.0" "Too many authentication failures from your address, try again later";
+    /// 454 when a password cannot be checked now (RFC 4954 §6: temporary authentication
+    /// failure): too many checks waiting, or this address's attempts in progress reach its
+    /// limit. Nothing is counted against the client.
+    AUTH_BUSY = 454 "4.7.0" "Temporary authentication failure, try again later";
     /// 421 when one client address has too many sessions open.
     TOO_MANY_FROM_IP = 421 "4.7.0" "Too many connections from your address";
     /// 421 when a session has lasted longer than `limits.session_timeout`.

@@ -124,6 +124,41 @@ impl SmtpClient {
     pub fn connect(addr: SocketAddr) -> SmtpClient {
         let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        SmtpClient::over(tcp)
+    }
+
+    /// Connects over plain TCP from the local address `source` (another loopback address,
+    /// to be another client). The greeting is not read.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> SmtpClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to connect with");
+        let tcp = runtime
+            .block_on(async {
+                let socket = match addr {
+                    SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(source, 0))?;
+                tokio::time::timeout(IO_TIMEOUT, socket.connect(addr))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
+            })
+            .and_then(|tcp| tcp.into_std())
+            .and_then(|tcp| tcp.set_nonblocking(false).map(|()| tcp))
+            .unwrap_or_else(|e| panic!("cannot connect to {addr} from {source}: {e}"));
+        SmtpClient::over(tcp)
+    }
+
+    /// Connects with implicit TLS from `source`, as [`SmtpClient::connect_tls`].
+    pub fn connect_tls_from(addr: SocketAddr, source: std::net::IpAddr, cert: &Path) -> SmtpClient {
+        let mut client = SmtpClient::connect_from(addr, source);
+        client.upgrade_tls(cert);
+        client
+    }
+
+    fn over(tcp: TcpStream) -> SmtpClient {
         tcp.set_read_timeout(Some(IO_TIMEOUT))
             .expect("set_read_timeout");
         tcp.set_write_timeout(Some(IO_TIMEOUT))

@@ -6,7 +6,7 @@
 //! read during DATA (so a client that stalls mid-message is dropped), `data_timeout` for a
 //! whole message, and `session_timeout` for the whole connection (so a client that trickles
 //! bytes cannot hold a session for ever); each wait is also cut short at the session's end.
-//! Password checks go through the shared failure table ([`super::guards`]).
+//! Password checks are admitted, delayed and bounded by [`super::logins`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -25,10 +25,10 @@ use tracing::{debug, info, warn};
 
 use super::authcheck::{Verdict, strip_forged};
 use super::data::{DataEnd, read_data};
-use super::guards::AuthPolicy;
 use super::idle::{IdleLimit, is_stalled};
 use super::line::{Line, read_line};
 use super::log_text::{escape, transcript};
+use super::logins::{self, Admit, LoginPolicy, Outcome};
 use super::message::{Trace, assemble};
 use super::session::{Action, Context, Session, Transaction};
 use super::{Shared, stopping};
@@ -62,8 +62,11 @@ enum AfterData {
 enum Checked {
     /// The user database's answer.
     Verified(Verified),
-    /// Not asked: the client or the account has failed too often lately.
+    /// Not asked: the client address has failed too often lately (blocked).
     Locked,
+    /// Not asked now: too many checks waiting, or the client's attempts in progress reach
+    /// its limit. Nothing was counted.
+    Busy,
 }
 
 /// Serves one accepted TCP connection to its end.
@@ -205,6 +208,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 match Box::pin(check_password(shared, ip, listener, login, password)).await {
                     Checked::Verified(result) => session.auth_checked(result),
                     Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
+                    Checked::Busy => session.auth_unavailable(Reply::AUTH_BUSY),
                 }
             }
             Action::CheckRoom => {
@@ -343,9 +347,11 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(PhaseEnd::Closed)
 }
 
-/// Checks a password off the async threads, unless the client address or the account has
-/// failed too often within the window; records and logs each failure (never the password).
-/// The same argon2 work is done for unknown users as for known ones (`UserDb::verify`).
+/// Checks a password off the async threads, once [`logins`] admits the attempt: a blocked
+/// client address is refused, an account with recent failures makes an untrusted client
+/// wait first, and the argon2 work waits for its turn among a bounded number (or gets
+/// `454`). Records and logs each outcome (never the password). The same argon2 work is done
+/// for unknown users as for known ones (`UserDb::verify`).
 async fn check_password(
     shared: &Shared,
     ip: IpAddr,
@@ -353,29 +359,55 @@ async fn check_password(
     login: String,
     password: String,
 ) -> Checked {
-    let limits = &shared.config.limits;
-    let policy = AuthPolicy {
-        failures: limits.auth_failures,
-        window: limits.auth_failure_window,
+    let policy = LoginPolicy::from_limits(&shared.config.limits);
+    let guards = &shared.guards;
+    let ticket = match guards
+        .logins
+        .admit(ip, &login, policy, std::time::Instant::now())
+    {
+        Admit::Check { ticket, delay } => {
+            if !delay.is_zero() {
+                info!(%ip, login = %escape(&login), delay = ?delay, "AUTH delayed: recent failures for this account");
+                tokio::time::sleep(delay).await;
+            }
+            ticket
+        }
+        Admit::Blocked { until } => {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            warn!(%ip, login = %escape(&login), blocked_for = ?Duration::from_secs(left.as_secs()), "AUTH refused: client address blocked after too many failures");
+            return Checked::Locked;
+        }
+        Admit::Busy => {
+            warn!(%ip, login = %escape(&login), "AUTH refused for now: attempts in progress reach this address's limit");
+            return Checked::Busy;
+        }
     };
-    let auth = &shared.guards.auth;
-    if let Some(lock) = auth.locked(ip, &login, policy, std::time::Instant::now()) {
-        let by = lock.name();
-        warn!(%ip, login = %escape(&login), by, "AUTH refused: too many recent failures");
-        return Checked::Locked;
-    }
+    let Ok(turn) = guards.password_checks.turn(logins::MAX_WAIT).await else {
+        warn!(%ip, login = %escape(&login), "AUTH refused for now: too many password checks waiting");
+        return Checked::Busy;
+    };
     let users = shared.users.current();
     let who = login.clone();
-    let result = tokio::task::spawn_blocking(move || users.verify(&who, &password))
+    // The turn goes with the work: a session that ends mid-check does not free the place
+    // of argon2 work still running.
+    let result = guards
+        .password_checks
+        .run(turn, move || {
+            logins::with_scratch(|scratch| users.verify_with(&who, &password, scratch))
+        })
         .await
         .unwrap_or(Verified::Rejected);
+    let now = std::time::Instant::now();
     match &result {
         Verified::Rejected => {
-            auth.failed(ip, &login, policy, std::time::Instant::now());
+            ticket.finish(Outcome::Failure, now);
             METRICS.auth_failure(listener.name());
             warn!(%ip, login = %escape(&login), "authentication failed");
         }
-        Verified::User(user) => info!(user = %escape(&user.to_string()), "authenticated"),
+        Verified::User(user) => {
+            ticket.finish(Outcome::Success, now);
+            info!(user = %escape(&user.to_string()), "authenticated");
+        }
     }
     Checked::Verified(result)
 }

@@ -6,7 +6,7 @@
 //! [`command`] (parsing). [`line`], [`data`] and [`idle`] frame the input and bound its
 //! reads; [`inspect`] (with [`mailbox`]) checks a message's header before it is queued;
 //! [`message`] adds our trace headers; [`guards`] holds what sessions share against one
-//! hostile client; [`log_text`] is how client text reaches the log.
+//! hostile client, with [`logins`] for password guessers; [`log_text`] is how client text reaches the log.
 
 pub mod authcheck;
 pub mod command;
@@ -16,6 +16,7 @@ pub mod guards;
 pub mod idle;
 pub mod inspect;
 pub mod line;
+pub mod logins;
 /// Kept under its old name: [`mta_core::text`] is where client text is escaped for logs.
 pub use mta_core::text as log_text;
 pub mod mailbox;
@@ -70,6 +71,12 @@ pub struct Server {
 pub struct Current(Arc<std::sync::RwLock<Arc<Shared>>>);
 
 impl Current {
+    /// A handle with `shared` in force (the server makes its own; the control socket's
+    /// tests make one without a server).
+    pub fn new(shared: Shared) -> Current {
+        Current(Arc::new(std::sync::RwLock::new(Arc::new(shared))))
+    }
+
     /// The one in force now.
     pub fn get(&self) -> Arc<Shared> {
         self.0.read().unwrap_or_else(|e| e.into_inner()).clone()

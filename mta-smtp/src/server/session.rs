@@ -409,6 +409,13 @@ impl Session {
         Action::CheckPassword { login, password }
     }
 
+    /// Ends a [`Action::CheckPassword`] whose password could not be checked now: `reply` is
+    /// temporary, not an error of the client's.
+    pub fn auth_unavailable(&mut self, reply: Reply) -> Action {
+        self.sasl = SaslStep::None;
+        Action::Reply(reply)
+    }
+
     /// Records the result of a [`Action::CheckPassword`].
     pub fn auth_checked(&mut self, result: Verified) -> Action {
         self.sasl = SaslStep::None;
