@@ -18,6 +18,10 @@
 //! - TLS reports count DANE hosts under a `tlsa` policy (success, and `tlsa-invalid`);
 //! - a signed domain whose MX host has no TLSA records gets opportunistic TLS;
 //! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so;
+//! - but a domain that had usable TLSA records is remembered: when validation stops working
+//!   (here: a trust anchor that no longer matches the root), its mail needs a certificate
+//!   verified against the CA roots, and waits (`policy=dane-memory`) instead of going out with
+//!   less; `mta tls list` names it;
 //! - `outbound.dnssec = "resolver"` trusts the AD bit of a validating dnsmasq on loopback in
 //!   front of the same zone (match delivers, mismatch and bogus defer), and refuses to start
 //!   with a name server that is not on loopback.
@@ -534,5 +538,56 @@ fn trusting_a_resolver_that_is_not_on_loopback_is_refused() {
         ),
         "{}",
         out.all()
+    );
+}
+
+#[test]
+fn a_domain_that_had_dane_still_needs_verified_tls_when_validation_breaks() {
+    // The receiver plays a man in the middle: its certificate matches none of remote.test's
+    // TLSA records, so DANE defers. Nothing was ever delivered, so the downgrade memory
+    // holds nothing for remote.test: only the DANE memory stands in the way below.
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let dns = signed(&[tlsa(WRONG)]);
+    let mut tx = dane_sender(&dns, port, "");
+    let first = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "pinned"));
+    let result = deferred(&tx, &first);
+    assert!(result.contains("policy=dane"), "{result}");
+
+    // Whoever can corrupt the root DNSKEY answer makes validation fail; a trust anchor of
+    // another zone's key does the same: the probe of the root DNSKEY RRset fails.
+    let other = signed(&[]);
+    let config = std::fs::read_to_string(tx.config_path()).unwrap();
+    let ours = format!("{:?}", dns.trust_anchor().display().to_string());
+    let theirs = format!("{:?}", other.trust_anchor().display().to_string());
+    assert!(config.contains(&ours), "{config}");
+    std::fs::write(tx.config_path(), config.replace(&ours, &theirs)).unwrap();
+    tx.restart();
+    let id = submit(
+        &tx,
+        &[REMOTE_BOB],
+        &message(REMOTE_BOB, "while validation is broken"),
+    );
+    let result = deferred(&tx, &id);
+    assert!(
+        result.starts_with("4.7.5") && result.contains("policy=dane-memory"),
+        "{result}"
+    );
+    assert!(
+        rx.maildir_new(REMOTE_BOB).is_empty(),
+        "mail went to a host DANE had refused"
+    );
+    let log = tx.log();
+    assert!(
+        log.contains("DNSSEC validation does not work through the resolver"),
+        "{log}"
+    );
+    assert!(log.contains("this domain had DANE"), "{log}");
+    let out = tx.mta(&["tls", "list"], b"");
+    let listed = &out.stdout;
+    assert!(
+        listed.contains("remote.test DANE (TLSA records) seen at"),
+        "{listed}"
     );
 }
