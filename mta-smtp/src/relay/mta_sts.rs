@@ -644,8 +644,7 @@ mod tests {
     /// The reference: 1 to 32 characters, each an ASCII letter or digit.
     fn reference_id(id: &str) -> bool {
         let n = id.chars().count();
-        n >= 1
-            && n <= 32
+        (1..=32).contains(&n)
             && id
                 .chars()
                 .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || c.is_ascii_uppercase())
