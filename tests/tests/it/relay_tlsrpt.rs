@@ -90,7 +90,7 @@ fn reports_go_to_the_domains_that_ask() {
 
 /// A dnsmasq option that publishes `text` as one TXT record at `name`, commas and all (as
 /// character-strings of at most 255 octets, RFC 1035 §3.3.14).
-fn txt_rr(name: &str, text: &str) -> String {
+pub(crate) fn txt_rr(name: &str, text: &str) -> String {
     let mut hex = String::new();
     for chunk in text.as_bytes().chunks(255) {
         hex.push_str(&format!("{:02x}", chunk.len()));
