@@ -5,14 +5,16 @@
 //! verified delivery, or until an operator clears it (`mta tls forget DOMAIN`).
 //!
 //! DANE memory, beside it: a domain whose MX host had usable, DNSSEC-validated TLSA records
-//! (RFC 7672) is remembered too. DANE can only be applied while DNSSEC validation works; when
-//! it stops (someone drops or corrupts the root DNSKEY answer, or the resolver stops passing
-//! DNSSEC records along), such a domain still needs TLS with a certificate verified against
-//! the CA roots, or its mail waits (`4.7.5`, `policy=dane-memory`), instead of going out with
-//! less. Same lifetime, same `mta tls forget`.
+//! (RFC 7672) is remembered too, with the names of those hosts. DANE can only be applied while
+//! DNSSEC validation works; when it stops (someone drops or corrupts the root DNSKEY answer,
+//! or the resolver stops passing DNSSEC records along), such a domain's mail goes only to the
+//! remembered hosts (whoever broke validation can also forge the MX answer), over TLS with a
+//! certificate verified against the CA roots, or it waits (`4.7.5`, `policy=dane-memory`),
+//! instead of going out with less. Same lifetime, same `mta tls forget`.
 //!
 //! Kept in `DATA_DIR/tls-memory` and `DATA_DIR/dane-memory`, one `domain unix-seconds` line per
-//! domain, replaced atomically (`mta_core::durable_file::write`). A file is written when a
+//! domain (`dane-memory` adds the hosts, comma-separated), replaced atomically
+//! (`mta_core::durable_file::write`). A file is written when a
 //! domain is new to it or its time is more than an hour old, so a busy destination costs a
 //! write an hour, not one a message. Each holds at most [`MAX_DOMAINS`]; when full, the domain
 //! seen longest ago makes room.
@@ -30,6 +32,15 @@ const REFRESH: u64 = 3600;
 
 /// The most domains each memory holds.
 pub const MAX_DOMAINS: usize = 10_000;
+/// The most MX host names remembered per domain for DANE.
+pub const MAX_HOSTS: usize = 16;
+
+/// One remembered domain: when it was last seen, and (DANE) the MX hosts that had records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Entry {
+    at: u64,
+    hosts: Vec<String>,
+}
 
 /// Which memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +63,8 @@ impl Kind {
         match self {
             Kind::Verified => "# domain  last delivery over verified TLS (Unix seconds)\n",
             Kind::Dane => {
-                "# domain  last seen with usable DNSSEC-validated TLSA records (Unix seconds)\n"
+                "# domain  last seen with usable DNSSEC-validated TLSA records (Unix seconds)  \
+                 the MX hosts that had them\n"
             }
         }
     }
@@ -63,7 +75,7 @@ impl Kind {
 struct List {
     kind: Kind,
     path: PathBuf,
-    domains: Mutex<BTreeMap<String, u64>>,
+    domains: Mutex<BTreeMap<String, Entry>>,
 }
 
 impl List {
@@ -76,7 +88,9 @@ impl List {
                 .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
             {
                 match parse_line(line) {
-                    Some((domain, at)) => insert_bounded(&mut domains, domain, at, MAX_DOMAINS),
+                    Some((domain, entry)) => {
+                        insert_bounded(&mut domains, domain, entry, MAX_DOMAINS)
+                    }
                     None => {
                         warn!(path = %path.display(), line = %mta_core::text::escape(line), "skipping an unreadable TLS memory line")
                     }
@@ -90,30 +104,47 @@ impl List {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, u64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Entry>> {
         self.domains.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn remembers(&self, domain: &Domain, keep: Duration) -> bool {
+    /// The entry of `domain` when it is within `keep`.
+    fn get(&self, domain: &Domain, keep: Duration) -> Option<Entry> {
         self.lock()
             .get(domain.as_str())
-            .is_some_and(|&at| now().saturating_sub(at) < keep.as_secs())
+            .filter(|e| now().saturating_sub(e.at) < keep.as_secs())
+            .cloned()
     }
 
-    /// Records `domain` now; true when it was not remembered before.
-    fn seen(&self, domain: &Domain) -> bool {
+    /// Records `domain` now, and `host` with it when given; true when the domain was not
+    /// remembered before.
+    fn seen(&self, domain: &Domain, host: Option<&str>) -> bool {
         let mut domains = self.lock();
         let now = now();
-        let fresh = domains
-            .get(domain.as_str())
-            .is_some_and(|&at| now.saturating_sub(at) < REFRESH);
-        if fresh {
+        let old = domains.get(domain.as_str()).cloned();
+        let host = host.map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+        let known_host = match (&host, &old) {
+            (Some(h), Some(e)) => e.hosts.contains(h),
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let fresh = old
+            .as_ref()
+            .is_some_and(|e| now.saturating_sub(e.at) < REFRESH);
+        if fresh && known_host {
             return false;
         }
-        let new = !domains.contains_key(domain.as_str());
-        insert_bounded(&mut domains, domain.to_string(), now, MAX_DOMAINS);
+        let mut entry = old.clone().unwrap_or_default();
+        entry.at = now;
+        if let Some(h) = host.filter(|h| !entry.hosts.contains(h)) {
+            if entry.hosts.len() >= MAX_HOSTS {
+                entry.hosts.remove(0);
+            }
+            entry.hosts.push(h);
+        }
+        insert_bounded(&mut domains, domain.to_string(), entry, MAX_DOMAINS);
         self.save(&domains);
-        new
+        old.is_none()
     }
 
     fn forget(&self, domain: &Domain) -> bool {
@@ -129,11 +160,11 @@ impl List {
         let now = now();
         self.lock()
             .iter()
-            .map(|(d, &at)| (d.clone(), at, now.saturating_sub(at) < keep.as_secs()))
+            .map(|(d, e)| (d.clone(), e.at, now.saturating_sub(e.at) < keep.as_secs()))
             .collect()
     }
 
-    fn save(&self, domains: &BTreeMap<String, u64>) {
+    fn save(&self, domains: &BTreeMap<String, Entry>) {
         if let Err(e) = write(self.kind, &self.path, domains) {
             // The memory still holds in this process; only a restart would lose the entry.
             warn!(path = %self.path.display(), error = %e, "cannot save the TLS memory");
@@ -168,24 +199,26 @@ impl TlsMemory {
 
     /// True when `domain` had a verified delivery within the memory's lifetime.
     pub fn remembers(&self, domain: &Domain) -> bool {
-        self.verified.remembers(domain, self.keep)
+        self.verified.get(domain, self.keep).is_some()
     }
 
     /// Records a delivery to `domain` over verified TLS.
     pub fn verified(&self, domain: &Domain) {
-        if self.verified.seen(domain) {
+        if self.verified.seen(domain, None) {
             info!(%domain, "verified TLS remembered: later mail to this domain needs it too");
         }
     }
 
-    /// True when `domain` had usable DNSSEC-validated TLSA records within the lifetime.
-    pub fn remembers_dane(&self, domain: &Domain) -> bool {
-        self.dane.remembers(domain, self.keep)
+    /// The MX hosts of `domain` that had usable DNSSEC-validated TLSA records, when the
+    /// domain is remembered for DANE (within the lifetime).
+    pub fn dane_hosts(&self, domain: &Domain) -> Option<Vec<String>> {
+        self.dane.get(domain, self.keep).map(|e| e.hosts)
     }
 
-    /// Records that `domain`'s MX host has usable DNSSEC-validated TLSA records.
-    pub fn dane(&self, domain: &Domain) {
-        if self.dane.seen(domain) {
+    /// Records that `host`, an MX host of `domain`, has usable DNSSEC-validated TLSA
+    /// records.
+    pub fn dane(&self, domain: &Domain, host: &str) {
+        if self.dane.seen(domain, Some(host)) {
             info!(%domain, "DANE remembered: while DNSSEC validation is unavailable, this domain needs verified TLS");
         }
     }
@@ -211,12 +244,12 @@ impl TlsMemory {
 }
 
 /// Inserts `domain`; when that makes more than `max`, the one seen longest ago goes.
-fn insert_bounded(domains: &mut BTreeMap<String, u64>, domain: String, at: u64, max: usize) {
-    domains.insert(domain, at);
+fn insert_bounded(domains: &mut BTreeMap<String, Entry>, domain: String, entry: Entry, max: usize) {
+    domains.insert(domain, entry);
     while domains.len() > max {
         let oldest = domains
             .iter()
-            .min_by_key(|(_, at)| **at)
+            .min_by_key(|(_, e)| e.at)
             .map(|(d, _)| d.clone());
         match oldest {
             Some(d) => domains.remove(&d),
@@ -225,17 +258,27 @@ fn insert_bounded(domains: &mut BTreeMap<String, u64>, domain: String, at: u64, 
     }
 }
 
-fn parse_line(line: &str) -> Option<(String, u64)> {
+/// `domain at` or `domain at host,host`.
+fn parse_line(line: &str) -> Option<(String, Entry)> {
     let mut words = line.split_ascii_whitespace();
     let domain = Domain::parse(words.next()?).ok()?;
     let at = words.next()?.parse().ok()?;
-    words.next().is_none().then(|| (domain.to_string(), at))
+    let hosts: Vec<String> = match words.next() {
+        None => Vec::new(),
+        Some(list) => list.split(',').map(str::to_string).collect(),
+    };
+    let good =
+        hosts.len() <= MAX_HOSTS && hosts.iter().all(|h| mta_core::address::is_ldh_name(h, 253));
+    (good && words.next().is_none()).then(|| (domain.to_string(), Entry { at, hosts }))
 }
 
-fn write(kind: Kind, path: &Path, domains: &BTreeMap<String, u64>) -> std::io::Result<()> {
+fn write(kind: Kind, path: &Path, domains: &BTreeMap<String, Entry>) -> std::io::Result<()> {
     let mut text = String::from(kind.header());
-    for (d, at) in domains {
-        text.push_str(&format!("{d} {at}\n"));
+    for (d, e) in domains {
+        match e.hosts.is_empty() {
+            true => text.push_str(&format!("{d} {}\n", e.at)),
+            false => text.push_str(&format!("{d} {} {}\n", e.at, e.hosts.join(","))),
+        }
     }
     mta_core::durable_file::write(path, text.as_bytes(), 0o600)
 }
@@ -287,21 +330,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let d = Domain::parse("dane.test").unwrap();
         let m = TlsMemory::open(dir.path(), Duration::from_secs(86_400));
-        assert!(!m.remembers_dane(&d));
-        m.dane(&d);
-        assert!(m.remembers_dane(&d) && !m.remembers(&d));
+        assert_eq!(m.dane_hosts(&d), None);
+        m.dane(&d, "MX1.dane.test.");
+        m.dane(&d, "mx2.dane.test");
+        m.dane(&d, "mx1.dane.test");
+        let hosts = vec!["mx1.dane.test".to_string(), "mx2.dane.test".to_string()];
+        assert_eq!(m.dane_hosts(&d), Some(hosts.clone()));
+        assert!(!m.remembers(&d));
         let again = TlsMemory::open(dir.path(), Duration::from_secs(86_400));
-        assert!(again.remembers_dane(&d), "a restart keeps it");
+        assert_eq!(again.dane_hosts(&d), Some(hosts), "a restart keeps it");
         assert_eq!(again.list_dane().len(), 1);
         assert!(forget_offline(dir.path(), &d).unwrap());
-        assert!(!TlsMemory::open(dir.path(), Duration::MAX).remembers_dane(&d));
+        assert_eq!(
+            TlsMemory::open(dir.path(), Duration::MAX).dane_hosts(&d),
+            None
+        );
+        // A forged host list is not read.
+        let forged = "dane.test 5 mx1.dane.test,a\rb\n";
+        std::fs::write(dir.path().join("dane-memory"), forged).unwrap();
+        assert_eq!(
+            TlsMemory::open(dir.path(), Duration::MAX).dane_hosts(&d),
+            None
+        );
     }
 
     #[test]
     fn the_memory_is_bounded_and_the_oldest_goes() {
         let mut domains = BTreeMap::new();
         for i in 0..5u64 {
-            insert_bounded(&mut domains, format!("d{i}.test"), 100 + i, 3);
+            let entry = Entry {
+                at: 100 + i,
+                hosts: Vec::new(),
+            };
+            insert_bounded(&mut domains, format!("d{i}.test"), entry, 3);
         }
         let kept: Vec<&str> = domains.keys().map(String::as_str).collect();
         assert_eq!(kept, ["d2.test", "d3.test", "d4.test"]);

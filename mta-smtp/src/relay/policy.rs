@@ -60,8 +60,8 @@ pub enum PolicySource {
     /// The domain took mail over verified TLS before (`outbound.tls_memory`).
     Memory,
     /// The domain's MX host had usable DNSSEC-validated TLSA records before, and DNSSEC
-    /// validation does not work now: TLS verified against the CA roots instead (RFC 7672 §1.3
-    /// would have it authenticated; without validation, the roots are what is left).
+    /// validation does not work now: only the hosts that had them, over TLS verified against
+    /// the CA roots (the TLSA records cannot be trusted without validation; the roots can).
     DaneMemory,
     /// The sender asked for TLS all the way (RFC 8689 REQUIRETLS).
     RequireTls,
@@ -169,21 +169,27 @@ impl Relay {
         let sts = self.sts_policy(domain, wish).await;
         let (mut policy, mut source) = self.policy_for(domain, wish, sts.as_deref());
         // DANE cannot be applied while validation does not work; a domain known to use it
-        // must not get less than verified TLS meanwhile (whoever breaks validation would
-        // otherwise switch DANE off). `TLS-Required: No` and the operator's table decide
-        // over it as they do over DANE.
-        if unvalidated
-            && wish != TlsWish::Waive
-            && source != PolicySource::Configured
-            && self.memory.remembers_dane(domain)
-        {
+        // must not get less meanwhile (whoever breaks validation would otherwise switch DANE
+        // off): verified TLS, and only to the hosts that had TLSA records, since the same
+        // attacker can forge the MX answer too. `TLS-Required: No` and the operator's table
+        // decide over it as they do over DANE.
+        let dane_hosts =
+            match unvalidated && wish != TlsWish::Waive && source != PolicySource::Configured {
+                true => self.memory.dane_hosts(domain),
+                false => None,
+            };
+        if dane_hosts.is_some() {
             if let TlsPolicy::Opportunistic { roots } = &policy {
                 policy = TlsPolicy::Required {
                     roots: roots.clone(),
                 };
+            }
+            // MTA-STS `enforce` and REQUIRETLS ask for verified TLS already, and keep their
+            // own rules (the policy's `mx:` list, RFC 8689); the host list applies on top.
+            if matches!(source, PolicySource::Opportunistic | PolicySource::Memory) {
                 source = PolicySource::DaneMemory;
             }
-            warn!(%domain, policy = source.name(), "DNSSEC validation is unavailable and this domain had DANE: verified TLS is required until validation works again");
+            warn!(%domain, policy = source.name(), "DNSSEC validation is unavailable and this domain had DANE: verified TLS to the hosts that had TLSA records is required until validation works again");
         }
         // RFC 8689 §5: `TLS-Required: No` waives recipient-side policies, DANE too; the
         // operator's own table decides over DANE as over MTA-STS.
@@ -199,6 +205,7 @@ impl Relay {
         let mut plans = Vec::new();
         let mut failed = Vec::new();
         let mut unlisted = 0;
+        let mut not_dane = 0;
         for host in hosts {
             let tlsa = match dnssec {
                 Some(d) => d.tlsa(&host.name, domain).await,
@@ -219,7 +226,7 @@ impl Relay {
                 }
                 HostTlsa::Dane(dane) => {
                     if dane.usable() {
-                        self.memory.dane(domain);
+                        self.memory.dane(domain, &host.name);
                     }
                     info!(%domain, mx = %escape(&host.name), records = dane.records.len(), "DANE: the MX host has TLSA records");
                     plans.push(HostPlan {
@@ -245,6 +252,14 @@ impl Relay {
                     failed.push(format!("{}: {why}", host.name));
                 }
                 HostTlsa::None if enforced.is_some_and(|p| !p.allows(&host.name)) => unlisted += 1,
+                HostTlsa::None
+                    if dane_hosts.as_ref().is_some_and(|known| {
+                        !known.contains(&host.name.trim_end_matches('.').to_ascii_lowercase())
+                    }) =>
+                {
+                    warn!(%domain, mx = %escape(&host.name), "DANE memory: this MX host never had TLSA records; not used while DNSSEC validation is unavailable");
+                    not_dane += 1;
+                }
                 HostTlsa::None => plans.push(HostPlan {
                     host,
                     policy: policy.clone(),
@@ -260,6 +275,12 @@ impl Relay {
             return Err(Outcome::Deferred(format!(
                 "4.7.5 DANE: no MX host of {domain} can be used now: {} (policy=dane)",
                 failed.join("; ")
+            )));
+        }
+        if not_dane > 0 && unlisted == 0 {
+            return Err(Outcome::Deferred(format!(
+                "4.7.5 DANE memory: DNSSEC validation is unavailable and no MX host of {domain} \
+                 is one that had TLSA records (policy=dane-memory)"
             )));
         }
         let p = enforced.map_or_else(Vec::new, |p| p.mx.clone());
