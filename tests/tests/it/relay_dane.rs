@@ -21,7 +21,8 @@
 //! - but a domain that had usable TLSA records is remembered: when validation stops working
 //!   (here: a trust anchor that no longer matches the root), its mail needs a certificate
 //!   verified against the CA roots, and waits (`policy=dane-memory`) instead of going out with
-//!   less; `mta tls list` names it;
+//!   less; `mta tls list` names it; and an MX answer forged meanwhile gets nothing (only the
+//!   hosts that had TLSA records are tried);
 //! - `outbound.dnssec = "resolver"` trusts the AD bit of a validating dnsmasq on loopback in
 //!   front of the same zone (match delivers, mismatch and bogus defer), and refuses to start
 //!   with a name server that is not on loopback.
@@ -594,5 +595,55 @@ fn a_domain_that_had_dane_still_needs_verified_tls_when_validation_breaks() {
     assert!(
         listed.contains("remote.test DANE (TLSA records) seen at"),
         "{listed}"
+    );
+}
+
+#[test]
+fn while_validation_is_broken_a_forged_mx_gets_nothing() {
+    // The sender learns that mx1.remote.test has TLSA records (the certificate matches:
+    // delivered). Then its DNS is replaced by an attacker's: a root our trust anchor does not
+    // validate, and an MX answer naming a host of theirs. Only the remembered host may get
+    // remote.test's mail now; the forged one is not even tried.
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = signed(&[tlsa(&format!("3 1 1 {hash}"))]);
+    let mut tx = dane_sender(&dns, port, "");
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "pinned"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
+
+    let forged = SignedDns::start(
+        &[
+            "remote.test. 300 IN MX 10 mx.attacker.test.",
+            "mx.attacker.test. 300 IN A 127.0.0.2",
+        ],
+        &[],
+        &[],
+    );
+    let config = std::fs::read_to_string(tx.config_path()).unwrap();
+    let ours = dns.addr().to_string();
+    assert!(config.contains(&ours), "{config}");
+    let config = config.replace(&ours, &forged.addr().to_string());
+    std::fs::write(tx.config_path(), config).unwrap();
+    tx.restart();
+    let id = submit(
+        &tx,
+        &[REMOTE_BOB],
+        &message(REMOTE_BOB, "to the forged MX?"),
+    );
+    let result = deferred(&tx, &id);
+    assert!(
+        result.contains("no MX host of remote.test is one that had TLSA records")
+            && result.contains("policy=dane-memory"),
+        "{result}"
+    );
+    assert_eq!(rx.maildir_new(REMOTE_BOB).len(), 1, "nothing more arrived");
+    assert!(
+        tx.log()
+            .contains("DANE memory: this MX host never had TLSA records"),
+        "{}",
+        tx.log()
     );
 }
