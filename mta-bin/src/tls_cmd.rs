@@ -1,6 +1,7 @@
-//! `mta tls list` and `mta tls forget DOMAIN`: the downgrade memory
+//! `mta tls list` and `mta tls forget DOMAIN`: the downgrade memory and the DANE memory
 //! (`mta_smtp::relay::memory`). Asks the running server over the control socket (it holds
-//! the memory); with no server running, reads or rewrites `DATA_DIR/tls-memory` itself.
+//! the memory); with no server running, reads or rewrites `DATA_DIR/tls-memory` and
+//! `DATA_DIR/dane-memory` itself.
 
 use anyhow::bail;
 use clap::Subcommand;
@@ -14,7 +15,8 @@ use crate::control;
 /// `mta tls ...`
 #[derive(Subcommand, Debug)]
 pub enum TlsCommand {
-    /// The domains that must get verified TLS because they had it before.
+    /// The domains that must get verified TLS because they had it before, and those that
+    /// had DANE (they need verified TLS while DNSSEC validation does not work).
     List,
     /// Let mail to DOMAIN go without verified TLS again (it is remembered anew at the next
     /// delivery over verified TLS).
@@ -46,7 +48,12 @@ fn list_json(memory: &TlsMemory) -> Value {
             |(domain, at, active)| json!({ "domain": domain, "verified_at": at, "active": active }),
         )
         .collect();
-    json!({ "domains": domains })
+    let dane: Vec<Value> = memory
+        .list_dane()
+        .into_iter()
+        .map(|(domain, at, active)| json!({ "domain": domain, "seen_at": at, "active": active }))
+        .collect();
+    json!({ "domains": domains, "dane": dane })
 }
 
 /// Runs one `mta tls` command.
@@ -73,19 +80,31 @@ pub fn run(command: TlsCommand, config: &Config) -> anyhow::Result<()> {
     match command {
         TlsCommand::List => {
             let domains = value["domains"].as_array().cloned().unwrap_or_default();
-            if domains.is_empty() {
+            let dane = value["dane"].as_array().cloned().unwrap_or_default();
+            if domains.is_empty() && dane.is_empty() {
                 println!("no domain is remembered");
             }
-            for d in domains {
-                let state = if d["active"].as_bool() == Some(true) {
-                    ""
-                } else {
-                    " (expired)"
-                };
+            let state = |d: &Value| match d["active"].as_bool() {
+                Some(true) => "",
+                _ => " (expired)",
+            };
+            let name =
+                |d: &Value| mta_core::text::terminal(d["domain"].as_str().unwrap_or("?"), false);
+            for d in &domains {
                 println!(
-                    "{} verified TLS at {}{state}",
-                    d["domain"].as_str().unwrap_or("?"),
-                    mta_core::date::rfc5322(d["verified_at"].as_u64().unwrap_or(0))
+                    "{} verified TLS at {}{}",
+                    name(d),
+                    mta_core::date::rfc5322(d["verified_at"].as_u64().unwrap_or(0)),
+                    state(d)
+                );
+            }
+            for d in &dane {
+                println!(
+                    "{} DANE (TLSA records) seen at {}: needs verified TLS while DNSSEC \
+                     validation does not work{}",
+                    name(d),
+                    mta_core::date::rfc5322(d["seen_at"].as_u64().unwrap_or(0)),
+                    state(d)
                 );
             }
         }

@@ -282,6 +282,10 @@ pub struct Outbound {
     pub tls_reports: bool,
     /// How often TLS reports are sent, each covering the time since the last. Default 1 day.
     pub tls_report_interval: Duration,
+    /// Domains whose addresses may receive any domain's TLS reports (a report processor a
+    /// domain hired); otherwise a report goes only to addresses in the reporting domain's
+    /// own organisational domain. Default empty.
+    pub tls_report_allow: Vec<Domain>,
     /// Send all remote mail to this host instead of the MX hosts. Default `None`.
     pub relay: Option<Smarthost>,
     /// TLS policy per destination domain (`[outbound.tls."example.com"]`); a domain not

@@ -77,20 +77,47 @@ const MAX_HEADERS: usize = 64 * 1024;
 /// RFC 5322 §2.1.1: at most 998 octets per line, without the CRLF.
 const MAX_LINE: usize = 998;
 
-/// Extracts the enhanced status code (RFC 3463 `class.subject.detail`, class 4 or 5) from a
-/// recipient's last result, such as `"550 5.1.1 no such user"`, `"5.1.10 null MX"` or
-/// `"4.4.0 connection refused"`. Without one: `"5.0.0"` for [`DsnKind::Failed`], `"4.0.0"`
-/// for [`DsnKind::Delayed`].
+/// The enhanced status code (RFC 3463 `class.subject.detail`) of a recipient's last result,
+/// read only where it can be: right after the reply code of a remote answer (`"550 5.1.1
+/// no such user"`, `"550-5.7.1 …"`) and of the same class as that code (RFC 2034 §4), or at
+/// the very start of our own reasons (`"5.1.10 null MX"`, `"4.4.1 no host …"`). A reply
+/// without one counts as `x.0.0` of its class. A code elsewhere in the text is the remote
+/// server's prose, not its status (`"451 try later, not 5.1.1"` is `4.0.0`).
+///
+/// The class must also agree with the notification (RFC 3464 §2.3.4: `failed` is 5, and
+/// `delayed` is 4); otherwise, and without any code: `"5.0.0"` for [`DsnKind::Failed`],
+/// `"4.0.0"` for [`DsnKind::Delayed`].
 pub fn status_of(result: &str, kind: DsnKind) -> String {
-    result
-        .split(|c: char| c.is_whitespace() || ",;:()[]<>\"'-".contains(c))
-        .find(|token| is_status_code(token))
-        .unwrap_or(kind.fallback_status())
-        .to_string()
+    let fallback = kind.fallback_status();
+    let text = result.trim_start();
+    let b = text.as_bytes();
+    let status = if b.len() >= 3
+        && matches!(b[0], b'2'..=b'5')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b.get(3), None | Some(b' ' | b'-'))
+    {
+        let after = text.get(4..).unwrap_or("");
+        let token = after.split(' ').next().unwrap_or("");
+        match is_status_code(token) && token.as_bytes()[0] == b[0] {
+            true => token.to_string(),
+            false => format!("{}.0.0", char::from(b[0])),
+        }
+    } else {
+        let token = text.split(' ').next().unwrap_or("");
+        match is_status_code(token) {
+            true => token.to_string(),
+            false => return fallback.to_string(),
+        }
+    };
+    match status.as_bytes()[0] == fallback.as_bytes()[0] {
+        true => status,
+        false => fallback.to_string(),
+    }
 }
 
-/// RFC 3463 §2: class "." subject "." detail; class 4 or 5 (a DSN never reports success),
-/// subject and detail 1 to 3 digits.
+/// RFC 3463 §2: class "." subject "." detail; class 2, 4 or 5, subject and detail 1 to 3
+/// digits.
 fn is_status_code(token: &str) -> bool {
     let digits = |s: &str, max: usize| {
         !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
@@ -98,7 +125,7 @@ fn is_status_code(token: &str) -> bool {
     let mut parts = token.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(class), Some(subject), Some(detail), None) => {
-            (class == "4" || class == "5") && digits(subject, 3) && digits(detail, 3)
+            matches!(class, "2" | "4" | "5") && digits(subject, 3) && digits(detail, 3)
         }
         _ => false,
     }

@@ -190,10 +190,23 @@ fn status_codes() {
         ("4.4.0 connection refused", d, "4.4.0"),
         ("451 4.3.0 (4.3.0) try later", d, "4.3.0"),
         (
+            "5.4.7 gave up after 5 days in the queue; last result: 451 4.1.1 x",
+            f,
+            "5.4.7",
+        ),
+        // A class that disagrees with the notification is not taken (RFC 3464 §2.3.4).
+        (
             "4.4.7 gave up after 5 days in the queue; last result: 550 5.1.1 x",
             f,
-            "4.4.7",
+            "5.0.0",
         ),
+        // The status follows the reply code, in its class; prose is not a status.
+        ("451 mailbox 5.1.1 is busy", d, "4.0.0"),
+        ("451 4.2.1 busy (was 5.1.1)", d, "4.2.1"),
+        ("451 5.1.1 class disagrees", d, "4.0.0"),
+        ("550 user unknown (4.4.1 earlier)", f, "5.0.0"),
+        ("connection refused: 550 5.1.1", f, "5.0.0"),
+        ("4.7.5 DANE: 550 5.1.1 somewhere", d, "4.7.5"),
         ("connection refused", f, "5.0.0"),
         ("connection refused", d, "4.0.0"),
         ("", f, "5.0.0"),
@@ -204,6 +217,53 @@ fn status_codes() {
     ];
     for (result, kind, want) in table {
         assert_eq!(status_of(result, kind), want, "{result:?}");
+    }
+}
+
+/// The reference: a result built from its parts (a reply code or none, an enhanced code
+/// or none, then any text at all), and what the status must be from those parts alone.
+fn reference_status(code: Option<u16>, status: Option<(u8, u16, u16)>, kind: DsnKind) -> String {
+    let want_class = match kind {
+        DsnKind::Failed => 5,
+        DsnKind::Delayed => 4,
+    };
+    let found = match (code, status) {
+        (Some(c), Some((class, s, d))) if u16::from(class) == c / 100 => Some((class, s, d)),
+        (Some(c), _) => Some(((c / 100) as u8, 0, 0)),
+        (None, Some(st)) => Some(st),
+        (None, None) => None,
+    };
+    match found {
+        Some((class, s, d)) if class == want_class => format!("{class}.{s}.{d}"),
+        _ => format!("{want_class}.0.0"),
+    }
+}
+
+proptest::proptest! {
+    #[test]
+    fn status_agrees_with_the_reference(
+        code in proptest::option::of(200u16..600),
+        status in proptest::option::of((proptest::sample::select(vec![2u8, 4, 5]), 0u16..1000, 0u16..1000)),
+        dash in proptest::bool::ANY,
+        failed in proptest::bool::ANY,
+        prose in "[a-z]{1,8}( [ -~]{0,40})?",
+        noise in proptest::collection::vec((2u8..6, 0u16..1000, 0u16..1000), 0..3),
+    ) {
+        let kind = if failed { DsnKind::Failed } else { DsnKind::Delayed };
+        let mut text = String::new();
+        if let Some(c) = code {
+            text.push_str(&format!("{c}{}", if dash { '-' } else { ' ' }));
+        }
+        if let Some((c, s, d)) = status {
+            text.push_str(&format!("{c}.{s}.{d} "));
+        }
+        // Prose starts with a letter, so it is never read as a code; status-like tokens in it
+        // are noise.
+        text.push_str(&prose);
+        for (c, s, d) in noise {
+            text.push_str(&format!(" {c}.{s}.{d}"));
+        }
+        proptest::prop_assert_eq!(status_of(&text, kind), reference_status(code, status, kind), "{:?}", text);
     }
 }
 

@@ -49,6 +49,7 @@ const KEYS: &[&str] = &[
     "outbound.dane_trust_anchor",
     "outbound.tls_reports",
     "outbound.tls_report_interval",
+    "outbound.tls_report_allow",
     "outbound.relay",
     "outbound.relay_tls",
     "outbound.relay_user",

@@ -184,6 +184,7 @@ pub(super) struct RawOutbound {
     pub dane_trust_anchor: Option<S<String>>,
     pub tls_reports: Option<bool>,
     pub tls_report_interval: Option<S<String>>,
+    pub tls_report_allow: Option<List>,
     pub relay: Option<S<String>>,
     pub relay_tls: Option<S<String>>,
     pub relay_user: Option<S<String>>,
@@ -541,6 +542,14 @@ fn write_outbound(o: &Outbound) -> String {
     }
     if let Some(anchor) = &o.dane_trust_anchor {
         out += &format!("dane_trust_anchor = {}\n", path(anchor));
+    }
+    if !o.tls_report_allow.is_empty() {
+        let names: Vec<String> = o
+            .tls_report_allow
+            .iter()
+            .map(|d| quote(d.as_str()))
+            .collect();
+        out += &format!("tls_report_allow = [{}]\n", names.join(", "));
     }
     match &o.relay {
         None => out += "# no relay: mail goes to each domain's MX hosts\n",

@@ -111,6 +111,16 @@ impl Checker<'_> {
                 "outbound.tls_report_interval",
                 Duration::from_secs(24 * 60 * 60),
             ),
+            tls_report_allow: raw
+                .tls_report_allow
+                .as_ref()
+                .map(|list| {
+                    list.get_ref()
+                        .iter()
+                        .filter_map(|d| self.domain(d, "outbound.tls_report_allow"))
+                        .collect()
+                })
+                .unwrap_or_default(),
             relay: self.relay(raw),
             tls,
         }

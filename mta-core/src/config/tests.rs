@@ -159,6 +159,7 @@ fn defaults() {
             dane_trust_anchor: None,
             tls_reports: true,
             tls_report_interval: Duration::from_secs(86_400),
+            tls_report_allow: Vec::new(),
             relay: None,
             tls: BTreeMap::new(),
         },
@@ -296,6 +297,7 @@ fn full_example() {
         dane_trust_anchor: None,
         tls_reports: true,
         tls_report_interval: Duration::from_secs(86_400),
+        tls_report_allow: Vec::new(),
         relay: Some(relay),
         tls,
     };

@@ -40,6 +40,11 @@ pub struct Connection {
     extensions: Extensions,
     tls: Option<TlsInfo>,
     timeouts: Timeouts,
+    /// Cleared when the server said it is closing (`421`, RFC 5321 §3.8), when a
+    /// transaction ended with replies to our pipelined commands still unread, or when the
+    /// server sent more than we asked for: such a connection must not carry another message,
+    /// whose replies would be read out of order.
+    reusable: bool,
 }
 
 impl Connection {
@@ -81,6 +86,7 @@ impl Connection {
             extensions: Extensions::default(),
             tls,
             timeouts: t.clone(),
+            reusable: true,
         };
         conn.greeting().await?;
         conn.hello(&settings.helo).await?;
@@ -120,6 +126,13 @@ impl Connection {
         self.tls.as_ref()
     }
 
+    /// True when the connection may carry another message (after [`Connection::reset`]): no
+    /// transaction on it ended with a `421`, with replies unread, or with replies nobody
+    /// asked for.
+    pub fn reusable(&self) -> bool {
+        self.reusable
+    }
+
     /// What the server offered in its last EHLO.
     pub fn extensions(&self) -> &Extensions {
         &self.extensions
@@ -155,11 +168,23 @@ impl Connection {
             }
         };
         let mail = transaction::mail_from(msg.from, &params);
-        if self.extensions.pipelining {
+        let result = if self.extensions.pipelining {
             self.send_pipelined(msg, &mail).await
         } else {
             self.send_lockstep(msg, &mail).await
+        };
+        // A 421 ends the session, and a pipelined one leaves the replies to the commands
+        // after it unread (RFC 2920 §3.1); bytes waiting now answer nothing we sent.
+        let clean = match &result {
+            Ok(results) => {
+                !results.iter().any(|r| r.reply().code == 421) && self.wire.unread() == 0
+            }
+            Err(_) => false,
+        };
+        if !clean {
+            self.reusable = false;
         }
+        result
     }
 
     /// RSET, so that the connection can carry another message.

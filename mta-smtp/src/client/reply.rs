@@ -16,6 +16,26 @@ pub const MAX_REPLY_LINE: usize = 512;
 /// Our bound on the lines of one reply (RFC 5321 sets none; EHLO lists are ~20 lines).
 pub const MAX_REPLY_LINES: usize = 100;
 
+/// The most of a remote server's text (a reply, or an error that quotes one or lists TLSA
+/// records) kept in a queue record, a bounce or a log line, in octets. A reply may be
+/// [`MAX_REPLY_LINES`] lines of [`MAX_REPLY_LINE`] octets (~50 KB); stored whole for every
+/// recipient of every attempt, it would inflate the queue and the logs by that much.
+pub const MAX_KEPT_TEXT: usize = 1024;
+
+/// `text` cut to at most `max` octets on a character boundary, `…` marking the cut. The
+/// start is kept: a reply's code and enhanced status code come first.
+pub fn cut(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{MARK}", &text[..end]))
+}
+
 /// One reply from the server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerReply {
@@ -375,6 +395,32 @@ mod tests {
                 "{input:?}"
             );
             assert_eq!(&buf[..], *left, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn cut_keeps_the_start_within_the_bound() {
+        assert_eq!(cut("451 4.3.0 short", 1024), "451 4.3.0 short");
+        let long = format!("451 4.3.0 {}", "é".repeat(600));
+        let kept = cut(&long, MAX_KEPT_TEXT);
+        assert!(kept.len() <= MAX_KEPT_TEXT, "{}", kept.len());
+        assert!(kept.starts_with("451 4.3.0 é") && kept.ends_with('…'));
+        // Reference: the longest prefix on a character boundary that leaves room for the mark.
+        for max in 0..40 {
+            let text = "aé€😀".repeat(4);
+            let got = cut(&text, max);
+            let want = match text.len() <= max {
+                true => text.clone(),
+                false => {
+                    let prefix: String = text
+                        .char_indices()
+                        .take_while(|(i, c)| i + c.len_utf8() + "…".len() <= max)
+                        .map(|(_, c)| c)
+                        .collect();
+                    format!("{prefix}…")
+                }
+            };
+            assert_eq!(got, want, "max {max}");
         }
     }
 

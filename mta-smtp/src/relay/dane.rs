@@ -7,8 +7,9 @@
 //! - Whether validation works through the configured resolver is probed (the root's DNSKEY
 //!   must validate) at most once per [`PROBE_EVERY`]. A resolver that strips DNSSEC records
 //!   would otherwise make every answer bogus and stop all mail; while the probe fails, DANE
-//!   is not applied, mail goes as it would without DANE, and the log says so (once per
-//!   change).
+//!   is not applied and the log says so (once per change). A domain that had usable TLSA
+//!   records is remembered (`super::memory`) and meanwhile needs TLS verified against the
+//!   CA roots (`policy=dane-memory`); other domains get what they would without DANE.
 //! - TLSA records are looked up only for hosts whose names came from a secure MX RRset (an
 //!   attacker who can forge an insecure MX answer could name a host with TLSA records of
 //!   their own), or for the domain itself when it has no MX (implicit MX).
@@ -168,7 +169,7 @@ impl Dnssec {
         if changed && works {
             info!("DNSSEC validation works through the resolver; DANE is applied");
         } else if changed {
-            warn!(reason = %why, "DNSSEC validation does not work through the resolver; DANE is not applied until it does");
+            warn!(reason = %mta_core::text::escape(&why), "DNSSEC validation does not work through the resolver; DANE is not applied until it does (domains remembered for DANE need verified TLS)");
         }
         works
     }

@@ -14,6 +14,7 @@ pub mod memory;
 pub mod mta_sts;
 pub mod mx;
 mod policy;
+pub mod slots;
 pub mod tlsrpt;
 
 pub use policy::PolicySource;
@@ -31,10 +32,12 @@ use mta_core::config::{Config, PasswordSource, SmarthostTls};
 use mta_core::envelope::Envelope;
 use mta_core::metrics::METRICS;
 use mta_core::seams::Outcome;
+use mta_core::text::escape;
 use rustls::RootCertStore;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::client::reply::{MAX_KEPT_TEXT, cut};
 use crate::client::{
     ClientError, ClientSettings, Connection, OutgoingMessage, RcptResult, Target, Timeouts,
     TlsInfo, TlsPolicy, Verification, roots_with, webpki_roots,
@@ -103,7 +106,7 @@ pub struct Relay {
     domain_roots: HashMap<Domain, Arc<RootCertStore>>,
     smarthost: Option<Smarthost>,
     all: Arc<Semaphore>,
-    per_domain: Mutex<HashMap<Domain, Arc<Semaphore>>>,
+    per_domain: slots::DomainSlots,
     memory: Arc<TlsMemory>,
     reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
@@ -166,7 +169,7 @@ impl Relay {
         Ok(Relay {
             idle: Mutex::new(HashMap::new()),
             all: Arc::new(Semaphore::new(out.max_connections)),
-            per_domain: Mutex::new(HashMap::new()),
+            per_domain: slots::DomainSlots::new(out.max_per_domain),
             config,
             resolver,
             webpki,
@@ -177,13 +180,6 @@ impl Relay {
             sts,
             dnssec,
         })
-    }
-
-    fn domain_slots(&self, domain: &Domain) -> Arc<Semaphore> {
-        let mut map = self.per_domain.lock().expect("per-domain lock poisoned");
-        map.entry(domain.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.outbound.max_per_domain)))
-            .clone()
     }
 
     fn settings(&self, policy: TlsPolicy, auth: Option<(String, String)>) -> ClientSettings {
@@ -205,7 +201,7 @@ impl Relay {
         rcpts: &[Address],
     ) -> Vec<Outcome> {
         let _all = self.all.acquire().await;
-        let slots = self.domain_slots(domain);
+        let slots = self.per_domain.of(domain);
         let _one = slots.acquire().await;
         let msg = OutgoingMessage {
             from: &envelope.sender,
@@ -257,7 +253,7 @@ impl Relay {
                 let result = idle.conn.send(&msg).await;
                 let outcomes = self.outcomes(&idle.target, &idle.tls, rcpts, &result);
                 self.remember(remember, idle.conn.tls(), &outcomes);
-                if result.is_ok() {
+                if result.is_ok() && idle.conn.reusable() {
                     self.put_idle(&key(first), idle);
                 }
                 return outcomes;
@@ -274,7 +270,8 @@ impl Relay {
             let ips = match self.ips(&host.name).await {
                 Ok(ips) => ips,
                 Err(e) => {
-                    warn!(%domain, mx = %host.name, error = %e, "MX host has no usable address");
+                    let e = kept(&e.to_string());
+                    warn!(%domain, mx = %escape(&host.name), error = %escape(&e), "MX host has no usable address");
                     last = format!("{}: {e}", host.name);
                     continue;
                 }
@@ -297,7 +294,7 @@ impl Relay {
                         let result = conn.send(&msg).await;
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
                         self.remember(remember, conn.tls(), &outcomes);
-                        if result.is_ok() {
+                        if result.is_ok() && conn.reusable() {
                             self.put_idle(
                                 &key(source),
                                 Idle {
@@ -311,20 +308,22 @@ impl Relay {
                         return outcomes;
                     }
                     Err(e) => {
-                        warn!(%domain, mx = %host.name, %ip, policy = source.name(), error = %e, "connection attempt failed; trying the next host");
+                        // The error may quote the server, or list every TLSA record.
+                        let why = kept(&e.to_string());
+                        warn!(%domain, mx = %escape(&host.name), %ip, policy = source.name(), error = %escape(&why), "connection attempt failed; trying the next host");
                         tls_failed = matches!(
                             e,
                             ClientError::Tls(_)
                                 | ClientError::StartTlsNotOffered
                                 | ClientError::TlsRequiredButFailed(_)
                         );
-                        last = format!("{} [{ip}]: {e}", host.name);
+                        last = format!("{} [{ip}]: {why}", host.name);
                         if tls_failed && remember.is_some() {
                             let session = Session::Failure {
                                 kind: tlsrpt::failure_kind(&e.to_string()),
                                 mx: Some(host.name.clone()),
                                 ip: Some(ip),
-                                info: Some(e.to_string()),
+                                info: Some(why),
                             };
                             self.reports.record(domain, report, session);
                         }
@@ -348,6 +347,10 @@ impl Relay {
             (true, PolicySource::Memory) => format!(
                 " (policy=memory: {domain} took mail over verified TLS before; \
                  `mta tls forget {domain}` allows less)"
+            ),
+            (true, PolicySource::DaneMemory) => format!(
+                " (policy=dane-memory: {domain} has DANE (TLSA records) and DNSSEC validation \
+                 does not work now; `mta tls forget {domain}` allows less)"
             ),
             _ => format!(" (policy={})", source.name()),
         };
@@ -482,23 +485,27 @@ impl Relay {
                 .iter()
                 .zip(results)
                 .map(|(rcpt, r)| {
+                    // The reply is cut before the host is appended, so the bounce still
+                    // finds the host after ` (from `.
+                    let reply = kept(&r.reply().to_string());
                     let outcome = match r {
-                        RcptResult::Delivered(reply) => Outcome::Delivered(format!("{at}: {reply}")),
-                        RcptResult::Temporary(reply) => Outcome::Deferred(format!("{reply} (from {at})")),
-                        RcptResult::Permanent(reply) => Outcome::Failed(format!("{reply} (from {at})")),
+                        RcptResult::Delivered(_) => Outcome::Delivered(format!("{at}: {reply}")),
+                        RcptResult::Temporary(_) => Outcome::Deferred(format!("{reply} (from {at})")),
+                        RcptResult::Permanent(_) => Outcome::Failed(format!("{reply} (from {at})")),
                     };
-                    info!(%rcpt, mx = %target.name, ip = %target.addr.ip(), tls, result = ?outcome, "remote attempt");
-                    let result = match &outcome {
-                        Outcome::Delivered(_) => "delivered",
-                        Outcome::Deferred(_) => "deferred",
-                        Outcome::Failed(_) => "failed",
+                    let (result, text) = match &outcome {
+                        Outcome::Delivered(t) => ("delivered", t),
+                        Outcome::Deferred(t) => ("deferred", t),
+                        Outcome::Failed(t) => ("failed", t),
                     };
+                    info!(%rcpt, mx = %escape(&target.name), ip = %target.addr.ip(), tls, result, reply = %escape(text), "remote attempt");
                     METRICS.remote_attempt(result, tls_level(tls));
                     outcome
                 })
                 .collect(),
             Err(e) => {
-                warn!(mx = %target.name, ip = %target.addr.ip(), tls, error = %e, "transaction failed");
+                let e = kept(&e.to_string());
+                warn!(mx = %escape(&target.name), ip = %target.addr.ip(), tls, error = %escape(&e), "transaction failed");
                 METRICS.remote_attempt("error", tls_level(tls));
                 let text = format!("4.4.2 transaction with {at} failed: {e}");
                 vec![Outcome::Deferred(text); rcpts.len()]
@@ -543,6 +550,11 @@ fn describe_tls(tls: Option<&TlsInfo>) -> String {
             Verification::Failed(why) => format!("{} {} unverified ({why})", t.version, t.cipher),
         },
     }
+}
+
+/// Remote text as it is stored and logged: at most [`MAX_KEPT_TEXT`] octets.
+fn kept(text: &str) -> String {
+    cut(text, MAX_KEPT_TEXT).into_owned()
 }
 
 fn load_roots(ca_file: Option<&Path>, key: &str) -> Result<Arc<RootCertStore>, RelayError> {

@@ -8,6 +8,14 @@
 //! 64 KiB within 20 s. Policies are cached in memory and in `DATA_DIR/mta-sts/<domain>`, so a
 //! restart keeps them; when the TXT lookup or the fetch fails, a cached policy still in its
 //! `max_age` goes on applying (§5.1: an attacker who blocks the fetch must not win).
+//!
+//! What DNS and the policy host say is checked before it is kept: the `id` must be
+//! `1*32(ALPHA / DIGIT)` (§3.1) or the TXT record is ignored, so it cannot add lines to the
+//! cache file; the cache file is read back strictly (`id:` then `fetched_at:` then the
+//! policy) and written with `mta_core::durable_file::write`; a body is taken only when the
+//! TLS connection ended with `close_notify` or the body is exactly `Content-Length` octets
+//! (a connection cut short cannot shorten the `mx:` list). At most [`MAX_CACHED`] policies are
+//! held in memory; the least recently used go first (their files stay on disk).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -17,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::TokioResolver;
 use mta_core::address::Domain;
+use mta_core::text::escape;
 use rustls::RootCertStore;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,6 +39,9 @@ const MAX_POLICY: usize = 64 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(20);
 /// RFC 8461 §3.2: max_age at most 31557600 (one year).
 const MAX_AGE_LIMIT: u64 = 31_557_600;
+/// How many policies are held in memory; a domain dropped from it is read from its file
+/// again when next needed.
+pub const MAX_CACHED: usize = 10_000;
 
 /// What a policy asks of senders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +86,9 @@ impl Policy {
     /// # Errors
     /// What is missing or wrong, for the log.
     pub fn parse(text: &str, id: &str, fetched_at: u64) -> Result<Policy, String> {
+        if !is_policy_id(id) {
+            return Err(format!("id {id:?} is not 1 to 32 letters and digits"));
+        }
         let (mut version, mut mode, mut max_age, mut mx) = (None, None, None, Vec::new());
         for line in text.lines() {
             let line = line.trim_end_matches('\r');
@@ -172,15 +187,45 @@ impl Policy {
         text
     }
 
+    /// The cache file: `id:` on the first line, `fetched_at:` on the second, then the
+    /// policy. Anything else is not ours and is not believed.
     fn from_file(text: &str) -> Option<Policy> {
-        let field = |name: &str| {
-            text.lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        };
-        let id = field("id:")?;
-        let fetched_at = field("fetched_at:")?.parse().ok()?;
-        Policy::parse(text, &id, fetched_at).ok()
+        let mut lines = text.splitn(3, '\n');
+        let id = lines.next()?.strip_prefix("id: ")?;
+        let fetched_at = lines.next()?.strip_prefix("fetched_at: ")?;
+        if !is_policy_id(id)
+            || fetched_at.is_empty()
+            || !fetched_at.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        let policy = Policy::parse(lines.next()?, id, fetched_at.parse().ok()?).ok()?;
+        let unknown = lines_of(&policy.to_file()) != lines_of(text);
+        (!unknown).then_some(policy)
     }
+}
+
+/// The non-empty lines of a cache file, for comparing what was read with what it means.
+fn lines_of(text: &str) -> Vec<&str> {
+    text.lines().filter(|l| !l.is_empty()).collect()
+}
+
+/// RFC 8461 §3.1: `sts-id = 1*32(ALPHA / DIGIT)`.
+pub fn is_policy_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The `id` of an `_mta-sts` TXT record (RFC 8461 §3.1: `v=STSv1` first, fields separated
+/// by `;`, one `id=`). `None`, and the record is ignored, when the id is missing, repeated
+/// or not `1*32(ALPHA / DIGIT)`.
+pub fn record_id(record: &str) -> Option<String> {
+    let mut fields = record.split(';').map(|f| f.trim_matches([' ', '\t']));
+    if fields.next()? != "v=STSv1" {
+        return None;
+    }
+    let mut ids = fields.filter_map(|f| f.strip_prefix("id="));
+    let id = ids.next()?;
+    (ids.next().is_none() && is_policy_id(id)).then(|| id.to_string())
 }
 
 /// RFC 8461 §3.2: an `mx` is a host name, or `*.` and a domain; LDH labels, A-labels.
@@ -195,7 +240,9 @@ pub struct Sts {
     connector: TlsConnector,
     port: u16,
     dir: PathBuf,
-    cache: Mutex<HashMap<String, Arc<Policy>>>,
+    cache: Mutex<HashMap<String, (Arc<Policy>, u64)>>,
+    /// Counts uses, so the cache knows which entry was used least recently.
+    clock: std::sync::atomic::AtomicU64,
 }
 
 fn now() -> u64 {
@@ -222,6 +269,7 @@ impl Sts {
             port,
             dir: data_dir.join("mta-sts"),
             cache: Mutex::new(HashMap::new()),
+            clock: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -235,7 +283,7 @@ impl Sts {
             // may be removed only after a `mode: none` policy has been published).
             Ok(None) => return cached.filter(|p| p.mode != Mode::None),
             Err(e) => {
-                warn!(%domain, error = %e, "MTA-STS TXT lookup failed; using the cached policy if any");
+                warn!(%domain, error = %escape(&e), "MTA-STS TXT lookup failed; using the cached policy if any");
                 return cached;
             }
         };
@@ -252,34 +300,49 @@ impl Sts {
                 Some(policy)
             }
             Err(e) => {
-                warn!(%domain, error = %e, "MTA-STS policy fetch failed; using the cached policy if any");
+                warn!(%domain, error = %escape(&e), "MTA-STS policy fetch failed; using the cached policy if any");
                 cached
             }
         }
     }
 
     fn cached(&self, domain: &Domain) -> Option<Arc<Policy>> {
+        let tick = self.tick();
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.get(domain.as_str()) {
+        if let Some((p, used)) = cache.get_mut(domain.as_str()) {
+            *used = tick;
             return Some(p.clone());
         }
         let text = std::fs::read_to_string(self.dir.join(domain.as_str())).ok()?;
         let policy = Arc::new(Policy::from_file(&text)?);
-        cache.insert(domain.to_string(), policy.clone());
+        insert_bounded(
+            &mut cache,
+            domain.to_string(),
+            policy.clone(),
+            tick,
+            MAX_CACHED,
+        );
         Some(policy)
     }
 
+    fn tick(&self) -> u64 {
+        self.clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
     fn store(&self, domain: &Domain, policy: &Arc<Policy>) {
-        self.cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(domain.to_string(), policy.clone());
+        let tick = self.tick();
+        insert_bounded(
+            &mut self.cache.lock().unwrap_or_else(|e| e.into_inner()),
+            domain.to_string(),
+            policy.clone(),
+            tick,
+            MAX_CACHED,
+        );
         let write = || -> std::io::Result<()> {
             std::fs::create_dir_all(&self.dir)?;
             let path = self.dir.join(domain.as_str());
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, policy.to_file())?;
-            std::fs::rename(&tmp, &path)
+            mta_core::durable_file::write(&path, policy.to_file().as_bytes(), 0o600)
         };
         if let Err(e) = write() {
             warn!(%domain, error = %e, "cannot save the MTA-STS policy; it is kept in memory");
@@ -312,11 +375,11 @@ impl Sts {
         let [record] = records.as_slice() else {
             return Ok(None);
         };
-        Ok(record
-            .split(';')
-            .filter_map(|part| part.trim().strip_prefix("id="))
-            .map(str::to_string)
-            .next())
+        let id = record_id(record);
+        if id.is_none() {
+            warn!(%domain, record = %escape(record), "MTA-STS: the TXT record has no valid id (1 to 32 letters and digits); ignored");
+        }
+        Ok(id)
     }
 
     async fn fetch(&self, domain: &Domain, id: &str, now: u64) -> Result<Policy, String> {
@@ -357,15 +420,18 @@ impl Sts {
                 .map_err(|e| e.to_string())?;
             let mut response = Vec::new();
             let mut chunk = [0u8; 4096];
-            loop {
+            let end = loop {
                 let n = match tls.read(&mut chunk).await {
                     Ok(n) => n,
-                    // Servers often close without close_notify; what arrived is complete.
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+                    // Servers often close without close_notify: the body then counts only
+                    // when it is as long as its Content-Length says.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        break End::Cut;
+                    }
                     Err(e) => return Err(e.to_string()),
                 };
                 if n == 0 {
-                    break;
+                    break End::CloseNotify;
                 }
                 response.extend_from_slice(&chunk[..n]);
                 if response.len() > MAX_POLICY + 8192 {
@@ -373,14 +439,45 @@ impl Sts {
                         "the response from {host} is over {MAX_POLICY} octets"
                     ));
                 }
-            }
-            return parse_response(&response, host);
+            };
+            return parse_response(&response, host, end);
         }
         Err(last)
     }
 }
 
-fn parse_response(response: &[u8], host: &str) -> Result<String, String> {
+/// How a policy response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// With the TLS `close_notify` alert: the server says that was all.
+    CloseNotify,
+    /// The connection was closed without it: the body may have been cut short by anyone on
+    /// the path.
+    Cut,
+}
+
+/// Keeps `cache` at `max` entries or fewer: the least recently used go first.
+fn insert_bounded<V>(
+    cache: &mut HashMap<String, (V, u64)>,
+    key: String,
+    value: V,
+    tick: u64,
+    max: usize,
+) {
+    cache.insert(key, (value, tick));
+    while cache.len() > max {
+        let oldest = cache
+            .iter()
+            .min_by_key(|(_, (_, used))| *used)
+            .map(|(k, _)| k.clone());
+        match oldest {
+            Some(k) => cache.remove(&k),
+            None => break,
+        };
+    }
+}
+
+fn parse_response(response: &[u8], host: &str, end: End) -> Result<String, String> {
     let text = String::from_utf8_lossy(response);
     let (head, body) = text
         .split_once("\r\n\r\n")
@@ -406,7 +503,23 @@ fn parse_response(response: &[u8], host: &str) -> Result<String, String> {
     if body.len() > MAX_POLICY {
         return Err(format!("the policy of {host} is over {MAX_POLICY} octets"));
     }
-    Ok(body.to_string())
+    let length = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.trim().parse::<usize>());
+    match (length, end) {
+        (Some(Ok(n)), _) if n == body.len() => Ok(body.to_string()),
+        (Some(_), _) => Err(format!(
+            "the policy of {host} is not as long as its Content-Length: cut short"
+        )),
+        (None, End::CloseNotify) => Ok(body.to_string()),
+        (None, End::Cut) => Err(format!(
+            "{host} closed the connection without TLS close_notify and sent no \
+             Content-Length: the policy may have been cut short"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -458,18 +571,147 @@ mod tests {
     fn responses() {
         let ok =
             b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nversion: STSv1\r\n";
-        assert_eq!(parse_response(ok, "h").unwrap(), "version: STSv1\r\n");
+        assert_eq!(
+            parse_response(ok, "h", End::CloseNotify).unwrap(),
+            "version: STSv1\r\n"
+        );
         let moved = b"HTTP/1.1 301 Moved\r\nLocation: https://x/\r\n\r\n";
         assert!(
-            parse_response(moved, "h")
+            parse_response(moved, "h", End::CloseNotify)
                 .unwrap_err()
                 .contains("redirects")
         );
         let html = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\n\r\n<p>";
         assert!(
-            parse_response(html, "h")
+            parse_response(html, "h", End::CloseNotify)
                 .unwrap_err()
                 .contains("text/plain")
         );
+    }
+
+    #[test]
+    fn a_body_cut_short_is_refused() {
+        let head = "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n";
+        let body = "version: STSv1\r\nmode: enforce\r\nmx: a.example\r\n";
+        let with_length = |n: usize| format!("{head}Content-Length: {n}\r\n\r\n{body}");
+        // No close_notify: only a body exactly as long as announced counts.
+        let whole = with_length(body.len());
+        assert_eq!(
+            parse_response(whole.as_bytes(), "h", End::Cut).unwrap(),
+            body
+        );
+        for n in [body.len() + 20, body.len() - 1] {
+            let cut = with_length(n);
+            for end in [End::Cut, End::CloseNotify] {
+                let e = parse_response(cut.as_bytes(), "h", end).unwrap_err();
+                assert!(e.contains("Content-Length"), "{e}");
+            }
+        }
+        let bare = format!("{head}\r\n{body}");
+        let e = parse_response(bare.as_bytes(), "h", End::Cut).unwrap_err();
+        assert!(e.contains("close_notify"), "{e}");
+        assert_eq!(
+            parse_response(bare.as_bytes(), "h", End::CloseNotify).unwrap(),
+            body
+        );
+    }
+
+    #[test]
+    fn txt_ids() {
+        let table: &[(&str, Option<&str>)] = &[
+            ("v=STSv1; id=20260101", Some("20260101")),
+            ("v=STSv1;id=abcXYZ019;", Some("abcXYZ019")),
+            ("v=STSv1; id=20160831085700Z;", Some("20160831085700Z")),
+            ("v=STSv1; id=1\nfetched_at: 99999999999", None),
+            ("v=STSv1; id=1\r\nmx: evil.example", None),
+            ("v=STSv1; id=", None),
+            ("v=STSv1; id=2016-08-31", None),
+            ("v=STSv1; id=a b", None),
+            ("v=STSv1; id=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", None),
+            ("v=STSv1; id=1; id=2", None),
+            ("v=STSv1", None),
+            ("v=STSv2; id=1", None),
+        ];
+        for (record, want) in table {
+            assert_eq!(record_id(record).as_deref(), *want, "{record:?}");
+        }
+        assert_eq!(
+            record_id(&format!("v=STSv1; id={}", "a".repeat(32))).map(|i| i.len()),
+            Some(32)
+        );
+    }
+
+    /// The reference: 1 to 32 characters, each an ASCII letter or digit.
+    fn reference_id(id: &str) -> bool {
+        let n = id.chars().count();
+        (1..=32).contains(&n)
+            && id
+                .chars()
+                .all(|c| c.is_ascii_digit() || c.is_ascii_lowercase() || c.is_ascii_uppercase())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn ids_agree_with_the_reference(id in "[ -:<-~\r\n\t\u{e9}]{0,40}") {
+            proptest::prop_assert_eq!(is_policy_id(&id), reference_id(&id));
+            // RFC 8461 §3.1: blanks may follow the id (`*WSP ";"`), never come between
+            // `id=` and it.
+            let field = id.trim_end_matches([' ', '\t']);
+            let want = reference_id(field).then(|| field.to_string());
+            proptest::prop_assert_eq!(record_id(&format!("v=STSv1; id={id}")), want);
+        }
+    }
+
+    #[test]
+    fn the_cache_file_cannot_be_injected() {
+        // An id with line breaks never becomes a policy, so it never reaches the file.
+        assert!(Policy::parse(GOOD, "1\nmx: evil.example", 5).is_err());
+        // A file with more than the policy says (a hand-edited or forged one) is not read.
+        let p = Policy::parse(GOOD, "20260101", 5).unwrap();
+        let file = p.to_file();
+        assert_eq!(Policy::from_file(&file), Some(p.clone()));
+        let forged = [
+            file.replacen("id: 20260101\n", "id: 20260101\nmx: evil.example\n", 1),
+            file.replacen("id: 20260101", "id: 2026\rmx", 1),
+            format!("fetched_at: 5\n{file}"),
+            file.replacen("fetched_at: 5", "fetched_at: 5 ", 1),
+        ];
+        for f in forged {
+            assert_eq!(Policy::from_file(&f), None, "{f:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn each_domain_has_its_own_file_and_the_memory_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let resolver = super::super::mx::resolver(
+            &["127.0.0.1:1".parse().unwrap()],
+            mta_core::config::IpFamily::Any,
+        )
+        .unwrap();
+        let sts = Sts::new(resolver, Arc::new(RootCertStore::empty()), 443, dir.path());
+        let com = Domain::parse("example.com").unwrap();
+        let net = Domain::parse("example.net").unwrap();
+        let p = |id: &str| Arc::new(Policy::parse(GOOD, id, 5).unwrap());
+        sts.store(&com, &p("1"));
+        sts.store(&net, &p("2"));
+        let mut names: Vec<String> = std::fs::read_dir(dir.path().join("mta-sts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["example.com", "example.net"]);
+        let text = std::fs::read_to_string(dir.path().join("mta-sts/example.net")).unwrap();
+        assert!(text.starts_with("id: 2\nfetched_at: 5\n"), "{text}");
+
+        let mut cache = HashMap::new();
+        for i in 0..5u64 {
+            insert_bounded(&mut cache, format!("d{i}"), i, i, 3);
+        }
+        cache.get_mut("d2").unwrap().1 = 9; // d2 used again
+        insert_bounded(&mut cache, "d5".into(), 5, 10, 3);
+        let mut kept: Vec<&String> = cache.keys().collect();
+        kept.sort();
+        assert_eq!(kept, ["d2", "d4", "d5"]);
     }
 }

@@ -17,7 +17,9 @@ use super::mx::MxHost;
 use super::tlsrpt::{ReportPolicy, Session};
 use super::{Relay, mta_sts};
 use crate::client::dane::Dane;
+use crate::client::reply::{MAX_KEPT_TEXT, cut};
 use crate::client::{TlsInfo, TlsPolicy, Verification};
+use mta_core::text::escape;
 
 /// One host of an attempt and the TLS it must reach there.
 pub(super) struct HostPlan {
@@ -57,6 +59,10 @@ pub enum PolicySource {
     Dane,
     /// The domain took mail over verified TLS before (`outbound.tls_memory`).
     Memory,
+    /// The domain's MX host had usable DNSSEC-validated TLSA records before, and DNSSEC
+    /// validation does not work now: only the hosts that had them, over TLS verified against
+    /// the CA roots (the TLSA records cannot be trusted without validation; the roots can).
+    DaneMemory,
     /// The sender asked for TLS all the way (RFC 8689 REQUIRETLS).
     RequireTls,
     /// The domain's MTA-STS policy says `enforce` (RFC 8461).
@@ -66,12 +72,14 @@ pub enum PolicySource {
 }
 
 impl PolicySource {
-    /// `configured`, `dane`, `memory`, `requiretls`, `mta-sts` or `opportunistic`.
+    /// `configured`, `dane`, `memory`, `dane-memory`, `requiretls`, `mta-sts` or
+    /// `opportunistic`.
     pub fn name(self) -> &'static str {
         match self {
             PolicySource::Configured => "configured",
             PolicySource::Dane => "dane",
             PolicySource::Memory => "memory",
+            PolicySource::DaneMemory => "dane-memory",
             PolicySource::RequireTls => "requiretls",
             PolicySource::MtaSts => "mta-sts",
             PolicySource::Opportunistic => "opportunistic",
@@ -148,16 +156,41 @@ impl Relay {
         // validate costs nothing when DNS is down anyway; while validation works, the answer
         // is looked up again through the validating resolver for its proofs.
         let (hosts, _) = self.hosts(domain, None).await?;
-        let dnssec = match &self.dnssec {
-            Some(d) if !domain.is_literal() && d.works().await => Some(d),
-            _ => None,
+        let (dnssec, unvalidated) = match &self.dnssec {
+            Some(_) if domain.is_literal() => (None, false),
+            Some(d) if d.works().await => (Some(d), false),
+            Some(_) => (None, true),
+            None => (None, false),
         };
         let (hosts, names_secure) = match dnssec {
             Some(d) => self.hosts(domain, Some(d)).await?,
             None => (hosts, false),
         };
         let sts = self.sts_policy(domain, wish).await;
-        let (policy, source) = self.policy_for(domain, wish, sts.as_deref());
+        let (mut policy, mut source) = self.policy_for(domain, wish, sts.as_deref());
+        // DANE cannot be applied while validation does not work; a domain known to use it
+        // must not get less meanwhile (whoever breaks validation would otherwise switch DANE
+        // off): verified TLS, and only to the hosts that had TLSA records, since the same
+        // attacker can forge the MX answer too. `TLS-Required: No` and the operator's table
+        // decide over it as they do over DANE.
+        let dane_hosts =
+            match unvalidated && wish != TlsWish::Waive && source != PolicySource::Configured {
+                true => self.memory.dane_hosts(domain),
+                false => None,
+            };
+        if dane_hosts.is_some() {
+            if let TlsPolicy::Opportunistic { roots } = &policy {
+                policy = TlsPolicy::Required {
+                    roots: roots.clone(),
+                };
+            }
+            // MTA-STS `enforce` and REQUIRETLS ask for verified TLS already, and keep their
+            // own rules (the policy's `mx:` list, RFC 8689); the host list applies on top.
+            if matches!(source, PolicySource::Opportunistic | PolicySource::Memory) {
+                source = PolicySource::DaneMemory;
+            }
+            warn!(%domain, policy = source.name(), "DNSSEC validation is unavailable and this domain had DANE: verified TLS to the hosts that had TLSA records is required until validation works again");
+        }
         // RFC 8689 §5: `TLS-Required: No` waives recipient-side policies, DANE too; the
         // operator's own table decides over DANE as over MTA-STS.
         let dnssec = dnssec.filter(|_| {
@@ -172,6 +205,7 @@ impl Relay {
         let mut plans = Vec::new();
         let mut failed = Vec::new();
         let mut unlisted = 0;
+        let mut not_dane = 0;
         for host in hosts {
             let tlsa = match dnssec {
                 Some(d) => d.tlsa(&host.name, domain).await,
@@ -191,7 +225,10 @@ impl Relay {
                     });
                 }
                 HostTlsa::Dane(dane) => {
-                    info!(%domain, mx = %host.name, records = dane.records.len(), "DANE: the MX host has TLSA records");
+                    if dane.usable() {
+                        self.memory.dane(domain, &host.name);
+                    }
+                    info!(%domain, mx = %escape(&host.name), records = dane.records.len(), "DANE: the MX host has TLSA records");
                     plans.push(HostPlan {
                         host,
                         policy: TlsPolicy::Dane {
@@ -203,7 +240,8 @@ impl Relay {
                     });
                 }
                 HostTlsa::Failed(why) => {
-                    warn!(%domain, mx = %host.name, reason = %why, "DANE: the MX host cannot be used now");
+                    let why = cut(&why, MAX_KEPT_TEXT).into_owned();
+                    warn!(%domain, mx = %escape(&host.name), reason = %escape(&why), "DANE: the MX host cannot be used now");
                     let session = Session::Failure {
                         kind: ResultType::DnssecInvalid,
                         mx: Some(host.name.clone()),
@@ -214,6 +252,14 @@ impl Relay {
                     failed.push(format!("{}: {why}", host.name));
                 }
                 HostTlsa::None if enforced.is_some_and(|p| !p.allows(&host.name)) => unlisted += 1,
+                HostTlsa::None
+                    if dane_hosts.as_ref().is_some_and(|known| {
+                        !known.contains(&host.name.trim_end_matches('.').to_ascii_lowercase())
+                    }) =>
+                {
+                    warn!(%domain, mx = %escape(&host.name), "DANE memory: this MX host never had TLSA records; not used while DNSSEC validation is unavailable");
+                    not_dane += 1;
+                }
                 HostTlsa::None => plans.push(HostPlan {
                     host,
                     policy: policy.clone(),
@@ -231,8 +277,14 @@ impl Relay {
                 failed.join("; ")
             )));
         }
+        if not_dane > 0 && unlisted == 0 {
+            return Err(Outcome::Deferred(format!(
+                "4.7.5 DANE memory: DNSSEC validation is unavailable and no MX host of {domain} \
+                 is one that had TLSA records (policy=dane-memory)"
+            )));
+        }
         let p = enforced.map_or_else(Vec::new, |p| p.mx.clone());
-        warn!(%domain, patterns = %p.join(","), hosts = unlisted, "MTA-STS: no MX host matches the policy");
+        warn!(%domain, patterns = %escape(&p.join(",")), hosts = unlisted, "MTA-STS: no MX host matches the policy");
         self.reports.record(
             domain,
             sts.as_deref().map_or(ReportPolicy::None, ReportPolicy::Sts),
@@ -270,7 +322,7 @@ pub(super) fn sts_testing_report(
         }
     };
     if let Some(problem) = problem {
-        warn!(%domain, mx = host, %problem, "MTA-STS testing: enforce mode would have refused this delivery");
+        warn!(%domain, mx = %escape(host), problem = %escape(&problem), "MTA-STS testing: enforce mode would have refused this delivery");
     }
 }
 

@@ -8,6 +8,12 @@
 //!
 //! The counts live in memory: a crash or restart loses the current period's, which only makes
 //! one report smaller (reports are statistics, not mail anyone waits for).
+//!
+//! Anyone can publish `_smtp._tls` for their domain and list any addresses, and each report
+//! is mail we sign. So a report goes to at most [`MAX_RECIPIENTS`] addresses per domain
+//! (RFC 8460 §3 expects one or two), each in the reporting domain's organisational domain
+//! (see [`recipients`]) or in a domain of `outbound.tls_report_allow`, never an address
+//! literal; and at most [`MAX_REPORTS_PER_DAY`] reports go out per day in all.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -24,10 +30,70 @@ use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, IpFamily};
 use mta_core::envelope::{Envelope, MessageId};
 use mta_core::seams::Enqueue;
+use mta_core::text::escape;
 use tracing::{info, warn};
 
 use super::mta_sts;
 use crate::client::dane::Dane;
+
+/// The most report addresses one domain gets.
+pub const MAX_RECIPIENTS: usize = 2;
+/// The most reports sent in one day (UTC), over all domains.
+pub const MAX_REPORTS_PER_DAY: u32 = 1000;
+
+/// Whether `address` may receive `domain`'s reports: not an address literal, and in a domain
+/// that `allow` lists (or below one), or aligned with `domain` the way DMARC's relaxed mode
+/// aligns without a public suffix list: the same domain, a subdomain of it, or a parent of it
+/// that has at least two labels (`example.com` for `mail.example.com`, never `com`).
+pub fn may_receive(domain: &Domain, address: &Address, allow: &[Domain]) -> bool {
+    let to = address.domain();
+    if to.is_literal() {
+        return false;
+    }
+    let (to, from) = (
+        to.as_str().to_ascii_lowercase(),
+        domain.as_str().to_ascii_lowercase(),
+    );
+    let (to, from) = (to.as_str(), from.as_str());
+    let under = |child: &str, parent: &str| {
+        child == parent
+            || child
+                .strip_suffix(parent)
+                .is_some_and(|rest| rest.ends_with('.'))
+    };
+    allow
+        .iter()
+        .any(|a| under(to, &a.as_str().to_ascii_lowercase()))
+        || under(to, from)
+        || (under(from, to) && to.contains('.'))
+}
+
+/// The report addresses for `domain` among its `rua` URIs: `mailto:` addresses that
+/// [`may_receive`], without repeats, at most [`MAX_RECIPIENTS`]; the rest are logged.
+pub fn recipients(domain: &Domain, rua: &[ReportUri], allow: &[Domain]) -> Vec<Address> {
+    let mut to: Vec<Address> = Vec::new();
+    for uri in rua {
+        match uri {
+            ReportUri::Mail(m) => match Address::parse(m) {
+                Ok(a) if to.contains(&a) => {}
+                Ok(a) if !may_receive(domain, &a, allow) => {
+                    warn!(%domain, rcpt = %escape(m), "TLS report address outside the domain and not in outbound.tls_report_allow; skipped");
+                }
+                Ok(_) if to.len() >= MAX_RECIPIENTS => {
+                    warn!(%domain, rcpt = %escape(m), max = MAX_RECIPIENTS, "more TLS report addresses than we send to; skipped");
+                }
+                Ok(a) => to.push(a),
+                Err(_) => {
+                    warn!(%domain, rcpt = %escape(m), "TLS report address is not an address; skipped");
+                }
+            },
+            ReportUri::Http(url) => {
+                warn!(%domain, url = %escape(url), "TLS reports over HTTPS are not supported; skipped");
+            }
+        }
+    }
+    to
+}
 
 /// What one connection showed about a domain's TLS policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +149,8 @@ type ByPolicy = BTreeMap<(String, String), Counts>;
 #[derive(Debug)]
 pub struct TlsReports {
     period: Mutex<(u64, ByPolicy)>,
+    /// The day (Unix days) and how many reports were sent on it.
+    sent: Mutex<(u64, u32)>,
 }
 
 fn now() -> u64 {
@@ -95,6 +163,7 @@ impl Default for TlsReports {
     fn default() -> Self {
         TlsReports {
             period: Mutex::new((now(), BTreeMap::new())),
+            sent: Mutex::new((0, 0)),
         }
     }
 }
@@ -160,34 +229,48 @@ impl TlsReports {
         reports
     }
 
+    /// Counts one report against today's [`MAX_REPORTS_PER_DAY`]; false when none may go.
+    fn may_send(&self, now: u64) -> bool {
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let day = now / 86_400;
+        if sent.0 != day {
+            *sent = (day, 0);
+        }
+        if sent.1 >= MAX_REPORTS_PER_DAY {
+            return false;
+        }
+        sent.1 += 1;
+        true
+    }
+
     /// Ends the period and builds the report messages: for each domain whose `_smtp._tls`
-    /// record names `mailto:` addresses, those addresses and the message from
-    /// `postmaster@hostname`.
+    /// record names `mailto:` addresses we may send to ([`recipients`]), those addresses and
+    /// the message from `postmaster@hostname`, within today's [`MAX_REPORTS_PER_DAY`].
     pub async fn messages(
         &self,
         resolver: &TokioResolver,
         hostname: &Domain,
+        allow: &[Domain],
     ) -> Vec<(Vec<Address>, Vec<u8>)> {
         let mut out = Vec::new();
+        let mut over = 0usize;
         for (domain, report) in self.take(hostname.as_str()) {
+            let Ok(domain_name) = Domain::parse(&domain) else {
+                continue;
+            };
             let rua = match rua(resolver, &domain).await {
                 Ok(rua) => rua,
                 Err(e) => {
-                    info!(%domain, reason = %e, "no TLS report sent");
+                    info!(%domain, reason = %escape(&e), "no TLS report sent");
                     continue;
                 }
             };
-            let to: Vec<Address> = rua
-                .iter()
-                .filter_map(|uri| match uri {
-                    ReportUri::Mail(m) => Address::parse(m).ok(),
-                    ReportUri::Http(url) => {
-                        warn!(%domain, %url, "TLS reports over HTTPS are not supported; skipped");
-                        None
-                    }
-                })
-                .collect();
+            let to = recipients(&domain_name, &rua, allow);
             if to.is_empty() {
+                continue;
+            }
+            if !self.may_send(now()) {
+                over += 1;
                 continue;
             }
             let names: Vec<String> = to.iter().map(Address::to_string).collect();
@@ -203,8 +286,17 @@ impl TlsReports {
                     let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
                     out.push((to, text.into_bytes()));
                 }
-                Err(e) => warn!(%domain, error = %e, "cannot build the TLS report"),
+                Err(e) => {
+                    warn!(%domain, error = %escape(&e.to_string()), "cannot build the TLS report")
+                }
             }
+        }
+        if over > 0 {
+            warn!(
+                skipped = over,
+                max = MAX_REPORTS_PER_DAY,
+                "daily TLS report limit reached; the other reports are not sent"
+            );
         }
         out
     }
@@ -231,7 +323,8 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(every) => {}
         }
-        for (to, body) in reports.messages(&resolver, &config.hostname).await {
+        let allow = &config.outbound.tls_report_allow;
+        for (to, body) in reports.messages(&resolver, &config.hostname, allow).await {
             let rcpts: Vec<String> = to.iter().map(Address::to_string).collect();
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -241,7 +334,7 @@ pub async fn run(
                 Envelope::generated(id, to, config.hostname.as_str(), now.as_secs(), body.len());
             let id = envelope.id.clone();
             match queue.enqueue(envelope, body).await {
-                Ok(()) => info!(msg = %id, rcpts = %rcpts.join(","), "TLS report queued"),
+                Ok(()) => info!(msg = %id, rcpts = %escape(&rcpts.join(",")), "TLS report queued"),
                 Err(e) => warn!(error = %e, "cannot queue a TLS report; its counts are lost"),
             }
         }
@@ -331,6 +424,112 @@ pub fn failure_kind(error: &str) -> ResultType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn d(s: &str) -> Domain {
+        Domain::parse(s).unwrap()
+    }
+
+    #[test]
+    fn a_thousand_addresses_get_two_reports() {
+        let domain = d("example.net");
+        let mut rua: Vec<ReportUri> = (0..1000)
+            .map(|i| ReportUri::Mail(format!("victim{i}@example.net")))
+            .collect();
+        rua.insert(0, ReportUri::Mail("ceo@bank.example".into()));
+        let to = recipients(&domain, &rua, &[]);
+        let names: Vec<String> = to.iter().map(Address::to_string).collect();
+        assert_eq!(names, ["victim0@example.net", "victim1@example.net"]);
+    }
+
+    #[test]
+    fn who_may_receive_a_report() {
+        let table: &[(&str, &str, &[&str], bool)] = &[
+            ("example.net", "tlsrpt@example.net", &[], true),
+            ("example.net", "r@reports.example.net", &[], true),
+            ("mail.example.net", "r@example.net", &[], true),
+            ("example.net", "r@net", &[], false),
+            ("example.net", "ceo@bank.example", &[], false),
+            ("example.net", "r@notexample.net", &[], false),
+            ("example.net", "r@[192.0.2.1]", &[], false),
+            ("example.net", "r@[192.0.2.1]", &["example.net"], false),
+            (
+                "example.net",
+                "r@tlsrpt.processor.example",
+                &["processor.example"],
+                true,
+            ),
+            (
+                "example.net",
+                "r@processor.example",
+                &["processor.example"],
+                true,
+            ),
+            (
+                "example.net",
+                "r@xprocessor.example",
+                &["processor.example"],
+                false,
+            ),
+            ("Example.NET", "r@EXAMPLE.net", &[], true),
+        ];
+        for (domain, rcpt, allow, want) in table {
+            let allow: Vec<Domain> = allow.iter().map(|a| d(a)).collect();
+            let a = Address::parse(rcpt).unwrap();
+            assert_eq!(
+                may_receive(&d(domain), &a, &allow),
+                *want,
+                "{domain} {rcpt} {allow:?}"
+            );
+        }
+        // Repeats count once; an HTTPS address is not an address.
+        let rua = [
+            ReportUri::Mail("a@example.net".into()),
+            ReportUri::Mail("a@example.net".into()),
+            ReportUri::Http("https://example.net/\r\nINFO forged".into()),
+            ReportUri::Mail("b@example.net".into()),
+        ];
+        assert_eq!(recipients(&d("example.net"), &rua, &[]).len(), 2);
+    }
+
+    /// The reference, on labels: the address's labels end with the domain's (same or
+    /// below), or the domain's end with the address's and those are at least two (a parent
+    /// that is not a top-level domain), or the address's end with an allowed domain's.
+    fn reference(domain: &str, to: &str, allow: &[&str]) -> bool {
+        let labels = |s: &str| s.split('.').rev().map(str::to_string).collect::<Vec<_>>();
+        let ends_with = |long: &[String], short: &[String]| long.starts_with(short);
+        let (dl, tl) = (labels(domain), labels(to));
+        ends_with(&tl, &dl)
+            || (ends_with(&dl, &tl) && tl.len() >= 2)
+            || allow.iter().any(|a| ends_with(&tl, &labels(a)))
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn alignment_agrees_with_the_reference(
+            domain in "[ab]{1,2}(\\.[ab]{1,2}){0,3}",
+            to in "[ab]{1,2}(\\.[ab]{1,2}){0,3}",
+            allow in proptest::collection::vec("[ab]{1,2}(\\.[ab]{1,2}){0,2}", 0..2),
+        ) {
+            let allowed: Vec<Domain> = allow.iter().map(|a| d(a)).collect();
+            let address = Address::parse(&format!("r@{to}")).unwrap();
+            let refs: Vec<&str> = allow.iter().map(String::as_str).collect();
+            proptest::prop_assert_eq!(
+                may_receive(&d(&domain), &address, &allowed),
+                reference(&domain, &to, &refs)
+            );
+        }
+    }
+
+    #[test]
+    fn at_most_so_many_reports_a_day() {
+        let r = TlsReports::default();
+        let day = 20_000 * 86_400;
+        for _ in 0..MAX_REPORTS_PER_DAY {
+            assert!(r.may_send(day));
+        }
+        assert!(!r.may_send(day + 3600));
+        assert!(r.may_send(day + 86_400), "a new day starts a new count");
+    }
 
     #[test]
     fn counts_become_one_report_per_domain() {

@@ -163,3 +163,92 @@ fn a_dead_kept_connection_is_replaced() {
         tx.log()
     );
 }
+
+#[test]
+fn a_connection_that_got_421_is_closed_not_kept() {
+    // RFC 5321 §3.8: a 421 means the server is closing; replies after it (to pipelined
+    // commands) may still be on their way. The fake answers the first RCPT on its first
+    // connection with 421 and then goes on serving: reused, that connection would carry the
+    // next message after a RSET.
+    let dns = dns();
+    let (port, fake) = on_shared_port("the fake receiver", |p| {
+        let script = Script {
+            rcpt: Box::new(|connection, _| match connection {
+                0 => "421 4.3.2 closing this channel".into(),
+                _ => "250 2.1.5 OK".into(),
+            }),
+            ..Script::default()
+        };
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 2], p)), script)
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let first = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "first"));
+    let entry = tx.wait_for_deferral(&first, REMOTE_BOB, 1, secs(10));
+    assert!(
+        entry["last_result"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("421 4.3.2")),
+        "{entry}"
+    );
+    let carol = "carol@remote.test";
+    submit(&tx, &[carol], &message(carol, "second"));
+    wait_for(secs(10), "the second message at the fake", || {
+        fake.transactions()
+            .iter()
+            .any(|t| t.rcpts.iter().any(|(l, _)| l.contains(carol)) && !t.wire_data.is_empty())
+    });
+    let transcript = fake.transcript();
+    assert!(
+        !transcript.lines().any(|l| l.starts_with("0 C: RSET")),
+        "the connection that got 421 carried another transaction:\n{transcript}"
+    );
+    assert!(fake.connections() >= 2, "{transcript}");
+}
+
+#[test]
+fn a_huge_reply_is_cut_where_it_is_stored_and_logged() {
+    // 100 lines of 512 octets to every RCPT (RFC 5321's most per line, our most per reply):
+    // ~50 KB of remote text per recipient, per attempt.
+    let dns = dns();
+    let (port, _fake) = on_shared_port("the fake receiver", |p| {
+        let script = Script {
+            rcpt: Box::new(|_, _| {
+                let mut lines: Vec<String> = (0..99)
+                    .map(|i| format!("451-4.3.0 {i:03} {}", "x".repeat(496)))
+                    .collect();
+                lines.push(format!("451 4.3.0 end {}", "y".repeat(496)));
+                lines.join("\r\n")
+            }),
+            ..Script::default()
+        };
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 2], p)), script)
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let rcpts: Vec<String> = (0..20).map(|i| format!("r{i}@remote.test")).collect();
+    let to: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let log_before = tx.log().len();
+    let id = submit(&tx, &to, &message(to[0], "huge replies"));
+    for r in &to {
+        tx.wait_for_deferral(&id, r, 1, secs(20));
+    }
+    let record = tx.queue_record(&id).expect("still queued");
+    let stored: usize = record["envelope"]["recipients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let result = r["last_result"].as_str().unwrap_or_default();
+            assert!(result.starts_with("451 4.3.0 000 xxx"), "{result}");
+            assert!(result.len() <= 1024 + 200, "{} octets stored", result.len());
+            result.len()
+        })
+        .sum();
+    let log = tx.log();
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    eprintln!(
+        "20 recipients, after the first attempt: {stored} octets of results stored, {} octets \
+         logged, longest log line {longest}",
+        log.len() - log_before
+    );
+    assert!(longest <= 2048, "a log line of {longest} octets");
+}

@@ -18,6 +18,11 @@
 //! - TLS reports count DANE hosts under a `tlsa` policy (success, and `tlsa-invalid`);
 //! - a signed domain whose MX host has no TLSA records gets opportunistic TLS;
 //! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so;
+//! - but a domain that had usable TLSA records is remembered: when validation stops working
+//!   (here: a trust anchor that no longer matches the root), its mail needs a certificate
+//!   verified against the CA roots, and waits (`policy=dane-memory`) instead of going out with
+//!   less; `mta tls list` names it; and an MX answer forged meanwhile gets nothing (only the
+//!   hosts that had TLSA records are tried);
 //! - `outbound.dnssec = "resolver"` trusts the AD bit of a validating dnsmasq on loopback in
 //!   front of the same zone (match delivers, mismatch and bogus defer), and refuses to start
 //!   with a name server that is not on loopback.
@@ -287,7 +292,12 @@ fn tls_reports_count_dane_hosts_under_a_tlsa_policy() {
         format!("_25._tcp.mx.wrong.test. 300 IN TLSA {WRONG}"),
         format!("_smtp._tls.wrong.test. 300 IN TXT {rua}"),
     ]);
-    let tx = dane_sender(&dns, port, "tls_report_interval = \"2s\"\n");
+    // The reports go to the sender's own domain, a report processor of sorts.
+    let tx = dane_sender(
+        &dns,
+        port,
+        "tls_report_interval = \"2s\"\ntls_report_allow = [\"example.test\"]\n",
+    );
     tx.add_user("tlsrpt@example.test", "reports-password-1");
     submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "reported"));
     let carol = "carol@wrong.test";
@@ -534,5 +544,106 @@ fn trusting_a_resolver_that_is_not_on_loopback_is_refused() {
         ),
         "{}",
         out.all()
+    );
+}
+
+#[test]
+fn a_domain_that_had_dane_still_needs_verified_tls_when_validation_breaks() {
+    // The receiver plays a man in the middle: its certificate matches none of remote.test's
+    // TLSA records, so DANE defers. Nothing was ever delivered, so the downgrade memory
+    // holds nothing for remote.test: only the DANE memory stands in the way below.
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let dns = signed(&[tlsa(WRONG)]);
+    let mut tx = dane_sender(&dns, port, "");
+    let first = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "pinned"));
+    let result = deferred(&tx, &first);
+    assert!(result.contains("policy=dane"), "{result}");
+
+    // Whoever can corrupt the root DNSKEY answer makes validation fail; a trust anchor of
+    // another zone's key does the same: the probe of the root DNSKEY RRset fails.
+    let other = signed(&[]);
+    let config = std::fs::read_to_string(tx.config_path()).unwrap();
+    let ours = format!("{:?}", dns.trust_anchor().display().to_string());
+    let theirs = format!("{:?}", other.trust_anchor().display().to_string());
+    assert!(config.contains(&ours), "{config}");
+    std::fs::write(tx.config_path(), config.replace(&ours, &theirs)).unwrap();
+    tx.restart();
+    let id = submit(
+        &tx,
+        &[REMOTE_BOB],
+        &message(REMOTE_BOB, "while validation is broken"),
+    );
+    let result = deferred(&tx, &id);
+    assert!(
+        result.starts_with("4.7.5") && result.contains("policy=dane-memory"),
+        "{result}"
+    );
+    assert!(
+        rx.maildir_new(REMOTE_BOB).is_empty(),
+        "mail went to a host DANE had refused"
+    );
+    let log = tx.log();
+    assert!(
+        log.contains("DNSSEC validation does not work through the resolver"),
+        "{log}"
+    );
+    assert!(log.contains("this domain had DANE"), "{log}");
+    let out = tx.mta(&["tls", "list"], b"");
+    let listed = &out.stdout;
+    assert!(
+        listed.contains("remote.test DANE (TLSA records) seen at"),
+        "{listed}"
+    );
+}
+
+#[test]
+fn while_validation_is_broken_a_forged_mx_gets_nothing() {
+    // The sender learns that mx1.remote.test has TLSA records (the certificate matches:
+    // delivered). Then its DNS is replaced by an attacker's: a root our trust anchor does not
+    // validate, and an MX answer naming a host of theirs. Only the remembered host may get
+    // remote.test's mail now; the forged one is not even tried.
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let hash = spki_sha256(&rx.cert_path());
+    let dns = signed(&[tlsa(&format!("3 1 1 {hash}"))]);
+    let mut tx = dane_sender(&dns, port, "");
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "pinned"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    wait_delivered_with(&tx, " verified policy=dane");
+
+    let forged = SignedDns::start(
+        &[
+            "remote.test. 300 IN MX 10 mx.attacker.test.",
+            "mx.attacker.test. 300 IN A 127.0.0.2",
+        ],
+        &[],
+        &[],
+    );
+    let config = std::fs::read_to_string(tx.config_path()).unwrap();
+    let ours = dns.addr().to_string();
+    assert!(config.contains(&ours), "{config}");
+    let config = config.replace(&ours, &forged.addr().to_string());
+    std::fs::write(tx.config_path(), config).unwrap();
+    tx.restart();
+    let id = submit(
+        &tx,
+        &[REMOTE_BOB],
+        &message(REMOTE_BOB, "to the forged MX?"),
+    );
+    let result = deferred(&tx, &id);
+    assert!(
+        result.contains("no MX host of remote.test is one that had TLSA records")
+            && result.contains("policy=dane-memory"),
+        "{result}"
+    );
+    assert_eq!(rx.maildir_new(REMOTE_BOB).len(), 1, "nothing more arrived");
+    assert!(
+        tx.log()
+            .contains("DANE memory: this MX host never had TLSA records"),
+        "{}",
+        tx.log()
     );
 }

@@ -2,8 +2,9 @@
 //! server on loopback serves the policy (its certificate trusted through
 //! `outbound.mta_sts_ca_file`), and the sender enforces it: delivery to a listed MX over
 //! verified TLS, deferral (`4.7.5`) for an MX the policy does not list or a certificate that
-//! does not verify, delivery with a warning in `testing` mode, and the cached policy still in
-//! force after a restart when the policy server is gone.
+//! does not verify, delivery with a warning in `testing` mode, the cached policy still in
+//! force after a restart when the policy server is gone, and a TXT `id` with line breaks
+//! ignored before it can reach the cache file.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -209,4 +210,38 @@ fn testing_mode_delivers_and_warns() {
             .contains("MTA-STS testing: enforce mode would have refused this delivery")
     });
     assert!(tx.log().contains("policy=opportunistic"), "{}", tx.log());
+}
+
+#[test]
+fn an_id_with_line_breaks_is_ignored_and_never_reaches_the_cache_file() {
+    // RFC 8461 §3.1: sts-id = 1*32(ALPHA / DIGIT). This one would add an `mx:` line of the
+    // attacker's to the cached policy, in force after the next restart.
+    let dir = KeptDir::new();
+    let web = PolicyServer::start(dir.path(), &policy("enforce", "*.remote.test"));
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+        "--host-record=mta-sts.remote.test,127.0.0.1",
+        &crate::relay_tlsrpt::txt_rr(
+            "_mta-sts.remote.test",
+            "v=STSv1; id=1\nmx: evil.example\nfetched_at: 99999999999",
+        ),
+    ]);
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let tx = start_sender(sender(&dns, port, &web.outbound_keys()).toml(&trusting(&rx)));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "no policy"));
+    rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    tx.wait_for_empty_queue(secs(10));
+    let cached = tx.data_dir().join("mta-sts").join("remote.test");
+    let text = std::fs::read_to_string(&cached).unwrap_or_default();
+    assert!(
+        !text.contains("evil"),
+        "the cache file was injected:\n{text}"
+    );
+    assert!(!cached.exists(), "no valid record, no policy:\n{text}");
+    let log = tx.log();
+    assert!(log.contains("the TXT record has no valid id"), "{log}");
+    assert!(!log.lines().any(|l| l.starts_with("mx: evil")), "{log}");
 }

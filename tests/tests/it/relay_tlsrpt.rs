@@ -1,7 +1,12 @@
 //! TLS reports (RFC 8460): the sender delivers to remote.test over STARTTLS and to plain.test,
 //! whose MX offers no STARTTLS; both domains ask for reports at `tlsrpt@example.test` (a local
-//! mailbox of the sender). After one report period each gets a gzip JSON report in
-//! `multipart/report`, read here by Python's email and gzip modules.
+//! mailbox of the sender, allowed by `outbound.tls_report_allow`). After one report period
+//! each gets a gzip JSON report in `multipart/report`, read here by Python's email and gzip
+//! modules.
+//!
+//! A domain that lists many addresses gets its report sent to two of them, only those in its
+//! own domain or an allowed one; an HTTPS address with an encoded line break cannot forge a
+//! log line.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -49,7 +54,11 @@ fn reports_go_to_the_domains_that_ask() {
         let plain = FakeSmtp::start(SocketAddr::from(([127, 0, 0, 3], p)), Script::default())?;
         Ok((rx, plain))
     });
-    let tx = start_sender(sender(&dns, port, "tls_report_interval = \"2s\"\n"));
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "tls_report_interval = \"2s\"\ntls_report_allow = [\"example.test\"]\n",
+    ));
     tx.add_user("tlsrpt@example.test", "reports-password-1");
     submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "over tls"));
     submit(
@@ -77,4 +86,68 @@ fn reports_go_to_the_domains_that_ask() {
         out.stdout
     );
     assert!(tx.log().contains("TLS report queued"), "{}", tx.log());
+}
+
+/// A dnsmasq option that publishes `text` as one TXT record at `name`, commas and all (as
+/// character-strings of at most 255 octets, RFC 1035 §3.3.14).
+pub(crate) fn txt_rr(name: &str, text: &str) -> String {
+    let mut hex = String::new();
+    for chunk in text.as_bytes().chunks(255) {
+        hex.push_str(&format!("{:02x}", chunk.len()));
+        for b in chunk {
+            hex.push_str(&format!("{b:02x}"));
+        }
+    }
+    format!("--dns-rr={name},16,{hex}")
+}
+
+#[test]
+fn a_report_goes_to_two_addresses_of_the_domain_and_forges_no_log_line() {
+    // remote.test lists 30 addresses: a stranger's, 28 of the sender's own domain (which
+    // `tls_report_allow` lets in, as a report processor would be), and an HTTPS address
+    // whose `=0D=0A` the record parser turns into a line break.
+    let forged = "https://reports.remote.test/=0D=0AFORGED=20INFO=20mta_queue::scheduler:=20delivered=20rcpt=3Dceo@bank.example";
+    let mut rua = vec!["mailto:ceo@bank.example".to_string()];
+    rua.extend((0..28).map(|i| format!("mailto:r{i}@example.test")));
+    rua.push(forged.to_string());
+    let record = format!("v=TLSRPTv1; rua={}", rua.join(","));
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+        &txt_rr("_smtp._tls.remote.test", &record),
+    ]);
+    let (port, _rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "tls_report_interval = \"2s\"\ntls_report_allow = [\"example.test\"]\n",
+    ));
+    for i in 0..28 {
+        tx.add_user(&format!("r{i}@example.test"), "reports-password-1");
+    }
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "counted"));
+    tx.wait_for_mail("r0@example.test", 1, 20);
+    tx.wait_for_mail("r1@example.test", 1, 20);
+    tx.wait_for_empty_queue(secs(20));
+    let others: usize = (2..28)
+        .map(|i| tx.maildir_new(&format!("r{i}@example.test")).len())
+        .sum();
+    assert_eq!(others, 0, "only two addresses get the report");
+    let log = tx.log();
+    let queued: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("TLS report queued"))
+        .collect();
+    assert_eq!(queued.len(), 1, "{log}");
+    assert!(!queued[0].contains("bank.example"), "{}", queued[0]);
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a DNS record wrote a line of its own:\n{log}"
+    );
+    assert!(
+        log.contains("TLS reports over HTTPS are not supported"),
+        "{log}"
+    );
 }

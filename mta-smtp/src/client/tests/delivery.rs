@@ -420,3 +420,69 @@ async fn smtputf8_needed_but_not_offered_is_permanent() {
     );
     assert_eq!(server.transcript().await, "EHLO client.test\r\nQUIT\r\n");
 }
+
+#[tokio::test]
+async fn a_pipelined_421_leaves_the_connection_unfit_for_another_message() {
+    // RFC 5321 §3.8 / RFC 2920 §3.1: the server answers MAIL with 421; the replies to the
+    // RCPT and DATA that followed in the same write come later, or never.
+    let server = FakeServer::start(
+        vec![
+            S(GREETING),
+            C("EHLO client.test"),
+            S(EHLO_PIPELINING),
+            C("MAIL FROM:<a@example.org> SIZE=14"),
+            C("RCPT TO:<b@example.test>"),
+            C("DATA"),
+            S("421 4.3.2 closing\r\n"),
+            super::ReadSome(64),
+        ],
+        None,
+    )
+    .await;
+    let mut conn = open(&server).await;
+    assert!(conn.reusable());
+    let from = sender();
+    let rcpts = [addr("b@example.test")];
+    let results = conn
+        .send(&msg(&from, &rcpts, b"Subject: t\r\n\r\n"))
+        .await
+        .expect("a 421 is a result");
+    assert!(matches!(&results[..], [RcptResult::Temporary(r)] if r.code == 421));
+    assert!(
+        !conn.reusable(),
+        "a connection that got 421 must not be pooled"
+    );
+    drop(conn);
+    let _ = server.finish().await;
+}
+
+#[tokio::test]
+async fn a_clean_transaction_leaves_the_connection_reusable() {
+    let server = FakeServer::start(
+        vec![
+            S(GREETING),
+            C("EHLO client.test"),
+            S(EHLO_PLAIN),
+            C("MAIL FROM:<a@example.org> SIZE=14"),
+            S("250 ok\r\n"),
+            C("RCPT TO:<b@example.test>"),
+            S("250 ok\r\n"),
+            C("DATA"),
+            S("354 go\r\n"),
+            Data,
+            S("250 ok\r\n"),
+            super::ReadSome(64),
+        ],
+        None,
+    )
+    .await;
+    let mut conn = open(&server).await;
+    let from = sender();
+    let rcpts = [addr("b@example.test")];
+    conn.send(&msg(&from, &rcpts, b"Subject: t\r\n\r\n"))
+        .await
+        .expect("send");
+    assert!(conn.reusable());
+    drop(conn);
+    let _ = server.finish().await;
+}
