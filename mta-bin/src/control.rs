@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use mta_core::accept_backoff::AcceptBackoff;
 use mta_core::envelope::MessageId;
 use mta_queue::{Queue, Record};
 use serde::{Deserialize, Serialize};
@@ -196,13 +197,32 @@ pub fn start(
         .with_context(|| format!("cannot create control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::new();
         loop {
-            let (stream, _) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = stop.changed() => break,
-                a = listener.accept() => match a {
-                    Ok(pair) => pair,
-                    Err(e) => { warn!(error = %e, "control socket accept failed"); continue; }
-                },
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    let unlogged = backoff.succeeded();
+                    if unlogged > 0 {
+                        warn!(unlogged, "control socket accepting again after failures");
+                    }
+                    stream
+                }
+                Err(e) => {
+                    // Out of descriptors the next accept fails at once: pause, log rarely.
+                    let after = backoff.failed(std::time::Instant::now());
+                    if let Some(unlogged) = after.log {
+                        warn!(error = %e, unlogged, pause = ?after.pause, "control socket accept failed");
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        () = tokio::time::sleep(after.pause) => {}
+                    }
+                    continue;
+                }
             };
             let queue = queue.clone();
             let hooks = hooks.clone();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use mta_core::accept_backoff::AcceptBackoff;
 use mta_core::metrics::METRICS;
 use mta_queue::Queue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +35,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 
 /// Serves scrapes until `stop` turns true.
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -41,6 +43,10 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Re
         };
         match accepted {
             Ok((stream, _)) => {
+                let unlogged = backoff.succeeded();
+                if unlogged > 0 {
+                    warn!(unlogged, "metrics accepting again after failures");
+                }
                 let queue = queue.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &queue).await {
@@ -49,8 +55,15 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Re
                 });
             }
             Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of descriptors the next accept fails at once: pause, log rarely.
+                let after = backoff.failed(std::time::Instant::now());
+                if let Some(unlogged) = after.log {
+                    warn!(error = %e, unlogged, pause = ?after.pause, "metrics accept failed");
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(after.pause) => {}
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ mod durability_relay;
 mod durability_remote;
 mod durability_stop;
 mod durability_sync;
+mod fd_limit;
 mod harness;
 mod headers;
 mod hostile;
