@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
-# openssl, strace for the syscall-order test, from Debian packages; dkimpy and aiosmtpd from
+# openssl, strace for the syscall-order test, libfaketime for the clock-step tests, from
+# Debian packages; dkimpy and aiosmtpd from
 # PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, and runs
 # every test in the workspace.
 set -euo pipefail
@@ -16,6 +17,11 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 [ -x /usr/sbin/nsd ] || missing+=(nsd)
 command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)
+# libfaketime steps the wall clock under a running server (tests/it/clock_steps.rs); prlimit
+# (util-linux) lowers its descriptor limit (tests/it/fd_limit.rs).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] \
+  || [ -e "/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1" ] || missing+=(libfaketime)
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""

@@ -399,6 +399,7 @@ mod tests {
         let record = Record {
             envelope,
             next_attempt_ms: u64::MAX / 4,
+            age: Default::default(),
         };
         queue
             .store()

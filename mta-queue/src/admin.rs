@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use mta_core::envelope::{MessageId, RcptState};
 
 use crate::bounce::{DsnKind, DsnRecipient, header_section};
+use crate::clock;
 use crate::scheduler::now_ms;
 use crate::store::{Record, StoreError};
 
@@ -43,15 +44,22 @@ pub struct Detail {
     pub headers: Vec<String>,
 }
 
+/// A record as `mta queue` shows it: its next attempt on the wall clock rather than the
+/// queue clock, so that it reads right after the wall clock was stepped.
+fn for_people(mut record: Record) -> Record {
+    record.next_attempt_ms = clock::to_wall_ms(record.next_attempt_ms);
+    record
+}
+
 impl crate::Queue {
     /// Every readable record, oldest first (ids sort by arrival), and a description of each
-    /// record that does not decode.
+    /// record that does not decode. Due times are on the wall clock, for people.
     pub fn list(&self) -> (Vec<Record>, Vec<String>) {
         let mut records = Vec::new();
         let mut errors = Vec::new();
         for item in self.store().records() {
             match item {
-                Ok(record) => records.push(record),
+                Ok(record) => records.push(for_people(record)),
                 Err(e) => errors.push(e.to_string()),
             }
         }
@@ -80,7 +88,7 @@ impl crate::Queue {
             })
             .collect();
         Ok(Some(Detail {
-            record,
+            record: for_people(record),
             body_size: body.len() as u64,
             headers,
         }))
@@ -253,6 +261,7 @@ mod tests {
                 require_tls: false,
             },
             next_attempt_ms: due,
+            age: Default::default(),
         };
         queue.store().insert(&record, BODY).await.expect("insert");
     }

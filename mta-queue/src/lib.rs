@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod bounce;
+pub mod clock;
 pub mod disk;
 pub mod group_sync;
 pub mod retry;

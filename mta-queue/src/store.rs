@@ -22,6 +22,7 @@ use mta_core::envelope::{Envelope, MessageId};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
+use crate::clock::QueueAge;
 use crate::disk::{self, Room, flush_sled, sync_files};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -30,8 +31,14 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 pub struct Record {
     /// The envelope with each recipient's state.
     pub envelope: Envelope,
-    /// When the next attempt is due, Unix milliseconds. Mirrors the `schedule` key.
+    /// When the next attempt is due, on the queue clock ([`crate::clock`]), in
+    /// milliseconds. Mirrors the `schedule` key. What `mta queue list` and `show` return is
+    /// converted to the wall clock (Unix ms).
     pub next_attempt_ms: u64,
+    /// How long the message has been in the queue, for its lifetime and delay notice. Set
+    /// when it is queued, brought up to date by each delivery attempt.
+    #[serde(default)]
+    pub age: QueueAge,
 }
 
 /// Store failures, with enough context for the log; the SMTP client sees only a 4xx.

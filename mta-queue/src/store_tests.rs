@@ -23,6 +23,7 @@ pub(crate) fn record(id: &str, due: u64) -> Record {
             require_tls: false,
         },
         next_attempt_ms: due,
+        age: Default::default(),
     }
 }
 

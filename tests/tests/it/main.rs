@@ -2,6 +2,7 @@
 //! Python's smtplib, `mta send`), one `mod` per area, all in one test binary (STYLE §5).
 //! Each test starts its own server, so they run in parallel.
 
+mod clock_steps;
 mod dialogs;
 mod dkim;
 mod dnssec_server;
