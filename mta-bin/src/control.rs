@@ -39,9 +39,12 @@ pub struct Listing {
 }
 
 /// Reads the listing from a queue (inside the server, or a store opened directly).
-pub fn listing(queue: &Queue) -> Listing {
-    let (records, errors) = queue.list();
-    Listing { records, errors }
+///
+/// # Errors
+/// When the store cannot be read: an error, never an empty listing.
+pub fn listing(queue: &Queue) -> Result<Listing, mta_queue::StoreError> {
+    let (records, errors) = queue.list()?;
+    Ok(Listing { records, errors })
 }
 
 /// One request to the queue, as sent over the socket.
@@ -135,7 +138,10 @@ pub async fn execute(queue: &Queue, request: &Request) -> Value {
         Err(e) => error(e),
     };
     match request {
-        Request::List => to_json(&listing(queue)),
+        Request::List => match listing(queue) {
+            Ok(listing) => to_json(&listing),
+            Err(e) => error(e),
+        },
         Request::Show(id) => match queue.show(id) {
             Ok(Some(detail)) => to_json(&detail),
             Ok(None) => no_such(id),

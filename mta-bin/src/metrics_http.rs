@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use mta_core::accept_backoff::AcceptBackoff;
@@ -145,16 +145,22 @@ async fn respond(
     stream.shutdown().await
 }
 
-/// The queue's size and the age of its oldest message, read at scrape time.
+/// The queue's size and the age of its oldest message (time in the queue), read at scrape
+/// time. A store that cannot be read sets `mta_queue_store_unavailable` and leaves the
+/// last values: an empty queue it does not know of would silence the alerts.
 fn update_queue_gauges(queue: &Queue) {
-    let (records, _errors) = queue.list();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let records = match queue.list() {
+        Ok((records, _corrupt)) => records,
+        Err(e) => {
+            warn!(error = %e, "metrics: cannot read the queue");
+            METRICS.set_queue_unavailable();
+            return;
+        }
+    };
     let oldest = records
         .iter()
-        .map(|r| r.envelope.received_at)
-        .min()
-        .map_or(0, |t| now.saturating_sub(t));
+        .map(|r| mta_queue::scheduler::time_in_queue(r).as_secs())
+        .max()
+        .unwrap_or(0);
     METRICS.set_queue(records.len(), oldest);
 }

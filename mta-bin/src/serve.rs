@@ -148,13 +148,16 @@ async fn serve(
         acceptor,
         cert_note,
     )?;
-    let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
-        .with_context(|| {
-            format!(
-                "cannot open the queue in {} (is another mta serve using this data dir?)",
+    let queue = match Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config)) {
+        Ok(queue) => queue,
+        Err(e) => {
+            let advice = e.open_trouble().advice();
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the queue in {} ({advice})",
                 data_dir.join("queue").display()
-            )
-        })?;
+            )));
+        }
+    };
     let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
     let server = Server::listen(

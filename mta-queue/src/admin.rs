@@ -54,16 +54,21 @@ fn for_people(mut record: Record) -> Record {
 impl crate::Queue {
     /// Every readable record, oldest first (ids sort by arrival), and a description of each
     /// record that does not decode. Due times are on the wall clock, for people.
-    pub fn list(&self) -> (Vec<Record>, Vec<String>) {
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read (given up after an error, a read
+    /// failure): never an empty or partial list in its place.
+    pub fn list(&self) -> Result<(Vec<Record>, Vec<String>), StoreError> {
         let mut records = Vec::new();
         let mut errors = Vec::new();
         for item in self.store().records() {
             match item {
                 Ok(record) => records.push(for_people(record)),
-                Err(e) => errors.push(e.to_string()),
+                Err(e @ StoreError::Corrupt { .. }) => errors.push(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
-        (records, errors)
+        Ok((records, errors))
     }
 
     /// One message: its record, body size and first header lines. `Ok(None)` when there is
@@ -284,7 +289,7 @@ mod tests {
         let q = queue(&dir);
         put(&q, B, from_a(), &["b@remote.test"], FAR).await;
         put(&q, A, from_a(), &["c@remote.test"], FAR).await;
-        let (records, errors) = q.list();
+        let (records, errors) = q.list().expect("list");
         let ids: Vec<&str> = records.iter().map(|r| r.envelope.id.as_str()).collect();
         assert_eq!(ids, [A, B], "oldest first");
         assert!(errors.is_empty());
@@ -352,7 +357,7 @@ mod tests {
         assert!(q.bounce_now(&id(A)).await.expect("bounce"));
         assert!(q.store().load(&id(A)).expect("load").is_none());
 
-        let (records, _) = q.list();
+        let (records, _) = q.list().expect("list");
         assert_eq!(records.len(), 1, "the DSN");
         let dsn = &records[0].envelope;
         assert_eq!(dsn.sender, ReversePath::Null);

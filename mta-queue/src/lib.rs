@@ -15,4 +15,4 @@ pub mod store;
 
 pub use disk::Room;
 pub use scheduler::{Queue, QueueSettings};
-pub use store::{Record, Store, StoreError};
+pub use store::{OpenTrouble, Record, Store, StoreError};

@@ -447,6 +447,16 @@ fn legacy_age(envelope: &Envelope, clock: clock::Reading) -> QueueAge {
     }
 }
 
+/// How long `record`'s message has been in the queue, now.
+pub fn time_in_queue(record: &Record) -> Duration {
+    let clock = clock::reading();
+    if record.age.run == 0 {
+        legacy_age(&record.envelope, clock).at(clock)
+    } else {
+        record.age.at(clock)
+    }
+}
+
 /// Fails every pending recipient of a message that has been in the queue (`age`) longer
 /// than `lifetime`.
 fn expire(envelope: &mut Envelope, age: Duration, lifetime: Duration) {

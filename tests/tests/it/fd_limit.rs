@@ -117,3 +117,53 @@ fn accept_loops_back_off_and_log_rarely_at_the_descriptor_limit() {
         out.code() == 0
     });
 }
+
+/// Started with too few descriptors to open its queue, `mta serve` says it is out of
+/// descriptors: not that the store is damaged, nor that another server holds it.
+#[test]
+fn start_up_out_of_descriptors_is_named_as_such() {
+    // A store with a log in it, made by a first run.
+    let mut first = TestMta::start("");
+    let config = first.config_path().to_path_buf();
+    first.stop();
+    let mut seen = Vec::new();
+    // The lowest limits fail earlier (the runtime, the users file); somewhere above them
+    // the queue is the first thing that cannot be opened.
+    for limit in 8..40 {
+        // A server that does start is stopped by `timeout` after 5 s.
+        let out = mta_tests::run(
+            "mta serve under a descriptor limit",
+            Command::new("timeout")
+                .arg("5")
+                .arg("prlimit")
+                .arg(format!("--nofile={limit}"))
+                .arg("--")
+                .arg(mta_tests::mta_bin())
+                .arg("serve")
+                .arg("--config")
+                .arg(&config),
+            b"",
+            secs(20),
+        );
+        if out.stdout.contains("mta ready") {
+            break;
+        }
+        if let Some(line) = out
+            .stderr
+            .lines()
+            .find(|l| l.contains("cannot open the queue"))
+        {
+            seen.push(line.to_string());
+        }
+    }
+    println!("{}", seen.join("\n"));
+    assert!(!seen.is_empty(), "no limit made the queue fail to open");
+    for line in &seen {
+        assert!(
+            line.contains("out of file descriptors")
+                && !line.contains("is damaged")
+                && !line.contains("another mta serve"),
+            "{line}"
+        );
+    }
+}

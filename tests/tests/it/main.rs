@@ -42,5 +42,6 @@ mod send;
 mod shutdown;
 mod startup;
 mod storage_faults;
+mod store_unavailable;
 mod swaks;
 mod users;
