@@ -10,7 +10,6 @@
 //! message.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -123,20 +122,14 @@ fn parse_line(line: &str) -> Option<(String, u64)> {
     words.next().is_none().then(|| (domain.to_string(), at))
 }
 
+/// Replaces the file whole (a unique temporary file, synced, renamed, the directory synced),
+/// never writing through a symlink planted in the data dir.
 fn write_atomically(path: &Path, domains: &BTreeMap<String, u64>) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
     let mut text = String::from("# domain  last delivery over verified TLS (Unix seconds)\n");
     for (d, at) in domains {
         text.push_str(&format!("{d} {at}\n"));
     }
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    mta_core::durable_file::write(path, text.as_bytes(), 0o600)
 }
 
 /// Forgets `domain` in the file of a server that is not running.
@@ -176,5 +169,24 @@ mod tests {
         std::fs::write(dir.path().join("tls-memory"), "garbage\nok.test 5\n").unwrap();
         let listed = TlsMemory::open(dir.path(), Duration::MAX).list();
         assert_eq!(listed, vec![("ok.test".to_string(), 5, true)]);
+    }
+
+    /// Symlinks where the file or its temporary file go (planted by whoever can write the
+    /// data dir) are replaced, not written through.
+    #[test]
+    fn saving_does_not_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("tls-memory.tmp")).unwrap();
+        let m = TlsMemory::open(dir.path(), Duration::from_secs(86_400));
+        m.verified(&Domain::parse("remote.test").unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        std::fs::remove_file(dir.path().join("tls-memory")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("tls-memory")).unwrap();
+        m.verified(&Domain::parse("other.test").unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let saved = std::fs::symlink_metadata(dir.path().join("tls-memory")).unwrap();
+        assert!(saved.is_file(), "the link was replaced by the file");
     }
 }

@@ -22,6 +22,7 @@ mod hostile;
 mod inbound_auth;
 mod local_delivery;
 mod observability;
+mod own_files;
 mod privileges;
 mod protocol;
 mod python;
