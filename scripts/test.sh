@@ -2,9 +2,8 @@
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
 # openssl, strace for the syscall-order test, libfaketime for the clock-step tests, from
-# Debian packages; dkimpy and aiosmtpd from
-# PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, and runs
-# every test in the workspace.
+# Debian packages; dkimpy and aiosmtpd from PyPI) when it is missing, builds the `mta` binary
+# the end-to-end tests start, and runs every test in the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
