@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
-# openssl, strace for the syscall-order test, Dovecot for the IMAP/POP3 test, systemd for
+# openssl, strace for the syscall-order test, libfaketime for the clock-step tests, Dovecot for the IMAP/POP3 test, systemd for
 # `systemd-analyze verify`, postfix, python3-fusepy and fuse3 for the
 # short runs of the soak and benchmark scripts, from Debian packages; dkimpy and aiosmtpd
 # from PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, runs
@@ -30,6 +30,11 @@ command -v fusermount >/dev/null 2>&1 || missing+=(fuse3)
 # Dovecot reads what mta delivered, over IMAPS and POP3S; systemd-analyze verifies the units.
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd dovecot-pop3d)
 [ -x /usr/bin/systemd-analyze ] || missing+=(systemd)
+# libfaketime steps the wall clock under a running server (tests/it/clock_steps.rs); prlimit
+# (util-linux) lowers its descriptor limit (tests/it/fd_limit.rs).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] \
+  || [ -e "/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1" ] || missing+=(libfaketime)
+command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""

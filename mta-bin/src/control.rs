@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use mta_core::accept_backoff::AcceptBackoff;
 use mta_core::envelope::MessageId;
 use mta_queue::{Queue, Record};
 use serde::{Deserialize, Serialize};
@@ -42,9 +43,12 @@ pub struct Listing {
 }
 
 /// Reads the listing from a queue (inside the server, or a store opened directly).
-pub fn listing(queue: &Queue) -> Listing {
-    let (records, errors) = queue.list();
-    Listing { records, errors }
+///
+/// # Errors
+/// When the store cannot be read: an error, never an empty listing.
+pub fn listing(queue: &Queue) -> Result<Listing, mta_queue::StoreError> {
+    let (records, errors) = queue.list()?;
+    Ok(Listing { records, errors })
 }
 
 /// One request to the queue, as sent over the socket.
@@ -138,7 +142,10 @@ pub async fn execute(queue: &Queue, request: &Request) -> Value {
         Err(e) => error(e),
     };
     match request {
-        Request::List => to_json(&listing(queue)),
+        Request::List => match listing(queue) {
+            Ok(listing) => to_json(&listing),
+            Err(e) => error(e),
+        },
         Request::Show(id) => match queue.show(id) {
             Ok(Some(detail)) => to_json(&detail),
             Ok(None) => no_such(id),
@@ -200,13 +207,32 @@ pub fn start(
         .with_context(|| format!("cannot create control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(tokio::spawn(async move {
+        let mut backoff = AcceptBackoff::new();
         loop {
-            let (stream, _) = tokio::select! {
+            let accepted = tokio::select! {
                 _ = stop.changed() => break,
-                a = listener.accept() => match a {
-                    Ok(pair) => pair,
-                    Err(e) => { warn!(error = %e, "control socket accept failed"); continue; }
-                },
+                a = listener.accept() => a,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => {
+                    let unlogged = backoff.succeeded();
+                    if unlogged > 0 {
+                        warn!(unlogged, "control socket accepting again after failures");
+                    }
+                    stream
+                }
+                Err(e) => {
+                    // Out of descriptors the next accept fails at once: pause, log rarely.
+                    let after = backoff.failed(std::time::Instant::now());
+                    if let Some(unlogged) = after.log {
+                        warn!(error = %e, unlogged, pause = ?after.pause, "control socket accept failed");
+                    }
+                    tokio::select! {
+                        _ = stop.changed() => break,
+                        () = tokio::time::sleep(after.pause) => {}
+                    }
+                    continue;
+                }
             };
             let queue = queue.clone();
             let hooks = hooks.clone();
@@ -513,6 +539,7 @@ mod tests {
         let record = Record {
             envelope,
             next_attempt_ms: u64::MAX / 4,
+            age: Default::default(),
         };
         queue
             .store()

@@ -193,8 +193,10 @@ fn write_new(path: &Path, bytes: &[u8]) -> anyhow::Result<PathBuf> {
             ),
             _ => anyhow::anyhow!("cannot create {}: {e}", path.display()),
         })?;
+    // The directory too: a key the DNS record was published for must survive a crash.
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
+        .and_then(|()| mta_core::durable_file::sync_dir(path))
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path.to_path_buf())
 }

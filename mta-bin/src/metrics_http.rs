@@ -5,9 +5,10 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::Context as _;
+use mta_core::accept_backoff::AcceptBackoff;
 use mta_core::metrics::METRICS;
 use mta_queue::Queue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -34,6 +35,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 
 /// Serves scrapes until `stop` turns true.
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -41,6 +43,10 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Re
         };
         match accepted {
             Ok((stream, _)) => {
+                let unlogged = backoff.succeeded();
+                if unlogged > 0 {
+                    warn!(unlogged, "metrics accepting again after failures");
+                }
                 let queue = queue.clone();
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &queue).await {
@@ -49,8 +55,15 @@ pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Re
                 });
             }
             Err(e) => {
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // Out of descriptors the next accept fails at once: pause, log rarely.
+                let after = backoff.failed(std::time::Instant::now());
+                if let Some(unlogged) = after.log {
+                    warn!(error = %e, unlogged, pause = ?after.pause, "metrics accept failed");
+                }
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(after.pause) => {}
+                }
             }
         }
     }
@@ -132,16 +145,22 @@ async fn respond(
     stream.shutdown().await
 }
 
-/// The queue's size and the age of its oldest message, read at scrape time.
+/// The queue's size and the age of its oldest message (time in the queue), read at scrape
+/// time. A store that cannot be read sets `mta_queue_store_unavailable` and leaves the
+/// last values: an empty queue it does not know of would silence the alerts.
 fn update_queue_gauges(queue: &Queue) {
-    let (records, _errors) = queue.list();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let records = match queue.list() {
+        Ok((records, _corrupt)) => records,
+        Err(e) => {
+            warn!(error = %e, "metrics: cannot read the queue");
+            METRICS.set_queue_unavailable();
+            return;
+        }
+    };
     let oldest = records
         .iter()
-        .map(|r| r.envelope.received_at)
-        .min()
-        .map_or(0, |t| now.saturating_sub(t));
+        .map(|r| mta_queue::scheduler::time_in_queue(r).as_secs())
+        .max()
+        .unwrap_or(0);
     METRICS.set_queue(records.len(), oldest);
 }

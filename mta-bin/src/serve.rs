@@ -10,13 +10,14 @@
 //! no network input is read before the privileges are gone.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use mta_core::config::Config;
+use mta_core::durable_file;
 use mta_core::envelope::ListenerKind;
 use mta_core::seams::Deliver;
 use mta_queue::{Queue, QueueSettings};
@@ -331,13 +332,16 @@ async fn serve(
         acceptor,
         cert_note,
     )?;
-    let queue = Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config))
-        .with_context(|| {
-            format!(
-                "cannot open the queue in {} (is another mta serve using this data dir?)",
+    let queue = match Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config)) {
+        Ok(queue) => queue,
+        Err(e) => {
+            let advice = e.open_trouble().advice();
+            return Err(anyhow::Error::new(e).context(format!(
+                "cannot open the queue in {} ({advice})",
                 data_dir.join("queue").display()
-            )
-        })?;
+            )));
+        }
+    };
     let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
     let server = Server::listen(
@@ -476,11 +480,61 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
         .mode(0o700)
         .create(dir)
         .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    // Started as root, this runs before privileges are dropped: a symlink the mta user
+    // planted here must not make root create or truncate a file elsewhere. So the probe is
+    // removed first (a link itself, not its target) and created anew, never through a link.
     let probe = dir.join(".write-test");
-    fs::write(&probe, b"")
+    let _ = fs::remove_file(&probe);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(O_NOFOLLOW)
+        .open(&probe)
         .with_context(|| format!("data dir {} is not writable", dir.display()))?;
     let _ = fs::remove_file(&probe);
     Ok(())
+}
+
+/// `O_NOFOLLOW` (Linux): open fails on a symlink instead of following it.
+const O_NOFOLLOW: i32 = 0o400000;
+
+/// What is found where the self-signed certificate or key should be.
+#[derive(Debug, PartialEq, Eq)]
+enum Found {
+    /// A whole PEM file: used as it is.
+    Whole,
+    /// Nothing: made now.
+    Missing,
+    /// Empty or cut short (a crash while it was written by an older version): made again.
+    Torn,
+    /// A symbolic link: mta neither follows nor replaces links in its data dir.
+    Link,
+}
+
+fn inspect_pem(path: &Path) -> Found {
+    match fs::symlink_metadata(path) {
+        Err(_) => Found::Missing,
+        Ok(m) if m.file_type().is_symlink() => Found::Link,
+        Ok(_) => match fs::read_to_string(path) {
+            Ok(text) if is_whole_pem(&text) => Found::Whole,
+            _ => Found::Torn,
+        },
+    }
+}
+
+/// A PEM file written whole: at least one block, and it ends with the end line of its
+/// last block (a write cut short loses the end).
+fn is_whole_pem(text: &str) -> bool {
+    let text = text.trim_end();
+    let begins = text.matches("-----BEGIN ").count();
+    let ends = text.matches("-----END ").count();
+    let last = text.rsplit('\n').next().unwrap_or("");
+    begins > 0
+        && begins == ends
+        && text.starts_with("-----BEGIN ")
+        && last.starts_with("-----END ")
+        && last.ends_with("-----")
 }
 
 /// The configured certificate, or a self-signed one made once in `DATA_DIR/tls/`.
@@ -514,8 +568,28 @@ fn self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
     let dir = config.data_dir.join("tls");
     let cert = dir.join("selfsigned-cert.pem");
     let key = dir.join("selfsigned-key.pem");
-    if cert.exists() && key.exists() {
+    if fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+        bail!(
+            "{} is a symbolic link: mta does not write through links in its data dir; \
+             remove it (mta makes the directory again)",
+            dir.display()
+        );
+    }
+    let found = [(&cert, inspect_pem(&cert)), (&key, inspect_pem(&key))];
+    if let Some((link, _)) = found.iter().find(|(_, f)| *f == Found::Link) {
+        bail!(
+            "{} is a symbolic link: mta does not follow links in its data dir; remove it \
+             (a new self-signed certificate is then made), or set [tls] cert and key",
+            link.display()
+        );
+    }
+    if found.iter().all(|(_, f)| *f == Found::Whole) {
         return Ok((cert, key, false));
+    }
+    for (path, f) in &found {
+        if *f == Found::Torn {
+            warn!(file = %path.display(), "self-signed certificate or key is empty or cut short: making a new pair");
+        }
     }
     fs::DirBuilder::new()
         .recursive(true)
@@ -530,25 +604,13 @@ fn self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
     ];
     let made =
         rcgen::generate_simple_self_signed(names).context("cannot generate a certificate")?;
-    write_private(&key, made.signing_key.serialize_pem().as_bytes())?;
-    fs::write(&cert, made.cert.pem())
+    // Each file is whole or absent after a crash (temp file, fsync, rename, directory
+    // sync); the key first, so a certificate never exists without its key.
+    durable_file::write(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    durable_file::write(&cert, made.cert.pem().as_bytes(), 0o600)
         .with_context(|| format!("cannot write {}", cert.display()))?;
     Ok((cert, key, true))
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.set_permissions(fs::Permissions::from_mode(0o600))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    Ok(())
 }
 
 /// How the lines on stdout (ready, certificate, hints) are written: as text, or as JSON
@@ -641,4 +703,37 @@ fn hints(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_whole_pem;
+
+    /// Reference: a prefix of PEM text written whole is whole exactly when it ends at the end
+    /// of one of its blocks (trailing whitespace aside). Every cut of a one- and a two-block
+    /// file is compared.
+    #[test]
+    fn every_cut_of_a_pem_file_is_torn() {
+        let made = rcgen::generate_simple_self_signed(vec!["mx.example.test".to_string()])
+            .expect("certificate");
+        let one = made.cert.pem();
+        let two = format!("{one}{one}");
+        for text in [&one, &two] {
+            let block_ends: Vec<&str> = text
+                .match_indices("-----END CERTIFICATE-----")
+                .map(|(at, end)| &text[..at + end.len()])
+                .collect();
+            for cut in 0..=text.len() {
+                let prefix = &text[..cut];
+                let reference = block_ends.contains(&prefix.trim_end());
+                assert_eq!(
+                    is_whole_pem(prefix),
+                    reference,
+                    "cut at {cut} of {}",
+                    text.len()
+                );
+            }
+        }
+        assert!(!is_whole_pem("garbage -----BEGIN X-----\n-----END X-----"));
+    }
 }

@@ -11,16 +11,27 @@ use crate::address::{Address, ReversePath, parse_reverse_path};
 
 /// A queue id: 12 hex digits of Unix milliseconds and 8 random hex digits, so ids sort by
 /// arrival and never repeat in practice. It names the message in replies and logs.
+///
+/// Within one process the millisecond part only grows: when the wall clock steps back, ids
+/// go on from the last one (one millisecond further each) until the clock catches up.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct MessageId(String);
 
 impl MessageId {
-    /// A fresh id for a message received at `unix_millis`.
+    /// A fresh id for a message received at `unix_millis`, later than every id this
+    /// process made before.
     pub fn generate(unix_millis: u64) -> MessageId {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static LAST: AtomicU64 = AtomicU64::new(0);
+        let mut millis = unix_millis;
+        let _ = LAST.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
+            millis = id_millis(last, unix_millis);
+            Some(millis)
+        });
         MessageId(format!(
             "{:012x}{:08x}",
-            unix_millis & 0xffff_ffff_ffff,
+            millis & 0xffff_ffff_ffff,
             rand::random::<u32>()
         ))
     }
@@ -40,6 +51,16 @@ impl MessageId {
         } else {
             Err(format!("{text:?} is not a queue id (20 hex digits)"))
         }
+    }
+}
+
+/// The millisecond part of the next id: the clock's, unless that is not later than the
+/// last id's (the clock stepped back, or two ids in one millisecond).
+fn id_millis(last: u64, now: u64) -> u64 {
+    if now > last {
+        now
+    } else {
+        last.saturating_add(1)
     }
 }
 
@@ -241,10 +262,29 @@ mod tests {
 
     #[test]
     fn ids() {
-        let id = MessageId::generate(0x0123_4567_89ab);
+        let id = MessageId::generate(0xfff0_0123_4567);
         assert_eq!(id.as_str().len(), 20);
-        assert!(id.as_str().starts_with("0123456789ab"));
+        assert!(id.as_str().starts_with("fff001234567"));
         assert_eq!(MessageId::parse(id.as_str()).unwrap(), id);
         assert!(MessageId::parse("../../etc/passwd").is_err());
+    }
+
+    /// Ids made one after another sort in that order, whatever the wall clock does.
+    #[test]
+    fn ids_stay_ordered_when_the_clock_steps_back() {
+        let clock = [5_000u64, 5_000, 4_000, 3_999, 7_000, 6_000, 6_000, 9_000];
+        let mut last = 0;
+        let mut made = Vec::new();
+        for now in clock {
+            last = id_millis(last, now);
+            made.push(last);
+        }
+        assert_eq!(
+            made,
+            [5_000, 5_001, 5_002, 5_003, 7_000, 7_001, 7_002, 9_000]
+        );
+        let a = MessageId::generate(2_000_000_000_000);
+        let b = MessageId::generate(1_000_000_000_000);
+        assert!(b > a, "{b} after {a}");
     }
 }

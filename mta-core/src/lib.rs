@@ -3,6 +3,7 @@
 //! the typed config, SMTP replies, envelopes, users and their passwords, relay and sender
 //! policy, and the traits ([`seams`]) at which the network and the queue meet.
 
+pub mod accept_backoff;
 pub mod address;
 pub mod auth;
 pub mod config;

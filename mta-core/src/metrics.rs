@@ -28,6 +28,7 @@ pub struct Metrics {
     dkim: Family<Labels, Counter>,
     queue_messages: Gauge,
     queue_oldest: Gauge,
+    queue_unavailable: Gauge,
 }
 
 /// The one set of counters of this process.
@@ -48,6 +49,7 @@ impl Metrics {
             dkim: Family::default(),
             queue_messages: Gauge::default(),
             queue_oldest: Gauge::default(),
+            queue_unavailable: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +106,12 @@ impl Metrics {
             "queue_oldest_seconds",
             "Age of the oldest queued message in seconds (at the last scrape)",
             m.queue_oldest.clone(),
+        );
+        registry.register(
+            "queue_store_unavailable",
+            "1 while the queue store cannot be read; the other queue gauges then keep the \
+             values of the last scrape that could read it",
+            m.queue_unavailable.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -183,6 +191,13 @@ impl Metrics {
             .set(i64::try_from(messages).unwrap_or(i64::MAX));
         self.queue_oldest
             .set(i64::try_from(oldest_seconds).unwrap_or(i64::MAX));
+        self.queue_unavailable.set(0);
+    }
+
+    /// The queue store could not be read for a scrape: says so, and leaves the size and age
+    /// as the last scrape that could read it found them, rather than a false empty queue.
+    pub fn set_queue_unavailable(&self) {
+        self.queue_unavailable.set(1);
     }
 
     /// Everything in the OpenMetrics text format (which Prometheus reads).
@@ -218,6 +233,7 @@ mod tests {
         m.rejected("smtp", 550, "5.7.1");
         m.remote_attempt("delivered", "verified");
         m.set_queue(3, 60);
+        m.set_queue_unavailable();
         let text = m.render();
         for line in [
             "mta_sessions_total{listener=\"smtp\"} 1",
@@ -226,6 +242,7 @@ mod tests {
             "mta_remote_attempts_total{result=\"delivered\",tls=\"verified\"} 1",
             "mta_queue_messages 3",
             "mta_queue_oldest_seconds 60",
+            "mta_queue_store_unavailable 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

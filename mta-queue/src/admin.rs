@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use mta_core::envelope::{MessageId, RcptState};
 
 use crate::bounce::{DsnKind, DsnRecipient, header_section};
+use crate::clock;
 use crate::scheduler::now_ms;
 use crate::store::{Record, StoreError};
 
@@ -43,19 +44,31 @@ pub struct Detail {
     pub headers: Vec<String>,
 }
 
+/// A record as `mta queue` shows it: its next attempt on the wall clock rather than the
+/// queue clock, so that it reads right after the wall clock was stepped.
+fn for_people(mut record: Record) -> Record {
+    record.next_attempt_ms = clock::to_wall_ms(record.next_attempt_ms);
+    record
+}
+
 impl crate::Queue {
     /// Every readable record, oldest first (ids sort by arrival), and a description of each
-    /// record that does not decode.
-    pub fn list(&self) -> (Vec<Record>, Vec<String>) {
+    /// record that does not decode. Due times are on the wall clock, for people.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read (given up after an error, a read
+    /// failure): never an empty or partial list in its place.
+    pub fn list(&self) -> Result<(Vec<Record>, Vec<String>), StoreError> {
         let mut records = Vec::new();
         let mut errors = Vec::new();
         for item in self.store().records() {
             match item {
-                Ok(record) => records.push(record),
-                Err(e) => errors.push(e.to_string()),
+                Ok(record) => records.push(for_people(record)),
+                Err(e @ StoreError::Corrupt { .. }) => errors.push(e.to_string()),
+                Err(e) => return Err(e),
             }
         }
-        (records, errors)
+        Ok((records, errors))
     }
 
     /// One message: its record, body size and first header lines. `Ok(None)` when there is
@@ -80,7 +93,7 @@ impl crate::Queue {
             })
             .collect();
         Ok(Some(Detail {
-            record,
+            record: for_people(record),
             body_size: body.len() as u64,
             headers,
         }))
@@ -257,6 +270,7 @@ mod tests {
                 require_tls: false,
             },
             next_attempt_ms: due,
+            age: Default::default(),
         };
         queue.store().insert(&record, BODY).await.expect("insert");
     }
@@ -279,7 +293,7 @@ mod tests {
         let q = queue(&dir);
         put(&q, B, from_a(), &["b@remote.test"], FAR).await;
         put(&q, A, from_a(), &["c@remote.test"], FAR).await;
-        let (records, errors) = q.list();
+        let (records, errors) = q.list().expect("list");
         let ids: Vec<&str> = records.iter().map(|r| r.envelope.id.as_str()).collect();
         assert_eq!(ids, [A, B], "oldest first");
         assert!(errors.is_empty());
@@ -347,7 +361,7 @@ mod tests {
         assert!(q.bounce_now(&id(A)).await.expect("bounce"));
         assert!(q.store().load(&id(A)).expect("load").is_none());
 
-        let (records, _) = q.list();
+        let (records, _) = q.list().expect("list");
         assert_eq!(records.len(), 1, "the DSN");
         let dsn = &records[0].envelope;
         assert_eq!(dsn.sender, ReversePath::Null);

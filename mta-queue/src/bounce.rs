@@ -18,7 +18,7 @@ use mta_core::date;
 use mta_core::envelope::{Envelope, MessageId};
 use tracing::info;
 
-use crate::scheduler::now_ms;
+use crate::clock::{self, QueueAge, wall_ms};
 use crate::store::{Record, StoreError};
 
 /// Which notification a DSN is.
@@ -421,7 +421,9 @@ impl crate::Queue {
         let Some(to) = original.sender.address() else {
             return Ok(None);
         };
-        let now = now_ms();
+        // The id and date are for people (wall clock); the schedule is on the queue clock.
+        let now = wall_ms();
+        let clock = clock::reading();
         let hostname = &self.settings().hostname;
         let id = MessageId::generate(now);
         let Some(body) = build(
@@ -443,7 +445,8 @@ impl crate::Queue {
                 now / 1000,
                 body.len(),
             ),
-            next_attempt_ms: now,
+            next_attempt_ms: clock.now_ms,
+            age: QueueAge::new(clock),
         };
         // The store directly rather than `Enqueue`, so the caller gets the StoreError with
         // its context; this is what `Enqueue::enqueue` does too.

@@ -80,18 +80,18 @@ const SEGMENT_HEADER_LEN: usize = 20;
 /// message lost. A real log always has at least one valid header (the first segment is
 /// written when the store is created), so a non-empty `db` without one is not opened.
 /// Damage inside valid segments is sled's to find (its records carry CRCs).
-pub(crate) fn check_log(path: &Path) -> Result<(), String> {
+///
+/// A log that cannot be read at all (out of descriptors, permissions, an I/O error) is
+/// [`LogCheck::Unreadable`]: nothing is known about its content, so it is not called damaged.
+pub(crate) fn check_log(path: &Path) -> Result<(), LogCheck> {
     use std::io::{Read, Seek, SeekFrom};
     let db = path.join("db");
     let mut file = match std::fs::File::open(&db) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("cannot read {}: {e}", db.display())),
+        Err(e) => return Err(LogCheck::Unreadable(e)),
     };
-    let len = file
-        .metadata()
-        .map_err(|e| format!("cannot read {}: {e}", db.display()))?
-        .len();
+    let len = file.metadata().map_err(LogCheck::Unreadable)?.len();
     if len == 0 {
         return Ok(());
     }
@@ -108,17 +108,26 @@ pub(crate) fn check_log(path: &Path) -> Result<(), String> {
     while offset + SEGMENT_HEADER_LEN as u64 <= len {
         file.seek(SeekFrom::Start(offset))
             .and_then(|_| file.read_exact(&mut header))
-            .map_err(|e| format!("cannot read {}: {e}", db.display()))?;
+            .map_err(LogCheck::Unreadable)?;
         let stored = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) ^ u32::MAX;
         if crc32fast::hash(&header[4..]) == stored {
             return Ok(());
         }
         offset += segment;
     }
-    Err(format!(
+    Err(LogCheck::NotSled(format!(
         "{} ({len} bytes) has no valid sled log segment header: it is not a sled 0.34 log",
         db.display()
-    ))
+    )))
+}
+
+/// Why [`check_log`] did not pass a store's log.
+#[derive(Debug)]
+pub(crate) enum LogCheck {
+    /// It was read and is not a sled log: the store is damaged.
+    NotSled(String),
+    /// It could not be read: a resource or I/O error, not a verdict on the store.
+    Unreadable(std::io::Error),
 }
 
 /// Free bytes a new message must leave beyond twice its size: a few of sled's 512 KiB log

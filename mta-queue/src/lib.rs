@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod bounce;
+pub mod clock;
 pub mod disk;
 pub mod group_sync;
 pub mod retry;
@@ -14,4 +15,4 @@ pub mod store;
 
 pub use disk::Room;
 pub use scheduler::{Queue, QueueSettings};
-pub use store::{Record, Store, StoreError};
+pub use store::{OpenTrouble, Record, Store, StoreError};

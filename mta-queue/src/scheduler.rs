@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mta_core::address::{Address, Domain};
 use mta_core::envelope::{Envelope, MessageId, RcptState, Recipient};
@@ -18,16 +18,15 @@ use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::bounce::{DsnKind, DsnRecipient, status_of};
+use crate::clock::{self, QueueAge};
 use crate::disk::Room;
 use crate::retry;
 use crate::store::{Record, Store, StoreError};
 
-/// Milliseconds since the Unix epoch.
+/// The queue clock in milliseconds ([`clock::now_ms`]): due times are on it, and it does
+/// not jump when the wall clock is stepped.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    clock::now_ms()
 }
 
 /// How the queue retries and when it gives up; from the `[queue]` config.
@@ -266,7 +265,13 @@ impl Queue {
         } else {
             deliver.deliver(&record.envelope, &body, &pending).await
         };
-        let now = now_ms();
+        let clock = clock::reading();
+        let now = clock.now_ms;
+        if record.age.run == 0 {
+            // Queued before ages were kept: its age by the wall clock, once.
+            record.age = legacy_age(&record.envelope, clock);
+        }
+        let age = record.age.update(clock);
         let before: Vec<RcptState> = record
             .envelope
             .recipients
@@ -274,8 +279,8 @@ impl Queue {
             .map(|r| r.state.clone())
             .collect();
         apply_outcomes(&mut record.envelope, &pending, outcomes);
-        expire(&mut record.envelope, now, self.settings.max_lifetime);
-        self.notify_sender(&mut record.envelope, &before, &body, now)
+        expire(&mut record.envelope, age, self.settings.max_lifetime);
+        self.notify_sender(&mut record.envelope, &before, &body, age)
             .await;
         let finished = record.envelope.is_finished();
         let attempts = record
@@ -315,7 +320,7 @@ impl Queue {
         envelope: &mut Envelope,
         before: &[RcptState],
         body: &[u8],
-        now_ms: u64,
+        age: Duration,
     ) {
         let failed: Vec<DsnRecipient> = envelope
             .recipients
@@ -331,8 +336,6 @@ impl Queue {
         {
             error!(error = %e, "could not queue the bounce");
         }
-        let age =
-            Duration::from_millis(now_ms.saturating_sub(envelope.received_at.saturating_mul(1000)));
         if envelope.delay_warned || age < self.settings.delay_warning {
             return;
         }
@@ -433,10 +436,31 @@ fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Ve
     }
 }
 
-/// Fails every pending recipient of a message older than `lifetime`.
-fn expire(envelope: &mut Envelope, now_ms: u64, lifetime: Duration) {
-    let age_ms = now_ms.saturating_sub(envelope.received_at.saturating_mul(1000));
-    if age_ms <= lifetime.as_millis() as u64 {
+/// The age of a record written before ages were kept: by the wall clock since it was
+/// received, from which its stored age starts.
+fn legacy_age(envelope: &Envelope, clock: clock::Reading) -> QueueAge {
+    let received_ms = envelope.received_at.saturating_mul(1000);
+    QueueAge {
+        queued_ms: clock::wall_ms().saturating_sub(received_ms),
+        at_ms: clock.now_ms,
+        run: clock.run,
+    }
+}
+
+/// How long `record`'s message has been in the queue, now.
+pub fn time_in_queue(record: &Record) -> Duration {
+    let clock = clock::reading();
+    if record.age.run == 0 {
+        legacy_age(&record.envelope, clock).at(clock)
+    } else {
+        record.age.at(clock)
+    }
+}
+
+/// Fails every pending recipient of a message that has been in the queue (`age`) longer
+/// than `lifetime`.
+fn expire(envelope: &mut Envelope, age: Duration, lifetime: Duration) {
+    if age <= lifetime {
         return;
     }
     for rcpt in envelope
@@ -503,9 +527,11 @@ impl Enqueue for Queue {
         body: Vec<u8>,
     ) -> BoxFuture<'_, Result<(), EnqueueError>> {
         Box::pin(async move {
+            let clock = clock::reading();
             let record = Record {
                 envelope,
-                next_attempt_ms: now_ms(),
+                next_attempt_ms: clock.now_ms,
+                age: QueueAge::new(clock),
             };
             match self.store.headroom(body.len() as u64) {
                 Ok(Room::Enough) => {}

@@ -86,9 +86,17 @@ fn outcomes_and_expiry() {
     assert_eq!(env.recipients[1].state, RcptState::Pending);
     assert_eq!(env.recipients[1].attempts, 2);
 
-    expire(&mut env, 1000 * 3600, Duration::from_secs(7200));
+    expire(
+        &mut env,
+        Duration::from_secs(3600),
+        Duration::from_secs(7200),
+    );
     assert_eq!(env.recipients[1].state, RcptState::Pending);
-    expire(&mut env, 1000 * 7201, Duration::from_secs(7200));
+    expire(
+        &mut env,
+        Duration::from_secs(7201),
+        Duration::from_secs(7200),
+    );
     assert_eq!(env.recipients[1].state, RcptState::Failed);
     assert!(env.is_finished());
 }
@@ -141,12 +149,22 @@ async fn failures_bounce_once_and_delays_warn_once() {
     let mut settings = QueueSettings::new(Domain::parse("mx.test").unwrap());
     settings.delay_warning = Duration::from_secs(60);
     let queue = Queue::open(dir.path(), settings).unwrap();
-    let now_s = now_ms() / 1000;
-    // Old enough for the delay notice; b is deferred, c fails.
-    let mut env = envelope(&["b@x.test", "c@x.test"], now_s - 120);
+    // Two minutes in the queue, old enough for the delay notice; b is deferred, c fails.
+    // Received a second ago by the wall clock: age is time in the queue, not since then.
+    let mut env = envelope(&["b@x.test", "c@x.test"], clock::wall_ms() / 1000 - 1);
     env.sender = ReversePath::Address(Address::parse("sender@local.test").unwrap());
+    let clock = clock::reading();
+    let record = Record {
+        envelope: env.clone(),
+        next_attempt_ms: clock.now_ms,
+        age: QueueAge {
+            queued_ms: 120_000,
+            ..QueueAge::new(clock)
+        },
+    };
     queue
-        .enqueue(env.clone(), b"Subject: s\r\n\r\nbody\r\n".to_vec())
+        .store()
+        .insert(&record, b"Subject: s\r\n\r\nbody\r\n".to_vec())
         .await
         .unwrap();
     let deliver = Arc::new(Recording(Mutex::new(Vec::new())));

@@ -22,6 +22,7 @@ use mta_core::envelope::{Envelope, MessageId};
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
+use crate::clock::QueueAge;
 use crate::disk::{self, Room, flush_sled, sync_files};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -30,8 +31,14 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 pub struct Record {
     /// The envelope with each recipient's state.
     pub envelope: Envelope,
-    /// When the next attempt is due, Unix milliseconds. Mirrors the `schedule` key.
+    /// When the next attempt is due, on the queue clock ([`crate::clock`]), in
+    /// milliseconds. Mirrors the `schedule` key. What `mta queue list` and `show` return is
+    /// converted to the wall clock (Unix ms).
     pub next_attempt_ms: u64,
+    /// How long the message has been in the queue, for its lifetime and delay notice. Set
+    /// when it is queued, brought up to date by each delivery attempt.
+    #[serde(default)]
+    pub age: QueueAge,
 }
 
 /// Store failures, with enough context for the log; the SMTP client sees only a 4xx.
@@ -91,7 +98,85 @@ pub enum StoreError {
     Join(String),
 }
 
+/// What stands in the way of opening a store, as the operator must act on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenTrouble {
+    /// The store was read and found not to be a store: the "Corrupt store" steps apply.
+    Damaged,
+    /// No room to write.
+    DiskFull,
+    /// The process (EMFILE) or the system (ENFILE) is out of file descriptors.
+    OutOfDescriptors,
+    /// Another process holds the store's lock.
+    Locked,
+    /// Permission denied.
+    Permission,
+    /// The file system is mounted read-only.
+    ReadOnly,
+    /// Any other error: the store is not known to be damaged.
+    Other,
+}
+
+impl OpenTrouble {
+    /// One line for the operator: what it is and what to do. Only [`OpenTrouble::Damaged`]
+    /// points at the recovery steps that end with moving the store aside.
+    pub fn advice(self) -> &'static str {
+        match self {
+            OpenTrouble::Damaged => {
+                "the store is damaged: see docs/durability.md, \"Corrupt store\""
+            }
+            OpenTrouble::DiskFull => "the disk is full: free some space and start again",
+            OpenTrouble::OutOfDescriptors => {
+                "out of file descriptors: raise the limit (LimitNOFILE) or stop what holds \
+                 them, and start again; the store is not damaged, do not move it"
+            }
+            OpenTrouble::Locked => "is another mta serve using this data dir?",
+            OpenTrouble::Permission => {
+                "permission denied: the data dir must belong to the user mta runs as; the \
+                 store is not damaged, do not move it"
+            }
+            OpenTrouble::ReadOnly => {
+                "the file system is read-only: remount it read-write (check the disk first: \
+                 dmesg); the store is not damaged, do not move it"
+            }
+            OpenTrouble::Other => {
+                "the store is not known to be damaged: fix the cause named above and start \
+                 again; do not move it"
+            }
+        }
+    }
+}
+
 impl StoreError {
+    /// What kind of trouble this is for an operator opening the store.
+    pub fn open_trouble(&self) -> OpenTrouble {
+        use rustix::io::Errno;
+        match self {
+            StoreError::Damaged { .. } => OpenTrouble::Damaged,
+            StoreError::DiskFull { .. } => OpenTrouble::DiskFull,
+            StoreError::Io { source, .. } => {
+                let sled::Error::Io(io) = source else {
+                    return OpenTrouble::Other;
+                };
+                // sled reports its file lock held elsewhere as a text error around EAGAIN.
+                if io.to_string().contains("could not acquire lock") {
+                    return OpenTrouble::Locked;
+                }
+                match io.raw_os_error().map(Errno::from_raw_os_error) {
+                    Some(Errno::MFILE | Errno::NFILE) => OpenTrouble::OutOfDescriptors,
+                    Some(Errno::AGAIN) => OpenTrouble::Locked,
+                    Some(Errno::ACCESS | Errno::PERM) => OpenTrouble::Permission,
+                    Some(Errno::ROFS) => OpenTrouble::ReadOnly,
+                    _ => OpenTrouble::Other,
+                }
+            }
+            StoreError::Unavailable { .. }
+            | StoreError::Corrupt { .. }
+            | StoreError::Busy(_)
+            | StoreError::Join(_) => OpenTrouble::Other,
+        }
+    }
+
     /// Maps the error onto what the queue tells the session.
     pub fn to_enqueue_error(&self) -> mta_core::seams::EnqueueError {
         use mta_core::seams::EnqueueError;

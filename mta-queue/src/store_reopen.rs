@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use super::{Store, StoreError, classify};
-use crate::disk::{self, check_log};
+use crate::disk::{self, LogCheck, check_log};
 
 /// What the clones of one [`Store`] share: the handles in use and the reopen bookkeeping.
 pub(super) struct Shared {
@@ -58,9 +58,12 @@ pub(super) struct Handle {
 
 impl Handle {
     pub(super) fn open(path: &Path) -> Result<Handle, StoreError> {
-        check_log(path).map_err(|why| StoreError::Damaged {
-            path: path.to_path_buf(),
-            why,
+        check_log(path).map_err(|check| match check {
+            LogCheck::NotSled(why) => StoreError::Damaged {
+                path: path.to_path_buf(),
+                why,
+            },
+            LogCheck::Unreadable(e) => classify(path, sled::Error::Io(e)),
         })?;
         // sled writes while it opens (it may rewrite the tail of its log and its snapshot);
         // on a full disk such a write can fail half done and leave a store sled then
@@ -88,10 +91,7 @@ impl Handle {
                 .open()
         });
         let db = opened
-            .map_err(|_| StoreError::Damaged {
-                path: path.to_path_buf(),
-                why: "sled panicked while reading it".into(),
-            })?
+            .map_err(|panic| panicked(path, panic))?
             .map_err(err)?;
         Ok(Handle {
             envelopes: db.open_tree("envelopes").map_err(err)?,
@@ -103,6 +103,33 @@ impl Handle {
             db,
         })
     }
+}
+
+/// A panic inside sled while opening: damage, unless it was a resource running out (sled
+/// panics when it cannot start a thread or open a file: "… (os error 24)").
+fn panicked(path: &Path, panic: Box<dyn std::any::Any + Send>) -> StoreError {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    match os_error_in(&text) {
+        Some(code) => classify(
+            path,
+            sled::Error::Io(std::io::Error::from_raw_os_error(code)),
+        ),
+        None => StoreError::Damaged {
+            path: path.to_path_buf(),
+            why: "sled panicked while reading it".into(),
+        },
+    }
+}
+
+/// The `N` of the first `(os error N)` in `text`.
+fn os_error_in(text: &str) -> Option<i32> {
+    let (_, rest) = text.split_once("os error ")?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }
 
 impl Store {
@@ -312,5 +339,51 @@ impl Store {
     /// How many times the store was reopened after an error.
     pub fn reopens(&self) -> u64 {
         self.shared.reopens.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::os_error_in;
+
+    /// Reference: the first place where "os error " is followed by a digit run, scanned
+    /// byte by byte.
+    fn reference(text: &str) -> Option<i32> {
+        let b = text.as_bytes();
+        let key = b"os error ";
+        let at = (0..b.len()).find(|&i| b[i..].starts_with(key))?;
+        let start = at + key.len();
+        let end = (start..b.len())
+            .find(|&i| !b[i].is_ascii_digit())
+            .unwrap_or(b.len());
+        text[start..end].parse().ok()
+    }
+
+    #[test]
+    fn os_error_number_from_a_panic_message() {
+        assert_eq!(
+            os_error_in("failed to spawn thread: Too many open files (os error 24)"),
+            Some(24)
+        );
+        assert_eq!(os_error_in("assertion failed: lsn >= 0"), None);
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let parts = [
+            "os error ",
+            "os error",
+            "24",
+            "9",
+            ")",
+            " ",
+            "(",
+            "x",
+            "99999999999",
+        ];
+        for _ in 0..5000 {
+            let text: String = (0..rng.random_range(0..6))
+                .map(|_| parts[rng.random_range(0..parts.len())])
+                .collect();
+            assert_eq!(os_error_in(&text), reference(&text), "{text:?}");
+        }
     }
 }

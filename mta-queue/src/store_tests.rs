@@ -23,6 +23,7 @@ pub(crate) fn record(id: &str, due: u64) -> Record {
             require_tls: false,
         },
         next_attempt_ms: due,
+        age: Default::default(),
     }
 }
 
@@ -187,4 +188,55 @@ fn room_compares_with_both_floors() {
         store.room(u64::MAX, 0).unwrap(),
         Room::LowSpace(_)
     ));
+}
+
+/// A log that cannot be read (here: `db` is a directory, so reading it fails with EISDIR)
+/// says so; only a log that was read and is not sled's is "damaged", whose recovery ends
+/// with moving the store aside.
+#[test]
+fn unreadable_log_is_not_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("db")).unwrap();
+    std::fs::write(dir.path().join("db").join("x"), b"x").unwrap();
+    let err = Store::open(dir.path()).err().expect("cannot open");
+    assert!(!matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert!(!err.to_string().contains("damaged"), "{err}");
+    assert_eq!(err.open_trouble(), OpenTrouble::Other);
+
+    let garbage = tempfile::tempdir().unwrap();
+    std::fs::write(garbage.path().join("db"), vec![0x5a; 4096]).unwrap();
+    let err = Store::open(garbage.path()).err().expect("cannot open");
+    assert!(matches!(err, StoreError::Damaged { .. }), "{err}");
+    assert_eq!(err.open_trouble(), OpenTrouble::Damaged);
+}
+
+#[test]
+fn open_trouble_names_resource_errors() {
+    let io = |code| StoreError::Io {
+        path: "/q".into(),
+        source: sled::Error::Io(std::io::Error::from_raw_os_error(code)),
+    };
+    assert_eq!(io(24).open_trouble(), OpenTrouble::OutOfDescriptors); // EMFILE
+    assert_eq!(io(23).open_trouble(), OpenTrouble::OutOfDescriptors); // ENFILE
+    assert_eq!(io(11).open_trouble(), OpenTrouble::Locked); // EAGAIN: sled's file lock
+    assert_eq!(io(13).open_trouble(), OpenTrouble::Permission); // EACCES
+    assert_eq!(io(30).open_trouble(), OpenTrouble::ReadOnly); // EROFS
+    assert_eq!(io(5).open_trouble(), OpenTrouble::Other); // EIO
+    let lock = StoreError::Io {
+        path: "/q".into(),
+        source: sled::Error::Io(std::io::Error::other(
+            "could not acquire lock on \"/q/db\": Os { code: 11 }",
+        )),
+    };
+    assert_eq!(lock.open_trouble(), OpenTrouble::Locked);
+    for trouble in [
+        OpenTrouble::DiskFull,
+        OpenTrouble::OutOfDescriptors,
+        OpenTrouble::Locked,
+        OpenTrouble::Permission,
+        OpenTrouble::ReadOnly,
+        OpenTrouble::Other,
+    ] {
+        assert!(!trouble.advice().contains("Corrupt store"), "{trouble:?}");
+    }
 }

@@ -7,6 +7,9 @@
 //! for `bob+tag@` bob's; `Delivered-To:` names the recipient as accepted, tag and all. An
 //! LMTP server gets the recipient as accepted and adds its own `Return-Path:` and
 //! `Delivered-To:` (Dovecot does, stripping the tag by its own `recipient_delimiter`).
+//!
+//! A local recipient that is an alias (in mail `mta` generated itself, which no session
+//! expanded) is delivered to the alias's targets and gets one outcome for them all.
 
 use std::sync::Arc;
 
@@ -149,6 +152,60 @@ impl Deliver for Router {
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
+            // Mail that mta writes itself (a bounce to a sender's alias, a TLS report to
+            // `tlsrpt@` an alias) is queued to the address as it is; a session expanded its
+            // recipients at RCPT already, so for its mail this changes nothing.
+            let mut out: Vec<Option<Outcome>> = vec![None; recipients.len()];
+            let mut direct: Vec<usize> = Vec::new();
+            for (i, rcpt) in recipients.iter().enumerate() {
+                match self.expansion(rcpt) {
+                    Some(targets) => {
+                        let outcomes = self.deliver_direct(envelope, body, &targets).await;
+                        out[i] = Some(combine(rcpt, &targets, outcomes));
+                    }
+                    None => direct.push(i),
+                }
+            }
+            if !direct.is_empty() {
+                let rcpts: Vec<Address> = direct.iter().map(|&i| recipients[i].clone()).collect();
+                let outcomes = self.deliver_direct(envelope, body, &rcpts).await;
+                for (i, o) in direct.into_iter().zip(outcomes) {
+                    out[i] = Some(o);
+                }
+            }
+            finish(out)
+        })
+    }
+}
+
+impl Router {
+    /// Where a local recipient that is an alias (or a catch-all's, or postmaster through
+    /// its alias) really goes; `None` for a mailbox, a remote address, or an address that
+    /// is nothing of ours (delivered as it is, as before).
+    fn expansion(&self, rcpt: &Address) -> Option<Vec<Address>> {
+        if !self.config.is_local_domain(rcpt.domain()) {
+            return None;
+        }
+        let to = mta_core::address::ForwardPath::Address(rcpt.clone());
+        let users = self.users.current();
+        match policy::rcpt(&self.config, &users, policy::Relay::Allowed, &to) {
+            policy::RcptDecision::Accept(targets)
+                if !targets.is_empty() && targets.as_slice() != [rcpt.clone()] =>
+            {
+                Some(targets)
+            }
+            policy::RcptDecision::Accept(_) | policy::RcptDecision::Reject(_) => None,
+        }
+    }
+
+    /// Delivers to `recipients` as they are: local ones to their mailbox, the rest by relay.
+    fn deliver_direct<'a>(
+        &'a self,
+        envelope: &'a Envelope,
+        body: &'a [u8],
+        recipients: &'a [Address],
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        Box::pin(async move {
             let body: Arc<[u8]> = Arc::from(body);
             let mut out: Vec<Option<Outcome>> = vec![None; recipients.len()];
             // Remote recipients grouped by domain, remembering their positions.
@@ -220,6 +277,34 @@ impl Deliver for Router {
             }
             finish(out)
         })
+    }
+}
+
+/// The outcome for an alias from those of its targets: deferred while any target is (a
+/// retry delivers to all of them again: a duplicate for some, never a loss), failed when
+/// every target failed, else delivered.
+fn combine(alias: &Address, targets: &[Address], outcomes: Vec<Outcome>) -> Outcome {
+    let detail = |o: &Outcome| match o {
+        Outcome::Delivered(d) | Outcome::Deferred(d) | Outcome::Failed(d) => d.clone(),
+    };
+    let all: Vec<String> = targets
+        .iter()
+        .zip(&outcomes)
+        .map(|(t, o)| format!("{t}: {}", detail(o)))
+        .collect();
+    let text = format!("alias {alias} -> {}", all.join("; "));
+    if outcomes.iter().any(|o| matches!(o, Outcome::Deferred(_))) {
+        let first = outcomes
+            .iter()
+            .find(|o| matches!(o, Outcome::Deferred(_)))
+            .map(detail)
+            .unwrap_or_default();
+        Outcome::Deferred(format!("{first} ({text})"))
+    } else if outcomes.iter().all(|o| matches!(o, Outcome::Failed(_))) {
+        let first = outcomes.first().map(detail).unwrap_or_default();
+        Outcome::Failed(format!("{first} ({text})"))
+    } else {
+        Outcome::Delivered(text)
     }
 }
 

@@ -272,6 +272,8 @@ fn parse_line(line: &str) -> Option<(String, Entry)> {
     (good && words.next().is_none()).then(|| (domain.to_string(), Entry { at, hosts }))
 }
 
+/// Replaces the file whole (a unique temporary file, synced, renamed, the directory synced),
+/// never writing through a symlink planted in the data dir.
 fn write(kind: Kind, path: &Path, domains: &BTreeMap<String, Entry>) -> std::io::Result<()> {
     let mut text = String::from(kind.header());
     for (d, e) in domains {
@@ -380,5 +382,24 @@ mod tests {
             !listed.iter().any(|(d, _, _)| d == "d0.test"),
             "the oldest went"
         );
+    }
+
+    /// Symlinks where the file or its temporary file go (planted by whoever can write the
+    /// data dir) are replaced, not written through.
+    #[test]
+    fn saving_does_not_follow_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("tls-memory.tmp")).unwrap();
+        let m = TlsMemory::open(dir.path(), Duration::from_secs(86_400));
+        m.verified(&Domain::parse("remote.test").unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        std::fs::remove_file(dir.path().join("tls-memory")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("tls-memory")).unwrap();
+        m.verified(&Domain::parse("other.test").unwrap());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let saved = std::fs::symlink_metadata(dir.path().join("tls-memory")).unwrap();
+        assert!(saved.is_file(), "the link was replaced by the file");
     }
 }

@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::TokioResolver;
 use mail_auth::common::parse::TxtRecordParser;
@@ -148,9 +148,35 @@ type ByPolicy = BTreeMap<(String, String), Counts>;
 /// The counts of the current period and when it started.
 #[derive(Debug)]
 pub struct TlsReports {
-    period: Mutex<(u64, ByPolicy)>,
+    period: Mutex<(Start, ByPolicy)>,
     /// The day (Unix days) and how many reports were sent on it.
     sent: Mutex<(u64, u32)>,
+}
+
+/// When a period started: its date in the report (Unix seconds), and the monotonic time,
+/// from which its length is measured so that a step of the wall clock does not stretch or
+/// shrink the range a report claims.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    unix: u64,
+    at: Instant,
+}
+
+impl Start {
+    fn now() -> Start {
+        Start {
+            unix: now(),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// The end of a period that started at `start` (Unix s) and lasted `elapsed` (monotonic),
+/// at least a second after its start; and the start of the next one: the wall clock now,
+/// but never before that end, so that ranges do not overlap after the clock stepped back.
+fn period_end(start: u64, elapsed: Duration, wall_now: u64) -> (u64, u64) {
+    let end = start.saturating_add(elapsed.as_secs().max(1));
+    (end, wall_now.max(end))
 }
 
 fn now() -> u64 {
@@ -162,7 +188,7 @@ fn now() -> u64 {
 impl Default for TlsReports {
     fn default() -> Self {
         TlsReports {
-            period: Mutex::new((now(), BTreeMap::new())),
+            period: Mutex::new((Start::now(), BTreeMap::new())),
             sent: Mutex::new((0, 0)),
         }
     }
@@ -202,13 +228,14 @@ impl TlsReports {
     /// Ends the period: its reports, one per domain that had sessions (one policy entry per
     /// policy it was under), and a new empty period.
     fn take(&self, organization: &str) -> Vec<(String, TlsReport)> {
-        let (start, counts) = {
+        let (start, end, counts) = {
             let mut period = self.period.lock().unwrap_or_else(|e| e.into_inner());
-            let start = period.0;
-            period.0 = now();
-            (start, std::mem::take(&mut period.1))
+            let begun = period.0;
+            let at = Instant::now();
+            let (end, next) = period_end(begun.unix, at - begun.at, now());
+            period.0 = Start { unix: next, at };
+            (begun.unix, end, std::mem::take(&mut period.1))
         };
-        let end = now().max(start + 1);
         let mut reports: Vec<(String, TlsReport)> = Vec::new();
         for ((domain, _), c) in counts {
             let policy = policy_entry(&domain, c);
@@ -562,6 +589,18 @@ mod tests {
             r.take("mx.example.org").is_empty(),
             "a new period starts empty"
         );
+        // The range is the time that passed, whatever the wall clock did meanwhile: a
+        // 2-minute period with the clock stepped back 2 hours, then one stepped forward.
+        let start = 1_800_000_000;
+        let (end, next) = period_end(start, Duration::from_secs(120), start + 120 - 7200);
+        assert_eq!(
+            (end - start, next),
+            (120, end),
+            "no overlap with the next period"
+        );
+        let (end2, next2) = period_end(next, Duration::from_secs(120), next + 7320);
+        assert_eq!((end2 - next, next2), (120, next + 7320));
+        assert_eq!(period_end(start, Duration::ZERO, start).0, start + 1);
         assert_eq!(
             failure_kind("TLS is required but the server does not offer STARTTLS"),
             ResultType::StartTlsNotSupported

@@ -25,8 +25,8 @@ pub mod session;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
+use mta_core::accept_backoff::AcceptBackoff;
 use mta_core::config::Config;
 use mta_core::envelope::ListenerKind;
 use mta_core::reply::Reply;
@@ -232,17 +232,33 @@ async fn accept_loop(
     listener: TcpListener,
 ) {
     let mut shutdown = current.get().shutdown.clone();
+    let mut backoff = AcceptBackoff::new();
     loop {
         let accepted = tokio::select! {
             () = stopping(&mut shutdown) => return,
             a = listener.accept() => a,
         };
         let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
+            Ok(pair) => {
+                let unlogged = backoff.succeeded();
+                if unlogged > 0 {
+                    warn!(
+                        listener = kind.name(),
+                        unlogged, "accepting again after failures"
+                    );
+                }
+                pair
+            }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                error!(error = %e, listener = kind.name(), "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                // EMFILE and friends fail again at once: pause, and log only now and then.
+                let after = backoff.failed(std::time::Instant::now());
+                if let Some(unlogged) = after.log {
+                    error!(error = %e, listener = kind.name(), unlogged, pause = ?after.pause, "accept failed");
+                }
+                tokio::select! {
+                    () = stopping(&mut shutdown) => return,
+                    () = tokio::time::sleep(after.pause) => {}
+                }
                 continue;
             }
         };
@@ -374,10 +390,12 @@ mod tests {
     async fn only_true_means_stop() {
         let (tx, mut rx) = watch::channel(false);
         tx.send(false).unwrap();
-        let early = tokio::time::timeout(Duration::from_millis(50), stopping(&mut rx)).await;
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), stopping(&mut rx)).await;
         assert!(early.is_err(), "a change to false is not a stop");
         drop(tx);
-        let gone = tokio::time::timeout(Duration::from_millis(50), stopping(&mut rx)).await;
+        let gone =
+            tokio::time::timeout(std::time::Duration::from_millis(50), stopping(&mut rx)).await;
         assert!(gone.is_err(), "a dropped sender is not a stop");
         let (tx, mut rx) = watch::channel(false);
         tx.send(true).unwrap();

@@ -2,6 +2,7 @@
 //! Python's smtplib, `mta send`), one `mod` per area, all in one test binary (STYLE §5).
 //! Each test starts its own server, so they run in parallel.
 
+mod clock_steps;
 mod dialogs;
 mod dkim;
 mod dnssec_server;
@@ -13,6 +14,8 @@ mod durability_relay;
 mod durability_remote;
 mod durability_stop;
 mod durability_sync;
+mod fd_limit;
+mod generated_mail;
 mod harness;
 mod headers;
 mod hostile;
@@ -20,6 +23,7 @@ mod inbound_auth;
 mod local_delivery;
 mod logins;
 mod observability;
+mod own_files;
 mod privileges;
 mod protocol;
 mod python;
@@ -41,6 +45,7 @@ mod send;
 mod shutdown;
 mod startup;
 mod storage_faults;
+mod store_unavailable;
 mod swaks;
 mod tools;
 mod users;
