@@ -28,6 +28,7 @@ pub struct Metrics {
     dkim: Family<Labels, Counter>,
     queue_messages: Gauge,
     queue_oldest: Gauge,
+    dsn_dropped: Counter,
 }
 
 /// The one set of counters of this process.
@@ -48,6 +49,7 @@ impl Metrics {
             dkim: Family::default(),
             queue_messages: Gauge::default(),
             queue_oldest: Gauge::default(),
+            dsn_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +106,11 @@ impl Metrics {
             "queue_oldest_seconds",
             "Age of the oldest queued message in seconds (at the last scrape)",
             m.queue_oldest.clone(),
+        );
+        registry.register(
+            "dsn_dropped",
+            "Bounces not sent because nothing showed the envelope sender to be real",
+            m.dsn_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -175,6 +182,11 @@ impl Metrics {
         self.dkim
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+    }
+
+    /// Counts a bounce not sent to an unverified envelope sender.
+    pub fn dsn_dropped(&self) {
+        self.dsn_dropped.inc();
     }
 
     /// The queue's size and the age of its oldest message, set before a scrape.

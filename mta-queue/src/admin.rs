@@ -198,7 +198,7 @@ mod tests {
     use std::sync::Arc;
 
     use mta_core::address::{Address, Domain, ReversePath};
-    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient};
+    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient, Vouched};
 
     use super::*;
     use crate::{Queue, QueueSettings};
@@ -251,6 +251,7 @@ mod tests {
                 },
                 delay_warned: false,
                 require_tls: false,
+                vouched: Vouched::User,
             },
             next_attempt_ms: due,
         };

@@ -7,6 +7,10 @@
 //! for `bob+tag@` bob's; `Delivered-To:` names the recipient as accepted, tag and all. An
 //! LMTP server gets the recipient as accepted and adds its own `Return-Path:` and
 //! `Delivered-To:` (Dovecot does, stripping the tag by its own `recipient_delimiter`).
+//!
+//! Remote mail is DKIM-signed ([`crate::dkim`]) only when [`Envelope::may_sign`]: an
+//! authenticated user's submission or a message `mta` wrote itself. A stranger's message that
+//! an alias forwards off-site keeps whatever signatures it came with and gets none of ours.
 
 use std::sync::Arc;
 
@@ -19,7 +23,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::client::{self, OutgoingMessage, RcptResult, Timeouts};
-use crate::dkim::Signer;
+use crate::dkim::{Signed, Signer};
 use crate::local::Maildirs;
 use crate::relay::{Kept, Relay, RelayError};
 
@@ -181,8 +185,15 @@ impl Deliver for Router {
             if remote.is_empty() {
                 return finish(out);
             }
-            // Signed once for every remote domain, after every header of ours is in place.
-            let body = match self.signer.sign(&body) {
+            // Signed once for every remote domain, after every header of ours is in place;
+            // only what a user authenticated to submit or what we wrote ourselves: mail from
+            // another server (forwarded by an alias) is never signed, whatever its `From:`.
+            let signed = if envelope.may_sign() {
+                self.signer.sign(&body)
+            } else {
+                Ok(Signed::default())
+            };
+            let body = match signed {
                 Ok(signed) if signed.by.is_empty() => body,
                 Ok(signed) => {
                     tracing::info!(msg = %envelope.id, by = %signed.by.join(","), "DKIM-signed");
