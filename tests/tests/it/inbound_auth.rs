@@ -78,7 +78,7 @@ fn auth_results(text: &str) -> Vec<String> {
 }
 
 /// Signs `message` with dkimpy for `key`.
-fn dkimpy_sign(key: &Key, message: &str) -> String {
+pub fn dkimpy_sign(key: &Key, message: &str) -> String {
     const SIGN: &str = r#"
 import sys, dkim
 msg = sys.stdin.buffer.read()

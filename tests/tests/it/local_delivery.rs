@@ -136,7 +136,19 @@ fn lmtp_replies_per_recipient_become_delivered_bounced_retried() {
             &format!("{user}-password-1"),
         );
     }
-    let mut c = smtp(&mta);
+    // Submitted by sender@ with AUTH: its failures are reported to it (mail from another
+    // server is bounced only to a sender SPF or DKIM vouched for).
+    let mut c = SmtpClient::connect(mta.submission_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    c.expect("STARTTLS", 220);
+    c.upgrade_tls(&mta.cert_path());
+    c.expect("EHLO client.test", 250);
+    assert_eq!(
+        c.auth_plain("sender@example.test", "sender-password-1")
+            .code,
+        235
+    );
     let body = b"From: sender@example.test\r\nSubject: lmtp\r\n\r\nfirst line\r\n.leading dot\r\n";
     let reply = c.send_message(
         "sender@example.test",

@@ -17,6 +17,7 @@ mod harness;
 mod headers;
 mod hostile;
 mod inbound_auth;
+mod inbound_spoof;
 mod local_delivery;
 mod observability;
 mod privileges;
