@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mta_core::auth::Verified;
-use mta_core::config::{Limits, SpoofedFrom};
+use mta_core::config::{Limits, LocalDelivery, SpoofedFrom};
 use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient, Vouched};
 use mta_core::metrics::METRICS;
 use mta_core::reply::Reply;
@@ -34,6 +34,7 @@ use super::message::{Trace, assemble};
 use super::session::{Action, Context, Session, Transaction};
 use super::vouch::{Evidence, sender_verified, spoofed_domain};
 use super::{Shared, stopping};
+use crate::client::RcptResult;
 use crate::tls;
 
 /// Read buffer per connection. Command lines are at most 512 octets and text lines 1000;
@@ -209,6 +210,10 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
                 }
             }
+            Action::CheckRecipients { from, rcpts } => {
+                let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
+                session.recipients_checked(checked)
+            }
             Action::CheckRoom => {
                 let room = shared.queue.room().await.map_err(|e| {
                     warn!(error = %e, "MAIL refused: no room in the queue");
@@ -260,7 +265,9 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     _ => unreachable!("count_errors returns Reply or Close"),
                 }
             }
-            Action::CheckPassword { .. } | Action::CheckRoom => unreachable!("handled above"),
+            Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 }
@@ -380,6 +387,49 @@ async fn check_password(
         Verified::User(user) => info!(user = %escape(&user.to_string()), "authenticated"),
     }
     Checked::Verified(result)
+}
+
+/// Asks the LMTP server whether it takes `rcpts` (RFC 2033: LHLO, MAIL, RCPT, no DATA).
+/// Refused only when it refuses every one of them for good; when it cannot be asked, or
+/// answers `4xx`, the recipient is accepted and the queue tries later, as before.
+async fn check_recipients(
+    shared: &Shared,
+    from: &mta_core::address::ReversePath,
+    rcpts: &[mta_core::address::Address],
+) -> Result<(), Reply> {
+    let config = &shared.config;
+    let LocalDelivery::Lmtp(at) = &config.local.delivery else {
+        return Ok(());
+    };
+    let asked = crate::client::lmtp::probe(
+        at,
+        config.hostname.as_str(),
+        config.outbound.connect_timeout,
+        &crate::client::Timeouts::default(),
+        from,
+        rcpts,
+    )
+    .await;
+    match asked {
+        Ok(results)
+            if results
+                .iter()
+                .all(|r| matches!(r, RcptResult::Permanent(_))) =>
+        {
+            let why: Vec<String> = results.iter().map(|r| r.reply().to_string()).collect();
+            info!(
+                rcpts = %escape(&rcpts.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")),
+                lmtp = %escape(&why.join(" | ")),
+                "RCPT refused: the LMTP server does not take it"
+            );
+            Err(Reply::MAILBOX_REFUSED)
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            warn!(lmtp = %at, error = %e, "RCPT check with the LMTP server failed; accepting");
+            Ok(())
+        }
+    }
 }
 
 /// Reads the message after 354, checks its header section and queues it.
