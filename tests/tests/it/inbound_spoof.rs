@@ -235,6 +235,7 @@ fn many_dkim_signatures_cost_at_most_three_key_queries() {
         .collect();
     asked.sort_unstable();
     asked.dedup();
+    println!("DKIM: {} key queries for 40 signatures", asked.len());
     assert!(
         !asked.is_empty() && asked.len() <= 3,
         "{} key queries:\n{}",
@@ -245,5 +246,43 @@ fn many_dkim_signatures_cost_at_most_three_key_queries() {
         rx.log().contains("too many DKIM signatures"),
         "{}",
         rx.log()
+    );
+}
+
+/// What mail-auth 0.13.3 already bounds for SPF, measured at dnsmasq: a record naming 30
+/// hosts that do not exist costs at most 10 lookups (RFC 7208 §4.6.4's DNS-mechanism
+/// limit), then `permerror`. Its void-lookup limit of 2 is not applied (see docs/security.md).
+#[test]
+fn spf_lookups_stop_at_ten() {
+    let keys = KeptDir::new();
+    let key = keygen(keys.path(), "example.test", "s1", "ed25519");
+    let mechanisms: Vec<String> = (0..30).map(|i| format!("a:n{i}.spf.test")).collect();
+    let record = format!("v=spf1 {} -all", mechanisms.join(" "));
+    let dns = TestDns::start(&[&key.dnsmasq(), &txt_record("spf.test", &record)]);
+    let rx = mta_tests::MtaBuilder::new()
+        .toml(&format!("{}[inbound]\nchecks = true\n", dns.config_toml()))
+        .start();
+    rx.add_user(ALICE, "alice-password-1");
+    let msg = "From: <a@spf.test>\r\nSubject: spf bound\r\n\r\nx\r\n";
+    let reply = send_inbound(&rx, "a@spf.test", ALICE, msg.as_bytes());
+    assert_eq!(reply.code, 250, "{reply}");
+    let files = rx.wait_for_mail(ALICE, 1, 30);
+    assert!(header(&read(&files[0])).contains("spf=permerror"));
+    let log = dns.log();
+    let mut asked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("query[") && l.contains(".spf.test"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.ends_with(".spf.test")))
+        .filter(|name| name.starts_with('n'))
+        .collect();
+    asked.sort_unstable();
+    asked.dedup();
+    println!(
+        "SPF: {} distinct names asked for a 30-host record",
+        asked.len()
+    );
+    assert!(
+        asked.len() <= 10 && !asked.contains(&"n10.spf.test"),
+        "{asked:?}"
     );
 }
