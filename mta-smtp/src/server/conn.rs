@@ -579,7 +579,7 @@ struct Inspected {
 /// fields claiming our name removed (whether checks run or not), SPF, DKIM and DMARC with our
 /// `Authentication-Results:` in front, and a `From:` naming our own domain without SPF or
 /// DKIM for it marked or refused (`[inbound] spoofed_from`); or the reply that refuses it.
-/// Submissions pass through.
+/// Submissions are not checked; only fields claiming our name are removed from them.
 async fn inbound_checks(
     shared: &Shared,
     session: &Session,
@@ -587,7 +587,12 @@ async fn inbound_checks(
     data: Vec<u8>,
 ) -> Result<Inspected, Reply> {
     let ctx = session.context();
+    let config = &shared.config;
+    let mut ours: Vec<&str> = vec![config.hostname.as_str()];
+    ours.extend(config.local_domains.iter().map(|d| d.as_str()));
     if ctx.listener != ListenerKind::Smtp || session.user().is_some() {
+        // Not checked, but a user cannot speak in our name either.
+        let (data, _) = strip_forged(&data, &ours);
         let summary = "-".to_string();
         let vouched = Vouched::User;
         return Ok(Inspected {
@@ -596,7 +601,6 @@ async fn inbound_checks(
             vouched,
         });
     }
-    let config = &shared.config;
     let (fields, summary, evidence) = match &shared.checks {
         None => (String::new(), "-".to_string(), Evidence::default()),
         Some(checker) => {
@@ -619,8 +623,6 @@ async fn inbound_checks(
             }
         }
     };
-    let mut ours: Vec<&str> = vec![config.hostname.as_str()];
-    ours.extend(config.local_domains.iter().map(|d| d.as_str()));
     let (clean, forged) = strip_forged(&data, &ours);
     if forged > 0 {
         info!(
