@@ -461,7 +461,7 @@ pub fn request(data_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
 #[cfg(test)]
 mod tests {
     use mta_core::address::{Address, Domain, ReversePath};
-    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient};
+    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient, Vouched};
     use mta_queue::QueueSettings;
 
     use super::*;
@@ -535,6 +535,7 @@ mod tests {
             },
             delay_warned: false,
             require_tls: false,
+            vouched: Vouched::SenderVerified,
         };
         let record = Record {
             envelope,

@@ -128,6 +128,32 @@ pub struct Inbound {
     /// Refuse (`550 5.7.23`) a message whose SPF result is `fail`. Default false: DMARC
     /// decides, since forwarded mail fails SPF.
     pub spf_reject: bool,
+    /// What happens to a message whose `From:` names one of our local domains when neither
+    /// SPF nor a DKIM signature aligned with that domain passed. Default
+    /// [`SpoofedFrom::Mark`].
+    pub spoofed_from: SpoofedFrom,
+}
+
+/// `[inbound] spoofed_from`: mail from another server that claims to be from us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoofedFrom {
+    /// Deliver it with an `X-Spoofed-From:` field naming the domain, and log it.
+    Mark,
+    /// Refuse it with `550 5.7.1`.
+    Reject,
+    /// Do nothing.
+    Off,
+}
+
+impl SpoofedFrom {
+    /// The name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            SpoofedFrom::Mark => "mark",
+            SpoofedFrom::Reject => "reject",
+            SpoofedFrom::Off => "off",
+        }
+    }
 }
 
 /// Local delivery (`[local]`).

@@ -166,6 +166,28 @@ pub struct Origin {
     pub tls: Option<String>,
 }
 
+/// Who vouches for a queued message. It decides two things: whether our DKIM key signs it
+/// (only what an authenticated user submitted, whose originator fields were checked, and what
+/// `mta` wrote itself), and whether a failure is reported to its envelope sender (not when
+/// nothing showed that sender to be real: a DSN to a forged sender is backscatter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vouched {
+    /// Set by the session: an authenticated user submitted it.
+    User,
+    /// Set where `mta` writes a message itself (a bounce, a TLS report).
+    Generated,
+    /// Set by the session for mail from another server whose envelope sender's domain passed
+    /// SPF, or signed it with a DKIM signature that verified.
+    SenderVerified,
+    /// Set by the session for mail from another server that nothing vouches for (or that was
+    /// not checked: `[inbound] checks = false`).
+    Unverified,
+    /// A record queued before this field existed; [`Envelope::vouched`] decides from
+    /// [`Origin`] what it was.
+    Unrecorded,
+}
+
 /// A queued message's envelope. The body is stored beside it, not in it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope {
@@ -190,6 +212,14 @@ pub struct Envelope {
     /// existed read as `false`.
     #[serde(default)]
     pub require_tls: bool,
+    /// Who vouches for the message (set once, by whoever makes the envelope). Records queued
+    /// before this field existed read as [`Vouched::Unrecorded`].
+    #[serde(default = "unrecorded")]
+    pub vouched: Vouched,
+}
+
+fn unrecorded() -> Vouched {
+    Vouched::Unrecorded
 }
 
 impl Envelope {
@@ -217,7 +247,38 @@ impl Envelope {
             },
             delay_warned: false,
             require_tls: false,
+            vouched: Vouched::Generated,
         }
+    }
+
+    /// Who vouches for the message. A record from before [`Envelope::vouched`] existed is
+    /// read from its origin: a user's submission, one of our own messages (from `<>`,
+    /// "received" from `local`), or mail from another server, which keeps the treatment it
+    /// was accepted under (its failures are reported), but is never signed.
+    pub fn vouched(&self) -> Vouched {
+        match self.vouched {
+            Vouched::Unrecorded if self.origin.auth_user.is_some() => Vouched::User,
+            Vouched::Unrecorded
+                if self.sender == ReversePath::Null && self.origin.peer == "local" =>
+            {
+                Vouched::Generated
+            }
+            Vouched::Unrecorded => Vouched::SenderVerified,
+            known => known,
+        }
+    }
+
+    /// True when our DKIM keys may sign the message: an authenticated user's submission (its
+    /// `From:` was checked to be theirs) or a message `mta` wrote itself. Never mail from
+    /// another server, whatever its `From:` says.
+    pub fn may_sign(&self) -> bool {
+        matches!(self.vouched(), Vouched::User | Vouched::Generated)
+    }
+
+    /// True when a failure may be reported to the envelope sender: anything but mail from
+    /// another server whose sender nothing showed to be real.
+    pub fn may_bounce(&self) -> bool {
+        self.vouched() != Vouched::Unverified
     }
 
     /// True when no recipient is pending any more.

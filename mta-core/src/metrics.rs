@@ -29,6 +29,7 @@ pub struct Metrics {
     queue_messages: Gauge,
     queue_oldest: Gauge,
     queue_unavailable: Gauge,
+    dsn_dropped: Counter,
 }
 
 /// The one set of counters of this process.
@@ -50,6 +51,7 @@ impl Metrics {
             queue_messages: Gauge::default(),
             queue_oldest: Gauge::default(),
             queue_unavailable: Gauge::default(),
+            dsn_dropped: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -112,6 +114,11 @@ impl Metrics {
             "1 while the queue store cannot be read; the other queue gauges then keep the \
              values of the last scrape that could read it",
             m.queue_unavailable.clone(),
+        );
+        registry.register(
+            "dsn_dropped",
+            "Bounces not sent because nothing showed the envelope sender to be real",
+            m.dsn_dropped.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -183,6 +190,11 @@ impl Metrics {
         self.dkim
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+    }
+
+    /// Counts a bounce not sent to an unverified envelope sender.
+    pub fn dsn_dropped(&self) {
+        self.dsn_dropped.inc();
     }
 
     /// The queue's size and the age of its oldest message, set before a scrape.

@@ -215,7 +215,7 @@ mod tests {
     use std::sync::Arc;
 
     use mta_core::address::{Address, Domain, ReversePath};
-    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient};
+    use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient, Vouched};
 
     use super::*;
     use crate::{Queue, QueueSettings};
@@ -268,6 +268,7 @@ mod tests {
                 },
                 delay_warned: false,
                 require_tls: false,
+                vouched: Vouched::User,
             },
             next_attempt_ms: due,
             age: Default::default(),

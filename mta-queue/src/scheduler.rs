@@ -313,7 +313,8 @@ impl Queue {
 impl Queue {
     /// Tells the sender what became of their message: one "failed" DSN for the recipients
     /// that failed in this attempt, and once, after `delay_warning`, a "delayed" DSN for
-    /// those still pending. The DSN is queued before the attempt's result is recorded, so a
+    /// those still pending; nothing when the envelope says its sender is unverified
+    /// ([`Envelope::may_bounce`]), only a log line and a count. The DSN is queued before the attempt's result is recorded, so a
     /// crash in between may send it twice, never zero times.
     async fn notify_sender(
         &self,
@@ -322,6 +323,24 @@ impl Queue {
         body: &[u8],
         age: Duration,
     ) {
+        if !envelope.may_bounce() {
+            // Mail from another server whose sender nothing showed to be real: a DSN would
+            // go to whoever it pretended to be (backscatter).
+            let failed = envelope
+                .recipients
+                .iter()
+                .zip(before)
+                .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Failed)
+                .count();
+            if failed > 0 && envelope.sender.address().is_some() {
+                info!(
+                    failed,
+                    "bounce not sent: nothing shows the sender is real (no SPF or DKIM pass)"
+                );
+                METRICS.dsn_dropped();
+            }
+            return;
+        }
         let failed: Vec<DsnRecipient> = envelope
             .recipients
             .iter()

@@ -2,7 +2,7 @@
 
 use super::*;
 use mta_core::address::ReversePath;
-use mta_core::envelope::{ListenerKind, Origin, Recipient};
+use mta_core::envelope::{ListenerKind, Origin, Recipient, Vouched};
 
 fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
     Envelope {
@@ -23,6 +23,7 @@ fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
         },
         delay_warned: false,
         require_tls: false,
+        vouched: Vouched::SenderVerified,
     }
 }
 
@@ -199,6 +200,38 @@ async fn failures_bounce_once_and_delays_warn_once() {
     let (original, _) = queue.store().load(&env.id).unwrap().unwrap();
     assert!(original.envelope.delay_warned);
     assert_eq!(original.envelope.recipients[1].state, RcptState::Failed);
+}
+
+/// Mail from another server whose sender nothing verified: its failure is recorded, but no
+/// DSN goes to the (possibly forged) sender, and none counts as a delay notice either.
+#[tokio::test]
+async fn unverified_senders_get_no_bounce() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = QueueSettings::new(Domain::parse("mx.test").unwrap());
+    settings.delay_warning = Duration::from_secs(60);
+    let queue = Queue::open(dir.path(), settings).unwrap();
+    let now_s = now_ms() / 1000;
+    let mut env = envelope(&["b@x.test", "c@x.test"], now_s - 120);
+    env.sender = ReversePath::Address(Address::parse("forged@victim.test").unwrap());
+    env.vouched = Vouched::Unverified;
+    queue
+        .enqueue(env.clone(), b"Subject: s\r\n\r\nbody\r\n".to_vec())
+        .await
+        .unwrap();
+    let deliver = Arc::new(Recording(Mutex::new(Vec::new())));
+    let id = env.id.clone();
+    run_until(&queue, deliver.clone(), move |q| {
+        q.store()
+            .load(&id)
+            .ok()
+            .flatten()
+            .is_some_and(|(r, _)| r.envelope.recipients[1].state == RcptState::Failed)
+    })
+    .await;
+    let (original, _) = queue.store().load(&env.id).unwrap().unwrap();
+    assert_eq!(original.envelope.recipients[1].state, RcptState::Failed);
+    assert_eq!(queue.store().len(), 1, "no DSN was queued");
+    assert!(deliver.0.lock().unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 
 use super::*;
 use mta_core::address::{Address, ReversePath};
-use mta_core::envelope::{ListenerKind, Origin, Recipient};
+use mta_core::envelope::{ListenerKind, Origin, Recipient, Vouched};
 
 pub(crate) fn record(id: &str, due: u64) -> Record {
     Record {
@@ -21,6 +21,7 @@ pub(crate) fn record(id: &str, due: u64) -> Record {
             },
             delay_warned: false,
             require_tls: false,
+            vouched: Vouched::SenderVerified,
         },
         next_attempt_ms: due,
         age: Default::default(),
@@ -238,5 +239,65 @@ fn open_trouble_names_resource_errors() {
         OpenTrouble::Other,
     ] {
         assert!(!trouble.advice().contains("Corrupt store"), "{trouble:?}");
+    }
+}
+
+/// Records written before `vouched` existed still load, and are read from their origin: a
+/// user's submission is signed, our own bounce is signed, mail from another server is not
+/// signed but its failures are still reported (the treatment it was accepted under).
+#[tokio::test]
+async fn records_from_before_vouched_still_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let old = |id: &str, sender: &str, listener: &str, peer: &str, user: &str| {
+        format!(
+            r#"{{"envelope":{{"id":"{id}","sender":"{sender}","recipients":[{{"address":"b@remote.test","state":"pending","attempts":0,"last_result":null}}],"received_at":1,"size":3,"origin":{{"listener":"{listener}","peer":"{peer}","helo":"h.test","auth_user":{user},"tls":null}},"delay_warned":false,"require_tls":false}},"next_attempt_ms":10}}"#
+        )
+    };
+    let cases = [
+        (
+            "00000000000100000001",
+            old(
+                "00000000000100000001",
+                "<a@local.test>",
+                "submission",
+                "127.0.0.1:1",
+                "\"a@local.test\"",
+            ),
+            Vouched::User,
+        ),
+        (
+            "00000000000200000002",
+            old("00000000000200000002", "<>", "smtp", "local", "null"),
+            Vouched::Generated,
+        ),
+        (
+            "00000000000300000003",
+            old(
+                "00000000000300000003",
+                "<x@remote.test>",
+                "smtp",
+                "192.0.2.1:25",
+                "null",
+            ),
+            Vouched::SenderVerified,
+        ),
+    ];
+    let h = store.current().unwrap();
+    for (id, json, _) in &cases {
+        h.envelopes.insert(id.as_bytes(), json.as_bytes()).unwrap();
+        h.bodies.insert(id.as_bytes(), &b"abc"[..]).unwrap();
+    }
+    drop(h);
+    for (id, _, want) in cases {
+        let (rec, body) = store
+            .load(&MessageId::parse(id).unwrap())
+            .unwrap()
+            .unwrap_or_else(|| panic!("{id} reads"));
+        assert_eq!(body, b"abc");
+        assert_eq!(rec.envelope.vouched, Vouched::Unrecorded);
+        assert_eq!(rec.envelope.vouched(), want, "{id}");
+        assert_eq!(rec.envelope.may_sign(), want != Vouched::SenderVerified);
+        assert!(rec.envelope.may_bounce());
     }
 }

@@ -5,7 +5,9 @@
 //!
 //! A message is signed with every key of its `From:` domain, exactly that domain. It is signed
 //! where it leaves for another domain (the router), so bounces are signed too and the header
-//! we sign is final: nothing is added or changed after it.
+//! we sign is final: nothing is added or changed after it. The router asks for a signature
+//! only for mail that an authenticated user submitted or that `mta` wrote itself; a `From:`
+//! in our domain alone never earns one.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

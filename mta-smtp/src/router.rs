@@ -10,6 +10,10 @@
 //!
 //! A local recipient that is an alias (in mail `mta` generated itself, which no session
 //! expanded) is delivered to the alias's targets and gets one outcome for them all.
+//!
+//! Remote mail is DKIM-signed ([`crate::dkim`]) only when [`Envelope::may_sign`]: an
+//! authenticated user's submission or a message `mta` wrote itself. A stranger's message that
+//! an alias forwards off-site keeps whatever signatures it came with and gets none of ours.
 
 use std::sync::Arc;
 
@@ -22,7 +26,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::client::{self, OutgoingMessage, RcptResult, Timeouts};
-use crate::dkim::Signer;
+use crate::dkim::{Signed, Signer};
 use crate::local::Maildirs;
 use crate::relay::{Kept, Relay, RelayError};
 
@@ -238,8 +242,15 @@ impl Router {
             if remote.is_empty() {
                 return finish(out);
             }
-            // Signed once for every remote domain, after every header of ours is in place.
-            let body = match self.signer.sign(&body) {
+            // Signed once for every remote domain, after every header of ours is in place;
+            // only what a user authenticated to submit or what we wrote ourselves: mail from
+            // another server (forwarded by an alias) is never signed, whatever its `From:`.
+            let signed = if envelope.may_sign() {
+                self.signer.sign(&body)
+            } else {
+                Ok(Signed::default())
+            };
+            let body = match signed {
                 Ok(signed) if signed.by.is_empty() => body,
                 Ok(signed) => {
                     tracing::info!(msg = %envelope.id, by = %signed.by.join(","), "DKIM-signed");

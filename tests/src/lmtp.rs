@@ -1,6 +1,7 @@
 //! [`LmtpServer`]: a real LMTP server (RFC 2033) on `127.0.0.1:0`, Python's
-//! `aiosmtpd.lmtp.LMTP`, with a handler that answers for each recipient after the final dot:
-//! `gone@…` is refused with `550 5.1.1`, `busy@…` gets `451 4.2.0` the first time and is
+//! `aiosmtpd.lmtp.LMTP`, with a handler that refuses `nouser@…` at RCPT (`550 5.1.1`, as
+//! Dovecot does for a user it does not have) and answers for each recipient after the final
+//! dot: `gone@…` is refused with `550 5.1.1`, `busy@…` gets `451 4.2.0` the first time and is
 //! accepted after, anyone else is accepted. Each accepted message is written to
 //! `DIR/<recipient>/<n>.eml`, with its envelope sender in `<n>.from`.
 
@@ -22,6 +23,13 @@ out = sys.argv[1]
 tries = {}
 
 class Handler:
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # A mailbox this server does not have, refused at RCPT as Dovecot does.
+        if address.split('@')[0].lower() == 'nouser':
+            return f'550 5.1.1 <{address}> User doesn\'t exist'
+        envelope.rcpt_tos.append(address)
+        return '250 2.1.5 OK'
+
     async def handle_DATA(self, server, session, envelope):
         # RFC 2033 §4.2: one reply per accepted recipient, in RCPT order. aiosmtpd sends
         # what this returns as it is, so the lines are joined here.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::file::{OneOrMany, RawDkimKey, RawInbound, S};
 use super::validate::Checker;
-use super::{DkimAlgorithm, DkimKey, Inbound};
+use super::{DkimAlgorithm, DkimKey, Inbound, SpoofedFrom};
 use crate::address::Domain;
 
 /// RFC 6376 §3.5 recommends `x=`; a week covers any retry schedule while limiting replay.
@@ -94,12 +94,20 @@ impl Checker<'_> {
         })
     }
 
-    /// `[inbound]`: three switches.
+    /// `[inbound]`: three switches and what to do with mail spoofing our own domains.
     pub(super) fn inbound(&mut self, raw: &RawInbound) -> Inbound {
+        const SPOOFED: [SpoofedFrom; 3] =
+            [SpoofedFrom::Mark, SpoofedFrom::Reject, SpoofedFrom::Off];
+        let spoofed_from = raw
+            .spoofed_from
+            .as_ref()
+            .and_then(|s| self.choice(s, "inbound.spoofed_from", &SPOOFED, SpoofedFrom::name))
+            .unwrap_or(SpoofedFrom::Mark);
         Inbound {
             checks: raw.checks.unwrap_or(true),
             dmarc_reject: raw.dmarc_reject.unwrap_or(true),
             spf_reject: raw.spf_reject.unwrap_or(false),
+            spoofed_from,
         }
     }
 }

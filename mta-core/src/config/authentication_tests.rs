@@ -47,7 +47,8 @@ fn full_example_keys_in_file_order() {
         Inbound {
             checks: true,
             dmarc_reject: false,
-            spf_reject: true
+            spf_reject: true,
+            spoofed_from: SpoofedFrom::Reject,
         }
     );
 }
@@ -65,6 +66,24 @@ fn one_table_and_an_array_are_both_a_list() {
     let selectors: Vec<&str> = two.dkim.iter().map(|k| k.selector.as_str()).collect();
     assert_eq!(selectors, ["r", "e"]);
     assert!(!parse("[inbound]\nchecks = false\n").unwrap().inbound.checks);
+}
+
+#[test]
+fn spoofed_from_is_one_of_three() {
+    assert_eq!(parse("").unwrap().inbound.spoofed_from, SpoofedFrom::Mark);
+    for (text, want) in [
+        ("mark", SpoofedFrom::Mark),
+        ("reject", SpoofedFrom::Reject),
+        ("off", SpoofedFrom::Off),
+    ] {
+        let c = parse(&format!("[inbound]\nspoofed_from = \"{text}\"\n")).unwrap();
+        assert_eq!(c.inbound.spoofed_from, want);
+    }
+    let bad = errors("[inbound]\nspoofed_from = \"drop\"\n");
+    assert!(
+        bad.contains("inbound.spoofed_from: \"drop\" is not one of mark, reject, off"),
+        "{bad}"
+    );
 }
 
 #[test]

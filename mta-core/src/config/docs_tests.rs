@@ -69,6 +69,7 @@ const KEYS: &[&str] = &[
     "inbound.checks",
     "inbound.dmarc_reject",
     "inbound.spf_reject",
+    "inbound.spoofed_from",
     "dkim.\"domain\".selector",
     "dkim.\"domain\".key",
     "dkim.\"domain\".algorithm",

@@ -89,6 +89,7 @@ pub(super) struct RawInbound {
     pub checks: Option<bool>,
     pub dmarc_reject: Option<bool>,
     pub spf_reject: Option<bool>,
+    pub spoofed_from: Option<S<String>>,
 }
 
 /// A table (`[a."b"]`) or an array of tables (`[[a."b"]]`), read as a list either way. Written
@@ -423,6 +424,7 @@ pub(super) fn write(config: &Config) -> String {
          checks = {checks}\n\
          dmarc_reject = {dmarc_reject}\n\
          spf_reject = {spf_reject}\n\
+         spoofed_from = {spoofed_from}\n\
          \n[local]\n\
          {local}\
          \n[aliases]\n\
@@ -464,6 +466,7 @@ pub(super) fn write(config: &Config) -> String {
         checks = config.inbound.checks,
         dmarc_reject = config.inbound.dmarc_reject,
         spf_reject = config.inbound.spf_reject,
+        spoofed_from = quote(config.inbound.spoofed_from.name()),
         dkim = write_dkim(&config.dkim),
         local = write_local(&config.local),
     )

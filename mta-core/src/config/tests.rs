@@ -75,6 +75,7 @@ listen = "127.0.0.1:9725"
 [inbound]
 dmarc_reject = false
 spf_reject = true
+spoofed_from = "reject"
 
 [dkim."example.org"]
 selector = "s2026"
@@ -184,6 +185,7 @@ fn defaults() {
             checks: true,
             dmarc_reject: true,
             spf_reject: false,
+            spoofed_from: SpoofedFrom::Mark,
         },
         process: Process {
             user: None,

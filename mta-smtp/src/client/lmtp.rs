@@ -1,5 +1,6 @@
 //! LMTP (RFC 2033): our client speaking to a local delivery agent such as Dovecot's LMTP
-//! server, over TCP or a Unix socket, one message per connection.
+//! server, over TCP or a Unix socket, one message per connection; and [`probe`], which asks
+//! it at RCPT time whether it takes a recipient at all.
 //!
 //! LMTP is SMTP with two differences that matter here: the client says `LHLO` (§4.1; there
 //! is no HELO fallback), and after the final dot the server answers once for **each**
@@ -53,6 +54,37 @@ pub async fn deliver(
     let result = conn.start(lhlo).await;
     let result = match result {
         Ok(()) => conn.send(msg).await,
+        Err(e) => Err(e),
+    };
+    conn.quit().await;
+    result
+}
+
+/// Asks the LMTP server at `at` whether it would take `rcpts` from `from`, without sending a
+/// message: connect, greeting, `LHLO lhlo`, MAIL, one RCPT each (in lockstep), QUIT. Returns
+/// one result per recipient, in order (a refused MAIL decides them all); a `2xx` is
+/// [`RcptResult::Delivered`] here only in the sense of "would be taken". The SMTP server asks
+/// this before its own `250` to RCPT, so a mailbox the LMTP server refuses is refused to the
+/// client instead of bounced after acceptance.
+///
+/// # Errors
+/// [`ClientError`] as for [`deliver`]: nothing was decided.
+pub async fn probe(
+    at: &LmtpAddress,
+    lhlo: &str,
+    connect_timeout: Duration,
+    timeouts: &Timeouts,
+    from: &mta_core::address::ReversePath,
+    rcpts: &[mta_core::address::Address],
+) -> Result<Vec<RcptResult>, ClientError> {
+    let stream = connect(at, connect_timeout).await?;
+    let mut conn = Lmtp {
+        wire: Wire::new(stream),
+        extensions: Extensions::default(),
+        timeouts: timeouts.clone(),
+    };
+    let result = match conn.start(lhlo).await {
+        Ok(()) => conn.ask(from, rcpts).await,
         Err(e) => Err(e),
     };
     conn.quit().await;
@@ -277,6 +309,44 @@ impl Lmtp {
             }
         }
         Ok(results(count, &mail_reply, &rcpts, &finals, None))
+    }
+
+    /// MAIL and the RCPTs of [`probe`], one at a time; no DATA.
+    async fn ask(
+        &mut self,
+        from: &mta_core::address::ReversePath,
+        rcpts: &[mta_core::address::Address],
+    ) -> Result<Vec<RcptResult>, ClientError> {
+        let msg = OutgoingMessage {
+            from,
+            rcpts,
+            body: b"",
+            eight_bit: false,
+            smtputf8: rcpts.iter().any(mta_core::address::Address::needs_smtputf8)
+                || from
+                    .address()
+                    .is_some_and(mta_core::address::Address::needs_smtputf8),
+            require_tls: false,
+        };
+        let params = match transaction::plan(&msg, &self.extensions) {
+            Ok(params) => params,
+            Err(refusal) => return Ok(vec![RcptResult::Permanent(refusal); rcpts.len()]),
+        };
+        let t = self.timeouts.clone();
+        let mail = transaction::mail_from(from, &params);
+        let reply = self.command(Phase::Mail, t.mail, &mail).await?;
+        expect(Phase::Mail, Expect::Completion, &reply)?;
+        if !reply.is_success() {
+            return Ok(vec![verdict(&reply); rcpts.len()]);
+        }
+        let mut out = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            let line = transaction::rcpt_to(rcpt);
+            let reply = self.command(Phase::Rcpt, t.rcpt, &line).await?;
+            expect(Phase::Rcpt, Expect::Completion, &reply)?;
+            out.push(verdict(&reply));
+        }
+        Ok(out)
     }
 
     /// The stuffed body in chunks and the final dot.

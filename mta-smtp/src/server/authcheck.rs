@@ -9,8 +9,8 @@
 //! - A DNS failure never makes a permanent refusal: when a policy that is on needs the answer,
 //!   `451 4.7.1` (DMARC) or `451 4.7.24` (SPF, RFC 7372), and the client tries again.
 //!
-//! Fields that arrive claiming our authserv-id are removed ([`strip_forged`]), so only our own
-//! verdict carries our name.
+//! Fields that arrive claiming our authserv-id are removed ([`super::authres`]), so only our
+//! own verdict carries our name.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -27,7 +27,7 @@ use mta_core::address::ReversePath;
 use mta_core::config::{Config, Inbound, IpFamily};
 use mta_core::reply::Reply;
 
-use crate::headers;
+use super::vouch::{Evidence, aligned};
 
 /// All checks of one message together may take this long; then the message is treated as if
 /// DNS had failed.
@@ -49,6 +49,8 @@ pub enum Verdict {
         fields: String,
         /// `spf=… dkim=… dmarc=…` for the log.
         summary: String,
+        /// What passed, for the decisions made after the checks ([`super::vouch`]).
+        evidence: Evidence,
     },
     /// Refuse with this reply.
     Refuse {
@@ -96,7 +98,12 @@ impl Checker {
                     "Authentication-Results: {}; none (checks timed out)\r\n",
                     self.hostname
                 );
-                Verdict::Accept { fields, summary }
+                let evidence = Evidence::default();
+                Verdict::Accept {
+                    fields,
+                    summary,
+                    evidence,
+                }
             }
         }
     }
@@ -107,7 +114,18 @@ impl Checker {
             .auth
             .verify_spf(SpfParameters::verify(ip, helo, &self.hostname, &sender))
             .await;
-        let message = AuthenticatedMessage::parse(data);
+        let mut message = AuthenticatedMessage::parse(data);
+        if let Some(m) = &mut message {
+            let from = m.from.first().map(String::as_str).unwrap_or("");
+            let skipped = keep_signatures(&mut m.dkim_headers, from, MAX_SIGNATURES);
+            if skipped > 0 {
+                tracing::info!(
+                    skipped,
+                    verified = MAX_SIGNATURES,
+                    "too many DKIM signatures; only the first aligned with From: are verified"
+                );
+            }
+        }
         let dkim: Vec<DkimOutput<'_>> = match &message {
             Some(m) => self.auth.verify_dkim(m).await,
             None => Vec::new(),
@@ -212,7 +230,50 @@ impl Checker {
         if dmarc_failed && matches!(policy, Policy::Quarantine | Policy::Reject) {
             fields.push_str("X-Spam-Flag: YES\r\n");
         }
-        Verdict::Accept { fields, summary }
+        let evidence = Evidence {
+            spf_pass: (spf.result() == SpfResult::Pass).then(|| spf.domain().to_string()),
+            dkim_pass: dkim
+                .iter()
+                .filter(|o| o.result() == &DkimResult::Pass)
+                .filter_map(|o| o.signature().map(|s| s.d.clone()))
+                .collect(),
+        };
+        Verdict::Accept {
+            fields,
+            summary,
+            evidence,
+        }
+    }
+}
+
+/// Verify at most this many DKIM signatures of one message (OpenDKIM's default too): each
+/// costs a DNS query for a name the sender chose, and a message can carry hundreds.
+pub const MAX_SIGNATURES: usize = 3;
+
+/// Keeps the first `max` signatures, those whose `d=` is aligned with the `From:` domain
+/// first (they are the ones DMARC needs), in their order otherwise; how many were dropped.
+pub fn keep_signatures<T: SignatureDomain>(
+    signatures: &mut Vec<T>,
+    from: &str,
+    max: usize,
+) -> usize {
+    let from_domain = from.rsplit_once('@').map_or("", |(_, d)| d);
+    // A stable sort: aligned ones first, each group in message order.
+    signatures.sort_by_key(|s| !aligned(s.domain(), from_domain));
+    let dropped = signatures.len().saturating_sub(max);
+    signatures.truncate(max);
+    dropped
+}
+
+/// The `d=` of a parsed signature (a trait so that [`keep_signatures`] can be tested alone).
+pub trait SignatureDomain {
+    /// The signing domain.
+    fn domain(&self) -> &str;
+}
+
+impl SignatureDomain for mail_auth::common::headers::Header<'_, mail_auth::dkim::Signature> {
+    fn domain(&self) -> &str {
+        &self.header.d
     }
 }
 
@@ -296,61 +357,33 @@ fn dmarc_word(r: &DmarcResult) -> &'static str {
     }
 }
 
-/// `data` without the `Authentication-Results:` fields whose authserv-id is `hostname`
-/// (RFC 8601 §5: only we may speak for us), and how many were removed.
-pub fn strip_forged(data: &[u8], hostname: &str) -> (Vec<u8>, usize) {
-    let forged: Vec<_> = headers::fields(data)
-        .into_iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("Authentication-Results"))
-        .filter(|f| authserv_id(f.value).is_some_and(|id| id.eq_ignore_ascii_case(hostname)))
-        .map(|f| f.range)
-        .collect();
-    if forged.is_empty() {
-        return (data.to_vec(), 0);
-    }
-    let mut out = Vec::with_capacity(data.len());
-    let mut pos = 0;
-    for range in &forged {
-        out.extend_from_slice(&data[pos..range.start]);
-        pos = range.end;
-    }
-    out.extend_from_slice(&data[pos..]);
-    (out, forged.len())
-}
-
-/// The authserv-id of an `Authentication-Results:` value: the first word, before `;`, white
-/// space or a comment. Lenient: a reader may take a sloppy field for ours, so we do too.
-fn authserv_id(value: &[u8]) -> Option<String> {
-    let text = headers::unfold(value)?;
-    let id: String = text
-        .trim_start()
-        .chars()
-        .take_while(|c| !c.is_whitespace() && *c != ';' && *c != '(')
-        .collect();
-    let id = id.trim_end_matches('.').to_string();
-    (!id.is_empty()).then_some(id)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    impl SignatureDomain for (&str, usize) {
+        fn domain(&self) -> &str {
+            self.0
+        }
+    }
+
     #[test]
-    fn forged_results_for_our_name_are_removed() {
-        let msg = b"Authentication-Results: MX.example.org;\r\n\tspf=pass smtp.mailfrom=a@b\r\n\
-            Authentication-Results: other.example; dkim=pass\r\n\
-            Subject: hi\r\n\
-            Authentication-Results: mx.example.org. (forged); dmarc=pass\r\n\
-            \r\n\
-            Authentication-Results: mx.example.org; in the body stays\r\n";
-        let (out, n) = strip_forged(msg, "mx.example.org");
-        assert_eq!(n, 2);
+    fn at_most_three_signatures_aligned_first() {
+        let mut sigs: Vec<(&str, usize)> = (0..900).map(|i| ("junk.test", i)).collect();
+        sigs.insert(500, ("example.org", 9000));
+        sigs.insert(700, ("mail.example.org", 9001));
+        let dropped = keep_signatures(&mut sigs, "ceo@Example.org", MAX_SIGNATURES);
+        assert_eq!(dropped, 899);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "Authentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\n\
-             Authentication-Results: mx.example.org; in the body stays\r\n"
+            sigs,
+            [
+                ("example.org", 9000),
+                ("mail.example.org", 9001),
+                ("junk.test", 0)
+            ]
         );
-        let clean = b"Subject: x\r\n\r\n";
-        assert_eq!(strip_forged(clean, "mx.example.org"), (clean.to_vec(), 0));
+        let mut few = vec![("a.test", 1), ("b.test", 2)];
+        assert_eq!(keep_signatures(&mut few, "x@c.test", MAX_SIGNATURES), 0);
+        assert_eq!(few, [("a.test", 1), ("b.test", 2)]);
     }
 }

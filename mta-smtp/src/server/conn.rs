@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mta_core::auth::Verified;
-use mta_core::config::Limits;
-use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient};
+use mta_core::config::{Limits, LocalDelivery, SpoofedFrom};
+use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient, Vouched};
 use mta_core::metrics::METRICS;
 use mta_core::reply::Reply;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
@@ -23,7 +23,8 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
-use super::authcheck::{Verdict, strip_forged};
+use super::authcheck::Verdict;
+use super::authres::strip_forged;
 use super::data::{DataEnd, read_data};
 use super::idle::{IdleLimit, is_stalled};
 use super::line::{Line, read_line};
@@ -31,7 +32,9 @@ use super::log_text::{escape, transcript};
 use super::logins::{self, Admit, LoginPolicy, Outcome};
 use super::message::{Trace, assemble};
 use super::session::{Action, Context, Session, Transaction};
+use super::vouch::{Evidence, sender_verified, spoofed_domain};
 use super::{Shared, stopping};
+use crate::client::RcptResult;
 use crate::tls;
 
 /// Read buffer per connection. Command lines are at most 512 octets and text lines 1000;
@@ -211,6 +214,10 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     Checked::Busy => session.auth_unavailable(Reply::AUTH_BUSY),
                 }
             }
+            Action::CheckRecipients { from, rcpts } => {
+                let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
+                session.recipients_checked(checked)
+            }
             Action::CheckRoom => {
                 let room = shared.queue.room().await.map_err(|e| {
                     warn!(error = %e, "MAIL refused: no room in the queue");
@@ -262,7 +269,9 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     _ => unreachable!("count_errors returns Reply or Close"),
                 }
             }
-            Action::CheckPassword { .. } | Action::CheckRoom => unreachable!("handled above"),
+            Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => {
+                unreachable!("handled above")
+            }
         }
     }
 }
@@ -412,6 +421,49 @@ async fn check_password(
     Checked::Verified(result)
 }
 
+/// Asks the LMTP server whether it takes `rcpts` (RFC 2033: LHLO, MAIL, RCPT, no DATA).
+/// Refused only when it refuses every one of them for good; when it cannot be asked, or
+/// answers `4xx`, the recipient is accepted and the queue tries later, as before.
+async fn check_recipients(
+    shared: &Shared,
+    from: &mta_core::address::ReversePath,
+    rcpts: &[mta_core::address::Address],
+) -> Result<(), Reply> {
+    let config = &shared.config;
+    let LocalDelivery::Lmtp(at) = &config.local.delivery else {
+        return Ok(());
+    };
+    let asked = crate::client::lmtp::probe(
+        at,
+        config.hostname.as_str(),
+        config.outbound.connect_timeout,
+        &crate::client::Timeouts::default(),
+        from,
+        rcpts,
+    )
+    .await;
+    match asked {
+        Ok(results)
+            if results
+                .iter()
+                .all(|r| matches!(r, RcptResult::Permanent(_))) =>
+        {
+            let why: Vec<String> = results.iter().map(|r| r.reply().to_string()).collect();
+            info!(
+                rcpts = %escape(&rcpts.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(",")),
+                lmtp = %escape(&why.join(" | ")),
+                "RCPT refused: the LMTP server does not take it"
+            );
+            Err(Reply::MAILBOX_REFUSED)
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            warn!(lmtp = %at, error = %e, "RCPT check with the LMTP server failed; accepting");
+            Ok(())
+        }
+    }
+}
+
 /// Reads the message after 354, checks its header section and queues it.
 async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
@@ -475,7 +527,11 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         );
         return Ok(AfterData::Answer(reply));
     }
-    let (data, auth) = match inbound_checks(shared, session, &tx, data).await {
+    let Inspected {
+        data,
+        summary: auth,
+        vouched,
+    } = match inbound_checks(shared, session, &tx, data).await {
         Ok(checked) => checked,
         Err(reply) => return Ok(AfterData::Answer(reply)),
     };
@@ -513,6 +569,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         },
         delay_warned: false,
         require_tls: tx.require_tls,
+        vouched,
     };
     let rcpts: Vec<String> = tx.recipients.iter().map(|r| r.to_string()).collect();
     let size = body.len();
@@ -541,48 +598,102 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// SPF, DKIM and DMARC for mail from another server (the smtp listener, no AUTH): the data
-/// with our `Authentication-Results:` in front and forged ones removed, and the results for
-/// the log; or the reply that refuses it. Submissions and a server without checks pass the
-/// data through.
+/// What [`inbound_checks`] made of a message.
+struct Inspected {
+    /// The data with our fields in front and forged ones removed.
+    data: Vec<u8>,
+    /// `spf=… dkim=… dmarc=…` for the log, or `-`.
+    summary: String,
+    /// Who vouches for it, for the envelope.
+    vouched: Vouched,
+}
+
+/// For mail from another server (the smtp listener, no AUTH): `Authentication-Results:`
+/// fields claiming our name removed (whether checks run or not), SPF, DKIM and DMARC with our
+/// `Authentication-Results:` in front, and a `From:` naming our own domain without SPF or
+/// DKIM for it marked or refused (`[inbound] spoofed_from`); or the reply that refuses it.
+/// Submissions are not checked; only fields claiming our name are removed from them.
 async fn inbound_checks(
     shared: &Shared,
     session: &Session,
     tx: &Transaction,
     data: Vec<u8>,
-) -> Result<(Vec<u8>, String), Reply> {
+) -> Result<Inspected, Reply> {
     let ctx = session.context();
-    let Some(checker) = &shared.checks else {
-        return Ok((data, "-".into()));
-    };
+    let config = &shared.config;
+    let mut ours: Vec<&str> = vec![config.hostname.as_str()];
+    ours.extend(config.local_domains.iter().map(|d| d.as_str()));
     if ctx.listener != ListenerKind::Smtp || session.user().is_some() {
-        return Ok((data, "-".into()));
+        // Not checked, but a user cannot speak in our name either.
+        let (data, _) = strip_forged(&data, &ours);
+        let summary = "-".to_string();
+        let vouched = Vouched::User;
+        return Ok(Inspected {
+            data,
+            summary,
+            vouched,
+        });
     }
-    let helo = session.helo().unwrap_or("unknown");
-    match checker.check(ctx.peer.ip(), helo, &tx.from, &data).await {
-        Verdict::Refuse { reply, summary } => {
-            warn!(
-                from = %escape(&tx.from.to_string()),
-                auth = %summary,
-                reply = %reply,
-                "message refused after DATA"
-            );
-            Err(reply)
-        }
-        Verdict::Accept { fields, summary } => {
-            let (clean, forged) = strip_forged(&data, shared.config.hostname.as_str());
-            if forged > 0 {
-                info!(
-                    forged,
-                    "removed Authentication-Results fields claiming our name"
-                );
+    let (fields, summary, evidence) = match &shared.checks {
+        None => (String::new(), "-".to_string(), Evidence::default()),
+        Some(checker) => {
+            let helo = session.helo().unwrap_or("unknown");
+            match checker.check(ctx.peer.ip(), helo, &tx.from, &data).await {
+                Verdict::Refuse { reply, summary } => {
+                    warn!(
+                        from = %escape(&tx.from.to_string()),
+                        auth = %summary,
+                        reply = %reply,
+                        "message refused after DATA"
+                    );
+                    return Err(reply);
+                }
+                Verdict::Accept {
+                    fields,
+                    summary,
+                    evidence,
+                } => (fields, summary, evidence),
             }
-            let mut out = Vec::with_capacity(fields.len() + clean.len());
-            out.extend_from_slice(fields.as_bytes());
-            out.extend_from_slice(&clean);
-            Ok((out, summary))
         }
+    };
+    let (clean, forged) = strip_forged(&data, &ours);
+    if forged > 0 {
+        info!(
+            forged,
+            "removed Authentication-Results fields claiming our name"
+        );
     }
+    let mut mark = String::new();
+    if config.inbound.spoofed_from != SpoofedFrom::Off
+        && let Some(domain) = spoofed_domain(&clean, config, &evidence)
+    {
+        let action = config.inbound.spoofed_from;
+        warn!(
+            from = %escape(&tx.from.to_string()),
+            domain = %domain,
+            auth = %summary,
+            action = action.name(),
+            "From: names our domain but neither SPF nor DKIM vouches for it"
+        );
+        if action == SpoofedFrom::Reject {
+            return Err(Reply::SPOOFED_OWN_DOMAIN);
+        }
+        mark = format!("X-Spoofed-From: {domain} (neither SPF nor DKIM of {domain} passed)\r\n");
+    }
+    let vouched = if sender_verified(&evidence, &tx.from) {
+        Vouched::SenderVerified
+    } else {
+        Vouched::Unverified
+    };
+    let mut out = Vec::with_capacity(fields.len() + mark.len() + clean.len());
+    out.extend_from_slice(fields.as_bytes());
+    out.extend_from_slice(mark.as_bytes());
+    out.extend_from_slice(&clean);
+    Ok(Inspected {
+        data: out,
+        summary,
+        vouched,
+    })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 //! hostile client, with [`logins`] for password guessers; [`log_text`] is how client text reaches the log.
 
 pub mod authcheck;
+pub mod authres;
 pub mod command;
 pub mod conn;
 pub mod data;
@@ -22,6 +23,7 @@ pub use mta_core::text as log_text;
 pub mod mailbox;
 pub mod message;
 pub mod session;
+pub mod vouch;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use mta_core::address::{Address, ReversePath};
 use mta_core::auth::Verified;
-use mta_core::config::Config;
+use mta_core::config::{Config, LocalDelivery};
 use mta_core::envelope::ListenerKind;
 use mta_core::policy::{self, RcptDecision, Relay};
 use mta_core::reply::Reply;
@@ -61,6 +61,15 @@ pub enum Action {
     /// Ask the queue whether there is room for a message (free disk space, a usable store),
     /// then call [`Session::room_checked`]. MAIL FROM is answered only then.
     CheckRoom,
+    /// Ask the LMTP server whether it takes these local recipients (`[local] delivery =
+    /// "lmtp"`), then call [`Session::recipients_checked`]. RCPT is answered only then, so a
+    /// mailbox it refuses is refused to the client, not bounced after our `250`.
+    CheckRecipients {
+        /// MAIL FROM of the transaction.
+        from: ReversePath,
+        /// What the RCPT expands to, all in local domains.
+        rcpts: Vec<Address>,
+    },
 }
 
 /// A mail transaction: set by MAIL, grown by RCPT, taken by DATA, dropped by RSET/EHLO.
@@ -94,6 +103,8 @@ pub struct Session {
     esmtp: bool,
     user: Option<Address>,
     tx: Option<Transaction>,
+    /// What an RCPT waiting for [`Action::CheckRecipients`] expands to.
+    checking: Option<Vec<Address>>,
     sasl: SaslStep,
     errors: u32,
 }
@@ -107,6 +118,7 @@ impl Session {
             esmtp: false,
             user: None,
             tx: None,
+            checking: None,
             sasl: SaslStep::None,
             errors: 0,
         }
@@ -315,15 +327,34 @@ impl Session {
         let users = self.ctx.users.current();
         match policy::rcpt(&self.ctx.config, &users, relay, to) {
             RcptDecision::Accept(targets) => {
-                tx.rcpt_count += 1;
-                for t in targets {
-                    if !tx.recipients.iter().any(|r| r.key() == t.key()) {
-                        tx.recipients.push(t);
-                    }
+                let config = &self.ctx.config;
+                let all_local = targets.iter().all(|t| config.is_local_domain(t.domain()));
+                if matches!(config.local.delivery, LocalDelivery::Lmtp(_)) && all_local {
+                    let from = tx.from.clone();
+                    self.checking = Some(targets.clone());
+                    return Action::CheckRecipients {
+                        from,
+                        rcpts: targets,
+                    };
                 }
+                add_recipients(tx, targets);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
             RcptDecision::Reject(reply) => Action::Reply(reply),
+        }
+    }
+
+    /// Records the result of an [`Action::CheckRecipients`]: the recipients join the
+    /// transaction, or the RCPT is refused with `reply`.
+    pub fn recipients_checked(&mut self, result: Result<(), Reply>) -> Action {
+        let targets = self.checking.take().unwrap_or_default();
+        match (result, self.tx.as_mut()) {
+            (Ok(()), Some(tx)) => {
+                add_recipients(tx, targets);
+                Action::Reply(Reply::RECIPIENT_OK)
+            }
+            (Ok(()), None) => Action::Reply(Reply::NEED_MAIL_FIRST),
+            (Err(reply), _) => Action::Reply(reply),
         }
     }
 
@@ -442,6 +473,16 @@ fn decode(response: &[u8]) -> Option<String> {
 
 fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Counts one accepted RCPT and adds what it expands to, without duplicates.
+fn add_recipients(tx: &mut Transaction, targets: Vec<Address>) {
+    tx.rcpt_count += 1;
+    for t in targets {
+        if !tx.recipients.iter().any(|r| r.key() == t.key()) {
+            tx.recipients.push(t);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ fn run(s: &mut Session, steps: &[(&str, u16)]) {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::StartData(r) => {
                 r.code
             }
-            Action::CheckPassword { .. } | Action::CheckRoom => 0,
+            Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => 0,
         };
         assert_eq!(code, *want, "after {line:?}: {action:?}");
     }
@@ -376,4 +376,40 @@ fn identity_and_queue_extensions_do_not_exist() {
             run(&mut s, &[("MAIL FROM:<alice@example.org>", 530)]);
         }
     }
+}
+
+#[test]
+fn lmtp_recipients_wait_for_the_lmtp_server() {
+    let mut config = (*session(ListenerKind::Smtp, false).ctx.config).clone();
+    config.local.delivery = mta_core::config::LocalDelivery::Lmtp(
+        mta_core::config::LmtpAddress::Tcp("127.0.0.1:24".parse().unwrap()),
+    );
+    let mut s = Session::new(Context {
+        config: Arc::new(config),
+        ..session(ListenerKind::Smtp, false).ctx
+    });
+    run(
+        &mut s,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<a@remote.test>", 250),
+        ],
+    );
+    let alice = Address::parse("alice@example.org").unwrap();
+    let asked = Action::CheckRecipients {
+        from: mta_core::address::parse_reverse_path("<a@remote.test>").unwrap(),
+        rcpts: vec![alice.clone()],
+    };
+    assert_eq!(s.handle(b"RCPT TO:<sales@example.org>"), asked);
+    assert_eq!(
+        s.recipients_checked(Err(Reply::MAILBOX_REFUSED)),
+        Action::Reply(Reply::MAILBOX_REFUSED)
+    );
+    assert_eq!(s.handle(b"RCPT TO:<alice@example.org>"), asked);
+    assert_eq!(
+        s.recipients_checked(Ok(())),
+        Action::Reply(Reply::RECIPIENT_OK)
+    );
+    let tx = s.take_transaction().unwrap();
+    assert_eq!((tx.recipients, tx.rcpt_count), (vec![alice], 1));
 }

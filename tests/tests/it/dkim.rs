@@ -123,7 +123,7 @@ for i in range(count):
     print('pass' if ok else 'fail')
 "#;
 
-fn dkimpy(path: &Path, keys: &[&Key]) -> Vec<String> {
+pub fn dkimpy(path: &Path, keys: &[&Key]) -> Vec<String> {
     let mut cmd = Command::new("python3");
     cmd.arg("-c").arg(DKIMPY).arg(path);
     for k in keys {
@@ -160,6 +160,8 @@ fn world(sender_aliases: &str) -> World {
         &bounce.dnsmasq(),
         &txt_record("example.test", "v=spf1 ip4:127.0.0.0/8 -all"),
         &txt_record("_dmarc.example.test", "v=DMARC1; p=reject"),
+        // bob's server: so the bounce test's sender is real (no bounce goes to a forged one).
+        &txt_record("remote.test", "v=spf1 ip4:127.0.0.0/8 -all"),
     ]);
     let (port, rx) = on_shared_port("the checking receiver", |p| {
         let rx = receiver("mx1.remote.test", &["remote.test"], "127.0.0.2", p)
@@ -173,7 +175,8 @@ fn world(sender_aliases: &str) -> World {
             .toml(&rsa.toml())
             .toml(&ed.toml())
             .toml(&bounce.toml())
-            .toml(sender_aliases),
+            .toml(sender_aliases)
+            .toml("[inbound]\nchecks = true\n"),
     );
     World {
         _keys: keys,

@@ -78,7 +78,7 @@ fn auth_results(text: &str) -> Vec<String> {
 }
 
 /// Signs `message` with dkimpy for `key`.
-fn dkimpy_sign(key: &Key, message: &str) -> String {
+pub fn dkimpy_sign(key: &Key, message: &str) -> String {
     const SIGN: &str = r#"
 import sys, dkim
 msg = sys.stdin.buffer.read()
@@ -293,8 +293,10 @@ fn forged_results_are_removed_and_submissions_are_not_checked() {
             .code,
         235
     );
+    // A user cannot speak in our name either: a field claiming it is removed.
     let own = format!(
-        "From: <{}>\r\nTo: <{BOB}>\r\nSubject: from alice\r\n\r\nhi\r\n",
+        "Authentication-Results: (c) \"mx.example.test\"; dmarc=pass\r\n\
+         From: <{}>\r\nTo: <{BOB}>\r\nSubject: from alice\r\n\r\nhi\r\n",
         mta_tests::ALICE
     );
     assert_eq!(

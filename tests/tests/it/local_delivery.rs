@@ -121,6 +121,43 @@ fn plus_addressing_off_refuses_tags() {
 }
 
 #[test]
+fn lmtp_refusal_at_rcpt_is_ours_before_acceptance() {
+    // The LMTP server is asked at RCPT time: a mailbox it does not have is refused to the
+    // client, so nothing is accepted that would later bounce to a sender who may be forged.
+    let lmtp_dir = KeptDir::new();
+    let lmtp = LmtpServer::start(lmtp_dir.path());
+    let mta = TestMta::start(&format!(
+        "[local]\ndelivery = \"lmtp\"\nlmtp = \"{}\"\n",
+        lmtp.addr()
+    ));
+    for user in ["ok", "nouser"] {
+        mta.add_user(
+            &format!("{user}@example.test"),
+            &format!("{user}-password-1"),
+        );
+    }
+    let mut c = smtp(&mta);
+    c.expect("MAIL FROM:<x@stranger.test>", 250);
+    let refused = c.command("RCPT TO:<nouser@example.test>");
+    assert!(refused.matches(550, Some("5.1.1")), "{refused}");
+    c.expect("RCPT TO:<ok@example.test>", 250);
+    c.expect("DATA", 354);
+    c.send_raw(b"From: x@stranger.test\r\nSubject: rcpt check\r\n\r\nhi\r\n.\r\n")
+        .expect("write");
+    let reply = c.reply("the reply to the final dot");
+    assert_eq!(reply.code, 250, "{reply}");
+    mta.wait_for_empty_queue(secs(20));
+    assert_eq!(lmtp.messages("ok@example.test").len(), 1);
+    assert!(lmtp.messages("nouser@example.test").is_empty());
+    assert!(
+        mta.log()
+            .contains("RCPT refused: the LMTP server does not take it"),
+        "{}",
+        mta.log()
+    );
+}
+
+#[test]
 fn lmtp_replies_per_recipient_become_delivered_bounced_retried() {
     let lmtp_dir = KeptDir::new();
     let lmtp = LmtpServer::start(lmtp_dir.path());
@@ -136,7 +173,19 @@ fn lmtp_replies_per_recipient_become_delivered_bounced_retried() {
             &format!("{user}-password-1"),
         );
     }
-    let mut c = smtp(&mta);
+    // Submitted by sender@ with AUTH: its failures are reported to it (mail from another
+    // server is bounced only to a sender SPF or DKIM vouched for).
+    let mut c = SmtpClient::connect(mta.submission_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    c.expect("STARTTLS", 220);
+    c.upgrade_tls(&mta.cert_path());
+    c.expect("EHLO client.test", 250);
+    assert_eq!(
+        c.auth_plain("sender@example.test", "sender-password-1")
+            .code,
+        235
+    );
     let body = b"From: sender@example.test\r\nSubject: lmtp\r\n\r\nfirst line\r\n.leading dot\r\n";
     let reply = c.send_message(
         "sender@example.test",

@@ -20,6 +20,7 @@ mod harness;
 mod headers;
 mod hostile;
 mod inbound_auth;
+mod inbound_spoof;
 mod local_delivery;
 mod logins;
 mod observability;

@@ -53,11 +53,13 @@ fn bounce_to_a_remote_sender_is_relayed_with_the_null_sender() {
     // An outsider writes to an alias whose remote target does not exist: the bounce goes
     // back to the outsider's own MX, from <>. A message that is itself from <> and fails
     // the same way is dropped without a bounce (RFC 5321 §4.5.5).
+    // other.test's SPF names the outsider's address: the sender is real, so it is told.
     let dns = TestDns::start(&[
         "--mx-host=remote.test,mx1.remote.test,10",
         "--host-record=mx1.remote.test,127.0.0.2",
         "--mx-host=other.test,mx.other.test,10",
         "--host-record=mx.other.test,127.0.0.3",
+        "--txt-record=other.test,v=spf1 ip4:127.0.0.0/8 -all",
     ]);
     let (port, (_rx, other)) = on_shared_port("two receivers", |p| {
         let rx = try_remote_receiver("mx1.remote.test", "127.0.0.2", p)?;
@@ -65,10 +67,9 @@ fn bounce_to_a_remote_sender_is_relayed_with_the_null_sender() {
         other.add_user(CAROL, "carol-password-1");
         Ok((rx, other))
     });
-    let tx = start_sender(
-        sender(&dns, port, "")
-            .toml("[aliases]\n\"gone@example.test\" = [\"nobody@remote.test\"]\n"),
-    );
+    let tx = start_sender(sender(&dns, port, "").toml(
+        "[aliases]\n\"gone@example.test\" = [\"nobody@remote.test\"]\n[inbound]\nchecks = true\n",
+    ));
     let id = send_inbound(
         &tx,
         CAROL,
@@ -108,6 +109,45 @@ fn bounce_to_a_remote_sender_is_relayed_with_the_null_sender() {
         tx.log()
     );
     assert_eq!(other.maildir_new(CAROL).len(), 1);
+}
+
+#[test]
+fn forged_sender_gets_no_bounce() {
+    // Backscatter: the outsider claims to be carol@other.test, whose SPF does not name it.
+    // The forward is refused remotely; the DSN would go to the real carol, so it is dropped.
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+        "--mx-host=other.test,mx.other.test,10",
+        "--host-record=mx.other.test,127.0.0.3",
+        "--txt-record=other.test,v=spf1 ip4:192.0.2.1 -all",
+    ]);
+    let (port, (_rx, other)) = on_shared_port("two receivers", |p| {
+        let rx = try_remote_receiver("mx1.remote.test", "127.0.0.2", p)?;
+        let other = receiver("mx.other.test", &["other.test"], "127.0.0.3", p).try_start()?;
+        other.add_user(CAROL, "carol-password-1");
+        Ok((rx, other))
+    });
+    let tx = start_sender(sender(&dns, port, "").toml(
+        "[aliases]\n\"gone@example.test\" = [\"nobody@remote.test\"]\n[inbound]\nchecks = true\n",
+    ));
+    send_inbound(
+        &tx,
+        CAROL,
+        "gone@example.test",
+        &message("gone@example.test", "forged sender"),
+    );
+    // Done with the message and any DSN it caused (a DSN is queued before the original is
+    // removed, and delivered before the queue is empty).
+    let failed = "recipient failed permanently";
+    tx.wait_logged(secs(20), "the forward refused", || {
+        tx.log().contains(failed)
+    });
+    tx.wait_for_empty_queue(secs(20));
+    assert!(other.maildir_new(CAROL).is_empty(), "carol got backscatter");
+    assert!(!tx.log().contains("bounce sent"), "{}", tx.log());
+    let dropped = "bounce not sent: nothing shows the sender is real";
+    assert!(tx.log().contains(dropped), "{}", tx.log());
 }
 
 #[test]

@@ -1,0 +1,214 @@
+//! What the inbound checks showed about a message from another server ([`Evidence`]), and two
+//! decisions made from it:
+//!
+//! - [`sender_verified`]: the envelope sender's domain passed SPF, or signed the message with
+//!   a DKIM signature that verified (`d=` aligned with it). Only then may a failure after
+//!   acceptance be reported to that sender; otherwise the DSN could go to a forged address
+//!   (backscatter).
+//! - [`spoofed_domain`]: the `From:` names one of our local domains, in an address or anywhere
+//!   in the field's text (a display name such as `"ceo@example.org" <x@elsewhere>` deceives as
+//!   well), and neither SPF nor a DKIM signature aligned with that domain passed. Whatever our
+//!   own DMARC record says: the spoofed message is visible even under `p=none`.
+//!
+//! Alignment is relaxed (RFC 7489 §3.1, without the public suffix list): the two domains are
+//! the same, or one is a subdomain of the other. One of them is always ours or the envelope
+//! sender's, so a shorter common parent (a public suffix) never counts.
+//!
+//! With `[inbound] checks = false` nothing was checked: the evidence is empty, the sender is
+//! never verified and a `From:` in our domain is always taken as spoofed.
+
+use mta_core::address::{Domain, ReversePath};
+use mta_core::config::Config;
+
+use super::mailbox::mailboxes;
+use crate::headers;
+
+/// What passed, as the checks saw it. Empty when they did not run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    /// The domain SPF passed for (the `MAIL FROM` domain, or the `EHLO` name for `<>`).
+    pub spf_pass: Option<String>,
+    /// The `d=` of every DKIM signature that verified.
+    pub dkim_pass: Vec<String>,
+}
+
+impl Evidence {
+    /// True when SPF or a verified DKIM signature vouches for `domain` (relaxed alignment).
+    pub fn vouches_for(&self, domain: &str) -> bool {
+        self.spf_pass.as_deref().is_some_and(|d| aligned(d, domain))
+            || self.dkim_pass.iter().any(|d| aligned(d, domain))
+    }
+}
+
+/// Relaxed alignment: `a` and `b` are the same domain, or one is a subdomain of the other;
+/// without case and a final dot.
+pub fn aligned(a: &str, b: &str) -> bool {
+    let a = a.trim_end_matches('.').to_ascii_lowercase();
+    let b = b.trim_end_matches('.').to_ascii_lowercase();
+    if a.is_empty() || b.is_empty() {
+        return false;
+    }
+    a == b || a.ends_with(&format!(".{b}")) || b.ends_with(&format!(".{a}"))
+}
+
+/// True when the envelope sender is shown to be real: SPF passed for its domain or a DKIM
+/// signature of its domain verified. Never for `<>` (nothing is ever sent to it).
+pub fn sender_verified(evidence: &Evidence, from: &ReversePath) -> bool {
+    from.address()
+        .is_some_and(|a| evidence.vouches_for(a.domain().as_str()))
+}
+
+/// The first of our local domains that a `From:` field names without SPF or DKIM vouching
+/// for it, or `None`.
+pub fn spoofed_domain(data: &[u8], config: &Config, evidence: &Evidence) -> Option<Domain> {
+    headers::all_fields(data)
+        .into_iter()
+        .filter(|f| f.name.eq_ignore_ascii_case("From"))
+        .flat_map(|f| named_domains(f.value, config))
+        .find(|d| !evidence.vouches_for(d.as_str()))
+}
+
+/// Our local domains that a `From:` value names: the domains of its mailboxes when it parses,
+/// and any `@domain` in its text (display names, comments, a value that does not parse).
+fn named_domains(value: &[u8], config: &Config) -> Vec<Domain> {
+    let text = String::from_utf8_lossy(value).replace("\r\n", "");
+    let mut out: Vec<Domain> = mailboxes(text.trim())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.domain().clone())
+        .filter(|d| config.is_local_domain(d))
+        .collect();
+    let lower = text.to_ascii_lowercase();
+    for local in &config.local_domains {
+        let needle = format!("@{}", local.as_str().to_ascii_lowercase());
+        let named = lower.match_indices(&needle).any(|(at, _)| {
+            let next = lower[at + needle.len()..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        });
+        if named && !out.contains(local) {
+            out.push(local.clone());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn config() -> Config {
+        Config::from_toml(
+            "t.toml",
+            "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\", \"ours.test\"]\n",
+            "x",
+        )
+        .unwrap()
+    }
+
+    fn evidence(spf: Option<&str>, dkim: &[&str]) -> Evidence {
+        Evidence {
+            spf_pass: spf.map(str::to_string),
+            dkim_pass: dkim.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn our_from_needs_aligned_spf_or_dkim() {
+        let cfg = config();
+        let none = Evidence::default();
+        let spoofed = |msg: &str, e: &Evidence| {
+            spoofed_domain(msg.as_bytes(), &cfg, e).map(|d| d.to_string())
+        };
+        let ceo = "From: CEO <ceo@example.org>\r\nSubject: pay\r\n\r\nbody\r\n";
+        assert_eq!(spoofed(ceo, &none).as_deref(), Some("example.org"));
+        assert_eq!(spoofed(ceo, &evidence(Some("example.org"), &[])), None);
+        assert_eq!(
+            spoofed(ceo, &evidence(Some("bounces.example.org"), &[])),
+            None
+        );
+        assert_eq!(spoofed(ceo, &evidence(None, &["EXAMPLE.org."])), None);
+        // A mailing list: its own SPF and DKIM pass, ours do not.
+        let list = evidence(Some("lists.test"), &["lists.test"]);
+        assert_eq!(spoofed(ceo, &list).as_deref(), Some("example.org"));
+        assert_eq!(
+            spoofed(ceo, &evidence(None, &["example.org.evil.test"])).as_deref(),
+            Some("example.org")
+        );
+        // Not ours.
+        assert_eq!(
+            spoofed("From: a@example.org.evil.test\r\n\r\n", &none),
+            None
+        );
+        assert_eq!(spoofed("From: a@sub.example.org\r\n\r\n", &none), None);
+        assert_eq!(spoofed("From: a@elsewhere.test\r\n\r\n", &none), None);
+        // Display names, a second mailbox, a second domain, fields a lenient reader sees.
+        for msg in [
+            "From: \"ceo@example.org\" <x@elsewhere.test>\r\n\r\n",
+            "From: x@elsewhere.test, ceo@Example.ORG\r\n\r\n",
+            "From: ceo@example.org <<broken\r\n\r\n",
+            "Subject: x\r\nnot a field\r\nFrom : ceo@example.org\r\n\r\n",
+            "From: x@elsewhere.test\r\n (ceo@example.org)\r\n\r\n",
+        ] {
+            assert_eq!(
+                spoofed(msg, &none).as_deref(),
+                Some("example.org"),
+                "{msg:?}"
+            );
+        }
+        let two = "From: a@ours.test, b@example.org\r\n\r\n";
+        assert_eq!(
+            spoofed(two, &evidence(Some("ours.test"), &[])).as_deref(),
+            Some("example.org")
+        );
+        assert_eq!(
+            spoofed("Subject: x\r\n\r\nFrom: a@example.org\r\n", &none),
+            None
+        );
+    }
+
+    #[test]
+    fn sender_verified_by_its_own_domain() {
+        let from = |t: &str| mta_core::address::parse_reverse_path(t).unwrap();
+        let spf = evidence(Some("sender.test"), &[]);
+        assert!(sender_verified(&spf, &from("<a@sender.test>")));
+        assert!(!sender_verified(&spf, &from("<a@other.test>")));
+        let dkim = evidence(None, &["sender.test"]);
+        assert!(sender_verified(&dkim, &from("<a@bounces.sender.test>")));
+        assert!(!sender_verified(
+            &Evidence::default(),
+            &from("<a@sender.test>")
+        ));
+        assert!(!sender_verified(&spf, &from("<>")));
+    }
+
+    /// The reference: alignment by labels, compared from the right.
+    fn aligned_model(a: &str, b: &str) -> bool {
+        let labels = |d: &str| -> Vec<String> {
+            d.trim_end_matches('.')
+                .split('.')
+                .rev()
+                .map(|l| l.to_ascii_lowercase())
+                .collect()
+        };
+        let (a, b) = (labels(a), labels(b));
+        if a == [""] || b == [""] {
+            return false;
+        }
+        let n = a.len().min(b.len());
+        a[..n] == b[..n]
+    }
+
+    proptest! {
+        #[test]
+        fn alignment_agrees_with_labels(
+            a in "[aB.]{0,3}(\\.?[ab]{1,2}){0,3}\\.?",
+            b in "[aB.]{0,3}(\\.?[ab]{1,2}){0,3}\\.?",
+        ) {
+            // Names with empty labels inside are not domains; both sides skip them.
+            prop_assume!(!a.trim_end_matches('.').contains("..") && !a.starts_with('.'));
+            prop_assume!(!b.trim_end_matches('.').contains("..") && !b.starts_with('.'));
+            prop_assert_eq!(aligned(&a, &b), aligned_model(&a, &b), "{} {}", a, b);
+        }
+    }
+}
