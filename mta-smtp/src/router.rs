@@ -221,6 +221,10 @@ impl Deliver for Router {
             finish(out)
         })
     }
+
+    fn is_local(&self, recipient: &Address) -> bool {
+        self.config.is_local_domain(recipient.domain())
+    }
 }
 
 /// One outcome per recipient; a task that died without one is a temporary failure.
