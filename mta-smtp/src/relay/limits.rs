@@ -53,25 +53,30 @@ impl Limits {
 
     /// Waits for a slot for `domain`. The domain's own slot comes first, and only then one
     /// of the overall ones: a domain whose slots are all busy (a host that never answers)
-    /// waits without holding an overall slot that other domains need.
-    pub async fn acquire(&self, domain: &Domain) -> Slot {
+    /// waits without holding an overall slot that other domains need. `None` when the
+    /// domain's slots stayed busy for `patience`: the attempt then gives way to the others
+    /// the scheduler has waiting, instead of holding one of its attempts.
+    pub async fn acquire(&self, domain: &Domain, patience: Duration) -> Option<Slot> {
         let slots = {
             let mut map = self.per_domain.lock().expect("per-domain lock poisoned");
             map.entry(domain.clone())
                 .or_insert_with(|| Arc::new(Semaphore::new(self.max_per_domain)))
                 .clone()
         };
-        let domain = slots.acquire_owned().await.expect("never closed");
+        let domain = tokio::time::timeout(patience, slots.acquire_owned())
+            .await
+            .ok()?
+            .expect("never closed");
         let all = self
             .all
             .clone()
             .acquire_owned()
             .await
             .expect("never closed");
-        Slot {
+        Some(Slot {
             _domain: domain,
             _all: all,
-        }
+        })
     }
 
     /// Overall slots free now.
@@ -268,19 +273,23 @@ mod tests {
     async fn a_busy_domain_waits_without_holding_an_overall_slot() {
         let limits = Arc::new(Limits::new(2, 1));
         let slow = Domain::parse("slow.test").unwrap();
-        let _held = limits.acquire(&slow).await;
+        let long = Duration::from_secs(3600);
+        let _held = limits.acquire(&slow, long).await;
         // Many attempts queue for the busy domain...
         let mut waiting = Vec::new();
         for _ in 0..10 {
             let (l, d) = (limits.clone(), slow.clone());
-            waiting.push(tokio::spawn(async move { l.acquire(&d).await }));
+            waiting.push(tokio::spawn(async move { l.acquire(&d, long).await }));
         }
         tokio::task::yield_now().await;
         // ...and another domain still gets the overall slot that is left.
         assert_eq!(limits.available(), 1);
         let other = Domain::parse("other.test").unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), limits.acquire(&other)).await;
-        assert!(got.is_ok(), "another domain was starved");
+        let got = tokio::time::timeout(Duration::from_secs(10), limits.acquire(&other, long)).await;
+        assert!(matches!(got, Ok(Some(_))), "another domain was starved");
+        // A domain whose slots stay busy gives up after its patience.
+        let gave_up = limits.acquire(&slow, Duration::from_millis(10)).await;
+        assert!(gave_up.is_none());
         for w in waiting {
             w.abort();
         }

@@ -87,6 +87,10 @@ impl Kept {
 pub const MAX_HOSTS: usize = 5;
 /// Addresses tried per MX host.
 pub const MAX_ADDRESSES: usize = 2;
+/// How long an attempt waits for one of its domain's slots before it is deferred: the
+/// scheduler's remote attempts must not all sit waiting for one busy (or stalled) domain
+/// while messages for other domains wait for an attempt.
+pub const SLOT_PATIENCE: Duration = Duration::from_secs(30);
 use mx::{DnsFailure, Route};
 
 /// Why the relay could not be set up (at start-up, so the operator sees it at once).
@@ -275,7 +279,23 @@ impl Relay {
             }
             limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
         };
-        let _slot = self.limits.acquire(domain).await;
+        let Some(_slot) = self.limits.acquire(domain, SLOT_PATIENCE).await else {
+            let why = format!(
+                "4.4.5 all {} connection slots for {domain} stayed busy (outbound.max_per_domain)",
+                self.config.outbound.max_per_domain
+            );
+            return vec![Outcome::Deferred(why); rcpts.len()];
+        };
+        // Suspended while this attempt waited for its slot: the others that waited with it
+        // must not all connect now.
+        let _probe = match _probe {
+            Some(p) => Some(p),
+            None => match self.dead.admit(&destination, interval, Instant::now()) {
+                limits::Admit::Go => None,
+                limits::Admit::Probe(p) => Some(p),
+                limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+            },
+        };
         let msg = OutgoingMessage {
             from: &envelope.sender,
             rcpts,
