@@ -260,6 +260,7 @@ impl Store {
             })
         })
         .await?;
+        h.count.fetch_add(1, Ordering::Relaxed);
         self.flush_handle(&h).await
     }
 
@@ -294,6 +295,9 @@ impl Store {
             })
         })
         .await?;
+        if finished {
+            uncount(&h);
+        }
         self.flush_handle(&h).await
     }
 
@@ -456,6 +460,9 @@ impl Store {
             }
             Ok::<(), ConflictableTransactionError<()>>(())
         });
+        if moved.is_ok() {
+            uncount(h);
+        }
         match moved {
             Ok(()) => tracing::error!(
                 msg = %id,
@@ -499,6 +506,24 @@ impl Store {
         self.current().map_or(0, |h| h.envelopes.len())
     }
 
+    /// Number of queued messages as counted along (0 while the store is unavailable): no
+    /// scan, for the metrics.
+    pub fn count(&self) -> usize {
+        self.current()
+            .map_or(0, |h| h.count.load(Ordering::Relaxed))
+    }
+
+    /// When the oldest queued message was received (Unix seconds): the first record, since
+    /// ids sort by arrival. `None` when the queue is empty, unavailable, or that record does
+    /// not decode.
+    pub fn oldest_received_at(&self) -> Option<u64> {
+        let h = self.current().ok()?;
+        let (_, v) = h.envelopes.first().ok()??;
+        serde_json::from_slice::<Record>(&v)
+            .ok()
+            .map(|r| r.envelope.received_at)
+    }
+
     /// True when no message is queued (or the store is unavailable).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -508,6 +533,13 @@ impl Store {
     pub fn corrupt_len(&self) -> usize {
         self.current().map_or(0, |h| h.corrupt.len())
     }
+}
+
+/// One message fewer in `h` (never below zero).
+fn uncount(h: &Handle) {
+    let _ = h
+        .count
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 fn zero_id() -> MessageId {
