@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Greeting latency of the SMTP listener while 8 clients scrape /metrics without pause.
-Usage: measure.py fill SUBMISSION_PORT N  |  measure.py measure SMTP_PORT METRICS_PORT"""
+Usage: scrape_latency.py fill SUBMISSION_PORT N  |  scrape_latency.py measure SMTP_PORT METRICS_PORT"""
 import smtplib, ssl, socket, sys, threading, time, statistics, urllib.request
 
 def fill(port, n, threads=8):
