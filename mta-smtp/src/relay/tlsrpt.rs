@@ -180,7 +180,14 @@ impl TlsReports {
             let to: Vec<Address> = rua
                 .iter()
                 .filter_map(|uri| match uri {
-                    ReportUri::Mail(m) => Address::parse(m).ok(),
+                    // A DNS answer must not choose an IP address to send mail to.
+                    ReportUri::Mail(m) => Address::parse(m).ok().filter(|a| {
+                        let literal = a.domain().is_literal();
+                        if literal {
+                            warn!(%domain, rua = %a, "TLS report address is an address literal; skipped");
+                        }
+                        !literal
+                    }),
                     ReportUri::Http(url) => {
                         warn!(%domain, %url, "TLS reports over HTTPS are not supported; skipped");
                         None
