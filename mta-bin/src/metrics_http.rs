@@ -2,6 +2,10 @@
 //! [`mta_core::metrics::METRICS`] in the OpenMetrics text format; anything else gets `404` or
 //! `405`. One request per connection, the request head bounded in size and time, so a scraper
 //! that misbehaves costs one short-lived task.
+//!
+//! A scrape reads counters, never the queue: the message count is kept up to date by the
+//! store and the oldest message is the first record. At most [`MAX_SCRAPES`] scrapes are
+//! answered at once; more get `503` at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +24,8 @@ use tracing::warn;
 const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes answered at once.
+pub const MAX_SCRAPES: usize = 4;
 
 /// Binds `addr`; the returned address has the real port when `addr` asked for port 0.
 ///
@@ -36,22 +42,32 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)>
 /// Serves scrapes until `stop` turns true.
 pub async fn serve(listener: TcpListener, queue: Arc<Queue>, mut stop: watch::Receiver<bool>) {
     let mut backoff = AcceptBackoff::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             a = listener.accept() => a,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
                 let unlogged = backoff.succeeded();
                 if unlogged > 0 {
                     warn!(unlogged, "metrics accepting again after failures");
                 }
                 let queue = queue.clone();
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tokio::spawn(async move {
+                        let busy = "too many scrapes at once\n";
+                        let _ = respond(&mut stream, "503 Service Unavailable", "text/plain", busy)
+                            .await;
+                    });
+                    continue;
+                };
                 tokio::spawn(async move {
                     if let Err(e) = answer(stream, &queue).await {
                         warn!(error = %e, "metrics request failed");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -145,22 +161,18 @@ async fn respond(
     stream.shutdown().await
 }
 
-/// The queue's size and the age of its oldest message (time in the queue), read at scrape
-/// time. A store that cannot be read sets `mta_queue_store_unavailable` and leaves the
-/// last values: an empty queue it does not know of would silence the alerts.
+/// The queue's size (counted along by the store) and the time its oldest message (the first
+/// record, as ids sort by arrival) has spent in the queue, without reading the rest of the
+/// queue. A store that cannot be read sets `mta_queue_store_unavailable` and leaves the last
+/// values: an empty queue it does not know of would silence the alerts.
 fn update_queue_gauges(queue: &Queue) {
-    let records = match queue.list() {
-        Ok((records, _corrupt)) => records,
+    let oldest = match queue.store().oldest_record() {
+        Ok(first) => first.map_or(0, |r| mta_queue::scheduler::time_in_queue(&r).as_secs()),
         Err(e) => {
             warn!(error = %e, "metrics: cannot read the queue");
             METRICS.set_queue_unavailable();
             return;
         }
     };
-    let oldest = records
-        .iter()
-        .map(|r| mta_queue::scheduler::time_in_queue(r).as_secs())
-        .max()
-        .unwrap_or(0);
-    METRICS.set_queue(records.len(), oldest);
+    METRICS.set_queue(queue.store().count(), oldest);
 }

@@ -112,6 +112,10 @@ impl Deliver for Switch {
         let router = self.get();
         Box::pin(async move { router.deliver(envelope, body, recipients).await })
     }
+
+    fn is_local(&self, recipient: &Address) -> bool {
+        self.get().is_local(recipient)
+    }
 }
 
 /// What a reload needs to reach: the config file, the server's current [`Shared`], the router
@@ -123,8 +127,11 @@ pub struct Reloader {
     pub current: Current,
     /// The scheduler's router.
     pub router: Arc<Switch>,
-    /// The downgrade memory and TLS report counts, kept over reloads.
+    /// The downgrade memory, TLS report counts, connection slots and suspended
+    /// destinations, kept over reloads.
     pub kept: Kept,
+    /// Tells the tasks that read the config as they go (TLS reports) which one is in force.
+    pub config: tokio::sync::watch::Sender<Arc<Config>>,
 }
 
 impl Reloader {
@@ -133,8 +140,13 @@ impl Reloader {
     /// # Errors
     /// Why the new config was refused; the old one is still in force.
     pub fn reload(&self) -> anyhow::Result<()> {
-        let new = crate::load_config(self.path.as_deref())?;
+        let mut new = crate::load_config(self.path.as_deref())?;
         let old = self.current.get();
+        if self.path.is_none() {
+            // The built-in defaults: `serve` may have allowed root for a first try, and
+            // reading the defaults again changes nothing about who runs.
+            new.process = old.config.process.clone();
+        }
         let needs_restart = restart_only(&old.config, &new);
         if !needs_restart.is_empty() {
             bail!(
@@ -153,14 +165,35 @@ impl Reloader {
             checks: parts.checks,
         });
         self.router.replace(parts.router);
+        self.config.send_replace(parts.config);
         Ok(())
     }
 }
 
 /// The keys that differ between `old` and `new` but are only read at start-up: the sockets,
-/// the store, the session limit, and the queue's settings.
+/// the store, the session limit, the queue's settings, who the process runs as and its
+/// sandbox (applied once, before any input is read), and the outbound connection slots
+/// (shared by every relay a reload builds, so that their limits hold across reloads).
 fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     let mut changed = Vec::new();
+    let process = [
+        ("user", old.process.user != new.process.user),
+        ("group", old.process.group != new.process.group),
+        (
+            "allow_root",
+            old.process.allow_root != new.process.allow_root,
+        ),
+        ("sandbox", old.process.sandbox != new.process.sandbox),
+        (
+            "outbound.max_connections",
+            old.outbound.max_connections != new.outbound.max_connections,
+        ),
+        (
+            "outbound.max_per_domain",
+            old.outbound.max_per_domain != new.outbound.max_per_domain,
+        ),
+    ];
+    changed.extend(process.iter().filter(|(_, c)| *c).map(|(k, _)| *k));
     if old.hostname != new.hostname {
         changed.push("hostname");
     }

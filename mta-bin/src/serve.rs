@@ -320,10 +320,10 @@ async fn serve(
     said: Said,
 ) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
-    let kept = Kept {
-        memory: Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory)),
-        reports: Default::default(),
-    };
+    let kept = Kept::new(
+        &config,
+        Arc::new(TlsMemory::open(data_dir, config.outbound.tls_memory)),
+    );
     let users = Arc::new(users::UsersFile::open(data_dir)?);
     let parts = Parts::with_tls(
         config.clone(),
@@ -356,11 +356,13 @@ async fn serve(
         },
         sockets,
     )?;
+    let (config_tx, config_rx) = watch::channel(config.clone());
     let reloader = Reloader {
         path,
         current: server.current(),
         router: router.clone(),
         kept: kept.clone(),
+        config: config_tx,
     };
     let (reload_tx, mut reload_rx) = mpsc::channel(4);
     let hooks = control::Hooks {
@@ -408,7 +410,7 @@ async fn serve(
         tokio::spawn(mta_smtp::relay::tlsrpt::run(
             kept.reports.clone(),
             queue.clone(),
-            config.clone(),
+            config_rx,
             stopped.clone(),
         ));
     }

@@ -287,6 +287,18 @@ pub struct Outbound {
     pub max_per_domain: usize,
     /// How long one TCP connect to an MX host or the smarthost may take. Default 30 s.
     pub connect_timeout: Duration,
+    /// How long one connection may serve one attempt, from the TCP connect to the end of
+    /// the transaction (greeting, EHLO, TLS, AUTH and the transaction together). Default
+    /// 10 minutes.
+    pub connection_timeout: Duration,
+    /// How long one attempt for one destination domain may take over all its hosts.
+    /// Default 15 minutes.
+    pub attempt_timeout: Duration,
+    /// Internal addresses (loopback, unspecified, link-local, and private ones under
+    /// `refuse_private`) that mail may still be sent to. Default none.
+    pub allow_internal: Vec<ipnet::IpNet>,
+    /// Refuse private addresses (RFC 1918, RFC 6598, RFC 4193) too. Default false.
+    pub refuse_private: bool,
     /// How long a domain that took mail over verified TLS keeps needing it (downgrade
     /// memory), counted from its last such delivery. Default 30 days.
     pub tls_memory: Duration,

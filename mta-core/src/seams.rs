@@ -71,6 +71,14 @@ pub trait Deliver: Send + Sync {
         body: &'a [u8],
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>>;
+
+    /// Whether `recipient` is delivered on this host (Maildir or LMTP), so that the
+    /// scheduler gives it a lane of its own that remote delivery never fills. The default
+    /// says no: everything is remote.
+    fn is_local(&self, recipient: &Address) -> bool {
+        let _ = recipient;
+        false
+    }
 }
 
 /// The user database as the session sees it.

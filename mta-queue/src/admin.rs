@@ -3,9 +3,10 @@
 //! [`Store`](crate::Store) API; the CLI reaches these through the control socket of a
 //! running server or on a store it opened itself.
 //!
-//! Race with delivery: retry, delete and bounce first [`claim`](crate::Queue::claim) the
-//! message, which waits for a delivery attempt in progress to record its result and keeps
-//! the scheduler off the message until the action is done. `flush_all` only moves messages
+//! Race with delivery: retry and bounce first [`claim`](crate::Queue::claim) the message,
+//! which waits for a delivery attempt in progress to record its result and keeps the
+//! scheduler off the message until the action is done; delete cancels the attempt instead
+//! ([`claim_cancelling`](crate::Queue::claim_cancelling)). `flush_all` only moves messages
 //! scheduled later than now, which no attempt is working on.
 
 use serde::{Deserialize, Serialize};
@@ -140,7 +141,9 @@ impl crate::Queue {
     /// # Errors
     /// [`StoreError`] on a read, write or flush failure.
     pub async fn delete(&self, id: &MessageId) -> Result<bool, StoreError> {
-        let Some(_claim) = self.claim(id).await else {
+        // An attempt in progress is cancelled, not waited for: it may be stuck on a host
+        // that never answers, and its result no longer matters.
+        let Some(_claim) = self.claim_cancelling(id).await else {
             return Err(StoreError::Busy(id.to_string()));
         };
         let Some((record, _)) = self.store().load(id)? else {
@@ -149,6 +152,7 @@ impl crate::Queue {
         self.store()
             .update(&record, record.next_attempt_ms, true)
             .await?;
+        self.forget(id);
         warn!(msg = %id, sender = %record.envelope.sender, "deleted by operator");
         Ok(true)
     }

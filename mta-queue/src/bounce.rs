@@ -406,8 +406,8 @@ fn clean(text: &str, max: usize) -> String {
 impl crate::Queue {
     /// Builds the DSN for `rcpts` of `original` and queues it durably as a new message
     /// from `<>` to the original sender; the scheduler is woken to deliver it. Returns the
-    /// DSN's queue id, or `None` when no DSN is due (the original sender is `<>`, or
-    /// `rcpts` is empty).
+    /// DSN's queue id, or `None` when no DSN is due (the original sender is `<>` or an
+    /// address literal, or `rcpts` is empty).
     ///
     /// # Errors
     /// [`StoreError`] when the DSN cannot be stored; nothing was queued then.
@@ -421,6 +421,12 @@ impl crate::Queue {
         let Some(to) = original.sender.address() else {
             return Ok(None);
         };
+        if to.domain().is_literal() {
+            // Anyone can write `MAIL FROM:<x@[10.0.0.1]>`: a bounce would then be mail we
+            // send to an address of their choosing, inside our network or not.
+            tracing::warn!(msg = %original.id, sender = %to, "no DSN: the sender is an address literal");
+            return Ok(None);
+        }
         // The id and date are for people (wall clock); the schedule is on the queue clock.
         let now = wall_ms();
         let clock = clock::reading();

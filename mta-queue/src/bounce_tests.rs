@@ -385,3 +385,28 @@ async fn send_dsn_queues_a_bounce_to_the_sender() {
     );
     assert_eq!(queue.store().len(), 1);
 }
+
+#[tokio::test]
+async fn no_dsn_to_an_address_literal() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let queue = crate::Queue::open(
+        dir.path(),
+        QueueSettings::new(Domain::parse("mx.test").expect("domain")),
+    )
+    .expect("open queue");
+    let rcpts = [rcpt(
+        "b@remote.test",
+        "5.1.1",
+        "550 5.1.1 no such user",
+        None,
+    )];
+    for literal in ["x@[127.0.0.12]", "x@[IPv6:::1]", "x@[192.0.2.1]"] {
+        let orig = original(ReversePath::Address(addr(literal)));
+        let sent = queue
+            .send_dsn(DsnKind::Failed, &orig, &rcpts, BODY)
+            .await
+            .expect("no error");
+        assert_eq!(sent, None, "{literal}");
+    }
+    assert_eq!(queue.store().len(), 0);
+}

@@ -2,10 +2,19 @@
 //! due messages with bounded concurrency, calls [`Deliver`], records every recipient's
 //! outcome, and reschedules what is left with backoff.
 //!
+//! Two lanes, so that local delivery never waits behind remote delivery: a message with a
+//! pending local recipient ([`Deliver::is_local`]) runs in the local lane
+//! ([`LOCAL_CONCURRENCY`] attempts), which delivers only its local recipients and then
+//! makes the message due again at once for the remote lane (`concurrency` attempts), which
+//! delivers the rest. However long remote attempts take, the local lane stays free.
+//!
+//! `mta queue delete` cancels an attempt in progress (the delivery is dropped, nothing is
+//! recorded) instead of waiting for it to end.
+//!
 //! A crash between "delivered" and "recorded" leaves the old schedule entry in place, so
 //! the message is tried again after a restart: it may be delivered twice, never zero times.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -77,12 +86,49 @@ impl QueueSettings {
     }
 }
 
+/// Attempts that run at once in the local lane.
+pub const LOCAL_CONCURRENCY: usize = 16;
+
+/// Due entries looked at in one pass while the remote lane is full and the local lane is
+/// not, to find the messages for local delivery among those waiting for remote delivery.
+const SCAN: usize = 10_000;
+
+/// Messages loaded in one pass to find their lane (a message's lane is remembered after).
+const CLASSIFY: usize = 256;
+
+/// Lanes remembered at once; past this the memory starts afresh.
+const MAX_LANES: usize = 200_000;
+
+/// Which lane a message's next attempt runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// Only its local recipients.
+    Local,
+    /// All its pending recipients.
+    Remote,
+}
+
+/// Who holds a message: an attempt (which the notify cancels), an attempt that was
+/// cancelled and hands the message to the operator waiting for it, or an operator's action.
+enum Holder {
+    Attempt(Arc<Notify>),
+    Handover,
+    Operator,
+}
+
 /// The durable queue: the store, plus what the scheduler needs to run it.
 pub struct Queue {
     store: Store,
     wake: Notify,
-    inflight: Mutex<HashSet<MessageId>>,
+    inflight: Mutex<HashMap<MessageId, Holder>>,
+    lanes: Mutex<HashMap<MessageId, Lane>>,
     settings: QueueSettings,
+}
+
+/// The slots of both lanes.
+struct Slots {
+    local: Arc<Semaphore>,
+    remote: Arc<Semaphore>,
 }
 
 impl Queue {
@@ -94,7 +140,8 @@ impl Queue {
         Ok(Arc::new(Queue {
             store: Store::open(path)?,
             wake: Notify::new(),
-            inflight: Mutex::new(HashSet::new()),
+            inflight: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
             settings,
         }))
     }
@@ -115,14 +162,18 @@ impl Queue {
     }
 
     /// Runs the scheduler until `shutdown` turns true, then waits for attempts in progress
-    /// to record their results. At most `concurrency` attempts run at once.
+    /// to record their results. At most `concurrency` attempts run at once in the remote
+    /// lane, and [`LOCAL_CONCURRENCY`] in the local lane.
     pub async fn run(
         self: Arc<Self>,
         deliver: Arc<dyn Deliver>,
         concurrency: usize,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let slots = Arc::new(Semaphore::new(concurrency.max(1)));
+        let slots = Slots {
+            local: Arc::new(Semaphore::new(LOCAL_CONCURRENCY)),
+            remote: Arc::new(Semaphore::new(concurrency.max(1))),
+        };
         // DESIGN: on start, everything not finished is tried again now.
         match self.store.reschedule_all(now_ms()).await {
             Ok(0) => {}
@@ -151,31 +202,73 @@ impl Queue {
             }
         }
         // Let attempts in progress finish and record their outcome.
-        let _all = slots.acquire_many(concurrency.max(1) as u32).await;
+        let _remote = slots.remote.acquire_many(concurrency.max(1) as u32).await;
+        let _local = slots.local.acquire_many(LOCAL_CONCURRENCY as u32).await;
     }
 
     fn start_due(
         self: &Arc<Self>,
         now: u64,
-        slots: &Arc<Semaphore>,
+        slots: &Slots,
         deliver: &Arc<dyn Deliver>,
     ) -> Result<(), StoreError> {
-        let limit = slots.available_permits() + self.inflight_count();
+        let (local, remote) = (
+            slots.local.available_permits(),
+            slots.remote.available_permits(),
+        );
+        if local == 0 && remote == 0 {
+            return Ok(());
+        }
+        // With a full remote lane, the local messages may be far down the schedule.
+        let limit = match remote {
+            0 => SCAN,
+            _ => local + remote + self.inflight_count(),
+        };
+        let mut classified = 0;
         for (due_ms, id) in self.store.due(now, limit.max(1))? {
+            if slots.local.available_permits() == 0 && slots.remote.available_permits() == 0 {
+                break;
+            }
             if self.inflight_contains(&id) {
                 continue;
             }
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                break;
+            let lane = match self.remembered_lane(&id) {
+                Some(lane) => lane,
+                None if classified < CLASSIFY => {
+                    classified += 1;
+                    self.classify(&id, deliver.as_ref())
+                }
+                None => continue,
             };
-            self.inflight_set(&id, true);
+            let lane_slots = match lane {
+                Lane::Local => &slots.local,
+                Lane::Remote => &slots.remote,
+            };
+            let Ok(permit) = lane_slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let cancel = Arc::new(Notify::new());
+            self.inflight
+                .lock()
+                .expect("inflight lock poisoned")
+                .insert(id.clone(), Holder::Attempt(cancel.clone()));
             let queue = self.clone();
             let deliver = deliver.clone();
             let span = info_span!("msg", id = %id);
             tokio::spawn(
                 async move {
-                    queue.attempt(deliver.as_ref(), due_ms, &id).await;
-                    queue.inflight_set(&id, false);
+                    let ended = queue
+                        .attempt(deliver.as_ref(), due_ms, &id, lane, &cancel)
+                        .await;
+                    match ended {
+                        Ended::Recorded => queue.inflight_set(&id, false),
+                        // Straight to the operator who cancelled it, before the scheduler
+                        // could start the message again.
+                        Ended::Cancelled => {
+                            let mut map = queue.inflight.lock().expect("inflight lock poisoned");
+                            map.insert(id.clone(), Holder::Handover);
+                        }
+                    }
                     drop(permit);
                     queue.wake.notify_one();
                 }
@@ -183,6 +276,40 @@ impl Queue {
             );
         }
         Ok(())
+    }
+
+    fn remembered_lane(&self, id: &MessageId) -> Option<Lane> {
+        self.lanes
+            .lock()
+            .expect("lanes lock poisoned")
+            .get(id)
+            .copied()
+    }
+
+    fn remember_lane(&self, id: &MessageId, lane: Option<Lane>) {
+        let mut lanes = self.lanes.lock().expect("lanes lock poisoned");
+        match lane {
+            Some(lane) => {
+                if lanes.len() >= MAX_LANES {
+                    lanes.clear();
+                }
+                lanes.insert(id.clone(), lane);
+            }
+            None => {
+                lanes.remove(id);
+            }
+        }
+    }
+
+    /// The lane of a message not seen yet: local when a local recipient is pending. One
+    /// that cannot be loaded goes to the remote lane, whose attempt reports or removes it.
+    fn classify(&self, id: &MessageId, deliver: &dyn Deliver) -> Lane {
+        let lane = match self.store.load(id) {
+            Ok(Some((record, _))) => lane_of(&record.envelope, deliver),
+            Ok(None) | Err(_) => return Lane::Remote,
+        };
+        self.remember_lane(id, Some(lane));
+        lane
     }
 
     /// How long to sleep when nothing else wakes us: until the next due message, at most a
@@ -201,14 +328,30 @@ impl Queue {
     /// attempt is working on it, then keeps the scheduler off it until the [`Claim`] is
     /// dropped. `None` when an attempt did not finish in time.
     pub async fn claim(&self, id: &MessageId) -> Option<Claim<'_>> {
+        self.claim_with(id, false).await
+    }
+
+    /// [`Queue::claim`] for an action that makes the attempt pointless (deleting the
+    /// message): an attempt in progress is cancelled rather than waited for. It stops
+    /// before recording anything; once it is recording, that is waited for.
+    pub async fn claim_cancelling(&self, id: &MessageId) -> Option<Claim<'_>> {
+        self.claim_with(id, true).await
+    }
+
+    async fn claim_with(&self, id: &MessageId, cancel: bool) -> Option<Claim<'_>> {
         for _ in 0..600 {
             {
-                let mut set = self.inflight.lock().expect("inflight lock poisoned");
-                if set.insert(id.clone()) {
-                    return Some(Claim {
-                        queue: self,
-                        id: id.clone(),
-                    });
+                let mut map = self.inflight.lock().expect("inflight lock poisoned");
+                match map.get(id) {
+                    None | Some(Holder::Handover) => {
+                        map.insert(id.clone(), Holder::Operator);
+                        return Some(Claim {
+                            queue: self,
+                            id: id.clone(),
+                        });
+                    }
+                    Some(Holder::Attempt(stop)) if cancel => stop.notify_one(),
+                    Some(_) => {}
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -220,7 +363,7 @@ impl Queue {
         self.inflight
             .lock()
             .expect("inflight lock poisoned")
-            .contains(id)
+            .contains_key(id)
     }
 
     fn inflight_count(&self) -> usize {
@@ -228,16 +371,29 @@ impl Queue {
     }
 
     fn inflight_set(&self, id: &MessageId, on: bool) {
-        let mut set = self.inflight.lock().expect("inflight lock poisoned");
+        let mut map = self.inflight.lock().expect("inflight lock poisoned");
         if on {
-            set.insert(id.clone());
+            map.insert(id.clone(), Holder::Operator);
         } else {
-            set.remove(id);
+            map.remove(id);
         }
     }
 
-    /// One delivery attempt for every pending recipient of one message.
-    async fn attempt(&self, deliver: &dyn Deliver, due_ms: u64, id: &MessageId) {
+    /// Forgets what the scheduler remembers of a message that is gone.
+    pub(crate) fn forget(&self, id: &MessageId) {
+        self.remember_lane(id, None);
+    }
+
+    /// One delivery attempt for the pending recipients of one message that `lane` covers;
+    /// returns early, recording nothing, when `cancel` is notified during delivery.
+    async fn attempt(
+        &self,
+        deliver: &dyn Deliver,
+        due_ms: u64,
+        id: &MessageId,
+        lane: Lane,
+        cancel: &Notify,
+    ) -> Ended {
         let (mut record, body) = match self.store.load(id) {
             Ok(Some(loaded)) => loaded,
             Ok(None) => {
@@ -246,11 +402,11 @@ impl Queue {
                 if let Err(e) = self.store.unschedule(due_ms, id).await {
                     error!(error = %e, "cannot remove a stale schedule entry");
                 }
-                return;
+                return Ended::Recorded;
             }
             Err(e) => {
                 error!(error = %e, "cannot load queued message");
-                return;
+                return Ended::Recorded;
             }
         };
         let pending: Vec<Address> = record
@@ -258,12 +414,19 @@ impl Queue {
             .recipients
             .iter()
             .filter(|r| r.state == RcptState::Pending)
+            .filter(|r| lane == Lane::Remote || deliver.is_local(&r.address))
             .map(|r| r.address.clone())
             .collect();
         let outcomes = if pending.is_empty() {
             Vec::new()
         } else {
-            deliver.deliver(&record.envelope, &body, &pending).await
+            tokio::select! {
+                outcomes = deliver.deliver(&record.envelope, &body, &pending) => outcomes,
+                () = cancel.notified() => {
+                    info!("attempt cancelled: the message is being deleted");
+                    return Ended::Cancelled;
+                }
+            }
         };
         let clock = clock::reading();
         let now = clock.now_ms;
@@ -298,6 +461,18 @@ impl Queue {
             rand::random::<f64>(),
         );
         record.next_attempt_ms = now + wait.as_millis() as u64;
+        // The local lane tried only the local recipients: the others are due now, in the
+        // remote lane; after that, lanes follow the pending recipients again.
+        let untried_remote = lane == Lane::Local && !lane_remote_only(&record.envelope, deliver);
+        let next_lane = match (finished, untried_remote) {
+            (true, _) => None,
+            (false, true) => {
+                record.next_attempt_ms = now;
+                Some(Lane::Remote)
+            }
+            (false, false) => Some(lane_of(&record.envelope, deliver)),
+        };
+        self.remember_lane(id, next_lane);
         match self.store.update(&record, due_ms, finished).await {
             Ok(()) if finished => info!("done, removed from queue"),
             Ok(()) => {
@@ -307,6 +482,7 @@ impl Queue {
                 error!(error = %e, "cannot record delivery result; the attempt will be repeated")
             }
         }
+        Ended::Recorded
     }
 }
 
@@ -375,6 +551,34 @@ impl Queue {
             Err(e) => error!(error = %e, "could not queue the delay notice; will try again"),
         }
     }
+}
+
+/// How an attempt ended.
+enum Ended {
+    /// Its result is recorded (or there was nothing to record).
+    Recorded,
+    /// Cancelled during delivery; nothing recorded.
+    Cancelled,
+}
+
+/// Local when a local recipient is pending.
+fn lane_of(envelope: &Envelope, deliver: &dyn Deliver) -> Lane {
+    let local = envelope
+        .recipients
+        .iter()
+        .any(|r| r.state == RcptState::Pending && deliver.is_local(&r.address));
+    match local {
+        true => Lane::Local,
+        false => Lane::Remote,
+    }
+}
+
+/// True when no remote recipient is pending.
+fn lane_remote_only(envelope: &Envelope, deliver: &dyn Deliver) -> bool {
+    !envelope
+        .recipients
+        .iter()
+        .any(|r| r.state == RcptState::Pending && !deliver.is_local(&r.address))
 }
 
 fn dsn_recipient(r: &Recipient, kind: DsnKind) -> DsnRecipient {

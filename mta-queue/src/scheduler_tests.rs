@@ -288,3 +288,112 @@ async fn scheduler_delivers_defers_and_survives_reopen() {
     assert_eq!(rec.envelope.recipients[1].attempts, 1);
     assert_eq!(body, b"hello");
 }
+
+/// Delivers `*@local.test` at once (a local domain); every other recipient hangs, like a
+/// remote host that accepts the connection and never answers. Counts attempts started.
+struct Stalling {
+    started: std::sync::atomic::AtomicUsize,
+}
+impl Deliver for Stalling {
+    fn deliver<'a>(
+        &'a self,
+        _e: &'a Envelope,
+        _body: &'a [u8],
+        rcpts: &'a [Address],
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        self.started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if rcpts.iter().any(|r| !self.is_local(r)) {
+                std::future::pending::<()>().await;
+            }
+            vec![Outcome::Delivered("maildir".into()); rcpts.len()]
+        })
+    }
+
+    fn is_local(&self, rcpt: &Address) -> bool {
+        rcpt.domain().as_str() == "local.test"
+    }
+}
+
+fn stalling() -> Arc<Stalling> {
+    Arc::new(Stalling {
+        started: Default::default(),
+    })
+}
+
+#[tokio::test]
+async fn local_delivery_never_waits_behind_remote_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(
+        dir.path(),
+        QueueSettings::new(Domain::parse("mx.test").unwrap()),
+    )
+    .unwrap();
+    let now_s = now_ms() / 1000;
+    // More stuck remote messages than the remote lane has slots, then a local one and a
+    // message for both.
+    for _ in 0..10 {
+        let e = envelope(&["x@stuck.test"], now_s);
+        queue.enqueue(e, b"hello".to_vec()).await.unwrap();
+    }
+    let local = envelope(&["a@local.test"], now_s);
+    let mixed = envelope(&["b@local.test", "y@stuck.test"], now_s);
+    queue.enqueue(local.clone(), b"hi".to_vec()).await.unwrap();
+    queue.enqueue(mixed.clone(), b"hi".to_vec()).await.unwrap();
+    let deliver = stalling();
+    let (_stop, stopped) = watch::channel(false);
+    let runner = tokio::spawn(queue.clone().run(deliver.clone(), 4, stopped));
+    let delivered = |q: &Queue| {
+        let local_gone = q.store().load(&local.id).unwrap().is_none();
+        let mixed_local = q
+            .store()
+            .load(&mixed.id)
+            .unwrap()
+            .is_some_and(|(r, _)| r.envelope.recipients[0].state == RcptState::Delivered);
+        local_gone && mixed_local
+    };
+    let mut done = false;
+    for _ in 0..500 {
+        if delivered(&queue) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    runner.abort();
+    assert!(
+        done,
+        "the local recipients were not delivered while remote attempts hang"
+    );
+}
+
+#[tokio::test]
+async fn delete_cancels_an_attempt_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(
+        dir.path(),
+        QueueSettings::new(Domain::parse("mx.test").unwrap()),
+    )
+    .unwrap();
+    let stuck = envelope(&["x@stuck.test"], now_ms() / 1000);
+    queue.enqueue(stuck.clone(), b"hi".to_vec()).await.unwrap();
+    let deliver = stalling();
+    let (_stop, stopped) = watch::channel(false);
+    let runner = tokio::spawn(queue.clone().run(deliver.clone(), 4, stopped));
+    for _ in 0..500 {
+        if deliver.started.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(deliver.started.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Well under the 30 s that a claim waits for an attempt to end.
+    let deleted = tokio::time::timeout(Duration::from_secs(10), queue.delete(&stuck.id)).await;
+    runner.abort();
+    assert!(
+        matches!(deleted, Ok(Ok(true))),
+        "delete did not return while the attempt hangs: {deleted:?}"
+    );
+    assert!(queue.store().load(&stuck.id).unwrap().is_none());
+}

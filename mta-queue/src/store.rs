@@ -345,6 +345,7 @@ impl Store {
             })
         })
         .await?;
+        h.count.fetch_add(1, Ordering::Relaxed);
         self.flush_handle(&h).await
     }
 
@@ -379,6 +380,9 @@ impl Store {
             })
         })
         .await?;
+        if finished {
+            uncount(&h);
+        }
         self.flush_handle(&h).await
     }
 
@@ -541,6 +545,9 @@ impl Store {
             }
             Ok::<(), ConflictableTransactionError<()>>(())
         });
+        if moved.is_ok() {
+            uncount(h);
+        }
         match moved {
             Ok(()) => tracing::error!(
                 msg = %id,
@@ -584,6 +591,24 @@ impl Store {
         self.current().map_or(0, |h| h.envelopes.len())
     }
 
+    /// Number of queued messages as counted along (0 while the store is unavailable): no
+    /// scan, for the metrics.
+    pub fn count(&self) -> usize {
+        self.current()
+            .map_or(0, |h| h.count.load(Ordering::Relaxed))
+    }
+
+    /// The oldest queued message's record: the first, since ids sort by arrival. `Ok(None)`
+    /// when the queue is empty or that record does not decode (it is set aside when read).
+    ///
+    /// # Errors
+    /// The store cannot be read: never taken for an empty queue.
+    pub fn oldest_record(&self) -> Result<Option<Record>, StoreError> {
+        let h = self.current()?;
+        let first = h.envelopes.first().map_err(|e| classify(&self.path, e))?;
+        Ok(first.and_then(|(_, v)| serde_json::from_slice::<Record>(&v).ok()))
+    }
+
     /// True when no message is queued (or the store is unavailable).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -593,6 +618,13 @@ impl Store {
     pub fn corrupt_len(&self) -> usize {
         self.current().map_or(0, |h| h.corrupt.len())
     }
+}
+
+/// One message fewer in `h` (never below zero).
+fn uncount(h: &Handle) {
+    let _ = h
+        .count
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 fn zero_id() -> MessageId {

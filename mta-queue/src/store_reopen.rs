@@ -54,6 +54,9 @@ pub(super) struct Handle {
     pub(super) group: crate::group_sync::GroupSync,
     /// Blob files this handle's flushes made durable, at which length (`disk::sync_files`).
     pub(super) synced: std::sync::Mutex<crate::disk::SyncedBlobs>,
+    /// Messages in `envelopes`: counted once when opened, then kept up to date by insert,
+    /// update and set-aside, so that the metrics never scan the queue.
+    pub(super) count: std::sync::atomic::AtomicUsize,
 }
 
 impl Handle {
@@ -93,8 +96,10 @@ impl Handle {
         let db = opened
             .map_err(|panic| panicked(path, panic))?
             .map_err(err)?;
+        let envelopes = db.open_tree("envelopes").map_err(err)?;
         Ok(Handle {
-            envelopes: db.open_tree("envelopes").map_err(err)?,
+            count: std::sync::atomic::AtomicUsize::new(envelopes.len()),
+            envelopes,
             bodies: db.open_tree("bodies").map_err(err)?,
             schedule: db.open_tree("schedule").map_err(err)?,
             corrupt: db.open_tree("corrupt").map_err(err)?,

@@ -301,3 +301,41 @@ async fn records_from_before_vouched_still_read() {
         assert!(rec.envelope.may_bounce());
     }
 }
+
+fn oldest_received_at(store: &Store) -> Option<u64> {
+    store.oldest_record().unwrap().map(|r| r.envelope.received_at)
+}
+
+#[tokio::test]
+async fn the_count_follows_insert_finish_and_reopen_without_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.count(), 0);
+    assert!(store.oldest_record().unwrap().is_none());
+    let mut records = Vec::new();
+    for (i, received) in [(0u64, 1000u64), (1, 2000), (2, 3000)] {
+        let mut r = record(&format!("0000000000010000000{i}"), 100);
+        r.envelope.received_at = received;
+        store.insert(&r, b"body".to_vec()).await.unwrap();
+        records.push(r);
+        assert_eq!(store.count(), store.len());
+    }
+    assert_eq!(store.count(), 3);
+    assert_eq!(oldest_received_at(&store), Some(1000));
+    // The first one finishes (delivered or deleted), the second is only rescheduled.
+    let first = &records[0];
+    store
+        .update(first, first.next_attempt_ms, true)
+        .await
+        .unwrap();
+    let second = &records[1];
+    store
+        .update(second, second.next_attempt_ms, false)
+        .await
+        .unwrap();
+    assert_eq!((store.count(), store.len()), (2, 2));
+    assert_eq!(oldest_received_at(&store), Some(2000));
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.count(), 2);
+}

@@ -180,6 +180,10 @@ impl Deliver for Router {
             finish(out)
         })
     }
+
+    fn is_local(&self, recipient: &Address) -> bool {
+        self.config.is_local_domain(recipient.domain())
+    }
 }
 
 impl Router {

@@ -86,13 +86,25 @@ pub fn base_config(dir: &Path, extra_toml: &str) -> String {
 
 /// `extra_toml`, plus `[inbound] checks = false` unless it has an `[inbound]` table: the
 /// SPF/DKIM/DMARC checks would ask the machine's resolver about the test domains, so only the
-/// tests of those checks (which bring their own DNS server) turn them on.
+/// tests of those checks (which bring their own DNS server) turn them on. Also
+/// `outbound.allow_internal` = loopback unless the text sets it: every receiving test server
+/// listens on 127.0.0.0/8 or ::1, where mail is otherwise never sent.
 pub fn with_inbound_default(extra_toml: &str) -> String {
-    if extra_toml.contains("[inbound]") {
-        extra_toml.to_string()
-    } else {
-        format!("{extra_toml}\n[inbound]\nchecks = false\n")
+    let mut text = extra_toml.to_string();
+    if !text.contains("[inbound]") {
+        text.push_str("\n[inbound]\nchecks = false\n");
     }
+    if !text.contains("allow_internal") {
+        const ALLOW: &str = "allow_internal = [\"127.0.0.0/8\", \"::1/128\"]\n";
+        text = match text.find("[outbound]\n") {
+            Some(at) => {
+                let after = at + "[outbound]\n".len();
+                format!("{}{ALLOW}{}", &text[..after], &text[after..])
+            }
+            None => format!("{text}\n[outbound]\n{ALLOW}"),
+        };
+    }
+    text
 }
 
 type Shared = Arc<Mutex<Vec<u8>>>;

@@ -176,6 +176,10 @@ pub(super) struct RawOutbound {
     pub max_connections: Option<S<i64>>,
     pub max_per_domain: Option<S<i64>>,
     pub connect_timeout: Option<S<String>>,
+    pub connection_timeout: Option<S<String>>,
+    pub attempt_timeout: Option<S<String>>,
+    pub allow_internal: Option<List>,
+    pub refuse_private: Option<bool>,
     pub tls_memory: Option<S<String>>,
     pub mta_sts: Option<bool>,
     pub mta_sts_port: Option<S<i64>>,
@@ -520,6 +524,10 @@ fn write_outbound(o: &Outbound) -> String {
          max_connections = {}\n\
          max_per_domain = {}\n\
          connect_timeout = {}\n\
+         connection_timeout = {}\n\
+         attempt_timeout = {}\n\
+         allow_internal = {}\n\
+         refuse_private = {}\n\
          tls_memory = {}\n\
          mta_sts = {}\n\
          mta_sts_port = {}\n\
@@ -532,6 +540,10 @@ fn write_outbound(o: &Outbound) -> String {
         o.max_connections,
         o.max_per_domain,
         quote(&duration::format(o.connect_timeout)),
+        quote(&duration::format(o.connection_timeout)),
+        quote(&duration::format(o.attempt_timeout)),
+        list(&o.allow_internal),
+        o.refuse_private,
         quote(&duration::format(o.tls_memory)),
         o.mta_sts,
         o.mta_sts_port,

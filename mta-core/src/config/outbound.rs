@@ -20,6 +20,10 @@ const DEFAULT_PORT: u16 = 25;
 const DEFAULT_MAX_CONNECTIONS: usize = 32;
 const DEFAULT_MAX_PER_DOMAIN: usize = 4;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+// RFC 5321 §4.5.3.2 gives 5 minutes to the greeting alone; one connection that takes twice
+// that for one message is not worth waiting for.
+const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Long enough to outlast an attacker's patience, short enough that a domain that really
 /// dropped TLS gets mail again within a month without an operator.
 const DEFAULT_TLS_MEMORY: Duration = Duration::from_secs(30 * 24 * 60 * 60);
@@ -98,6 +102,18 @@ impl Checker<'_> {
                 "outbound.connect_timeout",
                 DEFAULT_CONNECT_TIMEOUT,
             ),
+            connection_timeout: self.duration(
+                &raw.connection_timeout,
+                "outbound.connection_timeout",
+                DEFAULT_CONNECTION_TIMEOUT,
+            ),
+            attempt_timeout: self.duration(
+                &raw.attempt_timeout,
+                "outbound.attempt_timeout",
+                DEFAULT_ATTEMPT_TIMEOUT,
+            ),
+            allow_internal: self.cidrs(&raw.allow_internal),
+            refuse_private: raw.refuse_private.unwrap_or(false),
             tls_memory: self.duration(&raw.tls_memory, "outbound.tls_memory", DEFAULT_TLS_MEMORY),
             mta_sts: raw.mta_sts.unwrap_or(true),
             mta_sts_port: self.mta_sts_port(&raw.mta_sts_port),
@@ -124,6 +140,32 @@ impl Checker<'_> {
             relay: self.relay(raw),
             tls,
         }
+    }
+
+    /// `outbound.allow_internal`: CIDR blocks (`127.0.0.0/8`, `::1/128`), or single addresses
+    /// (a whole-address block).
+    fn cidrs(&mut self, list: &Option<super::file::List>) -> Vec<ipnet::IpNet> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in list.get_ref() {
+            let text = item.get_ref();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                // A block written with host bits set (`127.0.0.1/8`) means the block.
+                Ok(net) => out.push(net.trunc()),
+                Err(_) => {
+                    let msg = format!(
+                        "{text:?} is not an address block such as \"127.0.0.0/8\" or \"::1/128\""
+                    );
+                    self.error(item.span(), "outbound.allow_internal", msg);
+                }
+            }
+        }
+        out
     }
 
     /// `outbound.mta_sts_port`, 443 when not set or out of range (reported).

@@ -205,6 +205,18 @@ fn outbound_errors() {
             "mta.toml:2:19: outbound.max_connections: 0 is below the minimum of 1",
         ),
         (
+            "[outbound]\nallow_internal = [\"127.0.0.0/8\", \"localhost\", \"10.0.0.0/33\"]\n",
+            "mta.toml:2:34: outbound.allow_internal: \"localhost\" is not an address block such \
+             as \"127.0.0.0/8\" or \"::1/128\"\n\
+             mta.toml:2:47: outbound.allow_internal: \"10.0.0.0/33\" is not an address block \
+             such as \"127.0.0.0/8\" or \"::1/128\"",
+        ),
+        (
+            "[outbound]\nattempt_timeout = \"soon\"\n",
+            "mta.toml:2:19: outbound.attempt_timeout: \"soon\" is not a duration: write a \
+             positive whole number and a unit s, m, h or d, such as \"30s\" or \"5m\"",
+        ),
+        (
             "[outbound]\nmax_per_domain = -4\n",
             "mta.toml:2:18: outbound.max_per_domain: -4 is below the minimum of 1",
         ),
@@ -322,4 +334,17 @@ delay_warning = "6d"
         "mta.toml:12:17: queue.delay_warning: must be shorter than queue.max_lifetime",
     ];
     assert_eq!(errors(text), want.join("\n"));
+}
+
+#[test]
+fn allow_internal_blocks() {
+    let c =
+        parse("[outbound]\nallow_internal = [\"127.0.0.1/8\", \"::1\", \"192.0.2.7\"]\n").unwrap();
+    let blocks: Vec<String> = c
+        .outbound
+        .allow_internal
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(blocks, ["127.0.0.0/8", "::1/128", "192.0.2.7/32"]);
 }

@@ -44,6 +44,8 @@ ip = "ipv4"
 max_connections = 10
 max_per_domain = 2
 connect_timeout = "1m"
+allow_internal = ["127.0.0.1/8"]
+refuse_private = true
 relay = "Smtp.Provider.example:465"
 relay_tls = "implicit"
 relay_user = "mx@example.org"
@@ -151,6 +153,10 @@ fn defaults() {
             max_connections: 32,
             max_per_domain: 4,
             connect_timeout: Duration::from_secs(30),
+            connection_timeout: Duration::from_secs(600),
+            attempt_timeout: Duration::from_secs(900),
+            allow_internal: vec![],
+            refuse_private: false,
             tls_memory: Duration::from_secs(30 * 86_400),
             mta_sts: true,
             mta_sts_port: 443,
@@ -290,6 +296,10 @@ fn full_example() {
         max_connections: 10,
         max_per_domain: 2,
         connect_timeout: Duration::from_secs(60),
+        connection_timeout: Duration::from_secs(600),
+        attempt_timeout: Duration::from_secs(900),
+        allow_internal: vec!["127.0.0.0/8".parse().unwrap()],
+        refuse_private: true,
         tls_memory: Duration::from_secs(30 * 86_400),
         mta_sts: true,
         mta_sts_port: 443,

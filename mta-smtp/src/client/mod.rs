@@ -369,6 +369,10 @@ pub enum ClientError {
         /// What we were doing.
         phase: Phase,
     },
+    /// The connection as a whole took longer than `outbound.connection_timeout`, however
+    /// each step kept within its own timeout.
+    #[error("the connection took longer than outbound.connection_timeout")]
+    Deadline,
 }
 
 impl ClientError {
@@ -390,14 +394,16 @@ impl ClientError {
             | ClientError::TlsRequiredButFailed(_)
             | ClientError::AuthNotOffered { .. }
             | ClientError::Protocol { .. }
-            | ClientError::Closed { .. } => false,
+            | ClientError::Closed { .. }
+            | ClientError::Deadline => false,
         }
     }
 
     /// Where in the dialogue the error happened, for logs.
     pub fn phase(&self) -> Phase {
         match self {
-            ClientError::Connect { .. } => Phase::Connect,
+            // Which step was running when the deadline struck is not known here.
+            ClientError::Connect { .. } | ClientError::Deadline => Phase::Connect,
             ClientError::Timeout { phase }
             | ClientError::Io { phase, .. }
             | ClientError::Rejected { phase, .. }

@@ -7,9 +7,18 @@
 //! Next host on a failed connection, a refused greeting, or a TLS failure where the policy
 //! demands TLS. Once a transaction has started on a host, its answer is final for this
 //! attempt (another host could otherwise receive the message twice).
+//!
+//! Bounds, so that one slow or hostile destination costs little and reaches nothing
+//! internal: at most [`MAX_HOSTS`] MX hosts and [`MAX_ADDRESSES`] addresses of each per
+//! attempt (Postfix's limits); a connection slot for the domain before one of the overall
+//! slots ([`limits`]); `outbound.connection_timeout` for each connection and
+//! `outbound.attempt_timeout` for the attempt; destinations whose connections keep
+//! failing are suspended ([`limits::Suspensions`]); addresses inside our own networks and
+//! our own listeners are refused ([`mx::refused`]).
 
 mod ad;
 pub mod dane;
+pub mod limits;
 pub mod memory;
 pub mod mta_sts;
 pub mod mx;
@@ -34,7 +43,6 @@ use mta_core::metrics::METRICS;
 use mta_core::seams::Outcome;
 use mta_core::text::escape;
 use rustls::RootCertStore;
-use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::client::reply::{MAX_KEPT_TEXT, cut};
@@ -47,14 +55,45 @@ use memory::TlsMemory;
 use tlsrpt::{ReportPolicy, Session, TlsReports};
 
 /// What the relay keeps from one config to the next (a reload builds a new relay): the
-/// downgrade memory and the TLS report counts.
+/// downgrade memory, the TLS report counts, the connection slots and the suspended
+/// destinations.
 #[derive(Clone)]
 pub struct Kept {
     /// Domains that had verified TLS.
     pub memory: Arc<TlsMemory>,
     /// This period's TLS report counts.
     pub reports: Arc<TlsReports>,
+    /// The outbound connection slots (`outbound.max_connections`, `max_per_domain`).
+    pub limits: Arc<limits::Limits>,
+    /// Destinations whose connections keep failing.
+    pub dead: Arc<limits::Suspensions>,
 }
+
+impl Kept {
+    /// A fresh set for `config` at start-up, with the downgrade memory `memory`.
+    pub fn new(config: &Config, memory: Arc<TlsMemory>) -> Kept {
+        Kept {
+            memory,
+            reports: Default::default(),
+            limits: Arc::new(limits::Limits::new(
+                config.outbound.max_connections,
+                config.outbound.max_per_domain,
+            )),
+            dead: Default::default(),
+        }
+    }
+}
+
+/// MX hosts tried per attempt, in preference order (Postfix's `smtp_mx_address_limit`): an
+/// MX answer of hundreds of records must not make one message open hundreds of
+/// connections.
+pub const MAX_HOSTS: usize = 5;
+/// Addresses tried per MX host.
+pub const MAX_ADDRESSES: usize = 2;
+/// How long an attempt waits for one of its domain's slots before it is deferred: the
+/// scheduler's remote attempts must not all sit waiting for one busy (or stalled) domain
+/// while messages for other domains wait for an attempt.
+pub const SLOT_PATIENCE: Duration = Duration::from_secs(30);
 use mx::{DnsFailure, Route};
 
 /// Why the relay could not be set up (at start-up, so the operator sees it at once).
@@ -105,8 +144,8 @@ pub struct Relay {
     webpki: Arc<RootCertStore>,
     domain_roots: HashMap<Domain, Arc<RootCertStore>>,
     smarthost: Option<Smarthost>,
-    all: Arc<Semaphore>,
-    per_domain: slots::DomainSlots,
+    limits: Arc<limits::Limits>,
+    dead: Arc<limits::Suspensions>,
     memory: Arc<TlsMemory>,
     reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
@@ -168,8 +207,8 @@ impl Relay {
         };
         Ok(Relay {
             idle: Mutex::new(HashMap::new()),
-            all: Arc::new(Semaphore::new(out.max_connections)),
-            per_domain: slots::DomainSlots::new(out.max_per_domain),
+            limits: kept.limits,
+            dead: kept.dead,
             config,
             resolver,
             webpki,
@@ -193,6 +232,7 @@ impl Relay {
     }
 
     /// One attempt for `rcpts` (all in `domain`) of one message; one outcome per recipient.
+    /// Ends within `outbound.attempt_timeout`, waiting for a connection slot included.
     pub async fn deliver(
         &self,
         envelope: &Envelope,
@@ -200,9 +240,65 @@ impl Relay {
         domain: &Domain,
         rcpts: &[Address],
     ) -> Vec<Outcome> {
-        let _all = self.all.acquire().await;
-        let slots = self.per_domain.of(domain);
-        let _one = slots.acquire().await;
+        let limit = self.config.outbound.attempt_timeout;
+        match tokio::time::timeout(limit, self.attempt(envelope, body, domain, rcpts)).await {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                warn!(%domain, timeout = ?limit, "attempt took longer than outbound.attempt_timeout");
+                let why = format!(
+                    "4.4.1 no host for {domain} took the message within \
+                     outbound.attempt_timeout ({} s)",
+                    limit.as_secs()
+                );
+                vec![Outcome::Deferred(why); rcpts.len()]
+            }
+        }
+    }
+
+    /// Where the suspension of dead destinations counts: the smarthost, or the domain.
+    fn destination(&self, domain: &Domain) -> String {
+        match &self.smarthost {
+            Some(s) => format!("smarthost {}:{}", s.host, s.port),
+            None => domain.to_string(),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        domain: &Domain,
+        rcpts: &[Address],
+    ) -> Vec<Outcome> {
+        let destination = self.destination(domain);
+        let interval = self.config.queue.retry_first;
+        // A suspended destination is deferred before it waits for a slot: its messages must
+        // not queue up behind the one probe.
+        let _probe = match self.dead.admit(&destination, interval, Instant::now()) {
+            limits::Admit::Go => None,
+            limits::Admit::Probe(p) => {
+                info!(%destination, "probing a suspended destination");
+                Some(p)
+            }
+            limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+        };
+        let Some(_slot) = self.limits.acquire(domain, SLOT_PATIENCE).await else {
+            let why = format!(
+                "4.4.5 all {} connection slots for {domain} stayed busy (outbound.max_per_domain)",
+                self.config.outbound.max_per_domain
+            );
+            return vec![Outcome::Deferred(why); rcpts.len()];
+        };
+        // Suspended while this attempt waited for its slot: the others that waited with it
+        // must not all connect now.
+        let _probe = match _probe {
+            Some(p) => Some(p),
+            None => match self.dead.admit(&destination, interval, Instant::now()) {
+                limits::Admit::Go => None,
+                limits::Admit::Probe(p) => Some(p),
+                limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+            },
+        };
         let msg = OutgoingMessage {
             from: &envelope.sender,
             rcpts,
@@ -248,9 +344,13 @@ impl Relay {
             .map_or(PolicySource::Opportunistic, |p| p.source);
         // A connection left open by an earlier message to the same place: RSET proves it is
         // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
+        let limit = self.config.outbound.connection_timeout;
         while let Some(mut idle) = self.take_idle(&key(first)) {
-            if idle.conn.reset().await.is_ok() {
-                let result = idle.conn.send(&msg).await;
+            let deadline = tokio::time::Instant::now() + limit;
+            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, idle.conn.reset()).await {
+                let result = tokio::time::timeout_at(deadline, idle.conn.send(&msg))
+                    .await
+                    .unwrap_or(Err(ClientError::Deadline));
                 let outcomes = self.outcomes(&idle.target, &idle.tls, rcpts, &result);
                 self.remember(remember, idle.conn.tls(), &outcomes);
                 if result.is_ok() && idle.conn.reusable() {
@@ -262,7 +362,9 @@ impl Relay {
         let mut last = String::from("no host to try");
         let mut tls_failed = false;
         let mut source = first;
-        for plan in &plans {
+        // Addresses not connected to because they are internal, and all addresses found.
+        let (mut refused, mut found) = (0, 0);
+        for plan in plans.iter().take(MAX_HOSTS) {
             let host = &plan.host;
             source = plan.source;
             let settings = self.settings(plan.policy.clone(), auth.clone());
@@ -276,12 +378,40 @@ impl Relay {
                     continue;
                 }
             };
-            for ip in ips {
+            for ip in ips.into_iter().take(MAX_ADDRESSES) {
                 let target = Target {
                     addr: SocketAddr::new(ip, port),
                     name: host.name.clone(),
                 };
-                match Connection::open(&target, &settings).await {
+                found += 1;
+                if let Some(why) = self.refused(&target) {
+                    warn!(%domain, mx = %host.name, %ip, reason = why, "not connecting: internal address");
+                    last = format!("{} [{ip}]: {why}", host.name);
+                    refused += 1;
+                    continue;
+                }
+                let deadline = tokio::time::Instant::now() + limit;
+                let opened =
+                    tokio::time::timeout_at(deadline, Connection::open(&target, &settings))
+                        .await
+                        .unwrap_or(Err(ClientError::Deadline));
+                if !matches!(
+                    opened,
+                    Err(ClientError::Tls(_)
+                        | ClientError::StartTlsNotOffered
+                        | ClientError::TlsRequiredButFailed(_))
+                ) {
+                    match &opened {
+                        Ok(_) => self.dead.succeeded(&destination),
+                        Err(e) => self.dead.failed(
+                            &destination,
+                            &format!("4.4.1 {} [{ip}]: {e}", host.name),
+                            interval,
+                            Instant::now(),
+                        ),
+                    }
+                }
+                match opened {
                     Ok(mut conn) => {
                         let tls = format!("{} policy={}", describe_tls(conn.tls()), source.name());
                         if let Some(p) = testing {
@@ -291,7 +421,9 @@ impl Relay {
                             let session = session_of(report, &host.name, ip, conn.tls());
                             self.reports.record(domain, report, session);
                         }
-                        let result = conn.send(&msg).await;
+                        let result = tokio::time::timeout_at(deadline, conn.send(&msg))
+                            .await
+                            .unwrap_or(Err(ClientError::Deadline));
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
                         self.remember(remember, conn.tls(), &outcomes);
                         if result.is_ok() && conn.reusable() {
@@ -330,6 +462,17 @@ impl Relay {
                     }
                 }
             }
+        }
+        if refused > 0 && refused == found && self.smarthost.is_none() {
+            // Every address there is points inside: retrying will not change that until the
+            // DNS does (RFC 3463 5.4.4: unable to route).
+            return vec![
+                Outcome::Failed(format!(
+                    "5.4.4 {domain} leads only to internal addresses, which mail is not sent \
+                     to (outbound.allow_internal); last: {last}"
+                ));
+                rcpts.len()
+            ];
         }
         // RFC 3463: 4.7.5 when the last host failed the TLS the policy demands.
         let code = if tls_failed { "4.7.5" } else { "4.4.1" };
@@ -435,7 +578,13 @@ impl Relay {
             None => mx::route(&self.resolver, domain).await,
         };
         match route {
-            Ok((Route::Hosts(h), secure)) => Ok((h, secure)),
+            Ok((Route::Hosts(mut h), secure)) => {
+                if h.len() > MAX_HOSTS {
+                    info!(%domain, hosts = h.len(), tried = MAX_HOSTS, "many MX hosts: only the first are tried");
+                    h.truncate(MAX_HOSTS);
+                }
+                Ok((h, secure))
+            }
             Ok((Route::NullMx, _)) => {
                 info!(%domain, "null MX: the domain accepts no mail");
                 Err(Outcome::Failed(format!(
@@ -448,6 +597,32 @@ impl Relay {
                 Err(Outcome::Deferred(format!("4.4.3 {why}")))
             }
         }
+    }
+
+    /// Why mail must not go to `target`: an internal address not allowed by
+    /// `outbound.allow_internal`, or one of our own listeners (a loop). The smarthost is
+    /// the operator's own choice and never refused.
+    fn refused(&self, target: &Target) -> Option<&'static str> {
+        if self.smarthost.is_some() {
+            return None;
+        }
+        let listen = &self.config.listen;
+        let ours = listen
+            .smtp
+            .iter()
+            .chain(&listen.submission)
+            .chain(&listen.submissions)
+            .any(|l| {
+                l.port() == target.addr.port()
+                    && (l.ip() == target.addr.ip()
+                        || (l.ip().is_unspecified()
+                            && mx::internal(target.addr.ip(), false).is_some()))
+            });
+        if ours {
+            return Some("a mail loop: one of our own listeners");
+        }
+        let out = &self.config.outbound;
+        mx::refused(target.addr.ip(), &out.allow_internal, out.refuse_private)
     }
 
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {

@@ -2,6 +2,11 @@
 //! preferences in random order), the domain itself when it has no MX (implicit MX), nowhere
 //! when it publishes a null MX (RFC 7505), and the addresses of each host.
 //!
+//! Addresses that point inside (loopback, unspecified, link-local, multicast, broadcast,
+//! and with `outbound.refuse_private` the private ranges) are not delivered to unless
+//! `outbound.allow_internal` lists them ([`refused`]): an MX record or an address literal
+//! chosen by a stranger must not make us connect to our own services.
+//!
 //! Failures are classified once, here: only an answer that says "no such domain" or "no such
 //! records" is permanent; SERVFAIL, timeouts, refusals and answers we do not understand are
 //! temporary, so DNS trouble never bounces mail.
@@ -200,6 +205,71 @@ pub async fn addresses(resolver: &TokioResolver, host: &str) -> Result<Vec<IpAdd
     }
 }
 
+/// The kind of internal address `ip` is, if it is one: never connected to unless allowed.
+/// An IPv4-mapped IPv6 address is judged as the IPv4 address it carries.
+pub fn internal(ip: IpAddr, refuse_private: bool) -> Option<&'static str> {
+    let ip = match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        },
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            if v4.is_loopback() {
+                Some("loopback")
+            } else if a == 0 {
+                // RFC 791 / RFC 1122 §3.2.1.3: "this network"; 0.0.0.0 reaches the host itself.
+                Some("unspecified")
+            } else if v4.is_link_local() {
+                Some("link-local")
+            } else if v4.is_multicast() {
+                Some("multicast")
+            } else if a >= 240 {
+                // RFC 1112 §4: reserved, and 255.255.255.255 the limited broadcast.
+                Some("broadcast or reserved")
+            } else if refuse_private && (v4.is_private() || (a == 100 && (b & 0xc0) == 64)) {
+                // RFC 1918 and the RFC 6598 shared address space.
+                Some("private")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            if v6.is_loopback() {
+                Some("loopback")
+            } else if v6.is_unspecified() {
+                Some("unspecified")
+            } else if (first & 0xffc0) == 0xfe80 {
+                Some("link-local")
+            } else if v6.is_multicast() {
+                Some("multicast")
+            } else if refuse_private && (first & 0xfe00) == 0xfc00 {
+                // RFC 4193 unique local addresses.
+                Some("private")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Why mail must not go to `ip`: an [`internal`] address that `allow` does not list.
+pub fn refused(ip: IpAddr, allow: &[ipnet::IpNet], refuse_private: bool) -> Option<&'static str> {
+    let kind = internal(ip, refuse_private)?;
+    let mapped = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+        IpAddr::V4(_) => None,
+    };
+    let allowed = allow
+        .iter()
+        .any(|net| net.contains(&ip) || mapped.is_some_and(|m| net.contains(&m)));
+    (!allowed).then_some(kind)
+}
+
 fn classify(e: &NetError, what: &str, name: &str) -> DnsFailure {
     match e {
         NetError::Dns(DnsError::NoRecordsFound(nr))
@@ -220,6 +290,107 @@ fn classify(e: &NetError, what: &str, name: &str) -> DnsFailure {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// The reference: every internal block as (network, prefix length, kind, private only).
+    fn model(ip: IpAddr, refuse_private: bool) -> Option<&'static str> {
+        const V4: &[(u32, u32, &str, bool)] = &[
+            (0x7f00_0000, 8, "loopback", false),
+            (0x0000_0000, 8, "unspecified", false),
+            (0xa9fe_0000, 16, "link-local", false),
+            (0xe000_0000, 4, "multicast", false),
+            (0xf000_0000, 4, "broadcast or reserved", false),
+            (0x0a00_0000, 8, "private", true),
+            (0xac10_0000, 12, "private", true),
+            (0xc0a8_0000, 16, "private", true),
+            (0x6440_0000, 10, "private", true),
+        ];
+        const V6: &[(u128, u32, &str, bool)] = &[
+            (1, 128, "loopback", false),
+            (0, 128, "unspecified", false),
+            (0xfe80 << 112, 10, "link-local", false),
+            (0xff00 << 112, 8, "multicast", false),
+            (0xfc00 << 112, 7, "private", true),
+        ];
+        let v4 = match ip {
+            IpAddr::V4(v4) => Some(u32::from(v4)),
+            IpAddr::V6(v6) => {
+                let n = u128::from(v6);
+                (n >> 32 == 0xffff).then_some(n as u32)
+            }
+        };
+        match v4 {
+            Some(n) => V4
+                .iter()
+                .find(|(net, len, _, private)| {
+                    n >> (32 - len) == net >> (32 - len) && (!private || refuse_private)
+                })
+                .map(|b| b.2),
+            None => {
+                let IpAddr::V6(v6) = ip else { unreachable!() };
+                let n = u128::from(v6);
+                V6.iter()
+                    .find(|(net, len, _, private)| {
+                        (*len == 128 && n == *net)
+                            || (*len < 128 && n >> (128 - len) == net >> (128 - len))
+                                && (!private || refuse_private)
+                    })
+                    .map(|b| b.2)
+            }
+        }
+    }
+
+    fn interesting_v4() -> impl Strategy<Value = u32> {
+        prop_oneof![
+            any::<u32>(),
+            // Near the edges of the blocks.
+            prop::sample::select(vec![
+                0x7f00_0000u32,
+                0x0000_0000,
+                0xa9fe_0000,
+                0xe000_0000,
+                0xf000_0000,
+                0x0a00_0000,
+                0xac10_0000,
+                0xc0a8_0000,
+                0x6440_0000,
+            ])
+            .prop_flat_map(|base| (Just(base), -70_000i64..70_000))
+            .prop_map(|(base, d)| (i64::from(base) + d).clamp(0, i64::from(u32::MAX)) as u32),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn internal_matches_the_block_table(n in interesting_v4(), private: bool) {
+            let ip = IpAddr::V4(Ipv4Addr::from(n));
+            prop_assert_eq!(internal(ip, private), model(ip, private));
+            let mapped = IpAddr::V6(Ipv4Addr::from(n).to_ipv6_mapped());
+            prop_assert_eq!(internal(mapped, private), model(mapped, private));
+        }
+
+        #[test]
+        fn internal_v6_matches_the_block_table(
+            n in prop_oneof![
+                any::<u128>(),
+                (prop::sample::select(vec![0u128, 1, 0xfe80 << 112, 0xff00 << 112, 0xfc00 << 112, 0xfec0 << 112]),
+                 0u128..1 << 120).prop_map(|(b, d)| b | (d >> 8)),
+            ],
+            private: bool,
+        ) {
+            let ip = IpAddr::V6(Ipv6Addr::from(n));
+            prop_assert_eq!(internal(ip, private), model(ip, private));
+        }
+
+        #[test]
+        fn allowed_blocks_are_delivered_to(n: u32, len in 0u8..=32, private: bool) {
+            let ip = IpAddr::V4(Ipv4Addr::from(n));
+            let net = ipnet::IpNet::new(ip, len).unwrap().trunc();
+            prop_assert_eq!(refused(ip, &[net], private), None);
+            prop_assert_eq!(refused(ip, &[], private), model(ip, private));
+        }
+    }
 
     fn host(name: &str, preference: u16) -> MxHost {
         MxHost {

@@ -76,6 +76,10 @@ pub fn recipients(domain: &Domain, rua: &[ReportUri], allow: &[Domain]) -> Vec<A
         match uri {
             ReportUri::Mail(m) => match Address::parse(m) {
                 Ok(a) if to.contains(&a) => {}
+                Ok(a) if a.domain().is_literal() => {
+                    // A DNS answer must not choose an IP address to send mail to.
+                    warn!(%domain, rcpt = %escape(m), "TLS report address is an address literal; skipped");
+                }
                 Ok(a) if !may_receive(domain, &a, allow) => {
                     warn!(%domain, rcpt = %escape(m), "TLS report address outside the domain and not in outbound.tls_report_allow; skipped");
                 }
@@ -330,26 +334,29 @@ impl TlsReports {
 }
 
 /// Sends the reports every `outbound.tls_report_interval` until `stop` turns true: each
-/// report is queued as a message from `<>` to its `mailto:` addresses.
+/// report is queued as a message from `<>` to its `mailto:` addresses. Each round reads the
+/// config in force then (`config`, which a reload updates): its name servers and hostname.
 pub async fn run(
     reports: std::sync::Arc<TlsReports>,
     queue: std::sync::Arc<dyn Enqueue>,
-    config: std::sync::Arc<Config>,
+    config: tokio::sync::watch::Receiver<std::sync::Arc<Config>>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let resolver = match super::mx::resolver(&config.dns.nameservers, IpFamily::Any) {
-        Ok(r) => r,
-        Err(e) => {
-            warn!(error = %e, "TLS reports are off: no resolver");
-            return;
-        }
-    };
-    let every = config.outbound.tls_report_interval;
+    // Changing the interval needs a restart.
+    let every = config.borrow().outbound.tls_report_interval;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             () = tokio::time::sleep(every) => {}
         }
+        let config = config.borrow().clone();
+        let resolver = match super::mx::resolver(&config.dns.nameservers, IpFamily::Any) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "no resolver: this round's TLS reports are not sent");
+                continue;
+            }
+        };
         let allow = &config.outbound.tls_report_allow;
         for (to, body) in reports.messages(&resolver, &config.hostname, allow).await {
             let rcpts: Vec<String> = to.iter().map(Address::to_string).collect();

@@ -35,6 +35,7 @@ mod relay_content;
 mod relay_dane;
 mod relay_forward;
 mod relay_harness;
+mod relay_limits;
 mod relay_memory;
 mod relay_mta_sts;
 mod relay_requiretls;

@@ -169,3 +169,67 @@ fn json_logs_parse_and_tell_a_message_story() {
     assert_eq!(received["level"], "INFO");
     assert_eq!(received["span"]["listener"], "smtp", "{received}");
 }
+
+#[test]
+fn queue_gauges_follow_enqueue_delivery_and_delete() {
+    let dns = mta_tests::silent_dns::SilentDns::start();
+    let mta = MtaBuilder::new()
+        .toml(&format!(
+            "{}[metrics]\nlisten = \"127.0.0.1:0\"\n",
+            dns.config_toml()
+        ))
+        .start();
+    mta.add_user(ALICE, mta_tests::ALICE_PASSWORD);
+    mta.add_user(BOB, "bob-password-1");
+    let metrics = mta.listener("metrics");
+    let queued = |n: f64| {
+        wait_for(
+            secs(30),
+            &format!("{n} queued messages in the metrics"),
+            || {
+                value(
+                    &samples(&http_get(metrics, "/metrics").1),
+                    "mta_queue_messages",
+                ) == n
+            },
+        )
+    };
+    // Three messages for a domain whose DNS never answers stay queued.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let subject = format!("stays {i}");
+        let msg = mta_tests::relay::message("x@remote.test", &subject);
+        ids.push(mta_tests::relay::submit(&mta, &["x@remote.test"], &msg));
+    }
+    queued(3.0);
+    // A local one comes and goes.
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    assert_eq!(
+        c.send_message("a@remote.test", &[BOB], b"Subject: hi\r\n\r\nhi\r\n")
+            .code,
+        250
+    );
+    mta.wait_for_mail(BOB, 1, 30);
+    queued(3.0);
+    mta.mta(&["queue", "delete", &ids[0]], b"")
+        .assert_success("mta queue delete");
+    queued(2.0);
+    let all = samples(&http_get(metrics, "/metrics").1);
+    assert!(value(&all, "mta_queue_oldest_seconds") < 3600.0);
+}
+
+#[test]
+fn scrapes_beyond_the_bound_are_turned_away() {
+    let mta = TestMta::start("[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let metrics = mta.listener("metrics");
+    // Four scrapers that connect and say nothing hold every slot (for the 5 s a request
+    // may take)...
+    let _held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(metrics).expect("connect"))
+        .collect();
+    // ...so the next one is answered 503 at once.
+    let (status, _) = http_get(metrics, "/metrics");
+    assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+}

@@ -151,3 +151,27 @@ fn a_report_goes_to_two_addresses_of_the_domain_and_forges_no_log_line() {
         "{log}"
     );
 }
+
+#[test]
+fn no_report_goes_to_an_address_literal() {
+    let rua = "v=TLSRPTv1; rua=mailto:ops@[127.0.0.13]";
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+        &txt_record("_smtp._tls.remote.test", rua),
+    ]);
+    let (port, (_rx, trap)) = on_shared_port("the receiver and the trap", |p| {
+        let rx = try_remote_receiver("mx1.remote.test", "127.0.0.2", p)?;
+        let trap = mta_tests::Trap::listen(SocketAddr::from(([127, 0, 0, 13], p)))?;
+        Ok((rx, trap))
+    });
+    let tx = start_sender(sender(&dns, port, "tls_report_interval = \"2s\"\n"));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "over tls"));
+    tx.wait_logged(secs(30), "the report address skipped", || {
+        tx.log()
+            .contains("TLS report address is an address literal; skipped")
+    });
+    tx.wait_for_empty_queue(secs(30));
+    assert_eq!(trap.connections(), 0, "{}", tx.log());
+    assert!(!tx.log().contains("TLS report queued"), "{}", tx.log());
+}

@@ -177,3 +177,43 @@ fn renewed_certificate_files_are_served_without_a_reload() {
     });
     assert!(served_name(&mta).contains("second.example.test"));
 }
+
+#[test]
+fn process_settings_and_connection_limits_need_a_restart() {
+    let mta = server("");
+    let good = std::fs::read_to_string(mta.config_path()).unwrap();
+    for (change, key) in [
+        ("user = \"nobody\"\n", "user"),
+        ("sandbox = false\n", "sandbox"),
+        ("allow_root = false\n", "allow_root"),
+    ] {
+        let text = match key {
+            "allow_root" => good.replace("allow_root = true\n", change),
+            _ => format!("{change}{good}"),
+        };
+        assert_ne!(text, good, "{key}");
+        std::fs::write(mta.config_path(), text).unwrap();
+        let out = mta.mta(&["reload"], b"");
+        assert_ne!(out.code(), 0, "{key}: {}", out.all());
+        assert!(
+            out.stderr
+                .contains(&format!("{key} changed, which needs a restart")),
+            "{key}: {}",
+            out.all()
+        );
+    }
+    let limits = good.replace("[outbound]\n", "[outbound]\nmax_per_domain = 1\n");
+    assert_ne!(limits, good, "the test config has an [outbound] table");
+    std::fs::write(mta.config_path(), limits).unwrap();
+    let out = mta.mta(&["reload"], b"");
+    assert!(
+        out.stderr
+            .contains("outbound.max_per_domain changed, which needs a restart"),
+        "{}",
+        out.all()
+    );
+    // The file as it was reloads.
+    std::fs::write(mta.config_path(), &good).unwrap();
+    mta.mta(&["reload"], b"")
+        .assert_success("reload of the unchanged file");
+}

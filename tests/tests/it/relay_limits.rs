@@ -1,0 +1,352 @@
+//! One slow, dead or hostile destination starves nothing and reaches nothing internal: MX
+//! hosts that accept TCP and never greet, an MX answer of 500 records, a destination that
+//! closes every connection, MX records and address literals pointing at loopback, and a
+//! storm of reloads against `outbound.max_per_domain`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mta_tests::relay::{
+    REMOTE_BOB, login, message, sender, start_sender, submit, try_remote_receiver,
+};
+use mta_tests::{ALICE, TestDns, Trap, on_shared_port, secs, wait_for};
+
+/// A host that accepts connections, counts them and keeps them open without a word (or,
+/// with `smtp`, answers as a slow SMTP server, counting transactions open at once).
+struct Host {
+    accepted: Arc<AtomicUsize>,
+    open_max: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Host {
+    fn listen(addr: SocketAddr, smtp: bool) -> Result<Host, String> {
+        let listener =
+            TcpListener::bind(addr).map_err(|e| format!("{addr} is already in use: {e}"))?;
+        listener.set_nonblocking(true).expect("nonblocking");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open_now = Arc::new(AtomicUsize::new(0));
+        let open_max = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, n, m, s) = (
+            accepted.clone(),
+            open_now.clone(),
+            open_max.clone(),
+            stop.clone(),
+        );
+        let thread = std::thread::spawn(move || {
+            let held = Mutex::new(Vec::new());
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => {
+                        a.fetch_add(1, Ordering::SeqCst);
+                        if smtp {
+                            let (n, m) = (n.clone(), m.clone());
+                            std::thread::spawn(move || slow_smtp(conn, &n, &m));
+                        } else {
+                            held.lock().unwrap().push(conn);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Ok(Host {
+            accepted,
+            open_max,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Plaintext SMTP that takes every message, holding each transaction open for a while so
+/// that concurrent ones overlap; counts transactions (MAIL to the final reply) open at once.
+fn slow_smtp(conn: TcpStream, now: &AtomicUsize, max: &AtomicUsize) {
+    conn.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut out = conn.try_clone().expect("clone");
+    let mut lines = BufReader::new(conn);
+    let _ = out.write_all(b"220 slow.test ESMTP\r\n");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let verb = line.get(..4).unwrap_or("").to_ascii_uppercase();
+        let reply: &[u8] = match verb.as_str() {
+            "EHLO" | "HELO" => b"250 slow.test\r\n",
+            "MAIL" => {
+                let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(n, Ordering::SeqCst);
+                b"250 ok\r\n"
+            }
+            "RCPT" | "RSET" | "NOOP" => b"250 ok\r\n",
+            "DATA" => {
+                let _ = out.write_all(b"354 go\r\n");
+                let mut body = String::new();
+                loop {
+                    body.clear();
+                    if lines.read_line(&mut body).unwrap_or(0) == 0 || body == ".\r\n" {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                now.fetch_sub(1, Ordering::SeqCst);
+                b"250 taken\r\n"
+            }
+            "QUIT" => {
+                let _ = out.write_all(b"221 bye\r\n");
+                return;
+            }
+            _ => b"500 what\r\n",
+        };
+        if out.write_all(reply).is_err() {
+            return;
+        }
+    }
+}
+
+/// The attempts recorded for every queued recipient of `domain`.
+fn attempts(mta: &mta_tests::TestMta, domain: &str) -> Vec<u64> {
+    let queue = mta.queue_json();
+    let mut out = Vec::new();
+    for r in queue["records"].as_array().expect("records") {
+        for rcpt in r["envelope"]["recipients"].as_array().expect("recipients") {
+            if rcpt["address"]
+                .as_str()
+                .is_some_and(|a| a.ends_with(domain))
+            {
+                out.push(rcpt["attempts"].as_u64().unwrap_or(0));
+            }
+        }
+    }
+    out
+}
+
+/// Submits `n` messages from alice to `to` in one session.
+fn submit_many(mta: &mta_tests::TestMta, to: &str, n: usize) {
+    let mut c = login(mta);
+    for i in 0..n {
+        let reply = c.send_message(ALICE, &[to], &message(to, &format!("many {i}")));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+}
+
+/// MX records in the hostile answer.
+const MX_RECORDS: usize = 100;
+
+#[test]
+fn many_mx_records_give_at_most_ten_connections() {
+    let (port, trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 5], p)))
+    });
+    let mut records = Vec::new();
+    for i in 0..MX_RECORDS {
+        records.push(format!("--mx-host=hostile.test,mx{i}.hostile.test,10"));
+        records.push(format!("--host-record=mx{i}.hostile.test,127.0.0.5"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(&dns, port, "connection_timeout = \"5s\""));
+    let id = submit(
+        &tx,
+        &["victim@hostile.test"],
+        &message("victim@hostile.test", "many mx"),
+    );
+    tx.wait_for_deferral(&id, "victim@hostile.test", 1, secs(60));
+    let n = trap.connections();
+    assert!(
+        (1..=10).contains(&n),
+        "one attempt made {n} connections for {MX_RECORDS} MX records\n{}",
+        tx.log()
+    );
+}
+
+#[test]
+fn hosts_that_never_greet_starve_no_other_delivery() {
+    let dns = TestDns::start(&[
+        "--mx-host=stall.test,mx.stall.test,10",
+        "--host-record=mx.stall.test,127.0.0.6",
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+    ]);
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let stall = Host::listen(SocketAddr::from(([127, 0, 0, 6], port)), false)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Small slot counts so that a few stuck messages could fill them; 70 stuck messages are
+    // more than the scheduler's 64 remote attempts.
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "max_connections = 4\nmax_per_domain = 2\nconnection_timeout = \"1h\"\nattempt_timeout = \"1h\"",
+    ));
+    submit_many(&tx, "victim@stall.test", 70);
+    wait_for(secs(60), "the stalling host holds 2 connections", || {
+        stall.accepted() >= 2
+    });
+    let unrelated = submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
+    // Attempts stuck waiting for the stalled domain's slots give way within 30 s.
+    let files = rx.wait_for_mail(REMOTE_BOB, 1, 120);
+    assert_eq!(files.len(), 1, "the unrelated remote message ({unrelated})");
+    submit(&tx, &[ALICE], &message(ALICE, "local"));
+    let files = tx.wait_for_mail(ALICE, 1, 120);
+    assert_eq!(files.len(), 1, "the local message");
+    assert!(
+        stall.accepted() <= 2,
+        "max_per_domain = 2: {}",
+        stall.accepted()
+    );
+}
+
+#[test]
+fn a_dead_destination_costs_few_connections_per_round() {
+    let (port, trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 7], p)))
+    });
+    let dns = TestDns::start(&[
+        "--mx-host=dead.test,mx.dead.test,10",
+        "--host-record=mx.dead.test,127.0.0.7",
+    ]);
+    let tx = start_sender(sender(&dns, port, ""));
+    let messages = 20;
+    submit_many(&tx, "victim@dead.test", messages);
+    wait_for(secs(120), "every message tried 3 times", || {
+        let a = attempts(&tx, "@dead.test");
+        a.len() == messages && a.iter().all(|n| *n >= 3)
+    });
+    // 60 attempts or more; one connection each without the suspension.
+    let n = trap.connections();
+    assert!(
+        n < messages,
+        "{n} connections for {messages} messages tried 3 times each\n{}",
+        tx.log()
+    );
+    assert!(
+        tx.log().contains("suspended after 3 failed connections"),
+        "{}",
+        tx.log()
+    );
+}
+
+#[test]
+fn queue_delete_returns_while_an_attempt_is_stuck() {
+    let (port, stall) = on_shared_port("the stalling host", |p| {
+        Host::listen(SocketAddr::from(([127, 0, 0, 8], p)), false)
+    });
+    let dns = TestDns::start(&[
+        "--mx-host=stall.test,mx.stall.test,10",
+        "--host-record=mx.stall.test,127.0.0.8",
+    ]);
+    let tx = start_sender(sender(&dns, port, ""));
+    let id = submit(
+        &tx,
+        &["victim@stall.test"],
+        &message("victim@stall.test", "stuck"),
+    );
+    wait_for(secs(30), "the attempt connected", || stall.accepted() >= 1);
+    let out = tx.mta(&["queue", "delete", &id], b"");
+    out.assert_success("mta queue delete during a stuck attempt");
+    assert!(tx.queue_record(&id).is_none(), "still queued");
+}
+
+#[test]
+fn internal_addresses_are_refused_without_the_allow_list() {
+    let (port, trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 9], p)))
+    });
+    let dns = TestDns::start(&[
+        "--mx-host=inside.test,mx.inside.test,10",
+        "--host-record=mx.inside.test,127.0.0.9",
+    ]);
+    let tx = start_sender(sender(&dns, port, "allow_internal = []"));
+    let via_mx = submit(&tx, &["x@inside.test"], &message("x@inside.test", "mx"));
+    let literal = submit(
+        &tx,
+        &["x@[127.0.0.9]"],
+        &message("x@[127.0.0.9]", "literal"),
+    );
+    tx.wait_for_empty_queue(secs(60));
+    assert_eq!(
+        trap.connections(),
+        0,
+        "connected to an internal address\n{}",
+        tx.log()
+    );
+    // Both bounced to alice, with 5.4.4.
+    let bounces = tx.wait_for_mail(ALICE, 2, 60);
+    for path in &bounces {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(text.contains("Status: 5.4.4"), "{text}");
+    }
+    let log = tx.log();
+    assert!(log.contains("internal address"), "{log}");
+    let _ = (via_mx, literal);
+}
+
+#[test]
+fn internal_addresses_are_used_when_allowed() {
+    let (port, rx) = on_shared_port("the receiver", |p| {
+        try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
+    });
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+    ]);
+    let tx = start_sender(sender(&dns, port, "allow_internal = [\"127.0.0.2/32\"]"));
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "allowed"));
+    assert_eq!(rx.wait_for_mail(REMOTE_BOB, 1, 60).len(), 1);
+}
+
+#[test]
+fn max_per_domain_holds_across_a_reload_storm() {
+    let (port, host) = on_shared_port("the slow receiver", |p| {
+        Host::listen(SocketAddr::from(([127, 0, 0, 10], p)), true)
+    });
+    let dns = TestDns::start(&[
+        "--mx-host=slow.test,mx.slow.test,10",
+        "--host-record=mx.slow.test,127.0.0.10",
+    ]);
+    let tx = start_sender(sender(&dns, port, "max_per_domain = 2"));
+    let messages = 24;
+    submit_many(&tx, "r@slow.test", messages);
+    // SIGHUPs while the messages go out (bounded: at most 600 of them).
+    for _ in 0..600 {
+        if tx.queue_json()["records"]
+            .as_array()
+            .is_some_and(|r| r.is_empty())
+        {
+            break;
+        }
+        tx.hangup();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tx.wait_for_empty_queue(secs(60));
+    let max = host.open_max.load(Ordering::SeqCst);
+    assert!(max >= 1, "nothing was delivered");
+    assert!(
+        max <= 2,
+        "{max} transactions at once with max_per_domain = 2"
+    );
+}
