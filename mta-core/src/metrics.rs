@@ -28,6 +28,7 @@ pub struct Metrics {
     dkim: Family<Labels, Counter>,
     queue_messages: Gauge,
     queue_oldest: Gauge,
+    message_memory: Gauge,
 }
 
 /// The one set of counters of this process.
@@ -48,6 +49,7 @@ impl Metrics {
             dkim: Family::default(),
             queue_messages: Gauge::default(),
             queue_oldest: Gauge::default(),
+            message_memory: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -104,6 +106,11 @@ impl Metrics {
             "queue_oldest_seconds",
             "Age of the oldest queued message in seconds (at the last scrape)",
             m.queue_oldest.clone(),
+        );
+        registry.register(
+            "message_memory_bytes",
+            "Message bytes held in memory by sessions receiving DATA (limits.message_memory)",
+            m.message_memory.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -183,6 +190,12 @@ impl Metrics {
             .set(i64::try_from(messages).unwrap_or(i64::MAX));
         self.queue_oldest
             .set(i64::try_from(oldest_seconds).unwrap_or(i64::MAX));
+    }
+
+    /// Message bytes sessions hold in memory now.
+    pub fn set_message_memory(&self, bytes: u64) {
+        self.message_memory
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Everything in the OpenMetrics text format (which Prometheus reads).

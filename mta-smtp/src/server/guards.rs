@@ -31,6 +31,8 @@ pub struct Guards {
     pub sessions: Arc<SessionsPerClient>,
     /// Recent AUTH failures per client and per account.
     pub auth: AuthFailures,
+    /// Message bytes held in memory by sessions receiving DATA.
+    pub memory: super::budget::MessageMemory,
 }
 
 /// The client a peer address counts as: IPv4 as it is (also when mapped into IPv6), IPv6

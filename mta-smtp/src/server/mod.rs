@@ -9,6 +9,7 @@
 //! hostile client; [`log_text`] is how client text reaches the log.
 
 pub mod authcheck;
+pub mod budget;
 pub mod command;
 pub mod conn;
 pub mod data;

@@ -18,6 +18,7 @@ mod headers;
 mod hostile;
 mod inbound_auth;
 mod local_delivery;
+mod message_memory;
 mod observability;
 mod privileges;
 mod protocol;
