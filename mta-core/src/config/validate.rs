@@ -404,11 +404,11 @@ impl Checker<'_> {
         );
         let max_message_size = size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as u64);
         // A budget below the largest message would refuse that message for ever.
-        if let (Some(n), Some(span)) = (memory, r.message_memory.as_ref().map(|m| m.span())) {
-            if (n as u64) < max_message_size {
-                let msg = format!("{n} is below limits.max_message_size ({max_message_size})");
-                self.error(span, "limits.message_memory", msg);
-            }
+        if let (Some(n), Some(span)) = (memory, r.message_memory.as_ref().map(|m| m.span()))
+            && (n as u64) < max_message_size
+        {
+            let msg = format!("{n} is below limits.max_message_size ({max_message_size})");
+            self.error(span, "limits.message_memory", msg);
         }
         let command_timeout = self.duration(
             &r.command_timeout,
