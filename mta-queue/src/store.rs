@@ -404,7 +404,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on a read failure or a corrupt record.
-    pub fn load(&self, id: &MessageId) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
+    pub fn load(&self, id: &MessageId) -> Result<Option<(Record, Arc<[u8]>)>, StoreError> {
         let h = self.current()?;
         self.load_from(&h, id)
     }
@@ -413,7 +413,7 @@ impl Store {
         &self,
         h: &Arc<Handle>,
         id: &MessageId,
-    ) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
+    ) -> Result<Option<(Record, Arc<[u8]>)>, StoreError> {
         let key = id.as_str().as_bytes();
         let read = |tree: &sled::Tree| {
             tree.get(key)
@@ -433,7 +433,8 @@ impl Store {
         let Some(body) = read(&h.bodies)? else {
             return Err(self.set_aside(h, id, &raw, "body missing"));
         };
-        Ok(Some((record, body.to_vec())))
+        // The one copy out of the store; delivery shares it from here on.
+        Ok(Some((record, Arc::from(&body[..]))))
     }
 
     /// Moves an undecodable record to the `corrupt` tree and drops its schedule entries, in
