@@ -123,6 +123,9 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// A message as loaded for delivery: its record and its body, shared rather than copied.
+pub type Loaded = (Record, Arc<[u8]>);
+
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
     let mut key = due_ms.to_be_bytes().to_vec();
     key.extend_from_slice(id.as_str().as_bytes());
@@ -404,16 +407,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on a read failure or a corrupt record.
-    pub fn load(&self, id: &MessageId) -> Result<Option<(Record, Arc<[u8]>)>, StoreError> {
+    pub fn load(&self, id: &MessageId) -> Result<Option<Loaded>, StoreError> {
         let h = self.current()?;
         self.load_from(&h, id)
     }
 
-    fn load_from(
-        &self,
-        h: &Arc<Handle>,
-        id: &MessageId,
-    ) -> Result<Option<(Record, Arc<[u8]>)>, StoreError> {
+    fn load_from(&self, h: &Arc<Handle>, id: &MessageId) -> Result<Option<Loaded>, StoreError> {
         let key = id.as_str().as_bytes();
         let read = |tree: &sled::Tree| {
             tree.get(key)
