@@ -80,7 +80,8 @@ pub fn data(input: &[u8]) {
             RUNTIME.with(|rt| {
                 rt.block_on(async {
                     let mut reader = tokio::io::BufReader::with_capacity(capacity, input);
-                    read_data(&mut reader, 4096)
+                    let memory = mta_smtp::server::budget::MessageMemory::default();
+                    read_data(&mut reader, 4096, &mut memory.reserve(u64::MAX))
                         .await
                         .expect("reading a slice never fails")
                 })

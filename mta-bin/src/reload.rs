@@ -106,7 +106,7 @@ impl Deliver for Switch {
     fn deliver<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a [u8],
+        body: &'a Arc<[u8]>,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         let router = self.get();

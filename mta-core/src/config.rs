@@ -264,6 +264,10 @@ pub struct Limits {
     /// `Received:` fields a message may carry before it is taken for a mail loop
     /// (RFC 5321 §6.3). Default 50; ≥ 10.
     pub max_received: usize,
+    /// Message bytes all sessions together may hold in memory while receiving DATA; past
+    /// it a message is refused with `452 4.3.1`. Default 64 MiB or `max_message_size`,
+    /// whichever is larger; never below `max_message_size`.
+    pub message_memory: u64,
 }
 
 /// The DNS resolver used for outbound delivery.

@@ -30,6 +30,7 @@ pub struct Metrics {
     queue_oldest: Gauge,
     queue_unavailable: Gauge,
     dsn_dropped: Counter,
+    message_memory: Gauge,
 }
 
 /// The one set of counters of this process.
@@ -52,6 +53,7 @@ impl Metrics {
             queue_oldest: Gauge::default(),
             queue_unavailable: Gauge::default(),
             dsn_dropped: Counter::default(),
+            message_memory: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -119,6 +121,11 @@ impl Metrics {
             "dsn_dropped",
             "Bounces not sent because nothing showed the envelope sender to be real",
             m.dsn_dropped.clone(),
+        );
+        registry.register(
+            "message_memory_bytes",
+            "Message bytes held in memory by sessions receiving DATA (limits.message_memory)",
+            m.message_memory.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -210,6 +217,12 @@ impl Metrics {
     /// as the last scrape that could read it found them, rather than a false empty queue.
     pub fn set_queue_unavailable(&self) {
         self.queue_unavailable.set(1);
+    }
+
+    /// Message bytes sessions hold in memory now.
+    pub fn set_message_memory(&self, bytes: u64) {
+        self.message_memory
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Everything in the OpenMetrics text format (which Prometheus reads).

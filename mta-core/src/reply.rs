@@ -61,6 +61,9 @@ replies! {
     LOCAL_ERROR = 451 "4.3.0" "Local error in processing, try again later";
     /// 452 when the disk is (nearly) full.
     INSUFFICIENT_STORAGE = 452 "4.3.1" "Insufficient system storage, try again later";
+    /// 452 when the message would pass `limits.message_memory` (RFC 3463: insufficient
+    /// system storage), after its data or in answer to DATA.
+    NO_MESSAGE_MEMORY = 452 "4.3.1" "Insufficient system storage: too much mail in progress, try again later";
     /// 452 beyond max_recipients (RFC 5321 §4.5.3.1.10).
     TOO_MANY_RECIPIENTS = 452 "4.5.3" "Too many recipients";
     /// 454 when the TLS handshake cannot start.

@@ -64,11 +64,12 @@ pub enum Outcome {
 /// Delivery as the scheduler sees it.
 pub trait Deliver: Send + Sync {
     /// Makes one attempt for `recipients` (all pending recipients of `envelope` that this
-    /// attempt covers) and returns one [`Outcome`] per recipient, in the same order.
+    /// attempt covers) and returns one [`Outcome`] per recipient, in the same order. The
+    /// body is shared, not copied, with the tasks that deliver it.
     fn deliver<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a [u8],
+        body: &'a std::sync::Arc<[u8]>,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>>;
 

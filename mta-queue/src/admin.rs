@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(dsn.sender, ReversePath::Null);
         assert_eq!(dsn.recipients[0].address, addr("a@local.test"));
         let (_, body) = q.store().load(&dsn.id).expect("load").expect("present");
-        let text = String::from_utf8(body).expect("utf-8");
+        let text = String::from_utf8(body.to_vec()).expect("utf-8");
         let finals: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("Final-Recipient: "))

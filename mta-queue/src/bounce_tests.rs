@@ -370,7 +370,7 @@ async fn send_dsn_queues_a_bounce_to_the_sender() {
     assert_eq!(env.size, body.len() as u64);
     assert_eq!(env.origin.peer, "local");
     assert_eq!(env.origin.helo, "mx.test");
-    let text = String::from_utf8(body).expect("utf-8");
+    let text = String::from_utf8(body.to_vec()).expect("utf-8");
     assert!(text.contains(&format!("Message-ID: <{id}@mx.test>\r\n")));
     assert!(text.contains("Final-Recipient: rfc822; b@remote.test\r\n"));
 

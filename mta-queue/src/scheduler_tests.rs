@@ -33,7 +33,7 @@ impl Deliver for Scripted {
     fn deliver<'a>(
         &'a self,
         _e: &'a Envelope,
-        _body: &'a [u8],
+        _body: &'a std::sync::Arc<[u8]>,
         rcpts: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         *self.0.lock().unwrap() += 1;
@@ -125,7 +125,7 @@ impl Deliver for Recording {
     fn deliver<'a>(
         &'a self,
         e: &'a Envelope,
-        body: &'a [u8],
+        body: &'a std::sync::Arc<[u8]>,
         rcpts: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         if e.sender == ReversePath::Null {
@@ -286,7 +286,7 @@ async fn scheduler_delivers_defers_and_survives_reopen() {
     .unwrap();
     let (rec, body) = queue.store().load(&mixed.id).unwrap().unwrap();
     assert_eq!(rec.envelope.recipients[1].attempts, 1);
-    assert_eq!(body, b"hello");
+    assert_eq!(&body[..], b"hello");
 }
 
 /// Delivers `*@local.test` at once (a local domain); every other recipient hangs, like a

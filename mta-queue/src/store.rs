@@ -208,6 +208,9 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// A message as loaded for delivery: its record and its body, shared rather than copied.
+pub type Loaded = (Record, Arc<[u8]>);
+
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
     let mut key = due_ms.to_be_bytes().to_vec();
     key.extend_from_slice(id.as_str().as_bytes());
@@ -493,16 +496,12 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError`] on a read failure or a corrupt record.
-    pub fn load(&self, id: &MessageId) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
+    pub fn load(&self, id: &MessageId) -> Result<Option<Loaded>, StoreError> {
         let h = self.current()?;
         self.load_from(&h, id)
     }
 
-    fn load_from(
-        &self,
-        h: &Arc<Handle>,
-        id: &MessageId,
-    ) -> Result<Option<(Record, Vec<u8>)>, StoreError> {
+    fn load_from(&self, h: &Arc<Handle>, id: &MessageId) -> Result<Option<Loaded>, StoreError> {
         let key = id.as_str().as_bytes();
         let read = |tree: &sled::Tree| {
             tree.get(key)
@@ -522,7 +521,8 @@ impl Store {
         let Some(body) = read(&h.bodies)? else {
             return Err(self.set_aside(h, id, &raw, "body missing"));
         };
-        Ok(Some((record, body.to_vec())))
+        // The one copy out of the store; delivery shares it from here on.
+        Ok(Some((record, Arc::from(&body[..]))))
     }
 
     /// Moves an undecodable record to the `corrupt` tree and drops its schedule entries, in

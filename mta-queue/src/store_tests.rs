@@ -62,7 +62,7 @@ async fn insert_due_update_reopen() {
     assert_eq!(store.len(), 1);
     let (rec, body) = store.load(&b.envelope.id).unwrap().unwrap();
     assert_eq!(rec, b2);
-    assert_eq!(body, b"xyz");
+    assert_eq!(&body[..], b"xyz");
     assert_eq!(store.next_due_ms().unwrap(), Some(500));
 }
 

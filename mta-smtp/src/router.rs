@@ -152,7 +152,7 @@ impl Deliver for Router {
     fn deliver<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a [u8],
+        body: &'a Arc<[u8]>,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
@@ -210,11 +210,12 @@ impl Router {
     fn deliver_direct<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a [u8],
+        body: &'a Arc<[u8]>,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
-            let body: Arc<[u8]> = Arc::from(body);
+            // Shared with the delivery tasks as it is: no copy of a large message here.
+            let body = Arc::clone(body);
             let mut out: Vec<Option<Outcome>> = vec![None; recipients.len()];
             // Remote recipients grouped by domain, remembering their positions.
             let mut remote: Vec<(Domain, Vec<usize>)> = Vec::new();

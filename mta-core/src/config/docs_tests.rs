@@ -34,6 +34,7 @@ const KEYS: &[&str] = &[
     "limits.max_headers",
     "limits.max_header_size",
     "limits.max_received",
+    "limits.message_memory",
     "dns.nameservers",
     "outbound.port",
     "outbound.ip",

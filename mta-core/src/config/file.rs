@@ -158,6 +158,7 @@ pub(super) struct RawLimits {
     pub max_headers: Option<S<i64>>,
     pub max_header_size: Option<S<size::Size>>,
     pub max_received: Option<S<i64>>,
+    pub message_memory: Option<S<i64>>,
 }
 
 /// `[dns]`
@@ -411,6 +412,7 @@ pub(super) fn write(config: &Config) -> String {
          max_headers = {max_headers}\n\
          max_header_size = {max_header_size}\n\
          max_received = {max_received}\n\
+         message_memory = {message_memory}\n\
          \n[dns]\n\
          nameservers = {nameservers}\n\
          \n[outbound]\n\
@@ -455,6 +457,7 @@ pub(super) fn write(config: &Config) -> String {
         max_headers = m.max_headers,
         max_header_size = m.max_header_size,
         max_received = m.max_received,
+        message_memory = m.message_memory,
         nameservers = list(&config.dns.nameservers),
         outbound = write_outbound(&config.outbound),
         retry_first = time(config.queue.retry_first),

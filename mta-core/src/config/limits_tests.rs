@@ -25,6 +25,30 @@ fn hostile_client_limits_parse() {
 }
 
 #[test]
+fn message_memory_defaults_and_bounds() {
+    let l = parse("").unwrap().limits;
+    assert_eq!(l.message_memory, 64 << 20);
+    // Never below the largest message, by default or as written.
+    let l = parse("[limits]\nmax_message_size = 104857600\n")
+        .unwrap()
+        .limits;
+    assert_eq!(l.message_memory, 100 << 20);
+    let l = parse("[limits]\nmax_message_size = 1024\nmessage_memory = 2048\n")
+        .unwrap()
+        .limits;
+    assert_eq!(l.message_memory, 2048);
+    assert_eq!(
+        errors("[limits]\nmessage_memory = 1048576\n"),
+        "mta.toml:2:18: limits.message_memory: 1048576 is below limits.max_message_size \
+         (26214400)"
+    );
+    assert_eq!(
+        errors("[limits]\nmessage_memory = 1023\n"),
+        "mta.toml:2:18: limits.message_memory: 1023 is below the minimum of 1024"
+    );
+}
+
+#[test]
 fn hostile_client_limit_errors() {
     let table = [
         (

@@ -143,6 +143,7 @@ fn defaults() {
             max_headers: 1000,
             max_header_size: 1_048_576,
             max_received: 50,
+            message_memory: 64 * 1024 * 1024,
         },
         dns: Dns {
             nameservers: vec![],
@@ -267,6 +268,7 @@ fn full_example() {
         max_headers: 200,
         max_header_size: 65536,
         max_received: 30,
+        message_memory: 64 * 1024 * 1024,
     };
     assert_eq!(c.limits, limits);
     let ns = ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"];
@@ -390,7 +392,7 @@ fn error_texts() {
              one of `max_message_size`, `max_recipients`, `max_sessions`, `max_errors`, \
              `command_timeout`, `data_timeout`, `max_sessions_per_ip`, `session_timeout`, \
              `auth_failures`, `auth_failure_window`, `max_headers`, `max_header_size`, \
-             `max_received`",
+             `max_received`, `message_memory`",
         ),
         (
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
@@ -421,7 +423,7 @@ fn error_texts() {
              `max_message_size`, `max_recipients`, `max_sessions`, `max_errors`, \
              `command_timeout`, `data_timeout`, `max_sessions_per_ip`, `session_timeout`, \
              `auth_failures`, `auth_failure_window`, `max_headers`, `max_header_size`, \
-             `max_received`",
+             `max_received`, `message_memory`",
         ),
         // Values: each with its key and the position of the value.
         (

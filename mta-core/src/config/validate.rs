@@ -20,6 +20,8 @@ const DEFAULT_SUBMISSIONS: &str = "127.0.0.1:2465";
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
 /// Below this, even a short message with ordinary headers would not fit.
 const MIN_MESSAGE_SIZE: i64 = 1024;
+/// Message bytes held in memory by all sessions together, unless `max_message_size` is larger.
+const DEFAULT_MESSAGE_MEMORY: u64 = 64 * 1024 * 1024;
 /// RFC 5321 §4.5.3.1.8: a server MUST accept at least 100 recipients.
 const MIN_RECIPIENTS: i64 = 100;
 const DEFAULT_MAX_RECIPIENTS: usize = 100;
@@ -412,6 +414,21 @@ impl Checker<'_> {
             usize_max,
             loop_rfc,
         );
+        let memory = int(
+            &r.message_memory,
+            "limits.message_memory",
+            MIN_MESSAGE_SIZE,
+            i64::MAX,
+            None,
+        );
+        let max_message_size = size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as u64);
+        // A budget below the largest message would refuse that message for ever.
+        if let (Some(n), Some(span)) = (memory, r.message_memory.as_ref().map(|m| m.span()))
+            && (n as u64) < max_message_size
+        {
+            let msg = format!("{n} is below limits.max_message_size ({max_message_size})");
+            self.error(span, "limits.message_memory", msg);
+        }
         let command_timeout = self.duration(
             &r.command_timeout,
             "limits.command_timeout",
@@ -439,7 +456,7 @@ impl Checker<'_> {
         }
         // Each conversion below is of a value already checked to be in range.
         Limits {
-            max_message_size: size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as u64),
+            max_message_size,
             max_recipients: rcpts.map_or(DEFAULT_MAX_RECIPIENTS, |n| n as usize),
             max_sessions: sessions.map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
             max_errors: errors.map_or(DEFAULT_MAX_ERRORS, |n| n as u32),
@@ -456,6 +473,8 @@ impl Checker<'_> {
             max_headers: headers.map_or(DEFAULT_MAX_HEADERS, |n| n as usize),
             max_header_size: header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |n| n as usize),
             max_received: received.map_or(DEFAULT_MAX_RECEIVED, |n| n as usize),
+            message_memory: memory
+                .map_or(DEFAULT_MESSAGE_MEMORY.max(max_message_size), |n| n as u64),
         }
     }
 

@@ -245,6 +245,14 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     session.take_transaction();
                     return close(io, out, Reply::DATA_BEFORE_354).await;
                 }
+                if shared.guards.memory.is_spent(limits.message_memory) {
+                    // No room for another message in memory now: a temporary refusal
+                    // before 354, so the client tries again later without sending it.
+                    session.take_transaction();
+                    warn!("DATA refused: the memory budget for messages is spent");
+                    out.extend_from_slice(Reply::NO_MESSAGE_MEMORY.to_wire().as_bytes());
+                    continue;
+                }
                 out.extend_from_slice(r.to_wire().as_bytes());
                 send(&mut io, &mut out, limits.command_timeout, deadline).await?;
                 let after = Box::pin(receive(shared, &mut io, &mut session, deadline)).await?;
@@ -475,7 +483,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     // Each read waits at most command_timeout; the whole message data_timeout; all of it
     // ends with the session.
     let mut reader = IdleLimit::new(io, limits.command_timeout);
-    let read = read_data(&mut reader, limits.max_message_size);
+    // The message's bytes count against the server's budget until this is dropped: once
+    // the message is queued or refused.
+    let mut held = shared.guards.memory.reserve(limits.message_memory);
+    let read = read_data(&mut reader, limits.max_message_size, &mut held);
     // On SIGTERM a message being sent may finish within the grace period; one still
     // incomplete near its end gets 421 4.3.2 while we can still say it, not a bare close
     // when the process exits (the server waits `shutdown_grace` for sessions).
@@ -512,6 +523,13 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         DataEnd::Message(data) => data,
         DataEnd::TooBig => return Ok(AfterData::Answer(Reply::MESSAGE_TOO_BIG)),
         DataEnd::LineTooLong => return Ok(AfterData::Answer(Reply::DATA_LINE_TOO_LONG)),
+        DataEnd::NoMemory => {
+            warn!(
+                budget = limits.message_memory,
+                "message refused: the memory budget for messages is spent"
+            );
+            return Ok(AfterData::Answer(Reply::NO_MESSAGE_MEMORY));
+        }
         DataEnd::Malformed => {
             warn!("bare CR/LF or NUL in message data; refusing and closing");
             return Ok(AfterData::Close(Reply::BARE_LINE_ENDING_DATA));

@@ -5,11 +5,14 @@
 //! connection closed, so no other ending can be read as the end of a message (SMTP
 //! smuggling). A NUL is refused the same way. A message over the size limit, or with a
 //! line over 1000 octets, is read to its end and then refused, keeping the dialogue in step.
+//! So is one that would pass the server's budget for message bytes in memory: each line
+//! kept is first reserved from it.
 
 use std::io;
 
 use tokio::io::AsyncBufRead;
 
+use super::budget::Reservation;
 use super::line::{Line, MAX_TEXT_LINE, read_line};
 
 /// How the data phase ended.
@@ -21,6 +24,9 @@ pub enum DataEnd {
     TooBig,
     /// A line was longer than 1000 octets (read to its end, not kept).
     LineTooLong,
+    /// Keeping the message would pass the budget for message bytes in memory (read to its
+    /// end, not kept).
+    NoMemory,
     /// A bare CR or LF, or a NUL: the data cannot be trusted to end where the client
     /// thinks. Answer and close.
     Malformed,
@@ -28,17 +34,20 @@ pub enum DataEnd {
     Eof,
 }
 
-/// Reads the data of one message, keeping at most `max_size` octets.
+/// Reads the data of one message, keeping at most `max_size` octets, each reserved in
+/// `budget` first (which holds them until the caller drops it).
 ///
 /// # Errors
 /// I/O errors of the underlying reader.
 pub async fn read_data<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     max_size: u64,
+    budget: &mut Reservation<'_>,
 ) -> io::Result<DataEnd> {
     let mut body = Vec::new();
     let mut size: u64 = 0;
     let mut too_long = false;
+    let mut no_memory = false;
     loop {
         let line = match read_line(reader, MAX_TEXT_LINE).await? {
             Line::Complete(l) => l,
@@ -62,18 +71,23 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
             too_long = true;
         }
         size += text.len() as u64 + 2;
-        if size <= max_size && !too_long {
+        let keep = size <= max_size && !too_long && !no_memory;
+        if keep && budget.grow(text.len() as u64 + 2) {
             body.extend_from_slice(text);
             body.extend_from_slice(b"\r\n");
-        } else if !too_long {
-            // Over the limit: stop keeping data, but read on to the dot.
+        } else {
+            // Over a limit: stop keeping data, but read on to the dot.
+            no_memory |= keep;
             body = Vec::new();
+            budget.release();
         }
     }
     if too_long {
         Ok(DataEnd::LineTooLong)
     } else if size > max_size {
         Ok(DataEnd::TooBig)
+    } else if no_memory {
+        Ok(DataEnd::NoMemory)
     } else {
         Ok(DataEnd::Message(body))
     }
@@ -81,12 +95,16 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::MessageMemory;
     use super::*;
     use tokio::io::{AsyncReadExt, BufReader};
 
     async fn read(input: &[u8], max: u64, capacity: usize) -> (DataEnd, Vec<u8>) {
         let mut r = BufReader::with_capacity(capacity, input);
-        let end = read_data(&mut r, max).await.unwrap();
+        let memory = MessageMemory::default();
+        let end = read_data(&mut r, max, &mut memory.reserve(u64::MAX))
+            .await
+            .unwrap();
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         (end, rest)
@@ -157,5 +175,35 @@ mod tests {
         );
         let (end, _) = read(b"no end\r\n", 100, 4).await;
         assert_eq!(end, DataEnd::Eof);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_is_reserved_and_read_to_the_dot() {
+        let memory = MessageMemory::default();
+        let msg = b"12345678\r\n..abc\r\n.\r\nNOOP\r\n";
+        // Fits: the reservation holds exactly the bytes kept until it is dropped.
+        let mut held = memory.reserve(16);
+        let mut r = BufReader::with_capacity(4, &msg[..]);
+        let end = read_data(&mut r, 1000, &mut held).await.unwrap();
+        assert_eq!(end, DataEnd::Message(b"12345678\r\n.abc\r\n".to_vec()));
+        assert_eq!((held.bytes(), memory.held()), (16, 16));
+        // Another message does not fit beside it: read to the dot, refused, nothing held.
+        let mut other = memory.reserve(16);
+        let mut r = BufReader::with_capacity(4, &msg[..]);
+        assert_eq!(
+            read_data(&mut r, 1000, &mut other).await.unwrap(),
+            DataEnd::NoMemory
+        );
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"NOOP\r\n", "the next command is left unread");
+        assert_eq!((other.bytes(), memory.held()), (0, 16));
+        drop(held);
+        assert_eq!(memory.held(), 0);
+        // The size limit still has the last word, as before.
+        let mut r = BufReader::with_capacity(4, &msg[..]);
+        let end = read_data(&mut r, 10, &mut memory.reserve(5)).await.unwrap();
+        assert_eq!(end, DataEnd::TooBig);
+        assert_eq!(memory.held(), 0);
     }
 }

@@ -21,6 +21,8 @@ pub struct Guards {
     pub logins: Logins,
     /// The bound on argon2 checks running at once.
     pub password_checks: PasswordChecks,
+    /// Message bytes held in memory by sessions receiving DATA.
+    pub memory: super::budget::MessageMemory,
 }
 
 pub use super::logins::client_of;

@@ -10,6 +10,7 @@
 
 pub mod authcheck;
 pub mod authres;
+pub mod budget;
 pub mod command;
 pub mod conn;
 pub mod data;

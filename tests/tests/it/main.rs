@@ -23,6 +23,7 @@ mod inbound_auth;
 mod inbound_spoof;
 mod local_delivery;
 mod logins;
+mod message_memory;
 mod observability;
 mod own_files;
 mod privileges;

@@ -181,7 +181,10 @@ fn a_ca_certificate_presented_as_the_server_certificate_is_named() {
 fn without_a_port_the_tls_mode_picks_it() {
     // Ports 25, 587 and 465 need root; CI runs the suite as root, and a run that cannot bind
     // them fails rather than passing untested.
-    assert!(is_root(), "without_a_port_the_tls_mode_picks_it needs root (ports 25, 587, 465)");
+    assert!(
+        is_root(),
+        "without_a_port_the_tls_mode_picks_it needs root (ports 25, 587, 465)"
+    );
     // A loopback address of its own, so that no other test's server is on these ports.
     let host = "127.0.0.61";
     for (mode, port) in [("none", 25), ("starttls", 587), ("implicit", 465)] {
