@@ -13,6 +13,7 @@ mod durability_relay;
 mod durability_remote;
 mod durability_stop;
 mod durability_sync;
+mod framing;
 mod harness;
 mod headers;
 mod hostile;
