@@ -136,6 +136,40 @@ impl SmtpClient {
         }
     }
 
+    /// Connects over plain TCP from the local address `source` (another loopback address,
+    /// to be a different client of the same server). The greeting is not read.
+    pub fn connect_from(addr: SocketAddr, source: std::net::IpAddr) -> SmtpClient {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime to connect with");
+        let tcp = runtime
+            .block_on(async {
+                let socket = match source {
+                    std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(SocketAddr::new(source, 0))?;
+                let stream = tokio::time::timeout(IO_TIMEOUT, socket.connect(addr))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                let std = stream.into_std()?;
+                std.set_nonblocking(false)?;
+                Ok::<_, io::Error>(std)
+            })
+            .unwrap_or_else(|e| panic!("cannot connect to {addr} from {source}: {e}"));
+        tcp.set_read_timeout(Some(IO_TIMEOUT))
+            .expect("set_read_timeout");
+        tcp.set_write_timeout(Some(IO_TIMEOUT))
+            .expect("set_write_timeout");
+        let _ = tcp.set_nodelay(true);
+        SmtpClient {
+            stream: Stream::Plain(tcp),
+            buf: Vec::new(),
+            transcript: Vec::new(),
+        }
+    }
+
     /// Connects with implicit TLS (port 465 style), trusting `cert`, checking the name
     /// `localhost`. The greeting is not read.
     pub fn connect_tls(addr: SocketAddr, cert: &Path) -> SmtpClient {

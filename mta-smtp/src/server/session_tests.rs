@@ -377,3 +377,39 @@ fn identity_and_queue_extensions_do_not_exist() {
         }
     }
 }
+
+/// `limits.max_commands_without_progress` (20 by default): the 21st line in a row that
+/// does not move the session towards a message gets 421 instead of its reply; an accepted
+/// RCPT, a 354 or a successful AUTH starts the count again.
+#[test]
+fn sessions_without_progress_are_closed() {
+    let mut s = session(ListenerKind::Smtp, false);
+    run(&mut s, &[("EHLO client.test", 250)]);
+    for _ in 0..19 {
+        run(&mut s, &[("NOOP", 250)]);
+    }
+    run(&mut s, &[("NOOP", 421)]);
+
+    let mut s = session(ListenerKind::Smtp, false);
+    let mut steps = vec![("EHLO client.test", 250)];
+    steps.extend([("RSET", 250), ("HELP", 214), ("VRFY x", 252)].repeat(6));
+    steps.extend([
+        ("MAIL FROM:<a@remote.test>", 250),
+        ("RCPT TO:<alice@example.org>", 250),
+    ]);
+    steps.extend([("NOOP", 250)].repeat(20));
+    steps.extend([("DATA", 354)]);
+    run(&mut s, &steps);
+    s.take_transaction();
+    let mut steps = [("NOOP", 250)].repeat(20);
+    steps.push(("NOOP", 421));
+    run(&mut s, &steps);
+
+    let mut s = session(ListenerKind::Submission, true);
+    let mut steps = [("NOOP", 250)].repeat(19);
+    let auth = format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse"));
+    steps.push((&auth, 235));
+    steps.extend([("NOOP", 250)].repeat(20));
+    steps.push(("RSET", 421));
+    run(&mut s, &steps);
+}

@@ -127,3 +127,71 @@ fn smuggling_after_an_over_long_data_line_is_refused_and_closes() {
         "{text}"
     );
 }
+
+/// A client that never moves towards a message (NOOP, RSET, HELP for ever) is closed with
+/// `421 4.7.0` after `limits.max_commands_without_progress` commands, so it cannot hold one
+/// of the limited sessions until the session timeout; a client that sends mail is not.
+#[test]
+fn a_session_without_progress_is_closed() {
+    let mta = server("[limits]\nmax_commands_without_progress = 8\n");
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    for verb in ["NOOP", "RSET", "HELP", "NOOP", "VRFY bob", "NOOP", "RSET"] {
+        assert!(c.command(verb).code < 400, "{}", c.transcript());
+    }
+    let r = c.command("NOOP");
+    assert!(r.matches(421, Some("4.7.0")), "{r:?}\n{}", c.transcript());
+    assert!(c.is_closed(), "{}", c.transcript());
+
+    // Every accepted RCPT starts the count again: two messages with NOOPs between them.
+    let mut c = SmtpClient::connect(mta.smtp_addr());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    for i in 0..2 {
+        for _ in 0..6 {
+            c.expect("NOOP", 250);
+        }
+        let message = format!("From: someone@remote.test\r\nSubject: {i}\r\n\r\nhello\r\n");
+        let r = c.send_message("someone@remote.test", &[BOB], message.as_bytes());
+        assert_eq!(r.code, 250, "{}", c.transcript());
+    }
+    c.expect("QUIT", 221);
+    assert_eq!(mta.wait_for_mail(BOB, 2, 10).len(), 2);
+}
+
+/// Sessions per network: with `max_sessions_per_ip = 2` and `max_sessions_per_network = 3`,
+/// addresses of one IPv4 /24 (127.0.0.x) share three places, whichever address they come
+/// from; another /24 (127.0.1.x) is not affected; a place freed is usable again.
+#[test]
+fn one_network_gets_at_most_its_share_of_sessions() {
+    let mta = server("[limits]\nmax_sessions_per_ip = 2\nmax_sessions_per_network = 3\n");
+    let from = |text: &str| -> std::net::IpAddr { text.parse().expect("an address") };
+    let open = |source: &str| {
+        let mut c = SmtpClient::connect_from(mta.smtp_addr(), from(source));
+        let r = c.reply("the greeting or refusal");
+        (c, r)
+    };
+    let (a1, r) = open("127.0.0.2");
+    assert_eq!(r.code, 220);
+    let (_a2, r) = open("127.0.0.2");
+    assert_eq!(r.code, 220);
+    let (mut a3, r) = open("127.0.0.2");
+    assert!(r.matches(421, Some("4.7.0")), "per address: {r:?}");
+    assert!(r.lines[0].contains("address"), "{r:?}");
+    assert!(a3.is_closed());
+    let (_b1, r) = open("127.0.0.3");
+    assert_eq!(r.code, 220, "a second address of the /24");
+    let (mut c1, r) = open("127.0.0.4");
+    assert!(r.matches(421, Some("4.7.0")), "per network: {r:?}");
+    assert!(r.lines[0].contains("network"), "{r:?}");
+    assert!(c1.is_closed());
+    let (_d1, r) = open("127.0.1.5");
+    assert_eq!(r.code, 220, "another /24");
+    drop(a1);
+    mta_tests::wait_for(
+        mta_tests::secs(10),
+        "a place in the /24 to be free again",
+        || open("127.0.0.4").1.code == 220,
+    );
+}
