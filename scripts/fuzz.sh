@@ -1,20 +1,86 @@
 #!/usr/bin/env bash
-# Fuzzes every input surface for a while: the SMTP command parser, the DATA reader under
-# random chunking, addresses, AUTH responses, whole sessions, queue records, and the
-# outbound client's reply parser (fuzz/src/lib.rs). A crash is saved under
-# fuzz/corpus/<target>/crash-* (CI then replays it through `cargo test -p mta-fuzz`) and
-# makes the script fail.
+# Fuzzes every input surface for a while (the targets are in fuzz/src/lib.rs).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60 s, every target)
+#
+# The framing and parsing targets (line, data, client_reply, conn, command) run under
+# libFuzzer, coverage-guided, from the crate in fuzz/libfuzzer/ (its own workspace, built with
+# `cargo +nightly fuzz`; cargo-fuzz is installed if missing). The line, data and client_reply
+# targets compare the real readers with reference models (fuzz/src/model.rs). The other
+# targets (address, auth, record, session, mta_sts_policy, headers) run in the seeded
+# mutation loop of fuzz/src/main.rs on stable. Without a nightly toolchain every target runs
+# in the stable loop, with a warning.
+#
+# Each libFuzzer target starts from the committed corpus fuzz/corpus/<target>/ and keeps what
+# it finds in fuzz/libfuzzer/corpus/<target>/ (not committed; minimise with
+# `cargo +nightly fuzz cmin --fuzz-dir fuzz/libfuzzer <target>` before copying any into
+# fuzz/corpus/). A crash is saved as fuzz/corpus/<target>/crash-* (so that
+# `cargo test -p mta-fuzz` replays it in CI) and makes the script fail. The last libFuzzer
+# statistics of each target (executions, cov, ft, corpus) are printed at the end.
+#
+# Runs at the lowest CPU priority: it shares the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(command data address auth record session client_reply conn mta_sts_policy headers)
-cargo build --release -p mta-fuzz >&2
+libfuzzer_targets=(line data client_reply conn command)
+stable_targets=(address auth record session mta_sts_policy headers)
+[ "${#targets[@]}" -gt 0 ] || targets=("${libfuzzer_targets[@]}" "${stable_targets[@]}")
+
+# Longest input per libFuzzer target: past every line limit (12288 for AUTH) for the readers.
+max_len() {
+  case "$1" in
+    line | data | conn) echo 20000 ;;
+    client_reply) echo 4096 ;;
+    *) echo 2048 ;;
+  esac
+}
+
+nightly=false
+if cargo +nightly --version >/dev/null 2>&1; then
+  nightly=true
+  if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+    nice -n 19 cargo install --locked cargo-fuzz >&2
+  fi
+else
+  echo "fuzz.sh: WARNING: no nightly toolchain; every target runs in the stable mutation loop" >&2
+fi
+
+is_libfuzzer() {
+  local t
+  for t in "${libfuzzer_targets[@]}"; do [ "$t" = "$1" ] && return 0; done
+  return 1
+}
+
+fuzz_flags=(--fuzz-dir fuzz/libfuzzer --sanitizer none --debug-assertions)
+logs=$(mktemp -d)
+trap 'rm -rf "$logs"' EXIT
 status=0
+built_stable=false
 for t in "${targets[@]}"; do
-  target/release/mta-fuzz "$t" "$secs" || status=1
+  if $nightly && is_libfuzzer "$t"; then
+    mkdir -p "fuzz/libfuzzer/corpus/$t"
+    echo "fuzz.sh: $t: libFuzzer for ${secs} s" >&2
+    if ! nice -n 19 cargo +nightly fuzz run "${fuzz_flags[@]}" "$t" \
+      "$PWD/fuzz/libfuzzer/corpus/$t" "$PWD/fuzz/corpus/$t" -- \
+      -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
+      -print_final_stats=1 -artifact_prefix="$PWD/fuzz/corpus/$t/" 2>"$logs/$t"; then
+      tail -n 40 "$logs/$t" >&2
+      echo "fuzz.sh: $t: CRASH (saved under fuzz/corpus/$t/)" >&2
+      status=1
+      continue
+    fi
+    runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$logs/$t" | tail -n 1)
+    last=$(grep -E '^#[0-9]+' "$logs/$t" | tail -n 1)
+    corpus=$(find "fuzz/libfuzzer/corpus/$t" -type f | wc -l)
+    echo "$t: libFuzzer ${secs} s, ${runs:-?} executions, no crash; last: ${last}; corpus ${corpus} files"
+  else
+    if ! $built_stable; then
+      nice -n 19 cargo build --release -p mta-fuzz >&2
+      built_stable=true
+    fi
+    nice -n 19 target/release/mta-fuzz "$t" "$secs" || status=1
+  fi
 done
 exit "$status"

@@ -385,7 +385,6 @@ pub fn ask(data_dir: &Path, what: &str) -> anyhow::Result<String> {
     Ok(answer)
 }
 
-
 /// Checks that this process may use `data_dir`, the directory the control socket and the
 /// store are in, so that a missing or closed data dir is reported as such and never read as
 /// "no server" or "empty queue".

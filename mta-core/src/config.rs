@@ -246,6 +246,14 @@ pub struct Limits {
     /// Sessions one client may have open at once; IPv6 clients count per /64 (one host can
     /// have all of one). Default 20; ≥ 1.
     pub max_sessions_per_ip: usize,
+    /// Sessions one network may have open at once: IPv4 clients count per /24, IPv6 per
+    /// /48, so one hostile network cannot take every session with many addresses. Default
+    /// 50; ≥ 1.
+    pub max_sessions_per_network: usize,
+    /// Commands a session may send in a row without moving towards a message (an accepted
+    /// RCPT, a 354 to DATA, a successful AUTH) before `421 4.7.0` and close: a client
+    /// sending NOOP or RSET for ever cannot hold a session. Default 20; ≥ 5.
+    pub max_commands_without_progress: u32,
     /// How long one connection may last in all, STARTTLS and every message included, so a
     /// client that trickles bytes cannot hold a session for ever. Default 30 min; not shorter
     /// than [`Limits::data_timeout`].

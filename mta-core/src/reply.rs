@@ -159,6 +159,11 @@ replies! {
     AUTH_BUSY = 454 "4.7.0" "Temporary authentication failure, try again later";
     /// 421 when one client address has too many sessions open.
     TOO_MANY_FROM_IP = 421 "4.7.0" "Too many connections from your address";
+    /// 421 when one network (IPv4 /24, IPv6 /48) has too many sessions open.
+    TOO_MANY_FROM_NETWORK = 421 "4.7.0" "Too many connections from your network";
+    /// 421 then close after `limits.max_commands_without_progress` commands in a row that
+    /// do not move towards a message.
+    NO_PROGRESS = 421 "4.7.0" "Too many commands without progress, closing connection";
     /// 421 when a session has lasted longer than `limits.session_timeout`.
     SESSION_TOO_LONG = 421 "4.4.2" "Session time limit reached, closing connection";
     /// 502 for EXPN and the commands we never implement.

@@ -298,7 +298,7 @@ impl Deliver for Stalling {
     fn deliver<'a>(
         &'a self,
         _e: &'a Envelope,
-        _body: &'a [u8],
+        _body: &'a std::sync::Arc<[u8]>,
         rcpts: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         self.started

@@ -294,7 +294,7 @@ async fn records_from_before_vouched_still_read() {
             .load(&MessageId::parse(id).unwrap())
             .unwrap()
             .unwrap_or_else(|| panic!("{id} reads"));
-        assert_eq!(body, b"abc");
+        assert_eq!(&body[..], b"abc");
         assert_eq!(rec.envelope.vouched, Vouched::Unrecorded);
         assert_eq!(rec.envelope.vouched(), want, "{id}");
         assert_eq!(rec.envelope.may_sign(), want != Vouched::SenderVerified);
@@ -303,7 +303,10 @@ async fn records_from_before_vouched_still_read() {
 }
 
 fn oldest_received_at(store: &Store) -> Option<u64> {
-    store.oldest_record().unwrap().map(|r| r.envelope.received_at)
+    store
+        .oldest_record()
+        .unwrap()
+        .map(|r| r.envelope.received_at)
 }
 
 #[tokio::test]

@@ -28,6 +28,8 @@ const KEYS: &[&str] = &[
     "limits.command_timeout",
     "limits.data_timeout",
     "limits.max_sessions_per_ip",
+    "limits.max_sessions_per_network",
+    "limits.max_commands_without_progress",
     "limits.session_timeout",
     "limits.auth_failures",
     "limits.auth_failure_window",

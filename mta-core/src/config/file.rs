@@ -152,6 +152,8 @@ pub(super) struct RawLimits {
     pub command_timeout: Option<S<String>>,
     pub data_timeout: Option<S<String>>,
     pub max_sessions_per_ip: Option<S<i64>>,
+    pub max_sessions_per_network: Option<S<i64>>,
+    pub max_commands_without_progress: Option<S<i64>>,
     pub session_timeout: Option<S<String>>,
     pub auth_failures: Option<S<i64>>,
     pub auth_failure_window: Option<S<String>>,
@@ -406,6 +408,8 @@ pub(super) fn write(config: &Config) -> String {
          command_timeout = {command_timeout}\n\
          data_timeout = {data_timeout}\n\
          max_sessions_per_ip = {max_sessions_per_ip}\n\
+         max_sessions_per_network = {max_sessions_per_network}\n\
+         max_commands_without_progress = {max_commands_without_progress}\n\
          session_timeout = {session_timeout}\n\
          auth_failures = {auth_failures}\n\
          auth_failure_window = {auth_failure_window}\n\
@@ -451,6 +455,8 @@ pub(super) fn write(config: &Config) -> String {
         command_timeout = time(m.command_timeout),
         data_timeout = time(m.data_timeout),
         max_sessions_per_ip = m.max_sessions_per_ip,
+        max_sessions_per_network = m.max_sessions_per_network,
+        max_commands_without_progress = m.max_commands_without_progress,
         session_timeout = time(m.session_timeout),
         auth_failures = m.auth_failures,
         auth_failure_window = time(m.auth_failure_window),

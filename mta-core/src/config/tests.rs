@@ -137,6 +137,8 @@ fn defaults() {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(600),
             max_sessions_per_ip: 20,
+            max_sessions_per_network: 50,
+            max_commands_without_progress: 20,
             session_timeout: Duration::from_secs(1800),
             auth_failures: 5,
             auth_failure_window: Duration::from_secs(600),
@@ -262,6 +264,8 @@ fn full_example() {
         command_timeout: Duration::from_secs(120),
         data_timeout: Duration::from_secs(3600),
         max_sessions_per_ip: 5,
+        max_sessions_per_network: 50,
+        max_commands_without_progress: 20,
         session_timeout: Duration::from_secs(7200),
         auth_failures: 3,
         auth_failure_window: Duration::from_secs(3600),
@@ -390,7 +394,8 @@ fn error_texts() {
             "[limits]\nmax_message_sise = 5\n",
             "mta.toml:2:1: limits.max_message_sise: unknown field `max_message_sise`, expected \
              one of `max_message_size`, `max_recipients`, `max_sessions`, `max_errors`, \
-             `command_timeout`, `data_timeout`, `max_sessions_per_ip`, `session_timeout`, \
+             `command_timeout`, `data_timeout`, `max_sessions_per_ip`, \
+             `max_sessions_per_network`, `max_commands_without_progress`, `session_timeout`, \
              `auth_failures`, `auth_failure_window`, `max_headers`, `max_header_size`, \
              `max_received`, `message_memory`",
         ),
@@ -421,7 +426,8 @@ fn error_texts() {
             "limits = { max_errors = 1, max_error = 2 }\n",
             "mta.toml:1:28: limits: unknown field `max_error`, expected one of \
              `max_message_size`, `max_recipients`, `max_sessions`, `max_errors`, \
-             `command_timeout`, `data_timeout`, `max_sessions_per_ip`, `session_timeout`, \
+             `command_timeout`, `data_timeout`, `max_sessions_per_ip`, \
+             `max_sessions_per_network`, `max_commands_without_progress`, `session_timeout`, \
              `auth_failures`, `auth_failure_window`, `max_headers`, `max_header_size`, \
              `max_received`, `message_memory`",
         ),

@@ -32,6 +32,14 @@ const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 /// RFC 5321 §4.5.3.2.6 (DATA block, and the final dot): at least 10 minutes.
 const DEFAULT_DATA_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_MAX_SESSIONS_PER_IP: usize = 20;
+/// Fifty: a large sender (or a small office's few NAT addresses) has room, one hostile
+/// network cannot take the 1000 sessions.
+const DEFAULT_MAX_SESSIONS_PER_NETWORK: usize = 50;
+/// A submission client needs about six lines before its first RCPT (EHLO, STARTTLS, EHLO,
+/// AUTH LOGIN and its two answers, MAIL); twenty leaves room for NOOP and RSET between
+/// messages.
+const DEFAULT_MAX_COMMANDS_WITHOUT_PROGRESS: u32 = 20;
+const MIN_COMMANDS_WITHOUT_PROGRESS: i64 = 5;
 const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 const DEFAULT_AUTH_FAILURES: u32 = 5;
 /// Each tracked client or account keeps this many failure times at most: a bound on memory.
@@ -385,6 +393,20 @@ impl Checker<'_> {
             usize_max,
             None,
         );
+        let per_network = int(
+            &r.max_sessions_per_network,
+            "limits.max_sessions_per_network",
+            1,
+            usize_max,
+            None,
+        );
+        let without_progress = int(
+            &r.max_commands_without_progress,
+            "limits.max_commands_without_progress",
+            MIN_COMMANDS_WITHOUT_PROGRESS,
+            i64::from(u32::MAX),
+            None,
+        );
         let auth_failures = int(
             &r.auth_failures,
             "limits.auth_failures",
@@ -463,6 +485,10 @@ impl Checker<'_> {
             command_timeout,
             data_timeout,
             max_sessions_per_ip: per_ip.map_or(DEFAULT_MAX_SESSIONS_PER_IP, |n| n as usize),
+            max_sessions_per_network: per_network
+                .map_or(DEFAULT_MAX_SESSIONS_PER_NETWORK, |n| n as usize),
+            max_commands_without_progress: without_progress
+                .map_or(DEFAULT_MAX_COMMANDS_WITHOUT_PROGRESS, |n| n as u32),
             session_timeout,
             auth_failures: auth_failures.map_or(DEFAULT_AUTH_FAILURES, |n| n as u32),
             auth_failure_window: self.duration(

@@ -107,6 +107,9 @@ pub enum ReplyError {
     /// A line ended in a bare LF.
     #[error("reply line ends in a bare LF, not CRLF")]
     BareLf,
+    /// A line had a CR that is not part of its CRLF.
+    #[error("reply line has a bare CR")]
+    BareCr,
     /// Not `ddd`, `ddd text` or `ddd-text`.
     #[error("malformed reply line {0:?}")]
     Malformed(String),
@@ -129,16 +132,23 @@ pub enum ReplyError {
 /// Takes one CRLF-terminated line off the front of `buf`, without its CRLF. `Ok(None)`:
 /// no complete line yet, read more.
 ///
+/// A line ends at the first LF, which must follow a CR; no other CR may appear in it
+/// (RFC 5321 §2.3.8). On an error nothing is taken, so every later call fails the same way:
+/// the connection cannot get back in step and must be closed.
+///
 /// # Errors
 /// [`ReplyError::LineTooLong`] when [`MAX_REPLY_LINE`] octets hold no line end (stop
 /// reading: the server is not speaking SMTP), [`ReplyError::BareLf`] for a line ending in LF
-/// alone.
+/// alone, [`ReplyError::BareCr`] for a CR elsewhere in the line.
 pub fn take_line(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, ReplyError> {
     let window = &buf[..buf.len().min(MAX_REPLY_LINE)];
     match window.iter().position(|&b| b == b'\n') {
         Some(lf) => {
             if lf == 0 || buf[lf - 1] != b'\r' {
                 return Err(ReplyError::BareLf);
+            }
+            if buf[..lf - 1].contains(&b'\r') {
+                return Err(ReplyError::BareCr);
             }
             let mut line: Vec<u8> = buf.drain(..=lf).collect();
             line.truncate(lf - 1);
@@ -383,6 +393,9 @@ mod tests {
             (b"\r\n", Ok(Some(b"")), b""),
             (b"250 OK\n", Err(ReplyError::BareLf), b"250 OK\n"),
             (b"\n", Err(ReplyError::BareLf), b"\n"),
+            (b"250 a\rb\r\n", Err(ReplyError::BareCr), b"250 a\rb\r\n"),
+            (b"250 OK\r\r\n", Err(ReplyError::BareCr), b"250 OK\r\r\n"),
+            (b"\r\r\n", Err(ReplyError::BareCr), b"\r\r\n"),
             (&long, Err(ReplyError::LineTooLong), &long),
             (&just_fits, Ok(Some(&just_fits[..MAX_REPLY_LINE - 2])), b""),
         ];
@@ -436,6 +449,29 @@ mod tests {
         for (lines, want) in table {
             let reply = parse(lines).expect("valid").expect("complete");
             assert_eq!(reply.to_string(), want);
+        }
+    }
+
+    /// A reply line over the limit, or one with a bare CR or LF, is an error that takes
+    /// nothing off the buffer, so what follows it (here a well-formed reply that a hostile
+    /// server lines up behind it) is never read as a reply: every later call fails the same.
+    #[test]
+    fn a_bad_line_cannot_desync_what_follows() {
+        let long = "a".repeat(MAX_REPLY_LINE);
+        let table: &[(String, ReplyError)] = &[
+            (format!("250-{long}\r\n250 OK\r\n"), ReplyError::LineTooLong),
+            (format!("250-{long}\n250 OK\r\n"), ReplyError::LineTooLong),
+            (format!("250 {long}"), ReplyError::LineTooLong),
+            ("250-x\n250 OK\r\n".into(), ReplyError::BareLf),
+            ("250-x\r250 OK\r\n".into(), ReplyError::BareCr),
+            ("250 x\r\r\n354 go\r\n".into(), ReplyError::BareCr),
+        ];
+        for (input, want) in table {
+            let mut buf = input.clone().into_bytes();
+            for _ in 0..3 {
+                assert_eq!(take_line(&mut buf), Err(want.clone()), "{input:?}");
+                assert_eq!(buf, input.as_bytes(), "nothing is taken");
+            }
         }
     }
 }

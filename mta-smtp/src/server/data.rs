@@ -3,8 +3,11 @@
 //!
 //! Only `<CRLF>.<CRLF>` ends the data. A bare CR or LF anywhere is refused at once and the
 //! connection closed, so no other ending can be read as the end of a message (SMTP
-//! smuggling). A NUL is refused the same way. A message over the size limit, or with a
-//! line over 1000 octets, is read to its end and then refused, keeping the dialogue in step.
+//! smuggling). A NUL is refused the same way. These rules hold on every line, also on one
+//! over 1000 octets that is not kept: a long line ending in a bare LF is a framing
+//! violation, never the end of a long line. A message over the size limit, or with a
+//! well-framed line over 1000 octets, is read to its end and then refused, keeping the
+//! dialogue in step.
 //! So is one that would pass the server's budget for message bytes in memory: each line
 //! kept is first reserved from it.
 
@@ -51,11 +54,11 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     loop {
         let line = match read_line(reader, MAX_TEXT_LINE).await? {
             Line::Complete(l) => l,
-            Line::TooLong => {
+            Line::TooLong { nul: false } => {
                 too_long = true;
                 continue;
             }
-            Line::BareLineEnding => return Ok(DataEnd::Malformed),
+            Line::TooLong { nul: true } | Line::BareLineEnding => return Ok(DataEnd::Malformed),
             Line::Eof => return Ok(DataEnd::Eof),
         };
         if line == b"." {
@@ -205,5 +208,49 @@ mod tests {
         let end = read_data(&mut r, 10, &mut memory.reserve(5)).await.unwrap();
         assert_eq!(end, DataEnd::TooBig);
         assert_eq!(memory.held(), 0);
+    }
+
+    /// The smuggling endings after a line over 1000 octets (the audit's case: the reader
+    /// used to skip its checks until the next LF, so `<long line>\n.\r\n` ended the data):
+    /// each is refused as malformed wherever the reads are cut (the connection loop then
+    /// closes). A well-framed long line is only too long, and the dialogue stays in step.
+    #[tokio::test]
+    async fn over_long_lines_keep_every_framing_rule() {
+        let endings: [&[u8]; 11] = [
+            b"\n.\r\n",
+            b"\n.\n",
+            b"\r.\r\n",
+            b"\r.\n",
+            b"\r\n.\n",
+            b"\r\n.\r",
+            b"\n.\r",
+            b"\r.\r",
+            b"\r\n\0.\r\n",
+            b"\0\r\n.\r\n",
+            b"\r\r\n.\r\n",
+        ];
+        let smuggled = b"MAIL FROM:<evil@x.test>\r\nRCPT TO:<v@y.test>\r\nDATA\r\nx\r\n.\r\n";
+        for len in [999, 1000, 1001, 1100, 5000, 20_000] {
+            for ending in endings {
+                let mut input = b"Subject: a\r\n\r\n".to_vec();
+                input.extend(std::iter::repeat_n(b'a', len));
+                input.extend_from_slice(ending);
+                input.extend_from_slice(smuggled);
+                for capacity in [1, 7, 1000, 1001, 1002, 2048, 8192] {
+                    let (end, _) = read(&input, 100_000, capacity).await;
+                    assert_eq!(end, DataEnd::Malformed, "{len} {ending:?} {capacity}");
+                }
+            }
+            let mut fine = b"Subject: a\r\n\r\n".to_vec();
+            fine.extend(std::iter::repeat_n(b'a', len));
+            fine.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
+            let (end, rest) = read(&fine, 100_000, 64).await;
+            let want = if len + 2 > 1000 {
+                DataEnd::LineTooLong
+            } else {
+                DataEnd::Message(fine[..fine.len() - 9].to_vec())
+            };
+            assert_eq!((end, rest.as_slice()), (want, &b"NOOP\r\n"[..]), "{len}");
+        }
     }
 }

@@ -19,9 +19,13 @@ pub const MAX_TEXT_LINE: usize = 1001;
 pub enum Line {
     /// A line; the CRLF is removed.
     Complete(Vec<u8>),
-    /// The line was longer than the limit; it has been read to its end and discarded.
-    TooLong,
-    /// The line ended in a bare LF, or had a CR not followed by LF.
+    /// A well-framed line (it ends in CRLF and has no other CR) longer than the limit; it
+    /// has been read to its end and discarded. `nul` says whether it held a NUL octet.
+    TooLong {
+        /// A NUL octet was among the discarded octets.
+        nul: bool,
+    },
+    /// The line ended in a bare LF, or had a CR not followed by LF, whatever its length.
     BareLineEnding,
     /// The peer closed the connection (a partial last line is dropped).
     Eof,
@@ -29,11 +33,17 @@ pub enum Line {
 
 /// Reads one line of at most `max` octets including CRLF.
 ///
+/// A line ends at the first LF. It is well framed only when the octet before that LF is a
+/// CR and it has no other CR; this is checked on every line, kept or not, so a line over
+/// the limit cannot end in a bare LF or hide a bare CR (SMTP smuggling after a long line).
+/// Only the first `max` octets are ever buffered.
+///
 /// # Errors
 /// I/O errors of the underlying reader.
 pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> io::Result<Line> {
     let mut line = Vec::new();
     let mut too_long = false;
+    let mut shape = Shape::default();
     loop {
         let available = reader.fill_buf().await?;
         if available.is_empty() {
@@ -44,10 +54,11 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> i
             None => (available, false),
         };
         let taken = chunk.len();
+        shape.add(if done { &chunk[..taken - 1] } else { chunk });
         if !too_long {
             if line.len() + chunk.len() > max {
                 too_long = true;
-                line.clear();
+                line = Vec::new();
             } else {
                 line.extend_from_slice(chunk);
             }
@@ -57,15 +68,44 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> i
             break;
         }
     }
-    if too_long {
-        return Ok(Line::TooLong);
-    }
-    // `line` ends with '\n'. It must be "\r\n", and no other CR may appear.
-    line.pop();
-    if line.pop() != Some(b'\r') || line.contains(&b'\r') {
+    if !shape.well_framed() {
         return Ok(Line::BareLineEnding);
     }
+    if too_long {
+        return Ok(Line::TooLong { nul: shape.nul });
+    }
+    // `line` ends with "\r\n" and has no other CR.
+    line.truncate(line.len() - 2);
     Ok(Line::Complete(line))
+}
+
+/// What framing needs to know of a line's octets before its LF, gathered as they stream
+/// past (a line over the limit is not kept, but still checked).
+#[derive(Default)]
+struct Shape {
+    /// CR octets seen.
+    crs: usize,
+    /// The last octet seen was a CR.
+    ends_in_cr: bool,
+    /// A NUL octet was seen.
+    nul: bool,
+}
+
+impl Shape {
+    fn add(&mut self, octets: &[u8]) {
+        if let Some(&last) = octets.last() {
+            self.crs = self
+                .crs
+                .saturating_add(octets.iter().filter(|&&b| b == b'\r').count());
+            self.nul |= octets.contains(&0);
+            self.ends_in_cr = last == b'\r';
+        }
+    }
+
+    /// Exactly one CR, right before the LF.
+    fn well_framed(&self) -> bool {
+        self.ends_in_cr && self.crs == 1
+    }
 }
 
 #[cfg(test)]
@@ -95,7 +135,7 @@ mod tests {
                 got,
                 vec![
                     Line::Complete(b"EHLO a".to_vec()),
-                    Line::TooLong,
+                    Line::TooLong { nul: false },
                     Line::BareLineEnding,
                     Line::Complete(b"lf".to_vec()),
                     Line::BareLineEnding,
@@ -113,6 +153,50 @@ mod tests {
             lines(b"12345678\r\n", 10, 4).await[0],
             Line::Complete(b"12345678".to_vec())
         );
-        assert_eq!(lines(b"123456789\r\n", 10, 4).await[0], Line::TooLong);
+        assert_eq!(
+            lines(b"123456789\r\n", 10, 4).await[0],
+            Line::TooLong { nul: false }
+        );
+    }
+
+    /// Every framing rule holds on a line over the limit too: it is refused for its bare
+    /// CR or LF wherever that is (in the part kept, in the part thrown away, at its end),
+    /// never taken as a long line ending where the client wants (SMTP smuggling after a
+    /// long line); a NUL in it is reported; the next line starts after its LF.
+    #[tokio::test]
+    async fn over_long_lines_keep_every_framing_rule() {
+        let long = "a".repeat(600);
+        let no_nul = Line::TooLong { nul: false };
+        let nul = || Line::TooLong { nul: true };
+        let next = || Line::Complete(b"NEXT".to_vec());
+        let dot = || Line::Complete(b".".to_vec());
+        let table = vec![
+            (
+                "LONG\n.\r\nNEXT\r\n",
+                vec![Line::BareLineEnding, dot(), next()],
+            ),
+            ("LONG\r.\r\nNEXT\r\n", vec![Line::BareLineEnding, next()]),
+            ("LONG\r\r\nNEXT\r\n", vec![Line::BareLineEnding, next()]),
+            ("LONG\rLONG\r\nNEXT\r\n", vec![Line::BareLineEnding, next()]),
+            ("a\rLONG\r\nNEXT\r\n", vec![Line::BareLineEnding, next()]),
+            ("LONG\n", vec![Line::BareLineEnding]),
+            ("LONG\r\nNEXT\r\n", vec![no_nul, next()]),
+            (
+                "LONG\r\n.\n",
+                vec![Line::TooLong { nul: false }, Line::BareLineEnding],
+            ),
+            ("LONG\r\n.\r\n", vec![Line::TooLong { nul: false }, dot()]),
+            ("LONG\0LONG\r\nNEXT\r\n", vec![nul(), next()]),
+            ("\0LONG\r\n", vec![nul()]),
+            ("LONG\0\r\n", vec![nul()]),
+        ];
+        for (template, mut want) in table {
+            want.push(Line::Eof);
+            let input = template.replace("LONG", &long);
+            for capacity in [1, 2, 7, 64, 511, 512, 513, 4096] {
+                let got = lines(input.as_bytes(), 512, capacity).await;
+                assert_eq!(got, want, "{template:?}, capacity {capacity}");
+            }
+        }
     }
 }

@@ -107,6 +107,9 @@ pub struct Session {
     checking: Option<Vec<Address>>,
     sasl: SaslStep,
     errors: u32,
+    /// Lines handled since the session last moved towards a message: an accepted RCPT, a
+    /// 354 to DATA, a successful AUTH set it to 0 (`limits.max_commands_without_progress`).
+    idle: u32,
 }
 
 impl Session {
@@ -121,6 +124,7 @@ impl Session {
             checking: None,
             sasl: SaslStep::None,
             errors: 0,
+            idle: 0,
         }
     }
 
@@ -164,7 +168,34 @@ impl Session {
 
     /// Handles one line (without CRLF): a command, or a SASL response during AUTH.
     pub fn handle(&mut self, line: &[u8]) -> Action {
-        let action = if self.sasl != SaslStep::None {
+        self.idle = self.idle.saturating_add(1);
+        let action = self.handle_line(line);
+        let action = self.count_errors(action);
+        self.count_idle(action)
+    }
+
+    /// Ends the session with 421 once `limits.max_commands_without_progress` lines in a
+    /// row have not moved it towards a message, so a client that sends NOOP, RSET or
+    /// rejected commands for ever cannot hold one of the limited sessions. Only a reply
+    /// that keeps the session open is replaced.
+    fn count_idle(&mut self, action: Action) -> Action {
+        match action {
+            Action::Reply(_)
+                if self.idle > self.ctx.config.limits.max_commands_without_progress =>
+            {
+                Action::Close(Reply::NO_PROGRESS)
+            }
+            other => other,
+        }
+    }
+
+    /// The session moved towards a message.
+    fn progressed(&mut self) {
+        self.idle = 0;
+    }
+
+    fn handle_line(&mut self, line: &[u8]) -> Action {
+        if self.sasl != SaslStep::None {
             self.sasl_response(line)
         } else if line.len() + 2 > MAX_COMMAND_LINE && !starts_with_ignore_case(line, b"AUTH ") {
             Action::Reply(Reply::LINE_TOO_LONG)
@@ -174,8 +205,7 @@ impl Session {
                 Err(r) if r.close => Action::Close(r.reply),
                 Err(r) => Action::Reply(r.reply),
             }
-        };
-        self.count_errors(action)
+        }
     }
 
     /// Counts client errors (5xx replies); past the budget the session ends with 421.
@@ -211,7 +241,10 @@ impl Session {
             Command::Data => match &self.tx {
                 None => Action::Reply(Reply::NEED_MAIL_FIRST),
                 Some(tx) if tx.recipients.is_empty() => Action::Reply(Reply::NO_VALID_RECIPIENTS),
-                Some(_) => Action::StartData(Reply::START_DATA),
+                Some(_) => {
+                    self.progressed();
+                    Action::StartData(Reply::START_DATA)
+                }
             },
             Command::Rset => {
                 self.tx = None;
@@ -337,6 +370,7 @@ impl Session {
                         rcpts: targets,
                     };
                 }
+                self.idle = 0;
                 add_recipients(tx, targets);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
@@ -350,6 +384,7 @@ impl Session {
         let targets = self.checking.take().unwrap_or_default();
         match (result, self.tx.as_mut()) {
             (Ok(()), Some(tx)) => {
+                self.idle = 0;
                 add_recipients(tx, targets);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
@@ -452,6 +487,7 @@ impl Session {
         self.sasl = SaslStep::None;
         let action = match result {
             Verified::User(address) => {
+                self.progressed();
                 self.user = Some(address);
                 Action::Reply(Reply::AUTH_OK)
             }

@@ -413,3 +413,103 @@ fn lmtp_recipients_wait_for_the_lmtp_server() {
     let tx = s.take_transaction().unwrap();
     assert_eq!((tx.recipients, tx.rcpt_count), (vec![alice], 1));
 }
+
+/// `limits.max_commands_without_progress` (20 by default): the 21st line in a row that
+/// does not move the session towards a message gets 421 instead of its reply; an accepted
+/// RCPT, a 354 or a successful AUTH starts the count again.
+#[test]
+fn sessions_without_progress_are_closed() {
+    let mut s = session(ListenerKind::Smtp, false);
+    run(&mut s, &[("EHLO client.test", 250)]);
+    for _ in 0..19 {
+        run(&mut s, &[("NOOP", 250)]);
+    }
+    run(&mut s, &[("NOOP", 421)]);
+
+    let mut s = session(ListenerKind::Smtp, false);
+    let mut steps = vec![("EHLO client.test", 250)];
+    steps.extend([("RSET", 250), ("HELP", 214), ("VRFY x", 252)].repeat(6));
+    steps.extend([
+        ("MAIL FROM:<a@remote.test>", 250),
+        ("RCPT TO:<alice@example.org>", 250),
+    ]);
+    steps.extend([("NOOP", 250)].repeat(20));
+    steps.extend([("DATA", 354)]);
+    run(&mut s, &steps);
+    s.take_transaction();
+    let mut steps = [("NOOP", 250)].repeat(20);
+    steps.push(("NOOP", 421));
+    run(&mut s, &steps);
+
+    let mut s = session(ListenerKind::Submission, true);
+    let mut steps = [("NOOP", 250)].repeat(19);
+    let auth = format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse"));
+    steps.push((&auth, 235));
+    steps.extend([("NOOP", 250)].repeat(20));
+    steps.push(("RSET", 421));
+    run(&mut s, &steps);
+}
+
+mod progress_model {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LINES: [&str; 9] = [
+        "NOOP",
+        "RSET",
+        "HELP",
+        "EHLO client.test",
+        "MAIL FROM:<a@remote.test>",
+        "RCPT TO:<alice@example.org>",
+        "RCPT TO:<x@remote.test>",
+        "DATA",
+        "BOGUS",
+    ];
+
+    proptest! {
+        /// The 421 for no progress comes exactly when a small model says: it follows the
+        /// transaction (EHLO, MAIL, RCPT, DATA, RSET) to know which lines move towards a
+        /// message (an accepted RCPT, a 354), counts the others, and expects the close on the
+        /// first line past the limit that is not MAIL (answered only after the room check).
+        #[test]
+        fn no_progress_closes_as_the_model_says(picks in prop::collection::vec(0..LINES.len(), 0..120)) {
+            let mut s = session_with(ListenerKind::Smtp, false, 100_000);
+            let limit = s.context().config.limits.max_commands_without_progress;
+            let (mut helo, mut tx, mut rcpt, mut idle) = (false, false, false, 0u32);
+            for pick in picks {
+                let line = LINES[pick];
+                idle += 1;
+                let mut progress = false;
+                match line {
+                    "EHLO client.test" => (helo, tx, rcpt) = (true, false, false),
+                    "RSET" => (tx, rcpt) = (false, false),
+                    "MAIL FROM:<a@remote.test>" if helo && !tx => tx = true,
+                    "RCPT TO:<alice@example.org>" if tx => (rcpt, progress) = (true, true),
+                    "DATA" if tx && rcpt => progress = true,
+                    _ => {}
+                }
+                let mut action = s.handle(line.as_bytes());
+                if action == Action::CheckRoom {
+                    action = s.room_checked(Ok(()));
+                    prop_assert!(matches!(action, Action::Reply(ref r) if r.code == 250));
+                    continue;
+                }
+                if progress {
+                    idle = 0;
+                    prop_assert!(!matches!(action, Action::Close(_)), "{} {:?}", line, action);
+                    if line == "DATA" {
+                        // The message is read and answered; the transaction ends.
+                        prop_assert!(matches!(action, Action::StartData(_)));
+                        s.take_transaction();
+                        (tx, rcpt) = (false, false);
+                    }
+                } else if idle > limit {
+                    prop_assert_eq!(action, Action::Close(Reply::NO_PROGRESS), "{}", line);
+                    return Ok(());
+                } else {
+                    prop_assert!(matches!(action, Action::Reply(ref r) if r.code != 421), "{} {:?}", line, action);
+                }
+            }
+        }
+    }
+}

@@ -15,6 +15,7 @@ mod durability_remote;
 mod durability_stop;
 mod durability_sync;
 mod fd_limit;
+mod framing;
 mod generated_mail;
 mod harness;
 mod headers;

@@ -411,7 +411,9 @@ fn hints_only_when_they_apply_and_with_the_config() {
     let mut mta = TestMta::start("");
     let cfg = mta.config_path().display().to_string();
     // The hints follow the ready line: wait for them rather than race the server.
-    mta.wait_logged(secs(10), "the first hint", || mta.stdout().contains("mta hint:"));
+    mta.wait_logged(secs(10), "the first hint", || {
+        mta.stdout().contains("mta hint:")
+    });
     let first = mta.stdout();
     let hint = first
         .lines()
