@@ -18,6 +18,11 @@
 # `cargo test -p mta-fuzz` replays it in CI) and makes the script fail. The last libFuzzer
 # statistics of each target (executions, cov, ft, corpus) are printed at the end.
 #
+# FUZZ_ENGINE=stable runs every target in the stable loop (no nightly build, no cargo-fuzz);
+# FUZZ_PROFILE=debug builds that loop without optimisation. The CI short form
+# (scripts/short-runs.sh) uses both, a few seconds per target: it proves that every target
+# and its harness still run, not that a long search finds nothing.
+#
 # Runs at the lowest CPU priority: it shares the machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +43,13 @@ max_len() {
 }
 
 nightly=false
-if cargo +nightly --version >/dev/null 2>&1; then
+engine=${FUZZ_ENGINE:-auto}
+profile=${FUZZ_PROFILE:-release}
+case "$engine" in auto | stable) ;; *) echo "fuzz.sh: FUZZ_ENGINE is auto or stable, not $engine" >&2; exit 2 ;; esac
+case "$profile" in release | debug) ;; *) echo "fuzz.sh: FUZZ_PROFILE is release or debug, not $profile" >&2; exit 2 ;; esac
+if [ "$engine" = stable ]; then
+  :
+elif cargo +nightly --version >/dev/null 2>&1; then
   nightly=true
   if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
     nice -n 19 cargo install --locked cargo-fuzz >&2
@@ -77,10 +88,14 @@ for t in "${targets[@]}"; do
     echo "$t: libFuzzer ${secs} s, ${runs:-?} executions, no crash; last: ${last}; corpus ${corpus} files"
   else
     if ! $built_stable; then
-      nice -n 19 cargo build --release -p mta-fuzz >&2
+      if [ "$profile" = release ]; then
+        nice -n 19 cargo build --release -p mta-fuzz >&2
+      else
+        nice -n 19 cargo build -p mta-fuzz >&2
+      fi
       built_stable=true
     fi
-    nice -n 19 target/release/mta-fuzz "$t" "$secs" || status=1
+    nice -n 19 "target/$profile/mta-fuzz" "$t" "$secs" || status=1
   fi
 done
 exit "$status"

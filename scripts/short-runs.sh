@@ -27,7 +27,7 @@ run_one() {
     soak-relay-kill) scripts/soak-relay-kill.sh 2 ;;
     bench-dane) BENCH_PROFILE=debug scripts/bench-dane.sh 5 1 ;;
     bench-smoke) scripts/bench.sh --smoke ;;
-    fuzz) scripts/fuzz.sh 3 ;;
+    fuzz) FUZZ_ENGINE=stable FUZZ_PROFILE=debug scripts/fuzz.sh 3 ;;
     *) echo "short-runs: no run named $1 (known: ${runs[*]})"; return 2 ;;
   esac
 }
