@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 runs=(powerloss powerloss-control diskfull diskfull-control soak-kill soak-relay-kill
-  bench-dane bench-smoke fuzz)
+  bench-dane bench-smoke memory auth-memory scrape-latency fuzz)
 [ "$#" -gt 0 ] && runs=("$@")
 
 run_one() {
@@ -27,6 +27,9 @@ run_one() {
     soak-relay-kill) scripts/soak-relay-kill.sh 2 ;;
     bench-dane) BENCH_PROFILE=debug scripts/bench-dane.sh 5 1 ;;
     bench-smoke) scripts/bench.sh --smoke ;;
+    memory) cargo build -q --bin mta && python3 scripts/bench/memory.py --mta target/debug/mta --sessions 3 --size 2 ;;
+    auth-memory) cargo build -q --bin mta && python3 scripts/auth_memory.py target/debug/mta 6 ;;
+    scrape-latency) cargo build -q --bin mta && scripts/bench/scrape-latency.sh 200 ;;
     fuzz) FUZZ_ENGINE=stable FUZZ_PROFILE=debug scripts/fuzz.sh 3 ;;
     *) echo "short-runs: no run named $1 (known: ${runs[*]})"; return 2 ;;
   esac
