@@ -270,7 +270,11 @@ async fn accept_loop(
             Ok(admission) => admission,
             Err(reply) => {
                 warn!(%peer, listener = kind.name(), reply = %reply, "connection refused");
-                refuse(tcp, &reply);
+                // On the implicit-TLS port the client's first bytes are a TLS handshake and
+                // it cannot read a plaintext reply: the refusal there is the close alone.
+                if kind != ListenerKind::Submissions {
+                    refuse(tcp, &reply);
+                }
                 continue;
             }
         };

@@ -163,7 +163,9 @@ fn without_a_server_mta_auth_says_so() {
 
 #[test]
 fn sixty_concurrent_attempts_get_454_past_the_line_of_checks() {
-    let mta = TestMta::start("[limits]\nmax_sessions_per_ip = 100\nauth_failures = 100\n");
+    let mta = TestMta::start(
+        "[limits]\nmax_sessions_per_ip = 100\nmax_sessions_per_network = 100\nauth_failures = 100\n",
+    );
     let replies = at_once(&mta, "127.0.0.5", 60, |i| format!("u{i}@example.test"));
     let (checked, busy) = (count(&replies, 535), count(&replies, 454));
     assert_eq!(checked + busy, 60, "{replies:?}");
