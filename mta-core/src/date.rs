@@ -22,6 +22,21 @@ pub fn rfc5322(unix_secs: u64) -> String {
     )
 }
 
+/// Formats a time since the Unix epoch as RFC 3339 in UTC with microseconds
+/// (`2026-12-07T01:32:33.409465Z`), as the JSON log lines write it.
+pub fn rfc3339_micros(since_epoch: std::time::Duration) -> String {
+    let secs = since_epoch.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:06}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since_epoch.subsec_micros()
+    )
+}
+
 /// Days since 1970-01-01 to (year, month 1..=12, day 1..=31), proleptic Gregorian
 /// (the well-known era-based conversion).
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -40,6 +55,13 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_with_micros() {
+        let t = std::time::Duration::new(1_796_607_153, 409_465_123);
+        assert_eq!(rfc3339_micros(t), "2026-12-07T01:32:33.409465Z");
+        assert_eq!(rfc3339_micros(std::time::Duration::ZERO), "1970-01-01T00:00:00.000000Z");
+    }
 
     #[test]
     fn known_dates() {
