@@ -258,8 +258,18 @@ fn check_data_dir(dir: &Path, report: &mut Preflight) {
         }
     }
     let users = users::users_path(dir);
-    match fs::File::open(&users) {
-        Ok(_) => {}
+    // Root may run this: only a regular file is opened (opening a FIFO blocks, a device may
+    // act on it), without waiting should one be swapped in after the check.
+    let opened = fs::metadata(&users).and_then(|m| match m.is_file() {
+        true => fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&users)
+            .map(drop),
+        false => Err(std::io::Error::other("not a regular file")),
+    });
+    match opened {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => report
             .errors
@@ -500,6 +510,8 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// `O_NOFOLLOW` (Linux): open fails on a symlink instead of following it.
 const O_NOFOLLOW: i32 = 0o400000;
+/// `O_NONBLOCK` (Linux): open does not wait for a FIFO's other end.
+const O_NONBLOCK: i32 = 0o4000;
 
 /// What is found where the self-signed certificate or key should be.
 #[derive(Debug, PartialEq, Eq)]

@@ -55,3 +55,25 @@ fn symlinks_in_the_data_dir_are_not_followed() {
         "the link is named as the cause\n{out}"
     );
 }
+
+/// A FIFO planted where the users file goes (by the `mta` user, for root's next start):
+/// start-up refuses it at once instead of blocking for ever in `open`, and nothing but a
+/// regular file is opened there.
+#[test]
+fn a_fifo_for_the_users_file_is_refused_not_opened() {
+    let planted = tempfile::tempdir().expect("temp dir");
+    let data = planted.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let made = std::process::Command::new("mkfifo")
+        .arg(data.join("users"))
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo");
+    let config = base_config(planted.path(), "");
+    let (_, out) = mta_tests::serve_expecting_failure(planted.path(), &config);
+    assert_ne!(out.code(), 0, "{out}");
+    assert!(
+        out.stderr.contains("not a regular file"),
+        "the users file is named as the cause\n{out}"
+    );
+}
