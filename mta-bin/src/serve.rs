@@ -524,12 +524,16 @@ enum Found {
     Torn,
     /// A symbolic link: mta neither follows nor replaces links in its data dir.
     Link,
+    /// Not a regular file (a FIFO, a device): never read.
+    Special,
 }
 
 fn inspect_pem(path: &Path) -> Found {
     match fs::symlink_metadata(path) {
         Err(_) => Found::Missing,
         Ok(m) if m.file_type().is_symlink() => Found::Link,
+        // A FIFO would block the read for ever, a device act on it.
+        Ok(m) if !m.is_file() => Found::Special,
         Ok(_) => match fs::read_to_string(path) {
             Ok(text) if is_whole_pem(&text) => Found::Whole,
             _ => Found::Torn,
@@ -595,6 +599,13 @@ fn self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
             "{} is a symbolic link: mta does not follow links in its data dir; remove it \
              (a new self-signed certificate is then made), or set [tls] cert and key",
             link.display()
+        );
+    }
+    if let Some((special, _)) = found.iter().find(|(_, f)| *f == Found::Special) {
+        bail!(
+            "{} is not a regular file: remove it (a new self-signed certificate is then made), \
+             or set [tls] cert and key",
+            special.display()
         );
     }
     if found.iter().all(|(_, f)| *f == Found::Whole) {
