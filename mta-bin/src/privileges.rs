@@ -227,7 +227,9 @@ impl Walk {
         };
         let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
         let is_dir = kind == SFlag::S_IFDIR;
-        if !is_dir && (kind != SFlag::S_IFREG || !self.needs_fix(&st)) {
+        // A regular file with another name may be a hard link to a file outside the data
+        // dir (mta makes none): left alone like a symbolic link.
+        if !is_dir && (kind != SFlag::S_IFREG || st.st_nlink > 1 || !self.needs_fix(&st)) {
             return Ok(()); // links, sockets, fifos: never touched
         }
         let flags = match is_dir {
@@ -243,7 +245,7 @@ impl Walk {
         };
         let st = fstat(&fd)?;
         let now = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
-        if now != kind {
+        if now != kind || (!is_dir && st.st_nlink > 1) {
             return Ok(());
         }
         self.fix(&fd, &st, is_dir)?;

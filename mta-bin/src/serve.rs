@@ -258,8 +258,18 @@ fn check_data_dir(dir: &Path, report: &mut Preflight) {
         }
     }
     let users = users::users_path(dir);
-    match fs::File::open(&users) {
-        Ok(_) => {}
+    // Root may run this: only a regular file is opened (opening a FIFO blocks, a device may
+    // act on it), without waiting should one be swapped in after the check.
+    let opened = fs::metadata(&users).and_then(|m| match m.is_file() {
+        true => fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&users)
+            .map(drop),
+        false => Err(std::io::Error::other("not a regular file")),
+    });
+    match opened {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => report
             .errors
@@ -500,6 +510,8 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// `O_NOFOLLOW` (Linux): open fails on a symlink instead of following it.
 const O_NOFOLLOW: i32 = 0o400000;
+/// `O_NONBLOCK` (Linux): open does not wait for a FIFO's other end.
+const O_NONBLOCK: i32 = 0o4000;
 
 /// What is found where the self-signed certificate or key should be.
 #[derive(Debug, PartialEq, Eq)]
@@ -512,12 +524,16 @@ enum Found {
     Torn,
     /// A symbolic link: mta neither follows nor replaces links in its data dir.
     Link,
+    /// Not a regular file (a FIFO, a device): never read.
+    Special,
 }
 
 fn inspect_pem(path: &Path) -> Found {
     match fs::symlink_metadata(path) {
         Err(_) => Found::Missing,
         Ok(m) if m.file_type().is_symlink() => Found::Link,
+        // A FIFO would block the read for ever, a device act on it.
+        Ok(m) if !m.is_file() => Found::Special,
         Ok(_) => match fs::read_to_string(path) {
             Ok(text) if is_whole_pem(&text) => Found::Whole,
             _ => Found::Torn,
@@ -583,6 +599,13 @@ fn self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf, bool)> {
             "{} is a symbolic link: mta does not follow links in its data dir; remove it \
              (a new self-signed certificate is then made), or set [tls] cert and key",
             link.display()
+        );
+    }
+    if let Some((special, _)) = found.iter().find(|(_, f)| *f == Found::Special) {
+        bail!(
+            "{} is not a regular file: remove it (a new self-signed certificate is then made), \
+             or set [tls] cert and key",
+            special.display()
         );
     }
     if found.iter().all(|(_, f)| *f == Found::Whole) {

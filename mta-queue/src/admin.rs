@@ -159,7 +159,8 @@ impl crate::Queue {
 
     /// Fails every pending recipient with [`OPERATOR_BOUNCE`] (and the last result, if
     /// any), sends the sender one [`DsnKind::Failed`] DSN about them (none when the sender
-    /// is `<>` or nothing was pending), and removes the message, since no recipient is
+    /// is `<>`, nothing was pending, or nothing showed the sender to be real:
+    /// [`mta_core::envelope::Envelope::may_bounce`]), and removes the message, since no recipient is
     /// pending any more. `Ok(false)` when there is no such message.
     ///
     /// The DSN is stored before the message is removed: if removing fails, the message
@@ -191,9 +192,14 @@ impl crate::Queue {
                 remote_mta: None,
             })
             .collect();
-        let dsn = self
-            .send_dsn(DsnKind::Failed, &record.envelope, &rcpts, &body)
-            .await?;
+        // As after a delivery failure: no DSN to a sender nothing showed to be real
+        // (backscatter).
+        let dsn = if record.envelope.may_bounce() {
+            self.send_dsn(DsnKind::Failed, &record.envelope, &rcpts, &body)
+                .await?
+        } else {
+            None
+        };
         if let Some((current, _)) = self.store().load(id)? {
             self.store()
                 .update(&current, current.next_attempt_ms, true)
@@ -349,6 +355,23 @@ mod tests {
         assert!(q.store().is_empty(), "gone, and no DSN queued");
         assert!(q.store().next_due_ms().expect("schedule").is_none());
         assert!(!q.delete(&id(A)).await.expect("delete"));
+    }
+
+    /// Mail from another server that nothing showed to come from its sender: the operator's
+    /// bounce fails it like a delivery failure would, and sends no DSN (backscatter).
+    #[tokio::test]
+    async fn bounce_of_unverified_mail_sends_no_dsn() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let q = queue(&dir);
+        put(&q, A, from_a(), &["b@remote.test"], FAR).await;
+        let (mut record, _) = q.store().load(&id(A)).expect("load").expect("present");
+        record.envelope.vouched = Vouched::Unverified;
+        q.store()
+            .update(&record, record.next_attempt_ms, false)
+            .await
+            .expect("update");
+        assert!(q.bounce_now(&id(A)).await.expect("bounce"));
+        assert!(q.store().is_empty(), "removed, and no DSN queued");
     }
 
     #[tokio::test]

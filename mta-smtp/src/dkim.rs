@@ -67,7 +67,7 @@ impl PrivateKey {
     /// # Errors
     /// The reason, for the operator: unreadable, not PEM, or another kind of key.
     pub fn load(path: &Path, algorithm: DkimAlgorithm) -> Result<PrivateKey, String> {
-        let pem = std::fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+        let pem = read_regular(path).map_err(|e| format!("cannot read: {e}"))?;
         let der = PrivateKeyDer::from_pem_slice(&pem)
             .map_err(|e| format!("not a PEM private key: {e}"))?;
         match algorithm {
@@ -267,6 +267,28 @@ fn from_domain(message: &[u8]) -> Option<Domain> {
         .iter()
         .all(|a| *a.domain() == domain)
         .then_some(domain)
+}
+
+/// A key file's bytes, from a regular file only: root reads the keys at start-up and they
+/// may sit in the data dir, where a FIFO would block the read for ever and a device act on
+/// being opened (`O_NONBLOCK` should one be swapped in after the check).
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || std::io::Error::other("not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(0o4000) // O_NONBLOCK (Linux)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_regular());
+    }
+    let mut pem = Vec::new();
+    file.read_to_end(&mut pem)?;
+    Ok(pem)
 }
 
 #[cfg(test)]

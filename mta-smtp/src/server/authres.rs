@@ -5,8 +5,9 @@
 //! A field is ours when its authserv-id (RFC 8601 §2.2: `[CFWS] authserv-id`, where
 //! authserv-id is an RFC 2045 `value`, a token or a quoted-string, and CFWS is RFC 5322 §3.2.2
 //! white space and nested comments) is our hostname or one of our local domains, compared
-//! without case and without a final dot. However the id is written (a comment before it,
-//! quotes, quoted-pairs, folding, a comment right after it) the same id is found, and the
+//! without case, final dots and white space around it (Unicode's too), in A-labels. However
+//! the id is written (a comment before it, quotes, quoted-pairs, folding, a comment right
+//! after it) the same id is found, and the
 //! field is found wherever a lenient reader would see one ([`headers::all_fields`]: white
 //! space before the colon, after a line that is not a field). A field whose authserv-id
 //! cannot be read at all is removed too: a sloppy reader might take it for ours.
@@ -40,11 +41,17 @@ fn claims_ours(value: &[u8], ours: &[&str]) -> bool {
     let Some(id) = authserv_id(value) else {
         return true;
     };
-    let id = id.strip_suffix(b".").unwrap_or(&id);
-    ours.iter().any(|name| {
-        let name = name.strip_suffix('.').unwrap_or(name);
-        id.eq_ignore_ascii_case(name.as_bytes())
-    })
+    let id = comparable(&id);
+    ours.iter().any(|name| comparable(name.as_bytes()) == id)
+}
+
+/// An id as a lenient reader compares it: without white space around it (Unicode's too)
+/// and final dots, in lower case, an internationalized name in A-labels.
+fn comparable(id: &[u8]) -> String {
+    let text = String::from_utf8_lossy(id);
+    let text = text.trim().trim_end_matches('.').trim_end();
+    mta_core::address::Domain::parse(text)
+        .map_or_else(|_| text.to_lowercase(), |d| d.as_str().to_string())
 }
 
 /// True for an RFC 2045 token character: US-ASCII but SPACE, controls and tspecials. Octets
@@ -141,6 +148,34 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Spellings of our id that a lenient reader takes for it (final dots, white space
+    /// inside quotes, Unicode white space, an internationalized name in U-labels) are
+    /// removed too.
+    #[test]
+    fn lenient_spellings_of_our_id_are_removed() {
+        let ours = &["mx.example.org", "xn--bcher-kva.example"];
+        for id in [
+            "mx.example.org..",
+            "\"mx.example.org \"",
+            "\"  MX.example.org. \"",
+            "\u{a0}mx.example.org",
+            "mx.example.org\u{a0}",
+            "b\u{fc}cher.example",
+            "B\u{dc}CHER.example.",
+        ] {
+            let msg =
+                format!("Authentication-Results: {id}; spf=pass\r\nSubject: a\r\n\r\nbody\r\n");
+            let (out, n) = strip_forged(msg.as_bytes(), ours);
+            assert_eq!(
+                (n, out.as_slice()),
+                (1, &b"Subject: a\r\n\r\nbody\r\n"[..]),
+                "{id:?}"
+            );
+        }
+        let other = "Authentication-Results: \"mx.example.org x\"; spf=pass\r\n\r\n";
+        assert_eq!(strip_forged(other.as_bytes(), ours).1, 0);
     }
 
     #[test]

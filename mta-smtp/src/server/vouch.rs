@@ -78,16 +78,77 @@ fn named_domains(value: &[u8], config: &Config) -> Vec<Domain> {
         .map(|a| a.domain().clone())
         .filter(|d| config.is_local_domain(d))
         .collect();
-    let lower = text.to_ascii_lowercase();
+    // Encoded words are read as a mail client shows them; final dots do not make a domain
+    // another one.
+    let lower = with_decoded_words(&text).to_ascii_lowercase();
     for local in &config.local_domains {
         let needle = format!("@{}", local.as_str().to_ascii_lowercase());
         let named = lower.match_indices(&needle).any(|(at, _)| {
-            let next = lower[at + needle.len()..].chars().next();
-            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            let after = lower[at + needle.len()..].trim_start_matches('.');
+            let next = after.chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
         });
         if named && !out.contains(local) {
             out.push(local.clone());
         }
+    }
+    out
+}
+
+/// `text`, followed by the decoded text of each RFC 2047 encoded word in it
+/// (`=?charset?B?…?=` or `=?charset?Q?…?=`, read as UTF-8 whatever the charset).
+fn with_decoded_words(text: &str) -> String {
+    use base64::Engine as _;
+    let mut out = text.to_string();
+    let mut rest = text;
+    while let Some(start) = rest.find("=?") {
+        rest = &rest[start + 2..];
+        let mut parts = rest.splitn(4, '?');
+        let (Some(_charset), Some(encoding), Some(word), Some(tail)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            break;
+        };
+        if !tail.starts_with('=') {
+            continue;
+        }
+        let decoded = match encoding {
+            "B" | "b" => base64::engine::general_purpose::STANDARD
+                .decode(word.trim_end_matches('='))
+                .or_else(|_| {
+                    base64::engine::general_purpose::STANDARD_NO_PAD
+                        .decode(word.trim_end_matches('='))
+                })
+                .unwrap_or_default(),
+            "Q" | "q" => decode_q(word),
+            _ => continue,
+        };
+        out.push(' ');
+        out.push_str(&String::from_utf8_lossy(&decoded));
+    }
+    out
+}
+
+/// The octets of a `Q`-encoded word: `_` is a space, `=XX` an octet in hex.
+fn decode_q(word: &str) -> Vec<u8> {
+    let bytes = word.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(b)) => {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+            (b'_', _) => out.push(b' '),
+            (b, _) => out.push(b),
+        }
+        i += 1;
     }
     out
 }
@@ -141,6 +202,17 @@ mod tests {
             None
         );
         assert_eq!(spoofed("From: a@sub.example.org\r\n\r\n", &none), None);
+        assert_eq!(
+            spoofed("From: a@example.org..evil.test\r\n\r\n", &none),
+            None
+        );
+        assert_eq!(
+            spoofed(
+                "From: =?utf-8?q?a=40example=2Eorg=2Eevil?= <a@x.test>\r\n\r\n",
+                &none
+            ),
+            None
+        );
         assert_eq!(spoofed("From: a@elsewhere.test\r\n\r\n", &none), None);
         // Display names, a second mailbox, a second domain, fields a lenient reader sees.
         for msg in [
@@ -149,6 +221,11 @@ mod tests {
             "From: ceo@example.org <<broken\r\n\r\n",
             "Subject: x\r\nnot a field\r\nFrom : ceo@example.org\r\n\r\n",
             "From: x@elsewhere.test\r\n (ceo@example.org)\r\n\r\n",
+            "From: ceo@example.org.\r\n\r\n",
+            "From: CEO <ceo@Example.ORG.>\r\n\r\n",
+            "From: =?UTF-8?B?Y2VvQGV4YW1wbGUub3Jn?= <x@elsewhere.test>\r\n\r\n",
+            "From: =?utf-8?q?ceo=40example=2Eorg?= <x@elsewhere.test>\r\n\r\n",
+            "From: =?utf-8?Q?CEO_=3Cceo=40example=2Eorg=3E?=\r\n <x@elsewhere.test>\r\n\r\n",
         ] {
             assert_eq!(
                 spoofed(msg, &none).as_deref(),

@@ -55,3 +55,72 @@ fn symlinks_in_the_data_dir_are_not_followed() {
         "the link is named as the cause\n{out}"
     );
 }
+
+/// A FIFO planted where the users file goes (by the `mta` user, for root's next start):
+/// start-up refuses it at once instead of blocking for ever in `open`, and nothing but a
+/// regular file is opened there.
+#[test]
+fn a_fifo_for_the_users_file_is_refused_not_opened() {
+    let planted = tempfile::tempdir().expect("temp dir");
+    let data = planted.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    let made = std::process::Command::new("mkfifo")
+        .arg(data.join("users"))
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo");
+    let config = base_config(planted.path(), "");
+    let (_, out) = mta_tests::serve_expecting_failure(planted.path(), &config);
+    assert_ne!(out.code(), 0, "{out}");
+    assert!(
+        out.stderr.contains("not a regular file"),
+        "the users file is named as the cause\n{out}"
+    );
+}
+
+/// A FIFO planted where the self-signed certificate goes: refused at once, not read (which
+/// blocks for ever).
+#[test]
+fn a_fifo_for_the_self_signed_certificate_is_refused_not_read() {
+    let planted = tempfile::tempdir().expect("temp dir");
+    let tls = planted.path().join("data").join("tls");
+    std::fs::create_dir_all(&tls).expect("mkdir");
+    let made = std::process::Command::new("mkfifo")
+        .arg(tls.join("selfsigned-cert.pem"))
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo");
+    let config = base_config(planted.path(), "");
+    let (_, out) = mta_tests::serve_expecting_failure(planted.path(), &config);
+    assert_ne!(out.code(), 0, "{out}");
+    assert!(
+        out.stderr.contains("not a regular file"),
+        "the certificate is named as the cause\n{out}"
+    );
+}
+
+/// A FIFO planted where a DKIM key made by `mta dkim keygen` goes (the data dir): refused
+/// at once, not read.
+#[test]
+fn a_fifo_for_a_dkim_key_is_refused_not_read() {
+    let planted = tempfile::tempdir().expect("temp dir");
+    let dkim = planted.path().join("data").join("dkim");
+    std::fs::create_dir_all(&dkim).expect("mkdir");
+    let key = dkim.join("example.test.s1.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&key)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo");
+    let extra = format!(
+        "[[dkim.\"example.test\"]]\nselector = \"s1\"\nkey = {:?}\nalgorithm = \"ed25519\"\n",
+        key.display().to_string()
+    );
+    let config = base_config(planted.path(), &extra);
+    let (_, out) = mta_tests::serve_expecting_failure(planted.path(), &config);
+    assert_ne!(out.code(), 0, "{out}");
+    assert!(
+        out.stderr.contains("not a regular file"),
+        "the key is named as the cause\n{out}"
+    );
+}

@@ -47,6 +47,10 @@ fn started_as_root_it_serves_as_the_configured_user() {
     let victim = outside.path().join("victim");
     std::fs::write(&victim, "root's").expect("write victim");
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    // And one a hard link inside is another name of (same file system: the temp dir).
+    let linked = outside.path().join("linked");
+    std::fs::write(&linked, "root's").expect("write linked");
+    std::fs::set_permissions(&linked, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let mta = TestMta::start_config(|dir| {
         // The temp dir is root's 0700; let the user through to DIR/data as /var/lib does.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
@@ -57,6 +61,7 @@ fn started_as_root_it_serves_as_the_configured_user() {
         std::fs::create_dir_all(&old).expect("mkdir old Maildir");
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         std::os::unix::fs::symlink(&victim, dir.join("data/link")).expect("symlink");
+        std::fs::hard_link(&linked, dir.join("data/hardlink")).expect("hard link");
         config
     });
     let pid: u32 = mta.pid().parse().expect("a pid");
@@ -80,6 +85,11 @@ fn started_as_root_it_serves_as_the_configured_user() {
     let old = data.join("mail/example.test/old/Maildir/new");
     assert_eq!(owner_mode(&old), (uid, gid, 0o700));
     assert_eq!(owner_mode(&victim), (0, 0, 0o644), "the link was followed");
+    assert_eq!(
+        owner_mode(&linked),
+        (0, 0, 0o644),
+        "a file with another name outside was given away"
+    );
     // The dropped user reads the users file it was given: AUTH works. And delivers.
     let mut client = SmtpClient::connect(mta.submission_addr());
     client.reply("greeting");
