@@ -60,7 +60,10 @@ mod tests {
     fn rfc3339_with_micros() {
         let t = std::time::Duration::new(1_796_607_153, 409_465_123);
         assert_eq!(rfc3339_micros(t), "2026-12-07T01:32:33.409465Z");
-        assert_eq!(rfc3339_micros(std::time::Duration::ZERO), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(std::time::Duration::ZERO),
+            "1970-01-01T00:00:00.000000Z"
+        );
     }
 
     #[test]

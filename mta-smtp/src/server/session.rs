@@ -370,7 +370,9 @@ impl Session {
                         rcpts: targets,
                     };
                 }
-                self.idle = 0;
+                // An accepted RCPT neither counts nor starts the count again: a message may
+                // have many recipients, but MAIL, RCPT, RSET for ever must not hold a session.
+                self.idle = self.idle.saturating_sub(1);
                 add_recipients(tx, targets);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
@@ -384,7 +386,8 @@ impl Session {
         let targets = self.checking.take().unwrap_or_default();
         match (result, self.tx.as_mut()) {
             (Ok(()), Some(tx)) => {
-                self.idle = 0;
+                // As in `rcpt`: the RCPT line was counted when it came; accepted, it is not.
+                self.idle = self.idle.saturating_sub(1);
                 add_recipients(tx, targets);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
