@@ -168,7 +168,8 @@ impl Relay {
                     roots,
                     out.mta_sts_port,
                     &config.data_dir,
-                ))
+                )
+                .with_internal(out.allow_internal.clone(), out.refuse_private))
             }
             false => None,
         };
