@@ -291,7 +291,7 @@ impl Connection {
             return match check {
                 // RFC 3207 §4.1: the client may go on without TLS.
                 Check::Record if !reply.is_success() => {
-                    info!(mx = %target.name, %reply, "STARTTLS refused; going on without TLS");
+                    info!(mx = %target.name, reply = %mta_core::text::escape(&reply.to_string()), "STARTTLS refused; going on without TLS");
                     Ok(())
                 }
                 Check::Record => Err(protocol(

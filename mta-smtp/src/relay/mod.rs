@@ -163,12 +163,10 @@ impl Relay {
         let sts = match out.mta_sts {
             true => {
                 let roots = load_roots(out.mta_sts_ca_file.as_deref(), "outbound.mta_sts_ca_file")?;
-                Some(mta_sts::Sts::new(
-                    resolver.clone(),
-                    roots,
-                    out.mta_sts_port,
-                    &config.data_dir,
-                ))
+                Some(
+                    mta_sts::Sts::new(resolver.clone(), roots, out.mta_sts_port, &config.data_dir)
+                        .with_internal(out.allow_internal.clone(), out.refuse_private),
+                )
             }
             false => None,
         };

@@ -240,6 +240,9 @@ pub struct Sts {
     connector: TlsConnector,
     port: u16,
     dir: PathBuf,
+    /// `outbound.allow_internal` and `outbound.refuse_private`: a policy host at an internal
+    /// address is refused like an MX host there.
+    internal: (Vec<ipnet::IpNet>, bool),
     cache: Mutex<HashMap<String, (Arc<Policy>, u64)>>,
     /// Counts uses, so the cache knows which entry was used least recently.
     clock: std::sync::atomic::AtomicU64,
@@ -252,6 +255,13 @@ fn now() -> u64 {
 }
 
 impl Sts {
+    /// The internal addresses policy hosts may have (`outbound.allow_internal`), and
+    /// whether private ones are refused too.
+    pub fn with_internal(mut self, allow: Vec<ipnet::IpNet>, refuse_private: bool) -> Sts {
+        self.internal = (allow, refuse_private);
+        self
+    }
+
     /// Fetches over port `port` (443 but in tests), trusting `roots`; caches under
     /// `data_dir/mta-sts`.
     pub fn new(
@@ -268,6 +278,7 @@ impl Sts {
             connector: TlsConnector::from(Arc::new(config)),
             port,
             dir: data_dir.join("mta-sts"),
+            internal: (Vec::new(), false),
             cache: Mutex::new(HashMap::new()),
             clock: std::sync::atomic::AtomicU64::new(0),
         }
@@ -399,6 +410,10 @@ impl Sts {
         let mut last = format!("{host} has no address");
         for ip in ips {
             let addr = SocketAddr::new(ip, self.port);
+            if let Some(why) = super::mx::refused(ip, &self.internal.0, self.internal.1) {
+                last = format!("{host} [{ip}]: {why} (an internal address)");
+                continue;
+            }
             let tcp = match TcpStream::connect(addr).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -713,5 +728,26 @@ mod tests {
         let mut kept: Vec<&String> = cache.keys().collect();
         kept.sort();
         assert_eq!(kept, ["d2", "d4", "d5"]);
+    }
+
+    #[tokio::test]
+    async fn a_policy_host_at_an_internal_address_is_not_connected_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let resolver = super::super::mx::resolver(
+            &["127.0.0.1:1".parse().unwrap()],
+            mta_core::config::IpFamily::Any,
+        )
+        .unwrap();
+        let sts = Sts::new(resolver, Arc::new(RootCertStore::empty()), port, dir.path());
+        // mx::addresses takes an address as it is: no DNS needed to point at loopback.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), sts.get("127.0.0.1"));
+        let accepted =
+            tokio::time::timeout(std::time::Duration::from_millis(300), listener.accept());
+        let (got, accepted) = tokio::join!(got, accepted);
+        assert!(accepted.is_err(), "connected to a loopback policy host");
+        let err = got.expect("no answer").unwrap_err();
+        assert!(err.contains("internal"), "{err}");
     }
 }

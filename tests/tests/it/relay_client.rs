@@ -252,3 +252,53 @@ fn a_huge_reply_is_cut_where_it_is_stored_and_logged() {
     );
     assert!(longest <= 2048, "a log line of {longest} octets");
 }
+
+#[test]
+fn a_huge_starttls_refusal_is_cut_where_it_is_logged() {
+    // A receiver that offers STARTTLS and refuses it with 100 lines of 512 octets, then hangs
+    // up: the refusal is logged before the client goes on in plaintext.
+    use std::io::{BufRead, BufReader, Write};
+    let dns = dns();
+    let (port, listener) = on_shared_port("the fake receiver", |p| {
+        std::net::TcpListener::bind(("127.0.0.2", p)).map_err(|e| e.to_string())
+    });
+    listener.set_nonblocking(false).unwrap();
+    let server = std::thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(secs(20))).unwrap();
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn);
+        w.write_all(b"220 mx1.remote.test ESMTP\r\n").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        w.write_all(b"250-mx1.remote.test\r\n250 STARTTLS\r\n")
+            .unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("STARTTLS"), "{line}");
+        let mut lines: Vec<String> = (0..99)
+            .map(|i| format!("454-4.7.0 {i:03} \u{2028}{}", "x".repeat(490)))
+            .collect();
+        lines.push(format!("454 4.7.0 end {}", "y".repeat(496)));
+        w.write_all(format!("{}\r\n", lines.join("\r\n")).as_bytes())
+            .unwrap();
+        line.clear();
+        let _ = r.read_line(&mut line);
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let id = submit(
+        &tx,
+        &["bob@remote.test"],
+        &message("bob@remote.test", "huge refusal"),
+    );
+    tx.wait_for_deferral(&id, "bob@remote.test", 1, secs(30));
+    server.join().unwrap();
+    let log = tx.log();
+    assert!(log.contains("STARTTLS refused"), "{log}");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest <= 2048, "a log line of {longest} octets");
+    assert!(
+        !log.contains('\u{2028}'),
+        "a raw line separator from the remote in the log"
+    );
+}
