@@ -243,11 +243,9 @@ fn a_dead_destination_costs_few_connections_per_round() {
         "{n} connections for {messages} messages tried 3 times each\n{}",
         tx.log()
     );
-    assert!(
-        tx.log().contains("suspended after 3 failed connections"),
-        "{}",
-        tx.log()
-    );
+    // Attempts already past the check when the third failure came add theirs: the count
+    // logged may be above 3.
+    assert!(tx.log().contains("is suspended after"), "{}", tx.log());
 }
 
 #[test]
