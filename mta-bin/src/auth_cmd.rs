@@ -13,7 +13,7 @@ use mta_smtp::server::Current;
 use mta_smtp::server::logins::{Held, LoginPolicy};
 use serde_json::{Value, json};
 
-use crate::control;
+use crate::control_client;
 
 /// `mta auth ...`
 #[derive(Subcommand, Debug)]
@@ -99,7 +99,7 @@ pub fn run(command: AuthCommand, config: &Config) -> anyhow::Result<()> {
             format!("auth-unblock {target}")
         }
     };
-    let text = control::ask(&config.data_dir, &line)?;
+    let text = control_client::ask(&config.data_dir, &line)?;
     let value: Value = serde_json::from_str(&text)
         .map_err(|_| anyhow::anyhow!("unreadable answer from the server: {text:?}"))?;
     if let Some(e) = value.get("error").and_then(Value::as_str) {

@@ -4,7 +4,9 @@
 //! the queue (`mta-queue`) and the network (`mta-smtp`) meet through `mta_core::seams`.
 
 mod auth_cmd;
+mod cert;
 mod control;
+mod control_client;
 mod dkim_cmd;
 mod doctor;
 mod metrics_http;
@@ -149,7 +151,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { log_format } => load_config(path.as_deref())
             .and_then(|c| serve::run(c, path.clone(), log_format, &source)),
-        Command::Reload => load_config(path.as_deref()).and_then(|c| control::reload(&c)),
+        Command::Reload => load_config(path.as_deref()).and_then(|c| control_client::reload(&c)),
         Command::Send(_) => unreachable!("mta send is run above"),
         Command::User { command } => load_config(path.as_deref()).and_then(|c| {
             let delimiter = c.local.recipient_delimiter;

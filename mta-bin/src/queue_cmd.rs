@@ -16,6 +16,7 @@ use mta_queue::{Queue, QueueSettings};
 use serde_json::Value;
 
 use crate::control::{self, Listing, Request};
+use crate::control_client;
 
 /// Queue commands. Each takes `--json` to print the control socket's JSON answer for
 /// scripts.
@@ -145,7 +146,7 @@ pub fn run(cmd: QueueCommand, config: &Config) -> anyhow::Result<()> {
 
 /// Sends `request` to the running server, or carries it out on the store when none runs.
 fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
-    if let Some(answer) = control::request(&config.data_dir, &request.line())? {
+    if let Some(answer) = control_client::request(&config.data_dir, &request.line())? {
         let value =
             serde_json::from_str(&answer).context("unreadable answer from the running server")?;
         return Ok((value, Via::Server));

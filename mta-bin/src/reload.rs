@@ -47,7 +47,7 @@ impl Parts {
         kept: Kept,
         users: Arc<dyn UserDirectory>,
     ) -> anyhow::Result<Parts> {
-        let (tls, cert_note) = crate::serve::load_tls(&config)?;
+        let (tls, cert_note) = crate::cert::load_tls(&config)?;
         Parts::with_tls(config, kept, users, tls, cert_note)
     }
 

@@ -10,7 +10,7 @@ use mta_core::config::Config;
 use mta_smtp::relay::memory::{TlsMemory, forget_offline};
 use serde_json::{Value, json};
 
-use crate::control;
+use crate::control_client;
 
 /// `mta tls ...`
 #[derive(Subcommand, Debug)]
@@ -70,7 +70,7 @@ pub fn run(command: TlsCommand, config: &Config) -> anyhow::Result<()> {
             format!("tls-forget {d}")
         }
     };
-    let value: Value = match control::request(&config.data_dir, &line)? {
+    let value: Value = match control_client::request(&config.data_dir, &line)? {
         Some(text) => serde_json::from_str(&text)?,
         None => offline(&command, config)?,
     };

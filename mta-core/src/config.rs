@@ -11,6 +11,7 @@
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
 mod authentication;
+mod checker;
 mod duration;
 mod file;
 mod local;

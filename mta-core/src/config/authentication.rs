@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::checker::Checker;
 use super::file::{OneOrMany, RawDkimKey, RawInbound, S};
-use super::validate::Checker;
 use super::{DkimAlgorithm, DkimKey, Inbound, SpoofedFrom};
 use crate::address::Domain;
 

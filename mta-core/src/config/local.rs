@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use super::checker::Checker;
 use super::file::RawLocal;
-use super::validate::Checker;
 use super::{LmtpAddress, Local, LocalDelivery};
 
 /// Plus-addressing is on unless the file turns it off: `bob+tag@` reaches bob.

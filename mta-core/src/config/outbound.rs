@@ -5,14 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
-use std::ops::Range;
 use std::time::Duration;
 
+use super::checker::{Checker, Given, bytes};
 use super::file::{RawDomainTls, RawOutbound, RawQueue, S};
-use super::validate::Checker;
 use super::{
     DnssecSource, DomainTls, IpFamily, Outbound, PasswordSource, Queue, Smarthost, SmarthostTls,
-    TlsMode, duration,
+    TlsMode,
 };
 use crate::address::Domain;
 
@@ -43,32 +42,6 @@ const IP_FAMILIES: [IpFamily; 3] = [IpFamily::Any, IpFamily::Ipv4, IpFamily::Ipv
 const DNSSEC_SOURCES: [DnssecSource; 2] = [DnssecSource::Validate, DnssecSource::Resolver];
 const SMARTHOST_TLS: [SmarthostTls; 2] = [SmarthostTls::Starttls, SmarthostTls::Implicit];
 const TLS_MODES: [TlsMode; 3] = [TlsMode::Opportunistic, TlsMode::Required, TlsMode::None];
-
-/// A duration key as the file gives it, for the checks that compare two of them.
-pub(super) enum Given {
-    /// Not in the file: the default applies.
-    Absent,
-    /// In the file and valid, with the position of its value.
-    Valid(Duration, Range<usize>),
-    /// In the file but not a duration: already reported, so not compared.
-    Invalid,
-}
-
-impl Given {
-    pub(super) fn or(&self, default: Duration) -> Duration {
-        match self {
-            Given::Valid(d, _) => *d,
-            Given::Absent | Given::Invalid => default,
-        }
-    }
-
-    pub(super) fn span(&self) -> Option<Range<usize>> {
-        match self {
-            Given::Valid(_, span) => Some(span.clone()),
-            Given::Absent | Given::Invalid => None,
-        }
-    }
-}
 
 impl Checker<'_> {
     /// `[outbound]` and its `[outbound.tls."domain"]` tables.
@@ -356,7 +329,7 @@ impl Checker<'_> {
             max_lifetime: lifetime.or(DEFAULT_MAX_LIFETIME),
             delay_warning: warning.or(DEFAULT_DELAY_WARNING),
             min_free_space: self.floor(
-                &super::validate::bytes(&raw.min_free_space),
+                &bytes(&raw.min_free_space),
                 "queue.min_free_space",
                 DEFAULT_MIN_FREE_SPACE,
             ),
@@ -402,19 +375,6 @@ impl Checker<'_> {
         n.as_ref()
             .and_then(|n| self.int(n, key, 0, i64::MAX, None))
             .map_or(default, |n| n as u64)
-    }
-
-    pub(super) fn given(&mut self, text: &Option<S<String>>, key: &str) -> Given {
-        let Some(text) = text else {
-            return Given::Absent;
-        };
-        match duration::parse(text.get_ref()) {
-            Ok(d) => Given::Valid(d, text.span()),
-            Err(msg) => {
-                self.error(text.span(), key, msg);
-                Given::Invalid
-            }
-        }
     }
 }
 

@@ -3,8 +3,8 @@
 //! `mta-bin` acts on them (`privileges.rs`, `sandbox.rs`); here they are only read and
 //! checked.
 
+use super::checker::Checker;
 use super::file::{RawConfig, S};
-use super::validate::Checker;
 
 /// How the serving process runs (`user`, `group`, `allow_root`, `sandbox`).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,9 +7,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::checker::{Checker, Given, bytes};
 use super::file::{List, RawConfig, S, Source};
-use super::outbound::Given;
-use super::{Config, ConfigError, Dns, Limits, Listen, Tls, duration};
+use super::{Config, ConfigError, Dns, Limits, Listen, Tls};
 use crate::address::{Address, Domain};
 
 const DEFAULT_DATA_DIR: &str = "./mta-data";
@@ -68,10 +68,7 @@ pub(super) fn from_raw(
     shape_errors: Vec<ConfigError>,
     system_hostname: &str,
 ) -> (Config, Vec<ConfigError>) {
-    let mut c = Checker {
-        source,
-        errors: shape_errors,
-    };
+    let mut c = Checker::new(source, shape_errors);
     let hostname = match &raw.hostname {
         Some(h) => c.domain(h, "hostname"),
         None => None,
@@ -148,8 +145,7 @@ pub(super) fn from_raw(
         parsed.ok()
     });
     let process = c.process(&raw);
-    let mut errors = c.errors;
-    errors.sort_by_key(|e| (e.line, e.column));
+    let errors = c.into_errors();
     let config = Config {
         hostname,
         data_dir,
@@ -183,37 +179,7 @@ fn system_domain(name: &str) -> Domain {
     }
 }
 
-/// Collects errors while the values are converted. `outbound.rs` adds the methods for
-/// `[outbound]` and `[queue]`.
-pub(super) struct Checker<'a> {
-    source: &'a Source<'a>,
-    errors: Vec<ConfigError>,
-}
-
 impl Checker<'_> {
-    pub(super) fn error(&mut self, span: std::ops::Range<usize>, key: &str, message: String) {
-        self.errors.push(self.source.error(span, key, message));
-    }
-
-    pub(super) fn domain(&mut self, text: &S<String>, key: &str) -> Option<Domain> {
-        match Domain::parse(text.get_ref()) {
-            Ok(d) if d.is_literal() => {
-                let msg = format!(
-                    "{:?} is an address literal, not a domain name",
-                    text.get_ref()
-                );
-                self.error(text.span(), key, msg);
-                None
-            }
-            Ok(d) => Some(d),
-            Err(_) => {
-                let msg = format!("{:?} is not a domain name", text.get_ref());
-                self.error(text.span(), key, msg);
-                None
-            }
-        }
-    }
-
     fn local_domains(&mut self, list: &List) -> Vec<Domain> {
         let mut domains: Vec<Domain> = Vec::new();
         for item in list.get_ref() {
@@ -227,43 +193,6 @@ impl Checker<'_> {
             }
         }
         domains
-    }
-
-    pub(super) fn duration(
-        &mut self,
-        text: &Option<S<String>>,
-        key: &str,
-        default: Duration,
-    ) -> Duration {
-        let Some(text) = text else {
-            return default;
-        };
-        duration::parse(text.get_ref()).unwrap_or_else(|msg| {
-            self.error(text.span(), key, msg);
-            default
-        })
-    }
-
-    /// An integer in `min..=max`; `why` explains the minimum when a rule sets it.
-    pub(super) fn int(
-        &mut self,
-        n: &S<i64>,
-        key: &str,
-        min: i64,
-        max: i64,
-        why: Option<&str>,
-    ) -> Option<i64> {
-        let value = *n.get_ref();
-        let msg = if value < min {
-            let why = why.map(|w| format!(" ({w})")).unwrap_or_default();
-            format!("{value} is below the minimum of {min}{why}")
-        } else if value > max {
-            format!("{value} is above the maximum of {max}")
-        } else {
-            return Some(value);
-        };
-        self.error(n.span(), key, msg);
-        None
     }
 
     fn listen(&mut self, raw: &RawConfig) -> Listen {
@@ -324,16 +253,6 @@ impl Checker<'_> {
             submission: lists.next().unwrap_or_default(),
             submissions: lists.next().unwrap_or_default(),
         }
-    }
-
-    /// A path, which must not be empty.
-    pub(super) fn path(&mut self, p: &Option<S<String>>, key: &str) -> Option<PathBuf> {
-        let p = p.as_ref()?;
-        if p.get_ref().is_empty() {
-            self.error(p.span(), key, "must not be empty".to_string());
-            return None;
-        }
-        Some(PathBuf::from(p.get_ref()))
     }
 
     fn tls(&mut self, raw: &RawConfig) -> Tls {
@@ -617,12 +536,6 @@ impl Checker<'_> {
 
 /// Whether two listeners would fight over a port: the same address, or a wildcard address
 /// and another of its family (binding both fails on Linux).
-/// A size read with its unit, as the plain number of bytes the range checks take.
-pub(super) fn bytes(n: &Option<S<super::size::Size>>) -> Option<S<i64>> {
-    n.as_ref()
-        .map(|n| toml::Spanned::new(n.span(), n.get_ref().0))
-}
-
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
