@@ -3,6 +3,9 @@
 //! the typed config, SMTP replies, envelopes, users and their passwords, relay and sender
 //! policy, and the traits ([`seams`]) at which the network and the queue meet.
 
+// Functions stay under the line limit in clippy.toml (test code is exempt).
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 pub mod accept_backoff;
 pub mod address;
 pub mod auth;

@@ -56,78 +56,88 @@ impl Metrics {
             message_memory: Gauge::default(),
             registry: Registry::default(),
         };
+        m.register_sessions(&mut registry);
+        m.register_delivery(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    /// The sessions' and received messages' metrics.
+    fn register_sessions(&self, registry: &mut Registry) {
         registry.register(
             "sessions",
             "SMTP sessions accepted, by listener",
-            m.sessions.clone(),
+            self.sessions.clone(),
         );
         registry.register(
             "sessions_open",
             "SMTP sessions open now, by listener",
-            m.sessions_open.clone(),
+            self.sessions_open.clone(),
         );
         registry.register(
             "messages_accepted",
             "Messages queued after DATA (250), by listener",
-            m.accepted.clone(),
+            self.accepted.clone(),
         );
         registry.register(
             "messages_rejected",
             "Messages refused after DATA, by listener and reply status",
-            m.rejected.clone(),
+            self.rejected.clone(),
         );
         registry.register(
             "auth_failures",
             "Failed AUTH attempts, by listener",
-            m.auth_failures.clone(),
+            self.auth_failures.clone(),
         );
         registry.register(
             "recipients",
             "Recipient delivery outcomes recorded by the queue: delivered, deferred, failed, expired",
-            m.recipients.clone(),
+            self.recipients.clone(),
         );
+    }
+
+    /// The deliveries', the queue's and the memory's metrics.
+    fn register_delivery(&self, registry: &mut Registry) {
         registry.register(
             "remote_attempts",
             "SMTP transactions with remote hosts, by result and TLS level",
-            m.remote_attempts.clone(),
+            self.remote_attempts.clone(),
         );
         registry.register(
             "dns_errors",
             "DNS lookups that failed temporarily, by purpose",
-            m.dns_errors.clone(),
+            self.dns_errors.clone(),
         );
         registry.register(
             "dkim",
             "DKIM signing of outbound messages: signed, or error",
-            m.dkim.clone(),
+            self.dkim.clone(),
         );
         registry.register(
             "queue_messages",
             "Messages in the queue (at the last scrape)",
-            m.queue_messages.clone(),
+            self.queue_messages.clone(),
         );
         registry.register(
             "queue_oldest_seconds",
             "Age of the oldest queued message in seconds (at the last scrape)",
-            m.queue_oldest.clone(),
+            self.queue_oldest.clone(),
         );
         registry.register(
             "queue_store_unavailable",
             "1 while the queue store cannot be read; the other queue gauges then keep the \
              values of the last scrape that could read it",
-            m.queue_unavailable.clone(),
+            self.queue_unavailable.clone(),
         );
         registry.register(
             "dsn_dropped",
             "Bounces not sent because nothing showed the envelope sender to be real",
-            m.dsn_dropped.clone(),
+            self.dsn_dropped.clone(),
         );
         registry.register(
             "message_memory_bytes",
             "Message bytes held in memory by sessions receiving DATA (limits.message_memory)",
-            m.message_memory.clone(),
+            self.message_memory.clone(),
         );
-        Metrics { registry, ..m }
     }
 
     /// A session was accepted on `listener`; the returned guard counts it open until dropped.

@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, Local, LocalDelivery, Outbound, PasswordSource, duration,
-    size,
+    Config, ConfigError, ConfigErrors, Inbound, Limits, Listen, Local, LocalDelivery, Outbound,
+    PasswordSource, Queue, Smarthost, Tls, duration, size,
 };
 
 /// A value with the byte range it was read from, for error positions.
@@ -368,39 +368,76 @@ fn key_at(text: &str, offset: usize) -> String {
 
 /// The effective config as TOML: every key written out, so the text says exactly what runs.
 pub(super) fn write(config: &Config) -> String {
-    let path = |p: &std::path::Path| quote(&p.to_string_lossy());
-    let time = |d| quote(&duration::format(d));
-    let (l, m) = (&config.listen, &config.limits);
+    let metrics = match config.metrics_listen {
+        Some(addr) => format!("listen = {}\n", quote(&addr.to_string())),
+        None => "# no listen: no metrics served\n".to_string(),
+    };
+    [
+        write_top(config),
+        write_listen(&config.listen),
+        format!("\n[tls]\n{}", write_tls(&config.tls)),
+        write_limits(&config.limits),
+        format!("\n[dns]\nnameservers = {}\n", list(&config.dns.nameservers)),
+        format!("\n[outbound]\n{}", write_outbound(&config.outbound)),
+        write_queue(&config.queue),
+        format!("\n[metrics]\n{metrics}"),
+        write_inbound(&config.inbound),
+        format!("\n[local]\n{}", write_local(&config.local)),
+        format!("\n[aliases]\n{}", write_aliases(config)),
+        write_dkim(&config.dkim),
+    ]
+    .concat()
+}
+
+fn path(p: &std::path::Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
+fn time(d: std::time::Duration) -> String {
+    quote(&duration::format(d))
+}
+
+/// The keys before the first table.
+fn write_top(config: &Config) -> String {
+    format!(
+        "hostname = {}\ndata_dir = {}\nlocal_domains = {}\nshutdown_grace = {}\n{}",
+        quote(config.hostname.as_str()),
+        path(&config.data_dir),
+        list(&config.local_domains),
+        time(config.shutdown_grace),
+        write_process(&config.process),
+    )
+}
+
+/// `[listen]`.
+fn write_listen(l: &Listen) -> String {
+    format!(
+        "\n[listen]\nsmtp = {}\nsubmission = {}\nsubmissions = {}\n",
+        list(&l.smtp),
+        list(&l.submission),
+        list(&l.submissions),
+    )
+}
+
+/// The keys of `[tls]`.
+fn write_tls(t: &Tls) -> String {
     let mut tls = String::new();
-    if let Some(cert) = &config.tls.cert {
+    if let Some(cert) = &t.cert {
         tls += &format!("cert = {}\n", path(cert));
     }
-    if let Some(key) = &config.tls.key {
+    if let Some(key) = &t.key {
         tls += &format!("key = {}\n", path(key));
     }
     if tls.is_empty() {
         tls = "# no cert and key: a self-signed certificate in data_dir\n".to_string();
     }
-    let mut aliases = String::new();
-    for (alias, targets) in &config.aliases {
-        aliases += &format!("{} = {}\n", quote(&alias.to_string()), list(targets));
-    }
-    for (domain, targets) in &config.catch_all {
-        aliases += &format!("{} = {}\n", quote(&format!("@{domain}")), list(targets));
-    }
+    tls
+}
+
+/// `[limits]`.
+fn write_limits(m: &Limits) -> String {
     format!(
-        "hostname = {hostname}\n\
-         data_dir = {data_dir}\n\
-         local_domains = {local_domains}\n\
-         shutdown_grace = {shutdown_grace}\n\
-         {process}\
-         \n[listen]\n\
-         smtp = {smtp}\n\
-         submission = {submission}\n\
-         submissions = {submissions}\n\
-         \n[tls]\n\
-         {tls}\
-         \n[limits]\n\
+        "\n[limits]\n\
          max_message_size = {max_message_size}\n\
          max_recipients = {max_recipients}\n\
          max_sessions = {max_sessions}\n\
@@ -416,38 +453,7 @@ pub(super) fn write(config: &Config) -> String {
          max_headers = {max_headers}\n\
          max_header_size = {max_header_size}\n\
          max_received = {max_received}\n\
-         message_memory = {message_memory}\n\
-         \n[dns]\n\
-         nameservers = {nameservers}\n\
-         \n[outbound]\n\
-         {outbound}\
-         \n[queue]\n\
-         retry_first = {retry_first}\n\
-         retry_max = {retry_max}\n\
-         max_lifetime = {max_lifetime}\n\
-         delay_warning = {delay_warning}\n\
-         min_free_space = {min_free_space}\n\
-         min_free_inodes = {min_free_inodes}\n\
-         \n[metrics]\n\
-         {metrics}\
-         \n[inbound]\n\
-         checks = {checks}\n\
-         dmarc_reject = {dmarc_reject}\n\
-         spf_reject = {spf_reject}\n\
-         spoofed_from = {spoofed_from}\n\
-         \n[local]\n\
-         {local}\
-         \n[aliases]\n\
-         {aliases}\
-         {dkim}",
-        hostname = quote(config.hostname.as_str()),
-        data_dir = path(&config.data_dir),
-        local_domains = list(&config.local_domains),
-        shutdown_grace = time(config.shutdown_grace),
-        process = write_process(&config.process),
-        smtp = list(&l.smtp),
-        submission = list(&l.submission),
-        submissions = list(&l.submissions),
+         message_memory = {message_memory}\n",
         max_message_size = m.max_message_size,
         max_recipients = m.max_recipients,
         max_sessions = m.max_sessions,
@@ -464,25 +470,49 @@ pub(super) fn write(config: &Config) -> String {
         max_header_size = m.max_header_size,
         max_received = m.max_received,
         message_memory = m.message_memory,
-        nameservers = list(&config.dns.nameservers),
-        outbound = write_outbound(&config.outbound),
-        retry_first = time(config.queue.retry_first),
-        retry_max = time(config.queue.retry_max),
-        max_lifetime = time(config.queue.max_lifetime),
-        delay_warning = time(config.queue.delay_warning),
-        min_free_space = config.queue.min_free_space,
-        min_free_inodes = config.queue.min_free_inodes,
-        metrics = match config.metrics_listen {
-            Some(addr) => format!("listen = {}\n", quote(&addr.to_string())),
-            None => "# no listen: no metrics served\n".to_string(),
-        },
-        checks = config.inbound.checks,
-        dmarc_reject = config.inbound.dmarc_reject,
-        spf_reject = config.inbound.spf_reject,
-        spoofed_from = quote(config.inbound.spoofed_from.name()),
-        dkim = write_dkim(&config.dkim),
-        local = write_local(&config.local),
     )
+}
+
+/// `[queue]`.
+fn write_queue(q: &Queue) -> String {
+    format!(
+        "\n[queue]\n\
+         retry_first = {}\n\
+         retry_max = {}\n\
+         max_lifetime = {}\n\
+         delay_warning = {}\n\
+         min_free_space = {}\n\
+         min_free_inodes = {}\n",
+        time(q.retry_first),
+        time(q.retry_max),
+        time(q.max_lifetime),
+        time(q.delay_warning),
+        q.min_free_space,
+        q.min_free_inodes,
+    )
+}
+
+/// `[inbound]`.
+fn write_inbound(i: &Inbound) -> String {
+    format!(
+        "\n[inbound]\nchecks = {}\ndmarc_reject = {}\nspf_reject = {}\nspoofed_from = {}\n",
+        i.checks,
+        i.dmarc_reject,
+        i.spf_reject,
+        quote(i.spoofed_from.name()),
+    )
+}
+
+/// The keys of `[aliases]`: each alias, then each domain's catch-all (`"@domain"`).
+fn write_aliases(config: &Config) -> String {
+    let mut aliases = String::new();
+    for (alias, targets) in &config.aliases {
+        aliases += &format!("{} = {}\n", quote(&alias.to_string()), list(targets));
+    }
+    for (domain, targets) in &config.catch_all {
+        aliases += &format!("{} = {}\n", quote(&format!("@{domain}")), list(targets));
+    }
+    aliases
 }
 
 /// `user`, `group`, `allow_root` and `sandbox`.
@@ -526,7 +556,6 @@ fn write_dkim(keys: &[super::DkimKey]) -> String {
 
 /// The keys of `[outbound]`, then one `[outbound.tls."domain"]` table per domain.
 fn write_outbound(o: &Outbound) -> String {
-    let path = |p: &std::path::Path| quote(&p.to_string_lossy());
     let mut out = format!(
         "port = {}\n\
          ip = {}\n\
@@ -575,33 +604,7 @@ fn write_outbound(o: &Outbound) -> String {
             .collect();
         out += &format!("tls_report_allow = [{}]\n", names.join(", "));
     }
-    match &o.relay {
-        None => out += "# no relay: mail goes to each domain's MX hosts\n",
-        Some(relay) => {
-            // An IPv6 host needs brackets to keep its colons apart from the port.
-            let host = match relay.host.parse::<Ipv6Addr>() {
-                Ok(_) => format!("[{}]", relay.host),
-                Err(_) => relay.host.clone(),
-            };
-            out += &format!("relay = {}\n", quote(&format!("{host}:{}", relay.port)));
-            out += &format!("relay_tls = {}\n", quote(relay.tls.name()));
-            if let Some(user) = &relay.user {
-                out += &format!("relay_user = {}\n", quote(user));
-            }
-            match &relay.password {
-                Some(PasswordSource::File(p)) => {
-                    out += &format!("relay_password_file = {}\n", path(p));
-                }
-                Some(PasswordSource::Env(name)) => {
-                    out += &format!("relay_password_env = {}\n", quote(name));
-                }
-                None => {}
-            }
-            if let Some(ca) = &relay.ca_file {
-                out += &format!("relay_ca_file = {}\n", path(ca));
-            }
-        }
-    }
+    out += &write_relay(o.relay.as_ref());
     for (domain, policy) in &o.tls {
         out += &format!(
             "\n[outbound.tls.{}]\nmode = {}\n",
@@ -611,6 +614,37 @@ fn write_outbound(o: &Outbound) -> String {
         if let Some(ca) = &policy.ca_file {
             out += &format!("ca_file = {}\n", path(ca));
         }
+    }
+    out
+}
+
+/// The `relay` keys of `[outbound]`, or a comment saying there is no relay.
+fn write_relay(relay: Option<&Smarthost>) -> String {
+    let Some(relay) = relay else {
+        return "# no relay: mail goes to each domain's MX hosts\n".to_string();
+    };
+    let mut out = String::new();
+    // An IPv6 host needs brackets to keep its colons apart from the port.
+    let host = match relay.host.parse::<Ipv6Addr>() {
+        Ok(_) => format!("[{}]", relay.host),
+        Err(_) => relay.host.clone(),
+    };
+    out += &format!("relay = {}\n", quote(&format!("{host}:{}", relay.port)));
+    out += &format!("relay_tls = {}\n", quote(relay.tls.name()));
+    if let Some(user) = &relay.user {
+        out += &format!("relay_user = {}\n", quote(user));
+    }
+    match &relay.password {
+        Some(PasswordSource::File(p)) => {
+            out += &format!("relay_password_file = {}\n", path(p));
+        }
+        Some(PasswordSource::Env(name)) => {
+            out += &format!("relay_password_env = {}\n", quote(name));
+        }
+        None => {}
+    }
+    if let Some(ca) = &relay.ca_file {
+        out += &format!("relay_ca_file = {}\n", path(ca));
     }
     out
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::checker::{Checker, Given, bytes};
-use super::file::{List, RawConfig, S, Source};
+use super::file::{List, RawConfig, RawLimits, S, Source};
 use super::{Config, ConfigError, Dns, Limits, Listen, Tls};
 use crate::address::{Address, Domain};
 
@@ -116,34 +116,7 @@ pub(super) fn from_raw(
         None => Vec::new(),
     };
     let inbound = c.inbound(&raw.inbound);
-    let metrics_listen = raw.metrics.listen.as_ref().and_then(|text| {
-        let parsed = text.get_ref().parse::<SocketAddr>();
-        if parsed.is_err() {
-            let msg = format!("{:?} is not an address:port", text.get_ref());
-            c.error(text.span(), "metrics.listen", msg);
-        }
-        // The metrics listener is bound after the mail listeners: on one of their addresses
-        // it would stop the start after the mail ports are already taken.
-        let mail = [
-            ("smtp", &listen.smtp),
-            ("submission", &listen.submission),
-            ("submissions", &listen.submissions),
-        ];
-        if let Ok(addr) = parsed
-            && addr.port() != 0
-            && let Some((by, other)) = mail.iter().find_map(|(by, list)| {
-                list.iter()
-                    .find(|other| overlaps(addr, **other))
-                    .map(|other| (by, other))
-            })
-        {
-            let msg = format!(
-                "{addr} is already used by listen.{by} (as {other}): give the metrics their own port"
-            );
-            c.error(text.span(), "metrics.listen", msg);
-        }
-        parsed.ok()
-    });
+    let metrics_listen = c.metrics_listen(&raw, &listen);
     let process = c.process(&raw);
     let errors = c.into_errors();
     let config = Config {
@@ -282,13 +255,6 @@ impl Checker<'_> {
             self.int(n.as_ref()?, key, min, max, why)
         };
         let usize_max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
-        let size = int(
-            &bytes(&r.max_message_size),
-            "limits.max_message_size",
-            MIN_MESSAGE_SIZE,
-            i64::MAX,
-            None,
-        );
         let rfc = Some("RFC 5321 §4.5.3.1.8");
         let rcpts = int(
             &r.max_recipients,
@@ -333,6 +299,48 @@ impl Checker<'_> {
             MAX_AUTH_FAILURES,
             None,
         );
+        let (command_timeout, data_timeout, session_timeout) = self.timeouts(r);
+        // Each conversion below is of a value already checked to be in range.
+        let sizes = self.message_sizes(r);
+        Limits {
+            max_message_size: sizes.max_message_size,
+            max_recipients: rcpts.map_or(DEFAULT_MAX_RECIPIENTS, |n| n as usize),
+            max_sessions: sessions.map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
+            max_errors: errors.map_or(DEFAULT_MAX_ERRORS, |n| n as u32),
+            command_timeout,
+            data_timeout,
+            max_sessions_per_ip: per_ip.map_or(DEFAULT_MAX_SESSIONS_PER_IP, |n| n as usize),
+            max_sessions_per_network: per_network
+                .map_or(DEFAULT_MAX_SESSIONS_PER_NETWORK, |n| n as usize),
+            max_commands_without_progress: without_progress
+                .map_or(DEFAULT_MAX_COMMANDS_WITHOUT_PROGRESS, |n| n as u32),
+            session_timeout,
+            auth_failures: auth_failures.map_or(DEFAULT_AUTH_FAILURES, |n| n as u32),
+            auth_failure_window: self.duration(
+                &r.auth_failure_window,
+                "limits.auth_failure_window",
+                DEFAULT_AUTH_FAILURE_WINDOW,
+            ),
+            max_headers: sizes.max_headers,
+            max_header_size: sizes.max_header_size,
+            max_received: sizes.max_received,
+            message_memory: sizes.message_memory,
+        }
+    }
+
+    /// The size limits of `[limits]`: of a message, its header and its memory.
+    fn message_sizes(&mut self, r: &RawLimits) -> Sizes {
+        let mut int = |n: &Option<S<i64>>, key: &str, min: i64, max: i64, why: Option<&str>| {
+            self.int(n.as_ref()?, key, min, max, why)
+        };
+        let usize_max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
+        let size = int(
+            &bytes(&r.max_message_size),
+            "limits.max_message_size",
+            MIN_MESSAGE_SIZE,
+            i64::MAX,
+            None,
+        );
         let headers = int(
             &r.max_headers,
             "limits.max_headers",
@@ -363,13 +371,21 @@ impl Checker<'_> {
             None,
         );
         let max_message_size = size.map_or(DEFAULT_MAX_MESSAGE_SIZE, |n| n as u64);
-        // A budget below the largest message would refuse that message for ever.
-        if let (Some(n), Some(span)) = (memory, r.message_memory.as_ref().map(|m| m.span()))
-            && (n as u64) < max_message_size
-        {
-            let msg = format!("{n} is below limits.max_message_size ({max_message_size})");
-            self.error(span, "limits.message_memory", msg);
+        self.check_memory_budget(memory, &r.message_memory, max_message_size);
+        // Each conversion below is of a value already checked to be in range.
+        Sizes {
+            max_message_size,
+            max_headers: headers.map_or(DEFAULT_MAX_HEADERS, |n| n as usize),
+            max_header_size: header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |n| n as usize),
+            max_received: received.map_or(DEFAULT_MAX_RECEIVED, |n| n as usize),
+            message_memory: memory
+                .map_or(DEFAULT_MESSAGE_MEMORY.max(max_message_size), |n| n as u64),
         }
+    }
+
+    /// `limits.command_timeout`, `limits.data_timeout` and `limits.session_timeout`; a
+    /// session shorter than the DATA phase is an error.
+    fn timeouts(&mut self, r: &RawLimits) -> (Duration, Duration, Duration) {
         let command_timeout = self.duration(
             &r.command_timeout,
             "limits.command_timeout",
@@ -395,32 +411,54 @@ impl Checker<'_> {
                 (None, None) => {}
             }
         }
-        // Each conversion below is of a value already checked to be in range.
-        Limits {
-            max_message_size,
-            max_recipients: rcpts.map_or(DEFAULT_MAX_RECIPIENTS, |n| n as usize),
-            max_sessions: sessions.map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
-            max_errors: errors.map_or(DEFAULT_MAX_ERRORS, |n| n as u32),
-            command_timeout,
-            data_timeout,
-            max_sessions_per_ip: per_ip.map_or(DEFAULT_MAX_SESSIONS_PER_IP, |n| n as usize),
-            max_sessions_per_network: per_network
-                .map_or(DEFAULT_MAX_SESSIONS_PER_NETWORK, |n| n as usize),
-            max_commands_without_progress: without_progress
-                .map_or(DEFAULT_MAX_COMMANDS_WITHOUT_PROGRESS, |n| n as u32),
-            session_timeout,
-            auth_failures: auth_failures.map_or(DEFAULT_AUTH_FAILURES, |n| n as u32),
-            auth_failure_window: self.duration(
-                &r.auth_failure_window,
-                "limits.auth_failure_window",
-                DEFAULT_AUTH_FAILURE_WINDOW,
-            ),
-            max_headers: headers.map_or(DEFAULT_MAX_HEADERS, |n| n as usize),
-            max_header_size: header_size.map_or(DEFAULT_MAX_HEADER_SIZE, |n| n as usize),
-            max_received: received.map_or(DEFAULT_MAX_RECEIVED, |n| n as usize),
-            message_memory: memory
-                .map_or(DEFAULT_MESSAGE_MEMORY.max(max_message_size), |n| n as u64),
+        (command_timeout, data_timeout, session_timeout)
+    }
+
+    /// `limits.message_memory` must hold the largest message allowed.
+    fn check_memory_budget(
+        &mut self,
+        memory: Option<i64>,
+        message_memory: &Option<S<i64>>,
+        max_message_size: u64,
+    ) {
+        // A budget below the largest message would refuse that message for ever.
+        if let (Some(n), Some(span)) = (memory, message_memory.as_ref().map(|m| m.span()))
+            && (n as u64) < max_message_size
+        {
+            let msg = format!("{n} is below limits.max_message_size ({max_message_size})");
+            self.error(span, "limits.message_memory", msg);
         }
+    }
+
+    /// `metrics.listen`: an address:port not used by a mail listener.
+    fn metrics_listen(&mut self, raw: &RawConfig, listen: &Listen) -> Option<SocketAddr> {
+        let text = raw.metrics.listen.as_ref()?;
+        let parsed = text.get_ref().parse::<SocketAddr>();
+        if parsed.is_err() {
+            let msg = format!("{:?} is not an address:port", text.get_ref());
+            self.error(text.span(), "metrics.listen", msg);
+        }
+        // The metrics listener is bound after the mail listeners: on one of their addresses
+        // it would stop the start after the mail ports are already taken.
+        let mail = [
+            ("smtp", &listen.smtp),
+            ("submission", &listen.submission),
+            ("submissions", &listen.submissions),
+        ];
+        if let Ok(addr) = parsed
+            && addr.port() != 0
+            && let Some((by, other)) = mail.iter().find_map(|(by, list)| {
+                list.iter()
+                    .find(|other| overlaps(addr, **other))
+                    .map(|other| (by, other))
+            })
+        {
+            let msg = format!(
+                "{addr} is already used by listen.{by} (as {other}): give the metrics their own port"
+            );
+            self.error(text.span(), "metrics.listen", msg);
+        }
+        parsed.ok()
     }
 
     fn nameservers(&mut self, list: &List) -> Vec<SocketAddr> {
@@ -540,4 +578,14 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port()
         && (a.ip() == b.ip()
             || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified())))
+}
+
+/// The size limits of `[limits]`, read together because the memory budget is checked
+/// against the message size.
+struct Sizes {
+    max_message_size: u64,
+    max_headers: usize,
+    max_header_size: usize,
+    max_received: usize,
+    message_memory: u64,
 }
