@@ -201,15 +201,12 @@ impl mta_core::seams::Enqueue for Discard {
 /// Every reply line the server writes must be well-formed.
 pub fn conn(input: &[u8]) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let shared = mta_smtp::server::Shared {
-        config: context(ListenerKind::Smtp, false).config,
-        users: Arc::new(Users(Arc::new(UserDb::default()))),
-        queue: Arc::new(Discard),
-        tls: None,
-        shutdown: tokio::sync::watch::channel(false).1,
-        guards: Default::default(),
-        checks: None,
-    };
+    let shared = mta_smtp::server::Shared::new(
+        context(ListenerKind::Smtp, false).config,
+        Arc::new(Users(Arc::new(UserDb::default()))),
+        Arc::new(Discard),
+        tokio::sync::watch::channel(false).1,
+    );
     let output = RUNTIME.with(|rt| {
         rt.block_on(async {
             let (mut client, server) = tokio::io::duplex(1 << 20);

@@ -489,15 +489,12 @@ mod tests {
 
     fn test_server(data_dir: &Path, queue: Arc<Queue>) -> mta_smtp::server::Current {
         let config = mta_core::config::Config::defaults("mx.test").expect("defaults");
-        mta_smtp::server::Current::new(mta_smtp::server::Shared {
-            config: Arc::new(config),
-            users: Arc::new(crate::users::UsersFile::open(data_dir).expect("users")),
+        mta_smtp::server::Current::new(mta_smtp::server::Shared::new(
+            Arc::new(config),
+            Arc::new(crate::users::UsersFile::open(data_dir).expect("users")),
             queue,
-            tls: None,
-            shutdown: watch::channel(false).1,
-            guards: Default::default(),
-            checks: None,
-        })
+            watch::channel(false).1,
+        ))
     }
 
     #[test]

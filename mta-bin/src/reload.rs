@@ -10,17 +10,18 @@
 //! change on disk are picked up without any reload (`mta_smtp::tls::ReloadingCert`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use mta_core::address::Address;
 use mta_core::config::Config;
 use mta_core::envelope::Envelope;
 use mta_core::seams::{BoxFuture, Deliver, Outcome, UserDirectory};
+use mta_core::swap::Swap;
 use mta_smtp::relay::Kept;
 use mta_smtp::router::Router;
+use mta_smtp::server::Current;
 use mta_smtp::server::authcheck::Checker;
-use mta_smtp::server::{Current, Shared};
 use tokio_rustls::TlsAcceptor;
 
 /// What is built from a config: everything a reload replaces.
@@ -85,20 +86,12 @@ impl Parts {
 
 /// The router the scheduler calls; a reload swaps the one behind it. An attempt in progress
 /// keeps the router it started with.
-pub struct Switch(RwLock<Arc<Router>>);
+pub struct Switch(Swap<Router>);
 
 impl Switch {
     /// Starts with `router`.
     pub fn new(router: Arc<Router>) -> Switch {
-        Switch(RwLock::new(router))
-    }
-
-    fn get(&self) -> Arc<Router> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn replace(&self, router: Arc<Router>) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = router;
+        Switch(Swap::from_arc(router))
     }
 }
 
@@ -109,16 +102,17 @@ impl Deliver for Switch {
         body: &'a Arc<[u8]>,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
-        let router = self.get();
+        let router = self.0.get();
         Box::pin(async move { router.deliver(envelope, body, recipients).await })
     }
 
     fn is_local(&self, recipient: &Address) -> bool {
-        self.get().is_local(recipient)
+        self.0.get().is_local(recipient)
     }
 }
 
-/// What a reload needs to reach: the config file, the server's current [`Shared`], the router
+/// What a reload needs to reach: the config file, the server's current
+/// [`Shared`](mta_smtp::server::Shared), the router
 /// switch.
 pub struct Reloader {
     /// The config file; `None` when running on built-in defaults.
@@ -155,16 +149,9 @@ impl Reloader {
             );
         }
         let parts = Parts::build(Arc::new(new), self.kept.clone(), old.users.clone())?;
-        self.current.replace(Shared {
-            config: parts.config.clone(),
-            users: old.users.clone(),
-            queue: old.queue.clone(),
-            tls: Some(parts.tls),
-            shutdown: old.shutdown.clone(),
-            guards: old.guards.clone(),
-            checks: parts.checks,
-        });
-        self.router.replace(parts.router);
+        self.current
+            .replace(old.reloaded(parts.config.clone(), parts.tls, parts.checks));
+        self.router.0.replace_arc(parts.router);
         self.config.send_replace(parts.config);
         Ok(())
     }

@@ -354,18 +354,14 @@ async fn serve(
     };
     let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
-    let server = Server::listen(
-        Shared {
-            config: config.clone(),
-            users: users.clone(),
-            queue: queue.clone(),
-            tls: Some(parts.tls),
-            shutdown: stopped.clone(),
-            guards: Default::default(),
-            checks: parts.checks,
-        },
-        sockets,
-    )?;
+    let shared = Shared::new(
+        config.clone(),
+        users.clone(),
+        queue.clone(),
+        stopped.clone(),
+    )
+    .with(Some(parts.tls), parts.checks);
+    let server = Server::listen(shared, sockets)?;
     let (config_tx, config_rx) = watch::channel(config.clone());
     let reloader = Reloader {
         path,

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reply;
 pub mod seams;
+pub mod swap;
 pub mod text;
 
 pub use address::{Address, Domain, ForwardPath, ReversePath};

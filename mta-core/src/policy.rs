@@ -27,7 +27,7 @@ pub enum RcptDecision {
 
 /// Whether the client is allowed to relay to domains that are not ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Relay {
+pub enum RelayPermission {
     /// Port 25 without AUTH: local domains only.
     Denied,
     /// An authenticated submission session: any domain.
@@ -35,7 +35,12 @@ pub enum Relay {
 }
 
 /// Decides one recipient (RFC 5321 §4.5.1: postmaster is always accepted).
-pub fn rcpt(config: &Config, users: &UserDb, relay: Relay, to: &ForwardPath) -> RcptDecision {
+pub fn rcpt(
+    config: &Config,
+    users: &UserDb,
+    relay: RelayPermission,
+    to: &ForwardPath,
+) -> RcptDecision {
     let address = match to {
         ForwardPath::Postmaster => {
             // The bare <Postmaster> is ours: at the hostname when that is a local domain,
@@ -52,8 +57,8 @@ pub fn rcpt(config: &Config, users: &UserDb, relay: Relay, to: &ForwardPath) -> 
     let domain = address.domain();
     if !config.is_local_domain(domain) {
         return match relay {
-            Relay::Allowed => RcptDecision::Accept(vec![address.clone()]),
-            Relay::Denied => RcptDecision::Reject(Reply::RELAY_DENIED),
+            RelayPermission::Allowed => RcptDecision::Accept(vec![address.clone()]),
+            RelayPermission::Denied => RcptDecision::Reject(Reply::RELAY_DENIED),
         };
     }
     if let Some(targets) = local_rcpt(config, users, address) {
@@ -160,87 +165,87 @@ local_domains = ["example.org", "mx.example.org"]
     fn recipients() {
         let (config, users) = setup();
         use RcptDecision::{Accept, Reject};
-        let table: &[(&str, Relay, RcptDecision)] = &[
+        let table: &[(&str, RelayPermission, RcptDecision)] = &[
             (
                 "<alice@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice@example.org"])),
             ),
             (
                 "<ALICE@EXAMPLE.ORG>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["ALICE@example.org"])),
             ),
             (
                 "<info@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice@example.org", "bob@example.org"])),
             ),
             (
                 "<Postmaster>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["postmaster@mx.example.org"])),
             ),
             (
                 "<postmaster@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice@example.org"])),
             ),
             (
                 "<PostMaster@mx.example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["postmaster@mx.example.org"])),
             ),
             (
                 "<nobody@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<nobody@example.org>",
-                Relay::Allowed,
+                RelayPermission::Allowed,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<x@remote.test>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::RELAY_DENIED),
             ),
             (
                 "<x@remote.test>",
-                Relay::Allowed,
+                RelayPermission::Allowed,
                 Accept(addrs(&["x@remote.test"])),
             ),
             // Classic open-relay tricks: each is a local mailbox that does not exist, or a
             // remote domain; none may relay.
             (
                 "<x%remote.test@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<\"x@remote.test\"@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<remote.test!x@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<@example.org:x@remote.test>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::RELAY_DENIED),
             ),
             (
                 "<x@[127.0.0.1]>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::RELAY_DENIED),
             ),
             (
                 "<x@sub.example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::RELAY_DENIED),
             ),
         ];
@@ -278,85 +283,85 @@ local_domains = ["example.org", "other.example"]
                 .unwrap();
         }
         use RcptDecision::{Accept, Reject};
-        let table: &[(&str, Relay, RcptDecision)] = &[
+        let table: &[(&str, RelayPermission, RcptDecision)] = &[
             (
                 "<alice+tag@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice+tag@example.org"])),
             ),
             (
                 "<ALICE+Tag@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["ALICE+Tag@example.org"])),
             ),
             // An explicit alias beats the tag, and an existing user with the delimiter in
             // its name is itself.
             (
                 "<alice+lists@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["carol@example.org"])),
             ),
             (
                 "<a+b@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["a+b@example.org"])),
             ),
             (
                 "<info+x@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice@example.org", "bob@example.org"])),
             ),
             (
                 "<postmaster+x@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["postmaster@example.org"])),
             ),
             // No way past the unknown-user refusal, and none to relay.
             (
                 "<nobody+x@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<nobody+alice@example.org>",
-                Relay::Allowed,
+                RelayPermission::Allowed,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<+alice@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::NO_SUCH_USER),
             ),
             (
                 "<alice+x@remote.test>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Reject(Reply::RELAY_DENIED),
             ),
             (
                 "<alice+x%remote.test@example.org>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice+x%remote.test@example.org"])),
             ),
             // The catch-all takes unknown local parts of its domain only; users and
             // postmaster keep theirs.
             (
                 "<anything@other.example>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["alice@example.org"])),
             ),
             (
                 "<x@other.example>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["x@other.example"])),
             ),
             (
                 "<x+tag@other.example>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["x+tag@other.example"])),
             ),
             (
                 "<postmaster@other.example>",
-                Relay::Denied,
+                RelayPermission::Denied,
                 Accept(addrs(&["postmaster@other.example"])),
             ),
         ];
@@ -388,7 +393,7 @@ local_domains = ["example.org", "other.example"]
         .unwrap();
         let to = parse_forward_path("<alice+tag@example.org>").unwrap();
         assert_eq!(
-            rcpt(&off, &users, Relay::Denied, &to),
+            rcpt(&off, &users, RelayPermission::Denied, &to),
             Reject(Reply::NO_SUCH_USER)
         );
         // A catch-all is not a way to send as anyone in its domain.
@@ -421,7 +426,7 @@ local_domains = ["example.org", "other.example"]
         ] {
             let to = parse_forward_path(path).unwrap();
             let got = matches!(
-                rcpt(&config, &users, Relay::Denied, &to),
+                rcpt(&config, &users, RelayPermission::Denied, &to),
                 RcptDecision::Accept(_)
             );
             assert_eq!(got, accepted, "{path}");

@@ -196,7 +196,7 @@ impl Router {
         }
         let to = mta_core::address::ForwardPath::Address(rcpt.clone());
         let users = self.users.current();
-        match policy::rcpt(&self.config, &users, policy::Relay::Allowed, &to) {
+        match policy::rcpt(&self.config, &users, policy::RelayPermission::Allowed, &to) {
             policy::RcptDecision::Accept(targets)
                 if !targets.is_empty() && targets.as_slice() != [rcpt.clone()] =>
             {

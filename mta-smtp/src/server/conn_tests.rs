@@ -55,15 +55,12 @@ fn setup(limits: impl FnOnce(&mut mta_core::config::Limits)) -> Setup {
     .unwrap();
     let queue = Arc::new(Queue::default());
     let (stop, shutdown) = watch::channel(false);
-    let shared = Shared {
-        config: Arc::new(config),
-        users: Arc::new(Users(Arc::new(db))),
-        queue: queue.clone(),
-        tls: None,
+    let shared = Shared::new(
+        Arc::new(config),
+        Arc::new(Users(Arc::new(db))),
+        queue.clone(),
         shutdown,
-        guards: Default::default(),
-        checks: None,
-    };
+    );
     Setup {
         shared: Arc::new(shared),
         queue,

@@ -61,6 +61,55 @@ pub struct Shared {
     pub checks: Option<Arc<authcheck::Checker>>,
 }
 
+impl Shared {
+    /// What a server starts with: no certificate, no inbound checks, no sessions or AUTH
+    /// failures counted yet.
+    pub fn new(
+        config: Arc<Config>,
+        users: Arc<dyn UserDirectory>,
+        queue: Arc<dyn Enqueue>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Shared {
+        Shared {
+            config,
+            users,
+            queue,
+            tls: None,
+            shutdown,
+            guards: Arc::default(),
+            checks: None,
+        }
+    }
+
+    /// The same with a certificate (`None`: without) and inbound checks (`None`: off).
+    pub fn with(self, tls: Option<TlsAcceptor>, checks: Option<Arc<authcheck::Checker>>) -> Shared {
+        Shared {
+            tls,
+            checks,
+            ..self
+        }
+    }
+
+    /// What a reload puts in force: a new config, certificate and inbound checks, with the
+    /// users, the queue, the shutdown signal and the session and AUTH counts carried over.
+    pub fn reloaded(
+        &self,
+        config: Arc<Config>,
+        tls: TlsAcceptor,
+        checks: Option<Arc<authcheck::Checker>>,
+    ) -> Shared {
+        Shared {
+            config,
+            users: self.users.clone(),
+            queue: self.queue.clone(),
+            tls: Some(tls),
+            shutdown: self.shutdown.clone(),
+            guards: self.guards.clone(),
+            checks,
+        }
+    }
+}
+
 /// Bound listening sockets, before they accept anything.
 pub struct Server {
     listeners: Vec<(ListenerKind, TcpListener)>,
@@ -70,26 +119,7 @@ pub struct Server {
 
 /// The [`Shared`] that new connections get. A reload puts a new one in place; sessions that
 /// are open keep the one they started with, so a reload never cuts a session.
-#[derive(Clone)]
-pub struct Current(Arc<std::sync::RwLock<Arc<Shared>>>);
-
-impl Current {
-    /// A handle with `shared` in force (the server makes its own; the control socket's
-    /// tests make one without a server).
-    pub fn new(shared: Shared) -> Current {
-        Current(Arc::new(std::sync::RwLock::new(Arc::new(shared))))
-    }
-
-    /// The one in force now.
-    pub fn get(&self) -> Arc<Shared> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Puts `shared` in force for every connection accepted from now on.
-    pub fn replace(&self, shared: Shared) {
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(shared);
-    }
-}
+pub type Current = mta_core::swap::Swap<Shared>;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +174,7 @@ impl Server {
         Ok(Server {
             listeners: bound,
             sessions: Arc::new(Semaphore::new(shared.config.limits.max_sessions)),
-            shared: Current(Arc::new(std::sync::RwLock::new(Arc::new(shared)))),
+            shared: Current::new(shared),
         })
     }
 
@@ -371,15 +401,12 @@ mod tests {
     fn admission_per_client_and_overall() {
         let mut config = Config::defaults("mx.test").unwrap();
         config.limits.max_sessions_per_ip = 2;
-        let shared = Shared {
-            config: Arc::new(config),
-            users: Arc::new(NoUsers),
-            queue: Arc::new(NoQueue),
-            tls: None,
-            shutdown: watch::channel(false).1,
-            guards: Default::default(),
-            checks: None,
-        };
+        let shared = Shared::new(
+            Arc::new(config),
+            Arc::new(NoUsers),
+            Arc::new(NoQueue),
+            watch::channel(false).1,
+        );
         let sessions = Arc::new(Semaphore::new(3));
         let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
         let a1 = admit(&shared, &sessions, ip("192.0.2.1")).unwrap();

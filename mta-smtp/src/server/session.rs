@@ -14,7 +14,7 @@ use mta_core::address::{Address, ReversePath};
 use mta_core::auth::Verified;
 use mta_core::config::{Config, LocalDelivery};
 use mta_core::envelope::ListenerKind;
-use mta_core::policy::{self, RcptDecision, Relay};
+use mta_core::policy::{self, RcptDecision, RelayPermission};
 use mta_core::reply::Reply;
 use mta_core::seams::UserDirectory;
 
@@ -343,9 +343,9 @@ impl Session {
 
     fn rcpt(&mut self, to: &mta_core::address::ForwardPath, utf8: bool) -> Action {
         let relay = if self.user.is_some() {
-            Relay::Allowed
+            RelayPermission::Allowed
         } else {
-            Relay::Denied
+            RelayPermission::Denied
         };
         let max = self.ctx.config.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
