@@ -101,6 +101,24 @@ enum Command {
     },
 }
 
+/// `mta can-read`: says which of these directories cannot be reached and which files cannot
+/// be read by this process. Reads no config: it runs as a user that may not be able to.
+fn can_read(dir: &[PathBuf], file: &[PathBuf]) -> ExitCode {
+    // A directory must be reachable (every parent searchable); mta serve makes the
+    // directory itself the user's before it drops to it.
+    for d in dir {
+        if let Err(e) = std::fs::metadata(d) {
+            println!("reach directory {}: {e}", d.display());
+        }
+    }
+    for f in file {
+        if let Err(e) = std::fs::File::open(f) {
+            println!("read file {}: {e}", f.display());
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     // One crypto provider for every rustls user; Err only if already installed.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -119,20 +137,7 @@ fn main() -> ExitCode {
         return send::run(*args);
     }
     if let Command::CanRead { dir, file } = &cli.command {
-        // Reads no config: it runs as a user that may not be able to.
-        // A directory must be reachable (every parent searchable); mta serve makes the
-        // directory itself the user's before it drops to it.
-        for d in dir {
-            if let Err(e) = std::fs::metadata(d) {
-                println!("reach directory {}: {e}", d.display());
-            }
-        }
-        for f in file {
-            if let Err(e) = std::fs::File::open(f) {
-                println!("read file {}: {e}", f.display());
-            }
-        }
-        return ExitCode::SUCCESS;
+        return can_read(dir, file);
     }
     let source = match ConfigSource::find(cli.config) {
         Ok(source) => source,

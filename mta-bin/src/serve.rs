@@ -24,7 +24,7 @@ use mta_smtp::relay::Kept;
 use mta_smtp::relay::memory::TlsMemory;
 use mta_smtp::server::{Server, Shared};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use crate::cert::load_tls;
@@ -342,16 +342,7 @@ async fn serve(
         acceptor,
         cert_note,
     )?;
-    let queue = match Queue::open(&data_dir.join("queue"), QueueSettings::from_config(&config)) {
-        Ok(queue) => queue,
-        Err(e) => {
-            let advice = e.open_trouble().advice();
-            return Err(anyhow::Error::new(e).context(format!(
-                "cannot open the queue in {} ({advice})",
-                data_dir.join("queue").display()
-            )));
-        }
-    };
+    let queue = open_queue(&config)?;
     let router = Arc::new(Switch::new(parts.router));
     let (stop, stopped) = watch::channel(false);
     let shared = Shared::new(
@@ -370,43 +361,74 @@ async fn serve(
         kept: kept.clone(),
         config: config_tx,
     };
-    let (reload_tx, mut reload_rx) = mpsc::channel(4);
+    let (reload_tx, reload_rx) = mpsc::channel(4);
     let hooks = control::Hooks {
         reload: reload_tx,
         memory: kept.memory.clone(),
         server: server.current(),
     };
     let control = control::start(data_dir, queue.clone(), stopped.clone(), hooks)?;
-    let metrics = match config.metrics_listen {
-        Some(addr) => Some(metrics_http::bind(addr).await?),
-        None => None,
-    };
-
     // Watched before anyone is told we are ready: a SIGTERM right after "mta ready" must
     // stop us cleanly, not kill us by its default action.
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let signals = Signals::watch()?;
+    let metrics_addr = start_metrics(&config, &queue, &stopped).await?;
     let addrs = server.local_addrs();
-    let mut ready: Vec<String> = addrs
-        .iter()
-        .map(|(k, a)| format!("{}={a}", k.name()))
-        .collect();
-    if let Some((listener, addr)) = metrics {
-        ready.push(format!("metrics={addr}"));
-        tokio::spawn(metrics_http::serve(
-            listener,
-            queue.clone(),
-            stopped.clone(),
-        ));
-    }
-    said.line(&format!("mta ready {}", ready.join(" ")));
-    said.line(&parts.cert_note);
-    for hint in hints(&config, &addrs, &users, &said.config_flag) {
-        said.line(&hint);
-    }
+    announce(
+        &said,
+        &config,
+        &addrs,
+        metrics_addr,
+        &users,
+        &parts.cert_note,
+    );
     info!(hostname = %config.hostname, data_dir = %data_dir.display(), "started");
 
+    let scheduler = start_deliveries(&config, &queue, router, &kept, config_rx, &stopped);
+    let server = tokio::spawn(server.run());
+    let stuck = run_until_stopped(signals, &queue, &reloader, reload_rx).await;
+    info!("stopping: no new connections; waiting for sessions and deliveries");
+    let _ = stop.send(true);
+    let grace = reloader.current.get().config.shutdown_grace;
+    wait_within_grace(grace, server, scheduler).await;
+    let _ = control.await;
+    if stuck {
+        bail!(
+            "stopped: the queue store was stuck inside sled (see docs/durability.md, \"Disk full\")"
+        );
+    }
+    queue.store().flush().await.context("final queue flush")?;
+    info!("stopped");
+    Ok(())
+}
+
+/// The metrics listener, when `metrics.listen` is set: bound before the server says it is
+/// ready, so a taken port stops the start. Its address.
+async fn start_metrics(
+    config: &Config,
+    queue: &Arc<Queue>,
+    stopped: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let (listener, addr) = metrics_http::bind(addr).await?;
+    tokio::spawn(metrics_http::serve(
+        listener,
+        queue.clone(),
+        stopped.clone(),
+    ));
+    Ok(Some(addr))
+}
+
+/// The delivery scheduler and, when on, the TLS report sender; the scheduler's task.
+fn start_deliveries(
+    config: &Config,
+    queue: &Arc<Queue>,
+    router: Arc<Switch>,
+    kept: &Kept,
+    config_rx: watch::Receiver<Arc<Config>>,
+    stopped: &watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     let scheduler = tokio::spawn(queue.clone().run(
         router as Arc<dyn Deliver>,
         DELIVERY_CONCURRENCY,
@@ -420,35 +442,41 @@ async fn serve(
             stopped.clone(),
         ));
     }
-    let server = tokio::spawn(server.run());
-    let mut health = tokio::time::interval(Duration::from_secs(5));
-    let mut stuck = false;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM"); break; }
-            _ = int.recv() => { info!("SIGINT"); break; }
-            _ = health.tick() => {
-                // What got 250 is on disk; a new process opens the store afresh (systemd's
-                // Restart=on-failure starts it again), where this one would answer 451 for
-                // ever.
-                if queue.store().is_stuck() {
-                    error!("the queue store is stuck inside sled; stopping so that a restart can open it again");
-                    stuck = true;
-                    break;
-                }
-            }
-            _ = hup.recv() => { let _ = reload(&reloader, "SIGHUP"); }
-            Some(answer) = reload_rx.recv() => {
-                let _ = answer.send(reload(&reloader, "mta reload"));
-            }
-        }
+    scheduler
+}
+
+/// The lines that say the server is ready: its addresses, its certificate, and what a
+/// newcomer types next.
+fn announce(
+    said: &Said,
+    config: &Config,
+    addrs: &[(ListenerKind, std::net::SocketAddr)],
+    metrics: Option<std::net::SocketAddr>,
+    users: &users::UsersFile,
+    cert_note: &str,
+) {
+    let mut ready: Vec<String> = addrs
+        .iter()
+        .map(|(k, a)| format!("{}={a}", k.name()))
+        .collect();
+    if let Some(addr) = metrics {
+        ready.push(format!("metrics={addr}"));
     }
-    info!("stopping: no new connections; waiting for sessions and deliveries");
-    let _ = stop.send(true);
-    // One deadline for sessions and deliveries together: the grace period bounds the whole
-    // stop (plus a second for the last replies), not each part in turn. A reload may have
-    // changed the grace period: the one in force now counts.
-    let grace = reloader.current.get().config.shutdown_grace;
+    said.line(&format!("mta ready {}", ready.join(" ")));
+    said.line(cert_note);
+    for hint in hints(config, addrs, users, &said.config_flag) {
+        said.line(&hint);
+    }
+}
+
+/// Waits for the sessions and the deliveries to end. One deadline for both: the grace
+/// period bounds the whole stop (plus a second for the last replies), not each part in
+/// turn. A reload may have changed the grace period: the one in force now counts.
+async fn wait_within_grace(
+    grace: Duration,
+    server: tokio::task::JoinHandle<()>,
+    scheduler: tokio::task::JoinHandle<()>,
+) {
     let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(1);
     if tokio::time::timeout_at(deadline, server).await.is_err() {
         warn!("server did not stop within the grace period");
@@ -456,15 +484,65 @@ async fn serve(
     if tokio::time::timeout_at(deadline, scheduler).await.is_err() {
         warn!("deliveries did not finish within the grace period; they will be retried");
     }
-    let _ = control.await;
-    if stuck {
-        bail!(
-            "stopped: the queue store was stuck inside sled (see docs/durability.md, \"Disk full\")"
-        );
+}
+
+/// The queue in `DATA_DIR/queue`, or why it cannot be opened with what to do about it.
+fn open_queue(config: &Config) -> anyhow::Result<Arc<Queue>> {
+    let dir = config.data_dir.join("queue");
+    Queue::open(&dir, QueueSettings::from_config(config)).map_err(|e| {
+        let advice = e.open_trouble().advice();
+        anyhow::Error::new(e).context(format!(
+            "cannot open the queue in {} ({advice})",
+            dir.display()
+        ))
+    })
+}
+
+/// The signals that stop (SIGTERM, SIGINT) or reload (SIGHUP) the server.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
     }
-    queue.store().flush().await.context("final queue flush")?;
-    info!("stopped");
-    Ok(())
+}
+
+/// Serves reloads until SIGTERM or SIGINT, or until the queue store is stuck; whether it
+/// was stuck.
+async fn run_until_stopped(
+    mut signals: Signals,
+    queue: &Queue,
+    reloader: &Reloader,
+    mut reload_rx: mpsc::Receiver<oneshot::Sender<Result<(), String>>>,
+) -> bool {
+    let mut health = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => { info!("SIGTERM"); return false; }
+            _ = signals.int.recv() => { info!("SIGINT"); return false; }
+            _ = health.tick() => {
+                // What got 250 is on disk; a new process opens the store afresh (systemd's
+                // Restart=on-failure starts it again), where this one would answer 451 for
+                // ever.
+                if queue.store().is_stuck() {
+                    error!("the queue store is stuck inside sled; stopping so that a restart can open it again");
+                    return true;
+                }
+            }
+            _ = signals.hup.recv() => { let _ = reload(reloader, "SIGHUP"); }
+            Some(answer) = reload_rx.recv() => {
+                let _ = answer.send(reload(reloader, "mta reload"));
+            }
+        }
+    }
 }
 
 /// Reloads and logs the outcome; the error text is also what `mta reload` prints.

@@ -261,6 +261,34 @@ fn header(hostname: &str, outbound: &Outbound, source: &str) -> String {
     }
 }
 
+/// The checks of one mail domain, run at once, in the report's order.
+async fn domain_checks(ctx: &Ctx<'_>, d: &str, hostname: &str) -> Vec<Verdict> {
+    let (mx, spf, dkim, dmarc, sts, rpt) = tokio::join!(
+        bounded("mx", d, async { vec![checks::mx(ctx, d).await] }),
+        bounded("spf", d, async {
+            vec![spf::spf(ctx, d, Identity::MailFrom).await]
+        }),
+        // The hostname as a mail domain mostly sends bounces, which its EHLO SPF covers.
+        bounded(
+            "dkim",
+            d,
+            checks::dkim(
+                ctx,
+                d,
+                if d == hostname {
+                    Status::Warn
+                } else {
+                    Status::Fail
+                }
+            )
+        ),
+        bounded("dmarc", d, async { vec![checks::dmarc(ctx, d).await] }),
+        bounded("mta-sts", d, async { vec![checks::mta_sts(ctx, d).await] }),
+        bounded("tls-rpt", d, async { vec![checks::tls_rpt(ctx, d).await] }),
+    );
+    [mx, spf, dkim, dmarc, sts, rpt].concat()
+}
+
 /// All verdicts, host first, then each domain; and the report's header line.
 async fn examine(
     config: &Config,
@@ -324,33 +352,7 @@ async fn examine(
     );
 
     for domain in domains {
-        let d = domain.as_str();
-        let (mx, spf, dkim, dmarc, sts, rpt) = tokio::join!(
-            bounded("mx", d, async { vec![checks::mx(&ctx, d).await] }),
-            bounded("spf", d, async {
-                vec![spf::spf(&ctx, d, Identity::MailFrom).await]
-            }),
-            // The hostname as a mail domain mostly sends bounces, which its EHLO SPF covers.
-            bounded(
-                "dkim",
-                d,
-                checks::dkim(
-                    &ctx,
-                    d,
-                    if d == hostname {
-                        Status::Warn
-                    } else {
-                        Status::Fail
-                    }
-                )
-            ),
-            bounded("dmarc", d, async { vec![checks::dmarc(&ctx, d).await] }),
-            bounded("mta-sts", d, async { vec![checks::mta_sts(&ctx, d).await] }),
-            bounded("tls-rpt", d, async { vec![checks::tls_rpt(&ctx, d).await] }),
-        );
-        for list in [mx, spf, dkim, dmarc, sts, rpt] {
-            verdicts.extend(list);
-        }
+        verdicts.extend(domain_checks(&ctx, domain, &hostname).await);
     }
     (header, verdicts)
 }

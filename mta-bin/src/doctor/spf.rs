@@ -79,6 +79,18 @@ pub async fn spf(ctx: &Ctx<'_>, domain: &str, identity: Identity) -> Verdict {
             &fresh_spf(ctx, domain, identity, ips).await,
         ));
     }
+    evaluate(ctx, domain, identity, one, ips).await
+}
+
+/// The domain's one SPF record, evaluated for each outbound address as the receivers do.
+async fn evaluate(
+    ctx: &Ctx<'_>,
+    domain: &str,
+    identity: Identity,
+    one: &str,
+    ips: &[IpAddr],
+) -> Verdict {
+    let v = |status, detail| Verdict::new("spf", domain, status, detail);
     let sender = format!("postmaster@{domain}");
     let mut bad = Vec::new();
     for ip in ips {

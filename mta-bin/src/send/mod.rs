@@ -232,10 +232,8 @@ fn parse_address(flag: &str, text: &str) -> anyhow::Result<Address> {
         })
 }
 
-/// Checks every option and reads every file and the password, so that nothing wrong is
-/// found halfway through the dialogue.
-fn plan(args: SendArgs) -> anyhow::Result<Plan> {
-    let (host, port) = server::parse(&args.server, args.tls.default_port())?;
+/// Options that contradict each other or have no effect together.
+fn check_flags(args: &SendArgs) -> anyhow::Result<()> {
     if args.tls == TlsMode::None {
         for (set, flag) in [
             (args.cafile.is_some(), "--cafile"),
@@ -258,6 +256,50 @@ fn plan(args: SendArgs) -> anyhow::Result<Plan> {
     if args.cafile.is_some() && args.insecure {
         bail!("--cafile and --insecure together: --insecure trusts any certificate; drop one");
     }
+    Ok(())
+}
+
+/// The message to send: the one given whole (`--data`, `--raw`), or one built from
+/// `--subject`, `--body`, `--header` and `--attach`.
+fn message_of(
+    args: &SendArgs,
+    data: Option<Source>,
+    body: &Source,
+    from: Option<&Address>,
+    to: &[Address],
+) -> anyhow::Result<Vec<u8>> {
+    Ok(match data {
+        Some(source) => {
+            let raw = source.read(if args.raw { "--raw" } else { "--data" })?;
+            if raw.is_empty() {
+                bail!("--data: the message is empty");
+            }
+            message::wire_form(&raw)
+        }
+        None => {
+            let headers = args
+                .header
+                .iter()
+                .map(|h| message::parse_header(h))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            message::build(&message::Parts {
+                from,
+                to,
+                subject: &args.subject,
+                body: message::wire_form(&body.read("--body")?),
+                headers: &headers,
+                attach: &args.attach,
+                helo: &args.helo,
+            })?
+        }
+    })
+}
+
+/// Checks every option and reads every file and the password, so that nothing wrong is
+/// found halfway through the dialogue.
+fn plan(args: SendArgs) -> anyhow::Result<Plan> {
+    let (host, port) = server::parse(&args.server, args.tls.default_port())?;
+    check_flags(&args)?;
     let tls_name = args.tls_name.clone().unwrap_or_else(|| host.clone());
     let tls_config = match args.tls {
         TlsMode::None => None,
@@ -312,31 +354,7 @@ fn plan(args: SendArgs) -> anyhow::Result<Plan> {
             })
         }
     };
-    let message = match data {
-        Some(source) => {
-            let raw = source.read(if args.raw { "--raw" } else { "--data" })?;
-            if raw.is_empty() {
-                bail!("--data: the message is empty");
-            }
-            message::wire_form(&raw)
-        }
-        None => {
-            let headers = args
-                .header
-                .iter()
-                .map(|h| message::parse_header(h))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            message::build(&message::Parts {
-                from: from.as_ref(),
-                to: &to,
-                subject: &args.subject,
-                body: message::wire_form(&body.read("--body")?),
-                headers: &headers,
-                attach: &args.attach,
-                helo: &args.helo,
-            })?
-        }
-    };
+    let message = message_of(&args, data, &body, from.as_ref(), &to)?;
     Ok(Plan {
         host,
         port,

@@ -182,8 +182,8 @@ async fn login(conn: &mut Conn, ext: &Extensions, l: &Login) -> Result<(), Failu
     Ok(())
 }
 
-/// MAIL, one RCPT per recipient with its result printed, DATA, the message.
-async fn transaction(plan: &Plan, conn: &mut Conn, ext: &Extensions) -> Result<u8, Failure> {
+/// The MAIL FROM parameters the message needs and the server offers.
+fn mail_params(plan: &Plan, ext: &Extensions) -> String {
     let mut params = String::new();
     if plan.message.iter().any(|&b| b >= 0x80) && ext.has("8BITMIME") {
         params.push_str(" BODY=8BITMIME");
@@ -196,6 +196,29 @@ async fn transaction(plan: &Plan, conn: &mut Conn, ext: &Extensions) -> Result<u
     if utf8 && ext.has("SMTPUTF8") {
         params.push_str(" SMTPUTF8");
     }
+    params
+}
+
+/// RCPT TO for each recipient, each outcome printed; how many were accepted.
+async fn recipients(plan: &Plan, conn: &mut Conn) -> Result<usize, Failure> {
+    let mut accepted = 0;
+    for to in &plan.to {
+        let reply = conn
+            .command(&format!("RCPT TO:<{to}>"), Phase::Rcpt, "reply to RCPT TO")
+            .await?;
+        if ok(&reply) {
+            accepted += 1;
+            println!("accepted <{to}>: {reply}");
+        } else {
+            println!("refused  <{to}>: {reply}");
+        }
+    }
+    Ok(accepted)
+}
+
+/// MAIL, one RCPT per recipient with its result printed, DATA, the message.
+async fn transaction(plan: &Plan, conn: &mut Conn, ext: &Extensions) -> Result<u8, Failure> {
+    let params = mail_params(plan, ext);
     let from = plan
         .from
         .as_ref()
@@ -217,18 +240,7 @@ async fn transaction(plan: &Plan, conn: &mut Conn, ext: &Extensions) -> Result<u
     if let Some(code) = stop_here(plan, conn, QuitAfter::Mail).await {
         return Ok(code);
     }
-    let mut accepted = 0;
-    for to in &plan.to {
-        let reply = conn
-            .command(&format!("RCPT TO:<{to}>"), Phase::Rcpt, "reply to RCPT TO")
-            .await?;
-        if ok(&reply) {
-            accepted += 1;
-            println!("accepted <{to}>: {reply}");
-        } else {
-            println!("refused  <{to}>: {reply}");
-        }
-    }
+    let accepted = recipients(plan, conn).await?;
     if accepted == 0 {
         conn.quit().await;
         return Err(Failure {
