@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# kill -9 soak (issue 8, point 1): the CI test `kill_9_under_load_loses_nothing_that_got_250`
+# kill -9 soak: the CI test `kill_9_under_load_loses_nothing_that_got_250`
 # with more cycles. Usage: scripts/soak-kill.sh [CYCLES] (default 50). Prints one line per
 # cycle and the figures: messages that got 250, lost (must be 0), duplicates and their bound.
 # MTA_TEST_SEED=N repeats a run.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Crash-during-relay soak (issue 8, point 7): the CI test
+# Crash-during-relay soak: the CI test
 # `kill_9_while_relaying_loses_nothing_and_marks_nothing_falsely` with more kills.
 # Usage: scripts/soak-relay-kill.sh [KILLS] (default 50). Prints one line per kill and the
 # figures: messages, lost at the receiver (must be 0), duplicates. MTA_TEST_SEED=N repeats.

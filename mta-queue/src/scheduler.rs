@@ -174,7 +174,7 @@ impl Queue {
             local: Arc::new(Semaphore::new(LOCAL_CONCURRENCY)),
             remote: Arc::new(Semaphore::new(concurrency.max(1))),
         };
-        // DESIGN: on start, everything not finished is tried again now.
+        // On start, everything not finished is tried again now.
         match self.store.reschedule_all(now_ms()).await {
             Ok(0) => {}
             Ok(n) => info!(messages = n, "start-up: every queued message is due now"),

@@ -1,4 +1,4 @@
-//! Dialog files: a protocol corner case as a script (STYLE §5).
+//! Dialog files: a protocol corner case as a script, one file per case.
 //!
 //! ```text
 //! # listener: submission        (smtp, submission or submissions; default smtp)

@@ -7,7 +7,8 @@
 //! local delivery over LMTP: a real LMTP server, Python's aiosmtpd ([`LmtpServer`]). For
 //! durability: concurrent submitters ([`load`]), a receiver that counts and misbehaves
 //! ([`counting_smtp`]), a DNS server that never answers ([`silent_dns`]) and `mta serve`
-//! under strace ([`strace`]). The scenarios live in `tests/it/`, one binary (STYLE §5).
+//! under strace ([`strace`]). The scenarios live in `tests/it/`, one binary (one link is
+//! cheap on two cores).
 //!
 //! Everything here panics with a message naming what went wrong: these are test helpers,
 //! and a panic is how a test fails.

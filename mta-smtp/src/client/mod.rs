@@ -148,7 +148,7 @@ pub struct ClientSettings {
 
 impl fmt::Debug for ClientSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print the password (STYLE §6).
+        // Never print the password: logs are read by more people than may know it.
         f.debug_struct("ClientSettings")
             .field("helo", &self.helo)
             .field("policy", &self.policy)
@@ -202,7 +202,7 @@ pub struct OutgoingMessage<'a> {
 
 impl fmt::Debug for OutgoingMessage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never the body itself (STYLE §6): only its size.
+        // Never the body itself (it is the sender's private text): only its size.
         f.debug_struct("OutgoingMessage")
             .field("from", self.from)
             .field("rcpts", &self.rcpts)

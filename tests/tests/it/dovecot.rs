@@ -1,4 +1,4 @@
-//! The retrieval half of the mail path (issue 7, docs/operations.md): Dovecot reads what
+//! The retrieval half of the mail path (docs/operations.md): Dovecot reads what
 //! `mta` delivered, from the Maildirs under the data dir, over IMAPS and POP3S, with the
 //! same password as for submission (our argon2id hashes in a Dovecot passwd-file).
 

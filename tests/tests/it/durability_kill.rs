@@ -1,4 +1,4 @@
-//! `kill -9` under load (issue 8, point 1): 20 concurrent submitters with unique Message-IDs
+//! `kill -9` under load: 20 concurrent submitters with unique Message-IDs
 //! (1–200 KiB), the server killed with SIGKILL at a random moment, sometimes again while it
 //! starts or while it delivers what it recovered, then restarted and drained. Every message
 //! that got `250` must be in the Maildir, whole; duplicates are counted and bounded by what
@@ -101,7 +101,7 @@ fn kill_9_under_load_loses_nothing_that_got_250() {
         let (connected, awaiting) = (load.connected(), load.awaiting_reply());
         mta.kill9();
         kills += 1;
-        // The issue's bound: at most the sessions in flight at each kill.
+        // The bound on duplicates: at most the sessions in flight at each kill.
         allowed_dups += connected.max(awaiting);
         let reports = load.join();
         let (mut ok, mut lost_reply) = (0, 0);

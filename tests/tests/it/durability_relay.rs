@@ -1,4 +1,4 @@
-//! Crash during relay (issue 8, point 7): the sender is killed with SIGKILL at random
+//! Crash during relay: the sender is killed with SIGKILL at random
 //! moments while it relays to a counting receiver (which answers the final dot after a
 //! random delay, to widen the window between its `250` and the sender's record of it),
 //! restarted, and drained. Nothing is lost at the receiver, duplicates are counted, and

@@ -1,4 +1,4 @@
-//! Remote faults (issue 8, point 9): a receiver that says `421` at the greeting or `451` to
+//! Remote faults: a receiver that says `421` at the greeting or `451` to
 //! RCPT, or drops the connection after the final dot without a reply, is retried with a growing delay
 //! (`retry_in` doubles: 1 s, then 2 s) until it recovers, and then gets the message once (a
 //! drop after the dot may duplicate: counted); one that trickles its replies a byte a second

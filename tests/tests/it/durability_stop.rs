@@ -1,4 +1,4 @@
-//! Graceful stop under load (issue 8, point 6): SIGTERM while 20 sessions send. Every
+//! Graceful stop under load: SIGTERM while 20 sessions send. Every
 //! session's transaction in flight gets its `250` or `421 4.3.2` (never silence, never
 //! another code), the server exits 0 within its bound, and after a restart everything that
 //! got `250` is delivered, once. `shutdown.rs` covers idle sessions.

@@ -1,4 +1,4 @@
-//! Flush before `250`, proven by the order of syscalls (issue 8, point 2): `mta serve` runs
+//! Flush before `250`, proven by the order of syscalls: `mta serve` runs
 //! under `strace -f` while 20 sessions send 200 messages; for every `250 … queued as ID`, a
 //! fsync/fdatasync of a file of the queue store returned after the message's last byte was
 //! read on that connection and before the `250` was written on it. Prints the store syncs

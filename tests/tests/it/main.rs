@@ -1,5 +1,5 @@
 //! End-to-end scenarios: the real `mta` binary on loopback with real clients (swaks,
-//! Python's smtplib, `mta send`), one `mod` per area, all in one test binary (STYLE §5).
+//! Python's smtplib, `mta send`), one `mod` per area, all in one test binary (one link is cheap on two cores).
 //! Each test starts its own server, so they run in parallel.
 
 mod clock_steps;

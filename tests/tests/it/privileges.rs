@@ -1,4 +1,4 @@
-//! Running for real (issue 7): started as root with `user` set, the server serves as that user
+//! Running for real: started as root with `user` set, the server serves as that user
 //! (its `/proc` ids) and has made the data dir theirs; serving as root is refused without
 //! `allow_root`; Landlock keeps delivery from following a link out of the Maildir tree; the
 //! example production config passes `mta check-config`.

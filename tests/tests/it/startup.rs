@@ -71,7 +71,7 @@ fn taken_port_fails_cleanly() {
 
 #[test]
 fn taken_port_error_states_the_cause_once() {
-    // STYLE §3: errors are printed as a chain with {:#}, so a message must not repeat its
+    // Errors are printed as a chain with {:#}, so a message must not repeat its
     // #[source] (`…: Address already in use (os error 98): Address already in use …`).
     let (_, out) = serve_on_a_taken_port();
     assert_clean_failure(&out);

@@ -1,4 +1,4 @@
-//! Storage faults (issue 8): the data dir on a small tmpfs that fills up, in bytes or in
+//! Storage faults: the data dir on a small tmpfs that fills up, in bytes or in
 //! inodes, while senders keep sending. Every reply is `250` or a 4xx, never a 5xx; the server
 //! does not crash; once space is freed it accepts mail again without a restart; and every
 //! message that got `250` is delivered. Each test prints its figures.
