@@ -263,7 +263,7 @@ fn check_data_dir(dir: &Path, report: &mut Preflight) {
     let opened = fs::metadata(&users).and_then(|m| match m.is_file() {
         true => fs::OpenOptions::new()
             .read(true)
-            .custom_flags(O_NONBLOCK)
+            .custom_flags(libc::O_NONBLOCK)
             .open(&users)
             .map(drop),
         false => Err(std::io::Error::other("not a regular file")),
@@ -575,17 +575,12 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .custom_flags(O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&probe)
         .with_context(|| format!("data dir {} is not writable", dir.display()))?;
     let _ = fs::remove_file(&probe);
     Ok(())
 }
-
-/// `O_NOFOLLOW` (Linux): open fails on a symlink instead of following it.
-const O_NOFOLLOW: i32 = 0o400000;
-/// `O_NONBLOCK` (Linux): open does not wait for a FIFO's other end.
-const O_NONBLOCK: i32 = 0o4000;
 
 /// How the lines on stdout (ready, certificate, hints) are written: as text, or as JSON
 /// objects like the log lines, so that every line of `--log-format json` parses.
