@@ -118,9 +118,7 @@ impl Maildirs {
         rcpt: &Address,
         body: &[u8],
     ) -> io::Result<PathBuf> {
-        let maildir = self.open_maildir(dir)?;
-        let inside = |name| self.dir_at(&maildir, name, TreeLevel::Inside);
-        let (tmp, new, _cur) = (inside("tmp")?, inside("new")?, inside("cur")?);
+        let (tmp, new) = self.open_parts(dir)?;
         let head = format!("Return-Path: {sender}\r\nDelivered-To: {rcpt}\r\n");
         let size = head.len() + body.len();
         let name = self.unique_name(size);
@@ -156,6 +154,23 @@ impl Maildirs {
             return Err(e);
         }
         Ok(dir.join("new").join(&name))
+    }
+
+    /// Creates the Maildir `dir` (under the root) with its `tmp/`, `new/` and `cur/`, as the
+    /// first delivery would: with a mail group, an IMAP server cannot create it itself.
+    ///
+    /// # Errors
+    /// As [`Maildirs::write`].
+    pub fn prepare(&self, dir: &Path) -> io::Result<()> {
+        self.open_parts(dir).map(drop)
+    }
+
+    /// `tmp/` and `new/` of the Maildir `dir`, all three made when missing.
+    fn open_parts(&self, dir: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+        let maildir = self.open_maildir(dir)?;
+        let inside = |name| self.dir_at(&maildir, name, TreeLevel::Inside);
+        let (tmp, new, _cur) = (inside("tmp")?, inside("new")?, inside("cur")?);
+        Ok((tmp, new))
     }
 
     /// Opens `dir` one component at a time from the root, creating what is missing with

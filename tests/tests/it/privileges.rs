@@ -345,6 +345,22 @@ fn a_mail_group_shares_the_maildirs_and_nothing_else() {
     }
 }
 #[test]
+fn an_unknown_mail_group_is_named_by_check_config_and_serve() {
+    let dir = KeptDir::new();
+    let text = base_config(dir.path(), "[local]\nmail_group = \"mta-no-such-group\"\n");
+    let config = dir.path().join("mta.toml");
+    std::fs::write(&config, &text).expect("write config");
+    let out = mta_with_config(&config, &["check-config"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    let want = "group \"mta-no-such-group\" (config key local.mail_group) does not exist; \
+                create it with `groupadd --system mta-no-such-group`";
+    assert!(out.stderr.contains(want), "{out}");
+    let (_, out) = serve_expecting_failure(dir.path(), &text);
+    assert!(!out.status.success(), "{out}");
+    assert!(out.stderr.contains(want), "{out}");
+}
+
+#[test]
 fn the_example_production_config_passes_check_config() {
     let example = include_str!("../../../docs/examples/mta.toml");
     let dir = KeptDir::new();
