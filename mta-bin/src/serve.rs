@@ -124,7 +124,8 @@ pub struct Preflight {
 /// Every check `mta serve` makes on a valid config before it creates or binds anything, run
 /// by `mta serve` and `mta check-config` alike, as the user running it: the certificate and
 /// key (readable, parse, belong together, name the hostname), each DKIM key, the smarthost
-/// password, the data dir and the users file. Changes nothing.
+/// password, the data dir, the users file, and `local.mail_group` (exists; the process is a
+/// member when it cannot make itself one). Changes nothing.
 pub fn preflight(config: &Config) -> Preflight {
     let mut report = Preflight::default();
     match privileges::Plan::decide(config) {
