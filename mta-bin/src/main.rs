@@ -27,7 +27,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mta_core::config::Config;
+use mta_core::config::{Config, LocalDelivery};
 
 /// A minimal, secure mail transfer agent.
 #[derive(Parser, Debug)]
@@ -163,7 +163,15 @@ fn main() -> ExitCode {
         Command::Send(_) => unreachable!("mta send is run above"),
         Command::User { command } => load_config(path.as_deref()).and_then(|c| {
             let delimiter = c.local.recipient_delimiter;
-            users::run(command, &c.data_dir, &c.local_domains, delimiter)
+            let added = match &command {
+                users::UserCommand::Add { address, .. } => Some(address.clone()),
+                _ => None,
+            };
+            users::run(command, &c.data_dir, &c.local_domains, delimiter)?;
+            match added {
+                Some(address) => prepare_maildir(&c, &address),
+                None => Ok(()),
+            }
         }),
         Command::Queue { command } => {
             load_config(path.as_deref()).and_then(|c| queue_cmd::run(command, &c))
@@ -318,6 +326,28 @@ fn report_error(e: &anyhow::Error, source: &ConfigSource, format: ErrorFormat) {
             serde_json::json!({ "error": message, "config": config })
         ),
     }
+}
+
+/// With a mail group, a new user's Maildir is made at once: the IMAP server reading it may
+/// not create it (it has no write access above the Maildirs), and without one a login
+/// before the first message would find no INBOX. Left to the first delivery otherwise.
+fn prepare_maildir(config: &Config, address: &str) -> anyhow::Result<()> {
+    if config.local.mail_group.is_none() || config.local.delivery != LocalDelivery::Maildir {
+        return Ok(());
+    }
+    let address = mta_core::Address::parse(address)
+        .with_context(|| format!("{address:?} is not a valid address"))?;
+    let maildirs = mta_smtp::local::Maildirs::new(
+        &config.data_dir.join("mail"),
+        config.hostname.as_str(),
+        mta_smtp::local::MailAccess::Group,
+    );
+    let Some(dir) = maildirs.maildir(&address) else {
+        return Ok(());
+    };
+    maildirs
+        .prepare(&dir)
+        .with_context(|| format!("cannot create the Maildir {}", dir.display()))
 }
 
 /// `mta check-config`: the config's own errors (exit 2), else every check `mta serve`

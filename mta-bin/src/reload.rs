@@ -171,6 +171,12 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
             old.process.allow_root != new.process.allow_root,
         ),
         ("sandbox", old.process.sandbox != new.process.sandbox),
+        // The Maildir tree's group and modes and the supplementary group are set up
+        // before privileges are dropped.
+        (
+            "local.mail_group",
+            old.local.mail_group != new.local.mail_group,
+        ),
         (
             "outbound.max_connections",
             old.outbound.max_connections != new.outbound.max_connections,

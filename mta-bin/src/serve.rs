@@ -68,11 +68,12 @@ pub fn run(
     if !report.errors.is_empty() {
         bail!("{}", report.errors.join("\n"));
     }
+    let mail_group = privileges::mail_group(&config, &plan)?;
     prepare_data_dir(&config.data_dir)?;
     let (acceptor, cert_note) = load_tls(&config)?;
-    privileges::secure_data_dir(&config.data_dir, &plan)?;
+    privileges::secure_data_dir(&config.data_dir, &plan, mail_group)?;
     let sockets = mta_smtp::server::bind_sockets(&config)?;
-    privileges::drop_to(&plan)?;
+    privileges::drop_to(&plan, mail_group)?;
     // A data dir under a directory the new user may not enter (/root, a 0700 home) would
     // otherwise fail later as "cannot open the queue".
     fs::read_dir(&config.data_dir).with_context(|| {
@@ -123,11 +124,17 @@ pub struct Preflight {
 /// Every check `mta serve` makes on a valid config before it creates or binds anything, run
 /// by `mta serve` and `mta check-config` alike, as the user running it: the certificate and
 /// key (readable, parse, belong together, name the hostname), each DKIM key, the smarthost
-/// password, the data dir and the users file. Changes nothing.
+/// password, the data dir, the users file, and `local.mail_group` (exists; the process is a
+/// member when it cannot make itself one). Changes nothing.
 pub fn preflight(config: &Config) -> Preflight {
     let mut report = Preflight::default();
-    if let Err(e) = privileges::Plan::decide(config) {
-        report.errors.push(format!("{e:#}"));
+    match privileges::Plan::decide(config) {
+        Ok(plan) => {
+            if let Err(e) = privileges::mail_group(config, &plan) {
+                report.errors.push(format!("{e:#}"));
+            }
+        }
+        Err(e) => report.errors.push(format!("{e:#}")),
     }
     check_tls(config, &mut report);
     for key in &config.dkim {

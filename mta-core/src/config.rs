@@ -165,6 +165,11 @@ pub struct Local {
     /// The character between a user and a tag (`bob+tag@example.org` goes to bob's mailbox);
     /// `None` turns plus-addressing off. Default `+`.
     pub recipient_delimiter: Option<char>,
+    /// The group that may read and flag delivered mail (an IMAP server such as Dovecot
+    /// running under its own uid): the Maildir tree under `DATA_DIR/mail` becomes group
+    /// read-write for it, and the data dir group-traversable. `None` (the default): every
+    /// file of the data dir stays private to the user `mta` serves as.
+    pub mail_group: Option<String>,
 }
 
 /// How mail for local recipients is delivered (`local.delivery`).

@@ -5,29 +5,88 @@
 //!
 //! The file is the queued message, byte for byte, after a `Return-Path` and a
 //! `Delivered-To` header.
+//!
+//! With a mail group (`local.mail_group`, [`MailAccess::Group`]) an IMAP server running
+//! under its own uid in that group may read, flag and expunge the mail, so it can also
+//! rename or replace the entries of a Maildir. The writer therefore walks from the root one
+//! directory at a time and never follows a symbolic link: a link planted in a Maildir cannot
+//! send `mta`'s writes anywhere else.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mta_core::address::{Address, ReversePath};
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fchmod, mkdirat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
+
+/// Who besides the user `mta` serves as may use delivered mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MailAccess {
+    /// No one: directories 0700, files 0600 (no `local.mail_group`).
+    Private,
+    /// The group of the mail tree (`local.mail_group`), for an IMAP/POP3 server under its
+    /// own uid. It may pass through the root, domain and user directories (2710: no
+    /// listing of who has mail, no new entries), and read and write inside each `Maildir`
+    /// (2770, files 0660), as Dovecot must to mark mail seen (a rename into `cur/`), to
+    /// expunge (an unlink), and to keep its index and folders there. The set-group-id
+    /// bit makes every new file and directory belong to the group, whoever creates it.
+    Group,
+}
+
+/// Where an entry sits in the mail tree, counted from its root (`DATA_DIR/mail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TreeLevel {
+    /// The root, a domain's or a user's directory (depth 0 to 2).
+    Above,
+    /// A `Maildir` or anything in it (depth 3 and more).
+    Inside,
+}
+
+impl TreeLevel {
+    /// The level of an entry `depth` directories below the root (the root is 0).
+    pub fn at(depth: usize) -> TreeLevel {
+        match depth {
+            0..=2 => TreeLevel::Above,
+            _ => TreeLevel::Inside,
+        }
+    }
+}
+
+impl MailAccess {
+    /// The permission bits (with set-group-id) a directory or file of the mail tree has.
+    pub fn mode(self, level: TreeLevel, is_dir: bool) -> u32 {
+        match (self, level, is_dir) {
+            (MailAccess::Private, _, true) => 0o700,
+            (MailAccess::Private, _, false) => 0o600,
+            (MailAccess::Group, TreeLevel::Above, true) => 0o2710,
+            (MailAccess::Group, TreeLevel::Inside, true) => 0o2770,
+            (MailAccess::Group, _, false) => 0o660,
+        }
+    }
+}
 
 /// A tree of Maildirs under one root directory.
 pub struct Maildirs {
     root: PathBuf,
     hostname: String,
+    access: MailAccess,
     counter: AtomicU64,
 }
 
 impl Maildirs {
     /// Maildirs under `root` (created on first delivery). `hostname` goes into file names.
-    pub fn new(root: &Path, hostname: &str) -> Maildirs {
+    pub fn new(root: &Path, hostname: &str, access: MailAccess) -> Maildirs {
         Maildirs {
             root: root.to_path_buf(),
             hostname: hostname.replace(['/', ':'], "_"),
+            access,
             counter: AtomicU64::new(0),
         }
     }
@@ -46,10 +105,12 @@ impl Maildirs {
         )
     }
 
-    /// Writes one message into `dir` (a Maildir). Blocking: call from a blocking thread.
+    /// Writes one message into `dir` (a Maildir under the root). Blocking: call from a
+    /// blocking thread.
     ///
     /// # Errors
-    /// Any I/O error; a file left in `tmp/` by a failure is removed.
+    /// Any I/O error, `dir` outside the root, or a symbolic link on the way (`ELOOP` or
+    /// `ENOTDIR`); a file left in `tmp/` by a failure is removed.
     pub fn write(
         &self,
         dir: &Path,
@@ -57,40 +118,107 @@ impl Maildirs {
         rcpt: &Address,
         body: &[u8],
     ) -> io::Result<PathBuf> {
-        for sub in ["tmp", "new", "cur"] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir.join(sub))?;
-        }
+        let (tmp, new) = self.open_parts(dir)?;
         let head = format!("Return-Path: {sender}\r\nDelivered-To: {rcpt}\r\n");
         let size = head.len() + body.len();
         let name = self.unique_name(size);
-        let tmp = dir.join("tmp").join(&name);
-        let new = dir.join("new").join(&name);
         let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mode = self.access.mode(TreeLevel::Inside, false);
+            let fd = openat(
+                &tmp,
+                name.as_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            )?;
+            // The process umask keeps group bits out of what open creates.
+            fchmod(&fd, Mode::from_bits_truncate(mode))?;
+            let mut file = File::from(fd);
             file.write_all(head.as_bytes())?;
             file.write_all(body)?;
             let sync = !mta_core::durable_file::syncs_disabled();
             if sync {
                 file.sync_all()?;
             }
-            fs::rename(&tmp, &new)?;
+            renameat(&tmp, name.as_str(), &new, name.as_str())?;
             if sync {
-                File::open(dir.join("new"))?.sync_all()?;
+                File::from(new.try_clone()?).sync_all()?;
             }
-            Ok(())
+            Ok::<(), io::Error>(())
         })();
         if let Err(e) = result {
-            let _ = fs::remove_file(&tmp);
+            let _ = unlinkat(&tmp, name.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(e);
         }
-        Ok(new)
+        Ok(dir.join("new").join(&name))
+    }
+
+    /// Creates the Maildir `dir` (under the root) with its `tmp/`, `new/` and `cur/`, as the
+    /// first delivery would: with a mail group, an IMAP server cannot create it itself.
+    ///
+    /// # Errors
+    /// As [`Maildirs::write`].
+    pub fn prepare(&self, dir: &Path) -> io::Result<()> {
+        self.open_parts(dir).map(drop)
+    }
+
+    /// `tmp/` and `new/` of the Maildir `dir`, all three made when missing.
+    fn open_parts(&self, dir: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
+        let maildir = self.open_maildir(dir)?;
+        let inside = |name| self.dir_at(&maildir, name, TreeLevel::Inside);
+        let (tmp, new, _cur) = (inside("tmp")?, inside("new")?, inside("cur")?);
+        Ok((tmp, new))
+    }
+
+    /// Opens `dir` one component at a time from the root, creating what is missing with
+    /// the modes of [`MailAccess::mode`], following no symbolic link.
+    fn open_maildir(&self, dir: &Path) -> io::Result<OwnedFd> {
+        let relative = dir.strip_prefix(&self.root).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidInput, "Maildir outside the mail root")
+        })?;
+        if !self.root.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(self.access.mode(TreeLevel::Above, true) & 0o777)
+                .create(&self.root)?;
+        }
+        let mut fd: OwnedFd = File::open(&self.root)?.into();
+        for (depth, part) in relative.components().enumerate() {
+            let Component::Normal(name) = part else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "Maildir path with a component that is not a name",
+                ));
+            };
+            fd = self.dir_at(&fd, name, TreeLevel::at(depth + 1))?;
+        }
+        Ok(fd)
+    }
+
+    /// The directory `name` in `parent`, created when missing; never a symbolic link.
+    fn dir_at<P: ?Sized + nix::NixPath>(
+        &self,
+        parent: &OwnedFd,
+        name: &P,
+        level: TreeLevel,
+    ) -> io::Result<OwnedFd> {
+        let mode = self.access.mode(level, true);
+        let created = match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(mode & 0o777)) {
+            Ok(()) => true,
+            Err(Errno::EEXIST) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(parent.as_fd(), name, flags, Mode::empty())?;
+        if created {
+            // The umask took the group bits; the set-group-id bit is inherited, and kept
+            // by chmod because `mta serve` is a member of the mail group.
+            fchmod(&fd, Mode::from_bits_truncate(mode))?;
+        }
+        Ok(fd)
     }
 
     /// `time.M<micros>P<pid>Q<n>.host,S=<size>`: unique per process and delivery, with
@@ -119,7 +247,7 @@ mod tests {
     #[test]
     fn writes_into_new_with_headers() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Maildirs::new(dir.path(), "mx.test");
+        let m = Maildirs::new(dir.path(), "mx.test", MailAccess::Private);
         let rcpt = Address::parse("Bob@Example.org").unwrap();
         let md = m.maildir(&rcpt).unwrap();
         assert_eq!(md, dir.path().join("example.org/bob/Maildir"));
@@ -139,7 +267,7 @@ mod tests {
 
     #[test]
     fn unsafe_local_parts_never_become_paths() {
-        let m = Maildirs::new(Path::new("/srv/mail"), "mx.test");
+        let m = Maildirs::new(Path::new("/srv/mail"), "mx.test", MailAccess::Private);
         for bad in [
             "\"../../etc\"@example.org",
             "\"a/b\"@example.org",
@@ -148,5 +276,77 @@ mod tests {
         ] {
             assert_eq!(m.maildir(&Address::parse(bad).unwrap()), None, "{bad}");
         }
+    }
+
+    fn mode_of(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn group_access_makes_the_maildir_group_read_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mail");
+        let m = Maildirs::new(&root, "mx.test", MailAccess::Group);
+        let rcpt = Address::parse("bob@example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        let path = m.write(&md, &ReversePath::Null, &rcpt, b"x\r\n").unwrap();
+        let user = root.join("example.org/bob");
+        for (p, want) in [
+            (root.join("example.org"), 0o2710),
+            (user.clone(), 0o2710),
+            (md.clone(), 0o2770),
+            (md.join("tmp"), 0o2770),
+            (md.join("new"), 0o2770),
+            (md.join("cur"), 0o2770),
+            (path, 0o660),
+        ] {
+            assert_eq!(mode_of(&p), want, "{}", p.display());
+        }
+        // Private, as before: nothing for the group.
+        let m = Maildirs::new(&root, "mx.test", MailAccess::Private);
+        let rcpt = Address::parse("carol@example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        let path = m.write(&md, &ReversePath::Null, &rcpt, b"x\r\n").unwrap();
+        assert_eq!(mode_of(&md), 0o700 | (mode_of(&md) & 0o2000));
+        assert_eq!(mode_of(&path), 0o600);
+    }
+
+    /// The mail group may rename and replace entries of a Maildir: a symbolic link put in
+    /// place of `new/` (or of the Maildir itself) must not carry the message elsewhere.
+    #[test]
+    fn a_planted_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("mail");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let m = Maildirs::new(&root, "mx.test", MailAccess::Group);
+        let rcpt = Address::parse("bob@example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        m.write(&md, &ReversePath::Null, &rcpt, b"first\r\n")
+            .unwrap();
+        fs::remove_dir_all(md.join("new")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, md.join("new")).unwrap();
+        let e = m.write(&md, &ReversePath::Null, &rcpt, b"second\r\n");
+        assert!(e.is_err(), "wrote through a link: {e:?}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
+        // The same for the Maildir itself and a user's directory.
+        let carol = Address::parse("carol@example.org").unwrap();
+        let user = root.join("example.org/carol");
+        fs::create_dir(&user).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, user.join("Maildir")).unwrap();
+        let e = m.write(
+            &m.maildir(&carol).unwrap(),
+            &ReversePath::Null,
+            &carol,
+            b"x",
+        );
+        assert!(e.is_err(), "wrote through a link: {e:?}");
+        std::os::unix::fs::symlink(&elsewhere, root.join("example.org/dave")).unwrap();
+        let dave = Address::parse("dave@example.org").unwrap();
+        let e = m.write(&m.maildir(&dave).unwrap(), &ReversePath::Null, &dave, b"x");
+        assert!(e.is_err(), "wrote through a link: {e:?}");
+        assert_eq!(fs::read_dir(&elsewhere).unwrap().count(), 0);
     }
 }

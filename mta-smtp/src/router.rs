@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::client::{self, OutgoingMessage, RcptResult, Timeouts};
 use crate::dkim::{Signed, Signer};
-use crate::local::Maildirs;
+use crate::local::{MailAccess, Maildirs};
 use crate::relay::{Kept, Relay, RelayError};
 
 /// Local and remote delivery behind one [`Deliver`].
@@ -52,7 +52,15 @@ impl Router {
         users: Arc<dyn UserDirectory>,
     ) -> Result<Router, RelayError> {
         let signer = Signer::load(&config)?;
-        let maildirs = Maildirs::new(&config.data_dir.join("mail"), config.hostname.as_str());
+        let access = match config.local.mail_group {
+            Some(_) => MailAccess::Group,
+            None => MailAccess::Private,
+        };
+        let maildirs = Maildirs::new(
+            &config.data_dir.join("mail"),
+            config.hostname.as_str(),
+            access,
+        );
         let relay = Arc::new(Relay::new(config.clone(), kept)?);
         // Close connections that stopped being useful; ends when the relay is dropped.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -31,7 +31,8 @@ pub struct DovecotSetup<'a> {
     pub mail_root: &'a Path,
     /// A Dovecot passwd-file (`user:{ARGON2ID}hash`).
     pub passwd: &'a Path,
-    /// The user and group that own the Maildirs (the user `mta` runs as).
+    /// The user and group Dovecot's mail processes run as: a uid of their own, not the one
+    /// `mta` serves as, and the group of `local.mail_group`.
     pub uid: u32,
     pub gid: u32,
     /// The certificate and key to present.

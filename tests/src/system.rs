@@ -78,3 +78,72 @@ pub fn unprivileged_user() -> (String, u32, u32) {
     }
     panic!("neither {NAME} nor nobody exists, and useradd could not create {NAME}");
 }
+
+/// The gid of a system group, from `getent`.
+pub fn group_id(name: &str) -> Option<u32> {
+    let out = Command::new("getent")
+        .arg("group")
+        .arg(name)
+        .output()
+        .ok()?;
+    let line = String::from_utf8(out.stdout).ok()?;
+    line.trim().split(':').nth(2)?.parse().ok()
+}
+
+/// The group that may read delivered mail in the tests (`local.mail_group`):
+/// `mta-test-mail`, created with `groupadd --system` when missing (the tests run as root).
+pub fn mail_group() -> (String, u32) {
+    const NAME: &str = "mta-test-mail";
+    if group_id(NAME).is_none() {
+        // Two tests may race to create it: whoever loses finds it made.
+        let _ = Command::new("groupadd").args(["--system", NAME]).output();
+    }
+    let gid = group_id(NAME)
+        .unwrap_or_else(|| panic!("group {NAME} does not exist and groupadd could not create it"));
+    (NAME.to_string(), gid)
+}
+
+/// The user an IMAP server reads mail as in the tests: `mta-test-imap`, a system user of
+/// its own (not the one `mta serve` drops to) whose primary group is [`mail_group`].
+pub fn imap_user() -> (String, u32, u32) {
+    const NAME: &str = "mta-test-imap";
+    let (group, gid) = mail_group();
+    if user_ids(NAME).is_none() {
+        let _ = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--gid",
+                &group,
+                NAME,
+            ])
+            .output();
+    }
+    let (uid, primary) = user_ids(NAME)
+        .unwrap_or_else(|| panic!("user {NAME} does not exist and useradd could not create it"));
+    assert_eq!(primary, gid, "{NAME}'s primary group is not {group}");
+    (NAME.to_string(), uid, gid)
+}
+
+/// Whether `uid` with group `gid` (and no other) may open `path` for reading, or connect
+/// to it when it is a Unix socket: tried for real, with `setpriv` and the system Python (a
+/// Python under root's home would be closed to `uid`).
+pub fn can_open_as(uid: u32, gid: u32, path: &Path) -> bool {
+    const OPEN: &str = "import os, socket, stat, sys\n\
+        p = sys.argv[1]\n\
+        if stat.S_ISSOCK(os.stat(p).st_mode):\n    \
+            socket.socket(socket.AF_UNIX).connect(p)\n\
+        else:\n    \
+            open(p, 'rb').read(1)\n";
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        .args(["/usr/bin/python3", "-c", OPEN])
+        .arg(path);
+    crate::run("setpriv python3", &mut cmd, b"", crate::secs(10))
+        .status
+        .success()
+}

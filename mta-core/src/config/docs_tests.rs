@@ -84,6 +84,7 @@ const KEYS: &[&str] = &[
     "local.delivery",
     "local.lmtp",
     "local.recipient_delimiter",
+    "local.mail_group",
 ];
 const TABLES: &[&str] = &[
     "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",

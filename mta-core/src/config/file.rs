@@ -69,6 +69,7 @@ pub(super) struct RawLocal {
     pub delivery: Option<S<String>>,
     pub lmtp: Option<S<String>>,
     pub recipient_delimiter: Option<S<String>>,
+    pub mail_group: Option<S<String>>,
 }
 
 /// One DKIM key table. `selector` and `key` are required, but checked in validation so that
@@ -535,6 +536,9 @@ fn write_local(l: &Local) -> String {
     }
     let delimiter = l.recipient_delimiter.map(String::from).unwrap_or_default();
     out += &format!("recipient_delimiter = {}\n", quote(&delimiter));
+    if let Some(group) = &l.mail_group {
+        out += &format!("mail_group = {}\n", quote(group));
+    }
     out
 }
 

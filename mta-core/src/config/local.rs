@@ -81,9 +81,11 @@ impl Checker<'_> {
                 }
             }
         };
+        let mail_group = self.account_name(&raw.mail_group, "local.mail_group");
         Local {
             delivery,
             recipient_delimiter,
+            mail_group,
         }
     }
 }
@@ -114,10 +116,14 @@ mod tests {
         assert_eq!(c.local.recipient_delimiter, None);
         let c = parse("[local]\nrecipient_delimiter = \"-\"\n").unwrap();
         assert_eq!(c.local.recipient_delimiter, Some('-'));
+        assert_eq!(c.local.mail_group, None);
+        let c = parse("[local]\nmail_group = \"mta-mail\"\n").unwrap();
+        assert_eq!(c.local.mail_group.as_deref(), Some("mta-mail"));
         // What check-config prints reads back to the same config.
         for text in [
             "[local]\ndelivery = \"lmtp\"\nlmtp = \"[::1]:24\"\nrecipient_delimiter = \"\"\n",
             "local_domains = [\"example.org\"]\n[aliases]\n\"@example.org\" = [\"a@example.org\"]\n",
+            "[local]\nmail_group = \"mta-mail\"\n",
         ] {
             let c = parse(text).unwrap();
             assert_eq!(parse(&c.to_toml()).unwrap(), c, "{text}");
@@ -147,6 +153,11 @@ mod tests {
             (
                 "[local]\ndelivery = \"lmtp\"\nlmtp = \"127.0.0.1:0\"\n",
                 "mta.toml:3:8: local.lmtp: \"127.0.0.1:0\" has port 0, which no LMTP server listens on",
+            ),
+            (
+                "[local]\nmail_group = \"-x\"\n",
+                "mta.toml:2:14: local.mail_group: \"-x\" is not a user or group name (letters, \
+                 digits, '_', '-', '.', at most 32 characters)",
             ),
         ];
         for (text, want) in table {

@@ -44,7 +44,7 @@ impl Checker<'_> {
 
     /// A user or group name as the system's databases spell them: letters, digits, `_`,
     /// `-` and `.`, not starting with `-`, at most 32 characters.
-    fn account_name(&mut self, name: &Option<S<String>>, key: &str) -> Option<String> {
+    pub(super) fn account_name(&mut self, name: &Option<S<String>>, key: &str) -> Option<String> {
         let name = name.as_ref()?;
         let text = name.get_ref();
         let ok = !text.is_empty()

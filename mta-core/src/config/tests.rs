@@ -186,6 +186,7 @@ fn defaults() {
         local: Local {
             delivery: LocalDelivery::Maildir,
             recipient_delimiter: Some('+'),
+            mail_group: None,
         },
         shutdown_grace: Duration::from_secs(10),
         dkim: vec![],

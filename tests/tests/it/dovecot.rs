@@ -1,11 +1,14 @@
-//! The retrieval half of the mail path (docs/operations.md): Dovecot reads what
-//! `mta` delivered, from the Maildirs under the data dir, over IMAPS and POP3S, with the
-//! same password as for submission (our argon2id hashes in a Dovecot passwd-file).
+//! The retrieval half of the mail path (docs/operations.md): Dovecot reads what `mta`
+//! delivered, from the Maildirs under the data dir, over IMAPS and POP3S, with the same
+//! password as for submission (our argon2id hashes in a Dovecot passwd-file). Dovecot's mail
+//! processes run under a uid of their own in the mail group (`local.mail_group`), never as
+//! the user `mta` serves as: they read, flag and expunge the mail, and cannot open the users
+//! file, the DKIM key, the TLS key or the control socket.
 
 use std::os::unix::fs::PermissionsExt;
 
 use mta_tests::dovecot::{DovecotSetup, TestDovecot};
-use mta_tests::system::{is_root, unprivileged_user};
+use mta_tests::system::{can_open_as, imap_user, is_root, mail_group, unprivileged_user};
 use mta_tests::{SmtpClient, TestMta, base_config, mta_with_config, run, secs};
 
 /// The script that turns our users file into Dovecot's passwd-file (docs/operations.md).
@@ -13,19 +16,71 @@ const USERS_TO_DOVECOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/mta
 
 const PASSWORD: &str = "a long password 1";
 
+/// Over IMAPS: reads the first message, marks it seen (a rename into `cur/`), and deletes
+/// and expunges the second; then over POP3S reads the one left and deletes it.
+const CLIENT: &str = r#"
+import imaplib, poplib, ssl, sys
+cert, imaps, pop3s, user, password = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=cert)
+m = imaplib.IMAP4_SSL("localhost", int(imaps), ssl_context=ctx)
+m.login(user, password)
+typ, data = m.select("INBOX")
+print("imap messages", data[0].decode())
+typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT DELIVERED-TO)])")
+print(data[0][1].decode().strip())
+typ, data = m.store("1", "+FLAGS", "(\\Seen)")
+print("imap store", typ)
+typ, data = m.fetch("1", "(FLAGS)")
+print("imap flags", data[0].decode())
+typ, data = m.store("2", "+FLAGS", "(\\Deleted)")
+typ, data = m.expunge()
+print("imap expunge", typ, data)
+typ, data = m.select("INBOX")
+print("imap left", data[0].decode())
+m.logout()
+p = poplib.POP3_SSL("localhost", int(pop3s), context=ctx)
+p.user(user)
+p.pass_(password)
+print("pop3 messages", p.stat()[0])
+print("pop3 retr", b"\n".join(p.retr(1)[1]).decode())
+print("pop3 dele", p.dele(1).decode())
+p.quit()
+p = poplib.POP3_SSL("localhost", int(pop3s), context=ctx)
+p.user(user)
+p.pass_(password)
+print("pop3 left", p.stat()[0])
+p.quit()
+"#;
+
+/// Over IMAPS: the INBOX of users who have had no mail.
+const EMPTY: &str = r#"
+import imaplib, ssl, sys
+cert, imaps, password = sys.argv[1:]
+ctx = ssl.create_default_context(cafile=cert)
+for user in ["bob@example.test", "carol@example.test"]:
+    m = imaplib.IMAP4_SSL("localhost", int(imaps), ssl_context=ctx)
+    m.login(user, password)
+    typ, data = m.select("INBOX")
+    print(user, typ, data[0].decode())
+    m.logout()
+"#;
+
 #[test]
-fn dovecot_serves_what_mta_delivered_over_imaps_and_pop3s() {
-    let test = "dovecot_serves_what_mta_delivered_over_imaps_and_pop3s";
+fn dovecot_under_its_own_uid_reads_flags_and_expunges_what_mta_delivered() {
+    let test = "dovecot_under_its_own_uid_reads_flags_and_expunges_what_mta_delivered";
     // A test that cannot run fails: CI runs as root and scripts/test.sh installs Dovecot.
     assert!(
         is_root(),
-        "{test} needs root (Dovecot's master and a user to drop to)"
+        "{test} needs root (Dovecot's master and users to drop to)"
     );
     assert!(
         TestDovecot::available(),
         "{test} needs Dovecot (scripts/test.sh installs dovecot-imapd and dovecot-pop3d)"
     );
-    let (user, uid, gid) = unprivileged_user();
+    let (user, mta_uid, _) = unprivileged_user();
+    let (group, mail_gid) = mail_group();
+    let (_, imap_uid, _) = imap_user();
+    assert_ne!(imap_uid, mta_uid);
     let mta = TestMta::start_config(|dir| {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
         let config = base_config(dir, &format!("user = {user:?}\n"));
@@ -37,16 +92,58 @@ fn dovecot_serves_what_mta_delivered_over_imaps_and_pop3s() {
             format!("{PASSWORD}\n").as_bytes(),
         )
         .assert_success("mta user add");
+        mta_with_config(
+            &pre,
+            &[
+                "dkim",
+                "keygen",
+                "--domain",
+                "example.test",
+                "--selector",
+                "s1",
+            ],
+            b"",
+        )
+        .assert_success("mta dkim keygen");
+        let config = base_config(
+            dir,
+            &format!(
+                "user = {user:?}\n[local]\nmail_group = {group:?}\n\
+                 [[dkim.\"example.test\"]]\nselector = \"s1\"\nkey = {:?}\n",
+                dir.join("data/dkim/example.test.s1.key")
+                    .display()
+                    .to_string()
+            ),
+        );
+        // A user without mail yet, added before the start.
+        std::fs::write(&pre, &config).expect("write pre.toml");
+        mta_with_config(
+            &pre,
+            &["user", "add", "bob@example.test", "--password-stdin"],
+            format!("{PASSWORD}\n").as_bytes(),
+        )
+        .assert_success("mta user add bob");
         config
     });
     let mut client = SmtpClient::connect(mta.smtp_addr());
     client.reply("greeting");
     client.expect("EHLO client.test", 250);
-    let message = b"From: <a@remote.test>\r\nTo: <alice@example.test>\r\n\
-        Subject: read me with Dovecot\r\n\r\nhello\r\n";
-    let reply = client.send_message("a@remote.test", &["alice@example.test"], message);
-    assert_eq!(reply.code, 250, "{}", client.transcript());
-    mta.wait_for_mail("alice@example.test", 1, 10);
+    for subject in ["read me with Dovecot", "expunge me"] {
+        let message = format!(
+            "From: <a@remote.test>\r\nTo: <alice@example.test>\r\nSubject: {subject}\r\n\r\nhello\r\n"
+        );
+        let reply =
+            client.send_message("a@remote.test", &["alice@example.test"], message.as_bytes());
+        assert_eq!(reply.code, 250, "{}", client.transcript());
+    }
+    mta.wait_for_mail("alice@example.test", 2, 10);
+    // And one added while mta runs, as root, with the config mta serves with.
+    mta_with_config(
+        &mta.dir().join("mta.toml"),
+        &["user", "add", "carol@example.test", "--password-stdin"],
+        format!("{PASSWORD}\n").as_bytes(),
+    )
+    .assert_success("mta user add carol");
 
     let passwd = mta.dir().join("dovecot-users");
     let users = mta.data_dir().join("users");
@@ -64,33 +161,16 @@ fn dovecot_serves_what_mta_delivered_over_imaps_and_pop3s() {
         dir: &dovecot_dir,
         mail_root: &mail_root,
         passwd: &passwd,
-        uid,
-        gid,
+        uid: imap_uid,
+        gid: mail_gid,
         cert: &cert,
         key: &key,
     });
-    let script = r#"
-import imaplib, poplib, ssl, sys
-cert, imaps, pop3s, user, password = sys.argv[1:]
-ctx = ssl.create_default_context(cafile=cert)
-m = imaplib.IMAP4_SSL("localhost", int(imaps), ssl_context=ctx)
-m.login(user, password)
-typ, data = m.select("INBOX")
-print("imap messages", data[0].decode())
-typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT DELIVERED-TO)])")
-print(data[0][1].decode().strip())
-m.logout()
-p = poplib.POP3_SSL("localhost", int(pop3s), context=ctx)
-p.user(user)
-p.pass_(password)
-print("pop3 messages", p.stat()[0])
-p.quit()
-"#;
     let out = run(
         "python3 imaplib/poplib",
         std::process::Command::new("python3").args([
             "-c",
-            script,
+            CLIENT,
             &cert.display().to_string(),
             &dovecot.imaps.to_string(),
             &dovecot.pop3s.to_string(),
@@ -107,11 +187,65 @@ p.quit()
         dovecot.log()
     );
     for want in [
-        "imap messages 1",
+        "imap messages 2",
         "Delivered-To: alice@example.test",
         "Subject: read me with Dovecot",
+        "imap store OK",
+        "\\Seen",
+        "imap expunge OK",
+        "imap left 1",
         "pop3 messages 1",
+        "Subject: read me with Dovecot",
+        "pop3 dele +OK",
+        "pop3 left 0",
     ] {
         assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
     }
+    // Users who have had no mail find an empty INBOX: Dovecot cannot create a Maildir, so
+    // `mta user add` made theirs.
+    let out = run(
+        "python3 imaplib",
+        std::process::Command::new("python3").args([
+            "-c",
+            EMPTY,
+            &cert.display().to_string(),
+            &dovecot.imaps.to_string(),
+            PASSWORD,
+        ]),
+        b"",
+        secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "{out}\n--- dovecot log ---\n{}",
+        dovecot.log()
+    );
+    for want in ["bob@example.test OK 0", "carol@example.test OK 0"] {
+        assert!(out.stdout.contains(want), "no {want:?} in:\n{out}");
+    }
+    assert!(!dovecot.log().contains("Error"), "{}", dovecot.log());
+    // Dovecot's uid in the mail group opens none of mta's secrets.
+    let data = mta.data_dir();
+    for secret in [
+        data.join("users"),
+        data.join("dkim/example.test.s1.key"),
+        data.join("tls/selfsigned-key.pem"),
+        data.join("control.sock"),
+    ] {
+        assert!(secret.exists(), "{}", secret.display());
+        assert!(
+            !can_open_as(imap_uid, mail_gid, &secret),
+            "Dovecot's uid can open {}",
+            secret.display()
+        );
+    }
+    // mta still delivers into the Maildir Dovecot has since written in (its index and
+    // uidlist, files renamed into cur/ and removed).
+    let reply = client.send_message(
+        "a@remote.test",
+        &["alice@example.test"],
+        b"From: <a@remote.test>\r\nSubject: after\r\n\r\nagain\r\n",
+    );
+    assert_eq!(reply.code, 250, "{}", client.transcript());
+    mta.wait_for_mail("alice@example.test", 1, 10);
 }

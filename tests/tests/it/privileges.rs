@@ -1,12 +1,15 @@
 //! Running for real: started as root with `user` set, the server serves as that user
 //! (its `/proc` ids) and has made the data dir theirs; serving as root is refused without
-//! `allow_root`; Landlock keeps delivery from following a link out of the Maildir tree; the
-//! example production config passes `mta check-config`.
+//! `allow_root`; Landlock keeps delivery from following a link out of the Maildir tree, and
+//! the writer follows no link inside it; a mail group gets the Maildirs and nothing else;
+//! the example production config passes `mta check-config`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use mta_tests::system::{is_root, owner_mode, proc_ids, unprivileged_user};
+use mta_tests::system::{
+    can_open_as, imap_user, is_root, mail_group, owner_mode, proc_ids, unprivileged_user,
+};
 use mta_tests::{KeptDir, SmtpClient, TestMta, base_config, mta_with_config, secs};
 use mta_tests::{serve_expecting_failure, wait_for};
 
@@ -141,30 +144,25 @@ fn an_unknown_user_is_refused_with_a_hint() {
     );
 }
 
-/// A server (as root, `sandbox` on or off) where eve's Maildir is a link to a Maildir outside
-/// every allowed path; one message goes to alice and eve. Returns the server and the outside
-/// Maildir.
+/// A server (as root, `sandbox` on or off) whose mail root `DATA_DIR/mail` is a link to a
+/// directory outside every allowed path (an operator's link, which the Maildir writer
+/// follows: the data dir is not the mail group's to change); one message goes to eve.
+/// Returns the server and the outside mail root.
 fn link_out_of_the_maildirs(sandbox: bool) -> (TestMta, KeptDir) {
     let outside = KeptDir::new();
-    for sub in ["tmp", "new", "cur"] {
-        std::fs::create_dir_all(outside.path().join("Maildir").join(sub)).expect("mkdir");
-    }
-    let target = outside.path().join("Maildir");
+    let target = outside.path().join("mail");
+    std::fs::create_dir_all(&target).expect("mkdir outside mail");
     let mta = TestMta::start_config(|dir| {
         let config = base_config(dir, &format!("sandbox = {sandbox}\n"));
-        add_users(dir, &config, &["alice@example.test", "eve@example.test"]);
-        let eve = dir.join("data/mail/example.test/eve");
-        std::fs::create_dir_all(&eve).expect("mkdir eve");
-        std::os::unix::fs::symlink(&target, eve.join("Maildir")).expect("symlink");
+        add_users(dir, &config, &["eve@example.test"]);
+        std::os::unix::fs::symlink(&target, dir.join("data/mail")).expect("symlink");
         config
     });
     let mut client = SmtpClient::connect(mta.smtp_addr());
     client.reply("greeting");
     client.expect("EHLO client.test", 250);
-    let to = ["alice@example.test", "eve@example.test"];
-    let reply = client.send_message("a@remote.test", &to, MESSAGE);
+    let reply = client.send_message("a@remote.test", &["eve@example.test"], MESSAGE);
     assert_eq!(reply.code, 250, "{}", client.transcript());
-    mta.wait_for_mail("alice@example.test", 1, 10);
     (mta, outside)
 }
 
@@ -176,7 +174,7 @@ fn count(dir: &Path) -> usize {
 fn landlock_stops_delivery_through_a_link_out_of_the_maildirs() {
     // Without the sandbox the link is followed: what the sandbox must stop is real.
     let (mta, outside) = link_out_of_the_maildirs(false);
-    let new = outside.path().join("Maildir/new");
+    let new = outside.path().join("mail/example.test/eve/Maildir/new");
     wait_for(secs(10), "eve's message in the linked Maildir", || {
         count(&new) == 1
     });
@@ -203,9 +201,163 @@ fn landlock_stops_delivery_through_a_link_out_of_the_maildirs() {
                 && l.contains("maildir write failed: Permission denied")
         })
     });
-    let maildir = outside.path().join("Maildir");
-    assert_eq!(count(&maildir.join("new")), 0, "{}", mta.log());
-    assert_eq!(count(&maildir.join("tmp")), 0, "{}", mta.log());
+    assert_eq!(count(&outside.path().join("mail")), 0, "{}", mta.log());
+}
+
+/// Inside the mail root the writer follows no link, sandbox or not: with a mail group, the
+/// group may replace a user's `Maildir` or its `new/` with a link to anywhere.
+#[test]
+fn delivery_follows_no_link_inside_the_mail_tree() {
+    let outside = KeptDir::new();
+    for sub in ["tmp", "new", "cur"] {
+        std::fs::create_dir_all(outside.path().join("Maildir").join(sub)).expect("mkdir");
+    }
+    let target = outside.path().join("Maildir");
+    let mta = TestMta::start_config(|dir| {
+        let config = base_config(dir, "sandbox = false\n");
+        add_users(dir, &config, &["alice@example.test", "eve@example.test"]);
+        let eve = dir.join("data/mail/example.test/eve");
+        std::fs::create_dir_all(&eve).expect("mkdir eve");
+        std::os::unix::fs::symlink(&target, eve.join("Maildir")).expect("symlink");
+        config
+    });
+    let mut client = SmtpClient::connect(mta.smtp_addr());
+    client.reply("greeting");
+    client.expect("EHLO client.test", 250);
+    let to = ["alice@example.test", "eve@example.test"];
+    let reply = client.send_message("a@remote.test", &to, MESSAGE);
+    assert_eq!(reply.code, 250, "{}", client.transcript());
+    mta.wait_for_mail("alice@example.test", 1, 10);
+    mta.wait_logged(secs(10), "eve's delivery refused", || {
+        mta.log()
+            .lines()
+            .any(|l| l.contains("rcpt=eve@example.test") && l.contains("maildir write failed"))
+    });
+    assert_eq!(count(&target.join("new")), 0, "{}", mta.log());
+    assert_eq!(count(&target.join("tmp")), 0, "{}", mta.log());
+}
+
+/// With `local.mail_group`, the Maildir tree is that group's to read and write and the data
+/// dir its to pass through; the users file, DKIM key, queue store, control socket and TLS
+/// key keep the server's own group and private modes, and a uid in the mail group can open
+/// the mail but none of those.
+#[test]
+fn a_mail_group_shares_the_maildirs_and_nothing_else() {
+    require_root("a_mail_group_shares_the_maildirs_and_nothing_else");
+    let (user, uid, gid) = unprivileged_user();
+    let (group, mail_gid) = mail_group();
+    let (_, imap_uid, _) = imap_user();
+    let mta = TestMta::start_config(|dir| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+        let pre = base_config(dir, &format!("user = {user:?}\n"));
+        add_users(dir, &pre, &["bob@example.test"]);
+        let out = mta_with_config(
+            &dir.join("pre.toml"),
+            &[
+                "dkim",
+                "keygen",
+                "--domain",
+                "example.test",
+                "--selector",
+                "s1",
+            ],
+            b"",
+        );
+        out.assert_success("mta dkim keygen");
+        // Mail delivered before the setting: private, and made the group's at start-up.
+        let old = dir.join("data/mail/example.test/old/Maildir/new");
+        std::fs::create_dir_all(&old).expect("mkdir old Maildir");
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+        std::fs::write(old.join("1.old"), "old mail").expect("write old mail");
+        base_config(
+            dir,
+            &format!(
+                "user = {user:?}\n[local]\nmail_group = {group:?}\n\
+                 [[dkim.\"example.test\"]]\nselector = \"s1\"\nkey = {:?}\n",
+                dir.join("data/dkim/example.test.s1.key")
+                    .display()
+                    .to_string()
+            ),
+        )
+    });
+    let pid: u32 = mta.pid().parse().expect("a pid");
+    let mut groups = proc_ids(pid).groups;
+    groups.sort_unstable();
+    let mut want = vec![gid, mail_gid];
+    want.sort_unstable();
+    assert_eq!(
+        groups, want,
+        "the mail group is the one supplementary group"
+    );
+    let mut client = SmtpClient::connect(mta.smtp_addr());
+    client.reply("greeting");
+    client.expect("EHLO client.test", 250);
+    let reply = client.send_message("a@remote.test", &["bob@example.test"], MESSAGE);
+    assert_eq!(reply.code, 250, "{}", client.transcript());
+    let files = mta.wait_for_mail("bob@example.test", 1, 10);
+    let data = mta.data_dir();
+    let bob = data.join("mail/example.test/bob");
+    let old = data.join("mail/example.test/old/Maildir");
+    let shared = [
+        (data.clone(), 0o710),
+        (data.join("mail"), 0o2710),
+        (data.join("mail/example.test"), 0o2710),
+        (bob.clone(), 0o2710),
+        (bob.join("Maildir"), 0o2770),
+        (bob.join("Maildir/new"), 0o2770),
+        (bob.join("Maildir/cur"), 0o2770),
+        (files[0].clone(), 0o660),
+        (old.join("new"), 0o2770),
+        (old.join("new/1.old"), 0o660),
+    ];
+    for (path, mode) in shared {
+        assert_eq!(
+            owner_mode(&path),
+            (uid, mail_gid, mode),
+            "{}",
+            path.display()
+        );
+    }
+    let private = [
+        (data.join("users"), 0o600),
+        (data.join("dkim"), 0o700),
+        (data.join("dkim/example.test.s1.key"), 0o600),
+        (data.join("queue"), 0o700),
+        (data.join("tls/selfsigned-key.pem"), 0o600),
+        (data.join("control.sock"), 0o600),
+    ];
+    for (path, mode) in &private {
+        let (o, g, m) = owner_mode(path);
+        assert_eq!((o, g, m & 0o7777), (uid, gid, *mode), "{}", path.display());
+    }
+    // What the mail group's uid can open, tried for real.
+    assert!(can_open_as(imap_uid, mail_gid, &files[0]), "the mail");
+    assert!(
+        can_open_as(imap_uid, mail_gid, &old.join("new/1.old")),
+        "old mail"
+    );
+    for (path, _) in &private {
+        assert!(
+            !can_open_as(imap_uid, mail_gid, path),
+            "{} is open to the mail group",
+            path.display()
+        );
+    }
+}
+#[test]
+fn an_unknown_mail_group_is_named_by_check_config_and_serve() {
+    let dir = KeptDir::new();
+    let text = base_config(dir.path(), "[local]\nmail_group = \"mta-no-such-group\"\n");
+    let config = dir.path().join("mta.toml");
+    std::fs::write(&config, &text).expect("write config");
+    let out = mta_with_config(&config, &["check-config"], b"");
+    assert_eq!(out.status.code(), Some(2), "{out}");
+    let want = "group \"mta-no-such-group\" (config key local.mail_group) does not exist; \
+                create it with `groupadd --system mta-no-such-group`";
+    assert!(out.stderr.contains(want), "{out}");
+    let (_, out) = serve_expecting_failure(dir.path(), &text);
+    assert!(!out.status.success(), "{out}");
+    assert!(out.stderr.contains(want), "{out}");
 }
 
 #[test]

@@ -202,6 +202,19 @@ fn process_settings_and_connection_limits_need_a_restart() {
             out.all()
         );
     }
+    assert!(!good.contains("[local]"), "{good}");
+    std::fs::write(
+        mta.config_path(),
+        format!("{good}\n[local]\nmail_group = \"root\"\n"),
+    )
+    .unwrap();
+    let out = mta.mta(&["reload"], b"");
+    assert!(
+        out.stderr
+            .contains("local.mail_group changed, which needs a restart"),
+        "{}",
+        out.all()
+    );
     let limits = good.replace("[outbound]\n", "[outbound]\nmax_per_domain = 1\n");
     assert_ne!(limits, good, "the test config has an [outbound] table");
     std::fs::write(mta.config_path(), limits).unwrap();
