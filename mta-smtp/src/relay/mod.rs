@@ -341,7 +341,9 @@ impl Relay {
         // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
         let limit = self.config.outbound.connection_timeout;
         while let Some(mut idle) = self.take_idle(&key(first)) {
-            let Some(_address) = self.limits.address(idle.target.addr.ip()) else {
+            let (ip, capped) = (idle.target.addr.ip(), self.smarthost.is_none());
+            let Ok(_at) = limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
+            else {
                 tokio::spawn(idle.conn.quit());
                 continue;
             };
