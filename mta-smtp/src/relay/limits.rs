@@ -226,8 +226,8 @@ pub fn admit_address(
     })
 }
 
-/// The suspension key of one remote address; a domain name never has brackets, and an
-/// address literal (`[192.0.2.1]`) is the same host.
+/// The suspension key of one remote address, `[192.0.2.1]`: a domain name never has
+/// brackets, and the IPv4 address literal of the same host is the same key.
 pub fn address_destination(ip: IpAddr) -> String {
     format!("[{ip}]")
 }
