@@ -1,38 +1,87 @@
 //! What bounds remote delivery over all attempts, and outlives a reload: the connection
 //! slots ([`Limits`]: `outbound.max_connections` overall, `outbound.max_per_domain` per
-//! destination) and the destinations that stopped answering ([`Suspensions`]).
+//! destination domain, [`MAX_PER_ADDRESS`] per remote address) and the destinations that
+//! stopped answering ([`Suspensions`]).
+//!
+//! Many domains can share one MX address, so per-domain slots alone let one hostile host
+//! that greets and then stalls hold every overall slot, one domain each. The per-address
+//! cap bounds what any one address holds to [`MAX_PER_ADDRESS`] slots; an attempt that
+//! finds the address full moves on to the next one at once (it never waits holding an
+//! overall slot), and is deferred when they are all full.
 //!
 //! A reload builds a new relay while transactions of the old one still run; both count
 //! against the same slots, so a storm of reloads never opens more connections than the
 //! limits allow (the slot counts themselves need a restart to change).
 //!
-//! A destination whose connections fail [`FAILURES`] times in a row is suspended, as
+//! A destination (a domain, the smarthost, or one remote address) whose connections fail
+//! [`FAILURES`] times in a row is suspended, as
 //! Postfix does with a dead destination: its messages are deferred with the last reason
 //! without connecting, except one probe attempt at a time, at most one per probe interval
-//! (`queue.retry_first`). A probe that connects ends the suspension. So a dead destination
+//! (`queue.retry_first`). A connection fails when it does not open, or when it opens and
+//! then stalls: a timeout in any phase (greeting, EHLO, MAIL, RCPT, DATA) counts, since a
+//! host that greets and then never answers costs as much as one that never answers at all.
+//! A probe whose transaction does not stall ends the suspension. So a dead destination
 //! with many queued messages costs O(1) connection attempts per retry round, and the
 //! attempts that would have waited on it for minutes end at once.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mta_core::address::Domain;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::client::ClientError;
+
 /// Failed connections in a row that suspend a destination.
 pub const FAILURES: u32 = 3;
 
-/// Destinations remembered at once; beyond this, a new destination's failures are not
-/// counted (it is then simply not suspended), so a flood of dead domains costs bounded
-/// memory.
+/// Destinations remembered at once; beyond this, the one whose last failure is oldest is
+/// forgotten for a new one, so a flood of dead domains costs bounded memory and the
+/// destinations failing now are the ones remembered.
 const MAX_DESTINATIONS: usize = 10_000;
+
+/// Connections open at once to one remote address, over all domains. Four: the default
+/// `outbound.max_per_domain`, so one domain on one address is not slowed by it, while a
+/// host that stalls every connection holds at most 4 of the 32 default overall slots
+/// however many domains point at it. Large providers publish several MX hosts and
+/// addresses; an attempt that finds one address full tries the next.
+pub const MAX_PER_ADDRESS: usize = 4;
 
 /// The connection slots shared by every relay a reload builds.
 pub struct Limits {
     all: Arc<Semaphore>,
+    max_connections: usize,
+    max_per_domain: usize,
     /// One semaphore per destination domain, in a map that drops unused ones.
     per_domain: super::slots::DomainSlots,
+    /// One semaphore per remote address, likewise.
+    per_address: super::slots::AddressSlots,
+}
+
+/// Why [`Limits::acquire`] gave up: the slots stayed busy for its patience.
+#[derive(Debug, thiserror::Error)]
+pub enum Busy {
+    /// The domain's own slots.
+    #[error("4.4.5 all {max} connection slots for {domain} stayed busy (outbound.max_per_domain)")]
+    Domain {
+        /// The destination domain.
+        domain: Domain,
+        /// `outbound.max_per_domain`.
+        max: usize,
+    },
+    /// The overall slots.
+    #[error(
+        "4.4.5 all {max} outbound connection slots stayed busy while {domain} waited \
+         (outbound.max_connections)"
+    )]
+    All {
+        /// The destination domain.
+        domain: Domain,
+        /// `outbound.max_connections`.
+        max: usize,
+    },
 }
 
 /// A connection slot held for one attempt: one for its domain and one of the overall ones.
@@ -46,31 +95,49 @@ impl Limits {
     pub fn new(max_connections: usize, max_per_domain: usize) -> Limits {
         Limits {
             all: Arc::new(Semaphore::new(max_connections)),
+            max_connections,
+            max_per_domain,
             per_domain: super::slots::DomainSlots::new(max_per_domain),
+            per_address: super::slots::AddressSlots::new(MAX_PER_ADDRESS),
         }
     }
 
     /// Waits for a slot for `domain`. The domain's own slot comes first, and only then one
     /// of the overall ones: a domain whose slots are all busy (a host that never answers)
-    /// waits without holding an overall slot that other domains need. `None` when the
-    /// domain's slots stayed busy for `patience`: the attempt then gives way to the others
-    /// the scheduler has waiting, instead of holding one of its attempts.
-    pub async fn acquire(&self, domain: &Domain, patience: Duration) -> Option<Slot> {
+    /// waits without holding an overall slot that other domains need. [`Busy`] when either
+    /// stayed busy for `patience` (both waits together): the attempt is then deferred and
+    /// gives way to the others the scheduler has waiting, instead of holding one of its
+    /// attempts.
+    ///
+    /// # Errors
+    /// [`Busy`], naming the slots that stayed busy.
+    pub async fn acquire(&self, domain: &Domain, patience: Duration) -> Result<Slot, Busy> {
+        let deadline = tokio::time::Instant::now() + patience;
         let slots = self.per_domain.of(domain);
-        let domain = tokio::time::timeout(patience, slots.acquire_owned())
+        let own = tokio::time::timeout_at(deadline, slots.acquire_owned())
             .await
-            .ok()?
+            .map_err(|_| Busy::Domain {
+                domain: domain.clone(),
+                max: self.max_per_domain,
+            })?
             .expect("never closed");
-        let all = self
-            .all
-            .clone()
-            .acquire_owned()
+        let all = tokio::time::timeout_at(deadline, self.all.clone().acquire_owned())
             .await
+            .map_err(|_| Busy::All {
+                domain: domain.clone(),
+                max: self.max_connections,
+            })?
             .expect("never closed");
-        Some(Slot {
-            _domain: domain,
+        Ok(Slot {
+            _domain: own,
             _all: all,
         })
+    }
+
+    /// One of the [`MAX_PER_ADDRESS`] connections to `ip`, held while talking to it; `None`
+    /// at once when they are all in use. Never waits: the caller holds an overall slot.
+    pub fn address(&self, ip: IpAddr) -> Option<OwnedSemaphorePermit> {
+        self.per_address.of(&ip).try_acquire_owned().ok()
     }
 
     /// Overall slots free now.
@@ -89,10 +156,18 @@ pub enum Admit {
     Skip(String),
 }
 
-/// The destinations whose connections failed lately.
-#[derive(Default)]
+/// The destinations whose connections failed lately, at most a capacity of them.
 pub struct Suspensions {
     map: Mutex<HashMap<String, Dead>>,
+    capacity: usize,
+    /// Counts failures, to find the destination whose last failure is oldest.
+    clock: Mutex<u64>,
+}
+
+impl Default for Suspensions {
+    fn default() -> Self {
+        Suspensions::with_capacity(MAX_DESTINATIONS)
+    }
 }
 
 struct Dead {
@@ -100,6 +175,67 @@ struct Dead {
     reason: String,
     next_probe: Instant,
     probing: bool,
+    /// When the last failure came, on [`Suspensions::clock`].
+    last: u64,
+}
+
+/// What an attempt holds while it talks to one remote address: one of its
+/// [`MAX_PER_ADDRESS`] slots, and its probe when the address is suspended.
+pub struct AtAddress {
+    _slot: Option<OwnedSemaphorePermit>,
+    _probe: Option<Probe>,
+    key: String,
+}
+
+impl AtAddress {
+    /// The address's suspension key ([`address_destination`]).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// Whether an attempt may connect to `ip` now: a slot of the address (only when `capped`:
+/// the smarthost, the operator's own, has none) that is free at once, and the address not
+/// suspended (or this attempt its probe).
+///
+/// # Errors
+/// Why not, for the deferral.
+pub fn admit_address(
+    limits: &Limits,
+    dead: &Arc<Suspensions>,
+    ip: IpAddr,
+    capped: bool,
+    interval: Duration,
+) -> Result<AtAddress, String> {
+    let slot = match capped {
+        false => None,
+        true => Some(limits.address(ip).ok_or_else(|| {
+            format!("4.4.5 all {MAX_PER_ADDRESS} connection slots for the address are busy")
+        })?),
+    };
+    let key = address_destination(ip);
+    let probe = match dead.admit(&key, interval, Instant::now()) {
+        Admit::Go => None,
+        Admit::Probe(p) => Some(p),
+        Admit::Skip(why) => return Err(why),
+    };
+    Ok(AtAddress {
+        _slot: slot,
+        _probe: probe,
+        key,
+    })
+}
+
+/// The suspension key of one remote address, `[192.0.2.1]`: a domain name never has
+/// brackets, and the IPv4 address literal of the same host is the same key.
+pub fn address_destination(ip: IpAddr) -> String {
+    format!("[{ip}]")
+}
+
+/// Whether `error`, ending a transaction on an open connection, shows a host that stopped
+/// answering (a timeout in any phase) rather than one that answered.
+pub fn stalled(error: &ClientError) -> bool {
+    matches!(error, ClientError::Timeout { .. } | ClientError::Deadline)
 }
 
 /// The one probe of a suspended destination; when it ends without a connection result
@@ -149,13 +285,34 @@ impl Suspensions {
         })
     }
 
+    /// At most `capacity` destinations remembered at once.
+    pub fn with_capacity(capacity: usize) -> Suspensions {
+        Suspensions {
+            map: Mutex::new(HashMap::new()),
+            capacity,
+            clock: Mutex::new(0),
+        }
+    }
+
     /// A connection to `destination` failed with `reason`.
     pub fn failed(&self, destination: &str, reason: &str, interval: Duration, now: Instant) {
         let mut map = self.map.lock().expect("suspension lock poisoned");
-        if !map.contains_key(destination) && map.len() >= MAX_DESTINATIONS {
-            map.retain(|_, d| d.failures >= FAILURES);
-            if map.len() >= MAX_DESTINATIONS {
-                return;
+        let tick = {
+            let mut clock = self.clock.lock().expect("suspension clock poisoned");
+            *clock += 1;
+            *clock
+        };
+        if !map.contains_key(destination) && map.len() >= self.capacity {
+            // O(capacity), only when full: the table stays a plain map.
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, d)| d.last)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(key) => {
+                    map.remove(&key);
+                }
+                None => return,
             }
         }
         let dead = map.entry(destination.to_string()).or_insert(Dead {
@@ -163,7 +320,9 @@ impl Suspensions {
             reason: String::new(),
             next_probe: now,
             probing: false,
+            last: tick,
         });
+        dead.last = tick;
         dead.failures = dead.failures.saturating_add(1);
         dead.reason = reason.to_string();
         if dead.failures >= FAILURES {
@@ -172,10 +331,57 @@ impl Suspensions {
         }
     }
 
-    /// A connection to `destination` opened: it is alive.
+    /// A connection to `destination` opened and did not stall: it is alive.
     pub fn succeeded(&self, destination: &str) {
         let mut map = self.map.lock().expect("suspension lock poisoned");
         map.remove(destination);
+    }
+
+    /// Records how a connection for each of `destinations` ended: `Err(reason)` when it
+    /// failed to open or stalled ([`stalled`]), `Ok` when the host answered.
+    pub fn record(
+        &self,
+        destinations: &[&str],
+        result: Result<(), &str>,
+        interval: Duration,
+        now: Instant,
+    ) {
+        for destination in destinations {
+            match result {
+                Ok(()) => self.succeeded(destination),
+                Err(reason) => self.failed(destination, reason, interval, now),
+            }
+        }
+    }
+
+    /// Records how a transaction on a connection that opened ended: a stall ([`stalled`])
+    /// is a failure of each of `destinations`, anything else shows them alive. `host` names
+    /// the host in the reason (`name [ip]`).
+    pub fn transaction_ended<T>(
+        &self,
+        destinations: &[&str],
+        host: &str,
+        result: &Result<T, ClientError>,
+        interval: Duration,
+    ) {
+        let now = Instant::now();
+        match result {
+            Err(e) if stalled(e) => {
+                let reason = format!("4.4.1 {host}: {e}");
+                self.record(destinations, Err(&reason), interval, now);
+            }
+            _ => self.record(destinations, Ok(()), interval, now),
+        }
+    }
+
+    /// How many destinations are remembered now.
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("suspension lock poisoned").len()
+    }
+
+    /// True when no destination is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether `destination` is suspended now.
@@ -195,6 +401,7 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     const I: Duration = Duration::from_secs(60);
 
@@ -280,12 +487,115 @@ mod tests {
         assert_eq!(limits.available(), 1);
         let other = Domain::parse("other.test").unwrap();
         let got = tokio::time::timeout(Duration::from_secs(10), limits.acquire(&other, long)).await;
-        assert!(matches!(got, Ok(Some(_))), "another domain was starved");
+        assert!(matches!(got, Ok(Ok(_))), "another domain was starved");
         // A domain whose slots stay busy gives up after its patience.
         let gave_up = limits.acquire(&slow, Duration::from_millis(10)).await;
-        assert!(gave_up.is_none());
+        assert!(matches!(gave_up, Err(Busy::Domain { .. })));
         for w in waiting {
             w.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn waiting_for_an_overall_slot_has_patience_too() {
+        let limits = Limits::new(1, 4);
+        let a = Domain::parse("a.test").unwrap();
+        let b = Domain::parse("b.test").unwrap();
+        let _held = limits.acquire(&a, Duration::from_secs(1)).await.unwrap();
+        let got = tokio::time::timeout(
+            Duration::from_secs(60),
+            limits.acquire(&b, Duration::from_millis(10)),
+        )
+        .await
+        .expect("the wait for an overall slot ended");
+        match got {
+            Err(e @ Busy::All { .. }) => assert!(e.to_string().contains("max_connections"), "{e}"),
+            _ => panic!("deferred for want of an overall slot"),
+        }
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_over_all_domains() {
+        let limits = Limits::new(32, 4);
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        let held: Vec<_> = (0..MAX_PER_ADDRESS).map(|_| limits.address(ip)).collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(limits.address(ip).is_none(), "one more than the cap");
+        assert!(limits.address("192.0.2.8".parse().unwrap()).is_some());
+        drop(held);
+        assert!(limits.address(ip).is_some());
+    }
+
+    #[test]
+    fn a_stall_counts_as_a_failure_and_an_answer_as_life() {
+        let s = Arc::new(Suspensions::default());
+        let t0 = Instant::now();
+        let ip = address_destination("192.0.2.9".parse().unwrap());
+        assert!(stalled(&ClientError::Deadline));
+        assert!(stalled(&ClientError::Timeout {
+            phase: crate::client::Phase::Mail
+        }));
+        for _ in 0..FAILURES {
+            s.record(&["d.test", &ip], Err("4.4.1 timed out in MAIL FROM"), I, t0);
+        }
+        assert!(s.is_suspended("d.test") && s.is_suspended(&ip));
+        s.record(&[&ip], Ok(()), I, t0);
+        assert!(!s.is_suspended(&ip));
+    }
+
+    /// Operations on the dead-destination map, for the reference model.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Failed(u8),
+        Succeeded(u8),
+    }
+
+    proptest! {
+        #[test]
+        fn the_map_stays_bounded_forgetting_the_oldest_failure(
+            capacity in 1usize..6,
+            ops in prop::collection::vec(
+                prop_oneof![
+                    (0u8..12).prop_map(Op::Failed),
+                    (0u8..12).prop_map(Op::Succeeded),
+                ],
+                0..200,
+            ),
+        ) {
+            let s = Suspensions::with_capacity(capacity);
+            let t0 = Instant::now();
+            // The model: (destination, failures) in order of last failure, oldest first.
+            let mut model: Vec<(String, u32)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Failed(n) => {
+                        let d = format!("d{n}.test");
+                        s.failed(&d, "x", I, t0);
+                        let failures = match model.iter().position(|(k, _)| *k == d) {
+                            Some(i) => model.remove(i).1 + 1,
+                            None => {
+                                if model.len() == capacity {
+                                    model.remove(0);
+                                }
+                                1
+                            }
+                        };
+                        model.push((d, failures));
+                    }
+                    Op::Succeeded(n) => {
+                        let d = format!("d{n}.test");
+                        s.succeeded(&d);
+                        model.retain(|(k, _)| *k != d);
+                    }
+                }
+                prop_assert!(s.len() <= capacity);
+                prop_assert_eq!(s.len(), model.len());
+                for n in 0..12u8 {
+                    let d = format!("d{n}.test");
+                    let want = model.iter().any(|(k, f)| *k == d && *f >= FAILURES);
+                    prop_assert_eq!(s.is_suspended(&d), want, "{}", d);
+                }
+            }
         }
     }
 }

@@ -280,12 +280,9 @@ impl Relay {
             }
             limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
         };
-        let Some(_slot) = self.limits.acquire(domain, SLOT_PATIENCE).await else {
-            let why = format!(
-                "4.4.5 all {} connection slots for {domain} stayed busy (outbound.max_per_domain)",
-                self.config.outbound.max_per_domain
-            );
-            return vec![Outcome::Deferred(why); rcpts.len()];
+        let _slot = match self.limits.acquire(domain, SLOT_PATIENCE).await {
+            Ok(slot) => slot,
+            Err(busy) => return vec![Outcome::Deferred(busy.to_string()); rcpts.len()],
         };
         // Suspended while this attempt waited for its slot: the others that waited with it
         // must not all connect now.
@@ -344,6 +341,12 @@ impl Relay {
         // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
         let limit = self.config.outbound.connection_timeout;
         while let Some(mut idle) = self.take_idle(&key(first)) {
+            let (ip, capped) = (idle.target.addr.ip(), self.smarthost.is_none());
+            let Ok(_at) = limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
+            else {
+                tokio::spawn(idle.conn.quit());
+                continue;
+            };
             let deadline = tokio::time::Instant::now() + limit;
             if let Ok(Ok(())) = tokio::time::timeout_at(deadline, idle.conn.reset()).await {
                 let result = tokio::time::timeout_at(deadline, idle.conn.send(&msg))
@@ -388,26 +391,36 @@ impl Relay {
                     refused += 1;
                     continue;
                 }
+                let capped = self.smarthost.is_none();
+                let at = match limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
+                {
+                    Ok(at) => at,
+                    Err(why) => {
+                        info!(%domain, mx = %escape(&host.name), %ip, reason = %escape(&why), "not connecting now");
+                        last = format!("{} [{ip}]: {why}", host.name);
+                        continue;
+                    }
+                };
                 let deadline = tokio::time::Instant::now() + limit;
                 let opened =
                     tokio::time::timeout_at(deadline, Connection::open(&target, &settings))
                         .await
                         .unwrap_or(Err(ClientError::Deadline));
-                if !matches!(
-                    opened,
-                    Err(ClientError::Tls(_)
-                        | ClientError::StartTlsNotOffered
-                        | ClientError::TlsRequiredButFailed(_))
-                ) {
-                    match &opened {
-                        Ok(_) => self.dead.succeeded(&destination),
-                        Err(e) => self.dead.failed(
-                            &destination,
-                            &format!("4.4.1 {} [{ip}]: {e}", host.name),
-                            interval,
-                            Instant::now(),
-                        ),
-                    }
+                // A TLS failure is about the policy, not a dead host.
+                if let Err(e) = &opened
+                    && !matches!(
+                        e,
+                        ClientError::Tls(_)
+                            | ClientError::StartTlsNotOffered
+                            | ClientError::TlsRequiredButFailed(_)
+                    )
+                {
+                    self.dead.record(
+                        &[&destination, at.key()],
+                        Err(&format!("4.4.1 {} [{ip}]: {e}", host.name)),
+                        interval,
+                        Instant::now(),
+                    );
                 }
                 match opened {
                     Ok(mut conn) => {
@@ -422,6 +435,9 @@ impl Relay {
                         let result = tokio::time::timeout_at(deadline, conn.send(&msg))
                             .await
                             .unwrap_or(Err(ClientError::Deadline));
+                        let name = format!("{} [{ip}]", host.name);
+                        let keys = [destination.as_str(), at.key()];
+                        self.dead.transaction_ended(&keys, &name, &result, interval);
                         let outcomes = self.outcomes(&target, &tls, rcpts, &result);
                         self.remember(remember, conn.tls(), &outcomes);
                         if result.is_ok() && conn.reusable() {

@@ -1,40 +1,48 @@
-//! The per-domain connection limit (`outbound.max_per_domain`): one semaphore per
-//! destination domain, in a map that cannot grow without bound. A semaphore nobody holds or
-//! waits for carries no state (all its permits are free), so once the map holds more than
-//! [`MAX_DOMAINS`] entries those are dropped; the ones in use stay, and there are at most as
-//! many of them as attempts running or waiting.
+//! The per-destination connection limits (`outbound.max_per_domain` for each domain, and
+//! [`super::limits::MAX_PER_ADDRESS`] for each remote address): one semaphore per key, in a
+//! map that cannot grow without bound. A semaphore nobody holds or waits for carries no
+//! state (all its permits are free), so once the map holds more than [`MAX_DOMAINS`]
+//! entries those are dropped; the ones in use stay, and there are at most as many of them
+//! as attempts running or waiting.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use mta_core::address::Domain;
 use tokio::sync::Semaphore;
 
-/// How many domains the map holds before the unused ones are dropped.
+/// How many keys the map holds before the unused ones are dropped.
 pub const MAX_DOMAINS: usize = 1024;
 
-/// One semaphore of `per_domain` permits per destination domain.
+/// One semaphore of `per_key` permits per key.
 #[derive(Debug)]
-pub struct DomainSlots {
-    per_domain: usize,
-    map: Mutex<HashMap<Domain, Arc<Semaphore>>>,
+pub struct Slots<K> {
+    per_key: usize,
+    map: Mutex<HashMap<K, Arc<Semaphore>>>,
 }
 
-impl DomainSlots {
-    /// Slots of `per_domain` permits each.
-    pub fn new(per_domain: usize) -> DomainSlots {
-        DomainSlots {
-            per_domain,
+/// One semaphore per destination domain.
+pub type DomainSlots = Slots<Domain>;
+/// One semaphore per remote address.
+pub type AddressSlots = Slots<IpAddr>;
+
+impl<K: Hash + Eq + Clone> Slots<K> {
+    /// Slots of `per_key` permits each.
+    pub fn new(per_key: usize) -> Slots<K> {
+        Slots {
+            per_key,
             map: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The semaphore of `domain`; hold it (and a permit) for the attempt.
-    pub fn of(&self, domain: &Domain) -> Arc<Semaphore> {
+    /// The semaphore of `key`; hold it (and a permit) for the attempt.
+    pub fn of(&self, key: &K) -> Arc<Semaphore> {
         let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
         let slots = map
-            .entry(domain.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_domain)))
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.per_key)))
             .clone();
         if map.len() > MAX_DOMAINS {
             // Only the map holds an unused one: nobody has or awaits a permit from it.
@@ -43,12 +51,12 @@ impl DomainSlots {
         slots
     }
 
-    /// How many domains are in the map now.
+    /// How many keys are in the map now.
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// True when no domain is in the map.
+    /// True when no key is in the map.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -13,7 +13,9 @@
 //! is mail we sign. So a report goes to at most [`MAX_RECIPIENTS`] addresses per domain
 //! (RFC 8460 §3 expects one or two), each in the reporting domain's organisational domain
 //! (see [`recipients`]) or in a domain of `outbound.tls_report_allow`, never an address
-//! literal; and at most [`MAX_REPORTS_PER_DAY`] reports go out per day in all.
+//! literal; and at most [`MAX_REPORTS_PER_DAY`] reports go out per day in all, at most
+//! [`MAX_REPORTS_PER_ORGANIZATION`] of them for the domains of one organisational domain
+//! (so one party with many domains cannot use up the day's reports).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -40,11 +42,25 @@ use crate::client::dane::Dane;
 pub const MAX_RECIPIENTS: usize = 2;
 /// The most reports sent in one day (UTC), over all domains.
 pub const MAX_REPORTS_PER_DAY: u32 = 1000;
+/// The most reports sent in one day for the domains of one organisational domain: a domain
+/// gets one report per `outbound.tls_report_interval` (a day by default), so 5 leaves room
+/// for a few subdomains with their own `_smtp._tls` records, while 200 throwaway domains
+/// under one registered name use 5 of the day's reports, not all of them.
+pub const MAX_REPORTS_PER_ORGANIZATION: u32 = 5;
+
+/// The organisational domain of `name` (lower case, no trailing dot), as DMARC defines it
+/// (RFC 7489 §3.2): its public suffix (from the public suffix list compiled in, an unknown
+/// top-level domain counting as a suffix) and one label more. `None` when `name` is itself
+/// a public suffix (`co.uk`, `github.io`).
+pub fn organizational_domain(name: &str) -> Option<&str> {
+    psl::domain_str(name)
+}
 
 /// Whether `address` may receive `domain`'s reports: not an address literal, and in a domain
-/// that `allow` lists (or below one), or aligned with `domain` the way DMARC's relaxed mode
-/// aligns without a public suffix list: the same domain, a subdomain of it, or a parent of it
-/// that has at least two labels (`example.com` for `mail.example.com`, never `com`).
+/// that `allow` lists (or below one), or in the organisational domain of `domain` (DMARC's
+/// relaxed alignment: `r@example.com` and `r@reports.example.com` for `mail.example.com`,
+/// but never `r@co.uk` for `victim.co.uk`, nor `r@other.github.io` for `me.github.io`).
+/// A `domain` that is a public suffix itself aligns only with itself.
 pub fn may_receive(domain: &Domain, address: &Address, allow: &[Domain]) -> bool {
     let to = address.domain();
     if to.is_literal() {
@@ -61,11 +77,14 @@ pub fn may_receive(domain: &Domain, address: &Address, allow: &[Domain]) -> bool
                 .strip_suffix(parent)
                 .is_some_and(|rest| rest.ends_with('.'))
     };
+    let aligned = match (organizational_domain(from), organizational_domain(to)) {
+        (Some(a), Some(b)) => a == b,
+        _ => from == to,
+    };
     allow
         .iter()
         .any(|a| under(to, &a.as_str().to_ascii_lowercase()))
-        || under(to, from)
-        || (under(from, to) && to.contains('.'))
+        || aligned
 }
 
 /// The report addresses for `domain` among its `rua` URIs: `mailto:` addresses that
@@ -153,8 +172,25 @@ type ByPolicy = BTreeMap<(String, String), Counts>;
 #[derive(Debug)]
 pub struct TlsReports {
     period: Mutex<(Start, ByPolicy)>,
-    /// The day (Unix days) and how many reports were sent on it.
-    sent: Mutex<(u64, u32)>,
+    /// The day (Unix days), how many reports were sent on it, and how many for each
+    /// organisational domain (at most [`MAX_REPORTS_PER_DAY`] entries, one per report).
+    sent: Mutex<Sent>,
+}
+
+#[derive(Debug, Default)]
+struct Sent {
+    day: u64,
+    all: u32,
+    by_organization: HashMap<String, u32>,
+}
+
+/// Why [`TlsReports::may_send`] held a report back.
+#[derive(Debug, PartialEq, Eq)]
+enum Held {
+    /// [`MAX_REPORTS_PER_DAY`].
+    Day,
+    /// [`MAX_REPORTS_PER_ORGANIZATION`].
+    Organization,
 }
 
 /// When a period started: its date in the report (Unix seconds), and the monotonic time,
@@ -193,7 +229,7 @@ impl Default for TlsReports {
     fn default() -> Self {
         TlsReports {
             period: Mutex::new((Start::now(), BTreeMap::new())),
-            sent: Mutex::new((0, 0)),
+            sent: Mutex::new(Sent::default()),
         }
     }
 }
@@ -260,18 +296,30 @@ impl TlsReports {
         reports
     }
 
-    /// Counts one report against today's [`MAX_REPORTS_PER_DAY`]; false when none may go.
-    fn may_send(&self, now: u64) -> bool {
+    /// Counts one report for `domain` against today's [`MAX_REPORTS_PER_DAY`] and
+    /// [`MAX_REPORTS_PER_ORGANIZATION`]; [`Held`] when it may not go.
+    fn may_send(&self, now: u64, domain: &str) -> Result<(), Held> {
         let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
         let day = now / 86_400;
-        if sent.0 != day {
-            *sent = (day, 0);
+        if sent.day != day {
+            *sent = Sent {
+                day,
+                ..Sent::default()
+            };
         }
-        if sent.1 >= MAX_REPORTS_PER_DAY {
-            return false;
+        let domain = domain.to_ascii_lowercase();
+        let organization = organizational_domain(&domain).unwrap_or(&domain);
+        let of = sent.by_organization.get(organization).copied().unwrap_or(0);
+        if of >= MAX_REPORTS_PER_ORGANIZATION {
+            return Err(Held::Organization);
         }
-        sent.1 += 1;
-        true
+        if sent.all >= MAX_REPORTS_PER_DAY {
+            return Err(Held::Day);
+        }
+        sent.all += 1;
+        sent.by_organization
+            .insert(organization.to_string(), of + 1);
+        Ok(())
     }
 
     /// Ends the period and builds the report messages: for each domain whose `_smtp._tls`
@@ -284,7 +332,7 @@ impl TlsReports {
         allow: &[Domain],
     ) -> Vec<(Vec<Address>, Vec<u8>)> {
         let mut out = Vec::new();
-        let mut over = 0usize;
+        let (mut over, mut organization_over) = (0usize, 0usize);
         for (domain, report) in self.take(hostname.as_str()) {
             let Ok(domain_name) = Domain::parse(&domain) else {
                 continue;
@@ -300,9 +348,16 @@ impl TlsReports {
             if to.is_empty() {
                 continue;
             }
-            if !self.may_send(now()) {
-                over += 1;
-                continue;
+            match self.may_send(now(), &domain) {
+                Ok(()) => {}
+                Err(Held::Day) => {
+                    over += 1;
+                    continue;
+                }
+                Err(Held::Organization) => {
+                    organization_over += 1;
+                    continue;
+                }
             }
             let names: Vec<String> = to.iter().map(Address::to_string).collect();
             let from = format!("postmaster@{hostname}");
@@ -327,6 +382,13 @@ impl TlsReports {
                 skipped = over,
                 max = MAX_REPORTS_PER_DAY,
                 "daily TLS report limit reached; the other reports are not sent"
+            );
+        }
+        if organization_over > 0 {
+            warn!(
+                skipped = organization_over,
+                max = MAX_REPORTS_PER_ORGANIZATION,
+                "daily TLS report limit of an organisational domain reached; its other reports are not sent"
             );
         }
         out
@@ -505,6 +567,17 @@ mod tests {
                 false,
             ),
             ("Example.NET", "r@EXAMPLE.net", &[], true),
+            // The organisational domain, from the public suffix list.
+            ("a.b.example.net", "r@c.example.net", &[], true),
+            ("victim.co.uk", "r@co.uk", &[], false),
+            ("victim.co.uk", "r@attacker.co.uk", &[], false),
+            ("mail.victim.co.uk", "r@victim.co.uk", &[], true),
+            ("victim.co.uk", "r@reports.victim.co.uk", &[], true),
+            ("me.github.io", "r@github.io", &[], false),
+            ("me.github.io", "r@other.github.io", &[], false),
+            ("me.github.io", "r@me.github.io", &[], true),
+            ("co.uk", "r@co.uk", &[], true),
+            ("co.uk", "r@victim.co.uk", &[], false),
         ];
         for (domain, rcpt, allow, want) in table {
             let allow: Vec<Domain> = allow.iter().map(|a| d(a)).collect();
@@ -525,24 +598,40 @@ mod tests {
         assert_eq!(recipients(&d("example.net"), &rua, &[]).len(), 2);
     }
 
-    /// The reference, on labels: the address's labels end with the domain's (same or
-    /// below), or the domain's end with the address's and those are at least two (a parent
-    /// that is not a top-level domain), or the address's end with an allowed domain's.
+    /// The public suffixes of the reference among names made of the labels `a`, `b`, `co`, `uk`, `github` and `io`, from the
+    /// public suffix list; besides these, every top-level label is a suffix (`uk`, `io`,
+    /// and the unknown `a` and `b` by the list's default rule).
+    const SUFFIXES: &[&str] = &["co.uk", "github.io"];
+    /// The reference's organisational domain: the longest suffix of `name` in [`SUFFIXES`]
+    /// (else its last label) and the label before it.
+    fn org(name: &str) -> Option<String> {
+        let labels: Vec<&str> = name.split('.').collect();
+        let n = labels.len();
+        let suffix = match n >= 2 && SUFFIXES.contains(&labels[n - 2..].join(".").as_str()) {
+            true => 2,
+            false => 1,
+        };
+        (n > suffix).then(|| labels[n - suffix - 1..].join("."))
+    }
+
+    /// The reference, on labels: the address's labels end with an allowed domain's, or both
+    /// names have the same organisational domain, or (a public suffix) are the same name.
     fn reference(domain: &str, to: &str, allow: &[&str]) -> bool {
         let labels = |s: &str| s.split('.').rev().map(str::to_string).collect::<Vec<_>>();
         let ends_with = |long: &[String], short: &[String]| long.starts_with(short);
-        let (dl, tl) = (labels(domain), labels(to));
-        ends_with(&tl, &dl)
-            || (ends_with(&dl, &tl) && tl.len() >= 2)
-            || allow.iter().any(|a| ends_with(&tl, &labels(a)))
+        let aligned = match (org(domain), org(to)) {
+            (Some(a), Some(b)) => a == b,
+            _ => domain == to,
+        };
+        aligned || allow.iter().any(|a| ends_with(&labels(to), &labels(a)))
     }
 
     proptest::proptest! {
         #[test]
         fn alignment_agrees_with_the_reference(
-            domain in "[ab]{1,2}(\\.[ab]{1,2}){0,3}",
-            to in "[ab]{1,2}(\\.[ab]{1,2}){0,3}",
-            allow in proptest::collection::vec("[ab]{1,2}(\\.[ab]{1,2}){0,2}", 0..2),
+            domain in "(a|b|co|uk|github|io)(\\.(a|b|co|uk|github|io)){0,3}",
+            to in "(a|b|co|uk|github|io)(\\.(a|b|co|uk|github|io)){0,3}",
+            allow in proptest::collection::vec("(a|b|co|uk|github|io)(\\.(a|b|co|uk|github|io)){0,2}", 0..2),
         ) {
             let allowed: Vec<Domain> = allow.iter().map(|a| d(a)).collect();
             let address = Address::parse(&format!("r@{to}")).unwrap();
@@ -558,11 +647,34 @@ mod tests {
     fn at_most_so_many_reports_a_day() {
         let r = TlsReports::default();
         let day = 20_000 * 86_400;
-        for _ in 0..MAX_REPORTS_PER_DAY {
-            assert!(r.may_send(day));
+        for i in 0..MAX_REPORTS_PER_DAY {
+            assert_eq!(r.may_send(day, &format!("d{i}.example")), Ok(()));
         }
-        assert!(!r.may_send(day + 3600));
-        assert!(r.may_send(day + 86_400), "a new day starts a new count");
+        assert_eq!(r.may_send(day + 3600, "new.example"), Err(Held::Day));
+        assert_eq!(
+            r.may_send(day + 86_400, "new.example"),
+            Ok(()),
+            "a new day starts a new count"
+        );
+    }
+
+    #[test]
+    fn one_organisational_domain_gets_a_few_reports_a_day() {
+        let r = TlsReports::default();
+        let day = 20_000 * 86_400;
+        for i in 0..MAX_REPORTS_PER_ORGANIZATION {
+            assert_eq!(r.may_send(day, &format!("d{i}.attacker.example")), Ok(()));
+        }
+        for other in ["more.attacker.example", "ATTACKER.example"] {
+            assert_eq!(r.may_send(day, other), Err(Held::Organization), "{other}");
+        }
+        // Other organisational domains, under the same public suffix too, still get theirs.
+        for i in 0..MAX_REPORTS_PER_ORGANIZATION {
+            assert_eq!(r.may_send(day, &format!("d{i}.victim.co.uk")), Ok(()));
+            assert_eq!(r.may_send(day, &format!("x{i}.co.uk")), Ok(()));
+        }
+        assert_eq!(r.may_send(day, "victim.co.uk"), Err(Held::Organization));
+        assert_eq!(r.may_send(day + 86_400, "attacker.example"), Ok(()));
     }
 
     #[test]

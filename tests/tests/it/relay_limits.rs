@@ -15,8 +15,20 @@ use mta_tests::relay::{
 };
 use mta_tests::{ALICE, TestDns, Trap, on_shared_port, secs, wait_for};
 
-/// A host that accepts connections, counts them and keeps them open without a word (or,
-/// with `smtp`, answers as a slow SMTP server, counting transactions open at once).
+/// What a [`Host`] does with each connection.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    /// Keeps it open without a word.
+    Silent,
+    /// Greets, then never answers anything.
+    Greet,
+    /// Greets and answers EHLO, then never answers anything (MAIL stalls).
+    Ehlo,
+    /// Answers as a slow SMTP server, counting transactions open at once.
+    Slow,
+}
+
+/// A host that accepts connections and counts them, those open at once included.
 struct Host {
     accepted: Arc<AtomicUsize>,
     open_max: Arc<AtomicUsize>,
@@ -25,7 +37,7 @@ struct Host {
 }
 
 impl Host {
-    fn listen(addr: SocketAddr, smtp: bool) -> Result<Host, String> {
+    fn listen(addr: SocketAddr, mode: Mode) -> Result<Host, String> {
         let listener =
             TcpListener::bind(addr).map_err(|e| format!("{addr} is already in use: {e}"))?;
         listener.set_nonblocking(true).expect("nonblocking");
@@ -45,11 +57,15 @@ impl Host {
                 match listener.accept() {
                     Ok((conn, _)) => {
                         a.fetch_add(1, Ordering::SeqCst);
-                        if smtp {
-                            let (n, m) = (n.clone(), m.clone());
-                            std::thread::spawn(move || slow_smtp(conn, &n, &m));
-                        } else {
-                            held.lock().unwrap().push(conn);
+                        let (n, m, s) = (n.clone(), m.clone(), s.clone());
+                        match mode {
+                            Mode::Silent => held.lock().unwrap().push(conn),
+                            Mode::Slow => {
+                                std::thread::spawn(move || slow_smtp(conn, &n, &m));
+                            }
+                            Mode::Greet | Mode::Ehlo => {
+                                std::thread::spawn(move || stall(conn, mode, &n, &m, &s));
+                            }
                         }
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -67,6 +83,11 @@ impl Host {
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    /// The most connections (or, [`Mode::Slow`], transactions) open at once.
+    fn open_max(&self) -> usize {
+        self.open_max.load(Ordering::SeqCst)
+    }
 }
 
 impl Drop for Host {
@@ -76,6 +97,39 @@ impl Drop for Host {
             let _ = t.join();
         }
     }
+}
+
+/// Greets (and with [`Mode::Ehlo`] answers EHLO), then reads and never answers, until the
+/// client closes or the host stops; counts the connections open at once.
+fn stall(conn: TcpStream, mode: Mode, now: &AtomicUsize, max: &AtomicUsize, stop: &AtomicBool) {
+    let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+    max.fetch_max(n, Ordering::SeqCst);
+    conn.set_read_timeout(Some(Duration::from_millis(200))).ok();
+    let mut out = conn.try_clone().expect("clone");
+    let mut lines = BufReader::new(conn);
+    let _ = out.write_all(b"220 stall.test ESMTP\r\n");
+    let mut line = String::new();
+    let mut answered = false;
+    while !stop.load(Ordering::Relaxed) {
+        match lines.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) if line.ends_with('\n') => {
+                if mode == Mode::Ehlo && !answered {
+                    answered = true;
+                    let _ = out.write_all(b"250 stall.test\r\n");
+                }
+                line.clear();
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    now.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Plaintext SMTP that takes every message, holding each transaction open for a while so
@@ -152,18 +206,21 @@ fn submit_many(mta: &mta_tests::TestMta, to: &str, n: usize) {
     let _ = c.send_line("QUIT");
 }
 
-/// MX records in the hostile answer.
-const MX_RECORDS: usize = 100;
+/// MX records in the hostile answer: 18 KB, more than a UDP answer carries, so the
+/// resolver gets it whole over TCP (dnsmasq sets TC on UDP). The hosts' addresses come from
+/// one `--address` rule, not a `--host-record` each: with those, dnsmasq adds 500 address
+/// records to the answer, and past 16 KB its name compression points where a 14-bit
+/// pointer cannot reach, which makes the answer unreadable (the lookup then fails).
+const MX_RECORDS: usize = 500;
 
 #[test]
 fn many_mx_records_give_at_most_ten_connections() {
     let (port, trap) = on_shared_port("the trap", |p| {
         Trap::listen(SocketAddr::from(([127, 0, 0, 5], p)))
     });
-    let mut records = Vec::new();
+    let mut records = vec!["--address=/mx.hostile.test/127.0.0.5".to_string()];
     for i in 0..MX_RECORDS {
-        records.push(format!("--mx-host=hostile.test,mx{i}.hostile.test,10"));
-        records.push(format!("--host-record=mx{i}.hostile.test,127.0.0.5"));
+        records.push(format!("--mx-host=hostile.test,mx{i}.mx.hostile.test,10"));
     }
     let records: Vec<&str> = records.iter().map(String::as_str).collect();
     let dns = TestDns::start(&records);
@@ -175,10 +232,17 @@ fn many_mx_records_give_at_most_ten_connections() {
     );
     tx.wait_for_deferral(&id, "victim@hostile.test", 1, secs(60));
     let n = trap.connections();
+    eprintln!("{MX_RECORDS} MX records: {n} connections for one attempt");
     assert!(
         (1..=10).contains(&n),
         "one attempt made {n} connections for {MX_RECORDS} MX records\n{}",
         tx.log()
+    );
+    // The resolver saw every record: the cap, not a cut answer, kept the count down.
+    let log = tx.log();
+    assert!(
+        log.contains(&format!("hosts={MX_RECORDS}")),
+        "the MX answer did not arrive whole\n{log}"
     );
 }
 
@@ -193,7 +257,7 @@ fn hosts_that_never_greet_starve_no_other_delivery() {
     let (port, rx) = on_shared_port("the receiver", |p| {
         try_remote_receiver("mx1.remote.test", "127.0.0.2", p)
     });
-    let stall = Host::listen(SocketAddr::from(([127, 0, 0, 6], port)), false)
+    let stall = Host::listen(SocketAddr::from(([127, 0, 0, 6], port)), Mode::Silent)
         .unwrap_or_else(|e| panic!("{e}"));
     // Small slot counts so that a few stuck messages could fill them; 70 stuck messages are
     // more than the scheduler's 64 remote attempts.
@@ -251,7 +315,7 @@ fn a_dead_destination_costs_few_connections_per_round() {
 #[test]
 fn queue_delete_returns_while_an_attempt_is_stuck() {
     let (port, stall) = on_shared_port("the stalling host", |p| {
-        Host::listen(SocketAddr::from(([127, 0, 0, 8], p)), false)
+        Host::listen(SocketAddr::from(([127, 0, 0, 8], p)), Mode::Silent)
     });
     let dns = TestDns::start(&[
         "--mx-host=stall.test,mx.stall.test,10",
@@ -320,7 +384,7 @@ fn internal_addresses_are_used_when_allowed() {
 #[test]
 fn max_per_domain_holds_across_a_reload_storm() {
     let (port, host) = on_shared_port("the slow receiver", |p| {
-        Host::listen(SocketAddr::from(([127, 0, 0, 10], p)), true)
+        Host::listen(SocketAddr::from(([127, 0, 0, 10], p)), Mode::Slow)
     });
     let dns = TestDns::start(&[
         "--mx-host=slow.test,mx.slow.test,10",
@@ -341,10 +405,104 @@ fn max_per_domain_holds_across_a_reload_storm() {
         std::thread::sleep(Duration::from_millis(50));
     }
     tx.wait_for_empty_queue(secs(60));
-    let max = host.open_max.load(Ordering::SeqCst);
+    let max = host.open_max();
     assert!(max >= 1, "nothing was delivered");
     assert!(
         max <= 2,
         "{max} transactions at once with max_per_domain = 2"
     );
+}
+
+/// Domains sharing the stalling host in [`domains_that_greet_then_stall_hold_few_slots`].
+const STALLING_DOMAINS: usize = 40;
+
+#[test]
+fn domains_that_greet_then_stall_hold_few_slots() {
+    // 40 domains, one MX host for all of them that greets and then never answers: every
+    // attempt would hold one of the 32 overall slots for the 10 minutes of
+    // connection_timeout.
+    let (port, (rx, stall)) = on_shared_port("the receiver and the stalling host", |p| {
+        let rx = try_remote_receiver("mx1.remote.test", "127.0.0.2", p)?;
+        let stall = Host::listen(SocketAddr::from(([127, 0, 0, 21], p)), Mode::Greet)?;
+        Ok((rx, stall))
+    });
+    let mut records = vec![
+        "--host-record=mx.staller.test,127.0.0.21".to_string(),
+        "--mx-host=remote.test,mx1.remote.test,10".to_string(),
+        "--host-record=mx1.remote.test,127.0.0.2".to_string(),
+    ];
+    for i in 0..STALLING_DOMAINS {
+        records.push(format!("--mx-host=s{i}.test,mx.staller.test,10"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
+    ));
+    let mut c = login(&tx);
+    for i in 0..STALLING_DOMAINS {
+        let to = format!("victim@s{i}.test");
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    wait_for(secs(60), "the stalling host holds connections", || {
+        stall.accepted() >= 4
+    });
+    // The unrelated message goes out long before any of the 10-minute stalls ends.
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
+    let files = rx.wait_for_mail(REMOTE_BOB, 1, 60);
+    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    let held = stall.open_max();
+    eprintln!(
+        "{STALLING_DOMAINS} stalling domains: the host saw at most {held} connections at once, \
+         {} in all; the unrelated message was delivered",
+        stall.accepted()
+    );
+    assert!(
+        (1..=4).contains(&held),
+        "the stalling host held {held} connections at once (accepted {})",
+        stall.accepted()
+    );
+}
+
+#[test]
+fn stalls_after_the_greeting_suspend_the_address() {
+    // 10 domains on one host that greets and answers EHLO, then never answers MAIL: the
+    // connection opens, so only counting the stall as a failure suspends it.
+    let (port, stall) = on_shared_port("the stalling host", |p| {
+        Host::listen(SocketAddr::from(([127, 0, 0, 22], p)), Mode::Ehlo)
+    });
+    let mut records = vec!["--host-record=mx.mailstall.test,127.0.0.22".to_string()];
+    for i in 0..10 {
+        records.push(format!("--mx-host=m{i}.test,mx.mailstall.test,10"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(&dns, port, "connection_timeout = \"2s\""));
+    let mut c = login(&tx);
+    let messages = 20;
+    for i in 0..messages {
+        let to = format!("victim@m{}.test", i % 10);
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "mail stalls"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    wait_for(secs(180), "every message tried 3 times", || {
+        let a = attempts(&tx, ".test");
+        a.len() == messages && a.iter().all(|n| *n >= 3)
+    });
+    // 60 attempts or more; one connection each without the suspension.
+    let n = stall.accepted();
+    eprintln!(
+        "{messages} messages tried 3 times each on a host that stalls at MAIL: {n} connections"
+    );
+    assert!(
+        n < messages,
+        "{n} connections for {messages} messages tried 3 times each\n{}",
+        tx.log()
+    );
+    assert!(tx.log().contains("is suspended after"), "{}", tx.log());
 }

@@ -6,7 +6,7 @@
 //!
 //! A domain that lists many addresses gets its report sent to two of them, only those in its
 //! own domain or an allowed one; an HTTPS address with an encoded line break cannot forge a
-//! log line.
+//! log line. The domains of one organisational domain get 5 reports a day between them.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -174,4 +174,45 @@ fn no_report_goes_to_an_address_literal() {
     tx.wait_for_empty_queue(secs(30));
     assert_eq!(trap.connections(), 0, "{}", tx.log());
     assert!(!tx.log().contains("TLS report queued"), "{}", tx.log());
+}
+
+/// Domains of one organisational domain that each ask for a report.
+const ORGANIZATION_DOMAINS: usize = 8;
+
+#[test]
+fn one_organisational_domain_gets_five_reports_a_day() {
+    // d0.attacker.test … d7.attacker.test (one organisational domain, attacker.test) each
+    // publish a report address; a message to each makes a report for each.
+    let rua = "v=TLSRPTv1; rua=mailto:tlsrpt@example.test";
+    let mut records = vec!["--host-record=mx.attacker.test,127.0.0.23".to_string()];
+    for i in 0..ORGANIZATION_DOMAINS {
+        records.push(format!("--mx-host=d{i}.attacker.test,mx.attacker.test,10"));
+        records.push(txt_record(&format!("_smtp._tls.d{i}.attacker.test"), rua));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let (port, fake) = on_shared_port("the receiver", |p| {
+        FakeSmtp::start(SocketAddr::from(([127, 0, 0, 23], p)), Script::default())
+    });
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "tls_report_interval = \"2s\"\ntls_report_allow = [\"example.test\"]\n",
+    ));
+    tx.add_user("tlsrpt@example.test", "reports-password-1");
+    for i in 0..ORGANIZATION_DOMAINS {
+        let to = format!("r@d{i}.attacker.test");
+        submit(&tx, &[&to], &message(&to, "counted"));
+    }
+    wait_for(secs(60), "every message delivered", || {
+        fake.transactions().len() == ORGANIZATION_DOMAINS
+    });
+    tx.wait_logged(secs(60), "the organisational domain's cap", || {
+        tx.log()
+            .contains("daily TLS report limit of an organisational domain reached")
+    });
+    tx.wait_for_empty_queue(secs(60));
+    let reports = tx.maildir_new("tlsrpt@example.test").len();
+    eprintln!("{ORGANIZATION_DOMAINS} domains of one organisational domain: {reports} reports");
+    assert_eq!(reports, 5, "{}", tx.log());
 }
