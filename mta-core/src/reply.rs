@@ -124,6 +124,9 @@ replies! {
     HTTP_REFUSED = 500 "5.5.1" "This is an SMTP server, closing connection";
     /// 500 for a bare CR or LF in a command line.
     BARE_LINE_ENDING = 500 "5.5.2" "Bare CR or LF not allowed, use CRLF";
+    /// 500 for a NUL octet in a command line (RFC 5321 §4.1.1.4): framing, so the connection
+    /// closes as for a bare CR or LF.
+    NUL_IN_COMMAND = 500 "5.5.2" "NUL not allowed in commands";
     /// 550 for a bare CR or LF inside DATA: the message is refused (SMTP smuggling).
     BARE_LINE_ENDING_DATA = 550 "5.6.0" "Bare CR or LF in message data not allowed";
     /// 550 for a text line over 1000 octets in DATA (RFC 5321 §4.5.3.1.6).
