@@ -148,7 +148,7 @@ replies! {
     NO_FROM_HEADER = 550 "5.6.0" "Message has no From header";
     /// 550 for mail from another server whose From: names one of our own domains when
     /// neither aligned SPF nor aligned DKIM passed (`[inbound] spoofed_from = "reject"`).
-    SPOOFED_OWN_DOMAIN = 550 "5.7.1" "From header names our domain but the message is not authenticated as ours";
+    SPOOFED_OWN_DOMAIN = 550 "5.7.1" "Originator header names our domain but the message is not authenticated as ours";
     /// 554 then close when message text arrived before our 354 (RFC 2920 §3.1).
     DATA_BEFORE_354 = 554 "5.5.0" "Data sent before 354; improper pipelining";
     /// 503 for AUTH inside a mail transaction (RFC 4954 §4).

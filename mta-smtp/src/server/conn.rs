@@ -692,7 +692,8 @@ async fn inbound_checks(
             domain = %domain,
             auth = %summary,
             action = action.name(),
-            "From: names our domain but neither SPF nor DKIM vouches for it"
+            "From: (or Sender:, Resent-From:, Resent-Sender:) names our domain but neither SPF \
+             nor DKIM vouches for it"
         );
         if action == SpoofedFrom::Reject {
             return Err(Reply::SPOOFED_OWN_DOMAIN);
