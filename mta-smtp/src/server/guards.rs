@@ -362,13 +362,11 @@ mod tests {
         }
 
         fn op() -> impl Strategy<Value = Op> {
-            let v4 = (0u8..3, 0u8..4)
-                .prop_map(|(net, host)| IpAddr::V4(Ipv4Addr::new(192, 0, 2 + net, 1 + host)));
-            let mapped = (0u8..3, 0u8..4).prop_map(|(net, host)| {
-                IpAddr::V6(Ipv4Addr::new(192, 0, 2 + net, 1 + host).to_ipv6_mapped())
-            });
             let v4 = (0u8..2, 0u8..3, 0u8..4).prop_map(|(block, net, host)| {
                 IpAddr::V4(Ipv4Addr::new(192, block, 2 + net, 1 + host))
+            });
+            let mapped = (0u8..2, 0u8..3, 0u8..4).prop_map(|(block, net, host)| {
+                IpAddr::V6(Ipv4Addr::new(192, block, 2 + net, 1 + host).to_ipv6_mapped())
             });
             let v6 =
                 (0u16..2, 0u16..3, 0u16..3, 0u16..3).prop_map(|(block, site, subnet, host)| {
