@@ -19,6 +19,7 @@ pub mod idle;
 pub mod inspect;
 pub mod line;
 pub mod logins;
+pub mod spf_void;
 /// Kept under its old name: [`mta_core::text`] is where client text is escaped for logs.
 pub use mta_core::text as log_text;
 pub mod mailbox;
