@@ -14,7 +14,8 @@
 //! followed by another lookup found nothing and counts as void. Two cases are counted
 //! differently from the RFC, both rare: an `exists:` that matched inside an included record
 //! with a qualifier other than `+` counts as void if more lookups follow, and an `exists:`
-//! that is the evaluation's last lookup is not counted.
+//! that is the evaluation's last lookup is not counted. The `exp=` lookup (made only after a
+//! `fail`) is counted like the others, so a void one can turn that `fail` into `permerror`.
 //!
 //! Once the limit is passed, every `get` answers "nothing" itself, so no query goes out,
 //! and the result is replaced with `permerror`. Each identity (HELO, MAIL FROM) is a
