@@ -8,6 +8,8 @@
 //! The rules (RFC 5321 §2.3.8, §4.1.1.4, §4.5.2, §4.5.3.1):
 //! - a line ends at the first LF; it is well framed when the octet before that LF is a CR
 //!   and it has no other CR; anything else is a bare CR or LF, whatever the line's length;
+//! - a well-framed line with a NUL anywhere in it is refused as such, whatever its length
+//!   (in commands the connection then closes, RFC 5321 §4.1.1.4);
 //! - a command or text line is at most its limit, CRLF included;
 //! - in DATA only a well-framed line holding just `.` ends the message; a bare CR or LF or a
 //!   NUL on any line refuses it (and the connection closes); a leading dot is removed and
@@ -40,10 +42,10 @@ pub fn line(stream: &[u8], max: usize) -> (Line, usize) {
     };
     let decision = if !well_framed(before_lf) {
         Line::BareLineEnding
+    } else if before_lf.contains(&0) {
+        Line::Nul
     } else if taken > max {
-        Line::TooLong {
-            nul: before_lf.contains(&0),
-        }
+        Line::TooLong
     } else {
         Line::Complete(before_lf[..before_lf.len() - 1].to_vec())
     };

@@ -267,13 +267,15 @@ fn check_data_dir(dir: &Path, report: &mut Preflight) {
     let users = users::users_path(dir);
     // Root may run this: only a regular file is opened (opening a FIFO blocks, a device may
     // act on it), without waiting should one be swapped in after the check.
-    let opened = fs::metadata(&users).and_then(|m| match m.is_file() {
+    let opened = fs::symlink_metadata(&users).and_then(|m| match m.is_file() {
         true => fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
             .open(&users)
             .map(drop),
-        false => Err(std::io::Error::other("not a regular file")),
+        false => Err(std::io::Error::other(
+            "not a regular file (a symlink is not followed either)",
+        )),
     });
     match opened {
         Ok(()) => {}

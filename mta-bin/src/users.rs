@@ -36,16 +36,15 @@ pub fn users_path(data_dir: &Path) -> PathBuf {
 ///
 /// # Errors
 /// When the file cannot be read or does not parse; the message names the path and the line.
+/// A symlink or anything but a regular file at the path is refused (see [`read_regular`]).
 pub fn load(data_dir: &Path) -> anyhow::Result<UserDb> {
     let path = users_path(data_dir);
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
+    let (text, meta) = match read_regular(&path) {
+        Ok(read) => read,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(UserDb::default()),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
-    if let Ok(meta) = fs::metadata(&path)
-        && meta.mode() & 0o077 != 0
-    {
+    if meta.mode() & 0o077 != 0 {
         tracing::warn!(
             path = %path.display(),
             mode = format_args!("{:o}", meta.mode() & 0o777),
@@ -53,6 +52,59 @@ pub fn load(data_dir: &Path) -> anyhow::Result<UserDb> {
         );
     }
     UserDb::parse(&text).with_context(|| path.display().to_string())
+}
+
+/// Reads the file at `path` only if it is a regular file, and without following a symlink.
+///
+/// `mta user` runs as root on a data dir the server's own user can write, so that user could
+/// put a symlink at the path (root would read, and print parse errors about, a file of its
+/// choosing) or a FIFO (root's read would wait for ever). The file is opened with
+/// `O_NOFOLLOW | O_NONBLOCK` (a FIFO opens without waiting for a writer), checked with
+/// `fstat` on the open descriptor (no window to swap it), and read only if it is regular.
+///
+/// # Errors
+/// `NotFound` when there is no file; an error saying what is there instead of a regular
+/// file; I/O errors.
+fn read_regular(path: &Path) -> io::Result<(String, fs::Metadata)> {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(file) => file,
+        // ELOOP: the last component is a symlink.
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other("is a symlink; refusing to follow it"));
+        }
+        Err(e) => return Err(e),
+    };
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "not a regular file ({}); refusing to read it",
+            kind_of(&meta)
+        )));
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok((text, meta))
+}
+
+/// What a non-regular file is, for an error message.
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "not a file"
+    }
 }
 
 /// Writes the database atomically: creates `DATA_DIR` if missing (mode 0700), writes
@@ -384,8 +436,10 @@ impl UserDirectory for UsersFile {
     }
 }
 
+/// The stamp of whatever is at `path`, a symlink itself rather than its target (a link
+/// is then refused by [`load`], with a warning).
 fn look(path: &Path) -> io::Result<Seen> {
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
         Ok(meta) => Ok(Seen::File(Stamp {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -475,6 +529,53 @@ mod tests {
         save(&data, &db).expect("save over stale tmp");
         assert!(load(&data).expect("load").is_empty());
         assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched");
+    }
+
+    #[test]
+    fn load_refuses_a_symlink_or_a_fifo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        fs::create_dir(&data).expect("data dir");
+        // A users file elsewhere, linked in by whoever can write the data dir: not read.
+        let mut db = UserDb::default();
+        db.add(addr("mallory@example.org"), "mallory-secret")
+            .expect("add");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, db.to_text()).expect("write elsewhere");
+        std::os::unix::fs::symlink(&elsewhere, users_path(&data)).expect("symlink");
+        let err = format!("{:#}", load(&data).expect_err("symlink refused"));
+        assert!(
+            err.contains(&users_path(&data).display().to_string()),
+            "{err}"
+        );
+        assert!(err.contains("symlink"), "{err}");
+        assert!(UsersFile::open(&data).is_err());
+        fs::remove_file(users_path(&data)).expect("remove link");
+
+        // A FIFO: refused at once instead of waiting for a writer. Run in a thread so the
+        // test reports a hang (the bound is generous: it is never reached when refused).
+        nix::unistd::mkfifo(&users_path(&data), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let d = data.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(load(&d).map_err(|e| format!("{e:#}")));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("load returned instead of waiting on the FIFO");
+        let err = got.expect_err("FIFO refused");
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(
+            err.contains(&users_path(&data).display().to_string()),
+            "{err}"
+        );
+        // `mta user add` as root refuses too, and leaves the FIFO alone.
+        let add = UserCommand::Add {
+            address: "alice@example.org".into(),
+            password_stdin: true,
+        };
+        let err = cli(&data, add, "alice-secret\n").expect_err("add refused");
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

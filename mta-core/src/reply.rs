@@ -124,6 +124,9 @@ replies! {
     HTTP_REFUSED = 500 "5.5.1" "This is an SMTP server, closing connection";
     /// 500 for a bare CR or LF in a command line.
     BARE_LINE_ENDING = 500 "5.5.2" "Bare CR or LF not allowed, use CRLF";
+    /// 500 for a NUL octet in a command line (RFC 5321 §4.1.1.4): framing, so the connection
+    /// closes as for a bare CR or LF.
+    NUL_IN_COMMAND = 500 "5.5.2" "NUL not allowed in commands";
     /// 550 for a bare CR or LF inside DATA: the message is refused (SMTP smuggling).
     BARE_LINE_ENDING_DATA = 550 "5.6.0" "Bare CR or LF in message data not allowed";
     /// 550 for a text line over 1000 octets in DATA (RFC 5321 §4.5.3.1.6).
@@ -145,7 +148,7 @@ replies! {
     NO_FROM_HEADER = 550 "5.6.0" "Message has no From header";
     /// 550 for mail from another server whose From: names one of our own domains when
     /// neither aligned SPF nor aligned DKIM passed (`[inbound] spoofed_from = "reject"`).
-    SPOOFED_OWN_DOMAIN = 550 "5.7.1" "From header names our domain but the message is not authenticated as ours";
+    SPOOFED_OWN_DOMAIN = 550 "5.7.1" "Originator header names our domain but the message is not authenticated as ours";
     /// 554 then close when message text arrived before our 354 (RFC 2920 §3.1).
     DATA_BEFORE_354 = 554 "5.5.0" "Data sent before 354; improper pipelining";
     /// 503 for AUTH inside a mail transaction (RFC 4954 §4).

@@ -4,7 +4,10 @@
 //!
 //! [`build`] writes the DSN as a `multipart/report` (RFC 6522) with three parts: a human
 //! explanation, the `message/delivery-status` fields (RFC 3464 §2.2, §2.3), and the original
-//! message's header section (`text/rfc822-headers`, never the body).
+//! message's header section (`text/rfc822-headers`, never the body). The third part is left
+//! out (RFC 3464 §2 allows it) unless an authenticated user submitted the message or `mta`
+//! wrote it ([`Envelope::may_sign`]): a DSN goes out DKIM-signed by our domain, and must not
+//! carry header text a stranger chose and could replay as our signed mail.
 //! [`Queue::send_dsn`](crate::Queue::send_dsn) queues it as a new message from the null
 //! path `<>`, so it can never itself be bounced (RFC 5321 §4.5.5), and never sends one to a
 //! message whose own sender was `<>`.
@@ -151,24 +154,30 @@ pub fn build(
     if rcpts.is_empty() {
         return None;
     }
-    let explanation = explanation(kind, hostname, original, rcpts);
+    let with_headers = original.may_sign();
+    let explanation = explanation(kind, hostname, original, rcpts, with_headers);
     let (status_type, status) = delivery_status(kind, hostname, original, rcpts);
-    let headers = header_part(original_body);
+    let headers = match with_headers {
+        true => header_part(original_body),
+        false => Vec::new(),
+    };
     let headers_type = if headers.is_ascii() {
         "text/rfc822-headers"
     } else {
         // RFC 6533 §3.7: a header section that is not ASCII (SMTPUTF8 mail).
         "message/global-headers"
     };
-    let parts: [(&str, &str, &[u8]); 3] = [
+    let mut parts: Vec<(&str, &str, &[u8])> = vec![
         (
             "text/plain; charset=utf-8",
             "Notification",
             explanation.as_bytes(),
         ),
         (status_type, "Delivery report", status.as_bytes()),
-        (headers_type, "Undelivered message headers", &headers),
     ];
+    if with_headers {
+        parts.push((headers_type, "Undelivered message headers", &headers));
+    }
     let boundary = boundary(dsn_id, &parts);
     let eight_bit = parts.iter().any(|(_, _, content)| !content.is_ascii());
 
@@ -213,21 +222,28 @@ pub fn build(
     Some(out)
 }
 
-/// Part 1: what a person reads. Every line ends in CRLF.
+/// Part 1: what a person reads; it quotes nothing of the original message's headers. Every
+/// line ends in CRLF.
 fn explanation(
     kind: DsnKind,
     hostname: &Domain,
     original: &Envelope,
     rcpts: &[DsnRecipient],
+    with_headers: bool,
 ) -> String {
     let mut text = format!("This is the mail system at {hostname}.\r\n\r\n");
-    text.push_str(match kind {
-        DsnKind::Failed => {
+    text.push_str(match (kind, with_headers) {
+        (DsnKind::Failed, true) => {
             "Your message could not be delivered to the recipients below. This is\r\n\
              permanent: the mail system will not try again. The reason for each\r\n\
              recipient follows; the headers of your message are attached.\r\n"
         }
-        DsnKind::Delayed => {
+        (DsnKind::Failed, false) => {
+            "Your message could not be delivered to the recipients below. This is\r\n\
+             permanent: the mail system will not try again. The reason for each\r\n\
+             recipient follows.\r\n"
+        }
+        (DsnKind::Delayed, _) => {
             "Your message has not been delivered yet to the recipients below. The\r\n\
              mail system will keep trying; you do not need to send it again. You\r\n\
              will be told if delivery fails for good. This is the only notice of\r\n\

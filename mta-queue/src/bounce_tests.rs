@@ -3,7 +3,7 @@
 use super::*;
 use crate::QueueSettings;
 use mta_core::address::ReversePath;
-use mta_core::envelope::{RcptState, Recipient};
+use mta_core::envelope::{RcptState, Recipient, Vouched};
 
 fn addr(a: &str) -> Address {
     Address::parse(a).expect("test address")
@@ -409,4 +409,60 @@ async fn no_dsn_to_an_address_literal() {
         assert_eq!(sent, None, "{literal}");
     }
     assert_eq!(queue.store().len(), 0);
+}
+
+/// A DSN is signed with our DKIM key, so it must not carry header text a stranger chose:
+/// mail from another server (even with its sender verified) gets no header part (RFC 3464
+/// §2 lets the third part be left out) and no quote of its headers anywhere; an
+/// authenticated user's mail and our own keep them.
+#[test]
+fn only_vouched_mail_gets_its_headers_back() {
+    let body = b"From: <a@local.test>\r\nSubject: CHOSEN-SUBJECT\r\n\
+X-Replay: CHOSEN-FIELD signed by you\r\n\r\nbody\r\n";
+    let rcpts = [rcpt(
+        "b@remote.test",
+        "5.1.1",
+        "550 5.1.1 no such user",
+        Some("mx1.remote.test"),
+    )];
+    for (vouched, with_headers) in [
+        (Vouched::SenderVerified, false),
+        (Vouched::Unverified, false),
+        (Vouched::Unrecorded, false),
+        (Vouched::User, true),
+        (Vouched::Generated, true),
+    ] {
+        for kind in [DsnKind::Failed, DsnKind::Delayed] {
+            let mut original = original(ReversePath::Address(addr("a@local.test")));
+            original.vouched = vouched;
+            let bytes = build(
+                kind,
+                &Domain::parse("mx.test").expect("domain"),
+                &MessageId::parse("01900000000000001234").expect("id"),
+                &original,
+                &rcpts,
+                body,
+                1_795_886_158,
+            )
+            .expect("a DSN is due");
+            let text = String::from_utf8(bytes).expect("utf-8");
+            let (_, parts) = parts(&text);
+            let what = format!("{vouched:?} {kind:?}");
+            assert_eq!(parts.len(), if with_headers { 3 } else { 2 }, "{what}");
+            assert_eq!(text.contains("CHOSEN"), with_headers, "{what}");
+            assert_eq!(text.contains("text/rfc822-headers"), with_headers, "{what}");
+            assert_eq!(
+                parts[0].contains("headers of your message are attached"),
+                with_headers && kind == DsnKind::Failed,
+                "{what}"
+            );
+            // The report still names the recipient, its status and the remote reply.
+            assert!(
+                parts[0].contains("<b@remote.test>: 550 5.1.1 no such user"),
+                "{what}"
+            );
+            assert!(parts[1].contains("Final-Recipient: rfc822; b@remote.test\r\n"));
+            assert!(parts[1].contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
+        }
+    }
 }

@@ -55,7 +55,8 @@ pub struct Dsn {
     pub headers: Fields,
     /// The multipart boundary.
     pub boundary: String,
-    /// The body parts: `text/plain`, `message/delivery-status`, `text/rfc822-headers`.
+    /// The body parts: `text/plain`, `message/delivery-status`, and `text/rfc822-headers`
+    /// only for the mail of one of the server's own users (RFC 3464 §2 lets it be left out).
     pub parts: Vec<Part>,
     /// The per-message fields of the delivery-status part (`Reporting-MTA`, …).
     pub per_message: Fields,
@@ -243,10 +244,11 @@ pub fn parse_dsn(bytes: &[u8]) -> Result<Dsn, String> {
         "message/global-delivery-status",
         "message/global-headers",
     ];
-    let global = types == want_global;
-    if types != want && !global {
+    let global = types == want_global || types == want_global[..2];
+    if types != want && types != want[..2] && !global {
         return Err(format!(
-            "the parts are {types:?}, not {want:?} (or RFC 6533's {want_global:?})"
+            "the parts are {types:?}, not {want:?} (or RFC 6533's {want_global:?}; \
+             the last part may be left out)"
         ));
     }
     let mut groups = parts[1]

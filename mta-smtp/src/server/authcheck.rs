@@ -18,7 +18,6 @@ use std::time::Duration;
 use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, Error,
     MessageAuthenticator, SpfResult,
@@ -27,6 +26,7 @@ use mta_core::address::ReversePath;
 use mta_core::config::{Config, Inbound, IpFamily};
 use mta_core::reply::Reply;
 
+use super::spf_void;
 use super::vouch::{Evidence, aligned};
 
 /// All checks of one message together may take this long; then the message is treated as if
@@ -110,10 +110,7 @@ impl Checker {
 
     async fn run(&self, ip: IpAddr, helo: &str, from: &ReversePath, data: &[u8]) -> Verdict {
         let sender = sender_text(from);
-        let spf = self
-            .auth
-            .verify_spf(SpfParameters::verify(ip, helo, &self.hostname, &sender))
-            .await;
+        let spf = spf_void::verify_spf(&self.auth, ip, helo, &self.hostname, &sender).await;
         let mut message = AuthenticatedMessage::parse(data);
         if let Some(m) = &mut message {
             let from = m.from.first().map(String::as_str).unwrap_or("");

@@ -201,8 +201,9 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 debug!(line = %transcript(&l, session.expects_sasl()), "C:");
                 session.handle(&l)
             }
-            Line::TooLong { .. } => session.count_errors(Action::Reply(Reply::LINE_TOO_LONG)),
+            Line::TooLong => session.count_errors(Action::Reply(Reply::LINE_TOO_LONG)),
             Line::BareLineEnding => Action::Close(Reply::BARE_LINE_ENDING),
+            Line::Nul => Action::Close(Reply::NUL_IN_COMMAND),
             Line::Eof => return Ok(PhaseEnd::Closed),
         };
         let action = match action {
@@ -691,7 +692,8 @@ async fn inbound_checks(
             domain = %domain,
             auth = %summary,
             action = action.name(),
-            "From: names our domain but neither SPF nor DKIM vouches for it"
+            "From: (or Sender:, Resent-From:, Resent-Sender:) names our domain but neither SPF \
+             nor DKIM vouches for it"
         );
         if action == SpoofedFrom::Reject {
             return Err(Reply::SPOOFED_OWN_DOMAIN);

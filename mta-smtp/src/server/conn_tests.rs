@@ -349,3 +349,23 @@ fn a_connection_future_stays_small() {
     println!("serve_stream future: {size} bytes");
     assert!(size <= 4096, "serve_stream future is {size} bytes");
 }
+
+/// A NUL in a command line is a framing violation like a bare CR or LF (RFC 5321 §2.3.8,
+/// §4.1.1.4): one reply, then the connection closes; no syntax-error reply and carry on.
+#[tokio::test]
+async fn a_nul_in_a_command_line_closes_the_connection() {
+    let s = setup(|_| {});
+    for line in [
+        &b"NOOP\0\r\n"[..],
+        b"EHLO client.test\0\r\n",
+        b"\0\r\n",
+        &[b"NOOP ".repeat(200).as_slice(), b"\0\r\n"].concat(),
+    ] {
+        let mut c = Client::connect(&s);
+        assert!(c.reply().await.unwrap().starts_with("220"));
+        c.send(line).await;
+        let r = c.reply().await.unwrap();
+        assert!(r.starts_with("500 5.5.2 NUL"), "{line:?}: {r}");
+        assert!(c.closed().await, "{line:?}: still open");
+    }
+}

@@ -54,18 +54,15 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     loop {
         let line = match read_line(reader, MAX_TEXT_LINE).await? {
             Line::Complete(l) => l,
-            Line::TooLong { nul: false } => {
+            Line::TooLong => {
                 too_long = true;
                 continue;
             }
-            Line::TooLong { nul: true } | Line::BareLineEnding => return Ok(DataEnd::Malformed),
+            Line::Nul | Line::BareLineEnding => return Ok(DataEnd::Malformed),
             Line::Eof => return Ok(DataEnd::Eof),
         };
         if line == b"." {
             break;
-        }
-        if line.contains(&0) {
-            return Ok(DataEnd::Malformed);
         }
         // Every line that starts with a dot was stuffed by the client (§4.5.2), so the
         // 1000-octet limit (§4.5.3.1.6) applies to the line without that dot.

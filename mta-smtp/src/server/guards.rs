@@ -6,7 +6,10 @@
 //! their /64 network ([`client_of`]): one host is usually given a whole /64 and could
 //! otherwise take a new address for every session. A network is an IPv4 /24 or an IPv6 /48
 //! (what one site is usually given), so a hostile network cannot take every session with
-//! many addresses. The session table is bounded by the number of open sessions.
+//! many addresses. A block is an IPv4 /16 or an IPv6 /32 (what one provider is usually
+//! given: a /32 holds 65,536 /48s, so without it 20 /48s of one holder fill 1,000 sessions);
+//! its cap is wider ([`SessionCaps::per_block`]). The session table is bounded by the number
+//! of open sessions.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -41,13 +44,41 @@ pub fn network_of(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// How many sessions one client and one network may have open at once.
+/// The block a peer address counts in: IPv4 (also when mapped into IPv6) by its /16, IPv6 by
+/// its /32.
+pub fn block_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & !0xffff)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 96) - 1);
+            IpAddr::V6(Ipv6Addr::from(bits))
+        }
+    }
+}
+
+/// How many sessions one client, one network and one block may have open at once.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionCaps {
     /// Per client ([`client_of`]).
     pub per_client: usize,
     /// Per network ([`network_of`]).
     pub per_network: usize,
+    /// Per block ([`block_of`]).
+    pub per_block: usize,
+}
+
+impl SessionCaps {
+    /// The caps the limits give: `per_client` and `per_network` as configured, and a block
+    /// gets a fifth of `max_sessions` (200 of the default 1,000), but never less than one
+    /// network: one provider's /32 or /16 can then hold at most a fifth of all sessions, and
+    /// still ten times a network's 50 is room for a large sender's many servers.
+    pub fn from_limits(max_sessions: usize, per_client: usize, per_network: usize) -> SessionCaps {
+        SessionCaps {
+            per_client,
+            per_network,
+            per_block: (max_sessions / 5).max(per_network),
+        }
+    }
 }
 
 /// Why a session was not let in.
@@ -57,6 +88,8 @@ pub enum Crowded {
     Client,
     /// Its network has [`SessionCaps::per_network`] open.
     Network,
+    /// Its block has [`SessionCaps::per_block`] open.
+    Block,
 }
 
 /// Open sessions per client and per network.
@@ -69,6 +102,7 @@ pub struct SessionsPerClient {
 struct Open {
     clients: HashMap<IpAddr, usize>,
     networks: HashMap<IpAddr, usize>,
+    blocks: HashMap<IpAddr, usize>,
 }
 
 /// One session's place in [`SessionsPerClient`]; dropping it frees the place.
@@ -76,15 +110,18 @@ pub struct ClientSlot {
     table: Arc<SessionsPerClient>,
     client: IpAddr,
     network: IpAddr,
+    block: IpAddr,
 }
 
 impl SessionsPerClient {
-    /// Takes a place for `ip` in its client and its network, or says which one is full.
+    /// Takes a place for `ip` in its client, its network and its block, or says which one is
+    /// full (the narrowest first).
     ///
     /// # Errors
-    /// [`Crowded`] when the client or the network has its cap open already (nothing taken).
+    /// [`Crowded`] when the client, the network or the block has its cap open already
+    /// (nothing taken).
     pub fn enter(self: &Arc<Self>, ip: IpAddr, caps: SessionCaps) -> Result<ClientSlot, Crowded> {
-        let (client, network) = (client_of(ip), network_of(ip));
+        let (client, network, block) = (client_of(ip), network_of(ip), block_of(ip));
         let mut open = lock(&self.open);
         if open.clients.get(&client).copied().unwrap_or(0) >= caps.per_client {
             return Err(Crowded::Client);
@@ -92,12 +129,17 @@ impl SessionsPerClient {
         if open.networks.get(&network).copied().unwrap_or(0) >= caps.per_network {
             return Err(Crowded::Network);
         }
+        if open.blocks.get(&block).copied().unwrap_or(0) >= caps.per_block {
+            return Err(Crowded::Block);
+        }
         *open.clients.entry(client).or_insert(0) += 1;
         *open.networks.entry(network).or_insert(0) += 1;
+        *open.blocks.entry(block).or_insert(0) += 1;
         Ok(ClientSlot {
             table: self.clone(),
             client,
             network,
+            block,
         })
     }
 
@@ -110,6 +152,11 @@ impl SessionsPerClient {
     pub fn networks(&self) -> usize {
         lock(&self.open).networks.len()
     }
+
+    /// How many blocks have sessions open (for tests and the bound on memory).
+    pub fn blocks(&self) -> usize {
+        lock(&self.open).blocks.len()
+    }
 }
 
 impl Drop for ClientSlot {
@@ -117,6 +164,7 @@ impl Drop for ClientSlot {
         let mut open = lock(&self.table.open);
         release(&mut open.clients, self.client);
         release(&mut open.networks, self.network);
+        release(&mut open.blocks, self.block);
     }
 }
 
@@ -162,6 +210,7 @@ mod tests {
     const THREE: SessionCaps = SessionCaps {
         per_client: 3,
         per_network: 1000,
+        per_block: 1000,
     };
 
     #[test]
@@ -211,10 +260,62 @@ mod tests {
     }
 
     #[test]
+    fn blocks_are_ipv4_16_and_ipv6_32() {
+        let table = [
+            ("192.0.2.1", "192.0.0.0"),
+            ("192.0.255.255", "192.0.0.0"),
+            ("::ffff:198.51.100.7", "198.51.0.0"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8::"),
+            ("2001:db8:ffff:ffff::1", "2001:db8::"),
+            ("::1", "::"),
+        ];
+        for (peer, block) in table {
+            assert_eq!(block_of(ip(peer)), ip(block), "{peer}");
+        }
+    }
+
+    /// One holder of an IPv6 /32 has 65,536 /48s: the block cap stops it short of every
+    /// session, while another block still gets in.
+    #[test]
+    fn many_networks_of_one_block_meet_the_block_cap() {
+        let caps = SessionCaps::from_limits(1000, 20, 50);
+        assert_eq!(caps.per_block, 200);
+        let table = Arc::new(SessionsPerClient::default());
+        let mut slots = Vec::new();
+        for site in 0..1000u16 {
+            let a = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, site, 0, 0, 0, 0, 1));
+            match table.enter(a, caps) {
+                Ok(slot) => slots.push(slot),
+                Err(c) => {
+                    assert_eq!(c, Crowded::Block, "{a}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(slots.len(), 200);
+        assert!(table.enter(ip("2001:db9::1"), caps).is_ok(), "another /32");
+        let v4: Vec<ClientSlot> = (0..=255u8)
+            .flat_map(|n| (1..=5u8).map(move |h| Ipv4Addr::new(198, 51, n, h)))
+            .map_while(|a| table.enter(IpAddr::V4(a), caps).ok())
+            .collect();
+        assert_eq!(v4.len(), 200, "one IPv4 /16");
+        assert_eq!(
+            table.enter(ip("198.51.200.1"), caps).err(),
+            Some(Crowded::Block)
+        );
+        assert!(table.enter(ip("198.52.0.1"), caps).is_ok(), "another /16");
+        // Small limits: a block never gets less than a network.
+        assert_eq!(SessionCaps::from_limits(50, 2, 30).per_block, 30);
+        drop((slots, v4));
+        assert_eq!(table.blocks(), 0, "freed places leave no entry");
+    }
+
+    #[test]
     fn sessions_per_network() {
         let caps = SessionCaps {
             per_client: 2,
             per_network: 3,
+            per_block: 1000,
         };
         let table = Arc::new(SessionsPerClient::default());
         let a1 = table.enter(ip("192.0.2.1"), caps).unwrap();
@@ -261,22 +362,34 @@ mod tests {
         }
 
         fn op() -> impl Strategy<Value = Op> {
-            let v4 = (0u8..3, 0u8..4)
-                .prop_map(|(net, host)| IpAddr::V4(Ipv4Addr::new(192, 0, 2 + net, 1 + host)));
-            let mapped = (0u8..3, 0u8..4).prop_map(|(net, host)| {
-                IpAddr::V6(Ipv4Addr::new(192, 0, 2 + net, 1 + host).to_ipv6_mapped())
+            let v4 = (0u8..2, 0u8..3, 0u8..4).prop_map(|(block, net, host)| {
+                IpAddr::V4(Ipv4Addr::new(192, block, 2 + net, 1 + host))
             });
-            let v6 = (0u16..2, 0u16..3, 0u16..3).prop_map(|(site, subnet, host)| {
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, site, subnet, 0, 0, 0, host))
+            let mapped = (0u8..2, 0u8..3, 0u8..4).prop_map(|(block, net, host)| {
+                IpAddr::V6(Ipv4Addr::new(192, block, 2 + net, 1 + host).to_ipv6_mapped())
             });
+            let v6 =
+                (0u16..2, 0u16..3, 0u16..3, 0u16..3).prop_map(|(block, site, subnet, host)| {
+                    IpAddr::V6(Ipv6Addr::new(
+                        0x2001,
+                        0xdb8 + block,
+                        site,
+                        subnet,
+                        0,
+                        0,
+                        0,
+                        host,
+                    ))
+                });
             prop_oneof![
                 3 => prop_oneof![v4, mapped, v6].prop_map(Op::Enter),
                 2 => any::<usize>().prop_map(Op::Leave),
             ]
         }
 
-        /// The model's idea of a client and a network, written from the definitions:
-        /// the first 32 bits of an IPv4 address or 64 of an IPv6 one; 24 or 48.
+        /// The model's idea of a client, a network and a block, written from the
+        /// definitions: the first 32 bits of an IPv4 address or 64 of an IPv6 one; 24 or 48;
+        /// 16 or 32.
         fn prefix(ip: IpAddr, v4_bits: u32, v6_bits: u32) -> (bool, u128) {
             match ip {
                 IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
@@ -293,14 +406,17 @@ mod tests {
         proptest! {
             /// The table lets a session in exactly when the model (a list of the open
             /// sessions' addresses, counted by prefix) has room for it, and says which cap
-            /// was met first; leaving frees exactly one place.
+            /// was met first; leaving frees exactly one place. After every step no prefix
+            /// holds more than its cap, and an address of an unrelated block gets a place.
             #[test]
             fn admission_as_the_model_says(
                 ops in prop::collection::vec(op(), 0..200),
                 per_client in 1usize..4,
                 per_network in 1usize..6,
+                per_block in 1usize..10,
             ) {
-                let caps = SessionCaps { per_client, per_network };
+                let caps = SessionCaps { per_client, per_network, per_block };
+                let unrelated = [ip("203.0.113.9"), ip("2001:db80::9")];
                 let table = Arc::new(SessionsPerClient::default());
                 let mut open: Vec<(IpAddr, ClientSlot)> = Vec::new();
                 for op in ops {
@@ -314,6 +430,8 @@ mod tests {
                                 Err(Crowded::Client)
                             } else if same((24, 48)) >= per_network {
                                 Err(Crowded::Network)
+                            } else if same((16, 32)) >= per_block {
+                                Err(Crowded::Block)
                             } else {
                                 Ok(())
                             };
@@ -329,9 +447,19 @@ mod tests {
                         }
                         Op::Leave(_) => {}
                     }
+                    for (bits, cap) in [((32, 64), per_client), ((24, 48), per_network), ((16, 32), per_block)] {
+                        for (o, _) in &open {
+                            let me = prefix(*o, bits.0, bits.1);
+                            let n = open.iter().filter(|(p, _)| prefix(*p, bits.0, bits.1) == me).count();
+                            prop_assert!(n <= cap, "{} sessions in the /{:?} of {}", n, bits, o);
+                        }
+                    }
+                    for a in unrelated {
+                        prop_assert!(table.enter(a, caps).is_ok(), "{} refused", a);
+                    }
                 }
                 drop(open);
-                prop_assert_eq!((table.clients(), table.networks()), (0, 0));
+                prop_assert_eq!((table.clients(), table.networks(), table.blocks()), (0, 0, 0));
             }
         }
     }

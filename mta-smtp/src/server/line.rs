@@ -1,6 +1,7 @@
 //! Framing: reading one CRLF-terminated line with a length limit, from any buffered
 //! reader. A line is never buffered past its limit (the rest is read and thrown away), and
-//! a bare CR or LF is reported, never silently accepted (SMTP smuggling, RFC 5321 §2.3.8).
+//! a bare CR or LF or a NUL is reported, never silently accepted (SMTP smuggling, RFC 5321
+//! §2.3.8; NUL is not allowed in commands, §4.1.1.4 and §4.1.2, nor in text lines).
 
 use std::io;
 
@@ -19,14 +20,13 @@ pub const MAX_TEXT_LINE: usize = 1001;
 pub enum Line {
     /// A line; the CRLF is removed.
     Complete(Vec<u8>),
-    /// A well-framed line (it ends in CRLF and has no other CR) longer than the limit; it
-    /// has been read to its end and discarded. `nul` says whether it held a NUL octet.
-    TooLong {
-        /// A NUL octet was among the discarded octets.
-        nul: bool,
-    },
+    /// A well-framed line (it ends in CRLF and has no other CR) without NUL, longer than the
+    /// limit; it has been read to its end and discarded.
+    TooLong,
     /// The line ended in a bare LF, or had a CR not followed by LF, whatever its length.
     BareLineEnding,
+    /// A well-framed line holding a NUL octet, whatever its length; read to its end.
+    Nul,
     /// The peer closed the connection (a partial last line is dropped).
     Eof,
 }
@@ -36,6 +36,7 @@ pub enum Line {
 /// A line ends at the first LF. It is well framed only when the octet before that LF is a
 /// CR and it has no other CR; this is checked on every line, kept or not, so a line over
 /// the limit cannot end in a bare LF or hide a bare CR (SMTP smuggling after a long line).
+/// A well-framed line with a NUL anywhere in it is [`Line::Nul`], whatever its length.
 /// Only the first `max` octets are ever buffered.
 ///
 /// # Errors
@@ -71,8 +72,11 @@ pub async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R, max: usize) -> i
     if !shape.well_framed() {
         return Ok(Line::BareLineEnding);
     }
+    if shape.nul {
+        return Ok(Line::Nul);
+    }
     if too_long {
-        return Ok(Line::TooLong { nul: shape.nul });
+        return Ok(Line::TooLong);
     }
     // `line` ends with "\r\n" and has no other CR.
     line.truncate(line.len() - 2);
@@ -135,7 +139,7 @@ mod tests {
                 got,
                 vec![
                     Line::Complete(b"EHLO a".to_vec()),
-                    Line::TooLong { nul: false },
+                    Line::TooLong,
                     Line::BareLineEnding,
                     Line::Complete(b"lf".to_vec()),
                     Line::BareLineEnding,
@@ -153,10 +157,7 @@ mod tests {
             lines(b"12345678\r\n", 10, 4).await[0],
             Line::Complete(b"12345678".to_vec())
         );
-        assert_eq!(
-            lines(b"123456789\r\n", 10, 4).await[0],
-            Line::TooLong { nul: false }
-        );
+        assert_eq!(lines(b"123456789\r\n", 10, 4).await[0], Line::TooLong);
     }
 
     /// Every framing rule holds on a line over the limit too: it is refused for its bare
@@ -166,8 +167,8 @@ mod tests {
     #[tokio::test]
     async fn over_long_lines_keep_every_framing_rule() {
         let long = "a".repeat(600);
-        let no_nul = Line::TooLong { nul: false };
-        let nul = || Line::TooLong { nul: true };
+        let no_nul = Line::TooLong;
+        let nul = || Line::Nul;
         let next = || Line::Complete(b"NEXT".to_vec());
         let dot = || Line::Complete(b".".to_vec());
         let table = vec![
@@ -181,14 +182,15 @@ mod tests {
             ("a\rLONG\r\nNEXT\r\n", vec![Line::BareLineEnding, next()]),
             ("LONG\n", vec![Line::BareLineEnding]),
             ("LONG\r\nNEXT\r\n", vec![no_nul, next()]),
-            (
-                "LONG\r\n.\n",
-                vec![Line::TooLong { nul: false }, Line::BareLineEnding],
-            ),
-            ("LONG\r\n.\r\n", vec![Line::TooLong { nul: false }, dot()]),
+            ("LONG\r\n.\n", vec![Line::TooLong, Line::BareLineEnding]),
+            ("LONG\r\n.\r\n", vec![Line::TooLong, dot()]),
             ("LONG\0LONG\r\nNEXT\r\n", vec![nul(), next()]),
             ("\0LONG\r\n", vec![nul()]),
             ("LONG\0\r\n", vec![nul()]),
+            ("a\0b\r\nNEXT\r\n", vec![nul(), next()]),
+            ("\0\r\n", vec![nul()]),
+            ("LONG\0\n", vec![Line::BareLineEnding]),
+            ("a\0b\rc\r\n", vec![Line::BareLineEnding]),
         ];
         for (template, mut want) in table {
             want.push(Line::Eof);

@@ -19,6 +19,7 @@ pub mod idle;
 pub mod inspect;
 pub mod line;
 pub mod logins;
+pub mod spf_void;
 /// Kept under its old name: [`mta_core::text`] is where client text is escaped for logs.
 pub use mta_core::text as log_text;
 pub mod mailbox;
@@ -332,23 +333,25 @@ pub struct Admission {
 
 /// Room for one more session from `ip`, or the `421` that refuses it: more than
 /// `limits.max_sessions_per_ip` from that client, `limits.max_sessions_per_network` from its
-/// network, or `limits.max_sessions` in all.
+/// network, a fifth of `limits.max_sessions` from its block (IPv4 /16, IPv6 /32), or
+/// `limits.max_sessions` in all.
 ///
 /// # Errors
 /// [`Reply::TOO_MANY_FROM_IP`], [`Reply::TOO_MANY_FROM_NETWORK`] or [`Reply::TOO_BUSY`].
 pub fn admit(shared: &Shared, sessions: &Arc<Semaphore>, ip: IpAddr) -> Result<Admission, Reply> {
     let limits = &shared.config.limits;
-    let caps = guards::SessionCaps {
-        per_client: limits.max_sessions_per_ip,
-        per_network: limits.max_sessions_per_network,
-    };
+    let caps = guards::SessionCaps::from_limits(
+        limits.max_sessions,
+        limits.max_sessions_per_ip,
+        limits.max_sessions_per_network,
+    );
     let client = shared
         .guards
         .sessions
         .enter(ip, caps)
         .map_err(|crowded| match crowded {
             guards::Crowded::Client => Reply::TOO_MANY_FROM_IP,
-            guards::Crowded::Network => Reply::TOO_MANY_FROM_NETWORK,
+            guards::Crowded::Network | guards::Crowded::Block => Reply::TOO_MANY_FROM_NETWORK,
         })?;
     let permit = sessions
         .clone()

@@ -5,10 +5,13 @@
 //!   a DKIM signature that verified (`d=` aligned with it). Only then may a failure after
 //!   acceptance be reported to that sender; otherwise the DSN could go to a forged address
 //!   (backscatter).
-//! - [`spoofed_domain`]: the `From:` names one of our local domains, in an address or anywhere
-//!   in the field's text (a display name such as `"ceo@example.org" <x@elsewhere>` deceives as
-//!   well), and neither SPF nor a DKIM signature aligned with that domain passed. Whatever our
-//!   own DMARC record says: the spoofed message is visible even under `p=none`.
+//! - [`spoofed_domain`]: an originator field ([`ORIGINATOR_FIELDS`]: `From:`, `Sender:`,
+//!   `Resent-From:`, `Resent-Sender:`, which mail clients show as the author or "on behalf
+//!   of") names one of our local domains, in an address or anywhere in the field's text (a
+//!   display name such as `"ceo@example.org" <x@elsewhere>` deceives as well), and neither SPF
+//!   nor a DKIM signature aligned with that domain passed. Whatever our own DMARC record says:
+//!   the spoofed message is visible even under `p=none`. A mailing list's own `Sender:` names
+//!   the list's domain, not ours, so list mail is not marked.
 //!
 //! Alignment is relaxed (RFC 7489 §3.1, without the public suffix list): the two domains are
 //! the same, or one is a subdomain of the other. One of them is always ours or the envelope
@@ -58,17 +61,25 @@ pub fn sender_verified(evidence: &Evidence, from: &ReversePath) -> bool {
         .is_some_and(|a| evidence.vouches_for(a.domain().as_str()))
 }
 
-/// The first of our local domains that a `From:` field names without SPF or DKIM vouching
-/// for it, or `None`.
+/// The fields that name who wrote or sent a message (RFC 5322 §3.6.2, §3.6.6), which a reader
+/// takes for the originator: a forger who cannot use `From:` uses one of the others.
+pub const ORIGINATOR_FIELDS: [&str; 4] = ["From", "Sender", "Resent-From", "Resent-Sender"];
+
+/// The first of our local domains that an originator field ([`ORIGINATOR_FIELDS`]) names
+/// without SPF or DKIM vouching for it, or `None`.
 pub fn spoofed_domain(data: &[u8], config: &Config, evidence: &Evidence) -> Option<Domain> {
     headers::all_fields(data)
         .into_iter()
-        .filter(|f| f.name.eq_ignore_ascii_case("From"))
+        .filter(|f| {
+            ORIGINATOR_FIELDS
+                .iter()
+                .any(|name| f.name.eq_ignore_ascii_case(name))
+        })
         .flat_map(|f| named_domains(f.value, config))
         .find(|d| !evidence.vouches_for(d.as_str()))
 }
 
-/// Our local domains that a `From:` value names: the domains of its mailboxes when it parses,
+/// Our local domains that an originator field's value names: the domains of its mailboxes when it parses,
 /// and any `@domain` in its text (display names, comments, a value that does not parse).
 fn named_domains(value: &[u8], config: &Config) -> Vec<Domain> {
     let text = String::from_utf8_lossy(value).replace("\r\n", "");
@@ -242,6 +253,56 @@ mod tests {
             spoofed("Subject: x\r\n\r\nFrom: a@example.org\r\n", &none),
             None
         );
+    }
+
+    /// `Sender:`, `Resent-From:` and `Resent-Sender:` name an originator too (mail clients
+    /// show "on behalf of"): the same rule as for `From:`. A mailing list's own `Sender:`
+    /// stays unmarked.
+    #[test]
+    fn sender_and_resent_fields_need_aligned_spf_or_dkim_too() {
+        let cfg = config();
+        let none = Evidence::default();
+        let spoofed = |msg: &str, e: &Evidence| {
+            spoofed_domain(msg.as_bytes(), &cfg, e).map(|d| d.to_string())
+        };
+        for field in [
+            "Sender",
+            "Resent-From",
+            "Resent-Sender",
+            "resent-from",
+            "SENDER",
+        ] {
+            let msg =
+                format!("From: x@elsewhere.test\r\n{field}: CEO <ceo@example.org>\r\n\r\nb\r\n");
+            assert_eq!(
+                spoofed(&msg, &none).as_deref(),
+                Some("example.org"),
+                "{msg:?}"
+            );
+            // A stranger's SPF or DKIM does not vouch for our domain.
+            let theirs = evidence(Some("elsewhere.test"), &["elsewhere.test"]);
+            assert_eq!(
+                spoofed(&msg, &theirs).as_deref(),
+                Some("example.org"),
+                "{msg:?}"
+            );
+            // Aligned SPF (the MAIL FROM domain) or DKIM d= of our domain does.
+            assert_eq!(spoofed(&msg, &evidence(Some("example.org"), &[])), None);
+            assert_eq!(spoofed(&msg, &evidence(None, &["example.org"])), None);
+            // Display-name tricks count as for From:.
+            let display = format!("{field}: \"ceo@example.org\" <x@elsewhere.test>\r\n\r\n");
+            assert_eq!(spoofed(&display, &none).as_deref(), Some("example.org"));
+        }
+        // A mailing list: the author's From:, the list's own Sender:, the list's SPF and DKIM.
+        let list = evidence(Some("lists.test"), &["lists.test"]);
+        let post = "From: Bob <bob@elsewhere.test>\r\nSender: list-bounces@lists.test\r\n\
+                    List-Id: <l.lists.test>\r\n\r\nhi\r\n";
+        assert_eq!(spoofed(post, &list), None);
+        assert_eq!(spoofed(post, &none), None);
+        // Other fields naming our domain are not originators.
+        let other = "From: x@elsewhere.test\r\nReply-To: ceo@example.org\r\n\
+                     To: a@example.org\r\nX-Sender: ceo@example.org\r\n\r\n";
+        assert_eq!(spoofed(other, &none), None);
     }
 
     #[test]

@@ -163,6 +163,40 @@ fn a_session_without_progress_is_closed() {
 /// Sessions per network: with `max_sessions_per_ip = 2` and `max_sessions_per_network = 3`,
 /// addresses of one IPv4 /24 (127.0.0.x) share three places, whichever address they come
 /// from; another /24 (127.0.1.x) is not affected; a place freed is usable again.
+/// Many networks of one provider's block (here an IPv4 /16) together get a fifth of all
+/// sessions, never all of them; another block still gets in.
+#[test]
+fn one_block_of_many_networks_gets_at_most_a_fifth_of_the_sessions() {
+    let mta = server(
+        "[limits]\nmax_sessions = 50\nmax_sessions_per_ip = 1\nmax_sessions_per_network = 2\n",
+    );
+    let open = |source: String| {
+        let mut c = SmtpClient::connect_from(mta.smtp_addr(), source.parse().expect("an address"));
+        let r = c.reply("the greeting or refusal");
+        (c, r)
+    };
+    // 5 networks of 2 addresses each: 10 sessions, a fifth of 50.
+    let mut held = Vec::new();
+    for net in 1..=5 {
+        for host in [2, 3] {
+            let (c, r) = open(format!("127.0.{net}.{host}"));
+            assert_eq!(r.code, 220, "127.0.{net}.{host}: {r:?}");
+            held.push(c);
+        }
+    }
+    let (mut over, r) = open("127.0.6.2".to_string());
+    assert!(r.matches(421, Some("4.7.0")), "per block: {r:?}");
+    assert!(over.is_closed());
+    let (_other, r) = open("127.1.0.2".to_string());
+    assert_eq!(r.code, 220, "another /16");
+    drop(held);
+    mta_tests::wait_for(
+        mta_tests::secs(10),
+        "a place in the /16 to be free again",
+        || open("127.0.6.2".to_string()).1.code == 220,
+    );
+}
+
 #[test]
 fn one_network_gets_at_most_its_share_of_sessions() {
     let mta = server("[limits]\nmax_sessions_per_ip = 2\nmax_sessions_per_network = 3\n");

@@ -103,7 +103,7 @@ fn stranger_spoofing_our_domain_leaves_unsigned_and_marked() {
         head.contains("\nX-Spoofed-From: example.test "),
         "no mark:\n{text}"
     );
-    let logged = "From: names our domain but neither SPF nor DKIM vouches for it";
+    let logged = "names our domain but neither SPF nor DKIM vouches for it";
     mta_tests::wait_for(secs(5), logged, || w.tx.log().contains(logged));
     assert!(w.tx.log().contains("action=\"mark\""), "{}", w.tx.log());
 
@@ -252,6 +252,42 @@ fn many_dkim_signatures_cost_at_most_three_key_queries() {
 /// What mail-auth 0.13.3 already bounds for SPF, measured at dnsmasq: a record naming 30
 /// hosts that do not exist costs at most 10 lookups (RFC 7208 §4.6.4's DNS-mechanism
 /// limit), then `permerror`. Its void-lookup limit of 2 is not applied (see docs/security.md).
+/// RFC 7208 §4.6.4: after two void lookups (NXDOMAIN or no answer) the third makes the
+/// result `permerror`, and nothing more is asked: 5 `a:`/`exists:` terms naming hosts that do
+/// not exist make at most 3 queries. (`?all`: without the limit the result is `neutral`.)
+#[test]
+fn spf_void_lookups_stop_after_two() {
+    let keys = KeptDir::new();
+    let key = keygen(keys.path(), "example.test", "s1", "ed25519");
+    let record = "v=spf1 a:v0.spf.test exists:v1.spf.test a:v2.spf.test \
+                  exists:v3.spf.test a:v4.spf.test ?all";
+    let dns = TestDns::start(&[&key.dnsmasq(), &txt_record("spf.test", record)]);
+    let rx = mta_tests::MtaBuilder::new()
+        .toml(&format!("{}[inbound]\nchecks = true\n", dns.config_toml()))
+        .start();
+    rx.add_user(ALICE, "alice-password-1");
+    let msg = "From: <a@spf.test>\r\nSubject: spf voids\r\n\r\nx\r\n";
+    let reply = send_inbound(&rx, "a@spf.test", ALICE, msg.as_bytes());
+    assert_eq!(reply.code, 250, "{reply}");
+    let files = rx.wait_for_mail(ALICE, 1, 30);
+    let fields = header(&read(&files[0]));
+    assert!(fields.contains("spf=permerror"), "{fields}");
+    let log = dns.log();
+    let mut asked: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("query[") && l.contains(".spf.test"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.ends_with(".spf.test")))
+        .filter(|name| name.starts_with('v'))
+        .collect();
+    asked.sort_unstable();
+    asked.dedup();
+    assert_eq!(
+        asked,
+        ["v0.spf.test", "v1.spf.test", "v2.spf.test"],
+        "names asked"
+    );
+}
+
 #[test]
 fn spf_lookups_stop_at_ten() {
     let keys = KeptDir::new();

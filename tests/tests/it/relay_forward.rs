@@ -87,6 +87,13 @@ fn bounce_to_a_remote_sender_is_relayed_with_the_null_sender() {
         "5.1.1"
     );
     assert_eq!(dsn.per_message.expect("X-Mta-Queue-ID"), id);
+    // A bounce we sign carries nothing of a stranger's header: no header part, no quote.
+    assert_eq!(dsn.parts.len(), 2, "no text/rfc822-headers part");
+    let text = String::from_utf8_lossy(&std::fs::read(&files[0]).expect("read")).to_string();
+    assert!(
+        !text.contains("to nobody"),
+        "the original Subject: is not quoted"
+    );
     let d = read_delivered(&files[0]);
     assert!(
         d.received.contains("by mx.other.test (mta) with ESMTPS"),
