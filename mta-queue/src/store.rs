@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use mta_core::envelope::{Envelope, MessageId};
+use mta_core::seams::Body;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
@@ -209,7 +210,7 @@ pub struct Store {
 }
 
 /// A message as loaded for delivery: its record and its body, shared rather than copied.
-pub type Loaded = (Record, Arc<[u8]>);
+pub type Loaded = (Record, Body);
 
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
     let mut key = due_ms.to_be_bytes().to_vec();
@@ -521,8 +522,9 @@ impl Store {
         let Some(body) = read(&h.bodies)? else {
             return Err(self.set_aside(h, id, &raw, "body missing"));
         };
-        // The one copy out of the store; delivery shares it from here on.
-        Ok(Some((record, Arc::from(&body[..]))))
+        // The store's own copy (its cache's, or the one just read), shared by delivery
+        // from here on: a large message being delivered is not held twice.
+        Ok(Some((record, Body::new(body))))
     }
 
     /// Moves an undecodable record to the `corrupt` tree and drops its schedule entries, in
