@@ -333,17 +333,20 @@ impl Store {
     /// missing: a message refused this way may still be delivered).
     pub async fn insert<B>(&self, record: &Record, body: B) -> Result<(), StoreError>
     where
-        B: AsRef<[u8]> + Send + 'static,
+        B: Into<sled::IVec> + Send + 'static,
     {
         let h = self.writable().await?;
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let key = schedule_key(record.next_attempt_ms, &id);
-        // The body moves to the writing thread as it is: no copy of a large message here.
+        // The body moves to the writing thread and becomes the store's value there, once:
+        // the caller's buffer is freed as soon as it is copied, and the transaction, the
+        // tree and delivery share that one copy.
         self.write_bounded(&h, move |h| {
+            let body: sled::IVec = body.into();
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                b.insert(id.as_str().as_bytes(), body.as_ref())?;
+                b.insert(id.as_str().as_bytes(), body.clone())?;
                 s.insert(key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
