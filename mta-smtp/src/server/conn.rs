@@ -567,13 +567,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         id: &id,
         now: now.as_secs(),
     };
-    let Some(body) = assemble(&trace, &tx, &fields, data, &mut held) else {
-        warn!(
-            budget = limits.message_memory,
-            "message refused: no room in the memory budget for our header fields"
-        );
-        return Ok(AfterData::Answer(Reply::NO_MESSAGE_MEMORY));
-    };
+    let body = assemble(&trace, &tx, &fields, data, &mut held);
     let envelope = Envelope {
         id: id.clone(),
         sender: tx.from.clone(),

@@ -82,16 +82,17 @@ pub fn has_header(data: &[u8], name: &str) -> bool {
 
 /// The bytes to queue: our `Received`, on submission a `Message-ID` and `Date` the client
 /// left out, then `fields` (the inbound checks' own), then the client's data unchanged.
-/// Built in `data` itself: room for our headers is reserved in `held` before the buffer
-/// grows by exactly that much (it often has room to spare), then the data moves up behind
-/// them, so the message is never held twice. `None` when the budget has no room for them.
+/// Built in `data` itself: room for our headers is counted in `held` (past its limit if need
+/// be: a message that fitted is not refused for our few octets) before the buffer grows by
+/// exactly that much (it often has room to spare), then the data moves up behind them, so
+/// the message is never held twice.
 pub fn assemble(
     t: &Trace<'_>,
     tx: &Transaction,
     fields: &str,
     mut data: Vec<u8>,
     held: &mut Reservation<'_>,
-) -> Option<Vec<u8>> {
+) -> Vec<u8> {
     let mut head = received(t, tx);
     if t.ctx.listener.is_submission() {
         if !has_header(&data, "Message-ID") {
@@ -108,15 +109,13 @@ pub fn assemble(
     let (len, n) = (data.len(), head.len());
     let short = (len + n).saturating_sub(data.capacity());
     if short > 0 {
-        if !held.grow(short as u64) {
-            return None;
-        }
+        held.take(short as u64);
         data.reserve_exact(n);
     }
     data.resize(len + n, 0);
     data.copy_within(..len, n);
     data[..n].copy_from_slice(head.as_bytes());
-    Some(data)
+    data
 }
 
 #[cfg(test)]
