@@ -16,7 +16,7 @@ use anyhow::{Context as _, bail};
 use mta_core::address::Address;
 use mta_core::config::Config;
 use mta_core::envelope::Envelope;
-use mta_core::seams::{BoxFuture, Deliver, Outcome, UserDirectory};
+use mta_core::seams::{Body, BoxFuture, Deliver, Outcome, UserDirectory};
 use mta_core::swap::Swap;
 use mta_smtp::relay::Kept;
 use mta_smtp::router::Router;
@@ -99,7 +99,7 @@ impl Deliver for Switch {
     fn deliver<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a Arc<[u8]>,
+        body: &'a Body,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         let router = self.0.get();

@@ -11,6 +11,32 @@ use crate::auth::UserDb;
 use crate::envelope::Envelope;
 use crate::reply::Reply;
 
+/// A queued message's bytes as delivery sees them: the queue store's own copy, shared (never
+/// copied) by every task that delivers it, whatever type the store keeps it in.
+#[derive(Clone)]
+pub struct Body(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl Body {
+    /// Shares `bytes` (moved here, not copied).
+    pub fn new(bytes: impl AsRef<[u8]> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(bytes))
+    }
+}
+
+impl std::ops::Deref for Body {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Body({} octets)", self.len())
+    }
+}
+
 /// A boxed future, so the traits stay object-safe without an async-trait crate.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -69,7 +95,7 @@ pub trait Deliver: Send + Sync {
     fn deliver<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a std::sync::Arc<[u8]>,
+        body: &'a Body,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>>;
 

@@ -33,7 +33,7 @@ impl Deliver for Scripted {
     fn deliver<'a>(
         &'a self,
         _e: &'a Envelope,
-        _body: &'a std::sync::Arc<[u8]>,
+        _body: &'a mta_core::seams::Body,
         rcpts: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         *self.0.lock().unwrap() += 1;
@@ -125,7 +125,7 @@ impl Deliver for Recording {
     fn deliver<'a>(
         &'a self,
         e: &'a Envelope,
-        body: &'a std::sync::Arc<[u8]>,
+        body: &'a mta_core::seams::Body,
         rcpts: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         if e.sender == ReversePath::Null {
@@ -298,7 +298,7 @@ impl Deliver for Stalling {
     fn deliver<'a>(
         &'a self,
         _e: &'a Envelope,
-        _body: &'a std::sync::Arc<[u8]>,
+        _body: &'a mta_core::seams::Body,
         rcpts: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         self.started

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use mta_core::envelope::{Envelope, MessageId};
+use mta_core::seams::Body;
 use serde::{Deserialize, Serialize};
 use sled::Transactional;
 
@@ -209,7 +210,7 @@ pub struct Store {
 }
 
 /// A message as loaded for delivery: its record and its body, shared rather than copied.
-pub type Loaded = (Record, Arc<[u8]>);
+pub type Loaded = (Record, Body);
 
 fn schedule_key(due_ms: u64, id: &MessageId) -> Vec<u8> {
     let mut key = due_ms.to_be_bytes().to_vec();
@@ -332,17 +333,20 @@ impl Store {
     /// missing: a message refused this way may still be delivered).
     pub async fn insert<B>(&self, record: &Record, body: B) -> Result<(), StoreError>
     where
-        B: AsRef<[u8]> + Send + 'static,
+        B: Into<sled::IVec> + Send + 'static,
     {
         let h = self.writable().await?;
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
         let key = schedule_key(record.next_attempt_ms, &id);
-        // The body moves to the writing thread as it is: no copy of a large message here.
+        // The body moves to the writing thread and becomes the store's value there, once:
+        // the caller's buffer is freed as soon as it is copied, and the transaction, the
+        // tree and delivery share that one copy.
         self.write_bounded(&h, move |h| {
+            let body: sled::IVec = body.into();
             (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
                 e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                b.insert(id.as_str().as_bytes(), body.as_ref())?;
+                b.insert(id.as_str().as_bytes(), body.clone())?;
                 s.insert(key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
@@ -521,8 +525,9 @@ impl Store {
         let Some(body) = read(&h.bodies)? else {
             return Err(self.set_aside(h, id, &raw, "body missing"));
         };
-        // The one copy out of the store; delivery shares it from here on.
-        Ok(Some((record, Arc::from(&body[..]))))
+        // The store's own copy (its cache's, or the one just read), shared by delivery
+        // from here on: a large message being delivered is not held twice.
+        Ok(Some((record, Body::new(body))))
     }
 
     /// Moves an undecodable record to the `corrupt` tree and drops its schedule entries, in

@@ -342,3 +342,19 @@ async fn the_count_follows_insert_finish_and_reopen_without_a_scan() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.count(), 2);
 }
+
+/// A loaded body is the store's own copy, shared: loading a large message for delivery does
+/// not hold it twice (two loads while it sits in the store's cache see the same bytes in
+/// the same place; a copy per load gave each its own).
+#[tokio::test]
+async fn a_loaded_body_is_shared_not_copied() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let a = record("00000000000100000001", 100);
+    let body = vec![b'x'; 1 << 20];
+    store.insert(&a, body.clone()).await.unwrap();
+    let (_, first) = store.load(&a.envelope.id).unwrap().unwrap();
+    let (_, second) = store.load(&a.envelope.id).unwrap().unwrap();
+    assert_eq!(&first[..], &body[..]);
+    assert_eq!(first.as_ptr(), second.as_ptr());
+}

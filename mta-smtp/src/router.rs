@@ -21,7 +21,7 @@ use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, LmtpAddress, LocalDelivery};
 use mta_core::envelope::Envelope;
 use mta_core::policy;
-use mta_core::seams::{BoxFuture, Deliver, Outcome, UserDirectory};
+use mta_core::seams::{Body, BoxFuture, Deliver, Outcome, UserDirectory};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -85,7 +85,7 @@ impl Router {
         })
     }
 
-    async fn maildir(&self, envelope: &Envelope, body: Arc<[u8]>, rcpt: &Address) -> Outcome {
+    async fn maildir(&self, envelope: &Envelope, body: Body, rcpt: &Address) -> Outcome {
         let mailbox = policy::mailbox(&self.config, &self.users.current(), rcpt);
         let Some(dir) = self.maildirs.maildir(&mailbox) else {
             return Outcome::Failed("550 5.1.3 local part cannot be used as a mailbox name".into());
@@ -160,7 +160,7 @@ impl Deliver for Router {
     fn deliver<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a Arc<[u8]>,
+        body: &'a Body,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
@@ -218,12 +218,12 @@ impl Router {
     fn deliver_direct<'a>(
         &'a self,
         envelope: &'a Envelope,
-        body: &'a Arc<[u8]>,
+        body: &'a Body,
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
             // Shared with the delivery tasks as it is: no copy of a large message here.
-            let body = Arc::clone(body);
+            let body = body.clone();
             let mut out: Vec<Option<Outcome>> = vec![None; recipients.len()];
             // Remote recipients grouped by domain, remembering their positions.
             let mut remote: Vec<(Domain, Vec<usize>)> = Vec::new();
@@ -270,7 +270,7 @@ impl Router {
                     mta_core::metrics::METRICS.dkim("signed");
                     let mut fields = signed.fields;
                     fields.extend_from_slice(&body);
-                    Arc::from(fields)
+                    Body::new(fields)
                 }
                 Err(e) => {
                     tracing::warn!(msg = %envelope.id, error = %e, "sending unsigned");

@@ -12,28 +12,54 @@
 //! space before the colon, after a line that is not a field). A field whose authserv-id
 //! cannot be read at all is removed too: a sloppy reader might take it for ours.
 
+use std::borrow::Cow;
+use std::ops::Range;
+
 use crate::headers;
 
 /// `data` without the `Authentication-Results:` fields that claim one of the names in
-/// `ours` (or whose authserv-id cannot be read), and how many were removed.
-pub fn strip_forged(data: &[u8], ours: &[&str]) -> (Vec<u8>, usize) {
-    let forged: Vec<_> = headers::all_fields(data)
+/// `ours` (or whose authserv-id cannot be read), and how many were removed. Borrowed when
+/// nothing is removed: a large message is not copied to remove nothing.
+pub fn strip_forged<'a>(data: &'a [u8], ours: &[&str]) -> (Cow<'a, [u8]>, usize) {
+    let forged = forged_fields(data, ours);
+    if forged.is_empty() {
+        return (Cow::Borrowed(data), 0);
+    }
+    let mut out = data.to_vec();
+    remove(&mut out, &forged);
+    (Cow::Owned(out), forged.len())
+}
+
+/// [`strip_forged`] in place: the fields are cut out of `data` itself, which never grows
+/// (no second buffer for the message). Returns how many were removed.
+pub fn remove_forged(data: &mut Vec<u8>, ours: &[&str]) -> usize {
+    let forged = forged_fields(data, ours);
+    remove(data, &forged);
+    forged.len()
+}
+
+/// Where the fields to remove lie in `data`, in order, apart.
+fn forged_fields(data: &[u8], ours: &[&str]) -> Vec<Range<usize>> {
+    headers::all_fields(data)
         .into_iter()
         .filter(|f| f.name.eq_ignore_ascii_case("Authentication-Results"))
         .filter(|f| claims_ours(f.value, ours))
         .map(|f| f.range)
-        .collect();
-    if forged.is_empty() {
-        return (data.to_vec(), 0);
+        .collect()
+}
+
+/// Cuts the ordered, disjoint `ranges` out of `data`, moving what follows each one down.
+fn remove(data: &mut Vec<u8>, ranges: &[Range<usize>]) {
+    let Some(first) = ranges.first() else {
+        return;
+    };
+    let mut to = first.start;
+    for (i, range) in ranges.iter().enumerate() {
+        let next = ranges.get(i + 1).map_or(data.len(), |r| r.start);
+        data.copy_within(range.end..next, to);
+        to += next - range.end;
     }
-    let mut out = Vec::with_capacity(data.len());
-    let mut pos = 0;
-    for range in &forged {
-        out.extend_from_slice(&data[pos..range.start]);
-        pos = range.end;
-    }
-    out.extend_from_slice(&data[pos..]);
-    (out, forged.len())
+    data.truncate(to);
 }
 
 /// True when an `Authentication-Results:` value speaks for one of `ours`, or cannot be read.
@@ -142,7 +168,7 @@ mod tests {
                 let (out, n) = strip_forged(msg.as_bytes(), OURS);
                 assert_eq!(n, 1, "{msg:?}");
                 assert_eq!(
-                    String::from_utf8(out).unwrap(),
+                    String::from_utf8(out.into_owned()).unwrap(),
                     format!("{before}Authentication-Results: other.test; spf=pass\r\n\r\nbody\r\n"),
                     "{msg:?}"
                 );
@@ -169,7 +195,7 @@ mod tests {
                 format!("Authentication-Results: {id}; spf=pass\r\nSubject: a\r\n\r\nbody\r\n");
             let (out, n) = strip_forged(msg.as_bytes(), ours);
             assert_eq!(
-                (n, out.as_slice()),
+                (n, &*out),
                 (1, &b"Subject: a\r\n\r\nbody\r\n"[..]),
                 "{id:?}"
             );
@@ -188,8 +214,34 @@ mod tests {
                    Authentication-Results: mx.example.org; in the body\r\n";
         assert_eq!(
             strip_forged(msg.as_bytes(), OURS),
-            (msg.as_bytes().to_vec(), 0)
+            (Cow::Borrowed(msg.as_bytes()), 0)
         );
+    }
+
+    /// Nothing to remove: the message itself comes back, not a copy; in place, the same
+    /// buffer is kept. Something to remove: cut out of the same buffer, which never grows.
+    #[test]
+    fn nothing_removed_is_nothing_copied() {
+        let msg = b"Authentication-Results: other.test; spf=pass\r\nSubject: a\r\n\r\nbody\r\n";
+        let (out, n) = strip_forged(msg, OURS);
+        assert!(
+            matches!(out, Cow::Borrowed(b) if std::ptr::eq(b, &msg[..])),
+            "{out:?}"
+        );
+        assert_eq!(n, 0);
+        let mut data = msg.to_vec();
+        let (at, capacity) = (data.as_ptr(), data.capacity());
+        assert_eq!(remove_forged(&mut data, OURS), 0);
+        assert_eq!(
+            (data.as_ptr(), data.capacity(), &data[..]),
+            (at, capacity, &msg[..])
+        );
+        let mut data =
+            b"Authentication-Results: mx.example.org; spf=pass\r\nSubject: a\r\n\r\nb\r\n".to_vec();
+        let (at, capacity) = (data.as_ptr(), data.capacity());
+        assert_eq!(remove_forged(&mut data, OURS), 1);
+        assert_eq!((data.as_ptr(), data.capacity()), (at, capacity));
+        assert_eq!(data, b"Subject: a\r\n\r\nb\r\n");
     }
 
     #[test]
@@ -315,6 +367,47 @@ mod tests {
         #[test]
         fn any_octets_agree_too(v in prop::collection::vec(any::<u8>(), 0..40)) {
             prop_assert_eq!(authserv_id(&v), model::authserv_id(&v));
+        }
+
+        /// Against the obvious construction (the pieces between the forged fields, put
+        /// together in a new buffer): the copy and the in-place removal give the same bytes
+        /// and count, over headers made of our fields, others and junk.
+        #[test]
+        fn removal_in_place_matches_a_rebuilt_copy(
+            parts in prop::collection::vec((0usize..4, value()), 0..8),
+        ) {
+            let mut msg = Vec::new();
+            for (kind, v) in &parts {
+                let name: &[u8] = match kind {
+                    0 => b"Authentication-Results:",
+                    1 => b"Authentication-Results: mx.example.org;",
+                    2 => b"Subject:",
+                    _ => b"junk ",
+                };
+                msg.extend_from_slice(name);
+                msg.extend_from_slice(v);
+                msg.extend_from_slice(b"\r\n");
+            }
+            msg.extend_from_slice(b"\r\nAuthentication-Results: mx.example.org; body\r\n");
+            let ranges: Vec<_> = headers::all_fields(&msg)
+                .into_iter()
+                .filter(|f| f.name.eq_ignore_ascii_case("Authentication-Results"))
+                .filter(|f| claims_ours(f.value, OURS))
+                .map(|f| f.range)
+                .collect();
+            let mut model = Vec::new();
+            let mut pos = 0;
+            for r in &ranges {
+                model.extend_from_slice(&msg[pos..r.start]);
+                pos = r.end;
+            }
+            model.extend_from_slice(&msg[pos..]);
+            let (copy, n) = strip_forged(&msg, OURS);
+            prop_assert_eq!((&*copy, n), (model.as_slice(), ranges.len()));
+            prop_assert_eq!(matches!(copy, Cow::Borrowed(_)), ranges.is_empty());
+            let mut in_place = msg.clone();
+            prop_assert_eq!(remove_forged(&mut in_place, OURS), ranges.len());
+            prop_assert_eq!(in_place, model);
         }
 
         /// Whatever else the header holds, after stripping no field claims our name.

@@ -24,7 +24,7 @@ use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
 use super::authcheck::Verdict;
-use super::authres::strip_forged;
+use super::authres::remove_forged;
 use super::data::{DataEnd, read_data};
 use super::idle::{IdleLimit, is_stalled};
 use super::line::{Line, read_line};
@@ -548,6 +548,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     }
     let Inspected {
         data,
+        fields,
         summary: auth,
         vouched,
     } = match inbound_checks(shared, session, &tx, data).await {
@@ -567,7 +568,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         id: &id,
         now: now.as_secs(),
     };
-    let body = assemble(&trace, &tx, data);
+    let body = assemble(&trace, &tx, &fields, data, &mut held);
     let envelope = Envelope {
         id: id.clone(),
         sender: tx.from.clone(),
@@ -619,8 +620,10 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
 
 /// What [`inbound_checks`] made of a message.
 struct Inspected {
-    /// The data with our fields in front and forged ones removed.
+    /// The data with forged fields removed (in place: the same buffer).
     data: Vec<u8>,
+    /// Our fields to put in front of it: `Authentication-Results:`, `X-Spoofed-From:`.
+    fields: String,
     /// `spf=… dkim=… dmarc=…` for the log, or `-`.
     summary: String,
     /// Who vouches for it, for the envelope.
@@ -636,7 +639,7 @@ async fn inbound_checks(
     shared: &Shared,
     session: &Session,
     tx: &Transaction,
-    data: Vec<u8>,
+    mut data: Vec<u8>,
 ) -> Result<Inspected, Reply> {
     let ctx = session.context();
     let config = &shared.config;
@@ -644,11 +647,12 @@ async fn inbound_checks(
     ours.extend(config.local_domains.iter().map(|d| d.as_str()));
     if ctx.listener != ListenerKind::Smtp || session.user().is_some() {
         // Not checked, but a user cannot speak in our name either.
-        let (data, _) = strip_forged(&data, &ours);
+        remove_forged(&mut data, &ours);
         let summary = "-".to_string();
         let vouched = Vouched::User;
         return Ok(Inspected {
             data,
+            fields: String::new(),
             summary,
             vouched,
         });
@@ -675,7 +679,7 @@ async fn inbound_checks(
             }
         }
     };
-    let (clean, forged) = strip_forged(&data, &ours);
+    let forged = remove_forged(&mut data, &ours);
     if forged > 0 {
         info!(
             forged,
@@ -684,7 +688,7 @@ async fn inbound_checks(
     }
     let mut mark = String::new();
     if config.inbound.spoofed_from != SpoofedFrom::Off
-        && let Some(domain) = spoofed_domain(&clean, config, &evidence)
+        && let Some(domain) = spoofed_domain(&data, config, &evidence)
     {
         let action = config.inbound.spoofed_from;
         warn!(
@@ -705,12 +709,9 @@ async fn inbound_checks(
     } else {
         Vouched::Unverified
     };
-    let mut out = Vec::with_capacity(fields.len() + mark.len() + clean.len());
-    out.extend_from_slice(fields.as_bytes());
-    out.extend_from_slice(mark.as_bytes());
-    out.extend_from_slice(&clean);
     Ok(Inspected {
-        data: out,
+        data,
+        fields: fields + &mark,
         summary,
         vouched,
     })

@@ -23,11 +23,17 @@ impl UserDirectory for Users {
     }
 }
 
-/// Keeps what it is given.
+/// Keeps what it is given, and the message bytes the server's budget held as it was given
+/// (the server's guards are in the third field).
 #[derive(Default)]
-struct Queue(std::sync::Mutex<Vec<Vec<u8>>>);
+struct Queue(
+    std::sync::Mutex<Vec<Vec<u8>>>,
+    std::sync::Mutex<Vec<u64>>,
+    Arc<super::super::guards::Guards>,
+);
 impl Enqueue for Queue {
     fn enqueue(&self, _: Envelope, body: Vec<u8>) -> BoxFuture<'_, Result<(), EnqueueError>> {
+        self.1.lock().unwrap().push(self.2.memory.held());
         self.0.lock().unwrap().push(body);
         Box::pin(async { Ok(()) })
     }
@@ -61,6 +67,10 @@ fn setup(limits: impl FnOnce(&mut mta_core::config::Limits)) -> Setup {
         queue.clone(),
         shutdown,
     );
+    let shared = Shared {
+        guards: queue.2.clone(),
+        ..shared
+    };
     Setup {
         shared: Arc::new(shared),
         queue,
@@ -147,6 +157,37 @@ fn trickle(mut writer: WriteHalf<DuplexStream>) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(MS(20)).await;
         }
     })
+}
+
+/// The message handed to the queue is the one buffer the budget reserved, all of its
+/// capacity counted: a forged `Authentication-Results:` is cut out of it and our
+/// `Received:` put in front of it in place, never in a second buffer beside it.
+#[tokio::test]
+async fn the_budget_holds_the_whole_buffer_that_is_queued() {
+    for lines in [1, 300, 3000] {
+        let s = setup(|_| {});
+        let mut c = Client::connect(&s);
+        c.start_data().await;
+        let head = "Authentication-Results: mx.example.org; spf=pass\r\nSubject: big\r\n\r\n";
+        let text = format!("{}\r\n", "y".repeat(998)).repeat(lines);
+        c.send(format!("{head}{text}.\r\n").as_bytes()).await;
+        let r = c.reply().await.unwrap();
+        assert!(r.starts_with("250"), "{r}");
+        let queued = s.queue.0.lock().unwrap().pop().unwrap();
+        let held = s.queue.1.lock().unwrap().pop().unwrap();
+        let clean = format!("Subject: big\r\n\r\n{text}");
+        assert!(queued.starts_with(b"Received: from client.test"));
+        assert!(
+            queued.ends_with(clean.as_bytes()),
+            "only the forged field is gone"
+        );
+        assert!(
+            queued.capacity() as u64 <= held,
+            "{lines} lines: a buffer of {} octets, {held} reserved",
+            queued.capacity()
+        );
+        drop(c);
+    }
 }
 
 #[tokio::test]

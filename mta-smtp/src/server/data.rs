@@ -8,8 +8,9 @@
 //! violation, never the end of a long line. A message over the size limit, or with a
 //! well-framed line over 1000 octets, is read to its end and then refused, keeping the
 //! dialogue in step.
-//! So is one that would pass the server's budget for message bytes in memory: each line
-//! kept is first reserved from it.
+//! So is one that would pass the server's budget for message bytes in memory: the buffer
+//! grows in bounded steps, each reserved from the budget before it is allocated, so the
+//! budget counts the memory the message really takes (its capacity, not only its length).
 
 use std::io;
 
@@ -17,6 +18,15 @@ use tokio::io::AsyncBufRead;
 
 use super::budget::Reservation;
 use super::line::{Line, MAX_TEXT_LINE, read_line};
+
+/// How far the body's buffer grows past what the next line needs: doubling while the
+/// message is small, at most this much at a time once it is large. Its capacity, all of it
+/// reserved from the budget, stays within this of the message's length (a doubling buffer
+/// held up to twice the message).
+const GROWTH_STEP: usize = 256 * 1024;
+
+/// The first allocation for a body: a small message grows no more than once or twice.
+const FIRST_CAPACITY: usize = 4096;
 
 /// How the data phase ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,8 +47,9 @@ pub enum DataEnd {
     Eof,
 }
 
-/// Reads the data of one message, keeping at most `max_size` octets, each reserved in
-/// `budget` first (which holds them until the caller drops it).
+/// Reads the data of one message, keeping at most `max_size` octets. The buffer that keeps
+/// them is reserved in `budget` before it is allocated, capacity and all (the reservation
+/// holds it until the caller drops it).
 ///
 /// # Errors
 /// I/O errors of the underlying reader.
@@ -72,7 +83,8 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
         }
         size += text.len() as u64 + 2;
         let keep = size <= max_size && !too_long && !no_memory;
-        if keep && budget.grow(text.len() as u64 + 2) {
+        let most = usize::try_from(max_size).unwrap_or(usize::MAX);
+        if keep && make_room(&mut body, text.len() + 2, most, budget) {
             body.extend_from_slice(text);
             body.extend_from_slice(b"\r\n");
         } else {
@@ -91,6 +103,28 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
     } else {
         Ok(DataEnd::Message(body))
     }
+}
+
+/// Makes room in `body` for `need` more octets, growing it by at most [`GROWTH_STEP`] past
+/// the need (never past `most` in all) and reserving the new capacity in `budget` before it
+/// is allocated: false, with nothing reserved or allocated, when the budget has no room even
+/// for the need alone.
+fn make_room(body: &mut Vec<u8>, need: usize, most: usize, budget: &mut Reservation<'_>) -> bool {
+    let (len, capacity) = (body.len(), body.capacity());
+    if capacity - len >= need {
+        return true;
+    }
+    let least = len + need;
+    let step = capacity.clamp(FIRST_CAPACITY, GROWTH_STEP);
+    let wanted = (capacity + step).min(most).max(least);
+    for target in [wanted, least] {
+        if budget.grow((target - capacity) as u64) {
+            body.reserve_exact(target - len);
+            debug_assert_eq!(body.capacity(), target);
+            return true;
+        }
+    }
+    false
 }
 
 #[cfg(test)]
@@ -205,6 +239,42 @@ mod tests {
         let end = read_data(&mut r, 10, &mut memory.reserve(5)).await.unwrap();
         assert_eq!(end, DataEnd::TooBig);
         assert_eq!(memory.held(), 0);
+    }
+
+    /// The buffer never holds more than the budget reserved for it: its whole capacity is
+    /// reserved, and that stays within one growth step of the message (a buffer that
+    /// doubled held up to twice what was reserved). A budget of exactly the message's size
+    /// still takes it.
+    #[tokio::test]
+    async fn the_buffer_stays_within_what_the_budget_reserved() {
+        for (lines, width) in [(1, 10), (3, 998), (700, 998), (5000, 78), (40_000, 3)] {
+            let line = format!("{}\r\n", "x".repeat(width));
+            let mut input = line.repeat(lines).into_bytes();
+            let n = input.len() as u64;
+            input.extend_from_slice(b".\r\n");
+            for limit in [u64::MAX, n] {
+                let memory = MessageMemory::default();
+                let mut held = memory.reserve(limit);
+                let mut r = BufReader::with_capacity(2048, &input[..]);
+                let end = read_data(&mut r, 30 << 20, &mut held).await.unwrap();
+                let DataEnd::Message(body) = end else {
+                    panic!("{lines} x {width}, budget {limit}: {end:?}");
+                };
+                assert_eq!(body.len() as u64, n);
+                let capacity = body.capacity() as u64;
+                assert_eq!(
+                    held.bytes(),
+                    capacity,
+                    "{lines} x {width}: all of it reserved"
+                );
+                assert_eq!(memory.held(), capacity);
+                let slack = (GROWTH_STEP as u64).min(n.max(FIRST_CAPACITY as u64));
+                assert!(
+                    capacity <= n + slack,
+                    "{lines} x {width}: {capacity} for {n}"
+                );
+            }
+        }
     }
 
     /// The smuggling endings after a line over 1000 octets (the audit's case: the reader

@@ -6,6 +6,7 @@ use mta_core::address::Address;
 use mta_core::date;
 use mta_core::envelope::MessageId;
 
+use super::budget::Reservation;
 use super::session::{Context, Transaction};
 
 /// Everything the trace header says about how the message reached us.
@@ -79,10 +80,19 @@ pub fn has_header(data: &[u8], name: &str) -> bool {
     false
 }
 
-/// The bytes to queue: our headers, then the client's data unchanged. The headers are put in
-/// front of `data` in place (the buffer usually has room to spare), so a large message is not
-/// held twice.
-pub fn assemble(t: &Trace<'_>, tx: &Transaction, mut data: Vec<u8>) -> Vec<u8> {
+/// The bytes to queue: our `Received`, on submission a `Message-ID` and `Date` the client
+/// left out, then `fields` (the inbound checks' own), then the client's data unchanged.
+/// Built in `data` itself: room for our headers is counted in `held` (past its limit if need
+/// be: a message that fitted is not refused for our few octets) before the buffer grows by
+/// exactly that much (it often has room to spare), then the data moves up behind them, so
+/// the message is never held twice.
+pub fn assemble(
+    t: &Trace<'_>,
+    tx: &Transaction,
+    fields: &str,
+    mut data: Vec<u8>,
+    held: &mut Reservation<'_>,
+) -> Vec<u8> {
     let mut head = received(t, tx);
     if t.ctx.listener.is_submission() {
         if !has_header(&data, "Message-ID") {
@@ -95,7 +105,16 @@ pub fn assemble(t: &Trace<'_>, tx: &Transaction, mut data: Vec<u8>) -> Vec<u8> {
             head.push_str(&format!("Date: {}\r\n", date::rfc5322(t.now)));
         }
     }
-    data.splice(0..0, head.into_bytes());
+    head.push_str(fields);
+    let (len, n) = (data.len(), head.len());
+    let short = (len + n).saturating_sub(data.capacity());
+    if short > 0 {
+        held.take(short as u64);
+        data.reserve_exact(n);
+    }
+    data.resize(len + n, 0);
+    data.copy_within(..len, n);
+    data[..n].copy_from_slice(head.as_bytes());
     data
 }
 
