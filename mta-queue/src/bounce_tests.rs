@@ -4,6 +4,7 @@ use super::*;
 use crate::QueueSettings;
 use mta_core::address::ReversePath;
 use mta_core::envelope::{RcptState, Recipient};
+use mta_core::outcome::Verdict;
 
 fn addr(a: &str) -> Address {
     Address::parse(a).expect("test address")
@@ -216,8 +217,17 @@ fn status_codes() {
         ("550 5..1 odd", f, "5.0.0"),
     ];
     for (result, kind, want) in table {
-        assert_eq!(status_of(result, kind), want, "{result:?}");
+        assert_eq!(status_of(Some(&read(result, kind)), kind), want, "{result:?}");
     }
+}
+
+/// A result as records written before outcomes were typed keep it, read back.
+fn read(text: &str, kind: DsnKind) -> Outcome {
+    let verdict = match kind {
+        DsnKind::Failed => Verdict::Failed,
+        DsnKind::Delayed => Verdict::Deferred,
+    };
+    Outcome::from_text(verdict, text)
 }
 
 /// The reference: a result built from its parts (a reply code or none, an enhanced code
@@ -263,7 +273,7 @@ proptest::proptest! {
         for (c, s, d) in noise {
             text.push_str(&format!(" {c}.{s}.{d}"));
         }
-        proptest::prop_assert_eq!(status_of(&text, kind), reference_status(code, status, kind), "{:?}", text);
+        proptest::prop_assert_eq!(status_of(Some(&read(&text, kind)), kind), reference_status(code, status, kind), "{:?}", text);
     }
 }
 

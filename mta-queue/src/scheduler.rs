@@ -20,13 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mta_core::address::{Address, Domain};
-use mta_core::envelope::{Envelope, MessageId, RcptState, Recipient};
+use mta_core::envelope::{Envelope, MessageId, RcptState};
 use mta_core::metrics::METRICS;
-use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome};
+use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome, Verdict};
 use tokio::sync::{Notify, Semaphore, watch};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::bounce::{DsnKind, DsnRecipient, status_of};
+use crate::bounce::{DsnKind, DsnRecipient};
 use crate::clock::{self, QueueAge};
 use crate::disk::Room;
 use crate::retry;
@@ -522,7 +522,7 @@ impl Queue {
             .iter()
             .zip(before)
             .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Failed)
-            .map(|(r, _)| dsn_recipient(r, DsnKind::Failed))
+            .map(|(r, _)| DsnRecipient::of(r, DsnKind::Failed))
             .collect();
         if !failed.is_empty()
             && let Err(e) = self
@@ -538,7 +538,7 @@ impl Queue {
             .recipients
             .iter()
             .filter(|r| r.state == RcptState::Pending)
-            .map(|r| dsn_recipient(r, DsnKind::Delayed))
+            .map(|r| DsnRecipient::of(r, DsnKind::Delayed))
             .collect();
         if delayed.is_empty() {
             return;
@@ -581,28 +581,6 @@ fn lane_remote_only(envelope: &Envelope, deliver: &dyn Deliver) -> bool {
         .any(|r| r.state == RcptState::Pending && !deliver.is_local(&r.address))
 }
 
-fn dsn_recipient(r: &Recipient, kind: DsnKind) -> DsnRecipient {
-    let result = r.last_result.clone().unwrap_or_default();
-    let (diagnostic, remote_mta) = split_remote(&result);
-    DsnRecipient {
-        address: r.address.clone(),
-        status: status_of(diagnostic, kind),
-        remote_mta,
-        diagnostic: diagnostic.to_string(),
-    }
-}
-
-/// Splits a relay result `550 5.1.1 text (from mx.example.org [192.0.2.1] TLSv1.3 …)` into
-/// the remote reply and the remote host (RFC 3464 `Remote-MTA`).
-fn split_remote(result: &str) -> (&str, Option<String>) {
-    let Some(at) = result.rfind(" (from ") else {
-        return (result, None);
-    };
-    let host = result[at + 7..].split([' ', ')']).next().unwrap_or("");
-    let host = (!host.is_empty()).then(|| host.to_string());
-    (&result[..at], host)
-}
-
 /// An operator's hold on one message (see [`Queue::claim`]).
 pub struct Claim<'a> {
     queue: &'a Queue,
@@ -625,8 +603,8 @@ fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Ve
             got = outcomes.len(),
             "delivery returned the wrong number of results; deferring all"
         );
-        outcomes =
-            vec![Outcome::Deferred("internal error: result count mismatch".into()); pending.len()];
+        let mismatch = Outcome::new(Verdict::Deferred, "internal error: result count mismatch");
+        outcomes = vec![mismatch; pending.len()];
     }
     for (address, outcome) in pending.iter().zip(outcomes) {
         let Some(rcpt) = envelope
@@ -637,25 +615,21 @@ fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Ve
             continue;
         };
         rcpt.attempts += 1;
-        match outcome {
-            Outcome::Delivered(detail) => {
-                info!(rcpt = %address, result = %detail, "delivered");
-                METRICS.recipient("delivered");
+        match outcome.verdict {
+            Verdict::Delivered => {
+                info!(rcpt = %address, result = %outcome, "delivered");
                 rcpt.state = RcptState::Delivered;
-                rcpt.last_result = Some(detail);
             }
-            Outcome::Deferred(reason) => {
-                warn!(rcpt = %address, attempt = rcpt.attempts, reason = %reason, "recipient deferred");
-                METRICS.recipient("deferred");
-                rcpt.last_result = Some(reason);
+            Verdict::Deferred => {
+                warn!(rcpt = %address, attempt = rcpt.attempts, reason = %outcome, "recipient deferred");
             }
-            Outcome::Failed(reason) => {
-                warn!(rcpt = %address, reason = %reason, "recipient failed permanently");
-                METRICS.recipient("failed");
+            Verdict::Failed => {
+                warn!(rcpt = %address, reason = %outcome, "recipient failed permanently");
                 rcpt.state = RcptState::Failed;
-                rcpt.last_result = Some(reason);
             }
         }
+        METRICS.recipient(outcome.verdict.name());
+        rcpt.last_result = Some(outcome);
     }
 }
 
@@ -694,11 +668,20 @@ fn expire(envelope: &mut Envelope, age: Duration, lifetime: Duration) {
         warn!(rcpt = %rcpt.address, "recipient expired in the queue");
         METRICS.recipient("expired");
         rcpt.state = RcptState::Failed;
-        let last = rcpt.last_result.take().unwrap_or_default();
-        rcpt.last_result = Some(format!(
-            "5.4.7 gave up after {} in the queue; last result: {last}",
-            human(lifetime)
-        ));
+        let last = rcpt.last_result.take();
+        let last_answer = last.as_ref().map(Outcome::answer).unwrap_or_default();
+        let gave_up = Outcome::failed(
+            "5.4.7",
+            format!(
+                "gave up after {} in the queue; last result: {last_answer}",
+                human(lifetime)
+            ),
+        );
+        // The host that gave the last answer stays named (`Remote-MTA` of the DSN).
+        rcpt.last_result = Some(match last.and_then(|o| o.remote) {
+            Some(remote) => gave_up.with_remote(remote),
+            None => gave_up,
+        });
     }
 }
 

@@ -40,7 +40,7 @@ use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, PasswordSource, SmarthostTls};
 use mta_core::envelope::Envelope;
 use mta_core::metrics::METRICS;
-use mta_core::seams::Outcome;
+use mta_core::seams::{Outcome, Remote, Verdict};
 use mta_core::text::escape;
 use rustls::RootCertStore;
 use tracing::{info, warn};
@@ -244,11 +244,11 @@ impl Relay {
             Err(_) => {
                 warn!(%domain, timeout = ?limit, "attempt took longer than outbound.attempt_timeout");
                 let why = format!(
-                    "4.4.1 no host for {domain} took the message within \
+                    "no host for {domain} took the message within \
                      outbound.attempt_timeout ({} s)",
                     limit.as_secs()
                 );
-                vec![Outcome::Deferred(why); rcpts.len()]
+                vec![Outcome::deferred("4.4.1", why); rcpts.len()]
             }
         }
     }
@@ -278,14 +278,14 @@ impl Relay {
                 info!(%destination, "probing a suspended destination");
                 Some(p)
             }
-            limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+            limits::Admit::Skip(why) => return vec![suspended(&why); rcpts.len()],
         };
         let Some(_slot) = self.limits.acquire(domain, SLOT_PATIENCE).await else {
             let why = format!(
-                "4.4.5 all {} connection slots for {domain} stayed busy (outbound.max_per_domain)",
+                "all {} connection slots for {domain} stayed busy (outbound.max_per_domain)",
                 self.config.outbound.max_per_domain
             );
-            return vec![Outcome::Deferred(why); rcpts.len()];
+            return vec![Outcome::deferred("4.4.5", why); rcpts.len()];
         };
         // Suspended while this attempt waited for its slot: the others that waited with it
         // must not all connect now.
@@ -294,21 +294,10 @@ impl Relay {
             None => match self.dead.admit(&destination, interval, Instant::now()) {
                 limits::Admit::Go => None,
                 limits::Admit::Probe(p) => Some(p),
-                limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+                limits::Admit::Skip(why) => return vec![suspended(&why); rcpts.len()],
             },
         };
-        let msg = OutgoingMessage {
-            from: &envelope.sender,
-            rcpts,
-            body,
-            eight_bit: !body.is_ascii(),
-            require_tls: envelope.require_tls,
-            smtputf8: rcpts.iter().any(Address::needs_smtputf8)
-                || envelope
-                    .sender
-                    .address()
-                    .is_some_and(Address::needs_smtputf8),
-        };
+        let msg = OutgoingMessage::of(envelope, rcpts, body);
         let (plans, sts, port, auth) = match &self.smarthost {
             Some(s) => {
                 let plan = HostPlan {
@@ -465,10 +454,13 @@ impl Relay {
             // Every address there is points inside: retrying will not change that until the
             // DNS does (RFC 3463 5.4.4: unable to route).
             return vec![
-                Outcome::Failed(format!(
-                    "5.4.4 {domain} leads only to internal addresses, which mail is not sent \
-                     to (outbound.allow_internal); last: {last}"
-                ));
+                Outcome::failed(
+                    "5.4.4",
+                    format!(
+                        "{domain} leads only to internal addresses, which mail is not sent \
+                         to (outbound.allow_internal); last: {last}"
+                    )
+                );
                 rcpts.len()
             ];
         }
@@ -477,10 +469,13 @@ impl Relay {
         if tls_failed && envelope.require_tls {
             // RFC 8689 §4.2.1: a REQUIRETLS message that cannot get verified TLS is returned.
             return vec![
-                Outcome::Failed(format!(
-                    "5.7.30 REQUIRETLS: no host for {domain} offered TLS with a verified \
-                     certificate; last error: {last}"
-                ));
+                Outcome::failed(
+                    "5.7.30",
+                    format!(
+                        "REQUIRETLS: no host for {domain} offered TLS with a verified \
+                         certificate; last error: {last}"
+                    )
+                );
                 rcpts.len()
             ];
         }
@@ -496,9 +491,10 @@ impl Relay {
             _ => format!(" (policy={})", source.name()),
         };
         vec![
-            Outcome::Deferred(format!(
-                "{code} no host for {domain} took the message; last error: {last}{hint}"
-            ));
+            Outcome::deferred(
+                code,
+                format!("no host for {domain} took the message; last error: {last}{hint}")
+            );
             rcpts.len()
         ]
     }
@@ -506,7 +502,7 @@ impl Relay {
     /// Remembers `domain` when a message was delivered to it over verified TLS.
     fn remember(&self, domain: Option<&Domain>, tls: Option<&TlsInfo>, outcomes: &[Outcome]) {
         let verified = tls.is_some_and(|t| matches!(t.verified, Verification::Verified));
-        let delivered = outcomes.iter().any(|o| matches!(o, Outcome::Delivered(_)));
+        let delivered = outcomes.iter().any(|o| o.verdict == Verdict::Delivered);
         if let (Some(domain), true, true) = (domain, verified, delivered) {
             self.memory.verified(domain);
         }
@@ -585,14 +581,15 @@ impl Relay {
             }
             Ok((Route::NullMx, _)) => {
                 info!(%domain, "null MX: the domain accepts no mail");
-                Err(Outcome::Failed(format!(
-                    "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
-                )))
+                Err(Outcome::failed(
+                    "5.1.10",
+                    format!("{domain} does not accept mail (null MX, RFC 7505)"),
+                ))
             }
-            Err(DnsFailure::Permanent(why)) => Err(Outcome::Failed(format!("5.1.2 {why}"))),
+            Err(DnsFailure::Permanent(why)) => Err(Outcome::failed("5.1.2", why)),
             Err(DnsFailure::Temporary(why)) => {
                 METRICS.dns_error("mx");
-                Err(Outcome::Deferred(format!("4.4.3 {why}")))
+                Err(Outcome::deferred("4.4.3", why))
             }
         }
     }
@@ -658,20 +655,14 @@ impl Relay {
                 .iter()
                 .zip(results)
                 .map(|(rcpt, r)| {
-                    // The reply is cut before the host is appended, so the bounce still
-                    // finds the host after ` (from `.
-                    let reply = kept(&r.reply().to_string());
-                    let outcome = match r {
-                        RcptResult::Delivered(_) => Outcome::Delivered(format!("{at}: {reply}")),
-                        RcptResult::Temporary(_) => Outcome::Deferred(format!("{reply} (from {at})")),
-                        RcptResult::Permanent(_) => Outcome::Failed(format!("{reply} (from {at})")),
+                    let remote = Remote {
+                        host: Some(target.name.clone()),
+                        at: at.clone(),
                     };
-                    let (result, text) = match &outcome {
-                        Outcome::Delivered(t) => ("delivered", t),
-                        Outcome::Deferred(t) => ("deferred", t),
-                        Outcome::Failed(t) => ("failed", t),
-                    };
-                    info!(%rcpt, mx = %escape(&target.name), ip = %target.addr.ip(), tls, result, reply = %escape(text), "remote attempt");
+                    let outcome = r.outcome(remote);
+                    let result = outcome.verdict.name();
+                    let text = outcome.to_string();
+                    info!(%rcpt, mx = %escape(&target.name), ip = %target.addr.ip(), tls, result, reply = %escape(&text), "remote attempt");
                     METRICS.remote_attempt(result, tls_level(tls));
                     outcome
                 })
@@ -680,8 +671,8 @@ impl Relay {
                 let e = kept(&e.to_string());
                 warn!(mx = %escape(&target.name), ip = %target.addr.ip(), tls, error = %escape(&e), "transaction failed");
                 METRICS.remote_attempt("error", tls_level(tls));
-                let text = format!("4.4.2 transaction with {at} failed: {e}");
-                vec![Outcome::Deferred(text); rcpts.len()]
+                let text = format!("transaction with {at} failed: {e}");
+                vec![Outcome::deferred("4.4.2", text); rcpts.len()]
             }
         }
     }
@@ -723,6 +714,12 @@ fn describe_tls(tls: Option<&TlsInfo>) -> String {
             Verification::Failed(why) => format!("{} {} unverified ({why})", t.version, t.cipher),
         },
     }
+}
+
+/// The outcome of an attempt a suspended destination refused: the suspension's reason
+/// starts with the status of the failure that caused it (`4.4.1 …`).
+fn suspended(why: &str) -> Outcome {
+    Outcome::from_text(Verdict::Deferred, why)
 }
 
 /// Remote text as it is stored and logged: at most [`MAX_KEPT_TEXT`] octets.

@@ -272,16 +272,22 @@ impl Relay {
             return Ok(Plan { hosts: plans, sts });
         }
         if !failed.is_empty() {
-            return Err(Outcome::Deferred(format!(
-                "4.7.5 DANE: no MX host of {domain} can be used now: {} (policy=dane)",
-                failed.join("; ")
-            )));
+            return Err(Outcome::deferred(
+                "4.7.5",
+                format!(
+                    "DANE: no MX host of {domain} can be used now: {} (policy=dane)",
+                    failed.join("; ")
+                ),
+            ));
         }
         if not_dane > 0 && unlisted == 0 {
-            return Err(Outcome::Deferred(format!(
-                "4.7.5 DANE memory: DNSSEC validation is unavailable and no MX host of {domain} \
-                 is one that had TLSA records (policy=dane-memory)"
-            )));
+            return Err(Outcome::deferred(
+                "4.7.5",
+                format!(
+                    "DANE memory: DNSSEC validation is unavailable and no MX host of {domain} \
+                     is one that had TLSA records (policy=dane-memory)"
+                ),
+            ));
         }
         let p = enforced.map_or_else(Vec::new, |p| p.mx.clone());
         warn!(%domain, patterns = %escape(&p.join(",")), hosts = unlisted, "MTA-STS: no MX host matches the policy");
@@ -295,10 +301,13 @@ impl Relay {
                 info: Some("no MX host matches the policy".into()),
             },
         );
-        Err(Outcome::Deferred(format!(
-            "4.7.5 MTA-STS: no MX host of {domain} matches its policy (mx: {}) (policy=mta-sts)",
-            p.join(", ")
-        )))
+        Err(Outcome::deferred(
+            "4.7.5",
+            format!(
+                "MTA-STS: no MX host of {domain} matches its policy (mx: {}) (policy=mta-sts)",
+                p.join(", ")
+            ),
+        ))
     }
 }
 
