@@ -226,8 +226,9 @@ fn first_token(text: &str) -> (&str, &str) {
 /// RFC 3463 §2: class "." subject "." detail; class 2, 4 or 5, subject and detail 1 to 3
 /// digits.
 pub fn is_status_code(token: &str) -> bool {
-    let digits =
-        |s: &str, max: usize| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
+    let digits = |s: &str, max: usize| {
+        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
+    };
     let mut parts = token.split('.');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(class), Some(subject), Some(detail), None) => {

@@ -49,9 +49,15 @@ fn old_texts_read_back_typed() {
     assert_eq!((mixed.code, mixed.enhanced.as_deref()), (Some(451), None));
     let lmtp = Outcome::from_text(Verdict::Deferred, "452 4.2.2 full (from lmtp 127.0.0.1:24)");
     let remote = lmtp.remote.expect("remote");
-    assert_eq!((remote.host, remote.at.as_str()), (None, "lmtp 127.0.0.1:24"));
+    assert_eq!(
+        (remote.host, remote.at.as_str()),
+        (None, "lmtp 127.0.0.1:24")
+    );
     let ours = Outcome::from_text(Verdict::Failed, "5.1.10 x.test does not accept mail");
-    assert_eq!(ours, Outcome::failed("5.1.10", "x.test does not accept mail"));
+    assert_eq!(
+        ours,
+        Outcome::failed("5.1.10", "x.test does not accept mail")
+    );
 }
 
 /// Texts as delivery wrote them before outcomes were typed: an optional reply code, an
@@ -63,7 +69,12 @@ fn old_text() -> impl Strategy<Value = (Verdict, String)> {
         Just(Verdict::Deferred),
         Just(Verdict::Failed)
     ];
-    let code = prop::option::of(prop_oneof![Just("250"), Just("451"), Just("550"), Just("5x0")]);
+    let code = prop::option::of(prop_oneof![
+        Just("250"),
+        Just("451"),
+        Just("550"),
+        Just("5x0")
+    ]);
     let status = prop::option::of(prop_oneof![
         Just("2.0.0"),
         Just("4.4.1"),

@@ -16,7 +16,7 @@ use mta_core::envelope::{MessageId, RcptState};
 
 use crate::bounce::{DsnKind, DsnRecipient, header_section};
 use crate::clock;
-use crate::scheduler::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Record, StoreError};
 
 /// The reason recorded for, and sent about, recipients the operator returned to sender.

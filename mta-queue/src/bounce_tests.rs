@@ -217,7 +217,11 @@ fn status_codes() {
         ("550 5..1 odd", f, "5.0.0"),
     ];
     for (result, kind, want) in table {
-        assert_eq!(status_of(Some(&read(result, kind)), kind), want, "{result:?}");
+        assert_eq!(
+            status_of(Some(&read(result, kind)), kind),
+            want,
+            "{result:?}"
+        );
     }
 }
 

@@ -1,8 +1,14 @@
 //! Unit tests of scheduler.
 
 use super::*;
+use std::sync::Mutex;
+
+use crate::clock::now_ms;
+use crate::queue::QueueSettings;
+use mta_core::address::Domain;
 use mta_core::address::ReversePath;
 use mta_core::envelope::{ListenerKind, Origin, Recipient, Vouched};
+use mta_core::seams::{BoxFuture, Enqueue};
 
 fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
     Envelope {
@@ -140,7 +146,9 @@ impl Deliver for Recording {
     ) -> BoxFuture<'a, Vec<Outcome>> {
         if e.sender == ReversePath::Null {
             self.0.lock().unwrap().push(body.to_vec());
-            return Box::pin(async move { vec![Outcome::from_text(Verdict::Delivered, "ok"); rcpts.len()] });
+            return Box::pin(async move {
+                vec![Outcome::from_text(Verdict::Delivered, "ok"); rcpts.len()]
+            });
         }
         Box::pin(async move {
             rcpts

@@ -91,8 +91,12 @@ impl Router {
                 .await;
         match written {
             Ok(Ok(path)) => Outcome::new(Verdict::Delivered, format!("maildir {}", path.display())),
-            Ok(Err(e)) => Outcome::deferred("4.3.0", format!("maildir write failed: {e}")).with_code(451),
-            Err(e) => Outcome::deferred("4.3.0", format!("delivery task failed: {e}")).with_code(451),
+            Ok(Err(e)) => {
+                Outcome::deferred("4.3.0", format!("maildir write failed: {e}")).with_code(451)
+            }
+            Err(e) => {
+                Outcome::deferred("4.3.0", format!("delivery task failed: {e}")).with_code(451)
+            }
         }
     }
 
