@@ -18,6 +18,7 @@
 
 mod ad;
 pub mod dane;
+pub mod dns;
 pub mod limits;
 pub mod memory;
 pub mod mta_sts;
