@@ -28,7 +28,7 @@ pub mod slots;
 pub mod tlsrpt;
 
 pub use policy::PolicySource;
-use policy::{HostPlan, TlsWish, sts_testing_report, tls_level};
+use policy::{HostPlan, Planner, TlsWish, sts_testing_report, tls_level};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -85,17 +85,14 @@ impl Kept {
     }
 }
 
-/// MX hosts tried per attempt, in preference order (Postfix's `smtp_mx_address_limit`): an
-/// MX answer of hundreds of records must not make one message open hundreds of
-/// connections.
-pub const MAX_HOSTS: usize = 5;
+pub use policy::MAX_HOSTS;
 /// Addresses tried per MX host.
 pub const MAX_ADDRESSES: usize = 2;
 /// How long an attempt waits for one of its domain's slots before it is deferred: the
 /// scheduler's remote attempts must not all sit waiting for one busy (or stalled) domain
 /// while messages for other domains wait for an attempt.
 pub const SLOT_PATIENCE: Duration = Duration::from_secs(30);
-use mx::{DnsFailure, Route};
+use mx::DnsFailure;
 
 /// Why the relay could not be set up (at start-up, so the operator sees it at once).
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +217,20 @@ impl Relay {
         })
     }
 
+    /// What planning an MX delivery reads from the relay.
+    fn planner(&self) -> Planner<'_> {
+        Planner {
+            config: &self.config,
+            resolver: &self.resolver,
+            webpki: &self.webpki,
+            domain_roots: &self.domain_roots,
+            memory: &self.memory,
+            reports: &self.reports,
+            sts: self.sts.as_ref(),
+            dnssec: self.dnssec.as_ref(),
+        }
+    }
+
     fn settings(&self, policy: TlsPolicy, auth: Option<(String, String)>) -> ClientSettings {
         ClientSettings {
             helo: self.config.hostname.to_string(),
@@ -312,7 +323,11 @@ impl Relay {
                 };
                 (vec![plan], None, s.port, s.auth.clone())
             }
-            None => match self.plan(domain, TlsWish::of(envelope, body)).await {
+            None => match self
+                .planner()
+                .plan(domain, TlsWish::of(envelope, body))
+                .await
+            {
                 Ok(plan) => (plan.hosts, plan.sts, self.config.outbound.port, None),
                 Err(outcome) => return vec![outcome; rcpts.len()],
             },
@@ -547,52 +562,6 @@ impl Relay {
             }
         }
         pool.retain(|_, list| !list.is_empty());
-    }
-
-    /// The hosts for a domain and whether their names can be trusted for DANE (looked up
-    /// through `dnssec` when given), or the outcome for every recipient when there are none.
-    async fn hosts(
-        &self,
-        domain: &Domain,
-        dnssec: Option<&dane::Dnssec>,
-    ) -> Result<(Vec<mx::MxHost>, bool), Outcome> {
-        if domain.is_literal() {
-            let host = mx::MxHost {
-                name: domain
-                    .as_str()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .trim_start_matches("IPv6:")
-                    .to_string(),
-                preference: 0,
-            };
-            return Ok((vec![host], false));
-        }
-        let route = match dnssec {
-            Some(d) => d.route(domain).await,
-            None => mx::route(&self.resolver, domain).await,
-        };
-        match route {
-            Ok((Route::Hosts(mut h), secure)) => {
-                if h.len() > MAX_HOSTS {
-                    info!(%domain, hosts = h.len(), tried = MAX_HOSTS, "many MX hosts: only the first are tried");
-                    h.truncate(MAX_HOSTS);
-                }
-                Ok((h, secure))
-            }
-            Ok((Route::NullMx, _)) => {
-                info!(%domain, "null MX: the domain accepts no mail");
-                Err(Outcome::failed(
-                    "5.1.10",
-                    format!("{domain} does not accept mail (null MX, RFC 7505)"),
-                ))
-            }
-            Err(DnsFailure::Permanent(why)) => Err(Outcome::failed("5.1.2", why)),
-            Err(DnsFailure::Temporary(why)) => {
-                METRICS.dns_error("mx");
-                Err(Outcome::deferred("4.4.3", why))
-            }
-        }
     }
 
     /// Why mail must not go to `target`: an internal address not allowed by
