@@ -25,9 +25,6 @@ use super::transaction::{self, Expect, verdict};
 use super::wire::{Stream, Wire, timed};
 use super::{ClientError, OutgoingMessage, Phase, RcptResult, Timeouts};
 
-/// How much message data one write carries (each write has the data-block timeout).
-const BODY_CHUNK: usize = 64 * 1024;
-
 /// Hands one message to the LMTP server at `at`: connect, greeting, `LHLO lhlo`, one
 /// transaction, QUIT. Returns one result per recipient of `msg`, in order.
 ///
@@ -351,20 +348,7 @@ impl Lmtp {
 
     /// The stuffed body in chunks and the final dot.
     async fn body(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        self.wire.ensure_idle(Phase::Body)?;
-        let limit = self.timeouts.data_block;
-        let mut stuffer = super::dot::DotStuffer::new();
-        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
-        for chunk in body.chunks(BODY_CHUNK) {
-            out.clear();
-            stuffer.push(chunk, &mut out);
-            self.wire.write(Phase::Body, limit, &out).await?;
-        }
-        out.clear();
-        stuffer.finish(&mut out);
-        self.wire.write(Phase::Body, limit, &out).await?;
-        debug!(octets = body.len(), "C: <message data> .");
-        Ok(())
+        self.wire.body(self.timeouts.data_block, body).await
     }
 
     /// One command line (from validated addresses and our hostname) and its reply.
@@ -374,28 +358,12 @@ impl Lmtp {
         limit: Duration,
         line: &str,
     ) -> Result<ServerReply, ClientError> {
-        if line.trim_end_matches("\r\n").contains(['\r', '\n']) {
-            let reason = "refusing to send a command with an embedded CR or LF".into();
-            return Err(protocol(phase, reason));
-        }
-        self.wire.ensure_idle(phase)?;
         debug!("C: {}", line.trim_end());
-        self.wire.write(phase, limit, line.as_bytes()).await?;
-        self.wire.read_reply(phase, limit).await
+        self.wire.command(phase, limit, line).await
     }
 
     /// QUIT and close; failures only get logged.
     async fn quit(&mut self) {
-        let limit = self.timeouts.quit;
-        self.wire.discard_unread();
-        debug!("C: QUIT");
-        let said = match self.wire.write(Phase::Quit, limit, b"QUIT\r\n").await {
-            Ok(()) => self.wire.read_reply(Phase::Quit, limit).await.map(drop),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = said {
-            debug!(error = %e, "LMTP QUIT went unanswered");
-        }
-        self.wire.shutdown(limit).await;
+        self.wire.quit(self.timeouts.quit).await;
     }
 }
