@@ -506,3 +506,20 @@ fn typed_status_ignores_an_enhanced_code_of_another_class() {
     assert_eq!(status_of(Some(&ours), DsnKind::Delayed), "4.4.1");
     assert_eq!(status_of(None, DsnKind::Failed), "5.0.0");
 }
+
+/// An LMTP server is named by a socket address or path, not a DNS name: its failures get no
+/// `Remote-MTA: dns; …` line. Reading the text named it `lmtp`.
+#[test]
+fn an_lmtp_server_is_no_remote_mta() {
+    let text = "452 4.2.2 mailbox full (from lmtp 127.0.0.1:24)";
+    assert_eq!(old_split_remote(text).1.as_deref(), Some("lmtp"));
+    let mut r = Recipient::pending(addr("b@local.test"));
+    r.last_result = Some(read(text, DsnKind::Delayed));
+    let line = DsnRecipient::of(&r, DsnKind::Delayed);
+    assert_eq!(line.remote_mta, None);
+    assert_eq!(line.status, "4.2.2");
+    assert_eq!(line.diagnostic, "452 4.2.2 mailbox full");
+    let rcpts = [line];
+    let dsn = dsn(DsnKind::Delayed, &rcpts, BODY);
+    assert!(!dsn.contains("Remote-MTA"), "{dsn}");
+}
