@@ -230,7 +230,12 @@ fn render_list(listing: &Listing) -> String {
                 printable(&r.address.to_string()),
                 state(&r.state),
                 r.attempts,
-                printable(r.last_result.as_deref().unwrap_or(""))
+                printable(
+                    &r.last_result
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                )
             ));
         }
     }
@@ -274,7 +279,12 @@ fn render_show(detail: &Detail) -> String {
             printable(&r.address.to_string()),
             state(&r.state),
             r.attempts,
-            printable(r.last_result.as_deref().unwrap_or(""))
+            printable(
+                &r.last_result
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
         ));
     }
     out.push_str("headers\n");

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, ReversePath, parse_reverse_path};
+use crate::outcome::{Outcome, Verdict};
 
 /// A queue id: 12 hex digits of Unix milliseconds and 8 random hex digits, so ids sort by
 /// arrival and never repeat in practice. It names the message in replies and logs.
@@ -125,18 +126,63 @@ pub enum RcptState {
 
 /// One recipient of a queued message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredRecipient", into = "StoredRecipient")]
 pub struct Recipient {
     /// The address as accepted at RCPT (after alias expansion, if any).
-    #[serde(with = "address_text")]
     pub address: Address,
     /// Set by the session to `Pending`, by the scheduler after each attempt.
     pub state: RcptState,
     /// Delivery attempts made so far (scheduler).
-    #[serde(default)]
     pub attempts: u32,
-    /// What the last attempt said (scheduler): a remote reply or a local error.
+    /// What the last attempt came to (scheduler): a remote reply or a local reason.
+    pub last_result: Option<Outcome>,
+}
+
+/// A [`Recipient`] as the queue stores it (and `mta queue --json` shows it): the outcome
+/// typed in `outcome`, and as text in `last_result`, which is all that records written
+/// before outcomes were typed hold (it is read back with [`Outcome::from_text`]).
+#[derive(Serialize, Deserialize)]
+struct StoredRecipient {
+    #[serde(with = "address_text")]
+    address: Address,
+    state: RcptState,
     #[serde(default)]
-    pub last_result: Option<String>,
+    attempts: u32,
+    #[serde(default)]
+    last_result: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    outcome: Option<Outcome>,
+}
+
+impl From<StoredRecipient> for Recipient {
+    fn from(s: StoredRecipient) -> Recipient {
+        let verdict = match s.state {
+            RcptState::Pending => Verdict::Deferred,
+            RcptState::Delivered => Verdict::Delivered,
+            RcptState::Failed => Verdict::Failed,
+        };
+        let last_result = s
+            .outcome
+            .or_else(|| s.last_result.map(|t| Outcome::from_text(verdict, &t)));
+        Recipient {
+            address: s.address,
+            state: s.state,
+            attempts: s.attempts,
+            last_result,
+        }
+    }
+}
+
+impl From<Recipient> for StoredRecipient {
+    fn from(r: Recipient) -> StoredRecipient {
+        StoredRecipient {
+            address: r.address,
+            state: r.state,
+            attempts: r.attempts,
+            last_result: r.last_result.as_ref().map(Outcome::to_string),
+            outcome: r.last_result,
+        }
+    }
 }
 
 impl Recipient {

@@ -14,6 +14,7 @@ pub mod date;
 pub mod durable_file;
 pub mod envelope;
 pub mod metrics;
+pub mod outcome;
 pub mod policy;
 pub mod reply;
 pub mod seams;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::address::Address;
 use crate::auth::UserDb;
 use crate::envelope::Envelope;
+pub use crate::outcome::{Outcome, Remote, Verdict};
 use crate::reply::Reply;
 
 /// A queued message's bytes as delivery sees them: the queue store's own copy, shared (never
@@ -74,17 +75,6 @@ pub trait Enqueue: Send + Sync {
     fn room(&self) -> BoxFuture<'_, Result<(), EnqueueError>> {
         Box::pin(async { Ok(()) })
     }
-}
-
-/// The result of one delivery attempt for one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Delivered; the text says where (a Maildir file, a remote reply).
-    Delivered(String),
-    /// Not now; the text says why. The scheduler retries later.
-    Deferred(String),
-    /// Never; the text says why. The recipient is marked failed.
-    Failed(String),
 }
 
 /// Delivery as the scheduler sees it.

@@ -16,7 +16,7 @@ use mta_core::envelope::{MessageId, RcptState};
 
 use crate::bounce::{DsnKind, DsnRecipient, header_section};
 use crate::clock;
-use crate::scheduler::now_ms;
+use crate::clock::now_ms;
 use crate::store::{Record, StoreError};
 
 /// The reason recorded for, and sent about, recipients the operator returned to sender.
@@ -226,6 +226,7 @@ mod tests {
 
     use mta_core::address::{Address, Domain, ReversePath};
     use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient, Vouched};
+    use mta_core::outcome::{Outcome, Verdict};
 
     use super::*;
     use crate::{Queue, QueueSettings};
@@ -257,7 +258,7 @@ mod tests {
                 },
                 None => Recipient {
                     attempts: 2,
-                    last_result: Some("451 4.3.0 try later".into()),
+                    last_result: Some(Outcome::from_text(Verdict::Deferred, "451 4.3.0 try later")),
                     ..Recipient::pending(addr(a))
                 },
             })

@@ -18,7 +18,8 @@
 
 use mta_core::address::{Address, Domain};
 use mta_core::date;
-use mta_core::envelope::{Envelope, MessageId};
+use mta_core::envelope::{Envelope, MessageId, Recipient};
+use mta_core::outcome::{Outcome, is_status_code};
 use tracing::info;
 
 use crate::clock::{self, QueueAge, wall_ms};
@@ -80,38 +81,26 @@ const MAX_HEADERS: usize = 64 * 1024;
 /// RFC 5322 §2.1.1: at most 998 octets per line, without the CRLF.
 const MAX_LINE: usize = 998;
 
-/// The enhanced status code (RFC 3463 `class.subject.detail`) of a recipient's last result,
-/// read only where it can be: right after the reply code of a remote answer (`"550 5.1.1
-/// no such user"`, `"550-5.7.1 …"`) and of the same class as that code (RFC 2034 §4), or at
-/// the very start of our own reasons (`"5.1.10 null MX"`, `"4.4.1 no host …"`). A reply
-/// without one counts as `x.0.0` of its class. A code elsewhere in the text is the remote
-/// server's prose, not its status (`"451 try later, not 5.1.1"` is `4.0.0`).
+/// The enhanced status code (RFC 3463 `class.subject.detail`) of a recipient's last
+/// outcome: its enhanced status code when that is of the class of its reply code (RFC 2034
+/// §4), else `x.0.0` of the reply code's class, read from the typed fields alone.
 ///
 /// The class must also agree with the notification (RFC 3464 §2.3.4: `failed` is 5, and
 /// `delayed` is 4); otherwise, and without any code: `"5.0.0"` for [`DsnKind::Failed`],
 /// `"4.0.0"` for [`DsnKind::Delayed`].
-pub fn status_of(result: &str, kind: DsnKind) -> String {
+pub fn status_of(outcome: Option<&Outcome>, kind: DsnKind) -> String {
     let fallback = kind.fallback_status();
-    let text = result.trim_start();
-    let b = text.as_bytes();
-    let status = if b.len() >= 3
-        && matches!(b[0], b'2'..=b'5')
-        && b[1].is_ascii_digit()
-        && b[2].is_ascii_digit()
-        && matches!(b.get(3), None | Some(b' ' | b'-'))
-    {
-        let after = text.get(4..).unwrap_or("");
-        let token = after.split(' ').next().unwrap_or("");
-        match is_status_code(token) && token.as_bytes()[0] == b[0] {
-            true => token.to_string(),
-            false => format!("{}.0.0", char::from(b[0])),
+    let Some(outcome) = outcome else {
+        return fallback.to_string();
+    };
+    let class = |code: u16| char::from_digit(u32::from(code / 100), 10);
+    let status = match (outcome.code, outcome.enhanced.as_deref()) {
+        (Some(code), Some(e)) if is_status_code(e) && e.starts_with(class(code).unwrap_or('?')) => {
+            e.to_string()
         }
-    } else {
-        let token = text.split(' ').next().unwrap_or("");
-        match is_status_code(token) {
-            true => token.to_string(),
-            false => return fallback.to_string(),
-        }
+        (Some(code), _) if (200..600).contains(&code) => format!("{}.0.0", code / 100),
+        (None, Some(e)) if is_status_code(e) => e.to_string(),
+        _ => return fallback.to_string(),
     };
     match status.as_bytes()[0] == fallback.as_bytes()[0] {
         true => status,
@@ -119,18 +108,17 @@ pub fn status_of(result: &str, kind: DsnKind) -> String {
     }
 }
 
-/// RFC 3463 §2: class "." subject "." detail; class 2, 4 or 5, subject and detail 1 to 3
-/// digits.
-fn is_status_code(token: &str) -> bool {
-    let digits = |s: &str, max: usize| {
-        !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())
-    };
-    let mut parts = token.split('.');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some(class), Some(subject), Some(detail), None) => {
-            matches!(class, "2" | "4" | "5") && digits(subject, 3) && digits(detail, 3)
+impl DsnRecipient {
+    /// The DSN line for `r`, from its last outcome: status, the answer quoted as the
+    /// diagnostic, and the host that gave it.
+    pub fn of(r: &Recipient, kind: DsnKind) -> DsnRecipient {
+        let last = r.last_result.as_ref();
+        DsnRecipient {
+            address: r.address.clone(),
+            status: status_of(last, kind),
+            remote_mta: last.and_then(|o| o.remote.as_ref()?.host.clone()),
+            diagnostic: last.map(Outcome::answer).unwrap_or_default(),
         }
-        _ => false,
     }
 }
 

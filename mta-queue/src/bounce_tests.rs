@@ -4,6 +4,7 @@ use super::*;
 use crate::QueueSettings;
 use mta_core::address::ReversePath;
 use mta_core::envelope::{RcptState, Recipient, Vouched};
+use mta_core::outcome::Verdict;
 
 fn addr(a: &str) -> Address {
     Address::parse(a).expect("test address")
@@ -216,8 +217,21 @@ fn status_codes() {
         ("550 5..1 odd", f, "5.0.0"),
     ];
     for (result, kind, want) in table {
-        assert_eq!(status_of(result, kind), want, "{result:?}");
+        assert_eq!(
+            status_of(Some(&read(result, kind)), kind),
+            want,
+            "{result:?}"
+        );
     }
+}
+
+/// A result as records written before outcomes were typed keep it, read back.
+fn read(text: &str, kind: DsnKind) -> Outcome {
+    let verdict = match kind {
+        DsnKind::Failed => Verdict::Failed,
+        DsnKind::Delayed => Verdict::Deferred,
+    };
+    Outcome::from_text(verdict, text)
 }
 
 /// The reference: a result built from its parts (a reply code or none, an enhanced code
@@ -263,7 +277,7 @@ proptest::proptest! {
         for (c, s, d) in noise {
             text.push_str(&format!(" {c}.{s}.{d}"));
         }
-        proptest::prop_assert_eq!(status_of(&text, kind), reference_status(code, status, kind), "{:?}", text);
+        proptest::prop_assert_eq!(status_of(Some(&read(&text, kind)), kind), reference_status(code, status, kind), "{:?}", text);
     }
 }
 
@@ -465,4 +479,103 @@ X-Replay: CHOSEN-FIELD signed by you\r\n\r\nbody\r\n";
             assert!(parts[1].contains("Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"));
         }
     }
+}
+
+/// The DSN fields before outcomes were typed, kept as the reference: the status read from
+/// the text (`old_status_of`) and the remote host after its last ` (from `.
+fn old_status_of(result: &str, kind: DsnKind) -> String {
+    let fallback = kind.fallback_status();
+    let text = result.trim_start();
+    let b = text.as_bytes();
+    let status = if b.len() >= 3
+        && matches!(b[0], b'2'..=b'5')
+        && b[1].is_ascii_digit()
+        && b[2].is_ascii_digit()
+        && matches!(b.get(3), None | Some(b' ' | b'-'))
+    {
+        let after = text.get(4..).unwrap_or("");
+        let token = after.split(' ').next().unwrap_or("");
+        match mta_core::outcome::is_status_code(token) && token.as_bytes()[0] == b[0] {
+            true => token.to_string(),
+            false => format!("{}.0.0", char::from(b[0])),
+        }
+    } else {
+        let token = text.split(' ').next().unwrap_or("");
+        match mta_core::outcome::is_status_code(token) {
+            true => token.to_string(),
+            false => return fallback.to_string(),
+        }
+    };
+    match status.as_bytes()[0] == fallback.as_bytes()[0] {
+        true => status,
+        false => fallback.to_string(),
+    }
+}
+fn old_split_remote(result: &str) -> (&str, Option<String>) {
+    let Some(at) = result.rfind(" (from ") else {
+        return (result, None);
+    };
+    let host = result[at + 7..].split([' ', ')']).next().unwrap_or("");
+    let host = (!host.is_empty()).then(|| host.to_string());
+    (&result[..at], host)
+}
+
+proptest::proptest! {
+    /// A DSN line made from an outcome read back from its text says what the text-searching
+    /// DSN said of that text: the same status, diagnostic and remote host (a server's host
+    /// name; an LMTP server, which has none, is no longer named `lmtp`).
+    #[test]
+    fn typed_dsn_fields_match_the_text_reading(
+        code in proptest::option::of(proptest::sample::select(vec!["250", "421", "451", "550", "554"])),
+        status in proptest::option::of(proptest::sample::select(vec!["2.0.0", "4.4.1", "4.7.5", "5.1.1", "5.1.10", "5.7.30"])),
+        prose in "[a-z]{1,8}( [a-z0-9.]{1,8}){0,4}",
+        from in proptest::option::of(proptest::sample::select(vec!["mx1.remote.test [192.0.2.1] TLSv1.3 x policy=mta-sts", "h.test [::1] plaintext policy=configured"])),
+        failed in proptest::bool::ANY,
+    ) {
+        let kind = if failed { DsnKind::Failed } else { DsnKind::Delayed };
+        let mut text = [code, status].into_iter().flatten().collect::<Vec<_>>().join(" ");
+        if !text.is_empty() {
+            text.push(' ');
+        }
+        text.push_str(&prose);
+        if let Some(at) = from {
+            text.push_str(&format!(" (from {at})"));
+        }
+        let mut r = Recipient::pending(Address::parse("b@remote.test").unwrap());
+        r.last_result = Some(read(&text, kind));
+        let line = DsnRecipient::of(&r, kind);
+        let (diagnostic, remote) = old_split_remote(&text);
+        proptest::prop_assert_eq!(&line.status, &old_status_of(diagnostic, kind));
+        proptest::prop_assert_eq!(&line.diagnostic, diagnostic);
+        proptest::prop_assert_eq!(&line.remote_mta, &remote);
+    }
+}
+
+/// The status a DSN gives comes from the typed fields: an enhanced code of another class
+/// than the reply code is not the status (the `451 … 5.1.1` case), whatever the text says.
+#[test]
+fn typed_status_ignores_an_enhanced_code_of_another_class() {
+    let odd = Outcome::failed("5.1.1", "mailbox busy").with_code(451);
+    assert_eq!(status_of(Some(&odd), DsnKind::Delayed), "4.0.0");
+    assert_eq!(status_of(Some(&odd), DsnKind::Failed), "5.0.0");
+    let ours = Outcome::deferred("4.4.1", "no host took the message");
+    assert_eq!(status_of(Some(&ours), DsnKind::Delayed), "4.4.1");
+    assert_eq!(status_of(None, DsnKind::Failed), "5.0.0");
+}
+
+/// An LMTP server is named by a socket address or path, not a DNS name: its failures get no
+/// `Remote-MTA: dns; …` line. Reading the text named it `lmtp`.
+#[test]
+fn an_lmtp_server_is_no_remote_mta() {
+    let text = "452 4.2.2 mailbox full (from lmtp 127.0.0.1:24)";
+    assert_eq!(old_split_remote(text).1.as_deref(), Some("lmtp"));
+    let mut r = Recipient::pending(addr("b@local.test"));
+    r.last_result = Some(read(text, DsnKind::Delayed));
+    let line = DsnRecipient::of(&r, DsnKind::Delayed);
+    assert_eq!(line.remote_mta, None);
+    assert_eq!(line.status, "4.2.2");
+    assert_eq!(line.diagnostic, "452 4.2.2 mailbox full");
+    let rcpts = [line];
+    let dsn = dsn(DsnKind::Delayed, &rcpts, BODY);
+    assert!(!dsn.contains("Remote-MTA"), "{dsn}");
 }

@@ -9,10 +9,11 @@ pub mod bounce;
 pub mod clock;
 pub mod disk;
 pub mod group_sync;
+pub mod queue;
 pub mod retry;
 pub mod scheduler;
 pub mod store;
 
 pub use disk::Room;
-pub use scheduler::{Queue, QueueSettings};
+pub use queue::{Queue, QueueSettings};
 pub use store::{OpenTrouble, Record, Store, StoreError};

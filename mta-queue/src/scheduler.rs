@@ -1,6 +1,7 @@
-//! The queue's front ([`Queue`], which implements [`Enqueue`]) and its scheduler: takes
-//! due messages with bounded concurrency, calls [`Deliver`], records every recipient's
-//! outcome, and reschedules what is left with backoff.
+//! The queue's scheduler: takes due messages with bounded concurrency, calls [`Deliver`],
+//! records every recipient's outcome, and reschedules what is left with backoff. The
+//! [`Queue`] type itself, and its [`Enqueue`](mta_core::seams::Enqueue) side, are in
+//! [`crate::queue`].
 //!
 //! Two lanes, so that local delivery never waits behind remote delivery: a message with a
 //! pending local recipient ([`Deliver::is_local`]) runs in the local lane
@@ -14,77 +15,22 @@
 //! A crash between "delivered" and "recorded" leaves the old schedule entry in place, so
 //! the message is tried again after a restart: it may be delivered twice, never zero times.
 
-use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use mta_core::address::{Address, Domain};
-use mta_core::envelope::{Envelope, MessageId, RcptState, Recipient};
+use mta_core::address::Address;
+use mta_core::envelope::{Envelope, MessageId, RcptState};
 use mta_core::metrics::METRICS;
-use mta_core::seams::{BoxFuture, Deliver, Enqueue, EnqueueError, Outcome};
+use mta_core::seams::{Deliver, Outcome, Verdict};
 use tokio::sync::{Notify, Semaphore, watch};
+
+use crate::queue::{Lane, Queue};
 use tracing::{Instrument, error, info, info_span, warn};
 
-use crate::bounce::{DsnKind, DsnRecipient, status_of};
+use crate::bounce::{DsnKind, DsnRecipient};
 use crate::clock::{self, QueueAge};
-use crate::disk::Room;
 use crate::retry;
-use crate::store::{Record, Store, StoreError};
-
-/// The queue clock in milliseconds ([`clock::now_ms`]): due times are on it, and it does
-/// not jump when the wall clock is stepped.
-pub fn now_ms() -> u64 {
-    clock::now_ms()
-}
-
-/// How the queue retries and when it gives up; from the `[queue]` config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueSettings {
-    /// Our hostname: `Reporting-MTA` and `MAILER-DAEMON@` of the DSNs we send.
-    pub hostname: Domain,
-    /// Delay after the first failed attempt; it doubles after each further one.
-    pub retry_first: Duration,
-    /// The delay stops doubling here.
-    pub retry_max: Duration,
-    /// Pending recipients older than this fail (and are bounced).
-    pub max_lifetime: Duration,
-    /// One "delayed" DSN is sent after a message waited this long.
-    pub delay_warning: Duration,
-    /// New mail is refused (452) while the store's file system has fewer free bytes; 0: off.
-    pub min_free_space: u64,
-    /// Likewise for free inodes; 0: off.
-    pub min_free_inodes: u64,
-}
-
-impl QueueSettings {
-    /// The `[queue]` settings of a config.
-    pub fn from_config(config: &mta_core::config::Config) -> QueueSettings {
-        QueueSettings {
-            hostname: config.hostname.clone(),
-            retry_first: config.queue.retry_first,
-            retry_max: config.queue.retry_max,
-            max_lifetime: config.queue.max_lifetime,
-            delay_warning: config.queue.delay_warning,
-            min_free_space: config.queue.min_free_space,
-            min_free_inodes: config.queue.min_free_inodes,
-        }
-    }
-
-    /// The built-in schedule (5 min doubling to 1 h, 4 h warning, 5 days lifetime), with
-    /// no free-space floors.
-    pub fn new(hostname: Domain) -> QueueSettings {
-        QueueSettings {
-            hostname,
-            retry_first: retry::FIRST_RETRY,
-            retry_max: retry::MAX_RETRY,
-            max_lifetime: retry::MAX_LIFETIME,
-            delay_warning: retry::DELAY_WARNING,
-            min_free_space: 0,
-            min_free_inodes: 0,
-        }
-    }
-}
+use crate::store::{Record, StoreError};
 
 /// Attempts that run at once in the local lane.
 pub const LOCAL_CONCURRENCY: usize = 16;
@@ -96,35 +42,6 @@ const SCAN: usize = 10_000;
 /// Messages loaded in one pass to find their lane (a message's lane is remembered after).
 const CLASSIFY: usize = 256;
 
-/// Lanes remembered at once; past this the memory starts afresh.
-const MAX_LANES: usize = 200_000;
-
-/// Which lane a message's next attempt runs in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lane {
-    /// Only its local recipients.
-    Local,
-    /// All its pending recipients.
-    Remote,
-}
-
-/// Who holds a message: an attempt (which the notify cancels), an attempt that was
-/// cancelled and hands the message to the operator waiting for it, or an operator's action.
-enum Holder {
-    Attempt(Arc<Notify>),
-    Handover,
-    Operator,
-}
-
-/// The durable queue: the store, plus what the scheduler needs to run it.
-pub struct Queue {
-    store: Store,
-    wake: Notify,
-    inflight: Mutex<HashMap<MessageId, Holder>>,
-    lanes: Mutex<HashMap<MessageId, Lane>>,
-    settings: QueueSettings,
-}
-
 /// The slots of both lanes.
 struct Slots {
     local: Arc<Semaphore>,
@@ -132,35 +49,6 @@ struct Slots {
 }
 
 impl Queue {
-    /// Opens the queue stored in `path`.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store cannot be opened.
-    pub fn open(path: &Path, settings: QueueSettings) -> Result<Arc<Queue>, StoreError> {
-        Ok(Arc::new(Queue {
-            store: Store::open(path)?,
-            wake: Notify::new(),
-            inflight: Mutex::new(HashMap::new()),
-            lanes: Mutex::new(HashMap::new()),
-            settings,
-        }))
-    }
-
-    /// The retry settings.
-    pub fn settings(&self) -> &QueueSettings {
-        &self.settings
-    }
-
-    /// Wakes the scheduler (after an operator made messages due).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// The underlying store (for inspection by the CLI and tests).
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Runs the scheduler until `shutdown` turns true, then waits for attempts in progress
     /// to record their results. At most `concurrency` attempts run at once in the remote
     /// lane, and [`LOCAL_CONCURRENCY`] in the local lane.
@@ -175,7 +63,7 @@ impl Queue {
             remote: Arc::new(Semaphore::new(concurrency.max(1))),
         };
         // On start, everything not finished is tried again now.
-        match self.store.reschedule_all(now_ms()).await {
+        match self.store.reschedule_all(clock::now_ms()).await {
             Ok(0) => {}
             Ok(n) => info!(messages = n, "start-up: every queued message is due now"),
             Err(e) => error!(error = %e, "start-up: cannot reschedule the queue"),
@@ -184,7 +72,7 @@ impl Queue {
             if *shutdown.borrow() {
                 break;
             }
-            let now = now_ms();
+            let now = clock::now_ms();
             // After a store error (a full disk) the scheduler reopens the store too, so the
             // queue recovers even when no new mail arrives.
             let ready = self.store.ensure_open().await;
@@ -247,11 +135,7 @@ impl Queue {
             let Ok(permit) = lane_slots.clone().try_acquire_owned() else {
                 continue;
             };
-            let cancel = Arc::new(Notify::new());
-            self.inflight
-                .lock()
-                .expect("inflight lock poisoned")
-                .insert(id.clone(), Holder::Attempt(cancel.clone()));
+            let cancel = self.hold_for_attempt(&id);
             let queue = self.clone();
             let deliver = deliver.clone();
             let span = info_span!("msg", id = %id);
@@ -264,10 +148,7 @@ impl Queue {
                         Ended::Recorded => queue.inflight_set(&id, false),
                         // Straight to the operator who cancelled it, before the scheduler
                         // could start the message again.
-                        Ended::Cancelled => {
-                            let mut map = queue.inflight.lock().expect("inflight lock poisoned");
-                            map.insert(id.clone(), Holder::Handover);
-                        }
+                        Ended::Cancelled => queue.hand_over(&id),
                     }
                     drop(permit);
                     queue.wake.notify_one();
@@ -276,29 +157,6 @@ impl Queue {
             );
         }
         Ok(())
-    }
-
-    fn remembered_lane(&self, id: &MessageId) -> Option<Lane> {
-        self.lanes
-            .lock()
-            .expect("lanes lock poisoned")
-            .get(id)
-            .copied()
-    }
-
-    fn remember_lane(&self, id: &MessageId, lane: Option<Lane>) {
-        let mut lanes = self.lanes.lock().expect("lanes lock poisoned");
-        match lane {
-            Some(lane) => {
-                if lanes.len() >= MAX_LANES {
-                    lanes.clear();
-                }
-                lanes.insert(id.clone(), lane);
-            }
-            None => {
-                lanes.remove(id);
-            }
-        }
     }
 
     /// The lane of a message not seen yet: local when a local recipient is pending. One
@@ -322,66 +180,6 @@ impl Queue {
             Ok(Some(_)) => Duration::from_secs(1),
             Ok(None) | Err(_) => Duration::from_secs(60),
         }
-    }
-
-    /// Claims a message for an operator action: waits (up to 30 s) until no delivery
-    /// attempt is working on it, then keeps the scheduler off it until the [`Claim`] is
-    /// dropped. `None` when an attempt did not finish in time.
-    pub async fn claim(&self, id: &MessageId) -> Option<Claim<'_>> {
-        self.claim_with(id, false).await
-    }
-
-    /// [`Queue::claim`] for an action that makes the attempt pointless (deleting the
-    /// message): an attempt in progress is cancelled rather than waited for. It stops
-    /// before recording anything; once it is recording, that is waited for.
-    pub async fn claim_cancelling(&self, id: &MessageId) -> Option<Claim<'_>> {
-        self.claim_with(id, true).await
-    }
-
-    async fn claim_with(&self, id: &MessageId, cancel: bool) -> Option<Claim<'_>> {
-        for _ in 0..600 {
-            {
-                let mut map = self.inflight.lock().expect("inflight lock poisoned");
-                match map.get(id) {
-                    None | Some(Holder::Handover) => {
-                        map.insert(id.clone(), Holder::Operator);
-                        return Some(Claim {
-                            queue: self,
-                            id: id.clone(),
-                        });
-                    }
-                    Some(Holder::Attempt(stop)) if cancel => stop.notify_one(),
-                    Some(_) => {}
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        None
-    }
-
-    fn inflight_contains(&self, id: &MessageId) -> bool {
-        self.inflight
-            .lock()
-            .expect("inflight lock poisoned")
-            .contains_key(id)
-    }
-
-    fn inflight_count(&self) -> usize {
-        self.inflight.lock().expect("inflight lock poisoned").len()
-    }
-
-    fn inflight_set(&self, id: &MessageId, on: bool) {
-        let mut map = self.inflight.lock().expect("inflight lock poisoned");
-        if on {
-            map.insert(id.clone(), Holder::Operator);
-        } else {
-            map.remove(id);
-        }
-    }
-
-    /// Forgets what the scheduler remembers of a message that is gone.
-    pub(crate) fn forget(&self, id: &MessageId) {
-        self.remember_lane(id, None);
     }
 
     /// One delivery attempt for the pending recipients of one message that `lane` covers;
@@ -522,7 +320,7 @@ impl Queue {
             .iter()
             .zip(before)
             .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Failed)
-            .map(|(r, _)| dsn_recipient(r, DsnKind::Failed))
+            .map(|(r, _)| DsnRecipient::of(r, DsnKind::Failed))
             .collect();
         if !failed.is_empty()
             && let Err(e) = self
@@ -538,7 +336,7 @@ impl Queue {
             .recipients
             .iter()
             .filter(|r| r.state == RcptState::Pending)
-            .map(|r| dsn_recipient(r, DsnKind::Delayed))
+            .map(|r| DsnRecipient::of(r, DsnKind::Delayed))
             .collect();
         if delayed.is_empty() {
             return;
@@ -581,41 +379,6 @@ fn lane_remote_only(envelope: &Envelope, deliver: &dyn Deliver) -> bool {
         .any(|r| r.state == RcptState::Pending && !deliver.is_local(&r.address))
 }
 
-fn dsn_recipient(r: &Recipient, kind: DsnKind) -> DsnRecipient {
-    let result = r.last_result.clone().unwrap_or_default();
-    let (diagnostic, remote_mta) = split_remote(&result);
-    DsnRecipient {
-        address: r.address.clone(),
-        status: status_of(diagnostic, kind),
-        remote_mta,
-        diagnostic: diagnostic.to_string(),
-    }
-}
-
-/// Splits a relay result `550 5.1.1 text (from mx.example.org [192.0.2.1] TLSv1.3 …)` into
-/// the remote reply and the remote host (RFC 3464 `Remote-MTA`).
-fn split_remote(result: &str) -> (&str, Option<String>) {
-    let Some(at) = result.rfind(" (from ") else {
-        return (result, None);
-    };
-    let host = result[at + 7..].split([' ', ')']).next().unwrap_or("");
-    let host = (!host.is_empty()).then(|| host.to_string());
-    (&result[..at], host)
-}
-
-/// An operator's hold on one message (see [`Queue::claim`]).
-pub struct Claim<'a> {
-    queue: &'a Queue,
-    id: MessageId,
-}
-
-impl Drop for Claim<'_> {
-    fn drop(&mut self) {
-        self.queue.inflight_set(&self.id, false);
-        self.queue.wake.notify_one();
-    }
-}
-
 /// Records one attempt's outcomes on the envelope (one outcome per pending recipient, in
 /// order). A `Deliver` that returns the wrong number of outcomes defers them all.
 fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Vec<Outcome>) {
@@ -625,8 +388,8 @@ fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Ve
             got = outcomes.len(),
             "delivery returned the wrong number of results; deferring all"
         );
-        outcomes =
-            vec![Outcome::Deferred("internal error: result count mismatch".into()); pending.len()];
+        let mismatch = Outcome::new(Verdict::Deferred, "internal error: result count mismatch");
+        outcomes = vec![mismatch; pending.len()];
     }
     for (address, outcome) in pending.iter().zip(outcomes) {
         let Some(rcpt) = envelope
@@ -637,25 +400,21 @@ fn apply_outcomes(envelope: &mut Envelope, pending: &[Address], mut outcomes: Ve
             continue;
         };
         rcpt.attempts += 1;
-        match outcome {
-            Outcome::Delivered(detail) => {
-                info!(rcpt = %address, result = %detail, "delivered");
-                METRICS.recipient("delivered");
+        match outcome.verdict {
+            Verdict::Delivered => {
+                info!(rcpt = %address, result = %outcome, "delivered");
                 rcpt.state = RcptState::Delivered;
-                rcpt.last_result = Some(detail);
             }
-            Outcome::Deferred(reason) => {
-                warn!(rcpt = %address, attempt = rcpt.attempts, reason = %reason, "recipient deferred");
-                METRICS.recipient("deferred");
-                rcpt.last_result = Some(reason);
+            Verdict::Deferred => {
+                warn!(rcpt = %address, attempt = rcpt.attempts, reason = %outcome, "recipient deferred");
             }
-            Outcome::Failed(reason) => {
-                warn!(rcpt = %address, reason = %reason, "recipient failed permanently");
-                METRICS.recipient("failed");
+            Verdict::Failed => {
+                warn!(rcpt = %address, reason = %outcome, "recipient failed permanently");
                 rcpt.state = RcptState::Failed;
-                rcpt.last_result = Some(reason);
             }
         }
+        METRICS.recipient(outcome.verdict.name());
+        rcpt.last_result = Some(outcome);
     }
 }
 
@@ -694,11 +453,20 @@ fn expire(envelope: &mut Envelope, age: Duration, lifetime: Duration) {
         warn!(rcpt = %rcpt.address, "recipient expired in the queue");
         METRICS.recipient("expired");
         rcpt.state = RcptState::Failed;
-        let last = rcpt.last_result.take().unwrap_or_default();
-        rcpt.last_result = Some(format!(
-            "5.4.7 gave up after {} in the queue; last result: {last}",
-            human(lifetime)
-        ));
+        let last = rcpt.last_result.take();
+        let last_answer = last.as_ref().map(Outcome::answer).unwrap_or_default();
+        let gave_up = Outcome::failed(
+            "5.4.7",
+            format!(
+                "gave up after {} in the queue; last result: {last_answer}",
+                human(lifetime)
+            ),
+        );
+        // The host that gave the last answer stays named (`Remote-MTA` of the DSN).
+        rcpt.last_result = Some(match last.and_then(|o| o.remote) {
+            Some(remote) => gave_up.with_remote(remote),
+            None => gave_up,
+        });
     }
 }
 
@@ -710,79 +478,6 @@ fn human(d: Duration) -> String {
         s if s >= 3600 && s % 3600 == 0 => format!("{} hours", s / 3600),
         s if s >= 60 && s % 60 == 0 => format!("{} minutes", s / 60),
         s => format!("{s} seconds"),
-    }
-}
-
-impl Queue {
-    /// [`Enqueue::room`]: the free-space floors, then a usable store (reopened after an
-    /// error). Below a floor the store is not even reopened: that waits for space.
-    async fn check_room(&self) -> Result<(), EnqueueError> {
-        let s = &self.settings;
-        match self.store.room(s.min_free_space, s.min_free_inodes) {
-            Ok(Room::Enough) => {}
-            Ok(Room::LowSpace(free)) => {
-                return Err(EnqueueError::DiskFull(format!(
-                    "{free} bytes free in the queue's file system, below queue.min_free_space"
-                )));
-            }
-            Ok(Room::LowInodes(free)) => {
-                return Err(EnqueueError::DiskFull(format!(
-                    "{free} inodes free in the queue's file system, below queue.min_free_inodes"
-                )));
-            }
-            Err(e) => return Err(EnqueueError::Io(format!("cannot check free space: {e}"))),
-        }
-        self.store
-            .ensure_open()
-            .await
-            .map_err(|e| e.to_enqueue_error())
-    }
-}
-
-impl Enqueue for Queue {
-    fn room(&self) -> BoxFuture<'_, Result<(), EnqueueError>> {
-        Box::pin(self.check_room())
-    }
-
-    fn enqueue(
-        &self,
-        envelope: Envelope,
-        body: Vec<u8>,
-    ) -> BoxFuture<'_, Result<(), EnqueueError>> {
-        Box::pin(async move {
-            let clock = clock::reading();
-            let record = Record {
-                envelope,
-                next_attempt_ms: clock.now_ms,
-                age: QueueAge::new(clock),
-            };
-            match self.store.headroom(body.len() as u64) {
-                Ok(Room::Enough) => {}
-                Ok(Room::LowSpace(free)) => {
-                    warn!(
-                        size = body.len(),
-                        free, "message refused: too little free space for it"
-                    );
-                    return Err(EnqueueError::DiskFull(format!("{free} bytes free")));
-                }
-                Ok(Room::LowInodes(free)) => {
-                    warn!(free, "message refused: too few free inodes");
-                    return Err(EnqueueError::DiskFull(format!("{free} inodes free")));
-                }
-                Err(e) => return Err(EnqueueError::Io(format!("cannot check free space: {e}"))),
-            }
-            match self.store.insert(&record, body).await {
-                Ok(()) => {
-                    info!(msg = %record.envelope.id, "queued");
-                    self.wake.notify_one();
-                    Ok(())
-                }
-                Err(e) => {
-                    error!(error = %e, "enqueue failed");
-                    Err(e.to_enqueue_error())
-                }
-            }
-        })
     }
 }
 

@@ -1,8 +1,14 @@
 //! Unit tests of scheduler.
 
 use super::*;
+use std::sync::Mutex;
+
+use crate::clock::now_ms;
+use crate::queue::QueueSettings;
+use mta_core::address::Domain;
 use mta_core::address::ReversePath;
 use mta_core::envelope::{ListenerKind, Origin, Recipient, Vouched};
+use mta_core::seams::{BoxFuture, Enqueue};
 
 fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
     Envelope {
@@ -41,9 +47,9 @@ impl Deliver for Scripted {
             rcpts
                 .iter()
                 .map(|r| match r.local_part() {
-                    "a" => Outcome::Delivered("ok".into()),
-                    "b" => Outcome::Deferred("4.0.0 later".into()),
-                    _ => Outcome::Failed("5.0.0 never".into()),
+                    "a" => Outcome::from_text(Verdict::Delivered, "ok"),
+                    "b" => Outcome::from_text(Verdict::Deferred, "4.0.0 later"),
+                    _ => Outcome::from_text(Verdict::Failed, "5.0.0 never"),
                 })
                 .collect()
         })
@@ -52,14 +58,24 @@ impl Deliver for Scripted {
 
 #[test]
 fn remote_host_is_split_from_the_reply() {
+    let dsn_line = |text: &str| {
+        let mut r = envelope(&["a@x.test"], 0).recipients[0].clone();
+        r.last_result = Some(Outcome::from_text(Verdict::Failed, text));
+        let d = DsnRecipient::of(&r, DsnKind::Failed);
+        (d.diagnostic, d.remote_mta, d.status)
+    };
     assert_eq!(
-        split_remote("550 5.1.1 No such user (from mx1.remote.test [127.0.0.2] TLSv1.3 x)"),
+        dsn_line("550 5.1.1 No such user (from mx1.remote.test [127.0.0.2] TLSv1.3 x)"),
         (
-            "550 5.1.1 No such user",
-            Some("mx1.remote.test".to_string())
+            "550 5.1.1 No such user".to_string(),
+            Some("mx1.remote.test".to_string()),
+            "5.1.1".to_string()
         )
     );
-    assert_eq!(split_remote("5.4.7 gave up"), ("5.4.7 gave up", None));
+    assert_eq!(
+        dsn_line("5.4.7 gave up"),
+        ("5.4.7 gave up".to_string(), None, "5.4.7".to_string())
+    );
 }
 
 #[test]
@@ -70,9 +86,9 @@ fn outcomes_and_expiry() {
         &mut env,
         &pending,
         vec![
-            Outcome::Delivered("d".into()),
-            Outcome::Deferred("t".into()),
-            Outcome::Failed("f".into()),
+            Outcome::from_text(Verdict::Delivered, "d"),
+            Outcome::from_text(Verdict::Deferred, "t"),
+            Outcome::from_text(Verdict::Failed, "f"),
         ],
     );
     let states: Vec<_> = env.recipients.iter().map(|r| r.state.clone()).collect();
@@ -130,14 +146,16 @@ impl Deliver for Recording {
     ) -> BoxFuture<'a, Vec<Outcome>> {
         if e.sender == ReversePath::Null {
             self.0.lock().unwrap().push(body.to_vec());
-            return Box::pin(async move { vec![Outcome::Delivered("ok".into()); rcpts.len()] });
+            return Box::pin(async move {
+                vec![Outcome::from_text(Verdict::Delivered, "ok"); rcpts.len()]
+            });
         }
         Box::pin(async move {
             rcpts
                 .iter()
                 .map(|r| match r.local_part() {
-                    "b" => Outcome::Deferred("451 4.0.0 later".into()),
-                    _ => Outcome::Failed("550 5.1.1 no such user".into()),
+                    "b" => Outcome::from_text(Verdict::Deferred, "451 4.0.0 later"),
+                    _ => Outcome::from_text(Verdict::Failed, "550 5.1.1 no such user"),
                 })
                 .collect()
         })
@@ -307,7 +325,7 @@ impl Deliver for Stalling {
             if rcpts.iter().any(|r| !self.is_local(r)) {
                 std::future::pending::<()>().await;
             }
-            vec![Outcome::Delivered("maildir".into()); rcpts.len()]
+            vec![Outcome::from_text(Verdict::Delivered, "maildir"); rcpts.len()]
         })
     }
 

@@ -358,3 +358,67 @@ async fn a_loaded_body_is_shared_not_copied() {
     assert_eq!(&first[..], &body[..]);
     assert_eq!(first.as_ptr(), second.as_ptr());
 }
+
+/// Records written before outcomes were typed hold each recipient's last result as text
+/// only: they still load, with the outcome read back typed (reply code, enhanced status,
+/// the remote host), and are written back with both.
+#[tokio::test]
+async fn records_from_before_typed_outcomes_still_read() {
+    use mta_core::outcome::{Outcome, Remote, Verdict};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = "00000000000400000004";
+    // As the encoder wrote it before outcomes were typed.
+    let old = format!(
+        r#"{{"envelope":{{"id":"{id}","sender":"<a@local.test>","recipients":[{{"address":"b@remote.test","state":"failed","attempts":1,"last_result":"550 5.1.1 no such user (from mx.remote.test [192.0.2.7] TLSv1.3 TLS13_AES_256_GCM_SHA384 policy=opportunistic)"}},{{"address":"c@remote.test","state":"pending","attempts":2,"last_result":"4.4.1 no host for remote.test took the message; last error: mx.remote.test [192.0.2.7]: connection refused (policy=opportunistic)"}},{{"address":"d@local.test","state":"delivered","attempts":1,"last_result":"maildir /var/mail/d/new/1.x"}},{{"address":"e@remote.test","state":"pending","attempts":0,"last_result":null}}],"received_at":1,"size":3,"origin":{{"listener":"submission","peer":"127.0.0.1:1","helo":"h.test","auth_user":"a@local.test","tls":null}},"delay_warned":false,"require_tls":false,"vouched":"user"}},"next_attempt_ms":10,"age":{{"queued_ms":0,"at_ms":0,"run":0}}}}"#
+    );
+    let h = store.current().unwrap();
+    h.envelopes.insert(id.as_bytes(), old.as_bytes()).unwrap();
+    h.bodies.insert(id.as_bytes(), &b"abc"[..]).unwrap();
+    let (record, _) = store
+        .load(&MessageId::parse(id).unwrap())
+        .unwrap()
+        .expect("the old record loads");
+    let last: Vec<Option<Outcome>> = record
+        .envelope
+        .recipients
+        .iter()
+        .map(|r| r.last_result.clone())
+        .collect();
+    let failed = Outcome::failed("5.1.1", "no such user")
+        .with_code(550)
+        .with_remote(Remote {
+            host: Some("mx.remote.test".into()),
+            at: "mx.remote.test [192.0.2.7] TLSv1.3 TLS13_AES_256_GCM_SHA384 \
+                 policy=opportunistic"
+                .into(),
+        });
+    let deferred = Outcome::deferred(
+        "4.4.1",
+        "no host for remote.test took the message; last error: mx.remote.test \
+         [192.0.2.7]: connection refused (policy=opportunistic)",
+    );
+    let delivered = Outcome::new(Verdict::Delivered, "maildir /var/mail/d/new/1.x");
+    assert_eq!(
+        last,
+        vec![Some(failed), Some(deferred), Some(delivered), None]
+    );
+
+    // Written back: the same text under `last_result` (what `mta queue --json` shows and
+    // what older versions read), and the typed outcome beside it.
+    let json: serde_json::Value = serde_json::to_value(&record).unwrap();
+    let rcpts = &json["envelope"]["recipients"];
+    assert_eq!(
+        rcpts[0]["last_result"],
+        "550 5.1.1 no such user (from mx.remote.test [192.0.2.7] TLSv1.3 \
+         TLS13_AES_256_GCM_SHA384 policy=opportunistic)"
+    );
+    assert_eq!(rcpts[0]["outcome"]["code"], 550);
+    assert_eq!(rcpts[0]["outcome"]["enhanced"], "5.1.1");
+    assert_eq!(rcpts[0]["outcome"]["remote"]["host"], "mx.remote.test");
+    assert_eq!(rcpts[1]["outcome"]["verdict"], "deferred");
+    assert!(rcpts[3].get("outcome").is_none());
+    let again: Record = serde_json::from_value(json).unwrap();
+    assert_eq!(again, record);
+}

@@ -21,11 +21,11 @@ use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, LmtpAddress, LocalDelivery};
 use mta_core::envelope::Envelope;
 use mta_core::policy;
-use mta_core::seams::{Body, BoxFuture, Deliver, Outcome, UserDirectory};
+use mta_core::seams::{Body, BoxFuture, Deliver, Outcome, Remote, UserDirectory, Verdict};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::client::{self, OutgoingMessage, RcptResult, Timeouts};
+use crate::client::{self, OutgoingMessage, Timeouts};
 use crate::dkim::{Signed, Signer};
 use crate::local::{MailAccess, Maildirs};
 use crate::relay::{Kept, Relay, RelayError};
@@ -88,7 +88,8 @@ impl Router {
     async fn maildir(&self, envelope: &Envelope, body: Body, rcpt: &Address) -> Outcome {
         let mailbox = policy::mailbox(&self.config, &self.users.current(), rcpt);
         let Some(dir) = self.maildirs.maildir(&mailbox) else {
-            return Outcome::Failed("550 5.1.3 local part cannot be used as a mailbox name".into());
+            return Outcome::failed("5.1.3", "local part cannot be used as a mailbox name")
+                .with_code(550);
         };
         let maildirs = self.maildirs.clone();
         let sender = envelope.sender.clone();
@@ -97,9 +98,13 @@ impl Router {
             tokio::task::spawn_blocking(move || maildirs.write(&dir, &sender, &rcpt_owned, &body))
                 .await;
         match written {
-            Ok(Ok(path)) => Outcome::Delivered(format!("maildir {}", path.display())),
-            Ok(Err(e)) => Outcome::Deferred(format!("451 4.3.0 maildir write failed: {e}")),
-            Err(e) => Outcome::Deferred(format!("451 4.3.0 delivery task failed: {e}")),
+            Ok(Ok(path)) => Outcome::new(Verdict::Delivered, format!("maildir {}", path.display())),
+            Ok(Err(e)) => {
+                Outcome::deferred("4.3.0", format!("maildir write failed: {e}")).with_code(451)
+            }
+            Err(e) => {
+                Outcome::deferred("4.3.0", format!("delivery task failed: {e}")).with_code(451)
+            }
         }
     }
 
@@ -112,17 +117,9 @@ impl Router {
         rcpts: &[Address],
     ) -> Vec<Outcome> {
         let msg = OutgoingMessage {
-            from: &envelope.sender,
-            rcpts,
-            body,
-            eight_bit: !body.is_ascii(),
-            smtputf8: rcpts.iter().any(Address::needs_smtputf8)
-                || envelope
-                    .sender
-                    .address()
-                    .is_some_and(Address::needs_smtputf8),
             // Local delivery: REQUIRETLS is about relaying, and LMTP never leaves the host.
             require_tls: false,
+            ..OutgoingMessage::of(envelope, rcpts, body)
         };
         let result = client::lmtp::deliver(
             at,
@@ -134,23 +131,20 @@ impl Router {
         .await;
         match result {
             Ok(results) => results
-                .into_iter()
-                .map(|r| match r {
-                    RcptResult::Delivered(reply) => {
-                        Outcome::Delivered(format!("lmtp {at}: {reply}"))
-                    }
-                    RcptResult::Temporary(reply) => {
-                        Outcome::Deferred(format!("{reply} (from lmtp {at})"))
-                    }
-                    RcptResult::Permanent(reply) => {
-                        Outcome::Failed(format!("{reply} (from lmtp {at})"))
-                    }
+                .iter()
+                .map(|r| {
+                    // Named by a socket address or path, not a host name: no `Remote-MTA`.
+                    let remote = Remote {
+                        host: None,
+                        at: format!("lmtp {at}"),
+                    };
+                    r.outcome(remote)
                 })
                 .collect(),
             Err(e) => {
                 tracing::warn!(msg = %envelope.id, lmtp = %at, error = %e, "LMTP delivery failed");
-                let text = format!("451 4.4.1 LMTP delivery to {at} failed: {e}");
-                vec![Outcome::Deferred(text); rcpts.len()]
+                let text = format!("LMTP delivery to {at} failed: {e}");
+                vec![Outcome::deferred("4.4.1", text).with_code(451); rcpts.len()]
             }
         }
     }
@@ -308,33 +302,39 @@ impl Router {
 /// retry delivers to all of them again: a duplicate for some, never a loss), failed when
 /// every target failed, else delivered.
 fn combine(alias: &Address, targets: &[Address], outcomes: Vec<Outcome>) -> Outcome {
-    let detail = |o: &Outcome| match o {
-        Outcome::Delivered(d) | Outcome::Deferred(d) | Outcome::Failed(d) => d.clone(),
-    };
     let all: Vec<String> = targets
         .iter()
         .zip(&outcomes)
-        .map(|(t, o)| format!("{t}: {}", detail(o)))
+        .map(|(t, o)| format!("{t}: {o}"))
         .collect();
     let text = format!("alias {alias} -> {}", all.join("; "));
-    if outcomes.iter().any(|o| matches!(o, Outcome::Deferred(_))) {
-        let first = outcomes
-            .iter()
-            .find(|o| matches!(o, Outcome::Deferred(_)))
-            .map(detail)
-            .unwrap_or_default();
-        Outcome::Deferred(format!("{first} ({text})"))
-    } else if outcomes.iter().all(|o| matches!(o, Outcome::Failed(_))) {
-        let first = outcomes.first().map(detail).unwrap_or_default();
-        Outcome::Failed(format!("{first} ({text})"))
+    let first = if outcomes.iter().any(|o| o.verdict == Verdict::Deferred) {
+        outcomes.iter().find(|o| o.verdict == Verdict::Deferred)
+    } else if outcomes.iter().all(|o| o.verdict == Verdict::Failed) {
+        outcomes.first()
     } else {
-        Outcome::Delivered(text)
+        return Outcome::new(Verdict::Delivered, text);
+    };
+    // The first target's answer (its status, the host that gave it), with every target's.
+    match first {
+        Some(first) => Outcome {
+            text: [first.text.as_str(), &format!("({text})")]
+                .iter()
+                .filter(|t| !t.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" "),
+            ..first.clone()
+        },
+        None => Outcome::new(Verdict::Failed, format!("({text})")),
     }
 }
 
 /// One outcome per recipient; a task that died without one is a temporary failure.
 fn finish(out: Vec<Option<Outcome>>) -> Vec<Outcome> {
     out.into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Deferred("451 4.3.0 delivery task failed".into())))
+        .map(|o| {
+            o.unwrap_or_else(|| Outcome::deferred("4.3.0", "delivery task failed").with_code(451))
+        })
         .collect()
 }

@@ -31,9 +31,6 @@ use super::{
     TlsPolicy,
 };
 
-/// How much message data one write carries (each write has the data-block timeout).
-const BODY_CHUNK: usize = 64 * 1024;
-
 /// An open SMTP connection, ready for [`Connection::send`].
 pub struct Connection {
     wire: Wire,
@@ -212,18 +209,7 @@ impl Connection {
     }
 
     async fn quit_quietly(&mut self) {
-        let limit = self.timeouts.quit;
-        // Whatever is left unread no longer matters.
-        self.wire.discard_unread();
-        debug!("C: QUIT");
-        let said = match self.wire.write(Phase::Quit, limit, b"QUIT\r\n").await {
-            Ok(()) => self.wire.read_reply(Phase::Quit, limit).await.map(drop),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = said {
-            debug!(error = %e, "QUIT went unanswered");
-        }
-        self.wire.shutdown(limit).await;
+        self.wire.quit(self.timeouts.quit).await;
     }
 
     async fn greeting(&mut self) -> Result<(), ClientError> {
@@ -489,20 +475,8 @@ impl Connection {
 
     /// The stuffed body in chunks, the final dot, and its reply.
     async fn body(&mut self, body: &[u8]) -> Result<ServerReply, ClientError> {
-        // Nothing may come between 354 and our data.
-        self.wire.ensure_idle(Phase::Body)?;
         let t = self.timeouts.clone();
-        let mut stuffer = super::dot::DotStuffer::new();
-        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
-        for chunk in body.chunks(BODY_CHUNK) {
-            out.clear();
-            stuffer.push(chunk, &mut out);
-            self.wire.write(Phase::Body, t.data_block, &out).await?;
-        }
-        out.clear();
-        stuffer.finish(&mut out);
-        self.wire.write(Phase::Body, t.data_block, &out).await?;
-        debug!(octets = body.len(), "C: <message data> .");
+        self.wire.body(t.data_block, body).await?;
         self.wire
             .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
             .await
@@ -536,17 +510,7 @@ impl Connection {
         limit: std::time::Duration,
         line: &str,
     ) -> Result<ServerReply, ClientError> {
-        // Our lines come from validated addresses and config, but a CR or LF inside one
-        // would be command injection: refuse rather than trust that.
-        if line.trim_end_matches("\r\n").contains(['\r', '\n']) {
-            return Err(protocol(
-                phase,
-                "refusing to send a command with an embedded CR or LF".into(),
-            ));
-        }
-        self.wire.ensure_idle(phase)?;
-        self.wire.write(phase, limit, line.as_bytes()).await?;
-        self.wire.read_reply(phase, limit).await
+        self.wire.command(phase, limit, line).await
     }
 }
 

@@ -25,9 +25,6 @@ use super::transaction::{self, Expect, verdict};
 use super::wire::{Stream, Wire, timed};
 use super::{ClientError, OutgoingMessage, Phase, RcptResult, Timeouts};
 
-/// How much message data one write carries (each write has the data-block timeout).
-const BODY_CHUNK: usize = 64 * 1024;
-
 /// Hands one message to the LMTP server at `at`: connect, greeting, `LHLO lhlo`, one
 /// transaction, QUIT. Returns one result per recipient of `msg`, in order.
 ///
@@ -210,32 +207,11 @@ impl Lmtp {
         let t = self.timeouts.clone();
         let pipelining = self.extensions.pipelining;
         if pipelining {
-            let mut group = mail.clone();
-            for rcpt in msg.rcpts {
-                group.push_str(&transaction::rcpt_to(rcpt));
-            }
-            group.push_str("DATA\r\n");
-            self.wire.ensure_idle(Phase::Mail)?;
-            debug!(
-                "C: {} (pipelined with {count} RCPT and DATA)",
-                mail.trim_end()
-            );
-            self.wire
-                .write(Phase::Mail, t.mail, group.as_bytes())
-                .await?;
+            self.send_group(&mail, msg).await?;
         }
-        let mail_reply = match pipelining {
-            true => {
-                self.wire
-                    .reply(Phase::Mail, t.mail, Expect::Completion)
-                    .await?
-            }
-            false => {
-                let reply = self.command(Phase::Mail, t.mail, &mail).await?;
-                expect(Phase::Mail, Expect::Completion, &reply)?;
-                reply
-            }
-        };
+        let mail_reply = self
+            .step(pipelining, Phase::Mail, t.mail, &mail, Expect::Completion)
+            .await?;
         // Lockstep: no RCPT after a refused MAIL. Pipelined: a 421 closes the connection,
         // any other refusal is followed by the RCPT and DATA replies, read below.
         if (!pipelining && !mail_reply.is_success()) || mail_reply.code == 421 {
@@ -243,19 +219,10 @@ impl Lmtp {
         }
         let mut rcpts = Vec::with_capacity(count);
         for rcpt in msg.rcpts {
-            let reply = match pipelining {
-                true => {
-                    self.wire
-                        .reply(Phase::Rcpt, t.rcpt, Expect::Completion)
-                        .await?
-                }
-                false => {
-                    let line = transaction::rcpt_to(rcpt);
-                    let reply = self.command(Phase::Rcpt, t.rcpt, &line).await?;
-                    expect(Phase::Rcpt, Expect::Completion, &reply)?;
-                    reply
-                }
-            };
+            let line = transaction::rcpt_to(rcpt);
+            let reply = self
+                .step(pipelining, Phase::Rcpt, t.rcpt, &line, Expect::Completion)
+                .await?;
             if reply.code == 421 {
                 return Ok(results(count, &mail_reply, &rcpts, &[], Some(&reply)));
             }
@@ -265,18 +232,15 @@ impl Lmtp {
         if !pipelining && !any {
             return Ok(results(count, &mail_reply, &rcpts, &[], None));
         }
-        let data = match pipelining {
-            true => {
-                self.wire
-                    .reply(Phase::Data, t.data_init, Expect::StartData)
-                    .await?
-            }
-            false => {
-                let reply = self.command(Phase::Data, t.data_init, "DATA\r\n").await?;
-                expect(Phase::Data, Expect::StartData, &reply)?;
-                reply
-            }
-        };
+        let data = self
+            .step(
+                pipelining,
+                Phase::Data,
+                t.data_init,
+                "DATA\r\n",
+                Expect::StartData,
+            )
+            .await?;
         if data.code != 354 {
             // RFC 2033 §4.2: DATA fails with 503 when no RCPT succeeded.
             return Ok(results(count, &mail_reply, &rcpts, &[], Some(&data)));
@@ -290,11 +254,59 @@ impl Lmtp {
         }
         self.body(msg.body).await?;
         let accepted = rcpts.iter().filter(|r| r.is_success()).count();
+        let (finals, lost) = self.final_replies(accepted).await;
+        Ok(results(count, &mail_reply, &rcpts, &finals, lost.as_ref()))
+    }
+
+    /// MAIL, every RCPT and DATA in one write (RFC 2920); their replies are read by
+    /// [`Lmtp::step`].
+    async fn send_group(
+        &mut self,
+        mail: &str,
+        msg: &OutgoingMessage<'_>,
+    ) -> Result<(), ClientError> {
+        let mut group = mail.to_string();
+        for rcpt in msg.rcpts {
+            group.push_str(&transaction::rcpt_to(rcpt));
+        }
+        group.push_str("DATA\r\n");
+        self.wire.ensure_idle(Phase::Mail)?;
+        let count = msg.rcpts.len();
+        debug!(
+            "C: {} (pipelined with {count} RCPT and DATA)",
+            mail.trim_end()
+        );
+        let limit = self.timeouts.mail;
+        self.wire.write(Phase::Mail, limit, group.as_bytes()).await
+    }
+
+    /// The reply to `line`, which must be `want`: read, when the line went out pipelined
+    /// already, else sent now in lockstep.
+    async fn step(
+        &mut self,
+        pipelined: bool,
+        phase: Phase,
+        limit: Duration,
+        line: &str,
+        want: Expect,
+    ) -> Result<ServerReply, ClientError> {
+        if pipelined {
+            return self.wire.reply(phase, limit, want).await;
+        }
+        let reply = self.command(phase, limit, line).await?;
+        expect(phase, want, &reply)?;
+        Ok(reply)
+    }
+
+    /// One reply per accepted recipient after the final dot (RFC 2033 §4.2). When one does
+    /// not come, the replies so far and a made-up 451 for that recipient and those after.
+    async fn final_replies(&mut self, accepted: usize) -> (Vec<ServerReply>, Option<ServerReply>) {
+        let limit = self.timeouts.final_dot;
         let mut finals = Vec::with_capacity(accepted);
         for _ in 0..accepted {
             match self
                 .wire
-                .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
+                .reply(Phase::FinalDot, limit, Expect::Completion)
                 .await
             {
                 Ok(reply) => finals.push(reply),
@@ -304,11 +316,11 @@ impl Lmtp {
                         "4.4.2",
                         &format!("no reply from the LMTP server for this recipient: {e}"),
                     );
-                    return Ok(results(count, &mail_reply, &rcpts, &finals, Some(&lost)));
+                    return (finals, Some(lost));
                 }
             }
         }
-        Ok(results(count, &mail_reply, &rcpts, &finals, None))
+        (finals, None)
     }
 
     /// MAIL and the RCPTs of [`probe`], one at a time; no DATA.
@@ -351,20 +363,7 @@ impl Lmtp {
 
     /// The stuffed body in chunks and the final dot.
     async fn body(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        self.wire.ensure_idle(Phase::Body)?;
-        let limit = self.timeouts.data_block;
-        let mut stuffer = super::dot::DotStuffer::new();
-        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
-        for chunk in body.chunks(BODY_CHUNK) {
-            out.clear();
-            stuffer.push(chunk, &mut out);
-            self.wire.write(Phase::Body, limit, &out).await?;
-        }
-        out.clear();
-        stuffer.finish(&mut out);
-        self.wire.write(Phase::Body, limit, &out).await?;
-        debug!(octets = body.len(), "C: <message data> .");
-        Ok(())
+        self.wire.body(self.timeouts.data_block, body).await
     }
 
     /// One command line (from validated addresses and our hostname) and its reply.
@@ -374,28 +373,12 @@ impl Lmtp {
         limit: Duration,
         line: &str,
     ) -> Result<ServerReply, ClientError> {
-        if line.trim_end_matches("\r\n").contains(['\r', '\n']) {
-            let reason = "refusing to send a command with an embedded CR or LF".into();
-            return Err(protocol(phase, reason));
-        }
-        self.wire.ensure_idle(phase)?;
         debug!("C: {}", line.trim_end());
-        self.wire.write(phase, limit, line.as_bytes()).await?;
-        self.wire.read_reply(phase, limit).await
+        self.wire.command(phase, limit, line).await
     }
 
     /// QUIT and close; failures only get logged.
     async fn quit(&mut self) {
-        let limit = self.timeouts.quit;
-        self.wire.discard_unread();
-        debug!("C: QUIT");
-        let said = match self.wire.write(Phase::Quit, limit, b"QUIT\r\n").await {
-            Ok(()) => self.wire.read_reply(Phase::Quit, limit).await.map(drop),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = said {
-            debug!(error = %e, "LMTP QUIT went unanswered");
-        }
-        self.wire.shutdown(limit).await;
+        self.wire.quit(self.timeouts.quit).await;
     }
 }

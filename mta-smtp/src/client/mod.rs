@@ -36,6 +36,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mta_core::address::{Address, ReversePath};
+use mta_core::envelope::Envelope;
+use mta_core::seams::{Outcome, Remote, Verdict};
 
 pub use connection::Connection;
 pub use ehlo::Extensions;
@@ -200,6 +202,25 @@ pub struct OutgoingMessage<'a> {
     pub require_tls: bool,
 }
 
+impl<'a> OutgoingMessage<'a> {
+    /// The message `envelope` names, to `rcpts`: `BODY=8BITMIME` and SMTPUTF8 as its body
+    /// and addresses need, REQUIRETLS as the envelope asks.
+    pub fn of(envelope: &'a Envelope, rcpts: &'a [Address], body: &'a [u8]) -> Self {
+        OutgoingMessage {
+            from: &envelope.sender,
+            rcpts,
+            body,
+            eight_bit: !body.is_ascii(),
+            smtputf8: rcpts.iter().any(Address::needs_smtputf8)
+                || envelope
+                    .sender
+                    .address()
+                    .is_some_and(Address::needs_smtputf8),
+            require_tls: envelope.require_tls,
+        }
+    }
+}
+
 impl fmt::Debug for OutgoingMessage<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never the body itself (it is the sender's private text): only its size.
@@ -230,6 +251,34 @@ impl RcptResult {
     pub fn reply(&self) -> &ServerReply {
         match self {
             RcptResult::Delivered(r) | RcptResult::Temporary(r) | RcptResult::Permanent(r) => r,
+        }
+    }
+
+    /// The outcome this result comes to, given by `remote`: the reply's code, enhanced
+    /// status code and text, the whole cut to [`reply::MAX_KEPT_TEXT`] octets (what a
+    /// server says is kept for every attempt, so its size is bounded).
+    pub fn outcome(&self, remote: Remote) -> Outcome {
+        let verdict = match self {
+            RcptResult::Delivered(_) => Verdict::Delivered,
+            RcptResult::Temporary(_) => Verdict::Deferred,
+            RcptResult::Permanent(_) => Verdict::Failed,
+        };
+        let reply = self.reply();
+        let head = match &reply.enhanced {
+            Some(e) => format!("{} {e}", reply.code),
+            None => reply.code.to_string(),
+        };
+        let whole = reply.to_string();
+        let kept = reply::cut(&whole, reply::MAX_KEPT_TEXT);
+        let text = kept
+            .strip_prefix(head.as_str())
+            .map_or("", |t| t.strip_prefix(' ').unwrap_or(t));
+        Outcome {
+            verdict,
+            code: Some(reply.code),
+            enhanced: reply.enhanced.clone(),
+            remote: Some(remote),
+            text: text.to_string(),
         }
     }
 }

@@ -98,6 +98,9 @@ pub(super) async fn timed<T>(
     }
 }
 
+/// How much message data one write carries (each write has the data-block timeout).
+const BODY_CHUNK: usize = 64 * 1024;
+
 /// A stream with a read buffer that only we look into.
 pub(super) struct Wire {
     stream: Stream,
@@ -236,6 +239,60 @@ impl Wire {
     pub(super) fn set_tls(&mut self, tls: TlsStream<TcpStream>) {
         self.buf.clear();
         self.stream = Stream::Tls(Box::new(tls));
+    }
+
+    /// Sends one command line and reads its reply. Our lines come from validated addresses
+    /// and config, but a CR or LF inside one would be command injection: it is refused
+    /// rather than trusted. The caller logs the line (a credential is logged otherwise).
+    pub(super) async fn command(
+        &mut self,
+        phase: Phase,
+        limit: Duration,
+        line: &str,
+    ) -> Result<ServerReply, ClientError> {
+        if line.trim_end_matches("\r\n").contains(['\r', '\n']) {
+            return Err(ClientError::Protocol {
+                phase,
+                reason: "refusing to send a command with an embedded CR or LF".into(),
+            });
+        }
+        self.ensure_idle(phase)?;
+        self.write(phase, limit, line.as_bytes()).await?;
+        self.read_reply(phase, limit).await
+    }
+
+    /// The message data, dot-stuffed, in writes of [`BODY_CHUNK`] (each within `limit`),
+    /// and the final dot; its reply is the caller's (one for SMTP, one per recipient for
+    /// LMTP). Nothing may come between 354 and our data.
+    pub(super) async fn body(&mut self, limit: Duration, body: &[u8]) -> Result<(), ClientError> {
+        self.ensure_idle(Phase::Body)?;
+        let mut stuffer = super::dot::DotStuffer::new();
+        let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
+        for chunk in body.chunks(BODY_CHUNK) {
+            out.clear();
+            stuffer.push(chunk, &mut out);
+            self.write(Phase::Body, limit, &out).await?;
+        }
+        out.clear();
+        stuffer.finish(&mut out);
+        self.write(Phase::Body, limit, &out).await?;
+        tracing::debug!(octets = body.len(), "C: <message data> .");
+        Ok(())
+    }
+
+    /// QUIT, its reply, and close, each within `limit`. Whatever is left unread no longer
+    /// matters; failures only get logged: the work is done.
+    pub(super) async fn quit(&mut self, limit: Duration) {
+        self.discard_unread();
+        tracing::debug!("C: QUIT");
+        let said = match self.write(Phase::Quit, limit, b"QUIT\r\n").await {
+            Ok(()) => self.read_reply(Phase::Quit, limit).await.map(drop),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = said {
+            tracing::debug!(error = %e, "QUIT went unanswered");
+        }
+        self.shutdown(limit).await;
     }
 
     /// Closes our side (a TLS close_notify first) within `limit`; errors do not matter.

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::{DnsError, NetError};
-use hickory_resolver::proto::dnssec::{Proof, TrustAnchors};
+use hickory_resolver::proto::dnssec::TrustAnchors;
 use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, Record, RecordType};
 use mta_core::address::Domain;
@@ -34,6 +34,7 @@ use mta_core::config::{Config, DnssecSource, IpFamily};
 use tracing::{info, warn};
 
 use super::ad::AdResolver;
+use super::dns::{Security, is_bogus, security};
 use super::mx::{DnsFailure, Route};
 use crate::client::dane::{Dane, TlsaRecord};
 
@@ -49,55 +50,6 @@ pub enum HostTlsa {
     Dane(Arc<Dane>),
     /// Bogus, or the lookup failed: the host cannot be used now.
     Failed(String),
-}
-
-/// What the validator says of a set of records.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Security {
-    /// Every record validated from a trust anchor.
-    Secure,
-    /// Provably unsigned, or not validated at all.
-    Insecure,
-    /// Signed, but the signatures do not validate.
-    Bogus,
-}
-
-/// The security of the `wanted` records among `records` (an answer also holds RRSIGs, and
-/// CNAMEs on the way, which count too): secure only when every one is, bogus when any is.
-pub fn security<'a>(records: impl IntoIterator<Item = &'a Record>, wanted: RecordType) -> Security {
-    let mut any = false;
-    let mut all_secure = true;
-    let counted = records
-        .into_iter()
-        .filter(|r| r.record_type() == wanted || r.record_type() == RecordType::CNAME);
-    for r in counted {
-        any = true;
-        match r.proof {
-            Proof::Secure => {}
-            Proof::Bogus => return Security::Bogus,
-            Proof::Insecure | Proof::Indeterminate => all_secure = false,
-        }
-    }
-    if any && all_secure {
-        Security::Secure
-    } else {
-        Security::Insecure
-    }
-}
-
-/// Whether a DNS error says the answer failed validation (RFC 4035 §5.5): hickory answers
-/// a bogus RRset with `DnssecBogus`, and a bogus denial of existence with `Nsec`.
-pub fn is_bogus(e: &NetError) -> bool {
-    matches!(
-        e,
-        NetError::Dns(
-            DnsError::DnssecBogus
-                | DnsError::Nsec {
-                    proof: Proof::Bogus,
-                    ..
-                }
-        )
-    )
 }
 
 /// Who says an answer is validated.
@@ -370,38 +322,6 @@ fn dane_of(answers: &[Record], host: &str, domain: &Domain) -> HostTlsa {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hickory_resolver::proto::rr::Name;
-    use std::net::Ipv4Addr;
-
-    fn record(proof: Proof) -> Record {
-        let mut r = Record::from_rdata(
-            Name::from_ascii("a.test.").unwrap(),
-            60,
-            RData::A(Ipv4Addr::LOCALHOST.into()),
-        );
-        r.proof = proof;
-        r
-    }
-
-    #[test]
-    fn security_of_a_set() {
-        let s = |proofs: &[Proof]| {
-            let records: Vec<Record> = proofs.iter().map(|p| record(*p)).collect();
-            security(&records, RecordType::A)
-        };
-        assert_eq!(s(&[Proof::Secure, Proof::Secure]), Security::Secure);
-        assert_eq!(s(&[Proof::Secure, Proof::Insecure]), Security::Insecure);
-        assert_eq!(s(&[Proof::Indeterminate]), Security::Insecure);
-        assert_eq!(s(&[Proof::Secure, Proof::Bogus]), Security::Bogus);
-        assert_eq!(s(&[]), Security::Insecure);
-        let mut rrsig = record(Proof::Indeterminate);
-        rrsig.data = RData::Update0(RecordType::RRSIG);
-        assert_eq!(
-            security(&[record(Proof::Secure), rrsig], RecordType::A),
-            Security::Secure,
-            "only the records asked for count"
-        );
-    }
 
     #[test]
     fn a_trust_anchor_file_without_keys_is_refused() {

@@ -18,6 +18,7 @@
 
 mod ad;
 pub mod dane;
+pub mod dns;
 pub mod limits;
 pub mod memory;
 pub mod mta_sts;
@@ -27,7 +28,7 @@ pub mod slots;
 pub mod tlsrpt;
 
 pub use policy::PolicySource;
-use policy::{HostPlan, TlsWish, sts_testing_report, tls_level};
+use policy::{HostPlan, Planner, TlsWish, sts_testing_report, tls_level};
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -40,7 +41,7 @@ use mta_core::address::{Address, Domain};
 use mta_core::config::{Config, PasswordSource, SmarthostTls};
 use mta_core::envelope::Envelope;
 use mta_core::metrics::METRICS;
-use mta_core::seams::Outcome;
+use mta_core::seams::{Outcome, Remote, Verdict};
 use mta_core::text::escape;
 use rustls::RootCertStore;
 use tracing::{info, warn};
@@ -84,17 +85,14 @@ impl Kept {
     }
 }
 
-/// MX hosts tried per attempt, in preference order (Postfix's `smtp_mx_address_limit`): an
-/// MX answer of hundreds of records must not make one message open hundreds of
-/// connections.
-pub const MAX_HOSTS: usize = 5;
+pub use policy::MAX_HOSTS;
 /// Addresses tried per MX host.
 pub const MAX_ADDRESSES: usize = 2;
 /// How long an attempt waits for one of its domain's slots before it is deferred: the
 /// scheduler's remote attempts must not all sit waiting for one busy (or stalled) domain
 /// while messages for other domains wait for an attempt.
 pub const SLOT_PATIENCE: Duration = Duration::from_secs(30);
-use mx::{DnsFailure, Route};
+use mx::DnsFailure;
 
 /// Why the relay could not be set up (at start-up, so the operator sees it at once).
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +132,51 @@ struct Idle {
     target: Target,
     tls: String,
     since: Instant,
+}
+
+/// Where one attempt goes: the hosts in order with their TLS, the domain's MTA-STS policy,
+/// the port, and the smarthost's credentials.
+struct Route {
+    plans: Vec<HostPlan>,
+    sts: Option<Arc<mta_sts::Policy>>,
+    port: u16,
+    auth: Option<(String, String)>,
+}
+
+impl Route {
+    /// The policy of the first host: the pool of kept connections looked in first.
+    fn first_source(&self) -> PolicySource {
+        self.plans
+            .first()
+            .map_or(PolicySource::Opportunistic, |p| p.source)
+    }
+}
+
+/// What the hosts of an attempt that none took came to.
+struct Tried {
+    /// The last failure, for the outcome.
+    last: String,
+    /// The last host failed the TLS its policy demands.
+    tls_failed: bool,
+    /// The policy of the last host tried.
+    source: PolicySource,
+    /// Addresses not connected to because they are internal.
+    refused: usize,
+    /// Addresses found.
+    found: usize,
+}
+
+/// Where one connection goes, and what is reported of it.
+struct At<'a> {
+    domain: &'a Domain,
+    target: &'a Target,
+    source: PolicySource,
+    report: ReportPolicy<'a>,
+    /// TLS reports are kept for this destination (an MX host, not the smarthost).
+    remember: bool,
+    /// The suspension keys a stall of this connection counts against: the destination
+    /// and the remote address.
+    suspend: [&'a str; 2],
 }
 
 /// Remote delivery, shared by all attempts.
@@ -219,6 +262,20 @@ impl Relay {
         })
     }
 
+    /// What planning an MX delivery reads from the relay.
+    fn planner(&self) -> Planner<'_> {
+        Planner {
+            config: &self.config,
+            resolver: &self.resolver,
+            webpki: &self.webpki,
+            domain_roots: &self.domain_roots,
+            memory: &self.memory,
+            reports: &self.reports,
+            sts: self.sts.as_ref(),
+            dnssec: self.dnssec.as_ref(),
+        }
+    }
+
     fn settings(&self, policy: TlsPolicy, auth: Option<(String, String)>) -> ClientSettings {
         ClientSettings {
             helo: self.config.hostname.to_string(),
@@ -244,11 +301,11 @@ impl Relay {
             Err(_) => {
                 warn!(%domain, timeout = ?limit, "attempt took longer than outbound.attempt_timeout");
                 let why = format!(
-                    "4.4.1 no host for {domain} took the message within \
+                    "no host for {domain} took the message within \
                      outbound.attempt_timeout ({} s)",
                     limit.as_secs()
                 );
-                vec![Outcome::Deferred(why); rcpts.len()]
+                vec![Outcome::deferred("4.4.1", why); rcpts.len()]
             }
         }
     }
@@ -261,6 +318,9 @@ impl Relay {
         }
     }
 
+    /// One attempt, in named steps: admission (suspension, then a slot), the route (the
+    /// smarthost, or the domain's plan), a kept connection if one is alive, then each host
+    /// in turn; when none took the message, one outcome says why.
     async fn attempt(
         &self,
         envelope: &Envelope,
@@ -269,44 +329,65 @@ impl Relay {
         rcpts: &[Address],
     ) -> Vec<Outcome> {
         let destination = self.destination(domain);
+        let (_probe, _slot) = match self.admit(&destination, domain).await {
+            Ok(held) => held,
+            Err(outcome) => return vec![outcome; rcpts.len()],
+        };
+        let msg = OutgoingMessage::of(envelope, rcpts, body);
+        let route = match self.route(envelope, body, domain).await {
+            Ok(route) => route,
+            Err(outcome) => return vec![outcome; rcpts.len()],
+        };
+        if let Some(outcomes) = self.on_kept_connection(domain, &route, &msg).await {
+            return outcomes;
+        }
+        match self.try_hosts(domain, &destination, &route, &msg).await {
+            Ok(outcomes) => outcomes,
+            Err(tried) => vec![self.no_host_took_it(domain, envelope, &tried); rcpts.len()],
+        }
+    }
+
+    /// Admission: a suspended destination is deferred before it waits for a slot (its
+    /// messages must not queue up behind the one probe), then a slot of the domain's, then
+    /// the suspension again (it may have begun while this attempt waited: the others that
+    /// waited with it must not all connect now).
+    async fn admit(
+        &self,
+        destination: &str,
+        domain: &Domain,
+    ) -> Result<(Option<limits::Probe>, limits::Slot), Outcome> {
         let interval = self.config.queue.retry_first;
-        // A suspended destination is deferred before it waits for a slot: its messages must
-        // not queue up behind the one probe.
-        let _probe = match self.dead.admit(&destination, interval, Instant::now()) {
+        let probe = match self.dead.admit(destination, interval, Instant::now()) {
             limits::Admit::Go => None,
             limits::Admit::Probe(p) => {
                 info!(%destination, "probing a suspended destination");
                 Some(p)
             }
-            limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+            limits::Admit::Skip(why) => return Err(suspended(&why)),
         };
-        let _slot = match self.limits.acquire(domain, SLOT_PATIENCE).await {
+        let slot = match self.limits.acquire(domain, SLOT_PATIENCE).await {
             Ok(slot) => slot,
-            Err(busy) => return vec![Outcome::Deferred(busy.to_string()); rcpts.len()],
+            Err(busy) => return Err(suspended(&busy.to_string())),
         };
-        // Suspended while this attempt waited for its slot: the others that waited with it
-        // must not all connect now.
-        let _probe = match _probe {
+        let probe = match probe {
             Some(p) => Some(p),
-            None => match self.dead.admit(&destination, interval, Instant::now()) {
+            None => match self.dead.admit(destination, interval, Instant::now()) {
                 limits::Admit::Go => None,
                 limits::Admit::Probe(p) => Some(p),
-                limits::Admit::Skip(why) => return vec![Outcome::Deferred(why); rcpts.len()],
+                limits::Admit::Skip(why) => return Err(suspended(&why)),
             },
         };
-        let msg = OutgoingMessage {
-            from: &envelope.sender,
-            rcpts,
-            body,
-            eight_bit: !body.is_ascii(),
-            require_tls: envelope.require_tls,
-            smtputf8: rcpts.iter().any(Address::needs_smtputf8)
-                || envelope
-                    .sender
-                    .address()
-                    .is_some_and(Address::needs_smtputf8),
-        };
-        let (plans, sts, port, auth) = match &self.smarthost {
+        Ok((probe, slot))
+    }
+
+    /// Where the message goes: the smarthost, or the domain's MX plan.
+    async fn route(
+        &self,
+        envelope: &Envelope,
+        body: &[u8],
+        domain: &Domain,
+    ) -> Result<Route, Outcome> {
+        let route = match &self.smarthost {
             Some(s) => {
                 let plan = HostPlan {
                     host: mx::MxHost {
@@ -317,30 +398,58 @@ impl Relay {
                     source: PolicySource::Configured,
                     dane: None,
                 };
-                (vec![plan], None, s.port, s.auth.clone())
+                Route {
+                    plans: vec![plan],
+                    sts: None,
+                    port: s.port,
+                    auth: s.auth.clone(),
+                }
             }
-            None => match self.plan(domain, TlsWish::of(envelope, body)).await {
-                Ok(plan) => (plan.hosts, plan.sts, self.config.outbound.port, None),
-                Err(outcome) => return vec![outcome; rcpts.len()],
-            },
+            None => {
+                let plan = self
+                    .planner()
+                    .plan(domain, TlsWish::of(envelope, body))
+                    .await?;
+                Route {
+                    plans: plan.hosts,
+                    sts: plan.sts,
+                    port: self.config.outbound.port,
+                    auth: None,
+                }
+            }
         };
-        // The downgrade memory and TLS reports are about MX hosts; the smarthost's TLS is
-        // always required.
-        let remember = self.smarthost.is_none().then_some(domain);
-        let testing = sts.as_ref().filter(|p| p.mode == mta_sts::Mode::Testing);
-        // A kept connection serves only attempts under the same policy: one opened
-        // opportunistically must never carry a message that needs verified TLS.
-        let key = |source: PolicySource| match &self.smarthost {
+        Ok(route)
+    }
+
+    /// The downgrade memory and TLS reports are about MX hosts; the smarthost's TLS is
+    /// always required.
+    fn remembered<'a>(&self, domain: &'a Domain) -> Option<&'a Domain> {
+        self.smarthost.is_none().then_some(domain)
+    }
+
+    /// The pool of kept connections for `domain` under `source`. A kept connection serves
+    /// only attempts under the same policy: one opened opportunistically must never carry a
+    /// message that needs verified TLS.
+    fn pool_key(&self, domain: &Domain, source: PolicySource) -> String {
+        match &self.smarthost {
             Some(_) => "smarthost".to_string(),
             None => format!("{domain} {}", source.name()),
-        };
-        let first = plans
-            .first()
-            .map_or(PolicySource::Opportunistic, |p| p.source);
-        // A connection left open by an earlier message to the same place: RSET proves it is
-        // still alive (RFC 5321 §4.1.1.5), then it carries this message too.
+        }
+    }
+
+    /// A connection left open by an earlier message to the same place: RSET proves it is
+    /// still alive (RFC 5321 §4.1.1.5), then it carries this message too. `None` when no
+    /// kept connection is alive.
+    async fn on_kept_connection(
+        &self,
+        domain: &Domain,
+        route: &Route,
+        msg: &OutgoingMessage<'_>,
+    ) -> Option<Vec<Outcome>> {
+        let key = self.pool_key(domain, route.first_source());
         let limit = self.config.outbound.connection_timeout;
-        while let Some(mut idle) = self.take_idle(&key(first)) {
+        let interval = self.config.queue.retry_first;
+        while let Some(mut idle) = self.take_idle(&key) {
             let (ip, capped) = (idle.target.addr.ip(), self.smarthost.is_none());
             let Ok(_at) = limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
             else {
@@ -349,25 +458,50 @@ impl Relay {
             };
             let deadline = tokio::time::Instant::now() + limit;
             if let Ok(Ok(())) = tokio::time::timeout_at(deadline, idle.conn.reset()).await {
-                let result = tokio::time::timeout_at(deadline, idle.conn.send(&msg))
+                let result = tokio::time::timeout_at(deadline, idle.conn.send(msg))
                     .await
                     .unwrap_or(Err(ClientError::Deadline));
-                let outcomes = self.outcomes(&idle.target, &idle.tls, rcpts, &result);
-                self.remember(remember, idle.conn.tls(), &outcomes);
+                let outcomes = self.outcomes(&idle.target, &idle.tls, msg.rcpts, &result);
+                self.remember(self.remembered(domain), idle.conn.tls(), &outcomes);
                 if result.is_ok() && idle.conn.reusable() {
-                    self.put_idle(&key(first), idle);
+                    self.put_idle(&key, idle);
                 }
-                return outcomes;
+                return Some(outcomes);
             }
         }
-        let mut last = String::from("no host to try");
-        let mut tls_failed = false;
-        let mut source = first;
-        // Addresses not connected to because they are internal, and all addresses found.
-        let (mut refused, mut found) = (0, 0);
+        None
+    }
+
+    /// Each host of the route in turn, each of its addresses, until one takes the message
+    /// (its outcomes), or what the last failure was when none did.
+    async fn try_hosts(
+        &self,
+        domain: &Domain,
+        destination: &str,
+        route: &Route,
+        msg: &OutgoingMessage<'_>,
+    ) -> Result<Vec<Outcome>, Tried> {
+        let Route {
+            plans,
+            sts,
+            port,
+            auth,
+        } = route;
+        let port = *port;
+        let limit = self.config.outbound.connection_timeout;
+        let remember = self.remembered(domain);
+        let testing = sts.as_ref().filter(|p| p.mode == mta_sts::Mode::Testing);
+        let mut tried = Tried {
+            last: String::from("no host to try"),
+            tls_failed: false,
+            source: route.first_source(),
+            refused: 0,
+            found: 0,
+        };
         for plan in plans.iter().take(MAX_HOSTS) {
             let host = &plan.host;
-            source = plan.source;
+            tried.source = plan.source;
+            let source = plan.source;
             let settings = self.settings(plan.policy.clone(), auth.clone());
             let report = plan.report(sts.as_deref());
             let ips = match self.ips(&host.name).await {
@@ -375,7 +509,7 @@ impl Relay {
                 Err(e) => {
                     let e = kept(&e.to_string());
                     warn!(%domain, mx = %escape(&host.name), error = %escape(&e), "MX host has no usable address");
-                    last = format!("{}: {e}", host.name);
+                    tried.last = format!("{}: {e}", host.name);
                     continue;
                 }
             };
@@ -384,122 +518,181 @@ impl Relay {
                     addr: SocketAddr::new(ip, port),
                     name: host.name.clone(),
                 };
-                found += 1;
+                tried.found += 1;
                 if let Some(why) = self.refused(&target) {
                     warn!(%domain, mx = %host.name, %ip, reason = why, "not connecting: internal address");
-                    last = format!("{} [{ip}]: {why}", host.name);
-                    refused += 1;
+                    tried.last = format!("{} [{ip}]: {why}", host.name);
+                    tried.refused += 1;
                     continue;
                 }
                 let capped = self.smarthost.is_none();
-                let at = match limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
-                {
-                    Ok(at) => at,
+                let interval = self.config.queue.retry_first;
+                let held = match limits::admit_address(
+                    &self.limits,
+                    &self.dead,
+                    ip,
+                    capped,
+                    interval,
+                ) {
+                    Ok(held) => held,
                     Err(why) => {
                         info!(%domain, mx = %escape(&host.name), %ip, reason = %escape(&why), "not connecting now");
-                        last = format!("{} [{ip}]: {why}", host.name);
+                        tried.last = format!("{} [{ip}]: {why}", host.name);
                         continue;
                     }
                 };
+                let at = At {
+                    domain,
+                    target: &target,
+                    source,
+                    report,
+                    remember: remember.is_some(),
+                    suspend: [destination, held.key()],
+                };
                 let deadline = tokio::time::Instant::now() + limit;
-                let opened =
-                    tokio::time::timeout_at(deadline, Connection::open(&target, &settings))
-                        .await
-                        .unwrap_or(Err(ClientError::Deadline));
-                // A TLS failure is about the policy, not a dead host.
-                if let Err(e) = &opened
-                    && !matches!(
-                        e,
-                        ClientError::Tls(_)
-                            | ClientError::StartTlsNotOffered
-                            | ClientError::TlsRequiredButFailed(_)
-                    )
-                {
-                    self.dead.record(
-                        &[&destination, at.key()],
-                        Err(&format!("4.4.1 {} [{ip}]: {e}", host.name)),
-                        interval,
-                        Instant::now(),
-                    );
-                }
-                match opened {
-                    Ok(mut conn) => {
-                        let tls = format!("{} policy={}", describe_tls(conn.tls()), source.name());
-                        if let Some(p) = testing {
-                            sts_testing_report(domain, &host.name, p, conn.tls());
-                        }
-                        if remember.is_some() {
-                            let session = session_of(report, &host.name, ip, conn.tls());
-                            self.reports.record(domain, report, session);
-                        }
-                        let result = tokio::time::timeout_at(deadline, conn.send(&msg))
-                            .await
-                            .unwrap_or(Err(ClientError::Deadline));
-                        let name = format!("{} [{ip}]", host.name);
-                        let keys = [destination.as_str(), at.key()];
-                        self.dead.transaction_ended(&keys, &name, &result, interval);
-                        let outcomes = self.outcomes(&target, &tls, rcpts, &result);
-                        self.remember(remember, conn.tls(), &outcomes);
-                        if result.is_ok() && conn.reusable() {
-                            self.put_idle(
-                                &key(source),
-                                Idle {
-                                    conn,
-                                    target,
-                                    tls,
-                                    since: Instant::now(),
-                                },
-                            );
-                        }
-                        return outcomes;
+                match self.open_counted(&at, &settings, deadline).await {
+                    Ok(conn) => {
+                        return Ok(self.deliver_on(&at, conn, testing, deadline, msg).await);
                     }
-                    Err(e) => {
-                        // The error may quote the server, or list every TLSA record.
-                        let why = kept(&e.to_string());
-                        warn!(%domain, mx = %escape(&host.name), %ip, policy = source.name(), error = %escape(&why), "connection attempt failed; trying the next host");
-                        tls_failed = matches!(
-                            e,
-                            ClientError::Tls(_)
-                                | ClientError::StartTlsNotOffered
-                                | ClientError::TlsRequiredButFailed(_)
-                        );
-                        last = format!("{} [{ip}]: {why}", host.name);
-                        if tls_failed && remember.is_some() {
-                            let session = Session::Failure {
-                                kind: tlsrpt::failure_kind(&e.to_string()),
-                                mx: Some(host.name.clone()),
-                                ip: Some(ip),
-                                info: Some(why),
-                            };
-                            self.reports.record(domain, report, session);
-                        }
-                    }
+                    Err(e) => self.connection_failed(&at, &e, &mut tried),
                 }
             }
         }
-        if refused > 0 && refused == found && self.smarthost.is_none() {
+        Err(tried)
+    }
+
+    /// Opens a connection to `at.target` by `deadline`; one that fails to open counts
+    /// against the suspension of its destination and address (a TLS failure says nothing of
+    /// whether the host is alive, and one that opens is judged when its transaction ends).
+    async fn open_counted(
+        &self,
+        at: &At<'_>,
+        settings: &ClientSettings,
+        deadline: tokio::time::Instant,
+    ) -> Result<Connection, ClientError> {
+        let target = at.target;
+        let opened = tokio::time::timeout_at(deadline, Connection::open(target, settings))
+            .await
+            .unwrap_or(Err(ClientError::Deadline));
+        if let Err(e) = &opened
+            && !matches!(
+                e,
+                ClientError::Tls(_)
+                    | ClientError::StartTlsNotOffered
+                    | ClientError::TlsRequiredButFailed(_)
+            )
+        {
+            self.dead.record(
+                &at.suspend,
+                Err(&format!(
+                    "4.4.1 {} [{}]: {e}",
+                    target.name,
+                    target.addr.ip()
+                )),
+                self.config.queue.retry_first,
+                Instant::now(),
+            );
+        }
+        opened
+    }
+
+    /// Sends the message on a connection just opened: TLS reporting, the outcomes, and the
+    /// connection kept for the next message when it can carry one.
+    async fn deliver_on(
+        &self,
+        at: &At<'_>,
+        mut conn: Connection,
+        testing: Option<&Arc<mta_sts::Policy>>,
+        deadline: tokio::time::Instant,
+        msg: &OutgoingMessage<'_>,
+    ) -> Vec<Outcome> {
+        let (domain, host, ip) = (at.domain, &at.target.name, at.target.addr.ip());
+        let tls = format!("{} policy={}", describe_tls(conn.tls()), at.source.name());
+        if let Some(p) = testing {
+            sts_testing_report(domain, host, p, conn.tls());
+        }
+        if at.remember {
+            let session = session_of(at.report, host, ip, conn.tls());
+            self.reports.record(domain, at.report, session);
+        }
+        let result = tokio::time::timeout_at(deadline, conn.send(msg))
+            .await
+            .unwrap_or(Err(ClientError::Deadline));
+        let name = format!("{host} [{ip}]");
+        let interval = self.config.queue.retry_first;
+        self.dead
+            .transaction_ended(&at.suspend, &name, &result, interval);
+        let outcomes = self.outcomes(at.target, &tls, msg.rcpts, &result);
+        self.remember(at.remember.then_some(domain), conn.tls(), &outcomes);
+        if result.is_ok() && conn.reusable() {
+            let idle = Idle {
+                conn,
+                target: at.target.clone(),
+                tls,
+                since: Instant::now(),
+            };
+            self.put_idle(&self.pool_key(domain, at.source), idle);
+        }
+        outcomes
+    }
+
+    /// Records a connection that failed: the log, `tried`, and the TLS report when TLS
+    /// was what failed.
+    fn connection_failed(&self, at: &At<'_>, e: &ClientError, tried: &mut Tried) {
+        let (host, ip) = (&at.target.name, at.target.addr.ip());
+        // The error may quote the server, or list every TLSA record.
+        let why = kept(&e.to_string());
+        warn!(domain = %at.domain, mx = %escape(host), %ip, policy = at.source.name(), error = %escape(&why), "connection attempt failed; trying the next host");
+        tried.tls_failed = matches!(
+            e,
+            ClientError::Tls(_)
+                | ClientError::StartTlsNotOffered
+                | ClientError::TlsRequiredButFailed(_)
+        );
+        tried.last = format!("{host} [{ip}]: {why}");
+        if tried.tls_failed && at.remember {
+            let session = Session::Failure {
+                kind: tlsrpt::failure_kind(&e.to_string()),
+                mx: Some(host.clone()),
+                ip: Some(ip),
+                info: Some(why),
+            };
+            self.reports.record(at.domain, at.report, session);
+        }
+    }
+
+    /// Why no host took the message, for every recipient.
+    fn no_host_took_it(&self, domain: &Domain, envelope: &Envelope, tried: &Tried) -> Outcome {
+        let Tried {
+            last,
+            tls_failed,
+            source,
+            refused,
+            found,
+        } = tried;
+        if *refused > 0 && refused == found && self.smarthost.is_none() {
             // Every address there is points inside: retrying will not change that until the
             // DNS does (RFC 3463 5.4.4: unable to route).
-            return vec![
-                Outcome::Failed(format!(
-                    "5.4.4 {domain} leads only to internal addresses, which mail is not sent \
+            return Outcome::failed(
+                "5.4.4",
+                format!(
+                    "{domain} leads only to internal addresses, which mail is not sent \
                      to (outbound.allow_internal); last: {last}"
-                ));
-                rcpts.len()
-            ];
+                ),
+            );
+        }
+        if *tls_failed && envelope.require_tls {
+            // RFC 8689 §4.2.1: a REQUIRETLS message that cannot get verified TLS is returned.
+            return Outcome::failed(
+                "5.7.30",
+                format!(
+                    "REQUIRETLS: no host for {domain} offered TLS with a verified \
+                     certificate; last error: {last}"
+                ),
+            );
         }
         // RFC 3463: 4.7.5 when the last host failed the TLS the policy demands.
-        let code = if tls_failed { "4.7.5" } else { "4.4.1" };
-        if tls_failed && envelope.require_tls {
-            // RFC 8689 §4.2.1: a REQUIRETLS message that cannot get verified TLS is returned.
-            return vec![
-                Outcome::Failed(format!(
-                    "5.7.30 REQUIRETLS: no host for {domain} offered TLS with a verified \
-                     certificate; last error: {last}"
-                ));
-                rcpts.len()
-            ];
-        }
+        let code = if *tls_failed { "4.7.5" } else { "4.4.1" };
         let hint = match (tls_failed, source) {
             (true, PolicySource::Memory) => format!(
                 " (policy=memory: {domain} took mail over verified TLS before; \
@@ -511,18 +704,16 @@ impl Relay {
             ),
             _ => format!(" (policy={})", source.name()),
         };
-        vec![
-            Outcome::Deferred(format!(
-                "{code} no host for {domain} took the message; last error: {last}{hint}"
-            ));
-            rcpts.len()
-        ]
+        Outcome::deferred(
+            code,
+            format!("no host for {domain} took the message; last error: {last}{hint}"),
+        )
     }
 
     /// Remembers `domain` when a message was delivered to it over verified TLS.
     fn remember(&self, domain: Option<&Domain>, tls: Option<&TlsInfo>, outcomes: &[Outcome]) {
         let verified = tls.is_some_and(|t| matches!(t.verified, Verification::Verified));
-        let delivered = outcomes.iter().any(|o| matches!(o, Outcome::Delivered(_)));
+        let delivered = outcomes.iter().any(|o| o.verdict == Verdict::Delivered);
         if let (Some(domain), true, true) = (domain, verified, delivered) {
             self.memory.verified(domain);
         }
@@ -566,51 +757,6 @@ impl Relay {
             }
         }
         pool.retain(|_, list| !list.is_empty());
-    }
-
-    /// The hosts for a domain and whether their names can be trusted for DANE (looked up
-    /// through `dnssec` when given), or the outcome for every recipient when there are none.
-    async fn hosts(
-        &self,
-        domain: &Domain,
-        dnssec: Option<&dane::Dnssec>,
-    ) -> Result<(Vec<mx::MxHost>, bool), Outcome> {
-        if domain.is_literal() {
-            let host = mx::MxHost {
-                name: domain
-                    .as_str()
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .trim_start_matches("IPv6:")
-                    .to_string(),
-                preference: 0,
-            };
-            return Ok((vec![host], false));
-        }
-        let route = match dnssec {
-            Some(d) => d.route(domain).await,
-            None => mx::route(&self.resolver, domain).await,
-        };
-        match route {
-            Ok((Route::Hosts(mut h), secure)) => {
-                if h.len() > MAX_HOSTS {
-                    info!(%domain, hosts = h.len(), tried = MAX_HOSTS, "many MX hosts: only the first are tried");
-                    h.truncate(MAX_HOSTS);
-                }
-                Ok((h, secure))
-            }
-            Ok((Route::NullMx, _)) => {
-                info!(%domain, "null MX: the domain accepts no mail");
-                Err(Outcome::Failed(format!(
-                    "5.1.10 {domain} does not accept mail (null MX, RFC 7505)"
-                )))
-            }
-            Err(DnsFailure::Permanent(why)) => Err(Outcome::Failed(format!("5.1.2 {why}"))),
-            Err(DnsFailure::Temporary(why)) => {
-                METRICS.dns_error("mx");
-                Err(Outcome::Deferred(format!("4.4.3 {why}")))
-            }
-        }
     }
 
     /// Why mail must not go to `target`: an internal address not allowed by
@@ -674,20 +820,14 @@ impl Relay {
                 .iter()
                 .zip(results)
                 .map(|(rcpt, r)| {
-                    // The reply is cut before the host is appended, so the bounce still
-                    // finds the host after ` (from `.
-                    let reply = kept(&r.reply().to_string());
-                    let outcome = match r {
-                        RcptResult::Delivered(_) => Outcome::Delivered(format!("{at}: {reply}")),
-                        RcptResult::Temporary(_) => Outcome::Deferred(format!("{reply} (from {at})")),
-                        RcptResult::Permanent(_) => Outcome::Failed(format!("{reply} (from {at})")),
+                    let remote = Remote {
+                        host: Some(target.name.clone()),
+                        at: at.clone(),
                     };
-                    let (result, text) = match &outcome {
-                        Outcome::Delivered(t) => ("delivered", t),
-                        Outcome::Deferred(t) => ("deferred", t),
-                        Outcome::Failed(t) => ("failed", t),
-                    };
-                    info!(%rcpt, mx = %escape(&target.name), ip = %target.addr.ip(), tls, result, reply = %escape(text), "remote attempt");
+                    let outcome = r.outcome(remote);
+                    let result = outcome.verdict.name();
+                    let text = outcome.to_string();
+                    info!(%rcpt, mx = %escape(&target.name), ip = %target.addr.ip(), tls, result, reply = %escape(&text), "remote attempt");
                     METRICS.remote_attempt(result, tls_level(tls));
                     outcome
                 })
@@ -696,8 +836,8 @@ impl Relay {
                 let e = kept(&e.to_string());
                 warn!(mx = %escape(&target.name), ip = %target.addr.ip(), tls, error = %escape(&e), "transaction failed");
                 METRICS.remote_attempt("error", tls_level(tls));
-                let text = format!("4.4.2 transaction with {at} failed: {e}");
-                vec![Outcome::Deferred(text); rcpts.len()]
+                let text = format!("transaction with {at} failed: {e}");
+                vec![Outcome::deferred("4.4.2", text); rcpts.len()]
             }
         }
     }
@@ -739,6 +879,12 @@ fn describe_tls(tls: Option<&TlsInfo>) -> String {
             Verification::Failed(why) => format!("{} {} unverified ({why})", t.version, t.cipher),
         },
     }
+}
+
+/// The outcome of an attempt a suspended destination refused: the suspension's reason
+/// starts with the status of the failure that caused it (`4.4.1 …`).
+fn suspended(why: &str) -> Outcome {
+    Outcome::from_text(Verdict::Deferred, why)
 }
 
 /// Remote text as it is stored and logged: at most [`MAX_KEPT_TEXT`] octets.

@@ -127,13 +127,13 @@ fn fqdn(name: &str) -> String {
 pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<(Route, bool), DnsFailure> {
     match resolver.mx_lookup(fqdn(domain.as_str())).await {
         Ok(lookup) => {
-            let security = super::dane::security(lookup.answers(), RecordType::MX);
-            if security == super::dane::Security::Bogus {
+            let security = super::dns::security(lookup.answers(), RecordType::MX);
+            if security == super::dns::Security::Bogus {
                 return Err(DnsFailure::Temporary(format!(
                     "the MX answer for {domain} fails DNSSEC validation (bogus)"
                 )));
             }
-            let secure = security == super::dane::Security::Secure;
+            let secure = security == super::dns::Security::Secure;
             let records: Vec<(u16, hickory_resolver::proto::rr::Name)> = lookup
                 .answers()
                 .iter()
@@ -151,7 +151,7 @@ pub async fn route(resolver: &TokioResolver, domain: &Domain) -> Result<(Route, 
         {
             Ok((implicit(domain), true))
         }
-        Err(e) if super::dane::is_bogus(&e) => Err(DnsFailure::Temporary(format!(
+        Err(e) if super::dns::is_bogus(&e) => Err(DnsFailure::Temporary(format!(
             "the MX answer for {domain} fails DNSSEC validation (bogus)"
         ))),
         Err(e) => Err(classify(&e, "MX", domain.as_str())),
