@@ -3,13 +3,13 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 60 s, every target)
 #
-# The framing and parsing targets (line, data, client_reply, conn, command) run under
-# libFuzzer, coverage-guided, from the crate in fuzz/libfuzzer/ (its own workspace, built with
-# `cargo +nightly fuzz`; cargo-fuzz is installed if missing). The line, data and client_reply
-# targets compare the real readers with reference models (fuzz/src/model.rs). The other
-# targets (address, auth, record, session, mta_sts_policy, headers) run in the seeded
-# mutation loop of fuzz/src/main.rs on stable. Without a nightly toolchain every target runs
-# in the stable loop, with a warning.
+# Every target runs under libFuzzer, coverage-guided, from the crate in fuzz/libfuzzer/ (its
+# own workspace, built with `cargo +nightly fuzz`; cargo-fuzz is installed if missing). The
+# line, data and client_reply targets compare the real readers with reference models
+# (fuzz/src/model.rs). Targets with structured input get a dictionary of their syntax from
+# fuzz/libfuzzer/dict/ (SMTP verbs and parameters for command, session and auth). Without a
+# nightly toolchain every target runs in the seeded mutation loop of fuzz/src/main.rs on
+# stable, with a warning.
 #
 # Each libFuzzer target starts from the committed corpus fuzz/corpus/<target>/ and keeps what
 # it finds in fuzz/libfuzzer/corpus/<target>/ (not committed; minimise with
@@ -29,16 +29,24 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-libfuzzer_targets=(line data client_reply conn command)
-stable_targets=(address auth record session mta_sts_policy headers)
-[ "${#targets[@]}" -gt 0 ] || targets=("${libfuzzer_targets[@]}" "${stable_targets[@]}")
+libfuzzer_targets=(line data client_reply conn command address auth record session mta_sts_policy headers)
+[ "${#targets[@]}" -gt 0 ] || targets=("${libfuzzer_targets[@]}")
 
-# Longest input per libFuzzer target: past every line limit (12288 for AUTH) for the readers.
+# Longest input per libFuzzer target: past every line limit (12288 for AUTH) for the readers;
+# a dialogue of many lines for session; several fields for headers and record.
 max_len() {
   case "$1" in
     line | data | conn) echo 20000 ;;
-    client_reply) echo 4096 ;;
+    client_reply | session | headers | record) echo 4096 ;;
     *) echo 2048 ;;
+  esac
+}
+
+# The dictionary of a target's syntax, if it has one (libFuzzer's -dict=).
+dict() {
+  case "$1" in
+    command | session | auth) echo "-dict=$PWD/fuzz/libfuzzer/dict/smtp.dict" ;;
+    address | headers | record | mta_sts_policy) echo "-dict=$PWD/fuzz/libfuzzer/dict/$1.dict" ;;
   esac
 }
 
@@ -72,11 +80,13 @@ built_stable=false
 for t in "${targets[@]}"; do
   if $nightly && is_libfuzzer "$t"; then
     mkdir -p "fuzz/libfuzzer/corpus/$t"
+    dict_args=()
+    [ -z "$(dict "$t")" ] || dict_args=("$(dict "$t")")
     echo "fuzz.sh: $t: libFuzzer for ${secs} s" >&2
     if ! nice -n 19 cargo +nightly fuzz run "${fuzz_flags[@]}" "$t" \
       "$PWD/fuzz/libfuzzer/corpus/$t" "$PWD/fuzz/corpus/$t" -- \
       -max_total_time="$secs" -max_len="$(max_len "$t")" -timeout=10 \
-      -print_final_stats=1 -artifact_prefix="$PWD/fuzz/corpus/$t/" 2>"$logs/$t"; then
+      -print_final_stats=1 -artifact_prefix="$PWD/fuzz/corpus/$t/" "${dict_args[@]}" 2>"$logs/$t"; then
       tail -n 40 "$logs/$t" >&2
       echo "fuzz.sh: $t: CRASH (saved under fuzz/corpus/$t/)" >&2
       status=1

@@ -9,9 +9,9 @@
 //!
 //! Two drivers run these functions: coverage-guided libFuzzer targets on the nightly
 //! toolchain (`libfuzzer/`, a crate outside the workspace so that stable builds never see
-//! it), and `src/main.rs`, a seeded mutation loop on stable for targets libFuzzer does not
-//! cover. `scripts/fuzz.sh` runs both; the unit test at the end replays the committed corpus
-//! in CI.
+//! it), and `src/main.rs`, a seeded mutation loop on stable for machines without nightly and
+//! for the short CI run. `scripts/fuzz.sh` runs either; the unit test at the end replays the
+//! committed corpus in CI.
 
 pub mod framing;
 pub mod model;
