@@ -86,6 +86,7 @@ fn read_header(data: &[u8], limits: &Limits) -> Result<(Header, End), Reply> {
     let mut size = 0usize;
     // The index in `originators` of the field a continuation line belongs to, if any.
     let mut current: Option<Option<usize>> = None;
+    let mut malformed = false;
     let mut rest = data;
     while !rest.is_empty() {
         let (line, after) = match rest.windows(2).position(|w| w == b"\r\n") {
@@ -94,23 +95,28 @@ fn read_header(data: &[u8], limits: &Limits) -> Result<(Header, End), Reply> {
         };
         rest = after;
         if line.is_empty() {
-            return Ok((header, End::Clean));
+            break;
+        }
+        let continuation = line[0] == b' ' || line[0] == b'\t';
+        let name = if continuation { None } else { field_name(line) };
+        if name.is_none() && (!continuation || current.is_none()) {
+            // Neither a field nor a continuation. A lenient reader (and the checks that
+            // read the header as one, `headers::all_fields`) goes on to the blank line, so
+            // the bounds go on over the fields it finds there.
+            malformed = true;
+            current = None;
+            continue;
         }
         size += line.len() + 2;
         if size > limits.max_header_size {
             return Err(Reply::HEADER_TOO_LARGE);
         }
-        if line[0] == b' ' || line[0] == b'\t' {
+        let Some(name) = name else {
             // RFC 5322 §2.2.3: unfolding removes the CRLF only.
-            match current {
-                Some(Some(i)) => header.originators[i].1.extend_from_slice(line),
-                Some(None) => {}
-                None => return Ok((header, End::Malformed)),
+            if let Some(Some(i)) = current {
+                header.originators[i].1.extend_from_slice(line);
             }
             continue;
-        }
-        let Some(name) = field_name(line) else {
-            return Ok((header, End::Malformed));
         };
         fields += 1;
         if fields > limits.max_headers {
@@ -129,7 +135,12 @@ fn read_header(data: &[u8], limits: &Limits) -> Result<(Header, End), Reply> {
             current = Some(Some(header.originators.len() - 1));
         }
     }
-    Ok((header, End::Clean))
+    let end = if malformed {
+        End::Malformed
+    } else {
+        End::Clean
+    };
+    Ok((header, end))
 }
 
 /// The name of a header field line (RFC 5322 §3.6.8: printable ASCII but `:`; §4.5.3
@@ -309,6 +320,28 @@ mod tests {
         assert_eq!(
             check(no_body.as_bytes(), &cfg, None),
             Err(Reply::HEADER_TOO_LARGE)
+        );
+        // A line that is not a field does not end the bounds: the fields a lenient reader
+        // finds after it (as the spoofing and forged-result checks do) count as well.
+        let after_junk = |n: usize| format!("From: x@y.test\r\njunk\r\n{}", "a:b\r\n".repeat(n));
+        assert_eq!(check(after_junk(99).as_bytes(), &cfg, None), Ok(()));
+        assert_eq!(
+            check(after_junk(100).as_bytes(), &cfg, None),
+            Err(Reply::HEADER_TOO_LARGE)
+        );
+        let folded = format!("From: x@y.test\r\njunk\r\nX: {}\r\n", " a\r\n".repeat(500));
+        assert_eq!(
+            check(folded.as_bytes(), &cfg, None),
+            Err(Reply::HEADER_TOO_LARGE)
+        );
+        // Text without fields after it is not bounded: a message without its blank line.
+        let text = format!("From: x@y.test\r\n{}", "just text\r\n \r\n".repeat(1000));
+        assert_eq!(check(text.as_bytes(), &cfg, None), Ok(()));
+        let alice = Address::parse("alice@example.org").unwrap();
+        let submitted = format!("From: alice@example.org\r\n{text}");
+        assert_eq!(
+            check(submitted.as_bytes(), &cfg, Some(&alice)),
+            Err(Reply::FROM_NOT_OWNED)
         );
     }
 }

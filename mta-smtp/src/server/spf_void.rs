@@ -68,7 +68,9 @@ async fn check_host(auth: &MessageAuthenticator, params: SpfParameters<'_>) -> S
             .with_ipv6_cache(&count)
             .with_ptr_cache(&count);
     let output = auth.check_host(params).await;
-    if count.finish() {
+    // A `temperror` ended on a DNS error, which the count took for a void lookup: it is no
+    // void (RFC 7208 §4.6.4), and `temperror` stays.
+    if output.result() != SpfResult::TempError && count.finish() {
         tracing::info!(
             domain = %output.domain(),
             "SPF: more than {MAX_VOID} void DNS lookups; permerror (RFC 7208 §4.6.4)"

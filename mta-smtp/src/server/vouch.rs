@@ -90,14 +90,20 @@ fn named_domains(value: &[u8], config: &Config) -> Vec<Domain> {
         .filter(|d| config.is_local_domain(d))
         .collect();
     // Encoded words are read as a mail client shows them; final dots do not make a domain
-    // another one.
-    let lower = with_decoded_words(&text).to_ascii_lowercase();
+    // another one. White space and comments may stand between the parts of an address
+    // (`ceo@example (x). org`, RFC 5322 §4.4), so the text is searched without them too.
+    let decoded = with_decoded_words(&text).to_lowercase();
+    let lower = format!("{decoded} {}", without_cfws(&text.to_lowercase()));
     for local in &config.local_domains {
-        let needle = format!("@{}", local.as_str().to_ascii_lowercase());
-        let named = lower.match_indices(&needle).any(|(at, _)| {
-            let after = lower[at + needle.len()..].trim_start_matches('.');
-            let next = after.chars().next();
-            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+        let ascii = local.as_str().to_ascii_lowercase();
+        let (unicode, _) = idna::domain_to_unicode(&ascii);
+        let named = [ascii, unicode.to_lowercase()].iter().any(|domain| {
+            let needle = format!("@{domain}");
+            lower.match_indices(&needle).any(|(at, _)| {
+                let after = lower[at + needle.len()..].trim_start_matches('.');
+                let next = after.chars().next();
+                !next.is_some_and(|c| c.is_alphanumeric() || c == '-')
+            })
         });
         if named && !out.contains(local) {
             out.push(local.clone());
@@ -107,15 +113,18 @@ fn named_domains(value: &[u8], config: &Config) -> Vec<Domain> {
 }
 
 /// `text`, followed by the decoded text of each RFC 2047 encoded word in it
-/// (`=?charset?B?…?=` or `=?charset?Q?…?=`, read as UTF-8 whatever the charset).
+/// (`=?charset?B?…?=` or `=?charset?Q?…?=`, read as UTF-8 whatever the charset). Words
+/// with only white space between them are joined, as a mail client shows them (§6.2).
 fn with_decoded_words(text: &str) -> String {
     use base64::Engine as _;
     let mut out = text.to_string();
-    let mut rest = text;
-    while let Some(start) = rest.find("=?") {
-        rest = &rest[start + 2..];
-        let mut parts = rest.splitn(4, '?');
-        let (Some(_charset), Some(encoding), Some(word), Some(tail)) =
+    let mut pos = 0;
+    let mut last_end: Option<usize> = None;
+    while let Some(found) = text[pos..].find("=?") {
+        let start = pos + found;
+        pos = start + 2;
+        let mut parts = text[pos..].splitn(4, '?');
+        let (Some(charset), Some(encoding), Some(word), Some(tail)) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             break;
@@ -134,8 +143,32 @@ fn with_decoded_words(text: &str) -> String {
             "Q" | "q" => decode_q(word),
             _ => continue,
         };
-        out.push(' ');
+        let adjacent = last_end.is_some_and(|e| text[e..start].chars().all(char::is_whitespace));
+        if !adjacent {
+            out.push(' ');
+        }
         out.push_str(&String::from_utf8_lossy(&decoded));
+        pos += charset.len() + encoding.len() + word.len() + 4;
+        last_end = Some(pos);
+    }
+    out
+}
+
+/// `text` without white space and comments (nested, with quoted pairs).
+fn without_cfws(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut depth = 0usize;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if depth > 0 => {
+                chars.next();
+            }
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            c if depth == 0 && !c.is_whitespace() => out.push(c),
+            _ => {}
+        }
     }
     out
 }
@@ -303,6 +336,50 @@ mod tests {
         let other = "From: x@elsewhere.test\r\nReply-To: ceo@example.org\r\n\
                      To: a@example.org\r\nX-Sender: ceo@example.org\r\n\r\n";
         assert_eq!(spoofed(other, &none), None);
+    }
+
+    /// An address with white space or comments between its parts, encoded words split in
+    /// two, and a local domain written in Unicode are read as a mail client shows them.
+    #[test]
+    fn split_addresses_and_unicode_domains_are_seen() {
+        let cfg = Config::from_toml(
+            "t.toml",
+            "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\", \"bücher.test\"]\n",
+            "x",
+        )
+        .unwrap();
+        let none = Evidence::default();
+        let spoofed =
+            |msg: &str| spoofed_domain(msg.as_bytes(), &cfg, &none).map(|d| d.to_string());
+        for msg in [
+            "From: ceo@example (x).org\r\n\r\n",
+            "From: ceo@example .org\r\n\r\n",
+            "From: ceo@example\r\n .org\r\n\r\n",
+            "From: ceo @ example . org\r\n\r\n",
+            "Sender: ceo@example. (x) org\r\n\r\n",
+            "From: =?utf-8?q?ceo=40exam?= =?utf-8?q?ple.org?= <x@e.test>\r\n\r\n",
+            "From: =?utf-8?q?ceo=40exam?=\r\n =?utf-8?b?cGxlLm9yZw==?= <x@e.test>\r\n\r\n",
+        ] {
+            assert_eq!(spoofed(msg).as_deref(), Some("example.org"), "{msg:?}");
+        }
+        for msg in [
+            "From: \"ceo@bücher.test\" <x@e.test>\r\n\r\n",
+            "From: \"ceo@BÜCHER.test\" <x@e.test>\r\n\r\n",
+            "From: ceo@BÜCHER.test\r\n\r\n",
+        ] {
+            assert_eq!(
+                spoofed(msg).as_deref(),
+                Some("xn--bcher-kva.test"),
+                "{msg:?}"
+            );
+        }
+        for msg in [
+            "From: =?utf-8?q?ceo=40exam?= x =?utf-8?q?ple.org?= <x@e.test>\r\n\r\n",
+            "From: ceo@example.organic (x)\r\n\r\n",
+            "From: ceo@bücher.testing\r\n\r\n",
+        ] {
+            assert_eq!(spoofed(msg), None, "{msg:?}");
+        }
     }
 
     #[test]

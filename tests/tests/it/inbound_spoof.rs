@@ -288,6 +288,30 @@ fn spf_void_lookups_stop_after_two() {
     );
 }
 
+/// A lookup that fails (the name server does not answer) is no void lookup: two voids and
+/// then a DNS error is `temperror` (try again), not the void limit's `permerror`.
+#[test]
+fn spf_dns_error_after_two_voids_is_temperror() {
+    let keys = KeptDir::new();
+    let key = keygen(keys.path(), "example.test", "s1", "ed25519");
+    let record = "v=spf1 a:v0.spf.test a:v1.spf.test a:x.dead.test ?all";
+    let dns = TestDns::start(&[
+        &key.dnsmasq(),
+        &txt_record("spf.test", record),
+        "--server=/dead.test/#",
+    ]);
+    let rx = mta_tests::MtaBuilder::new()
+        .toml(&format!("{}[inbound]\nchecks = true\n", dns.config_toml()))
+        .start();
+    rx.add_user(ALICE, "alice-password-1");
+    let msg = "From: <a@spf.test>\r\nSubject: spf error\r\n\r\nx\r\n";
+    let reply = send_inbound(&rx, "a@spf.test", ALICE, msg.as_bytes());
+    assert_eq!(reply.code, 250, "{reply}");
+    let files = rx.wait_for_mail(ALICE, 1, 30);
+    let fields = header(&read(&files[0]));
+    assert!(fields.contains("spf=temperror"), "{fields}");
+}
+
 #[test]
 fn spf_lookups_stop_at_ten() {
     let keys = KeptDir::new();
