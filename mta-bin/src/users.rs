@@ -85,10 +85,26 @@ fn read_regular(path: &Path) -> io::Result<(String, fs::Metadata)> {
             kind_of(&meta)
         )));
     }
+    if meta.len() > MAX_USERS_FILE {
+        return Err(io::Error::other(format!(
+            "{} octets, more than the {MAX_USERS_FILE} a users file may have; refusing to read it",
+            meta.len()
+        )));
+    }
     let mut text = String::new();
-    file.read_to_string(&mut text)?;
+    // Bounded again while reading: the file may grow after the check.
+    file.take(MAX_USERS_FILE + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_USERS_FILE {
+        return Err(io::Error::other(
+            "grew past the size a users file may have while read",
+        ));
+    }
     Ok((text, meta))
 }
+
+/// The largest users file read: 64 MiB is some 400,000 users (an argon2id hash line is
+/// about 150 octets); anything larger is not ours and would only cost root memory.
+const MAX_USERS_FILE: u64 = 64 * 1024 * 1024;
 
 /// What a non-regular file is, for an error message.
 fn kind_of(meta: &fs::Metadata) -> &'static str {
@@ -529,6 +545,16 @@ mod tests {
         save(&data, &db).expect("save over stale tmp");
         assert!(load(&data).expect("load").is_empty());
         assert_eq!(fs::read_to_string(&victim).expect("read"), "untouched");
+    }
+
+    #[test]
+    fn load_refuses_a_file_too_large_to_be_ours() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = fs::File::create(users_path(dir.path())).expect("create");
+        // Sparse: no disk used.
+        file.set_len(MAX_USERS_FILE + 1).expect("set_len");
+        let e = load(dir.path()).expect_err("a huge users file is refused");
+        assert!(format!("{e:#}").contains("more than"), "{e:#}");
     }
 
     #[test]

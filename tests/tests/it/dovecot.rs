@@ -249,3 +249,67 @@ fn dovecot_under_its_own_uid_reads_flags_and_expunges_what_mta_delivered() {
     assert_eq!(reply.code, 250, "{}", client.transcript());
     mta.wait_for_mail("alice@example.test", 1, 10);
 }
+
+/// The passwd-file script runs as root over a file in a directory the user mta runs as owns:
+/// a link to a root-only file, a FIFO, or a root-only file put there is refused (the
+/// passwd-file left as it was, no waiting), and a plain users file of that user is copied.
+#[test]
+fn the_passwd_file_script_reads_the_users_file_only_as_its_owner() {
+    use std::os::unix::fs::{chown, symlink};
+    assert!(
+        is_root(),
+        "this test runs the script as root (CI and scripts/test.sh do)"
+    );
+    let (_, uid, gid) = unprivileged_user();
+    let base = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(base.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let data = base.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    chown(&data, Some(uid), Some(gid)).expect("chown data dir");
+    let secret = base.path().join("root-only");
+    std::fs::write(&secret, "root@example.test $argon2id$SECRET\n").expect("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let users = data.join("users");
+    let passwd = base.path().join("passwd");
+    let convert = || {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg(USERS_TO_DOVECOT).arg(&users).arg(&passwd);
+        run("mta-dovecot-users.sh", &mut cmd, b"", secs(30))
+    };
+
+    symlink(&secret, &users).expect("symlink");
+    let out = convert();
+    assert!(
+        !out.status.success() && !passwd.exists(),
+        "a link was followed: {out}"
+    );
+    std::fs::remove_file(&users).expect("rm link");
+
+    let made = std::process::Command::new("mkfifo")
+        .arg(&users)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo");
+    let out = convert();
+    assert!(
+        !out.status.success() && !passwd.exists(),
+        "a FIFO was read: {out}"
+    );
+    std::fs::remove_file(&users).expect("rm fifo");
+
+    // As a hard link to a root-only file would be: root could read it, its owner cannot.
+    std::fs::copy(&secret, &users).expect("root-only users file");
+    let out = convert();
+    assert!(
+        !out.status.success() && !passwd.exists(),
+        "read with root's rights: {out}"
+    );
+    std::fs::remove_file(&users).expect("rm");
+
+    std::fs::write(&users, "# users\nAlice@Example.test $argon2id$HASH\n").expect("users");
+    chown(&users, Some(uid), Some(gid)).expect("chown users");
+    std::fs::set_permissions(&users, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    convert().assert_success("mta-dovecot-users.sh on a plain users file");
+    let written = std::fs::read_to_string(&passwd).expect("passwd-file");
+    assert_eq!(written, "alice@example.test:{ARGON2ID}$argon2id$HASH\n");
+}
