@@ -142,6 +142,9 @@ pub struct MessageView<'a> {
     pub data: &'a [u8],
 }
 
+/// A test on a header field's value (everything after the colon, folding included).
+pub type FieldPredicate = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
 /// Which header fields of the client's data a filter wants removed: every field called
 /// `name` (without case) whose value (everything after the colon, folding included) `when`
 /// holds for, or every one when `when` is `None`.
@@ -150,7 +153,7 @@ pub struct FieldRemoval {
     /// The field name, without the colon.
     pub name: String,
     /// Which of the fields so named; `None`: all of them.
-    pub when: Option<Arc<dyn Fn(&[u8]) -> bool + Send + Sync>>,
+    pub when: Option<FieldPredicate>,
 }
 
 impl std::fmt::Debug for FieldRemoval {

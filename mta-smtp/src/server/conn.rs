@@ -88,7 +88,6 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     listener: ListenerKind,
 ) {
     let deadline = Instant::now() + shared.config.limits.session_timeout;
-    let handshake = wait(shared.config.limits.command_timeout, deadline);
     let ctx = Context {
         config: shared.config.clone(),
         users: shared.users.clone(),
@@ -103,27 +102,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             warn!("implicit TLS listener without a certificate; closing");
             return;
         };
-        let stream = match Box::pin(timeout(handshake, acceptor.accept(stream))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
-            Err(_) => return info!("TLS handshake timed out"),
-        };
-        let ctx = Context {
-            tls: Some(tls::describe(stream.get_ref().1)),
-            starttls_available: false,
-            ..ctx
-        };
-        info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
-        let session = Session::new(ctx);
-        let _ = Box::pin(phase(
-            shared,
-            BufReader::with_capacity(READ_BUFFER, stream),
-            session,
-            true,
-            deadline,
-        ))
-        .await;
-        return;
+        return Box::pin(tls_phase(shared, acceptor, stream, ctx, true, deadline)).await;
     }
     let session = Session::new(ctx.clone());
     let Ok(PhaseEnd::StartTls(reader)) = phase(
@@ -149,8 +128,22 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         .tls
         .clone()
         .expect("STARTTLS is offered only with a certificate");
+    let stream = reader.into_inner();
+    Box::pin(tls_phase(shared, acceptor, stream, ctx, false, deadline)).await;
+}
+
+/// The TLS handshake on `stream` (within `command_timeout`), then the session over TLS
+/// (with the greeting first when `greet`: implicit TLS) to its end.
+async fn tls_phase<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: S,
+    ctx: Context,
+    greet: bool,
+    deadline: Instant,
+) {
     let handshake = wait(shared.config.limits.command_timeout, deadline);
-    let stream = match Box::pin(timeout(handshake, acceptor.accept(reader.into_inner()))).await {
+    let stream = match Box::pin(timeout(handshake, acceptor.accept(stream))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
         Err(_) => return info!("TLS handshake timed out"),
@@ -166,7 +159,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         shared,
         BufReader::with_capacity(READ_BUFFER, stream),
         session,
-        false,
+        greet,
         deadline,
     ))
     .await;
@@ -206,28 +199,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
             Line::Nul => Action::Close(Reply::NUL_IN_COMMAND),
             Line::Eof => return Ok(PhaseEnd::Closed),
         };
-        let action = match action {
-            Action::CheckPassword { login, password } => {
-                let (ip, listener) = (session.context().peer.ip(), session.context().listener);
-                match Box::pin(check_password(shared, ip, listener, login, password)).await {
-                    Checked::Verified(result) => session.auth_checked(result),
-                    Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
-                    Checked::Busy => session.auth_unavailable(Reply::AUTH_BUSY),
-                }
-            }
-            Action::CheckRecipients { from, rcpts } => {
-                let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
-                session.recipients_checked(checked)
-            }
-            Action::CheckRoom => {
-                let room = shared.queue.room().await.map_err(|e| {
-                    warn!(error = %e, "MAIL refused: no room in the queue");
-                    e.reply()
-                });
-                session.room_checked(room)
-            }
-            other => other,
-        };
+        let action = Box::pin(carry_out(shared, &mut session, action)).await;
         match action {
             Action::Reply(r) => {
                 debug!(reply = %r, "S:");
@@ -282,6 +254,33 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 unreachable!("handled above")
             }
         }
+    }
+}
+
+/// Carries out the checks the session asked for (a password, recipients with the LMTP
+/// server, room in the queue) and gives it the answers; any other action as it is.
+async fn carry_out(shared: &Shared, session: &mut Session, action: Action) -> Action {
+    match action {
+        Action::CheckPassword { login, password } => {
+            let (ip, listener) = (session.context().peer.ip(), session.context().listener);
+            match Box::pin(check_password(shared, ip, listener, login, password)).await {
+                Checked::Verified(result) => session.auth_checked(result),
+                Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
+                Checked::Busy => session.auth_unavailable(Reply::AUTH_BUSY),
+            }
+        }
+        Action::CheckRecipients { from, rcpts } => {
+            let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
+            session.recipients_checked(checked)
+        }
+        Action::CheckRoom => {
+            let room = shared.queue.room().await.map_err(|e| {
+                warn!(error = %e, "MAIL refused: no room in the queue");
+                e.reply()
+            });
+            session.room_checked(room)
+        }
+        other => other,
     }
 }
 
