@@ -1,6 +1,6 @@
 //! The header section's limits and, for an authenticated user, its originator fields
-//! ([`super::super::inspect`]), as the first filter of every listener. Configured by
-//! `[limits]` (`max_header_size`, `max_header_fields`, `max_received`).
+//! ([`crate::server::inspect`]), as the first filter of every listener. Configured by
+//! `[limits]` (`max_header_size`, `max_headers`, `max_received`).
 
 use std::sync::Arc;
 
