@@ -199,7 +199,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
             Line::Nul => Action::Close(Reply::NUL_IN_COMMAND),
             Line::Eof => return Ok(PhaseEnd::Closed),
         };
-        let action = Box::pin(carry_out(shared, &mut session, action)).await;
+        let action = carry_out(shared, &mut session, action).await;
         match action {
             Action::Reply(r) => {
                 debug!(reply = %r, "S:");
