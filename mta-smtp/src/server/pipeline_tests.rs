@@ -329,3 +329,74 @@ proptest! {
         prop_assert_eq!(data, before);
     }
 }
+
+/// One generated filter's verdict: accept adding a field, or refuse with this code.
+#[derive(Debug, Clone)]
+enum Kind {
+    Add(String),
+    Refuse(u16),
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        "X-[A-Z]{1,3}: [a-z]{0,4}\r\n".prop_map(Kind::Add),
+        (400u16..600).prop_map(Kind::Refuse),
+    ]
+}
+
+proptest! {
+    /// The pipeline against the obvious model: filters run in order up to and including the
+    /// first refusal, whose reply is the answer; with none, the fields in filter order.
+    #[test]
+    fn the_pipeline_matches_its_model(kinds in prop::collection::vec(kind(), 0..6)) {
+        let names: [&'static str; 6] = ["f0", "f1", "f2", "f3", "f4", "f5"];
+        let filters = kinds
+            .iter()
+            .zip(names)
+            .map(|(k, name)| {
+                let verdict = match k {
+                    Kind::Add(field) => add(field),
+                    Kind::Refuse(code) => {
+                        FilterVerdict::refuse(Reply::new(*code, "4.0.0", format!("by {name}")))
+                    }
+                };
+                (name, verdict)
+            })
+            .collect();
+        let (p, ran) = pipeline(filters);
+        let got = run(&p, ListenerKind::Smtp, None, b"\r\n");
+
+        let mut expected_ran = Vec::new();
+        let mut expected = Ok(String::new());
+        for (k, name) in kinds.iter().zip(names) {
+            expected_ran.push(name);
+            match k {
+                Kind::Add(field) => {
+                    if let Ok(fields) = &mut expected {
+                        fields.push_str(field);
+                    }
+                }
+                Kind::Refuse(code) => {
+                    expected = Err((*code, format!("by {name}")));
+                    break;
+                }
+            }
+        }
+        prop_assert_eq!(&*ran.lock().unwrap(), &expected_ran);
+        match (got, expected) {
+            (Ok(passed), Ok(fields)) => prop_assert_eq!(passed.add, fields),
+            (Err(reply), Err((code, text))) => {
+                prop_assert_eq!(reply.code, code);
+                prop_assert_eq!(reply.text.as_ref(), text.as_str());
+            }
+            (got, expected) => prop_assert!(false, "got {:?}, expected {:?}", got.map(|p| p.add), expected),
+        }
+    }
+
+    /// A refusal is a tempfail exactly when its code is 4xx.
+    #[test]
+    fn refusals_are_classed_by_their_code(code in 400u16..600) {
+        let verdict = FilterVerdict::refuse(Reply::new(code, "4.0.0", "x"));
+        prop_assert_eq!(matches!(verdict, FilterVerdict::TempFail(_)), code / 100 == 4);
+    }
+}
