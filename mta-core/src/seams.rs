@@ -1,14 +1,16 @@
 //! The traits the crates meet at, so `mta-smtp` and `mta-queue` build and test alone:
-//! [`Enqueue`] (session → queue), [`Deliver`] (scheduler → delivery) and [`UserDirectory`]
-//! (session → the user database that `mta user` maintains).
+//! [`Enqueue`] (session → queue), [`Deliver`] (scheduler → delivery), [`UserDirectory`]
+//! (session → the user database that `mta user` maintains) and [`MessageFilter`] (one stage
+//! of the checks a received message passes after DATA, before it is queued).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::address::Address;
+use crate::address::{Address, ReversePath};
 use crate::auth::UserDb;
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, ListenerKind, Vouched};
 pub use crate::outcome::{Outcome, Remote, Verdict};
 use crate::reply::Reply;
 
@@ -103,4 +105,105 @@ pub trait UserDirectory: Send + Sync {
     /// The current database; an implementation backed by a file reloads it when the file
     /// changes, so `mta user add` takes effect without a restart.
     fn current(&self) -> Arc<UserDb>;
+}
+
+/// What a [`MessageFilter`] knows of the session a message came in on.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    /// The listener it came in on.
+    pub listener: ListenerKind,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The EHLO/HELO name, or `unknown`.
+    pub helo: &'a str,
+    /// The authenticated user, if any.
+    pub user: Option<&'a Address>,
+}
+
+/// A received message as a [`MessageFilter`] sees it: the envelope and the client's bytes
+/// (header section, blank line, body), borrowed from the one buffer that holds them.
+#[derive(Debug, Clone, Copy)]
+pub struct MessageView<'a> {
+    /// `MAIL FROM`.
+    pub from: &'a ReversePath,
+    /// The accepted `RCPT TO`s, in order.
+    pub recipients: &'a [Address],
+    /// The message as the client sent it, dot-unstuffed, without our trace fields.
+    pub data: &'a [u8],
+}
+
+/// A test on a header field's value (everything after the colon, folding included).
+pub type FieldPredicate = Arc<dyn Fn(&[u8]) -> bool + Send + Sync>;
+
+/// Which header fields of the client's data a filter wants removed: every field called
+/// `name` (without case) whose value (everything after the colon, folding included) `when`
+/// holds for, or every one when `when` is `None`.
+#[derive(Clone)]
+pub struct FieldRemoval {
+    /// The field name, without the colon.
+    pub name: String,
+    /// Which of the fields so named; `None`: all of them.
+    pub when: Option<FieldPredicate>,
+}
+
+impl std::fmt::Debug for FieldRemoval {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let which = if self.when.is_some() { "some" } else { "all" };
+        write!(f, "FieldRemoval({which} {})", self.name)
+    }
+}
+
+/// What a filter that accepts a message changes in it and records about it. The edits are
+/// applied once, when the message is assembled for the queue: every filter sees the data as
+/// the client sent it.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderEdits {
+    /// Complete fields, each ending in CRLF, put at the top of the message (after our
+    /// `Received:`), in the order the filters run.
+    pub add: String,
+    /// Fields to remove from the client's data.
+    pub remove: Vec<FieldRemoval>,
+    /// Who vouches for the message, when this filter decides it (the last filter that does
+    /// wins); otherwise the listener decides: an authenticated user, or unverified.
+    pub vouched: Option<Vouched>,
+    /// A short summary for the `received` log line (`spf=… dkim=… dmarc=…`).
+    pub summary: Option<String>,
+}
+
+/// What one filter decided about a message.
+#[derive(Debug, Clone)]
+pub enum FilterVerdict {
+    /// Go on to the next filter; these edits are made if every filter accepts.
+    Accept(HeaderEdits),
+    /// Refuse for good: a `5xx` reply. No later filter runs.
+    Reject(Reply),
+    /// Refuse for now: a `4xx` reply, and the client tries again. No later filter runs.
+    TempFail(Reply),
+}
+
+impl FilterVerdict {
+    /// A refusal with `reply`: [`FilterVerdict::TempFail`] for a `4xx`, otherwise
+    /// [`FilterVerdict::Reject`].
+    pub fn refuse(reply: Reply) -> FilterVerdict {
+        if reply.code < 500 {
+            FilterVerdict::TempFail(reply)
+        } else {
+            FilterVerdict::Reject(reply)
+        }
+    }
+}
+
+/// One stage of the checks a message passes after the final dot and before it is queued.
+/// It sees the session's facts and the message, never the connection: it may look things up
+/// (DNS for SPF, DKIM and DMARC), but the connection loop alone reads and answers.
+pub trait MessageFilter: Send + Sync {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+
+    /// Decides about one message.
+    fn check<'a>(
+        &'a self,
+        session: &'a SessionFacts<'a>,
+        message: &'a MessageView<'a>,
+    ) -> BoxFuture<'a, FilterVerdict>;
 }

@@ -19,8 +19,8 @@ use mail_auth::dkim::DkimError;
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
 use mail_auth::{
-    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcResult, Error,
-    MessageAuthenticator, SpfResult,
+    AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput, DmarcResult,
+    Error, MessageAuthenticator, SpfOutput, SpfResult,
 };
 use mta_core::address::ReversePath;
 use mta_core::config::{Config, Inbound, IpFamily};
@@ -140,96 +140,37 @@ impl Checker {
             ),
             None => None,
         };
-
-        let mut results = AuthenticationResults::new(&self.hostname)
-            .with_spf_mailfrom_result(&spf, ip, &sender, helo)
-            .to_string();
-        if dkim.is_empty() {
-            results.push_str(";\r\n\tdkim=none");
-        }
-        for output in &dkim {
-            results.push_str(&dkim_part(output));
-        }
-        let dmarc_result = dmarc.as_ref().map_or(DmarcResult::None, |d| d.result());
-        match &dmarc {
-            Some(d) if !d.domain().is_empty() => {
-                results += &AuthenticationResults::new("")
-                    .with_dmarc_result(d)
-                    .to_string();
-            }
-            _ => results.push_str(";\r\n\tdmarc=none"),
-        }
-        // Unspecified: no record was read (none published, or the lookup failed).
-        let policy = match &dmarc {
-            Some(d) if d.dmarc_record().is_some() => d.policy(),
-            _ => Policy::Unspecified,
+        let outputs = Outputs {
+            spf: &spf,
+            dkim: &dkim,
+            dmarc: dmarc.as_ref(),
         };
-        let summary = format!(
-            "spf={} dkim={} dmarc={}{}",
-            spf_word(spf.result()),
-            dkim_word(&dkim),
-            dmarc_word(&dmarc_result),
-            match policy {
-                Policy::Reject => " p=reject",
-                Policy::Quarantine => " p=quarantine",
-                Policy::None => " p=none",
-                Policy::Unspecified => "",
-            }
-        );
-        if spf.result() == SpfResult::TempError || matches!(dmarc_result, DmarcResult::TempError(_))
+        self.decide(&outputs, ip, &sender, helo)
+    }
+
+    /// The verdict on what the checks found: the refusal the policies ask for, or our fields.
+    fn decide(&self, out: &Outputs<'_, '_>, ip: IpAddr, sender: &str, helo: &str) -> Verdict {
+        let summary = out.summary();
+        if out.spf.result() == SpfResult::TempError
+            || matches!(out.dmarc_result(), DmarcResult::TempError(_))
         {
             mta_core::metrics::METRICS.dns_error("inbound");
         }
-        let domain = dmarc
-            .as_ref()
-            .map(|d| d.domain().to_string())
-            .unwrap_or_default();
-
-        // What the policies refuse, most certain first.
-        if self.policy.spf_reject {
-            match spf.result() {
-                SpfResult::Fail => {
-                    let text = format!("SPF of {} does not allow this host to send", spf.domain());
-                    return refuse(550, "5.7.23", text, summary);
-                }
-                SpfResult::TempError => {
-                    let text = format!(
-                        "SPF of {} could not be checked (DNS), try again later",
-                        spf.domain()
-                    );
-                    return refuse(451, "4.7.24", text, summary);
-                }
-                _ => {}
-            }
+        if let Some(refusal) = self.refusal(out, &summary) {
+            return refusal;
         }
-        let dmarc_failed = matches!(dmarc_result, DmarcResult::Fail(_));
-        let dkim_unsure = dkim
-            .iter()
-            .any(|o| matches!(o.result(), DkimResult::TempError(_)));
-        if self.policy.dmarc_reject {
-            // The policy could not be read, or it says reject and the failure may be DNS's.
-            let unsure = match dmarc_result {
-                DmarcResult::TempError(_) => policy != Policy::None && policy != Policy::Quarantine,
-                DmarcResult::Fail(_) => dkim_unsure && policy == Policy::Reject,
-                _ => false,
-            };
-            if unsure {
-                let text = format!("DMARC of {domain} could not be checked (DNS), try again later");
-                return refuse(451, "4.7.1", text, summary);
-            }
-            if dmarc_failed && policy == Policy::Reject {
-                let text =
-                    format!("Message refused: it fails the DMARC policy (p=reject) of {domain}");
-                return refuse(550, "5.7.1", text, summary);
-            }
-        }
-        let mut fields = format!("Authentication-Results: {results}\r\n");
-        if dmarc_failed && matches!(policy, Policy::Quarantine | Policy::Reject) {
+        let mut fields = format!(
+            "Authentication-Results: {}\r\n",
+            out.results(&self.hostname, ip, sender, helo)
+        );
+        let dmarc_failed = matches!(out.dmarc_result(), DmarcResult::Fail(_));
+        if dmarc_failed && matches!(out.policy(), Policy::Quarantine | Policy::Reject) {
             fields.push_str("X-Spam-Flag: YES\r\n");
         }
         let evidence = Evidence {
-            spf_pass: (spf.result() == SpfResult::Pass).then(|| spf.domain().to_string()),
-            dkim_pass: dkim
+            spf_pass: (out.spf.result() == SpfResult::Pass).then(|| out.spf.domain().to_string()),
+            dkim_pass: out
+                .dkim
                 .iter()
                 .filter(|o| o.result() == &DkimResult::Pass)
                 .filter_map(|o| o.signature().map(|s| s.d.clone()))
@@ -240,6 +181,116 @@ impl Checker {
             summary,
             evidence,
         }
+    }
+
+    /// What the policies refuse, most certain first; `None` when they refuse nothing.
+    fn refusal(&self, out: &Outputs<'_, '_>, summary: &str) -> Option<Verdict> {
+        let summary = summary.to_string();
+        let spf = out.spf;
+        if self.policy.spf_reject {
+            match spf.result() {
+                SpfResult::Fail => {
+                    let text = format!("SPF of {} does not allow this host to send", spf.domain());
+                    return Some(refuse(550, "5.7.23", text, summary));
+                }
+                SpfResult::TempError => {
+                    let text = format!(
+                        "SPF of {} could not be checked (DNS), try again later",
+                        spf.domain()
+                    );
+                    return Some(refuse(451, "4.7.24", text, summary));
+                }
+                _ => {}
+            }
+        }
+        if !self.policy.dmarc_reject {
+            return None;
+        }
+        let domain = out
+            .dmarc
+            .map(|d| d.domain().to_string())
+            .unwrap_or_default();
+        let policy = out.policy();
+        let dkim_unsure = out
+            .dkim
+            .iter()
+            .any(|o| matches!(o.result(), DkimResult::TempError(_)));
+        // The policy could not be read, or it says reject and the failure may be DNS's.
+        let unsure = match out.dmarc_result() {
+            DmarcResult::TempError(_) => policy != Policy::None && policy != Policy::Quarantine,
+            DmarcResult::Fail(_) => dkim_unsure && policy == Policy::Reject,
+            _ => false,
+        };
+        if unsure {
+            let text = format!("DMARC of {domain} could not be checked (DNS), try again later");
+            return Some(refuse(451, "4.7.1", text, summary));
+        }
+        if matches!(out.dmarc_result(), DmarcResult::Fail(_)) && policy == Policy::Reject {
+            let text = format!("Message refused: it fails the DMARC policy (p=reject) of {domain}");
+            return Some(refuse(550, "5.7.1", text, summary));
+        }
+        None
+    }
+}
+
+/// What SPF, DKIM and DMARC found for one message.
+struct Outputs<'a, 'm> {
+    spf: &'a SpfOutput,
+    dkim: &'a [DkimOutput<'m>],
+    /// `None` when the message could not be parsed.
+    dmarc: Option<&'a DmarcOutput>,
+}
+
+impl Outputs<'_, '_> {
+    fn dmarc_result(&self) -> DmarcResult {
+        self.dmarc.map_or(DmarcResult::None, DmarcOutput::result)
+    }
+
+    /// The `From:` domain's DMARC policy; unspecified when no record was read (none
+    /// published, or the lookup failed).
+    fn policy(&self) -> Policy {
+        match self.dmarc {
+            Some(d) if d.dmarc_record().is_some() => d.policy(),
+            _ => Policy::Unspecified,
+        }
+    }
+
+    /// The value of our `Authentication-Results:` field (RFC 8601).
+    fn results(&self, hostname: &str, ip: IpAddr, sender: &str, helo: &str) -> String {
+        let mut results = AuthenticationResults::new(hostname)
+            .with_spf_mailfrom_result(self.spf, ip, sender, helo)
+            .to_string();
+        if self.dkim.is_empty() {
+            results.push_str(";\r\n\tdkim=none");
+        }
+        for output in self.dkim {
+            results.push_str(&dkim_part(output));
+        }
+        match self.dmarc {
+            Some(d) if !d.domain().is_empty() => {
+                results += &AuthenticationResults::new("")
+                    .with_dmarc_result(d)
+                    .to_string();
+            }
+            _ => results.push_str(";\r\n\tdmarc=none"),
+        }
+        results
+    }
+
+    /// `spf=… dkim=… dmarc=… p=…` for the log.
+    fn summary(&self) -> String {
+        format!(
+            "spf={} dkim={} dmarc={}{}",
+            spf_word(self.spf.result()),
+            dkim_word(self.dkim),
+            dmarc_word(&self.dmarc_result()),
+            match self.policy() {
+                Policy::Reject => " p=reject",
+                Policy::Quarantine => " p=quarantine",
+                Policy::None => " p=none",
+                Policy::Unspecified => "",
+            }
+        )
     }
 }
 

@@ -49,7 +49,7 @@ fn forged_fields(data: &[u8], ours: &[&str]) -> Vec<Range<usize>> {
 }
 
 /// Cuts the ordered, disjoint `ranges` out of `data`, moving what follows each one down.
-fn remove(data: &mut Vec<u8>, ranges: &[Range<usize>]) {
+pub(crate) fn remove(data: &mut Vec<u8>, ranges: &[Range<usize>]) {
     let Some(first) = ranges.first() else {
         return;
     };
@@ -63,7 +63,7 @@ fn remove(data: &mut Vec<u8>, ranges: &[Range<usize>]) {
 }
 
 /// True when an `Authentication-Results:` value speaks for one of `ours`, or cannot be read.
-fn claims_ours(value: &[u8], ours: &[&str]) -> bool {
+pub(crate) fn claims_ours(value: &[u8], ours: &[&str]) -> bool {
     let Some(id) = authserv_id(value) else {
         return true;
     };

@@ -13,26 +13,26 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mta_core::auth::Verified;
-use mta_core::config::{Limits, LocalDelivery, SpoofedFrom};
+use mta_core::config::{Limits, LocalDelivery};
 use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient, Vouched};
 use mta_core::metrics::METRICS;
 use mta_core::reply::Reply;
+use mta_core::seams::{MessageView, SessionFacts};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
-use super::authcheck::Verdict;
-use super::authres::remove_forged;
+use super::budget::Reservation;
 use super::data::{DataEnd, read_data};
 use super::idle::{IdleLimit, is_stalled};
 use super::line::{Line, read_line};
 use super::log_text::{escape, transcript};
 use super::logins::{self, Admit, LoginPolicy, Outcome};
 use super::message::{Trace, assemble};
+use super::pipeline::remove_fields;
 use super::session::{Action, Context, Session, Transaction};
-use super::vouch::{Evidence, sender_verified, spoofed_domain};
 use super::{Shared, stopping};
 use crate::client::RcptResult;
 use crate::tls;
@@ -88,7 +88,6 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     listener: ListenerKind,
 ) {
     let deadline = Instant::now() + shared.config.limits.session_timeout;
-    let handshake = wait(shared.config.limits.command_timeout, deadline);
     let ctx = Context {
         config: shared.config.clone(),
         users: shared.users.clone(),
@@ -103,27 +102,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             warn!("implicit TLS listener without a certificate; closing");
             return;
         };
-        let stream = match Box::pin(timeout(handshake, acceptor.accept(stream))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
-            Err(_) => return info!("TLS handshake timed out"),
-        };
-        let ctx = Context {
-            tls: Some(tls::describe(stream.get_ref().1)),
-            starttls_available: false,
-            ..ctx
-        };
-        info!(tls = ctx.tls.as_deref().unwrap_or(""), "TLS established");
-        let session = Session::new(ctx);
-        let _ = Box::pin(phase(
-            shared,
-            BufReader::with_capacity(READ_BUFFER, stream),
-            session,
-            true,
-            deadline,
-        ))
-        .await;
-        return;
+        return Box::pin(tls_phase(shared, acceptor, stream, ctx, true, deadline)).await;
     }
     let session = Session::new(ctx.clone());
     let Ok(PhaseEnd::StartTls(reader)) = phase(
@@ -149,8 +128,22 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         .tls
         .clone()
         .expect("STARTTLS is offered only with a certificate");
+    let stream = reader.into_inner();
+    Box::pin(tls_phase(shared, acceptor, stream, ctx, false, deadline)).await;
+}
+
+/// The TLS handshake on `stream` (within `command_timeout`), then the session over TLS
+/// (with the greeting first when `greet`: implicit TLS) to its end.
+async fn tls_phase<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: S,
+    ctx: Context,
+    greet: bool,
+    deadline: Instant,
+) {
     let handshake = wait(shared.config.limits.command_timeout, deadline);
-    let stream = match Box::pin(timeout(handshake, acceptor.accept(reader.into_inner()))).await {
+    let stream = match Box::pin(timeout(handshake, acceptor.accept(stream))).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return info!(error = %e, "TLS handshake failed"),
         Err(_) => return info!("TLS handshake timed out"),
@@ -166,7 +159,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         shared,
         BufReader::with_capacity(READ_BUFFER, stream),
         session,
-        false,
+        greet,
         deadline,
     ))
     .await;
@@ -206,28 +199,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
             Line::Nul => Action::Close(Reply::NUL_IN_COMMAND),
             Line::Eof => return Ok(PhaseEnd::Closed),
         };
-        let action = match action {
-            Action::CheckPassword { login, password } => {
-                let (ip, listener) = (session.context().peer.ip(), session.context().listener);
-                match Box::pin(check_password(shared, ip, listener, login, password)).await {
-                    Checked::Verified(result) => session.auth_checked(result),
-                    Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
-                    Checked::Busy => session.auth_unavailable(Reply::AUTH_BUSY),
-                }
-            }
-            Action::CheckRecipients { from, rcpts } => {
-                let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
-                session.recipients_checked(checked)
-            }
-            Action::CheckRoom => {
-                let room = shared.queue.room().await.map_err(|e| {
-                    warn!(error = %e, "MAIL refused: no room in the queue");
-                    e.reply()
-                });
-                session.room_checked(room)
-            }
-            other => other,
-        };
+        let action = carry_out(shared, &mut session, action).await;
         match action {
             Action::Reply(r) => {
                 debug!(reply = %r, "S:");
@@ -282,6 +254,33 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 unreachable!("handled above")
             }
         }
+    }
+}
+
+/// Carries out the checks the session asked for (a password, recipients with the LMTP
+/// server, room in the queue) and gives it the answers; any other action as it is.
+async fn carry_out(shared: &Shared, session: &mut Session, action: Action) -> Action {
+    match action {
+        Action::CheckPassword { login, password } => {
+            let (ip, listener) = (session.context().peer.ip(), session.context().listener);
+            match Box::pin(check_password(shared, ip, listener, login, password)).await {
+                Checked::Verified(result) => session.auth_checked(result),
+                Checked::Locked => Action::Close(Reply::AUTH_LOCKED),
+                Checked::Busy => session.auth_unavailable(Reply::AUTH_BUSY),
+            }
+        }
+        Action::CheckRecipients { from, rcpts } => {
+            let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
+            session.recipients_checked(checked)
+        }
+        Action::CheckRoom => {
+            let room = shared.queue.room().await.map_err(|e| {
+                warn!(error = %e, "MAIL refused: no room in the queue");
+                e.reply()
+            });
+            session.room_checked(room)
+        }
+        other => other,
     }
 }
 
@@ -473,7 +472,7 @@ async fn check_recipients(
     }
 }
 
-/// Reads the message after 354, checks its header section and queues it.
+/// Reads the message after 354, runs the listener's pipeline on it and queues it.
 async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut BufReader<S>,
@@ -481,116 +480,48 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     deadline: Instant,
 ) -> std::io::Result<AfterData> {
     let limits = &shared.config.limits;
-    // Each read waits at most command_timeout; the whole message data_timeout; all of it
-    // ends with the session.
-    let mut reader = IdleLimit::new(io, limits.command_timeout);
     // The message's bytes count against the server's budget until this is dropped: once
     // the message is queued or refused.
     let mut held = shared.guards.memory.reserve(limits.message_memory);
-    let read = read_data(&mut reader, limits.max_message_size, &mut held);
-    // On SIGTERM a message being sent may finish within the grace period; one still
-    // incomplete near its end gets 421 4.3.2 while we can still say it, not a bare close
-    // when the process exits (the server waits `shutdown_grace` for sessions).
-    let mut shutdown = shared.shutdown.clone();
-    let grace_over = async {
-        stopping(&mut shutdown).await;
-        tokio::time::sleep(shared.config.shutdown_grace * 9 / 10).await;
+    let (tx, mut data) = match read_message(shared, io, session, deadline, &mut held).await? {
+        Ok(read) => read,
+        Err(after) => return Ok(after),
     };
-    let read = tokio::select! {
-        r = timeout(wait(limits.data_timeout, deadline), read) => r,
-        () = grace_over => {
-            session.take_transaction();
-            info!("stopping and the message is still incomplete; closing");
-            return Ok(AfterData::Close(Reply::SHUTTING_DOWN));
-        }
+    let ctx = session.context();
+    let helo = session.helo().unwrap_or("unknown");
+    let facts = SessionFacts {
+        listener: ctx.listener,
+        peer: ctx.peer,
+        helo,
+        user: session.user(),
     };
-    let end = match read {
-        Ok(Ok(end)) => end,
-        Ok(Err(e)) if is_stalled(&e) => {
-            session.take_transaction();
-            info!("client stalled during DATA; closing");
-            return Ok(AfterData::Close(Reply::TIMEOUT));
-        }
-        Ok(Err(e)) => return Err(e),
-        Err(_) => {
-            session.take_transaction();
-            return Ok(AfterData::Close(timed_out(deadline)));
-        }
+    let view = MessageView {
+        from: &tx.from,
+        recipients: &tx.recipients,
+        data: &data,
     };
-    let tx = session
-        .take_transaction()
-        .expect("DATA is accepted only inside a transaction");
-    let data = match end {
-        DataEnd::Message(data) => data,
-        DataEnd::TooBig => return Ok(AfterData::Answer(Reply::MESSAGE_TOO_BIG)),
-        DataEnd::LineTooLong => return Ok(AfterData::Answer(Reply::DATA_LINE_TOO_LONG)),
-        DataEnd::NoMemory => {
-            warn!(
-                budget = limits.message_memory,
-                "message refused: the memory budget for messages is spent"
-            );
-            return Ok(AfterData::Answer(Reply::NO_MESSAGE_MEMORY));
-        }
-        DataEnd::Malformed => {
-            warn!("bare CR/LF or NUL in message data; refusing and closing");
-            return Ok(AfterData::Close(Reply::BARE_LINE_ENDING_DATA));
-        }
-        DataEnd::Eof => return Ok(AfterData::Lost),
-    };
-    if let Err(reply) = super::inspect::check(&data, &shared.config, session.user()) {
-        warn!(
-            from = %escape(&tx.from.to_string()),
-            user = %escape(&session.user().map(|u| u.to_string()).unwrap_or_default()),
-            reply = %reply,
-            "message refused after DATA"
-        );
-        return Ok(AfterData::Answer(reply));
-    }
-    let Inspected {
-        data,
-        fields,
-        summary: auth,
-        vouched,
-    } = match inbound_checks(shared, session, &tx, data).await {
-        Ok(checked) => checked,
+    let passed = match shared.pipelines.of(ctx.listener).run(&facts, &view).await {
+        Ok(passed) => passed,
         Err(reply) => return Ok(AfterData::Answer(reply)),
     };
+    let removed = remove_fields(&mut data, &passed.remove);
+    if removed > 0 {
+        info!(removed, "removed header fields the filters named");
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let id = MessageId::generate(now.as_millis() as u64);
-    let ctx = session.context();
     let trace = Trace {
         ctx,
-        helo: session.helo().unwrap_or("unknown"),
+        helo,
         esmtp: session.esmtp(),
         user: session.user(),
         id: &id,
         now: now.as_secs(),
     };
-    let body = assemble(&trace, &tx, &fields, data, &mut held);
-    let envelope = Envelope {
-        id: id.clone(),
-        sender: tx.from.clone(),
-        recipients: tx
-            .recipients
-            .iter()
-            .cloned()
-            .map(Recipient::pending)
-            .collect(),
-        received_at: now.as_secs(),
-        size: body.len() as u64,
-        origin: Origin {
-            listener: ctx.listener,
-            peer: ctx.peer.to_string(),
-            helo: trace.helo.to_string(),
-            auth_user: session.user().map(|u| u.to_string()),
-            tls: ctx.tls.clone(),
-        },
-        delay_warned: false,
-        require_tls: tx.require_tls,
-        vouched,
-    };
+    let body = assemble(&trace, &tx, &passed.add, data, &mut held);
+    let envelope = envelope(&trace, &tx, passed.vouched, body.len());
     let rcpts: Vec<String> = tx.recipients.iter().map(|r| r.to_string()).collect();
     let size = body.len();
     match shared.queue.enqueue(envelope, body).await {
@@ -599,9 +530,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
                 msg = %id,
                 from = %escape(&tx.from.to_string()),
                 rcpts = %escape(&rcpts.join(",")),
-                helo = %escape(trace.helo),
+                helo = %escape(helo),
                 size,
-                auth = %auth,
+                auth = %passed.summary,
                 user = session.user().map(|u| escape(&u.to_string()).to_string()),
                 "received"
             );
@@ -618,103 +549,96 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// What [`inbound_checks`] made of a message.
-struct Inspected {
-    /// The data with forged fields removed (in place: the same buffer).
-    data: Vec<u8>,
-    /// Our fields to put in front of it: `Authentication-Results:`, `X-Spoofed-From:`.
-    fields: String,
-    /// `spf=… dkim=… dmarc=…` for the log, or `-`.
-    summary: String,
-    /// Who vouches for it, for the envelope.
-    vouched: Vouched,
+/// Reads the message data after 354 into memory counted in `held`: the transaction and the
+/// data, or how the data phase ended without a message.
+async fn read_message<S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut BufReader<S>,
+    session: &mut Session,
+    deadline: Instant,
+    held: &mut Reservation<'_>,
+) -> std::io::Result<Result<(Transaction, Vec<u8>), AfterData>> {
+    let limits = &shared.config.limits;
+    // Each read waits at most command_timeout; the whole message data_timeout; all of it
+    // ends with the session.
+    let mut reader = IdleLimit::new(io, limits.command_timeout);
+    let read = read_data(&mut reader, limits.max_message_size, held);
+    // On SIGTERM a message being sent may finish within the grace period; one still
+    // incomplete near its end gets 421 4.3.2 while we can still say it, not a bare close
+    // when the process exits (the server waits `shutdown_grace` for sessions).
+    let mut shutdown = shared.shutdown.clone();
+    let grace_over = async {
+        stopping(&mut shutdown).await;
+        tokio::time::sleep(shared.config.shutdown_grace * 9 / 10).await;
+    };
+    let read = tokio::select! {
+        r = timeout(wait(limits.data_timeout, deadline), read) => r,
+        () = grace_over => {
+            session.take_transaction();
+            info!("stopping and the message is still incomplete; closing");
+            return Ok(Err(AfterData::Close(Reply::SHUTTING_DOWN)));
+        }
+    };
+    let end = match read {
+        Ok(Ok(end)) => end,
+        Ok(Err(e)) if is_stalled(&e) => {
+            session.take_transaction();
+            info!("client stalled during DATA; closing");
+            return Ok(Err(AfterData::Close(Reply::TIMEOUT)));
+        }
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            session.take_transaction();
+            return Ok(Err(AfterData::Close(timed_out(deadline))));
+        }
+    };
+    let tx = session
+        .take_transaction()
+        .expect("DATA is accepted only inside a transaction");
+    Ok(match end {
+        DataEnd::Message(data) => Ok((tx, data)),
+        DataEnd::TooBig => Err(AfterData::Answer(Reply::MESSAGE_TOO_BIG)),
+        DataEnd::LineTooLong => Err(AfterData::Answer(Reply::DATA_LINE_TOO_LONG)),
+        DataEnd::NoMemory => {
+            warn!(
+                budget = limits.message_memory,
+                "message refused: the memory budget for messages is spent"
+            );
+            Err(AfterData::Answer(Reply::NO_MESSAGE_MEMORY))
+        }
+        DataEnd::Malformed => {
+            warn!("bare CR/LF or NUL in message data; refusing and closing");
+            Err(AfterData::Close(Reply::BARE_LINE_ENDING_DATA))
+        }
+        DataEnd::Eof => Err(AfterData::Lost),
+    })
 }
 
-/// For mail from another server (the smtp listener, no AUTH): `Authentication-Results:`
-/// fields claiming our name removed (whether checks run or not), SPF, DKIM and DMARC with our
-/// `Authentication-Results:` in front, and a `From:` naming our own domain without SPF or
-/// DKIM for it marked or refused (`[inbound] spoofed_from`); or the reply that refuses it.
-/// Submissions are not checked; only fields claiming our name are removed from them.
-async fn inbound_checks(
-    shared: &Shared,
-    session: &Session,
-    tx: &Transaction,
-    mut data: Vec<u8>,
-) -> Result<Inspected, Reply> {
-    let ctx = session.context();
-    let config = &shared.config;
-    let mut ours: Vec<&str> = vec![config.hostname.as_str()];
-    ours.extend(config.local_domains.iter().map(|d| d.as_str()));
-    if ctx.listener != ListenerKind::Smtp || session.user().is_some() {
-        // Not checked, but a user cannot speak in our name either.
-        remove_forged(&mut data, &ours);
-        let summary = "-".to_string();
-        let vouched = Vouched::User;
-        return Ok(Inspected {
-            data,
-            fields: String::new(),
-            summary,
-            vouched,
-        });
-    }
-    let (fields, summary, evidence) = match &shared.checks {
-        None => (String::new(), "-".to_string(), Evidence::default()),
-        Some(checker) => {
-            let helo = session.helo().unwrap_or("unknown");
-            match checker.check(ctx.peer.ip(), helo, &tx.from, &data).await {
-                Verdict::Refuse { reply, summary } => {
-                    warn!(
-                        from = %escape(&tx.from.to_string()),
-                        auth = %summary,
-                        reply = %reply,
-                        "message refused after DATA"
-                    );
-                    return Err(reply);
-                }
-                Verdict::Accept {
-                    fields,
-                    summary,
-                    evidence,
-                } => (fields, summary, evidence),
-            }
-        }
-    };
-    let forged = remove_forged(&mut data, &ours);
-    if forged > 0 {
-        info!(
-            forged,
-            "removed Authentication-Results fields claiming our name"
-        );
-    }
-    let mut mark = String::new();
-    if config.inbound.spoofed_from != SpoofedFrom::Off
-        && let Some(domain) = spoofed_domain(&data, config, &evidence)
-    {
-        let action = config.inbound.spoofed_from;
-        warn!(
-            from = %escape(&tx.from.to_string()),
-            domain = %domain,
-            auth = %summary,
-            action = action.name(),
-            "From: (or Sender:, Resent-From:, Resent-Sender:) names our domain but neither SPF \
-             nor DKIM vouches for it"
-        );
-        if action == SpoofedFrom::Reject {
-            return Err(Reply::SPOOFED_OWN_DOMAIN);
-        }
-        mark = format!("X-Spoofed-From: {domain} (neither SPF nor DKIM of {domain} passed)\r\n");
-    }
-    let vouched = if sender_verified(&evidence, &tx.from) {
-        Vouched::SenderVerified
-    } else {
-        Vouched::Unverified
-    };
-    Ok(Inspected {
-        data,
-        fields: fields + &mark,
-        summary,
+/// The envelope of a message assembled as `trace` says, `size` octets long.
+fn envelope(trace: &Trace<'_>, tx: &Transaction, vouched: Vouched, size: usize) -> Envelope {
+    let ctx = trace.ctx;
+    Envelope {
+        id: trace.id.clone(),
+        sender: tx.from.clone(),
+        recipients: tx
+            .recipients
+            .iter()
+            .cloned()
+            .map(Recipient::pending)
+            .collect(),
+        received_at: trace.now,
+        size: size as u64,
+        origin: Origin {
+            listener: ctx.listener,
+            peer: ctx.peer.to_string(),
+            helo: trace.helo.to_string(),
+            auth_user: trace.user.map(|u| u.to_string()),
+            tls: ctx.tls.clone(),
+        },
+        delay_warned: false,
+        require_tls: tx.require_tls,
         vouched,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -4,8 +4,9 @@
 //! Layers, outermost first: [`Server`] (accept loops) → [`conn`] (one connection: reads,
 //! writes, timeouts, TLS, password checks) → [`session`] (the state machine, no I/O) →
 //! [`command`] (parsing). [`line`], [`data`] and [`idle`] frame the input and bound its
-//! reads; [`inspect`] (with [`mailbox`]) checks a message's header before it is queued;
-//! [`message`] adds our trace headers; [`guards`] holds what sessions share against one
+//! reads; after DATA, a message passes its listener's [`pipeline`] of [`filters`] (the
+//! header checks of [`inspect`] with [`mailbox`], the inbound checks of [`authcheck`]) before
+//! it is queued; [`message`] adds our trace headers; [`guards`] holds what sessions share against one
 //! hostile client, with [`logins`] for password guessers; [`log_text`] is how client text reaches the log.
 
 pub mod authcheck;
@@ -14,6 +15,7 @@ pub mod budget;
 pub mod command;
 pub mod conn;
 pub mod data;
+pub mod filters;
 pub mod guards;
 pub mod idle;
 pub mod inspect;
@@ -24,6 +26,7 @@ pub mod spf_void;
 pub use mta_core::text as log_text;
 pub mod mailbox;
 pub mod message;
+pub mod pipeline;
 pub mod session;
 pub mod vouch;
 
@@ -57,9 +60,9 @@ pub struct Shared {
     /// Sessions per client and recent AUTH failures, shared by all sessions and kept over a
     /// reload (start with `Default::default()`; the limits come from `config`).
     pub guards: Arc<Guards>,
-    /// SPF/DKIM/DMARC checks for mail on the smtp listener; `None` when `inbound.checks` is
-    /// off.
-    pub checks: Option<Arc<authcheck::Checker>>,
+    /// What each listener checks a message with after DATA (SPF/DKIM/DMARC on the smtp
+    /// listener unless `inbound.checks` is off).
+    pub pipelines: Arc<pipeline::Pipelines>,
 }
 
 impl Shared {
@@ -72,13 +75,13 @@ impl Shared {
         shutdown: watch::Receiver<bool>,
     ) -> Shared {
         Shared {
-            config,
             users,
             queue,
             tls: None,
             shutdown,
+            pipelines: Arc::new(pipeline::Pipelines::new(&config, None)),
+            config,
             guards: Arc::default(),
-            checks: None,
         }
     }
 
@@ -86,7 +89,7 @@ impl Shared {
     pub fn with(self, tls: Option<TlsAcceptor>, checks: Option<Arc<authcheck::Checker>>) -> Shared {
         Shared {
             tls,
-            checks,
+            pipelines: Arc::new(pipeline::Pipelines::new(&self.config, checks)),
             ..self
         }
     }
@@ -100,13 +103,13 @@ impl Shared {
         checks: Option<Arc<authcheck::Checker>>,
     ) -> Shared {
         Shared {
+            pipelines: Arc::new(pipeline::Pipelines::new(&config, checks)),
             config,
             users: self.users.clone(),
             queue: self.queue.clone(),
             tls: Some(tls),
             shutdown: self.shutdown.clone(),
             guards: self.guards.clone(),
-            checks,
         }
     }
 }
