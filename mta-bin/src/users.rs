@@ -66,7 +66,7 @@ pub fn load(data_dir: &Path) -> anyhow::Result<UserDb> {
 /// `NotFound` when there is no file; an error saying what is there instead of a regular
 /// file; I/O errors.
 fn read_regular(path: &Path) -> io::Result<(String, fs::Metadata)> {
-    let mut file = match OpenOptions::new()
+    let file = match OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path)
