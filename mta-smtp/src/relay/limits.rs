@@ -137,7 +137,7 @@ impl Limits {
     /// One of the [`MAX_PER_ADDRESS`] connections to `ip`, held while talking to it; `None`
     /// at once when they are all in use. Never waits: the caller holds an overall slot.
     pub fn address(&self, ip: IpAddr) -> Option<OwnedSemaphorePermit> {
-        self.per_address.of(&ip).try_acquire_owned().ok()
+        self.per_address.of(&host_of(ip)).try_acquire_owned().ok()
     }
 
     /// Overall slots free now.
@@ -229,7 +229,23 @@ pub fn admit_address(
 /// The suspension key of one remote address, `[192.0.2.1]`: a domain name never has
 /// brackets, and the IPv4 address literal of the same host is the same key.
 pub fn address_destination(ip: IpAddr) -> String {
-    format!("[{ip}]")
+    format!("[{}]", host_of(ip))
+}
+
+/// The remote host an address counts as, for its slots and its suspension: an IPv4 address
+/// also when written as IPv6 (mapped, or NAT64, [`super::mx::embedded_v4`]), and an IPv6
+/// address by its /64, which one host is usually given whole and could otherwise publish a
+/// new address for every MX host.
+pub fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match super::mx::embedded_v4(v6) {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+        },
+    }
 }
 
 /// Whether `error`, ending a transaction on an open connection, shows a host that stopped
@@ -524,6 +540,33 @@ mod tests {
         assert!(limits.address("192.0.2.8".parse().unwrap()).is_some());
         drop(held);
         assert!(limits.address(ip).is_some());
+    }
+
+    #[test]
+    fn other_spellings_and_neighbours_of_one_host_share_its_cap() {
+        let limits = Limits::new(32, 4);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let held: Vec<_> = (0..MAX_PER_ADDRESS)
+            .map(|_| limits.address(ip("192.0.2.7")))
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(limits.address(ip("::ffff:192.0.2.7")).is_none(), "mapped");
+        assert!(limits.address(ip("64:ff9b::c000:207")).is_none(), "NAT64");
+        // One /64 is one host: a new address per MX host gets no more slots.
+        let v6: Vec<_> = (1..=MAX_PER_ADDRESS)
+            .map(|i| limits.address(ip(&format!("2001:db8:1:2::{i}"))))
+            .collect();
+        assert!(v6.iter().all(Option::is_some));
+        assert!(limits.address(ip("2001:db8:1:2:ffff::5")).is_none());
+        assert!(limits.address(ip("2001:db8:1:3::1")).is_some());
+        assert_eq!(
+            address_destination(ip("::ffff:192.0.2.7")),
+            address_destination(ip("192.0.2.7"))
+        );
+        assert_eq!(
+            address_destination(ip("2001:db8:1:2::1")),
+            address_destination(ip("2001:db8:1:2::99"))
+        );
     }
 
     #[test]
