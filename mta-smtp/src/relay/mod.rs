@@ -430,7 +430,7 @@ impl Relay {
                         }
                         if remember.is_some() {
                             let session = session_of(report, &host.name, ip, conn.tls());
-                            self.reports.record(domain, report, session);
+                            self.report(domain, report, session);
                         }
                         let result = tokio::time::timeout_at(deadline, conn.send(&msg))
                             .await
@@ -471,7 +471,7 @@ impl Relay {
                                 ip: Some(ip),
                                 info: Some(why),
                             };
-                            self.reports.record(domain, report, session);
+                            self.report(domain, report, session);
                         }
                     }
                 }
@@ -517,6 +517,15 @@ impl Relay {
             ));
             rcpts.len()
         ]
+    }
+
+    /// Counts a session for the TLS reports; nothing when they are off
+    /// (`outbound.tls_reports`, which needs a restart to change): nothing would ever take the
+    /// counts, and they would grow for as long as the server runs.
+    fn report(&self, domain: &Domain, policy: ReportPolicy<'_>, session: Session) {
+        if self.config.outbound.tls_reports {
+            self.reports.record(domain, policy, session);
+        }
     }
 
     /// Remembers `domain` when a message was delivered to it over verified TLS.

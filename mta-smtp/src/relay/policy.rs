@@ -248,7 +248,7 @@ impl Relay {
                         ip: None,
                         info: Some(why.clone()),
                     };
-                    self.reports.record(domain, ReportPolicy::None, session);
+                    self.report(domain, ReportPolicy::None, session);
                     failed.push(format!("{}: {why}", host.name));
                 }
                 HostTlsa::None if enforced.is_some_and(|p| !p.allows(&host.name)) => unlisted += 1,
@@ -285,7 +285,7 @@ impl Relay {
         }
         let p = enforced.map_or_else(Vec::new, |p| p.mx.clone());
         warn!(%domain, patterns = %escape(&p.join(",")), hosts = unlisted, "MTA-STS: no MX host matches the policy");
-        self.reports.record(
+        self.report(
             domain,
             sts.as_deref().map_or(ReportPolicy::None, ReportPolicy::Sts),
             Session::Failure {
