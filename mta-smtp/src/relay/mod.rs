@@ -630,6 +630,11 @@ impl Relay {
             return None;
         }
         let listen = &self.config.listen;
+        // An IPv4 address written as IPv6 (mapped, NAT64) reaches the same listener.
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => mx::embedded_v4(v6).map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
         let ours = listen
             .smtp
             .iter()
@@ -637,7 +642,7 @@ impl Relay {
             .chain(&listen.submissions)
             .any(|l| {
                 l.port() == target.addr.port()
-                    && (l.ip() == target.addr.ip()
+                    && (v4(l.ip()) == v4(target.addr.ip())
                         || (l.ip().is_unspecified()
                             && mx::internal(target.addr.ip(), false).is_some()))
             });

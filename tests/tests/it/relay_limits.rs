@@ -557,3 +557,30 @@ fn an_address_written_as_ipv6_shares_the_slots_of_its_ipv4_form() {
         tx.log()
     );
 }
+
+#[test]
+fn our_own_listener_written_as_ipv6_is_a_mail_loop() {
+    let dns = TestDns::start(&[]);
+    let (_, tx) = on_shared_port("the sender", |p| {
+        let mta = sender(&dns, p, "")
+            .smtp(&[&format!("127.0.0.31:{p}")])
+            .try_start()?;
+        mta.add_user(ALICE, mta_tests::ALICE_PASSWORD);
+        Ok(mta)
+    });
+    for to in ["x@[127.0.0.31]", "x@[IPv6:::ffff:127.0.0.31]"] {
+        submit(&tx, &[to], &message(to, "loop"));
+    }
+    tx.wait_for_empty_queue(secs(60));
+    let log = tx.log();
+    assert_eq!(
+        log.matches("reason=\"a mail loop: one of our own listeners\"")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        !log.contains("Relaying denied"),
+        "it sent the mail to itself\n{log}"
+    );
+}
