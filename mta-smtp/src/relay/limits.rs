@@ -137,7 +137,7 @@ impl Limits {
     /// One of the [`MAX_PER_ADDRESS`] connections to `ip`, held while talking to it; `None`
     /// at once when they are all in use. Never waits: the caller holds an overall slot.
     pub fn address(&self, ip: IpAddr) -> Option<OwnedSemaphorePermit> {
-        self.per_address.of(&ip).try_acquire_owned().ok()
+        self.per_address.of(&host_of(ip)).try_acquire_owned().ok()
     }
 
     /// Overall slots free now.
@@ -229,7 +229,18 @@ pub fn admit_address(
 /// The suspension key of one remote address, `[192.0.2.1]`: a domain name never has
 /// brackets, and the IPv4 address literal of the same host is the same key.
 pub fn address_destination(ip: IpAddr) -> String {
-    format!("[{ip}]")
+    format!("[{}]", host_of(ip))
+}
+
+/// The remote host an address counts as, for its slots and its suspension: an IPv4 address
+/// also when written as an IPv4-mapped IPv6 address (the connection is the same). Not a NAT64
+/// form (`64:ff9b::/96`): where no translator routes it, connections to it fail, and a
+/// stranger's MX record must not make another's IPv4 address look dead. Other IPv6
+/// addresses count each on its own, not by their /64, for the same reason: a stranger could
+/// fill the slots of a provider's /64 (and suspend it) with addresses of it that never
+/// answer.
+pub fn host_of(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
 }
 
 /// Whether `error`, ending a transaction on an open connection, shows a host that stopped
@@ -524,6 +535,23 @@ mod tests {
         assert!(limits.address("192.0.2.8".parse().unwrap()).is_some());
         drop(held);
         assert!(limits.address(ip).is_some());
+    }
+
+    #[test]
+    fn the_mapped_form_of_an_address_shares_its_cap() {
+        let limits = Limits::new(32, 4);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let held: Vec<_> = (0..MAX_PER_ADDRESS)
+            .map(|_| limits.address(ip("192.0.2.7")))
+            .collect();
+        assert!(held.iter().all(Option::is_some));
+        assert!(limits.address(ip("::ffff:192.0.2.7")).is_none(), "mapped");
+        // NAT64 may lead nowhere, so it is not the same host: failures there are its own.
+        assert!(limits.address(ip("64:ff9b::c000:207")).is_some(), "NAT64");
+        assert_eq!(
+            address_destination(ip("::ffff:192.0.2.7")),
+            address_destination(ip("192.0.2.7"))
+        );
     }
 
     #[test]

@@ -613,7 +613,7 @@ impl Relay {
         }
         if at.remember {
             let session = session_of(at.report, host, ip, conn.tls());
-            self.reports.record(domain, at.report, session);
+            self.report(domain, at.report, session);
         }
         let result = tokio::time::timeout_at(deadline, conn.send(msg))
             .await
@@ -657,7 +657,7 @@ impl Relay {
                 ip: Some(ip),
                 info: Some(why),
             };
-            self.reports.record(at.domain, at.report, session);
+            self.report(at.domain, at.report, session);
         }
     }
 
@@ -708,6 +708,11 @@ impl Relay {
             code,
             format!("no host for {domain} took the message; last error: {last}{hint}"),
         )
+    }
+
+    /// Counts a session for the TLS reports, as [`Planner::report`].
+    fn report(&self, domain: &Domain, policy: ReportPolicy<'_>, session: Session) {
+        self.planner().report(domain, policy, session);
     }
 
     /// Remembers `domain` when a message was delivered to it over verified TLS.
@@ -767,6 +772,11 @@ impl Relay {
             return None;
         }
         let listen = &self.config.listen;
+        // An IPv4 address written as IPv6 (mapped, NAT64) reaches the same listener.
+        let v4 = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => mx::embedded_v4(v6).map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
         let ours = listen
             .smtp
             .iter()
@@ -774,7 +784,7 @@ impl Relay {
             .chain(&listen.submissions)
             .any(|l| {
                 l.port() == target.addr.port()
-                    && (l.ip() == target.addr.ip()
+                    && (v4(l.ip()) == v4(target.addr.ip())
                         || (l.ip().is_unspecified()
                             && mx::internal(target.addr.ip(), false).is_some()))
             });

@@ -141,6 +141,15 @@ struct LeftOut {
 }
 
 impl Planner<'_> {
+    /// Counts a session for the TLS reports; nothing when they are off
+    /// (`outbound.tls_reports`, which needs a restart to change): nothing would ever take the
+    /// counts, and they would grow for as long as the server runs.
+    pub(super) fn report(&self, domain: &Domain, policy: ReportPolicy<'_>, session: Session) {
+        if self.config.outbound.tls_reports {
+            self.reports.record(domain, policy, session);
+        }
+    }
+
     /// The MTA-STS policy of `domain` when one can apply: MTA-STS on, the sender did not
     /// waive it (`TLS-Required: No`) or ask for more (REQUIRETLS), and no `[outbound.tls]`
     /// table of the operator's decides instead.
@@ -351,7 +360,7 @@ impl Planner<'_> {
                     ip: None,
                     info: Some(why.clone()),
                 };
-                self.reports.record(domain, ReportPolicy::None, session);
+                self.report(domain, ReportPolicy::None, session);
                 left_out.failed.push(format!("{}: {why}", host.name));
             }
             HostTlsa::None if enforced.is_some_and(|p| !p.allows(&host.name)) => {
@@ -454,7 +463,7 @@ impl Planner<'_> {
         });
         let p = enforced.map_or_else(Vec::new, |p| p.mx.clone());
         warn!(%domain, patterns = %escape(&p.join(",")), hosts = left_out.unlisted, "MTA-STS: no MX host matches the policy");
-        self.reports.record(
+        self.report(
             domain,
             sts.as_deref().map_or(ReportPolicy::None, ReportPolicy::Sts),
             Session::Failure {

@@ -782,4 +782,63 @@ mod tests {
             ResultType::DnssecInvalid
         );
     }
+
+    /// A host on loopback that answers EHLO without STARTTLS, then `421` to anything.
+    async fn plain_host() -> u16 {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let (r, mut w) = conn.into_split();
+                    let mut lines = BufReader::new(r).lines();
+                    w.write_all(b"220 t\r\n").await.ok();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let ehlo = line.to_ascii_uppercase().starts_with("EHLO");
+                        let reply: &[u8] = if ehlo { b"250 t\r\n" } else { b"421 bye\r\n" };
+                        if w.write_all(reply).await.is_err() || !ehlo {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    #[tokio::test]
+    async fn nothing_is_counted_when_tls_reports_are_off() {
+        let port = plain_host().await;
+        let dir = tempfile::tempdir().unwrap();
+        let toml = format!(
+            "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n\
+             data_dir = {:?}\n[dns]\nnameservers = [\"127.0.0.1:9\"]\n\
+             [outbound]\nport = {port}\nallow_internal = [\"127.0.0.0/8\"]\n\
+             tls_reports = false\nmta_sts = false\ndane = false\n",
+            dir.path()
+        );
+        let config = std::sync::Arc::new(Config::from_toml("t.toml", &toml, "x").unwrap());
+        let memory = std::sync::Arc::new(super::super::memory::TlsMemory::open(
+            dir.path(),
+            Duration::from_secs(60),
+        ));
+        let kept = super::super::Kept::new(&config, memory);
+        let reports = kept.reports.clone();
+        let relay = super::super::Relay::new(config, kept).unwrap();
+        let to = Address::parse("r@[127.0.0.1]").unwrap();
+        let envelope = Envelope::generated(
+            MessageId::generate(1),
+            vec![to.clone()],
+            "mx.example.org",
+            1,
+            4,
+        );
+        let domain = to.domain().clone();
+        relay.deliver(&envelope, b"x\r\n", &domain, &[to]).await;
+        assert!(
+            reports.take("mx.example.org").is_empty(),
+            "with outbound.tls_reports = false, nothing takes the counts: they must not be kept"
+        );
+    }
 }

@@ -506,3 +506,81 @@ fn stalls_after_the_greeting_suspend_the_address() {
     );
     assert!(tx.log().contains("is suspended after"), "{}", tx.log());
 }
+
+#[test]
+fn an_address_written_as_ipv6_shares_the_slots_of_its_ipv4_form() {
+    // 40 domains on one host that greets then stalls: half reach it by its A record, half by
+    // an AAAA record of the same address mapped into IPv6. One host, so 4 slots in all.
+    let (port, (rx, stall)) = on_shared_port("the receiver and the stalling host", |p| {
+        let rx = try_remote_receiver("mx1.remote.test", "127.0.0.2", p)?;
+        let stall = Host::listen(SocketAddr::from(([127, 0, 0, 24], p)), Mode::Greet)?;
+        Ok((rx, stall))
+    });
+    let mut records = vec![
+        "--host-record=mx4.staller.test,127.0.0.24".to_string(),
+        "--host-record=mx6.staller.test,::ffff:127.0.0.24".to_string(),
+        "--mx-host=remote.test,mx1.remote.test,10".to_string(),
+        "--host-record=mx1.remote.test,127.0.0.2".to_string(),
+    ];
+    for i in 0..STALLING_DOMAINS {
+        let mx = if i % 2 == 0 { "mx4" } else { "mx6" };
+        records.push(format!("--mx-host=t{i}.test,{mx}.staller.test,10"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
+    ));
+    let mut c = login(&tx);
+    for i in 0..STALLING_DOMAINS {
+        let to = format!("victim@t{i}.test");
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    wait_for(secs(60), "the stalling host holds connections", || {
+        stall.accepted() >= 4
+    });
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
+    let files = rx.wait_for_mail(REMOTE_BOB, 1, 60);
+    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    // Every attempt has had its chance at the host by now.
+    std::thread::sleep(Duration::from_secs(5));
+    let held = stall.open_max();
+    eprintln!("IPv4 and IPv4-mapped MX addresses of one host: it held {held} connections at once");
+    assert!(
+        (1..=4).contains(&held),
+        "the stalling host held {held} connections at once (accepted {})\n{}",
+        stall.accepted(),
+        tx.log()
+    );
+}
+
+#[test]
+fn our_own_listener_written_as_ipv6_is_a_mail_loop() {
+    let dns = TestDns::start(&[]);
+    let (_, tx) = on_shared_port("the sender", |p| {
+        let mta = sender(&dns, p, "")
+            .smtp(&[&format!("127.0.0.31:{p}")])
+            .try_start()?;
+        mta.add_user(ALICE, mta_tests::ALICE_PASSWORD);
+        Ok(mta)
+    });
+    for to in ["x@[127.0.0.31]", "x@[IPv6:::ffff:127.0.0.31]"] {
+        submit(&tx, &[to], &message(to, "loop"));
+    }
+    tx.wait_for_empty_queue(secs(60));
+    let log = tx.log();
+    assert_eq!(
+        log.matches("reason=\"a mail loop: one of our own listeners\"")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        !log.contains("Relaying denied"),
+        "it sent the mail to itself\n{log}"
+    );
+}
