@@ -288,8 +288,8 @@ impl Queue {
 }
 
 /// The lane of the record's next attempt (`None` when it is finished). The local lane tried
-/// only the local recipients: the others are due now, in the remote lane; after that, lanes
-/// follow the pending recipients again.
+/// only the local recipients: the others are due now (the record's next attempt is set to
+/// `now`), in the remote lane; after that, lanes follow the pending recipients again.
 fn next_lane(
     record: &mut Record,
     deliver: &dyn Deliver,
