@@ -6,7 +6,7 @@
 # short runs of the soak and benchmark scripts, from Debian packages; dkimpy and aiosmtpd
 # from PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, runs
 # every test in the workspace, then every figure-producing script in its short form
-# (scripts/short-runs.sh).
+# (scripts/short-runs.sh). Before the tests: the module cycle check and clippy (no warning).
 #
 #   scripts/test.sh              everything (what CI runs)
 #   scripts/test.sh FILTER...    only `cargo test --workspace FILTER...`, no short runs
@@ -72,14 +72,16 @@ if ! python3 -c 'import dkim, nacl, aiosmtpd.lmtp' 2>/dev/null; then
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages dkimpy pynacl aiosmtpd
 fi
 
-# The end-to-end tests in tests/ run target/debug/mta: build it first so it is never stale.
-cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-# Dependencies between the modules of a crate run one way, as they do between the crates:
-# a new import cycle fails the run (the crates enforced are listed in the script).
+# The quick checks first, before the long tests. Dependencies between the modules of each
+# crate run one way, as they do between the crates: an import cycle in any crate fails the
+# run. Clippy's warnings (among them a function over clippy.toml's line limit) fail it too.
 { python3 scripts/module-cycles.py --self-test && python3 scripts/module-cycles.py; } || status=1
+cargo clippy --workspace --all-targets -- -D warnings || { echo "test.sh: clippy warnings" >&2; status=1; }
+# The end-to-end tests in tests/ run target/debug/mta: build it first so it is never stale.
+cargo build --workspace --bins
 cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
 # The scripts behind the figures in docs/ (soaks, power loss, disk full, benchmarks, fuzzing),
 # in short form, each counted as one test. A run given a test filter is a developer's

@@ -13,6 +13,9 @@
 //! for the short CI run. `scripts/fuzz.sh` runs either; the unit test at the end replays the
 //! committed corpus in CI.
 
+// Functions stay under the line limit in clippy.toml (test code is exempt).
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 pub mod framing;
 pub mod model;
 

@@ -146,33 +146,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // How a failure is printed: as JSON where the command's output is JSON.
-    let errors = match &cli.command {
-        Command::Serve { log_format, .. } if *log_format == serve::LogFormat::Json => {
-            ErrorFormat::JsonLog
-        }
-        Command::Queue { command } if command.json() => ErrorFormat::JsonAnswer,
-        Command::Doctor(args) if args.json => ErrorFormat::JsonAnswer,
-        _ => ErrorFormat::Text,
-    };
+    let errors = error_format(&cli.command);
     let path = source.path().map(Path::to_path_buf);
     let result = match cli.command {
         Command::Serve { log_format } => load_config(path.as_deref())
             .and_then(|c| serve::run(c, path.clone(), log_format, &source)),
         Command::Reload => load_config(path.as_deref()).and_then(|c| control_client::reload(&c)),
         Command::Send(_) => unreachable!("mta send is run above"),
-        Command::User { command } => load_config(path.as_deref()).and_then(|c| {
-            let delimiter = c.local.recipient_delimiter;
-            let added = match &command {
-                users::UserCommand::Add { address, .. } => Some(address.clone()),
-                _ => None,
-            };
-            users::run(command, &c.data_dir, &c.local_domains, delimiter)?;
-            match added {
-                Some(address) => prepare_maildir(&c, &address),
-                None => Ok(()),
-            }
-        }),
+        Command::User { command } => load_config(path.as_deref()).and_then(|c| user(command, &c)),
         Command::Queue { command } => {
             load_config(path.as_deref()).and_then(|c| queue_cmd::run(command, &c))
         }
@@ -208,6 +189,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+    }
+}
+
+/// How a failure of `command` is printed: as JSON where the command's output is JSON.
+fn error_format(command: &Command) -> ErrorFormat {
+    match command {
+        Command::Serve { log_format, .. } if *log_format == serve::LogFormat::Json => {
+            ErrorFormat::JsonLog
+        }
+        Command::Queue { command } if command.json() => ErrorFormat::JsonAnswer,
+        Command::Doctor(args) if args.json => ErrorFormat::JsonAnswer,
+        _ => ErrorFormat::Text,
+    }
+}
+
+/// `mta user ...`; a user just added gets their Maildir.
+fn user(command: users::UserCommand, c: &Config) -> anyhow::Result<()> {
+    let added = match &command {
+        users::UserCommand::Add { address, .. } => Some(address.clone()),
+        _ => None,
+    };
+    users::run(
+        command,
+        &c.data_dir,
+        &c.local_domains,
+        c.local.recipient_delimiter,
+    )?;
+    match added {
+        Some(address) => prepare_maildir(c, &address),
+        None => Ok(()),
     }
 }
 

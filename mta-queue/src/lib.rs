@@ -4,6 +4,9 @@
 //!
 //! Depends on `mta-core` only; the network side plugs in through the `Deliver` trait.
 
+// Functions stay under the line limit in clippy.toml (test code is exempt).
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
+
 pub mod admin;
 pub mod bounce;
 pub mod clock;

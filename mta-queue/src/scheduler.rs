@@ -30,7 +30,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 use crate::bounce::{DsnKind, DsnRecipient};
 use crate::clock::{self, QueueAge};
 use crate::retry;
-use crate::store::{Record, StoreError};
+use crate::store::{Loaded, Record, StoreError};
 
 /// Attempts that run at once in the local lane.
 pub const LOCAL_CONCURRENCY: usize = 16;
@@ -192,20 +192,8 @@ impl Queue {
         lane: Lane,
         cancel: &Notify,
     ) -> Ended {
-        let (mut record, body) = match self.store.load(id) {
-            Ok(Some(loaded)) => loaded,
-            Ok(None) => {
-                // Deleted or finished since it was found due: drop the stale entry, or it
-                // would be found due again on every pass.
-                if let Err(e) = self.store.unschedule(due_ms, id).await {
-                    error!(error = %e, "cannot remove a stale schedule entry");
-                }
-                return Ended::Recorded;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot load queued message");
-                return Ended::Recorded;
-            }
+        let Some((mut record, body)) = self.load_due(due_ms, id).await else {
+            return Ended::Recorded;
         };
         let pending: Vec<Address> = record
             .envelope
@@ -244,6 +232,42 @@ impl Queue {
         self.notify_sender(&mut record.envelope, &before, &body, age)
             .await;
         let finished = record.envelope.is_finished();
+        let (attempts, wait) = self.schedule_next(&mut record, now);
+        self.remember_lane(id, next_lane(&mut record, deliver, lane, finished, now));
+        match self.store.update(&record, due_ms, finished).await {
+            Ok(()) if finished => info!("done, removed from queue"),
+            Ok(()) => {
+                info!(attempt = attempts, retry_in = ?Duration::from_secs(wait.as_secs()), "deferred")
+            }
+            Err(e) => {
+                error!(error = %e, "cannot record delivery result; the attempt will be repeated")
+            }
+        }
+        Ended::Recorded
+    }
+
+    /// The record and body of a message found due; `None` when it cannot be loaded, or is
+    /// gone (deleted or finished since it was found due): then its stale schedule entry is
+    /// dropped, or it would be found due again on every pass.
+    async fn load_due(&self, due_ms: u64, id: &MessageId) -> Option<Loaded> {
+        match self.store.load(id) {
+            Ok(Some(loaded)) => Some(loaded),
+            Ok(None) => {
+                if let Err(e) = self.store.unschedule(due_ms, id).await {
+                    error!(error = %e, "cannot remove a stale schedule entry");
+                }
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "cannot load queued message");
+                None
+            }
+        }
+    }
+
+    /// Sets the record's next attempt by the retry schedule of its most-tried pending
+    /// recipient; that count of attempts and the wait.
+    fn schedule_next(&self, record: &mut Record, now: u64) -> (u32, Duration) {
         let attempts = record
             .envelope
             .recipients
@@ -259,28 +283,28 @@ impl Queue {
             rand::random::<f64>(),
         );
         record.next_attempt_ms = now + wait.as_millis() as u64;
-        // The local lane tried only the local recipients: the others are due now, in the
-        // remote lane; after that, lanes follow the pending recipients again.
-        let untried_remote = lane == Lane::Local && !lane_remote_only(&record.envelope, deliver);
-        let next_lane = match (finished, untried_remote) {
-            (true, _) => None,
-            (false, true) => {
-                record.next_attempt_ms = now;
-                Some(Lane::Remote)
-            }
-            (false, false) => Some(lane_of(&record.envelope, deliver)),
-        };
-        self.remember_lane(id, next_lane);
-        match self.store.update(&record, due_ms, finished).await {
-            Ok(()) if finished => info!("done, removed from queue"),
-            Ok(()) => {
-                info!(attempt = attempts, retry_in = ?Duration::from_secs(wait.as_secs()), "deferred")
-            }
-            Err(e) => {
-                error!(error = %e, "cannot record delivery result; the attempt will be repeated")
-            }
+        (attempts, wait)
+    }
+}
+
+/// The lane of the record's next attempt (`None` when it is finished). The local lane tried
+/// only the local recipients: the others are due now (the record's next attempt is set to
+/// `now`), in the remote lane; after that, lanes follow the pending recipients again.
+fn next_lane(
+    record: &mut Record,
+    deliver: &dyn Deliver,
+    lane: Lane,
+    finished: bool,
+    now: u64,
+) -> Option<Lane> {
+    let untried_remote = lane == Lane::Local && !lane_remote_only(&record.envelope, deliver);
+    match (finished, untried_remote) {
+        (true, _) => None,
+        (false, true) => {
+            record.next_attempt_ms = now;
+            Some(Lane::Remote)
         }
-        Ended::Recorded
+        (false, false) => Some(lane_of(&record.envelope, deliver)),
     }
 }
 

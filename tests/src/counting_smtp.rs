@@ -150,29 +150,18 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-    let Ok(mut out) = conn.try_clone() else {
+    let Ok(out) = conn.try_clone() else {
         return;
     };
     let mut input = BufReader::new(conn);
-    let lock = || state.lock().unwrap_or_else(PoisonError::into_inner);
-    let log = |line: String| lock().transcript.push(line);
-    let mut reply = |text: &str| -> bool {
-        log(format!("{index} S: {text}"));
-        let wire = format!("{text}\r\n");
-        if fault == Fault::Trickle && (text.starts_with("220") || text.starts_with("250 ok")) {
-            for b in wire.as_bytes() {
-                if out.write_all(&[*b]).is_err() {
-                    return false;
-                }
-                std::thread::sleep(Duration::from_secs(1));
-            }
-            true
-        } else {
-            out.write_all(wire.as_bytes()).is_ok()
-        }
+    let mut peer = Peer {
+        out,
+        index,
+        fault,
+        state,
     };
     if fault == Fault::Greeting421 {
-        reply("421 4.3.2 counting.test busy, come back later");
+        peer.reply("421 4.3.2 counting.test busy, come back later");
         return;
     }
     let greeting = if fault == Fault::Trickle {
@@ -180,7 +169,7 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
     } else {
         "220 counting.test ESMTP"
     };
-    if !reply(greeting) {
+    if !peer.reply(greeting) {
         return;
     }
     let mut in_tx = false;
@@ -191,82 +180,125 @@ fn serve(conn: TcpStream, index: usize, fault: Fault, state: &Mutex<State>) {
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-        log(format!("{index} C: {line}"));
+        peer.log(format!("{index} C: {line}"));
         let verb = line
             .split([' ', ':'])
             .next()
             .unwrap_or("")
             .to_ascii_uppercase();
         let ok = match verb.as_str() {
-            "EHLO" => reply("250-counting.test\r\n250 8BITMIME"),
+            "EHLO" => peer.reply("250-counting.test\r\n250 8BITMIME"),
             "HELO" | "NOOP" | "RSET" => {
                 in_tx = verb != "RSET" && in_tx;
-                reply("250 2.0.0 OK")
+                peer.reply("250 2.0.0 OK")
             }
             "MAIL" => {
                 in_tx = true;
-                reply("250 2.1.0 OK")
+                peer.reply("250 2.1.0 OK")
             }
-            "RCPT" => {
-                let seen = {
-                    let mut st = lock();
-                    st.rcpts += 1;
-                    st.rcpts
-                };
-                if matches!(fault, Fault::Rcpt451First(n) if seen <= n) {
-                    reply("451 4.3.0 counting.test: try later")
-                } else {
-                    reply("250 2.1.5 OK")
-                }
-            }
-            "DATA" if !in_tx => reply("503 5.5.1 MAIL first"),
+            "RCPT" => peer.rcpt(),
+            "DATA" if !in_tx => peer.reply("503 5.5.1 MAIL first"),
             "DATA" => {
                 in_tx = false;
-                if !reply("354 go ahead") {
-                    return;
-                }
-                let mut data = Vec::new();
-                loop {
-                    let mut l = Vec::new();
-                    match input.read_until(b'\n', &mut l) {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                    if l == b".\r\n" {
-                        break;
-                    }
-                    data.extend_from_slice(&l);
-                }
-                let mid = find_message_id(&crate::fake_smtp::unstuff(&data))
-                    .unwrap_or_else(|| "(no Message-ID)".into());
-                log(format!(
-                    "{index} C: ({} octets, Message-ID {mid})",
-                    data.len()
-                ));
-                match fault {
-                    Fault::DropAfterDot => {
-                        log(format!("{index} S: (drops the connection)"));
-                        lock().dropped.push((mid, index));
-                        return;
-                    }
-                    Fault::SlowDot(d) => std::thread::sleep(d),
-                    _ => {}
-                }
-                lock().accepted.push((mid, index));
-                reply(if fault == Fault::Trickle {
-                    "250 ok"
-                } else {
-                    "250 2.0.0 OK counted"
-                })
+                peer.reply("354 go ahead") && peer.message(&mut input)
             }
             "QUIT" => {
-                reply("221 2.0.0 bye");
+                peer.reply("221 2.0.0 bye");
                 return;
             }
-            _ => reply("502 5.5.1 not here"),
+            _ => peer.reply("502 5.5.1 not here"),
         };
         if !ok {
             return;
         }
+    }
+}
+
+/// The receiver's side of one connection: where replies go, and what it shares with the
+/// other connections.
+struct Peer<'a> {
+    out: TcpStream,
+    index: usize,
+    fault: Fault,
+    state: &'a Mutex<State>,
+}
+
+impl Peer<'_> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn log(&self, line: String) {
+        self.lock().transcript.push(line);
+    }
+
+    /// Writes one reply (trickled when the fault says so); false when the write failed.
+    fn reply(&mut self, text: &str) -> bool {
+        self.log(format!("{} S: {text}", self.index));
+        let wire = format!("{text}\r\n");
+        if self.fault == Fault::Trickle && (text.starts_with("220") || text.starts_with("250 ok")) {
+            for b in wire.as_bytes() {
+                if self.out.write_all(&[*b]).is_err() {
+                    return false;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            true
+        } else {
+            self.out.write_all(wire.as_bytes()).is_ok()
+        }
+    }
+
+    /// Counts the RCPT and answers it (`451` while the fault says so).
+    fn rcpt(&mut self) -> bool {
+        let seen = {
+            let mut st = self.lock();
+            st.rcpts += 1;
+            st.rcpts
+        };
+        if matches!(self.fault, Fault::Rcpt451First(n) if seen <= n) {
+            self.reply("451 4.3.0 counting.test: try later")
+        } else {
+            self.reply("250 2.1.5 OK")
+        }
+    }
+
+    /// After `354`: reads the message to its final dot, counts it and answers it, or does what
+    /// the fault says; false when the connection is to end.
+    fn message(&mut self, input: &mut BufReader<TcpStream>) -> bool {
+        let index = self.index;
+        let mut data = Vec::new();
+        loop {
+            let mut l = Vec::new();
+            match input.read_until(b'\n', &mut l) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            if l == b".\r\n" {
+                break;
+            }
+            data.extend_from_slice(&l);
+        }
+        let mid = find_message_id(&crate::fake_smtp::unstuff(&data))
+            .unwrap_or_else(|| "(no Message-ID)".into());
+        self.log(format!(
+            "{index} C: ({} octets, Message-ID {mid})",
+            data.len()
+        ));
+        match self.fault {
+            Fault::DropAfterDot => {
+                self.log(format!("{index} S: (drops the connection)"));
+                self.lock().dropped.push((mid, index));
+                return false;
+            }
+            Fault::SlowDot(d) => std::thread::sleep(d),
+            _ => {}
+        }
+        self.lock().accepted.push((mid, index));
+        self.reply(if self.fault == Fault::Trickle {
+            "250 ok"
+        } else {
+            "250 2.0.0 OK counted"
+        })
     }
 }

@@ -208,7 +208,37 @@ pub fn parse_dsn(bytes: &[u8]) -> Result<Dsn, String> {
     if headers.get("MIME-Version").map(str::trim) != Some("1.0") {
         return Err("no MIME-Version: 1.0".into());
     }
-    // Delimiters are whole lines: CRLF "--" boundary (RFC 2046 §5.1.1).
+    let parts = split_parts(body, &boundary)?;
+    let global = part_types(&parts)?;
+    let mut groups = parts[1]
+        .body
+        .split("\r\n\r\n")
+        .filter(|g| !g.trim().is_empty())
+        .map(|g| split_headers(&format!("{}\r\n\r\n", g.trim_end_matches("\r\n"))).map(|f| f.0));
+    let per_message = groups.next().ok_or("an empty delivery-status part")??;
+    if per_message.get("Reporting-MTA").is_none() {
+        return Err(format!("no Reporting-MTA in {:?}", per_message.0));
+    }
+    let recipients = groups.collect::<Result<Vec<Fields>, String>>()?;
+    if recipients.is_empty() {
+        return Err("no per-recipient fields".into());
+    }
+    for r in &recipients {
+        check_recipient(r)?;
+    }
+    Ok(Dsn {
+        headers,
+        boundary,
+        parts,
+        per_message,
+        recipients,
+        global,
+    })
+}
+
+/// The parts of a multipart body between its delimiter lines: CRLF "--" boundary (RFC 2046
+/// §5.1.1), the last one closed by "--".
+fn split_parts(body: &str, boundary: &str) -> Result<Vec<Part>, String> {
     let delimiter = format!("\r\n--{boundary}");
     let body = format!("\r\n{body}");
     let mut pieces: Vec<&str> = body.split(delimiter.as_str()).collect();
@@ -230,6 +260,12 @@ pub fn parse_dsn(bytes: &[u8]) -> Result<Dsn, String> {
             body: body.to_string(),
         });
     }
+    Ok(parts)
+}
+
+/// Whether the parts are those of an RFC 6533 (global) DSN; an error when they are neither
+/// that nor RFC 3464's.
+fn part_types(parts: &[Part]) -> Result<bool, String> {
     let types: Vec<String> = parts
         .iter()
         .map(|p| content_type(p.headers.get("Content-Type").unwrap_or("text/plain")).0)
@@ -251,43 +287,27 @@ pub fn parse_dsn(bytes: &[u8]) -> Result<Dsn, String> {
              the last part may be left out)"
         ));
     }
-    let mut groups = parts[1]
-        .body
-        .split("\r\n\r\n")
-        .filter(|g| !g.trim().is_empty())
-        .map(|g| split_headers(&format!("{}\r\n\r\n", g.trim_end_matches("\r\n"))).map(|f| f.0));
-    let per_message = groups.next().ok_or("an empty delivery-status part")??;
-    if per_message.get("Reporting-MTA").is_none() {
-        return Err(format!("no Reporting-MTA in {:?}", per_message.0));
+    Ok(global)
+}
+
+/// One per-recipient group: `Final-Recipient` is TYPE; ADDRESS, `Action` an RFC 3464 action
+/// and `Status` an RFC 3463 code.
+fn check_recipient(r: &Fields) -> Result<(), String> {
+    let fr = r.get("Final-Recipient").unwrap_or("");
+    if !fr.contains(';') {
+        return Err(format!("Final-Recipient {fr:?} is not TYPE; ADDRESS"));
     }
-    let recipients = groups.collect::<Result<Vec<Fields>, String>>()?;
-    if recipients.is_empty() {
-        return Err("no per-recipient fields".into());
+    let action = r.get("Action").unwrap_or("");
+    if !["failed", "delayed", "delivered", "relayed", "expanded"]
+        .contains(&action.to_ascii_lowercase().as_str())
+    {
+        return Err(format!("Action {action:?} is not an RFC 3464 action"));
     }
-    for r in &recipients {
-        let fr = r.get("Final-Recipient").unwrap_or("");
-        if !fr.contains(';') {
-            return Err(format!("Final-Recipient {fr:?} is not TYPE; ADDRESS"));
-        }
-        let action = r.get("Action").unwrap_or("");
-        if !["failed", "delayed", "delivered", "relayed", "expanded"]
-            .contains(&action.to_ascii_lowercase().as_str())
-        {
-            return Err(format!("Action {action:?} is not an RFC 3464 action"));
-        }
-        let status = r.get("Status").unwrap_or("");
-        if !is_status(status) {
-            return Err(format!("Status {status:?} is not an RFC 3463 code"));
-        }
+    let status = r.get("Status").unwrap_or("");
+    if !is_status(status) {
+        return Err(format!("Status {status:?} is not an RFC 3463 code"));
     }
-    Ok(Dsn {
-        headers,
-        boundary,
-        parts,
-        per_message,
-        recipients,
-        global,
-    })
+    Ok(())
 }
 
 /// Reads and parses the DSN at `path`; panics with the file when it is not one.

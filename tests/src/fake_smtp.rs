@@ -148,116 +148,143 @@ fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
-    let Ok(mut out) = conn.try_clone() else {
+    let Ok(out) = conn.try_clone() else {
         return;
     };
     let mut input = BufReader::new(conn);
-    let log = |line: String| {
-        state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .transcript
-            .push(line);
-    };
-    let mut reply = |text: &str| -> bool {
-        log(format!("{index} S: {text}"));
-        out.write_all(format!("{text}\r\n").as_bytes()).is_ok()
-    };
+    let mut peer = Peer { out, index, state };
     let greeting = (script.greeting)(index);
-    if !reply(&greeting) {
+    if !peer.reply(&greeting) {
         return;
     }
     if !greeting.starts_with("220 ") {
         let mut line = Vec::new();
         let _ = input.read_until(b'\n', &mut line);
-        log(format!(
+        peer.log(format!(
             "{index} C: {}",
             String::from_utf8_lossy(&line).trim_end()
         ));
         return;
     }
     let mut current: Option<Transaction> = None;
-    // A transaction that ended without data (all recipients refused) is kept too.
-    let keep = |t: Option<Transaction>| {
-        if let Some(t) = t {
-            state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .transactions
-                .push(t);
-        }
-    };
     loop {
         let mut raw = Vec::new();
         match input.read_until(b'\n', &mut raw) {
-            Ok(0) | Err(_) => return keep(current),
+            Ok(0) | Err(_) => return peer.keep(current),
             Ok(_) => {}
         }
         let line = String::from_utf8_lossy(&raw).trim_end().to_string();
-        log(format!("{index} C: {line}"));
+        peer.log(format!("{index} C: {line}"));
         let verb = line
             .split([' ', ':'])
             .next()
             .unwrap_or("")
             .to_ascii_uppercase();
         let ok = match verb.as_str() {
-            "EHLO" => reply("250-fake.test\r\n250 8BITMIME"),
-            "HELO" | "NOOP" => reply("250 2.0.0 OK"),
+            "EHLO" => peer.reply("250-fake.test\r\n250 8BITMIME"),
+            "HELO" | "NOOP" => peer.reply("250 2.0.0 OK"),
             "RSET" => {
-                keep(current.take());
-                reply("250 2.0.0 OK")
+                peer.keep(current.take());
+                peer.reply("250 2.0.0 OK")
             }
             "MAIL" => {
-                keep(current.take());
+                peer.keep(current.take());
                 current = Some(Transaction {
                     connection: index,
                     mail_from: line.clone(),
                     ..Transaction::default()
                 });
-                reply("250 2.1.0 OK")
+                peer.reply("250 2.1.0 OK")
             }
             "RCPT" => {
                 let answer = (script.rcpt)(index, &line);
                 if let Some(t) = current.as_mut() {
                     t.rcpts.push((line.clone(), answer.clone()));
                 }
-                reply(&answer)
+                peer.reply(&answer)
             }
-            "DATA" => {
-                let Some(mut t) = current.take() else {
-                    reply("503 5.5.1 MAIL first");
-                    continue;
-                };
-                if !reply("354 go ahead") {
-                    return;
-                }
-                loop {
-                    let mut data_line = Vec::new();
-                    match input.read_until(b'\n', &mut data_line) {
-                        Ok(0) | Err(_) => return keep(Some(t)),
-                        Ok(_) => {}
-                    }
-                    if data_line == b".\r\n" {
-                        break;
-                    }
-                    t.wire_data.extend_from_slice(&data_line);
-                }
-                log(format!("{index} C: ({} bytes of data)", t.wire_data.len()));
-                let answer = (script.data)(index);
-                t.data_reply = answer.clone();
-                keep(Some(t));
-                reply(&answer)
-            }
+            "DATA" => match current.take() {
+                None => peer.reply("503 5.5.1 MAIL first"),
+                Some(t) => peer.reply("354 go ahead") && peer.message(&mut input, t, script),
+            },
             "QUIT" => {
-                keep(current.take());
-                reply("221 2.0.0 bye");
+                peer.keep(current.take());
+                peer.reply("221 2.0.0 bye");
                 return;
             }
-            _ => reply("502 5.5.1 not here"),
+            _ => peer.reply("502 5.5.1 not here"),
         };
         if !ok {
-            return keep(current);
+            return peer.keep(current);
         }
+    }
+}
+
+/// The server's side of one connection: where replies go, and the state it records into.
+struct Peer<'a> {
+    out: TcpStream,
+    index: usize,
+    state: &'a Mutex<State>,
+}
+
+impl Peer<'_> {
+    fn log(&self, line: String) {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .transcript
+            .push(line);
+    }
+
+    /// Writes one reply; false when the write failed.
+    fn reply(&mut self, text: &str) -> bool {
+        self.log(format!("{} S: {text}", self.index));
+        self.out.write_all(format!("{text}\r\n").as_bytes()).is_ok()
+    }
+
+    /// Records a transaction that ended; one that ended without data (all recipients
+    /// refused) is kept too.
+    fn keep(&self, t: Option<Transaction>) {
+        if let Some(t) = t {
+            self.state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .transactions
+                .push(t);
+        }
+    }
+
+    /// After `354`: reads the data of `t` to the final dot, records `t` and gives the
+    /// script's answer; false when the connection is to end.
+    fn message(
+        &mut self,
+        input: &mut BufReader<TcpStream>,
+        mut t: Transaction,
+        script: &Script,
+    ) -> bool {
+        loop {
+            let mut data_line = Vec::new();
+            match input.read_until(b'\n', &mut data_line) {
+                Ok(0) | Err(_) => {
+                    self.keep(Some(t));
+                    return false;
+                }
+                Ok(_) => {}
+            }
+            if data_line == b".\r\n" {
+                break;
+            }
+            t.wire_data.extend_from_slice(&data_line);
+        }
+        self.log(format!(
+            "{} C: ({} bytes of data)",
+            self.index,
+            t.wire_data.len()
+        ));
+        let answer = (script.data)(self.index);
+        t.data_reply = answer.clone();
+        self.keep(Some(t));
+        self.reply(&answer)
     }
 }
 

@@ -25,7 +25,7 @@ use super::ehlo::Extensions;
 use super::reply::ServerReply;
 use super::tls::{self, Check, Trust};
 use super::transaction::{self, Expect};
-use super::wire::{Stream, Wire, timed};
+use super::wire::{Stream, Wire, expect, protocol, timed};
 use super::{
     ClientError, ClientSettings, OutgoingMessage, Phase, RcptResult, Target, Timeouts, TlsInfo,
     TlsPolicy,
@@ -526,16 +526,4 @@ async fn connect(target: &Target, settings: &ClientSettings) -> Result<TcpStream
     // back until the server's delayed ACK (~40 ms a message).
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-pub(super) fn expect(phase: Phase, want: Expect, reply: &ServerReply) -> Result<(), ClientError> {
-    if want.allows(reply) {
-        Ok(())
-    } else {
-        Err(protocol(phase, format!("unexpected reply {reply}")))
-    }
-}
-
-pub(super) fn protocol(phase: Phase, reason: String) -> ClientError {
-    ClientError::Protocol { phase, reason }
 }

@@ -19,8 +19,7 @@
 use std::fmt;
 use std::sync::{Arc, PoisonError};
 
-use super::Verification;
-use super::tls::Slot;
+use super::{Slot, Verification};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;

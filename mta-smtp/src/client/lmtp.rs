@@ -18,11 +18,11 @@ use mta_core::config::LmtpAddress;
 use tokio::net::{TcpStream, UnixStream};
 use tracing::debug;
 
-use super::connection::{expect, protocol};
 use super::ehlo::Extensions;
 use super::reply::ServerReply;
 use super::transaction::{self, Expect, verdict};
 use super::wire::{Stream, Wire, timed};
+use super::wire::{expect, protocol};
 use super::{ClientError, OutgoingMessage, Phase, RcptResult, Timeouts};
 
 /// Hands one message to the LMTP server at `at`: connect, greeting, `LHLO lhlo`, one

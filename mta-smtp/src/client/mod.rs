@@ -172,6 +172,9 @@ pub struct TlsInfo {
     pub verified: Verification,
 }
 
+/// Where a certificate verifier (`tls`, `dane`) leaves its verdict for the handshake's caller.
+type Slot = Arc<std::sync::Mutex<Option<Verification>>>;
+
 /// The outcome of certificate verification.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verification {

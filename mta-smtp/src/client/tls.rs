@@ -28,7 +28,7 @@ use tokio_rustls::client::TlsStream;
 
 use super::dane::{Dane, DaneVerifier};
 use super::wire::timed;
-use super::{ClientError, Phase, TlsInfo, Verification};
+use super::{ClientError, Phase, Slot, TlsInfo, Verification};
 
 /// Mozilla's root certificates (the `webpki-roots` crate), for verifying public MX hosts.
 pub fn webpki_roots() -> RootCertStore {
@@ -135,9 +135,6 @@ fn server_name(name: &str) -> Result<ServerName<'static>, ClientError> {
     ServerName::try_from(name.to_string())
         .map_err(|e| ClientError::Tls(format!("{name:?} cannot be verified as a host name: {e}")))
 }
-
-/// Where a verifier leaves its verdict for the handshake's caller.
-pub(super) type Slot = Arc<Mutex<Option<Verification>>>;
 
 fn client_config(trust: Trust<'_>, check: Check) -> Result<(ClientConfig, Slot), ClientError> {
     let provider = provider();

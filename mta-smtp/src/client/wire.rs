@@ -14,6 +14,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 
 use super::reply::{ReplyParser, ServerReply, take_line};
+use super::transaction::Expect;
 use super::{ClientError, Phase};
 
 /// How much one read asks the socket for.
@@ -114,12 +115,12 @@ impl Wire {
     /// The read failed, or the reply is not `want`.
     pub(super) async fn reply(
         &mut self,
-        phase: super::Phase,
+        phase: Phase,
         limit: std::time::Duration,
-        want: super::transaction::Expect,
-    ) -> Result<super::reply::ServerReply, super::ClientError> {
+        want: Expect,
+    ) -> Result<ServerReply, ClientError> {
         let reply = self.read_reply(phase, limit).await?;
-        super::connection::expect(phase, want, &reply)?;
+        expect(phase, want, &reply)?;
         Ok(reply)
     }
 
@@ -127,10 +128,10 @@ impl Wire {
     ///
     /// # Errors
     /// The server sent octets that answer no command of ours.
-    pub(super) fn ensure_idle(&self, phase: super::Phase) -> Result<(), super::ClientError> {
+    pub(super) fn ensure_idle(&self, phase: Phase) -> Result<(), ClientError> {
         match self.unread() {
             0 => Ok(()),
-            n => Err(super::connection::protocol(
+            n => Err(protocol(
                 phase,
                 format!("the server sent {n} octets that answer no command of ours"),
             )),
@@ -312,4 +313,18 @@ fn io_error(phase: Phase, source: io::Error) -> ClientError {
         | io::ErrorKind::UnexpectedEof => ClientError::Closed { phase },
         _ => ClientError::Io { phase, source },
     }
+}
+
+/// Ok when `reply` is one that `want` allows in `phase`; else a protocol error naming it.
+pub(super) fn expect(phase: Phase, want: Expect, reply: &ServerReply) -> Result<(), ClientError> {
+    if want.allows(reply) {
+        Ok(())
+    } else {
+        Err(protocol(phase, format!("unexpected reply {reply}")))
+    }
+}
+
+/// The error for a server that broke the protocol in `phase`.
+pub(super) fn protocol(phase: Phase, reason: String) -> ClientError {
+    ClientError::Protocol { phase, reason }
 }

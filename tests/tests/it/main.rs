@@ -6,6 +6,7 @@ mod clock_steps;
 mod dialogs;
 mod dkim;
 mod dnssec_server;
+mod docs_tree;
 mod doctor;
 mod dovecot;
 mod durability;
