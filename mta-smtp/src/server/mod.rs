@@ -9,14 +9,10 @@
 //! it is queued; [`message`] adds our trace headers; [`guards`] holds what sessions share against one
 //! hostile client, with [`logins`] for password guessers; [`log_text`] is how client text reaches the log.
 
-// authcheck.rs and conn.rs still hold functions over the line limit, left until their
-// rewrite splits them into named steps.
-#[allow(clippy::too_many_lines)]
 pub mod authcheck;
 pub mod authres;
 pub mod budget;
 pub mod command;
-#[allow(clippy::too_many_lines)]
 pub mod conn;
 pub mod data;
 pub mod filters;
