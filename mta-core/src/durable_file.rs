@@ -23,7 +23,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .write(true)
             .create_new(true)
             .mode(mode)
-            .custom_flags(libc_o_nofollow())
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         // The umask may have taken bits away from `mode`; the caller's mode is what counts.
         file.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -58,14 +58,13 @@ fn temp_path(path: &Path) -> io::Result<PathBuf> {
         )
     })?;
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let tmp = format!(".{}.{}.{n}.tmp", name.to_string_lossy(), std::process::id());
+    // A name may be long (an MTA-STS cache file is named by its domain, up to 253
+    // octets): the temp name keeps at most 100 characters of it, so that it stays within
+    // the 255 octets a file name may have; the process id and counter keep it unique.
+    let name = name.to_string_lossy();
+    let short: String = name.chars().take(100).collect();
+    let tmp = format!(".{short}.{}.{n}.tmp", std::process::id());
     Ok(path.with_file_name(tmp))
-}
-
-/// `O_NOFOLLOW` on Linux (every target `mta` supports), spelled out so `mta-core` needs no
-/// libc binding for one constant.
-const fn libc_o_nofollow() -> i32 {
-    0o400000
 }
 
 /// True when `path` holds a file that cannot be what was written whole: missing length
@@ -140,6 +139,17 @@ mod tests {
         let c = temp_path(Path::new("/x/example.com")).unwrap();
         assert_ne!(a, b);
         assert_ne!(a, c);
+    }
+
+    /// A file named by a long domain (an MTA-STS cache file) is written too: its temporary
+    /// name stays within the 255 octets a file name may have.
+    #[test]
+    fn a_long_file_name_gets_a_temporary_name_that_fits() {
+        let d = dir();
+        let p = d.join(format!("{}.json", "a".repeat(245)));
+        write(&p, b"policy", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"policy");
+        fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

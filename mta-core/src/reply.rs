@@ -128,7 +128,7 @@ replies! {
     /// closes as for a bare CR or LF.
     NUL_IN_COMMAND = 500 "5.5.2" "NUL not allowed in commands";
     /// 550 for a bare CR or LF inside DATA: the message is refused (SMTP smuggling).
-    BARE_LINE_ENDING_DATA = 550 "5.6.0" "Bare CR or LF in message data not allowed";
+    BARE_LINE_ENDING_DATA = 550 "5.6.0" "Bare CR or LF, or NUL, in message data not allowed";
     /// 550 for a text line over 1000 octets in DATA (RFC 5321 §4.5.3.1.6).
     DATA_LINE_TOO_LONG = 550 "5.6.0" "Message line longer than 1000 octets";
     /// 554 when there were no valid recipients at DATA.
