@@ -43,6 +43,11 @@ const MAX_AGE_LIMIT: u64 = 31_557_600;
 /// again when next needed.
 pub const MAX_CACHED: usize = 10_000;
 
+/// The most `mx:` patterns a policy may have. Real policies name a handful of hosts; a
+/// policy of 64 KiB could name some 13,000, which, kept for each of [`MAX_CACHED`] domains,
+/// would be gigabytes. A policy with more is refused, as any policy that does not parse.
+pub const MAX_MX_PATTERNS: usize = 100;
+
 /// What a policy asks of senders.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -120,6 +125,9 @@ impl Policy {
                     let pattern = pattern.trim_end_matches('.');
                     if !is_mx_pattern(pattern) {
                         return Err(format!("mx {value:?} is not a host name or *.domain"));
+                    }
+                    if mx.len() == MAX_MX_PATTERNS {
+                        return Err(format!("more than {MAX_MX_PATTERNS} `mx:` patterns"));
                     }
                     mx.push(pattern.to_string());
                 }
@@ -542,6 +550,23 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "version: STSv1\r\nmode: enforce\r\nmx: mail.example.com\r\nmx: *.example.net\r\nmax_age: 604800\r\n";
+
+    #[test]
+    fn a_policy_names_at_most_a_hundred_mx_patterns() {
+        let policy = |n: usize| {
+            let mx: String = (0..n).map(|i| format!("mx: mx{i}.example.com\n")).collect();
+            format!("version: STSv1\nmode: enforce\n{mx}max_age: 600\n")
+        };
+        assert_eq!(
+            Policy::parse(&policy(MAX_MX_PATTERNS), "1", 0)
+                .unwrap()
+                .mx
+                .len(),
+            MAX_MX_PATTERNS
+        );
+        let e = Policy::parse(&policy(MAX_MX_PATTERNS + 1), "1", 0).unwrap_err();
+        assert!(e.contains("more than 100"), "{e}");
+    }
 
     #[test]
     fn parses_and_matches() {

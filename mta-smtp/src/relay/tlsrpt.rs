@@ -42,6 +42,10 @@ use crate::client::dane::Dane;
 pub const MAX_RECIPIENTS: usize = 2;
 /// The most reports sent in one day (UTC), over all domains.
 pub const MAX_REPORTS_PER_DAY: u32 = 1000;
+
+/// The most failure entries, each with its host, address and the server's text, kept for
+/// one policy in one day; further failures are counted by their kind only.
+pub const MAX_FAILURE_DETAILS: usize = 100;
 /// The most reports sent in one day for the domains of one organisational domain: a domain
 /// gets one report per `outbound.tls_report_interval` (a day by default), so 5 leaves room
 /// for a few subdomains with their own `_smtp._tls` records, while 200 throwaway domains
@@ -259,7 +263,16 @@ impl TlsReports {
         match session {
             Session::Success => counts.success = counts.success.saturating_add(1),
             Session::Failure { kind, mx, ip, info } => {
-                let n = counts.failures.entry((kind, mx, ip, info)).or_default();
+                // Each distinct failure (host, address, the server's text) is its own entry
+                // up to a bound; past it, failures are counted by kind alone, so a host that
+                // answers every connection with new text cannot grow the day's counts.
+                let mut key = (kind, mx, ip, info);
+                if counts.failures.len() >= MAX_FAILURE_DETAILS
+                    && !counts.failures.contains_key(&key)
+                {
+                    key = (key.0, None, None, None);
+                }
+                let n = counts.failures.entry(key).or_default();
                 *n = n.saturating_add(1);
             }
         }
@@ -675,6 +688,33 @@ mod tests {
         }
         assert_eq!(r.may_send(day, "victim.co.uk"), Err(Held::Organization));
         assert_eq!(r.may_send(day + 86_400, "attacker.example"), Ok(()));
+    }
+
+    /// A host that answers each connection with new text adds at most
+    /// [`MAX_FAILURE_DETAILS`] detailed entries in a day; the rest are counted by kind.
+    #[test]
+    fn failure_details_are_bounded() {
+        let r = TlsReports::default();
+        let d = Domain::parse("example.net").unwrap();
+        for i in 0..1000 {
+            let session = Session::Failure {
+                kind: ResultType::CertificateHostMismatch,
+                mx: Some("mx.example.net".into()),
+                ip: None,
+                info: Some(format!("{i} {}", "x".repeat(1000))),
+            };
+            r.record(&d, ReportPolicy::None, session);
+        }
+        let reports = r.take("mx.example.org");
+        let p = &reports[0].1.policies[0];
+        assert_eq!(p.failure_details.len(), MAX_FAILURE_DETAILS + 1);
+        assert_eq!(p.summary.total_failure, 1000);
+        let counted: u32 = p
+            .failure_details
+            .iter()
+            .map(|f| f.failed_session_count)
+            .sum();
+        assert_eq!(counted, 1000);
     }
 
     #[test]
