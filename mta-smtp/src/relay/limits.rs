@@ -246,7 +246,10 @@ pub fn host_of(ip: IpAddr) -> IpAddr {
 /// Whether `error`, ending a transaction on an open connection, shows a host that stopped
 /// answering (a timeout in any phase) rather than one that answered.
 pub fn stalled(error: &ClientError) -> bool {
-    matches!(error, ClientError::Timeout { .. } | ClientError::Deadline)
+    matches!(
+        error,
+        ClientError::Timeout { .. } | ClientError::Deadline | ClientError::AttemptDeadline
+    )
 }
 
 /// The one probe of a suspended destination; when it ends without a connection result
@@ -560,6 +563,7 @@ mod tests {
         let t0 = Instant::now();
         let ip = address_destination("192.0.2.9".parse().unwrap());
         assert!(stalled(&ClientError::Deadline));
+        assert!(stalled(&ClientError::AttemptDeadline));
         assert!(stalled(&ClientError::Timeout {
             phase: crate::client::Phase::Mail
         }));

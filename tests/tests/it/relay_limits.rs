@@ -508,6 +508,56 @@ fn stalls_after_the_greeting_suspend_the_address() {
 }
 
 #[test]
+fn stalls_cut_by_the_attempt_timeout_suspend_the_address_too() {
+    // As above, but the attempt's deadline comes long before the connection's: the stall
+    // must still count, and the deferral must name the limit that expired.
+    let (port, stall) = on_shared_port("the stalling host", |p| {
+        Host::listen(SocketAddr::from(([127, 0, 0, 23], p)), Mode::Ehlo)
+    });
+    let mut records = vec!["--host-record=mx.mailstall2.test,127.0.0.23".to_string()];
+    for i in 0..10 {
+        records.push(format!("--mx-host=n{i}.test,mx.mailstall2.test,10"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "connection_timeout = \"10m\"\nattempt_timeout = \"2s\"",
+    ));
+    let mut c = login(&tx);
+    let messages = 20;
+    for i in 0..messages {
+        let to = format!("victim@n{}.test", i % 10);
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "mail stalls"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    wait_for(secs(180), "every message tried 3 times", || {
+        let a = attempts(&tx, ".test");
+        a.len() == messages && a.iter().all(|n| *n >= 3)
+    });
+    let n = stall.accepted();
+    eprintln!(
+        "{messages} messages tried 3 times each on a host that stalls at MAIL, attempt_timeout \
+         2 s: {n} connections"
+    );
+    let log = tx.log();
+    assert!(
+        n < messages / 2 && log.contains("is suspended after"),
+        "{n} connections for {messages} messages tried 3 times each\n{log}"
+    );
+    assert!(
+        log.contains("the attempt took longer than outbound.attempt_timeout"),
+        "the deferral names the attempt's limit\n{log}"
+    );
+    assert!(
+        !log.contains("longer than outbound.connection_timeout"),
+        "the connection's own limit did not expire\n{log}"
+    );
+}
+
+#[test]
 fn an_address_written_as_ipv6_shares_the_slots_of_its_ipv4_form() {
     // 40 domains on one host that greets then stalls: half reach it by its A record, half by
     // an AAAA record of the same address mapped into IPv6. One host, so 4 slots in all.
