@@ -425,6 +425,10 @@ pub enum ClientError {
     /// each step kept within its own timeout.
     #[error("the connection took longer than outbound.connection_timeout")]
     Deadline,
+    /// The connection was cut when the attempt as a whole reached
+    /// `outbound.attempt_timeout`, which came before its own `outbound.connection_timeout`.
+    #[error("the attempt took longer than outbound.attempt_timeout")]
+    AttemptDeadline,
 }
 
 impl ClientError {
@@ -447,7 +451,8 @@ impl ClientError {
             | ClientError::AuthNotOffered { .. }
             | ClientError::Protocol { .. }
             | ClientError::Closed { .. }
-            | ClientError::Deadline => false,
+            | ClientError::Deadline
+            | ClientError::AttemptDeadline => false,
         }
     }
 
@@ -455,7 +460,9 @@ impl ClientError {
     pub fn phase(&self) -> Phase {
         match self {
             // Which step was running when the deadline struck is not known here.
-            ClientError::Connect { .. } | ClientError::Deadline => Phase::Connect,
+            ClientError::Connect { .. } | ClientError::Deadline | ClientError::AttemptDeadline => {
+                Phase::Connect
+            }
             ClientError::Timeout { phase }
             | ClientError::Io { phase, .. }
             | ClientError::Rejected { phase, .. }

@@ -1,13 +1,22 @@
 //! What bounds remote delivery over all attempts, and outlives a reload: the connection
 //! slots ([`Limits`]: `outbound.max_connections` overall, `outbound.max_per_domain` per
-//! destination domain, [`MAX_PER_ADDRESS`] per remote address) and the destinations that
-//! stopped answering ([`Suspensions`]).
+//! destination domain, [`MAX_PER_ADDRESS`] per remote address, [`per_network`] per remote
+//! network) and the destinations that stopped answering ([`Suspensions`]).
 //!
 //! Many domains can share one MX address, so per-domain slots alone let one hostile host
 //! that greets and then stalls hold every overall slot, one domain each. The per-address
 //! cap bounds what any one address holds to [`MAX_PER_ADDRESS`] slots; an attempt that
 //! finds the address full moves on to the next one at once (it never waits holding an
 //! overall slot), and is deferred when they are all full.
+//!
+//! Addresses are cheap for whoever holds a network: eight IPv4 addresses at four slots
+//! each would hold all 32 default overall slots. So the addresses of one network (an IPv4
+//! /24, an IPv6 /48: the smallest blocks commonly routed and handed out) share a second,
+//! wider cap, [`per_network`], counted the same way. An MX record can name any address, so
+//! a stranger can point its domains at addresses of someone else's network that never
+//! answer and use up that network's share; a slot is therefore held only while its
+//! connection is being opened or is open: a connect that is refused releases it at once,
+//! and one that is never answered at most for `outbound.connect_timeout`.
 //!
 //! A reload builds a new relay while transactions of the old one still run; both count
 //! against the same slots, so a storm of reloads never opens more connections than the
@@ -25,7 +34,7 @@
 //! attempts that would have waited on it for minutes end at once.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +58,16 @@ const MAX_DESTINATIONS: usize = 10_000;
 /// addresses; an attempt that finds one address full tries the next.
 pub const MAX_PER_ADDRESS: usize = 4;
 
+/// Connections open at once to one remote network ([`network_of`]) over all its
+/// addresses: a quarter of `outbound.max_connections` (8 of the default 32), never fewer
+/// than [`MAX_PER_ADDRESS`]. A quarter, so that a hostile network holds at most a quarter of
+/// the slots, while a provider whose MX hosts share a /24 still gets two addresses' worth at
+/// once (large providers spread their MX hosts over several networks, and an attempt that
+/// finds one full tries the next).
+pub fn per_network(max_connections: usize) -> usize {
+    (max_connections / 4).max(MAX_PER_ADDRESS)
+}
+
 /// The connection slots shared by every relay a reload builds.
 pub struct Limits {
     all: Arc<Semaphore>,
@@ -58,6 +77,9 @@ pub struct Limits {
     per_domain: super::slots::DomainSlots,
     /// One semaphore per remote address, likewise.
     per_address: super::slots::AddressSlots,
+    /// One semaphore per remote network ([`network_of`]), likewise.
+    per_network: super::slots::AddressSlots,
+    max_per_network: usize,
 }
 
 /// Why [`Limits::acquire`] gave up: the slots stayed busy for its patience.
@@ -84,6 +106,28 @@ pub enum Busy {
     },
 }
 
+/// Why [`Limits::address`] found no slot free.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum Full {
+    /// The address's own slots.
+    #[error("4.4.5 all {MAX_PER_ADDRESS} connection slots for the address are busy")]
+    Address,
+    /// The slots of the address's network.
+    #[error("4.4.5 all {max} connection slots for the address's network ({network}) are busy")]
+    Network {
+        /// The network, `192.0.2.0/24` or `2001:db8:1::/48`.
+        network: String,
+        /// [`per_network`].
+        max: usize,
+    },
+}
+
+/// A slot of one remote address and one of its network, held while talking to it.
+pub struct AddressSlot {
+    _address: OwnedSemaphorePermit,
+    _network: OwnedSemaphorePermit,
+}
+
 /// A connection slot held for one attempt: one for its domain and one of the overall ones.
 pub struct Slot {
     _domain: OwnedSemaphorePermit,
@@ -99,6 +143,8 @@ impl Limits {
             max_per_domain,
             per_domain: super::slots::DomainSlots::new(max_per_domain),
             per_address: super::slots::AddressSlots::new(MAX_PER_ADDRESS),
+            per_network: super::slots::AddressSlots::new(per_network(max_connections)),
+            max_per_network: per_network(max_connections),
         }
     }
 
@@ -134,10 +180,34 @@ impl Limits {
         })
     }
 
-    /// One of the [`MAX_PER_ADDRESS`] connections to `ip`, held while talking to it; `None`
-    /// at once when they are all in use. Never waits: the caller holds an overall slot.
-    pub fn address(&self, ip: IpAddr) -> Option<OwnedSemaphorePermit> {
-        self.per_address.of(&host_of(ip)).try_acquire_owned().ok()
+    /// One of the [`MAX_PER_ADDRESS`] connections to `ip` and one of the [`per_network`]
+    /// connections to its network, held while talking to it; [`Full`] at once when either
+    /// is all in use. Never waits: the caller holds an overall slot.
+    ///
+    /// # Errors
+    /// [`Full`], naming the slots that are all in use.
+    pub fn address(&self, ip: IpAddr) -> Result<AddressSlot, Full> {
+        let address = self
+            .per_address
+            .of(&host_of(ip))
+            .try_acquire_owned()
+            .map_err(|_| Full::Address)?;
+        let network = network_of(ip);
+        let net = self
+            .per_network
+            .of(&network)
+            .try_acquire_owned()
+            .map_err(|_| Full::Network {
+                network: match network {
+                    IpAddr::V4(_) => format!("{network}/24"),
+                    IpAddr::V6(_) => format!("{network}/48"),
+                },
+                max: self.max_per_network,
+            })?;
+        Ok(AddressSlot {
+            _address: address,
+            _network: net,
+        })
     }
 
     /// Overall slots free now.
@@ -182,7 +252,7 @@ struct Dead {
 /// What an attempt holds while it talks to one remote address: one of its
 /// [`MAX_PER_ADDRESS`] slots, and its probe when the address is suspended.
 pub struct AtAddress {
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: Option<AddressSlot>,
     _probe: Option<Probe>,
     key: String,
 }
@@ -194,7 +264,8 @@ impl AtAddress {
     }
 }
 
-/// Whether an attempt may connect to `ip` now: a slot of the address (only when `capped`:
+/// Whether an attempt may connect to `ip` now: a slot of the address and of its network
+/// (only when `capped`:
 /// the smarthost, the operator's own, has none) that is free at once, and the address not
 /// suspended (or this attempt its probe).
 ///
@@ -209,9 +280,7 @@ pub fn admit_address(
 ) -> Result<AtAddress, String> {
     let slot = match capped {
         false => None,
-        true => Some(limits.address(ip).ok_or_else(|| {
-            format!("4.4.5 all {MAX_PER_ADDRESS} connection slots for the address are busy")
-        })?),
+        true => Some(limits.address(ip).map_err(|full| full.to_string())?),
     };
     let key = address_destination(ip);
     let probe = match dead.admit(&key, interval, Instant::now()) {
@@ -243,10 +312,22 @@ pub fn host_of(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// The remote network an address counts in, for [`per_network`]: the first address of its
+/// IPv4 /24 or IPv6 /48, an IPv4-mapped address as its IPv4 form ([`host_of`]).
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match host_of(ip) {
+        IpAddr::V4(v4) => IpAddr::V4(Ipv4Addr::from(u32::from(v4) & !0xff)),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !(u128::MAX >> 48))),
+    }
+}
+
 /// Whether `error`, ending a transaction on an open connection, shows a host that stopped
 /// answering (a timeout in any phase) rather than one that answered.
 pub fn stalled(error: &ClientError) -> bool {
-    matches!(error, ClientError::Timeout { .. } | ClientError::Deadline)
+    matches!(
+        error,
+        ClientError::Timeout { .. } | ClientError::Deadline | ClientError::AttemptDeadline
+    )
 }
 
 /// The one probe of a suspended destination; when it ends without a connection result
@@ -530,11 +611,11 @@ mod tests {
         let limits = Limits::new(32, 4);
         let ip: IpAddr = "192.0.2.7".parse().unwrap();
         let held: Vec<_> = (0..MAX_PER_ADDRESS).map(|_| limits.address(ip)).collect();
-        assert!(held.iter().all(Option::is_some));
-        assert!(limits.address(ip).is_none(), "one more than the cap");
-        assert!(limits.address("192.0.2.8".parse().unwrap()).is_some());
+        assert!(held.iter().all(Result::is_ok));
+        assert_eq!(limits.address(ip).err(), Some(Full::Address), "one more");
+        assert!(limits.address("192.0.2.8".parse().unwrap()).is_ok());
         drop(held);
-        assert!(limits.address(ip).is_some());
+        assert!(limits.address(ip).is_ok());
     }
 
     #[test]
@@ -544,14 +625,151 @@ mod tests {
         let held: Vec<_> = (0..MAX_PER_ADDRESS)
             .map(|_| limits.address(ip("192.0.2.7")))
             .collect();
-        assert!(held.iter().all(Option::is_some));
-        assert!(limits.address(ip("::ffff:192.0.2.7")).is_none(), "mapped");
+        assert!(held.iter().all(Result::is_ok));
+        assert!(limits.address(ip("::ffff:192.0.2.7")).is_err(), "mapped");
         // NAT64 may lead nowhere, so it is not the same host: failures there are its own.
-        assert!(limits.address(ip("64:ff9b::c000:207")).is_some(), "NAT64");
+        assert!(limits.address(ip("64:ff9b::c000:207")).is_ok(), "NAT64");
         assert_eq!(
             address_destination(ip("::ffff:192.0.2.7")),
             address_destination(ip("192.0.2.7"))
         );
+    }
+
+    #[test]
+    fn the_addresses_of_one_network_share_a_wider_cap() {
+        let limits = Limits::new(32, 4);
+        assert_eq!(per_network(32), 8);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Two addresses of 192.0.2.0/24 at their own cap: the network's is full.
+        let mut held: Vec<_> = (0..MAX_PER_ADDRESS)
+            .map(|_| limits.address(ip("192.0.2.1")))
+            .chain((0..MAX_PER_ADDRESS).map(|_| limits.address(ip("192.0.2.200"))))
+            .collect();
+        assert!(held.iter().all(Result::is_ok));
+        let full = limits
+            .address(ip("192.0.2.3"))
+            .err()
+            .expect("the network is full");
+        assert!(full.to_string().contains("(192.0.2.0/24)"), "{full}");
+        assert!(limits.address(ip("::ffff:192.0.2.4")).is_err(), "mapped");
+        assert!(limits.address(ip("192.0.3.1")).is_ok(), "the next /24");
+        // One connection ends: its network has a slot again.
+        held.pop();
+        assert!(limits.address(ip("192.0.2.3")).is_ok());
+        // An address at its own cap does not take a slot of its network.
+        held.pop();
+        assert_eq!(limits.address(ip("192.0.2.1")).err(), Some(Full::Address));
+        assert!(limits.address(ip("192.0.2.5")).is_ok());
+    }
+
+    #[test]
+    fn a_network_never_has_fewer_slots_than_one_address() {
+        assert_eq!(per_network(1), MAX_PER_ADDRESS);
+        assert_eq!(per_network(16), MAX_PER_ADDRESS);
+        assert_eq!(per_network(100), 25);
+    }
+
+    /// The reference model of [`network_of`]: two addresses are in one network when they
+    /// agree on the first 3 octets of the IPv4 form, or on the first 6 octets of an IPv6
+    /// address that is not IPv4-mapped.
+    fn same_network_model(a: IpAddr, b: IpAddr) -> bool {
+        fn form(ip: IpAddr) -> (bool, Vec<u8>) {
+            match ip {
+                IpAddr::V4(v4) => (true, v4.octets()[..3].to_vec()),
+                IpAddr::V6(v6) => {
+                    let o = v6.octets();
+                    match o[..10].iter().all(|b| *b == 0) && o[10] == 0xff && o[11] == 0xff {
+                        true => (true, o[12..15].to_vec()),
+                        false => (false, o[..6].to_vec()),
+                    }
+                }
+            }
+        }
+        form(a) == form(b)
+    }
+
+    /// Addresses near each other (so that many pairs share a network): a few octets vary.
+    fn near_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            (0u8..2, 0u8..3, any::<u8>())
+                .prop_map(|(b, c, d)| IpAddr::V4(Ipv4Addr::new(192, b, c, d))),
+            (0u8..2, 0u8..3, any::<u8>())
+                .prop_map(|(b, c, d)| { IpAddr::V6(Ipv4Addr::new(192, b, c, d).to_ipv6_mapped()) }),
+            (0u16..2, 0u16..3, any::<u16>(), any::<u16>()).prop_map(|(b, c, d, e)| {
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, b, c, d, 0, 0, e))
+            }),
+            any::<[u8; 16]>().prop_map(|o| IpAddr::V6(Ipv6Addr::from(o))),
+            any::<[u8; 4]>().prop_map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+        ]
+    }
+
+    /// A step of the slot accounting model: take a slot of one of the addresses, or
+    /// release one of the slots held.
+    #[derive(Debug, Clone)]
+    enum SlotOp {
+        Take(IpAddr),
+        Release(usize),
+    }
+
+    proptest! {
+        #[test]
+        fn network_of_matches_the_model(a in near_ip(), b in near_ip()) {
+            prop_assert_eq!(network_of(a) == network_of(b), same_network_model(a, b));
+            prop_assert!(same_network_model(a, network_of(a)));
+        }
+
+        #[test]
+        fn slots_per_address_and_network_match_the_model(
+            max_connections in 1usize..48,
+            ops in prop::collection::vec(
+                prop_oneof![
+                    near_ip().prop_map(SlotOp::Take),
+                    (0usize..64).prop_map(SlotOp::Release),
+                ],
+                0..300,
+            ),
+        ) {
+            let limits = Limits::new(max_connections, 4);
+            let mut held: Vec<(IpAddr, AddressSlot)> = Vec::new();
+            for op in ops {
+                match op {
+                    SlotOp::Take(ip) => {
+                        // The model: count the slots held of the same host, and of the
+                        // same network, by the reference definitions.
+                        let same_host = held
+                            .iter()
+                            .filter(|(h, _)| h.to_canonical() == ip.to_canonical())
+                            .count();
+                        let same_net = held
+                            .iter()
+                            .filter(|(h, _)| same_network_model(*h, ip))
+                            .count();
+                        let want = match (same_host < MAX_PER_ADDRESS, same_net < per_network(max_connections)) {
+                            (false, _) => Err(Full::Address),
+                            (true, false) => Err(Full::Network {
+                                network: String::new(),
+                                max: per_network(max_connections),
+                            }),
+                            (true, true) => Ok(()),
+                        };
+                        let got = limits.address(ip);
+                        match (&got, &want) {
+                            (Ok(_), Ok(())) | (Err(Full::Address), Err(Full::Address)) => {}
+                            (Err(Full::Network { .. }), Err(Full::Network { .. })) => {}
+                            _ => prop_assert!(false, "{ip}: got {:?}, want {want:?}", got.as_ref().err()),
+                        }
+                        if let Ok(slot) = got {
+                            held.push((ip, slot));
+                        }
+                    }
+                    SlotOp::Release(i) => {
+                        if !held.is_empty() {
+                            held.remove(i % held.len());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
@@ -560,6 +778,7 @@ mod tests {
         let t0 = Instant::now();
         let ip = address_destination("192.0.2.9".parse().unwrap());
         assert!(stalled(&ClientError::Deadline));
+        assert!(stalled(&ClientError::AttemptDeadline));
         assert!(stalled(&ClientError::Timeout {
             phase: crate::client::Phase::Mail
         }));

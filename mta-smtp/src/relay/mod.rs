@@ -12,7 +12,8 @@
 //! internal: at most [`MAX_HOSTS`] MX hosts and [`MAX_ADDRESSES`] addresses of each per
 //! attempt (Postfix's limits); a connection slot for the domain before one of the overall
 //! slots ([`limits`]); `outbound.connection_timeout` for each connection and
-//! `outbound.attempt_timeout` for the attempt; destinations whose connections keep
+//! `outbound.attempt_timeout` for the attempt (a connection ends by whichever comes first,
+//! and its error names that one); destinations whose connections keep
 //! failing are suspended ([`limits::Suspensions`]); addresses inside our own networks and
 //! our own listeners are refused ([`mx::refused`]).
 
@@ -121,6 +122,46 @@ struct Smarthost {
     port: u16,
     policy: TlsPolicy,
     auth: Option<(String, String)>,
+}
+
+/// How much longer than `outbound.attempt_timeout` the attempt as a whole may run before
+/// it is cancelled. Each connection already ends by the attempt's deadline (a [`Cutoff`]),
+/// so the stall is seen and counted by the connection code; this outer bound is the last
+/// resort for the steps that have none of their own (DNS, the wait for a slot).
+const ATTEMPT_SLACK: Duration = Duration::from_secs(5);
+
+/// When one connection must end: `outbound.connection_timeout` from its start, or the
+/// attempt's deadline (`outbound.attempt_timeout`) when that comes first.
+#[derive(Clone, Copy)]
+struct Cutoff {
+    at: tokio::time::Instant,
+    /// The attempt's deadline is the earlier one.
+    attempt: bool,
+}
+
+impl Cutoff {
+    /// The cutoff of a connection starting now.
+    fn from_now(connection: Duration, attempt: tokio::time::Instant) -> Cutoff {
+        let own = tokio::time::Instant::now() + connection;
+        match attempt < own {
+            true => Cutoff {
+                at: attempt,
+                attempt: true,
+            },
+            false => Cutoff {
+                at: own,
+                attempt: false,
+            },
+        }
+    }
+
+    /// The error of a connection cut off: it names the limit that expired.
+    fn expired(self) -> ClientError {
+        match self.attempt {
+            true => ClientError::AttemptDeadline,
+            false => ClientError::Deadline,
+        }
+    }
 }
 
 /// How long an open connection waits for the next message to the same destination.
@@ -287,7 +328,9 @@ impl Relay {
     }
 
     /// One attempt for `rcpts` (all in `domain`) of one message; one outcome per recipient.
-    /// Ends within `outbound.attempt_timeout`, waiting for a connection slot included.
+    /// Ends within `outbound.attempt_timeout`, waiting for a connection slot included: each
+    /// connection ends by then (so a stall cut short by it still counts against the
+    /// destination's suspension), and the attempt is cancelled [`ATTEMPT_SLACK`] later.
     pub async fn deliver(
         &self,
         envelope: &Envelope,
@@ -296,7 +339,9 @@ impl Relay {
         rcpts: &[Address],
     ) -> Vec<Outcome> {
         let limit = self.config.outbound.attempt_timeout;
-        match tokio::time::timeout(limit, self.attempt(envelope, body, domain, rcpts)).await {
+        let deadline = tokio::time::Instant::now() + limit;
+        let attempt = self.attempt(envelope, body, domain, rcpts, deadline);
+        match tokio::time::timeout(limit + ATTEMPT_SLACK, attempt).await {
             Ok(outcomes) => outcomes,
             Err(_) => {
                 warn!(%domain, timeout = ?limit, "attempt took longer than outbound.attempt_timeout");
@@ -320,13 +365,15 @@ impl Relay {
 
     /// One attempt, in named steps: admission (suspension, then a slot), the route (the
     /// smarthost, or the domain's plan), a kept connection if one is alive, then each host
-    /// in turn; when none took the message, one outcome says why.
+    /// in turn, each connection ending by `deadline` at the latest; when none took the
+    /// message, one outcome says why.
     async fn attempt(
         &self,
         envelope: &Envelope,
         body: &[u8],
         domain: &Domain,
         rcpts: &[Address],
+        deadline: tokio::time::Instant,
     ) -> Vec<Outcome> {
         let destination = self.destination(domain);
         let (_probe, _slot) = match self.admit(&destination, domain).await {
@@ -338,10 +385,16 @@ impl Relay {
             Ok(route) => route,
             Err(outcome) => return vec![outcome; rcpts.len()],
         };
-        if let Some(outcomes) = self.on_kept_connection(domain, &route, &msg).await {
+        if let Some(outcomes) = self
+            .on_kept_connection(domain, &route, &msg, deadline)
+            .await
+        {
             return outcomes;
         }
-        match self.try_hosts(domain, &destination, &route, &msg).await {
+        match self
+            .try_hosts(domain, &destination, &route, &msg, deadline)
+            .await
+        {
             Ok(outcomes) => outcomes,
             Err(tried) => vec![self.no_host_took_it(domain, envelope, &tried); rcpts.len()],
         }
@@ -445,6 +498,7 @@ impl Relay {
         domain: &Domain,
         route: &Route,
         msg: &OutgoingMessage<'_>,
+        attempt: tokio::time::Instant,
     ) -> Option<Vec<Outcome>> {
         let key = self.pool_key(domain, route.first_source());
         let limit = self.config.outbound.connection_timeout;
@@ -456,11 +510,11 @@ impl Relay {
                 tokio::spawn(idle.conn.quit());
                 continue;
             };
-            let deadline = tokio::time::Instant::now() + limit;
-            if let Ok(Ok(())) = tokio::time::timeout_at(deadline, idle.conn.reset()).await {
-                let result = tokio::time::timeout_at(deadline, idle.conn.send(msg))
+            let cutoff = Cutoff::from_now(limit, attempt);
+            if let Ok(Ok(())) = tokio::time::timeout_at(cutoff.at, idle.conn.reset()).await {
+                let result = tokio::time::timeout_at(cutoff.at, idle.conn.send(msg))
                     .await
-                    .unwrap_or(Err(ClientError::Deadline));
+                    .unwrap_or(Err(cutoff.expired()));
                 let outcomes = self.outcomes(&idle.target, &idle.tls, msg.rcpts, &result);
                 self.remember(self.remembered(domain), idle.conn.tls(), &outcomes);
                 if result.is_ok() && idle.conn.reusable() {
@@ -480,6 +534,7 @@ impl Relay {
         destination: &str,
         route: &Route,
         msg: &OutgoingMessage<'_>,
+        attempt: tokio::time::Instant,
     ) -> Result<Vec<Outcome>, Tried> {
         let Route {
             plans,
@@ -549,10 +604,10 @@ impl Relay {
                     remember: remember.is_some(),
                     suspend: [destination, held.key()],
                 };
-                let deadline = tokio::time::Instant::now() + limit;
-                match self.open_counted(&at, &settings, deadline).await {
+                let cutoff = Cutoff::from_now(limit, attempt);
+                match self.open_counted(&at, &settings, cutoff).await {
                     Ok(conn) => {
-                        return Ok(self.deliver_on(&at, conn, testing, deadline, msg).await);
+                        return Ok(self.deliver_on(&at, conn, testing, cutoff, msg).await);
                     }
                     Err(e) => self.connection_failed(&at, &e, &mut tried),
                 }
@@ -561,19 +616,19 @@ impl Relay {
         Err(tried)
     }
 
-    /// Opens a connection to `at.target` by `deadline`; one that fails to open counts
+    /// Opens a connection to `at.target` by `cutoff`; one that fails to open counts
     /// against the suspension of its destination and address (a TLS failure says nothing of
     /// whether the host is alive, and one that opens is judged when its transaction ends).
     async fn open_counted(
         &self,
         at: &At<'_>,
         settings: &ClientSettings,
-        deadline: tokio::time::Instant,
+        cutoff: Cutoff,
     ) -> Result<Connection, ClientError> {
         let target = at.target;
-        let opened = tokio::time::timeout_at(deadline, Connection::open(target, settings))
+        let opened = tokio::time::timeout_at(cutoff.at, Connection::open(target, settings))
             .await
-            .unwrap_or(Err(ClientError::Deadline));
+            .unwrap_or(Err(cutoff.expired()));
         if let Err(e) = &opened
             && !matches!(
                 e,
@@ -603,7 +658,7 @@ impl Relay {
         at: &At<'_>,
         mut conn: Connection,
         testing: Option<&Arc<mta_sts::Policy>>,
-        deadline: tokio::time::Instant,
+        cutoff: Cutoff,
         msg: &OutgoingMessage<'_>,
     ) -> Vec<Outcome> {
         let (domain, host, ip) = (at.domain, &at.target.name, at.target.addr.ip());
@@ -615,9 +670,9 @@ impl Relay {
             let session = session_of(at.report, host, ip, conn.tls());
             self.report(domain, at.report, session);
         }
-        let result = tokio::time::timeout_at(deadline, conn.send(msg))
+        let result = tokio::time::timeout_at(cutoff.at, conn.send(msg))
             .await
-            .unwrap_or(Err(ClientError::Deadline));
+            .unwrap_or(Err(cutoff.expired()));
         let name = format!("{host} [{ip}]");
         let interval = self.config.queue.retry_first;
         self.dead

@@ -1,5 +1,6 @@
-//! The per-destination connection limits (`outbound.max_per_domain` for each domain, and
-//! [`super::limits::MAX_PER_ADDRESS`] for each remote address): one semaphore per key, in a
+//! The per-destination connection limits (`outbound.max_per_domain` for each domain,
+//! [`super::limits::MAX_PER_ADDRESS`] for each remote address, and
+//! [`super::limits::per_network`] for each remote network): one semaphore per key, in a
 //! map that cannot grow without bound. A semaphore nobody holds or waits for carries no
 //! state (all its permits are free), so once the map holds more than [`MAX_DOMAINS`]
 //! entries those are dropped; the ones in use stay, and there are at most as many of them
@@ -25,7 +26,7 @@ pub struct Slots<K> {
 
 /// One semaphore per destination domain.
 pub type DomainSlots = Slots<Domain>;
-/// One semaphore per remote address.
+/// One semaphore per remote address, or per remote network (keyed by its first address).
 pub type AddressSlots = Slots<IpAddr>;
 
 impl<K: Hash + Eq + Clone> Slots<K> {

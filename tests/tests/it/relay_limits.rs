@@ -508,6 +508,121 @@ fn stalls_after_the_greeting_suspend_the_address() {
 }
 
 #[test]
+fn stalls_cut_by_the_attempt_timeout_suspend_the_address_too() {
+    // As above, but the attempt's deadline comes long before the connection's: the stall
+    // must still count, and the deferral must name the limit that expired.
+    let (port, stall) = on_shared_port("the stalling host", |p| {
+        Host::listen(SocketAddr::from(([127, 0, 0, 23], p)), Mode::Ehlo)
+    });
+    let mut records = vec!["--host-record=mx.mailstall2.test,127.0.0.23".to_string()];
+    for i in 0..10 {
+        records.push(format!("--mx-host=n{i}.test,mx.mailstall2.test,10"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "connection_timeout = \"10m\"\nattempt_timeout = \"2s\"",
+    ));
+    let mut c = login(&tx);
+    let messages = 20;
+    for i in 0..messages {
+        let to = format!("victim@n{}.test", i % 10);
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "mail stalls"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    wait_for(secs(180), "every message tried 3 times", || {
+        let a = attempts(&tx, ".test");
+        a.len() == messages && a.iter().all(|n| *n >= 3)
+    });
+    let n = stall.accepted();
+    eprintln!(
+        "{messages} messages tried 3 times each on a host that stalls at MAIL, attempt_timeout \
+         2 s: {n} connections"
+    );
+    let log = tx.log();
+    assert!(
+        n < messages / 2 && log.contains("is suspended after"),
+        "{n} connections for {messages} messages tried 3 times each\n{log}"
+    );
+    assert!(
+        log.contains("the attempt took longer than outbound.attempt_timeout"),
+        "the deferral names the attempt's limit\n{log}"
+    );
+    assert!(
+        !log.contains("longer than outbound.connection_timeout"),
+        "the connection's own limit did not expire\n{log}"
+    );
+}
+
+/// The addresses of the stalling hosts in [`eight_addresses_of_one_network_hold_few_slots`]:
+/// 127.0.0.41 to 127.0.0.48, all in one /24.
+const NETWORK_HOSTS: u8 = 8;
+
+#[test]
+fn eight_addresses_of_one_network_hold_few_slots() {
+    // 40 domains over 8 addresses of one /24, each a host that greets and then never
+    // answers: 4 connections each would hold all 32 overall slots for the 10 minutes of
+    // connection_timeout. The receiver is in another /24 (127.0.1.0/24).
+    let (port, (rx, stalls)) = on_shared_port("the receiver and the stalling hosts", |p| {
+        let rx = try_remote_receiver("mx1.remote.test", "127.0.1.2", p)?;
+        let stalls = (0..NETWORK_HOSTS)
+            .map(|i| Host::listen(SocketAddr::from(([127, 0, 0, 41 + i], p)), Mode::Greet))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((rx, stalls))
+    });
+    let mut records = vec![
+        "--mx-host=remote.test,mx1.remote.test,10".to_string(),
+        "--host-record=mx1.remote.test,127.0.1.2".to_string(),
+    ];
+    for i in 0..NETWORK_HOSTS {
+        records.push(format!("--host-record=mx{i}.net.test,127.0.0.{}", 41 + i));
+    }
+    for i in 0..STALLING_DOMAINS {
+        let mx = i % usize::from(NETWORK_HOSTS);
+        records.push(format!("--mx-host=w{i}.test,mx{mx}.net.test,10"));
+    }
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
+    ));
+    let mut c = login(&tx);
+    for i in 0..STALLING_DOMAINS {
+        let to = format!("victim@w{i}.test");
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    let accepted = |stalls: &[Host]| stalls.iter().map(Host::accepted).sum::<usize>();
+    wait_for(secs(60), "the stalling hosts hold connections", || {
+        accepted(&stalls) >= 8
+    });
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
+    let files = rx.wait_for_mail(REMOTE_BOB, 1, 90);
+    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    // Every attempt has had its chance at the hosts by now.
+    std::thread::sleep(Duration::from_secs(5));
+    // Each host's most at once, added up: no fewer than the network held at once.
+    let held: usize = stalls.iter().map(Host::open_max).sum();
+    eprintln!(
+        "{STALLING_DOMAINS} domains on {NETWORK_HOSTS} stalling addresses of one /24: they held \
+         at most {held} connections at once, {} in all; the unrelated message was delivered",
+        accepted(&stalls)
+    );
+    assert!(
+        (1..=8).contains(&held),
+        "the stalling network held up to {held} connections at once (accepted {})\n{}",
+        accepted(&stalls),
+        tx.log()
+    );
+}
+
+#[test]
 fn an_address_written_as_ipv6_shares_the_slots_of_its_ipv4_form() {
     // 40 domains on one host that greets then stalls: half reach it by its A record, half by
     // an AAAA record of the same address mapped into IPv6. One host, so 4 slots in all.
