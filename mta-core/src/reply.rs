@@ -137,6 +137,14 @@ replies! {
     HEADER_TOO_LARGE = 552 "5.3.4" "Message header too large";
     /// 554 for too many Received fields (RFC 5321 §6.3).
     MAIL_LOOP = 554 "5.4.6" "Too many Received headers: mail loop";
+    /// 554 for a message whose first line is a continuation (it starts with a space or tab):
+    /// it would join the trace field we put in front of it.
+    LEADING_CONTINUATION = 554 "5.6.0" "The header section begins with a continuation line";
+    /// 550 for mail from another server whose author is unclear: several `From:` fields, one
+    /// with several mailboxes, or one after a line that ends the header for strict readers.
+    /// DMARC (RFC 7489 §6.6.1) cannot be judged on such a message, and a mail client may show
+    /// a `From:` the checks did not see.
+    AMBIGUOUS_AUTHOR = 550 "5.7.1" "The author of the message is ambiguous (several or hidden From: fields)";
     /// 550 when an authenticated user's From: header names an address that is not theirs.
     FROM_NOT_OWNED = 550 "5.7.1" "From header address not owned by authenticated user";
     /// 550 when an authenticated user's Sender:, Resent-From: or Resent-Sender: header names

@@ -37,6 +37,26 @@ struct Header {
     received: usize,
     /// The unfolded values of the originator fields: (lower-case name, raw value).
     originators: Vec<(String, Vec<u8>)>,
+    /// A `From:` field came after a line that is neither a field nor a continuation, where
+    /// a strict reader (the DMARC check's) has ended the header section.
+    hidden_from: bool,
+}
+
+impl Header {
+    /// Whether the message names one author that every reader sees: at most one `From:`
+    /// field, not hidden after a malformed line, with at most one mailbox (a value that does
+    /// not parse is left to the DMARC check, as before).
+    fn author_is_clear(&self) -> bool {
+        let mut froms = self.originators.iter().filter(|(name, _)| name == "from");
+        let Some((_, value)) = froms.next() else {
+            return true;
+        };
+        let several = std::str::from_utf8(value)
+            .ok()
+            .and_then(mailboxes)
+            .is_some_and(|m| m.len() > 1);
+        froms.next().is_none() && !self.hidden_from && !several
+    }
 }
 
 /// Field names whose mailboxes must all be the authenticated user's.
@@ -47,12 +67,18 @@ const ORIGINATORS: [&str; 4] = ["from", "sender", "resent-from", "resent-sender"
 /// # Errors
 /// The reply to send instead of `250`.
 pub fn check(data: &[u8], config: &Config, user: Option<&Address>) -> Result<(), Reply> {
+    if data.first().is_some_and(|&b| b == b' ' || b == b'\t') {
+        return Err(Reply::LEADING_CONTINUATION);
+    }
     let (header, end) = read_header(data, &config.limits)?;
     if header.received > config.limits.max_received {
         return Err(Reply::MAIL_LOOP);
     }
     let Some(user) = user else {
-        return Ok(());
+        return match header.author_is_clear() {
+            true => Ok(()),
+            false => Err(Reply::AMBIGUOUS_AUTHOR),
+        };
     };
     if end == End::Malformed {
         return Err(Reply::FROM_NOT_OWNED);
@@ -127,6 +153,7 @@ fn read_header(data: &[u8], limits: &Limits) -> Result<(Header, End), Reply> {
         if name == "received" {
             header.received += 1;
         } else if ORIGINATORS.contains(&name.as_str()) {
+            header.hidden_from |= malformed && name == "from";
             let colon = line
                 .iter()
                 .position(|&b| b == b':')
@@ -244,7 +271,7 @@ mod tests {
             ),
             (
                 " folded: first\r\nFrom: alice@example.org\r\n\r\n",
-                from_not_owned,
+                Some((554, "5.6.0")),
             ),
             (
                 "From: alice@example.org\r\nSender: bob@example.org\r\n\r\n",
@@ -270,10 +297,17 @@ mod tests {
                 .err()
                 .map(|r| (r.code, r.enhanced.unwrap_or("")));
             assert_eq!(got, *want, "{msg:?}");
-            assert_eq!(
-                check(msg.as_bytes(), &cfg, None),
-                Ok(()),
-                "port 25 does not check originators: {msg:?}"
+            // Port 25 does not check whose the originators are (only that the author is
+            // clear: `port_25_needs_one_clear_author`).
+            let port25 = check(msg.as_bytes(), &cfg, None);
+            assert!(
+                [
+                    Ok(()),
+                    Err(Reply::AMBIGUOUS_AUTHOR),
+                    Err(Reply::LEADING_CONTINUATION)
+                ]
+                .contains(&port25),
+                "port 25 does not check originators: {msg:?} {port25:?}"
             );
         }
         let not_utf8 = check(b"From: alice@example.org\xff\r\n\r\n", &cfg, Some(&alice));
@@ -285,6 +319,48 @@ mod tests {
             Some(&alice),
         );
         assert_eq!(sender, Err(Reply::SENDER_HEADER_NOT_OWNED));
+    }
+
+    /// Mail from another server must name one author every reader sees: DMARC is judged on
+    /// the `From:` a strict reader finds, and a mail client may show another.
+    #[test]
+    fn port_25_needs_one_clear_author() {
+        let cfg = config();
+        let table: &[(&str, Result<(), Reply>)] = &[
+            ("From: ceo@bank.test\r\nSubject: t\r\n\r\nb\r\n", Ok(())),
+            ("Subject: no author\r\n\r\nb\r\n", Ok(())),
+            (
+                " ; dmarc=pass header.from=bank.test\r\nFrom: ceo@bank.test\r\n\r\n",
+                Err(Reply::LEADING_CONTINUATION),
+            ),
+            (
+                "\tx\r\nFrom: ceo@bank.test\r\n\r\n",
+                Err(Reply::LEADING_CONTINUATION),
+            ),
+            (
+                "Subject: y\r\nnot a field\r\nFrom: ceo@bank.test\r\n\r\n",
+                Err(Reply::AMBIGUOUS_AUTHOR),
+            ),
+            (
+                "From: x@stranger.test\r\nFrom: ceo@bank.test\r\n\r\n",
+                Err(Reply::AMBIGUOUS_AUTHOR),
+            ),
+            (
+                "FROM: ceo@bank.test\r\nfrom : x@stranger.test\r\n\r\n",
+                Err(Reply::AMBIGUOUS_AUTHOR),
+            ),
+            (
+                "From: <ceo@bank.test>, <x@stranger.test>\r\n\r\n",
+                Err(Reply::AMBIGUOUS_AUTHOR),
+            ),
+            // A From: before the malformed line is the one every reader sees.
+            ("From: ceo@bank.test\r\nnot a field\r\n\r\n", Ok(())),
+            // In the body, not a header.
+            ("From: a@b.test\r\n\r\nFrom: ceo@bank.test\r\n", Ok(())),
+        ];
+        for (msg, want) in table {
+            assert_eq!(&check(msg.as_bytes(), &cfg, None), want, "{msg:?}");
+        }
     }
 
     #[test]

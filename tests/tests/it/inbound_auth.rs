@@ -307,3 +307,46 @@ fn forged_results_are_removed_and_submissions_are_not_checked() {
     let text = delivered(&rx, "from alice");
     assert!(auth_results(&text).is_empty(), "{text}");
 }
+
+/// The DMARC check reads the `From:` a strict parser finds. A message whose first line is a
+/// continuation (it would join the field we put in front of it, and hide the `From:`), or
+/// whose author is unclear (two `From:` fields, one after a line that is not a field, one
+/// with several mailboxes), would pass for `dmarc=none` where the plain message is refused
+/// under `p=reject`: each is refused outright.
+#[test]
+fn hidden_or_several_authors_do_not_escape_dmarc() {
+    let keys = mta_tests::KeptDir::new();
+    let dns = zone(&signing_key(keys.path()));
+    let rx = receiver(&dns.config_toml(), "");
+    let plain = send(&rx, "x@pass.test", &message("ceo@reject.test", "plain"));
+    assert_eq!(plain.code, 550, "the plain forgery: {plain}");
+    let forged = message("ceo@reject.test", "forged");
+    for (what, data, code) in [
+        (
+            "a leading continuation line",
+            format!(" ; dmarc=pass header.from=reject.test\r\n{forged}"),
+            554,
+        ),
+        (
+            "a From: after a line that is not a field",
+            format!("Subject: y\r\nnot a field\r\n{forged}"),
+            550,
+        ),
+        (
+            "two From: fields",
+            format!("From: <x@pass.test>\r\n{forged}"),
+            550,
+        ),
+        (
+            "a From: with two mailboxes",
+            forged.replace(
+                "From: <ceo@reject.test>",
+                "From: <ceo@reject.test>, <x@pass.test>",
+            ),
+            550,
+        ),
+    ] {
+        let reply = send(&rx, "x@pass.test", &data);
+        assert_eq!(reply.code, code, "{what}: {reply}");
+    }
+}
