@@ -181,9 +181,12 @@ fn every_forged_results_form_is_removed_with_checks_on_and_off() {
             .start();
         rx.add_user(ALICE, "alice-password-1");
         for (i, forged) in FORGED.iter().enumerate() {
+            // The author first: after a line that is not a field, a From: would be hidden
+            // from strict readers, and such mail is refused.
             let msg = format!(
-                "{forged}\r\nAuthentication-Results: elsewhere.test; spf=pass\r\n\
-                 From: <a@stranger.test>\r\nSubject: forged {i}\r\n\r\nx\r\n"
+                "From: <a@stranger.test>\r\n{forged}\r\n\
+                 Authentication-Results: elsewhere.test; spf=pass\r\n\
+                 Subject: forged {i}\r\n\r\nx\r\n"
             );
             let reply = send_inbound(&rx, "a@stranger.test", ALICE, msg.as_bytes());
             assert_eq!(reply.code, 250, "{reply}");
