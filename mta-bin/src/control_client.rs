@@ -55,31 +55,13 @@ pub fn reload(config: &mta_core::config::Config) -> anyhow::Result<()> {
 /// No server listens (no socket, or a stale one), the socket cannot be reached (its
 /// permissions), or the answer cannot be read: each said as such, never as an empty answer.
 pub fn ask(data_dir: &Path, what: &str) -> anyhow::Result<String> {
-    check_data_dir(data_dir)?;
-    let path = socket_path(data_dir);
-    let mut stream = match StdUnixStream::connect(&path) {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            anyhow::bail!(
-                "no running server found (no control socket at {}): is mta serve running with \
-                 this config?",
-                path.display()
-            )
-        }
-        Err(e) => anyhow::bail!("cannot reach the running server at {}: {e}", path.display()),
-    };
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(format!("{what}\n").as_bytes())?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .with_context(|| format!("reading the answer from {}", path.display()))?;
-    Ok(answer)
+    request(data_dir, what)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no running server found (no control socket at {}): is mta serve running with \
+             this config?",
+            socket_path(data_dir).display()
+        )
+    })
 }
 
 /// Checks that this process may use `data_dir`, the directory the control socket and the
