@@ -315,6 +315,12 @@ proptest! {
             0..4,
         ),
     ) {
+        // Mail without a user must name one clear author (else it is refused before any
+        // removal); the removal is what is compared here.
+        let fields: Vec<_> = fields
+            .into_iter()
+            .filter(|f| !f.0.to_ascii_lowercase().starts_with("from"))
+            .collect();
         let mut data = String::new();
         for id in &ids {
             data.push_str(&format!("Authentication-Results: {id}; spf=pass\r\n"));
