@@ -286,17 +286,21 @@ impl Relay {
         }
     }
 
-    /// One attempt for `rcpts` (all in `domain`) of one message; one outcome per recipient.
-    /// Ends within `outbound.attempt_timeout`, waiting for a connection slot included.
+    /// One attempt for `rcpts` (all in `domain`) of one message, `prefix` (our header fields,
+    /// such as DKIM signatures, whole lines) sent in front of `body`; one outcome per
+    /// recipient. Ends within `outbound.attempt_timeout`, waiting for a connection slot
+    /// included.
     pub async fn deliver(
         &self,
         envelope: &Envelope,
+        prefix: &[u8],
         body: &[u8],
         domain: &Domain,
         rcpts: &[Address],
     ) -> Vec<Outcome> {
         let limit = self.config.outbound.attempt_timeout;
-        match tokio::time::timeout(limit, self.attempt(envelope, body, domain, rcpts)).await {
+        match tokio::time::timeout(limit, self.attempt(envelope, prefix, body, domain, rcpts)).await
+        {
             Ok(outcomes) => outcomes,
             Err(_) => {
                 warn!(%domain, timeout = ?limit, "attempt took longer than outbound.attempt_timeout");
@@ -324,6 +328,7 @@ impl Relay {
     async fn attempt(
         &self,
         envelope: &Envelope,
+        prefix: &[u8],
         body: &[u8],
         domain: &Domain,
         rcpts: &[Address],
@@ -333,7 +338,7 @@ impl Relay {
             Ok(held) => held,
             Err(outcome) => return vec![outcome; rcpts.len()],
         };
-        let msg = OutgoingMessage::of(envelope, rcpts, body);
+        let msg = OutgoingMessage::of(envelope, rcpts, prefix, body);
         let route = match self.route(envelope, body, domain).await {
             Ok(route) => route,
             Err(outcome) => return vec![outcome; rcpts.len()],
