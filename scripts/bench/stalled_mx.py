@@ -217,6 +217,8 @@ def main():
         print(f"domains={a.domains} size_mib={a.size} {signed} stalled={mx.stalled} "
               f"hwm_before_kib={before} hwm_after_kib={after} "
               f"growth_mib={(after - before) / 1024:.1f} load={os.getloadavg()[0]:.1f}")
+        if mx.stalled < a.domains:
+            sys.exit(f"only {mx.stalled} of {a.domains} deliveries reached DATA")
     finally:
         if srv is not None:
             srv.terminate()
