@@ -119,7 +119,7 @@ impl Router {
         let msg = OutgoingMessage {
             // Local delivery: REQUIRETLS is about relaying, and LMTP never leaves the host.
             require_tls: false,
-            ..OutgoingMessage::of(envelope, rcpts, body)
+            ..OutgoingMessage::of(envelope, rcpts, b"", body)
         };
         let result = client::lmtp::deliver(
             at,
@@ -257,30 +257,34 @@ impl Router {
             } else {
                 Ok(Signed::default())
             };
-            let body = match signed {
-                Ok(signed) if signed.by.is_empty() => body,
+            // The signature fields go in front of the body as a part of their own: joined,
+            // they would be a second copy of the message held for the whole of every
+            // attempt.
+            let prefix: Arc<[u8]> = match signed {
+                Ok(signed) if signed.by.is_empty() => Arc::from(&[][..]),
                 Ok(signed) => {
                     tracing::info!(msg = %envelope.id, by = %signed.by.join(","), "DKIM-signed");
                     mta_core::metrics::METRICS.dkim("signed");
-                    let mut fields = signed.fields;
-                    fields.extend_from_slice(&body);
-                    Body::new(fields)
+                    Arc::from(signed.fields)
                 }
                 Err(e) => {
                     tracing::warn!(msg = %envelope.id, error = %e, "sending unsigned");
                     mta_core::metrics::METRICS.dkim("error");
-                    body
+                    Arc::from(&[][..])
                 }
             };
             let envelope = Arc::new(envelope.clone());
             let mut tasks = JoinSet::new();
             for (domain, idx) in remote {
                 let rcpts: Vec<Address> = idx.iter().map(|&i| recipients[i].clone()).collect();
-                let (relay, envelope, body) = (self.relay.clone(), envelope.clone(), body.clone());
+                let (relay, envelope) = (self.relay.clone(), envelope.clone());
+                let (prefix, body) = (prefix.clone(), body.clone());
                 let span = tracing::info_span!("relay", %domain);
                 tasks.spawn(
                     async move {
-                        let outcomes = relay.deliver(&envelope, &body, &domain, &rcpts).await;
+                        let outcomes = relay
+                            .deliver(&envelope, &prefix, &body, &domain, &rcpts)
+                            .await;
                         (idx, outcomes)
                     }
                     .instrument(span),

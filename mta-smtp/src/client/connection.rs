@@ -415,7 +415,7 @@ impl Connection {
             ));
         }
         if transaction::any_accepted(&mail_reply, &rcpts) {
-            let end = self.body(msg.body).await?;
+            let end = self.body(msg).await?;
             return Ok(transaction::results(count, &mail_reply, &rcpts, Some(&end)));
         }
         // RFC 2920 §3.1: DATA accepted with nobody to deliver to: send an empty message.
@@ -469,14 +469,14 @@ impl Connection {
                 Some(&data),
             ));
         }
-        let end = self.body(msg.body).await?;
+        let end = self.body(msg).await?;
         Ok(transaction::results(count, &mail_reply, &rcpts, Some(&end)))
     }
 
     /// The stuffed body in chunks, the final dot, and its reply.
-    async fn body(&mut self, body: &[u8]) -> Result<ServerReply, ClientError> {
+    async fn body(&mut self, msg: &OutgoingMessage<'_>) -> Result<ServerReply, ClientError> {
         let t = self.timeouts.clone();
-        self.wire.body(t.data_block, body).await?;
+        self.wire.body(t.data_block, msg.prefix, msg.body).await?;
         self.wire
             .reply(Phase::FinalDot, t.final_dot, Expect::Completion)
             .await

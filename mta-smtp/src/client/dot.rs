@@ -68,17 +68,29 @@ impl DotStuffer {
     }
 }
 
-/// The size to declare with `SIZE=` (RFC 1870 §3): the body plus the CRLF we add when it
-/// does not end with one.
-pub fn message_size(body: &[u8]) -> u64 {
+/// The size to declare with `SIZE=` (RFC 1870 §3) for `prefix` then `body`: both, plus the
+/// CRLF we add when the body does not end with one. `prefix` is empty or whole lines (see
+/// [`check_prefix`]), so only the body's end counts.
+pub fn message_size(prefix: &[u8], body: &[u8]) -> u64 {
+    check_prefix(prefix);
     let added = if body.is_empty() || body.ends_with(b"\r\n") {
         0
     } else {
         2
     };
-    u64::try_from(body.len())
-        .unwrap_or(u64::MAX)
-        .saturating_add(added)
+    let len = |b: &[u8]| u64::try_from(b.len()).unwrap_or(u64::MAX);
+    len(prefix).saturating_add(len(body)).saturating_add(added)
+}
+
+/// Header fields put in front of a body (our `DKIM-Signature:` fields) are empty or end in
+/// CRLF: otherwise the body's first line would be glued to the last field, and a body
+/// starting with `.` would not be stuffed as the line start it is. Our own code builds the
+/// prefix, so anything else is a bug, not a peer's doing.
+pub fn check_prefix(prefix: &[u8]) {
+    assert!(
+        prefix.is_empty() || prefix.ends_with(b"\r\n"),
+        "a prefix to the message data must end in CRLF"
+    );
 }
 
 #[cfg(test)]
@@ -137,7 +149,8 @@ mod tests {
     fn declared_size() {
         let table: &[(&[u8], u64)] = &[(b"", 0), (b"a", 3), (b"a\r\n", 3), (b".\r\n", 3)];
         for (body, want) in table {
-            assert_eq!(message_size(body), *want, "{body:?}");
+            assert_eq!(message_size(b"", body), *want, "{body:?}");
+            assert_eq!(message_size(b"F: v\r\n", body), *want + 6, "{body:?}");
         }
     }
 }

@@ -252,7 +252,7 @@ impl Lmtp {
             self.wire.write(Phase::Body, t.data_block, b".\r\n").await?;
             return Ok(results(count, &mail_reply, &rcpts, &[], None));
         }
-        self.body(msg.body).await?;
+        self.body(msg).await?;
         let accepted = rcpts.iter().filter(|r| r.is_success()).count();
         let (finals, lost) = self.final_replies(accepted).await;
         Ok(results(count, &mail_reply, &rcpts, &finals, lost.as_ref()))
@@ -332,6 +332,7 @@ impl Lmtp {
         let msg = OutgoingMessage {
             from,
             rcpts,
+            prefix: b"",
             body: b"",
             eight_bit: false,
             smtputf8: rcpts.iter().any(mta_core::address::Address::needs_smtputf8)
@@ -362,8 +363,10 @@ impl Lmtp {
     }
 
     /// The stuffed body in chunks and the final dot.
-    async fn body(&mut self, body: &[u8]) -> Result<(), ClientError> {
-        self.wire.body(self.timeouts.data_block, body).await
+    async fn body(&mut self, msg: &OutgoingMessage<'_>) -> Result<(), ClientError> {
+        self.wire
+            .body(self.timeouts.data_block, msg.prefix, msg.body)
+            .await
     }
 
     /// One command line (from validated addresses and our hostname) and its reply.

@@ -194,7 +194,10 @@ pub struct OutgoingMessage<'a> {
     pub from: &'a ReversePath,
     /// RCPT TO, in order; [`Connection::send`] answers in the same order.
     pub rcpts: &'a [Address],
-    /// The message, CRLF line endings only, not yet dot-stuffed; sent as is.
+    /// Header fields of ours sent in front of `body` (the `DKIM-Signature:` fields), empty
+    /// or whole CRLF-ended lines; kept apart so that the body is never copied to add them.
+    pub prefix: &'a [u8],
+    /// The message, CRLF line endings only, not yet dot-stuffed; sent as is after `prefix`.
     pub body: &'a [u8],
     /// The body has octets above 127: `BODY=8BITMIME` when the server offers it (RFC 6152).
     /// When it does not, the body is sent anyway, as most MTAs do.
@@ -206,14 +209,20 @@ pub struct OutgoingMessage<'a> {
 }
 
 impl<'a> OutgoingMessage<'a> {
-    /// The message `envelope` names, to `rcpts`: `BODY=8BITMIME` and SMTPUTF8 as its body
-    /// and addresses need, REQUIRETLS as the envelope asks.
-    pub fn of(envelope: &'a Envelope, rcpts: &'a [Address], body: &'a [u8]) -> Self {
+    /// The message `envelope` names, `prefix` then `body`, to `rcpts`: `BODY=8BITMIME` and
+    /// SMTPUTF8 as its data and addresses need, REQUIRETLS as the envelope asks.
+    pub fn of(
+        envelope: &'a Envelope,
+        rcpts: &'a [Address],
+        prefix: &'a [u8],
+        body: &'a [u8],
+    ) -> Self {
         OutgoingMessage {
             from: &envelope.sender,
             rcpts,
+            prefix,
             body,
-            eight_bit: !body.is_ascii(),
+            eight_bit: !prefix.is_ascii() || !body.is_ascii(),
             smtputf8: rcpts.iter().any(Address::needs_smtputf8)
                 || envelope
                     .sender
@@ -230,6 +239,7 @@ impl fmt::Debug for OutgoingMessage<'_> {
         f.debug_struct("OutgoingMessage")
             .field("from", self.from)
             .field("rcpts", &self.rcpts)
+            .field("prefix_len", &self.prefix.len())
             .field("body_len", &self.body.len())
             .field("eight_bit", &self.eight_bit)
             .field("smtputf8", &self.smtputf8)

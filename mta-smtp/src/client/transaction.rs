@@ -35,7 +35,7 @@ pub struct MailParams {
 /// A made-up permanent reply for every recipient: `552 5.3.4` when the message is larger than
 /// the server's SIZE, `553 5.6.7` when it needs SMTPUTF8 and the server lacks it.
 pub fn plan(msg: &OutgoingMessage<'_>, ext: &Extensions) -> Result<MailParams, ServerReply> {
-    let size = message_size(msg.body);
+    let size = message_size(msg.prefix, msg.body);
     if let Some(max) = ext.size
         && max > 0
         && size > max
@@ -218,6 +218,7 @@ mod tests {
         let msg = |body: &'static [u8], eight_bit, smtputf8| OutgoingMessage {
             from: &from,
             rcpts: &[],
+            prefix: b"",
             body,
             eight_bit,
             smtputf8,

@@ -262,22 +262,32 @@ impl Wire {
         self.read_reply(phase, limit).await
     }
 
-    /// The message data, dot-stuffed, in writes of [`BODY_CHUNK`] (each within `limit`),
-    /// and the final dot; its reply is the caller's (one for SMTP, one per recipient for
-    /// LMTP). Nothing may come between 354 and our data.
-    pub(super) async fn body(&mut self, limit: Duration, body: &[u8]) -> Result<(), ClientError> {
+    /// The message data, `prefix` (header fields of ours, such as DKIM signatures: empty or
+    /// whole lines) then `body`, dot-stuffed as one stream in writes of about
+    /// [`BODY_CHUNK`] (each within `limit`), and the final dot; its reply is the caller's
+    /// (one for SMTP, one per recipient for LMTP). The two are never joined in memory: the
+    /// body is the queue's own copy, however large. Nothing may come between 354 and our
+    /// data.
+    pub(super) async fn body(
+        &mut self,
+        limit: Duration,
+        prefix: &[u8],
+        body: &[u8],
+    ) -> Result<(), ClientError> {
         self.ensure_idle(Phase::Body)?;
+        super::dot::check_prefix(prefix);
         let mut stuffer = super::dot::DotStuffer::new();
         let mut out = Vec::with_capacity(BODY_CHUNK + BODY_CHUNK / 16);
-        for chunk in body.chunks(BODY_CHUNK) {
-            out.clear();
+        for chunk in prefix.chunks(BODY_CHUNK).chain(body.chunks(BODY_CHUNK)) {
             stuffer.push(chunk, &mut out);
-            self.write(Phase::Body, limit, &out).await?;
+            if out.len() >= BODY_CHUNK {
+                self.write(Phase::Body, limit, &out).await?;
+                out.clear();
+            }
         }
-        out.clear();
         stuffer.finish(&mut out);
         self.write(Phase::Body, limit, &out).await?;
-        tracing::debug!(octets = body.len(), "C: <message data> .");
+        tracing::debug!(octets = prefix.len() + body.len(), "C: <message data> .");
         Ok(())
     }
 

@@ -327,20 +327,23 @@ impl Relay {
         }
     }
 
-    /// One attempt for `rcpts` (all in `domain`) of one message; one outcome per recipient.
-    /// Ends within `outbound.attempt_timeout`, waiting for a connection slot included: each
-    /// connection ends by then (so a stall cut short by it still counts against the
-    /// destination's suspension), and the attempt is cancelled [`ATTEMPT_SLACK`] later.
+    /// One attempt for `rcpts` (all in `domain`) of one message, `prefix` (our header fields,
+    /// such as DKIM signatures, whole lines) sent in front of `body`; one outcome per
+    /// recipient. Ends within `outbound.attempt_timeout`, waiting for a connection slot
+    /// included: each connection ends by then (so a stall cut short by it still counts
+    /// against the destination's suspension), and the attempt is cancelled
+    /// [`ATTEMPT_SLACK`] later.
     pub async fn deliver(
         &self,
         envelope: &Envelope,
+        prefix: &[u8],
         body: &[u8],
         domain: &Domain,
         rcpts: &[Address],
     ) -> Vec<Outcome> {
         let limit = self.config.outbound.attempt_timeout;
         let deadline = tokio::time::Instant::now() + limit;
-        let attempt = self.attempt(envelope, body, domain, rcpts, deadline);
+        let attempt = self.attempt(envelope, prefix, body, domain, rcpts, deadline);
         match tokio::time::timeout(limit + ATTEMPT_SLACK, attempt).await {
             Ok(outcomes) => outcomes,
             Err(_) => {
@@ -370,6 +373,7 @@ impl Relay {
     async fn attempt(
         &self,
         envelope: &Envelope,
+        prefix: &[u8],
         body: &[u8],
         domain: &Domain,
         rcpts: &[Address],
@@ -380,7 +384,7 @@ impl Relay {
             Ok(held) => held,
             Err(outcome) => return vec![outcome; rcpts.len()],
         };
-        let msg = OutgoingMessage::of(envelope, rcpts, body);
+        let msg = OutgoingMessage::of(envelope, rcpts, prefix, body);
         let route = match self.route(envelope, body, domain).await {
             Ok(route) => route,
             Err(outcome) => return vec![outcome; rcpts.len()],

@@ -875,7 +875,9 @@ mod tests {
             4,
         );
         let domain = to.domain().clone();
-        relay.deliver(&envelope, b"x\r\n", &domain, &[to]).await;
+        relay
+            .deliver(&envelope, b"", b"x\r\n", &domain, &[to])
+            .await;
         assert!(
             reports.take("mx.example.org").is_empty(),
             "with outbound.tls_reports = false, nothing takes the counts: they must not be kept"

@@ -122,6 +122,7 @@ async fn nonsense_reply_to_data() {
     let msg = OutgoingMessage {
         from: &from,
         rcpts: &rcpts,
+        prefix: b"",
         body: b"x\r\n",
         eight_bit: false,
         smtputf8: false,
@@ -159,6 +160,7 @@ async fn server_closes_mid_data() {
     let msg = OutgoingMessage {
         from: &ReversePath::Null,
         rcpts: &rcpts,
+        prefix: b"",
         body: body.as_bytes(),
         eight_bit: false,
         smtputf8: false,
@@ -222,6 +224,7 @@ async fn slow_rcpt_reply_times_out() {
     let msg = OutgoingMessage {
         from: &from,
         rcpts: &rcpts,
+        prefix: b"",
         body: b"x\r\n",
         eight_bit: false,
         smtputf8: false,

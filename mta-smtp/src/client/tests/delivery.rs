@@ -16,6 +16,7 @@ fn msg<'a>(from: &'a ReversePath, rcpts: &'a [Address], body: &'a [u8]) -> Outgo
     OutgoingMessage {
         from,
         rcpts,
+        prefix: b"",
         body,
         eight_bit: false,
         smtputf8: false,

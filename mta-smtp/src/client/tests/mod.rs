@@ -7,6 +7,7 @@ mod bad_servers;
 mod delivery;
 mod lmtp;
 mod tls_auth;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

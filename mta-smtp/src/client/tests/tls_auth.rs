@@ -44,6 +44,7 @@ async fn deliver_one(conn: &mut Connection) {
     let msg = OutgoingMessage {
         from: &from,
         rcpts: &rcpts,
+        prefix: b"",
         body: b"x\r\n",
         eight_bit: false,
         smtputf8: false,
