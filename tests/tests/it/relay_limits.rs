@@ -416,6 +416,40 @@ fn max_per_domain_holds_across_a_reload_storm() {
 /// Domains sharing the stalling host in [`domains_that_greet_then_stall_hold_few_slots`].
 const STALLING_DOMAINS: usize = 40;
 
+/// The scenario of the slot tests: a sender (10-minute `connection_timeout`) resolving
+/// through `records` sends one message to `victim@{prefix}{i}.test` for each of
+/// [`STALLING_DOMAINS`], waits until `holding()` says the stalling hosts hold connections,
+/// then submits an unrelated message to bob, which `rx` must get within `within` seconds
+/// (long before any stall could time out). Returns the sender and its DNS, still running.
+fn stall_then_deliver_unrelated(
+    records: &[String],
+    port: u16,
+    prefix: &str,
+    holding: impl Fn() -> bool,
+    rx: &mta_tests::TestMta,
+    within: u64,
+) -> (TestDns, mta_tests::TestMta) {
+    let records: Vec<&str> = records.iter().map(String::as_str).collect();
+    let dns = TestDns::start(&records);
+    let tx = start_sender(sender(
+        &dns,
+        port,
+        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
+    ));
+    let mut c = login(&tx);
+    for i in 0..STALLING_DOMAINS {
+        let to = format!("victim@{prefix}{i}.test");
+        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+    wait_for(secs(60), "the stalling hosts hold connections", holding);
+    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
+    let files = rx.wait_for_mail(REMOTE_BOB, 1, within);
+    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    (dns, tx)
+}
+
 #[test]
 fn domains_that_greet_then_stall_hold_few_slots() {
     // 40 domains, one MX host for all of them that greets and then never answers: every
@@ -434,27 +468,8 @@ fn domains_that_greet_then_stall_hold_few_slots() {
     for i in 0..STALLING_DOMAINS {
         records.push(format!("--mx-host=s{i}.test,mx.staller.test,10"));
     }
-    let records: Vec<&str> = records.iter().map(String::as_str).collect();
-    let dns = TestDns::start(&records);
-    let tx = start_sender(sender(
-        &dns,
-        port,
-        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
-    ));
-    let mut c = login(&tx);
-    for i in 0..STALLING_DOMAINS {
-        let to = format!("victim@s{i}.test");
-        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
-        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
-    }
-    let _ = c.send_line("QUIT");
-    wait_for(secs(60), "the stalling host holds connections", || {
-        stall.accepted() >= 4
-    });
-    // The unrelated message goes out long before any of the 10-minute stalls ends.
-    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
-    let files = rx.wait_for_mail(REMOTE_BOB, 1, 60);
-    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    let (_dns, _tx) =
+        stall_then_deliver_unrelated(&records, port, "s", || stall.accepted() >= 4, &rx, 60);
     let held = stall.open_max();
     eprintln!(
         "{STALLING_DOMAINS} stalling domains: the host saw at most {held} connections at once, \
@@ -584,27 +599,9 @@ fn eight_addresses_of_one_network_hold_few_slots() {
         let mx = i % usize::from(NETWORK_HOSTS);
         records.push(format!("--mx-host=w{i}.test,mx{mx}.net.test,10"));
     }
-    let records: Vec<&str> = records.iter().map(String::as_str).collect();
-    let dns = TestDns::start(&records);
-    let tx = start_sender(sender(
-        &dns,
-        port,
-        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
-    ));
-    let mut c = login(&tx);
-    for i in 0..STALLING_DOMAINS {
-        let to = format!("victim@w{i}.test");
-        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
-        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
-    }
-    let _ = c.send_line("QUIT");
     let accepted = |stalls: &[Host]| stalls.iter().map(Host::accepted).sum::<usize>();
-    wait_for(secs(60), "the stalling hosts hold connections", || {
-        accepted(&stalls) >= 8
-    });
-    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
-    let files = rx.wait_for_mail(REMOTE_BOB, 1, 90);
-    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    let holding = || accepted(&stalls) >= 8;
+    let (_dns, tx) = stall_then_deliver_unrelated(&records, port, "w", holding, &rx, 90);
     // Every attempt has had its chance at the hosts by now.
     std::thread::sleep(Duration::from_secs(5));
     // Each host's most at once, added up: no fewer than the network held at once.
@@ -641,26 +638,8 @@ fn an_address_written_as_ipv6_shares_the_slots_of_its_ipv4_form() {
         let mx = if i % 2 == 0 { "mx4" } else { "mx6" };
         records.push(format!("--mx-host=t{i}.test,{mx}.staller.test,10"));
     }
-    let records: Vec<&str> = records.iter().map(String::as_str).collect();
-    let dns = TestDns::start(&records);
-    let tx = start_sender(sender(
-        &dns,
-        port,
-        "connection_timeout = \"10m\"\nattempt_timeout = \"1h\"",
-    ));
-    let mut c = login(&tx);
-    for i in 0..STALLING_DOMAINS {
-        let to = format!("victim@t{i}.test");
-        let reply = c.send_message(ALICE, &[&to], &message(&to, "stall"));
-        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
-    }
-    let _ = c.send_line("QUIT");
-    wait_for(secs(60), "the stalling host holds connections", || {
-        stall.accepted() >= 4
-    });
-    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "unrelated"));
-    let files = rx.wait_for_mail(REMOTE_BOB, 1, 60);
-    assert_eq!(files.len(), 1, "the unrelated message\n{}", tx.log());
+    let (_dns, tx) =
+        stall_then_deliver_unrelated(&records, port, "t", || stall.accepted() >= 4, &rx, 60);
     // Every attempt has had its chance at the host by now.
     std::thread::sleep(Duration::from_secs(5));
     let held = stall.open_max();
