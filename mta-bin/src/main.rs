@@ -19,6 +19,7 @@ mod reload;
 mod sandbox;
 mod send;
 mod serve;
+mod srs_cmd;
 mod tls_cmd;
 mod users;
 
@@ -79,6 +80,11 @@ enum Command {
     Dkim {
         #[command(subcommand)]
         command: dkim_cmd::DkimCommand,
+    },
+    /// The secret of the rewritten senders of forwarded mail (SRS): rotate.
+    Srs {
+        #[command(subcommand)]
+        command: srs_cmd::SrsCommand,
     },
     /// Check the DNS records and certificate the world needs to trust our mail (exit 1 when
     /// something would hurt deliverability).
@@ -165,6 +171,9 @@ fn main() -> ExitCode {
         }
         Command::Dkim { command } => {
             load_config(path.as_deref()).and_then(|c| dkim_cmd::run(command, &c))
+        }
+        Command::Srs { command } => {
+            load_config(path.as_deref()).and_then(|c| srs_cmd::run(command, &c))
         }
         Command::Doctor(args) => {
             match load_config(path.as_deref()).and_then(|c| doctor::run(&args, &c)) {

@@ -6,6 +6,8 @@
 //! parse, a key or certificate that cannot be read, or a change that needs a restart is
 //! refused with one log line, and the old settings stay.
 //!
+//! The SRS secrets are read again too, so a reload puts `mta srs rotate` in force.
+//!
 //! Users need nothing: the users file is re-read whenever it changes. Certificate files that
 //! change on disk are picked up without any reload (`mta_smtp::tls::ReloadingCert`).
 
@@ -135,6 +137,8 @@ impl Reloader {
     /// Why the new config was refused; the old one is still in force.
     pub fn reload(&self) -> anyhow::Result<()> {
         let mut new = crate::load_config(self.path.as_deref())?;
+        // The SRS secrets as they are now: `mta srs rotate` takes effect here.
+        new.srs.keys = crate::srs_cmd::load_or_create(&new)?;
         let old = self.current.get();
         if self.path.is_none() {
             // The built-in defaults: `serve` may have allowed root for a first try, and

@@ -83,6 +83,8 @@ pub fn run(
             config.data_dir.display()
         )
     })?;
+    // Made as the user mta serves as, so it can read it again on a reload.
+    config.srs.keys = crate::srs_cmd::load_or_create(&config)?;
     sandbox::apply(&config, config_file.as_deref())?;
     check_readable(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -18,6 +18,7 @@ mod local;
 mod outbound;
 mod process;
 mod size;
+mod srs;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -80,6 +81,26 @@ pub struct Config {
     /// The user `mta serve` runs as and its sandbox (`user`, `group`, `allow_root`,
     /// `sandbox`).
     pub process: Process,
+    /// Sender rewriting for mail an alias forwards off-site (`[srs]`).
+    pub srs: Srs,
+}
+
+/// Sender rewriting (`[srs]`, see [`crate::srs`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Srs {
+    /// Rewrite the sender of forwarded mail, and take bounces to the rewritten addresses.
+    /// Default `true`.
+    pub enabled: bool,
+    /// The domain of the rewritten addresses, which must be local and whose SPF record must
+    /// name our outgoing addresses. Default: [`Config::hostname`] when it is a local domain,
+    /// else the first local domain.
+    pub domain: Domain,
+    /// How long a rewritten address takes bounces, in whole days. Default 21 days.
+    pub max_age: Duration,
+    /// The secrets from `DATA_DIR/srs.key` (and `srs.key.previous`). Never in the file: set
+    /// by `mta serve` when it starts and on each reload; `None` until then, when nothing is
+    /// rewritten and no SRS address is accepted.
+    pub keys: Option<crate::srs::Keys>,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several

@@ -110,6 +110,12 @@ replies! {
     NO_SUCH_USER = 550 "5.1.1" "No such user here";
     /// 550 for a recipient in a domain we do not own, without AUTH.
     RELAY_DENIED = 550 "5.7.1" "Relaying denied";
+    /// 550 for an SRS address of ours that we did not make, or that is too old: one reply
+    /// for both, which says nothing about which check failed.
+    SRS_INVALID = 550 "5.1.1" "No such user here: unknown or expired forwarding address";
+    /// 550 for mail to an SRS address from a sender that is not `<>`: only bounces and
+    /// auto-replies (RFC 3464, RFC 3834 §3.3: both from `<>`) are passed back.
+    SRS_BOUNCES_ONLY = 550 "5.7.1" "Only bounces (MAIL FROM:<>) are taken for a forwarding address";
     /// 553 when an authenticated user uses an address that is not theirs.
     SENDER_NOT_OWNED = 553 "5.7.1" "Sender address not owned by authenticated user";
     /// 552 for a message over max_message_size.

@@ -298,3 +298,150 @@ fn malformed_and_not_srs() {
         assert_eq!(reverse(&keys, local, 100, MAX_AGE), want, "{local}");
     }
 }
+
+fn srs_config(extra: &str) -> Config {
+    let text = format!(
+        "hostname = \"mx.example.test\"\nlocal_domains = [\"example.test\"]\n\
+         [aliases]\n\"fwd@example.test\" = [\"bob@remote.test\"]\n{extra}"
+    );
+    let mut config = Config::from_toml("t.toml", &text, "x").unwrap();
+    config.srs.keys = Some(keys());
+    config
+}
+
+/// The envelope of a message from `from`, vouched for as `vouched`.
+fn envelope(from: &str, vouched: crate::envelope::Vouched) -> Envelope {
+    let mut e = Envelope::generated(
+        crate::envelope::MessageId::generate(1),
+        vec![addr("bob@remote.test")],
+        "mx.example.test",
+        1,
+        10,
+    );
+    e.sender = crate::address::parse_reverse_path(from).unwrap();
+    e.vouched = vouched;
+    e
+}
+
+/// Only mail from another server, from a sender in someone else's domain, is rewritten;
+/// `<>`, our own domains, users' submissions and our own messages keep their sender.
+#[test]
+fn who_is_rewritten() {
+    use crate::envelope::Vouched;
+    let config = srs_config("");
+    let day = 20_000;
+    let want = forward(&keys(), &ours(), &addr("someone@third.test"), day).unwrap();
+    let table = [
+        (
+            "<someone@third.test>",
+            Vouched::SenderVerified,
+            RelaySender::Rewrite(want.clone()),
+        ),
+        (
+            "<someone@third.test>",
+            Vouched::Unverified,
+            RelaySender::Rewrite(want),
+        ),
+        ("<someone@third.test>", Vouched::User, RelaySender::Keep),
+        ("<>", Vouched::Generated, RelaySender::Keep),
+        ("<>", Vouched::Unverified, RelaySender::Keep),
+        (
+            "<alice@example.test>",
+            Vouched::Unverified,
+            RelaySender::Keep,
+        ),
+        (
+            &format!("<{}@third.test>", "a".repeat(50)),
+            Vouched::Unverified,
+            RelaySender::Unrewritable(ForwardError::TooLong),
+        ),
+    ];
+    for (from, vouched, want) in table {
+        assert_eq!(
+            relay_sender(&config, &envelope(from, vouched), day),
+            want,
+            "{from} {vouched:?}"
+        );
+    }
+    let off = srs_config("[srs]\nenabled = false\n");
+    let e = envelope("<someone@third.test>", Vouched::Unverified);
+    assert_eq!(relay_sender(&off, &e, day), RelaySender::Keep);
+    let mut no_keys = srs_config("");
+    no_keys.srs.keys = None;
+    assert_eq!(relay_sender(&no_keys, &e, day), RelaySender::Keep);
+}
+
+/// RCPT to an SRS address: ours and young goes back to the sender (from `<>` only); forged,
+/// expired, SRS1 or with SRS off: refused or left to the other lookups.
+#[test]
+fn rcpt_to_srs_addresses() {
+    use crate::address::{parse_forward_path, parse_reverse_path};
+    let config = srs_config("");
+    let day = 20_000;
+    let original = addr("someone@third.test");
+    let srs = forward(&keys(), &ours(), &original, day).unwrap();
+    let null = parse_reverse_path("<>").unwrap();
+    let stranger = parse_reverse_path("<x@spam.test>").unwrap();
+    let to = |t: &str| parse_forward_path(&format!("<{t}>")).unwrap();
+    let forged = format!("SRS0=AAAA{}", &srs.to_string()[9..]);
+    let other_domain = format!("{}@other.test", srs.local_part());
+    let table: &[(&ReversePath, String, u64, Option<RcptDecision>)] = &[
+        (
+            &null,
+            srs.to_string(),
+            day + 21,
+            Some(RcptDecision::Accept(vec![original.clone()])),
+        ),
+        (
+            &null,
+            srs.to_string().to_lowercase(),
+            day,
+            Some(RcptDecision::Accept(vec![addr("someone@third.test")])),
+        ),
+        (
+            &null,
+            srs.to_string(),
+            day + 22,
+            Some(RcptDecision::Reject(Reply::SRS_INVALID)),
+        ),
+        (
+            &null,
+            forged,
+            day,
+            Some(RcptDecision::Reject(Reply::SRS_INVALID)),
+        ),
+        (
+            &stranger,
+            srs.to_string(),
+            day,
+            Some(RcptDecision::Reject(Reply::SRS_BOUNCES_ONLY)),
+        ),
+        (
+            &null,
+            "SRS1=xxxx=fwd.test==abcd=AB=x.test=y@example.test".into(),
+            day,
+            Some(RcptDecision::Reject(Reply::SRS_INVALID)),
+        ),
+        (&null, "alice@example.test".into(), day, None),
+        (&null, other_domain, day, None),
+    ];
+    for (from, rcpt, today, want) in table {
+        assert_eq!(
+            &rcpt_decision(&config, from, &to(rcpt), *today),
+            want,
+            "{rcpt} {today}"
+        );
+    }
+    assert_eq!(
+        rcpt_decision(&config, &null, &ForwardPath::Postmaster, day),
+        None
+    );
+    let off = srs_config("[srs]\nenabled = false\n");
+    assert_eq!(rcpt_decision(&off, &null, &to(&srs.to_string()), day), None);
+    let mut no_keys = srs_config("");
+    no_keys.srs.keys = None;
+    assert_eq!(
+        rcpt_decision(&no_keys, &null, &to(&srs.to_string()), day),
+        Some(RcptDecision::Reject(Reply::SRS_INVALID))
+    );
+}

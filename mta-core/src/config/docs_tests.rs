@@ -85,9 +85,12 @@ const KEYS: &[&str] = &[
     "local.lmtp",
     "local.recipient_delimiter",
     "local.mail_group",
+    "srs.enabled",
+    "srs.domain",
+    "srs.max_age",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",
+    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local", "srs",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

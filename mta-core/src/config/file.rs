@@ -53,6 +53,17 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub local: RawLocal,
+    #[serde(default)]
+    pub srs: RawSrs,
+}
+
+/// `[srs]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSrs {
+    pub enabled: Option<bool>,
+    pub domain: Option<S<String>>,
+    pub max_age: Option<S<String>>,
 }
 
 /// `[metrics]`
@@ -384,6 +395,12 @@ pub(super) fn write(config: &Config) -> String {
         format!("\n[metrics]\n{metrics}"),
         write_inbound(&config.inbound),
         format!("\n[local]\n{}", write_local(&config.local)),
+        format!(
+            "\n[srs]\nenabled = {}\ndomain = {}\nmax_age = {}\n",
+            config.srs.enabled,
+            quote(config.srs.domain.as_str()),
+            time(config.srs.max_age)
+        ),
         format!("\n[aliases]\n{}", write_aliases(config)),
         write_dkim(&config.dkim),
     ]

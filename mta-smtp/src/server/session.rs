@@ -358,7 +358,11 @@ impl Session {
             return Action::Reply(Reply::NEED_SMTPUTF8);
         }
         let users = self.ctx.users.current();
-        match policy::rcpt(&self.ctx.config, &users, relay, to) {
+        // A bounce to one of our SRS addresses goes back to the original sender.
+        let today = mta_core::srs::day(std::time::SystemTime::now());
+        let decision = mta_core::srs::rcpt_decision(&self.ctx.config, &tx.from, to, today)
+            .unwrap_or_else(|| policy::rcpt(&self.ctx.config, &users, relay, to));
+        match decision {
             RcptDecision::Accept(targets) => {
                 let config = &self.ctx.config;
                 let all_local = targets.iter().all(|t| config.is_local_domain(t.domain()));
