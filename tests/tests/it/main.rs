@@ -43,6 +43,7 @@ mod relay_memory;
 mod relay_mta_sts;
 mod relay_requiretls;
 mod relay_smarthost;
+mod relay_srs;
 mod relay_tls;
 mod relay_tlsrpt;
 mod reload;
