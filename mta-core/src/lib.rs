@@ -13,6 +13,7 @@ pub mod config;
 pub mod date;
 pub mod durable_file;
 pub mod envelope;
+pub mod forwarding;
 pub mod metrics;
 pub mod outcome;
 pub mod policy;

@@ -1,7 +1,7 @@
 //! The Sender Rewriting Scheme (SRS): the envelope sender that mail forwarded off-site by an
 //! alias or catch-all leaves with, and the check of the bounces that come back to it. Pure
-//! functions of the config (with its secrets), the address and the day: [`relay_sender`] for
-//! the router, [`rcpt_decision`] for the session's `RCPT`. The secret files are `mta-bin`'s.
+//! functions of a secret, the address and the day; when they apply is
+//! [`crate::forwarding`]'s to decide, and the secret files are `mta-bin`'s.
 //!
 //! Why: a forwarded copy that kept its original sender `someone@third.test` would fail the
 //! receiver's SPF check (RFC 7208), since our address is not among third.test's senders. The
@@ -32,11 +32,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::hmac;
 
-use crate::address::{Address, Domain, ForwardPath, MAX_LOCAL_PART, ReversePath};
-use crate::config::Config;
-use crate::envelope::Envelope;
-use crate::policy::RcptDecision;
-use crate::reply::Reply;
+use crate::address::{Address, Domain, MAX_LOCAL_PART};
 
 /// The length of a secret, in bytes.
 pub const SECRET_LEN: usize = 32;
@@ -245,76 +241,9 @@ pub fn reverse(keys: &Keys, local: &str, today: u64, max_age_days: u64) -> Rever
 }
 
 /// Whether `local` starts like an SRS address, `SRS0=` or `SRS1=`, in any case.
-fn looks_srs(local: &str) -> bool {
+pub(crate) fn looks_srs(local: &str) -> bool {
     let prefix = local.get(..SRS0.len()).unwrap_or("");
     prefix.eq_ignore_ascii_case(SRS0) || prefix.eq_ignore_ascii_case("SRS1=")
-}
-
-/// The envelope sender of a copy relayed to another domain.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RelaySender {
-    /// As it came: `<>`, one of our own domains, an authenticated user's submission, a
-    /// message we wrote, or SRS off.
-    Keep,
-    /// Mail from another server that an alias forwards off-site: this SRS address instead.
-    Rewrite(Address),
-    /// Would be rewritten, but cannot be; it leaves as it came.
-    Unrewritable(ForwardError),
-}
-
-/// Whether a copy of the message of `envelope` relayed to another domain leaves with its own
-/// sender or an SRS address made on `today`. Only mail from another server reaches a remote
-/// recipient on the smtp listener, and only through an alias or catch-all (or a bounce that
-/// [`rcpt_decision`] passes back, which is from `<>`): so this is exactly forwarded mail.
-pub fn relay_sender(config: &Config, envelope: &Envelope, today: u64) -> RelaySender {
-    let (true, Some(keys), Some(sender)) = (
-        config.srs.enabled,
-        config.srs.keys.as_ref(),
-        envelope.sender.address(),
-    ) else {
-        return RelaySender::Keep;
-    };
-    // Our DKIM key signs exactly what is ours to send (a user's submission, our own
-    // messages): such mail keeps its sender, which our SPF record already covers.
-    if envelope.may_sign() || config.is_local_domain(sender.domain()) {
-        return RelaySender::Keep;
-    }
-    match forward(keys, &config.srs.domain, sender, today) {
-        Ok(srs) => RelaySender::Rewrite(srs),
-        Err(e) => RelaySender::Unrewritable(e),
-    }
-}
-
-/// The answer to `RCPT TO:<to>` in a transaction from `from` when `to` is an SRS address of
-/// our SRS domain (`None` when it is not, or SRS is off: the other lookups decide). A valid
-/// one is accepted and goes to the original sender, which is relayed even on port 25: the
-/// hash shows we made the address, so the destination was never the client's choice.
-pub fn rcpt_decision(
-    config: &Config,
-    from: &ReversePath,
-    to: &ForwardPath,
-    today: u64,
-) -> Option<RcptDecision> {
-    let ForwardPath::Address(to) = to else {
-        return None;
-    };
-    let srs = &config.srs;
-    if !srs.enabled || to.domain() != &srs.domain {
-        return None;
-    }
-    let verdict = match &srs.keys {
-        Some(keys) => reverse(keys, to.local_part(), today, srs.max_age.as_secs() / 86_400),
-        None if looks_srs(to.local_part()) => Reverse::Invalid(Invalid::BadHash),
-        None => Reverse::NotSrs,
-    };
-    match verdict {
-        Reverse::NotSrs => None,
-        Reverse::Invalid(_) => Some(RcptDecision::Reject(Reply::SRS_INVALID)),
-        Reverse::Valid(_) if *from != ReversePath::Null => {
-            Some(RcptDecision::Reject(Reply::SRS_BOUNCES_ONLY))
-        }
-        Reverse::Valid(original) => Some(RcptDecision::Accept(vec![original])),
-    }
 }
 
 #[cfg(test)]

@@ -14,16 +14,16 @@
 //! Remote mail is DKIM-signed ([`crate::dkim`]) only when [`Envelope::may_sign`]: an
 //! authenticated user's submission or a message `mta` wrote itself. A stranger's message that
 //! an alias forwards off-site keeps whatever signatures it came with and gets none of ours;
-//! it leaves with an SRS sender instead of its own ([`mta_core::srs::relay_sender`]).
+//! it leaves with an SRS sender instead of its own ([`mta_core::forwarding::relay_sender`]).
 
 use std::sync::Arc;
 
 use mta_core::address::{Address, Domain, ReversePath};
 use mta_core::config::{Config, LmtpAddress, LocalDelivery};
 use mta_core::envelope::Envelope;
+use mta_core::forwarding::RelaySender;
 use mta_core::policy;
 use mta_core::seams::{Body, BoxFuture, Deliver, Outcome, Remote, UserDirectory, Verdict};
-use mta_core::srs::RelaySender;
 use mta_core::text::escape;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -311,7 +311,7 @@ impl Router {
     /// check; the queued envelope, which bounces go by, keeps the original.
     fn relayed(&self, envelope: &Envelope) -> Envelope {
         let today = mta_core::srs::day(std::time::SystemTime::now());
-        match mta_core::srs::relay_sender(&self.config, envelope, today) {
+        match mta_core::forwarding::relay_sender(&self.config, envelope, today) {
             RelaySender::Keep => envelope.clone(),
             RelaySender::Rewrite(srs) => {
                 tracing::info!(msg = %envelope.id, from = %escape(&envelope.sender.to_string()), srs = %escape(&srs.to_string()), "sender rewritten (SRS)");

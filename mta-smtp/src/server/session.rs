@@ -360,7 +360,7 @@ impl Session {
         let users = self.ctx.users.current();
         // A bounce to one of our SRS addresses goes back to the original sender.
         let today = mta_core::srs::day(std::time::SystemTime::now());
-        let decision = mta_core::srs::rcpt_decision(&self.ctx.config, &tx.from, to, today)
+        let decision = mta_core::forwarding::rcpt_decision(&self.ctx.config, &tx.from, to, today)
             .unwrap_or_else(|| policy::rcpt(&self.ctx.config, &users, relay, to));
         match decision {
             RcptDecision::Accept(targets) => {
