@@ -107,6 +107,11 @@ fn stranger_message(to: &str, subject: &str) -> Vec<u8> {
 /// Python's hmac: HMAC-SHA256 over `TT=domain=local` in lower case, the first 4 base64
 /// characters, TT the day modulo 1024 in base32.
 fn python_srs(data_dir: &std::path::Path, sender: &str, day: u64) -> String {
+    python_srs_with(&data_dir.join("srs.key"), sender, day)
+}
+
+/// [`python_srs`] with the secret in `key`.
+fn python_srs_with(key: &std::path::Path, sender: &str, day: u64) -> String {
     const SRS: &str = r#"
 import base64, hashlib, hmac, sys
 key = open(sys.argv[1], 'rb').read()
@@ -122,7 +127,7 @@ print(f'SRS0={h}={tt}={domain}={local}@example.test')
         "python SRS",
         Command::new("python3")
             .args(["-c", SRS])
-            .arg(data_dir.join("srs.key"))
+            .arg(key)
             .arg(sender)
             .arg(day.to_string()),
         b"",
@@ -274,5 +279,49 @@ fn only_forwarded_mail_from_strangers_is_rewritten() {
         .filter(|f| read_delivered(f).return_path == "Return-Path: <>")
         .count();
     assert_eq!(nulls, 1, "<> stays <>");
+    w.tx.wait_for_empty_queue(secs(10));
+}
+
+/// `mta srs rotate` and a reload: new forwards use the new secret, a bounce to an address made
+/// with the previous one is still taken, and a third secret's address is not.
+#[test]
+fn rotation_keeps_the_previous_secret() {
+    let w = world("");
+    let day = today();
+    let before = python_srs(&w.tx.data_dir(), STRANGER, day);
+    let out = w.tx.mta(&["srs", "rotate"], b"");
+    assert!(out.status.success(), "{out:?}");
+    let previous = w.tx.data_dir().join("srs.key.previous");
+    assert_eq!(python_srs_with(&previous, STRANGER, day), before);
+    w.tx.hangup();
+    w.tx.wait_logged(secs(10), "the reload", || {
+        w.tx.log().contains("config reloaded")
+    });
+
+    let sent = stranger_message("fwd@example.test", "after rotation");
+    let (code, transcript) = send(&w.tx, STRANGER, "fwd@example.test", &sent);
+    assert_eq!(code, 250, "{transcript}");
+    let files = w.rx.wait_for_mail(REMOTE_BOB, 1, 10);
+    let made = [day, day + 1].map(|d| python_srs(&w.tx.data_dir(), STRANGER, d));
+    let return_path = read_delivered(&files[0]).return_path;
+    assert!(
+        made.iter()
+            .any(|m| return_path == format!("Return-Path: <{m}>")),
+        "{return_path} is not one of {made:?}"
+    );
+
+    let bounce = message(STRANGER, "Undelivered Mail Returned to Sender");
+    let (code, transcript) = send(&w.tx, "", &before, &bounce);
+    assert_eq!(code, 250, "{transcript}");
+    w.third.wait_for_mail(STRANGER, 1, 10);
+    // Rotated once more, the first secret is gone.
+    let out = w.tx.mta(&["srs", "rotate"], b"");
+    assert!(out.status.success(), "{out:?}");
+    w.tx.hangup();
+    w.tx.wait_logged(secs(10), "the second reload", || {
+        w.tx.log().matches("config reloaded").count() == 2
+    });
+    let (reply, transcript) = rcpt(&w.tx, "", &before);
+    assert!(reply.starts_with("550 5.1.1"), "{transcript}");
     w.tx.wait_for_empty_queue(secs(10));
 }
