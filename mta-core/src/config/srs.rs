@@ -87,6 +87,16 @@ mod tests {
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
+    /// The example in docs/config.md says what it does.
+    #[test]
+    fn docs_example() {
+        let block = super::super::docs_tests::doc_block("### Forwarding: `[srs]`");
+        let c = parse(&format!("local_domains = [\"example.org\"]\n{block}")).unwrap();
+        assert!(c.srs.enabled);
+        assert_eq!(c.srs.domain, domain("example.org"));
+        assert_eq!(c.srs.max_age, DEFAULT_MAX_AGE);
+    }
+
     #[test]
     fn srs_errors() {
         let table = [
