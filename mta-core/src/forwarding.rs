@@ -244,4 +244,81 @@ mod tests {
             Some(RcptDecision::Reject(Reply::SRS_INVALID))
         );
     }
+
+    use crate::envelope::Vouched;
+    use proptest::prelude::*;
+
+    fn vouched() -> impl Strategy<Value = Vouched> {
+        prop_oneof![
+            Just(Vouched::User),
+            Just(Vouched::Generated),
+            Just(Vouched::SenderVerified),
+            Just(Vouched::Unverified),
+        ]
+    }
+
+    proptest! {
+        /// Reference: rewritten exactly when SRS is on, the sender is not `<>`, nothing of
+        /// ours vouches for the message (no user submitted it, we did not write it) and the
+        /// sender's domain is not ours; then to the address `forward` makes.
+        #[test]
+        fn relay_sender_model(
+            enabled in any::<bool>(),
+            null in any::<bool>(),
+            local in "[a-z]{1,10}",
+            domain in prop_oneof![Just("example.test"), Just("third.test"), Just("a.b.test")],
+            vouched in vouched(),
+            day in 0u64..100_000,
+        ) {
+            let config = srs_config(if enabled { "" } else { "[srs]\nenabled = false\n" });
+            let sender = addr(&format!("{local}@{domain}"));
+            let from = if null { "<>".to_string() } else { format!("<{sender}>") };
+            let got = relay_sender(&config, &envelope(&from, vouched), day);
+            let ours_to_send = matches!(vouched, Vouched::User | Vouched::Generated);
+            let want = if enabled && !null && !ours_to_send && domain != "example.test" {
+                RelaySender::Rewrite(forward(&keys(), &ours(), &sender, day).unwrap())
+            } else {
+                RelaySender::Keep
+            };
+            prop_assert_eq!(got, want);
+        }
+
+        /// Reference: a bounce to an address we made is taken exactly when it is from `<>`,
+        /// its hash is the one we wrote (in any case) and it is at most 21 days old.
+        #[test]
+        fn rcpt_model(
+            local in "[a-z0-9.]{0,8}[a-z0-9]",
+            made in 0u64..100_000,
+            age in 0u64..1100,
+            null in any::<bool>(),
+            change in proptest::option::of((0usize..4, "[A-Za-z0-9+/]")),
+        ) {
+            use crate::address::{parse_forward_path, parse_reverse_path};
+            prop_assume!(!local.starts_with('.') && !local.contains(".."));
+            let config = srs_config("");
+            let sender = addr(&format!("{local}@third.test"));
+            let srs = forward(&keys(), &ours(), &sender, made).unwrap();
+            let mut text = srs.to_string();
+            let mut same_hash = true;
+            if let Some((at, c)) = change {
+                let at = 5 + at;
+                if !text[at..at + 1].eq_ignore_ascii_case(&c) {
+                    same_hash = false;
+                }
+                text.replace_range(at..at + 1, &c);
+            }
+            let from = parse_reverse_path(if null { "<>" } else { "<x@spam.test>" }).unwrap();
+            let to = parse_forward_path(&format!("<{text}>")).unwrap();
+            let got = rcpt_decision(&config, &from, &to, made + age);
+            let fresh = age % 1024 <= 21;
+            let want = if !same_hash || !fresh {
+                RcptDecision::Reject(Reply::SRS_INVALID)
+            } else if !null {
+                RcptDecision::Reject(Reply::SRS_BOUNCES_ONLY)
+            } else {
+                RcptDecision::Accept(vec![sender])
+            };
+            prop_assert_eq!(got, Some(want));
+        }
+    }
 }
