@@ -16,6 +16,7 @@ pub struct MtaBuilder {
     submissions: Vec<String>,
     toml: String,
     env: Vec<(String, String)>,
+    users: Vec<(String, String)>,
 }
 
 impl Default for MtaBuilder {
@@ -36,7 +37,15 @@ impl MtaBuilder {
             submissions: vec!["127.0.0.1:0".into()],
             toml: String::new(),
             env: Vec::new(),
+            users: Vec::new(),
         }
+    }
+
+    /// A user added before the server starts (`mta user add`), so that it exists before
+    /// the first client can connect.
+    pub fn user(mut self, addr: &str, password: &str) -> MtaBuilder {
+        self.users.push((addr.into(), password.into()));
+        self
     }
 
     /// The `hostname` key (also the name in its self-signed certificate).
@@ -119,8 +128,8 @@ impl MtaBuilder {
     /// Starts the server; `Err` (its config and output) when it exits at start-up, such as
     /// on a listen address already in use.
     pub fn try_start(self) -> Result<TestMta, String> {
-        let MtaBuilder { env, .. } = &self;
-        let env = env.clone();
-        TestMta::try_start_with(|dir| self.config(dir), env)
+        let env = self.env.clone();
+        let users = self.users.clone();
+        TestMta::try_start_with_users(|dir| self.config(dir), env, &users)
     }
 }

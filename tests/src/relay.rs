@@ -24,9 +24,9 @@ pub fn receiver(hostname: &str, domains: &[&str], ip: &str, port: u16) -> MtaBui
 /// Starts a receiver for `remote.test` (see [`receiver`]) with bob as its user; `Err` when
 /// it cannot listen (for [`crate::on_shared_port`]).
 pub fn try_remote_receiver(hostname: &str, ip: &str, port: u16) -> Result<TestMta, String> {
-    let mta = receiver(hostname, &["remote.test"], ip, port).try_start()?;
-    mta.add_user(REMOTE_BOB, REMOTE_BOB_PASSWORD);
-    Ok(mta)
+    receiver(hostname, &["remote.test"], ip, port)
+        .user(REMOTE_BOB, REMOTE_BOB_PASSWORD)
+        .try_start()
 }
 
 /// The sender's config: `mx.example.test`, resolving through `dns`, MX hosts on `port`,

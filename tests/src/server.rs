@@ -151,6 +151,16 @@ impl TestMta {
         make: impl FnOnce(&Path) -> String,
         env: Vec<(String, String)>,
     ) -> Result<TestMta, String> {
+        TestMta::try_start_with_users(make, env, &[])
+    }
+
+    /// [`TestMta::try_start_with`], with `users` (address, password) added before the
+    /// server starts, so no client can reach it before they exist.
+    pub fn try_start_with_users(
+        make: impl FnOnce(&Path) -> String,
+        env: Vec<(String, String)>,
+        users: &[(String, String)],
+    ) -> Result<TestMta, String> {
         let dir = KeptDir::new();
         let config = dir.path().join("mta.toml");
         std::fs::write(&config, make(dir.path())).expect("cannot write the test config");
@@ -165,6 +175,9 @@ impl TestMta {
             stderr_reader: None,
             dir,
         };
+        for (addr, password) in users {
+            mta.add_user(addr, password);
+        }
         mta.try_spawn()?;
         Ok(mta)
     }
