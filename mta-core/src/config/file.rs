@@ -91,6 +91,7 @@ pub(super) struct RawInbound {
     pub dmarc_reject: Option<bool>,
     pub spf_reject: Option<bool>,
     pub spoofed_from: Option<S<String>>,
+    pub milter: Option<OneOrMany<super::milter::RawMilter>>,
 }
 
 /// A table (`[a."b"]`) or an array of tables (`[[a."b"]]`), read as a list either way. Written
@@ -501,7 +502,7 @@ fn write_inbound(i: &Inbound) -> String {
         i.dmarc_reject,
         i.spf_reject,
         quote(i.spoofed_from.name()),
-    )
+    ) + &super::milter::write(&i.milters)
 }
 
 /// The keys of `[aliases]`: each alias, then each domain's catch-all (`"@domain"`).
@@ -660,6 +661,6 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 }
 
 /// A TOML string literal, escaped as TOML requires.
-fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }
