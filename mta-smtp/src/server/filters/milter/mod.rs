@@ -1,0 +1,3 @@
+//! A milter client: each message passes the milters of `[[inbound.milter]]` in turn.
+
+pub mod codec;
