@@ -40,6 +40,7 @@ pub mod step {
     pub const NR_MAIL: u32 = 0x4000;
     pub const NR_RCPT: u32 = 0x8000;
     pub const NR_DATA: u32 = 0x1_0000;
+    pub const NR_UNKNOWN: u32 = 0x2_0000;
     pub const NR_EOH: u32 = 0x4_0000;
     pub const NR_BODY: u32 = 0x8_0000;
 }
