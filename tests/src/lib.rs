@@ -29,6 +29,7 @@ pub mod faults;
 mod lmtp;
 pub mod load;
 mod maildir;
+pub mod milter;
 mod net;
 mod process;
 pub mod relay;

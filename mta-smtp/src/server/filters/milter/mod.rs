@@ -15,7 +15,6 @@ use mta_core::reply::Reply;
 use mta_core::seams::{
     BoxFuture, FilterVerdict, HeaderEdits, MessageFilter, MessageView, SessionFacts,
 };
-use mta_core::text::escape;
 use tracing::{info, warn};
 
 use client::{Decision, Server};
@@ -71,10 +70,9 @@ impl Milters {
                 }
                 Ok(Decision::Quarantine(reason)) => {
                     // The queue has no hold state: a quarantined message is dropped like a
-                    // discarded one, and the reason is logged.
+                    // discarded one, and the reason (printable ASCII) is logged.
                     return FilterVerdict::Discard(format!(
-                        "milter {at} quarantined it ({}); we hold no quarantine, so dropped",
-                        escape(&reason)
+                        "milter {at} quarantined it ({reason}); we hold no quarantine, so dropped"
                     ));
                 }
                 Err(e) => match milter.on_failure {
