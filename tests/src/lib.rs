@@ -33,6 +33,7 @@ pub mod milter;
 mod net;
 mod process;
 pub mod relay;
+pub mod rspamd;
 mod server;
 pub mod silent_dns;
 mod smtp;

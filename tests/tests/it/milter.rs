@@ -330,3 +330,49 @@ fn on_failure_accept_passes_mail_when_the_milter_is_down() {
     assert!(mta.maildir_new(BOB).is_empty());
     mta.wait_for_empty_queue(secs(5));
 }
+
+/// rspamd itself, through its milter proxy: GTUBE is refused with rspamd's own reply, a
+/// clean message is delivered with the headers rspamd adds, and with rspamd stopped the
+/// `on_failure` setting decides.
+#[test]
+fn rspamd_rejects_gtube_marks_clean_mail_and_its_absence_defers() {
+    let mut rspamd = mta_tests::rspamd::TestRspamd::start();
+    let mta = server(&rspamd.address(), "60s", "tempfail", false);
+    let gtube = "From: someone@remote.test\r\nTo: bob@example.test\r\nSubject: test\r\n\r\n\
+                 XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n";
+    let reply = send(&mta, gtube);
+    // rspamd's own reply: the pattern's name as its text.
+    assert_eq!(
+        (reply.code, reply.lines[0].as_str()),
+        (554, "5.7.1 Gtube pattern"),
+        "{reply}\n{}",
+        rspamd.log()
+    );
+    let reply = send(&mta, &message("a clean one"));
+    assert_eq!(reply.code, 250, "{reply}\n{}", mta.log());
+    let files = mta.wait_for_mail(BOB, 1, 60);
+    let got = String::from_utf8_lossy(&read_delivered(&files[0]).rest).into_owned();
+    let head = got.split("\r\n\r\n").next().unwrap();
+    for field in [
+        "X-Spamd-Result: ",
+        "X-Rspamd-Server: ",
+        "X-Rspamd-Action: no action",
+    ] {
+        assert!(head.contains(field), "no {field} in\n{got}");
+    }
+    assert!(
+        got.ends_with("\r\n\r\nThe body of a clean one.\r\n"),
+        "{got}"
+    );
+    assert_eq!(mta.maildir_new(BOB).len(), 1, "GTUBE was delivered");
+
+    rspamd.stop();
+    let reply = send(&mta, &message("while rspamd is down"));
+    assert_eq!(
+        (reply.code, reply.enhanced()),
+        (451, Some("4.7.1")),
+        "{reply}"
+    );
+    mta.wait_for_empty_queue(secs(5));
+    assert_eq!(mta.maildir_new(BOB).len(), 1);
+}
