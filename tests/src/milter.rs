@@ -4,13 +4,12 @@
 //! reply code of its own, reports progress, hangs, answers garbage, closes mid-message. It
 //! answers every step (`c`) and records what it was sent.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 
 /// A frame as a filter sends it: the length (letter and data), the letter, the data.
@@ -88,9 +87,28 @@ pub type Script = Box<dyn Fn(usize) -> (u8, Act) + Send + Sync>;
 /// One conversation: every command the milter was sent, letter and data.
 pub type Conversation = Vec<(u8, Vec<u8>)>;
 
-/// A running test milter on 127.0.0.1.
+/// Where a [`TestMilter`] listens.
+enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+type Stream = Box<dyn Io>;
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Listener::Tcp(l) => Box::new(l.accept().await?.0),
+            Listener::Unix(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+/// A running test milter on 127.0.0.1 or a Unix socket.
 pub struct TestMilter {
-    addr: SocketAddr,
+    address: String,
     seen: Arc<Mutex<Vec<Conversation>>>,
     stop: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
@@ -102,7 +120,28 @@ impl TestMilter {
     pub fn start(script: Script, extra_actions: u32) -> TestMilter {
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a milter port");
         std_listener.set_nonblocking(true).unwrap();
-        let addr = std_listener.local_addr().unwrap();
+        let address = format!("inet:{}", std_listener.local_addr().unwrap());
+        TestMilter::serve_on(address, script, extra_actions, move || {
+            Listener::Tcp(TcpListener::from_std(std_listener).unwrap())
+        })
+    }
+
+    /// Like [`TestMilter::start`], on a Unix socket at `path`.
+    pub fn start_unix(path: &std::path::Path, script: Script, extra_actions: u32) -> TestMilter {
+        let std_listener = std::os::unix::net::UnixListener::bind(path).expect("bind a socket");
+        std_listener.set_nonblocking(true).unwrap();
+        let address = format!("unix:{}", path.display());
+        TestMilter::serve_on(address, script, extra_actions, move || {
+            Listener::Unix(UnixListener::from_std(std_listener).unwrap())
+        })
+    }
+
+    fn serve_on(
+        address: String,
+        script: Script,
+        extra_actions: u32,
+        listen: impl FnOnce() -> Listener + Send + 'static,
+    ) -> TestMilter {
         let seen: Arc<Mutex<Vec<Conversation>>> = Arc::default();
         let (stop, stopped) = watch::channel(false);
         let record = seen.clone();
@@ -112,7 +151,7 @@ impl TestMilter {
                 .build()
                 .expect("a runtime");
             runtime.block_on(async move {
-                let listener = TcpListener::from_std(std_listener).unwrap();
+                let listener = listen();
                 let script = Arc::new(script);
                 let mut n = 0;
                 let mut stop_accepting = stopped.clone();
@@ -121,7 +160,7 @@ impl TestMilter {
                         c = listener.accept() => c,
                         _ = stop_accepting.changed() => break,
                     };
-                    let Ok((stream, _)) = conn else { continue };
+                    let Ok(stream) = conn else { continue };
                     let index = {
                         let mut s = record.lock().unwrap_or_else(PoisonError::into_inner);
                         s.push(Vec::new());
@@ -141,16 +180,16 @@ impl TestMilter {
             });
         });
         TestMilter {
-            addr,
+            address,
             seen,
             stop,
             thread: Some(thread),
         }
     }
 
-    /// Where it listens.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Where it listens, as `[[inbound.milter]] address` names it.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// Every conversation so far.
@@ -172,7 +211,7 @@ impl Drop for TestMilter {
 }
 
 /// Reads one command: `None` at the end of the stream.
-async fn command(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
+async fn command(s: &mut Stream) -> Option<(u8, Vec<u8>)> {
     let mut len = [0u8; 4];
     s.read_exact(&mut len).await.ok()?;
     let len = u32::from_be_bytes(len) as usize;
@@ -187,7 +226,7 @@ async fn command(s: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
 }
 
 async fn serve(
-    mut s: TcpStream,
+    mut s: Stream,
     at: u8,
     act: Act,
     extra_actions: u32,

@@ -70,7 +70,7 @@ fn header_and_body_changes_are_made_as_libmilter_counts_fields() {
         bare(b'a'),
     ];
     let milter = TestMilter::start(Box::new(move |_| (b'E', Act::Send(edits.clone()))), 0);
-    let mta = server(&format!("inet:{}", milter.addr()), "10s", "tempfail", false);
+    let mta = server(milter.address(), "10s", "tempfail", false);
     let reply = send(&mta, &message("original"));
     assert_eq!(reply.code, 250, "{reply}");
     let files = mta.wait_for_mail(BOB, 1, 30);
@@ -85,7 +85,7 @@ fn header_and_body_changes_are_made_as_libmilter_counts_fields() {
 #[test]
 fn what_the_milter_is_told_headers_body_in_pieces_and_the_user() {
     let milter = TestMilter::start(Box::new(|_| (b'E', Act::Send(vec![bare(b'a')]))), 0);
-    let mta = server(&format!("inet:{}", milter.addr()), "10s", "tempfail", true);
+    let mta = server(milter.address(), "10s", "tempfail", true);
     // A body of 200 000 octets goes in pieces of at most 65 535.
     let line = format!("{}\r\n", "x".repeat(98));
     let body = line.repeat(2000);
@@ -268,7 +268,7 @@ fn every_decision_and_every_failure_and_nothing_lost() {
     let milter = TestMilter::start(Box::new(move |n| script[n].clone()), 0);
     // Each reply may take 2 s; progress waits 0.5 s between reports, so only the endless
     // one reaches the bound of the whole conversation (8 s).
-    let mta = server(&format!("inet:{}", milter.addr()), "2s", "tempfail", false);
+    let mta = server(milter.address(), "2s", "tempfail", false);
     let mut queued = Vec::new();
     for (name, _, _, code, text) in cases() {
         let reply = send(&mta, &message(name));
@@ -303,6 +303,25 @@ fn every_decision_and_every_failure_and_nothing_lost() {
         "{log}"
     );
     assert_eq!(mta.maildir_new(BOB).len(), 2);
+}
+
+#[test]
+fn a_milter_on_a_unix_socket_under_the_sandbox() {
+    let dir = mta_tests::KeptDir::new();
+    let path = dir.path().join("milter.sock");
+    let edits = vec![add_header("X-Unix", "yes"), bare(b'a')];
+    let milter = TestMilter::start_unix(
+        &path,
+        Box::new(move |_| (b'E', Act::Send(edits.clone()))),
+        0,
+    );
+    let mta = server(milter.address(), "10s", "tempfail", false);
+    assert!(mta.log().contains("sandbox in force"), "{}", mta.log());
+    let reply = send(&mta, &message("over a unix socket"));
+    assert_eq!(reply.code, 250, "{reply}\n{}", mta.log());
+    let files = mta.wait_for_mail(BOB, 1, 30);
+    let got = String::from_utf8_lossy(&read_delivered(&files[0]).rest).into_owned();
+    assert!(got.contains("\r\nX-Unix: yes\r\n\r\n"), "{got}");
 }
 
 #[test]
