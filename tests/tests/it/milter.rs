@@ -322,6 +322,21 @@ fn a_milter_on_a_unix_socket_under_the_sandbox() {
     let files = mta.wait_for_mail(BOB, 1, 30);
     let got = String::from_utf8_lossy(&read_delivered(&files[0]).rest).into_owned();
     assert!(got.contains("\r\nX-Unix: yes\r\n\r\n"), "{got}");
+    // listeners = ["smtp"]: a user's submission does not pass it.
+    let mut c = SmtpClient::connect_tls(mta.submissions_addr(), &mta.cert_path());
+    c.reply("the greeting");
+    c.expect("EHLO client.test", 250);
+    assert_eq!(c.auth_plain(ALICE, ALICE_PASSWORD).code, 235);
+    let text = "From: alice@example.test\r\nTo: bob@example.test\r\nSubject: mine\r\n\r\nHi.\r\n";
+    assert_eq!(c.send_message(ALICE, &[BOB], text.as_bytes()).code, 250);
+    let files = mta.wait_for_mail(BOB, 2, 30);
+    assert_eq!(milter.conversations().len(), 1);
+    let mine: Vec<String> = files
+        .iter()
+        .map(|f| String::from_utf8_lossy(&read_delivered(f).rest).into_owned())
+        .filter(|m| m.contains("Subject: mine"))
+        .collect();
+    assert!(!mine[0].contains("X-Unix"), "{}", mine[0]);
 }
 
 #[test]

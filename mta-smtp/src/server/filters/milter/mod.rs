@@ -106,3 +106,7 @@ impl MessageFilter for Milters {
         Box::pin(self.run(session, message))
     }
 }
+
+#[cfg(test)]
+#[path = "seam_tests.rs"]
+mod seam_tests;
