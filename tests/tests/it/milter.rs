@@ -410,3 +410,34 @@ fn rspamd_rejects_gtube_marks_clean_mail_and_its_absence_defers() {
     mta.wait_for_empty_queue(secs(5));
     assert_eq!(mta.maildir_new(BOB).len(), 1);
 }
+
+/// A milter added to the config is used from the next message after `mta reload`.
+#[test]
+fn a_milter_added_by_reload_filters_the_next_message() {
+    let milter = TestMilter::start(
+        Box::new(|_| {
+            (
+                b'E',
+                Act::Send(vec![reply_code("550 5.7.1 Not after reload")]),
+            )
+        }),
+        0,
+    );
+    let mta = TestMta::start("");
+    mta.add_user(BOB, "bob-password-1");
+    assert_eq!(send(&mta, &message("before")).code, 250);
+    let mut config = std::fs::read_to_string(mta.config_path()).unwrap();
+    config.push_str(&format!(
+        "\n[[inbound.milter]]\naddress = \"{}\"\n",
+        milter.address()
+    ));
+    std::fs::write(mta.config_path(), config).unwrap();
+    mta.mta(&["reload"], b"").assert_success("mta reload");
+    let reply = send(&mta, &message("after"));
+    assert_eq!(
+        (reply.code, reply.lines[0].as_str()),
+        (550, "5.7.1 Not after reload"),
+        "{reply}"
+    );
+    assert_eq!(milter.conversations().len(), 1);
+}
