@@ -129,14 +129,18 @@ pub async fn ask(
 }
 
 async fn connect(address: &MilterAddress, by: Instant) -> Result<Box<dyn Io>, MilterError> {
+    let late = || {
+        let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "no connection in time");
+        MilterError::Connect(e)
+    };
     let io: Box<dyn Io> = match address {
         MilterAddress::Inet(a) => match timeout_at(by, TcpStream::connect(a)).await {
             Ok(s) => Box::new(s.map_err(MilterError::Connect)?),
-            Err(_) => return Err(MilterError::Timeout),
+            Err(_) => return Err(late()),
         },
         MilterAddress::Unix(p) => match timeout_at(by, UnixStream::connect(p)).await {
             Ok(s) => Box::new(s.map_err(MilterError::Connect)?),
-            Err(_) => return Err(MilterError::Timeout),
+            Err(_) => return Err(late()),
         },
     };
     Ok(io)
