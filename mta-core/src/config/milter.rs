@@ -6,11 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use super::checker::Checker;
-use super::duration;
-use super::file::{List, S, quote};
+use super::file::RawMilter;
 
 /// One `[[inbound.milter]]` table.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,16 +81,6 @@ impl OnFailure {
     }
 }
 
-/// `[[inbound.milter]]` as the file has it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawMilter {
-    pub address: Option<S<String>>,
-    pub listeners: Option<List>,
-    pub timeout: Option<S<String>>,
-    pub on_failure: Option<S<String>>,
-}
-
 /// The default `timeout`.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -150,28 +137,6 @@ impl Checker<'_> {
         })
         .filter(|_| listeners_ok)
     }
-}
-
-/// `[[inbound.milter]]` tables for the file, in order.
-pub(super) fn write(milters: &[Milter]) -> String {
-    let mut out = String::new();
-    for m in milters {
-        let mut listeners = Vec::new();
-        if m.smtp {
-            listeners.push(quote("smtp"));
-        }
-        if m.submission {
-            listeners.push(quote("submission"));
-        }
-        out.push_str(&format!(
-            "\n[[inbound.milter]]\naddress = {}\nlisteners = [{}]\ntimeout = {}\non_failure = {}\n",
-            quote(&m.address.to_string()),
-            listeners.join(", "),
-            quote(&duration::format(m.timeout)),
-            quote(m.on_failure.name()),
-        ));
-    }
-    out
 }
 
 #[cfg(test)]
