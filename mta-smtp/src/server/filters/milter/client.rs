@@ -19,7 +19,7 @@ use super::edits::{self, Edit, EditError};
 use crate::headers;
 
 /// The actions we allow: add, change and delete header fields, replace the body, quarantine.
-/// Never recipients: a filter adding one would send our users' mail where the client did not
+/// Never recipients: a filter adding one would send the message where the client did not
 /// ask, outside our relay checks, and removing one would drop mail the client was told we
 /// accepted; nor the sender (`SMFIF_CHGFROM`), which our bounces and SPF records rely on.
 pub const ACTIONS: u32 =
