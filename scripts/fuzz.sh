@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-libfuzzer_targets=(line data client_reply conn command address auth record session mta_sts_policy headers)
+libfuzzer_targets=(line data client_reply conn command address auth record session mta_sts_policy headers milter_reply)
 [ "${#targets[@]}" -gt 0 ] || targets=("${libfuzzer_targets[@]}")
 
 # Longest input per libFuzzer target: past every line limit (12288 for AUTH) for the readers;

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
-# openssl, strace for the syscall-order test, libfaketime for the clock-step tests, Dovecot for the IMAP/POP3 test, systemd for
+# openssl, strace for the syscall-order test, libfaketime for the clock-step tests, Dovecot for the IMAP/POP3 test, rspamd for the milter test, systemd for
 # `systemd-analyze verify`, postfix, python3-fusepy and fuse3 for the
 # short runs of the soak and benchmark scripts, from Debian packages; dkimpy and aiosmtpd
 # from PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, runs
@@ -35,6 +35,8 @@ command -v fusermount >/dev/null 2>&1 || missing+=(fuse3)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] \
   || [ -e "/usr/lib/$(uname -m)-linux-gnu/faketime/libfaketime.so.1" ] || missing+=(libfaketime)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
+# rspamd, as a real milter (tests/it/milter.rs runs its own private instance).
+[ -x /usr/bin/rspamd ] || missing+=(rspamd)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""
@@ -58,7 +60,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ -z "$policy_rc" ] || $sudo rm -f /usr/sbin/policy-rc.d
   [ "$installed" = 0 ] || { echo "test.sh: apt-get failed ($installed)" >&2; exit 1; }
   if [ -d /run/systemd/system ]; then
-    for unit in nsd postfix dovecot; do
+    for unit in nsd postfix dovecot rspamd; do
       [[ " ${missing[*]} " == *" $unit"* ]] && $sudo systemctl disable --now "$unit.service" >/dev/null 2>&1 || true
     done
   fi

@@ -49,6 +49,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("conn", conn),
     ("mta_sts_policy", mta_sts_policy),
     ("headers", headers),
+    ("milter_reply", milter_reply),
 ];
 
 /// The SMTP command parser; a parsed path prints and parses back to the same address.
@@ -318,6 +319,57 @@ pub fn headers(input: &[u8]) {
             let id = id.strip_suffix(b".").unwrap_or(&id);
             assert!(!id.eq_ignore_ascii_case(b"mx.example.test"), "{f:?}");
         }
+    }
+}
+
+/// What a milter sends back: each reply the decoder takes encodes to a frame that decodes to
+/// it again (what is ignored, the data of `+` and `-` and what follows the options, aside), it
+/// never takes more than it was given nor a frame above the cap, and the text a filter
+/// chose (its reply line, a header field) passes our checks or is refused, never panics.
+pub fn milter_reply(input: &[u8]) {
+    use mta_smtp::server::filters::milter::{client, codec, edits};
+    let mut rest = input;
+    while let Ok(Some((reply, used))) = codec::decode(rest) {
+        assert!(used <= rest.len() && used <= codec::MAX_FRAME + 4);
+        let again = codec::encode_reply(&reply);
+        assert_eq!(
+            codec::decode(&again),
+            Ok(Some((reply.clone(), again.len())))
+        );
+        if !matches!(
+            reply,
+            codec::Reply::Recipient(_) | codec::Reply::OptNeg { .. }
+        ) {
+            assert_eq!(again, rest[..used], "{reply:?}");
+        }
+        match &reply {
+            codec::Reply::ReplyCode(text) => {
+                if let Some(r) = client::reply_code(text) {
+                    assert!((400..600).contains(&r.code), "{r:?}");
+                    assert!(!r.text.contains(['\r', '\n']), "{r:?}");
+                }
+            }
+            codec::Reply::AddHeader { name, value }
+            | codec::Reply::ChangeHeader { name, value, .. }
+            | codec::Reply::InsertHeader { name, value, .. } => {
+                if let Ok(name) = edits::field_name(name)
+                    && let Ok(value) = edits::field_value(&name, value)
+                {
+                    // One field, however the value was folded.
+                    let field = format!("{name}: {value}\r\n");
+                    let found = mta_smtp::headers::fields(field.as_bytes());
+                    assert_eq!(found.len(), 1, "{field:?}");
+                    assert_eq!(found[0].range.end, field.len(), "{field:?}");
+                }
+            }
+            codec::Reply::ReplaceBody(body) => {
+                if let Ok(b) = edits::body(body) {
+                    assert!(!b.windows(2).any(|w| w[0] != b'\r' && w[1] == b'\n'));
+                }
+            }
+            _ => {}
+        }
+        rest = &rest[used..];
     }
 }
 

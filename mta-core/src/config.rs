@@ -15,6 +15,7 @@ mod checker;
 mod duration;
 mod file;
 mod local;
+mod milter;
 mod outbound;
 mod process;
 mod size;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use crate::address::{Address, Domain};
 
 pub use authentication::is_dkim_selector;
+pub use milter::{Milter, MilterAddress, OnFailure};
 pub use process::Process;
 
 /// How deep aliases of aliases are followed before the rest is taken as mailboxes.
@@ -154,6 +156,8 @@ pub struct Inbound {
     /// SPF nor a DKIM signature aligned with that domain passed. Default
     /// [`SpoofedFrom::Mark`].
     pub spoofed_from: SpoofedFrom,
+    /// `[[inbound.milter]]`: the milters mail passes after our own checks, in order.
+    pub milters: Vec<Milter>,
 }
 
 /// `[inbound] spoofed_from`: mail from another server that claims to be from us.

@@ -59,6 +59,15 @@ replies! {
     TOO_BUSY = 421 "4.7.0" "Too many connections, try again later";
     /// 451 when storing the message failed.
     LOCAL_ERROR = 451 "4.3.0" "Local error in processing, try again later";
+    /// 451 when a milter could not be asked about a message and its `on_failure` is
+    /// `tempfail`.
+    FILTER_UNAVAILABLE = 451 "4.7.1" "Message filter unavailable, try again later";
+    /// 451 when a milter asks to try again later (`t`) without a reply of its own.
+    FILTER_TEMPFAIL = 451 "4.7.1" "Message deferred by content filter, try again later";
+    /// 550 when a milter refuses a message (`r`) without a reply of its own.
+    FILTER_REJECT = 550 "5.7.1" "Message rejected by content filter";
+    /// 250 for a message a filter discarded on purpose: accepted, and not queued.
+    DISCARDED = 250 "2.0.0" "OK";
     /// 452 when the disk is (nearly) full.
     INSUFFICIENT_STORAGE = 452 "4.3.1" "Insufficient system storage, try again later";
     /// 452 when the message would pass `limits.message_memory` (RFC 3463: insufficient

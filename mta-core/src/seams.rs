@@ -168,6 +168,10 @@ pub struct HeaderEdits {
     pub vouched: Option<Vouched>,
     /// A short summary for the `received` log line (`spf=… dkim=… dmarc=…`).
     pub summary: Option<String>,
+    /// The client's data as this filter rewrote it (a milter changing, inserting or
+    /// deleting fields, or replacing the body), no larger than the message size limit: later
+    /// filters see it, and it is what is queued. `None`: unchanged.
+    pub rewritten: Option<Vec<u8>>,
 }
 
 /// What one filter decided about a message.
@@ -179,6 +183,10 @@ pub enum FilterVerdict {
     Reject(Reply),
     /// Refuse for now: a `4xx` reply, and the client tries again. No later filter runs.
     TempFail(Reply),
+    /// Answer `250` and drop the message on purpose (a milter's `discard`, or its
+    /// quarantine, which we have no hold state for): nothing is queued, the reason is logged.
+    /// No later filter runs.
+    Discard(String),
 }
 
 impl FilterVerdict {

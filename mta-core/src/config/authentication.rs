@@ -108,6 +108,11 @@ impl Checker<'_> {
             dmarc_reject: raw.dmarc_reject.unwrap_or(true),
             spf_reject: raw.spf_reject.unwrap_or(false),
             spoofed_from,
+            milters: raw
+                .milter
+                .as_ref()
+                .map(|m| self.milters(&m.0))
+                .unwrap_or_default(),
         }
     }
 }

@@ -49,6 +49,7 @@ fn full_example_keys_in_file_order() {
             dmarc_reject: false,
             spf_reject: true,
             spoofed_from: SpoofedFrom::Reject,
+            milters: vec![],
         }
     );
 }

@@ -77,6 +77,10 @@ const KEYS: &[&str] = &[
     "inbound.dmarc_reject",
     "inbound.spf_reject",
     "inbound.spoofed_from",
+    "inbound.milter.address",
+    "inbound.milter.listeners",
+    "inbound.milter.timeout",
+    "inbound.milter.on_failure",
     "dkim.\"domain\".selector",
     "dkim.\"domain\".key",
     "dkim.\"domain\".algorithm",
@@ -96,6 +100,7 @@ const TABLES: &[&str] = &[
 const NAMED_TABLES: &[(&str, &str)] = &[
     ("outbound.tls", "outbound.tls.\"domain\""),
     ("dkim", "dkim.\"domain\""),
+    ("inbound.milter", "inbound.milter"),
 ];
 
 /// The first ```toml block after `heading` in the docs.

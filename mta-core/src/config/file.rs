@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, Inbound, Limits, Listen, Local, LocalDelivery, Outbound,
-    PasswordSource, Queue, Smarthost, Tls, duration, size,
+    Config, ConfigError, ConfigErrors, Inbound, Limits, Listen, Local, LocalDelivery, Milter,
+    Outbound, PasswordSource, Queue, Smarthost, Tls, duration, size,
 };
 
 /// A value with the byte range it was read from, for error positions.
@@ -102,6 +102,17 @@ pub(super) struct RawInbound {
     pub dmarc_reject: Option<bool>,
     pub spf_reject: Option<bool>,
     pub spoofed_from: Option<S<String>>,
+    pub milter: Option<OneOrMany<RawMilter>>,
+}
+
+/// `[[inbound.milter]]` as the file has it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMilter {
+    pub address: Option<S<String>>,
+    pub listeners: Option<List>,
+    pub timeout: Option<S<String>>,
+    pub on_failure: Option<S<String>>,
 }
 
 /// A table (`[a."b"]`) or an array of tables (`[[a."b"]]`), read as a list either way. Written
@@ -518,7 +529,29 @@ fn write_inbound(i: &Inbound) -> String {
         i.dmarc_reject,
         i.spf_reject,
         quote(i.spoofed_from.name()),
-    )
+    ) + &write_milters(&i.milters)
+}
+
+/// `[[inbound.milter]]` tables for the file, in order.
+fn write_milters(milters: &[Milter]) -> String {
+    let mut out = String::new();
+    for m in milters {
+        let mut listeners = Vec::new();
+        if m.smtp {
+            listeners.push(quote("smtp"));
+        }
+        if m.submission {
+            listeners.push(quote("submission"));
+        }
+        out.push_str(&format!(
+            "\n[[inbound.milter]]\naddress = {}\nlisteners = [{}]\ntimeout = {}\non_failure = {}\n",
+            quote(&m.address.to_string()),
+            listeners.join(", "),
+            quote(&duration::format(m.timeout)),
+            quote(m.on_failure.name()),
+        ));
+    }
+    out
 }
 
 /// The keys of `[aliases]`: each alias, then each domain's catch-all (`"@domain"`).
@@ -677,6 +710,6 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
 }
 
 /// A TOML string literal, escaped as TOML requires.
-fn quote(text: &str) -> String {
+pub(super) fn quote(text: &str) -> String {
     toml::Value::String(text.to_string()).to_string()
 }

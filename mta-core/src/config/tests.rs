@@ -196,6 +196,7 @@ fn defaults() {
             dmarc_reject: true,
             spf_reject: false,
             spoofed_from: SpoofedFrom::Mark,
+            milters: vec![],
         },
         process: Process {
             user: None,

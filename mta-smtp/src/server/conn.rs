@@ -504,6 +504,14 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(passed) => passed,
         Err(reply) => return Ok(AfterData::Answer(reply)),
     };
+    let Some(mut passed) = passed.unless_discarded(&view) else {
+        return Ok(AfterData::Answer(Reply::DISCARDED));
+    };
+    if let Some(rewritten) = passed.rewritten.take() {
+        // A filter's data replaces the client's; a larger one is counted like ours.
+        held.take(rewritten.len().saturating_sub(data.len()) as u64);
+        data = rewritten;
+    }
     let removed = remove_fields(&mut data, &passed.remove);
     if removed > 0 {
         info!(removed, "removed header fields the filters named");

@@ -7,8 +7,10 @@
 //!
 //! | listener | filters, in order |
 //! |---|---|
-//! | `smtp` | [`HeaderChecks`], [`OwnResults`], [`InboundChecks`] |
-//! | `submission`, `submissions` | [`HeaderChecks`], [`OwnResults`] |
+//! | `smtp` | [`HeaderChecks`], [`OwnResults`], [`InboundChecks`], [`Milters`] |
+//! | `submission`, `submissions` | [`HeaderChecks`], [`OwnResults`], [`Milters`] |
+//!
+//! [`Milters`] is there only when `[[inbound.milter]]` names milters for that listener.
 
 use std::sync::Arc;
 
@@ -20,8 +22,10 @@ use mta_core::seams::{FieldRemoval, FilterVerdict, MessageFilter, MessageView, S
 use super::authcheck::Checker;
 use super::filters::header::HeaderChecks;
 use super::filters::inbound::InboundChecks;
+use super::filters::milter::Milters;
 use super::filters::own_results::OwnResults;
 use crate::headers;
+use mta_core::text::escape;
 
 /// The filters of one listener, in the order they run.
 #[derive(Clone, Default)]
@@ -40,6 +44,28 @@ pub struct Passed {
     pub vouched: Vouched,
     /// The filters' summaries for the log, or `-`.
     pub summary: String,
+    /// The client's data as the last filter that rewrote it left it; `None`: unchanged.
+    pub rewritten: Option<Vec<u8>>,
+    /// Set when a filter discarded the message (its reason): answer 250, queue nothing.
+    pub discard: Option<String>,
+}
+
+impl Passed {
+    /// `None` when a filter discarded the message, which is then logged (answer `250`,
+    /// queue nothing); otherwise the edits.
+    pub fn unless_discarded(self, message: &MessageView<'_>) -> Option<Passed> {
+        let Some(reason) = &self.discard else {
+            return Some(self);
+        };
+        let rcpts: Vec<String> = message.recipients.iter().map(|r| r.to_string()).collect();
+        tracing::info!(
+            from = %escape(&message.from.to_string()),
+            rcpts = %escape(&rcpts.join(",")),
+            reason = %escape(reason),
+            "discarded by a filter: answered 250, not queued"
+        );
+        None
+    }
 }
 
 impl Pipeline {
@@ -68,10 +94,20 @@ impl Pipeline {
                 Vouched::Unverified
             },
             summary: String::new(),
+            rewritten: None,
+            discard: None,
         };
         for filter in &self.filters {
-            match filter.check(session, message).await {
+            // Each filter sees the data as the filters before it rewrote it.
+            let view = MessageView {
+                data: passed.rewritten.as_deref().unwrap_or(message.data),
+                ..*message
+            };
+            match filter.check(session, &view).await {
                 FilterVerdict::Accept(edits) => {
+                    if let Some(data) = edits.rewritten {
+                        passed.rewritten = Some(data);
+                    }
                     passed.add.push_str(&edits.add);
                     passed.remove.extend(edits.remove);
                     if let Some(vouched) = edits.vouched {
@@ -87,6 +123,11 @@ impl Pipeline {
                 FilterVerdict::Reject(reply) | FilterVerdict::TempFail(reply) => {
                     tracing::debug!(filter = filter.name(), reply = %reply, "filter refused");
                     return Err(reply);
+                }
+                FilterVerdict::Discard(reason) => {
+                    tracing::debug!(filter = filter.name(), "filter discarded the message");
+                    passed.discard = Some(reason);
+                    return Ok(passed);
                 }
             }
         }
@@ -113,9 +154,14 @@ impl Pipelines {
         let header: Arc<dyn MessageFilter> = Arc::new(HeaderChecks::new(config.clone()));
         let own: Arc<dyn MessageFilter> = Arc::new(OwnResults::new(config));
         let inbound: Arc<dyn MessageFilter> = Arc::new(InboundChecks::new(config.clone(), checks));
+        let mut smtp = vec![header.clone(), own.clone(), inbound];
+        let mut submission = vec![header, own];
+        let milters = |wanted| Milters::new(config, wanted).map(|m| Arc::new(m) as Arc<_>);
+        smtp.extend(milters(|m| m.smtp));
+        submission.extend(milters(|m| m.submission));
         Pipelines {
-            smtp: Pipeline::new(vec![header.clone(), own.clone(), inbound]),
-            submission: Pipeline::new(vec![header, own]),
+            smtp: Pipeline::new(smtp),
+            submission: Pipeline::new(submission),
         }
     }
 

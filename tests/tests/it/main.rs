@@ -26,6 +26,7 @@ mod inbound_spoof;
 mod local_delivery;
 mod logins;
 mod message_memory;
+mod milter;
 mod observability;
 mod own_files;
 mod privileges;

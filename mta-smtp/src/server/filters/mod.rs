@@ -3,4 +3,5 @@
 
 pub mod header;
 pub mod inbound;
+pub mod milter;
 pub mod own_results;
