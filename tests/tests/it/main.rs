@@ -33,6 +33,7 @@ mod privileges;
 mod protocol;
 mod python;
 mod relay;
+mod relay_bdat;
 mod relay_bounce;
 mod relay_client;
 mod relay_content;
