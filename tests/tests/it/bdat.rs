@@ -328,3 +328,68 @@ fn an_empty_last_chunk() {
     let n = if by_data.code == 250 { 3 } else { 1 };
     assert_eq!(mta.wait_for_mail(BOB, n, 10).len(), n);
 }
+
+/// The `250` to `BDAT … LAST` is a promise as the `250` to DATA is: `mta serve` under
+/// `strace -f` while 4 sessions send 5 chunked messages each, pipelined; for every
+/// `250 … queued as ID` a sync of a file of the queue store returned after the message's
+/// last octet was read on that connection and before the `250` was written on it.
+#[test]
+fn every_250_to_the_last_chunk_follows_a_store_sync() {
+    use std::collections::HashSet;
+
+    use mta_tests::strace::{TracedMta, check_trace, strace_works};
+    use mta_tests::{KeptDir, mta_with_config, queue_id};
+
+    if let Err(why) = strace_works() {
+        panic!("this test needs a working strace (scripts/test.sh installs it): {why}");
+    }
+    let dir = KeptDir::new();
+    let mta = TracedMta::start(dir.path());
+    mta_with_config(
+        &dir.path().join("mta.toml"),
+        &["user", "add", BOB, "--password-stdin"],
+        b"bob-password-1\n",
+    )
+    .assert_success("mta user add");
+    let addr = mta.smtp_addr();
+    let sessions: Vec<_> = (0..4)
+        .map(|s| {
+            std::thread::spawn(move || {
+                let mut c = SmtpClient::connect(addr);
+                c.reply("the greeting");
+                c.expect("EHLO client.test", 250);
+                let mut ids = Vec::new();
+                for m in 0..5 {
+                    let msg = format!(
+                        "From: someone@remote.test\r\nSubject: {s}-{m}\r\n\r\n{}\r\n",
+                        "body line\r\n".repeat(200)
+                    );
+                    let (a, b) = msg.as_bytes().split_at(msg.len() / 2);
+                    let replies = c.send_chunks("someone@remote.test", &[BOB], &[a, b]);
+                    ids.push(queue_id(&replies[1].lines[0]));
+                }
+                c.expect("QUIT", 221);
+                ids
+            })
+        })
+        .collect();
+    let acked: HashSet<String> = sessions
+        .into_iter()
+        .flat_map(|s| s.join().expect("a session"))
+        .collect();
+    assert_eq!(acked.len(), 20);
+    let trace = mta.stop();
+    let store = format!("{}/", dir.path().join("data").join("queue").display());
+    let order = check_trace(&trace, &store);
+    assert!(
+        order.unproven.is_empty(),
+        "250 without a store sync before it: {:?}",
+        order.unproven
+    );
+    let proven: HashSet<String> = order.proven.into_iter().collect();
+    let missing: Vec<_> = acked.difference(&proven).collect();
+    assert!(
+        missing.is_empty(),
+        "acks the trace does not show with a sync: {missing:?}"
+    );
+}
