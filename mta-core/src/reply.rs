@@ -48,7 +48,7 @@ replies! {
     /// 252 for VRFY: we never confirm or list mailboxes (RFC 5321 §3.5.3).
     CANNOT_VRFY = 252 "2.1.5" "Cannot VRFY user, but will accept message and attempt delivery";
     /// 214 for HELP.
-    HELP = 214 "2.0.0" "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY STARTTLS AUTH";
+    HELP = 214 "2.0.0" "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS AUTH";
     /// 421 when the server is shutting down.
     SHUTTING_DOWN = 421 "4.3.2" "Service shutting down, try again later";
     /// 421 when the client was idle too long.
