@@ -29,14 +29,14 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-libfuzzer_targets=(line data client_reply conn command address auth record session mta_sts_policy headers milter_reply)
+libfuzzer_targets=(line data bdat client_reply conn command address auth record session mta_sts_policy headers milter_reply)
 [ "${#targets[@]}" -gt 0 ] || targets=("${libfuzzer_targets[@]}")
 
 # Longest input per libFuzzer target: past every line limit (12288 for AUTH) for the readers;
 # a dialogue of many lines for session; several fields for headers and record.
 max_len() {
   case "$1" in
-    line | data | conn) echo 20000 ;;
+    line | data | bdat | conn) echo 20000 ;;
     client_reply | session | headers | record) echo 4096 ;;
     *) echo 2048 ;;
   esac

@@ -139,6 +139,34 @@ pub fn check_data(stream: &[u8], cuts: &Cuts, max_size: u64) {
     }
 }
 
+/// The BDAT chunk reader: `sizes` chunks read from the stream, then the message finished,
+/// as [`model::bdat`] says of the chunks put together; each chunk consumes exactly its
+/// octets, and a chunk the stream cannot fill is an unexpected end.
+pub fn check_bdat(stream: &[u8], sizes: &[usize], cuts: &Cuts, max_size: u64) {
+    use mta_smtp::server::bdat::{Chunks, read_chunk};
+    let mut r = reader(stream, cuts);
+    let memory = mta_smtp::server::budget::MessageMemory::default();
+    let mut chunks = Chunks::new(memory.reserve(u64::MAX));
+    let mut at = 0;
+    for &size in sizes {
+        let got = run(read_chunk(&mut r, size as u64, &mut chunks, max_size));
+        if at + size > stream.len() {
+            let e = got.expect_err("a chunk past the stream's end");
+            assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{cuts:?}");
+            return;
+        }
+        got.expect("reading memory never fails");
+        at += size;
+        assert_eq!(consumed(&r), at, "octets consumed, {cuts:?}");
+    }
+    let (got, _held) = chunks.finish(max_size);
+    assert_eq!(
+        got,
+        model::bdat(&stream[..at], max_size),
+        "{sizes:?}, {cuts:?}"
+    );
+}
+
 /// The client's reply framing, as its connection reads: after each read, lines are taken
 /// until none is complete; an error ends the connection. Each step as the model says.
 pub fn check_reply_lines(stream: &[u8], cuts: &Cuts) {
@@ -219,6 +247,16 @@ mod tests {
         #[test]
         fn data_as_the_model_says(s in stream(), c in cuts(), max in prop_oneof![Just(0u64), 1u64..3000, Just(1u64 << 30)]) {
             check_data(&s, &c, max);
+        }
+
+        #[test]
+        fn bdat_as_the_model_says(
+            s in stream(),
+            c in cuts(),
+            sizes in proptest::collection::vec(0usize..1500, 0..6),
+            max in prop_oneof![Just(0u64), 1u64..3000, Just(1u64 << 30)],
+        ) {
+            check_bdat(&s, &sizes, &c, max);
         }
 
         #[test]

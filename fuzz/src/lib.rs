@@ -3,7 +3,7 @@
 //! invariant (a parsed address prints and parses back the same, the DATA reader gives the
 //! same answer however the input is chunked, a queue record re-encodes to itself).
 //!
-//! The framing targets (`line`, `data`, `client_reply`) run the real readers and the
+//! The framing targets (`line`, `data`, `bdat`, `client_reply`) run the real readers and the
 //! reference models of [`model`] over the same bytes cut at read boundaries the input
 //! chooses ([`framing`]), and require the same decisions, byte for byte.
 //!
@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("command", command),
     ("line", line),
     ("data", data),
+    ("bdat", bdat),
     ("address", address),
     ("auth", auth),
     ("record", record),
@@ -97,6 +98,20 @@ pub fn line(input: &[u8]) {
 pub fn data(input: &[u8]) {
     let (cuts, stream) = framing::Cuts::from_fuzz(input);
     framing::check_data(stream, &cuts, 4096);
+}
+
+/// The BDAT chunk reader against its model: after the first four octets (the read
+/// boundaries), one octet gives the number of chunks (0 to 7) and two octets each their
+/// size (below 2048); the rest is the stream the chunks are read from.
+pub fn bdat(input: &[u8]) {
+    let (cuts, rest) = framing::Cuts::from_fuzz(input);
+    let count = rest.first().map_or(0, |b| usize::from(b % 8));
+    let head = (1 + 2 * count).min(rest.len());
+    let sizes: Vec<usize> = rest[1.min(rest.len())..head]
+        .chunks_exact(2)
+        .map(|b| usize::from(u16::from_le_bytes([b[0], b[1]]) % 2048))
+        .collect();
+    framing::check_bdat(&rest[head..], &sizes, &cuts, 4096);
 }
 
 /// Addresses, domains and paths: what parses prints and parses back the same.

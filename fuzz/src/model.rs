@@ -103,3 +103,30 @@ pub fn reply_line(buf: &[u8]) -> (Result<Option<Vec<u8>>, ReplyError>, usize) {
         None => (Ok(None), 0),
     }
 }
+
+/// A message received in BDAT chunks (RFC 3030), judged on the chunks put together: a NUL,
+/// a CR not followed by LF (a CR at the very end included) or an LF not preceded by CR
+/// refuses it as malformed; a CRLF is added to a last line without one; a line over 1000
+/// octets with its CRLF refuses it; then the size limit, on the message with that CRLF.
+pub fn bdat(message: &[u8], max_size: u64) -> DataEnd {
+    let bad_cr =
+        (0..message.len()).any(|i| message[i] == b'\r' && message.get(i + 1) != Some(&b'\n'));
+    let bad_lf =
+        (0..message.len()).any(|i| message[i] == b'\n' && (i == 0 || message[i - 1] != b'\r'));
+    if message.contains(&0) || bad_cr || bad_lf {
+        return DataEnd::Malformed;
+    }
+    let mut m = message.to_vec();
+    if !m.is_empty() && !m.ends_with(b"\r\n") {
+        m.extend_from_slice(b"\r\n");
+    }
+    if m.split_inclusive(|&b| b == b'\n')
+        .any(|line| line.len() > 1000)
+    {
+        return DataEnd::LineTooLong;
+    }
+    if m.len() as u64 > max_size {
+        return DataEnd::TooBig;
+    }
+    DataEnd::Message(m)
+}

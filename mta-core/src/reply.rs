@@ -48,7 +48,7 @@ replies! {
     /// 252 for VRFY: we never confirm or list mailboxes (RFC 5321 §3.5.3).
     CANNOT_VRFY = 252 "2.1.5" "Cannot VRFY user, but will accept message and attempt delivery";
     /// 214 for HELP.
-    HELP = 214 "2.0.0" "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT HELP VRFY STARTTLS AUTH";
+    HELP = 214 "2.0.0" "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS AUTH";
     /// 421 when the server is shutting down.
     SHUTTING_DOWN = 421 "4.3.2" "Service shutting down, try again later";
     /// 421 when the client was idle too long.
@@ -146,6 +146,11 @@ replies! {
     BARE_LINE_ENDING_DATA = 550 "5.6.0" "Bare CR or LF, or NUL, in message data not allowed";
     /// 550 for a text line over 1000 octets in DATA (RFC 5321 §4.5.3.1.6).
     DATA_LINE_TOO_LONG = 550 "5.6.0" "Message line longer than 1000 octets";
+    /// 501 then close for `BDAT` whose size is not a number of at most 20 digits, or whose
+    /// only other word is not `LAST` (RFC 3030 §2): the octets that follow cannot be counted.
+    BAD_BDAT_SYNTAX = 501 "5.5.4" "Syntax: BDAT <size> [LAST]";
+    /// 503 for DATA after BDAT in one transaction (RFC 3030 §3); the transaction is reset.
+    DATA_AFTER_BDAT = 503 "5.5.1" "DATA after BDAT not allowed, transaction reset";
     /// 554 when there were no valid recipients at DATA.
     NO_VALID_RECIPIENTS = 554 "5.5.1" "No valid recipients";
     /// 552 for a header section over the size or field-count bound.

@@ -1,6 +1,7 @@
 //! [`FakeSmtp`]: a scripted SMTP receiver for what a real one will not do on request: a
 //! `4xx` now and `250` later, a `5xx` after the data, and a record of the exact bytes on the
-//! wire. Plaintext, no PIPELINING (one reply per command), `8BITMIME` offered.
+//! wire. Plaintext, no PIPELINING (one reply per command), `8BITMIME` offered, and
+//! `CHUNKING` (RFC 3030 BDAT) when started with [`FakeSmtp::start_chunking`].
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -23,6 +24,9 @@ pub struct Transaction {
     pub wire_data: Vec<u8>,
     /// The reply to the final dot.
     pub data_reply: String,
+    /// The size of each BDAT chunk, in order; empty when the message came with DATA. The
+    /// chunks' octets are in `wire_data`, as they came (BDAT is not dot-stuffed).
+    pub chunks: Vec<usize>,
 }
 
 /// Answers for (connection index): the greeting, the reply to the final dot.
@@ -71,6 +75,16 @@ impl FakeSmtp {
     /// Listens on `addr` with `script`; `Err` (mentioning "in use" when it is) when it
     /// cannot bind.
     pub fn start(addr: SocketAddr, script: Script) -> Result<FakeSmtp, String> {
+        FakeSmtp::start_with(addr, script, false)
+    }
+
+    /// As [`FakeSmtp::start`], offering CHUNKING: `BDAT <size> [LAST]` is read to exactly
+    /// `size` octets and answered `250`, the last with the script's reply to the data.
+    pub fn start_chunking(addr: SocketAddr, script: Script) -> Result<FakeSmtp, String> {
+        FakeSmtp::start_with(addr, script, true)
+    }
+
+    fn start_with(addr: SocketAddr, script: Script, chunking: bool) -> Result<FakeSmtp, String> {
         let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
             ErrorKind::AddrInUse => format!("{addr} is already in use"),
             _ => format!("cannot bind {addr}: {e}"),
@@ -92,7 +106,7 @@ impl FakeSmtp {
                             s.connections - 1
                         };
                         let (st, script) = (st.clone(), script.clone());
-                        std::thread::spawn(move || serve(conn, index, &script, &st));
+                        std::thread::spawn(move || serve(conn, index, &script, &st, chunking));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -144,7 +158,7 @@ impl Drop for FakeSmtp {
 }
 
 /// One connection, until QUIT, EOF or an I/O error (10 s timeouts).
-fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>) {
+fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>, chunking: bool) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = conn.set_write_timeout(Some(Duration::from_secs(10)));
@@ -181,7 +195,9 @@ fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>) {
             .unwrap_or("")
             .to_ascii_uppercase();
         let ok = match verb.as_str() {
+            "EHLO" if chunking => peer.reply("250-fake.test\r\n250-8BITMIME\r\n250 CHUNKING"),
             "EHLO" => peer.reply("250-fake.test\r\n250 8BITMIME"),
+            "BDAT" if chunking => peer.chunk(&mut input, &line, &mut current, script),
             "HELO" | "NOOP" => peer.reply("250 2.0.0 OK"),
             "RSET" => {
                 peer.keep(current.take());
@@ -284,6 +300,43 @@ impl Peer<'_> {
         let answer = (script.data)(self.index);
         t.data_reply = answer.clone();
         self.keep(Some(t));
+        self.reply(&answer)
+    }
+}
+
+impl Peer<'_> {
+    /// `BDAT <size> [LAST]`: reads exactly `size` octets into the transaction; at `LAST`
+    /// records it and gives the script's answer. False when the connection is to end.
+    fn chunk(
+        &mut self,
+        input: &mut BufReader<TcpStream>,
+        line: &str,
+        current: &mut Option<Transaction>,
+        script: &Script,
+    ) -> bool {
+        let mut words = line.split(' ').skip(1);
+        let Some(size) = words.next().and_then(|w| w.parse::<usize>().ok()) else {
+            self.reply("501 5.5.4 bad BDAT");
+            return false;
+        };
+        let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+        let mut octets = vec![0; size];
+        if std::io::Read::read_exact(input, &mut octets).is_err() {
+            self.keep(current.take());
+            return false;
+        }
+        self.log(format!("{} C: ({size} octets of data)", self.index));
+        let Some(t) = current.as_mut() else {
+            return self.reply("503 5.5.1 MAIL first");
+        };
+        t.wire_data.extend_from_slice(&octets);
+        t.chunks.push(size);
+        if !last {
+            return self.reply("250 2.0.0 chunk OK");
+        }
+        let answer = (script.data)(self.index);
+        t.data_reply = answer.clone();
+        self.keep(current.take());
         self.reply(&answer)
     }
 }

@@ -349,6 +349,29 @@ impl SmtpClient {
         self.reply("the reply to the final dot")
     }
 
+    /// One transaction after EHLO with CHUNKING (RFC 3030): MAIL, RCPT for each of `to`,
+    /// then `chunks` as `BDAT <size>` commands with their octets as they are (no stuffing),
+    /// the last one with `LAST`, all pipelined in one write. Panics unless MAIL and every
+    /// RCPT are accepted; returns the replies to the chunks, in order.
+    pub fn send_chunks(&mut self, from: &str, to: &[&str], chunks: &[&[u8]]) -> Vec<Reply> {
+        self.expect(&format!("MAIL FROM:<{from}>"), 250);
+        for rcpt in to {
+            self.expect(&format!("RCPT TO:<{rcpt}>"), 250);
+        }
+        let mut wire = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+            wire.extend_from_slice(format!("BDAT {}{last}\r\n", chunk.len()).as_bytes());
+            wire.extend_from_slice(chunk);
+        }
+        if let Err(e) = self.send_raw(&wire) {
+            panic!("sending the chunks: {e}\n{}", self.transcript());
+        }
+        (0..chunks.len())
+            .map(|i| self.reply(&format!("the reply to chunk {i}")))
+            .collect()
+    }
+
     /// True when the server has closed the connection: the next read finds EOF. False when
     /// it sends more; panics when it sends nothing within 10 s.
     pub fn is_closed(&mut self) -> bool {

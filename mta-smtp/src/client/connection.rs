@@ -165,7 +165,9 @@ impl Connection {
             }
         };
         let mail = transaction::mail_from(msg.from, &params);
-        let result = if self.extensions.pipelining {
+        let result = if self.extensions.chunking {
+            self.send_chunked(msg, &mail).await
+        } else if self.extensions.pipelining {
             self.send_pipelined(msg, &mail).await
         } else {
             self.send_lockstep(msg, &mail).await
@@ -527,3 +529,6 @@ async fn connect(target: &Target, settings: &ClientSettings) -> Result<TcpStream
     let _ = stream.set_nodelay(true);
     Ok(stream)
 }
+
+#[path = "chunking.rs"]
+pub mod chunking;

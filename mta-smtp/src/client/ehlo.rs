@@ -3,8 +3,8 @@
 //! RFC 5321 §4.1.1.1 (`ehlo-ok-rsp`: the first line greets, each further line is `keyword
 //! *(SP param)`, keywords case-insensitive), RFC 2920 PIPELINING, RFC 1870 SIZE (§4: `SIZE`
 //! with no number or `0` means no fixed limit), RFC 6152 8BITMIME, RFC 6531 SMTPUTF8,
-//! RFC 3207 STARTTLS, RFC 2034 ENHANCEDSTATUSCODES, RFC 4954 §3 AUTH (and the pre-standard
-//! `AUTH=` form some old servers still send). Unknown keywords are ignored.
+//! RFC 3207 STARTTLS, RFC 2034 ENHANCEDSTATUSCODES, RFC 3030 CHUNKING, RFC 4954 §3 AUTH (and
+//! the pre-standard `AUTH=` form some old servers still send). Unknown keywords are ignored.
 
 use super::reply::ServerReply;
 
@@ -29,6 +29,8 @@ pub struct Extensions {
     pub auth: Vec<String>,
     /// RFC 8689 REQUIRETLS.
     pub require_tls: bool,
+    /// RFC 3030 CHUNKING (BDAT).
+    pub chunking: bool,
 }
 
 impl Extensions {
@@ -48,6 +50,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "REQUIRETLS" => ext.require_tls = true,
+                "CHUNKING" => ext.chunking = true,
                 "STARTTLS" => ext.starttls = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "AUTH" => ext.add_mechanisms(words),
@@ -170,8 +173,15 @@ mod tests {
                 },
             ),
             (
-                &["mx", "", "  ", "X-UNKNOWN 1 2", "CHUNKING", "DSN"],
+                &["mx", "", "  ", "X-UNKNOWN 1 2", "BINARYMIME", "DSN"],
                 none.clone(),
+            ),
+            (
+                &["mx", "chunking"],
+                Extensions {
+                    chunking: true,
+                    ..none.clone()
+                },
             ),
             // Words that only contain a keyword are not it.
             (&["mx", "PIPELININGX", "XSTARTTLS"], none.clone()),

@@ -27,6 +27,13 @@ pub enum Command {
     },
     /// DATA.
     Data,
+    /// BDAT (RFC 3030): a chunk of `size` octets follows the line.
+    Bdat {
+        /// The octets in the chunk.
+        size: u64,
+        /// `LAST`: the chunk ends the message.
+        last: bool,
+    },
     /// RSET.
     Rset,
     /// NOOP (its argument is ignored).
@@ -125,6 +132,9 @@ pub fn parse(line: &[u8]) -> Result<Command, Rejection> {
         "MAIL" => mail(rest),
         "RCPT" => rcpt(rest),
         "DATA" => no_args(Command::Data),
+        "BDAT" => super::bdat::parse(rest)
+            .map(|(size, last)| Command::Bdat { size, last })
+            .map_err(|reply| Rejection { reply, close: true }),
         "RSET" => no_args(Command::Rset),
         "QUIT" => no_args(Command::Quit),
         "STARTTLS" => no_args(Command::StartTls),

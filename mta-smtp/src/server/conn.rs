@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
+use super::bdat::Chunks;
 use super::budget::Reservation;
 use super::data::{DataEnd, read_data};
 use super::idle::{IdleLimit, is_stalled};
@@ -179,6 +180,8 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
     if greet {
         out.extend_from_slice(session.greeting().to_wire().as_bytes());
     }
+    // The message of a BDAT transaction between its chunks (RFC 3030).
+    let mut chunks: Option<Chunks<'_>> = None;
     loop {
         // PIPELINING (RFC 2920): replies to a batch of commands go out together, once no
         // more input is waiting.
@@ -200,6 +203,11 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
             Line::Eof => return Ok(PhaseEnd::Closed),
         };
         let action = carry_out(shared, &mut session, action).await;
+        // CHUNKING (RFC 3030): chunks are read here; DATA after one is refused.
+        let bdat = bdat_io::carry_out(shared, &mut io, &mut session, &mut chunks, action, deadline);
+        let Some(action) = Box::pin(bdat).await? else {
+            return Ok(PhaseEnd::Closed);
+        };
         match action {
             Action::Reply(r) => {
                 debug!(reply = %r, "S:");
@@ -229,31 +237,41 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                 out.extend_from_slice(r.to_wire().as_bytes());
                 send(&mut io, &mut out, limits.command_timeout, deadline).await?;
                 let after = Box::pin(receive(shared, &mut io, &mut session, deadline)).await?;
-                let listener = session.context().listener.name();
-                match &after {
-                    AfterData::Answer(reply) | AfterData::Close(reply) if reply.code == 250 => {
-                        METRICS.accepted(listener);
-                    }
-                    AfterData::Answer(reply) | AfterData::Close(reply) => {
-                        METRICS.rejected(listener, reply.code, reply.enhanced.unwrap_or(""));
-                    }
-                    AfterData::Lost => {}
-                }
-                let r = match after {
-                    AfterData::Answer(reply) => session.count_errors(Action::Reply(reply)),
-                    AfterData::Close(reply) => Action::Close(reply),
-                    AfterData::Lost => return Ok(PhaseEnd::Closed),
-                };
-                match r {
-                    Action::Reply(r) => out.extend_from_slice(r.to_wire().as_bytes()),
-                    Action::Close(r) => return close(io, out, r).await,
-                    _ => unreachable!("count_errors returns Reply or Close"),
+                match after_message(&mut session, after) {
+                    Some(Action::Reply(r)) => out.extend_from_slice(r.to_wire().as_bytes()),
+                    Some(Action::Close(r)) => return close(io, out, r).await,
+                    None => return Ok(PhaseEnd::Closed),
+                    _ => unreachable!("after_message returns Reply or Close"),
                 }
             }
-            Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => {
+            Action::CheckPassword { .. }
+            | Action::CheckRoom
+            | Action::CheckRecipients { .. }
+            | Action::Chunk { .. }
+            | Action::SkipChunk { .. } => {
                 unreachable!("handled above")
             }
         }
+    }
+}
+
+/// Records a message's outcome in the metrics and turns it into what to do next (a reply,
+/// counted as an error when it is one, or a close); `None` when the client went away.
+fn after_message(session: &mut Session, after: AfterData) -> Option<Action> {
+    let listener = session.context().listener.name();
+    match &after {
+        AfterData::Answer(reply) | AfterData::Close(reply) if reply.code == 250 => {
+            METRICS.accepted(listener);
+        }
+        AfterData::Answer(reply) | AfterData::Close(reply) => {
+            METRICS.rejected(listener, reply.code, reply.enhanced.unwrap_or(""));
+        }
+        AfterData::Lost => {}
+    }
+    match after {
+        AfterData::Answer(reply) => Some(session.count_errors(Action::Reply(reply))),
+        AfterData::Close(reply) => Some(Action::Close(reply)),
+        AfterData::Lost => None,
     }
 }
 
@@ -483,10 +501,23 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     // The message's bytes count against the server's budget until this is dropped: once
     // the message is queued or refused.
     let mut held = shared.guards.memory.reserve(limits.message_memory);
-    let (tx, mut data) = match read_message(shared, io, session, deadline, &mut held).await? {
+    let (tx, data) = match read_message(shared, io, session, deadline, &mut held).await? {
         Ok(read) => read,
         Err(after) => return Ok(after),
     };
+    Ok(accept(shared, session, &tx, data, &mut held).await)
+}
+
+/// Runs the listener's pipeline on a message read in full (after DATA or the last BDAT
+/// chunk), adds our header fields and queues it: the reply to give, `250` only once the
+/// queue has it on disk.
+async fn accept(
+    shared: &Shared,
+    session: &Session,
+    tx: &Transaction,
+    mut data: Vec<u8>,
+    held: &mut Reservation<'_>,
+) -> AfterData {
     let ctx = session.context();
     let helo = session.helo().unwrap_or("unknown");
     let facts = SessionFacts {
@@ -502,7 +533,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let passed = match shared.pipelines.of(ctx.listener).run(&facts, &view).await {
         Ok(passed) => passed,
-        Err(reply) => return Ok(AfterData::Answer(reply)),
+        Err(reply) => return AfterData::Answer(reply),
     };
     let Some(mut passed) = passed.unless_discarded(&view) else {
         return Ok(AfterData::Answer(Reply::DISCARDED));
@@ -528,8 +559,8 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         id: &id,
         now: now.as_secs(),
     };
-    let body = assemble(&trace, &tx, &passed.add, data, &mut held);
-    let envelope = envelope(&trace, &tx, passed.vouched, body.len());
+    let body = assemble(&trace, tx, &passed.add, data, held);
+    let envelope = envelope(&trace, tx, passed.vouched, body.len());
     let rcpts: Vec<String> = tx.recipients.iter().map(|r| r.to_string()).collect();
     let size = body.len();
     match shared.queue.enqueue(envelope, body).await {
@@ -544,15 +575,11 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
                 user = session.user().map(|u| escape(&u.to_string()).to_string()),
                 "received"
             );
-            Ok(AfterData::Answer(Reply::new(
-                250,
-                "2.0.0",
-                format!("OK queued as {id}"),
-            )))
+            AfterData::Answer(Reply::new(250, "2.0.0", format!("OK queued as {id}")))
         }
         Err(e) => {
             warn!(error = %e, "message not accepted: queue write failed");
-            Ok(AfterData::Answer(e.reply()))
+            AfterData::Answer(e.reply())
         }
     }
 }
@@ -648,6 +675,9 @@ fn envelope(trace: &Trace<'_>, tx: &Transaction, vouched: Vouched, size: usize) 
         vouched,
     }
 }
+
+#[path = "conn_bdat.rs"]
+mod bdat_io;
 
 #[cfg(test)]
 #[path = "conn_tests.rs"]

@@ -109,7 +109,12 @@ pub async fn read_data<R: AsyncBufRead + Unpin>(
 /// the need (never past `most` in all) and reserving the new capacity in `budget` before it
 /// is allocated: false, with nothing reserved or allocated, when the budget has no room even
 /// for the need alone.
-fn make_room(body: &mut Vec<u8>, need: usize, most: usize, budget: &mut Reservation<'_>) -> bool {
+pub(super) fn make_room(
+    body: &mut Vec<u8>,
+    need: usize,
+    most: usize,
+    budget: &mut Reservation<'_>,
+) -> bool {
     let (len, capacity) = (body.len(), body.capacity());
     if capacity - len >= need {
         return true;

@@ -11,6 +11,7 @@
 
 pub mod authcheck;
 pub mod authres;
+pub mod bdat;
 pub mod budget;
 pub mod command;
 pub mod conn;

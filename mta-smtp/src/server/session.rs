@@ -50,6 +50,22 @@ pub enum Action {
     /// Send the reply (354), read the message with [`super::data::read_data`], then call
     /// [`Session::take_transaction`].
     StartData(Reply),
+    /// Read a chunk of `size` octets into the message (RFC 3030), then answer it; at `last`,
+    /// queue the message as after DATA and call [`Session::take_transaction`].
+    Chunk {
+        /// The octets announced.
+        size: u64,
+        /// `BDAT … LAST`.
+        last: bool,
+    },
+    /// Read and throw away a chunk of `size` octets, then send `reply` (an error): the
+    /// next command starts after the chunk (RFC 3030 §2).
+    SkipChunk {
+        /// The octets announced.
+        size: u64,
+        /// The refusal.
+        reply: Reply,
+    },
     /// Check a password off the async threads (argon2 is slow on purpose), then call
     /// [`Session::auth_checked`]. Never log `password`.
     CheckPassword {
@@ -177,10 +193,10 @@ impl Session {
     /// Ends the session with 421 once `limits.max_commands_without_progress` lines in a
     /// row have not moved it towards a message, so a client that sends NOOP, RSET or
     /// rejected commands for ever cannot hold one of the limited sessions. Only a reply
-    /// that keeps the session open is replaced.
+    /// that keeps the session open, or a chunk to read (then closed unread), is replaced.
     fn count_idle(&mut self, action: Action) -> Action {
         match action {
-            Action::Reply(_)
+            Action::Reply(_) | Action::Chunk { .. } | Action::SkipChunk { .. }
                 if self.idle > self.ctx.config.limits.max_commands_without_progress =>
             {
                 Action::Close(Reply::NO_PROGRESS)
@@ -246,6 +262,7 @@ impl Session {
                     Action::StartData(Reply::START_DATA)
                 }
             },
+            Command::Bdat { size, last } => self.bdat(size, last),
             Command::Rset => {
                 self.tx = None;
                 Action::Reply(Reply::OK)
@@ -277,6 +294,7 @@ impl Session {
             "8BITMIME".to_string(),
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
+            "CHUNKING".to_string(),
         ];
         if self.ctx.tls.is_none() && self.ctx.starttls_available {
             lines.push("STARTTLS".to_string());
@@ -397,6 +415,33 @@ impl Session {
             }
             (Ok(()), None) => Action::Reply(Reply::NEED_MAIL_FIRST),
             (Err(reply), _) => Action::Reply(reply),
+        }
+    }
+
+    /// True while a mail transaction is open (after MAIL, until it is taken or reset).
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// BDAT (RFC 3030 §2): outside a transaction, or without a recipient, the chunk is read
+    /// and refused. Only a chunk with octets in it, or the last, moves towards a message:
+    /// `BDAT 0` for ever must not hold a session.
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        match &self.tx {
+            None => Action::SkipChunk {
+                size,
+                reply: Reply::NEED_MAIL_FIRST,
+            },
+            Some(tx) if tx.recipients.is_empty() => Action::SkipChunk {
+                size,
+                reply: Reply::NO_VALID_RECIPIENTS,
+            },
+            Some(_) => {
+                if size > 0 || last {
+                    self.progressed();
+                }
+                Action::Chunk { size, last }
+            }
         }
     }
 

@@ -74,6 +74,9 @@ fn run(s: &mut Session, steps: &[(&str, u16)]) {
             Action::Reply(r) | Action::Close(r) | Action::StartTls(r) | Action::StartData(r) => {
                 r.code
             }
+            Action::SkipChunk { reply, .. } => reply.code,
+            // A chunk to read: marked 1.
+            Action::Chunk { .. } => 1,
             Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => 0,
         };
         assert_eq!(code, *want, "after {line:?}: {action:?}");
@@ -529,4 +532,57 @@ mod progress_model {
             }
         }
     }
+}
+
+/// BDAT (RFC 3030): offered in EHLO; a chunk outside a transaction or without recipients is
+/// skipped with 503/554; a size that cannot be counted closes with 501; only chunks with
+/// octets (or the last) count as progress.
+#[test]
+fn bdat_in_the_dialogue() {
+    let mut s = session(ListenerKind::Smtp, false);
+    match s.handle(b"EHLO c.test") {
+        Action::Reply(r) => assert!(r.text.lines().any(|l| l == "CHUNKING"), "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    run(
+        &mut s,
+        &[
+            ("BDAT 10", 503),
+            ("BDAT 0 LAST", 503),
+            ("MAIL FROM:<a@remote.test>", 250),
+            ("BDAT 5 LAST", 554),
+            ("RCPT TO:<alice@example.org>", 250),
+            ("BDAT 5", 1),
+            ("bdat 0 last", 1),
+            ("MAIL FROM:<a@remote.test> BODY=BINARYMIME", 555),
+        ],
+    );
+    for bad in [
+        "BDAT",
+        "BDAT x",
+        "BDAT -1",
+        "BDAT 1 LASTX",
+        "BDAT 123456789012345678901",
+    ] {
+        let mut s = session(ListenerKind::Smtp, false);
+        match s.handle(bad.as_bytes()) {
+            Action::Close(r) => assert_eq!(r, Reply::BAD_BDAT_SYNTAX, "{bad}"),
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+    // Empty chunks do not hold a session for ever.
+    let mut s = session(ListenerKind::Smtp, false);
+    run(
+        &mut s,
+        &[
+            ("EHLO c.test", 250),
+            ("MAIL FROM:<a@remote.test>", 250),
+            ("RCPT TO:<alice@example.org>", 250),
+        ],
+    );
+    let closed = (0..1000).find_map(|_| match s.handle(b"BDAT 0") {
+        Action::Close(r) => Some(r),
+        _ => None,
+    });
+    assert_eq!(closed, Some(Reply::NO_PROGRESS));
 }

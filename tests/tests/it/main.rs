@@ -2,6 +2,7 @@
 //! Python's smtplib, `mta send`), one `mod` per area, all in one test binary (one link is cheap on two cores).
 //! Each test starts its own server, so they run in parallel.
 
+mod bdat;
 mod clock_steps;
 mod dialogs;
 mod dkim;
@@ -33,6 +34,7 @@ mod privileges;
 mod protocol;
 mod python;
 mod relay;
+mod relay_bdat;
 mod relay_bounce;
 mod relay_client;
 mod relay_content;
