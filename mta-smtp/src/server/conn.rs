@@ -536,7 +536,7 @@ async fn accept(
         Err(reply) => return AfterData::Answer(reply),
     };
     let Some(mut passed) = passed.unless_discarded(&view) else {
-        return Ok(AfterData::Answer(Reply::DISCARDED));
+        return AfterData::Answer(Reply::DISCARDED);
     };
     if let Some(rewritten) = passed.rewritten.take() {
         // A filter's data replaces the client's; a larger one is counted like ours.
