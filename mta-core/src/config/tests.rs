@@ -131,7 +131,7 @@ fn defaults() {
         },
         limits: Limits {
             max_message_size: 26_214_400,
-            max_recipients: 100,
+            max_recipients: 1000,
             max_sessions: 1000,
             max_errors: 10,
             command_timeout: Duration::from_secs(300),
