@@ -170,6 +170,29 @@ pub struct Local {
     /// read-write for it, and the data dir group-traversable. `None` (the default): every
     /// file of the data dir stays private to the user `mta` serves as.
     pub mail_group: Option<String>,
+    /// How lines end in a Maildir file. Default [`LineEndings::Lf`].
+    pub line_endings: LineEndings,
+}
+
+/// How lines end in the files Maildir delivery writes (`local.line_endings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEndings {
+    /// A bare LF, as Postfix, qmail and Dovecot's LDA store mail, so that mail readers,
+    /// procmail and grep see no CR. Readers canonicalise back to CRLF (DKIM, S/MIME, IMAP).
+    #[default]
+    Lf,
+    /// CRLF, the message as it was received on the wire.
+    Crlf,
+}
+
+impl LineEndings {
+    /// The value in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            LineEndings::Lf => "lf",
+            LineEndings::Crlf => "crlf",
+        }
+    }
 }
 
 /// How mail for local recipients is delivered (`local.delivery`).

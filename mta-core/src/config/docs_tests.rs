@@ -85,6 +85,7 @@ const KEYS: &[&str] = &[
     "local.lmtp",
     "local.recipient_delimiter",
     "local.mail_group",
+    "local.line_endings",
 ];
 const TABLES: &[&str] = &[
     "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",

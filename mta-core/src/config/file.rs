@@ -70,6 +70,8 @@ pub(super) struct RawLocal {
     pub lmtp: Option<S<String>>,
     pub recipient_delimiter: Option<S<String>>,
     pub mail_group: Option<S<String>>,
+    #[serde(default)]
+    pub line_endings: Option<S<String>>,
 }
 
 /// One DKIM key table. `selector` and `key` are required, but checked in validation so that
@@ -539,6 +541,7 @@ fn write_local(l: &Local) -> String {
     if let Some(group) = &l.mail_group {
         out += &format!("mail_group = {}\n", quote(group));
     }
+    out += &format!("line_endings = {}\n", quote(l.line_endings.name()));
     out
 }
 

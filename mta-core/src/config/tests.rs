@@ -187,6 +187,7 @@ fn defaults() {
             delivery: LocalDelivery::Maildir,
             recipient_delimiter: Some('+'),
             mail_group: None,
+            line_endings: LineEndings::Lf,
         },
         shutdown_grace: Duration::from_secs(10),
         dkim: vec![],

@@ -25,6 +25,7 @@ mod inbound_auth;
 mod inbound_spoof;
 mod local_delivery;
 mod logins;
+mod maildir_lines;
 mod message_memory;
 mod observability;
 mod own_files;
