@@ -17,6 +17,7 @@ mod file;
 mod local;
 mod outbound;
 mod process;
+mod senders;
 mod size;
 mod validate;
 
@@ -80,6 +81,9 @@ pub struct Config {
     /// The user `mta serve` runs as and its sandbox (`user`, `group`, `allow_root`,
     /// `sandbox`).
     pub process: Process,
+    /// Login (lower case, [`Address::key`]) → the further addresses it may send as
+    /// (`[senders]`), each of one of [`Config::local_domains`].
+    pub senders: BTreeMap<String, Vec<crate::senders::SenderPattern>>,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several

@@ -72,6 +72,7 @@ const KEYS: &[&str] = &[
     "queue.min_free_space",
     "queue.min_free_inodes",
     "aliases",
+    "senders",
     "metrics.listen",
     "inbound.checks",
     "inbound.dmarc_reject",

@@ -53,6 +53,9 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub local: RawLocal,
+    /// `[senders]`: login → the sender patterns it may use.
+    #[serde(default)]
+    pub senders: Option<BTreeMap<S<String>, List>>,
 }
 
 /// `[metrics]`
@@ -387,6 +390,7 @@ pub(super) fn write(config: &Config) -> String {
         write_inbound(&config.inbound),
         format!("\n[local]\n{}", write_local(&config.local)),
         format!("\n[aliases]\n{}", write_aliases(config)),
+        write_senders(config),
         write_dkim(&config.dkim),
     ]
     .concat()
@@ -504,6 +508,19 @@ fn write_inbound(i: &Inbound) -> String {
         i.spf_reject,
         quote(i.spoofed_from.name()),
     )
+}
+
+/// `[senders]`, when there is one.
+fn write_senders(config: &Config) -> String {
+    if config.senders.is_empty() {
+        return String::new();
+    }
+    let mut out = "\n[senders]\n".to_string();
+    for (login, patterns) in &config.senders {
+        let patterns: Vec<String> = patterns.iter().map(|p| quote(&p.to_string())).collect();
+        out += &format!("{} = [{}]\n", quote(login), patterns.join(", "));
+    }
+    out
 }
 
 /// The keys of `[aliases]`: each alias, then each domain's catch-all (`"@domain"`).

@@ -183,6 +183,7 @@ fn defaults() {
         },
         aliases: BTreeMap::new(),
         catch_all: BTreeMap::new(),
+        senders: BTreeMap::new(),
         local: Local {
             delivery: LocalDelivery::Maildir,
             recipient_delimiter: Some('+'),
@@ -405,7 +406,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `senders`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

@@ -117,6 +117,7 @@ pub(super) fn from_raw(
         None => Vec::new(),
     };
     let inbound = c.inbound(&raw.inbound);
+    let senders = c.senders(raw.senders.as_ref(), &local_domains);
     let metrics_listen = c.metrics_listen(&raw, &listen);
     let process = c.process(&raw);
     let errors = c.into_errors();
@@ -138,6 +139,7 @@ pub(super) fn from_raw(
         inbound,
         metrics_listen,
         process,
+        senders,
     };
     (config, errors)
 }

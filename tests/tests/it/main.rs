@@ -48,6 +48,7 @@ mod relay_tls;
 mod relay_tlsrpt;
 mod reload;
 mod send;
+mod sending_identities;
 mod shutdown;
 mod startup;
 mod storage_faults;
