@@ -29,6 +29,7 @@ mod maildir_lines;
 mod message_memory;
 mod observability;
 mod own_files;
+mod postfix_inbound;
 mod privileges;
 mod protocol;
 mod python;
