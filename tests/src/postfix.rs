@@ -58,6 +58,7 @@ pub struct PostfixBuilder {
     port: u16,
     mailboxes: Vec<String>,
     main: BTreeMap<String, String>,
+    etc: Vec<(String, String)>,
 }
 
 impl PostfixBuilder {
@@ -69,6 +70,7 @@ impl PostfixBuilder {
             port,
             mailboxes: Vec::new(),
             main: BTreeMap::new(),
+            etc: Vec::new(),
         }
     }
 
@@ -83,6 +85,13 @@ impl PostfixBuilder {
     /// Sets one `main.cf` parameter, over the defaults this harness writes.
     pub fn main_cf(mut self, key: &str, value: &str) -> PostfixBuilder {
         self.main.insert(key.to_string(), value.to_string());
+        self
+    }
+
+    /// A file in its config directory before it starts (a map such as
+    /// `texthash:$config_directory/access`, which `main.cf` may name).
+    pub fn etc_file(mut self, name: &str, text: &str) -> PostfixBuilder {
+        self.etc.push((name.to_string(), text.to_string()));
         self
     }
 
@@ -127,6 +136,9 @@ impl PostfixBuilder {
             map += &format!("{a} {domain}/{local}/Maildir/\n");
         }
         std::fs::write(root.join("etc/mailboxes"), map).map_err(|e| e.to_string())?;
+        for (name, text) in &self.etc {
+            std::fs::write(root.join("etc").join(name), text).map_err(|e| e.to_string())?;
+        }
         let mut main = self.defaults(&root, &domains, mail_uid, mail_gid);
         main.extend(self.main.clone());
         let text: String = main.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();

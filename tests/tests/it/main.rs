@@ -30,6 +30,7 @@ mod message_memory;
 mod observability;
 mod own_files;
 mod postfix_inbound;
+mod postfix_outbound;
 mod privileges;
 mod protocol;
 mod python;
