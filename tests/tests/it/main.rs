@@ -27,6 +27,7 @@ mod local_delivery;
 mod logins;
 mod maildir_lines;
 mod message_memory;
+mod msmtp;
 mod observability;
 mod own_files;
 mod postfix_inbound;
