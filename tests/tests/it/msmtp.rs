@@ -73,7 +73,7 @@ fn msmtp_submits_on_587_with_starttls_and_on_465() {
             .unwrap_or_else(|| panic!("no message with Subject: {account}"));
         assert_eq!(mine.return_path, format!("Return-Path: <{ALICE}>"));
         assert!(
-            mine.received.contains(&" with ESMTPSA id "),
+            mine.received.contains(" with ESMTPSA id "),
             "{}",
             mine.received
         );
