@@ -2,7 +2,8 @@
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
 # openssl, strace for the syscall-order test, libfaketime for the clock-step tests, Dovecot for the IMAP/POP3 test, rspamd for the milter test, systemd for
-# `systemd-analyze verify`, postfix, python3-fusepy and fuse3 for the
+# `systemd-analyze verify`, postfix (private instances as peers, and the benchmark), msmtp,
+# python3-fusepy and fuse3 for the
 # short runs of the soak and benchmark scripts, from Debian packages; dkimpy and aiosmtpd
 # from PyPI) when it is missing, builds the `mta` binary the end-to-end tests start, runs
 # every test in the workspace, then every figure-producing script in its short form
@@ -37,6 +38,9 @@ command -v fusermount >/dev/null 2>&1 || missing+=(fuse3)
 command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 # rspamd, as a real milter (tests/it/milter.rs runs its own private instance).
 [ -x /usr/bin/rspamd ] || missing+=(rspamd)
+# msmtp submits to mta as a real client (tests/it/msmtp.rs); Postfix above also runs as
+# private instances, the peer of tests/it/postfix_*.rs.
+command -v msmtp >/dev/null 2>&1 || missing+=(msmtp)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""

@@ -12,6 +12,7 @@ mod control;
 mod control_client;
 mod dkim_cmd;
 mod doctor;
+mod identities;
 mod metrics_http;
 mod privileges;
 mod queue_cmd;
@@ -219,12 +220,7 @@ fn user(command: users::UserCommand, c: &Config) -> anyhow::Result<()> {
         users::UserCommand::Add { address, .. } => Some(address.clone()),
         _ => None,
     };
-    users::run(
-        command,
-        &c.data_dir,
-        &c.local_domains,
-        c.local.recipient_delimiter,
-    )?;
+    users::run(command, c)?;
     match added {
         Some(address) => prepare_maildir(c, &address),
         None => Ok(()),

@@ -1,4 +1,4 @@
-//! The users file on disk and `mta user add|del|list|passwd`.
+//! The users file on disk and `mta user add|del|list|passwd|show`.
 //!
 //! The format and the password rules are `mta_core::auth`'s; this module owns where the file
 //! lives (`DATA_DIR/users`, mode 0600), how it is replaced (write a temporary file, fsync,
@@ -18,6 +18,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 use mta_core::auth::{MAX_PASSWORD_BYTES, UserDb, check_password_policy};
+use mta_core::config::Config;
 use mta_core::seams::UserDirectory;
 use mta_core::{Address, Domain};
 
@@ -173,7 +174,7 @@ pub fn save(data_dir: &Path, db: &UserDb) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `mta user add|del|list|passwd`.
+/// `mta user add|del|list|passwd|show`.
 #[derive(clap::Subcommand, Debug)]
 pub enum UserCommand {
     /// Add a user; the password is read from a prompt (hidden, asked twice) or one line of
@@ -200,6 +201,12 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Show what a user may send as: the login, the aliases that reach it and its
+    /// `[senders]` patterns.
+    Show {
+        /// The user.
+        address: String,
+    },
 }
 
 /// Runs one `mta user` command against `DATA_DIR/users`, printing its result on stdout.
@@ -209,33 +216,22 @@ pub enum UserCommand {
 /// A bad address, an address outside `local_domains` or with the recipient `delimiter` in
 /// its local part (for `add`), an unknown or existing user, a password that fails the
 /// policy, or a file that cannot be read or written.
-pub fn run(
-    cmd: UserCommand,
-    data_dir: &Path,
-    local_domains: &[Domain],
-    delimiter: Option<char>,
-) -> anyhow::Result<()> {
+pub fn run(cmd: UserCommand, config: &Config) -> anyhow::Result<()> {
     let stdin = io::stdin();
     let stdout = io::stdout();
-    execute(
-        cmd,
-        data_dir,
-        local_domains,
-        delimiter,
-        &mut stdin.lock(),
-        &mut stdout.lock(),
-    )
+    execute(cmd, config, &mut stdin.lock(), &mut stdout.lock())
 }
 
 /// [`run`] with stdin and stdout passed in, so tests can drive it.
 fn execute(
     cmd: UserCommand,
-    data_dir: &Path,
-    local_domains: &[Domain],
-    delimiter: Option<char>,
+    config: &Config,
     input: &mut dyn BufRead,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.as_path();
+    let local_domains = config.local_domains.as_slice();
+    let delimiter = config.local.recipient_delimiter;
     match cmd {
         UserCommand::Add {
             address,
@@ -279,6 +275,16 @@ fn execute(
             db.set_password(&address, &password)?;
             save(data_dir, &db)?;
             writeln!(out, "changed the password of {address}")?;
+        }
+        UserCommand::Show { address } => {
+            let address = parse_address(&address)?;
+            let db = load(data_dir)?;
+            if !db.contains(&address) {
+                bail!("no such user: {address}");
+            }
+            for line in crate::identities::lines(config, &address) {
+                writeln!(out, "{line}")?;
+            }
         }
     }
     Ok(())
@@ -471,29 +477,24 @@ fn look(path: &Path) -> io::Result<Seen> {
 mod tests {
     use super::*;
 
-    fn domains(names: &[&str]) -> Vec<Domain> {
-        names
-            .iter()
-            .map(|n| Domain::parse(n).expect("test domain is valid"))
-            .collect()
-    }
-
     fn addr(text: &str) -> Address {
         Address::parse(text).expect("test address is valid")
+    }
+
+    /// A config with its data dir at `dir`, the local domains `domains`, and `more`.
+    fn config(dir: &Path, domains: &[&str], more: &str) -> Config {
+        let text = format!(
+            "data_dir = {:?}\nlocal_domains = {domains:?}\n{more}",
+            dir.display().to_string()
+        );
+        Config::from_toml("mta.toml", &text, "buildhost").expect("test config is valid")
     }
 
     /// Runs a command with `stdin` as its input; returns what it printed, or the error text.
     fn cli(dir: &Path, cmd: UserCommand, stdin: &str) -> Result<String, String> {
         let mut out = Vec::new();
-        execute(
-            cmd,
-            dir,
-            &domains(&["example.org"]),
-            Some('+'),
-            &mut stdin.as_bytes(),
-            &mut out,
-        )
-        .map_err(|e| format!("{e:#}"))?;
+        let config = config(dir, &["example.org"], "");
+        execute(cmd, &config, &mut stdin.as_bytes(), &mut out).map_err(|e| format!("{e:#}"))?;
         String::from_utf8(out).map_err(|e| e.to_string())
     }
 
@@ -741,9 +742,7 @@ mod tests {
         let mut out = Vec::new();
         let err = execute(
             add("x@example.org"),
-            d,
-            &[],
-            Some('+'),
+            &config(d, &[], ""),
             &mut "x-secret-1\n".as_bytes(),
             &mut out,
         )

@@ -18,6 +18,7 @@ mod local;
 mod milter;
 mod outbound;
 mod process;
+mod senders;
 mod size;
 mod srs;
 mod validate;
@@ -85,6 +86,9 @@ pub struct Config {
     pub process: Process,
     /// Sender rewriting for mail an alias forwards off-site (`[srs]`).
     pub srs: Srs,
+    /// Login (lower case, [`Address::key`]) → the further addresses it may send as
+    /// (`[senders]`), each of one of [`Config::local_domains`].
+    pub senders: BTreeMap<String, Vec<crate::senders::SenderPattern>>,
 }
 
 /// Sender rewriting (`[srs]`, see [`crate::srs`]).
@@ -195,6 +199,29 @@ pub struct Local {
     /// read-write for it, and the data dir group-traversable. `None` (the default): every
     /// file of the data dir stays private to the user `mta` serves as.
     pub mail_group: Option<String>,
+    /// How lines end in a Maildir file. Default [`LineEndings::Lf`].
+    pub line_endings: LineEndings,
+}
+
+/// How lines end in the files Maildir delivery writes (`local.line_endings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEndings {
+    /// A bare LF, as Postfix, qmail and Dovecot's LDA store mail, so that mail readers,
+    /// procmail and grep see no CR. Readers canonicalise back to CRLF (DKIM, S/MIME, IMAP).
+    #[default]
+    Lf,
+    /// CRLF, the message as it was received on the wire.
+    Crlf,
+}
+
+impl LineEndings {
+    /// The value in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            LineEndings::Lf => "lf",
+            LineEndings::Crlf => "crlf",
+        }
+    }
 }
 
 /// How mail for local recipients is delivered (`local.delivery`).

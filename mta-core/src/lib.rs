@@ -20,6 +20,7 @@ pub mod policy;
 pub mod reply;
 pub mod seams;
 pub mod srs;
+pub mod senders;
 pub mod swap;
 pub mod text;
 

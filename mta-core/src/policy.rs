@@ -115,13 +115,21 @@ fn postmaster(config: &Config, domain: &Domain) -> Vec<Address> {
         .unwrap_or_else(|| vec![address])
 }
 
-/// Whether an authenticated `user` may use `from` as MAIL FROM: their own address, or an
-/// alias that expands to them. The null sender is not theirs to use.
+/// Whether an authenticated `user` may use `from` as MAIL FROM or in `From:` (one rule for
+/// both): their own address, an alias that expands to them, or an address one of their
+/// `[senders]` patterns allows ([`crate::senders`]). The null sender is not theirs to use.
 pub fn may_send_as(config: &Config, user: &Address, from: &ReversePath) -> bool {
     let Some(from) = from.address() else {
         return false;
     };
     if from.key() == user.key() {
+        return true;
+    }
+    if config
+        .senders
+        .get(&user.key())
+        .is_some_and(|patterns| patterns.iter().any(|p| p.matches(from)))
+    {
         return true;
     }
     config
@@ -430,6 +438,42 @@ local_domains = ["example.org", "other.example"]
                 RcptDecision::Accept(_)
             );
             assert_eq!(got, accepted, "{path}");
+        }
+    }
+
+    #[test]
+    fn sending_identities_from_the_senders_table() {
+        let config = Config::from_toml(
+            "test.toml",
+            r#"
+hostname = "mx.example.org"
+local_domains = ["example.org", "host.example.org", "other.example"]
+[senders]
+"app@example.org" = ["*@host.example.org", "Alerts@other.example"]
+"#,
+            "ignored",
+        )
+        .unwrap();
+        let app = Address::parse("App@example.org").unwrap();
+        let bob = Address::parse("bob@example.org").unwrap();
+        let table = [
+            ("<root@host.example.org>", true, false),
+            ("<ROOT@Host.Example.org>", true, false),
+            ("<www-data+x@host.example.org>", true, false),
+            ("<alerts@other.example>", true, false),
+            ("<alerts+x@other.example>", false, false),
+            ("<root@example.org>", false, false),
+            ("<root@sub.host.example.org>", false, false),
+            ("<root@host.example.org.evil.test>", false, false),
+            ("<root@evilhost.example.org>", false, false),
+            ("<app@example.org>", true, false),
+            ("<bob@example.org>", false, true),
+            ("<>", false, false),
+        ];
+        for (from, for_app, for_bob) in table {
+            let from = parse_reverse_path(from).unwrap();
+            assert_eq!(may_send_as(&config, &app, &from), for_app, "app: {from}");
+            assert_eq!(may_send_as(&config, &bob, &from), for_bob, "bob: {from}");
         }
     }
 

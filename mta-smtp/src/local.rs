@@ -3,8 +3,10 @@
 //! `new/`, and `new/` is fsynced, so a reader never sees a partial file and a delivered
 //! message survives a crash.
 //!
-//! The file is the queued message, byte for byte, after a `Return-Path` and a
-//! `Delivered-To` header.
+//! The file is the queued message after a `Return-Path` and a `Delivered-To` header, with
+//! each CRLF stored as a bare LF (`local.line_endings = "lf"`, the default: what Postfix,
+//! qmail and Dovecot's LDA write, and what mutt, procmail and grep expect), or byte for byte
+//! (`"crlf"`). The conversion streams through a small buffer: no second copy of the message.
 //!
 //! With a mail group (`local.mail_group`, [`MailAccess::Group`]) an IMAP server running
 //! under its own uid in that group may read, flag and expunge the mail, so it can also
@@ -21,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use mta_core::address::{Address, ReversePath};
+use mta_core::config::LineEndings;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod, mkdirat};
@@ -77,6 +80,7 @@ pub struct Maildirs {
     root: PathBuf,
     hostname: String,
     access: MailAccess,
+    endings: LineEndings,
     counter: AtomicU64,
 }
 
@@ -87,8 +91,15 @@ impl Maildirs {
             root: root.to_path_buf(),
             hostname: hostname.replace(['/', ':'], "_"),
             access,
+            endings: LineEndings::Lf,
             counter: AtomicU64::new(0),
         }
+    }
+
+    /// The same, storing lines with `endings` (`local.line_endings`).
+    pub fn with_line_endings(mut self, endings: LineEndings) -> Maildirs {
+        self.endings = endings;
+        self
     }
 
     /// The Maildir of a local recipient, or `None` when the local part cannot safely name a
@@ -120,8 +131,15 @@ impl Maildirs {
     ) -> io::Result<PathBuf> {
         let (tmp, new) = self.open_parts(dir)?;
         let head = format!("Return-Path: {sender}\r\nDelivered-To: {rcpt}\r\n");
-        let size = head.len() + body.len();
-        let name = self.unique_name(size);
+        let name = match self.endings {
+            LineEndings::Crlf => self.unique_name(&format!("S={}", head.len() + body.len())),
+            LineEndings::Lf => {
+                let (head_size, body_size) = (lf_size(head.as_bytes()), lf_size(body));
+                // W= is the size with CRLF line ends, which IMAP reports (RFC822.SIZE).
+                let wire = crlf_size(head.as_bytes()) + crlf_size(body);
+                self.unique_name(&format!("S={},W={wire}", head_size + body_size))
+            }
+        };
         let result = (|| {
             let mode = self.access.mode(TreeLevel::Inside, false);
             let fd = openat(
@@ -137,8 +155,18 @@ impl Maildirs {
             // The process umask keeps group bits out of what open creates.
             fchmod(&fd, Mode::from_bits_truncate(mode))?;
             let mut file = File::from(fd);
-            file.write_all(head.as_bytes())?;
-            file.write_all(body)?;
+            match self.endings {
+                LineEndings::Crlf => {
+                    file.write_all(head.as_bytes())?;
+                    file.write_all(body)?;
+                }
+                LineEndings::Lf => {
+                    let mut out = io::BufWriter::with_capacity(64 * 1024, &mut file);
+                    write_lf(&mut out, head.as_bytes())?;
+                    write_lf(&mut out, body)?;
+                    out.flush()?;
+                }
+            }
             let sync = !mta_core::durable_file::syncs_disabled();
             if sync {
                 file.sync_all()?;
@@ -221,23 +249,47 @@ impl Maildirs {
         Ok(fd)
     }
 
-    /// `time.M<micros>P<pid>Q<n>.host,S=<size>`: unique per process and delivery, with
-    /// the size hint Dovecot uses.
-    fn unique_name(&self, size: usize) -> String {
+    /// `time.M<micros>P<pid>Q<n>.host,<sizes>`: unique per process and delivery, with
+    /// the size hints Dovecot uses (`S=` the file's size, `W=` the size with CRLF).
+    fn unique_name(&self, sizes: &str) -> String {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         format!(
-            "{}.M{}P{}Q{}.{},S={}",
+            "{}.M{}P{}Q{}.{},{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),
             n,
             self.hostname,
-            size
+            sizes
         )
     }
+}
+
+/// Writes `bytes` with every CRLF as a bare LF; any other CR or LF is kept.
+fn write_lf(out: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        match line.strip_suffix(b"\r\n") {
+            Some(text) => {
+                out.write_all(text)?;
+                out.write_all(b"\n")?;
+            }
+            None => out.write_all(line)?,
+        }
+    }
+    Ok(())
+}
+
+/// The length of `bytes` as [`write_lf`] writes them.
+fn lf_size(bytes: &[u8]) -> usize {
+    bytes.len() - bytes.windows(2).filter(|w| w == b"\r\n").count()
+}
+
+/// The length of `bytes` with every line ending a CRLF (a bare LF counted as CRLF).
+fn crlf_size(bytes: &[u8]) -> usize {
+    lf_size(bytes) + bytes.iter().filter(|&&b| b == b'\n').count()
 }
 
 #[cfg(test)]
@@ -247,7 +299,8 @@ mod tests {
     #[test]
     fn writes_into_new_with_headers() {
         let dir = tempfile::tempdir().unwrap();
-        let m = Maildirs::new(dir.path(), "mx.test", MailAccess::Private);
+        let m = Maildirs::new(dir.path(), "mx.test", MailAccess::Private)
+            .with_line_endings(LineEndings::Crlf);
         let rcpt = Address::parse("Bob@Example.org").unwrap();
         let md = m.maildir(&rcpt).unwrap();
         assert_eq!(md, dir.path().join("example.org/bob/Maildir"));
@@ -263,6 +316,64 @@ mod tests {
         assert_eq!(fs::read_dir(md.join("tmp")).unwrap().count(), 0);
         let second = m.write(&md, &ReversePath::Null, &rcpt, b"x").unwrap();
         assert_ne!(second, path);
+    }
+
+    #[test]
+    fn lf_endings_by_default_and_sizes_in_the_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Maildirs::new(dir.path(), "mx.test", MailAccess::Private);
+        let rcpt = Address::parse("bob@example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        let body = b"Subject: hi\r\n\r\nbody\r\n";
+        let path = m.write(&md, &ReversePath::Null, &rcpt, body).unwrap();
+        let stored = fs::read(&path).unwrap();
+        let want = b"Return-Path: <>\nDelivered-To: bob@example.org\nSubject: hi\n\nbody\n";
+        assert_eq!(stored, want);
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let wire = want.len() + want.iter().filter(|&&b| b == b'\n').count();
+        assert!(
+            name.ends_with(&format!(",S={},W={wire}", want.len())),
+            "{name}"
+        );
+    }
+
+    proptest::proptest! {
+        /// The streaming conversion against the obvious one, and the sizes against counts
+        /// of what is written.
+        #[test]
+        fn lf_conversion_matches_a_plain_replace(
+            parts in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just(b"\r\n".to_vec()),
+                    proptest::strategy::Just(b"\r".to_vec()),
+                    proptest::strategy::Just(b"\n".to_vec()),
+                    proptest::collection::vec(proptest::num::u8::ANY, 0..5),
+                ],
+                0..40,
+            )
+        ) {
+            let bytes = parts.concat();
+            let mut out = Vec::new();
+            write_lf(&mut out, &bytes).unwrap();
+            let want: Vec<u8> = {
+                let mut v = Vec::new();
+                let mut i = 0;
+                while i < bytes.len() {
+                    if bytes[i..].starts_with(b"\r\n") {
+                        v.push(b'\n');
+                        i += 2;
+                    } else {
+                        v.push(bytes[i]);
+                        i += 1;
+                    }
+                }
+                v
+            };
+            proptest::prop_assert_eq!(&out, &want);
+            proptest::prop_assert_eq!(lf_size(&bytes), want.len());
+            let lfs = want.iter().filter(|&&b| b == b'\n').count();
+            proptest::prop_assert_eq!(crlf_size(&bytes), want.len() + lfs);
+        }
     }
 
     #[test]

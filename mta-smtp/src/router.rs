@@ -63,7 +63,8 @@ impl Router {
             &config.data_dir.join("mail"),
             config.hostname.as_str(),
             access,
-        );
+        )
+        .with_line_endings(config.local.line_endings);
         let relay = Arc::new(Relay::new(config.clone(), kept)?);
         // Close connections that stopped being useful; ends when the relay is dropped.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

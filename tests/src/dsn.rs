@@ -312,8 +312,7 @@ fn check_recipient(r: &Fields) -> Result<(), String> {
 
 /// Reads and parses the DSN at `path`; panics with the file when it is not one.
 pub fn read_dsn(path: &Path) -> Dsn {
-    let bytes =
-        std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let bytes = crate::read_crlf(path);
     parse_dsn(&bytes).unwrap_or_else(|e| {
         panic!(
             "{} is not an RFC 3464 DSN: {e}\n--- file ---\n{}",

@@ -238,7 +238,7 @@ pub fn delivered_tags(files: &[PathBuf]) -> Vec<String> {
     files
         .iter()
         .filter_map(|f| {
-            let bytes = std::fs::read(f).ok()?;
+            let bytes = crate::crlf(&std::fs::read(f).ok()?);
             let text = String::from_utf8_lossy(&bytes);
             let at = text.find("\r\nMessage-ID: <")? + "\r\nMessage-ID: <".len();
             let end = text[at..].find("@test>")?;

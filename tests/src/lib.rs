@@ -31,6 +31,7 @@ pub mod load;
 mod maildir;
 pub mod milter;
 mod net;
+pub mod postfix;
 mod process;
 pub mod relay;
 pub mod rspamd;
@@ -47,7 +48,9 @@ pub use builder::MtaBuilder;
 pub use dns::{ServfailDns, TestDns, qtype, rcode};
 pub use dnssec::SignedDns;
 pub use lmtp::LmtpServer;
-pub use maildir::{Delivered, assert_same_bytes, parse_delivered, queue_id, read_delivered};
+pub use maildir::{
+    Delivered, assert_same_bytes, crlf, parse_delivered, queue_id, read_crlf, read_delivered,
+};
 pub use net::{MX_ADDRS, Trap, on_shared_port, shared_port};
 pub use process::{Output, run};
 pub use server::{

@@ -435,7 +435,7 @@ impl MaildirScan {
                 continue;
             }
             let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
+                Ok(b) => crate::crlf(&b),
                 Err(e) => {
                     self.bad.push((path, format!("unreadable: {e}")));
                     continue;

@@ -1,5 +1,5 @@
 //! Reading what local delivery wrote: a Maildir file is `Return-Path`, `Delivered-To`, our
-//! `Received` header (folded), then the queued message.
+//! `Received` header (folded), then the queued message, its lines ending in LF or CRLF.
 
 use std::path::Path;
 
@@ -16,10 +16,30 @@ pub struct Delivered {
     pub rest: Vec<u8>,
 }
 
-/// Splits the Maildir file at `path`; panics when it does not have the expected shape.
-pub fn read_delivered(path: &Path) -> Delivered {
+/// The Maildir file at `path` with CRLF line ends, as a reader canonicalises it: `mta`
+/// stores bare LFs by default (`local.line_endings`). Panics when it cannot be read.
+pub fn read_crlf(path: &Path) -> Vec<u8> {
     let bytes =
         std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    crlf(&bytes)
+}
+
+/// `bytes` with every bare LF made CRLF.
+pub fn crlf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
+}
+
+/// Splits the Maildir file at `path` (read as [`read_crlf`]); panics when it does not have
+/// the expected shape.
+pub fn read_delivered(path: &Path) -> Delivered {
+    let bytes = read_crlf(path);
     parse_delivered(&bytes).unwrap_or_else(|e| {
         panic!(
             "{}: {e}\n--- file ---\n{}",

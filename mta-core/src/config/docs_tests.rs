@@ -72,6 +72,7 @@ const KEYS: &[&str] = &[
     "queue.min_free_space",
     "queue.min_free_inodes",
     "aliases",
+    "senders",
     "metrics.listen",
     "inbound.checks",
     "inbound.dmarc_reject",
@@ -92,6 +93,7 @@ const KEYS: &[&str] = &[
     "srs.enabled",
     "srs.domain",
     "srs.max_age",
+    "local.line_endings",
 ];
 const TABLES: &[&str] = &[
     "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local", "srs",

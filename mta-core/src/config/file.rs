@@ -55,6 +55,9 @@ pub(super) struct RawConfig {
     pub local: RawLocal,
     #[serde(default)]
     pub srs: RawSrs,
+    /// `[senders]`: login → the sender patterns it may use.
+    #[serde(default)]
+    pub senders: Option<BTreeMap<S<String>, List>>,
 }
 
 /// `[srs]`
@@ -81,6 +84,8 @@ pub(super) struct RawLocal {
     pub lmtp: Option<S<String>>,
     pub recipient_delimiter: Option<S<String>>,
     pub mail_group: Option<S<String>>,
+    #[serde(default)]
+    pub line_endings: Option<S<String>>,
 }
 
 /// One DKIM key table. `selector` and `key` are required, but checked in validation so that
@@ -413,6 +418,7 @@ pub(super) fn write(config: &Config) -> String {
             time(config.srs.max_age)
         ),
         format!("\n[aliases]\n{}", write_aliases(config)),
+        write_senders(config),
         write_dkim(&config.dkim),
     ]
     .concat()
@@ -554,6 +560,19 @@ fn write_milters(milters: &[Milter]) -> String {
     out
 }
 
+/// `[senders]`, when there is one.
+fn write_senders(config: &Config) -> String {
+    if config.senders.is_empty() {
+        return String::new();
+    }
+    let mut out = "\n[senders]\n".to_string();
+    for (login, patterns) in &config.senders {
+        let patterns: Vec<String> = patterns.iter().map(|p| quote(&p.to_string())).collect();
+        out += &format!("{} = [{}]\n", quote(login), patterns.join(", "));
+    }
+    out
+}
+
 /// The keys of `[aliases]`: each alias, then each domain's catch-all (`"@domain"`).
 fn write_aliases(config: &Config) -> String {
     let mut aliases = String::new();
@@ -589,6 +608,7 @@ fn write_local(l: &Local) -> String {
     if let Some(group) = &l.mail_group {
         out += &format!("mail_group = {}\n", quote(group));
     }
+    out += &format!("line_endings = {}\n", quote(l.line_endings.name()));
     out
 }
 

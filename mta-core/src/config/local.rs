@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use super::checker::Checker;
 use super::file::RawLocal;
-use super::{LmtpAddress, Local, LocalDelivery};
+use super::{LineEndings, LmtpAddress, Local, LocalDelivery};
 
 /// Plus-addressing is on unless the file turns it off: `bob+tag@` reaches bob.
 const DEFAULT_DELIMITER: char = '+';
@@ -82,10 +82,30 @@ impl Checker<'_> {
             }
         };
         let mail_group = self.account_name(&raw.mail_group, "local.mail_group");
+        let line_endings = self.line_endings(raw);
         Local {
             delivery,
             recipient_delimiter,
             mail_group,
+            line_endings,
+        }
+    }
+}
+
+impl Checker<'_> {
+    /// `local.line_endings`: `"lf"` (the default) or `"crlf"`.
+    fn line_endings(&mut self, raw: &RawLocal) -> LineEndings {
+        let Some(text) = raw.line_endings.as_ref() else {
+            return LineEndings::Lf;
+        };
+        match text.get_ref().as_str() {
+            "lf" => LineEndings::Lf,
+            "crlf" => LineEndings::Crlf,
+            other => {
+                let msg = format!("{other:?} is not one of \"lf\", \"crlf\"");
+                self.error(text.span(), "local.line_endings", msg);
+                LineEndings::Lf
+            }
         }
     }
 }
@@ -117,6 +137,13 @@ mod tests {
         let c = parse("[local]\nrecipient_delimiter = \"-\"\n").unwrap();
         assert_eq!(c.local.recipient_delimiter, Some('-'));
         assert_eq!(c.local.mail_group, None);
+        assert_eq!(c.local.line_endings, LineEndings::Lf);
+        let c = parse("[local]\nline_endings = \"crlf\"\n").unwrap();
+        assert_eq!(c.local.line_endings, LineEndings::Crlf);
+        assert_eq!(
+            errors("[local]\nline_endings = \"cr\"\n"),
+            "mta.toml:2:16: local.line_endings: \"cr\" is not one of \"lf\", \"crlf\""
+        );
         let c = parse("[local]\nmail_group = \"mta-mail\"\n").unwrap();
         assert_eq!(c.local.mail_group.as_deref(), Some("mta-mail"));
         // What check-config prints reads back to the same config.

@@ -131,7 +131,7 @@ fn defaults() {
         },
         limits: Limits {
             max_message_size: 26_214_400,
-            max_recipients: 100,
+            max_recipients: 1000,
             max_sessions: 1000,
             max_errors: 10,
             command_timeout: Duration::from_secs(300),
@@ -183,10 +183,12 @@ fn defaults() {
         },
         aliases: BTreeMap::new(),
         catch_all: BTreeMap::new(),
+        senders: BTreeMap::new(),
         local: Local {
             delivery: LocalDelivery::Maildir,
             recipient_delimiter: Some('+'),
             mail_group: None,
+            line_endings: LineEndings::Lf,
         },
         shutdown_grace: Duration::from_secs(10),
         dkim: vec![],
@@ -411,7 +413,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

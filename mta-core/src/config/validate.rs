@@ -24,7 +24,8 @@ const MIN_MESSAGE_SIZE: i64 = 1024;
 const DEFAULT_MESSAGE_MEMORY: u64 = 64 * 1024 * 1024;
 /// RFC 5321 §4.5.3.1.8: a server MUST accept at least 100 recipients.
 const MIN_RECIPIENTS: i64 = 100;
-const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Postfix's `smtpd_recipient_limit`, so a list that passes Postfix passes here.
+const DEFAULT_MAX_RECIPIENTS: usize = 1000;
 const DEFAULT_MAX_SESSIONS: usize = 1000;
 const DEFAULT_MAX_ERRORS: u32 = 10;
 /// RFC 5321 §4.5.3.2.7: server timeout of at least 5 minutes while awaiting the next command.
@@ -116,6 +117,7 @@ pub(super) fn from_raw(
         None => Vec::new(),
     };
     let inbound = c.inbound(&raw.inbound);
+    let senders = c.senders(raw.senders.as_ref(), &local_domains);
     let metrics_listen = c.metrics_listen(&raw, &listen);
     let process = c.process(&raw);
     let srs = c.srs(&raw.srs, &hostname, &local_domains);
@@ -139,6 +141,7 @@ pub(super) fn from_raw(
         metrics_listen,
         process,
         srs,
+        senders,
     };
     (config, errors)
 }

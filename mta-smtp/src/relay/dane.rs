@@ -7,9 +7,10 @@
 //! - Whether validation works through the configured resolver is probed (the root's DNSKEY
 //!   must validate) at most once per [`PROBE_EVERY`]. A resolver that strips DNSSEC records
 //!   would otherwise make every answer bogus and stop all mail; while the probe fails, DANE
-//!   is not applied and the log says so (once per change). A domain that had usable TLSA
-//!   records is remembered (`super::memory`) and meanwhile needs TLS verified against the
-//!   CA roots (`policy=dane-memory`); other domains get what they would without DANE.
+//!   is not applied and the log says so (once per change, also across reloads). A domain
+//!   that had usable TLSA records is remembered (`super::memory`) and meanwhile needs TLS
+//!   verified against the CA roots (`policy=dane-memory`); other domains get what they
+//!   would without DANE.
 //! - TLSA records are looked up only for hosts whose names came from a secure MX RRset (an
 //!   attacker who can forge an insecure MX answer could name a host with TLSA records of
 //!   their own), or for the domain itself when it has no MX (implicit MX).
@@ -64,6 +65,25 @@ enum Validator {
 pub struct Dnssec {
     validator: Validator,
     probe: Mutex<Option<(bool, Instant)>>,
+    told: Arc<Told>,
+}
+
+/// What the log last said about whether validation works. A reload builds a new relay and
+/// probes again; sharing this (in `super::Kept`) keeps the log to one line per change
+/// instead of one per relay.
+#[derive(Debug, Default)]
+pub struct Told(Mutex<Option<bool>>);
+
+impl Told {
+    /// Records `works`; true when it differs from what was last told (or nothing was).
+    fn changed(&self, works: bool) -> bool {
+        let before = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(works);
+        before != Some(works)
+    }
 }
 
 impl Dnssec {
@@ -96,7 +116,15 @@ impl Dnssec {
         Ok(Dnssec {
             validator,
             probe: Mutex::new(None),
+            told: Arc::default(),
         })
+    }
+
+    /// Logs changes of whether validation works only when they differ from what `told`
+    /// last said (shared by the relays successive configs build).
+    pub fn told_in(mut self, told: Arc<Told>) -> Dnssec {
+        self.told = told;
+        self
     }
 
     /// Whether validation works: the root's DNSKEY RRset validates. Probed at most once per
@@ -112,12 +140,8 @@ impl Dnssec {
             Ok(()) => (true, String::new()),
             Err(why) => (false, why),
         };
-        let before = self
-            .probe
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .replace((works, Instant::now()));
-        let changed = before.is_none_or(|(was, _)| was != works);
+        *self.probe.lock().unwrap_or_else(PoisonError::into_inner) = Some((works, Instant::now()));
+        let changed = self.told.changed(works);
         if changed && works {
             info!("DNSSEC validation works through the resolver; DANE is applied");
         } else if changed {

@@ -57,8 +57,8 @@ use memory::TlsMemory;
 use tlsrpt::{ReportPolicy, Session, TlsReports};
 
 /// What the relay keeps from one config to the next (a reload builds a new relay): the
-/// downgrade memory, the TLS report counts, the connection slots and the suspended
-/// destinations.
+/// downgrade memory, the TLS report counts, the connection slots, the suspended
+/// destinations and what the log last said about DNSSEC validation.
 #[derive(Clone)]
 pub struct Kept {
     /// Domains that had verified TLS.
@@ -69,6 +69,8 @@ pub struct Kept {
     pub limits: Arc<limits::Limits>,
     /// Destinations whose connections keep failing.
     pub dead: Arc<limits::Suspensions>,
+    /// What the log last said about DNSSEC validation.
+    pub dnssec_told: Arc<dane::Told>,
 }
 
 impl Kept {
@@ -82,6 +84,7 @@ impl Kept {
                 config.outbound.max_per_domain,
             )),
             dead: Default::default(),
+            dnssec_told: Default::default(),
         }
     }
 }
@@ -256,7 +259,11 @@ impl Relay {
         };
         // DANE is for MX hosts; everything goes to the smarthost when there is one.
         let dnssec = match out.dane && out.relay.is_none() {
-            true => Some(dane::Dnssec::new(&config).map_err(RelayError::Dns)?),
+            true => Some(
+                dane::Dnssec::new(&config)
+                    .map_err(RelayError::Dns)?
+                    .told_in(kept.dnssec_told.clone()),
+            ),
             false => None,
         };
         let webpki = Arc::new(webpki_roots());

@@ -113,7 +113,7 @@ records = dict(a.split('=', 1) for a in sys.argv[2:])
 def dnsfunc(name, timeout=5):
     return records.get(name.decode().rstrip('.'), '').encode()
 d = dkim.DKIM(msg)
-count = sum(1 for line in msg.split(b'\r\n') if line.lower().startswith(b'dkim-signature:'))
+count = sum(1 for line in msg.splitlines() if line.lower().startswith(b'dkim-signature:'))
 for i in range(count):
     try:
         ok = d.verify(idx=i, dnsfunc=dnsfunc)
@@ -286,7 +286,7 @@ fn signature_has_the_promised_shape_and_breaks_when_the_body_changes() {
         format!("From: {ALICE}\r\nTo: <{REMOTE_BOB}>\r\nSubject: shape\r\n\r\noriginal body\r\n");
     submit(&w.tx, &[REMOTE_BOB], msg.as_bytes());
     let files = w.rx.wait_for_mail(REMOTE_BOB, 1, 20);
-    let bytes = std::fs::read(&files[0]).unwrap();
+    let bytes = mta_tests::read_crlf(&files[0]);
     let text = String::from_utf8_lossy(&bytes)
         .replace("\r\n\t", " ")
         .replace("\r\n ", " ");
@@ -359,7 +359,7 @@ fn bounces_are_signed_for_our_hostname() {
     let reply = c.send_message(REMOTE_BOB, &["fwd@example.test"], msg.as_bytes());
     assert_eq!(reply.code, 250, "{}", c.transcript());
     let files = w.rx.wait_for_mail(REMOTE_BOB, 1, 30);
-    let bytes = std::fs::read(&files[0]).unwrap();
+    let bytes = mta_tests::read_crlf(&files[0]);
     let results = auth_results(&read_delivered(&files[0]).rest);
     assert!(
         results.contains("dkim=pass header.d=mx.example.test header.s=b1"),

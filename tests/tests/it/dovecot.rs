@@ -3,7 +3,8 @@
 //! password as for submission (our argon2id hashes in a Dovecot passwd-file). Dovecot's mail
 //! processes run under a uid of their own in the mail group (`local.mail_group`), never as
 //! the user `mta` serves as: they read, flag and expunge the mail, and cannot open the users
-//! file, the DKIM key, the TLS key or the control socket.
+//! file, the DKIM key, the TLS key or the control socket. The files hold bare LFs
+//! (`local.line_endings`); over IMAP the message has CRLFs and `RFC822.SIZE` is its size.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -28,6 +29,11 @@ typ, data = m.select("INBOX")
 print("imap messages", data[0].decode())
 typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT DELIVERED-TO)])")
 print(data[0][1].decode().strip())
+typ, data = m.fetch("1", "(RFC822.SIZE BODY.PEEK[])")
+size = int(data[0][0].split(b"RFC822.SIZE ")[1].split()[0])
+body = data[0][1]
+print("imap size", "right" if size == len(body) else "wrong %d %d" % (size, len(body)))
+print("imap bare lf", body.replace(b"\r\n", b"").count(b"\n"))
 typ, data = m.store("1", "+FLAGS", "(\\Seen)")
 print("imap store", typ)
 typ, data = m.fetch("1", "(FLAGS)")
@@ -190,6 +196,8 @@ fn dovecot_under_its_own_uid_reads_flags_and_expunges_what_mta_delivered() {
         "imap messages 2",
         "Delivered-To: alice@example.test",
         "Subject: read me with Dovecot",
+        "imap size right",
+        "imap bare lf 0",
         "imap store OK",
         "\\Seen",
         "imap expunge OK",

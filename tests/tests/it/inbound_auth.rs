@@ -60,7 +60,8 @@ fn delivered(rx: &TestMta, subject: &str) -> String {
         &format!("the message {subject:?} for bob"),
         || {
             found = rx.maildir_new(BOB).into_iter().find_map(|f| {
-                let text = String::from_utf8_lossy(&std::fs::read(&f).ok()?).into_owned();
+                let text = String::from_utf8_lossy(&mta_tests::crlf(&std::fs::read(&f).ok()?))
+                    .into_owned();
                 text.contains(&format!("Subject: {subject}\r\n"))
                     .then_some(text)
             });

@@ -71,7 +71,7 @@ fn send_inbound(mta: &TestMta, from: &str, to: &str, message: &[u8]) -> Reply {
 }
 
 fn read(path: &Path) -> String {
-    String::from_utf8_lossy(&std::fs::read(path).unwrap()).into_owned()
+    String::from_utf8_lossy(&mta_tests::read_crlf(path)).into_owned()
 }
 
 /// The header section, folding undone.

@@ -17,7 +17,8 @@
 //! - bogus TLSA or MX records defer;
 //! - TLS reports count DANE hosts under a `tlsa` policy (success, and `tlsa-invalid`);
 //! - a signed domain whose MX host has no TLSA records gets opportunistic TLS;
-//! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so;
+//! - with a resolver that cannot do DNSSEC (dnsmasq) DANE is not applied, and the log says so
+//!   once, not once per delivery;
 //! - but a domain that had usable TLSA records is remembered: when validation stops working
 //!   (here: a trust anchor that no longer matches the root), its mail needs a certificate
 //!   verified against the CA roots, and waits (`policy=dane-memory`) instead of going out with
@@ -460,15 +461,31 @@ fn without_dnssec_validation_dane_is_not_applied_and_the_log_says_so() {
         ),
     ]);
     let tx = start_sender(sender(&dns, port, ""));
-    submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "no dnssec"));
-    rx.wait_for_mail(REMOTE_BOB, 1, 10);
-    wait_delivered_with(&tx, "policy=opportunistic");
-    assert!(
+    // Several deliveries, with a reload (which builds a new relay) between them: the state
+    // is told once, not per attempt or per relay.
+    for n in 1..=3 {
+        submit(
+            &tx,
+            &[REMOTE_BOB],
+            &message(REMOTE_BOB, &format!("no dnssec {n}")),
+        );
+        rx.wait_for_mail(REMOTE_BOB, n, 10);
+        let reload = tx.mta(&["reload"], b"");
+        assert!(reload.stdout.contains("reloaded"), "{}", reload.stderr);
+    }
+    wait_for(secs(10), "three delivery lines", || {
         tx.log()
-            .contains("DNSSEC validation does not work through the resolver; DANE is not applied"),
-        "{}",
-        tx.log()
-    );
+            .lines()
+            .filter(|l| l.contains("remote attempt") && l.contains("policy=opportunistic"))
+            .count()
+            == 3
+    });
+    let log = tx.log();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("DNSSEC validation does not work through the resolver"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
 }
 
 #[test]

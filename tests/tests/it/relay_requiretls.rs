@@ -72,7 +72,7 @@ fn requiretls_without_a_verified_certificate_is_returned_with_5_7_30() {
     let tx = start_sender(sender(&dns, port, ""));
     submit_requiretls(&tx, "must not leak");
     let bounces = tx.wait_for_mail(ALICE, 1, 20);
-    let bounce = std::fs::read(&bounces[0]).unwrap();
+    let bounce = mta_tests::read_crlf(&bounces[0]);
     let dsn = read_dsn(&bounces[0]);
     let bob = dsn.recipient(REMOTE_BOB);
     assert_eq!(

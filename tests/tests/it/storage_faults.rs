@@ -381,7 +381,7 @@ fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
             if path.is_dir() {
                 todo.push(path);
             } else {
-                out.push((path.clone(), std::fs::read(&path).expect("read")));
+                out.push((path.clone(), mta_tests::read_crlf(&path)));
             }
         }
     }
