@@ -280,6 +280,7 @@ mod tests {
                 delay_warned: false,
                 require_tls: false,
                 vouched: Vouched::User,
+                dsn: Default::default(),
             },
             next_attempt_ms: due,
             age: Default::default(),

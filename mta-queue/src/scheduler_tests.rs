@@ -30,6 +30,7 @@ fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
         delay_warned: false,
         require_tls: false,
         vouched: Vouched::SenderVerified,
+        dsn: Default::default(),
     }
 }
 

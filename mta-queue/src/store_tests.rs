@@ -22,6 +22,7 @@ pub(crate) fn record(id: &str, due: u64) -> Record {
             delay_warned: false,
             require_tls: false,
             vouched: Vouched::SenderVerified,
+            dsn: Default::default(),
         },
         next_attempt_ms: due,
         age: Default::default(),

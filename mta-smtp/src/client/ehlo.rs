@@ -29,6 +29,8 @@ pub struct Extensions {
     pub auth: Vec<String>,
     /// RFC 8689 REQUIRETLS.
     pub require_tls: bool,
+    /// RFC 3461 DSN.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -48,6 +50,7 @@ impl Extensions {
                 "8BITMIME" => ext.eight_bit_mime = true,
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "REQUIRETLS" => ext.require_tls = true,
+                "DSN" => ext.dsn = true,
                 "STARTTLS" => ext.starttls = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "AUTH" => ext.add_mechanisms(words),
@@ -169,9 +172,13 @@ mod tests {
                     ..none.clone()
                 },
             ),
+            (&["mx", "", "  ", "X-UNKNOWN 1 2", "CHUNKING"], none.clone()),
             (
-                &["mx", "", "  ", "X-UNKNOWN 1 2", "CHUNKING", "DSN"],
-                none.clone(),
+                &["mx", "dsn"],
+                Extensions {
+                    dsn: true,
+                    ..none.clone()
+                },
             ),
             // Words that only contain a keyword are not it.
             (&["mx", "PIPELININGX", "XSTARTTLS"], none.clone()),
