@@ -7,7 +7,8 @@
 //! [`build`] writes the DSN as a `multipart/report` (RFC 6522) with three parts: a human
 //! explanation, the `message/delivery-status` fields (RFC 3464 §2.2, §2.3), and the original
 //! message's header section (`text/rfc822-headers`), or with `RET=FULL` the whole message
-//! (`message/rfc822`) when it is at most [`MAX_RETURNED`] octets. The third part is left
+//! (`message/rfc822`) when it is at most [`MAX_RETURNED`] octets and was not sent with
+//! REQUIRETLS (RFC 8689). The third part is left
 //! out (RFC 3464 §2 allows it) unless an authenticated user submitted the message or `mta`
 //! wrote it ([`Envelope::may_sign`]): a DSN goes out DKIM-signed by our domain, and must not
 //! carry header text a stranger chose and could replay as our signed mail.
@@ -172,7 +173,10 @@ pub fn build(
     let with_headers = original.may_sign();
     let explanation = explanation(kind, hostname, original, rcpts, with_headers);
     let (status_type, status) = delivery_status(kind, hostname, original, rcpts);
-    let whole = original.dsn.ret == Some(Ret::Full) && original_body.len() <= MAX_RETURNED;
+    // A REQUIRETLS message never comes back whole: the notice is not sent with REQUIRETLS.
+    let whole = original.dsn.ret == Some(Ret::Full)
+        && original_body.len() <= MAX_RETURNED
+        && !original.require_tls;
     let headers = match (with_headers, whole) {
         (true, true) => whole_message(original_body),
         (true, false) => header_part(original_body),

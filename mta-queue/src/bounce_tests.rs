@@ -667,6 +667,23 @@ fn ret_decides_what_is_returned() {
     );
     let p = &parts(&text).1[2];
     assert!(p.contains("Content-Type: text/rfc822-headers\r\n") && !p.contains("SECRET"));
+    let mut requiretls = with_dsn(None, None, Some(Ret::Full));
+    requiretls.require_tls = true;
+    let text = dsn_for(
+        DsnKind::Failed,
+        &requiretls,
+        &[rcpt(
+            "b@remote.test",
+            "5.7.30",
+            "5.7.30 no REQUIRETLS",
+            None,
+        )],
+        BODY,
+    );
+    assert!(
+        !text.contains("SECRET BODY LINE"),
+        "a REQUIRETLS body never comes back"
+    );
 }
 
 proptest::proptest! {
