@@ -92,7 +92,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    pub(super) fn reply(reply: Reply) -> Rejection {
+    fn reply(reply: Reply) -> Rejection {
         Rejection {
             reply,
             close: false,
@@ -231,7 +231,7 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
                 if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
             ("SMTPUTF8", None) => smtputf8 = true,
             ("REQUIRETLS", None) => require_tls = true,
-            (key, value) => ext.take(key, value)?,
+            (key, value) => ext.take(key, value).map_err(Rejection::reply)?,
         }
     }
     if !path.is_ascii() && !smtputf8 {
@@ -263,7 +263,7 @@ fn rcpt(rest: &str) -> Result<Command, Rejection> {
             Some((k, v)) => (k, Some(v)),
             None => (param, None),
         };
-        params::rcpt_param(&mut dsn, &key.to_ascii_uppercase(), value)?;
+        params::rcpt_param(&mut dsn, &key.to_ascii_uppercase(), value).map_err(Rejection::reply)?;
     }
     let to =
         parse_forward_path(path).map_err(|e| address_rejection(e, Reply::BAD_RECIPIENT_SYNTAX))?;

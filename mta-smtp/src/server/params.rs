@@ -1,13 +1,11 @@
 //! The MAIL and RCPT parameters of RFC 3461 (DSN: `RET`, `ENVID`, `NOTIFY`, `ORCPT`) and
-//! RFC 4954 §5 (`AUTH=` on MAIL), for [`super::command`]. Bad syntax, a value out of range
+//! RFC 4954 §5 (`AUTH=` on MAIL), for the command parser. Bad syntax, a value out of range
 //! and a parameter given twice are `501 5.5.4`; what is not one of these stays
 //! `555 5.5.4` (unknown parameter).
 
 use mta_core::address::{Address, ForwardPath};
 use mta_core::dsn::{self, DsnError, MessageDsn, Notify, Orcpt, RcptDsn, Ret};
 use mta_core::reply::Reply;
-
-use super::command::Rejection;
 
 /// The extension parameters of one MAIL command.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,8 +21,8 @@ impl MailExtensions {
     /// did not; `key` is in upper case.
     ///
     /// # Errors
-    /// The rejection to answer: `501` for bad syntax, `555` for an unknown parameter.
-    pub fn take(&mut self, key: &str, value: Option<&str>) -> Result<(), Rejection> {
+    /// The reply to refuse with: `501` for bad syntax, `555` for an unknown parameter.
+    pub fn take(&mut self, key: &str, value: Option<&str>) -> Result<(), Reply> {
         let result = match (key, value) {
             ("RET", Some(v)) => set(&mut self.dsn.ret, Ret::parse(v)),
             ("ENVID", Some(v)) => set(&mut self.dsn.envid, dsn::parse_envid(v)),
@@ -32,7 +30,7 @@ impl MailExtensions {
                 true => Err(DsnError::Repeated),
                 false => dsn::check_auth_param(v).map(|()| self.auth = true),
             },
-            _ => return Err(Rejection::reply(Reply::UNKNOWN_PARAMETER)),
+            _ => return Err(Reply::UNKNOWN_PARAMETER),
         };
         result.map_err(syntax)
     }
@@ -41,12 +39,12 @@ impl MailExtensions {
 /// Takes one RCPT parameter into `dsn`; `key` is in upper case.
 ///
 /// # Errors
-/// The rejection to answer: `501` for bad syntax, `555` for an unknown parameter.
-pub fn rcpt_param(dsn: &mut RcptDsn, key: &str, value: Option<&str>) -> Result<(), Rejection> {
+/// The reply to refuse with: `501` for bad syntax, `555` for an unknown parameter.
+pub fn rcpt_param(dsn: &mut RcptDsn, key: &str, value: Option<&str>) -> Result<(), Reply> {
     let result = match (key, value) {
         ("NOTIFY", Some(v)) => set(&mut dsn.notify, Notify::parse(v)),
         ("ORCPT", Some(v)) => set(&mut dsn.orcpt, Orcpt::parse(v)),
-        _ => return Err(Rejection::reply(Reply::UNKNOWN_PARAMETER)),
+        _ => return Err(Reply::UNKNOWN_PARAMETER),
     };
     result.map_err(syntax)
 }
@@ -77,7 +75,7 @@ fn set<T>(slot: &mut Option<T>, value: Result<T, DsnError>) -> Result<(), DsnErr
     Ok(())
 }
 
-fn syntax(error: DsnError) -> Rejection {
+fn syntax(error: DsnError) -> Reply {
     let text = match error {
         DsnError::Repeated => "Parameter given twice",
         DsnError::TooLong => "Parameter value too long",
@@ -86,5 +84,5 @@ fn syntax(error: DsnError) -> Rejection {
         DsnError::BadOrcpt => "ORCPT address type must be rfc822 or utf-8",
         DsnError::BadXtext | DsnError::NotPrintable => "Bad xtext in parameter value",
     };
-    Rejection::reply(Reply::new(501, "5.5.4", text))
+    Reply::new(501, "5.5.4", text)
 }
