@@ -393,6 +393,7 @@ mod tests {
             delay_warned: false,
             require_tls: false,
             vouched: Vouched::SenderVerified,
+            dsn: Default::default(),
         };
         let record = Record {
             envelope,

@@ -8,6 +8,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::address::{Address, ReversePath, parse_reverse_path};
+use crate::dsn::{MessageDsn, RcptDsn};
 use crate::outcome::{Outcome, Verdict};
 
 /// A queue id: 12 hex digits of Unix milliseconds and 8 random hex digits, so ids sort by
@@ -136,6 +137,8 @@ pub struct Recipient {
     pub attempts: u32,
     /// What the last attempt came to (scheduler): a remote reply or a local reason.
     pub last_result: Option<Outcome>,
+    /// The RFC 3461 `NOTIFY` and `ORCPT` of its RCPT (set by the session).
+    pub dsn: RcptDsn,
 }
 
 /// A [`Recipient`] as the queue stores it (and `mta queue --json` shows it): the outcome
@@ -152,6 +155,8 @@ struct StoredRecipient {
     last_result: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     outcome: Option<Outcome>,
+    #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
+    dsn: RcptDsn,
 }
 
 impl From<StoredRecipient> for Recipient {
@@ -169,6 +174,7 @@ impl From<StoredRecipient> for Recipient {
             state: s.state,
             attempts: s.attempts,
             last_result,
+            dsn: s.dsn,
         }
     }
 }
@@ -181,6 +187,7 @@ impl From<Recipient> for StoredRecipient {
             attempts: r.attempts,
             last_result: r.last_result.as_ref().map(Outcome::to_string),
             outcome: r.last_result,
+            dsn: r.dsn,
         }
     }
 }
@@ -193,6 +200,7 @@ impl Recipient {
             state: RcptState::Pending,
             attempts: 0,
             last_result: None,
+            dsn: RcptDsn::default(),
         }
     }
 }
@@ -262,6 +270,10 @@ pub struct Envelope {
     /// before this field existed read as [`Vouched::Unrecorded`].
     #[serde(default = "unrecorded")]
     pub vouched: Vouched,
+    /// The RFC 3461 `RET` and `ENVID` of MAIL (set by the session). Records queued before
+    /// this field existed read as none given.
+    #[serde(default, skip_serializing_if = "MessageDsn::is_empty")]
+    pub dsn: MessageDsn,
 }
 
 fn unrecorded() -> Vouched {
@@ -294,6 +306,7 @@ impl Envelope {
             delay_warned: false,
             require_tls: false,
             vouched: Vouched::Generated,
+            dsn: MessageDsn::default(),
         }
     }
 

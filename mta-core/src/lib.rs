@@ -11,6 +11,7 @@ pub mod address;
 pub mod auth;
 pub mod config;
 pub mod date;
+pub mod dsn;
 pub mod durable_file;
 pub mod envelope;
 pub mod forwarding;

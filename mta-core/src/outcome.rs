@@ -66,6 +66,10 @@ pub struct Outcome {
     /// The rest: the reply's text, or our own reason, or where it was delivered.
     #[serde(default)]
     pub text: String,
+    /// Delivered to a next hop that offers DSN (RFC 3461 §6.2), with this recipient's
+    /// `NOTIFY` passed on: a success notice is that hop's to send, not ours.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dsn_passed: bool,
 }
 
 impl Outcome {
@@ -77,6 +81,7 @@ impl Outcome {
             enhanced: None,
             remote: None,
             text: text.into(),
+            dsn_passed: false,
         }
     }
 
@@ -153,6 +158,7 @@ impl Outcome {
             enhanced: enhanced.map(str::to_string),
             remote,
             text: rest.to_string(),
+            dsn_passed: false,
         }
     }
 }

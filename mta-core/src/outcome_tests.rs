@@ -141,6 +141,7 @@ proptest! {
                 at: at.to_string(),
             }),
             text: text.trim_end().to_string(),
+            dsn_passed: false,
         };
         prop_assume!(o.remote.is_some() || !o.text.ends_with(')'));
         prop_assume!(o.code.is_some() || o.enhanced.is_some() || !o.text.is_empty());

@@ -193,9 +193,21 @@ impl crate::Queue {
             })
             .collect();
         // As after a delivery failure: no DSN to a sender nothing showed to be real
-        // (backscatter).
+        // (backscatter), and only for the recipients whose NOTIFY asks for failures.
+        let notified: Vec<DsnRecipient> = rcpts
+            .iter()
+            .filter(|d| {
+                record
+                    .envelope
+                    .recipients
+                    .iter()
+                    .find(|r| r.address == d.address)
+                    .is_none_or(|r| r.dsn.wants_failure())
+            })
+            .cloned()
+            .collect();
         let dsn = if record.envelope.may_bounce() {
-            self.send_dsn(DsnKind::Failed, &record.envelope, &rcpts, &body)
+            self.send_dsn(DsnKind::Failed, &record.envelope, &notified, &body)
                 .await?
         } else {
             None
@@ -280,6 +292,7 @@ mod tests {
                 delay_warned: false,
                 require_tls: false,
                 vouched: Vouched::User,
+                dsn: Default::default(),
             },
             next_attempt_ms: due,
             age: Default::default(),
@@ -413,5 +426,39 @@ mod tests {
         let dsn_id = dsn.id.clone();
         assert!(q.bounce_now(&dsn_id).await.expect("bounce"));
         assert!(q.store().is_empty());
+    }
+
+    /// RFC 3461: a recipient whose NOTIFY leaves out FAILURE is not named in the operator's
+    /// bounce; when no recipient wants one, no bounce is sent.
+    #[tokio::test]
+    async fn bounce_follows_notify() {
+        use mta_core::dsn::Notify;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let q = queue(&dir);
+        put(&q, A, from_a(), &["b@remote.test", "d@remote.test"], FAR).await;
+        put(&q, B, from_a(), &["e@remote.test"], FAR).await;
+        for (which, index) in [(A, 1), (B, 0)] {
+            let (mut record, _) = q.store().load(&id(which)).expect("load").expect("present");
+            record.envelope.recipients[index].dsn.notify = Some(Notify::parse("NEVER").unwrap());
+            q.store()
+                .update(&record, record.next_attempt_ms, false)
+                .await
+                .expect("update");
+        }
+        assert!(q.bounce_now(&id(A)).await.expect("bounce"));
+        assert!(q.bounce_now(&id(B)).await.expect("bounce"));
+        let (records, _) = q.list().expect("list");
+        assert_eq!(records.len(), 1, "one DSN, for A's b only");
+        let (_, body) = q
+            .store()
+            .load(&records[0].envelope.id)
+            .expect("load")
+            .expect("present");
+        let text = String::from_utf8(body.to_vec()).expect("utf-8");
+        let finals: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("Final-Recipient: "))
+            .collect();
+        assert_eq!(finals, ["rfc822; b@remote.test"]);
     }
 }

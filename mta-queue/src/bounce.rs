@@ -1,13 +1,21 @@
 //! Delivery status notifications (RFC 3464): the message that tells a sender that some
-//! recipients failed for good ([`DsnKind::Failed`]) or are still being retried
-//! ([`DsnKind::Delayed`]).
+//! recipients failed for good ([`DsnKind::Failed`]), are still being retried
+//! ([`DsnKind::Delayed`]), or, when the sender asked with `NOTIFY=SUCCESS` (RFC 3461), were
+//! delivered ([`DsnKind::Delivered`]) or handed to a next hop that does not offer DSN
+//! ([`DsnKind::Relayed`]). All are the same message with another `Action`.
 //!
 //! [`build`] writes the DSN as a `multipart/report` (RFC 6522) with three parts: a human
 //! explanation, the `message/delivery-status` fields (RFC 3464 §2.2, §2.3), and the original
-//! message's header section (`text/rfc822-headers`, never the body). The third part is left
+//! message's header section (`text/rfc822-headers`), or with `RET=FULL` the whole message
+//! (`message/rfc822`) when it is at most [`MAX_RETURNED`] octets and was not sent with
+//! REQUIRETLS (RFC 8689). The third part is left
 //! out (RFC 3464 §2 allows it) unless an authenticated user submitted the message or `mta`
 //! wrote it ([`Envelope::may_sign`]): a DSN goes out DKIM-signed by our domain, and must not
 //! carry header text a stranger chose and could replay as our signed mail.
+//!
+//! The sender's `ENVID` becomes `Original-Envelope-Id` and a recipient's `ORCPT`
+//! `Original-Recipient` (RFC 3464 §2.2.1, §2.3.1); both were checked to be printable ASCII
+//! when they were received, and are cleaned again here, so they can never start a field.
 //! [`Queue::send_dsn`](crate::Queue::send_dsn) queues it as a new message from the null
 //! path `<>`, so it can never itself be bounced (RFC 5321 §4.5.5), and never sends one to a
 //! message whose own sender was `<>`.
@@ -18,6 +26,7 @@
 
 use mta_core::address::{Address, Domain};
 use mta_core::date;
+use mta_core::dsn::{MAX_ENVID, MAX_ORCPT, Ret};
 use mta_core::envelope::{Envelope, MessageId, Recipient};
 use mta_core::outcome::{Outcome, is_status_code};
 use tracing::info;
@@ -32,6 +41,11 @@ pub enum DsnKind {
     Failed,
     /// The recipients are still being retried: `Action: delayed`.
     Delayed,
+    /// Delivered to their mailbox, and the sender asked to be told: `Action: delivered`.
+    Delivered,
+    /// Handed to a next hop that does not offer DSN, and the sender asked to be told of
+    /// success: `Action: relayed` (RFC 3461 §6.2.4.2).
+    Relayed,
 }
 
 impl DsnKind {
@@ -39,6 +53,8 @@ impl DsnKind {
         match self {
             DsnKind::Failed => "failed",
             DsnKind::Delayed => "delayed",
+            DsnKind::Delivered => "delivered",
+            DsnKind::Relayed => "relayed",
         }
     }
 
@@ -46,6 +62,7 @@ impl DsnKind {
         match self {
             DsnKind::Failed => "Undelivered Mail Returned to Sender",
             DsnKind::Delayed => "Delayed Mail (still being retried)",
+            DsnKind::Delivered | DsnKind::Relayed => "Successful Mail Delivery Report",
         }
     }
 
@@ -53,6 +70,7 @@ impl DsnKind {
         match self {
             DsnKind::Failed => "5.0.0",
             DsnKind::Delayed => "4.0.0",
+            DsnKind::Delivered | DsnKind::Relayed => "2.0.0",
         }
     }
 }
@@ -78,6 +96,9 @@ const MAX_DIAGNOSTIC: usize = 700;
 const MAX_HOST: usize = 255;
 /// The most of the original header section that goes into part 3.
 const MAX_HEADERS: usize = 64 * 1024;
+/// The largest message returned whole (`RET=FULL`); a larger one is returned as its
+/// header section, like without `RET`.
+pub const MAX_RETURNED: usize = MAX_HEADERS;
 /// RFC 5322 §2.1.1: at most 998 octets per line, without the CRLF.
 const MAX_LINE: usize = 998;
 
@@ -111,13 +132,20 @@ pub fn status_of(outcome: Option<&Outcome>, kind: DsnKind) -> String {
 impl DsnRecipient {
     /// The DSN line for `r`, from its last outcome: status, the answer quoted as the
     /// diagnostic, and the host that gave it.
+    ///
+    /// A success has no diagnostic unless a server answered with a reply: our own record of
+    /// a local delivery names a Maildir file, which is not the sender's to read.
     pub fn of(r: &Recipient, kind: DsnKind) -> DsnRecipient {
         let last = r.last_result.as_ref();
+        let success = matches!(kind, DsnKind::Delivered | DsnKind::Relayed);
         DsnRecipient {
             address: r.address.clone(),
             status: status_of(last, kind),
             remote_mta: last.and_then(|o| o.remote.as_ref()?.host.clone()),
-            diagnostic: last.map(Outcome::answer).unwrap_or_default(),
+            diagnostic: last
+                .filter(|o| !success || o.code.is_some())
+                .map(Outcome::answer)
+                .unwrap_or_default(),
         }
     }
 }
@@ -145,15 +173,25 @@ pub fn build(
     let with_headers = original.may_sign();
     let explanation = explanation(kind, hostname, original, rcpts, with_headers);
     let (status_type, status) = delivery_status(kind, hostname, original, rcpts);
-    let headers = match with_headers {
-        true => header_part(original_body),
-        false => Vec::new(),
+    // A REQUIRETLS message never comes back whole: the notice is not sent with REQUIRETLS.
+    let whole = original.dsn.ret == Some(Ret::Full)
+        && original_body.len() <= MAX_RETURNED
+        && !original.require_tls;
+    let headers = match (with_headers, whole) {
+        (true, true) => whole_message(original_body),
+        (true, false) => header_part(original_body),
+        (false, _) => Vec::new(),
     };
-    let headers_type = if headers.is_ascii() {
-        "text/rfc822-headers"
-    } else {
+    let headers_type = match (whole, headers.is_ascii()) {
+        (true, _) => "message/rfc822",
+        (false, true) => "text/rfc822-headers",
         // RFC 6533 §3.7: a header section that is not ASCII (SMTPUTF8 mail).
-        "message/global-headers"
+        (false, false) => "message/global-headers",
+    };
+    let headers_description = match (whole, kind) {
+        (true, _) => "Returned message",
+        (false, DsnKind::Failed | DsnKind::Delayed) => "Undelivered message headers",
+        (false, DsnKind::Delivered | DsnKind::Relayed) => "Message headers",
     };
     let mut parts: Vec<(&str, &str, &[u8])> = vec![
         (
@@ -164,7 +202,7 @@ pub fn build(
         (status_type, "Delivery report", status.as_bytes()),
     ];
     if with_headers {
-        parts.push((headers_type, "Undelivered message headers", &headers));
+        parts.push((headers_type, headers_description, &headers));
     }
     let boundary = boundary(dsn_id, &parts);
     let eight_bit = parts.iter().any(|(_, _, content)| !content.is_ascii());
@@ -231,6 +269,15 @@ fn explanation(
              permanent: the mail system will not try again. The reason for each\r\n\
              recipient follows.\r\n"
         }
+        (DsnKind::Delivered, _) => {
+            "Your message was delivered to the recipients below, as you asked to be\r\n\
+             told.\r\n"
+        }
+        (DsnKind::Relayed, _) => {
+            "Your message was passed on to the recipients' next mail server below.\r\n\
+             That server does not send delivery notifications, so this is the last\r\n\
+             news of it you will get from the mail system.\r\n"
+        }
         (DsnKind::Delayed, _) => {
             "Your message has not been delivered yet to the recipients below. The\r\n\
              mail system will keep trying; you do not need to send it again. You\r\n\
@@ -266,11 +313,16 @@ fn delivery_status(
     rcpts: &[DsnRecipient],
 ) -> (&'static str, String) {
     let mut global = false;
-    let mut text = format!(
+    let mut text = String::new();
+    let envid = original.dsn.envid.as_deref().map(|e| clean(e, MAX_ENVID));
+    if let Some(envid) = envid.filter(|e| !e.is_empty()) {
+        text.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+    }
+    text.push_str(&format!(
         "Reporting-MTA: dns; {hostname}\r\nX-Mta-Queue-ID: {}\r\nArrival-Date: {}\r\n",
         original.id,
         date::rfc5322(original.received_at)
-    );
+    ));
     for rcpt in rcpts {
         let address = rcpt.address.to_string();
         // RFC 6533 §3: a UTF-8 address needs the utf-8 address type, which only
@@ -286,8 +338,12 @@ fn delivery_status(
         } else {
             kind.fallback_status()
         };
+        text.push_str("\r\n");
+        if let Some(orcpt) = original_recipient(original, &rcpt.address) {
+            text.push_str(&format!("Original-Recipient: {orcpt}\r\n"));
+        }
         text.push_str(&format!(
-            "\r\nFinal-Recipient: {address_type}; {address}\r\nAction: {}\r\nStatus: {status}\r\n",
+            "Final-Recipient: {address_type}; {address}\r\nAction: {}\r\nStatus: {status}\r\n",
             kind.action()
         ));
         if let Some(host) = &rcpt.remote_mta {
@@ -315,6 +371,17 @@ fn delivery_status(
     (content_type, text)
 }
 
+/// `rfc822; a@b`: the `ORCPT` the sender gave for `address` (RFC 3464 §2.3.1), made safe
+/// for one line.
+fn original_recipient(original: &Envelope, address: &Address) -> Option<String> {
+    let r = original.recipients.iter().find(|r| &r.address == address)?;
+    let orcpt = r.dsn.orcpt.as_ref()?;
+    let addr_type = clean(&orcpt.addr_type, 32);
+    let value = clean(&orcpt.address, MAX_ORCPT);
+    let plain = |s: &str| !s.is_empty() && !s.contains(';');
+    (plain(&addr_type) && !value.is_empty()).then(|| format!("{addr_type}; {value}"))
+}
+
 /// True when `text` starts like an SMTP reply: a 4xx or 5xx code, then a space or a dash.
 fn is_smtp_reply(text: &str) -> bool {
     let b = text.as_bytes();
@@ -340,6 +407,19 @@ fn header_part(original_body: &[u8]) -> Vec<u8> {
             break;
         }
         out.extend_from_slice(line);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// Part 3 with `RET=FULL`: the whole message, with CRLF line endings and no line over
+/// [`MAX_LINE`]; ends in CRLF unless empty.
+fn whole_message(original_body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(original_body.len() + 2);
+    let body = original_body.strip_suffix(b"\n").unwrap_or(original_body);
+    for line in body.split(|&b| b == b'\n') {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        out.extend_from_slice(&line[..line.len().min(MAX_LINE)]);
         out.extend_from_slice(b"\r\n");
     }
     out
@@ -466,6 +546,9 @@ impl crate::Queue {
         match kind {
             DsnKind::Failed => info!(msg = %original.id, dsn = %id, "bounce sent"),
             DsnKind::Delayed => info!(msg = %original.id, dsn = %id, "delay notice sent"),
+            DsnKind::Delivered | DsnKind::Relayed => {
+                info!(msg = %original.id, dsn = %id, action = kind.action(), "success notice sent")
+            }
         }
         Ok(Some(id))
     }

@@ -230,6 +230,7 @@ fn read(text: &str, kind: DsnKind) -> Outcome {
     let verdict = match kind {
         DsnKind::Failed => Verdict::Failed,
         DsnKind::Delayed => Verdict::Deferred,
+        DsnKind::Delivered | DsnKind::Relayed => Verdict::Delivered,
     };
     Outcome::from_text(verdict, text)
 }
@@ -240,6 +241,7 @@ fn reference_status(code: Option<u16>, status: Option<(u8, u16, u16)>, kind: Dsn
     let want_class = match kind {
         DsnKind::Failed => 5,
         DsnKind::Delayed => 4,
+        DsnKind::Delivered | DsnKind::Relayed => 2,
     };
     let found = match (code, status) {
         (Some(c), Some((class, s, d))) if u16::from(class) == c / 100 => Some((class, s, d)),
@@ -578,4 +580,145 @@ fn an_lmtp_server_is_no_remote_mta() {
     let rcpts = [line];
     let dsn = dsn(DsnKind::Delayed, &rcpts, BODY);
     assert!(!dsn.contains("Remote-MTA"), "{dsn}");
+}
+
+fn dsn_for(kind: DsnKind, original: &Envelope, rcpts: &[DsnRecipient], body: &[u8]) -> String {
+    let bytes = build(
+        kind,
+        &Domain::parse("mx.test").expect("domain"),
+        &MessageId::parse("01900000000000001234").expect("id"),
+        original,
+        rcpts,
+        body,
+        1_795_886_158,
+    )
+    .expect("a DSN is due");
+    String::from_utf8(bytes).expect("utf-8")
+}
+
+fn with_dsn(envid: Option<&str>, orcpt: Option<(&str, &str)>, ret: Option<Ret>) -> Envelope {
+    let mut e = original(ReversePath::Address(addr("a@local.test")));
+    e.dsn.envid = envid.map(str::to_string);
+    e.dsn.ret = ret;
+    e.recipients[0].dsn.orcpt = orcpt.map(|(t, a)| mta_core::dsn::Orcpt {
+        addr_type: t.to_string(),
+        address: a.to_string(),
+    });
+    e
+}
+
+/// The names of the fields in the delivery-status part, in order (continuation lines
+/// belong to the field before them).
+fn status_fields(text: &str) -> Vec<String> {
+    let (_, parts) = parts(text);
+    let body = parts[1].split_once("\r\n\r\n").expect("part body").1;
+    body.split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t']))
+        .map(|l| l.split_once(':').map_or(l, |(name, _)| name).to_string())
+        .collect()
+}
+
+/// RFC 3464 §2.2.1 and §2.3.1: ENVID and ORCPT come back, and a success notice has the
+/// same form as a bounce with another Action.
+#[test]
+fn success_notice_with_envid_and_orcpt() {
+    let e = with_dsn(Some("QQ314159"), Some(("rfc822", "b+x@remote.test")), None);
+    let rcpts = [rcpt("b@remote.test", "2.0.0", "250 2.0.0 ok", None)];
+    let text = dsn_for(DsnKind::Delivered, &e, &rcpts, BODY);
+    assert!(text.contains("Subject: Successful Mail Delivery Report\r\n"));
+    assert!(text.contains("\r\nOriginal-Envelope-Id: QQ314159\r\nReporting-MTA: dns; mx.test\r\n"));
+    assert!(text.contains(
+        "\r\nOriginal-Recipient: rfc822; b+x@remote.test\r\nFinal-Recipient: rfc822; b@remote.test\r\nAction: delivered\r\nStatus: 2.0.0\r\n"
+    ));
+    let relayed = dsn_for(DsnKind::Relayed, &e, &rcpts, BODY);
+    assert!(relayed.contains("Action: relayed\r\n"));
+    assert!(!relayed.contains("Action: delivered"));
+}
+
+/// RET=HDRS returns the header section (as without RET); RET=FULL the whole message when
+/// it is small enough, else the header section.
+#[test]
+fn ret_decides_what_is_returned() {
+    let part3 = |ret| {
+        let text = dsn_for(
+            DsnKind::Failed,
+            &with_dsn(None, None, ret),
+            &[rcpt("b@remote.test", "5.1.1", "550 5.1.1 no", None)],
+            BODY,
+        );
+        parts(&text).1[2].clone()
+    };
+    for ret in [None, Some(Ret::Hdrs)] {
+        let p = part3(ret);
+        assert!(p.contains("Content-Type: text/rfc822-headers\r\n"), "{p}");
+        assert!(!p.contains("SECRET BODY LINE"));
+    }
+    let full = part3(Some(Ret::Full));
+    assert!(full.contains("Content-Type: message/rfc822\r\n"), "{full}");
+    assert!(
+        full.contains("Subject: hello\r\nMessage-ID: <1@local.test>\r\n\r\nSECRET BODY LINE\r\n")
+    );
+    let big = [BODY, &vec![b'x'; MAX_RETURNED]].concat();
+    let text = dsn_for(
+        DsnKind::Failed,
+        &with_dsn(None, None, Some(Ret::Full)),
+        &[rcpt("b@remote.test", "5.1.1", "550 5.1.1 no", None)],
+        &big,
+    );
+    let p = &parts(&text).1[2];
+    assert!(p.contains("Content-Type: text/rfc822-headers\r\n") && !p.contains("SECRET"));
+    let mut requiretls = with_dsn(None, None, Some(Ret::Full));
+    requiretls.require_tls = true;
+    let text = dsn_for(
+        DsnKind::Failed,
+        &requiretls,
+        &[rcpt(
+            "b@remote.test",
+            "5.7.30",
+            "5.7.30 no REQUIRETLS",
+            None,
+        )],
+        BODY,
+    );
+    assert!(
+        !text.contains("SECRET BODY LINE"),
+        "a REQUIRETLS body never comes back"
+    );
+}
+
+proptest::proptest! {
+    /// Whatever an ENVID or ORCPT holds (the parser lets only printable ASCII in; a record
+    /// could have been edited by hand), the delivery-status part has exactly the fields we
+    /// write: nothing in a value starts a field or a part of its own.
+    #[test]
+    fn hostile_envid_and_orcpt_add_no_fields(
+        envid in "[ -~\r\n\t\x00\x1b\u{80}-\u{10ffff};:]{1,120}",
+        orcpt_type in "[ -~\r\n;:]{0,20}",
+        orcpt in "[ -~\r\n\t\x00;:]{1,200}",
+    ) {
+        let e = with_dsn(Some(&envid), Some((&orcpt_type, &orcpt)), None);
+        let rcpts = [rcpt("b@remote.test", "2.0.0", "250 ok", None)];
+        let text = dsn_for(DsnKind::Delivered, &e, &rcpts, BODY);
+        let fields = status_fields(&text);
+        let core: Vec<&str> = fields
+            .iter()
+            .map(String::as_str)
+            .filter(|f| !f.starts_with("Original-"))
+            .collect();
+        proptest::prop_assert_eq!(
+            core,
+            ["Reporting-MTA", "X-Mta-Queue-ID", "Arrival-Date", "Final-Recipient", "Action", "Status", "Diagnostic-Code"]
+        );
+        // The optional fields, each at most once and where RFC 3464 puts them.
+        let at = |name: &str| fields.iter().position(|f| f == name);
+        proptest::prop_assert!(fields.iter().filter(|f| f.starts_with("Original-")).count() <= 2);
+        proptest::prop_assert!(at("Original-Envelope-Id").is_none_or(|i| i == 0));
+        proptest::prop_assert!(at("Original-Recipient").is_none_or(|i| Some(i + 1) == at("Final-Recipient")));
+        // A plain value comes back as it was.
+        if envid.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+            let line = format!("\r\nOriginal-Envelope-Id: {envid}\r\n");
+            proptest::prop_assert!(text.contains(&line));
+        }
+        proptest::prop_assert_eq!(parts(&text).1.len(), 3);
+    }
 }

@@ -344,6 +344,7 @@ impl Queue {
             .iter()
             .zip(before)
             .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Failed)
+            .filter(|(r, _)| r.dsn.wants_failure())
             .map(|(r, _)| DsnRecipient::of(r, DsnKind::Failed))
             .collect();
         if !failed.is_empty()
@@ -353,13 +354,14 @@ impl Queue {
         {
             error!(error = %e, "could not queue the bounce");
         }
+        self.notify_success(envelope, before, body).await;
         if envelope.delay_warned || age < self.settings.delay_warning {
             return;
         }
         let delayed: Vec<DsnRecipient> = envelope
             .recipients
             .iter()
-            .filter(|r| r.state == RcptState::Pending)
+            .filter(|r| r.state == RcptState::Pending && r.dsn.wants_delay())
             .map(|r| DsnRecipient::of(r, DsnKind::Delayed))
             .collect();
         if delayed.is_empty() {
@@ -371,6 +373,39 @@ impl Queue {
         {
             Ok(_) => envelope.delay_warned = true,
             Err(e) => error!(error = %e, "could not queue the delay notice; will try again"),
+        }
+    }
+}
+
+impl Queue {
+    /// RFC 3461 `NOTIFY=SUCCESS`: one notice for the recipients delivered in this attempt
+    /// that asked for it (`Action: delivered` for local delivery), and one for those handed
+    /// to a next hop that does not offer DSN (`Action: relayed`). A next hop that offers
+    /// DSN got the request with the message ([`Outcome::dsn_passed`]) and answers it itself.
+    async fn notify_success(&self, envelope: &Envelope, before: &[RcptState], body: &[u8]) {
+        let mut delivered = Vec::new();
+        let mut relayed = Vec::new();
+        for (r, was) in envelope.recipients.iter().zip(before) {
+            if *was != RcptState::Pending || r.state != RcptState::Delivered {
+                continue;
+            }
+            let Some(outcome) = r.last_result.as_ref() else {
+                continue;
+            };
+            if !r.dsn.wants_success() || outcome.dsn_passed {
+                continue;
+            }
+            match outcome.remote.as_ref().is_some_and(|at| at.host.is_some()) {
+                true => relayed.push(DsnRecipient::of(r, DsnKind::Relayed)),
+                false => delivered.push(DsnRecipient::of(r, DsnKind::Delivered)),
+            }
+        }
+        for (kind, rcpts) in [(DsnKind::Delivered, delivered), (DsnKind::Relayed, relayed)] {
+            if !rcpts.is_empty()
+                && let Err(e) = self.send_dsn(kind, envelope, &rcpts, body).await
+            {
+                error!(error = %e, "could not queue the success notice");
+            }
         }
     }
 }

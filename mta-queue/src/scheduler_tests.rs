@@ -30,6 +30,7 @@ fn envelope(rcpts: &[&str], received_at: u64) -> Envelope {
         delay_warned: false,
         require_tls: false,
         vouched: Vouched::SenderVerified,
+        dsn: Default::default(),
     }
 }
 
@@ -414,4 +415,127 @@ async fn delete_cancels_an_attempt_in_progress() {
         "delete did not return while the attempt hangs: {deleted:?}"
     );
     assert!(queue.store().load(&stuck.id).unwrap().is_none());
+}
+
+/// Delivers `a*` (locally, to a next hop without DSN, or to one with DSN), defers `b*`,
+/// fails the rest; keeps every notice it is given.
+struct Notices(Mutex<Vec<String>>);
+impl Deliver for Notices {
+    fn deliver<'a>(
+        &'a self,
+        e: &'a Envelope,
+        body: &'a mta_core::seams::Body,
+        rcpts: &'a [Address],
+    ) -> BoxFuture<'a, Vec<Outcome>> {
+        if e.sender == ReversePath::Null {
+            let text = String::from_utf8_lossy(body).into_owned();
+            self.0.lock().unwrap().push(text);
+            return Box::pin(async move {
+                vec![Outcome::from_text(Verdict::Delivered, "ok"); rcpts.len()]
+            });
+        }
+        let remote = |dsn_passed| Outcome {
+            dsn_passed,
+            ..Outcome::from_text(Verdict::Delivered, "ok")
+                .with_code(250)
+                .with_remote(mta_core::outcome::Remote {
+                    host: Some("mx.x.test".into()),
+                    at: "mx.x.test [192.0.2.1]".into(),
+                })
+        };
+        Box::pin(async move {
+            rcpts
+                .iter()
+                .map(|r| match r.local_part() {
+                    "a1" => Outcome::from_text(Verdict::Delivered, "maildir /secret/new/1"),
+                    "a2" => remote(false),
+                    "a3" => remote(true),
+                    l if l.starts_with('b') => {
+                        Outcome::from_text(Verdict::Deferred, "451 4.0.0 later")
+                    }
+                    _ => Outcome::from_text(Verdict::Failed, "550 5.1.1 no such user"),
+                })
+                .collect()
+        })
+    }
+}
+
+/// RFC 3461 NOTIFY decides which notices go out: success notices for local delivery
+/// (`delivered`) and for a next hop without DSN (`relayed`), none when the next hop took
+/// the request, no bounce for NEVER or a NOTIFY without FAILURE, no delay notice without
+/// DELAY.
+#[tokio::test]
+async fn notify_decides_which_notices_go_out() {
+    use mta_core::dsn::{Notify, RcptDsn};
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = QueueSettings::new(Domain::parse("mx.test").unwrap());
+    settings.delay_warning = Duration::from_secs(60);
+    let queue = Queue::open(dir.path(), settings).unwrap();
+    let table = [
+        ("a1@x.test", Some("SUCCESS")),
+        ("a2@x.test", Some("SUCCESS,FAILURE")),
+        ("a3@x.test", Some("SUCCESS")),
+        ("c1@x.test", Some("NEVER")),
+        ("c2@x.test", Some("SUCCESS,DELAY")),
+        ("b1@x.test", Some("FAILURE")),
+        ("c3@x.test", None),
+    ];
+    let rcpts: Vec<&str> = table.iter().map(|(a, _)| *a).collect();
+    let mut env = envelope(&rcpts, clock::wall_ms() / 1000 - 1);
+    env.sender = ReversePath::Address(Address::parse("sender@local.test").unwrap());
+    for (r, (_, notify)) in env.recipients.iter_mut().zip(table) {
+        r.dsn = RcptDsn {
+            notify: notify.map(|n| Notify::parse(n).unwrap()),
+            orcpt: None,
+        };
+    }
+    let clock = clock::reading();
+    let record = Record {
+        envelope: env.clone(),
+        next_attempt_ms: clock.now_ms,
+        age: QueueAge {
+            queued_ms: 120_000,
+            ..QueueAge::new(clock)
+        },
+    };
+    queue
+        .store()
+        .insert(&record, b"Subject: s\r\n\r\nbody\r\n".to_vec())
+        .await
+        .unwrap();
+    let deliver = Arc::new(Notices(Mutex::new(Vec::new())));
+    let id = env.id.clone();
+    run_until(&queue, deliver.clone(), move |q| {
+        let tried = q
+            .store()
+            .load(&id)
+            .ok()
+            .flatten()
+            .is_some_and(|(r, _)| r.envelope.recipients[0].state == RcptState::Delivered);
+        tried && q.store().len() == 1
+    })
+    .await;
+    let notices = deliver.0.lock().unwrap().clone();
+    let with = |action: &str| -> Vec<&String> {
+        notices
+            .iter()
+            .filter(|t| t.contains(&format!("Action: {action}\r\n")))
+            .collect()
+    };
+    let finals = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter_map(|l| l.strip_prefix("Final-Recipient: rfc822; "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(notices.len(), 3, "{notices:#?}");
+    assert_eq!(finals(with("delivered")[0]), ["a1@x.test"]);
+    assert!(
+        !with("delivered")[0].contains("/secret/"),
+        "no Maildir path"
+    );
+    assert_eq!(finals(with("relayed")[0]), ["a2@x.test"]);
+    assert!(with("relayed")[0].contains("Remote-MTA: dns; mx.x.test\r\n"));
+    assert_eq!(finals(with("failed")[0]), ["c3@x.test"]);
+    assert!(with("delayed").is_empty());
 }

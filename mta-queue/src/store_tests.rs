@@ -22,6 +22,7 @@ pub(crate) fn record(id: &str, due: u64) -> Record {
             delay_warned: false,
             require_tls: false,
             vouched: Vouched::SenderVerified,
+            dsn: Default::default(),
         },
         next_attempt_ms: due,
         age: Default::default(),
@@ -421,4 +422,38 @@ async fn records_from_before_typed_outcomes_still_read() {
     assert!(rcpts[3].get("outcome").is_none());
     let again: Record = serde_json::from_value(json).unwrap();
     assert_eq!(again, record);
+}
+
+/// RFC 3461 parameters are kept per message and per recipient; records written before
+/// they existed read as none given, and a record without any is written as before.
+#[tokio::test]
+async fn records_keep_dsn_parameters() {
+    use mta_core::dsn::{MessageDsn, Notify, Orcpt, RcptDsn, Ret};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let plain = record("00000000000500000005", 10);
+    let json = serde_json::to_value(&plain).unwrap();
+    assert!(json["envelope"].get("dsn").is_none());
+    assert!(json["envelope"]["recipients"][0].get("dsn").is_none());
+    let old: Record = serde_json::from_value(json).unwrap();
+    assert_eq!(old.envelope.dsn, MessageDsn::default());
+    assert_eq!(old.envelope.recipients[0].dsn, RcptDsn::default());
+
+    let mut rec = record("00000000000600000006", 10);
+    rec.envelope.dsn = MessageDsn {
+        ret: Some(Ret::Hdrs),
+        envid: Some("QQ 1".into()),
+    };
+    rec.envelope.recipients[0].dsn = RcptDsn {
+        notify: Some(Notify::parse("SUCCESS,DELAY").unwrap()),
+        orcpt: Some(Orcpt::parse("rfc822;b@remote.test").unwrap()),
+    };
+    store.insert(&rec, b"abc".to_vec()).await.unwrap();
+    let (back, _) = store.load(&rec.envelope.id).unwrap().unwrap();
+    assert_eq!(back.envelope.dsn, rec.envelope.dsn);
+    assert_eq!(
+        back.envelope.recipients[0].dsn,
+        rec.envelope.recipients[0].dsn
+    );
 }

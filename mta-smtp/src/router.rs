@@ -123,6 +123,8 @@ impl Router {
         let msg = OutgoingMessage {
             // Local delivery: REQUIRETLS is about relaying, and LMTP never leaves the host.
             require_tls: false,
+            // The LMTP server delivers for good: the success notice, if asked for, is ours.
+            dsn: None,
             ..OutgoingMessage::of(envelope, rcpts, b"", body)
         };
         let result = client::lmtp::deliver(

@@ -43,6 +43,9 @@ pub struct Script {
     pub rcpt: ByCommand,
     /// The reply to the final dot for (connection index).
     pub data: ByConnection,
+    /// The reply to `EHLO` for (connection index): `250-fake.test` and `250 8BITMIME`
+    /// unless a test offers more (`DSN`).
+    pub ehlo: ByConnection,
 }
 
 impl Default for Script {
@@ -52,6 +55,7 @@ impl Default for Script {
             greeting: Box::new(|_| "220 fake.test ESMTP fake".into()),
             rcpt: Box::new(|_, _| "250 2.1.5 OK".into()),
             data: Box::new(|_| "250 2.0.0 OK fake".into()),
+            ehlo: Box::new(|_| "250-fake.test\r\n250 8BITMIME".into()),
         }
     }
 }
@@ -196,7 +200,7 @@ fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>, c
             .to_ascii_uppercase();
         let ok = match verb.as_str() {
             "EHLO" if chunking => peer.reply("250-fake.test\r\n250-8BITMIME\r\n250 CHUNKING"),
-            "EHLO" => peer.reply("250-fake.test\r\n250 8BITMIME"),
+            "EHLO" => peer.reply(&(script.ehlo)(index)),
             "BDAT" if chunking => peer.chunk(&mut input, &line, &mut current, script),
             "HELO" | "NOOP" => peer.reply("250 2.0.0 OK"),
             "RSET" => {

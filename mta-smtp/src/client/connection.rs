@@ -135,6 +135,15 @@ impl Connection {
         &self.extensions
     }
 
+    /// The `NOTIFY` and `ORCPT` to send with `rcpt`: only to a server that offers DSN.
+    fn dsn_of<'a>(
+        &self,
+        msg: &OutgoingMessage<'a>,
+        rcpt: &mta_core::address::Address,
+    ) -> Option<&'a mta_core::dsn::RcptDsn> {
+        msg.rcpt_dsn(rcpt).filter(|_| self.extensions.dsn)
+    }
+
     /// One transaction: MAIL FROM (with `SIZE=` when offered, `BODY=8BITMIME` when the
     /// message is 8-bit and the server offers it, `SMTPUTF8` when needed), one RCPT per
     /// recipient, DATA and the dot-stuffed body. Pipelined when the server offers
@@ -369,7 +378,7 @@ impl Connection {
         let t = self.timeouts.clone();
         let mut group = mail.to_string();
         for rcpt in msg.rcpts {
-            group.push_str(&transaction::rcpt_to(rcpt));
+            group.push_str(&transaction::rcpt_to_with(rcpt, self.dsn_of(msg, rcpt)));
         }
         group.push_str("DATA\r\n");
         self.wire.ensure_idle(Phase::Mail)?;
@@ -445,7 +454,11 @@ impl Connection {
         let mut rcpts = Vec::with_capacity(count);
         for rcpt in msg.rcpts {
             let reply = self
-                .command(Phase::Rcpt, t.rcpt, &transaction::rcpt_to(rcpt))
+                .command(
+                    Phase::Rcpt,
+                    t.rcpt,
+                    &transaction::rcpt_to_with(rcpt, self.dsn_of(msg, rcpt)),
+                )
                 .await?;
             expect(Phase::Rcpt, Expect::Completion, &reply)?;
             if reply.code == 421 {

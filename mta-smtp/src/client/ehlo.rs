@@ -31,6 +31,8 @@ pub struct Extensions {
     pub require_tls: bool,
     /// RFC 3030 CHUNKING (BDAT).
     pub chunking: bool,
+    /// RFC 3461 DSN.
+    pub dsn: bool,
 }
 
 impl Extensions {
@@ -51,6 +53,7 @@ impl Extensions {
                 "SMTPUTF8" => ext.smtputf8 = true,
                 "REQUIRETLS" => ext.require_tls = true,
                 "CHUNKING" => ext.chunking = true,
+                "DSN" => ext.dsn = true,
                 "STARTTLS" => ext.starttls = true,
                 "ENHANCEDSTATUSCODES" => ext.enhanced_status_codes = true,
                 "AUTH" => ext.add_mechanisms(words),
@@ -173,8 +176,15 @@ mod tests {
                 },
             ),
             (
-                &["mx", "", "  ", "X-UNKNOWN 1 2", "BINARYMIME", "DSN"],
+                &["mx", "", "  ", "X-UNKNOWN 1 2", "BINARYMIME"],
                 none.clone(),
+            ),
+            (
+                &["mx", "dsn"],
+                Extensions {
+                    dsn: true,
+                    ..none.clone()
+                },
             ),
             (
                 &["mx", "chunking"],

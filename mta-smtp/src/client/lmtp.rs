@@ -340,6 +340,7 @@ impl Lmtp {
                     .address()
                     .is_some_and(mta_core::address::Address::needs_smtputf8),
             require_tls: false,
+            dsn: None,
         };
         let params = match transaction::plan(&msg, &self.extensions) {
             Ok(params) => params,

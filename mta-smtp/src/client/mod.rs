@@ -206,6 +206,9 @@ pub struct OutgoingMessage<'a> {
     pub smtputf8: bool,
     /// RFC 8689 REQUIRETLS: the server must offer it, and MAIL FROM carries it.
     pub require_tls: bool,
+    /// The queued envelope whose RFC 3461 parameters (`RET`, `ENVID`, and each recipient's
+    /// `NOTIFY` and `ORCPT`) go on to a server that offers DSN; `None` sends none.
+    pub dsn: Option<&'a Envelope>,
 }
 
 impl<'a> OutgoingMessage<'a> {
@@ -229,7 +232,15 @@ impl<'a> OutgoingMessage<'a> {
                     .address()
                     .is_some_and(Address::needs_smtputf8),
             require_tls: envelope.require_tls,
+            dsn: Some(envelope),
         }
+    }
+
+    /// The RFC 3461 `NOTIFY` and `ORCPT` of `rcpt` to pass on, if any were given.
+    pub fn rcpt_dsn(&self, rcpt: &Address) -> Option<&'a mta_core::dsn::RcptDsn> {
+        let envelope = self.dsn?;
+        let found = envelope.recipients.iter().find(|r| &r.address == rcpt)?;
+        (!found.dsn.is_empty()).then_some(&found.dsn)
     }
 }
 
@@ -292,6 +303,7 @@ impl RcptResult {
             enhanced: reply.enhanced.clone(),
             remote: Some(remote),
             text: text.to_string(),
+            dsn_passed: false,
         }
     }
 }

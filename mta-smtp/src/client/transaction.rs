@@ -6,9 +6,11 @@
 //! to the final dot speaks for all accepted recipients), RFC 1870 §4–§6 (`SIZE=`, and a
 //! message over the server's fixed limit fails with 5.3.4 before it is sent), RFC 6152 §3
 //! (`BODY=8BITMIME`), RFC 6531 §3.4 (`SMTPUTF8`; a message that needs it cannot go to a
-//! server without it: 5.6.7), RFC 3463 for the codes we make up.
+//! server without it: 5.6.7), RFC 3461 §6.2 (`RET`, `ENVID`, `NOTIFY`, `ORCPT` passed on to
+//! a server that offers DSN), RFC 3463 for the codes we make up.
 
 use mta_core::address::{Address, ReversePath};
+use mta_core::dsn::{MessageDsn, RcptDsn, xtext_encode};
 
 use super::dot::message_size;
 use super::ehlo::Extensions;
@@ -26,6 +28,8 @@ pub struct MailParams {
     pub smtputf8: bool,
     /// `REQUIRETLS` (RFC 8689).
     pub require_tls: bool,
+    /// `RET` and `ENVID` (RFC 3461), when the server offers DSN and the sender gave them.
+    pub dsn: Option<MessageDsn>,
 }
 
 /// Decides the MAIL parameters, or refuses the message for this server before anything is
@@ -65,6 +69,10 @@ pub fn plan(msg: &OutgoingMessage<'_>, ext: &Extensions) -> Result<MailParams, S
         eight_bit: msg.eight_bit && ext.eight_bit_mime,
         smtputf8: msg.smtputf8,
         require_tls: msg.require_tls,
+        dsn: msg
+            .dsn
+            .filter(|e| ext.dsn && !e.dsn.is_empty())
+            .map(|e| e.dsn.clone()),
     })
 }
 
@@ -83,13 +91,36 @@ pub fn mail_from(from: &ReversePath, params: &MailParams) -> String {
     if params.require_tls {
         line.push_str(" REQUIRETLS");
     }
+    if let Some(dsn) = &params.dsn {
+        if let Some(ret) = dsn.ret {
+            line.push_str(&format!(" RET={}", ret.keyword()));
+        }
+        if let Some(envid) = &dsn.envid {
+            line.push_str(&format!(" ENVID={}", xtext_encode(envid.as_bytes())));
+        }
+    }
     line.push_str("\r\n");
     line
 }
 
 /// `RCPT TO:<a@b>` CRLF.
 pub fn rcpt_to(to: &Address) -> String {
-    format!("RCPT TO:<{to}>\r\n")
+    rcpt_to_with(to, None)
+}
+
+/// `RCPT TO:<a@b> NOTIFY=… ORCPT=…` CRLF: RFC 3461 §6.2, for a server that offers DSN.
+pub fn rcpt_to_with(to: &Address, dsn: Option<&RcptDsn>) -> String {
+    let mut line = format!("RCPT TO:<{to}>");
+    if let Some(dsn) = dsn {
+        if let Some(notify) = dsn.notify {
+            line.push_str(&format!(" NOTIFY={}", notify.keyword()));
+        }
+        if let Some(orcpt) = &dsn.orcpt {
+            line.push_str(&format!(" ORCPT={}", orcpt.param()));
+        }
+    }
+    line.push_str("\r\n");
+    line
 }
 
 /// Which replies make sense for a command; anything else is a protocol error.
@@ -183,12 +214,17 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             require_tls: false,
+            dsn: None,
         };
         let all = MailParams {
             size: Some(1234),
             eight_bit: true,
             smtputf8: true,
             require_tls: true,
+            dsn: Some(MessageDsn {
+                ret: Some(mta_core::dsn::Ret::Hdrs),
+                envid: Some("a+b c".into()),
+            }),
         };
         let table = [
             (&from, &none, "MAIL FROM:<a@example.org>\r\n"),
@@ -196,7 +232,7 @@ mod tests {
             (
                 &from,
                 &all,
-                "MAIL FROM:<a@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8 REQUIRETLS\r\n",
+                "MAIL FROM:<a@example.org> SIZE=1234 BODY=8BITMIME SMTPUTF8 REQUIRETLS RET=HDRS ENVID=a+2Bb+20c\r\n",
             ),
         ];
         for (from, params, want) in table {
@@ -209,6 +245,14 @@ mod tests {
         assert_eq!(
             rcpt_to(&addr("\"a b\"@example.test")),
             "RCPT TO:<\"a b\"@example.test>\r\n"
+        );
+        let dsn = RcptDsn {
+            notify: Some(mta_core::dsn::Notify::parse("SUCCESS,DELAY").unwrap()),
+            orcpt: Some(mta_core::dsn::Orcpt::parse("rfc822;b+2Bx@example.test").unwrap()),
+        };
+        assert_eq!(
+            rcpt_to_with(&addr("b@example.test"), Some(&dsn)),
+            "RCPT TO:<b@example.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;b+2Bx@example.test\r\n"
         );
     }
 
@@ -223,6 +267,7 @@ mod tests {
             eight_bit,
             smtputf8,
             require_tls: false,
+            dsn: None,
         };
         let ext = |size, eight_bit_mime, smtputf8| Extensions {
             size,
@@ -236,6 +281,7 @@ mod tests {
                 eight_bit,
                 smtputf8,
                 require_tls: false,
+                dsn: None,
             })
         };
         let body: &[u8] = b"0123456789\r\n"; // 12 octets

@@ -526,7 +526,8 @@ impl Relay {
                 let result = tokio::time::timeout_at(cutoff.at, idle.conn.send(msg))
                     .await
                     .unwrap_or(Err(cutoff.expired()));
-                let outcomes = self.outcomes(&idle.target, &idle.tls, msg.rcpts, &result);
+                let dsn = idle.conn.extensions().dsn;
+                let outcomes = self.outcomes(&idle.target, &idle.tls, msg.rcpts, &result, dsn);
                 self.remember(self.remembered(domain), idle.conn.tls(), &outcomes);
                 if result.is_ok() && idle.conn.reusable() {
                     self.put_idle(&key, idle);
@@ -688,7 +689,8 @@ impl Relay {
         let interval = self.config.queue.retry_first;
         self.dead
             .transaction_ended(&at.suspend, &name, &result, interval);
-        let outcomes = self.outcomes(at.target, &tls, msg.rcpts, &result);
+        let dsn = conn.extensions().dsn;
+        let outcomes = self.outcomes(at.target, &tls, msg.rcpts, &result, dsn);
         self.remember(at.remember.then_some(domain), conn.tls(), &outcomes);
         if result.is_ok() && conn.reusable() {
             let idle = Idle {
@@ -889,6 +891,7 @@ impl Relay {
         tls: &str,
         rcpts: &[Address],
         result: &Result<Vec<RcptResult>, ClientError>,
+        dsn: bool,
     ) -> Vec<Outcome> {
         let at = format!("{} [{}] {tls}", target.name, target.addr.ip());
         match result {
@@ -900,7 +903,10 @@ impl Relay {
                         host: Some(target.name.clone()),
                         at: at.clone(),
                     };
-                    let outcome = r.outcome(remote);
+                    let mut outcome = r.outcome(remote);
+                    // RFC 3461 §6.2: the server offers DSN and got the recipient's NOTIFY;
+                    // a success notice is now its to send.
+                    outcome.dsn_passed = dsn && outcome.verdict == Verdict::Delivered;
                     let result = outcome.verdict.name();
                     let text = outcome.to_string();
                     info!(%rcpt, mx = %escape(&target.name), ip = %target.addr.ip(), tls, result, reply = %escape(&text), "remote attempt");

@@ -7,7 +7,10 @@
 use mta_core::address::{
     AddressError, ForwardPath, ReversePath, parse_forward_path, parse_reverse_path,
 };
+use mta_core::dsn::{MessageDsn, RcptDsn};
 use mta_core::reply::Reply;
+
+use super::params::{self, MailExtensions};
 
 /// A parsed command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,7 +19,8 @@ pub enum Command {
     Ehlo(String),
     /// HELO with the client's name.
     Helo(String),
-    /// MAIL FROM with its parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8).
+    /// MAIL FROM with its parameters (RFC 1870 SIZE, RFC 6152 BODY, RFC 6531 SMTPUTF8,
+    /// RFC 3461 RET and ENVID, RFC 4954 AUTH).
     Mail(MailFrom),
     /// RCPT TO. `utf8` is true when the path has non-ASCII characters.
     Rcpt {
@@ -24,6 +28,8 @@ pub enum Command {
         to: ForwardPath,
         /// The path text had non-ASCII characters (needs SMTPUTF8).
         utf8: bool,
+        /// RFC 3461 NOTIFY and ORCPT.
+        dsn: RcptDsn,
     },
     /// DATA.
     Data,
@@ -68,6 +74,10 @@ pub struct MailFrom {
     pub smtputf8: bool,
     /// `REQUIRETLS` was given (RFC 8689).
     pub require_tls: bool,
+    /// `RET` and `ENVID` (RFC 3461).
+    pub dsn: MessageDsn,
+    /// `AUTH=` was given (RFC 4954 §5); only where AUTH is offered may it be.
+    pub auth: bool,
 }
 
 /// The SASL mechanisms we offer (over TLS only).
@@ -212,6 +222,7 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
     let mut size = None;
     let mut smtputf8 = false;
     let mut require_tls = false;
+    let mut ext = MailExtensions::default();
     for param in params.split(' ').filter(|p| !p.is_empty()) {
         let (key, value) = match param.split_once('=') {
             Some((k, v)) => (k, Some(v)),
@@ -230,7 +241,7 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
                 if v.eq_ignore_ascii_case("7BIT") || v.eq_ignore_ascii_case("8BITMIME") => {}
             ("SMTPUTF8", None) => smtputf8 = true,
             ("REQUIRETLS", None) => require_tls = true,
-            _ => return Err(Rejection::reply(Reply::UNKNOWN_PARAMETER)),
+            (key, value) => ext.take(key, value).map_err(Rejection::reply)?,
         }
     }
     if !path.is_ascii() && !smtputf8 {
@@ -243,6 +254,8 @@ fn mail(rest: &str) -> Result<Command, Rejection> {
         size,
         smtputf8,
         require_tls,
+        dsn: ext.dsn,
+        auth: ext.auth,
     }))
 }
 
@@ -254,14 +267,20 @@ fn rcpt(rest: &str) -> Result<Command, Rejection> {
             "Syntax: RCPT TO:<address>",
         )));
     };
-    if !params.is_empty() {
-        return Err(Rejection::reply(Reply::UNKNOWN_PARAMETER));
+    let mut dsn = RcptDsn::default();
+    for param in params.split(' ').filter(|p| !p.is_empty()) {
+        let (key, value) = match param.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (param, None),
+        };
+        params::rcpt_param(&mut dsn, &key.to_ascii_uppercase(), value).map_err(Rejection::reply)?;
     }
     let to =
         parse_forward_path(path).map_err(|e| address_rejection(e, Reply::BAD_RECIPIENT_SYNTAX))?;
     Ok(Command::Rcpt {
         to,
         utf8: !path.is_ascii(),
+        dsn,
     })
 }
 
@@ -319,6 +338,8 @@ mod tests {
                     size: None,
                     smtputf8: false,
                     require_tls: false,
+                    dsn: MessageDsn::default(),
+                    auth: false,
                 }),
             ),
             (
@@ -328,6 +349,8 @@ mod tests {
                     size: Some(1000),
                     smtputf8: false,
                     require_tls: false,
+                    dsn: MessageDsn::default(),
+                    auth: false,
                 }),
             ),
             (
@@ -337,6 +360,8 @@ mod tests {
                     size: None,
                     smtputf8: true,
                     require_tls: false,
+                    dsn: MessageDsn::default(),
+                    auth: false,
                 }),
             ),
             (
@@ -346,6 +371,8 @@ mod tests {
                     size: None,
                     smtputf8: true,
                     require_tls: false,
+                    dsn: MessageDsn::default(),
+                    auth: false,
                 }),
             ),
             (
@@ -355,6 +382,8 @@ mod tests {
                     size: None,
                     smtputf8: false,
                     require_tls: false,
+                    dsn: MessageDsn::default(),
+                    auth: false,
                 }),
             ),
             (
@@ -362,6 +391,7 @@ mod tests {
                 Command::Rcpt {
                     to: ForwardPath::Address(addr("c@d.test")),
                     utf8: false,
+                    dsn: RcptDsn::default(),
                 },
             ),
             (
@@ -369,6 +399,7 @@ mod tests {
                 Command::Rcpt {
                     to: ForwardPath::Postmaster,
                     utf8: false,
+                    dsn: RcptDsn::default(),
                 },
             ),
             (
@@ -376,6 +407,7 @@ mod tests {
                 Command::Rcpt {
                     to: ForwardPath::Address(addr("ñ@d.test")),
                     utf8: true,
+                    dsn: RcptDsn::default(),
                 },
             ),
             ("DATA", Command::Data),
@@ -431,10 +463,50 @@ mod tests {
                 "5.5.4",
                 false,
             ),
-            (b"MAIL FROM:<a@b.test> RET=HDRS", 555, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> FOO=1", 555, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> RET=BOTH", 501, "5.5.4", false),
+            (
+                b"MAIL FROM:<a@b.test> RET=HDRS RET=FULL",
+                501,
+                "5.5.4",
+                false,
+            ),
+            (b"MAIL FROM:<a@b.test> ENVID=a ENVID=a", 501, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> ENVID=+zz", 501, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> ENVID=+2", 501, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> ENVID=a=b", 501, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> ENVID=\xc3\xa9", 501, "5.5.4", false),
+            (
+                b"MAIL FROM:<a@b.test> ENVID=a+0D+0AX:+20y",
+                501,
+                "5.5.4",
+                false,
+            ),
+            (b"MAIL FROM:<a@b.test> AUTH=a=b", 501, "5.5.4", false),
+            (b"MAIL FROM:<a@b.test> AUTH=<> AUTH=<>", 501, "5.5.4", false),
+            (
+                b"RCPT TO:<a@b.test> NOTIFY=NEVER,SUCCESS",
+                501,
+                "5.5.4",
+                false,
+            ),
+            (
+                b"RCPT TO:<a@b.test> NOTIFY=SUCCESS NOTIFY=DELAY",
+                501,
+                "5.5.4",
+                false,
+            ),
+            (
+                b"RCPT TO:<a@b.test> NOTIFY=NEVER NOTIFY=NEVER",
+                501,
+                "5.5.4",
+                false,
+            ),
+            (b"RCPT TO:<a@b.test> ORCPT=x400;a", 501, "5.5.4", false),
+            (b"RCPT TO:<a@b.test> ORCPT=rfc822;+2", 501, "5.5.4", false),
+            (b"RCPT TO:<a@b.test> FOO", 555, "5.5.4", false),
             (b"MAIL FROM:<\xc3\xb1@b.test>", 553, "5.6.7", false),
             (b"RCPT TO:<>", 501, "5.1.3", false),
-            (b"RCPT TO:<a@b.test> NOTIFY=NEVER", 555, "5.5.4", false),
             (b"RCPT TO:<a@b.test.>", 501, "5.1.3", false),
             (b"DATA now", 501, "5.5.4", false),
             (b"AUTH CRAM-MD5", 504, "5.5.4", false),
@@ -458,5 +530,31 @@ mod tests {
         }
         let long = format!("RCPT TO:<{}@{}.test>", "a".repeat(64), "b".repeat(190));
         assert_eq!(parse(long.as_bytes()).unwrap_err().reply.code, 501);
+        let envid = format!("MAIL FROM:<a@b.test> ENVID={}", "e".repeat(101));
+        assert_eq!(parse(envid.as_bytes()).unwrap_err().reply.code, 501);
+    }
+
+    #[test]
+    fn dsn_and_auth_parameters() {
+        let Ok(Command::Mail(mail)) =
+            parse(b"MAIL FROM:<a@b.test> ret=hdrs ENVID=QQ+2B1 AUTH=<> SIZE=10")
+        else {
+            panic!("MAIL with DSN parameters refused");
+        };
+        assert_eq!(mail.dsn.ret, Some(mta_core::dsn::Ret::Hdrs));
+        assert_eq!(mail.dsn.envid.as_deref(), Some("QQ+1"));
+        assert!(mail.auth);
+        let Ok(Command::Rcpt { dsn, .. }) =
+            parse(b"RCPT TO:<c@d.test> NOTIFY=success,DELAY ORCPT=rfc822;c+2Bx@d.test")
+        else {
+            panic!("RCPT with DSN parameters refused");
+        };
+        let notify = dsn.notify.unwrap();
+        assert!(notify.success && notify.delay && !notify.failure);
+        assert_eq!(dsn.orcpt.unwrap().address, "c+x@d.test");
+        let Ok(Command::Rcpt { dsn, .. }) = parse(b"RCPT TO:<c@d.test> NOTIFY=NEVER") else {
+            panic!("NOTIFY=NEVER refused");
+        };
+        assert_eq!(dsn.notify, Some(mta_core::dsn::Notify::default()));
     }
 }

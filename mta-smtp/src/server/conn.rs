@@ -658,8 +658,10 @@ fn envelope(trace: &Trace<'_>, tx: &Transaction, vouched: Vouched, size: usize) 
         recipients: tx
             .recipients
             .iter()
-            .cloned()
-            .map(Recipient::pending)
+            .map(|r| Recipient {
+                dsn: tx.dsn_of(r),
+                ..Recipient::pending(r.clone())
+            })
             .collect(),
         received_at: trace.now,
         size: size as u64,
@@ -673,6 +675,7 @@ fn envelope(trace: &Trace<'_>, tx: &Transaction, vouched: Vouched, size: usize) 
         delay_warned: false,
         require_tls: tx.require_tls,
         vouched,
+        dsn: tx.dsn.clone(),
     }
 }
 

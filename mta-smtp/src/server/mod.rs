@@ -27,6 +27,7 @@ pub mod spf_void;
 pub use mta_core::text as log_text;
 pub mod mailbox;
 pub mod message;
+pub mod params;
 pub mod pipeline;
 pub mod session;
 pub mod vouch;

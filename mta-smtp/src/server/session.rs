@@ -13,6 +13,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use mta_core::address::{Address, ReversePath};
 use mta_core::auth::Verified;
 use mta_core::config::{Config, LocalDelivery};
+use mta_core::dsn::{MessageDsn, RcptDsn};
 use mta_core::envelope::ListenerKind;
 use mta_core::policy::{self, RcptDecision, RelayPermission};
 use mta_core::reply::Reply;
@@ -101,6 +102,22 @@ pub struct Transaction {
     pub recipients: Vec<Address>,
     /// RCPT commands accepted (before expansion), for the recipient limit.
     pub rcpt_count: usize,
+    /// RFC 3461 `RET` and `ENVID` of MAIL.
+    pub dsn: MessageDsn,
+    /// RFC 3461 `NOTIFY` and `ORCPT` of each recipient, by [`Address::key`].
+    pub rcpt_dsn: Vec<(String, RcptDsn)>,
+}
+
+impl Transaction {
+    /// The `NOTIFY` and `ORCPT` given for `rcpt` (none for a recipient not in the list).
+    pub fn dsn_of(&self, rcpt: &Address) -> RcptDsn {
+        let key = rcpt.key();
+        self.rcpt_dsn
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,8 +136,9 @@ pub struct Session {
     esmtp: bool,
     user: Option<Address>,
     tx: Option<Transaction>,
-    /// What an RCPT waiting for [`Action::CheckRecipients`] expands to.
-    checking: Option<Vec<Address>>,
+    /// What an RCPT waiting for [`Action::CheckRecipients`] expands to, with its DSN
+    /// parameters.
+    checking: Option<(Vec<Address>, RcptDsn)>,
     sasl: SaslStep,
     errors: u32,
     /// Lines handled since the session last moved towards a message: an accepted RCPT, a
@@ -253,7 +271,7 @@ impl Session {
                 Action::Reply(Reply::plain(250, self.ctx.config.hostname.to_string()))
             }
             Command::Mail(mail) => self.mail(mail),
-            Command::Rcpt { to, utf8 } => self.rcpt(&to, utf8),
+            Command::Rcpt { to, utf8, dsn } => self.rcpt(&to, utf8, dsn),
             Command::Data => match &self.tx {
                 None => Action::Reply(Reply::NEED_MAIL_FIRST),
                 Some(tx) if tx.recipients.is_empty() => Action::Reply(Reply::NO_VALID_RECIPIENTS),
@@ -295,6 +313,7 @@ impl Session {
             "SMTPUTF8".to_string(),
             "ENHANCEDSTATUSCODES".to_string(),
             "CHUNKING".to_string(),
+            "DSN".to_string(),
         ];
         if self.ctx.tls.is_none() && self.ctx.starttls_available {
             lines.push("STARTTLS".to_string());
@@ -316,6 +335,11 @@ impl Session {
         }
         if self.tx.is_some() {
             return Action::Reply(Reply::NESTED_MAIL);
+        }
+        if mail.auth && !self.ctx.listener.is_submission() {
+            // RFC 4954 §5: AUTH= is a parameter of the AUTH extension, which port 25 does
+            // not offer. Where AUTH is offered the value is checked and ignored.
+            return Action::Reply(Reply::UNKNOWN_PARAMETER);
         }
         if self.ctx.listener.is_submission() {
             if self.ctx.tls.is_none() {
@@ -343,6 +367,8 @@ impl Session {
             require_tls: mail.require_tls,
             recipients: Vec::new(),
             rcpt_count: 0,
+            dsn: mail.dsn,
+            rcpt_dsn: Vec::new(),
         });
         Action::CheckRoom
     }
@@ -359,7 +385,7 @@ impl Session {
         }
     }
 
-    fn rcpt(&mut self, to: &mta_core::address::ForwardPath, utf8: bool) -> Action {
+    fn rcpt(&mut self, to: &mta_core::address::ForwardPath, utf8: bool, dsn: RcptDsn) -> Action {
         let relay = if self.user.is_some() {
             RelayPermission::Allowed
         } else {
@@ -382,11 +408,12 @@ impl Session {
             .unwrap_or_else(|| policy::rcpt(&self.ctx.config, &users, relay, to));
         match decision {
             RcptDecision::Accept(targets) => {
+                let dsn = super::params::for_targets(dsn, to, &targets);
                 let config = &self.ctx.config;
                 let all_local = targets.iter().all(|t| config.is_local_domain(t.domain()));
                 if matches!(config.local.delivery, LocalDelivery::Lmtp(_)) && all_local {
                     let from = tx.from.clone();
-                    self.checking = Some(targets.clone());
+                    self.checking = Some((targets.clone(), dsn));
                     return Action::CheckRecipients {
                         from,
                         rcpts: targets,
@@ -395,7 +422,7 @@ impl Session {
                 // An accepted RCPT neither counts nor starts the count again: a message may
                 // have many recipients, but MAIL, RCPT, RSET for ever must not hold a session.
                 self.idle = self.idle.saturating_sub(1);
-                add_recipients(tx, targets);
+                add_recipients(tx, targets, &dsn);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
             RcptDecision::Reject(reply) => Action::Reply(reply),
@@ -405,12 +432,12 @@ impl Session {
     /// Records the result of an [`Action::CheckRecipients`]: the recipients join the
     /// transaction, or the RCPT is refused with `reply`.
     pub fn recipients_checked(&mut self, result: Result<(), Reply>) -> Action {
-        let targets = self.checking.take().unwrap_or_default();
+        let (targets, dsn) = self.checking.take().unwrap_or_default();
         match (result, self.tx.as_mut()) {
             (Ok(()), Some(tx)) => {
                 // As in `rcpt`: the RCPT line was counted when it came; accepted, it is not.
                 self.idle = self.idle.saturating_sub(1);
-                add_recipients(tx, targets);
+                add_recipients(tx, targets, &dsn);
                 Action::Reply(Reply::RECIPIENT_OK)
             }
             (Ok(()), None) => Action::Reply(Reply::NEED_MAIL_FIRST),
@@ -465,7 +492,8 @@ impl Session {
             // RFC 4954 §4: AUTH is not permitted during a mail transaction.
             return Action::Reply(Reply::AUTH_IN_TRANSACTION);
         }
-        match (mechanism, initial) {
+        match (mechanism, initial.filter(|i| i != "=")) {
+            // RFC 4954 §4: `=` is an empty initial response; PLAIN then asks for one.
             (Mechanism::Plain, None) => {
                 self.sasl = SaslStep::PlainResponse;
                 Action::Reply(Reply::plain(334, ""))
@@ -563,11 +591,15 @@ fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
-/// Counts one accepted RCPT and adds what it expands to, without duplicates.
-fn add_recipients(tx: &mut Transaction, targets: Vec<Address>) {
+/// Counts one accepted RCPT and adds what it expands to, without duplicates; each new
+/// target keeps the RCPT's DSN parameters.
+fn add_recipients(tx: &mut Transaction, targets: Vec<Address>, dsn: &RcptDsn) {
     tx.rcpt_count += 1;
     for t in targets {
         if !tx.recipients.iter().any(|r| r.key() == t.key()) {
+            if !dsn.is_empty() {
+                tx.rcpt_dsn.push((t.key(), dsn.clone()));
+            }
             tx.recipients.push(t);
         }
     }

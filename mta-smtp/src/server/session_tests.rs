@@ -534,6 +534,95 @@ mod progress_model {
     }
 }
 
+/// RFC 4954 §5: `AUTH=` on MAIL is taken (and ignored) where AUTH is offered, whatever it
+/// names; it never makes a session authenticated. Where AUTH is not offered it stays an
+/// unknown parameter.
+#[test]
+fn mail_auth_parameter_only_where_auth_is_offered() {
+    let mut inbound = session(ListenerKind::Smtp, true);
+    run(
+        &mut inbound,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<a@remote.test> AUTH=<>", 555),
+            ("MAIL FROM:<a@remote.test>", 250),
+        ],
+    );
+    let mut sub = session(ListenerKind::Submission, true);
+    let login = format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse"));
+    run(
+        &mut sub,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<alice@example.org> AUTH=<>", 530),
+            (&login, 235),
+            ("MAIL FROM:<alice@example.org> AUTH=<>", 250),
+            ("RSET", 250),
+            ("MAIL FROM:<alice@example.org> AUTH=bob+40example.org", 250),
+            ("RSET", 250),
+            ("MAIL FROM:<alice@example.org> AUTH=bob=x", 501),
+        ],
+    );
+    assert_eq!(
+        sub.user().map(|u| u.to_string()).as_deref(),
+        Some("alice@example.org")
+    );
+}
+
+/// RFC 4954 §4: `AUTH PLAIN =` is an empty initial response; the server asks with `334 `.
+#[test]
+fn auth_plain_with_an_empty_initial_response() {
+    let mut s = session(ListenerKind::Submission, true);
+    run(
+        &mut s,
+        &[
+            ("EHLO client.test", 250),
+            ("AUTH PLAIN =", 334),
+            (&b64("\0alice@example.org\0correct horse"), 235),
+        ],
+    );
+    assert!(s.user().is_some());
+}
+
+/// DSN is offered on every listener; the parameters land in the transaction, and an alias
+/// passes its NOTIFY on to its target with the address the client wrote as ORCPT.
+#[test]
+fn dsn_parameters_reach_the_transaction() {
+    for (listener, tls) in [
+        (ListenerKind::Smtp, false),
+        (ListenerKind::Submission, false),
+        (ListenerKind::Submissions, true),
+    ] {
+        match session(listener, tls).handle(b"EHLO c.test") {
+            Action::Reply(r) => assert!(r.text.lines().any(|l| l == "DSN"), "{}", r.text),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut s = session(ListenerKind::Smtp, false);
+    run(
+        &mut s,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<a@remote.test> RET=HDRS ENVID=id+2B1", 250),
+            ("RCPT TO:<sales@example.org> NOTIFY=SUCCESS", 250),
+            ("RCPT TO:<alice@example.org> NOTIFY=NEVER", 250),
+            ("RCPT TO:<bob@example.org> NOTIFY=NEVER,SUCCESS", 501),
+        ],
+    );
+    let tx = s.take_transaction().unwrap();
+    assert_eq!(tx.dsn.envid.as_deref(), Some("id+1"));
+    assert_eq!(tx.dsn.ret, Some(mta_core::dsn::Ret::Hdrs));
+    let alice = tx.dsn_of(&Address::parse("alice@example.org").unwrap());
+    assert!(
+        alice.wants_success(),
+        "the alias's NOTIFY comes first: {alice:?}"
+    );
+    assert_eq!(
+        alice.orcpt.map(|o| o.address).as_deref(),
+        Some("sales@example.org")
+    );
+}
+
 /// BDAT (RFC 3030): offered in EHLO; a chunk outside a transaction or without recipients is
 /// skipped with 503/554; a size that cannot be counted closes with 501; only chunks with
 /// octets (or the last) count as progress.

@@ -127,6 +127,7 @@ async fn nonsense_reply_to_data() {
         eight_bit: false,
         smtputf8: false,
         require_tls: false,
+        dsn: None,
     };
     let e = conn.send(&msg).await.expect_err("DATA got 250");
     assert_eq!(e.phase(), Phase::Data);
@@ -165,6 +166,7 @@ async fn server_closes_mid_data() {
         eight_bit: false,
         smtputf8: false,
         require_tls: false,
+        dsn: None,
     };
     let e = conn.send(&msg).await.expect_err("the server hung up");
     assert!(
@@ -229,6 +231,7 @@ async fn slow_rcpt_reply_times_out() {
         eight_bit: false,
         smtputf8: false,
         require_tls: false,
+        dsn: None,
     };
     let e = conn.send(&msg).await.expect_err("RCPT never answered");
     assert!(

@@ -26,6 +26,7 @@ fn msg<'a>(from: &'a ReversePath, rcpts: &'a [Address], body: &'a [u8]) -> Outgo
         eight_bit: false,
         smtputf8: false,
         require_tls: false,
+        dsn: None,
     }
 }
 

@@ -49,6 +49,7 @@ async fn deliver_one(conn: &mut Connection) {
         eight_bit: false,
         smtputf8: false,
         require_tls: false,
+        dsn: None,
     };
     let results = conn.send(&msg).await.expect("send");
     assert!(
