@@ -20,8 +20,8 @@ pub mod outcome;
 pub mod policy;
 pub mod reply;
 pub mod seams;
-pub mod srs;
 pub mod senders;
+pub mod srs;
 pub mod swap;
 pub mod text;
 

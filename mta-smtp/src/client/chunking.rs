@@ -89,7 +89,7 @@ impl Connection {
         let (mail_reply, rcpts) = if pipelining {
             let mut group = mail.to_string();
             for rcpt in msg.rcpts {
-                group.push_str(&transaction::rcpt_to(rcpt));
+                group.push_str(&transaction::rcpt_to_with(rcpt, self.dsn_of(msg, rcpt)));
             }
             self.wire.ensure_idle(Phase::Mail)?;
             debug!("C: {} (pipelined with {count} RCPT)", mail.trim_end());
@@ -119,7 +119,7 @@ impl Connection {
             let mut rcpts = Vec::with_capacity(count);
             if mail_reply.is_success() {
                 for rcpt in msg.rcpts {
-                    let line = transaction::rcpt_to(rcpt);
+                    let line = transaction::rcpt_to_with(rcpt, self.dsn_of(msg, rcpt));
                     let reply = self.command(Phase::Rcpt, t.rcpt, &line).await?;
                     expect(Phase::Rcpt, Expect::Completion, &reply)?;
                     let closing = reply.code == 421;

@@ -136,7 +136,7 @@ impl Connection {
     }
 
     /// The `NOTIFY` and `ORCPT` to send with `rcpt`: only to a server that offers DSN.
-    fn dsn_of<'a>(
+    pub(super) fn dsn_of<'a>(
         &self,
         msg: &OutgoingMessage<'a>,
         rcpt: &mta_core::address::Address,
