@@ -18,6 +18,7 @@ mod queue_cmd;
 mod reload;
 mod sandbox;
 mod send;
+mod sending_cmd;
 mod serve;
 mod tls_cmd;
 mod users;
@@ -206,6 +207,9 @@ fn error_format(command: &Command) -> ErrorFormat {
 
 /// `mta user ...`; a user just added gets their Maildir.
 fn user(command: users::UserCommand, c: &Config) -> anyhow::Result<()> {
+    if let Some((verb, address)) = command.sending() {
+        return sending_cmd::run(verb, address, c);
+    }
     let added = match &command {
         users::UserCommand::Add { address, .. } => Some(address.clone()),
         _ => None,

@@ -200,6 +200,39 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
+    /// Show a user's sending counters and limits (`[limits.sending]`); asks the running
+    /// server.
+    Show {
+        /// The user.
+        address: String,
+    },
+    /// Stop a user's sending at once: new mail is refused with 450 4.7.1, queued mail is
+    /// kept undelivered. For an account whose password may be stolen.
+    Hold {
+        /// The user.
+        address: String,
+    },
+    /// Let a held user send again; its queued mail is delivered.
+    Release {
+        /// The user.
+        address: String,
+    },
+}
+
+impl UserCommand {
+    /// The commands the running server answers (`crate::sending_cmd`), with their address.
+    pub fn sending(&self) -> Option<(crate::sending_cmd::Verb, &str)> {
+        use crate::sending_cmd::Verb;
+        match self {
+            UserCommand::Show { address } => Some((Verb::Show, address)),
+            UserCommand::Hold { address } => Some((Verb::Hold, address)),
+            UserCommand::Release { address } => Some((Verb::Release, address)),
+            UserCommand::Add { .. }
+            | UserCommand::Del { .. }
+            | UserCommand::List
+            | UserCommand::Passwd { .. } => None,
+        }
+    }
 }
 
 /// Runs one `mta user` command against `DATA_DIR/users`, printing its result on stdout.
@@ -279,6 +312,9 @@ fn execute(
             db.set_password(&address, &password)?;
             save(data_dir, &db)?;
             writeln!(out, "changed the password of {address}")?;
+        }
+        UserCommand::Show { .. } | UserCommand::Hold { .. } | UserCommand::Release { .. } => {
+            bail!("`mta user show|hold|release` asks the running server")
         }
     }
     Ok(())

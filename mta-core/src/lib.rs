@@ -18,6 +18,7 @@ pub mod outcome;
 pub mod policy;
 pub mod reply;
 pub mod seams;
+pub mod sending;
 pub mod swap;
 pub mod text;
 

@@ -95,6 +95,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         tls: None,
         starttls_available: shared.tls.is_some() && listener != ListenerKind::Submissions,
+        sending: shared.sending.clone(),
     };
     if listener == ListenerKind::Submissions {
         // RFC 8314 §3: TLS from the first byte, then the greeting.
@@ -483,7 +484,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     // The message's bytes count against the server's budget until this is dropped: once
     // the message is queued or refused.
     let mut held = shared.guards.memory.reserve(limits.message_memory);
-    let (tx, mut data) = match read_message(shared, io, session, deadline, &mut held).await? {
+    let (mut tx, mut data) = match read_message(shared, io, session, deadline, &mut held).await? {
         Ok(read) => read,
         Err(after) => return Ok(after),
     };
@@ -526,6 +527,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     let size = body.len();
     match shared.queue.enqueue(envelope, body).await {
         Ok(()) => {
+            if let Some(slot) = tx.sending.take() {
+                slot.commit(&tx.recipients).await;
+            }
             info!(
                 msg = %id,
                 from = %escape(&tx.from.to_string()),

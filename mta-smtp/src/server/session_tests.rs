@@ -56,6 +56,7 @@ max_errors = {max_errors}
         peer: "127.0.0.1:40000".parse().unwrap(),
         tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
         starttls_available: !tls,
+        sending: Default::default(),
     })
 }
 

@@ -47,6 +47,7 @@ mod relay_tls;
 mod relay_tlsrpt;
 mod reload;
 mod send;
+mod sending_limits;
 mod shutdown;
 mod startup;
 mod storage_faults;
