@@ -55,15 +55,19 @@ struct Record {
 }
 
 impl Record {
-    fn settle(&mut self, now: u64) {
-        self.hour.settle(HOUR, now);
-        self.day.settle(DAY, now);
-        self.new.settle(DAY, now);
+    /// Brings the record to `now`; true when the clock had stepped back past some of it
+    /// (those times are now `now`, and the record should be saved).
+    fn settle(&mut self, now: u64) -> bool {
+        let mut moved = self.hour.settle(HOUR, now);
+        moved |= self.day.settle(DAY, now);
+        moved |= self.new.settle(DAY, now);
         // A time later than now (the clock stepped back) is taken as now, as in the windows.
         self.known.retain(|_, t| {
+            moved |= *t > now;
             *t = (*t).min(now);
             *t + KNOWN_FOR_MS > now
         });
+        moved
     }
 
     fn knows(&self, hash: u64) -> bool {
@@ -208,7 +212,11 @@ impl SendingLimiter {
             );
         }
         let state = users.get_mut(key).expect("inserted above");
-        state.record.settle(now);
+        if state.record.settle(now) {
+            // Saved at once: a restart before the next message must not find these counts
+            // in the future again and hold them for another window.
+            self.save_soon(key, &state.record);
+        }
         Ok(state)
     }
 
@@ -300,11 +308,31 @@ impl SendingLimiter {
             return false;
         };
         let today = now / 86_400_000;
-        if state.record.noticed_day.is_some_and(|d| d >= today) {
+        // Only today's notice counts: one dated later (the clock stepped back) does not
+        // silence the notices until the clock catches up.
+        if state.record.noticed_day == Some(today) {
             return false;
         }
         state.record.noticed_day = Some(today);
-        self.save(key, &state.record).is_ok()
+        self.save_soon(key, &state.record)
+    }
+
+    /// Saves `record` and makes it durable in the background (from code that cannot wait);
+    /// false when it could not be saved.
+    fn save_soon(&self, key: &str, record: &Record) -> bool {
+        if let Err(e) = self.save(key, record) {
+            warn!(user = %escape(key), error = %e, "sending counters not saved");
+            return false;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let ledger = self.ledger.clone();
+            runtime.spawn(async move {
+                if let Err(e) = ledger.sync().await {
+                    warn!(error = %e, "sending counters not made durable");
+                }
+            });
+        }
+        true
     }
 
     fn save(&self, key: &str, record: &Record) -> Result<(), LedgerError> {

@@ -35,8 +35,9 @@ pub struct Window(Vec<(u64, u32)>);
 
 impl Window {
     /// Brings the window to `now`: steps later than now's become now's, steps that have left
-    /// the window are dropped.
-    pub fn settle(&mut self, shape: Shape, now_ms: u64) {
+    /// the window are dropped. True when a count was moved back to now (the clock stepped
+    /// back), so that the caller saves it and a restart does not find it in the future again.
+    pub fn settle(&mut self, shape: Shape, now_ms: u64) -> bool {
         let now = now_ms / shape.step_ms;
         let mut future = 0u32;
         self.0.retain(|&(step, n)| {
@@ -50,6 +51,7 @@ impl Window {
         if future > 0 {
             self.add_at(now, future);
         }
+        future > 0
     }
 
     /// The counts within the window at `now` (after [`Window::settle`]).

@@ -75,7 +75,12 @@ fn burst_gets_450_at_the_message_past_the_cap_and_a_restart_keeps_the_count() {
         .lines()
         .filter(|l| l.contains("sending refused") && l.contains("messages_per_hour"))
         .count();
-    assert_eq!(refusals, 2, "one log line per refusal, naming the limit\n{}", mta.log());
+    assert_eq!(
+        refusals,
+        2,
+        "one log line per refusal, naming the limit\n{}",
+        mta.log()
+    );
     mta.restart();
     assert_eq!(burst(&mta, 1), "450:4.7.1", "{}", mta.log());
     let show = mta.mta(&["user", "show", ALICE], b"");
@@ -270,4 +275,69 @@ fn user_commands_refuse_unknown_users_and_a_missing_server() {
     let out = mta.mta(&["user", "hold", ALICE], b"");
     assert_ne!(out.code(), 0, "{out}");
     assert!(out.stderr.contains("no running server"), "{out}");
+}
+
+#[test]
+fn a_new_recipient_past_the_cap_gets_450_and_a_known_one_goes_through() {
+    let mta = limited("first_time_recipients_per_day = 2\n");
+    let mut c = mta_tests::relay::login(&mta);
+    let body = format!("From: <{ALICE}>\r\nSubject: first\r\n\r\nhi\r\n");
+    let reply = c.send_message(ALICE, &[BOB, POSTMASTER], body.as_bytes());
+    assert_eq!(reply.code, 250, "{}", c.transcript());
+    c.expect(&format!("MAIL FROM:<{ALICE}>"), 250);
+    let new = c.command(&format!("RCPT TO:<{ALICE}>"));
+    assert_eq!(
+        (new.code, new.enhanced()),
+        (450, Some("4.7.1")),
+        "{}",
+        c.transcript()
+    );
+    c.expect(&format!("RCPT TO:<{BOB}>"), 250);
+    c.expect("DATA", 354);
+    c.send_raw(format!("{body}.\r\n").as_bytes()).unwrap();
+    assert_eq!(c.reply("the final dot").code, 250, "{}", c.transcript());
+    mta.wait_for_mail(BOB, 2, 10);
+    assert!(
+        mta.log()
+            .lines()
+            .any(|l| l.contains("sending refused") && l.contains("first_time_recipients_per_day")),
+        "{}",
+        mta.log()
+    );
+}
+
+/// A server for the clock tests: its wall clock offset by `data/faketime` (libfaketime, the
+/// monotonic clock left alone, as in `clock_steps.rs`), alice allowed 2 messages an hour.
+fn on_faked_clock() -> TestMta {
+    let arch = std::env::consts::ARCH;
+    let lib = format!("/usr/lib/{arch}-linux-gnu/faketime/libfaketime.so.1");
+    assert!(
+        std::path::Path::new(&lib).is_file(),
+        "{lib} is missing: apt-get install libfaketime (scripts/test.sh does)"
+    );
+    let mta = mta_tests::MtaBuilder::new()
+        .toml("[limits.sending]\nmessages_per_hour = 2\n")
+        .env("LD_PRELOAD", &lib)
+        .env("FAKETIME_TIMESTAMP_FILE", "data/faketime")
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .start();
+    mta.add_user(ALICE, ALICE_PASSWORD);
+    mta.add_user(BOB, "bob-password-1");
+    mta
+}
+
+#[test]
+fn a_clock_step_back_neither_resets_the_counts_nor_blocks_for_ever() {
+    let mut mta = on_faked_clock();
+    assert_eq!(burst(&mta, 3), "250:2.1.0 250:2.1.0 450:4.7.1");
+    // A day back (the queue's clock reads the wall clock when the server starts): the two
+    // messages still count.
+    std::fs::write(mta.data_dir().join("faketime"), "-1d\n").unwrap();
+    mta.restart();
+    assert_eq!(burst(&mta, 1), "450:4.7.1", "{}", mta.log());
+    // 61 minutes after that, on the same stepped clock: they have left the hour.
+    std::fs::write(mta.data_dir().join("faketime"), "-1379m\n").unwrap();
+    mta.restart();
+    assert_eq!(burst(&mta, 1), "250:2.1.0", "{}", mta.log());
 }
