@@ -497,7 +497,7 @@ mod tests {
     fn no_queue_answers() {
         assert_eq!(
             execute_on_no_queue(&Request::List),
-            json!({ "records": [], "errors": [] })
+            json!({ "records": [], "errors": [], "held": [] })
         );
         assert_eq!(
             execute_on_no_queue(&Request::Flush),
