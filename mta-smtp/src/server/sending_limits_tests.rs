@@ -51,6 +51,13 @@ fn message_caps_refuse_at_the_cap() {
         send(&l, &c, &alice, &["bob@remote.test"]).unwrap();
     }
     assert_eq!(send(&l, &c, &alice, &["bob@remote.test"]), Err(Limit::Hour));
+    assert!(
+        METRICS
+            .render()
+            .contains("mta_sending_refused_total{limit=\"messages_per_hour\"}"),
+        "{}",
+        METRICS.render()
+    );
     assert_eq!(
         Limit::Hour.reply().to_string(),
         Reply::SENDING_LIMIT.to_string()
