@@ -164,6 +164,7 @@ fn context(listener: ListenerKind, tls: bool) -> Context {
         peer: "127.0.0.1:40000".parse().expect("an address"),
         tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
         starttls_available: !tls,
+        sending: Default::default(),
     }
 }
 

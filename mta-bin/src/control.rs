@@ -40,6 +40,9 @@ pub struct Listing {
     pub records: Vec<Record>,
     /// Records that could not be decoded.
     pub errors: Vec<String>,
+    /// Ids of the messages whose user is held (`mta user hold`): kept, not delivered.
+    #[serde(default)]
+    pub held: Vec<String>,
 }
 
 /// Reads the listing from a queue (inside the server, or a store opened directly).
@@ -48,7 +51,22 @@ pub struct Listing {
 /// When the store cannot be read: an error, never an empty listing.
 pub fn listing(queue: &Queue) -> Result<Listing, mta_queue::StoreError> {
     let (records, errors) = queue.list()?;
-    Ok(Listing { records, errors })
+    let held = records
+        .iter()
+        .filter(|r| {
+            r.envelope
+                .origin
+                .auth_user
+                .as_deref()
+                .is_some_and(|u| queue.store().is_user_held(u))
+        })
+        .map(|r| r.envelope.id.to_string())
+        .collect();
+    Ok(Listing {
+        records,
+        errors,
+        held,
+    })
 }
 
 /// One request to the queue, as sent over the socket.
@@ -168,6 +186,7 @@ pub fn execute_on_no_queue(request: &Request) -> Value {
         Request::List => to_json(&Listing {
             records: vec![],
             errors: vec![],
+            held: vec![],
         }),
         Request::Flush => json!({ "flushed": 0 }),
         Request::Show(id) | Request::Retry(id) | Request::Delete(id) | Request::Bounce(id) => {
@@ -259,6 +278,9 @@ pub fn start(
                     "reload" => ask_reload(&hooks.reload).await,
                     l if l.starts_with("tls-") => crate::tls_cmd::answer(&hooks.memory, l),
                     l if l.starts_with("auth-") => crate::auth_cmd::answer(&hooks.server, l),
+                    l if l.starts_with("user-") => {
+                        crate::sending_cmd::answer(&hooks.server, &queue, l).await
+                    }
                     _ => answer(&queue, &line).await,
                 };
                 let _ = write.write_all(answer.as_bytes()).await;
@@ -476,7 +498,7 @@ mod tests {
     fn no_queue_answers() {
         assert_eq!(
             execute_on_no_queue(&Request::List),
-            json!({ "records": [], "errors": [] })
+            json!({ "records": [], "errors": [], "held": [] })
         );
         assert_eq!(
             execute_on_no_queue(&Request::Flush),

@@ -19,6 +19,7 @@ mod queue_cmd;
 mod reload;
 mod sandbox;
 mod send;
+mod sending_cmd;
 mod serve;
 mod srs_cmd;
 mod tls_cmd;
@@ -216,6 +217,15 @@ fn error_format(command: &Command) -> ErrorFormat {
 
 /// `mta user ...`; a user just added gets their Maildir.
 fn user(command: users::UserCommand, c: &Config) -> anyhow::Result<()> {
+    if let Some((verb, address)) = command.sending() {
+        return sending_cmd::run(verb, address, c);
+    }
+    if let users::UserCommand::Show { address } = &command {
+        // What the user may send as is in the files; its counters are the server's.
+        let address = address.clone();
+        users::run(command, c)?;
+        return sending_cmd::run(sending_cmd::Verb::Show, &address, c);
+    }
     let added = match &command {
         users::UserCommand::Add { address, .. } => Some(address.clone()),
         _ => None,

@@ -216,13 +216,17 @@ fn render_list(listing: &Listing) -> String {
     let mut out = String::new();
     for rec in &listing.records {
         let e = &rec.envelope;
+        let next = if listing.held.contains(&e.id.to_string()) {
+            "held (its user is held)".to_string()
+        } else {
+            format!("next attempt {}", date::rfc5322(rec.next_attempt_ms / 1000))
+        };
         out.push_str(&format!(
-            "{}  {}  {} bytes  from {}  next attempt {}\n",
+            "{}  {}  {} bytes  from {}  {next}\n",
             e.id,
             date::rfc5322(e.received_at),
             e.size,
             printable(&e.sender.to_string()),
-            date::rfc5322(rec.next_attempt_ms / 1000)
         ));
         for r in &e.recipients {
             out.push_str(&format!(

@@ -362,7 +362,8 @@ async fn serve(
         queue.clone(),
         stopped.clone(),
     )
-    .with(Some(parts.tls), parts.checks);
+    .with(Some(parts.tls), parts.checks)
+    .with_ledger(Arc::new(queue.store().clone()));
     let server = Server::listen(shared, sockets)?;
     let (config_tx, config_rx) = watch::channel(config.clone());
     let reloader = Reloader {

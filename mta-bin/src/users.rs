@@ -201,12 +201,40 @@ pub enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
     },
-    /// Show what a user may send as: the login, the aliases that reach it and its
-    /// `[senders]` patterns.
+    /// Show what a user may send as (the login, the aliases that reach it and its
+    /// `[senders]` patterns), then its sending counters and limits (`[limits.sending]`),
+    /// which the running server is asked for.
     Show {
         /// The user.
         address: String,
     },
+    /// Stop a user's sending at once: new mail is refused with 450 4.7.1, queued mail is
+    /// kept undelivered. For an account whose password may be stolen.
+    Hold {
+        /// The user.
+        address: String,
+    },
+    /// Let a held user send again; its queued mail is delivered.
+    Release {
+        /// The user.
+        address: String,
+    },
+}
+
+impl UserCommand {
+    /// The commands the running server answers (`crate::sending_cmd`), with their address.
+    pub fn sending(&self) -> Option<(crate::sending_cmd::Verb, &str)> {
+        use crate::sending_cmd::Verb;
+        match self {
+            UserCommand::Hold { address } => Some((Verb::Hold, address)),
+            UserCommand::Release { address } => Some((Verb::Release, address)),
+            UserCommand::Add { .. }
+            | UserCommand::Del { .. }
+            | UserCommand::List
+            | UserCommand::Show { .. }
+            | UserCommand::Passwd { .. } => None,
+        }
+    }
 }
 
 /// Runs one `mta user` command against `DATA_DIR/users`, printing its result on stdout.
@@ -285,6 +313,9 @@ fn execute(
             for line in crate::identities::lines(config, &address) {
                 writeln!(out, "{line}")?;
             }
+        }
+        UserCommand::Hold { .. } | UserCommand::Release { .. } => {
+            bail!("`mta user hold|release` asks the running server")
         }
     }
     Ok(())

@@ -19,6 +19,7 @@ mod milter;
 mod outbound;
 mod process;
 mod senders;
+mod sending;
 mod size;
 mod srs;
 mod validate;
@@ -34,6 +35,7 @@ use crate::address::{Address, Domain};
 pub use authentication::is_dkim_selector;
 pub use milter::{Milter, MilterAddress, OnFailure};
 pub use process::Process;
+pub use sending::SendingCaps;
 
 /// How deep aliases of aliases are followed before the rest is taken as mailboxes.
 const MAX_ALIAS_DEPTH: usize = 10;
@@ -334,6 +336,19 @@ pub struct Limits {
     /// it a message is refused with `452 4.3.1`. Default 64 MiB or `max_message_size`,
     /// whichever is larger; never below `max_message_size`.
     pub message_memory: u64,
+    /// How much one authenticated user may send (`[limits.sending]`).
+    pub sending: Sending,
+}
+
+/// `[limits.sending]`: caps per authenticated user, so that a stolen password cannot send
+/// ten thousand messages. Mail on port 25 without AUTH is not counted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sending {
+    /// The caps of every user without an override.
+    pub default: SendingCaps,
+    /// Overrides by [`Address::key`](crate::address::Address::key); a key a user's table
+    /// leaves out keeps the default's value.
+    pub users: BTreeMap<String, SendingCaps>,
 }
 
 /// The DNS resolver used for outbound delivery.
@@ -765,5 +780,7 @@ mod docs_tests;
 mod limits_tests;
 #[cfg(test)]
 mod outbound_tests;
+#[cfg(test)]
+mod sending_tests;
 #[cfg(test)]
 mod tests;

@@ -21,6 +21,7 @@ pub mod policy;
 pub mod reply;
 pub mod seams;
 pub mod senders;
+pub mod sending;
 pub mod srs;
 pub mod swap;
 pub mod text;

@@ -31,6 +31,7 @@ pub struct Metrics {
     queue_unavailable: Gauge,
     dsn_dropped: Counter,
     message_memory: Gauge,
+    sending_refused: Family<Labels, Counter>,
 }
 
 /// The one set of counters of this process.
@@ -54,6 +55,7 @@ impl Metrics {
             queue_unavailable: Gauge::default(),
             dsn_dropped: Counter::default(),
             message_memory: Gauge::default(),
+            sending_refused: Family::default(),
             registry: Registry::default(),
         };
         m.register_sessions(&mut registry);
@@ -87,6 +89,11 @@ impl Metrics {
             "auth_failures",
             "Failed AUTH attempts, by listener",
             self.auth_failures.clone(),
+        );
+        registry.register(
+            "sending_refused",
+            "MAIL or RCPT of an authenticated user refused by [limits.sending] or a hold, by limit",
+            self.sending_refused.clone(),
         );
         registry.register(
             "recipients",
@@ -166,6 +173,14 @@ impl Metrics {
                 ("code", code.to_string()),
                 ("status", status.to_string()),
             ])
+            .inc();
+    }
+
+    /// A user's MAIL or RCPT was refused: `limit` is `messages_per_hour`, `messages_per_day`,
+    /// `first_time_recipients_per_day` or `held`.
+    pub fn sending_refused(&self, limit: &'static str) {
+        self.sending_refused
+            .get_or_create(&vec![("limit", limit.to_string())])
             .inc();
     }
 

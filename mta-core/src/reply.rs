@@ -68,6 +68,16 @@ replies! {
     FILTER_REJECT = 550 "5.7.1" "Message rejected by content filter";
     /// 250 for a message a filter discarded on purpose: accepted, and not queued.
     DISCARDED = 250 "2.0.0" "OK";
+    /// 450 at MAIL FROM when the authenticated user has sent `limits.sending.messages_per_hour`
+    /// or `messages_per_day` messages (RFC 3463 X.7.1: delivery not authorized); temporary,
+    /// so the client keeps the message and tries again when the window has moved.
+    SENDING_LIMIT = 450 "4.7.1" "Sending limit reached for this account, try again later";
+    /// 450 at RCPT TO when the user has written to `limits.sending.first_time_recipients_per_day`
+    /// new addresses; an address it has written to before is still accepted.
+    NEW_RECIPIENT_LIMIT = 450 "4.7.1" "Too many new recipients for this account today, try again later";
+    /// 450 at MAIL FROM while an administrator holds the account (`mta user hold`):
+    /// temporary, so the client keeps the mail until the account is released.
+    SENDING_HELD = 450 "4.7.1" "Sending is suspended for this account, contact your administrator";
     /// 452 when the disk is (nearly) full.
     INSUFFICIENT_STORAGE = 452 "4.3.1" "Insufficient system storage, try again later";
     /// 452 when the message would pass `limits.message_memory` (RFC 3463: insufficient

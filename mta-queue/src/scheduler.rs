@@ -39,6 +39,10 @@ pub const LOCAL_CONCURRENCY: usize = 16;
 /// not, to find the messages for local delivery among those waiting for remote delivery.
 const SCAN: usize = 10_000;
 
+/// How often a held user's queued message is looked at again. A release makes them due at
+/// once, so this only bounds how long a release that could not reach the scheduler waits.
+const HELD_RECHECK: Duration = Duration::from_secs(60);
+
 /// Messages loaded in one pass to find their lane (a message's lane is remembered after).
 const CLASSIFY: usize = 256;
 
@@ -195,6 +199,9 @@ impl Queue {
         let Some((mut record, body)) = self.load_due(due_ms, id).await else {
             return Ended::Recorded;
         };
+        if self.held(&mut record, due_ms).await {
+            return Ended::Recorded;
+        }
         let pending: Vec<Address> = record
             .envelope
             .recipients
@@ -244,6 +251,29 @@ impl Queue {
             }
         }
         Ended::Recorded
+    }
+
+    /// Whether the message's user is held (`mta user hold`): then it is not tried, only
+    /// looked at again in [`HELD_RECHECK`] (or at once when the user is released), with no
+    /// attempt counted.
+    async fn held(&self, record: &mut Record, due_ms: u64) -> bool {
+        let held = record
+            .envelope
+            .origin
+            .auth_user
+            .as_deref()
+            .is_some_and(|user| self.store.is_user_held(user));
+        if !held {
+            return false;
+        }
+        record.next_attempt_ms = clock::now_ms() + HELD_RECHECK.as_millis() as u64;
+        match self.store.update(record, due_ms, false).await {
+            Ok(()) => info!("held: its user is held, not delivered"),
+            Err(e) => {
+                error!(error = %e, "cannot record the hold; the message will be looked at again")
+            }
+        }
+        true
     }
 
     /// The record and body of a message found due; `None` when it cannot be loaded, or is

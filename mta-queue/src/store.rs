@@ -661,6 +661,8 @@ fn classify(path: &Path, source: sled::Error) -> StoreError {
 
 #[path = "store_reopen.rs"]
 mod reopen;
+#[path = "store_sending.rs"]
+mod sending;
 #[cfg(test)]
 use reopen::REOPEN_INTERVAL;
 use reopen::{Handle, Shared, Slot};

@@ -37,6 +37,10 @@ const KEYS: &[&str] = &[
     "limits.max_header_size",
     "limits.max_received",
     "limits.message_memory",
+    "limits.sending.messages_per_hour",
+    "limits.sending.messages_per_day",
+    "limits.sending.first_time_recipients_per_day",
+    "limits.sending.users",
     "dns.nameservers",
     "outbound.port",
     "outbound.ip",
@@ -103,6 +107,7 @@ const NAMED_TABLES: &[(&str, &str)] = &[
     ("outbound.tls", "outbound.tls.\"domain\""),
     ("dkim", "dkim.\"domain\""),
     ("inbound.milter", "inbound.milter"),
+    ("limits.sending", "limits.sending"),
 ];
 
 /// The first ```toml block after `heading` in the docs.

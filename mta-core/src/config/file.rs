@@ -189,6 +189,26 @@ pub(super) struct RawLimits {
     pub max_header_size: Option<S<size::Size>>,
     pub max_received: Option<S<i64>>,
     pub message_memory: Option<S<i64>>,
+    pub sending: Option<RawSending>,
+}
+
+/// `[limits.sending]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSending {
+    pub messages_per_hour: Option<S<i64>>,
+    pub messages_per_day: Option<S<i64>>,
+    pub first_time_recipients_per_day: Option<S<i64>>,
+    pub users: Option<BTreeMap<S<String>, RawSendingUser>>,
+}
+
+/// `[limits.sending.users."alice@example.org"]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSendingUser {
+    pub messages_per_hour: Option<S<i64>>,
+    pub messages_per_day: Option<S<i64>>,
+    pub first_time_recipients_per_day: Option<S<i64>>,
 }
 
 /// `[dns]`
@@ -505,7 +525,22 @@ fn write_limits(m: &Limits) -> String {
         max_header_size = m.max_header_size,
         max_received = m.max_received,
         message_memory = m.message_memory,
-    )
+    ) + &write_sending(&m.sending)
+}
+
+/// `[limits.sending]` and each user's override.
+fn write_sending(s: &super::Sending) -> String {
+    let caps = |c: &super::SendingCaps| {
+        format!(
+            "messages_per_hour = {}\nmessages_per_day = {}\nfirst_time_recipients_per_day = {}\n",
+            c.messages_per_hour, c.messages_per_day, c.first_time_recipients_per_day
+        )
+    };
+    let mut out = format!("\n[limits.sending]\n{}", caps(&s.default));
+    for (user, c) in &s.users {
+        out += &format!("\n[limits.sending.users.{}]\n{}", quote(user), caps(c));
+    }
+    out
 }
 
 /// `[queue]`.

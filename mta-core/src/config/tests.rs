@@ -146,6 +146,7 @@ fn defaults() {
             max_header_size: 1_048_576,
             max_received: 50,
             message_memory: 64 * 1024 * 1024,
+            sending: Default::default(),
         },
         dns: Dns {
             nameservers: vec![],
@@ -283,6 +284,7 @@ fn full_example() {
         max_header_size: 65536,
         max_received: 30,
         message_memory: 64 * 1024 * 1024,
+        sending: Default::default(),
     };
     assert_eq!(c.limits, limits);
     let ns = ["127.0.0.1:5353", "192.0.2.53:53", "[::1]:53"];
@@ -375,6 +377,10 @@ retry_first = "1h"
 retry_max = "60m"
 max_lifetime = "90s"
 delay_warning = "89s"
+[limits.sending]
+messages_per_day = 0
+[limits.sending.users."\"a b\"@buildhost"]
+first_time_recipients_per_day = 7
 [aliases]
 "\"a b\"@buildhost" = ["\"c\\\"d\"@remote.test", "x@buildhost"]
 "#;
@@ -407,7 +413,7 @@ fn error_texts() {
              `command_timeout`, `data_timeout`, `max_sessions_per_ip`, \
              `max_sessions_per_network`, `max_commands_without_progress`, `session_timeout`, \
              `auth_failures`, `auth_failure_window`, `max_headers`, `max_header_size`, \
-             `max_received`, `message_memory`",
+             `max_received`, `message_memory`, `sending`",
         ),
         (
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
@@ -439,7 +445,7 @@ fn error_texts() {
              `command_timeout`, `data_timeout`, `max_sessions_per_ip`, \
              `max_sessions_per_network`, `max_commands_without_progress`, `session_timeout`, \
              `auth_failures`, `auth_failure_window`, `max_headers`, `max_header_size`, \
-             `max_received`, `message_memory`",
+             `max_received`, `message_memory`, `sending`",
         ),
         // Values: each with its key and the position of the value.
         (

@@ -330,6 +330,7 @@ impl Checker<'_> {
             max_header_size: sizes.max_header_size,
             max_received: sizes.max_received,
             message_memory: sizes.message_memory,
+            sending: self.sending(r.sending.as_ref()),
         }
     }
 

@@ -96,6 +96,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         peer,
         tls: None,
         starttls_available: shared.tls.is_some() && listener != ListenerKind::Submissions,
+        sending: shared.sending.clone(),
     };
     if listener == ListenerKind::Submissions {
         // RFC 8314 §3: TLS from the first byte, then the greeting.
@@ -501,11 +502,11 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
     // The message's bytes count against the server's budget until this is dropped: once
     // the message is queued or refused.
     let mut held = shared.guards.memory.reserve(limits.message_memory);
-    let (tx, data) = match read_message(shared, io, session, deadline, &mut held).await? {
+    let (mut tx, data) = match read_message(shared, io, session, deadline, &mut held).await? {
         Ok(read) => read,
         Err(after) => return Ok(after),
     };
-    Ok(accept(shared, session, &tx, data, &mut held).await)
+    Ok(accept(shared, session, &mut tx, data, &mut held).await)
 }
 
 /// Runs the listener's pipeline on a message read in full (after DATA or the last BDAT
@@ -514,7 +515,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
 async fn accept(
     shared: &Shared,
     session: &Session,
-    tx: &Transaction,
+    tx: &mut Transaction,
     mut data: Vec<u8>,
     held: &mut Reservation<'_>,
 ) -> AfterData {
@@ -565,6 +566,9 @@ async fn accept(
     let size = body.len();
     match shared.queue.enqueue(envelope, body).await {
         Ok(()) => {
+            if let Some(slot) = tx.sending.take() {
+                slot.commit(&tx.recipients).await;
+            }
             info!(
                 msg = %id,
                 from = %escape(&tx.from.to_string()),

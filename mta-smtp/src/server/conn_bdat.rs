@@ -124,11 +124,11 @@ async fn chunk<'s, S: AsyncRead + AsyncWrite + Unpin>(
     }
     let message = chunks.take().expect("a chunk was just read into it");
     let (end, mut held) = message.finish(max);
-    let tx = session
+    let mut tx = session
         .take_transaction()
         .expect("BDAT is read only inside a transaction");
     let after = match end {
-        DataEnd::Message(data) => accept(shared, session, &tx, data, &mut held).await,
+        DataEnd::Message(data) => accept(shared, session, &mut tx, data, &mut held).await,
         DataEnd::TooBig => refusal(State::TooBig, limits.message_memory),
         DataEnd::LineTooLong => refusal(State::LineTooLong, limits.message_memory),
         DataEnd::NoMemory => refusal(State::NoMemory, limits.message_memory),

@@ -29,6 +29,8 @@ pub mod mailbox;
 pub mod message;
 pub mod params;
 pub mod pipeline;
+pub mod sending_limits;
+pub mod sending_window;
 pub mod session;
 pub mod vouch;
 
@@ -65,6 +67,9 @@ pub struct Shared {
     /// What each listener checks a message with after DATA (SPF/DKIM/DMARC on the smtp
     /// listener unless `inbound.checks` is off).
     pub pipelines: Arc<pipeline::Pipelines>,
+    /// The sending limits of authenticated users (kept over a reload). In memory unless
+    /// [`Shared::with_ledger`] gives it a store.
+    pub sending: Arc<sending_limits::SendingLimiter>,
 }
 
 impl Shared {
@@ -76,9 +81,14 @@ impl Shared {
         queue: Arc<dyn Enqueue>,
         shutdown: watch::Receiver<bool>,
     ) -> Shared {
+        let sending = sending_limits::SendingLimiter::new(
+            Arc::new(mta_core::sending::MemoryLedger::default()),
+            Some(queue.clone()),
+        );
         Shared {
             users,
             queue,
+            sending: Arc::new(sending),
             tls: None,
             shutdown,
             pipelines: Arc::new(pipeline::Pipelines::new(&config, None)),
@@ -92,6 +102,16 @@ impl Shared {
         Shared {
             tls,
             pipelines: Arc::new(pipeline::Pipelines::new(&self.config, checks)),
+            ..self
+        }
+    }
+
+    /// The same with the sending counters kept in `ledger` (the queue's store), the
+    /// postmaster's notices queued where messages are.
+    pub fn with_ledger(self, ledger: Arc<dyn mta_core::sending::SendingLedger>) -> Shared {
+        let sending = sending_limits::SendingLimiter::new(ledger, Some(self.queue.clone()));
+        Shared {
+            sending: Arc::new(sending),
             ..self
         }
     }
@@ -112,6 +132,7 @@ impl Shared {
             tls: Some(tls),
             shutdown: self.shutdown.clone(),
             guards: self.guards.clone(),
+            sending: self.sending.clone(),
         }
     }
 }

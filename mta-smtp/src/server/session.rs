@@ -37,6 +37,8 @@ pub struct Context {
     pub tls: Option<String>,
     /// True when STARTTLS can be offered (plaintext phase with a certificate loaded).
     pub starttls_available: bool,
+    /// The sending limits of authenticated users, shared by every session.
+    pub sending: Arc<super::sending_limits::SendingLimiter>,
 }
 
 /// What the connection loop must do next.
@@ -90,7 +92,7 @@ pub enum Action {
 }
 
 /// A mail transaction: set by MAIL, grown by RCPT, taken by DATA, dropped by RSET/EHLO.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Transaction {
     /// MAIL FROM.
     pub from: ReversePath,
@@ -106,6 +108,9 @@ pub struct Transaction {
     pub dsn: MessageDsn,
     /// RFC 3461 `NOTIFY` and `ORCPT` of each recipient, by [`Address::key`].
     pub rcpt_dsn: Vec<(String, RcptDsn)>,
+    /// What an authenticated user's message holds of its sending limits: set by MAIL,
+    /// grown by RCPT, counted when the message is queued, given back when dropped.
+    pub sending: Option<super::sending_limits::MessageSlot>,
 }
 
 impl Transaction {
@@ -361,6 +366,13 @@ impl Session {
         if mail.require_tls && self.ctx.tls.is_none() {
             return Action::Reply(Reply::REQUIRETLS_NEEDS_TLS);
         }
+        let sending = match &self.user {
+            Some(user) => match self.ctx.sending.reserve_message(&self.ctx.config, user) {
+                Ok(slot) => Some(slot),
+                Err(limit) => return Action::Reply(limit.reply()),
+            },
+            None => None,
+        };
         self.tx = Some(Transaction {
             from: mail.from,
             smtputf8: mail.smtputf8,
@@ -369,6 +381,7 @@ impl Session {
             rcpt_count: 0,
             dsn: mail.dsn,
             rcpt_dsn: Vec::new(),
+            sending,
         });
         Action::CheckRoom
     }
@@ -410,6 +423,9 @@ impl Session {
             RcptDecision::Accept(targets) => {
                 let dsn = super::params::for_targets(dsn, to, &targets);
                 let config = &self.ctx.config;
+                if let Some(Err(limit)) = tx.sending.as_mut().map(|s| s.admit(config, &targets)) {
+                    return Action::Reply(limit.reply());
+                }
                 let all_local = targets.iter().all(|t| config.is_local_domain(t.domain()));
                 if matches!(config.local.delivery, LocalDelivery::Lmtp(_)) && all_local {
                     let from = tx.from.clone();

@@ -56,6 +56,7 @@ max_errors = {max_errors}
         peer: "127.0.0.1:40000".parse().unwrap(),
         tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
         starttls_available: !tls,
+        sending: Default::default(),
     })
 }
 
@@ -674,4 +675,50 @@ fn bdat_in_the_dialogue() {
         _ => None,
     });
     assert_eq!(closed, Some(Reply::NO_PROGRESS));
+}
+
+/// Two submission sessions of alice sharing one limiter that allows one message a day:
+/// MAIL reserves it, so the other session's MAIL gets 450 4.7.1; RSET gives it back; port 25
+/// is not counted.
+#[test]
+fn sending_limit_reserved_at_mail_and_given_back_by_rset() {
+    let limited = |sending: &Arc<super::super::sending_limits::SendingLimiter>, kind| {
+        let s = session(kind, true);
+        let mut config = (*s.ctx.config).clone();
+        config.limits.sending.default.messages_per_day = 1;
+        Session::new(Context {
+            config: Arc::new(config),
+            sending: sending.clone(),
+            ..s.ctx
+        })
+    };
+    let sending = Arc::default();
+    let auth = (
+        "AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAGNvcnJlY3QgaG9yc2U=",
+        235,
+    );
+    let (mut a, mut b) = (
+        limited(&sending, ListenerKind::Submission),
+        limited(&sending, ListenerKind::Submission),
+    );
+    let start = [("EHLO client.test", 250), auth];
+    run(&mut a, &start);
+    run(&mut b, &start);
+    run(&mut a, &[("MAIL FROM:<alice@example.org>", 250)]);
+    run(&mut b, &[("MAIL FROM:<alice@example.org>", 450)]);
+    run(&mut a, &[("RSET", 250)]);
+    run(&mut b, &[("MAIL FROM:<alice@example.org>", 250)]);
+    run(&mut a, &[("MAIL FROM:<alice@example.org>", 450)]);
+    // EHLO drops b's transaction too.
+    run(&mut b, &[("EHLO client.test", 250)]);
+    run(&mut a, &[("MAIL FROM:<alice@example.org>", 250)]);
+    // Mail from other servers is not counted, whatever the limiter says.
+    let mut inbound = limited(&sending, ListenerKind::Smtp);
+    run(
+        &mut inbound,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<alice@example.org>", 250),
+        ],
+    );
 }

@@ -57,6 +57,7 @@ mod relay_tlsrpt;
 mod reload;
 mod send;
 mod sending_identities;
+mod sending_limits;
 mod shutdown;
 mod startup;
 mod storage_faults;
