@@ -352,12 +352,16 @@ pub struct Outbound {
 /// The address family outbound connections use (`outbound.ip`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpFamily {
-    /// IPv6 and IPv4 addresses of each MX host, in the order DNS gives them.
+    /// IPv6 and IPv4 addresses of each MX host: every AAAA address, then every A address.
     Any,
     /// Only A records: for hosts without IPv6 connectivity.
     Ipv4,
     /// Only AAAA records.
     Ipv6,
+    /// Both families, each host's A addresses first.
+    PreferIpv4,
+    /// Both families, each host's AAAA addresses first.
+    PreferIpv6,
 }
 
 /// Who validates DNSSEC for DANE (`outbound.dnssec`).
@@ -469,12 +473,24 @@ impl Outbound {
 }
 
 impl IpFamily {
-    /// The name the config file uses: `any`, `ipv4` or `ipv6`.
+    /// The name the config file uses: `any`, `ipv4`, `ipv6`, `prefer-ipv4` or
+    /// `prefer-ipv6`.
     pub fn name(self) -> &'static str {
         match self {
             IpFamily::Any => "any",
             IpFamily::Ipv4 => "ipv4",
             IpFamily::Ipv6 => "ipv6",
+            IpFamily::PreferIpv4 => "prefer-ipv4",
+            IpFamily::PreferIpv6 => "prefer-ipv6",
+        }
+    }
+
+    /// True when addresses of this family may be connected to.
+    pub fn allows(self, ip: std::net::IpAddr) -> bool {
+        match self {
+            IpFamily::Ipv4 => ip.is_ipv4(),
+            IpFamily::Ipv6 => ip.is_ipv6(),
+            IpFamily::Any | IpFamily::PreferIpv4 | IpFamily::PreferIpv6 => true,
         }
     }
 }

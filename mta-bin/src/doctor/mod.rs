@@ -225,11 +225,7 @@ fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound
     let family: Vec<IpAddr> = host_ips
         .iter()
         .copied()
-        .filter(|ip| match config.outbound.ip {
-            IpFamily::Any => true,
-            IpFamily::Ipv4 => ip.is_ipv4(),
-            IpFamily::Ipv6 => ip.is_ipv6(),
-        })
+        .filter(|ip| config.outbound.ip.allows(*ip))
         .collect();
     if family.is_empty() {
         let why = format!(

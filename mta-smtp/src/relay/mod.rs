@@ -20,6 +20,7 @@
 mod ad;
 pub mod dane;
 pub mod dns;
+pub mod family;
 pub mod limits;
 pub mod memory;
 pub mod mta_sts;
@@ -69,6 +70,8 @@ pub struct Kept {
     pub limits: Arc<limits::Limits>,
     /// Destinations whose connections keep failing.
     pub dead: Arc<limits::Suspensions>,
+    /// Hosts that refused mail over IPv6 for reverse DNS or IPv6: IPv4 only for a while.
+    pub fallback: Arc<family::Ipv4Fallback>,
 }
 
 impl Kept {
@@ -82,6 +85,7 @@ impl Kept {
                 config.outbound.max_per_domain,
             )),
             dead: Default::default(),
+            fallback: Default::default(),
         }
     }
 }
@@ -234,6 +238,10 @@ pub struct Relay {
     reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
     dnssec: Option<dane::Dnssec>,
+    /// Looks up both families of a host's addresses: `outbound.ip` is applied after, so
+    /// that a host without the wanted family is named as such.
+    addresses: TokioResolver,
+    fallback: Arc<family::Ipv4Fallback>,
 }
 
 impl Relay {
@@ -244,6 +252,8 @@ impl Relay {
     pub fn new(config: Arc<Config>, kept: Kept) -> Result<Relay, RelayError> {
         let out = &config.outbound;
         let resolver = mx::resolver(&config.dns.nameservers, out.ip).map_err(RelayError::Dns)?;
+        let addresses = mx::resolver(&config.dns.nameservers, mta_core::config::IpFamily::Any)
+            .map_err(RelayError::Dns)?;
         let sts = match out.mta_sts {
             true => {
                 let roots = load_roots(out.mta_sts_ca_file.as_deref(), "outbound.mta_sts_ca_file")?;
@@ -300,6 +310,8 @@ impl Relay {
             reports: kept.reports,
             sts,
             dnssec,
+            addresses,
+            fallback: kept.fallback,
         })
     }
 
@@ -384,6 +396,35 @@ impl Relay {
             Ok(held) => held,
             Err(outcome) => return vec![outcome; rcpts.len()],
         };
+        let mut outcomes = self
+            .send_once(envelope, prefix, body, domain, rcpts, deadline)
+            .await;
+        // Recipients refused over IPv6 for reverse DNS or IPv6 go again at once, over IPv4.
+        let again = self.refused_over_ipv6(domain, &outcomes).await;
+        if !again.is_empty() {
+            let subset: Vec<Address> = again.iter().map(|&i| rcpts[i].clone()).collect();
+            let retried = self
+                .send_once(envelope, prefix, body, domain, &subset, deadline)
+                .await;
+            for (i, outcome) in again.into_iter().zip(retried) {
+                outcomes[i] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// The route, a kept connection or each host in turn, for `rcpts`; when none took
+    /// the message, one outcome says why.
+    async fn send_once(
+        &self,
+        envelope: &Envelope,
+        prefix: &[u8],
+        body: &[u8],
+        domain: &Domain,
+        rcpts: &[Address],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Outcome> {
+        let destination = self.destination(domain);
         let msg = OutgoingMessage::of(envelope, rcpts, prefix, body);
         let route = match self.route(envelope, body, domain).await {
             Ok(route) => route,
@@ -509,6 +550,10 @@ impl Relay {
         let interval = self.config.queue.retry_first;
         while let Some(mut idle) = self.take_idle(&key) {
             let (ip, capped) = (idle.target.addr.ip(), self.smarthost.is_none());
+            if ip.is_ipv6() && self.fallback.active(&idle.target.name, Instant::now()) {
+                tokio::spawn(idle.conn.quit());
+                continue;
+            }
             let Ok(_at) = limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
             else {
                 tokio::spawn(idle.conn.quit());
@@ -855,25 +900,15 @@ impl Relay {
     }
 
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
-        let ips = mx::addresses(&self.resolver, host).await.inspect_err(|e| {
-            if matches!(e, DnsFailure::Temporary(_)) {
-                METRICS.dns_error("address");
-            }
-        })?;
-        let wanted: Vec<IpAddr> = ips
-            .into_iter()
-            .filter(|ip| match self.config.outbound.ip {
-                mta_core::config::IpFamily::Any => true,
-                mta_core::config::IpFamily::Ipv4 => ip.is_ipv4(),
-                mta_core::config::IpFamily::Ipv6 => ip.is_ipv6(),
-            })
-            .collect();
-        if wanted.is_empty() {
-            return Err(DnsFailure::Temporary(format!(
-                "{host} has no address of the configured family"
-            )));
-        }
-        Ok(wanted)
+        let ips = mx::addresses(&self.addresses, host)
+            .await
+            .inspect_err(|e| {
+                if matches!(e, DnsFailure::Temporary(_)) {
+                    METRICS.dns_error("address");
+                }
+            })?;
+        let ipv4_only = self.fallback.active(host, Instant::now());
+        family::order(host, ips, self.config.outbound.ip, ipv4_only).map_err(DnsFailure::Temporary)
     }
 
     fn outcomes(

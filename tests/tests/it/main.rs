@@ -36,6 +36,7 @@ mod relay_bounce;
 mod relay_client;
 mod relay_content;
 mod relay_dane;
+mod relay_family;
 mod relay_forward;
 mod relay_harness;
 mod relay_limits;
