@@ -9,7 +9,8 @@
 //! `MAILER-DAEMON@hostname`), and the certificate ([`cert`]).
 //!
 //! The outbound addresses are the `--ip` flags, else the hostname's A/AAAA (as far as
-//! `outbound.ip` uses them). DNS goes through the resolver delivery uses; a lookup that fails
+//! `outbound.ip` uses them), and for a family without one the kernel's source address for
+//! a route to a public address ([`route`]). DNS goes through the resolver delivery uses; a lookup that fails
 //! gives "could not check", which counts as a failure: exit 1 when any verdict is FAIL, 0
 //! otherwise (2 stays for config errors).
 
@@ -18,6 +19,7 @@ mod checks;
 mod dns;
 mod host;
 mod report;
+mod route;
 mod spf;
 
 use std::net::IpAddr;
@@ -214,7 +216,9 @@ where
 }
 
 /// Where mail leaves from, and how that was found out (for the header): the `--ip` flags,
-/// else the smarthost, else the hostname's addresses of the family `outbound.ip` uses.
+/// else the smarthost, else the hostname's addresses of the families `outbound.ip` uses,
+/// and for a family the hostname has no address of, the public source address the kernel
+/// picks for it ([`route`]).
 fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound, &'static str) {
     if !given.is_empty() {
         return (Outbound::Known(given.to_vec()), "--ip");
@@ -222,11 +226,20 @@ fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound
     if let Some(relay) = &config.outbound.relay {
         return (Outbound::Smarthost(relay.host.clone()), "smarthost");
     }
-    let family: Vec<IpAddr> = host_ips
+    let mut family: Vec<IpAddr> = host_ips
         .iter()
         .copied()
         .filter(|ip| config.outbound.ip.allows(*ip))
         .collect();
+    let routed: Vec<IpAddr> = route::sources(config.outbound.ip, host::is_public)
+        .into_iter()
+        .filter(|ip| !family.iter().any(|h| h.is_ipv4() == ip.is_ipv4()))
+        .collect();
+    let source = match routed.is_empty() {
+        true => "the hostname's A/AAAA",
+        false => "the hostname's A/AAAA and the routes' source addresses",
+    };
+    family.extend(routed);
     if family.is_empty() {
         let why = format!(
             "no outbound address known ({} has none; give them with --ip)",
@@ -234,7 +247,7 @@ fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound
         );
         (Outbound::Unknown(why), "unknown")
     } else {
-        (Outbound::Known(family), "the hostname's A/AAAA")
+        (Outbound::Known(family), source)
     }
 }
 
