@@ -18,6 +18,7 @@ mod local;
 mod outbound;
 mod process;
 mod size;
+mod tls_names;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -231,6 +232,18 @@ pub struct Tls {
     pub cert: Option<PathBuf>,
     /// PEM private key of the certificate.
     pub key: Option<PathBuf>,
+    /// `[tls."mail.example.net"]`: the certificate for a client that asks for that name
+    /// (SNI), by lower-case name.
+    pub names: BTreeMap<String, NamedCert>,
+}
+
+/// The certificate and key files served for one name (`[tls."name"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedCert {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key of the certificate.
+    pub key: PathBuf,
 }
 
 /// Limits that keep one client from exhausting the server (RFC 5321 §4.5.3).

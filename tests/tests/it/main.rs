@@ -53,5 +53,6 @@ mod startup;
 mod storage_faults;
 mod store_unavailable;
 mod swaks;
+mod tls_sni;
 mod tools;
 mod users;
