@@ -347,6 +347,7 @@ async fn examine(
     verdicts.extend(helo_spf);
     verdicts.extend(bounce_dkim);
     verdicts.push(cert::check(config, now));
+    verdicts.extend(cert::check_named(config, now));
     verdicts.extend(
         bounded("tlsa", &hostname, async {
             vec![cert::tlsa(&ctx.dns, config).await]

@@ -743,3 +743,57 @@ fn ipv6_address_without_ptr_names_the_family_to_turn_off() {
         out.stdout
     );
 }
+
+#[test]
+fn each_named_certificate_is_checked_for_its_name() {
+    let dir = KeptDir::new();
+    let key = keygen(dir.path(), "example.test", "ed", "ed25519");
+    ca_signed_cert(dir.path());
+    let (_, chain, leaf_key) =
+        mta_tests::certs::ca_and_leaf(dir.path(), "mail", "mail.example.test");
+    let mut records = good_host(&key);
+    records.extend(good_domain("example.test", &key, &[]));
+    let dns = start_dns(&records);
+    let cfg = config(
+        dir.path(),
+        "mta.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &["example.test", HOST],
+        &key,
+        true,
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    for name in ["mail.example.test", "other.example.test"] {
+        text.push_str(&format!(
+            "[tls.\"{name}\"]\ncert = {:?}\nkey = {:?}\n",
+            chain.display().to_string(),
+            leaf_key.display().to_string()
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+
+    let out = doctor(&cfg, &["example.test"]);
+    let verdicts = lines(&out);
+    let cert = |name: &str| {
+        verdicts
+            .iter()
+            .find(|l| l.check == "cert" && l.domain == name)
+            .unwrap_or_else(|| panic!("no cert verdict for {name}:\n{}", out.stdout))
+    };
+    // The test certificates are valid for two days: a warning to renew, not a failure.
+    let mail = cert("mail.example.test");
+    assert_eq!(mail.status, "warn", "{mail:?}");
+    assert!(
+        mail.detail.starts_with("mail.crt: expires in ") && !mail.detail.contains("not valid"),
+        "{mail:?}"
+    );
+    let other = cert("other.example.test");
+    assert_eq!(other.status, "FAIL", "{other:?}");
+    assert!(
+        other
+            .detail
+            .contains("not valid for other.example.test (it names mail.example.test)"),
+        "{other:?}"
+    );
+}
