@@ -218,8 +218,13 @@ where
 /// Where mail leaves from, and how that was found out (for the header): the `--ip` flags,
 /// else the smarthost, else the hostname's addresses of the families `outbound.ip` uses,
 /// and for a family the hostname has no address of, the public source address the kernel
-/// picks for it ([`route`]).
-fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound, &'static str) {
+/// picks for it (`routed`, from [`route::sources`]).
+fn outbound(
+    config: &Config,
+    given: &[IpAddr],
+    host_ips: &[IpAddr],
+    routed: &[IpAddr],
+) -> (Outbound, &'static str) {
     if !given.is_empty() {
         return (Outbound::Known(given.to_vec()), "--ip");
     }
@@ -231,8 +236,10 @@ fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound
         .copied()
         .filter(|ip| config.outbound.ip.allows(*ip))
         .collect();
-    let routed: Vec<IpAddr> = route::sources(config.outbound.ip, host::is_public)
-        .into_iter()
+    let routed: Vec<IpAddr> = routed
+        .iter()
+        .copied()
+        .filter(|ip| config.outbound.ip.allows(*ip))
         .filter(|ip| !family.iter().any(|h| h.is_ipv4() == ip.is_ipv4()))
         .collect();
     let source = match routed.is_empty() {
@@ -311,7 +318,8 @@ async fn examine(
         Err(_) => Err(format!("address lookup for {hostname} took over a minute")),
     };
     let host_ips = host_answer.clone().unwrap_or_default();
-    let (outbound, source) = outbound(config, given, &host_ips);
+    let routed = route::sources(config.outbound.ip, host::is_public);
+    let (outbound, source) = outbound(config, given, &host_ips, &routed);
     let header = header(&hostname, &outbound, source);
     let ctx = Ctx {
         config,
@@ -384,17 +392,27 @@ mod tests {
             Outbound::Known(ips) => ips,
             _ => panic!("not known"),
         };
-        let (o, source) = outbound(&plain, &[], &[v6, v4]);
+        let (o, source) = outbound(&plain, &[], &[v6, v4], &[]);
         assert_eq!((known(o), source), (vec![v6, v4], "the hostname's A/AAAA"));
-        let (o, source) = outbound(&plain, &[v4], &[v6]);
+        let (o, source) = outbound(&plain, &[v4], &[v6], &[]);
         assert_eq!((known(o), source), (vec![v4], "--ip"));
         let only4 = config("hostname = \"mx.example.org\"\n[outbound]\nip = \"ipv4\"\n");
-        assert_eq!(known(outbound(&only4, &[], &[v6, v4]).0), vec![v4]);
-        let (o, _) = outbound(&only4, &[], &[v6]);
+        assert_eq!(known(outbound(&only4, &[], &[v6, v4], &[]).0), vec![v4]);
+        let (o, _) = outbound(&only4, &[], &[v6], &[]);
         assert!(matches!(o, Outbound::Unknown(why) if why.contains("--ip")));
+        // The kernel's source address stands in for a family the hostname has none of.
+        let routed: IpAddr = "192.0.2.99".parse().unwrap();
+        let (o, source) = outbound(&only4, &[], &[v6], &[routed, v6]);
+        assert_eq!(known(o), vec![routed]);
+        assert_eq!(
+            source,
+            "the hostname's A/AAAA and the routes' source addresses"
+        );
+        let (o, _) = outbound(&plain, &[], &[v4], &[routed, v6]);
+        assert_eq!(known(o), vec![v4, v6]);
         let relay =
             config("hostname = \"mx.example.org\"\n[outbound]\nrelay = \"smtp.example.net:587\"\n");
-        let (o, source) = outbound(&relay, &[], &[v4]);
+        let (o, source) = outbound(&relay, &[], &[v4], &[]);
         assert!(matches!(&o, Outbound::Smarthost(h) if h == "smtp.example.net"));
         assert_eq!(
             header("mx.example.org", &o, source),
