@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mta_core::address::{Address, Domain};
-use mta_core::config::{Config, PasswordSource, SmarthostTls};
+use mta_core::config::{Config, IpFamily, PasswordSource, SmarthostTls};
 use mta_core::envelope::Envelope;
 use mta_core::metrics::METRICS;
 use mta_core::seams::{Outcome, Remote, Verdict};
@@ -238,9 +238,6 @@ pub struct Relay {
     reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
     dnssec: Option<dane::Dnssec>,
-    /// Looks up both families of a host's addresses: `outbound.ip` is applied after, so
-    /// that a host without the wanted family is named as such.
-    addresses: TokioResolver,
     fallback: Arc<family::Ipv4Fallback>,
 }
 
@@ -252,8 +249,6 @@ impl Relay {
     pub fn new(config: Arc<Config>, kept: Kept) -> Result<Relay, RelayError> {
         let out = &config.outbound;
         let resolver = mx::resolver(&config.dns.nameservers, out.ip).map_err(RelayError::Dns)?;
-        let addresses = mx::resolver(&config.dns.nameservers, mta_core::config::IpFamily::Any)
-            .map_err(RelayError::Dns)?;
         let sts = match out.mta_sts {
             true => {
                 let roots = load_roots(out.mta_sts_ca_file.as_deref(), "outbound.mta_sts_ca_file")?;
@@ -310,7 +305,6 @@ impl Relay {
             reports: kept.reports,
             sts,
             dnssec,
-            addresses,
             fallback: kept.fallback,
         })
     }
@@ -900,15 +894,30 @@ impl Relay {
     }
 
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
-        let ips = mx::addresses(&self.addresses, host)
-            .await
-            .inspect_err(|e| {
-                if matches!(e, DnsFailure::Temporary(_)) {
-                    METRICS.dns_error("address");
-                }
-            })?;
+        let family = self.config.outbound.ip;
+        let ips = match mx::addresses(&self.resolver, host).await {
+            Ok(ips) => ips,
+            Err(DnsFailure::Temporary(e)) => {
+                METRICS.dns_error("address");
+                return Err(DnsFailure::Temporary(e));
+            }
+            // The resolver asks only for the family `outbound.ip` keeps (`mx::resolver`):
+            // "no such record" then means none of that family.
+            Err(DnsFailure::Permanent(e)) => {
+                let none_of_family = e == format!("{host} has no address record");
+                return Err(match family {
+                    IpFamily::Ipv4 if none_of_family => {
+                        DnsFailure::Temporary(format!("no IPv4 address for {host}"))
+                    }
+                    IpFamily::Ipv6 if none_of_family => {
+                        DnsFailure::Temporary(format!("no IPv6 address for {host}"))
+                    }
+                    _ => DnsFailure::Permanent(e),
+                });
+            }
+        };
         let ipv4_only = self.fallback.active(host, Instant::now());
-        family::order(host, ips, self.config.outbound.ip, ipv4_only).map_err(DnsFailure::Temporary)
+        family::order(host, ips, family, ipv4_only).map_err(DnsFailure::Temporary)
     }
 
     fn outcomes(
