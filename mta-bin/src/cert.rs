@@ -2,6 +2,7 @@
 //! in `DATA_DIR/tls/` (each file whole or absent after a crash; links and special files are
 //! refused, a file cut short is made again). Used at start and on every reload.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -76,8 +77,23 @@ pub(crate) fn load_tls(config: &Config) -> anyhow::Result<(tokio_rustls::TlsAcce
         }
         _ => bail!("tls.cert and tls.key must be set together"),
     };
-    let acceptor = mta_smtp::tls::load_acceptor(&cert, &key)?;
+    let (acceptor, _) = mta_smtp::tls::load_sni_acceptor(&cert, &key, &named(config))?;
+    let names: Vec<&str> = config.tls.names.keys().map(String::as_str).collect();
+    let note = match names.is_empty() {
+        true => note,
+        false => format!("{note}, and by SNI for {}", names.join(", ")),
+    };
     Ok((acceptor, note))
+}
+
+/// `[tls."name"]`: name → (certificate, key) files.
+fn named(config: &Config) -> BTreeMap<String, (PathBuf, PathBuf)> {
+    config
+        .tls
+        .names
+        .iter()
+        .map(|(name, n)| (name.clone(), (n.cert.clone(), n.key.clone())))
+        .collect()
 }
 
 fn self_signed(config: &Config) -> anyhow::Result<(PathBuf, PathBuf, bool)> {

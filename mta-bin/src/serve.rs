@@ -9,6 +9,7 @@
 //! and seccomp bind only the thread that applies them and the threads it starts later, and
 //! no network input is read before the privileges are gone.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -179,6 +180,14 @@ pub fn preflight(config: &Config) -> Preflight {
 /// The certificate and key: readable, parsed, a pair, and naming the hostname (a warning:
 /// senders that verify the name refuse it, others do not care).
 fn check_tls(config: &Config, report: &mut Preflight) {
+    for (name, n) in &config.tls.names {
+        let mut one = BTreeMap::new();
+        one.insert(name.clone(), (n.cert.clone(), n.key.clone()));
+        // Any pair serves as the default here: only the named one is checked.
+        if let Err(e) = mta_smtp::tls::load_sni_acceptor(&n.cert, &n.key, &one) {
+            report.errors.push(format!("{e}"));
+        }
+    }
     let (cert, key) = match (&config.tls.cert, &config.tls.key) {
         (Some(c), Some(k)) => (c, k),
         (None, None) => return,

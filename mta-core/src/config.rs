@@ -22,6 +22,7 @@ mod senders;
 mod sending;
 mod size;
 mod srs;
+mod tls_names;
 mod validate;
 
 use std::collections::{BTreeMap, HashSet};
@@ -285,6 +286,18 @@ pub struct Tls {
     pub cert: Option<PathBuf>,
     /// PEM private key of the certificate.
     pub key: Option<PathBuf>,
+    /// `[tls."mail.example.net"]`: the certificate for a client that asks for that name
+    /// (SNI), by lower-case name.
+    pub names: BTreeMap<String, NamedCert>,
+}
+
+/// The certificate and key files served for one name (`[tls."name"]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedCert {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key of the certificate.
+    pub key: PathBuf,
 }
 
 /// Limits that keep one client from exhausting the server (RFC 5321 §4.5.3).
@@ -419,12 +432,16 @@ pub struct Outbound {
 /// The address family outbound connections use (`outbound.ip`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IpFamily {
-    /// IPv6 and IPv4 addresses of each MX host, in the order DNS gives them.
+    /// IPv6 and IPv4 addresses of each MX host: every AAAA address, then every A address.
     Any,
     /// Only A records: for hosts without IPv6 connectivity.
     Ipv4,
     /// Only AAAA records.
     Ipv6,
+    /// Both families, each host's A addresses first.
+    PreferIpv4,
+    /// Both families, each host's AAAA addresses first.
+    PreferIpv6,
 }
 
 /// Who validates DNSSEC for DANE (`outbound.dnssec`).
@@ -536,12 +553,24 @@ impl Outbound {
 }
 
 impl IpFamily {
-    /// The name the config file uses: `any`, `ipv4` or `ipv6`.
+    /// The name the config file uses: `any`, `ipv4`, `ipv6`, `prefer-ipv4` or
+    /// `prefer-ipv6`.
     pub fn name(self) -> &'static str {
         match self {
             IpFamily::Any => "any",
             IpFamily::Ipv4 => "ipv4",
             IpFamily::Ipv6 => "ipv6",
+            IpFamily::PreferIpv4 => "prefer-ipv4",
+            IpFamily::PreferIpv6 => "prefer-ipv6",
+        }
+    }
+
+    /// True when addresses of this family may be connected to.
+    pub fn allows(self, ip: std::net::IpAddr) -> bool {
+        match self {
+            IpFamily::Ipv4 => ip.is_ipv4(),
+            IpFamily::Ipv6 => ip.is_ipv6(),
+            IpFamily::Any | IpFamily::PreferIpv4 | IpFamily::PreferIpv6 => true,
         }
     }
 }

@@ -25,6 +25,7 @@ pub struct Metrics {
     recipients: Family<Labels, Counter>,
     remote_attempts: Family<Labels, Counter>,
     dns_errors: Family<Labels, Counter>,
+    ipv4_fallbacks: Counter,
     dkim: Family<Labels, Counter>,
     queue_messages: Gauge,
     queue_oldest: Gauge,
@@ -49,6 +50,7 @@ impl Metrics {
             recipients: Family::default(),
             remote_attempts: Family::default(),
             dns_errors: Family::default(),
+            ipv4_fallbacks: Counter::default(),
             dkim: Family::default(),
             queue_messages: Gauge::default(),
             queue_oldest: Gauge::default(),
@@ -113,6 +115,11 @@ impl Metrics {
             "dns_errors",
             "DNS lookups that failed temporarily, by purpose",
             self.dns_errors.clone(),
+        );
+        registry.register(
+            "ipv4_fallbacks",
+            "Recipients a host refused over IPv6 for reverse DNS or IPv6, tried again over IPv4",
+            self.ipv4_fallbacks.clone(),
         );
         registry.register(
             "dkim",
@@ -208,6 +215,12 @@ impl Metrics {
                 ("tls", tls.to_string()),
             ])
             .inc();
+    }
+
+    /// A host refused a recipient over IPv6 for its reverse DNS or IPv6 policy; it is
+    /// tried again over IPv4.
+    pub fn ipv4_fallback(&self) {
+        self.ipv4_fallbacks.inc();
     }
 
     /// A DNS lookup for `purpose` (`mx`, `address`, `inbound`) failed temporarily.

@@ -1,10 +1,12 @@
 //! Server TLS: loading the certificate chain and key from PEM files into a rustls acceptor,
-//! and serving renewed files without a restart ([`ReloadingCert`]).
+//! serving renewed files without a restart ([`ReloadingCert`]), and a certificate per name
+//! the client asks for (SNI, RFC 6066 §3: [`SniCerts`]).
 //! TLS 1.2 and 1.3 only (rustls has nothing older), ring as the only crypto provider.
 
+use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
@@ -42,6 +44,30 @@ pub enum TlsError {
         /// rustls's reason.
         reason: String,
     },
+    /// The certificate configured for a name does not cover it.
+    #[error("certificate {cert} for tls.{name:?} is not valid for {name}: {reason}")]
+    Name {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The name.
+        name: String,
+        /// Why (webpki's reason).
+        reason: String,
+    },
+}
+
+/// True when the leaf of `key` is valid for the DNS name `name` (its subject alternative
+/// names, wildcards as RFC 6125 §6.4.3 allows them), as a client that verifies would judge.
+///
+/// # Errors
+/// Why not, in webpki's words.
+pub fn covers(key: &CertifiedKey, name: &str) -> Result<(), String> {
+    let server = rustls::pki_types::ServerName::try_from(name.to_string())
+        .map_err(|e| format!("{name:?} is not a DNS name: {e}"))?;
+    let leaf = key.end_entity_cert().map_err(|e| e.to_string())?;
+    let cert = webpki::EndEntityCert::try_from(leaf).map_err(|e| format!("{e:?}"))?;
+    cert.verify_is_valid_for_subject_name(&server)
+        .map_err(|e| format!("{e:?}"))
 }
 
 /// Loads `cert` (a PEM chain, leaf first) and `key` (PEM, PKCS#8, PKCS#1 or SEC1) into an
@@ -50,11 +76,115 @@ pub enum TlsError {
 /// # Errors
 /// [`TlsError`] naming the file that could not be used.
 pub fn load_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    let resolver = ReloadingCert::load(cert, key)?;
+    Ok(load_sni_acceptor(cert, key, &BTreeMap::new())?.0)
+}
+
+/// [`load_acceptor`] with a certificate for each of `names` (name → chain and key files),
+/// each of which must cover its name; also returns the resolver, for certificates set later.
+///
+/// # Errors
+/// [`TlsError`] naming the file that could not be used, or the name it does not cover.
+pub fn load_sni_acceptor(
+    cert: &Path,
+    key: &Path,
+    names: &BTreeMap<String, (PathBuf, PathBuf)>,
+) -> Result<(TlsAcceptor, Arc<SniCerts>), TlsError> {
+    let resolver = Arc::new(SniCerts::new(ReloadingCert::load(cert, key)?));
+    for (name, (cert, key)) in names {
+        resolver.load(name, cert, key)?;
+    }
     let config = rustls::ServerConfig::builder()
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .with_cert_resolver(resolver.clone());
+    Ok((TlsAcceptor::from(Arc::new(config)), resolver))
+}
+
+/// One name's certificate: files re-read when they change, or a key set by the program.
+#[derive(Debug)]
+enum Named {
+    Files(ReloadingCert),
+    Set(Arc<CertifiedKey>),
+}
+
+/// The certificate for each handshake: the one for the name the client sent (SNI), else the
+/// default one (no SNI, or a name without its own certificate). Names are matched whole,
+/// without case and a trailing dot.
+#[derive(Debug)]
+pub struct SniCerts {
+    default: ReloadingCert,
+    names: RwLock<HashMap<String, Named>>,
+}
+
+impl SniCerts {
+    /// Serves `default` to every client until names are added.
+    pub fn new(default: ReloadingCert) -> SniCerts {
+        SniCerts {
+            default,
+            names: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Serves the pair `cert` and `key` (re-read when the files change) for `name`.
+    ///
+    /// # Errors
+    /// [`TlsError`] naming the file that could not be used, or [`TlsError::Name`] when the
+    /// certificate does not cover `name`.
+    pub fn load(&self, name: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
+        let files = ReloadingCert::load(cert, key)?;
+        let current = files
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone();
+        covers(&current, name).map_err(|reason| TlsError::Name {
+            cert: cert.into(),
+            name: name.to_string(),
+            reason,
+        })?;
+        self.insert(name, Named::Files(files));
+        Ok(())
+    }
+
+    /// Serves `key` for `name` from the next handshake on (a certificate obtained by the
+    /// program itself, such as by ACME), in place of what was served for it.
+    ///
+    /// # Errors
+    /// Why the certificate does not cover `name` (nothing changes then).
+    pub fn set(&self, name: &str, key: CertifiedKey) -> Result<(), String> {
+        covers(&key, name)?;
+        self.insert(name, Named::Set(Arc::new(key)));
+        Ok(())
+    }
+
+    fn insert(&self, name: &str, named: Named) {
+        let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
+        names.insert(normal(name), named);
+    }
+
+    /// The pair to serve to a client that sent `sni`.
+    pub fn pick(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        if let Some(sni) = sni {
+            let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+            match names.get(&normal(sni)) {
+                Some(Named::Files(files)) => return files.current(),
+                Some(Named::Set(key)) => return key.clone(),
+                None => {}
+            }
+        }
+        self.default.current()
+    }
+}
+
+/// A name as looked up: lower case, without a trailing dot.
+fn normal(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl ResolvesServerCert for SniCerts {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()))
+    }
 }
 
 /// Reads the chain and key and checks that they belong together.
@@ -199,4 +329,46 @@ pub fn negotiated(conn: &rustls::CommonState) -> (String, String) {
         })
         .unwrap_or_else(|| "unknown".to_string());
     (version, cipher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed certificate for `name` as a [`CertifiedKey`], and its PEM files in `dir`.
+    fn made(dir: &Path, name: &str) -> (CertifiedKey, PathBuf, PathBuf) {
+        let made = rcgen::generate_simple_self_signed(vec![name.to_string()]).unwrap();
+        let (cert, key) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (certified_key(&cert, &key).unwrap(), cert, key)
+    }
+
+    fn leaf(key: &CertifiedKey) -> Vec<u8> {
+        key.end_entity_cert().unwrap().to_vec()
+    }
+
+    #[test]
+    fn picks_by_name_and_falls_back_to_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let (default, cert, key) = made(dir.path(), "mx.example.test");
+        let certs = SniCerts::new(ReloadingCert::load(&cert, &key).unwrap());
+        let (named, ..) = made(dir.path(), "mail.example.net");
+        let want = leaf(&named);
+        certs.set("mail.example.net", named).unwrap();
+        assert_eq!(leaf(&certs.pick(Some("MAIL.example.NET."))), want);
+        assert_eq!(leaf(&certs.pick(None)), leaf(&default));
+        assert_eq!(leaf(&certs.pick(Some("other.example"))), leaf(&default));
+        // A certificate for another name is refused, and nothing changes.
+        let (other, ..) = made(dir.path(), "other.example");
+        let why = certs.set("mail.example.net", other).unwrap_err();
+        assert!(why.contains("CertNotValidForName"), "{why}");
+        assert_eq!(leaf(&certs.pick(Some("mail.example.net"))), want);
+        // Files for a name that they do not cover are refused too.
+        let err = certs.load("mail.example.org", &cert, &key).unwrap_err();
+        assert!(matches!(err, TlsError::Name { .. }), "{err}");
+    }
 }

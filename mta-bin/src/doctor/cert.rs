@@ -165,6 +165,26 @@ pub fn check(config: &Config, now: i64) -> Verdict {
     }
 }
 
+/// The `cert` verdicts of the `[tls."name"]` certificates, each for its name.
+pub fn check_named(config: &Config, now: i64) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    for (name, named) in &config.tls.names {
+        let verdict = |status, detail| Verdict::new("cert", name, status, detail);
+        let path = &named.cert;
+        out.push(match std::fs::read(path).map_err(|e| e.to_string()) {
+            Ok(pem) => match facts(&pem) {
+                Ok(f) => {
+                    let (status, detail) = judge(&f, name, now);
+                    verdict(status, format!("{}: {detail}", short(path)))
+                }
+                Err(e) => verdict(Status::Fail, format!("{}: {e}", path.display())),
+            },
+            Err(e) => verdict(Status::Fail, format!("cannot read {}: {e}", path.display())),
+        });
+    }
+    out
+}
+
 /// The DER of the first certificate in `pem` and of its SubjectPublicKeyInfo: what TLSA
 /// selectors 0 and 1 hash (RFC 6698 §2.1.2).
 ///

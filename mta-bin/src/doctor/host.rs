@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use mta_core::config::Config;
+use mta_core::config::{Config, IpFamily};
 use mta_smtp::relay::dane::Dnssec;
 
 use super::checks::unchecked;
@@ -80,7 +80,7 @@ pub fn address(hostname: &str, answer: &Answer<IpAddr>, given: &[IpAddr]) -> Ver
 
 /// False for loopback, private (RFC 1918, RFC 6598 shared, RFC 4193 unique local) and
 /// link-local addresses, which no other mail server can see mail come from.
-fn is_public(ip: IpAddr) -> bool {
+pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
             let shared = a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64;
@@ -151,10 +151,14 @@ async fn ptr_of(ctx: &Ctx<'_>, ip: IpAddr) -> Verdict {
         Ok(names) => names,
         Err(e) => return unchecked("ptr", host, &e),
     };
+    let family = family_hint(ctx, ip);
     if names.is_empty() {
         return v(
             Status::Fail,
-            format!("{ip} has no PTR record (reverse DNS): many receivers refuse its mail"),
+            format!(
+                "{}{ip} has no PTR record (reverse DNS): many receivers refuse its mail{family}",
+                family_name(ip)
+            ),
         )
         .publish(publish);
     }
@@ -181,11 +185,36 @@ async fn ptr_of(ctx: &Ctx<'_>, ip: IpAddr) -> Verdict {
         v(
             Status::Fail,
             format!(
-                "{ip} → {}, which does not resolve back to {ip} (no forward confirmation)",
+                "{}{ip} → {}, which does not resolve back to {ip} (no forward \
+                 confirmation){family}",
+                family_name(ip),
                 names.join(", ")
             ),
         )
         .publish(publish)
+    }
+}
+
+/// `IPv4 address ` or `IPv6 address `, to start a verdict about `ip`.
+fn family_name(ip: IpAddr) -> &'static str {
+    match ip {
+        IpAddr::V4(_) => "IPv4 address ",
+        IpAddr::V6(_) => "IPv6 address ",
+    }
+}
+
+/// The way out when `ip` has no forward-confirmed PTR and mail also leaves from an address
+/// of the other family: turn this family off.
+fn family_hint(ctx: &Ctx<'_>, ip: IpAddr) -> String {
+    let other = match ip {
+        IpAddr::V4(_) => IpFamily::Ipv6,
+        IpAddr::V6(_) => IpFamily::Ipv4,
+    };
+    let both = !matches!(ctx.config.outbound.ip, IpFamily::Ipv4 | IpFamily::Ipv6)
+        && matches!(&ctx.outbound, Outbound::Known(ips) if ips.iter().any(|i| other.allows(*i)));
+    match both {
+        true => format!(": set outbound.ip = \"{}\" or add a PTR", other.name()),
+        false => String::new(),
     }
 }
 

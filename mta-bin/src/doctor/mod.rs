@@ -9,7 +9,8 @@
 //! `MAILER-DAEMON@hostname`), and the certificate ([`cert`]).
 //!
 //! The outbound addresses are the `--ip` flags, else the hostname's A/AAAA (as far as
-//! `outbound.ip` uses them). DNS goes through the resolver delivery uses; a lookup that fails
+//! `outbound.ip` uses them), and for a family without one the kernel's source address for
+//! a route to a public address ([`route`]). DNS goes through the resolver delivery uses; a lookup that fails
 //! gives "could not check", which counts as a failure: exit 1 when any verdict is FAIL, 0
 //! otherwise (2 stays for config errors).
 
@@ -18,6 +19,7 @@ mod checks;
 mod dns;
 mod host;
 mod report;
+mod route;
 mod spf;
 
 use std::net::IpAddr;
@@ -214,23 +216,37 @@ where
 }
 
 /// Where mail leaves from, and how that was found out (for the header): the `--ip` flags,
-/// else the smarthost, else the hostname's addresses of the family `outbound.ip` uses.
-fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound, &'static str) {
+/// else the smarthost, else the hostname's addresses of the families `outbound.ip` uses,
+/// and for a family the hostname has no address of, the public source address the kernel
+/// picks for it (`routed`, from [`route::sources`]).
+fn outbound(
+    config: &Config,
+    given: &[IpAddr],
+    host_ips: &[IpAddr],
+    routed: &[IpAddr],
+) -> (Outbound, &'static str) {
     if !given.is_empty() {
         return (Outbound::Known(given.to_vec()), "--ip");
     }
     if let Some(relay) = &config.outbound.relay {
         return (Outbound::Smarthost(relay.host.clone()), "smarthost");
     }
-    let family: Vec<IpAddr> = host_ips
+    let mut family: Vec<IpAddr> = host_ips
         .iter()
         .copied()
-        .filter(|ip| match config.outbound.ip {
-            IpFamily::Any => true,
-            IpFamily::Ipv4 => ip.is_ipv4(),
-            IpFamily::Ipv6 => ip.is_ipv6(),
-        })
+        .filter(|ip| config.outbound.ip.allows(*ip))
         .collect();
+    let routed: Vec<IpAddr> = routed
+        .iter()
+        .copied()
+        .filter(|ip| config.outbound.ip.allows(*ip))
+        .filter(|ip| !family.iter().any(|h| h.is_ipv4() == ip.is_ipv4()))
+        .collect();
+    let source = match routed.is_empty() {
+        true => "the hostname's A/AAAA",
+        false => "the hostname's A/AAAA and the routes' source addresses",
+    };
+    family.extend(routed);
     if family.is_empty() {
         let why = format!(
             "no outbound address known ({} has none; give them with --ip)",
@@ -238,7 +254,7 @@ fn outbound(config: &Config, given: &[IpAddr], host_ips: &[IpAddr]) -> (Outbound
         );
         (Outbound::Unknown(why), "unknown")
     } else {
-        (Outbound::Known(family), "the hostname's A/AAAA")
+        (Outbound::Known(family), source)
     }
 }
 
@@ -302,7 +318,8 @@ async fn examine(
         Err(_) => Err(format!("address lookup for {hostname} took over a minute")),
     };
     let host_ips = host_answer.clone().unwrap_or_default();
-    let (outbound, source) = outbound(config, given, &host_ips);
+    let routed = route::sources(config.outbound.ip, host::is_public);
+    let (outbound, source) = outbound(config, given, &host_ips, &routed);
     let header = header(&hostname, &outbound, source);
     let ctx = Ctx {
         config,
@@ -338,6 +355,7 @@ async fn examine(
     verdicts.extend(helo_spf);
     verdicts.extend(bounce_dkim);
     verdicts.push(cert::check(config, now));
+    verdicts.extend(cert::check_named(config, now));
     verdicts.extend(
         bounded("tlsa", &hostname, async {
             vec![cert::tlsa(&ctx.dns, config).await]
@@ -374,17 +392,27 @@ mod tests {
             Outbound::Known(ips) => ips,
             _ => panic!("not known"),
         };
-        let (o, source) = outbound(&plain, &[], &[v6, v4]);
+        let (o, source) = outbound(&plain, &[], &[v6, v4], &[]);
         assert_eq!((known(o), source), (vec![v6, v4], "the hostname's A/AAAA"));
-        let (o, source) = outbound(&plain, &[v4], &[v6]);
+        let (o, source) = outbound(&plain, &[v4], &[v6], &[]);
         assert_eq!((known(o), source), (vec![v4], "--ip"));
         let only4 = config("hostname = \"mx.example.org\"\n[outbound]\nip = \"ipv4\"\n");
-        assert_eq!(known(outbound(&only4, &[], &[v6, v4]).0), vec![v4]);
-        let (o, _) = outbound(&only4, &[], &[v6]);
+        assert_eq!(known(outbound(&only4, &[], &[v6, v4], &[]).0), vec![v4]);
+        let (o, _) = outbound(&only4, &[], &[v6], &[]);
         assert!(matches!(o, Outbound::Unknown(why) if why.contains("--ip")));
+        // The kernel's source address stands in for a family the hostname has none of.
+        let routed: IpAddr = "192.0.2.99".parse().unwrap();
+        let (o, source) = outbound(&only4, &[], &[v6], &[routed, v6]);
+        assert_eq!(known(o), vec![routed]);
+        assert_eq!(
+            source,
+            "the hostname's A/AAAA and the routes' source addresses"
+        );
+        let (o, _) = outbound(&plain, &[], &[v4], &[routed, v6]);
+        assert_eq!(known(o), vec![v4, v6]);
         let relay =
             config("hostname = \"mx.example.org\"\n[outbound]\nrelay = \"smtp.example.net:587\"\n");
-        let (o, source) = outbound(&relay, &[], &[v4]);
+        let (o, source) = outbound(&relay, &[], &[v4], &[]);
         assert!(matches!(&o, Outbound::Smarthost(h) if h == "smtp.example.net"));
         assert_eq!(
             header("mx.example.org", &o, source),

@@ -21,6 +21,8 @@ const KEYS: &[&str] = &[
     "listen.submissions",
     "tls.cert",
     "tls.key",
+    "tls.\"NAME\".cert",
+    "tls.\"NAME\".key",
     "limits.max_message_size",
     "limits.max_recipients",
     "limits.max_sessions",
@@ -156,6 +158,13 @@ fn docs_list_every_key() {
         }
         if !TABLES.contains(&name.as_str()) {
             found.push(name);
+            continue;
+        }
+        if name == "tls" {
+            // `[tls]` is read by hand (its keys and its `[tls."NAME"]` tables share one
+            // level), so serde has no list of fields for it: these are what it takes.
+            let keys = ["cert", "key", "\"NAME\".cert", "\"NAME\".key"];
+            found.extend(keys.iter().map(|k| format!("tls.{k}")));
             continue;
         }
         for key in accepted(&name).into_iter().map(|k| format!("{name}.{k}")) {

@@ -161,12 +161,39 @@ pub(super) struct RawListen {
     pub submissions: Option<List>,
 }
 
-/// `[tls]`
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[tls]`: `cert` and `key`, and every other key kept with its value for validation
+/// (`[tls."mail.example.net"]` tables, `tls_names.rs`).
+#[derive(Debug, Default)]
 pub(super) struct RawTls {
     pub cert: Option<S<String>>,
     pub key: Option<S<String>>,
+    pub names: Vec<(S<String>, S<toml::Value>)>,
+}
+
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let map = BTreeMap::<S<String>, S<toml::Value>>::deserialize(d)?;
+        let mut raw = RawTls::default();
+        for (name, value) in map {
+            let field = match name.get_ref().as_str() {
+                "cert" => &mut raw.cert,
+                "key" => &mut raw.key,
+                _ => {
+                    raw.names.push((name, value));
+                    continue;
+                }
+            };
+            let text = value.get_ref().as_str().ok_or_else(|| {
+                D::Error::custom(format!(
+                    "tls.{}: must be a string (a file name)",
+                    name.get_ref()
+                ))
+            })?;
+            *field = Some(S::new(value.span(), text.to_string()));
+        }
+        Ok(raw)
+    }
 }
 
 /// `[limits]`
@@ -485,6 +512,14 @@ fn write_tls(t: &Tls) -> String {
     }
     if tls.is_empty() {
         tls = "# no cert and key: a self-signed certificate in data_dir\n".to_string();
+    }
+    for (name, named) in &t.names {
+        tls += &format!(
+            "\n[tls.{}]\ncert = {}\nkey = {}\n",
+            quote(name),
+            path(&named.cert),
+            path(&named.key)
+        );
     }
     tls
 }

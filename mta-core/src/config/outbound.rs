@@ -38,7 +38,13 @@ const DEFAULT_DELAY_WARNING: Duration = Duration::from_secs(4 * 60 * 60);
 const DEFAULT_MIN_FREE_SPACE: u64 = 100 * 1024 * 1024;
 const DEFAULT_MIN_FREE_INODES: u64 = 1000;
 
-const IP_FAMILIES: [IpFamily; 3] = [IpFamily::Any, IpFamily::Ipv4, IpFamily::Ipv6];
+const IP_FAMILIES: [IpFamily; 5] = [
+    IpFamily::Any,
+    IpFamily::Ipv4,
+    IpFamily::Ipv6,
+    IpFamily::PreferIpv4,
+    IpFamily::PreferIpv6,
+];
 const DNSSEC_SOURCES: [DnssecSource; 2] = [DnssecSource::Validate, DnssecSource::Resolver];
 const SMARTHOST_TLS: [SmarthostTls; 2] = [SmarthostTls::Starttls, SmarthostTls::Implicit];
 const TLS_MODES: [TlsMode; 3] = [TlsMode::Opportunistic, TlsMode::Required, TlsMode::None];

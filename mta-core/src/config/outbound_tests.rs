@@ -198,7 +198,7 @@ fn outbound_errors() {
     let table = [
         (
             "[outbound]\nip = \"v4\"\n",
-            "mta.toml:2:6: outbound.ip: \"v4\" is not one of any, ipv4, ipv6",
+            "mta.toml:2:6: outbound.ip: \"v4\" is not one of any, ipv4, ipv6, prefer-ipv4, prefer-ipv6",
         ),
         (
             "[outbound]\nmax_connections = 0\n",
@@ -325,7 +325,7 @@ retry_max = "1h"
 delay_warning = "6d"
 "#;
     let want = [
-        "mta.toml:2:6: outbound.ip: \"both\" is not one of any, ipv4, ipv6",
+        "mta.toml:2:6: outbound.ip: \"both\" is not one of any, ipv4, ipv6, prefer-ipv4, prefer-ipv6",
         "mta.toml:3:9: outbound.relay: \"smtp.example\" needs a port (host:port)",
         "mta.toml:4:14: outbound.relay_user: needs relay_password_file or relay_password_env",
         "mta.toml:7:8: outbound.tls.\"example.com\".mode: \"strict\" is not one of \

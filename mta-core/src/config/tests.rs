@@ -128,6 +128,7 @@ fn defaults() {
         tls: Tls {
             cert: None,
             key: None,
+            names: Default::default(),
         },
         limits: Limits {
             max_message_size: 26_214_400,

@@ -251,7 +251,8 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        Tls { cert, key }
+        let names = self.tls_names(&raw.tls.names);
+        Tls { cert, key, names }
     }
 
     fn limits(&mut self, raw: &RawConfig) -> Limits {

@@ -20,6 +20,7 @@
 mod ad;
 pub mod dane;
 pub mod dns;
+pub mod family;
 pub mod limits;
 pub mod memory;
 pub mod mta_sts;
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::TokioResolver;
 use mta_core::address::{Address, Domain};
-use mta_core::config::{Config, PasswordSource, SmarthostTls};
+use mta_core::config::{Config, IpFamily, PasswordSource, SmarthostTls};
 use mta_core::envelope::Envelope;
 use mta_core::metrics::METRICS;
 use mta_core::seams::{Outcome, Remote, Verdict};
@@ -71,6 +72,8 @@ pub struct Kept {
     pub dead: Arc<limits::Suspensions>,
     /// What the log last said about DNSSEC validation.
     pub dnssec_told: Arc<dane::Told>,
+    /// Hosts that refused mail over IPv6 for reverse DNS or IPv6: IPv4 only for a while.
+    pub fallback: Arc<family::Ipv4Fallback>,
 }
 
 impl Kept {
@@ -85,6 +88,7 @@ impl Kept {
             )),
             dead: Default::default(),
             dnssec_told: Default::default(),
+            fallback: Default::default(),
         }
     }
 }
@@ -237,6 +241,7 @@ pub struct Relay {
     reports: Arc<TlsReports>,
     sts: Option<mta_sts::Sts>,
     dnssec: Option<dane::Dnssec>,
+    fallback: Arc<family::Ipv4Fallback>,
 }
 
 impl Relay {
@@ -307,6 +312,7 @@ impl Relay {
             reports: kept.reports,
             sts,
             dnssec,
+            fallback: kept.fallback,
         })
     }
 
@@ -391,6 +397,35 @@ impl Relay {
             Ok(held) => held,
             Err(outcome) => return vec![outcome; rcpts.len()],
         };
+        let mut outcomes = self
+            .send_once(envelope, prefix, body, domain, rcpts, deadline)
+            .await;
+        // Recipients refused over IPv6 for reverse DNS or IPv6 go again at once, over IPv4.
+        let again = self.refused_over_ipv6(domain, &outcomes).await;
+        if !again.is_empty() {
+            let subset: Vec<Address> = again.iter().map(|&i| rcpts[i].clone()).collect();
+            let retried = self
+                .send_once(envelope, prefix, body, domain, &subset, deadline)
+                .await;
+            for (i, outcome) in again.into_iter().zip(retried) {
+                outcomes[i] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// The route, a kept connection or each host in turn, for `rcpts`; when none took
+    /// the message, one outcome says why.
+    async fn send_once(
+        &self,
+        envelope: &Envelope,
+        prefix: &[u8],
+        body: &[u8],
+        domain: &Domain,
+        rcpts: &[Address],
+        deadline: tokio::time::Instant,
+    ) -> Vec<Outcome> {
+        let destination = self.destination(domain);
         let msg = OutgoingMessage::of(envelope, rcpts, prefix, body);
         let route = match self.route(envelope, body, domain).await {
             Ok(route) => route,
@@ -516,6 +551,10 @@ impl Relay {
         let interval = self.config.queue.retry_first;
         while let Some(mut idle) = self.take_idle(&key) {
             let (ip, capped) = (idle.target.addr.ip(), self.smarthost.is_none());
+            if ip.is_ipv6() && self.fallback.active(&idle.target.name, Instant::now()) {
+                tokio::spawn(idle.conn.quit());
+                continue;
+            }
             let Ok(_at) = limits::admit_address(&self.limits, &self.dead, ip, capped, interval)
             else {
                 tokio::spawn(idle.conn.quit());
@@ -864,25 +903,30 @@ impl Relay {
     }
 
     async fn ips(&self, host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
-        let ips = mx::addresses(&self.resolver, host).await.inspect_err(|e| {
-            if matches!(e, DnsFailure::Temporary(_)) {
+        let family = self.config.outbound.ip;
+        let ips = match mx::addresses(&self.resolver, host).await {
+            Ok(ips) => ips,
+            Err(DnsFailure::Temporary(e)) => {
                 METRICS.dns_error("address");
+                return Err(DnsFailure::Temporary(e));
             }
-        })?;
-        let wanted: Vec<IpAddr> = ips
-            .into_iter()
-            .filter(|ip| match self.config.outbound.ip {
-                mta_core::config::IpFamily::Any => true,
-                mta_core::config::IpFamily::Ipv4 => ip.is_ipv4(),
-                mta_core::config::IpFamily::Ipv6 => ip.is_ipv6(),
-            })
-            .collect();
-        if wanted.is_empty() {
-            return Err(DnsFailure::Temporary(format!(
-                "{host} has no address of the configured family"
-            )));
-        }
-        Ok(wanted)
+            // The resolver asks only for the family `outbound.ip` keeps (`mx::resolver`):
+            // "no such record" then means none of that family.
+            Err(DnsFailure::Permanent(e)) => {
+                let none_of_family = e == format!("{host} has no address record");
+                return Err(match family {
+                    IpFamily::Ipv4 if none_of_family => {
+                        DnsFailure::Temporary(format!("no IPv4 address for {host}"))
+                    }
+                    IpFamily::Ipv6 if none_of_family => {
+                        DnsFailure::Temporary(format!("no IPv6 address for {host}"))
+                    }
+                    _ => DnsFailure::Permanent(e),
+                });
+            }
+        };
+        let ipv4_only = self.fallback.active(host, Instant::now());
+        family::order(host, ips, family, ipv4_only).map_err(DnsFailure::Temporary)
     }
 
     fn outcomes(

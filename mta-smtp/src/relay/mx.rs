@@ -88,7 +88,9 @@ fn builder(
     opts.timeout = Duration::from_secs(4);
     opts.attempts = 2;
     opts.ip_strategy = match family {
-        IpFamily::Any => LookupIpStrategy::Ipv6AndIpv4,
+        IpFamily::Any | IpFamily::PreferIpv4 | IpFamily::PreferIpv6 => {
+            LookupIpStrategy::Ipv6AndIpv4
+        }
         IpFamily::Ipv4 => LookupIpStrategy::Ipv4Only,
         IpFamily::Ipv6 => LookupIpStrategy::Ipv6Only,
     };

@@ -682,3 +682,118 @@ fn dnssec_is_ok_through_a_resolver_that_passes_signatures_and_tlsa_must_be_signe
         .expect("a dnssec verdict");
     assert_eq!(dnssec.status, "info", "{dnssec:?}");
 }
+
+#[test]
+fn ipv6_address_without_ptr_names_the_family_to_turn_off() {
+    // The hostname has an A record with a forward-confirmed PTR and an AAAA record without.
+    let dir = KeptDir::new();
+    let key = keygen(dir.path(), "example.test", "ed", "ed25519");
+    ca_signed_cert(dir.path());
+    let mut records = good_host(&key);
+    records.push(format!("--address=/{HOST}/2001:db8::10"));
+    records.push("--local=/8.b.d.0.1.0.0.2.ip6.arpa/".into());
+    records.extend(good_domain("example.test", &key, &[]));
+    let dns = start_dns(&records);
+    let signed = ["example.test", HOST];
+    let both = config(
+        dir.path(),
+        "both.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &signed,
+        &key,
+        true,
+    );
+
+    let out = doctor(&both, &["example.test"]);
+    assert_eq!(out.code(), 1, "{}", out.all());
+    let verdicts = lines(&out);
+    let ptr: Vec<&Line> = verdicts.iter().filter(|l| l.check == "ptr").collect();
+    assert_eq!(ptr.len(), 2, "{}", out.stdout);
+    let (v6, v4): (Vec<&Line>, Vec<&Line>) = ptr.iter().partition(|l| l.detail.contains("IPv6"));
+    assert_eq!(v4[0].status, "ok", "{:?}", v4[0]);
+    assert_eq!(v6[0].status, "FAIL", "{:?}", v6[0]);
+    assert!(
+        v6[0].detail.contains(
+            "IPv6 address 2001:db8::10 has no PTR record (reverse DNS): many receivers refuse \
+             its mail: set outbound.ip = \"ipv4\" or add a PTR"
+        ),
+        "{:?}",
+        v6[0]
+    );
+    let published = v6[0].record.as_deref().unwrap_or_default();
+    assert!(
+        published.contains("ip6.arpa. IN PTR mx.example.test."),
+        "{published}"
+    );
+
+    // With IPv4 only, the IPv6 address is not where mail leaves from.
+    let v4 = dir.path().join("v4.toml");
+    let text = std::fs::read_to_string(&both).unwrap() + "[outbound]\nip = \"ipv4\"\n";
+    std::fs::write(&v4, text).unwrap();
+    let out = doctor(&v4, &["example.test"]);
+    let verdicts = lines(&out);
+    let ptr: Vec<&Line> = verdicts.iter().filter(|l| l.check == "ptr").collect();
+    assert_eq!(ptr.len(), 1, "{}", out.stdout);
+    assert_eq!(ptr[0].status, "ok", "{:?}", ptr[0]);
+    let header = out.stdout.lines().next().unwrap_or_default();
+    assert!(
+        header.contains("outbound 192.0.2.10 (") && !header.contains("2001:db8::10"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn each_named_certificate_is_checked_for_its_name() {
+    let dir = KeptDir::new();
+    let key = keygen(dir.path(), "example.test", "ed", "ed25519");
+    ca_signed_cert(dir.path());
+    let (_, chain, leaf_key) =
+        mta_tests::certs::ca_and_leaf(dir.path(), "mail", "mail.example.test");
+    let mut records = good_host(&key);
+    records.extend(good_domain("example.test", &key, &[]));
+    let dns = start_dns(&records);
+    let cfg = config(
+        dir.path(),
+        "mta.toml",
+        &dns.config_toml(),
+        &["example.test"],
+        &["example.test", HOST],
+        &key,
+        true,
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    for name in ["mail.example.test", "other.example.test"] {
+        text.push_str(&format!(
+            "[tls.\"{name}\"]\ncert = {:?}\nkey = {:?}\n",
+            chain.display().to_string(),
+            leaf_key.display().to_string()
+        ));
+    }
+    std::fs::write(&cfg, text).unwrap();
+
+    let out = doctor(&cfg, &["example.test"]);
+    let verdicts = lines(&out);
+    let cert = |name: &str| {
+        verdicts
+            .iter()
+            .find(|l| l.check == "cert" && l.domain == name)
+            .unwrap_or_else(|| panic!("no cert verdict for {name}:\n{}", out.stdout))
+    };
+    // The test certificates are valid for two days: a warning to renew, not a failure.
+    let mail = cert("mail.example.test");
+    assert_eq!(mail.status, "warn", "{mail:?}");
+    assert!(
+        mail.detail.starts_with("mail.crt: expires in ") && !mail.detail.contains("not valid"),
+        "{mail:?}"
+    );
+    let other = cert("other.example.test");
+    assert_eq!(other.status, "FAIL", "{other:?}");
+    assert!(
+        other
+            .detail
+            .contains("not valid for other.example.test (it names mail.example.test)"),
+        "{other:?}"
+    );
+}
