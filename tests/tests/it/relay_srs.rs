@@ -146,7 +146,7 @@ fn today() -> u64 {
 
 /// The `Authentication-Results:` value of a delivered file, unfolded.
 fn auth_results(path: &std::path::Path) -> String {
-    let text = String::from_utf8_lossy(&std::fs::read(path).expect("read")).replace("\r\n\t", " ");
+    let text = String::from_utf8_lossy(&mta_tests::read_crlf(path)).replace("\r\n\t", " ");
     text.lines()
         .find_map(|l| l.strip_prefix("Authentication-Results: "))
         .unwrap_or_default()
