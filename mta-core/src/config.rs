@@ -12,6 +12,7 @@
 
 mod authentication;
 mod checker;
+mod dmarc;
 mod duration;
 mod file;
 mod local;
@@ -80,6 +81,23 @@ pub struct Config {
     /// The user `mta serve` runs as and its sandbox (`user`, `group`, `allow_root`,
     /// `sandbox`).
     pub process: Process,
+    /// Where DMARC aggregate reports arrive and how much of them is kept
+    /// (`[dmarc_reports]`); off when no address is set.
+    pub dmarc_reports: DmarcReports,
+}
+
+/// `[dmarc_reports]`: mail to `address` is parsed as DMARC aggregate reports (RFC 7489
+/// §7.2) and stored under `DATA_DIR/dmarc` for `mta report dmarc`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmarcReports {
+    /// The `rua=mailto:` address in our DMARC records, in a local domain; `None`: off.
+    pub address: Option<Address>,
+    /// Decompressed report XML read from one message, at most.
+    pub max_size: u64,
+    /// Records kept of one report.
+    pub max_records: usize,
+    /// Reports stored per day.
+    pub max_per_day: usize,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several
@@ -707,6 +725,8 @@ impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod authentication_tests;
+#[cfg(test)]
+mod dmarc_tests;
 #[cfg(test)]
 mod docs_tests;
 #[cfg(test)]

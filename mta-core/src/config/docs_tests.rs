@@ -85,9 +85,22 @@ const KEYS: &[&str] = &[
     "local.lmtp",
     "local.recipient_delimiter",
     "local.mail_group",
+    "dmarc_reports.address",
+    "dmarc_reports.max_size",
+    "dmarc_reports.max_records",
+    "dmarc_reports.max_per_day",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",
+    "listen",
+    "tls",
+    "limits",
+    "dns",
+    "outbound",
+    "queue",
+    "inbound",
+    "metrics",
+    "local",
+    "dmarc_reports",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

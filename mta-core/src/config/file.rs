@@ -53,6 +53,18 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub local: RawLocal,
+    #[serde(default)]
+    pub dmarc_reports: RawDmarcReports,
+}
+
+/// `[dmarc_reports]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDmarcReports {
+    pub address: Option<S<String>>,
+    pub max_size: Option<S<size::Size>>,
+    pub max_records: Option<S<i64>>,
+    pub max_per_day: Option<S<i64>>,
 }
 
 /// `[metrics]`
@@ -386,6 +398,7 @@ pub(super) fn write(config: &Config) -> String {
         format!("\n[local]\n{}", write_local(&config.local)),
         format!("\n[aliases]\n{}", write_aliases(config)),
         write_dkim(&config.dkim),
+        write_dmarc_reports(&config.dmarc_reports),
     ]
     .concat()
 }
@@ -490,6 +503,18 @@ fn write_queue(q: &Queue) -> String {
         time(q.delay_warning),
         q.min_free_space,
         q.min_free_inodes,
+    )
+}
+
+/// `[dmarc_reports]`.
+fn write_dmarc_reports(d: &super::DmarcReports) -> String {
+    let address = match &d.address {
+        Some(a) => format!("address = {}\n", quote(&a.to_string())),
+        None => "# no address: reports are not read\n".to_string(),
+    };
+    format!(
+        "\n[dmarc_reports]\n{address}max_size = {}\nmax_records = {}\nmax_per_day = {}\n",
+        d.max_size, d.max_records, d.max_per_day,
     )
 }
 

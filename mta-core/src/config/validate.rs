@@ -118,6 +118,7 @@ pub(super) fn from_raw(
     let inbound = c.inbound(&raw.inbound);
     let metrics_listen = c.metrics_listen(&raw, &listen);
     let process = c.process(&raw);
+    let dmarc_reports = c.dmarc_reports(&raw.dmarc_reports, &local_domains, &aliases);
     let errors = c.into_errors();
     let config = Config {
         hostname,
@@ -137,6 +138,7 @@ pub(super) fn from_raw(
         inbound,
         metrics_listen,
         process,
+        dmarc_reports,
     };
     (config, errors)
 }
