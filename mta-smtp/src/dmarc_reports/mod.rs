@@ -21,7 +21,7 @@ pub fn ingest(config: &DmarcReports, data_dir: &Path, msg: &str, message: &[u8],
     let (report, dropped) = match extract::report(message, config.max_size, config.max_records) {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(msg, error = %escape(&e.to_string()), "DMARC report not read");
+            tracing::warn!(%msg, error = %escape(&e.to_string()), "DMARC report not read");
             return;
         }
     };
@@ -31,18 +31,18 @@ pub fn ingest(config: &DmarcReports, data_dir: &Path, msg: &str, message: &[u8],
     let domain = escape(&stored.policy.domain);
     match store::save(data_dir, &stored, config.max_per_day) {
         Ok(Saved::Stored(path)) => tracing::info!(
-            msg, %org, report_id = %id, %domain, records = stored.records.len(),
+            %msg, %org, report_id = %id, %domain, records = stored.records.len(),
             records_dropped = stored.records_dropped, file = %path.display(),
             "DMARC report stored (source unverified)"
         ),
         Ok(Saved::Duplicate) => {
-            tracing::info!(msg, %org, report_id = %id, "DMARC report already stored");
+            tracing::info!(%msg, %org, report_id = %id, "DMARC report already stored");
         }
         Ok(Saved::DayFull) => tracing::warn!(
-            msg, %org, report_id = %id, max_per_day = config.max_per_day,
+            %msg, %org, report_id = %id, max_per_day = config.max_per_day,
             "DMARC report dropped: today's reports are stored already"
         ),
-        Err(e) => tracing::warn!(msg, %org, report_id = %id, error = %e,
+        Err(e) => tracing::warn!(%msg, %org, report_id = %id, error = %e,
             "DMARC report not stored"),
     }
 }
