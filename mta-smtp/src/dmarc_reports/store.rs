@@ -201,11 +201,17 @@ pub enum Saved {
 }
 
 /// Stores `report` under `data_dir/dmarc` unless it is there already or today's quota is
-/// spent. Blocking.
+/// spent; one call at a time in this process. Blocking.
 ///
 /// # Errors
 /// Creating the directory, listing it or writing the file.
 pub fn save(data_dir: &Path, report: &StoredReport, max_per_day: usize) -> io::Result<Saved> {
+    // Deliveries run in parallel: without this, two copies of one report (or the last
+    // reports of a day) could both see the directory before either is written.
+    static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = SAVING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = data_dir.join(DIR);
     std::fs::DirBuilder::new()
         .recursive(true)

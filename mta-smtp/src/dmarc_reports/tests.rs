@@ -519,3 +519,43 @@ proptest! {
         let _ = extract::report(&mime(&[("application/zip", "r.zip", &bytes)]), 4096, 10);
     }
 }
+
+/// Deliveries run in parallel: sixteen copies of one report at once are stored once, and
+/// sixteen different reports at once against a quota of five store five.
+#[test]
+fn parallel_saves_keep_duplicates_and_the_quota() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_765_100_000;
+    let run = |ids: Vec<String>, quota: usize| -> Vec<Saved> {
+        let barrier = std::sync::Barrier::new(ids.len());
+        std::thread::scope(|s| {
+            let handles: Vec<_> = ids
+                .iter()
+                .map(|id| {
+                    let report = StoredReport::new(&built_report(id, 1), now, 0, 10);
+                    let (barrier, path) = (&barrier, dir.path());
+                    s.spawn(move || {
+                        barrier.wait();
+                        store::save(path, &report, quota).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    let same = run(vec!["same".to_string(); 16], 100);
+    let stored = same
+        .iter()
+        .filter(|s| matches!(s, Saved::Stored(_)))
+        .count();
+    assert_eq!(stored, 1, "{same:?}");
+    let other = run((0..16).map(|i| format!("r{i}")).collect(), 5);
+    let stored = other
+        .iter()
+        .filter(|s| matches!(s, Saved::Stored(_)))
+        .count();
+    assert_eq!(
+        stored, 4,
+        "the quota of 5 counts the first report too: {other:?}"
+    );
+}
