@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-libfuzzer_targets=(line data bdat client_reply conn command address auth record session mta_sts_policy headers milter_reply)
+libfuzzer_targets=(line data bdat client_reply conn command address auth record session mta_sts_policy headers milter_reply dmarc_report)
 [ "${#targets[@]}" -gt 0 ] || targets=("${libfuzzer_targets[@]}")
 
 # Longest input per libFuzzer target: past every line limit (12288 for AUTH) for the readers;
@@ -46,7 +46,7 @@ max_len() {
 dict() {
   case "$1" in
     command | session | auth) echo "-dict=$PWD/fuzz/libfuzzer/dict/smtp.dict" ;;
-    address | headers | record | mta_sts_policy) echo "-dict=$PWD/fuzz/libfuzzer/dict/$1.dict" ;;
+    address | headers | record | mta_sts_policy | dmarc_report) echo "-dict=$PWD/fuzz/libfuzzer/dict/$1.dict" ;;
   esac
 }
 

@@ -51,6 +51,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("mta_sts_policy", mta_sts_policy),
     ("headers", headers),
     ("milter_reply", milter_reply),
+    ("dmarc_report", dmarc_report),
 ];
 
 /// The SMTP command parser; a parsed path prints and parses back to the same address.
@@ -302,6 +303,35 @@ pub fn mta_sts_policy(input: &[u8]) {
         for host in text.lines().take(4) {
             let _ = p.allows(host.trim());
         }
+    }
+}
+
+/// A DMARC aggregate report message as it arrives at the report address: read under a small
+/// budget (as a whole message, and as the body of an XML part); a report read is stored in
+/// a form that reads back the same, under a name made of hex digits only.
+pub fn dmarc_report(input: &[u8]) {
+    use mta_smtp::dmarc_reports::{extract, store::StoredReport};
+    let mut wrapped = b"Content-Type: text/xml\r\n\r\n".to_vec();
+    wrapped.extend_from_slice(input);
+    for message in [input, &wrapped[..]] {
+        let Ok((report, dropped)) = extract::report(message, 64 * 1024, 50) else {
+            continue;
+        };
+        assert!(
+            report.records().len() <= 50,
+            "{} records",
+            report.records().len()
+        );
+        let stored = StoredReport::new(&report, 1_765_100_000, dropped, 50);
+        let json = serde_json::to_vec(&stored).expect("a stored report serialises");
+        let again: StoredReport = serde_json::from_slice(&json).expect("and reads back");
+        assert_eq!(again, stored);
+        let name = stored.file_name();
+        let stem = name.strip_suffix(".json").expect("a .json file");
+        assert!(
+            stem.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'),
+            "{name}"
+        );
     }
 }
 

@@ -17,6 +17,7 @@ mod metrics_http;
 mod privileges;
 mod queue_cmd;
 mod reload;
+mod report_cmd;
 mod sandbox;
 mod send;
 mod sending_cmd;
@@ -77,6 +78,11 @@ enum Command {
     Auth {
         #[command(subcommand)]
         command: auth_cmd::AuthCommand,
+    },
+    /// Reports about our mail: `dmarc` (who sends as our domains).
+    Report {
+        #[command(subcommand)]
+        command: report_cmd::ReportCommand,
     },
     /// DKIM signing keys: keygen, show.
     Dkim {
@@ -171,6 +177,9 @@ fn main() -> ExitCode {
         Command::Auth { command } => {
             load_config(path.as_deref()).and_then(|c| auth_cmd::run(command, &c))
         }
+        Command::Report { command } => {
+            load_config(path.as_deref()).and_then(|c| report_cmd::run(command, &c))
+        }
         Command::Dkim { command } => {
             load_config(path.as_deref()).and_then(|c| dkim_cmd::run(command, &c))
         }
@@ -211,6 +220,7 @@ fn error_format(command: &Command) -> ErrorFormat {
         }
         Command::Queue { command } if command.json() => ErrorFormat::JsonAnswer,
         Command::Doctor(args) if args.json => ErrorFormat::JsonAnswer,
+        Command::Report { command } if command.json() => ErrorFormat::JsonAnswer,
         _ => ErrorFormat::Text,
     }
 }

@@ -12,6 +12,7 @@
 
 mod authentication;
 mod checker;
+mod dmarc;
 mod duration;
 mod file;
 mod local;
@@ -92,6 +93,9 @@ pub struct Config {
     /// Login (lower case, [`Address::key`]) → the further addresses it may send as
     /// (`[senders]`), each of one of [`Config::local_domains`].
     pub senders: BTreeMap<String, Vec<crate::senders::SenderPattern>>,
+    /// Where DMARC aggregate reports arrive and how much of them is kept
+    /// (`[dmarc_reports]`); off when no address is set.
+    pub dmarc_reports: DmarcReports,
 }
 
 /// Sender rewriting (`[srs]`, see [`crate::srs`]).
@@ -110,6 +114,20 @@ pub struct Srs {
     /// by `mta serve` when it starts and on each reload; `None` until then, when nothing is
     /// rewritten and no SRS address is accepted.
     pub keys: Option<crate::srs::Keys>,
+}
+
+/// `[dmarc_reports]`: mail to `address` is parsed as DMARC aggregate reports (RFC 7489
+/// §7.2) and stored under `DATA_DIR/dmarc` for `mta report dmarc`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmarcReports {
+    /// The `rua=mailto:` address in our DMARC records, in a local domain; `None`: off.
+    pub address: Option<Address>,
+    /// Decompressed report XML read from one message, at most.
+    pub max_size: u64,
+    /// Records kept of one report.
+    pub max_records: usize,
+    /// Reports stored per day.
+    pub max_per_day: usize,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several
@@ -803,6 +821,8 @@ impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod authentication_tests;
+#[cfg(test)]
+mod dmarc_tests;
 #[cfg(test)]
 mod docs_tests;
 #[cfg(test)]

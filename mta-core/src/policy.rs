@@ -87,7 +87,9 @@ fn local_rcpt(config: &Config, users: &UserDb, address: &Address) -> Option<Vec<
     if let Some(targets) = config.expand_alias(address) {
         return Some(targets);
     }
-    if users.contains(address) {
+    // The DMARC report address needs no user: its mail is parsed at delivery and kept in
+    // its own Maildir.
+    if users.contains(address) || config.dmarc_reports.is_address(address) {
         return Some(vec![address.clone()]);
     }
     if address.local_part().eq_ignore_ascii_case("postmaster") {

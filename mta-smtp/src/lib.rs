@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod dkim;
+pub mod dmarc_reports;
 pub mod headers;
 pub mod local;
 pub mod relay;

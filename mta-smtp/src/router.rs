@@ -164,6 +164,13 @@ impl Deliver for Router {
         recipients: &'a [Address],
     ) -> BoxFuture<'a, Vec<Outcome>> {
         Box::pin(async move {
+            if recipients
+                .iter()
+                .any(|r| self.config.dmarc_reports.is_address(r))
+            {
+                let id = envelope.id.to_string();
+                crate::dmarc_reports::ingest_delivered(&self.config, id, body.clone()).await;
+            }
             // Mail that mta writes itself (a bounce to a sender's alias, a TLS report to
             // `tlsrpt@` an alias) is queued to the address as it is; a session expanded its
             // recipients at RCPT already, so for its mail this changes nothing.

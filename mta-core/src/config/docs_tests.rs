@@ -100,9 +100,23 @@ const KEYS: &[&str] = &[
     "srs.domain",
     "srs.max_age",
     "local.line_endings",
+    "dmarc_reports.address",
+    "dmarc_reports.max_size",
+    "dmarc_reports.max_records",
+    "dmarc_reports.max_per_day",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local", "srs",
+    "listen",
+    "tls",
+    "limits",
+    "dns",
+    "outbound",
+    "queue",
+    "inbound",
+    "metrics",
+    "local",
+    "srs",
+    "dmarc_reports",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

@@ -58,6 +58,8 @@ pub(super) struct RawConfig {
     /// `[senders]`: login → the sender patterns it may use.
     #[serde(default)]
     pub senders: Option<BTreeMap<S<String>, List>>,
+    #[serde(default)]
+    pub dmarc_reports: RawDmarcReports,
 }
 
 /// `[srs]`
@@ -67,6 +69,16 @@ pub(super) struct RawSrs {
     pub enabled: Option<bool>,
     pub domain: Option<S<String>>,
     pub max_age: Option<S<String>>,
+}
+
+/// `[dmarc_reports]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDmarcReports {
+    pub address: Option<S<String>>,
+    pub max_size: Option<S<size::Size>>,
+    pub max_records: Option<S<i64>>,
+    pub max_per_day: Option<S<i64>>,
 }
 
 /// `[metrics]`
@@ -467,6 +479,7 @@ pub(super) fn write(config: &Config) -> String {
         format!("\n[aliases]\n{}", write_aliases(config)),
         write_senders(config),
         write_dkim(&config.dkim),
+        write_dmarc_reports(&config.dmarc_reports),
     ]
     .concat()
 }
@@ -594,6 +607,18 @@ fn write_queue(q: &Queue) -> String {
         time(q.delay_warning),
         q.min_free_space,
         q.min_free_inodes,
+    )
+}
+
+/// `[dmarc_reports]`.
+fn write_dmarc_reports(d: &super::DmarcReports) -> String {
+    let address = match &d.address {
+        Some(a) => format!("address = {}\n", quote(&a.to_string())),
+        None => "# no address: reports are not read\n".to_string(),
+    };
+    format!(
+        "\n[dmarc_reports]\n{address}max_size = {}\nmax_records = {}\nmax_per_day = {}\n",
+        d.max_size, d.max_records, d.max_per_day,
     )
 }
 

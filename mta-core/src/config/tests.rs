@@ -214,6 +214,12 @@ fn defaults() {
             max_age: Duration::from_secs(21 * 86_400),
             keys: None,
         },
+        dmarc_reports: DmarcReports {
+            address: None,
+            max_size: 4 * 1024 * 1024,
+            max_records: 10_000,
+            max_per_day: 1_000,
+        },
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -420,7 +426,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`, `dmarc_reports`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

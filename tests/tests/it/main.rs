@@ -6,6 +6,7 @@ mod bdat;
 mod clock_steps;
 mod dialogs;
 mod dkim;
+mod dmarc_reports;
 mod dnssec_server;
 mod docs_tree;
 mod doctor;
