@@ -171,6 +171,45 @@ fn postfix_passes_a_dsn_request_on_and_mta_reports_the_delivery() {
     assert_eq!(mta.maildir_new(BOB).len(), 1, "delivered once");
 }
 
+/// The same request for a sender nothing vouches for (checks off: no SPF pass): mta
+/// delivers but sends no notice, which would be backscatter, and says so in its log as it
+/// does for a bounce it does not send.
+#[test]
+fn a_success_notice_for_an_unverified_sender_is_dropped_and_logged() {
+    let mta = MtaBuilder::new()
+        .user(ALICE, ALICE_PASSWORD)
+        .user(BOB, "bob-password-1")
+        .start();
+    let relayhost = format!("[127.0.0.1]:{}", mta.smtp_addr().port());
+    let (port, postfix) = on_shared_port("postfix", |port| {
+        PostfixBuilder::new("postfix.client.test", "127.0.0.2", port)
+            .main_cf("relayhost", &relayhost)
+            .try_start()
+    });
+    let out = run(
+        "python3 smtplib",
+        Command::new("python3")
+            .args(["-c", PYTHON_TO_POSTFIX])
+            .arg(port.to_string())
+            .args([ALICE, BOB]),
+        b"",
+        secs(30),
+    );
+    out.assert_success("python3 smtplib");
+    mta.wait_for_mail(BOB, 1, 30);
+    mta.wait_logged(secs(10), "the dropped notice", || {
+        mta.log()
+            .contains("success notice not sent: nothing shows the sender is real")
+    });
+    mta.wait_for_empty_queue(secs(10));
+    assert!(
+        mta.maildir_new(ALICE).is_empty(),
+        "{:?}",
+        mta.maildir_new(ALICE)
+    );
+    assert!(!postfix.log().contains("delivery status notification"));
+}
+
 const NOBODY: &str = "nobody@remote.test";
 
 /// Alice submits to bob (`NOTIFY=SUCCESS`) and nobody (`NOTIFY=FAILURE`) with smtplib.
