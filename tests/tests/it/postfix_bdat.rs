@@ -56,11 +56,13 @@ fn a_3_mib_message_goes_to_postfix_in_bdat_chunks_byte_for_byte() {
             .mailboxes(&[REMOTE_BOB])
             .try_start()
     });
-    let tx = start_sender(sender(&dns, port, ""));
+    let mut tx = start_sender(sender(&dns, port, ""));
     let msg = big_message(ALICE, REMOTE_BOB);
     submit(&tx, &[REMOTE_BOB], &msg);
     let files = postfix.wait_for_mail(REMOTE_BOB, 1, secs(60));
     tx.wait_for_empty_queue(secs(30));
+    // Postfix logs the commands of a session at its end: close the idle connection now.
+    tx.stop();
     wait_for(secs(10), "Postfix logs the session's end", || {
         postfix.log().contains(" bdat=")
     });

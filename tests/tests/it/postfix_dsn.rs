@@ -165,6 +165,8 @@ fn postfix_passes_a_dsn_request_on_and_mta_reports_the_delivery() {
     let r = dsn.recipient(BOB);
     assert_eq!(r.expect("Action"), "delivered");
     assert!(r.expect("Status").starts_with("2."), "{r:?}");
+    // The ORCPT Postfix added for the recipient it was given.
+    assert_eq!(r.expect("Original-Recipient"), "rfc822; bob@example.test");
     // Not our user's mail: the notice returns none of it, whatever RET asked for.
     assert_eq!(dsn.parts.len(), 2, "{:?}", dsn.parts);
     assert_eq!(postfix.maildir_new(SOMEONE).len(), 1, "one notice");
