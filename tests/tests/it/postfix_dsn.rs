@@ -4,10 +4,13 @@
 //! - Postfix relays to mta's submission port with SASL (PLAIN over required TLS) and
 //!   `smtp_send_dummy_mail_auth = yes`: mta takes `AUTH=<>` on MAIL and delivers;
 //! - a client asks Postfix for `NOTIFY=SUCCESS,FAILURE`, `ENVID` and `RET=HDRS`; Postfix
-//!   passes them to mta (port 25 offers DSN), and mta's `delivered` notice carries them;
-//! - mta relays to Postfix with `NOTIFY=SUCCESS`: Postfix offers DSN, so mta passes the
-//!   request on and sends no notice of its own; Postfix's `delivered` notice comes back to
-//!   alice, once; a `NOTIFY=FAILURE` recipient Postfix refuses brings one bounce, from mta.
+//!   passes them to mta (port 25 offers DSN), and mta's `delivered` notice carries them to
+//!   a sender SPF showed to be real; for one nothing vouches for, none is sent, and the log
+//!   says so;
+//! - mta relays to Postfix with `NOTIFY=SUCCESS` and an `ORCPT`: Postfix offers DSN, so mta
+//!   passes them on (in a BDAT transaction) and sends no notice of its own; Postfix's
+//!   `delivered` notice comes back to alice, once; a `NOTIFY=FAILURE` recipient Postfix
+//!   refuses brings one bounce, from mta.
 
 use std::process::Command;
 
@@ -214,7 +217,7 @@ fn a_success_notice_for_an_unverified_sender_is_dropped_and_logged() {
 
 const NOBODY: &str = "nobody@remote.test";
 
-/// Alice submits to bob (`NOTIFY=SUCCESS`) and nobody (`NOTIFY=FAILURE`) with smtplib.
+/// Alice submits to bob (`NOTIFY=SUCCESS` and an `ORCPT`) and nobody (`NOTIFY=FAILURE`) with smtplib.
 const PYTHON_TO_MTA: &str = r#"
 import smtplib, ssl, sys
 port, cafile, user, password, bob, nobody = sys.argv[1:7]
@@ -225,7 +228,7 @@ with smtplib.SMTP("127.0.0.1", int(port), local_hostname="python.client.test", t
     s.starttls(context=ctx)
     s.login(user, password)
     assert s.mail(user, ["ENVID=pf-1"])[0] == 250
-    assert s.rcpt(bob, ["NOTIFY=SUCCESS"])[0] == 250
+    assert s.rcpt(bob, ["NOTIFY=SUCCESS", "ORCPT=rfc822;bob+2Bx@remote.test"])[0] == 250
     assert s.rcpt(nobody, ["NOTIFY=FAILURE"])[0] == 250
     code, reply = s.data(msg)
     assert code == 250, reply
@@ -288,6 +291,11 @@ fn mta_passes_notify_to_postfix_and_each_notice_comes_once() {
     assert_eq!(postfix_dsn.final_recipients(), [REMOTE_BOB]);
     let r = postfix_dsn.recipient(REMOTE_BOB);
     assert_eq!(r.expect("Action"), "delivered");
+    // The ORCPT alice gave, xtext and all, went to Postfix with the RCPT.
+    assert_eq!(
+        r.expect("Original-Recipient").replace(' ', ""),
+        "rfc822;bob+x@remote.test"
+    );
     assert_eq!(
         postfix_dsn.per_message.expect("Original-Envelope-Id"),
         "pf-1"
@@ -298,4 +306,11 @@ fn mta_passes_notify_to_postfix_and_each_notice_comes_once() {
     assert!(!tx.log().contains("success notice sent"), "{}", tx.log());
     assert_eq!(postfix.maildir_new(REMOTE_BOB).len(), 1, "delivered once");
     assert_eq!(tx.maildir_new(ALICE).len(), 2);
+    // Postfix offers CHUNKING: NOTIFY and ORCPT went with the RCPTs of a BDAT transaction.
+    // It logs a session's commands at its end: close mta's idle connection.
+    let mut tx = tx;
+    tx.stop();
+    wait_for(secs(10), "Postfix logs the session's end", || {
+        postfix.log().contains(" bdat=")
+    });
 }
