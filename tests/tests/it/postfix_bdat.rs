@@ -6,8 +6,10 @@
 //!   lines starting with `.` included, below the trace fields Postfix adds;
 //! - Postfix → mta: the Postfix 3.7 SMTP client has no BDAT (only its smtpd speaks
 //!   CHUNKING), so it sends the same message with DATA although mta offers CHUNKING; it
-//!   lands in mta's Maildir as sent, below Postfix's `Received:` and mta's trace fields.
+//!   lands in mta's Maildir as sent, below Postfix's `Received:` and mta's trace fields;
+//! - over Postfix's `message_size_limit`, the message is never sent: one bounce (`5.3.4`).
 
+use mta_tests::dsn::read_dsn;
 use mta_tests::postfix::PostfixBuilder;
 use mta_tests::relay::{REMOTE_BOB, sender, start_sender, submit};
 use mta_tests::{
@@ -135,4 +137,38 @@ fn a_3_mib_message_from_postfix_lands_in_mta_byte_for_byte() {
     assert!(log.contains(" CHUNKING"), "{log}");
     assert!(log.contains("C: line=DATA"), "{log}");
     assert!(!log.contains("C: line=\"BDAT"), "{log}");
+}
+
+/// Postfix's `message_size_limit` below the message: its `SIZE` keyword makes mta fail the
+/// recipient (`5.3.4`) without sending a chunk, and alice gets one bounce.
+#[test]
+fn a_message_over_postfix_size_limit_bounces_once_unsent() {
+    let dns = TestDns::start(&[
+        "--mx-host=remote.test,mx1.remote.test,10",
+        "--host-record=mx1.remote.test,127.0.0.2",
+    ]);
+    let (port, postfix) = on_shared_port("postfix", |port| {
+        PostfixBuilder::new("mx1.remote.test", "127.0.0.2", port)
+            .mailboxes(&[REMOTE_BOB])
+            .main_cf("message_size_limit", "1000000")
+            .try_start()
+    });
+    let mut tx = start_sender(sender(&dns, port, ""));
+    let msg = big_message(ALICE, REMOTE_BOB);
+    submit(&tx, &[REMOTE_BOB], &msg);
+    let bounces = tx.wait_for_mail(ALICE, 1, 30);
+    tx.wait_for_empty_queue(secs(30));
+    assert_eq!(bounces.len(), 1, "{bounces:?}");
+    let dsn = read_dsn(&bounces[0]);
+    let r = dsn.recipient(REMOTE_BOB);
+    assert_eq!(r.expect("Action"), "failed");
+    assert_eq!(r.expect("Status"), "5.3.4");
+    tx.stop();
+    wait_for(secs(10), "Postfix logs the session's end", || {
+        postfix.log().contains("disconnect from")
+    });
+    let log = postfix.log();
+    assert!(!log.contains(" bdat=") && !log.contains(" mail="), "{log}");
+    assert!(postfix.maildir_new(REMOTE_BOB).is_empty());
+    assert_eq!(tx.maildir_new(ALICE).len(), 1);
 }
