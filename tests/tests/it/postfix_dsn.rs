@@ -20,8 +20,8 @@ use crate::dkim::txt_record;
 use mta_tests::postfix::PostfixBuilder;
 use mta_tests::relay::{REMOTE_BOB, sender, start_sender};
 use mta_tests::{
-    ALICE, ALICE_PASSWORD, MtaBuilder, SmtpClient, TestDns, TestMta, on_shared_port, run, secs,
-    wait_for,
+    ALICE, ALICE_PASSWORD, MtaBuilder, SmtpClient, TestDns, TestMta, on_shared_port,
+    read_delivered, run, secs, wait_for,
 };
 
 const BOB: &str = "bob@example.test";
@@ -77,6 +77,8 @@ fn postfix_with_sasl_sends_auth_empty_and_mta_delivers() {
     assert_eq!(log.matches("status=sent").count(), 1, "{log}");
     assert_eq!(files.len(), 1, "delivered once: {files:?}");
     assert_eq!(mta.maildir_new(BOB).len(), 1);
+    let d = read_delivered(&files[0]);
+    assert!(d.received.contains("with ESMTPSA"), "{}", d.received);
     let mta_log = mta.log();
     let mails: Vec<&str> = mta_log
         .lines()
