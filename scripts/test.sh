@@ -41,6 +41,9 @@ command -v prlimit >/dev/null 2>&1 || missing+=(util-linux)
 # msmtp submits to mta as a real client (tests/it/msmtp.rs); Postfix above also runs as
 # private instances, the peer of tests/it/postfix_*.rs.
 command -v msmtp >/dev/null 2>&1 || missing+=(msmtp)
+# Cyrus SASL's PLAIN mechanism, for a Postfix that relays through mta's submission port as
+# a user (tests/it/postfix_dsn.rs); only a recommendation of Postfix's libsasl2-2.
+ls /usr/lib/*/sasl2/libplain.so* >/dev/null 2>&1 || missing+=(libsasl2-modules)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}"
   sudo=""

@@ -144,7 +144,8 @@ impl Metrics {
         );
         registry.register(
             "dsn_dropped",
-            "Bounces not sent because nothing showed the envelope sender to be real",
+            "Bounces and success notices not sent because nothing showed the envelope sender \
+             to be real",
             self.dsn_dropped.clone(),
         );
         registry.register(
@@ -237,7 +238,7 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a bounce not sent to an unverified envelope sender.
+    /// Counts a bounce or success notice not sent to an unverified envelope sender.
     pub fn dsn_dropped(&self) {
         self.dsn_dropped.inc();
     }

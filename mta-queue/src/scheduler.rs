@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mta_core::address::Address;
-use mta_core::envelope::{Envelope, MessageId, RcptState};
+use mta_core::envelope::{Envelope, MessageId, RcptState, Recipient};
 use mta_core::metrics::METRICS;
 use mta_core::seams::{Deliver, Outcome, Verdict};
 use tokio::sync::{Notify, Semaphore, watch};
@@ -367,6 +367,14 @@ impl Queue {
                 );
                 METRICS.dsn_dropped();
             }
+            let delivered = success_wanted(envelope, before).count();
+            if delivered > 0 && envelope.sender.address().is_some() {
+                info!(
+                    delivered,
+                    "success notice not sent: nothing shows the sender is real (no SPF or DKIM pass)"
+                );
+                METRICS.dsn_dropped();
+            }
             return;
         }
         let failed: Vec<DsnRecipient> = envelope
@@ -415,16 +423,7 @@ impl Queue {
     async fn notify_success(&self, envelope: &Envelope, before: &[RcptState], body: &[u8]) {
         let mut delivered = Vec::new();
         let mut relayed = Vec::new();
-        for (r, was) in envelope.recipients.iter().zip(before) {
-            if *was != RcptState::Pending || r.state != RcptState::Delivered {
-                continue;
-            }
-            let Some(outcome) = r.last_result.as_ref() else {
-                continue;
-            };
-            if !r.dsn.wants_success() || outcome.dsn_passed {
-                continue;
-            }
+        for (r, outcome) in success_wanted(envelope, before) {
             match outcome.remote.as_ref().is_some_and(|at| at.host.is_some()) {
                 true => relayed.push(DsnRecipient::of(r, DsnKind::Relayed)),
                 false => delivered.push(DsnRecipient::of(r, DsnKind::Delivered)),
@@ -438,6 +437,21 @@ impl Queue {
             }
         }
     }
+}
+
+/// The recipients delivered in this attempt (pending `before` it) that asked for a success
+/// notice we must send: not those whose next hop took the request on (`dsn_passed`).
+fn success_wanted<'a>(
+    envelope: &'a Envelope,
+    before: &'a [RcptState],
+) -> impl Iterator<Item = (&'a Recipient, &'a Outcome)> + 'a {
+    envelope
+        .recipients
+        .iter()
+        .zip(before)
+        .filter(|(r, was)| **was == RcptState::Pending && r.state == RcptState::Delivered)
+        .filter_map(|(r, _)| Some(r).zip(r.last_result.as_ref()))
+        .filter(|(r, outcome)| r.dsn.wants_success() && !outcome.dsn_passed)
 }
 
 /// How an attempt ended.

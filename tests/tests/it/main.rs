@@ -34,6 +34,8 @@ mod milter;
 mod msmtp;
 mod observability;
 mod own_files;
+mod postfix_bdat;
+mod postfix_dsn;
 mod postfix_inbound;
 mod postfix_outbound;
 mod privileges;
