@@ -62,6 +62,8 @@ pub fn parse(rest: &str) -> Result<(u64, bool), Reply> {
 #[derive(Debug)]
 pub struct Chunks<'a> {
     body: Vec<u8>,
+    /// When the first chunk was announced: the whole message has `data_timeout` from here.
+    started: tokio::time::Instant,
     /// The budget this message's buffer is reserved in.
     held: Reservation<'a>,
     /// Octets received in all chunks.
@@ -95,6 +97,7 @@ impl<'a> Chunks<'a> {
     pub fn new(held: Reservation<'a>) -> Chunks<'a> {
         Chunks {
             body: Vec::new(),
+            started: tokio::time::Instant::now(),
             held,
             size: 0,
             prev_cr: false,
@@ -103,6 +106,11 @@ impl<'a> Chunks<'a> {
             too_long: false,
             no_memory: false,
         }
+    }
+
+    /// When the first chunk was announced.
+    pub fn started(&self) -> tokio::time::Instant {
+        self.started
     }
 
     /// Octets received in all chunks so far.

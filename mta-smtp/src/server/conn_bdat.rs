@@ -1,6 +1,6 @@
 //! The connection loop's part in CHUNKING (RFC 3030): each chunk is read under the same
-//! time limits as the data after DATA (`command_timeout` per read, `data_timeout` per chunk,
-//! the session's end, the shutdown grace), answered `250` when it is not the last, and at
+//! time limits as the data after DATA (`command_timeout` per read, `data_timeout` for the
+//! whole message from its first chunk, the session's end, the shutdown grace), answered `250` when it is not the last, and at
 //! `LAST` the message goes through the same pipeline and queue as one sent with DATA: its
 //! `250` comes only once the queue has it on disk.
 
@@ -77,6 +77,16 @@ async fn chunk<'s, S: AsyncRead + AsyncWrite + Unpin>(
     let max = limits.max_message_size;
     let message = chunks
         .get_or_insert_with(|| Chunks::new(shared.guards.memory.reserve(limits.message_memory)));
+    // As after DATA, the whole message has `data_timeout`: a client that trickles small
+    // chunks must not hold its buffer (and the memory budget) for the whole session.
+    let left = limits
+        .data_timeout
+        .saturating_sub(message.started().elapsed());
+    if left.is_zero() {
+        session.take_transaction();
+        *chunks = None;
+        return Ok(Some(Action::Close(timed_out(deadline))));
+    }
     let mut reader = IdleLimit::new(io, limits.command_timeout);
     let read = read_chunk(&mut reader, size, message, max);
     let mut shutdown = shared.shutdown.clone();
@@ -85,7 +95,7 @@ async fn chunk<'s, S: AsyncRead + AsyncWrite + Unpin>(
         tokio::time::sleep(shared.config.shutdown_grace * 9 / 10).await;
     };
     let read = tokio::select! {
-        r = timeout(wait(limits.data_timeout, deadline), read) => r,
+        r = timeout(wait(left, deadline), read) => r,
         () = grace_over => Ok(Err(io::ErrorKind::Interrupted.into())),
     };
     let failed = match read {

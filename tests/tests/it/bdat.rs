@@ -399,3 +399,30 @@ fn every_250_to_the_last_chunk_follows_a_store_sync() {
         "acks the trace does not show with a sync: {missing:?}"
     );
 }
+
+/// As after DATA, the whole message has `limits.data_timeout`, not each chunk: a client that
+/// sends a small chunk now and then, each within `command_timeout`, is closed with `421`
+/// once the message has taken `data_timeout`, and nothing is queued.
+#[test]
+fn a_message_of_trickled_chunks_has_data_timeout_in_all() {
+    let mta = server("[limits]\ndata_timeout = \"2s\"\ncommand_timeout = \"1s\"\n");
+    let mut c = client(&mta);
+    c.expect("MAIL FROM:<someone@remote.test>", 250);
+    c.expect(&format!("RCPT TO:<{BOB}>"), 250);
+    let started = std::time::Instant::now();
+    let mut last = None;
+    for i in 0..12 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        c.send_raw(b"BDAT 3\r\nx\r\n").unwrap();
+        let r = c.reply(&format!("chunk {i}"));
+        if r.code != 250 {
+            last = Some(r);
+            break;
+        }
+    }
+    let r = last.unwrap_or_else(|| panic!("6 s of chunks all taken\n{}", c.transcript()));
+    assert!(r.matches(421, Some("4.4.2")), "{}", c.transcript());
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    assert!(c.is_closed(), "{}", c.transcript());
+    assert_eq!(received(&mta), 0, "{}", mta.log());
+}

@@ -306,6 +306,59 @@ fn every_decision_and_every_failure_and_nothing_lost() {
 }
 
 #[test]
+fn header_changes_past_the_size_limit_are_refused_as_they_come() {
+    // 40 fields of 60 000 octets: 2.4 MB of changes to a message that may have 100 000.
+    let big = "x".repeat(60_000);
+    let mut edits: Vec<Vec<u8>> = (0..40).map(|_| add_header("X-Big", &big)).collect();
+    edits.push(bare(b'a'));
+    let milter = TestMilter::start(Box::new(move |_| (b'E', Act::Send(edits.clone()))), 0);
+    let mta = TestMta::start(&format!(
+        "[limits]\nmax_message_size = 100000\n\
+         [inbound]\nchecks = false\n\
+         [[inbound.milter]]\naddress = \"{}\"\nlisteners = [\"smtp\"]\n\
+         timeout = \"10s\"\non_failure = \"tempfail\"\n",
+        milter.address()
+    ));
+    mta.add_user(BOB, "bob-password-1");
+    let reply = send(&mta, &message("big changes"));
+    assert_eq!(reply.code, 451, "{reply}\n{}", mta.log());
+    // The changes stop being kept at the first that passes the limit, not after all of them.
+    let log = mta.log();
+    let said = log
+        .split("the changed message would be ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("no size refusal logged\n{log}"));
+    assert!(
+        said <= 100_000 + 60_010,
+        "kept {said} octets of changes\n{log}"
+    );
+    assert!(mta.maildir_new(BOB).is_empty());
+    // Many small changes: no more are kept than a message may have fields.
+    drop(milter);
+    let mut edits: Vec<Vec<u8>> = (0..5000).map(|_| add_header("X-T", "t")).collect();
+    edits.push(bare(b'a'));
+    let milter = TestMilter::start(Box::new(move |_| (b'E', Act::Send(edits.clone()))), 0);
+    let mta = TestMta::start(&format!(
+        "[limits]\nmax_headers = 100\n\
+         [inbound]\nchecks = false\n\
+         [[inbound.milter]]\naddress = \"{}\"\nlisteners = [\"smtp\"]\n\
+         timeout = \"10s\"\non_failure = \"tempfail\"\n",
+        milter.address()
+    ));
+    mta.add_user(BOB, "bob-password-1");
+    let reply = send(&mta, &message("many changes"));
+    assert_eq!(reply.code, 451, "{reply}\n{}", mta.log());
+    assert!(
+        mta.log().contains("asks for more than 100 header changes"),
+        "{}",
+        mta.log()
+    );
+    assert!(mta.maildir_new(BOB).is_empty());
+}
+
+#[test]
 fn a_milter_on_a_unix_socket_under_the_sandbox() {
     let dir = mta_tests::KeptDir::new();
     let path = dir.path().join("milter.sock");

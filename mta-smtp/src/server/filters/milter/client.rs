@@ -98,6 +98,8 @@ pub struct Server<'a> {
     pub hostname: &'a str,
     /// `limits.max_message_size`: a filter's new data may not be larger.
     pub max_size: usize,
+    /// `limits.max_headers`: a filter may ask for no more header changes than this.
+    pub max_edits: usize,
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -354,6 +356,9 @@ impl Talk {
         data: &[u8],
     ) -> Result<Decision, MilterError> {
         let mut changes: Vec<Edit> = Vec::new();
+        // The header changes so far are held to the limits as they come, as the body pieces
+        // are, so a filter cannot make us keep (or later apply) more than a message's worth.
+        let mut edited = 0;
         let mut new_body: Option<Vec<u8>> = None;
         let mut quarantine = None;
         loop {
@@ -368,18 +373,21 @@ impl Talk {
                     self.allowed(action::ADD_HEADERS, "add a header field")?;
                     let name = edits::field_name(&name)?;
                     let value = edits::field_value(&name, &value)?;
+                    edited = within(edited, &name, &value, server.max_size)?;
                     changes.push(Edit::Add { name, value });
                 }
                 Reply::InsertHeader { index, name, value } => {
                     self.allowed(action::ADD_HEADERS, "insert a header field")?;
                     let name = edits::field_name(&name)?;
                     let value = edits::field_value(&name, &value)?;
+                    edited = within(edited, &name, &value, server.max_size)?;
                     changes.push(Edit::Insert { index, name, value });
                 }
                 Reply::ChangeHeader { index, name, value } => {
                     self.allowed(action::CHANGE_HEADERS, "change a header field")?;
                     let name = edits::field_name(&name)?;
                     let value = edits::field_value(&name, &value)?;
+                    edited = within(edited, &name, &value, server.max_size)?;
                     changes.push(Edit::Change { index, name, value });
                 }
                 Reply::ReplaceBody(piece) => {
@@ -395,6 +403,12 @@ impl Talk {
                     quarantine = Some(printable(&reason, 200));
                 }
                 other => return Err(unexpected(&other, "the end of the message")),
+            }
+            if changes.len() > server.max_edits {
+                return Err(MilterError::Protocol(format!(
+                    "asks for more than {} header changes",
+                    server.max_edits
+                )));
             }
         }
         if let Some(reason) = quarantine {
@@ -451,6 +465,16 @@ impl Talk {
             }
             self.buf.extend_from_slice(&chunk[..n]);
         }
+    }
+}
+
+/// `so_far` octets of header changes and one more `name: value` line: the new total, or
+/// [`EditError::TooBig`] past `max` (the message they would make is larger still).
+fn within(so_far: usize, name: &str, value: &str, max: usize) -> Result<usize, EditError> {
+    let total = so_far + name.len() + value.len() + 4;
+    match total > max {
+        true => Err(EditError::TooBig(total)),
+        false => Ok(total),
     }
 }
 

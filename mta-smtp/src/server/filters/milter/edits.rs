@@ -34,8 +34,8 @@ pub enum EditError {
     /// A value with a line break that is not folding, or a control character.
     #[error("bad value for header field {0}")]
     Value(String),
-    /// A body with a bare CR.
-    #[error("the replacement body has a bare CR")]
+    /// A body with a bare CR or a NUL (neither may be in a message we take, RFC 6152 §3).
+    #[error("the replacement body has a bare CR or a NUL")]
     Body,
     /// The message the changes make is larger than `limits.max_message_size`.
     #[error("the changed message would be {0} octets, above the size limit")]
@@ -88,7 +88,7 @@ pub fn field_value(name: &str, value: &[u8]) -> Result<String, EditError> {
 /// A replacement body with every line ending CRLF (a bare LF becomes CRLF).
 ///
 /// # Errors
-/// A bare CR.
+/// A bare CR or a NUL.
 pub fn body(pieces: &[u8]) -> Result<Vec<u8>, EditError> {
     let mut out = Vec::with_capacity(pieces.len() + pieces.len() / 32);
     let mut i = 0;
@@ -99,7 +99,7 @@ pub fn body(pieces: &[u8]) -> Result<Vec<u8>, EditError> {
                 i += 2;
                 continue;
             }
-            b'\r' => return Err(EditError::Body),
+            b'\r' | 0 => return Err(EditError::Body),
             b'\n' => out.extend_from_slice(b"\r\n"),
             b => out.push(b),
         }

@@ -110,6 +110,8 @@ fn names_values_bodies_and_size() {
     }
     assert_eq!(body(b"a\nb\r\nc").unwrap(), b"a\r\nb\r\nc");
     assert_eq!(body(b"a\rb"), Err(EditError::Body));
+    // A NUL is refused in a client's data, so a filter may not put one in either.
+    assert_eq!(body(b"a\r\nb\0c\r\n"), Err(EditError::Body));
     let data = b"A: 1\r\n\r\nbody\r\n";
     assert!(matches!(
         apply(data, &[], Some(&[b'x'; 100]), 50),

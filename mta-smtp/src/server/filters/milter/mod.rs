@@ -46,6 +46,7 @@ impl Milters {
         let server = Server {
             hostname: self.config.hostname.as_str(),
             max_size: usize::try_from(self.config.limits.max_message_size).unwrap_or(usize::MAX),
+            max_edits: self.config.limits.max_headers,
         };
         let mut rewritten: Option<Vec<u8>> = None;
         for milter in &self.milters {
