@@ -559,3 +559,26 @@ fn parallel_saves_keep_duplicates_and_the_quota() {
         "the quota of 5 counts the first report too: {other:?}"
     );
 }
+
+/// DKIM and SPF results are bounded like records: one record listing 300,000 empty
+/// `<dkim>` elements (11 KB of gzip) is stored with at most `max_records` of them, not as
+/// 30 MB of JSON a day's quota of such messages would multiply.
+#[test]
+fn a_record_with_endless_auth_results_is_stored_small() {
+    let head = GOOGLE_XML.split("<record>").next().unwrap();
+    let mut xml = String::from(head);
+    xml += "<record><row><source_ip>192.0.2.1</source_ip><count>1</count></row>\
+            <identifiers><header_from>example.org</header_from></identifiers><auth_results>";
+    for _ in 0..150_000 {
+        xml += "<dkim></dkim><spf></spf>";
+    }
+    xml += "</auth_results></record></feedback>\n";
+    let msg = mime(&[("application/gzip", "big.xml.gz", &gzip(xml.as_bytes()))]);
+    let (report, dropped) = parse(&msg).unwrap();
+    let stored = StoredReport::new(&report, 1_765_100_000, dropped, 100);
+    assert_eq!(stored.records.len(), 1);
+    assert_eq!(stored.records[0].dkim.len(), 100);
+    assert_eq!(stored.records[0].spf.len(), 100);
+    let json = serde_json::to_vec_pretty(&stored).unwrap();
+    assert!(json.len() < 64 * 1024, "{} bytes stored", json.len());
+}
