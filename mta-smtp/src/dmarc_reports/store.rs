@@ -116,13 +116,13 @@ impl StoredReport {
         StoredReport {
             received,
             source: "unverified".to_string(),
-            org: m.org_name.clone(),
-            email: m.email.clone(),
-            report_id: m.report_id.clone(),
+            org: short(&m.org_name),
+            email: short(&m.email),
+            report_id: short(&m.report_id),
             begin: m.date_range.begin,
             end: m.date_range.end,
             policy: PolicyPublished {
-                domain: p.domain.clone(),
+                domain: short(&p.domain),
                 p: p.p.to_string(),
                 sp: p.sp.to_string(),
                 adkim: p.adkim.to_string(),
@@ -152,6 +152,15 @@ impl StoredReport {
     }
 }
 
+/// The most characters of a text field kept (a domain name has at most 253).
+const MAX_TEXT: usize = 255;
+
+/// `text` cut to [`MAX_TEXT`] characters: the report's text is the sender's, and a few bytes
+/// of compressed XML can say megabytes of it.
+fn short(text: &str) -> String {
+    text.chars().take(MAX_TEXT).collect()
+}
+
 /// `r` as stored, with at most `left.0` DKIM and `left.1` SPF results, which it spends.
 fn stored_record(r: &mail_auth::report::Record, left: &mut (usize, usize)) -> StoredRecord {
     let dkim: Vec<DkimResult> = r
@@ -159,8 +168,8 @@ fn stored_record(r: &mail_auth::report::Record, left: &mut (usize, usize)) -> St
         .iter()
         .take(left.0)
         .map(|d| DkimResult {
-            domain: d.domain().to_string(),
-            selector: d.selector().to_string(),
+            domain: short(d.domain()),
+            selector: short(d.selector()),
             result: d.result().to_string(),
         })
         .collect();
@@ -169,7 +178,7 @@ fn stored_record(r: &mail_auth::report::Record, left: &mut (usize, usize)) -> St
         .iter()
         .take(left.1)
         .map(|s| SpfResult {
-            domain: s.domain().to_string(),
+            domain: short(s.domain()),
             scope: s.scope().to_string(),
             result: s.result().to_string(),
         })
@@ -179,8 +188,8 @@ fn stored_record(r: &mail_auth::report::Record, left: &mut (usize, usize)) -> St
     StoredRecord {
         source_ip: r.source_ip(),
         count: r.count(),
-        header_from: r.header_from().to_string(),
-        envelope_from: r.envelope_from().to_string(),
+        header_from: short(r.header_from()),
+        envelope_from: short(r.envelope_from()),
         disposition: r.action_disposition().to_string(),
         dkim_aligned: r.dmarc_dkim_result().to_string(),
         spf_aligned: r.dmarc_spf_result().to_string(),

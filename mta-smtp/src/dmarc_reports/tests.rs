@@ -582,3 +582,19 @@ fn a_record_with_endless_auth_results_is_stored_small() {
     let json = serde_json::to_vec_pretty(&stored).unwrap();
     assert!(json.len() < 64 * 1024, "{} bytes stored", json.len());
 }
+
+/// Text fields are cut short: an `org_name` of a million control characters (a few KB of
+/// gzip) would be stored as 6 MB of JSON escapes.
+#[test]
+fn endless_text_fields_are_stored_short() {
+    let long = "\u{1}".repeat(1_000_000);
+    let xml = GOOGLE_XML
+        .replace("google.com</org_name>", &format!("{long}</org_name>"))
+        .replace("<header_from>example.org", &format!("<header_from>{long}"));
+    let msg = mime(&[("application/gzip", "big.xml.gz", &gzip(xml.as_bytes()))]);
+    let (report, dropped) = parse(&msg).unwrap();
+    assert_eq!(report.report_metadata.org_name.len(), 1_000_000);
+    let stored = StoredReport::new(&report, 1_765_100_000, dropped, 100);
+    let json = serde_json::to_vec_pretty(&stored).unwrap();
+    assert!(json.len() < 64 * 1024, "{} bytes stored", json.len());
+}
