@@ -130,7 +130,7 @@ impl SniCerts {
     /// [`TlsError`] naming the file that could not be used, or [`TlsError::Name`] when the
     /// certificate does not cover `name`.
     pub fn load(&self, name: &str, cert: &Path, key: &Path) -> Result<(), TlsError> {
-        let files = ReloadingCert::load(cert, key)?;
+        let mut files = ReloadingCert::load(cert, key)?;
         let current = files
             .state
             .lock()
@@ -142,6 +142,7 @@ impl SniCerts {
             name: name.to_string(),
             reason,
         })?;
+        files.name = Some(name.to_string());
         self.insert(name, Named::Files(files));
         Ok(())
     }
@@ -227,12 +228,15 @@ fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The certificate for every handshake, re-read when its files change (size, mtime or inode
-/// of either). A new pair that cannot be used (half-written, key and chain apart) is logged
-/// and the old one kept, and tried again at the next change.
+/// of either). A new pair that cannot be used (half-written, key and chain apart, or not
+/// covering the name it is served for) is logged and the old one kept, and tried again at
+/// the next change.
 #[derive(Debug)]
 pub struct ReloadingCert {
     cert: PathBuf,
     key: PathBuf,
+    /// The SNI name it is served for, which every new pair must cover too.
+    name: Option<String>,
     state: Mutex<Loaded>,
 }
 
@@ -265,6 +269,7 @@ impl ReloadingCert {
         Ok(ReloadingCert {
             cert: cert.into(),
             key: key.into(),
+            name: None,
             state: Mutex::new(Loaded {
                 current,
                 stamp,
@@ -285,7 +290,17 @@ impl ReloadingCert {
             return state.current.clone();
         }
         state.stamp = now;
-        match certified_key(&self.cert, &self.key) {
+        let fresh = certified_key(&self.cert, &self.key).and_then(|fresh| {
+            match self.name.as_deref().map(|name| covers(&fresh, name)) {
+                Some(Err(reason)) => Err(TlsError::Name {
+                    cert: self.cert.clone(),
+                    name: self.name.clone().unwrap_or_default(),
+                    reason,
+                }),
+                _ => Ok(fresh),
+            }
+        });
+        match fresh {
             Ok(fresh) => {
                 tracing::info!(cert = %self.cert.display(), "certificate files changed; serving the new certificate");
                 state.current = Arc::new(fresh);
@@ -370,5 +385,33 @@ mod tests {
         // Files for a name that they do not cover are refused too.
         let err = certs.load("mail.example.org", &cert, &key).unwrap_err();
         assert!(matches!(err, TlsError::Name { .. }), "{err}");
+    }
+
+    /// A name's files renewed with a certificate for another name are not served for it:
+    /// the old certificate is kept, as for a pair that cannot be read.
+    #[test]
+    fn a_renewal_not_covering_its_name_keeps_the_old_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, cert, key) = made(dir.path(), "mx.example.test");
+        let certs = SniCerts::new(ReloadingCert::load(&cert, &key).unwrap());
+        let (named, named_cert, named_key) = made(dir.path(), "mail.example.net");
+        certs
+            .load("mail.example.net", &named_cert, &named_key)
+            .unwrap();
+        let want = leaf(&named);
+        let (other, other_cert, other_key) = made(dir.path(), "other.example");
+        std::fs::rename(&other_cert, &named_cert).unwrap();
+        std::fs::rename(&other_key, &named_key).unwrap();
+        if let Some(Named::Files(files)) = certs.names.read().unwrap().get("mail.example.net") {
+            let mut state = files.state.lock().unwrap();
+            state.checked = Instant::now().checked_sub(CHECK_EVERY * 2).unwrap();
+        }
+        let served = leaf(&certs.pick(Some("mail.example.net")));
+        assert_ne!(
+            served,
+            leaf(&other),
+            "a certificate for other.example served"
+        );
+        assert_eq!(served, want);
     }
 }

@@ -100,22 +100,29 @@ pub struct SpfResult {
 
 impl StoredReport {
     /// The stored form of `report`, which arrived at `received`; `dropped` records were
-    /// cut before parsing, and any beyond `max_records` are cut here.
+    /// cut before parsing, and any beyond `max_records` are cut here. At most `max_records`
+    /// DKIM and as many SPF results are kept in all: a record may list any number, and a
+    /// few bytes of compressed XML would otherwise become megabytes of stored JSON.
     pub fn new(report: &Report, received: u64, dropped: usize, max_records: usize) -> Self {
         let m = &report.report_metadata;
         let p = &report.policy_published;
         let all = report.records();
-        let records = all.iter().take(max_records).map(stored_record).collect();
+        let mut left = (max_records, max_records);
+        let records = all
+            .iter()
+            .take(max_records)
+            .map(|r| stored_record(r, &mut left))
+            .collect();
         StoredReport {
             received,
             source: "unverified".to_string(),
-            org: m.org_name.clone(),
-            email: m.email.clone(),
-            report_id: m.report_id.clone(),
+            org: short(&m.org_name),
+            email: short(&m.email),
+            report_id: short(&m.report_id),
             begin: m.date_range.begin,
             end: m.date_range.end,
             policy: PolicyPublished {
-                domain: p.domain.clone(),
+                domain: short(&p.domain),
                 p: p.p.to_string(),
                 sp: p.sp.to_string(),
                 adkim: p.adkim.to_string(),
@@ -145,33 +152,49 @@ impl StoredReport {
     }
 }
 
-fn stored_record(r: &mail_auth::report::Record) -> StoredRecord {
+/// The most characters of a text field kept (a domain name has at most 253).
+const MAX_TEXT: usize = 255;
+
+/// `text` cut to [`MAX_TEXT`] characters: the report's text is the sender's, and a few bytes
+/// of compressed XML can say megabytes of it.
+fn short(text: &str) -> String {
+    text.chars().take(MAX_TEXT).collect()
+}
+
+/// `r` as stored, with at most `left.0` DKIM and `left.1` SPF results, which it spends.
+fn stored_record(r: &mail_auth::report::Record, left: &mut (usize, usize)) -> StoredRecord {
+    let dkim: Vec<DkimResult> = r
+        .dkim_auth_result()
+        .iter()
+        .take(left.0)
+        .map(|d| DkimResult {
+            domain: short(d.domain()),
+            selector: short(d.selector()),
+            result: d.result().to_string(),
+        })
+        .collect();
+    let spf: Vec<SpfResult> = r
+        .spf_auth_result()
+        .iter()
+        .take(left.1)
+        .map(|s| SpfResult {
+            domain: short(s.domain()),
+            scope: s.scope().to_string(),
+            result: s.result().to_string(),
+        })
+        .collect();
+    left.0 -= dkim.len();
+    left.1 -= spf.len();
     StoredRecord {
         source_ip: r.source_ip(),
         count: r.count(),
-        header_from: r.header_from().to_string(),
-        envelope_from: r.envelope_from().to_string(),
+        header_from: short(r.header_from()),
+        envelope_from: short(r.envelope_from()),
         disposition: r.action_disposition().to_string(),
         dkim_aligned: r.dmarc_dkim_result().to_string(),
         spf_aligned: r.dmarc_spf_result().to_string(),
-        dkim: r
-            .dkim_auth_result()
-            .iter()
-            .map(|d| DkimResult {
-                domain: d.domain().to_string(),
-                selector: d.selector().to_string(),
-                result: d.result().to_string(),
-            })
-            .collect(),
-        spf: r
-            .spf_auth_result()
-            .iter()
-            .map(|s| SpfResult {
-                domain: s.domain().to_string(),
-                scope: s.scope().to_string(),
-                result: s.result().to_string(),
-            })
-            .collect(),
+        dkim,
+        spf,
     }
 }
 

@@ -559,3 +559,42 @@ fn parallel_saves_keep_duplicates_and_the_quota() {
         "the quota of 5 counts the first report too: {other:?}"
     );
 }
+
+/// DKIM and SPF results are bounded like records: one record listing 300,000 empty
+/// `<dkim>` elements (11 KB of gzip) is stored with at most `max_records` of them, not as
+/// 30 MB of JSON a day's quota of such messages would multiply.
+#[test]
+fn a_record_with_endless_auth_results_is_stored_small() {
+    let head = GOOGLE_XML.split("<record>").next().unwrap();
+    let mut xml = String::from(head);
+    xml += "<record><row><source_ip>192.0.2.1</source_ip><count>1</count></row>\
+            <identifiers><header_from>example.org</header_from></identifiers><auth_results>";
+    for _ in 0..150_000 {
+        xml += "<dkim></dkim><spf></spf>";
+    }
+    xml += "</auth_results></record></feedback>\n";
+    let msg = mime(&[("application/gzip", "big.xml.gz", &gzip(xml.as_bytes()))]);
+    let (report, dropped) = parse(&msg).unwrap();
+    let stored = StoredReport::new(&report, 1_765_100_000, dropped, 100);
+    assert_eq!(stored.records.len(), 1);
+    assert_eq!(stored.records[0].dkim.len(), 100);
+    assert_eq!(stored.records[0].spf.len(), 100);
+    let json = serde_json::to_vec_pretty(&stored).unwrap();
+    assert!(json.len() < 64 * 1024, "{} bytes stored", json.len());
+}
+
+/// Text fields are cut short: an `org_name` of a million control characters (a few KB of
+/// gzip) would be stored as 6 MB of JSON escapes.
+#[test]
+fn endless_text_fields_are_stored_short() {
+    let long = "\u{1}".repeat(1_000_000);
+    let xml = GOOGLE_XML
+        .replace("google.com</org_name>", &format!("{long}</org_name>"))
+        .replace("<header_from>example.org", &format!("<header_from>{long}"));
+    let msg = mime(&[("application/gzip", "big.xml.gz", &gzip(xml.as_bytes()))]);
+    let (report, dropped) = parse(&msg).unwrap();
+    assert_eq!(report.report_metadata.org_name.len(), 1_000_000);
+    let stored = StoredReport::new(&report, 1_765_100_000, dropped, 100);
+    let json = serde_json::to_vec_pretty(&stored).unwrap();
+    assert!(json.len() < 64 * 1024, "{} bytes stored", json.len());
+}
