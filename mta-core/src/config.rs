@@ -12,6 +12,7 @@
 
 mod authentication;
 mod checker;
+mod dnsbl;
 mod duration;
 mod file;
 mod local;
@@ -30,6 +31,7 @@ use std::time::Duration;
 use crate::address::{Address, Domain};
 
 pub use authentication::is_dkim_selector;
+pub use dnsbl::{Dnsbl, DnsblAction, DnsblList};
 pub use milter::{Milter, MilterAddress, OnFailure};
 pub use process::Process;
 
@@ -137,6 +139,9 @@ pub struct Inbound {
     pub spoofed_from: SpoofedFrom,
     /// `[[inbound.milter]]`: the milters mail passes after our own checks, in order.
     pub milters: Vec<Milter>,
+    /// `[[inbound.dnsbl]]`, `dnsbl_threshold`, `dnsbl_action`: DNS blocklists asked about
+    /// clients of the `smtp` listener.
+    pub dnsbl: Dnsbl,
 }
 
 /// `[inbound] spoofed_from`: mail from another server that claims to be from us.

@@ -81,6 +81,11 @@ const KEYS: &[&str] = &[
     "inbound.milter.listeners",
     "inbound.milter.timeout",
     "inbound.milter.on_failure",
+    "inbound.dnsbl_threshold",
+    "inbound.dnsbl_action",
+    "inbound.dnsbl.zone",
+    "inbound.dnsbl.weight",
+    "inbound.dnsbl.returns",
     "dkim.\"domain\".selector",
     "dkim.\"domain\".key",
     "dkim.\"domain\".algorithm",
@@ -98,6 +103,7 @@ const NAMED_TABLES: &[(&str, &str)] = &[
     ("outbound.tls", "outbound.tls.\"domain\""),
     ("dkim", "dkim.\"domain\""),
     ("inbound.milter", "inbound.milter"),
+    ("inbound.dnsbl", "inbound.dnsbl"),
 ];
 
 /// The first ```toml block after `heading` in the docs.

@@ -92,6 +92,18 @@ pub(super) struct RawInbound {
     pub spf_reject: Option<bool>,
     pub spoofed_from: Option<S<String>>,
     pub milter: Option<OneOrMany<RawMilter>>,
+    pub dnsbl: Option<OneOrMany<RawDnsbl>>,
+    pub dnsbl_threshold: Option<S<i64>>,
+    pub dnsbl_action: Option<S<String>>,
+}
+
+/// `[[inbound.dnsbl]]` as the file has it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDnsbl {
+    pub zone: Option<S<String>>,
+    pub weight: Option<S<i64>>,
+    pub returns: Option<List>,
 }
 
 /// `[[inbound.milter]]` as the file has it.
@@ -506,13 +518,16 @@ fn write_queue(q: &Queue) -> String {
 
 /// `[inbound]`.
 fn write_inbound(i: &Inbound) -> String {
+    let (dnsbl_keys, dnsbl_tables) = super::dnsbl::write(&i.dnsbl);
     format!(
         "\n[inbound]\nchecks = {}\ndmarc_reject = {}\nspf_reject = {}\nspoofed_from = {}\n",
         i.checks,
         i.dmarc_reject,
         i.spf_reject,
         quote(i.spoofed_from.name()),
-    ) + &write_milters(&i.milters)
+    ) + &dnsbl_keys
+        + &write_milters(&i.milters)
+        + &dnsbl_tables
 }
 
 /// `[[inbound.milter]]` tables for the file, in order.

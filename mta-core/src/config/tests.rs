@@ -197,6 +197,7 @@ fn defaults() {
             spf_reject: false,
             spoofed_from: SpoofedFrom::Mark,
             milters: vec![],
+            dnsbl: Dnsbl::default(),
         },
         process: Process {
             user: None,
