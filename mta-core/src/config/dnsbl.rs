@@ -131,9 +131,7 @@ fn parse_return(text: &str) -> Result<Ipv4Net, String> {
     let net = if text.contains('/') {
         text.parse::<Ipv4Net>().ok()
     } else {
-        text.parse::<std::net::Ipv4Addr>()
-            .ok()
-            .map(|a| Ipv4Net::from(a))
+        text.parse::<std::net::Ipv4Addr>().ok().map(Ipv4Net::from)
     };
     let Some(net) = net else {
         return Err(format!("{text:?} is not an IPv4 address or block"));

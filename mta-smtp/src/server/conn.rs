@@ -250,9 +250,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     _ => unreachable!("count_errors returns Reply or Close"),
                 }
             }
-            Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => {
-                unreachable!("handled above")
-            }
+            checks => unreachable!("{checks:?} is carried out above"),
         }
     }
 }
@@ -272,6 +270,10 @@ async fn carry_out(shared: &Shared, session: &mut Session, action: Action) -> Ac
         Action::CheckRecipients { from, rcpts } => {
             let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
             session.recipients_checked(checked)
+        }
+        Action::CheckDnsbl => {
+            let standing = shared.dnsbl.check(session.context().peer.ip()).await;
+            session.dnsbl_checked(standing)
         }
         Action::CheckRoom => {
             let room = shared.queue.room().await.map_err(|e| {
@@ -511,6 +513,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         // A filter's data replaces the client's; a larger one is counted like ours.
         held.take(rewritten.len().saturating_sub(data.len()) as u64);
         data = rewritten;
+    }
+    if ctx.listener == ListenerKind::Smtp && shared.dnsbl.configured() {
+        super::dnsbl::mark_fields(&mut passed, session.dnsbl_mark());
     }
     let removed = remove_fields(&mut data, &passed.remove);
     if removed > 0 {

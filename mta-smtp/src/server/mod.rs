@@ -15,6 +15,7 @@ pub mod budget;
 pub mod command;
 pub mod conn;
 pub mod data;
+pub mod dnsbl;
 pub mod filters;
 pub mod guards;
 pub mod idle;
@@ -63,6 +64,8 @@ pub struct Shared {
     /// What each listener checks a message with after DATA (SPF/DKIM/DMARC on the smtp
     /// listener unless `inbound.checks` is off).
     pub pipelines: Arc<pipeline::Pipelines>,
+    /// The DNS blocklists of `[[inbound.dnsbl]]` and their kept answers.
+    pub dnsbl: Arc<dnsbl::Blocklists>,
 }
 
 impl Shared {
@@ -80,6 +83,7 @@ impl Shared {
             tls: None,
             shutdown,
             pipelines: Arc::new(pipeline::Pipelines::new(&config, None)),
+            dnsbl: Arc::new(dnsbl::Blocklists::new(&config)),
             config,
             guards: Arc::default(),
         }
@@ -104,6 +108,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             pipelines: Arc::new(pipeline::Pipelines::new(&config, checks)),
+            dnsbl: Arc::new(dnsbl::Blocklists::new(&config)),
             config,
             users: self.users.clone(),
             queue: self.queue.clone(),

@@ -5,6 +5,7 @@
 mod clock_steps;
 mod dialogs;
 mod dkim;
+mod dnsbl;
 mod dnssec_server;
 mod docs_tree;
 mod doctor;
