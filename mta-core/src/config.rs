@@ -10,6 +10,7 @@
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
+mod auth_backend;
 mod authentication;
 mod checker;
 mod dnsbl;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 use crate::address::{Address, Domain};
 
+pub use auth_backend::{Auth, AuthBackend};
 pub use authentication::is_dkim_selector;
 pub use dnsbl::{Dnsbl, DnsblAction, DnsblList};
 pub use milter::{Milter, MilterAddress, OnFailure};
@@ -84,6 +86,8 @@ pub struct Config {
     /// The user `mta serve` runs as and its sandbox (`user`, `group`, `allow_root`,
     /// `sandbox`).
     pub process: Process,
+    /// Where AUTH passwords are checked (`[auth]`).
+    pub auth: Auth,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several

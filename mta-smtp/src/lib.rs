@@ -9,6 +9,7 @@
 
 pub mod client;
 pub mod dkim;
+pub mod dovecot_auth;
 pub mod headers;
 pub mod local;
 pub mod relay;

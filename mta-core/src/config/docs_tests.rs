@@ -94,9 +94,11 @@ const KEYS: &[&str] = &[
     "local.lmtp",
     "local.recipient_delimiter",
     "local.mail_group",
+    "auth.backend",
+    "auth.socket",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",
+    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local", "auth",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

@@ -53,6 +53,16 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub local: RawLocal,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub backend: Option<S<String>>,
+    pub socket: Option<S<String>>,
 }
 
 /// `[metrics]`
@@ -409,6 +419,7 @@ pub(super) fn write(config: &Config) -> String {
         format!("\n[local]\n{}", write_local(&config.local)),
         format!("\n[aliases]\n{}", write_aliases(config)),
         write_dkim(&config.dkim),
+        super::auth_backend::write(&config.auth),
     ]
     .concat()
 }

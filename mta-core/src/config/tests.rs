@@ -205,6 +205,7 @@ fn defaults() {
             allow_root: false,
             sandbox: true,
         },
+        auth: Auth::default(),
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -406,7 +407,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `auth`",
         ),
         (
             "[outbound]\nport = \"25\"\n",
