@@ -149,7 +149,7 @@ async fn ok_fail_and_temp() {
     let resp = B64.encode("\0alice@example.test\0pw");
     assert!(
         sent.ends_with(&format!(
-            "AUTH\t1\tPLAIN\tservice=smtp\tsecured\trip=192.0.2.7\tresp={resp}\n"
+            "AUTH\t1\tPLAIN\tservice=smtp\tno-penalty\tsecured\trip=192.0.2.7\tresp={resp}\n"
         )),
         "{sent}"
     );

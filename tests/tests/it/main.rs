@@ -10,6 +10,7 @@ mod dnssec_server;
 mod docs_tree;
 mod doctor;
 mod dovecot;
+mod dovecot_auth;
 mod durability;
 mod durability_kill;
 mod durability_relay;
