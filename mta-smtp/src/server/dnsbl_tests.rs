@@ -160,3 +160,47 @@ fn the_refusal_is_one_printable_line() {
     assert!(r.text.chars().all(|c| c == ' ' || c.is_ascii_graphic()));
     assert!(r.to_wire().len() <= 512, "{}", r.to_wire().len());
 }
+
+fn empty_lists() -> Blocklists {
+    Blocklists {
+        config: Dnsbl::default(),
+        resolver: None,
+        cache: Mutex::default(),
+        logged: Mutex::default(),
+    }
+}
+
+fn nth(n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + n as u32))
+}
+
+#[test]
+fn kept_answers_are_bounded_in_number_and_time() {
+    let lists = empty_lists();
+    // A TTL of ten hours is kept for one.
+    lists.keep(nth(0), &[], Duration::from_secs(36_000));
+    let until = lists.cache.lock().unwrap()[&nth(0)].until;
+    assert!(until <= Instant::now() + MAX_TTL);
+    // Full of answers still good: a new address is not kept, a kept one is renewed.
+    for n in 1..MAX_CACHED {
+        lists.keep(nth(n), &[], MAX_TTL);
+    }
+    lists.keep(nth(MAX_CACHED), &[], MAX_TTL);
+    assert_eq!(lists.cache.lock().unwrap().len(), MAX_CACHED);
+    assert!(!lists.cache.lock().unwrap().contains_key(&nth(MAX_CACHED)));
+    lists.keep(nth(5), &[], MAX_TTL);
+    assert_eq!(lists.cache.lock().unwrap().len(), MAX_CACHED);
+    // Answers past their time make room.
+    for n in 0..10 {
+        lists.cache.lock().unwrap().get_mut(&nth(n)).unwrap().until = Instant::now();
+    }
+    lists.keep(nth(MAX_CACHED), &[], MAX_TTL);
+    let cache = lists.cache.lock().unwrap();
+    assert!(cache.contains_key(&nth(MAX_CACHED)));
+    assert!(cache.len() <= MAX_CACHED - 9, "{}", cache.len());
+}
+
+#[tokio::test]
+async fn without_a_resolver_nobody_is_listed() {
+    assert_eq!(empty_lists().check(nth(1)).await, Standing::Clear);
+}

@@ -170,3 +170,63 @@ fn dovecot_checks_the_passwords_behind_our_lockout() {
         || mta.log().contains("Dovecot could not check the password"),
     );
 }
+
+/// A fake auth service at `path` that takes each connection and, after reading what `mta`
+/// sends, answers `answer` (nothing: it hangs) and holds the connection.
+fn fake_service(path: &Path, answer: Vec<u8>) -> Arc<AtomicBool> {
+    let listener = UnixListener::bind(path).expect("bind the fake socket");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let stop = Arc::new(AtomicBool::new(false));
+    let halt = stop.clone();
+    std::thread::spawn(move || {
+        while !halt.load(Ordering::Relaxed) {
+            let Ok((mut client, _)) = listener.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let _ = client.set_nonblocking(false);
+                let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+                let mut buf = [0u8; 4096];
+                let _ = client.read(&mut buf);
+                let _ = client.write_all(&answer);
+                // Held until mta gives up.
+                while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    stop
+}
+
+#[test]
+fn a_socket_that_hangs_or_talks_nonsense_gives_454() {
+    let huge = format!("VERSION\t1\t2\nMECH\tPLAIN\n{}\n", "x".repeat(100_000));
+    for (what, answer) in [
+        ("hangs", String::new()),
+        ("garbage", "\x01\x01\x01 what\n".repeat(3)),
+        ("a huge line", huge),
+        (
+            "OK before AUTH",
+            "OK\t1\tuser=carol@example.test\n".to_string(),
+        ),
+    ] {
+        let mta = TestMta::start_config(|dir| {
+            base_config(
+                dir,
+                &format!(
+                    "[auth]\nbackend = \"dovecot\"\nsocket = {:?}\n",
+                    dir.join("fake-auth").display().to_string()
+                ),
+            )
+        });
+        let stop = fake_service(&mta.dir().join("fake-auth"), answer.into_bytes());
+        let (code, c) = login(&mta, "127.0.0.1", CAROL_PASSWORD);
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(code, 454, "{what}: {}", c.transcript());
+        mta.wait_logged(mta_tests::secs(10), "the failure logged", || {
+            mta.log().contains("Dovecot could not check the password")
+        });
+    }
+}
