@@ -219,3 +219,23 @@ fn weights_add_up_to_the_threshold() {
         r.to_string()
     );
 }
+
+#[test]
+fn an_ipv6_client_is_looked_up_by_its_nibbles() {
+    // ::1 reversed: 1, then 31 zeros (RFC 5782 §2.4).
+    let name = format!("1.{}zen.test", "0.".repeat(31));
+    let dns = TestDns::start(&[&format!("--host-record={name},127.0.0.2")]);
+    let mta = TestMta::start_config(|dir| {
+        mta_tests::base_config(
+            dir,
+            &format!("{}\n[inbound]\nchecks = false\n{ZEN}", dns.config_toml()),
+        )
+        .replace("smtp = [\"127.0.0.1:0\"]", "smtp = [\"[::1]:0\"]")
+    });
+    mta.add_user(BOB, "bob-password-1");
+    let mut c = from(&mta, "::1");
+    let r = c.command(&format!("RCPT TO:<{BOB}>"));
+    assert_eq!(r.code, 554, "{}", c.transcript());
+    assert!(r.to_string().contains("[::1] listed by zen.test"), "{r}");
+    assert!(dns.log().contains(&name), "{}", dns.log());
+}
