@@ -121,7 +121,8 @@ pub struct Client {
 
 /// Checks `login`'s `password` with Dovecot's auth service at `socket`: `Verified::User`
 /// with the user Dovecot names (`user=`, else the login) when it says `OK`,
-/// `Verified::Rejected` when it says `FAIL`.
+/// `Verified::Rejected` when it says `FAIL`, and without asking for a login or password
+/// with a NUL in it, or an empty login.
 ///
 /// # Errors
 /// [`DovecotError`] when it cannot be asked or its answer makes no sense.
@@ -131,6 +132,11 @@ pub async fn verify(
     password: &str,
     client: Client,
 ) -> Result<Verified, DovecotError> {
+    // A NUL would move the boundaries of the PLAIN response (RFC 4616): `login` could carry
+    // a password of its own. The session never gives one from PLAIN, LOGIN could.
+    if login.contains('\0') || password.contains('\0') || login.is_empty() {
+        return Ok(Verified::Rejected);
+    }
     match tokio::time::timeout(TIMEOUT, exchange(socket, login, password, client)).await {
         Ok(result) => result,
         Err(_) => Err(DovecotError::Timeout(TIMEOUT)),

@@ -207,3 +207,14 @@ async fn a_service_that_hangs_times_out() {
     let r = verify(&dir.path().join("auth-client"), "a@b.test", "pw", CLIENT).await;
     assert!(matches!(r, Err(DovecotError::Timeout(_))), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_nul_never_reaches_the_service() {
+    // The socket does not exist: asking would be an error, not a refusal.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("nothing");
+    for (login, password) in [("a@b.test\0pw", "x"), ("a@b.test", "p\0w"), ("", "pw")] {
+        let r = verify(&socket, login, password, CLIENT).await;
+        assert!(matches!(r, Ok(Verified::Rejected)), "{login:?}: {r:?}");
+    }
+}
