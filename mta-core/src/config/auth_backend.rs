@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::checker::Checker;
-use super::file::{RawAuth, quote};
+use super::file::RawAuth;
 
 /// `[auth]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -67,17 +67,6 @@ impl Checker<'_> {
             }
         };
         Auth { backend }
-    }
-}
-
-/// `[auth]` for the file.
-pub(super) fn write(auth: &Auth) -> String {
-    match &auth.backend {
-        AuthBackend::File => "\n[auth]\nbackend = \"file\"\n".to_string(),
-        AuthBackend::Dovecot { socket } => format!(
-            "\n[auth]\nbackend = \"dovecot\"\nsocket = {}\n",
-            quote(&socket.to_string_lossy())
-        ),
     }
 }
 

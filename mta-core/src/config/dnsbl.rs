@@ -145,28 +145,6 @@ fn parse_return(text: &str) -> Result<Ipv4Net, String> {
     Ok(net)
 }
 
-/// `[[inbound.dnsbl]]` tables and the `[inbound]` keys for the file (after `[inbound]`'s
-/// own keys: the two keys first, then the tables).
-pub(super) fn write(d: &Dnsbl) -> (String, String) {
-    use super::file::quote;
-    let keys = format!(
-        "dnsbl_threshold = {}\ndnsbl_action = {}\n",
-        d.threshold,
-        quote(d.action.name())
-    );
-    let mut tables = String::new();
-    for l in &d.lists {
-        let returns: Vec<String> = l.returns.iter().map(|n| quote(&n.to_string())).collect();
-        tables.push_str(&format!(
-            "\n[[inbound.dnsbl]]\nzone = {}\nweight = {}\nreturns = [{}]\n",
-            quote(&l.zone.to_string()),
-            l.weight,
-            returns.join(", "),
-        ));
-    }
-    (keys, tables)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::Config;

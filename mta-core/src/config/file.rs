@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, Inbound, Limits, Listen, Local, LocalDelivery, Milter,
-    Outbound, PasswordSource, Queue, Smarthost, Tls, duration, size,
+    Auth, AuthBackend, Config, ConfigError, ConfigErrors, Dnsbl, Inbound, Limits, Listen, Local,
+    LocalDelivery, Milter, Outbound, PasswordSource, Queue, Smarthost, Tls, duration, size,
 };
 
 /// A value with the byte range it was read from, for error positions.
@@ -419,7 +419,7 @@ pub(super) fn write(config: &Config) -> String {
         format!("\n[local]\n{}", write_local(&config.local)),
         format!("\n[aliases]\n{}", write_aliases(config)),
         write_dkim(&config.dkim),
-        super::auth_backend::write(&config.auth),
+        write_auth(&config.auth),
     ]
     .concat()
 }
@@ -529,7 +529,7 @@ fn write_queue(q: &Queue) -> String {
 
 /// `[inbound]`.
 fn write_inbound(i: &Inbound) -> String {
-    let (dnsbl_keys, dnsbl_tables) = super::dnsbl::write(&i.dnsbl);
+    let (dnsbl_keys, dnsbl_tables) = write_dnsbl(&i.dnsbl);
     format!(
         "\n[inbound]\nchecks = {}\ndmarc_reject = {}\nspf_reject = {}\nspoofed_from = {}\n",
         i.checks,
@@ -539,6 +539,38 @@ fn write_inbound(i: &Inbound) -> String {
     ) + &dnsbl_keys
         + &write_milters(&i.milters)
         + &dnsbl_tables
+}
+
+/// `[[inbound.dnsbl]]` tables and the `[inbound]` keys for the file (after `[inbound]`'s
+/// own keys: the two keys first, then the tables).
+fn write_dnsbl(d: &Dnsbl) -> (String, String) {
+    let keys = format!(
+        "dnsbl_threshold = {}\ndnsbl_action = {}\n",
+        d.threshold,
+        quote(d.action.name())
+    );
+    let mut tables = String::new();
+    for l in &d.lists {
+        let returns: Vec<String> = l.returns.iter().map(|n| quote(&n.to_string())).collect();
+        tables.push_str(&format!(
+            "\n[[inbound.dnsbl]]\nzone = {}\nweight = {}\nreturns = [{}]\n",
+            quote(&l.zone.to_string()),
+            l.weight,
+            returns.join(", "),
+        ));
+    }
+    (keys, tables)
+}
+
+/// `[auth]` for the file.
+fn write_auth(auth: &Auth) -> String {
+    match &auth.backend {
+        AuthBackend::File => "\n[auth]\nbackend = \"file\"\n".to_string(),
+        AuthBackend::Dovecot { socket } => format!(
+            "\n[auth]\nbackend = \"dovecot\"\nsocket = {}\n",
+            quote(&socket.to_string_lossy())
+        ),
+    }
 }
 
 /// `[[inbound.milter]]` tables for the file, in order.
