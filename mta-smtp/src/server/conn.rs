@@ -411,8 +411,7 @@ async fn check_password(
         },
         AuthBackend::Dovecot { socket } => {
             // Only after our own lockout admitted the attempt: a blocked client never
-            // reaches Dovecot.
-            // The session takes AUTH only over TLS (RFC 4954 §4).
+            // reaches Dovecot. `secured`: the session takes AUTH only over TLS.
             let client = dovecot_auth::Client { ip, secured: true };
             match dovecot_auth::verify(socket, &login, &password, client).await {
                 Ok(result) => result,
