@@ -10,9 +10,11 @@
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
+mod auth_backend;
 mod authentication;
 mod checker;
 mod dmarc;
+mod dnsbl;
 mod duration;
 mod file;
 mod local;
@@ -34,7 +36,9 @@ use std::time::Duration;
 
 use crate::address::{Address, Domain};
 
+pub use auth_backend::{Auth, AuthBackend};
 pub use authentication::is_dkim_selector;
+pub use dnsbl::{Dnsbl, DnsblAction, DnsblList};
 pub use milter::{Milter, MilterAddress, OnFailure};
 pub use process::Process;
 pub use sending::SendingCaps;
@@ -96,6 +100,8 @@ pub struct Config {
     /// Where DMARC aggregate reports arrive and how much of them is kept
     /// (`[dmarc_reports]`); off when no address is set.
     pub dmarc_reports: DmarcReports,
+    /// Where AUTH passwords are checked (`[auth]`).
+    pub auth: Auth,
 }
 
 /// Sender rewriting (`[srs]`, see [`crate::srs`]).
@@ -183,6 +189,9 @@ pub struct Inbound {
     pub spoofed_from: SpoofedFrom,
     /// `[[inbound.milter]]`: the milters mail passes after our own checks, in order.
     pub milters: Vec<Milter>,
+    /// `[[inbound.dnsbl]]`, `dnsbl_threshold`, `dnsbl_action`: DNS blocklists asked about
+    /// clients of the `smtp` listener.
+    pub dnsbl: Dnsbl,
 }
 
 /// `[inbound] spoofed_from`: mail from another server that claims to be from us.

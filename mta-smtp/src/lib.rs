@@ -10,6 +10,7 @@
 pub mod client;
 pub mod dkim;
 pub mod dmarc_reports;
+pub mod dovecot_auth;
 pub mod headers;
 pub mod local;
 pub mod relay;

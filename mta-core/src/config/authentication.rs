@@ -113,6 +113,7 @@ impl Checker<'_> {
                 .as_ref()
                 .map(|m| self.milters(&m.0))
                 .unwrap_or_default(),
+            dnsbl: self.dnsbl(raw),
         }
     }
 }

@@ -50,6 +50,7 @@ fn full_example_keys_in_file_order() {
             spf_reject: true,
             spoofed_from: SpoofedFrom::Reject,
             milters: vec![],
+            dnsbl: Dnsbl::default(),
         }
     );
 }

@@ -88,6 +88,11 @@ const KEYS: &[&str] = &[
     "inbound.milter.listeners",
     "inbound.milter.timeout",
     "inbound.milter.on_failure",
+    "inbound.dnsbl_threshold",
+    "inbound.dnsbl_action",
+    "inbound.dnsbl.zone",
+    "inbound.dnsbl.weight",
+    "inbound.dnsbl.returns",
     "dkim.\"domain\".selector",
     "dkim.\"domain\".key",
     "dkim.\"domain\".algorithm",
@@ -104,6 +109,8 @@ const KEYS: &[&str] = &[
     "dmarc_reports.max_size",
     "dmarc_reports.max_records",
     "dmarc_reports.max_per_day",
+    "auth.backend",
+    "auth.socket",
 ];
 const TABLES: &[&str] = &[
     "listen",
@@ -117,6 +124,7 @@ const TABLES: &[&str] = &[
     "local",
     "srs",
     "dmarc_reports",
+    "auth",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[
@@ -124,6 +132,7 @@ const NAMED_TABLES: &[(&str, &str)] = &[
     ("dkim", "dkim.\"domain\""),
     ("inbound.milter", "inbound.milter"),
     ("limits.sending", "limits.sending"),
+    ("inbound.dnsbl", "inbound.dnsbl"),
 ];
 
 /// The first ```toml block after `heading` in the docs.

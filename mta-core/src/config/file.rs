@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, Inbound, Limits, Listen, Local, LocalDelivery, Milter,
-    Outbound, PasswordSource, Queue, Smarthost, Tls, duration, size,
+    Auth, AuthBackend, Config, ConfigError, ConfigErrors, Dnsbl, Inbound, Limits, Listen, Local,
+    LocalDelivery, Milter, Outbound, PasswordSource, Queue, Smarthost, Tls, duration, size,
 };
 
 /// A value with the byte range it was read from, for error positions.
@@ -60,6 +60,8 @@ pub(super) struct RawConfig {
     pub senders: Option<BTreeMap<S<String>, List>>,
     #[serde(default)]
     pub dmarc_reports: RawDmarcReports,
+    #[serde(default)]
+    pub auth: RawAuth,
 }
 
 /// `[srs]`
@@ -79,6 +81,14 @@ pub(super) struct RawDmarcReports {
     pub max_size: Option<S<size::Size>>,
     pub max_records: Option<S<i64>>,
     pub max_per_day: Option<S<i64>>,
+}
+
+/// `[auth]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAuth {
+    pub backend: Option<S<String>>,
+    pub socket: Option<S<String>>,
 }
 
 /// `[metrics]`
@@ -120,6 +130,18 @@ pub(super) struct RawInbound {
     pub spf_reject: Option<bool>,
     pub spoofed_from: Option<S<String>>,
     pub milter: Option<OneOrMany<RawMilter>>,
+    pub dnsbl: Option<OneOrMany<RawDnsbl>>,
+    pub dnsbl_threshold: Option<S<i64>>,
+    pub dnsbl_action: Option<S<String>>,
+}
+
+/// `[[inbound.dnsbl]]` as the file has it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDnsbl {
+    pub zone: Option<S<String>>,
+    pub weight: Option<S<i64>>,
+    pub returns: Option<List>,
 }
 
 /// `[[inbound.milter]]` as the file has it.
@@ -480,6 +502,7 @@ pub(super) fn write(config: &Config) -> String {
         write_senders(config),
         write_dkim(&config.dkim),
         write_dmarc_reports(&config.dmarc_reports),
+        write_auth(&config.auth),
     ]
     .concat()
 }
@@ -624,13 +647,48 @@ fn write_dmarc_reports(d: &super::DmarcReports) -> String {
 
 /// `[inbound]`.
 fn write_inbound(i: &Inbound) -> String {
+    let (dnsbl_keys, dnsbl_tables) = write_dnsbl(&i.dnsbl);
     format!(
         "\n[inbound]\nchecks = {}\ndmarc_reject = {}\nspf_reject = {}\nspoofed_from = {}\n",
         i.checks,
         i.dmarc_reject,
         i.spf_reject,
         quote(i.spoofed_from.name()),
-    ) + &write_milters(&i.milters)
+    ) + &dnsbl_keys
+        + &write_milters(&i.milters)
+        + &dnsbl_tables
+}
+
+/// `[[inbound.dnsbl]]` tables and the `[inbound]` keys for the file (after `[inbound]`'s
+/// own keys: the two keys first, then the tables).
+fn write_dnsbl(d: &Dnsbl) -> (String, String) {
+    let keys = format!(
+        "dnsbl_threshold = {}\ndnsbl_action = {}\n",
+        d.threshold,
+        quote(d.action.name())
+    );
+    let mut tables = String::new();
+    for l in &d.lists {
+        let returns: Vec<String> = l.returns.iter().map(|n| quote(&n.to_string())).collect();
+        tables.push_str(&format!(
+            "\n[[inbound.dnsbl]]\nzone = {}\nweight = {}\nreturns = [{}]\n",
+            quote(&l.zone.to_string()),
+            l.weight,
+            returns.join(", "),
+        ));
+    }
+    (keys, tables)
+}
+
+/// `[auth]` for the file.
+fn write_auth(auth: &Auth) -> String {
+    match &auth.backend {
+        AuthBackend::File => "\n[auth]\nbackend = \"file\"\n".to_string(),
+        AuthBackend::Dovecot { socket } => format!(
+            "\n[auth]\nbackend = \"dovecot\"\nsocket = {}\n",
+            quote(&socket.to_string_lossy())
+        ),
+    }
 }
 
 /// `[[inbound.milter]]` tables for the file, in order.

@@ -201,6 +201,7 @@ fn defaults() {
             spf_reject: false,
             spoofed_from: SpoofedFrom::Mark,
             milters: vec![],
+            dnsbl: Dnsbl::default(),
         },
         process: Process {
             user: None,
@@ -220,6 +221,7 @@ fn defaults() {
             max_records: 10_000,
             max_per_day: 1_000,
         },
+        auth: Auth::default(),
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -426,7 +428,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`, `dmarc_reports`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`, `dmarc_reports`, `auth`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

@@ -122,6 +122,7 @@ pub(super) fn from_raw(
     let process = c.process(&raw);
     let srs = c.srs(&raw.srs, &hostname, &local_domains);
     let dmarc_reports = c.dmarc_reports(&raw.dmarc_reports, &local_domains, &aliases);
+    let auth = c.auth(&raw.auth);
     let errors = c.into_errors();
     let config = Config {
         hostname,
@@ -144,6 +145,7 @@ pub(super) fn from_raw(
         srs,
         senders,
         dmarc_reports,
+        auth,
     };
     (config, errors)
 }

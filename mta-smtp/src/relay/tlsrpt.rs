@@ -611,10 +611,11 @@ mod tests {
         assert_eq!(recipients(&d("example.net"), &rua, &[]).len(), 2);
     }
 
-    /// The public suffixes of the reference among names made of the labels `a`, `b`, `co`, `uk`, `github` and `io`, from the
-    /// public suffix list; besides these, every top-level label is a suffix (`uk`, `io`,
-    /// and the unknown `a` and `b` by the list's default rule).
-    const SUFFIXES: &[&str] = &["co.uk", "github.io"];
+    /// The public suffixes of the reference among names made of the labels `a`, `b`, `co`,
+    /// `uk`, `github` and `io`, from the public suffix list (`co.io` is one too); besides
+    /// these, every top-level label is a suffix (`uk`, `io`, and the unknown `a` and `b` by
+    /// the list's default rule).
+    const SUFFIXES: &[&str] = &["co.uk", "co.io", "github.io"];
     /// The reference's organisational domain: the longest suffix of `name` in [`SUFFIXES`]
     /// (else its last label) and the label before it.
     fn org(name: &str) -> Option<String> {

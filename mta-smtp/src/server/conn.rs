@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mta_core::auth::Verified;
-use mta_core::config::{Limits, LocalDelivery};
+use mta_core::config::{AuthBackend, Limits, LocalDelivery};
 use mta_core::envelope::{Envelope, ListenerKind, MessageId, Origin, Recipient, Vouched};
 use mta_core::metrics::METRICS;
 use mta_core::reply::Reply;
@@ -36,6 +36,7 @@ use super::pipeline::remove_fields;
 use super::session::{Action, Context, Session, Transaction};
 use super::{Shared, stopping};
 use crate::client::RcptResult;
+use crate::dovecot_auth;
 use crate::tls;
 
 /// Read buffer per connection. Command lines are at most 512 octets and text lines 1000;
@@ -245,13 +246,7 @@ async fn phase<S: AsyncRead + AsyncWrite + Unpin>(
                     _ => unreachable!("after_message returns Reply or Close"),
                 }
             }
-            Action::CheckPassword { .. }
-            | Action::CheckRoom
-            | Action::CheckRecipients { .. }
-            | Action::Chunk { .. }
-            | Action::SkipChunk { .. } => {
-                unreachable!("handled above")
-            }
+            checks => unreachable!("{checks:?} is carried out above"),
         }
     }
 }
@@ -291,6 +286,10 @@ async fn carry_out(shared: &Shared, session: &mut Session, action: Action) -> Ac
         Action::CheckRecipients { from, rcpts } => {
             let checked = Box::pin(check_recipients(shared, &from, &rcpts)).await;
             session.recipients_checked(checked)
+        }
+        Action::CheckDnsbl => {
+            let standing = shared.dnsbl.check(session.context().peer.ip()).await;
+            session.dnsbl_checked(standing)
         }
         Action::CheckRoom => {
             let room = shared.queue.room().await.map_err(|e| {
@@ -387,7 +386,9 @@ async fn close<S: AsyncRead + AsyncWrite + Unpin>(
 /// client address is refused, an account with recent failures makes an untrusted client
 /// wait first, and the argon2 work waits for its turn among a bounded number (or gets
 /// `454`). Records and logs each outcome (never the password). The same argon2 work is done
-/// for unknown users as for known ones (`UserDb::verify`).
+/// for unknown users as for known ones (`UserDb::verify`). With `[auth] backend =
+/// "dovecot"` Dovecot checks it instead, after the same admission; when it cannot be asked
+/// the client gets `454` and nothing is counted.
 async fn check_password(
     shared: &Shared,
     ip: IpAddr,
@@ -418,21 +419,24 @@ async fn check_password(
             return Checked::Busy;
         }
     };
-    let Ok(turn) = guards.password_checks.turn(logins::MAX_WAIT).await else {
-        warn!(%ip, login = %escape(&login), "AUTH refused for now: too many password checks waiting");
-        return Checked::Busy;
+    let result = match &shared.config.auth.backend {
+        AuthBackend::File => match verify_file(shared, ip, &login, password).await {
+            Some(result) => result,
+            None => return Checked::Busy,
+        },
+        AuthBackend::Dovecot { socket } => {
+            // Only after our own lockout admitted the attempt: a blocked client never
+            // reaches Dovecot. `secured`: the session takes AUTH only over TLS.
+            let client = dovecot_auth::Client { ip, secured: true };
+            match dovecot_auth::verify(socket, &login, &password, client).await {
+                Ok(result) => result,
+                Err(e) => {
+                    warn!(%ip, login = %escape(&login), error = %e, "AUTH refused for now: Dovecot could not check the password");
+                    return Checked::Busy;
+                }
+            }
+        }
     };
-    let users = shared.users.current();
-    let who = login.clone();
-    // The turn goes with the work: a session that ends mid-check does not free the place
-    // of argon2 work still running.
-    let result = guards
-        .password_checks
-        .run(turn, move || {
-            logins::with_scratch(|scratch| users.verify_with(&who, &password, scratch))
-        })
-        .await
-        .unwrap_or(Verified::Rejected);
     let now = std::time::Instant::now();
     match &result {
         Verified::Rejected => {
@@ -446,6 +450,34 @@ async fn check_password(
         }
     }
     Checked::Verified(result)
+}
+
+/// Checks `password` against the users file, when argon2 work gets its turn (`None`: too
+/// many checks waiting).
+async fn verify_file(
+    shared: &Shared,
+    ip: IpAddr,
+    login: &str,
+    password: String,
+) -> Option<Verified> {
+    let guards = &shared.guards;
+    let Ok(turn) = guards.password_checks.turn(logins::MAX_WAIT).await else {
+        warn!(%ip, login = %escape(login), "AUTH refused for now: too many password checks waiting");
+        return None;
+    };
+    let users = shared.users.current();
+    let who = login.to_string();
+    // The turn goes with the work: a session that ends mid-check does not free the place
+    // of argon2 work still running.
+    Some(
+        guards
+            .password_checks
+            .run(turn, move || {
+                logins::with_scratch(|scratch| users.verify_with(&who, &password, scratch))
+            })
+            .await
+            .unwrap_or(Verified::Rejected),
+    )
 }
 
 /// Asks the LMTP server whether it takes `rcpts` (RFC 2033: LHLO, MAIL, RCPT, no DATA).
@@ -543,6 +575,9 @@ async fn accept(
         // A filter's data replaces the client's; a larger one is counted like ours.
         held.take(rewritten.len().saturating_sub(data.len()) as u64);
         data = rewritten;
+    }
+    if ctx.listener == ListenerKind::Smtp && shared.dnsbl.configured() {
+        super::dnsbl::mark_fields(&mut passed, session.dnsbl_mark());
     }
     let removed = remove_fields(&mut data, &passed.remove);
     if removed > 0 {

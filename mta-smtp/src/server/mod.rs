@@ -16,6 +16,7 @@ pub mod budget;
 pub mod command;
 pub mod conn;
 pub mod data;
+pub mod dnsbl;
 pub mod filters;
 pub mod guards;
 pub mod idle;
@@ -70,6 +71,8 @@ pub struct Shared {
     /// The sending limits of authenticated users (kept over a reload). In memory unless
     /// [`Shared::with_ledger`] gives it a store.
     pub sending: Arc<sending_limits::SendingLimiter>,
+    /// The DNS blocklists of `[[inbound.dnsbl]]` and their kept answers.
+    pub dnsbl: Arc<dnsbl::Blocklists>,
 }
 
 impl Shared {
@@ -92,6 +95,7 @@ impl Shared {
             tls: None,
             shutdown,
             pipelines: Arc::new(pipeline::Pipelines::new(&config, None)),
+            dnsbl: Arc::new(dnsbl::Blocklists::new(&config)),
             config,
             guards: Arc::default(),
         }
@@ -126,6 +130,7 @@ impl Shared {
     ) -> Shared {
         Shared {
             pipelines: Arc::new(pipeline::Pipelines::new(&config, checks)),
+            dnsbl: Arc::new(dnsbl::Blocklists::new(&config)),
             config,
             users: self.users.clone(),
             queue: self.queue.clone(),

@@ -20,6 +20,7 @@ use mta_core::reply::Reply;
 use mta_core::seams::UserDirectory;
 
 use super::command::{self, Command, MailFrom, Mechanism};
+use super::dnsbl::Standing;
 use super::line::MAX_COMMAND_LINE;
 
 /// What a session knows about its connection. Set by the connection loop.
@@ -89,6 +90,9 @@ pub enum Action {
         /// What the RCPT expands to, all in local domains.
         rcpts: Vec<Address>,
     },
+    /// Ask the DNS blocklists about the client (`[[inbound.dnsbl]]`, `smtp` listener only),
+    /// then call [`Session::dnsbl_checked`]. The first RCPT is answered only then.
+    CheckDnsbl,
 }
 
 /// A mail transaction: set by MAIL, grown by RCPT, taken by DATA, dropped by RSET/EHLO.
@@ -146,6 +150,10 @@ pub struct Session {
     checking: Option<(Vec<Address>, RcptDsn)>,
     sasl: SaslStep,
     errors: u32,
+    /// What the DNS blocklists say of the client, once asked.
+    dnsbl: Option<Standing>,
+    /// The RCPT waiting for [`Action::CheckDnsbl`].
+    dnsbl_rcpt: Option<(mta_core::address::ForwardPath, bool, RcptDsn)>,
     /// Lines handled since the session last moved towards a message: an accepted RCPT, a
     /// 354 to DATA, a successful AUTH set it to 0 (`limits.max_commands_without_progress`).
     idle: u32,
@@ -161,6 +169,8 @@ impl Session {
             user: None,
             tx: None,
             checking: None,
+            dnsbl: None,
+            dnsbl_rcpt: None,
             sasl: SaslStep::None,
             errors: 0,
             idle: 0,
@@ -399,6 +409,11 @@ impl Session {
     }
 
     fn rcpt(&mut self, to: &mta_core::address::ForwardPath, utf8: bool, dsn: RcptDsn) -> Action {
+        if self.tx.is_some()
+            && let Some(action) = self.blocklisted(to, utf8, &dsn)
+        {
+            return action;
+        }
         let relay = if self.user.is_some() {
             RelayPermission::Allowed
         } else {
@@ -442,6 +457,51 @@ impl Session {
                 Action::Reply(Reply::RECIPIENT_OK)
             }
             RcptDecision::Reject(reply) => Action::Reply(reply),
+        }
+    }
+
+    /// On the `smtp` listener with DNS blocklists configured: ask them first, or refuse
+    /// the RCPT of a client they list (`dnsbl_action = "reject"`), except to postmaster
+    /// (RFC 5321 §4.5.1).
+    fn blocklisted(
+        &mut self,
+        to: &mta_core::address::ForwardPath,
+        utf8: bool,
+        dsn: &RcptDsn,
+    ) -> Option<Action> {
+        let config = &self.ctx.config;
+        if self.ctx.listener != ListenerKind::Smtp || config.inbound.dnsbl.lists.is_empty() {
+            return None;
+        }
+        match &self.dnsbl {
+            None => {
+                self.dnsbl_rcpt = Some((to.clone(), utf8, dsn.clone()));
+                Some(Action::CheckDnsbl)
+            }
+            Some(Standing::Reject(reply)) if !is_postmaster(config, to) => {
+                Some(Action::Reply(reply.clone()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Records the result of an [`Action::CheckDnsbl`] and answers the RCPT that waited.
+    pub fn dnsbl_checked(&mut self, standing: Standing) -> Action {
+        self.dnsbl = Some(standing);
+        let action = match self.dnsbl_rcpt.take() {
+            Some((to, utf8, dsn)) => self.rcpt(&to, utf8, dsn),
+            None => Action::Reply(Reply::NEED_MAIL_FIRST),
+        };
+        // A refusal counts as the client's error, as when it is answered at once.
+        self.count_errors(action)
+    }
+
+    /// The `X-DNSBL:` field (with its CRLF) for this session's messages, when the lists
+    /// named the client and `dnsbl_action = "mark"`.
+    pub fn dnsbl_mark(&self) -> Option<&str> {
+        match &self.dnsbl {
+            Some(Standing::Mark(field)) => Some(field),
+            _ => None,
         }
     }
 
@@ -605,6 +665,16 @@ fn decode(response: &[u8]) -> Option<String> {
 
 fn starts_with_ignore_case(line: &[u8], prefix: &[u8]) -> bool {
     line.len() >= prefix.len() && line[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// `<Postmaster>`, or `postmaster@` one of our domains (any case).
+fn is_postmaster(config: &Config, to: &mta_core::address::ForwardPath) -> bool {
+    match to {
+        mta_core::address::ForwardPath::Postmaster => true,
+        mta_core::address::ForwardPath::Address(a) => {
+            a.local_part().eq_ignore_ascii_case("postmaster") && config.is_local_domain(a.domain())
+        }
+    }
 }
 
 /// Counts one accepted RCPT and adds what it expands to, without duplicates; each new

@@ -78,7 +78,10 @@ fn run(s: &mut Session, steps: &[(&str, u16)]) {
             Action::SkipChunk { reply, .. } => reply.code,
             // A chunk to read: marked 1.
             Action::Chunk { .. } => 1,
-            Action::CheckPassword { .. } | Action::CheckRoom | Action::CheckRecipients { .. } => 0,
+            Action::CheckPassword { .. }
+            | Action::CheckRoom
+            | Action::CheckRecipients { .. }
+            | Action::CheckDnsbl => 0,
         };
         assert_eq!(code, *want, "after {line:?}: {action:?}");
     }
@@ -721,4 +724,89 @@ fn sending_limit_reserved_at_mail_and_given_back_by_rset() {
             ("MAIL FROM:<alice@example.org>", 250),
         ],
     );
+}
+
+/// A session whose config has one DNS blocklist.
+fn session_with_dnsbl(listener: ListenerKind, tls: bool) -> Session {
+    let config = Config::from_toml(
+        "test.toml",
+        "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n\
+         [[inbound.dnsbl]]\nzone = \"zen.test\"\n",
+        "unused",
+    )
+    .unwrap();
+    Session::new(Context {
+        config: Arc::new(config),
+        users: Arc::new(Users(users())),
+        listener,
+        peer: "127.0.0.2:40000".parse().unwrap(),
+        tls: tls.then(|| "TLSv1.3 TLS13_AES_128_GCM_SHA256".to_string()),
+        starttls_available: false,
+        sending: Default::default(),
+    })
+}
+
+#[test]
+fn dnsbl_is_asked_at_the_first_rcpt_and_spares_postmaster() {
+    let mut s = session_with_dnsbl(ListenerKind::Smtp, false);
+    run(
+        &mut s,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<a@remote.test>", 250),
+        ],
+    );
+    assert_eq!(s.handle(b"RCPT TO:<alice@example.org>"), Action::CheckDnsbl);
+    let refusal = Reply::new(554, "5.7.1", "Client [127.0.0.2] listed by zen.test");
+    // The waiting RCPT is answered with the standing.
+    let answered = s.dnsbl_checked(Standing::Reject(refusal.clone()));
+    assert_eq!(answered, Action::Reply(refusal.clone()));
+    // Asked once: later RCPTs are answered at once.
+    assert_eq!(
+        s.handle(b"RCPT TO:<alice@example.org>"),
+        Action::Reply(refusal)
+    );
+    run(
+        &mut s,
+        &[
+            ("RCPT TO:<Postmaster>", 250),
+            ("RCPT TO:<POSTMASTER@Example.ORG>", 250),
+            // Postmaster elsewhere is not ours to except.
+            ("RCPT TO:<postmaster@elsewhere.test>", 554),
+        ],
+    );
+    assert_eq!(s.dnsbl_mark(), None);
+    // Mark: the RCPT is accepted, the field kept for the message.
+    let mut s = session_with_dnsbl(ListenerKind::Smtp, false);
+    run(
+        &mut s,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<a@remote.test>", 250),
+        ],
+    );
+    assert_eq!(s.handle(b"RCPT TO:<alice@example.org>"), Action::CheckDnsbl);
+    let field = "X-DNSBL: 127.0.0.2 listed by zen.test (127.0.0.2)\r\n".to_string();
+    assert_eq!(
+        s.dnsbl_checked(Standing::Mark(field.clone())),
+        Action::Reply(Reply::RECIPIENT_OK)
+    );
+    assert_eq!(s.dnsbl_mark(), Some(field.as_str()));
+}
+
+#[test]
+fn dnsbl_is_never_asked_on_submission() {
+    let auth = format!("AUTH PLAIN {}", b64("\0alice@example.org\0correct horse"));
+    for listener in [ListenerKind::Submission, ListenerKind::Submissions] {
+        let mut s = session_with_dnsbl(listener, true);
+        run(
+            &mut s,
+            &[
+                ("EHLO client.test", 250),
+                (&auth, 235),
+                ("MAIL FROM:<alice@example.org>", 250),
+                ("RCPT TO:<bob@remote.test>", 250),
+            ],
+        );
+    }
 }
