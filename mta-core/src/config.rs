@@ -10,6 +10,7 @@
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
+mod acme;
 mod authentication;
 mod checker;
 mod duration;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use crate::address::{Address, Domain};
 
+pub use acme::{Acme, LETS_ENCRYPT, is_ours};
 pub use authentication::is_dkim_selector;
 pub use process::Process;
 
@@ -81,6 +83,8 @@ pub struct Config {
     /// The user `mta serve` runs as and its sandbox (`user`, `group`, `allow_root`,
     /// `sandbox`).
     pub process: Process,
+    /// `[acme]`: certificates from an ACME CA; `None` (no table): off.
+    pub acme: Option<Acme>,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several

@@ -87,9 +87,15 @@ const KEYS: &[&str] = &[
     "local.lmtp",
     "local.recipient_delimiter",
     "local.mail_group",
+    "acme.directory",
+    "acme.contact",
+    "acme.names",
+    "acme.http_listen",
+    "acme.ca_root",
+    "acme.renew_before",
 ];
 const TABLES: &[&str] = &[
-    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local",
+    "listen", "tls", "limits", "dns", "outbound", "queue", "inbound", "metrics", "local", "acme",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

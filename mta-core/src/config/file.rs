@@ -53,6 +53,7 @@ pub(super) struct RawConfig {
     pub metrics: RawMetrics,
     #[serde(default)]
     pub local: RawLocal,
+    pub acme: Option<S<super::acme::RawAcme>>,
 }
 
 /// `[metrics]`
@@ -413,6 +414,7 @@ pub(super) fn write(config: &Config) -> String {
         format!("\n[local]\n{}", write_local(&config.local)),
         format!("\n[aliases]\n{}", write_aliases(config)),
         write_dkim(&config.dkim),
+        super::acme::write(config.acme.as_ref(), quote),
     ]
     .concat()
 }

@@ -204,6 +204,7 @@ fn defaults() {
             allow_root: false,
             sandbox: true,
         },
+        acme: None,
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -405,7 +406,7 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `acme`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

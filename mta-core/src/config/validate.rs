@@ -118,6 +118,7 @@ pub(super) fn from_raw(
     let inbound = c.inbound(&raw.inbound);
     let metrics_listen = c.metrics_listen(&raw, &listen);
     let process = c.process(&raw);
+    let acme = c.acme(raw.acme.as_ref(), &hostname, &local_domains, &tls);
     let errors = c.into_errors();
     let config = Config {
         hostname,
@@ -137,6 +138,7 @@ pub(super) fn from_raw(
         inbound,
         metrics_listen,
         process,
+        acme,
     };
     (config, errors)
 }
