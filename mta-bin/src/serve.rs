@@ -347,7 +347,7 @@ async fn serve(
     cert_note: String,
     (sockets, acme_listener): (
         Vec<(ListenerKind, tokio::net::TcpSocket)>,
-        Option<std::net::TcpListener>,
+        Option<tokio::net::TcpSocket>,
     ),
     said: Said,
 ) -> anyhow::Result<()> {

@@ -30,6 +30,7 @@ mod lmtp;
 pub mod load;
 mod maildir;
 mod net;
+pub mod pebble;
 mod process;
 pub mod relay;
 mod server;

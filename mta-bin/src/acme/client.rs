@@ -106,7 +106,7 @@ impl HttpClient for Client {
             let rsp = tokio::time::timeout(REQUEST_TIME, fut)
                 .await
                 .map_err(|_| other(format!("no answer within {}s", REQUEST_TIME.as_secs())))?
-                .map_err(|e| other(e.to_string()))?;
+                .map_err(|e| other(chain(&e)))?;
             let (parts, body) = rsp.into_parts();
             let status = parts.status.as_u16();
             if status == 429 || status == 503 {
@@ -121,6 +121,17 @@ impl HttpClient for Client {
             Ok(BytesResponse::from(http::Response::from_parts(parts, body)))
         })
     }
+}
+
+/// An error with its causes, as hyper's own text ("client error (Connect)") says nothing.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text += &format!(": {cause}");
+        source = cause.source();
+    }
+    text
 }
 
 fn other(text: String) -> instant_acme::Error {

@@ -57,12 +57,12 @@ pub fn dir(config: &Config) -> PathBuf {
     config.data_dir.join("acme")
 }
 
-/// The HTTP-01 listener, bound now (port 80 needs root or `CAP_NET_BIND_SERVICE`, so this
+/// The HTTP-01 socket, bound now (it listens once the runtime runs: [`start`]) (port 80 needs root or `CAP_NET_BIND_SERVICE`, so this
 /// runs before privileges are dropped). `None` when `[acme]` is off.
 ///
 /// # Errors
 /// The address cannot be bound.
-pub fn bind(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
+pub fn bind(config: &Config) -> anyhow::Result<Option<tokio::net::TcpSocket>> {
     let Some(acme) = &config.acme else {
         return Ok(None);
     };
@@ -75,8 +75,7 @@ pub fn bind(config: &Config) -> anyhow::Result<Option<std::net::TcpListener>> {
     socket
         .bind(acme.http_listen)
         .with_context(|| format!("acme.http_listen: cannot bind {}", acme.http_listen))?;
-    let listener = socket.listen(1024)?.into_std()?;
-    Ok(Some(listener))
+    Ok(Some(socket))
 }
 
 /// Makes `resolver` the one that obtained certificates go into, and serves the stored
@@ -147,12 +146,12 @@ pub fn validity(key: &CertifiedKey) -> Option<(SystemTime, SystemTime)> {
 }
 
 /// Starts the HTTP-01 responder on `listener` and the renewal task, until `stopped`.
-pub fn start(config: Arc<Config>, listener: std::net::TcpListener, stopped: watch::Receiver<bool>) {
+pub fn start(config: Arc<Config>, socket: tokio::net::TcpSocket, stopped: watch::Receiver<bool>) {
     let Some(acme) = config.acme.clone() else {
         return;
     };
     let tokens = http01::Tokens::default();
-    match tokio::net::TcpListener::from_std(listener) {
+    match socket.listen(1024) {
         Ok(listener) => {
             tokio::spawn(http01::serve(listener, tokens.clone(), stopped.clone()));
         }
@@ -232,7 +231,7 @@ async fn renew_loop(
                 let delay = schedule::retry_delay(state.failures, retry_after.take(), now);
                 state.retry_at = Some(now + delay);
                 let text = mta_core::text::escape(&e.to_string()).to_string();
-                warn!(names = ?acme.names, failures = state.failures, retry_in_s = delay.as_secs(), error = %text, "acme: no certificate this time; keeping the current one");
+                warn!(names = ?acme.names, failures = state.failures, retry_in_s = delay.as_millis().div_ceil(1000), error = %text, "acme: no certificate this time; keeping the current one");
                 status.last_error = Some(text);
             }
         }

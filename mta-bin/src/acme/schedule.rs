@@ -11,8 +11,9 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(6 * 3600);
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// When to renew a certificate valid from `not_before` to `not_after`: when `renew_before`
-/// is left, or else a third of its lifetime, plus a jitter of up to a tenth of that window
-/// (`random` picks where in it), so that servers started together do not ask together.
+/// is left (exactly: the operator chose it), or else when a third of its lifetime is left
+/// plus a jitter of up to a tenth of that third (`random` picks where in it), so that
+/// servers started together do not ask together.
 pub fn renew_at(
     not_before: SystemTime,
     not_after: SystemTime,
@@ -22,7 +23,10 @@ pub fn renew_at(
     let lifetime = not_after.duration_since(not_before).unwrap_or_default();
     let window = renew_before.unwrap_or(lifetime / 3).min(lifetime);
     let start = not_after.checked_sub(window).unwrap_or(not_before);
-    let spread = u64::try_from((window / 10).as_millis()).unwrap_or(u64::MAX);
+    let spread = match renew_before {
+        Some(_) => 0,
+        None => u64::try_from((window / 10).as_millis()).unwrap_or(u64::MAX),
+    };
     let jitter = match spread {
         0 => 0,
         s => random % s,
@@ -116,7 +120,8 @@ mod tests {
             let first = u128::from(start) * 1_000_000_000 + lifetime_ns - window_ns;
             let got = at.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos();
             prop_assert!(got >= first, "{} < {}", got, first);
-            prop_assert!(got <= first + window_ns / 10, "{} > {}", got, first + window_ns / 10);
+            let spread = if before.is_some() { 0 } else { window_ns / 10 };
+            prop_assert!(got <= first + spread, "{} > {}", got, first + spread);
             prop_assert!(at <= na);
         }
 
