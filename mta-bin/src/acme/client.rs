@@ -185,7 +185,9 @@ async fn account(
     Ok(account)
 }
 
-/// Orders a certificate for `config.names`, answering each challenge through `tokens`.
+/// Orders a certificate for `config.names`, answering each challenge through `tokens`, for
+/// the key `reuse` (PEM) when given and usable, else a new P-256 key. Keeping the key keeps a
+/// published TLSA `3 1 1` record (RFC 7671) true across renewals.
 ///
 /// # Errors
 /// [`AcmeError`] saying which step failed and the CA's reason.
@@ -194,6 +196,7 @@ pub async fn issue(
     dir: &Path,
     tokens: &Tokens,
     retry_after: &RetryAfter,
+    reuse: Option<&str>,
 ) -> Result<Issued, AcmeError> {
     let account = account(config, dir, retry_after).await?;
     let identifiers: Vec<Identifier> = config
@@ -226,7 +229,10 @@ pub async fn issue(
         OrderStatus::Ready => {}
         other => return Err(AcmeError::Ca(why_invalid(&mut order, other).await)),
     }
-    let key = rcgen::KeyPair::generate().map_err(|e| AcmeError::Setup(e.to_string()))?;
+    let key = match reuse.map(rcgen::KeyPair::from_pem) {
+        Some(Ok(key)) => key,
+        _ => rcgen::KeyPair::generate().map_err(|e| AcmeError::Setup(e.to_string()))?,
+    };
     let mut params = rcgen::CertificateParams::new(config.names.clone())
         .map_err(|e| AcmeError::Setup(e.to_string()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();

@@ -269,7 +269,9 @@ async fn attempt(
     retry_after: &client::RetryAfter,
 ) -> Result<SystemTime, AcmeError> {
     info!(names = ?acme.names, directory = %acme.directory, "acme: ordering a certificate");
-    let issued = client::issue(acme, dir, tokens, retry_after).await?;
+    let (cert, key) = files(config);
+    let reuse = std::fs::read_to_string(&key).ok();
+    let issued = client::issue(acme, dir, tokens, retry_after, reuse.as_deref()).await?;
     // Checked before anything is replaced: what the CA sent must work with our key.
     let (new_cert, new_key) = (dir.join("cert.pem.new"), dir.join("key.pem.new"));
     let store = |path: &Path, bytes: &[u8]| {
@@ -289,7 +291,6 @@ async fn attempt(
             "the certificate does not cover {name}"
         )));
     }
-    let (cert, key) = files(config);
     let rename = |from: &Path, to: &Path| {
         std::fs::rename(from, to).map_err(|e| AcmeError::Store(format!("{}: {e}", to.display())))
     };

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Command;
 
-use mta_tests::certs::{cert_sha256, write_self_signed};
+use mta_tests::certs::{cert_sha256, spki_sha256, write_self_signed};
 use mta_tests::pebble::{Pebble, free_port, ip_cert};
 use mta_tests::{TestDns, TestMta, base_config, run, secs};
 
@@ -90,6 +90,7 @@ fn first_certificate_then_renewal_after_a_restart_with_the_same_account() {
     let data = mta.data_dir();
     let stored = data.join("acme/cert.pem");
     let first = cert_sha256(&stored);
+    let first_key = spki_sha256(&stored);
     // Served at once, checked against pebble's root, to a client naming us and to one that
     // names nobody (the hostname's certificate replaces the self-signed default).
     let addr = mta.submissions_addr();
@@ -125,6 +126,8 @@ fn first_certificate_then_renewal_after_a_restart_with_the_same_account() {
     assert!(!after.contains("acme: account created"), "{after}");
     let renewed = cert_sha256(&stored);
     assert_ne!(renewed, first);
+    // The key is kept, so a published TLSA 3 1 1 record stays true.
+    assert_eq!(spki_sha256(&stored), first_key);
     assert_eq!(
         verified_leaf(mta.submissions_addr(), Some(HOST), &root),
         Ok(renewed)
