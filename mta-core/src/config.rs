@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use crate::address::{Address, Domain};
 
-pub use acme::{Acme, LETS_ENCRYPT, is_ours};
+pub use acme::{Acme, Challenge, LETS_ENCRYPT, is_ours};
 pub use authentication::is_dkim_selector;
 pub use process::Process;
 

@@ -68,9 +68,14 @@ pub fn ip_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
 
 impl Pebble {
     /// Starts pebble in `dir`: it validates HTTP-01 challenges on `http_port` of the address
-    /// `dns` gives for each name.
+    /// `dns` gives for each name (and TLS-ALPN-01 on a port nobody listens on).
     pub fn start(dir: &Path, http_port: u16, dns: SocketAddr) -> Pebble {
-        let (port, management, tls_port) = (free_port(), free_port(), free_port());
+        Pebble::start_with_ports(dir, http_port, free_port(), dns)
+    }
+
+    /// [`Pebble::start`], validating TLS-ALPN-01 challenges on `tls_port`.
+    pub fn start_with_ports(dir: &Path, http_port: u16, tls_port: u16, dns: SocketAddr) -> Pebble {
+        let (port, management) = (free_port(), free_port());
         let (cert, key) = ip_cert(dir, "pebble");
         let config = serde_json::json!({
             "pebble": {

@@ -17,11 +17,10 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
     HttpClient, Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
-use mta_core::config::Acme;
+use mta_core::config::{Acme, Challenge};
 use tracing::info;
 
-use super::AcmeError;
-use super::http01::Tokens;
+use super::{AcmeError, Challenges};
 
 /// How long one request to the CA may take.
 const REQUEST_TIME: Duration = Duration::from_secs(30);
@@ -185,7 +184,7 @@ async fn account(
     Ok(account)
 }
 
-/// Orders a certificate for `config.names`, answering each challenge through `tokens`, for
+/// Orders a certificate for `config.names`, answering each challenge through `answer`, for
 /// the key `reuse` (PEM) when given and usable, else a new P-256 key. Keeping the key keeps a
 /// published TLSA `3 1 1` record (RFC 7671) true across renewals.
 ///
@@ -194,7 +193,7 @@ async fn account(
 pub async fn issue(
     config: &Acme,
     dir: &Path,
-    tokens: &Tokens,
+    answer: &Challenges,
     retry_after: &RetryAfter,
     reuse: Option<&str>,
 ) -> Result<Issued, AcmeError> {
@@ -213,10 +212,27 @@ pub async fn issue(
             AuthorizationStatus::Valid => continue,
             other => return Err(AcmeError::Ca(format!("authorization is {other:?}"))),
         }
-        let mut challenge = authz
-            .challenge(ChallengeType::Http01)
-            .ok_or_else(|| AcmeError::Ca("the CA offers no http-01 challenge".into()))?;
-        tokens.insert(&challenge.token, challenge.key_authorization().as_str());
+        let kind = match config.challenge {
+            Challenge::Http01 => ChallengeType::Http01,
+            Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+        };
+        let mut challenge = authz.challenge(kind).ok_or_else(|| {
+            let name = config.challenge.name();
+            AcmeError::Ca(format!("the CA offers no {name} challenge"))
+        })?;
+        let key_authorization = challenge.key_authorization();
+        match config.challenge {
+            Challenge::Http01 => answer
+                .tokens
+                .insert(&challenge.token, key_authorization.as_str()),
+            Challenge::TlsAlpn01 => {
+                let name = challenge.identifier().to_string();
+                answer
+                    .alpn
+                    .insert(&name, key_authorization.digest().as_ref())
+                    .map_err(AcmeError::Setup)?;
+            }
+        }
         challenge.set_ready().await?;
     }
     let retries = RetryPolicy::new()
@@ -224,7 +240,7 @@ pub async fn issue(
         .backoff(1.5)
         .timeout(VALIDATION_TIME);
     let status = order.poll_ready(&retries).await;
-    tokens.clear();
+    answer.clear();
     match status? {
         OrderStatus::Ready => {}
         other => return Err(AcmeError::Ca(why_invalid(&mut order, other).await)),

@@ -7,6 +7,7 @@
 //! serves the stored certificate). A failure keeps the current certificate and is logged,
 //! counted in `status.json` for `mta doctor`, and retried ([`schedule`]).
 
+pub mod alpn;
 mod client;
 pub mod http01;
 pub mod schedule;
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
-use mta_core::config::{Acme, Config};
+use mta_core::config::{Acme, Challenge, Config};
 use mta_smtp::tls::SniCerts;
 use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
@@ -42,6 +43,23 @@ pub enum AcmeError {
     Store(String),
 }
 
+/// What answers the CA's challenges: HTTP-01 tokens or TLS-ALPN-01 certificates.
+#[derive(Debug, Clone, Default)]
+pub struct Challenges {
+    /// HTTP-01: token → key authorization.
+    pub tokens: http01::Tokens,
+    /// TLS-ALPN-01: name → challenge certificate.
+    pub alpn: alpn::AlpnCerts,
+}
+
+impl Challenges {
+    /// Stops answering anything.
+    pub fn clear(&self) {
+        self.tokens.clear();
+        self.alpn.clear();
+    }
+}
+
 /// The longest sleep between two looks at the clock: a wall-clock step moves the next
 /// renewal by at most this.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
@@ -57,7 +75,7 @@ pub fn dir(config: &Config) -> PathBuf {
     config.data_dir.join("acme")
 }
 
-/// The HTTP-01 socket, bound now (it listens once the runtime runs: [`start`]) (port 80 needs root or `CAP_NET_BIND_SERVICE`, so this
+/// The challenge socket (HTTP-01 or TLS-ALPN-01), bound now (it listens once the runtime runs: [`start`]) (port 80 needs root or `CAP_NET_BIND_SERVICE`, so this
 /// runs before privileges are dropped). `None` when `[acme]` is off.
 ///
 /// # Errors
@@ -66,15 +84,19 @@ pub fn bind(config: &Config) -> anyhow::Result<Option<tokio::net::TcpSocket>> {
     let Some(acme) = &config.acme else {
         return Ok(None);
     };
-    let socket = match acme.http_listen {
+    let (addr, key) = match acme.challenge {
+        Challenge::Http01 => (acme.http_listen, "acme.http_listen"),
+        Challenge::TlsAlpn01 => (acme.tls_alpn_listen, "acme.tls_alpn_listen"),
+    };
+    let socket = match addr {
         std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
         std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
     }
-    .context("acme.http_listen: cannot make a socket")?;
+    .with_context(|| format!("{key}: cannot make a socket"))?;
     socket.set_reuseaddr(true)?;
     socket
-        .bind(acme.http_listen)
-        .with_context(|| format!("acme.http_listen: cannot bind {}", acme.http_listen))?;
+        .bind(addr)
+        .with_context(|| format!("{key}: cannot bind {addr}"))?;
     Ok(Some(socket))
 }
 
@@ -145,19 +167,24 @@ pub fn validity(key: &CertifiedKey) -> Option<(SystemTime, SystemTime)> {
     ))
 }
 
-/// Starts the HTTP-01 responder on `listener` and the renewal task, until `stopped`.
+/// Starts the challenge responder on `socket` and the renewal task, until `stopped`.
 pub fn start(config: Arc<Config>, socket: tokio::net::TcpSocket, stopped: watch::Receiver<bool>) {
     let Some(acme) = config.acme.clone() else {
         return;
     };
-    let tokens = http01::Tokens::default();
-    match socket.listen(1024) {
-        Ok(listener) => {
-            tokio::spawn(http01::serve(listener, tokens.clone(), stopped.clone()));
+    let answer = Challenges::default();
+    match (socket.listen(1024), acme.challenge) {
+        (Ok(listener), Challenge::Http01) => {
+            let tokens = answer.tokens.clone();
+            tokio::spawn(http01::serve(listener, tokens, stopped.clone()));
         }
-        Err(e) => warn!(error = %e, "acme: the http-01 listener cannot be used"),
+        (Ok(listener), Challenge::TlsAlpn01) => {
+            let certs = answer.alpn.clone();
+            tokio::spawn(alpn::serve(listener, certs, stopped.clone()));
+        }
+        (Err(e), kind) => warn!(error = %e, "acme: the {} listener cannot be used", kind.name()),
     }
-    tokio::spawn(renew_loop(config, acme, tokens, stopped));
+    tokio::spawn(renew_loop(config, acme, answer, stopped));
 }
 
 /// What the loop knows between attempts.
@@ -177,7 +204,7 @@ impl Loop {
 async fn renew_loop(
     config: Arc<Config>,
     acme: Acme,
-    tokens: http01::Tokens,
+    answer: Challenges,
     mut stopped: watch::Receiver<bool>,
 ) {
     let dir = dir(&config);
@@ -214,10 +241,10 @@ async fn renew_loop(
         }
         status.last_attempt = Some(unix(SystemTime::now()));
         let attempt = tokio::select! {
-            r = attempt(&config, &acme, &dir, &tokens, &retry_after) => r,
+            r = attempt(&config, &acme, &dir, &answer, &retry_after) => r,
             _ = stopped.changed() => return,
         };
-        tokens.clear();
+        answer.clear();
         match attempt {
             Ok(not_after) => {
                 state.failures = 0;
@@ -265,13 +292,13 @@ async fn attempt(
     config: &Config,
     acme: &Acme,
     dir: &Path,
-    tokens: &http01::Tokens,
+    answer: &Challenges,
     retry_after: &client::RetryAfter,
 ) -> Result<SystemTime, AcmeError> {
     info!(names = ?acme.names, directory = %acme.directory, "acme: ordering a certificate");
     let (cert, key) = files(config);
     let reuse = std::fs::read_to_string(&key).ok();
-    let issued = client::issue(acme, dir, tokens, retry_after, reuse.as_deref()).await?;
+    let issued = client::issue(acme, dir, answer, retry_after, reuse.as_deref()).await?;
     // Checked before anything is replaced: what the CA sent must work with our key.
     let (new_cert, new_key) = (dir.join("cert.pem.new"), dir.join("key.pem.new"));
     let store = |path: &Path, bytes: &[u8]| {

@@ -22,6 +22,30 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 pub const DEFAULT_HTTP_LISTEN: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), 80);
 
+/// The default TLS-ALPN-01 listener: port 443 on every address, where the CA connects.
+pub const DEFAULT_TLS_ALPN_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V6(Ipv6Addr::UNSPECIFIED), 443);
+
+/// How the CA checks that a name is ours (RFC 8555 §8.3, RFC 8737).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A token fetched over HTTP on port 80 (`acme.http_listen`).
+    Http01,
+    /// A certificate served for the `acme-tls/1` protocol on port 443
+    /// (`acme.tls_alpn_listen`).
+    TlsAlpn01,
+}
+
+impl Challenge {
+    /// As the config spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Challenge::Http01 => "http-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
+}
+
 /// `[acme]`, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Acme {
@@ -31,8 +55,12 @@ pub struct Acme {
     pub contact: Vec<String>,
     /// The names of the one certificate, lower case; the hostname first when it is one.
     pub names: Vec<String>,
+    /// The challenge answered.
+    pub challenge: Challenge,
     /// Where the HTTP-01 responder listens (bound before privileges are dropped).
     pub http_listen: SocketAddr,
+    /// Where the TLS-ALPN-01 responder listens (bound before privileges are dropped).
+    pub tls_alpn_listen: SocketAddr,
     /// A PEM root the CA's own HTTPS certificate is checked against in place of the
     /// system's roots (a private or test CA). Never a way to skip the check.
     pub ca_root: Option<PathBuf>,
@@ -48,7 +76,9 @@ pub(super) struct RawAcme {
     pub directory: Option<S<String>>,
     pub contact: Option<List>,
     pub names: Option<List>,
+    pub challenge: Option<S<String>>,
     pub http_listen: Option<S<String>>,
+    pub tls_alpn_listen: Option<S<String>>,
     pub ca_root: Option<S<String>>,
     pub renew_before: Option<S<String>>,
 }
@@ -77,14 +107,25 @@ impl Checker<'_> {
         };
         let contact = self.acme_contact(raw.contact.as_ref());
         let names = self.acme_names(raw.names.as_ref(), hostname, local_domains, tls, raw_span);
-        let http_listen = match &raw.http_listen {
-            Some(text) => text.get_ref().parse().unwrap_or_else(|_| {
-                let msg = format!("{:?} is not an address:port", text.get_ref());
-                self.error(text.span(), "acme.http_listen", msg);
-                DEFAULT_HTTP_LISTEN
-            }),
-            None => DEFAULT_HTTP_LISTEN,
+        let challenge = match raw.challenge.as_ref().map(|c| (c, c.get_ref().as_str())) {
+            None | Some((_, "http-01")) => Challenge::Http01,
+            Some((_, "tls-alpn-01")) => Challenge::TlsAlpn01,
+            Some((c, other)) => {
+                let msg = format!("{other:?} is not \"http-01\" or \"tls-alpn-01\"");
+                self.error(c.span(), "acme.challenge", msg);
+                Challenge::Http01
+            }
         };
+        let http_listen = self.listen_addr(
+            raw.http_listen.as_ref(),
+            "acme.http_listen",
+            DEFAULT_HTTP_LISTEN,
+        );
+        let tls_alpn_listen = self.listen_addr(
+            raw.tls_alpn_listen.as_ref(),
+            "acme.tls_alpn_listen",
+            DEFAULT_TLS_ALPN_LISTEN,
+        );
         let ca_root = self.path(&raw.ca_root, "acme.ca_root");
         let renew_before = raw
             .renew_before
@@ -94,9 +135,27 @@ impl Checker<'_> {
             directory,
             contact,
             names,
+            challenge,
             http_listen,
+            tls_alpn_listen,
             ca_root,
             renew_before,
+        })
+    }
+
+    fn listen_addr(
+        &mut self,
+        text: Option<&S<String>>,
+        key: &str,
+        default: SocketAddr,
+    ) -> SocketAddr {
+        let Some(text) = text else {
+            return default;
+        };
+        text.get_ref().parse().unwrap_or_else(|_| {
+            let msg = format!("{:?} is not an address:port", text.get_ref());
+            self.error(text.span(), key, msg);
+            default
         })
     }
 
@@ -192,11 +251,14 @@ pub(super) fn write(acme: Option<&Acme>, quote: impl Fn(&str) -> String) -> Stri
         format!("[{}]", q.join(", "))
     };
     let mut out = format!(
-        "\n[acme]\ndirectory = {}\ncontact = {}\nnames = {}\nhttp_listen = {}\n",
+        "\n[acme]\ndirectory = {}\ncontact = {}\nnames = {}\nchallenge = {}\n\
+         http_listen = {}\ntls_alpn_listen = {}\n",
         quote(&a.directory),
         list(&a.contact),
         list(&a.names),
+        quote(a.challenge.name()),
         quote(&a.http_listen.to_string()),
+        quote(&a.tls_alpn_listen.to_string()),
     );
     if let Some(root) = &a.ca_root {
         out += &format!("ca_root = {}\n", quote(&root.to_string_lossy()));
@@ -224,7 +286,9 @@ mod tests {
             directory: LETS_ENCRYPT.into(),
             contact: vec![],
             names: vec!["mx.example.org".into()],
+            challenge: Challenge::Http01,
             http_listen: DEFAULT_HTTP_LISTEN,
+            tls_alpn_listen: DEFAULT_TLS_ALPN_LISTEN,
             ca_root: None,
             renew_before: None,
         };
@@ -238,6 +302,7 @@ mod tests {
             "hostname = \"mx.example.org\"\nlocal_domains = [\"example.org\"]\n[acme]\n\
              directory = \"https://127.0.0.1:14000/dir\"\ncontact = [\"mailto:pm@example.org\"]\n\
              names = [\"MX.example.org.\", \"mail.example.org\", \"example.org\"]\n\
+             challenge = \"tls-alpn-01\"\ntls_alpn_listen = \"127.0.0.1:8443\"\n\
              http_listen = \"127.0.0.1:8080\"\nca_root = \"/etc/ca.pem\"\nrenew_before = \"20d\"\n",
         )
         .unwrap();
@@ -247,6 +312,8 @@ mod tests {
             ["mx.example.org", "mail.example.org", "example.org"]
         );
         assert_eq!(a.renew_before, Some(Duration::from_secs(20 * 86400)));
+        assert_eq!(a.challenge, Challenge::TlsAlpn01);
+        assert_eq!(a.tls_alpn_listen, "127.0.0.1:8443".parse().unwrap());
         assert_eq!(parse(&c.to_toml()).unwrap(), c);
     }
 
@@ -257,7 +324,7 @@ mod tests {
              [tls.\"mail.example.org\"]\ncert = \"/c2\"\nkey = \"/k2\"\n\
              [acme]\ndirectory = \"http://ca\"\ncontact = [\"pm@example.org\"]\n\
              names = [\"mx.example.org\", \"mail.example.org\", \"other.net\", \"localhost\", \
-             \"*.example.org\"]\nhttp_listen = \"80\"\n",
+             \"*.example.org\"]\nhttp_listen = \"80\"\nchallenge = \"dns-01\"\n",
         );
         for want in [
             "acme.directory: \"http://ca\" is not an https:// URL",
@@ -268,6 +335,7 @@ mod tests {
             "\"localhost\" has no dot",
             "\"*.example.org\" is not a host name",
             "acme.http_listen: \"80\" is not an address:port",
+            "acme.challenge: \"dns-01\" is not \"http-01\" or \"tls-alpn-01\"",
         ] {
             assert!(e.contains(want), "{want}\nin\n{e}");
         }

@@ -90,7 +90,9 @@ const KEYS: &[&str] = &[
     "acme.directory",
     "acme.contact",
     "acme.names",
+    "acme.challenge",
     "acme.http_listen",
+    "acme.tls_alpn_listen",
     "acme.ca_root",
     "acme.renew_before",
 ];

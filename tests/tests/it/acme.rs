@@ -134,6 +134,59 @@ fn first_certificate_then_renewal_after_a_restart_with_the_same_account() {
     );
 }
 
+#[test]
+fn tls_alpn_01_answers_only_acme_tls_1_for_the_name() {
+    let dns = TestDns::start(&[&format!("--host-record={HOST},127.0.0.1")]);
+    let (tls_port, http_port) = (free_port(), free_port());
+    let work = tempfile::tempdir().unwrap();
+    // pebble's HTTP-01 port has nobody behind it: only TLS-ALPN-01 can pass.
+    let pebble = Pebble::start_with_ports(work.path(), http_port, tls_port, dns.addr());
+    let acme = acme_toml(
+        &pebble.directory(),
+        pebble.tls_root(),
+        free_port(),
+        &format!("challenge = \"tls-alpn-01\"\ntls_alpn_listen = \"127.0.0.1:{tls_port}\"\n"),
+    );
+    let mta = TestMta::start_config(|dir| base_config(dir, &acme));
+    mta.wait_logged(secs(90), "the certificate", || {
+        mta.log().contains("acme: certificate obtained and served")
+    });
+    assert!(
+        mta.log().contains("acme tls-alpn-01: challenge answered"),
+        "{}",
+        mta.log()
+    );
+    let root = work.path().join("issuing-root.pem");
+    std::fs::write(&root, pebble.issuing_root()).unwrap();
+    let stored = cert_sha256(&mta.data_dir().join("acme/cert.pem"));
+    assert_eq!(
+        verified_leaf(mta.submissions_addr(), Some(HOST), &root),
+        Ok(stored)
+    );
+    // The challenge port gives nothing to a client that does not ask for acme-tls/1 (or
+    // does, but for no name being validated now).
+    for args in [
+        format!("-alpn h2 -servername {HOST}"),
+        format!("-alpn acme-tls/1 -servername {HOST}"),
+    ] {
+        let out = run(
+            "openssl s_client",
+            Command::new("sh").args([
+                "-c",
+                &format!("openssl s_client -connect 127.0.0.1:{tls_port} {args} </dev/null 2>&1"),
+            ]),
+            b"",
+            secs(30),
+        );
+        assert!(
+            !out.stdout.contains("BEGIN CERTIFICATE"),
+            "{args}: {}",
+            out.stdout
+        );
+        assert!(out.stdout.contains("alert"), "{args}: {}", out.stdout);
+    }
+}
+
 /// A data dir holding an "old" certificate for the hostname, as a previous run left it.
 fn with_old_certificate(dir: &Path) -> String {
     let acme = dir.join("data/acme");
