@@ -3,7 +3,8 @@
 //! responder) and served at once, by name and to clients that send none; a restart reuses
 //! the stored account and a renewal is served without a restart; a challenge the CA cannot
 //! check keeps the old certificate and says why; a CA answering garbage or a rate limit is
-//! retried later (per Retry-After); a huge request to the challenge port is dropped.
+//! retried later (per Retry-After); a huge request to the challenge port is dropped;
+//! TLS-ALPN-01 answers only `acme-tls/1`; the challenge port is bound before privileges drop.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +14,7 @@ use std::process::Command;
 
 use mta_tests::certs::{cert_sha256, spki_sha256, write_self_signed};
 use mta_tests::pebble::{Pebble, free_port, ip_cert};
+use mta_tests::system::{is_root, owner_mode, proc_ids, unprivileged_user};
 use mta_tests::{TestDns, TestMta, base_config, run, secs};
 
 const HOST: &str = "mx.example.test";
@@ -185,6 +187,54 @@ fn tls_alpn_01_answers_only_acme_tls_1_for_the_name() {
         );
         assert!(out.stdout.contains("alert"), "{args}: {}", out.stdout);
     }
+}
+
+/// A free port below 1024 on 127.0.0.1, which only root (or `CAP_NET_BIND_SERVICE`) binds.
+fn privileged_port() -> u16 {
+    (700..1000)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 700..1000")
+}
+
+#[test]
+fn the_challenge_port_is_bound_before_privileges_are_dropped() {
+    assert!(
+        is_root(),
+        "this test starts mta serve as root: run the suite as root"
+    );
+    let (user, uid, _) = unprivileged_user();
+    let port = privileged_port();
+    // No CA answers: the point is the port and the files, not a certificate.
+    let acme = format!(
+        "user = {user:?}\n[acme]\ndirectory = \"https://127.0.0.1:{}/dir\"\n\
+         http_listen = \"127.0.0.1:{port}\"\n",
+        free_port()
+    );
+    let mta = TestMta::start_config(|dir| {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        base_config(dir, &acme)
+    });
+    let pid: u32 = mta.pid().parse().unwrap();
+    assert_eq!(proc_ids(pid).uid, vec![uid; 4], "{}", mta.log());
+    mta.wait_logged(secs(30), "the failed attempt", || {
+        mta.log().contains("acme: no certificate this time")
+    });
+    // The dropped process serves the port it could not have bound, and writes its status.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(secs(20))).unwrap();
+    stream
+        .write_all(b"GET /.well-known/acme-challenge/abc HTTP/1.1\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        answer.starts_with(b"HTTP/1.1 404"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    let status = mta.data_dir().join("acme/status.json");
+    mta.wait_logged(secs(10), "status.json", || status.exists());
+    assert_eq!(owner_mode(&status).0, uid);
 }
 
 /// A data dir holding an "old" certificate for the hostname, as a previous run left it.
