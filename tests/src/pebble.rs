@@ -41,7 +41,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Writes `DIR/STEM.crt` and `DIR/STEM.key`: a self-signed P-256 certificate for the address
-/// 127.0.0.1, no CA, so that it can be its own trust anchor. Returns (certificate, key).
+/// 127.0.0.1 and the name localhost, no CA, so that it can be its own trust anchor. Returns (certificate, key).
 pub fn ip_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
     let (cert, key) = (
         dir.join(format!("{stem}.crt")),
@@ -53,7 +53,7 @@ pub fn ip_cert(dir: &Path, stem: &str) -> (PathBuf, PathBuf) {
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
             .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
             .args(["-subj", &format!("/CN={stem}")])
-            .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+            .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"])
             .args(["-addext", "basicConstraints=critical,CA:FALSE"])
             .arg("-keyout")
             .arg(&key)

@@ -60,6 +60,17 @@ print(hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest())
     }
 }
 
+/// The metrics page, over HTTP/1.1.
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
+
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
@@ -82,7 +93,7 @@ fn first_certificate_then_renewal_after_a_restart_with_the_same_account() {
         pebble.tls_root(),
         http_port,
         "renew_before = \"3650d\"\n",
-    );
+    ) + "[metrics]\nlisten = \"127.0.0.1:0\"\n";
     let mut mta = TestMta::start_config(|dir| base_config(dir, &acme));
     mta.wait_logged(secs(90), "the first certificate", || {
         mta.log().contains("acme: certificate obtained and served")
@@ -108,6 +119,17 @@ fn first_certificate_then_renewal_after_a_restart_with_the_same_account() {
         assert_eq!(mode(&data.join("acme").join(file)), 0o600, "{file}");
     }
     let account = account_url(&data);
+    // The metric says when it expires: pebble's certificate's notAfter.
+    let metrics = scrape(mta.listener("metrics"));
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("mta_tls_certificate_expiry_timestamp_seconds{name=\"mx.example.test\"}")
+        })
+        .unwrap_or_else(|| panic!("no expiry metric in\n{metrics}"));
+    let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let logged = format!("not_after={value}");
+    assert!(mta.log().contains(&logged), "{line} vs\n{}", mta.log());
 
     mta.restart();
     // At start the stored certificate is served; then it is renewed (due at once) with the
@@ -436,7 +458,8 @@ fn a_ca_answering_garbage_or_rate_limits_is_retried_later() {
     let work = tempfile::tempdir().unwrap();
     let garbage = FakeCa::start(work.path(), 200, "<html>not a directory", None, false);
     let acme = acme_toml(
-        &format!("https://127.0.0.1:{}/dir", garbage.port),
+        // A name, not an address: resolved by the sandboxed process (/etc/hosts).
+        &format!("https://localhost:{}/dir", garbage.port),
         &garbage.cert,
         free_port(),
         "renew_before = \"3650d\"\n",
