@@ -139,6 +139,7 @@ pub fn preflight(config: &Config) -> Preflight {
         Err(e) => report.errors.push(format!("{e:#}")),
     }
     check_tls(config, &mut report);
+    report.errors.extend(crate::acme::preflight(config));
     for key in &config.dkim {
         if let Err(reason) = mta_smtp::dkim::PrivateKey::load(&key.key, key.algorithm) {
             report.errors.push(format!(

@@ -64,19 +64,7 @@ impl Client {
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
         let builder = match &config.ca_root {
             Some(root) => {
-                use rustls::pki_types::CertificateDer;
-                use rustls::pki_types::pem::PemObject as _;
-                let mut roots = rustls::RootCertStore::empty();
-                for cert in CertificateDer::pem_file_iter(root).map_err(|e| {
-                    AcmeError::Setup(format!("acme.ca_root {}: {e}", root.display()))
-                })? {
-                    let cert = cert.map_err(|e| {
-                        AcmeError::Setup(format!("acme.ca_root {}: {e}", root.display()))
-                    })?;
-                    roots.add(cert).map_err(|e| {
-                        AcmeError::Setup(format!("acme.ca_root {}: {e}", root.display()))
-                    })?;
-                }
+                let roots = roots(root).map_err(AcmeError::Setup)?;
                 let tls = rustls::ClientConfig::builder()
                     .with_root_certificates(roots)
                     .with_no_client_auth();
@@ -92,6 +80,24 @@ impl Client {
                 .build(connector);
         Ok(Client { hyper, retry_after })
     }
+}
+
+/// The certificates of `acme.ca_root`, at least one.
+///
+/// # Errors
+/// Why the file cannot be used, naming it.
+pub fn roots(path: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let why = |e: &dyn std::fmt::Display| format!("acme.ca_root {}: {e}", path.display());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| why(&e))? {
+        roots.add(cert.map_err(|e| why(&e))?).map_err(|e| why(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(why(&"no CERTIFICATE block found"));
+    }
+    Ok(roots)
 }
 
 impl HttpClient for Client {

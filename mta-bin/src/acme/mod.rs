@@ -100,6 +100,13 @@ pub fn bind(config: &Config) -> anyhow::Result<Option<tokio::net::TcpSocket>> {
     Ok(Some(socket))
 }
 
+/// What `mta serve` and `mta check-config` check before the start: `acme.ca_root` is a
+/// readable PEM file with a certificate. The CA itself is only asked once serving.
+pub fn preflight(config: &Config) -> Option<String> {
+    let root = config.acme.as_ref()?.ca_root.as_ref()?;
+    client::roots(root).err()
+}
+
 /// Makes `resolver` the one that obtained certificates go into, and serves the stored
 /// certificate through it when there is one. Called each time the TLS setup is loaded.
 pub fn serve_into(config: &Config, resolver: &Arc<SniCerts>) {

@@ -15,7 +15,7 @@ use std::process::Command;
 use mta_tests::certs::{cert_sha256, spki_sha256, write_self_signed};
 use mta_tests::pebble::{Pebble, free_port, ip_cert};
 use mta_tests::system::{is_root, owner_mode, proc_ids, unprivileged_user};
-use mta_tests::{TestDns, TestMta, base_config, run, secs};
+use mta_tests::{TestDns, TestMta, base_config, mta_with_config, run, secs};
 
 const HOST: &str = "mx.example.test";
 
@@ -257,6 +257,23 @@ fn the_challenge_port_is_bound_before_privileges_are_dropped() {
     let status = mta.data_dir().join("acme/status.json");
     mta.wait_logged(secs(10), "status.json", || status.exists());
     assert_eq!(owner_mode(&status).0, uid);
+}
+
+#[test]
+fn check_config_names_an_unusable_ca_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("not-a-root.pem");
+    std::fs::write(&root, "hello\n").unwrap();
+    let acme = acme_toml("https://127.0.0.1:9/dir", &root, free_port(), "");
+    let config = dir.path().join("mta.toml");
+    std::fs::write(&config, base_config(dir.path(), &acme)).unwrap();
+    let out = mta_with_config(&config, &["check-config"], b"");
+    assert_eq!(out.code(), 2, "{}", out.all());
+    let want = format!(
+        "acme.ca_root {}: no CERTIFICATE block found",
+        root.display()
+    );
+    assert!(out.stderr.contains(&want), "{}", out.all());
 }
 
 /// A data dir holding an "old" certificate for the hostname, as a previous run left it.
