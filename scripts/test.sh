@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as a newcomer or CI runs it: installs what the tests need (swaks,
 # dnsmasq for the relay tests' DNS, nsd and ldnsutils for the DANE tests' DNSSEC-signed DNS,
-# openssl, strace for the syscall-order test, libfaketime for the clock-step tests, Dovecot for the IMAP/POP3 test, rspamd for the milter test, systemd for
+# pebble as the ACME CA, openssl, strace for the syscall-order test, libfaketime for the clock-step tests, Dovecot for the IMAP/POP3 test, rspamd for the milter test, systemd for
 # `systemd-analyze verify`, postfix (private instances as peers, and the benchmark), msmtp,
 # python3-fusepy and fuse3 for the
 # short runs of the soak and benchmark scripts, from Debian packages; dkimpy and aiosmtpd
@@ -23,6 +23,8 @@ command -v strace >/dev/null 2>&1 || missing+=(strace)
 [ -x /usr/sbin/dnsmasq ] || command -v dnsmasq >/dev/null 2>&1 || missing+=(dnsmasq-base)
 [ -x /usr/sbin/nsd ] || missing+=(nsd)
 command -v ldns-signzone >/dev/null 2>&1 || missing+=(ldnsutils)
+# pebble, Let's Encrypt's test CA, for the [acme] tests (tests/it/acme.rs).
+command -v pebble >/dev/null 2>&1 || missing+=(pebble)
 # The short runs of the figure-producing scripts: Postfix (the benchmark's peer, smtp-source
 # and smtp-sink), python3-fusepy and fuse3 (the power-loss harness's FUSE file system).
 [ -x /usr/sbin/smtp-source ] || missing+=(postfix)

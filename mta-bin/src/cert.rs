@@ -77,7 +77,8 @@ pub(crate) fn load_tls(config: &Config) -> anyhow::Result<(tokio_rustls::TlsAcce
         }
         _ => bail!("tls.cert and tls.key must be set together"),
     };
-    let (acceptor, _) = mta_smtp::tls::load_sni_acceptor(&cert, &key, &named(config))?;
+    let (acceptor, resolver) = mta_smtp::tls::load_sni_acceptor(&cert, &key, &named(config))?;
+    crate::acme::serve_into(config, &resolver);
     let names: Vec<&str> = config.tls.names.keys().map(String::as_str).collect();
     let note = match names.is_empty() {
         true => note,

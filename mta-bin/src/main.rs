@@ -6,6 +6,7 @@
 // Functions stay under the line limit in clippy.toml (test code is exempt).
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
+mod acme;
 mod auth_cmd;
 mod cert;
 mod control;

@@ -217,5 +217,8 @@ fn restart_only(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.outbound.tls_memory != new.outbound.tls_memory {
         changed.push("outbound.tls_memory");
     }
+    if old.acme != new.acme {
+        changed.push("[acme]");
+    }
     changed
 }

@@ -96,6 +96,7 @@ fn paths(config: &Config, config_file: Option<&Path>) -> (Vec<PathBuf>, Vec<Path
     files.extend(config.dkim.iter().map(|k| k.key.as_path()));
     files.extend(config.outbound.mta_sts_ca_file.as_deref());
     files.extend(config.outbound.dane_trust_anchor.as_deref());
+    files.extend(config.acme.as_ref().and_then(|a| a.ca_root.as_deref()));
     if let Some(relay) = &config.outbound.relay {
         files.extend(relay.ca_file.as_deref());
         if let Some(mta_core::config::PasswordSource::File(p)) = &relay.password {

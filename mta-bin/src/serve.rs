@@ -74,6 +74,7 @@ pub fn run(
     let (acceptor, cert_note) = load_tls(&config)?;
     privileges::secure_data_dir(&config.data_dir, &plan, mail_group)?;
     let sockets = mta_smtp::server::bind_sockets(&config)?;
+    let acme_listener = crate::acme::bind(&config)?;
     privileges::drop_to(&plan, mail_group)?;
     // A data dir under a directory the new user may not enter (/root, a 0700 home) would
     // otherwise fail later as "cannot open the queue".
@@ -105,7 +106,7 @@ pub fn run(
         config_file,
         acceptor,
         cert_note,
-        sockets,
+        (sockets, acme_listener),
         said,
     ));
     // A store write or flush that sled never returned from (after a full disk) sits on a
@@ -140,6 +141,7 @@ pub fn preflight(config: &Config) -> Preflight {
         Err(e) => report.errors.push(format!("{e:#}")),
     }
     check_tls(config, &mut report);
+    report.errors.extend(crate::acme::preflight(config));
     for key in &config.dkim {
         if let Err(reason) = mta_smtp::dkim::PrivateKey::load(&key.key, key.algorithm) {
             report.errors.push(format!(
@@ -346,7 +348,10 @@ async fn serve(
     path: Option<PathBuf>,
     acceptor: tokio_rustls::TlsAcceptor,
     cert_note: String,
-    sockets: Vec<(ListenerKind, tokio::net::TcpSocket)>,
+    (sockets, acme_listener): (
+        Vec<(ListenerKind, tokio::net::TcpSocket)>,
+        Option<tokio::net::TcpSocket>,
+    ),
     said: Said,
 ) -> anyhow::Result<()> {
     let data_dir = &config.data_dir;
@@ -393,6 +398,9 @@ async fn serve(
     // stop us cleanly, not kill us by its default action.
     let signals = Signals::watch()?;
     let metrics_addr = start_metrics(&config, &queue, &stopped).await?;
+    if let Some(listener) = acme_listener {
+        crate::acme::start(config.clone(), listener, stopped.clone());
+    }
     let addrs = server.local_addrs();
     announce(
         &said,

@@ -11,6 +11,7 @@
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
 mod auth_backend;
+mod acme;
 mod authentication;
 mod checker;
 mod dmarc;
@@ -37,6 +38,7 @@ use std::time::Duration;
 use crate::address::{Address, Domain};
 
 pub use auth_backend::{Auth, AuthBackend};
+pub use acme::{Acme, Challenge, LETS_ENCRYPT, is_ours};
 pub use authentication::is_dkim_selector;
 pub use dnsbl::{Dnsbl, DnsblAction, DnsblList};
 pub use milter::{Milter, MilterAddress, OnFailure};
@@ -102,6 +104,8 @@ pub struct Config {
     pub dmarc_reports: DmarcReports,
     /// Where AUTH passwords are checked (`[auth]`).
     pub auth: Auth,
+    /// `[acme]`: certificates from an ACME CA; `None` (no table): off.
+    pub acme: Option<Acme>,
 }
 
 /// Sender rewriting (`[srs]`, see [`crate::srs`]).

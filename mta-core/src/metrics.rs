@@ -33,6 +33,7 @@ pub struct Metrics {
     dsn_dropped: Counter,
     message_memory: Gauge,
     sending_refused: Family<Labels, Counter>,
+    certificate_expiry: Family<Labels, Gauge>,
 }
 
 /// The one set of counters of this process.
@@ -58,6 +59,7 @@ impl Metrics {
             dsn_dropped: Counter::default(),
             message_memory: Gauge::default(),
             sending_refused: Family::default(),
+            certificate_expiry: Family::default(),
             registry: Registry::default(),
         };
         m.register_sessions(&mut registry);
@@ -152,6 +154,11 @@ impl Metrics {
             "message_memory_bytes",
             "Message bytes held in memory by sessions receiving DATA (limits.message_memory)",
             self.message_memory.clone(),
+        );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the certificate served for a name (obtained by ACME) expires, as Unix time",
+            self.certificate_expiry.clone(),
         );
     }
 
@@ -262,6 +269,13 @@ impl Metrics {
     pub fn set_message_memory(&self, bytes: u64) {
         self.message_memory
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The certificate served for `name` expires at `unix` (seconds since 1970).
+    pub fn set_certificate_expiry(&self, name: &str, unix: i64) {
+        self.certificate_expiry
+            .get_or_create(&vec![("name", name.to_string())])
+            .set(unix);
     }
 
     /// Everything in the OpenMetrics text format (which Prometheus reads).

@@ -112,6 +112,8 @@ enum Named {
 #[derive(Debug)]
 pub struct SniCerts {
     default: ReloadingCert,
+    /// Served in place of `default` once set (the hostname's certificate obtained by ACME).
+    fallback: RwLock<Option<Arc<CertifiedKey>>>,
     names: RwLock<HashMap<String, Named>>,
 }
 
@@ -120,6 +122,7 @@ impl SniCerts {
     pub fn new(default: ReloadingCert) -> SniCerts {
         SniCerts {
             default,
+            fallback: RwLock::new(None),
             names: RwLock::new(HashMap::new()),
         }
     }
@@ -158,6 +161,19 @@ impl SniCerts {
         Ok(())
     }
 
+    /// [`SniCerts::set`] for `name`, and `key` also served to clients that send no name or
+    /// one without its own certificate, in place of the default files.
+    ///
+    /// # Errors
+    /// Why the certificate does not cover `name` (nothing changes then).
+    pub fn set_default(&self, name: &str, key: CertifiedKey) -> Result<(), String> {
+        covers(&key, name)?;
+        let key = Arc::new(key);
+        self.insert(name, Named::Set(key.clone()));
+        *self.fallback.write().unwrap_or_else(|e| e.into_inner()) = Some(key);
+        Ok(())
+    }
+
     fn insert(&self, name: &str, named: Named) {
         let mut names = self.names.write().unwrap_or_else(|e| e.into_inner());
         names.insert(normal(name), named);
@@ -173,7 +189,11 @@ impl SniCerts {
                 None => {}
             }
         }
-        self.default.current()
+        let fallback = self.fallback.read().unwrap_or_else(|e| e.into_inner());
+        match &*fallback {
+            Some(key) => key.clone(),
+            None => self.default.current(),
+        }
     }
 }
 
@@ -189,7 +209,10 @@ impl ResolvesServerCert for SniCerts {
 }
 
 /// Reads the chain and key and checks that they belong together.
-fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+///
+/// # Errors
+/// [`TlsError`] naming the file that could not be used.
+pub fn certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .map_err(|e| TlsError::Cert {
             path: cert.into(),
@@ -385,6 +408,14 @@ mod tests {
         // Files for a name that they do not cover are refused too.
         let err = certs.load("mail.example.org", &cert, &key).unwrap_err();
         assert!(matches!(err, TlsError::Name { .. }), "{err}");
+        // A default set by the program replaces the default files, for its name too.
+        let (host, ..) = made(dir.path(), "mx.example.test");
+        let want_host = leaf(&host);
+        certs.set_default("mx.example.test", host).unwrap();
+        assert_eq!(leaf(&certs.pick(None)), want_host);
+        assert_eq!(leaf(&certs.pick(Some("other.example"))), want_host);
+        assert_eq!(leaf(&certs.pick(Some("mx.example.test"))), want_host);
+        assert_eq!(leaf(&certs.pick(Some("mail.example.net"))), want);
     }
 
     /// A name's files renewed with a certificate for another name are not served for it:

@@ -31,6 +31,7 @@ pub mod load;
 mod maildir;
 pub mod milter;
 mod net;
+pub mod pebble;
 pub mod postfix;
 mod process;
 pub mod relay;

@@ -6,7 +6,8 @@
 //! DMARC, MTA-STS and TLS-RPT ([`checks`], [`spf`]). For this host: the hostname's
 //! addresses, reverse DNS of each outbound address ([`host`]), SPF and DKIM of the hostname
 //! itself when it is not one of the mail domains (bounces are sent from `<>` as
-//! `MAILER-DAEMON@hostname`), and the certificate ([`cert`]).
+//! `MAILER-DAEMON@hostname`), and the certificate ([`cert`]; [`acme`] for names `[acme]`
+//! obtains certificates for: expiry and the renewal task's last error).
 //!
 //! The outbound addresses are the `--ip` flags, else the hostname's A/AAAA (as far as
 //! `outbound.ip` uses them), and for a family without one the kernel's source address for
@@ -14,6 +15,7 @@
 //! gives "could not check", which counts as a failure: exit 1 when any verdict is FAIL, 0
 //! otherwise (2 stays for config errors).
 
+mod acme;
 pub(crate) mod cert;
 mod checks;
 mod dns;
@@ -354,8 +356,11 @@ async fn examine(
     verdicts.extend(ptr);
     verdicts.extend(helo_spf);
     verdicts.extend(bounce_dkim);
-    verdicts.push(cert::check(config, now));
+    if !acme::covers_hostname(config) {
+        verdicts.push(cert::check(config, now));
+    }
     verdicts.extend(cert::check_named(config, now));
+    verdicts.extend(acme::check(config, now));
     verdicts.extend(
         bounded("tlsa", &hostname, async {
             vec![cert::tlsa(&ctx.dns, config).await]

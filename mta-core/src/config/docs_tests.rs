@@ -111,6 +111,14 @@ const KEYS: &[&str] = &[
     "dmarc_reports.max_per_day",
     "auth.backend",
     "auth.socket",
+    "acme.directory",
+    "acme.contact",
+    "acme.names",
+    "acme.challenge",
+    "acme.http_listen",
+    "acme.tls_alpn_listen",
+    "acme.ca_root",
+    "acme.renew_before",
 ];
 const TABLES: &[&str] = &[
     "listen",
@@ -125,6 +133,7 @@ const TABLES: &[&str] = &[
     "srs",
     "dmarc_reports",
     "auth",
+    "acme",
 ];
 /// Keys that hold one table per name (a domain), and how the docs write such a table.
 const NAMED_TABLES: &[(&str, &str)] = &[

@@ -62,6 +62,7 @@ pub(super) struct RawConfig {
     pub dmarc_reports: RawDmarcReports,
     #[serde(default)]
     pub auth: RawAuth,
+    pub acme: Option<S<super::acme::RawAcme>>,
 }
 
 /// `[srs]`
@@ -503,6 +504,7 @@ pub(super) fn write(config: &Config) -> String {
         write_dkim(&config.dkim),
         write_dmarc_reports(&config.dmarc_reports),
         write_auth(&config.auth),
+        super::acme::write(config.acme.as_ref(), quote),
     ]
     .concat()
 }

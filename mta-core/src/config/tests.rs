@@ -222,6 +222,7 @@ fn defaults() {
             max_per_day: 1_000,
         },
         auth: Auth::default(),
+        acme: None,
     };
     assert_eq!(c, want);
     assert_eq!(parse("").unwrap(), want, "an empty file is the defaults");
@@ -428,7 +429,8 @@ fn error_texts() {
             "hostname = \"a.test\"\nsmtp = [\"127.0.0.1:25\"]\n",
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`, `dmarc_reports`, `auth`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`, `dmarc_reports`, `auth`, `acme`",
+             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `acme`",
         ),
         (
             "[outbound]\nport = \"25\"\n",

@@ -123,6 +123,7 @@ pub(super) fn from_raw(
     let srs = c.srs(&raw.srs, &hostname, &local_domains);
     let dmarc_reports = c.dmarc_reports(&raw.dmarc_reports, &local_domains, &aliases);
     let auth = c.auth(&raw.auth);
+    let acme = c.acme(raw.acme.as_ref(), &hostname, &local_domains, &tls);
     let errors = c.into_errors();
     let config = Config {
         hostname,
@@ -146,6 +147,7 @@ pub(super) fn from_raw(
         senders,
         dmarc_reports,
         auth,
+        acme,
     };
     (config, errors)
 }

@@ -2,6 +2,7 @@
 //! Python's smtplib, `mta send`), one `mod` per area, all in one test binary (one link is cheap on two cores).
 //! Each test starts its own server, so they run in parallel.
 
+mod acme;
 mod bdat;
 mod clock_steps;
 mod dialogs;
