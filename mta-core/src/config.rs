@@ -10,8 +10,8 @@
 //! Limits and timeouts default to what RFC 5321 §4.5.3 asks of a server. Operators read
 //! `docs/config.md`; a test keeps it listing exactly the keys this module accepts.
 
-mod auth_backend;
 mod acme;
+mod auth_backend;
 mod authentication;
 mod checker;
 mod dmarc;
@@ -37,8 +37,8 @@ use std::time::Duration;
 
 use crate::address::{Address, Domain};
 
-pub use auth_backend::{Auth, AuthBackend};
 pub use acme::{Acme, Challenge, LETS_ENCRYPT, is_ours};
+pub use auth_backend::{Auth, AuthBackend};
 pub use authentication::is_dkim_selector;
 pub use dnsbl::{Dnsbl, DnsblAction, DnsblList};
 pub use milter::{Milter, MilterAddress, OnFailure};

@@ -430,7 +430,6 @@ fn error_texts() {
             "mta.toml:2:1: smtp: unknown field `smtp`, expected one of `hostname`, `data_dir`, \
              `local_domains`, `shutdown_grace`, `user`, `group`, `allow_root`, `sandbox`, `listen`, `tls`, `limits`, `dns`, `outbound`, \
              `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `srs`, `senders`, `dmarc_reports`, `auth`, `acme`",
-             `queue`, `aliases`, `dkim`, `inbound`, `metrics`, `local`, `acme`",
         ),
         (
             "[outbound]\nport = \"25\"\n",
