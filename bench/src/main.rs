@@ -189,8 +189,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
 /// One session of `count` messages. Counts into `st` as it goes.
 async fn session(ctx: &Ctx, count: usize, st: &mut Stats) -> Result<(), Failure> {
-    let tcp = TcpStream::connect(&ctx.addr)
+    let tcp = tokio::time::timeout(ctx.timeout, TcpStream::connect(&ctx.addr))
         .await
+        .map_err(|_| Failure::other("connect", "timeout"))?
         .map_err(|_| Failure::other("connect", "io"))?;
     tcp.set_nodelay(true)
         .map_err(|_| Failure::other("connect", "io"))?;
