@@ -1,5 +1,8 @@
 //! The parts of `mta-load` worth testing on their own: the SMTP reply parser (RFC 5321
-//! section 4.2), the EHLO keyword lookup and the percentiles it prints.
+//! section 4.2), the EHLO keyword lookup and the percentiles it prints, and the load itself
+//! ([`load`]).
+
+pub mod load;
 
 /// The longest reply line accepted (RFC 5321 section 4.5.3.1.5 says 512 with the CRLF; a few
 /// servers send more, so allow some slack). A line this long without its end is an error.

@@ -12,19 +12,16 @@
 //! one `key=value` line; exits 1 when any error was counted (with `--retry-temporary`: when
 //! any message was not accepted in the end).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clap::{Parser, ValueEnum};
-use mta_bench::{Reply, offers, parse_reply, percentile};
+use mta_bench::load::{self, Ctx, insecure, message};
+use mta_bench::percentile;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,197 +97,6 @@ struct Args {
     timeout: u64,
 }
 
-/// What one worker counted.
-#[derive(Default)]
-struct Stats {
-    handshakes: u64,
-    messages: u64,
-    latencies_ms: Vec<f64>,
-    errors: BTreeMap<String, u64>,
-}
-
-/// Why a session ended early: the key under which it is counted, and whether the server
-/// said to try again later (a 4xx reply).
-struct Failure(String, bool);
-
-impl Failure {
-    fn reply(stage: &str, r: &Reply) -> Failure {
-        Failure(format!("{stage}:{}", r.code), r.code / 100 == 4)
-    }
-    fn other(stage: &str, what: &str) -> Failure {
-        Failure(format!("{stage}:{what}"), false)
-    }
-}
-
-struct Ctx {
-    addr: String,
-    mode: Mode,
-    implicit: bool,
-    helo: String,
-    from: String,
-    to: String,
-    auth: Option<String>,
-    message: Vec<u8>,
-    tls: TlsConnector,
-    server_name: ServerName<'static>,
-    timeout: Duration,
-}
-
-/// An SMTP connection: the stream and the bytes read past the last reply.
-struct Conn<S> {
-    s: S,
-    buf: Vec<u8>,
-    timeout: Duration,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    async fn reply(&mut self, stage: &str) -> Result<Reply, Failure> {
-        loop {
-            match parse_reply(&self.buf) {
-                Ok(Some((r, n))) => {
-                    self.buf.drain(..n);
-                    return Ok(r);
-                }
-                Ok(None) => {}
-                Err(e) => return Err(Failure::other(stage, &format!("{e}"))),
-            }
-            let mut chunk = [0u8; 16384];
-            let n = tokio::time::timeout(self.timeout, self.s.read(&mut chunk))
-                .await
-                .map_err(|_| Failure::other(stage, "timeout"))?
-                .map_err(|_| Failure::other(stage, "io"))?;
-            if n == 0 {
-                return Err(Failure::other(stage, "closed"));
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The next reply, which must have the given first digit.
-    async fn expect(&mut self, stage: &str, class: u16) -> Result<Reply, Failure> {
-        let r = self.reply(stage).await?;
-        if r.code / 100 != class {
-            return Err(Failure::reply(stage, &r));
-        }
-        Ok(r)
-    }
-
-    async fn send(&mut self, stage: &str, bytes: &[u8]) -> Result<(), Failure> {
-        let w = async {
-            self.s.write_all(bytes).await?;
-            self.s.flush().await
-        };
-        tokio::time::timeout(self.timeout, w)
-            .await
-            .map_err(|_| Failure::other(stage, "timeout"))?
-            .map_err(|_| Failure::other(stage, "io"))
-    }
-}
-
-/// One session of `count` messages. Counts into `st` as it goes.
-async fn session(ctx: &Ctx, count: usize, st: &mut Stats) -> Result<(), Failure> {
-    let tcp = tokio::time::timeout(ctx.timeout, TcpStream::connect(&ctx.addr))
-        .await
-        .map_err(|_| Failure::other("connect", "timeout"))?
-        .map_err(|_| Failure::other("connect", "io"))?;
-    tcp.set_nodelay(true)
-        .map_err(|_| Failure::other("connect", "io"))?;
-    let tcp = if ctx.implicit {
-        tcp
-    } else {
-        let mut c = Conn {
-            s: tcp,
-            buf: Vec::new(),
-            timeout: ctx.timeout,
-        };
-        c.expect("banner", 2).await?;
-        c.send("ehlo", format!("EHLO {}\r\n", ctx.helo).as_bytes())
-            .await?;
-        let ehlo = c.expect("ehlo", 2).await?;
-        if !offers(&ehlo, "STARTTLS") {
-            return Err(Failure::other("ehlo", "no-starttls"));
-        }
-        c.send("starttls", b"STARTTLS\r\n").await?;
-        c.expect("starttls", 2).await?;
-        // Anything the server sent after its 220 would be read as if it came over TLS
-        // (the STARTTLS injection of RFC 3207 section 6 in reverse): refuse it.
-        if !c.buf.is_empty() {
-            return Err(Failure::other("starttls", "bytes-after-220"));
-        }
-        c.s
-    };
-    let tls = tokio::time::timeout(ctx.timeout, ctx.tls.connect(ctx.server_name.clone(), tcp))
-        .await
-        .map_err(|_| Failure::other("tls", "timeout"))?
-        .map_err(|_| Failure::other("tls", "handshake"))?;
-    st.handshakes += 1;
-    let mut c = Conn {
-        s: tls,
-        buf: Vec::new(),
-        timeout: ctx.timeout,
-    };
-    if ctx.implicit {
-        c.expect("banner", 2).await?;
-    }
-    c.send("ehlo", format!("EHLO {}\r\n", ctx.helo).as_bytes())
-        .await?;
-    let ehlo = c.expect("ehlo", 2).await?;
-    let pipelining = offers(&ehlo, "PIPELINING");
-    if let Some(auth) = &ctx.auth {
-        c.send("auth", format!("AUTH PLAIN {auth}\r\n").as_bytes())
-            .await?;
-        c.expect("auth", 2).await?;
-    }
-    let mail = format!("MAIL FROM:<{}>\r\n", ctx.from);
-    let rcpt = format!("RCPT TO:<{}>\r\n", ctx.to);
-    let (body, dot) = ctx.message.split_at(ctx.message.len() - 3);
-    for _ in 0..count {
-        if pipelining {
-            c.send("mail", format!("{mail}{rcpt}DATA\r\n").as_bytes())
-                .await?;
-        } else {
-            c.send("mail", mail.as_bytes()).await?;
-        }
-        c.expect("mail", 2).await?;
-        if !pipelining {
-            c.send("rcpt", rcpt.as_bytes()).await?;
-        }
-        c.expect("rcpt", 2).await?;
-        if !pipelining {
-            c.send("data", b"DATA\r\n").await?;
-        }
-        c.expect("data", 3).await?;
-        c.send("body", body).await?;
-        let t0 = Instant::now();
-        c.send("dot", dot).await?;
-        c.expect("dot", 2).await?;
-        st.latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
-        st.messages += 1;
-    }
-    c.send("quit", b"QUIT\r\n").await?;
-    c.expect("quit", 2).await?;
-    let _ = c.s.shutdown().await;
-    Ok(())
-}
-
-/// A message of about `size` bytes: a header, then lines of letters (none starts with a
-/// dot, so nothing needs stuffing), then the final dot.
-fn message(from: &str, to: &str, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: <{from}>\r\nTo: <{to}>\r\nSubject: mta-load\r\nMessage-ID: <{}@load-client.test>\r\n\r\n",
-        std::process::id()
-    )
-    .into_bytes();
-    let line: Vec<u8> = (0..76).map(|i| b'a' + (i % 26) as u8).collect();
-    while m.len() + 2 < size {
-        let n = (size - m.len() - 2).min(line.len());
-        m.extend_from_slice(&line[..n]);
-        m.extend_from_slice(b"\r\n");
-    }
-    m.extend_from_slice(b".\r\n");
-    m
-}
-
 /// User and system CPU seconds this process has used, all threads: the `utime` and `stime`
 /// of /proc/self/stat (what getrusage(RUSAGE_SELF) adds up, in clock ticks of 1/100 s,
 /// USER_HZ on Linux).
@@ -301,51 +107,6 @@ fn cpu_secs() -> (f64, f64) {
     let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
     // Fields 14 and 15 of proc_pid_stat(5); `after` starts at field 3.
     (tick(11), tick(12))
-}
-
-mod insecure {
-    //! A verifier that accepts every certificate (the handshake signature is still checked,
-    //! so the TLS work is the same): for self-signed benchmark certificates only.
-    use rustls::DigitallySignedStruct;
-    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-    use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
-    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-    use std::sync::Arc;
-
-    #[derive(Debug)]
-    pub struct AcceptAny(pub Arc<CryptoProvider>);
-
-    impl ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _: &CertificateDer<'_>,
-            _: &[CertificateDer<'_>],
-            _: &ServerName<'_>,
-            _: &[u8],
-            _: UnixTime,
-        ) -> Result<ServerCertVerified, rustls::Error> {
-            Ok(ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn verify_tls13_signature(
-            &self,
-            m: &[u8],
-            c: &CertificateDer<'_>,
-            d: &DigitallySignedStruct,
-        ) -> Result<HandshakeSignatureValid, rustls::Error> {
-            verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
 }
 
 fn tls_config(args: &Args) -> Result<rustls::ClientConfig, String> {
@@ -424,7 +185,6 @@ fn run(args: &Args) -> Result<u64, String> {
     let server_name = ServerName::try_from(name.to_string()).map_err(|e| format!("{name}: {e}"))?;
     let ctx = Arc::new(Ctx {
         addr: args.addr.clone(),
-        mode: args.mode,
         implicit: args.implicit,
         helo: args.helo.clone(),
         from: args.from.clone(),
@@ -449,77 +209,18 @@ fn run(args: &Args) -> Result<u64, String> {
 
     let (u0, s0) = cpu_secs();
     let t0 = Instant::now();
-    // Messages not yet given to a session: each session takes up to per_session of them.
-    let left = Arc::new(AtomicUsize::new(args.messages));
-    let retries = Arc::new(AtomicUsize::new(if args.retry_temporary {
-        args.messages
-    } else {
-        0
-    }));
-    let sessions = args.sessions;
-    let mut all = rt.block_on(async {
-        let mut tasks = Vec::new();
-        for _ in 0..sessions {
-            let (ctx, left, retries) = (ctx.clone(), left.clone(), retries.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut st = Stats::default();
-                let mut failed = 0u64;
-                loop {
-                    let take = left
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                            n.checked_sub(n.min(per_session)).filter(|_| n > 0)
-                        })
-                        .map(|n| n.min(per_session))
-                        .unwrap_or(0);
-                    if take == 0 {
-                        break;
-                    }
-                    let before = st.messages;
-                    if let Err(Failure(key, temporary)) = session(&ctx, take, &mut st).await {
-                        *st.errors.entry(key).or_default() += 1;
-                        let unsent = take - (st.messages - before) as usize;
-                        let retry = temporary
-                            && retries
-                                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                                    n.checked_sub(1)
-                                })
-                                .is_ok();
-                        if retry {
-                            left.fetch_add(unsent, Ordering::SeqCst);
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        } else {
-                            failed += unsent as u64;
-                        }
-                    }
-                }
-                (st, failed)
-            }));
-        }
-        let mut all = Stats::default();
-        let mut failed = 0;
-        for t in tasks {
-            let (st, f) = t.await.expect("a load task panicked");
-            all.handshakes += st.handshakes;
-            all.messages += st.messages;
-            all.latencies_ms.extend(st.latencies_ms);
-            for (k, v) in st.errors {
-                *all.errors.entry(k).or_default() += v;
-            }
-            failed += f;
-        }
-        (all, failed)
-    });
+    let (mut st, failed, retried) = rt.block_on(load::run(
+        ctx.clone(),
+        args.sessions,
+        args.messages,
+        per_session,
+        args.retry_temporary,
+    ));
     let secs = t0.elapsed().as_secs_f64();
     let (u1, s1) = cpu_secs();
-    let (ref mut st, failed) = all;
     st.latencies_ms.sort_by(f64::total_cmp);
     let p = |q| percentile(&st.latencies_ms, q).map_or("NaN".into(), |v| format!("{v:.1}"));
     let errors: u64 = st.errors.values().sum();
-    let retried: u64 = if args.retry_temporary {
-        (args.messages - retries.load(Ordering::SeqCst)) as u64
-    } else {
-        0
-    };
     let error_list = if st.errors.is_empty() {
         "none".to_string()
     } else {
@@ -534,14 +235,14 @@ fn run(args: &Args) -> Result<u64, String> {
         "mode={} sessions={} per_session={} messages={} failed={} secs={:.3} msg_per_s={:.0} \
          handshakes={} handshakes_per_s={:.0} p50_ms={} p99_ms={} errors={} retried_sessions={} error_kinds={} \
          client_cpu_user_s={:.2} client_cpu_sys_s={:.2} client_cpu_ms_per_msg={:.3}",
-        if ctx.mode == Mode::Starttls25 {
+        if args.mode == Mode::Starttls25 {
             "starttls25"
         } else if ctx.implicit {
             "submissions"
         } else {
             "submission"
         },
-        sessions,
+        args.sessions,
         per_session,
         st.messages,
         failed,
