@@ -50,7 +50,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --smoke) smoke=1 ;;
-    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
