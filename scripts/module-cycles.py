@@ -41,7 +41,7 @@ import re
 import sys
 
 # Every crate of the workspace (the source root of each is CRATE/src); none may have a cycle.
-CRATES = ["mta-core", "mta-queue", "mta-smtp", "mta-bin", "fuzz", "tests"]
+CRATES = ["mta-core", "mta-queue", "mta-smtp", "mta-bin", "fuzz", "tests", "bench"]
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 

@@ -38,6 +38,7 @@ def main():
     print("| test | mta | Postfix | smtp-sink | mta / Postfix | mta / smtp-sink |")
     print("|---|---|---|---|---|---|")
     for test, name in (("accept-s20-5KiB", "accept, 20 sessions, 5 KiB (msg/s)"),
+                       ("accept-p20-5KiB", "accept, 20 processes of 1 session, 5 KiB (msg/s)"),
                        ("accept-s1-5KiB", "accept, 1 session, 5 KiB (msg/s)"),
                        ("accept-s20-100KiB", "accept, 20 sessions, 100 KiB (msg/s)")):
         if not any(k[0] == test for k in by):
@@ -55,6 +56,31 @@ def main():
     if any(k[0] == "relay-s20-5KiB" for k in by):
         m, p = med("relay-s20-5KiB", "mta"), med("relay-s20-5KiB", "postfix")
         print(f"| relay, 20 sessions, 5 KiB, to the sink (msg/s) | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
+    tls_tests = sorted({k[0] for k in by if k[0].startswith(("tls25-", "submission-", "submissions-"))},
+                       key=lambda t: ("tls25-", "submission-", "submissions-").index(t.split("-")[0] + "-"))
+    for test in tls_tests:
+        kind, shape = test.split("-")[0], test.split("-")[1]
+        name = {"tls25": "STARTTLS on port 25, 20 sessions, 1 message each, 5 KiB (msg/s)",
+                "submission": f"submission, STARTTLS + AUTH, 20 sessions × {shape.split('x')[-1]} messages, 5 KiB (msg/s)",
+                "submissions": f"submission, implicit TLS + AUTH, 20 sessions × {shape.split('x')[-1]} messages, 5 KiB (msg/s)"}[kind]
+        m, p = med(test, "mta"), med(test, "postfix")
+        print(f"| {name} | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
+        cells = [f"{fmt(probe(test, srv, 'p50_ms'), 1)} / {fmt(probe(test, srv, 'p99_ms'), 1)}" for srv in ("mta", "postfix")]
+        print(f"| … dot → 250, p50 / p99 (ms) | {cells[0]} | {cells[1]} | | | |")
+        h = [probe(test, srv, "handshakes_per_s") for srv in ("mta", "postfix")]
+        print(f"| … TLS handshakes/s | {fmt(h[0])} | {fmt(h[1])} | | {ratio(h[0], h[1])} | |")
+        c = [probe(test, srv, "cpu_ms_per_msg") for srv in ("mta", "postfix")]
+        print(f"| … server CPU per message, deliveries included (ms) | {fmt(c[0], 2)} | {fmt(c[1], 2)} | "
+              f"| {ratio(c[1], c[0]) if c[0] else '—'} less | |")
+        k = [probe(test, srv, "client_cpu_ms_per_msg") for srv in ("mta", "postfix")]
+        print(f"| … client (mta-load) CPU per message (ms) | {fmt(k[0], 2)} | {fmt(k[1], 2)} | | | |")
+        errs = []
+        for srv in ("mta", "postfix"):
+            kinds = [kv.partition("=")[2] for r in by.get((test, srv), []) for kv in r["extra"].split()
+                     if kv.startswith("error_kinds=") and kv != "error_kinds=none"]
+            errs.append(", ".join(kinds) or "none")
+        if errs != ["none", "none"]:
+            print(f"| … errors, all rounds (sessions sent again after a 4xx) | {errs[0]} | {errs[1]} | | | |")
     if any(k[0] == "fsync-s20" for k in by):
         m, p = med("fsync-s20", "mta"), med("fsync-s20", "postfix")
         mq, pq = probe("fsync-s20", "mta", "queue_per_msg"), probe("fsync-s20", "postfix", "queue_per_msg")
