@@ -104,6 +104,12 @@ const KEYS: &[&str] = &[
     "dmarc_reports.max_size",
     "dmarc_reports.max_records",
     "dmarc_reports.max_per_day",
+    "dmarc_reports.send.enabled",
+    "dmarc_reports.send.allow",
+    "dmarc_reports.send.org_name",
+    "dmarc_reports.send.contact",
+    "dmarc_reports.send.interval",
+    "dmarc_reports.send.max_records",
 ];
 const TABLES: &[&str] = &[
     "listen",
@@ -124,6 +130,7 @@ const NAMED_TABLES: &[(&str, &str)] = &[
     ("dkim", "dkim.\"domain\""),
     ("inbound.milter", "inbound.milter"),
     ("limits.sending", "limits.sending"),
+    ("dmarc_reports.send", "dmarc_reports.send"),
 ];
 
 /// The first ```toml block after `heading` in the docs.

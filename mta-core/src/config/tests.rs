@@ -219,6 +219,14 @@ fn defaults() {
             max_size: 4 * 1024 * 1024,
             max_records: 10_000,
             max_per_day: 1_000,
+            send: DmarcSend {
+                enabled: false,
+                allow: Vec::new(),
+                org_name: "buildhost".into(),
+                contact: Address::parse("postmaster@buildhost").ok(),
+                interval: Duration::from_secs(86_400),
+                max_records: 1_000,
+            },
         },
     };
     assert_eq!(c, want);
