@@ -66,14 +66,15 @@ impl Parts {
         tls: TlsAcceptor,
         cert_note: String,
     ) -> anyhow::Result<Parts> {
+        let dmarc = kept.dmarc.clone();
         let router =
             Arc::new(Router::new(config.clone(), kept, users).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {
-            true => {
-                Some(Arc::new(Checker::new(&config).map_err(|e| {
-                    anyhow::anyhow!("cannot set up inbound checks: {e}")
-                })?))
-            }
+            true => Some(Arc::new(
+                Checker::new(&config)
+                    .map_err(|e| anyhow::anyhow!("cannot set up inbound checks: {e}"))?
+                    .recording(dmarc),
+            )),
             false => None,
         };
         Ok(Parts {

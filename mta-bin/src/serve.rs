@@ -455,6 +455,14 @@ fn start_deliveries(
         DELIVERY_CONCURRENCY,
         stopped.clone(),
     ));
+    if let Some(recorder) = &kept.dmarc {
+        tokio::spawn(mta_smtp::dmarc_send::send::run(
+            recorder.clone(),
+            queue.clone(),
+            config_rx.clone(),
+            stopped.clone(),
+        ));
+    }
     if config.outbound.tls_reports {
         tokio::spawn(mta_smtp::relay::tlsrpt::run(
             kept.reports.clone(),
