@@ -7,6 +7,7 @@ mod clock_steps;
 mod dialogs;
 mod dkim;
 mod dmarc_reports;
+mod dmarc_send;
 mod dnssec_server;
 mod docs_tree;
 mod doctor;
