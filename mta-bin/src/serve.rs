@@ -411,6 +411,10 @@ async fn serve(
     let _ = stop.send(true);
     let grace = reloader.current.get().config.shutdown_grace;
     wait_within_grace(grace, server, scheduler).await;
+    if let Some(recorder) = kept.dmarc.clone() {
+        // The sessions are over: the DMARC counts are final.
+        let _ = tokio::task::spawn_blocking(move || recorder.save()).await;
+    }
     let _ = control.await;
     if stuck {
         bail!(

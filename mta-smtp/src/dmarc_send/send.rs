@@ -298,7 +298,7 @@ pub async fn messages(
 const SAVE_EVERY: Duration = Duration::from_secs(60);
 
 /// Writes the counts every minute and sends the reports every `interval` until `stop`
-/// turns true (then writes the counts a last time). Each round reads the config in force
+/// turns true. Each round reads the config in force
 /// then; changing the interval needs a restart.
 pub async fn run(
     recorder: Arc<Recorder>,
@@ -316,8 +316,7 @@ pub async fn run(
             () = tokio::time::sleep_until(next_save.min(next_send)) => false,
         };
         if stopped {
-            let r = recorder.clone();
-            let _ = tokio::task::spawn_blocking(move || r.save()).await;
+            // `mta serve` writes the counts once the sessions are over.
             return;
         }
         if tokio::time::Instant::now() < next_send {

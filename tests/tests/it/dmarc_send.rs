@@ -190,3 +190,19 @@ fn off_by_default_nothing_is_recorded_or_sent() {
     assert!(!rx.log().contains("DMARC report"), "{}", rx.log());
     assert!(rep.maildir_new(RUA).is_empty());
 }
+
+#[test]
+fn counts_are_written_when_the_server_stops() {
+    let dns = zone(&[]);
+    let mut rx = start(
+        &dns,
+        9,
+        "enabled = true\nallow = [\"rep.test\"]\ninterval = \"1h\"\n",
+    );
+    assert_eq!(send(&rx, "pass.test"), 250);
+    assert_eq!(send(&rx, "quarantine.test"), 250);
+    rx.stop();
+    let saved = std::fs::read_to_string(rx.data_dir().join("dmarc-send.json")).unwrap();
+    assert!(saved.contains("\"pass.test\""), "{saved}");
+    assert!(saved.contains("\"quarantine.test\""), "{saved}");
+}
