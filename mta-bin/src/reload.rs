@@ -66,7 +66,11 @@ impl Parts {
         tls: TlsAcceptor,
         cert_note: String,
     ) -> anyhow::Result<Parts> {
-        let dmarc = kept.dmarc.clone();
+        // Counted only while on; turning it on needs a restart (the recorder is made then).
+        let dmarc = kept
+            .dmarc
+            .clone()
+            .filter(|_| config.dmarc_reports.send.enabled);
         let router =
             Arc::new(Router::new(config.clone(), kept, users).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {

@@ -28,6 +28,7 @@ use mta_core::text::escape;
 use tracing::{info, warn};
 
 use super::{Period, Recorder};
+
 use crate::relay::tlsrpt::organizational_domain;
 
 /// The most addresses one domain's report goes to.
@@ -215,16 +216,15 @@ pub fn report(
     report
 }
 
-/// Ends the period and builds its messages: per domain with counts and addresses that may
-/// have its report, within today's limits.
+/// The messages of the `period` that ended at `end`: per domain with counts and addresses
+/// that may have its report, within today's limits.
 pub async fn messages(
-    recorder: &Recorder,
+    (period, end): (Period, u64),
     sent: &Mutex<Sent>,
     resolver: &TokioResolver,
     settings: &DmarcSend,
     hostname: &Domain,
 ) -> Vec<(Vec<Address>, Vec<u8>)> {
-    let (period, end): (Period, u64) = recorder.take();
     if period.dropped_domains > 0 {
         warn!(
             dropped = period.dropped_domains,
@@ -333,8 +333,17 @@ pub async fn run(
                 continue;
             }
         };
+        // The period ends (and the empty one is written) whatever happens to its reports.
+        let r = recorder.clone();
+        let Ok(taken) = tokio::task::spawn_blocking(move || r.take()).await else {
+            continue;
+        };
         let settings = &config.dmarc_reports.send;
-        let messages = messages(&recorder, &sent, &resolver, settings, &config.hostname).await;
+        if !settings.enabled {
+            // Turned off by a reload: what was counted before is not sent.
+            continue;
+        }
+        let messages = messages(taken, &sent, &resolver, settings, &config.hostname).await;
         for (to, body) in messages {
             let rcpts: Vec<String> = to.iter().map(Address::to_string).collect();
             let now = SystemTime::now()
