@@ -112,8 +112,10 @@ fn start(dns: &TestDns, port: u16, send_table: &str) -> TestMta {
 fn reports_reach_allowed_verified_addresses_with_the_counts() {
     let dns = zone(&[]);
     let (port, (rep, trap)) = on_shared_port("the report receivers", |p| {
+        // mx.rep.test reads the reports it gets, as `[dmarc_reports] address`.
         let rep: TestMta = receiver("mx.rep.test", &["rep.test"], "127.0.0.2", p)
             .user(RUA, "dmarc-password-1")
+            .toml(&format!("[dmarc_reports]\naddress = \"{RUA}\"\n"))
             .try_start()?;
         let trap = mta_tests::Trap::listen(SocketAddr::from(([127, 0, 0, 3], p)))?;
         Ok((rep, trap))
@@ -165,6 +167,35 @@ fn reports_reach_allowed_verified_addresses_with_the_counts() {
     );
     assert_eq!(trap.connections(), 0, "elsewhere.example got a report");
     assert!(rx.data_dir().join("dmarc-send.json").exists());
+    // The round trip: our own ingest on the receiving side sums the same counts.
+    let json = rep.mta(&["report", "dmarc", "--json"], b"");
+    json.assert_success("mta report dmarc --json");
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let mut rows: Vec<(String, u64, u64)> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["source_ip"], "127.0.0.1", "{r}");
+            let from = r["header_from"].as_str().unwrap().to_string();
+            (
+                from,
+                r["messages"].as_u64().unwrap(),
+                r["dmarc"]["fail"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("pass.test".to_string(), 2, 0),
+            ("quarantine.test".to_string(), 1, 1),
+            ("reject.test".to_string(), 1, 1),
+        ],
+        "{}",
+        json.stdout
+    );
 }
 
 #[test]
