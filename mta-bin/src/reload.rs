@@ -66,14 +66,19 @@ impl Parts {
         tls: TlsAcceptor,
         cert_note: String,
     ) -> anyhow::Result<Parts> {
+        // Counted only while on; turning it on needs a restart (the recorder is made then).
+        let dmarc = kept
+            .dmarc
+            .clone()
+            .filter(|_| config.dmarc_reports.send.enabled);
         let router =
             Arc::new(Router::new(config.clone(), kept, users).context("cannot set up delivery")?);
         let checks = match config.inbound.checks {
-            true => {
-                Some(Arc::new(Checker::new(&config).map_err(|e| {
-                    anyhow::anyhow!("cannot set up inbound checks: {e}")
-                })?))
-            }
+            true => Some(Arc::new(
+                Checker::new(&config)
+                    .map_err(|e| anyhow::anyhow!("cannot set up inbound checks: {e}"))?
+                    .recording(dmarc),
+            )),
             false => None,
         };
         Ok(Parts {

@@ -419,6 +419,10 @@ async fn serve(
     let _ = stop.send(true);
     let grace = reloader.current.get().config.shutdown_grace;
     wait_within_grace(grace, server, scheduler).await;
+    if let Some(recorder) = kept.dmarc.clone() {
+        // The sessions are over: the DMARC counts are final.
+        let _ = tokio::task::spawn_blocking(move || recorder.save()).await;
+    }
     let _ = control.await;
     if stuck {
         bail!(
@@ -463,6 +467,14 @@ fn start_deliveries(
         DELIVERY_CONCURRENCY,
         stopped.clone(),
     ));
+    if let Some(recorder) = &kept.dmarc {
+        tokio::spawn(mta_smtp::dmarc_send::send::run(
+            recorder.clone(),
+            queue.clone(),
+            config_rx.clone(),
+            stopped.clone(),
+        ));
+    }
     if config.outbound.tls_reports {
         tokio::spawn(mta_smtp::relay::tlsrpt::run(
             kept.reports.clone(),

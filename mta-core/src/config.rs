@@ -15,6 +15,7 @@ mod auth_backend;
 mod authentication;
 mod checker;
 mod dmarc;
+mod dmarc_send;
 mod dnsbl;
 mod duration;
 mod file;
@@ -138,6 +139,28 @@ pub struct DmarcReports {
     pub max_records: usize,
     /// Reports stored per day.
     pub max_per_day: usize,
+    /// Our own reports about the mail we receive (`[dmarc_reports.send]`).
+    pub send: DmarcSend,
+}
+
+/// `[dmarc_reports.send]`: DMARC aggregate reports (RFC 7489 §7.2) about the mail we
+/// receive on port 25, sent to the `rua=` addresses of the `From:` domains. Off by default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DmarcSend {
+    /// Record results and send reports. Default `false`.
+    pub enabled: bool,
+    /// The report domains (`rua=` address domains, or parents of them) we may send to;
+    /// must not be empty when [`DmarcSend::enabled`].
+    pub allow: Vec<Domain>,
+    /// `<org_name>` of the reports and the submitter in their subject. Default the hostname.
+    pub org_name: String,
+    /// `<email>` of the reports. Default `postmaster@` the hostname when it is a local
+    /// domain, else the first local domain.
+    pub contact: Option<Address>,
+    /// How often the reports go out. Default 24 hours.
+    pub interval: Duration,
+    /// Rows kept per reported domain and period; further messages are counted as dropped.
+    pub max_records: usize,
 }
 
 /// One DKIM signing key (RFC 6376): a table `[dkim."example.org"]`, or several
@@ -834,6 +857,8 @@ impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod authentication_tests;
+#[cfg(test)]
+mod dmarc_send_tests;
 #[cfg(test)]
 mod dmarc_tests;
 #[cfg(test)]

@@ -10,6 +10,7 @@
 pub mod client;
 pub mod dkim;
 pub mod dmarc_reports;
+pub mod dmarc_send;
 pub mod dovecot_auth;
 pub mod headers;
 pub mod local;

@@ -31,6 +31,7 @@ impl Checker<'_> {
         raw: &RawDmarcReports,
         local: &[Domain],
         aliases: &BTreeMap<Address, Vec<Address>>,
+        hostname: &Domain,
     ) -> DmarcReports {
         let address = raw.address.as_ref().and_then(|text| {
             let key = "dmarc_reports.address";
@@ -72,11 +73,13 @@ impl Checker<'_> {
             .as_ref()
             .and_then(|n| self.int(n, "dmarc_reports.max_per_day", 1, 1_000_000, None))
             .map_or(DEFAULT_MAX_PER_DAY, |n| n as usize);
+        let send = self.dmarc_send(&raw.send, hostname, local);
         DmarcReports {
             address,
             max_size,
             max_records,
             max_per_day,
+            send,
         }
     }
 

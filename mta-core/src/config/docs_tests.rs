@@ -119,6 +119,12 @@ const KEYS: &[&str] = &[
     "acme.tls_alpn_listen",
     "acme.ca_root",
     "acme.renew_before",
+    "dmarc_reports.send.enabled",
+    "dmarc_reports.send.allow",
+    "dmarc_reports.send.org_name",
+    "dmarc_reports.send.contact",
+    "dmarc_reports.send.interval",
+    "dmarc_reports.send.max_records",
 ];
 const TABLES: &[&str] = &[
     "listen",
@@ -142,6 +148,7 @@ const NAMED_TABLES: &[(&str, &str)] = &[
     ("inbound.milter", "inbound.milter"),
     ("limits.sending", "limits.sending"),
     ("inbound.dnsbl", "inbound.dnsbl"),
+    ("dmarc_reports.send", "dmarc_reports.send"),
 ];
 
 /// The first ```toml block after `heading` in the docs.

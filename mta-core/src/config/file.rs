@@ -82,6 +82,20 @@ pub(super) struct RawDmarcReports {
     pub max_size: Option<S<size::Size>>,
     pub max_records: Option<S<i64>>,
     pub max_per_day: Option<S<i64>>,
+    #[serde(default)]
+    pub send: RawDmarcSend,
+}
+
+/// `[dmarc_reports.send]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDmarcSend {
+    pub enabled: Option<S<bool>>,
+    pub allow: Option<List>,
+    pub org_name: Option<S<String>>,
+    pub contact: Option<S<String>>,
+    pub interval: Option<S<String>>,
+    pub max_records: Option<S<i64>>,
 }
 
 /// `[auth]`
@@ -642,8 +656,11 @@ fn write_dmarc_reports(d: &super::DmarcReports) -> String {
         None => "# no address: reports are not read\n".to_string(),
     };
     format!(
-        "\n[dmarc_reports]\n{address}max_size = {}\nmax_records = {}\nmax_per_day = {}\n",
-        d.max_size, d.max_records, d.max_per_day,
+        "\n[dmarc_reports]\n{address}max_size = {}\nmax_records = {}\nmax_per_day = {}\n{}",
+        d.max_size,
+        d.max_records,
+        d.max_per_day,
+        super::dmarc_send::write(&d.send),
     )
 }
 

@@ -121,7 +121,7 @@ pub(super) fn from_raw(
     let metrics_listen = c.metrics_listen(&raw, &listen);
     let process = c.process(&raw);
     let srs = c.srs(&raw.srs, &hostname, &local_domains);
-    let dmarc_reports = c.dmarc_reports(&raw.dmarc_reports, &local_domains, &aliases);
+    let dmarc_reports = c.dmarc_reports(&raw.dmarc_reports, &local_domains, &aliases, &hostname);
     let auth = c.auth(&raw.auth);
     let acme = c.acme(raw.acme.as_ref(), &hostname, &local_domains, &tls);
     let errors = c.into_errors();

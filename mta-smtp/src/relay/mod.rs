@@ -74,6 +74,9 @@ pub struct Kept {
     pub dnssec_told: Arc<dane::Told>,
     /// Hosts that refused mail over IPv6 for reverse DNS or IPv6: IPv4 only for a while.
     pub fallback: Arc<family::Ipv4Fallback>,
+    /// The DMARC results counted for our reports; `None` unless `[dmarc_reports.send]` is on
+    /// at start-up.
+    pub dmarc: Option<Arc<crate::dmarc_send::Recorder>>,
 }
 
 impl Kept {
@@ -89,6 +92,12 @@ impl Kept {
             dead: Default::default(),
             dnssec_told: Default::default(),
             fallback: Default::default(),
+            dmarc: config.dmarc_reports.send.enabled.then(|| {
+                Arc::new(crate::dmarc_send::Recorder::open(
+                    &config.data_dir,
+                    config.dmarc_reports.send.max_records,
+                ))
+            }),
         }
     }
 }

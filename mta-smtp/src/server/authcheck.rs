@@ -38,6 +38,8 @@ pub struct Checker {
     auth: MessageAuthenticator,
     hostname: String,
     policy: Inbound,
+    /// Where DMARC results are counted for our reports (`[dmarc_reports.send]`), when on.
+    recorder: Option<std::sync::Arc<crate::dmarc_send::Recorder>>,
 }
 
 /// What the checks decided.
@@ -77,7 +79,18 @@ impl Checker {
             auth: MessageAuthenticator(resolver),
             hostname: config.hostname.to_string(),
             policy: config.inbound.clone(),
+            recorder: None,
         })
+    }
+
+    /// The checker, counting each message's DMARC result in `recorder` when that is given.
+    #[must_use]
+    pub fn recording(
+        mut self,
+        recorder: Option<std::sync::Arc<crate::dmarc_send::Recorder>>,
+    ) -> Self {
+        self.recorder = recorder;
+        self
     }
 
     /// Checks one message from `ip`, which said `helo` and `MAIL FROM:<from>`.
@@ -145,7 +158,19 @@ impl Checker {
             dkim: &dkim,
             dmarc: dmarc.as_ref(),
         };
-        self.decide(&outputs, ip, &sender, helo)
+        let verdict = self.decide(&outputs, ip, &sender, helo);
+        if let (Some(recorder), Some(dmarc)) = (&self.recorder, &dmarc) {
+            crate::dmarc_send::record_verdict(
+                recorder,
+                &verdict,
+                ip,
+                &spf_domain,
+                &spf,
+                &dkim,
+                dmarc,
+            );
+        }
+        verdict
     }
 
     /// The verdict on what the checks found: the refusal the policies ask for, or our fields.

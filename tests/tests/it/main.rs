@@ -8,6 +8,7 @@ mod clock_steps;
 mod dialogs;
 mod dkim;
 mod dmarc_reports;
+mod dmarc_send;
 mod dnsbl;
 mod dnssec_server;
 mod docs_tree;
