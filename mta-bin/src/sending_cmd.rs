@@ -2,7 +2,8 @@
 //! (`[limits.sending]`), and holding it at once when its password may be stolen. They act on
 //! the running server over the control socket (`user-show`, `user-hold`, `user-release`):
 //! the server holds the counters and the store. When no server answers they say so and
-//! fail; an address that is not a user fails too.
+//! fail; an address that is not a user fails too, but for the release of a hold the ledger
+//! still has (a user deleted while held).
 //!
 //! A hold refuses the account's new mail with `450 4.7.1` and keeps its queued mail in the
 //! queue, undelivered; a release lets both go on (its queued mail is due at once).
@@ -31,7 +32,10 @@ pub async fn answer(current: &Current, queue: &Arc<Queue>, line: &str) -> String
     let Ok(user) = Address::parse(user) else {
         return json!({ "error": format!("{user:?} is not a valid address") }).to_string();
     };
-    if !shared.users.current().contains(&user) {
+    // A user deleted while held is still released: the hold is in the ledger, and without
+    // the release its queued mail would wait for ever.
+    let held_leftover = verb == "user-release" && queue.store().is_user_held(&user.to_string());
+    if !shared.users.current().contains(&user) && !held_leftover {
         return json!({ "error": format!("no such user: {user}") }).to_string();
     }
     let value = match verb {

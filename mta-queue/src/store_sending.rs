@@ -24,13 +24,17 @@ impl Store {
     }
 
     /// Whether the user who submitted a message (its `auth_user`, as the envelope keeps it)
-    /// is held. A name that is not an address, or a store that cannot be read, is not held:
-    /// the scheduler then goes on as without holds.
+    /// is held. A name that is not an address is not held (no hold can name it). A store
+    /// that cannot be read counts as held: the mail stays queued (logged) rather than a hold
+    /// being lost to a read error.
     pub fn is_user_held(&self, auth_user: &str) -> bool {
         let Ok(user) = Address::parse(auth_user) else {
             return false;
         };
-        self.is_held(&user.key()).unwrap_or(false)
+        self.is_held(&user.key()).unwrap_or_else(|e| {
+            tracing::warn!(user = %user, error = %e, "cannot read the sending holds; the user's mail stays queued");
+            true
+        })
     }
 }
 

@@ -457,3 +457,20 @@ async fn records_keep_dsn_parameters() {
         rec.envelope.recipients[0].dsn
     );
 }
+
+/// A held user stays held while the store cannot be read: a read error counts as held (the
+/// mail waits), never as free.
+#[test]
+fn a_hold_that_cannot_be_read_counts_as_held() {
+    use mta_core::sending::SendingLedger;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(!store.is_user_held("alice@example.org"));
+    store.set_held("alice@example.org", true).unwrap();
+    assert!(store.is_user_held("Alice@Example.org"));
+    let old = store.current().unwrap();
+    store.fail(&old, store.unavailable("injected"));
+    assert!(store.is_held("alice@example.org").is_err());
+    assert!(store.is_user_held("alice@example.org"));
+    assert!(store.is_user_held("bob@example.org"));
+}

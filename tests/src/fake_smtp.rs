@@ -33,6 +33,8 @@ pub struct Transaction {
 pub type ByConnection = Box<dyn Fn(usize) -> String + Send + Sync>;
 /// Answers for (connection index, command line): the reply to `RCPT TO:`.
 pub type ByCommand = Box<dyn Fn(usize, &str) -> String + Send + Sync>;
+/// A reply or none for (connection index, the command line).
+pub type MaybeByCommand = Box<dyn Fn(usize, &str) -> Option<String> + Send + Sync>;
 
 /// What the fake answers; every reply is one or more lines without the final CRLF.
 pub struct Script {
@@ -46,6 +48,16 @@ pub struct Script {
     /// The reply to `EHLO` for (connection index): `250-fake.test` and `250 8BITMIME`
     /// unless a test offers more (`DSN`).
     pub ehlo: ByConnection,
+    /// The reply to `EHLO` for (connection index) when started with
+    /// [`FakeSmtp::start_chunking`]: `250-fake.test`, `250-8BITMIME` and `250 CHUNKING` unless
+    /// a test offers more (`PIPELINING`).
+    pub chunking_ehlo: ByConnection,
+    /// For (connection index, the `BDAT` line): `Some(reply)` answers the command at once,
+    /// its octets unread (they then come as command lines, as to a server that does not know
+    /// BDAT); `None` reads the chunk.
+    pub bdat: MaybeByCommand,
+    /// The reply to a chunk that is not the last, for (connection index, chunk index).
+    pub chunk: Box<dyn Fn(usize, usize) -> String + Send + Sync>,
 }
 
 impl Default for Script {
@@ -56,6 +68,9 @@ impl Default for Script {
             rcpt: Box::new(|_, _| "250 2.1.5 OK".into()),
             data: Box::new(|_| "250 2.0.0 OK fake".into()),
             ehlo: Box::new(|_| "250-fake.test\r\n250 8BITMIME".into()),
+            chunking_ehlo: Box::new(|_| "250-fake.test\r\n250-8BITMIME\r\n250 CHUNKING".into()),
+            bdat: Box::new(|_, _| None),
+            chunk: Box::new(|_, _| "250 2.0.0 chunk OK".into()),
         }
     }
 }
@@ -199,7 +214,7 @@ fn serve(conn: TcpStream, index: usize, script: &Script, state: &Mutex<State>, c
             .unwrap_or("")
             .to_ascii_uppercase();
         let ok = match verb.as_str() {
-            "EHLO" if chunking => peer.reply("250-fake.test\r\n250-8BITMIME\r\n250 CHUNKING"),
+            "EHLO" if chunking => peer.reply(&(script.chunking_ehlo)(index)),
             "EHLO" => peer.reply(&(script.ehlo)(index)),
             "BDAT" if chunking => peer.chunk(&mut input, &line, &mut current, script),
             "HELO" | "NOOP" => peer.reply("250 2.0.0 OK"),
@@ -324,6 +339,9 @@ impl Peer<'_> {
             return false;
         };
         let last = words.next().is_some_and(|w| w.eq_ignore_ascii_case("LAST"));
+        if let Some(answer) = (script.bdat)(self.index, line) {
+            return self.reply(&answer);
+        }
         let mut octets = vec![0; size];
         if std::io::Read::read_exact(input, &mut octets).is_err() {
             self.keep(current.take());
@@ -336,7 +354,8 @@ impl Peer<'_> {
         t.wire_data.extend_from_slice(&octets);
         t.chunks.push(size);
         if !last {
-            return self.reply("250 2.0.0 chunk OK");
+            let answer = (script.chunk)(self.index, t.chunks.len() - 1);
+            return self.reply(&answer);
         }
         let answer = (script.data)(self.index);
         t.data_reply = answer.clone();

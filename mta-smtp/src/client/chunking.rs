@@ -8,7 +8,13 @@
 //! it); without, each chunk waits for its `250`. One reply per chunk: the first that is not
 //! `2xx` decides the accepted recipients (the server has reset the transaction, and the
 //! chunks after it get `503`, read and ignored); otherwise the reply to `LAST` decides them,
-//! as the reply to the final dot does after DATA.
+//! as the reply to the final dot does after DATA. Reply octets still waiting after the
+//! replies to a group are a protocol error (they shift the replies), as after DATA's 354.
+//!
+//! A `500`, `502` or `504` to a BDAT (command not recognized or not implemented) is no
+//! verdict on the message but a server, or a middlebox before it, that does not take the
+//! command it offered: [`ClientError::BdatUnknown`], a temporary failure of the
+//! transaction; the relay then sends DATA to that host for a while.
 
 use tracing::debug;
 
@@ -185,6 +191,11 @@ impl Connection {
                     (Phase::Body, t.data_block)
                 };
                 let reply = self.wire.reply(phase, limit, Expect::Completion).await?;
+                if matches!(reply.code, 500 | 502 | 504) {
+                    // Not a verdict on the message: the command itself is unknown here, and
+                    // any chunk octets already written were read as commands.
+                    return Err(ClientError::BdatUnknown(reply));
+                }
                 if reply.code == 421 {
                     // The server is closing: replies to chunks after it never come.
                     return Ok(decided.unwrap_or(reply));
@@ -193,6 +204,11 @@ impl Connection {
                     decided = Some(reply);
                 }
             }
+            // One reply per chunk (RFC 3030 §2): octets still waiting after a group's last
+            // reply answer nothing we sent, and the replies read may be shifted (an extra
+            // `250` read as the answer to LAST, its real answer left unread). As after a
+            // 354, that is a protocol error: a possible duplicate later, never a loss.
+            self.wire.ensure_idle(Phase::Body)?;
             if decided.is_some() {
                 // Refused before the end (the server has reset the transaction, so the rest
                 // is not sent), or the last chunk answered.

@@ -135,6 +135,12 @@ impl Connection {
         &self.extensions
     }
 
+    /// Sends the next messages with DATA even though the server offers CHUNKING: it answered
+    /// BDAT as an unknown command before.
+    pub fn without_chunking(&mut self) {
+        self.extensions.chunking = false;
+    }
+
     /// The `NOTIFY` and `ORCPT` to send with `rcpt`: only to a server that offers DSN.
     pub(super) fn dsn_of<'a>(
         &self,

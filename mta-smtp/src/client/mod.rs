@@ -437,6 +437,11 @@ pub enum ClientError {
         /// What was wrong.
         reason: String,
     },
+    /// The server offered CHUNKING but answered a `BDAT` with 500, 502 or 504 (command not
+    /// recognized or not implemented), as a middlebox that passes the keyword and blocks the
+    /// command does: not a verdict on the message. The caller sends DATA next time.
+    #[error("the server offers CHUNKING but does not take BDAT: {0}")]
+    BdatUnknown(ServerReply),
     /// The server closed the connection.
     #[error("connection closed by the server in {phase}")]
     Closed {
@@ -473,6 +478,7 @@ impl ClientError {
             | ClientError::AuthNotOffered { .. }
             | ClientError::Protocol { .. }
             | ClientError::Closed { .. }
+            | ClientError::BdatUnknown(_)
             | ClientError::Deadline
             | ClientError::AttemptDeadline => false,
         }
@@ -490,6 +496,7 @@ impl ClientError {
             | ClientError::Rejected { phase, .. }
             | ClientError::Protocol { phase, .. }
             | ClientError::Closed { phase } => *phase,
+            ClientError::BdatUnknown(_) => Phase::Body,
             ClientError::Greeting(_) => Phase::Greeting,
             ClientError::Tls(_) | ClientError::TlsRequiredButFailed(_) => Phase::TlsHandshake,
             ClientError::StartTlsNotOffered => Phase::StartTls,

@@ -25,6 +25,7 @@ pub mod limits;
 pub mod memory;
 pub mod mta_sts;
 pub mod mx;
+pub mod no_chunking;
 mod policy;
 pub mod slots;
 pub mod tlsrpt;
@@ -77,6 +78,8 @@ pub struct Kept {
     /// The DMARC results counted for our reports; `None` unless `[dmarc_reports.send]` is on
     /// at start-up.
     pub dmarc: Option<Arc<crate::dmarc_send::Recorder>>,
+    /// Hosts that offer CHUNKING but did not take BDAT: DATA for a while.
+    pub no_chunking: Arc<no_chunking::NoChunking>,
 }
 
 impl Kept {
@@ -98,6 +101,7 @@ impl Kept {
                     config.dmarc_reports.send.max_records,
                 ))
             }),
+            no_chunking: Default::default(),
         }
     }
 }
@@ -251,6 +255,7 @@ pub struct Relay {
     sts: Option<mta_sts::Sts>,
     dnssec: Option<dane::Dnssec>,
     fallback: Arc<family::Ipv4Fallback>,
+    no_chunking: Arc<no_chunking::NoChunking>,
 }
 
 impl Relay {
@@ -322,6 +327,7 @@ impl Relay {
             sts,
             dnssec,
             fallback: kept.fallback,
+            no_chunking: kept.no_chunking,
         })
     }
 
@@ -571,9 +577,11 @@ impl Relay {
             };
             let cutoff = Cutoff::from_now(limit, attempt);
             if let Ok(Ok(())) = tokio::time::timeout_at(cutoff.at, idle.conn.reset()).await {
+                self.no_chunking.apply(&mut idle.conn, &idle.target.name);
                 let result = tokio::time::timeout_at(cutoff.at, idle.conn.send(msg))
                     .await
                     .unwrap_or(Err(cutoff.expired()));
+                self.no_chunking.learn(&idle.target.name, &result);
                 let dsn = idle.conn.extensions().dsn;
                 let outcomes = self.outcomes(&idle.target, &idle.tls, msg.rcpts, &result, dsn);
                 self.remember(self.remembered(domain), idle.conn.tls(), &outcomes);
@@ -730,9 +738,11 @@ impl Relay {
             let session = session_of(at.report, host, ip, conn.tls());
             self.report(domain, at.report, session);
         }
+        self.no_chunking.apply(&mut conn, host);
         let result = tokio::time::timeout_at(cutoff.at, conn.send(msg))
             .await
             .unwrap_or(Err(cutoff.expired()));
+        self.no_chunking.learn(host, &result);
         let name = format!("{host} [{ip}]");
         let interval = self.config.queue.retry_first;
         self.dead

@@ -52,8 +52,17 @@ pub fn rcpt_param(dsn: &mut RcptDsn, key: &str, value: Option<&str>) -> Result<(
 /// The DSN parameters each target of an accepted RCPT keeps. An alias expanded to other
 /// addresses passes its `NOTIFY` on to each of them; without an `ORCPT`, one naming the
 /// address of the RCPT is added (RFC 3461 §4.2 allows it, and it must be that address), so
-/// a notice about a target says which address the sender wrote.
+/// a notice about a target says which address the sender wrote. An alias (or catch-all)
+/// with several targets is treated as a list (RFC 3461 §6.2.7.3): its targets do not get
+/// `SUCCESS`, so one RCPT cannot make a success notice (maybe with the whole message) per
+/// target go to a sender who may be forged; `FAILURE` and `DELAY` pass on. One target keeps
+/// the `NOTIFY` as given (§6.2.7.2).
 pub fn for_targets(mut dsn: RcptDsn, to: &ForwardPath, targets: &[Address]) -> RcptDsn {
+    if targets.len() > 1
+        && let Some(notify) = dsn.notify.as_mut()
+    {
+        notify.success = false;
+    }
     if let ForwardPath::Address(to) = to {
         let expanded = targets.iter().any(|t| t.key() != to.key());
         let text = to.to_string();
@@ -85,4 +94,58 @@ fn syntax(error: DsnError) -> Reply {
         DsnError::BadXtext | DsnError::NotPrintable => "Bad xtext in parameter value",
     };
     Reply::new(501, "5.5.4", text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
+    fn notify(success: bool, failure: bool, delay: bool) -> Notify {
+        Notify {
+            success,
+            failure,
+            delay,
+        }
+    }
+
+    #[test]
+    fn several_targets_lose_success_one_keeps_it() {
+        let to = ForwardPath::Address(addr("list@example.org"));
+        let asked = RcptDsn {
+            notify: Some(notify(true, true, false)),
+            orcpt: None,
+        };
+        let two = [addr("a@example.org"), addr("b@remote.test")];
+        let got = for_targets(asked.clone(), &to, &two);
+        assert_eq!(got.notify, Some(notify(false, true, false)));
+        assert_eq!(
+            got.orcpt.map(|o| o.address).as_deref(),
+            Some("list@example.org")
+        );
+        let one = [addr("a@example.org")];
+        let got = for_targets(asked, &to, &one);
+        assert_eq!(got.notify, Some(notify(true, true, false)));
+    }
+
+    proptest! {
+        /// Against the plain rule: NOTIFY is kept as given, but for SUCCESS when there are
+        /// two or more targets; absent stays absent.
+        #[test]
+        fn notify_matches_the_rule(
+            given in proptest::option::of((any::<bool>(), any::<bool>(), any::<bool>())),
+            count in 0usize..4,
+        ) {
+            let to = ForwardPath::Address(addr("x@example.org"));
+            let targets: Vec<Address> = (0..count).map(|i| addr(&format!("t{i}@example.org"))).collect();
+            let dsn = RcptDsn { notify: given.map(|(s, f, d)| notify(s, f, d)), orcpt: None };
+            let got = for_targets(dsn, &to, &targets);
+            let want = given.map(|(s, f, d)| notify(s && count < 2, f, d));
+            prop_assert_eq!(got.notify, want);
+        }
+    }
 }

@@ -44,6 +44,7 @@ max_recipients = 100
 max_errors = {max_errors}
 [aliases]
 "sales@example.org" = ["alice@example.org"]
+"team@example.org" = ["alice@example.org", "carol@remote.test"]
 "#
         ),
         "unused",
@@ -589,7 +590,8 @@ fn auth_plain_with_an_empty_initial_response() {
 }
 
 /// DSN is offered on every listener; the parameters land in the transaction, and an alias
-/// passes its NOTIFY on to its target with the address the client wrote as ORCPT.
+/// with one target passes its NOTIFY on to it unchanged, with the address the client wrote
+/// as ORCPT.
 #[test]
 fn dsn_parameters_reach_the_transaction() {
     for (listener, tls) in [
@@ -625,6 +627,32 @@ fn dsn_parameters_reach_the_transaction() {
         alice.orcpt.map(|o| o.address).as_deref(),
         Some("sales@example.org")
     );
+}
+
+/// RFC 3461 §6.2.7.3: an alias that expands to several addresses is treated like a list,
+/// so its targets do not get `SUCCESS` (no success notice per target to a sender who may be
+/// forged); `FAILURE` and `DELAY` pass on, with the alias as ORCPT.
+#[test]
+fn an_alias_to_several_targets_drops_notify_success() {
+    let mut s = session(ListenerKind::Smtp, false);
+    run(
+        &mut s,
+        &[
+            ("EHLO client.test", 250),
+            ("MAIL FROM:<a@remote.test> RET=FULL", 250),
+            ("RCPT TO:<team@example.org> NOTIFY=SUCCESS,FAILURE", 250),
+        ],
+    );
+    let tx = s.take_transaction().unwrap();
+    for target in ["alice@example.org", "carol@remote.test"] {
+        let dsn = tx.dsn_of(&Address::parse(target).unwrap());
+        assert!(!dsn.wants_success(), "{target}: {dsn:?}");
+        assert!(dsn.wants_failure(), "{target}: {dsn:?}");
+        assert_eq!(
+            dsn.orcpt.map(|o| o.address).as_deref(),
+            Some("team@example.org")
+        );
+    }
 }
 
 /// BDAT (RFC 3030): offered in EHLO; a chunk outside a transaction or without recipients is

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use mta_tests::fake_smtp::{FakeSmtp, Script, Transaction, unstuff};
 use mta_tests::relay::{REMOTE_BOB, message, sender, start_sender, submit};
-use mta_tests::{TestDns, on_shared_port, secs, wait_for};
+use mta_tests::{ALICE, TestDns, on_shared_port, secs, wait_for};
 
 fn dns() -> TestDns {
     TestDns::start(&[
@@ -105,4 +105,34 @@ fn a_refused_last_chunk_fails_the_recipient() {
     wait_for(secs(10), "the failure logged", || {
         tx.log().contains("554 5.7.1 not this one") && tx.queue_record(&id).is_none()
     });
+}
+
+/// A receiver that offers CHUNKING but answers BDAT `502` (a middlebox that passes the
+/// keyword and blocks the command) has not judged the message: the attempt fails for now,
+/// the host is remembered, and the next attempt sends DATA to it. Delivered, never bounced.
+#[test]
+fn bdat_not_implemented_falls_back_to_data() {
+    let dns = dns();
+    let (port, fake) = on_shared_port("the fake that blocks BDAT", |p| {
+        let script = Script {
+            bdat: Box::new(|_, _| Some("502 5.5.1 command not implemented".into())),
+            ..Script::default()
+        };
+        FakeSmtp::start_chunking(SocketAddr::from(([127, 0, 0, 2], p)), script)
+    });
+    let tx = start_sender(sender(&dns, port, ""));
+    let msg = message(REMOTE_BOB, "blocked bdat");
+    let id = submit(&tx, &[REMOTE_BOB], &msg);
+    let t = delivered(&fake);
+    assert!(t.chunks.is_empty(), "{:?}", t.chunks);
+    assert!(unstuff(&t.wire_data).ends_with(&msg));
+    let transcript = fake.transcript();
+    assert!(transcript.contains("C: BDAT"), "{transcript}");
+    assert!(
+        transcript.lines().any(|l| l.ends_with("C: DATA")),
+        "{transcript}"
+    );
+    tx.wait_for_empty_queue(secs(20));
+    assert!(tx.queue_record(&id).is_none());
+    assert!(tx.maildir_new(ALICE).is_empty(), "no bounce: {}", tx.log());
 }

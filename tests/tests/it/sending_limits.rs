@@ -243,6 +243,15 @@ fn a_held_user_is_refused_and_its_queued_mail_waits_for_the_release() {
         show.stdout
     );
 
+    // The user is deleted while held: the ledger still knows the hold, so the release
+    // still works and the queued mail is not stuck.
+    tx.mta(&["user", "del", ALICE], b"")
+        .assert_success("mta user del");
+    wait_for(secs(20), "the server to see the user gone", || {
+        tx.mta(&["user", "show", ALICE], b"")
+            .stderr
+            .contains("no such user")
+    });
     let release = tx.mta(&["user", "release", ALICE], b"");
     release.assert_success("mta user release");
     assert!(
@@ -254,7 +263,8 @@ fn a_held_user_is_refused_and_its_queued_mail_waits_for_the_release() {
         delivered(&fake) == 3
     });
     tx.wait_for_empty_queue(secs(10));
-    // And new mail goes again.
+    // Not held any more: a user added again under the name sends at once.
+    tx.add_user(ALICE, ALICE_PASSWORD);
     submit(&tx, &[REMOTE_BOB], &message(REMOTE_BOB, "after release"));
 }
 

@@ -488,3 +488,45 @@ async fn a_clean_transaction_leaves_the_connection_reusable() {
     drop(conn);
     let _ = server.finish().await;
 }
+
+/// RFC 3030 §4.2 with RFC 2920: one reply per pipelined chunk. A server that sends an extra
+/// reply shifts the rest: here `250 extra` would be read as the answer to LAST and the `554`
+/// left unread, a false delivery. Reply octets still waiting after the group's last reply
+/// are a protocol error: the transaction fails for now and the connection is not kept.
+#[tokio::test]
+async fn an_extra_reply_to_pipelined_chunks_is_a_protocol_error() {
+    let server = FakeServer::start(
+        vec![
+            S(GREETING),
+            C("EHLO client.test"),
+            S("250-mx.example.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"),
+            C("MAIL FROM:<a@example.org>"),
+            C("RCPT TO:<b@example.test>"),
+            S("250 2.1.0 ok\r\n250 2.1.5 ok\r\n"),
+            C("BDAT 11"),
+            C("X-Test: 1"),
+            C("BDAT 18 LAST"),
+            C("Subject: t"),
+            C(""),
+            C("hi"),
+            S("250 2.0.0 chunk\r\n250 2.0.0 extra\r\n554 5.7.1 refused\r\n"),
+            super::ReadSome(64),
+        ],
+        None,
+    )
+    .await;
+    let mut conn = open(&server).await;
+    assert!(conn.extensions().chunking && conn.extensions().pipelining);
+    let from = sender();
+    let rcpts = [addr("b@example.test")];
+    let mut m = msg(&from, &rcpts, b"Subject: t\r\n\r\nhi\r\n");
+    m.prefix = b"X-Test: 1\r\n";
+    let result = conn.send(&m).await;
+    assert!(
+        matches!(result, Err(super::super::ClientError::Protocol { .. })),
+        "{result:?}"
+    );
+    assert!(!conn.reusable());
+    drop(conn);
+    let _ = server.finish().await;
+}
