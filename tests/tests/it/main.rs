@@ -3,6 +3,7 @@
 //! Each test starts its own server, so they run in parallel.
 
 mod bdat;
+mod bigqueue;
 mod clock_steps;
 mod dialogs;
 mod dkim;

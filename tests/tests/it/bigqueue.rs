@@ -1,0 +1,97 @@
+//! A big queue to a dead destination costs what it must: few connection attempts per retry
+//! round however many messages wait, and a restart that keeps every message's due time
+//! instead of retrying the whole queue at once. Connections are counted by a listener that
+//! accepts and closes them at once ([`Trap`]): counts, never timings.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use mta_tests::relay::{login, message, start_sender};
+use mta_tests::{ALICE, MtaBuilder, TestDns, TestMta, Trap, on_shared_port, secs, wait_for};
+
+const DEAD: &str = "victim@dead.test";
+
+/// A sender whose MX for `dead.test` is `127.0.0.9` on `port`, with `queue` as its
+/// `[queue]` table.
+fn sender(dns: &TestDns, port: u16, queue: &str) -> TestMta {
+    start_sender(MtaBuilder::new().toml(&format!(
+        "{}[outbound]\nport = {port}\n[queue]\n{queue}\n",
+        dns.config_toml()
+    )))
+}
+
+fn dead_dns() -> TestDns {
+    TestDns::start(&[
+        "--mx-host=dead.test,mx.dead.test,10",
+        "--host-record=mx.dead.test,127.0.0.9",
+    ])
+}
+
+/// Submits `n` messages from alice to `to` in one session.
+fn submit_many(mta: &TestMta, to: &str, n: usize) {
+    let mut c = login(mta);
+    for i in 0..n {
+        let reply = c.send_message(ALICE, &[to], &message(to, &format!("many {i}")));
+        assert_eq!(reply.code, 250, "message {i}\n{}", c.transcript());
+    }
+    let _ = c.send_line("QUIT");
+}
+
+/// Every queued message's id with its next attempt (wall clock, ms) and its recipient's
+/// attempts and last result.
+fn queued(mta: &TestMta) -> HashMap<String, (u64, u64, String)> {
+    let queue = mta.queue_json();
+    let mut out = HashMap::new();
+    for r in queue["records"].as_array().expect("records") {
+        let id = r["envelope"]["id"].as_str().expect("id").to_string();
+        let rcpt = &r["envelope"]["recipients"][0];
+        out.insert(
+            id,
+            (
+                r["next_attempt_ms"].as_u64().expect("next_attempt_ms"),
+                rcpt["attempts"].as_u64().unwrap_or(0),
+                rcpt["last_result"].as_str().unwrap_or("").to_string(),
+            ),
+        );
+    }
+    out
+}
+
+#[test]
+fn a_restart_keeps_due_times_and_retries_nothing_early() {
+    let (port, trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 9], p)))
+    });
+    let dns = dead_dns();
+    let mut tx = sender(&dns, port, "retry_first = \"1h\"\nretry_max = \"1h\"");
+    let messages = 200;
+    submit_many(&tx, DEAD, messages);
+    wait_for(secs(120), "every message tried once", || {
+        let q = queued(&tx);
+        q.len() == messages && q.values().all(|(_, attempts, _)| *attempts >= 1)
+    });
+    let before = queued(&tx);
+    tx.restart();
+    let connections = trap.connections();
+    // A few seconds after the server is ready: nothing is due for an hour, so nothing may
+    // connect. A count over a bounded window, not a timing.
+    std::thread::sleep(secs(5));
+    assert_eq!(
+        trap.connections(),
+        connections,
+        "connections to the dead MX after the restart\n{}",
+        tx.log()
+    );
+    let after = queued(&tx);
+    assert_eq!(after.len(), messages);
+    for (id, (due, attempts, _)) in &before {
+        let (due_after, attempts_after, _) = after[id];
+        // Shown on the wall clock: the queue clock of each run may differ from it by the
+        // drift of the monotonic clock, a few ms, never an hour.
+        assert!(
+            due.abs_diff(due_after) < 60_000,
+            "{id}: next attempt {due} before the restart, {due_after} after"
+        );
+        assert_eq!(*attempts, attempts_after, "{id}");
+    }
+}
