@@ -6,16 +6,17 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use mta_tests::relay::{login, message, start_sender};
+use mta_tests::relay::{login, message, receiver, start_sender};
 use mta_tests::{ALICE, MtaBuilder, TestDns, TestMta, Trap, on_shared_port, secs, wait_for};
 
 const DEAD: &str = "victim@dead.test";
 
 /// A sender whose MX for `dead.test` is `127.0.0.9` on `port`, with `queue` as its
-/// `[queue]` table.
+/// `[queue]` table; alice may send any number of messages.
 fn sender(dns: &TestDns, port: u16, queue: &str) -> TestMta {
     start_sender(MtaBuilder::new().toml(&format!(
-        "{}[outbound]\nport = {port}\n[queue]\n{queue}\n",
+        "{}[outbound]\nport = {port}\n[queue]\n{queue}\n\
+         [limits.sending]\nmessages_per_hour = 0\nmessages_per_day = 0\n",
         dns.config_toml()
     )))
 }
@@ -94,4 +95,47 @@ fn a_restart_keeps_due_times_and_retries_nothing_early() {
         );
         assert_eq!(*attempts, attempts_after, "{id}");
     }
+}
+
+#[test]
+fn a_dead_destination_costs_a_few_connections_for_300_messages() {
+    let (port, trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 9], p)))
+    });
+    let dns = dead_dns();
+    // Probes of the suspended destination every 30 s: the first round ends before one.
+    let tx = sender(&dns, port, "retry_first = \"30s\"\nretry_max = \"30s\"");
+    let messages = 300;
+    submit_many(&tx, DEAD, messages);
+    wait_for(secs(120), "every message tried once", || {
+        let q = queued(&tx);
+        q.len() == messages && q.values().all(|(_, attempts, _)| *attempts >= 1)
+    });
+    let connections = trap.connections();
+    eprintln!("{connections} connections to the dead MX for {messages} messages tried once");
+    // Three failures suspend it; attempts already past the check when the third came
+    // connect too (four slots per domain).
+    assert!(
+        connections <= 10,
+        "{connections} connections for {messages} messages tried once\n{}",
+        tx.log()
+    );
+    let q = queued(&tx);
+    let suspended = q
+        .values()
+        .filter(|(_, _, why)| why.contains("is suspended after"))
+        .count();
+    assert!(
+        suspended + connections >= messages,
+        "{suspended} of {messages} deferred as suspended, {connections} connections: {q:?}"
+    );
+    // The MX comes back on the same address and port: the next probe finds it, and every
+    // message goes.
+    drop(trap);
+    let rx = receiver("mx.dead.test", &["dead.test"], "127.0.0.9", port)
+        .user(DEAD, "victim-password-1")
+        .start();
+    let files = rx.wait_for_mail(DEAD, messages, 300);
+    assert_eq!(files.len(), messages, "{}", tx.log());
+    wait_for(secs(60), "the queue to empty", || queued(&tx).is_empty());
 }
