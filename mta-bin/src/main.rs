@@ -16,6 +16,7 @@ mod identities;
 mod metrics_http;
 mod privileges;
 mod queue_cmd;
+mod queue_stream;
 mod reload;
 mod report_cmd;
 mod sandbox;

@@ -611,23 +611,29 @@ impl Store {
     /// Every queued record, in id (arrival) order, for `mta queue list`, then the records
     /// set aside as corrupt. Records that do not decode are returned as errors in place.
     pub fn records(&self) -> Vec<Result<Record, StoreError>> {
+        self.records_iter().collect()
+    }
+
+    /// [`Store::records`] one at a time, read from the store as they are taken: listing a
+    /// big queue holds one record in memory, not all of them.
+    pub fn records_iter(&self) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send + '_> {
         let h = match self.current() {
             Ok(h) => h,
-            Err(e) => return vec![Err(e)],
+            Err(e) => return Box::new(std::iter::once(Err(e))),
         };
         let undecodable = |k: &[u8], reason: String| StoreError::Corrupt {
             id: String::from_utf8_lossy(k).into_owned(),
             reason,
         };
-        let queued = h.envelopes.iter().map(|item| {
+        let queued = h.envelopes.iter().map(move |item| {
             let (k, v) = item.map_err(|e| classify(&self.path, e))?;
             serde_json::from_slice::<Record>(&v).map_err(|e| undecodable(&k, e.to_string()))
         });
-        let aside = h.corrupt.iter().map(|item| {
+        let aside = h.corrupt.iter().map(move |item| {
             let (k, _) = item.map_err(|e| classify(&self.path, e))?;
             Err(undecodable(&k, "set aside earlier".into()))
         });
-        queued.chain(aside).collect()
+        Box::new(queued.chain(aside))
     }
 
     /// Number of queued messages (0 while the store is unavailable).

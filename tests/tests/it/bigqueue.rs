@@ -139,3 +139,54 @@ fn a_dead_destination_costs_a_few_connections_for_300_messages() {
     assert_eq!(files.len(), messages, "{}", tx.log());
     wait_for(secs(60), "the queue to empty", || queued(&tx).is_empty());
 }
+
+/// The server's peak resident memory (`VmHWM`), KiB.
+fn peak_kib(mta: &TestMta) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mta.pid()))
+        .expect("the server's /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+#[test]
+fn queue_list_of_20000_messages_streams_in_bounded_memory() {
+    let (port, _trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 9], p)))
+    });
+    let dns = dead_dns();
+    let tx = sender(&dns, port, "retry_first = \"1h\"\nretry_max = \"1h\"");
+    let messages = 20_000;
+    let sessions = 4;
+    std::thread::scope(|s| {
+        for _ in 0..sessions {
+            s.spawn(|| submit_many(&tx, DEAD, messages / sessions));
+        }
+    });
+    // Resets the peak to what is resident now (proc(5), clear_refs): filling the queue
+    // peaked higher than listing should.
+    std::fs::write(format!("/proc/{}/clear_refs", tx.pid()), "5").expect("clear_refs");
+    let before = peak_kib(&tx);
+    let out = tx.mta(&["queue", "list"], b"");
+    out.assert_success("mta queue list");
+    let grown = peak_kib(&tx).saturating_sub(before);
+    eprintln!("server VmHWM grew by {grown} KiB while listing {messages} messages");
+    assert!(
+        out.stdout
+            .ends_with(&format!("\n{messages} message(s) queued\n")),
+        "{}",
+        &out.stdout[out.stdout.len().saturating_sub(500)..]
+    );
+    let listed = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains("  from <alice@example.test>  "))
+        .count();
+    assert_eq!(listed, messages);
+    assert!(grown < 50 * 1024, "VmHWM grew by {grown} KiB");
+    let json = tx.queue_json();
+    assert_eq!(json["records"].as_array().map(Vec::len), Some(messages));
+    assert_eq!(json["errors"], serde_json::json!([]));
+}
