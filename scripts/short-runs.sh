@@ -14,7 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 runs=(powerloss powerloss-control diskfull diskfull-control soak-kill soak-relay-kill
-  bench-dane bench-smoke memory stalled-mx auth-memory scrape-latency fuzz)
+  bench-dane bench-smoke memory stalled-mx bigqueue auth-memory scrape-latency fuzz)
 [ "$#" -gt 0 ] && runs=("$@")
 
 run_one() {
@@ -29,6 +29,7 @@ run_one() {
     bench-smoke) scripts/bench.sh --smoke ;;
     memory) cargo build -q --bin mta && python3 scripts/bench/memory.py --mta target/debug/mta --sessions 3 --size 2 ;;
     stalled-mx) cargo build -q --bin mta && python3 scripts/bench/stalled_mx.py --mta target/debug/mta --domains 2 --size 2 --dkim ;;
+    bigqueue) cargo build -q --bin mta && python3 scripts/bench/bigqueue.py --mta target/debug/mta -n 300 --window 5 ;;
     auth-memory) cargo build -q --bin mta && python3 scripts/auth_memory.py target/debug/mta 6 ;;
     scrape-latency) cargo build -q --bin mta && scripts/bench/scrape-latency.sh 200 ;;
     fuzz) FUZZ_ENGINE=stable FUZZ_PROFILE=debug scripts/fuzz.sh 3 ;;

@@ -2,7 +2,8 @@
 //! dir) through which `mta queue` asks a running server, because sled lets only one
 //! process open the store. One request line, one JSON answer, then close.
 //!
-//! Requests ([`Request`]): `queue-list`, `queue-show ID`, `queue-flush`, `queue-retry ID`,
+//! Requests ([`Request`]): `queue-list`, `queue-list-stream` (JSON lines, one record at a
+//! time: `crate::queue_stream`), `queue-show ID`, `queue-flush`, `queue-retry ID`,
 //! `queue-delete ID`, `queue-bounce ID`; and `reload` (`mta reload`), `tls-…` (`mta tls`)
 //! and `auth-…` (`mta auth`), which only a running server answers. Answers: see [`execute`];
 //! every failure is `{"error": "..."}`. The same [`execute`] serves the socket and
@@ -275,6 +276,10 @@ pub fn start(
                     return;
                 }
                 let answer = match line.trim() {
+                    crate::queue_stream::LIST => {
+                        crate::queue_stream::serve(queue, write).await;
+                        return;
+                    }
                     "reload" => ask_reload(&hooks.reload).await,
                     l if l.starts_with("tls-") => crate::tls_cmd::answer(&hooks.memory, l),
                     l if l.starts_with("auth-") => crate::auth_cmd::answer(&hooks.server, l),
@@ -337,7 +342,7 @@ async fn ask_reload(reload: &ReloadRequests) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use crate::control_client::{ask, request};
     use mta_core::address::{Address, Domain, ReversePath};
     use mta_core::envelope::{Envelope, ListenerKind, Origin, Recipient, Vouched};
@@ -391,7 +396,7 @@ mod tests {
         }
     }
 
-    async fn queue_with_one(dir: &tempfile::TempDir) -> Arc<Queue> {
+    pub(crate) async fn queue_with_one(dir: &tempfile::TempDir) -> Arc<Queue> {
         let queue = Queue::open(
             dir.path(),
             QueueSettings::new(Domain::parse("mx.test").expect("domain")),

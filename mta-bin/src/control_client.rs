@@ -95,6 +95,29 @@ pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
 /// The data dir cannot be used ([`check_data_dir`]), the socket cannot be reached (such as
 /// permission denied), or a server answers but the answer is unreadable.
 pub fn request(data_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
+    let path = socket_path(data_dir);
+    let Some(mut stream) = send(data_dir, what)? else {
+        return Ok(None);
+    };
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("reading the answer from {}", path.display()))?;
+    if answer.is_empty() {
+        anyhow::bail!(
+            "the server closed the control socket {} without an answer",
+            path.display()
+        );
+    }
+    Ok(Some(answer))
+}
+
+/// Sends the request line `what` to a running server and returns the connection, to read
+/// the answer from; `Ok(None)` when no server runs, as for [`request`].
+///
+/// # Errors
+/// As [`request`].
+pub fn send(data_dir: &Path, what: &str) -> anyhow::Result<Option<StdUnixStream>> {
     check_data_dir(data_dir)?;
     let path = socket_path(data_dir);
     let mut stream = match StdUnixStream::connect(&path) {
@@ -123,15 +146,5 @@ pub fn request(data_dir: &Path, what: &str) -> anyhow::Result<Option<String>> {
     stream
         .write_all(format!("{what}\n").as_bytes())
         .with_context(|| format!("writing to the control socket {}", path.display()))?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .with_context(|| format!("reading the answer from {}", path.display()))?;
-    if answer.is_empty() {
-        anyhow::bail!(
-            "the server closed the control socket {} without an answer",
-            path.display()
-        );
-    }
-    Ok(Some(answer))
+    Ok(Some(stream))
 }

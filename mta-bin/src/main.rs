@@ -17,6 +17,7 @@ mod identities;
 mod metrics_http;
 mod privileges;
 mod queue_cmd;
+mod queue_stream;
 mod reload;
 mod report_cmd;
 mod sandbox;

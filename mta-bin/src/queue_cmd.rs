@@ -127,6 +127,9 @@ impl QueueCommand {
 /// When the queue can be reached neither through the server nor directly, when the answer
 /// is an error (such as an unknown id), or when it cannot be read.
 pub fn run(cmd: QueueCommand, config: &Config) -> anyhow::Result<()> {
+    if let QueueCommand::List { json } = cmd {
+        return crate::queue_stream::list(config, json);
+    }
     let (request, format) = cmd.request();
     let (answer, via) = ask(config, &request)?;
     if let Some(error) = answer.get("error") {
@@ -151,13 +154,28 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
             serde_json::from_str(&answer).context("unreadable answer from the running server")?;
         return Ok((value, Via::Server));
     }
+    let Some(queue) = open_store(config)? else {
+        return Ok((control::execute_on_no_queue(request), Via::Store));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let answer = runtime.block_on(control::execute(&queue, request));
+    Ok((answer, Via::Store))
+}
+
+/// The queue opened directly, when no server runs; `None` when no server ever made one.
+///
+/// # Errors
+/// The queue is there but cannot be opened.
+pub fn open_store(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Queue>>> {
     let path = config.data_dir.join("queue");
     match std::fs::metadata(&path) {
         Ok(_) => {}
-        // The data dir is there and ours (checked above), but no server ever made a queue.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((control::execute_on_no_queue(request), Via::Store));
-        }
+        // The data dir is there and ours (checked by the caller), but no server ever made
+        // a queue.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
             return Err(e).with_context(|| format!("cannot use the queue {}", path.display()));
         }
@@ -168,12 +186,7 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
             path.display()
         )
     })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let answer = runtime.block_on(control::execute(&queue, request));
-    Ok((answer, Via::Store))
+    Ok(Some(queue))
 }
 
 /// The human-readable form of an answer.
@@ -212,36 +225,43 @@ fn printable(text: &str) -> String {
     mta_core::text::terminal(text, false)
 }
 
+/// One message as `mta queue list` prints it: a line for the message, one per recipient.
+pub fn render_record(rec: &mta_queue::Record, held: bool) -> String {
+    let e = &rec.envelope;
+    let next = if held {
+        "held (its user is held)".to_string()
+    } else {
+        format!("next attempt {}", date::rfc5322(rec.next_attempt_ms / 1000))
+    };
+    let mut out = format!(
+        "{}  {}  {} bytes  from {}  {next}\n",
+        e.id,
+        date::rfc5322(e.received_at),
+        e.size,
+        printable(&e.sender.to_string()),
+    );
+    for r in &e.recipients {
+        out.push_str(&format!(
+            "    {}  {}  attempts {}  {}\n",
+            printable(&r.address.to_string()),
+            state(&r.state),
+            r.attempts,
+            printable(
+                &r.last_result
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
+        ));
+    }
+    out
+}
+
 fn render_list(listing: &Listing) -> String {
     let mut out = String::new();
     for rec in &listing.records {
-        let e = &rec.envelope;
-        let next = if listing.held.contains(&e.id.to_string()) {
-            "held (its user is held)".to_string()
-        } else {
-            format!("next attempt {}", date::rfc5322(rec.next_attempt_ms / 1000))
-        };
-        out.push_str(&format!(
-            "{}  {}  {} bytes  from {}  {next}\n",
-            e.id,
-            date::rfc5322(e.received_at),
-            e.size,
-            printable(&e.sender.to_string()),
-        ));
-        for r in &e.recipients {
-            out.push_str(&format!(
-                "    {}  {}  attempts {}  {}\n",
-                printable(&r.address.to_string()),
-                state(&r.state),
-                r.attempts,
-                printable(
-                    &r.last_result
-                        .as_ref()
-                        .map(ToString::to_string)
-                        .unwrap_or_default()
-                )
-            ));
-        }
+        let held = listing.held.contains(&rec.envelope.id.to_string());
+        out.push_str(&render_record(rec, held));
     }
     for err in &listing.errors {
         out.push_str(&format!("corrupt: {}\n", printable(err)));

@@ -72,6 +72,30 @@ impl crate::Queue {
         Ok((records, errors))
     }
 
+    /// [`Queue::list`] one record at a time, as `for_each` takes them: `Ok(record)` with its
+    /// due time on the wall clock, or `Err(text)` for a record that does not decode.
+    /// `for_each` returns false to stop early (the reader went away).
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store cannot be read: the records given so far are then not
+    /// the whole queue.
+    pub fn list_each(
+        &self,
+        mut for_each: impl FnMut(Result<Record, String>) -> bool,
+    ) -> Result<(), StoreError> {
+        for item in self.store().records_iter() {
+            let more = match item {
+                Ok(record) => for_each(Ok(for_people(record))),
+                Err(e @ StoreError::Corrupt { .. }) => for_each(Err(e.to_string())),
+                Err(e) => return Err(e),
+            };
+            if !more {
+                break;
+            }
+        }
+        Ok(())
+    }
+
     /// One message: its record, body size and first header lines. `Ok(None)` when there is
     /// no such message.
     ///

@@ -6,8 +6,11 @@
 //!
 //! - **Due times** (the schedule, [`Record::next_attempt_ms`](crate::Record)) are on the
 //!   *queue clock*: the wall clock read once when the process starts, plus the monotonic
-//!   time since ([`now_ms`]). Within one run it never jumps. Across runs it does not need
-//!   to agree with itself: at start-up every queued message is made due at once anyway.
+//!   time since ([`now_ms`]). Within one run it never jumps. Across runs it agrees with
+//!   itself as far as the wall clock does: due times are kept over a restart. A wall clock
+//!   set back while the server was stopped would leave messages waiting too long, so at
+//!   start-up a due time beyond `queue.retry_max` is brought back to it; one set forward
+//!   makes messages overdue, and those start gradually ([`crate::ramp`]).
 //! - **Age** (for `queue.max_lifetime` and `queue.delay_warning`) is the time the message
 //!   has actually spent in a running server's queue, kept in the record ([`QueueAge`]) and
 //!   carried over restarts. The time the server was stopped does not count, nor does the

@@ -13,6 +13,7 @@ pub mod clock;
 pub mod disk;
 pub mod group_sync;
 pub mod queue;
+pub mod ramp;
 pub mod retry;
 pub mod scheduler;
 pub mod store;

@@ -29,6 +29,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::bounce::{DsnKind, DsnRecipient};
 use crate::clock::{self, QueueAge};
+use crate::ramp::{self, Ramp};
 use crate::retry;
 use crate::store::{Loaded, Record, StoreError};
 
@@ -66,12 +67,7 @@ impl Queue {
             local: Arc::new(Semaphore::new(LOCAL_CONCURRENCY)),
             remote: Arc::new(Semaphore::new(concurrency.max(1))),
         };
-        // On start, everything not finished is tried again now.
-        match self.store.reschedule_all(clock::now_ms()).await {
-            Ok(0) => {}
-            Ok(n) => info!(messages = n, "start-up: every queued message is due now"),
-            Err(e) => error!(error = %e, "start-up: cannot reschedule the queue"),
-        }
+        let mut ramp = self.start_up().await;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -80,7 +76,9 @@ impl Queue {
             // After a store error (a full disk) the scheduler reopens the store too, so the
             // queue recovers even when no new mail arrives.
             let ready = self.store.ensure_open().await;
-            let wait = match ready.and_then(|()| self.start_due(now, &slots, &deliver)) {
+            let started = ready.and_then(|()| self.start_due(now, &slots, &deliver, &mut ramp));
+            let wait = match started {
+                Ok(()) if ramp.active() => self.idle_time(now).min(ramp.wait()),
                 Ok(()) => self.idle_time(now),
                 Err(e) => {
                     error!(error = %e, "scheduler cannot read the queue; retrying in 5 s");
@@ -98,11 +96,73 @@ impl Queue {
         let _local = slots.local.acquire_many(LOCAL_CONCURRENCY as u32).await;
     }
 
+    /// Start-up: every message keeps its due time ([`crate::ramp`]), except one due
+    /// further ahead than the longest retry delay allows, which a wall clock stepped back
+    /// while the server was stopped would leave waiting: it is due after `retry_max`.
+    async fn start_up(&self) -> Ramp {
+        let now = clock::now_ms();
+        let max = self.settings.retry_max.as_millis() as u64;
+        // The retry delay adds up to 10 % jitter.
+        let latest = now.saturating_add(max).saturating_add(max / 10);
+        match self
+            .store
+            .reschedule_after(latest, now.saturating_add(max))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                messages = n,
+                "start-up: messages due later than queue.retry_max (the clock went back?) are due after it"
+            ),
+            Err(e) => error!(error = %e, "start-up: cannot read the schedule"),
+        }
+        let mut ramp = Ramp::new(now);
+        ramp.observe(self.store.next_due_ms().ok().flatten());
+        if ramp.active() {
+            info!(
+                burst = ramp::BURST,
+                per_second = ramp::PER_SECOND,
+                "start-up: overdue messages start gradually"
+            );
+        }
+        ramp
+    }
+
+    /// The due entries to look at in this pass, at most `limit` of each kind: those overdue
+    /// at start-up as far as the ramp allows, and those due since.
+    fn due_entries(
+        &self,
+        now: u64,
+        limit: usize,
+        ramp: &mut Ramp,
+    ) -> Result<Vec<(u64, MessageId)>, StoreError> {
+        if !ramp.active() {
+            return self.store.due(now, limit);
+        }
+        ramp.observe(self.store.next_due_ms()?);
+        if !ramp.active() {
+            return self.store.due(now, limit);
+        }
+        // Entries in flight keep their place in the schedule until their attempt ends.
+        let allowed = usize::try_from(ramp.allowance(now)).unwrap_or(usize::MAX);
+        let overdue = match allowed {
+            0 => Vec::new(),
+            n => self.store.due(
+                ramp.start_ms(),
+                n.min(limit).saturating_add(self.inflight_count()),
+            )?,
+        };
+        let mut entries = overdue;
+        entries.extend(self.store.due_after(ramp.start_ms(), now, limit)?);
+        Ok(entries)
+    }
+
     fn start_due(
         self: &Arc<Self>,
         now: u64,
         slots: &Slots,
         deliver: &Arc<dyn Deliver>,
+        ramp: &mut Ramp,
     ) -> Result<(), StoreError> {
         let (local, remote) = (
             slots.local.available_permits(),
@@ -117,7 +177,7 @@ impl Queue {
             _ => local + remote + self.inflight_count(),
         };
         let mut classified = 0;
-        for (due_ms, id) in self.store.due(now, limit.max(1))? {
+        for (due_ms, id) in self.due_entries(now, limit.max(1), ramp)? {
             if slots.local.available_permits() == 0 && slots.remote.available_permits() == 0 {
                 break;
             }
@@ -136,9 +196,13 @@ impl Queue {
                 Lane::Local => &slots.local,
                 Lane::Remote => &slots.remote,
             };
+            if due_ms <= ramp.start_ms() && ramp.active() && ramp.allowance(now) == 0 {
+                continue;
+            }
             let Ok(permit) = lane_slots.clone().try_acquire_owned() else {
                 continue;
             };
+            ramp.started(due_ms);
             let cancel = self.hold_for_attempt(&id);
             let queue = self.clone();
             let deliver = deliver.clone();

@@ -539,3 +539,65 @@ async fn notify_decides_which_notices_go_out() {
     assert_eq!(finals(with("failed")[0]), ["c3@x.test"]);
     assert!(with("delayed").is_empty());
 }
+
+#[tokio::test]
+async fn overdue_messages_start_gradually_and_new_mail_does_not_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = Queue::open(
+        dir.path(),
+        QueueSettings::new(Domain::parse("mx.test").unwrap()),
+    )
+    .unwrap();
+    let overdue = 250;
+    for _ in 0..overdue {
+        let e = envelope(&["b@x.test"], now_ms() / 1000);
+        queue.enqueue(e, b"hello".to_vec()).await.unwrap();
+    }
+    let deliver = stalling();
+    let begin = std::time::Instant::now();
+    let (_stop, stopped) = watch::channel(false);
+    // Room for every attempt at once: only the ramp holds them back.
+    let runner = tokio::spawn(queue.clone().run(deliver.clone(), 1000, stopped));
+    let started = || deliver.started.load(std::sync::atomic::Ordering::SeqCst);
+    let bound = |elapsed: Duration| {
+        (crate::ramp::BURST + elapsed.as_millis() as u64 * crate::ramp::PER_SECOND / 1000) as usize
+    };
+    for _ in 0..500 {
+        if started() >= crate::ramp::BURST as usize {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seen = started();
+    assert!(
+        seen <= bound(begin.elapsed()),
+        "{seen} overdue messages started after {:?}",
+        begin.elapsed()
+    );
+    // New mail is not held back by the ramp.
+    let local = envelope(&["a@local.test"], now_ms() / 1000);
+    queue.enqueue(local.clone(), b"hi".to_vec()).await.unwrap();
+    for _ in 0..500 {
+        if queue.store().load(&local.id).unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        queue.store().load(&local.id).unwrap().is_none(),
+        "new mail delivered"
+    );
+    for _ in 0..1000 {
+        if started() > overdue {
+            break;
+        }
+        assert!(started() <= bound(begin.elapsed()) + 1, "{}", started());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        started(),
+        overdue + 1,
+        "every overdue message started in the end"
+    );
+    runner.abort();
+}

@@ -406,17 +406,26 @@ impl Store {
         self.flush_handle(&h).await
     }
 
-    /// Makes every message that is scheduled later than `now_ms` due at `now_ms` (on
-    /// start-up: a restart retries the whole queue). Returns how many were moved.
+    /// Makes every message that is scheduled later than `now_ms` due at `now_ms` (`mta
+    /// queue flush`). Returns how many were moved.
     ///
     /// # Errors
     /// [`StoreError`] on a read, write or flush failure.
     pub async fn reschedule_all(&self, now_ms: u64) -> Result<usize, StoreError> {
+        self.reschedule_after(now_ms, now_ms).await
+    }
+
+    /// Moves every message scheduled later than `after_ms` to `to_ms`. Returns how many
+    /// were moved.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a read, write or flush failure.
+    pub async fn reschedule_after(&self, after_ms: u64, to_ms: u64) -> Result<usize, StoreError> {
         let h = self.writable().await?;
         let mut moved = 0;
         let later: Vec<sled::IVec> = self.write(&h, |h| {
             h.schedule
-                .range(schedule_key(now_ms + 1, &zero_id())..)
+                .range(schedule_key(after_ms.saturating_add(1), &zero_id())..)
                 .keys()
                 .collect::<Result<_, _>>()
                 .map_err(TransactionError::Storage)
@@ -438,9 +447,9 @@ impl Store {
                     continue;
                 }
             };
-            record.next_attempt_ms = now_ms;
+            record.next_attempt_ms = to_ms;
             let json = serde_json::to_vec(&record).expect("a Record always serialises");
-            let new_key = schedule_key(now_ms, &id);
+            let new_key = schedule_key(to_ms, &id);
             let old_key = schedule_key(due, &id);
             self.write(&h, |h| {
                 (&h.envelopes, &h.schedule).transaction(|(e, s)| {
@@ -473,6 +482,36 @@ impl Store {
                         h.schedule.remove(&key).map_err(TransactionError::Storage)
                     })?;
                 }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` messages due after `after_ms` and at or before `now_ms`, oldest first,
+    /// as (due, id).
+    ///
+    /// # Errors
+    /// [`StoreError`] when reading the schedule fails.
+    pub fn due_after(
+        &self,
+        after_ms: u64,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, MessageId)>, StoreError> {
+        let h = self.current()?;
+        let range = schedule_key(after_ms.saturating_add(1), &zero_id())
+            ..schedule_key(now_ms.saturating_add(1), &zero_id());
+        let mut out = Vec::new();
+        if range.start >= range.end {
+            return Ok(out);
+        }
+        for item in h.schedule.range(range).keys() {
+            let key = item.map_err(|e| self.fail(&h, classify(&self.path, e)))?;
+            if let Some(entry) = decode_schedule_key(&key) {
+                out.push(entry);
             }
             if out.len() >= limit {
                 break;
@@ -572,23 +611,29 @@ impl Store {
     /// Every queued record, in id (arrival) order, for `mta queue list`, then the records
     /// set aside as corrupt. Records that do not decode are returned as errors in place.
     pub fn records(&self) -> Vec<Result<Record, StoreError>> {
+        self.records_iter().collect()
+    }
+
+    /// [`Store::records`] one at a time, read from the store as they are taken: listing a
+    /// big queue holds one record in memory, not all of them.
+    pub fn records_iter(&self) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send + '_> {
         let h = match self.current() {
             Ok(h) => h,
-            Err(e) => return vec![Err(e)],
+            Err(e) => return Box::new(std::iter::once(Err(e))),
         };
         let undecodable = |k: &[u8], reason: String| StoreError::Corrupt {
             id: String::from_utf8_lossy(k).into_owned(),
             reason,
         };
-        let queued = h.envelopes.iter().map(|item| {
+        let queued = h.envelopes.iter().map(move |item| {
             let (k, v) = item.map_err(|e| classify(&self.path, e))?;
             serde_json::from_slice::<Record>(&v).map_err(|e| undecodable(&k, e.to_string()))
         });
-        let aside = h.corrupt.iter().map(|item| {
+        let aside = h.corrupt.iter().map(move |item| {
             let (k, _) = item.map_err(|e| classify(&self.path, e))?;
             Err(undecodable(&k, "set aside earlier".into()))
         });
-        queued.chain(aside).collect()
+        Box::new(queued.chain(aside))
     }
 
     /// Number of queued messages (0 while the store is unavailable).

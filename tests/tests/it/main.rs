@@ -4,6 +4,7 @@
 
 mod acme;
 mod bdat;
+mod bigqueue;
 mod clock_steps;
 mod dialogs;
 mod dkim;

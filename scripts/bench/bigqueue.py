@@ -1,0 +1,254 @@
+#!/usr/bin/env python3
+"""What a big queue to a dead destination costs `mta`.
+
+Starts dnsmasq (`dead.test` MX on 127.0.0.9), a listener on 127.0.0.9 that accepts every
+connection and closes it at once, counting them (a destination that refuses mail), and a
+fresh `mta serve` (a temporary data dir, one user without sending limits, retries after
+1 h). The user fills the queue with N messages to `dead.test` over several submission
+sessions (STARTTLS, AUTH PLAIN), then the script prints:
+
+- the accept rate (msg/s) on an empty queue and with N queued (RATE messages each);
+- the server's RSS with N queued;
+- connections to the dead MX while all N got their first attempt (one retry round);
+- connections to it in the WINDOW seconds after a restart (due times are kept: 0 expected);
+- the time to the first line, and to the end, of `mta queue list`.
+
+    scripts/bench/bigqueue.py [--mta target/debug/mta] [--quick | -n N] [--window 30]
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+CONFIG = """hostname = "bench.test"
+data_dir = "{data}"
+local_domains = ["example.test"]
+allow_root = true
+
+[dns]
+nameservers = ["127.0.0.1:{dns}"]
+
+[outbound]
+port = {mx}
+mta_sts = false
+tls_reports = false
+dane = false
+allow_internal = ["127.0.0.0/8"]
+
+[queue]
+retry_first = "1h"
+retry_max = "1h"
+
+[limits.sending]
+messages_per_hour = 0
+messages_per_day = 0
+first_time_recipients_per_day = 0
+
+[inbound]
+checks = false
+
+[listen]
+smtp = []
+submission = ["127.0.0.1:0"]
+submissions = []
+"""
+
+USER = "alice@example.test"
+PASSWORD = "bigqueue-bench-password-1"
+DEAD = "victim@dead.test"
+MX_IP = "127.0.0.9"
+
+
+def status_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {field}")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Trap:
+    """Accepts and closes every connection on MX_IP, counting them."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind((MX_IP, 0))
+        self.sock.listen(1024)
+        self.port = self.sock.getsockname()[1]
+        self.count = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.count += 1
+            c.close()
+
+    def connections(self):
+        with self.lock:
+            return self.count
+
+
+def submit(port, n, tag):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP("127.0.0.1", port, timeout=300) as s:
+        s.starttls(context=ctx)
+        s.login(USER, PASSWORD)
+        for i in range(n):
+            body = (f"From: Alice <{USER}>\r\nTo: <{DEAD}>\r\nSubject: big queue {tag} {i}\r\n"
+                    f"Message-ID: <{tag}.{i}@example.test>\r\n\r\nqueued\r\n").encode()
+            s.sendmail(USER, [DEAD], body)
+
+
+def fill(port, n, sessions, tag):
+    """Submits n messages over `sessions` sessions at once; returns msg/s."""
+    per = [n // sessions + (1 if i < n % sessions else 0) for i in range(sessions)]
+    errors = []
+
+    def one(i):
+        try:
+            submit(port, per[i], f"{tag}{i}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(sessions) if per[i]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        sys.exit(f"submission failed: {errors[0]}")
+    return n / (time.monotonic() - started)
+
+
+def serve(mta, conf, tmp):
+    out = open(os.path.join(tmp, "out"), "w+")
+    env = dict(os.environ, RUST_LOG="warn")
+    srv = subprocess.Popen([mta, "serve", "--config", conf], stdout=out,
+                           stderr=open(os.path.join(tmp, "err"), "a"), env=env)
+    for _ in range(600):
+        out.seek(0)
+        text = out.read()
+        if text.startswith("mta ready"):
+            word = next(w for w in text.split() if w.startswith("submission="))
+            return srv, int(word.rsplit(":", 1)[1])
+        if srv.poll() is not None:
+            sys.exit("mta serve exited at start-up")
+        time.sleep(0.1)
+    sys.exit("mta serve did not get ready")
+
+
+def untried(mta, conf):
+    """Messages not attempted yet, from `mta queue list`."""
+    out = subprocess.run([mta, "queue", "list", "--config", conf], check=True,
+                         capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if "  attempts 0  " in line)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--mta", default="target/release/mta")
+    p.add_argument("-n", type=int, default=100_000, help="messages to queue")
+    p.add_argument("--quick", action="store_true", help="10,000 messages")
+    p.add_argument("--rate", type=int, default=0, help="messages per rate sample")
+    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--window", type=int, default=30, help="seconds watched after the restart")
+    a = p.parse_args()
+    n = 10_000 if a.quick else a.n
+    rate_n = a.rate or max(50, min(1000, n // 10))
+    tmp = tempfile.mkdtemp(prefix="mta-bigqueue-")
+    data = os.path.join(tmp, "data")
+    conf = os.path.join(tmp, "mta.toml")
+    trap = Trap()
+    dns_port = free_port()
+    dns = subprocess.Popen(
+        ["/usr/sbin/dnsmasq", "--no-daemon", "--conf-file=/dev/null", "--pid-file=",
+         "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts",
+         f"--port={dns_port}", "--mx-host=dead.test,mx.dead.test,10",
+         f"--host-record=mx.dead.test,{MX_IP}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    srv = None
+    try:
+        with open(conf, "w") as f:
+            f.write(CONFIG.format(data=data, dns=dns_port, mx=trap.port))
+        subprocess.run([a.mta, "user", "add", USER, "--password-stdin", "--config", conf],
+                       input=(PASSWORD + "\n").encode(), check=True, stdout=subprocess.DEVNULL)
+        srv, port = serve(a.mta, conf, tmp)
+        empty_rate = fill(port, rate_n, a.sessions, "empty")
+        fill(port, max(0, n - 2 * rate_n), a.sessions, "fill")
+        full_rate = fill(port, rate_n, a.sessions, "full")
+        rss = status_kib(srv.pid, "VmRSS")
+        for _ in range(1200):
+            if untried(a.mta, conf) == 0:
+                break
+            time.sleep(1)
+        else:
+            sys.exit("not every message was tried within 20 minutes")
+        round_conns = trap.connections()
+
+        srv.send_signal(signal.SIGTERM)
+        srv.wait(timeout=120)
+        srv, port = serve(a.mta, conf, tmp)
+        before = trap.connections()
+        time.sleep(a.window)
+        restart_conns = trap.connections() - before
+
+        started = time.monotonic()
+        lister = subprocess.Popen([a.mta, "queue", "list", "--config", conf],
+                                  stdout=subprocess.PIPE, text=True)
+        first_line = lister.stdout.readline()
+        first = time.monotonic() - started
+        lines = 1 + sum(1 for _ in lister.stdout)
+        total = time.monotonic() - started
+        if lister.wait() != 0 or not first_line:
+            sys.exit("mta queue list failed")
+
+        rows = [
+            ("messages queued", f"{n}"),
+            ("accept rate, empty queue", f"{empty_rate:.0f} msg/s"),
+            (f"accept rate, {n} queued", f"{full_rate:.0f} msg/s"),
+            (f"server RSS with {n} queued", f"{rss / 1024:.1f} MiB"),
+            ("connections to the dead MX, one round", f"{round_conns}"),
+            (f"connections in the {a.window} s after a restart", f"{restart_conns}"),
+            ("mta queue list, first line", f"{first * 1000:.0f} ms"),
+            (f"mta queue list, all {lines} lines", f"{total * 1000:.0f} ms"),
+        ]
+        for label, value in rows:
+            print(f"{label + ':':<46} {value}")
+    finally:
+        if srv is not None and srv.poll() is None:
+            srv.send_signal(signal.SIGTERM)
+            try:
+                srv.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+        dns.terminate()
+        dns.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
