@@ -75,23 +75,10 @@ pub(super) fn from_raw(
         None => None,
     }
     .unwrap_or_else(|| system_domain(system_hostname));
-    let data_dir = match &raw.data_dir {
-        Some(d) if d.get_ref().is_empty() => {
-            c.error(d.span(), "data_dir", "must not be empty".to_string());
-            PathBuf::from(DEFAULT_DATA_DIR)
-        }
-        Some(d) => PathBuf::from(d.get_ref()),
-        None => PathBuf::from(DEFAULT_DATA_DIR),
-    };
+    let data_dir = c.data_dir(&raw);
     let local_domains = match &raw.local_domains {
         Some(list) => c.local_domains(list),
-        None => {
-            let mut v = vec![system_domain("localhost")];
-            if !v.contains(&hostname) {
-                v.push(hostname.clone());
-            }
-            v
-        }
+        None => default_local_domains(&hostname),
     };
     let shutdown_grace = c.duration(
         &raw.shutdown_grace,
@@ -152,6 +139,15 @@ pub(super) fn from_raw(
     (config, errors)
 }
 
+/// `local_domains` when the file has none: `localhost` and the hostname.
+fn default_local_domains(hostname: &Domain) -> Vec<Domain> {
+    let mut v = vec![system_domain("localhost")];
+    if !v.contains(hostname) {
+        v.push(hostname.clone());
+    }
+    v
+}
+
 /// The machine's name as our default hostname, or `localhost` when it is not a usable domain
 /// (a container's random name with underscores, say): defaults must never fail.
 fn system_domain(name: &str) -> Domain {
@@ -164,6 +160,18 @@ fn system_domain(name: &str) -> Domain {
 }
 
 impl Checker<'_> {
+    /// `data_dir`, never empty.
+    fn data_dir(&mut self, raw: &RawConfig) -> PathBuf {
+        match &raw.data_dir {
+            Some(d) if d.get_ref().is_empty() => {
+                self.error(d.span(), "data_dir", "must not be empty".to_string());
+                PathBuf::from(DEFAULT_DATA_DIR)
+            }
+            Some(d) => PathBuf::from(d.get_ref()),
+            None => PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+
     fn local_domains(&mut self, list: &List) -> Vec<Domain> {
         let mut domains: Vec<Domain> = Vec::new();
         for item in list.get_ref() {
