@@ -159,6 +159,13 @@ async fn exchange(
     let hello = format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id());
     write.write_all(hello.as_bytes()).await.map_err(io)?;
     handshake(&mut read).await?;
+    // Nothing may follow `DONE` before our `AUTH`: a verdict already here answers nothing
+    // we asked.
+    if !read.buffer().is_empty() {
+        return Err(DovecotError::Protocol(
+            "data after DONE before our AUTH".to_string(),
+        ));
+    }
     // `no-penalty`: our own lockout (per client address, before Dovecot is asked) does what
     // Dovecot's growing delay per `rip` would; with both, Dovecot's delay outgrows our
     // timeout and a failure becomes a `454` that our lockout does not count.

@@ -218,3 +218,18 @@ async fn a_nul_never_reaches_the_service() {
         assert!(matches!(r, Ok(Verified::Rejected)), "{login:?}: {r:?}");
     }
 }
+
+#[tokio::test]
+async fn a_verdict_sent_before_our_auth_is_not_a_login() {
+    // The handshake and an `OK` in one write, before our AUTH was sent: that `OK` answers
+    // nothing we asked.
+    for verdict in ["OK\t1\tuser=a@b.test\n", "FAIL\t1\n"] {
+        let script = format!("{HANDSHAKE}{verdict}");
+        let (dir, _task) = fake(script.into_bytes(), false).await;
+        let r = verify(&dir.path().join("auth-client"), "a@b.test", "pw", CLIENT).await;
+        assert!(
+            matches!(r, Err(DovecotError::Protocol(_))),
+            "{verdict:?}: {r:?}"
+        );
+    }
+}
