@@ -6,8 +6,8 @@
 //!
 //! Everything it says is bounded: each line at most [`MAX_LINE`] octets, the handshake at
 //! most [`MAX_HANDSHAKE_LINES`] lines, the whole exchange [`TIMEOUT`]. A missing socket, a
-//! slow or broken service, a `FAIL` marked `temp` and anything we do not understand is
-//! [`DovecotError`]: the client gets `454 4.7.0`, never a login.
+//! slow or broken service, a `FAIL` marked `temp` or `code=temp_fail` and anything we do not
+//! understand is [`DovecotError`]: the client gets `454 4.7.0`, never a login.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -46,7 +46,7 @@ pub enum DovecotError {
     /// A line we do not understand, too long, or out of place.
     #[error("Dovecot auth answered something we do not understand: {0}")]
     Protocol(String),
-    /// `FAIL` with `temp`: Dovecot cannot check it now either.
+    /// `FAIL` with `temp` or `code=temp_fail`: Dovecot cannot check it now either.
     #[error("Dovecot auth failed temporarily")]
     Temporary,
 }
@@ -231,7 +231,13 @@ fn verdict(line: &Line, login: &str) -> Result<Verified, DovecotError> {
             })
         }
         "FAIL" if ours => {
-            if line.args.iter().skip(1).any(|a| a == "temp") {
+            // `temp` (older Dovecot) or `code=temp_fail` (newer): Dovecot could not check.
+            if line
+                .args
+                .iter()
+                .skip(1)
+                .any(|a| a == "temp" || a == "code=temp_fail")
+            {
                 Err(DovecotError::Temporary)
             } else {
                 Ok(Verified::Rejected)

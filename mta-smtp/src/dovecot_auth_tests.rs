@@ -233,3 +233,13 @@ async fn a_verdict_sent_before_our_auth_is_not_a_login() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_temporary_failure_by_its_code_is_not_a_refusal() {
+    // Newer Dovecot marks an internal failure (its passdb unreachable, say) with
+    // `code=temp_fail`, not the older `temp` flag: not the client's wrong password.
+    let (r, _) = ask("FAIL\t1\tuser=alice@example.test\tcode=temp_fail\n").await;
+    assert!(matches!(r, Err(DovecotError::Temporary)), "{r:?}");
+    let (r, _) = ask("FAIL\t1\tuser=alice@example.test\tcode=user_disabled\n").await;
+    assert!(matches!(r, Ok(Verified::Rejected)), "{r:?}");
+}
