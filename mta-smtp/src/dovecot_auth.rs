@@ -120,7 +120,8 @@ pub struct Client {
 }
 
 /// Checks `login`'s `password` with Dovecot's auth service at `socket`: `Verified::User`
-/// with the user Dovecot names (`user=`, else the login) when it says `OK`,
+/// with the user Dovecot names (`user=`, else the login) when it says `OK` (without
+/// `nologin` or `proxy`),
 /// `Verified::Rejected` when it says `FAIL`, and without asking for a login or password
 /// with a NUL in it, or an empty login.
 ///
@@ -222,6 +223,27 @@ fn verdict(line: &Line, login: &str) -> Result<Verified, DovecotError> {
     };
     match line.command.as_str() {
         "OK" if ours => {
+            let flag = |name: &str| {
+                line.args
+                    .iter()
+                    .skip(1)
+                    .any(|a| a.split_once('=').map_or(a.as_str(), |(k, _)| k) == name)
+            };
+            // `proxy`: the login is for another server, which may be the one to check the
+            // password (`nopassword`); we proxy nothing.
+            if flag("proxy") || flag("proxy_maybe") {
+                return Err(DovecotError::Protocol(
+                    "OK for a login to proxy elsewhere".to_string(),
+                ));
+            }
+            // `nologin`: the password matched, but the user may not log in.
+            if flag("nologin") {
+                return if flag("temp") {
+                    Err(DovecotError::Temporary)
+                } else {
+                    Ok(Verified::Rejected)
+                };
+            }
             let user = param("user").unwrap_or(login);
             Address::parse(user).map(Verified::User).map_err(|_| {
                 DovecotError::Protocol(format!(

@@ -243,3 +243,24 @@ async fn a_temporary_failure_by_its_code_is_not_a_refusal() {
     let (r, _) = ask("FAIL\t1\tuser=alice@example.test\tcode=user_disabled\n").await;
     assert!(matches!(r, Ok(Verified::Rejected)), "{r:?}");
 }
+
+#[tokio::test]
+async fn an_ok_that_is_no_login_here_is_not_a_login() {
+    // `nologin`: the password matched but the user may not log in. `proxy`: the login is
+    // for another server (which may check the password itself: `nopassword` in the passdb).
+    for (script, want_temp) in [
+        ("OK\t1\tuser=a@b.test\tnologin\treason=maintenance\n", false),
+        ("OK\t1\tuser=a@b.test\tnologin\ttemp\n", true),
+        ("OK\t1\tuser=a@b.test\tproxy\thost=192.0.2.9\n", true),
+        ("OK\t1\tuser=a@b.test\tproxy=y\thost=192.0.2.9\n", true),
+        ("OK\t1\tuser=a@b.test\tproxy_maybe\thost=192.0.2.9\n", true),
+    ] {
+        let (r, _) = ask(script).await;
+        let ok = match r {
+            Ok(Verified::Rejected) => !want_temp,
+            Err(_) => want_temp,
+            Ok(Verified::User(_)) => false,
+        };
+        assert!(ok, "{script:?}: {r:?}");
+    }
+}
