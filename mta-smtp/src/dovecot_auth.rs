@@ -6,8 +6,8 @@
 //!
 //! Everything it says is bounded: each line at most [`MAX_LINE`] octets, the handshake at
 //! most [`MAX_HANDSHAKE_LINES`] lines, the whole exchange [`TIMEOUT`]. A missing socket, a
-//! slow or broken service, a `FAIL` marked `temp` and anything we do not understand is
-//! [`DovecotError`]: the client gets `454 4.7.0`, never a login.
+//! slow or broken service, a `FAIL` marked `temp` or `code=temp_fail` and anything we do not
+//! understand is [`DovecotError`]: the client gets `454 4.7.0`, never a login.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -46,7 +46,7 @@ pub enum DovecotError {
     /// A line we do not understand, too long, or out of place.
     #[error("Dovecot auth answered something we do not understand: {0}")]
     Protocol(String),
-    /// `FAIL` with `temp`: Dovecot cannot check it now either.
+    /// `FAIL` with `temp` or `code=temp_fail`: Dovecot cannot check it now either.
     #[error("Dovecot auth failed temporarily")]
     Temporary,
 }
@@ -120,7 +120,8 @@ pub struct Client {
 }
 
 /// Checks `login`'s `password` with Dovecot's auth service at `socket`: `Verified::User`
-/// with the user Dovecot names (`user=`, else the login) when it says `OK`,
+/// with the user Dovecot names (`user=`, else the login) when it says `OK` (without
+/// `nologin` or `proxy`),
 /// `Verified::Rejected` when it says `FAIL`, and without asking for a login or password
 /// with a NUL in it, or an empty login.
 ///
@@ -159,6 +160,13 @@ async fn exchange(
     let hello = format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id());
     write.write_all(hello.as_bytes()).await.map_err(io)?;
     handshake(&mut read).await?;
+    // Nothing may follow `DONE` before our `AUTH`: a verdict already here answers nothing
+    // we asked.
+    if !read.buffer().is_empty() {
+        return Err(DovecotError::Protocol(
+            "data after DONE before our AUTH".to_string(),
+        ));
+    }
     // `no-penalty`: our own lockout (per client address, before Dovecot is asked) does what
     // Dovecot's growing delay per `rip` would; with both, Dovecot's delay outgrows our
     // timeout and a failure becomes a `454` that our lockout does not count.
@@ -215,6 +223,27 @@ fn verdict(line: &Line, login: &str) -> Result<Verified, DovecotError> {
     };
     match line.command.as_str() {
         "OK" if ours => {
+            let flag = |name: &str| {
+                line.args
+                    .iter()
+                    .skip(1)
+                    .any(|a| a.split_once('=').map_or(a.as_str(), |(k, _)| k) == name)
+            };
+            // `proxy`: the login is for another server, which may be the one to check the
+            // password (`nopassword`); we proxy nothing.
+            if flag("proxy") || flag("proxy_maybe") {
+                return Err(DovecotError::Protocol(
+                    "OK for a login to proxy elsewhere".to_string(),
+                ));
+            }
+            // `nologin`: the password matched, but the user may not log in.
+            if flag("nologin") {
+                return if flag("temp") {
+                    Err(DovecotError::Temporary)
+                } else {
+                    Ok(Verified::Rejected)
+                };
+            }
             let user = param("user").unwrap_or(login);
             Address::parse(user).map(Verified::User).map_err(|_| {
                 DovecotError::Protocol(format!(
@@ -224,7 +253,13 @@ fn verdict(line: &Line, login: &str) -> Result<Verified, DovecotError> {
             })
         }
         "FAIL" if ours => {
-            if line.args.iter().skip(1).any(|a| a == "temp") {
+            // `temp` (older Dovecot) or `code=temp_fail` (newer): Dovecot could not check.
+            if line
+                .args
+                .iter()
+                .skip(1)
+                .any(|a| a == "temp" || a == "code=temp_fail")
+            {
                 Err(DovecotError::Temporary)
             } else {
                 Ok(Verified::Rejected)

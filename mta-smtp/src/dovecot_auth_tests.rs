@@ -218,3 +218,49 @@ async fn a_nul_never_reaches_the_service() {
         assert!(matches!(r, Ok(Verified::Rejected)), "{login:?}: {r:?}");
     }
 }
+
+#[tokio::test]
+async fn a_verdict_sent_before_our_auth_is_not_a_login() {
+    // The handshake and an `OK` in one write, before our AUTH was sent: that `OK` answers
+    // nothing we asked.
+    for verdict in ["OK\t1\tuser=a@b.test\n", "FAIL\t1\n"] {
+        let script = format!("{HANDSHAKE}{verdict}");
+        let (dir, _task) = fake(script.into_bytes(), false).await;
+        let r = verify(&dir.path().join("auth-client"), "a@b.test", "pw", CLIENT).await;
+        assert!(
+            matches!(r, Err(DovecotError::Protocol(_))),
+            "{verdict:?}: {r:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_temporary_failure_by_its_code_is_not_a_refusal() {
+    // Newer Dovecot marks an internal failure (its passdb unreachable, say) with
+    // `code=temp_fail`, not the older `temp` flag: not the client's wrong password.
+    let (r, _) = ask("FAIL\t1\tuser=alice@example.test\tcode=temp_fail\n").await;
+    assert!(matches!(r, Err(DovecotError::Temporary)), "{r:?}");
+    let (r, _) = ask("FAIL\t1\tuser=alice@example.test\tcode=user_disabled\n").await;
+    assert!(matches!(r, Ok(Verified::Rejected)), "{r:?}");
+}
+
+#[tokio::test]
+async fn an_ok_that_is_no_login_here_is_not_a_login() {
+    // `nologin`: the password matched but the user may not log in. `proxy`: the login is
+    // for another server (which may check the password itself: `nopassword` in the passdb).
+    for (script, want_temp) in [
+        ("OK\t1\tuser=a@b.test\tnologin\treason=maintenance\n", false),
+        ("OK\t1\tuser=a@b.test\tnologin\ttemp\n", true),
+        ("OK\t1\tuser=a@b.test\tproxy\thost=192.0.2.9\n", true),
+        ("OK\t1\tuser=a@b.test\tproxy=y\thost=192.0.2.9\n", true),
+        ("OK\t1\tuser=a@b.test\tproxy_maybe\thost=192.0.2.9\n", true),
+    ] {
+        let (r, _) = ask(script).await;
+        let ok = match r {
+            Ok(Verified::Rejected) => !want_temp,
+            Err(_) => want_temp,
+            Ok(Verified::User(_)) => false,
+        };
+        assert!(ok, "{script:?}: {r:?}");
+    }
+}
