@@ -424,7 +424,9 @@ pub(crate) mod tests {
         };
         let record = Record {
             envelope,
-            next_attempt_ms: u64::MAX / 4,
+            // 2100-01-01: far off, and a time a real record can hold (JSON readers keep
+            // integers exact only below 2^53).
+            next_attempt_ms: 4_102_444_800_000,
             age: Default::default(),
         };
         queue
