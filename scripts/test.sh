@@ -86,21 +86,26 @@ fi
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+# The checks that fail the run without being tests, named again in the closing line so that
+# it never reads as a pass when one of them failed.
+failed_checks=()
 # The quick checks first, before the long tests. Dependencies between the modules of each
 # crate run one way, as they do between the crates: an import cycle in any crate fails the
 # run. Clippy's warnings (among them a function over clippy.toml's line limit) fail it too.
-{ python3 scripts/module-cycles.py --self-test && python3 scripts/module-cycles.py; } || status=1
-cargo clippy --workspace --all-targets -- -D warnings || { echo "test.sh: clippy warnings" >&2; status=1; }
+{ python3 scripts/module-cycles.py --self-test && python3 scripts/module-cycles.py; } \
+  || { status=1; failed_checks+=("module cycles"); }
+cargo clippy --workspace --all-targets -- -D warnings \
+  || { echo "test.sh: clippy warnings" >&2; status=1; failed_checks+=("clippy"); }
 # The end-to-end tests in tests/ run target/debug/mta: build it first so it is never stale.
 cargo build --workspace --bins
-cargo test --workspace "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace "$@" 2>&1 | tee "$log" || { status=$?; failed_checks+=("cargo test (exit $status)"); }
 # The scripts behind the figures in docs/ (soaks, power loss, disk full, benchmarks, fuzzing),
 # in short form, each counted as one test. A run given a test filter is a developer's
 # targeted run: the short runs go with the whole suite only.
 runs=$(mktemp)
 trap 'rm -f "$log" "$runs"' EXIT
 if [ "$#" = 0 ]; then
-  scripts/short-runs.sh 2>&1 | tee "$runs" || status=1
+  scripts/short-runs.sh 2>&1 | tee "$runs" || { status=1; failed_checks+=("short runs"); }
 fi
 # One closing line for the whole run (cargo prints one per test binary, the last of which
 # is often an empty doc-test run).
@@ -109,4 +114,7 @@ fi
        END { print p + 0, f + 0 }' "$log"
   awk '/^short run [^ ]+: ok/ { p++ } /^short run [^ ]+: FAILED/ { f++ } END { print p + 0, f + 0 }' "$runs"
 } | awk '{ p += $1; f += $2 } END { printf "all tests: %d passed, %d failed\n", p, f }'
+if [ "$status" != 0 ]; then
+  echo "test.sh: FAILED (exit $status): ${failed_checks[*]:-see above}"
+fi
 exit "$status"

@@ -10,13 +10,13 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use mta_core::config::Config;
 use mta_core::date;
-use mta_core::envelope::{MessageId, RcptState};
+use mta_core::envelope::MessageId;
 use mta_queue::admin::Detail;
-use mta_queue::{Queue, QueueSettings};
 use serde_json::Value;
 
 use crate::control::{self, Listing, Request};
 use crate::control_client;
+use crate::queue_text::{printable, render_record, state};
 
 /// Queue commands. Each takes `--json` to print the control socket's JSON answer for
 /// scripts.
@@ -154,7 +154,7 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
             serde_json::from_str(&answer).context("unreadable answer from the running server")?;
         return Ok((value, Via::Server));
     }
-    let Some(queue) = open_store(config)? else {
+    let Some(queue) = crate::queue_store::open(config)? else {
         return Ok((control::execute_on_no_queue(request), Via::Store));
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -163,30 +163,6 @@ fn ask(config: &Config, request: &Request) -> anyhow::Result<(Value, Via)> {
         .context("cannot start the async runtime")?;
     let answer = runtime.block_on(control::execute(&queue, request));
     Ok((answer, Via::Store))
-}
-
-/// The queue opened directly, when no server runs; `None` when no server ever made one.
-///
-/// # Errors
-/// The queue is there but cannot be opened.
-pub fn open_store(config: &Config) -> anyhow::Result<Option<std::sync::Arc<Queue>>> {
-    let path = config.data_dir.join("queue");
-    match std::fs::metadata(&path) {
-        Ok(_) => {}
-        // The data dir is there and ours (checked by the caller), but no server ever made
-        // a queue.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot use the queue {}", path.display()));
-        }
-    }
-    let queue = Queue::open(&path, QueueSettings::from_config(config)).with_context(|| {
-        format!(
-            "cannot open the queue in {} (is mta serve starting or stopping?)",
-            path.display()
-        )
-    })?;
-    Ok(Some(queue))
 }
 
 /// The human-readable form of an answer.
@@ -209,52 +185,6 @@ fn render(request: &Request, answer: Value, via: Via) -> anyhow::Result<String> 
         }
     };
     Ok(out)
-}
-
-fn state(state: &RcptState) -> &'static str {
-    match state {
-        RcptState::Pending => "pending",
-        RcptState::Delivered => "delivered",
-        RcptState::Failed => "failed",
-    }
-}
-
-/// Text for the operator's terminal: control characters are shown escaped (`\u{1b}`),
-/// never sent.
-fn printable(text: &str) -> String {
-    mta_core::text::terminal(text, false)
-}
-
-/// One message as `mta queue list` prints it: a line for the message, one per recipient.
-pub fn render_record(rec: &mta_queue::Record, held: bool) -> String {
-    let e = &rec.envelope;
-    let next = if held {
-        "held (its user is held)".to_string()
-    } else {
-        format!("next attempt {}", date::rfc5322(rec.next_attempt_ms / 1000))
-    };
-    let mut out = format!(
-        "{}  {}  {} bytes  from {}  {next}\n",
-        e.id,
-        date::rfc5322(e.received_at),
-        e.size,
-        printable(&e.sender.to_string()),
-    );
-    for r in &e.recipients {
-        out.push_str(&format!(
-            "    {}  {}  attempts {}  {}\n",
-            printable(&r.address.to_string()),
-            state(&r.state),
-            r.attempts,
-            printable(
-                &r.last_result
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            )
-        ));
-    }
-    out
 }
 
 fn render_list(listing: &Listing) -> String {

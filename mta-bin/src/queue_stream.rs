@@ -148,7 +148,7 @@ impl<W: Write> Printer<W> {
                     writeln!(self.out, "{sep}{}", serde_json::to_string(&record)?)?;
                 } else {
                     self.out
-                        .write_all(crate::queue_cmd::render_record(&record, held).as_bytes())?;
+                        .write_all(crate::queue_text::render_record(&record, held).as_bytes())?;
                 }
                 self.records += 1;
                 // The first lines show at once; then in blocks.
@@ -215,7 +215,7 @@ pub fn list(config: &Config, json: bool) -> anyhow::Result<()> {
         }
         anyhow::bail!("the server closed the control socket before the end of the list");
     }
-    let Some(queue) = crate::queue_cmd::open_store(config)? else {
+    let Some(queue) = crate::queue_store::open(config)? else {
         // No server ever made a queue here: an empty one.
         printer.line(&serde_json::to_string(&Line::End { end: 0 })?)?;
         return Ok(());

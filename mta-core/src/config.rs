@@ -22,6 +22,7 @@ mod file;
 mod local;
 mod milter;
 mod outbound;
+mod print;
 mod process;
 mod senders;
 mod sending;
@@ -716,7 +717,7 @@ impl Config {
     /// back to an equal `Config`. Paths that are not UTF-8 are written lossily, and
     /// durations in whole seconds (rounded up).
     pub fn to_toml(&self) -> String {
-        file::write(self)
+        print::write(self)
     }
 
     /// The addresses `alias` delivers to, or `None` if it is not an alias (compared by

@@ -8,11 +8,10 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
 
 use super::Tls;
 use super::checker::Checker;
-use super::file::{List, S};
+use super::file::{List, RawAcme, S};
 use crate::address::{Address, Domain};
 
 /// Let's Encrypt's production directory, the default CA.
@@ -67,20 +66,6 @@ pub struct Acme {
     /// Renew when less than this is left of the certificate; `None`: when a third of its
     /// lifetime is left (Let's Encrypt's advice), with jitter.
     pub renew_before: Option<Duration>,
-}
-
-/// `[acme]` as the file gives it.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RawAcme {
-    pub directory: Option<S<String>>,
-    pub contact: Option<List>,
-    pub names: Option<List>,
-    pub challenge: Option<S<String>>,
-    pub http_listen: Option<S<String>>,
-    pub tls_alpn_listen: Option<S<String>>,
-    pub ca_root: Option<S<String>>,
-    pub renew_before: Option<S<String>>,
 }
 
 impl Checker<'_> {

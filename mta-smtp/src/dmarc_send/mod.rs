@@ -225,31 +225,22 @@ impl Recorder {
     }
 }
 
-/// Counts one message whose checks ended in `verdict`, when its `From:` domain publishes a
-/// DMARC record: refused (`550`) is `reject`, marked as spam `quarantine`, else `none`; a
-/// message deferred (`451`) comes back and is counted then.
+/// Counts one message with `disposition` (what the checks did with it: refused with `550`
+/// is `reject`, marked as spam `quarantine`, else `none`), when its `From:` domain publishes
+/// a DMARC record.
 pub fn record_verdict(
     recorder: &Recorder,
-    verdict: &crate::server::authcheck::Verdict,
+    disposition: mail_auth::report::ActionDisposition,
     ip: std::net::IpAddr,
     envelope_from: &str,
     spf: &mail_auth::SpfOutput,
     dkim: &[mail_auth::DkimOutput<'_>],
     dmarc: &mail_auth::DmarcOutput,
 ) {
-    use crate::server::authcheck::Verdict;
-    use mail_auth::report::{ActionDisposition, SPFDomainScope};
+    use mail_auth::report::SPFDomainScope;
     if dmarc.dmarc_record().is_none() || dmarc.domain().is_empty() {
         return;
     }
-    let disposition = match verdict {
-        Verdict::Refuse { reply, .. } if reply.is_permanent() => ActionDisposition::Reject,
-        Verdict::Refuse { .. } => return,
-        Verdict::Accept { fields, .. } if fields.contains("\r\nX-Spam-Flag: YES\r\n") => {
-            ActionDisposition::Quarantine
-        }
-        Verdict::Accept { .. } => ActionDisposition::None,
-    };
     let mut record = Record::new()
         .with_source_ip(ip)
         .with_header_from(dmarc.domain())

@@ -63,6 +63,23 @@ pub enum Verdict {
     },
 }
 
+impl Verdict {
+    /// What a DMARC aggregate report says was done with the message: refused (`550`) is
+    /// `reject`, marked as spam `quarantine`, else `none`; `None` for a message deferred
+    /// (`451`), counted when it comes back.
+    fn dmarc_disposition(&self) -> Option<mail_auth::report::ActionDisposition> {
+        use mail_auth::report::ActionDisposition;
+        Some(match self {
+            Verdict::Refuse { reply, .. } if reply.is_permanent() => ActionDisposition::Reject,
+            Verdict::Refuse { .. } => return None,
+            Verdict::Accept { fields, .. } if fields.contains("\r\nX-Spam-Flag: YES\r\n") => {
+                ActionDisposition::Quarantine
+            }
+            Verdict::Accept { .. } => ActionDisposition::None,
+        })
+    }
+}
+
 /// The message's sender as SPF and the header want it: the address, or empty for `<>`.
 fn sender_text(from: &ReversePath) -> String {
     from.address().map(|a| a.to_string()).unwrap_or_default()
@@ -159,10 +176,12 @@ impl Checker {
             dmarc: dmarc.as_ref(),
         };
         let verdict = self.decide(&outputs, ip, &sender, helo);
-        if let (Some(recorder), Some(dmarc)) = (&self.recorder, &dmarc) {
+        if let (Some(recorder), Some(dmarc), Some(disposition)) =
+            (&self.recorder, &dmarc, verdict.dmarc_disposition())
+        {
             crate::dmarc_send::record_verdict(
                 recorder,
-                &verdict,
+                disposition,
                 ip,
                 &spf_domain,
                 &spf,
