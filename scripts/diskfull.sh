@@ -190,7 +190,20 @@ EOF
   fi
   for _ in $(seq 120); do check_delivered "$r" >/dev/null && break; sleep 0.5; done
   if [ "$CONTROL" = 1 ]; then
-    victim=$(grep -l "Message-ID: <r$r-" "$mnt/mail/example.test/bob/Maildir/new/"* 2>/dev/null | head -n1 || true)
+    # A message the client saw accepted and that arrived once: one whose 250 was lost with
+    # its session, or that arrived twice, would not be missed.
+    victim=$("$PYTHON" - "$work/load.$r" "$mnt/mail/example.test/bob/Maildir/new" <<'EOF'
+import collections, os, sys
+want = {l.split()[1] for l in open(sys.argv[1]) if l.startswith("accepted ")}
+files = collections.defaultdict(list)
+d = sys.argv[2]
+for f in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+    head = open(os.path.join(d, f), "rb").read(4096).decode("latin-1")
+    i = head.find("Message-ID: <")
+    if i >= 0: files[head[i + 13:head.find("@test>", i)]].append(os.path.join(d, f))
+print(next((p[0] for m, p in sorted(files.items()) if m in want and len(p) == 1), ""))
+EOF
+)
     [ -n "$victim" ] || { echo "diskfull: control: no delivered message to remove"; exit 1; }
     rm -f "$victim"
   fi
