@@ -49,7 +49,7 @@ def main():
         f.write(
             f'hostname = "mx.example.test"\ndata_dir = "{tmp}/data"\n'
             'local_domains = ["example.test"]\nallow_root = true\n'
-            f"[limits]\nmax_sessions_per_ip = {n + 10}\nauth_failures = 100\n"
+            f"[limits]\nmax_sessions_per_ip = {n + 10}\nmax_sessions_per_network = {n + 10}\nauth_failures = 100\n"
             "[inbound]\nchecks = false\n"
             '[listen]\nsmtp = ["127.0.0.1:0"]\nsubmission = ["127.0.0.1:0"]\n'
             'submissions = ["127.0.0.1:0"]\n'
@@ -66,8 +66,8 @@ def main():
         tls = ssl.create_default_context()
         tls.check_hostname = False
         tls.verify_mode = ssl.CERT_NONE
-        sessions_open = threading.Barrier(n + 1)
-        go = threading.Barrier(n + 1)
+        sessions_open = threading.Barrier(n + 1, timeout=120)
+        go = threading.Barrier(n + 1, timeout=120)
         replies = []
         lock = threading.Lock()
 

@@ -27,8 +27,9 @@
 #            MAIL, RCPT, DATA, QUIT), mta and Postfix, from mta-load (bench/): msg/s, TLS
 #            handshakes/s, dot-to-250 p50/p99, server and client CPU per message.
 #   submission  20 sessions of 10 messages each with STARTTLS + AUTH PLAIN (port 587 style),
-#            and the same with TLS from the first byte (port 465 style), mta and Postfix (its
-#            SASL through a private Dovecot's auth socket).
+#            and the same with TLS from the first byte (port 465 style), mta, Postfix (its
+#            SASL through a private Dovecot's auth socket) and chasquid (its own users; unpacked
+#            from its Debian package with OpenSMTPD's mail.maildir as its delivery agent).
 # Knobs (environment): BENCH_ROUNDS, BENCH_MSGS (20 sessions, 5 KiB), BENCH_MSGS_1 (1
 # session), BENCH_MSGS_BIG (100 KiB), BENCH_RELAY_MSGS, BENCH_FSYNC_MSGS, BENCH_IDLE,
 # BENCH_PF_IDLE, BENCH_PROBE_INTERVAL, BENCH_TLS_MSGS (tls25), BENCH_SUB_MSGS and
@@ -40,7 +41,9 @@
 # smtp-source, smtp-sink and the Postfix under test; a system Postfix is left alone: the
 # private one has its own config, queue and data directories and ports), dnsmasq-base,
 # strace, openssl and dovecot-core (Postfix's SASL; only its auth service runs, privately)
-# with apt-get when missing. Every process started here is stopped on exit.
+# with apt-get when missing; for the submission rows, fetches the chasquid and opensmtpd
+# packages with apt-get download into target/bench/debs and unpacks them there (not
+# installed). Every process started here is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -50,7 +53,7 @@ for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --smoke) smoke=1 ;;
-    -h|--help) sed -n '2,43p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -255,8 +258,50 @@ pids+=("$SINK_PID")
 wait_port 127.0.0.1 "$SINK_PORT" || die "smtp-sink does not answer"
 SINK_ADDR=127.0.0.1:$SINK_PORT
 
+# --- chasquid, for the submission rows: unpacked from the Debian packages (not installed),
+# its own user database (scrypt), the bench certificate, and OpenSMTPD's mail.maildir as the
+# delivery agent it runs for each message (tmp/ then new/, as a Maildir wants).
+if [[ $TESTS == *" submission "* ]]; then
+  debs=$repo/target/bench/debs
+  cqroot=$debs/root
+  if [ ! -x "$cqroot/usr/bin/chasquid" ] || [ ! -x "$cqroot/usr/libexec/opensmtpd/mail.maildir" ]; then
+    mkdir -p "$debs" "$cqroot"
+    log "fetching chasquid and opensmtpd (apt-get download; unpacked, not installed)"
+    (cd "$debs" && { apt-get download chasquid opensmtpd || { apt-get update -qq && apt-get download chasquid opensmtpd; }; }) >/dev/null 2>&1 \
+      || die "apt-get download chasquid opensmtpd failed"
+    for deb in "$debs"/chasquid_*.deb "$debs"/opensmtpd_*.deb; do dpkg -x "$deb" "$cqroot"; done
+  fi
+  cq=$dir/chasquid
+  CQ_SUB_PORT=$(free_port 127.0.0.1) CQ_SUBS_PORT=$(free_port 127.0.0.1) CQ_SMTP_PORT=$(free_port 127.0.0.1)
+  mkdir -p "$cq/etc/domains/local.test" "$cq/etc/certs/bench.test" "$cq/data" "$cq/mail/Maildir/"{cur,new,tmp}
+  cp "$tls/cert.pem" "$cq/etc/certs/bench.test/fullchain.pem"
+  cp "$tls/key.pem" "$cq/etc/certs/bench.test/privkey.pem"
+  cat >"$cq/etc/chasquid.conf" <<EOF
+hostname: "bench.test"
+max_data_size_mb: 50
+smtp_address: "127.0.0.1:$CQ_SMTP_PORT"
+submission_address: "127.0.0.1:$CQ_SUB_PORT"
+submission_over_tls_address: "127.0.0.1:$CQ_SUBS_PORT"
+mail_delivery_agent_bin: "$cqroot/usr/libexec/opensmtpd/mail.maildir"
+mail_delivery_agent_args: "$cq/mail/Maildir"
+data_dir: "$cq/data"
+mail_log_path: "$cq/mail.log"
+EOF
+  "$cqroot/usr/bin/chasquid-util" --configdir="$cq/etc" user-add u@local.test --password=bench-password-1 >/dev/null
+  # As user mail, as the package runs it (the delivery agent refuses to run as root).
+  chown -R mail:mail "$cq"
+  setpriv --reuid=mail --regid=mail --init-groups "$cqroot/usr/bin/chasquid" --config_dir="$cq/etc" \
+    --logfile="$cq/chasquid.log" >/dev/null 2>&1 &
+  CQ_PID=$!
+  pids+=("$CQ_PID")
+  wait_port 127.0.0.1 "$CQ_SUBS_PORT" || die "chasquid does not answer on 127.0.0.1:$CQ_SUBS_PORT"
+  CQ_SUB=127.0.0.1:$CQ_SUB_PORT CQ_SUBS=127.0.0.1:$CQ_SUBS_PORT
+  CQ_MAILDIR=$cq/mail
+  log "chasquid on $CQ_SUB and $CQ_SUBS (pid $CQ_PID)"
+fi
+
 addr_of() { case "$1" in mta) echo "$MTA_ADDR" ;; postfix) echo "$PF_ADDR" ;; sink) echo "$SINK_ADDR" ;; esac; }
-maildir_of() { case "$1" in mta) echo "$MTA_MAILDIR" ;; postfix) echo "$PF_MAILDIR" ;; *) echo "" ;; esac; }
+maildir_of() { case "$1" in mta) echo "$MTA_MAILDIR" ;; postfix) echo "$PF_MAILDIR" ;; chasquid) echo "$CQ_MAILDIR" ;; *) echo "" ;; esac; }
 # CPU time (clock ticks) a server has used so far, all its processes: mta and smtp-sink are
 # one process each; for Postfix, the master with its reaped children plus every live child,
 # and the same for the private Dovecot (Postfix's SASL).
@@ -265,6 +310,8 @@ cpu_ticks() {
   case "$1" in
     mta) awk '{print $14 + $15}' "/proc/$MTA_PID/stat" ;;
     sink) awk '{print $14 + $15}' "/proc/$SINK_PID/stat" ;;
+    # chasquid and the delivery agent it runs per message (reaped: cutime, cstime).
+    chasquid) awk '{print $14 + $15 + $16 + $17}' "/proc/$CQ_PID/stat" ;;
     postfix)
       # With the private Dovecot's (master and auth process), which checks Postfix's AUTH.
       { for m in "$PF_MASTER" "$DV_MASTER"; do
@@ -399,8 +446,8 @@ tls_run() { # tls_run TEST SERVER ROUND N ADDR MTA-LOAD-ARGS...
   log "$test $srv r$round: ${rate:-NaN} msg/s (load $l, $cpu ms server CPU per message) $res"
   set_aside "$md"
 }
-sub_of() { case "$1" in mta) echo "$MTA_SUB" ;; postfix) echo "$PF_SUB" ;; esac; }
-subs_of() { case "$1" in mta) echo "$MTA_SUBS" ;; postfix) echo "$PF_SUBS" ;; esac; }
+sub_of() { case "$1" in mta) echo "$MTA_SUB" ;; postfix) echo "$PF_SUB" ;; chasquid) echo "$CQ_SUB" ;; esac; }
+subs_of() { case "$1" in mta) echo "$MTA_SUBS" ;; postfix) echo "$PF_SUBS" ;; chasquid) echo "$CQ_SUBS" ;; esac; }
 if [[ $TESTS == *" tls25 "* ]]; then
   for r in $(seq 1 "$ROUNDS"); do
     for srv in mta postfix; do
@@ -411,11 +458,11 @@ if [[ $TESTS == *" tls25 "* ]]; then
 fi
 if [[ $TESTS == *" submission "* ]]; then
   for r in $(seq 1 "$ROUNDS"); do
-    for srv in mta postfix; do
+    for srv in mta postfix chasquid; do
       tls_run "submission-s20x$SUB_PER-5KiB" "$srv" "$r" "$SUB_MSGS" "$(sub_of "$srv")" --mode submission \
         --per-session "$SUB_PER" --from u@local.test --user u@local.test --password bench-password-1
     done
-    for srv in mta postfix; do
+    for srv in mta postfix chasquid; do
       tls_run "submissions-s20x$SUB_PER-5KiB" "$srv" "$r" "$SUB_MSGS" "$(subs_of "$srv")" --mode submission \
         --implicit --per-session "$SUB_PER" --from u@local.test --user u@local.test --password bench-password-1
     done
@@ -522,7 +569,7 @@ if [ "$smoke" = 1 ]; then
   [[ $TESTS == *" big "* ]] && want+=(big-25MiB:mta)
   [[ $TESTS == *" tls25 "* ]] && want+=(tls25-s20-5KiB:mta tls25-s20-5KiB:postfix)
   [[ $TESTS == *" submission "* ]] && for t in submission submissions; do
-    for srv in mta postfix; do want+=("$t-s20x$SUB_PER-5KiB:$srv"); done; done
+    for srv in mta postfix chasquid; do want+=("$t-s20x$SUB_PER-5KiB:$srv"); done; done
   missing=0
   for w in "${want[@]}"; do
     if ! awk -F'\t' -v t="${w%%:*}" -v s="${w#*:}" \

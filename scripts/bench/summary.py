@@ -65,6 +65,11 @@ def main():
                 "submissions": f"submission, implicit TLS + AUTH, 20 sessions × {shape.split('x')[-1]} messages, 5 KiB (msg/s)"}[kind]
         m, p = med(test, "mta"), med(test, "postfix")
         print(f"| {name} | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
+        q = med(test, "chasquid")
+        if q is not None:
+            cq = probe(test, "chasquid", "cpu_ms_per_msg")
+            print(f"| … chasquid: msg/s, and mta / chasquid; its CPU per message (ms) {fmt(cq, 2)} "
+                  f"| {fmt(q)} | | | {ratio(m, q)} | |")
         cells = [f"{fmt(probe(test, srv, 'p50_ms'), 1)} / {fmt(probe(test, srv, 'p99_ms'), 1)}" for srv in ("mta", "postfix")]
         print(f"| … dot → 250, p50 / p99 (ms) | {cells[0]} | {cells[1]} | | | |")
         h = [probe(test, srv, "handshakes_per_s") for srv in ("mta", "postfix")]

@@ -48,8 +48,9 @@ pub const TRUST: Duration = Duration::from_secs(30 * 24 * 3600);
 const MAX_TRUSTED: usize = 8;
 /// The longest an attempt is delayed: short enough for a mail client's reply timeout.
 pub const MAX_DELAY: Duration = Duration::from_secs(30);
-/// Argon2 checks waiting for their turn, beyond those running.
-pub const MAX_WAITING: usize = 16;
+/// Argon2 checks waiting for their turn, beyond those running: a waiting check holds no
+/// argon2 memory, and an office behind one address may open twenty sessions at once.
+pub const MAX_WAITING: usize = 64;
 /// The longest a check waits for its turn.
 pub const MAX_WAIT: Duration = Duration::from_secs(10);
 
