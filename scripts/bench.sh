@@ -16,7 +16,8 @@
 #            Maildir recipient (u@local.test); msg/s and the probe's p50/p99. The 20 sessions
 #            of 5 KiB twice: one `smtp-source -s 20` (accept-s20) and 20 `smtp-source -s 1`
 #            processes (accept-p20: one stalled connection does not hold up the other 19).
-#   relay    20 sessions to a remote domain; msg/s from the first submission to the last
+#   relay    20 sessions to a remote domain (one smtp-source -s 20, and 20 smtp-source -s 1
+#            processes: relay-p20); msg/s from the first submission to the last
 #            message counted by an smtp-sink on 127.0.0.2 (mta finds it by MX through a
 #            dnsmasq on loopback, Postfix through a transport map).
 #   idle     RSS of a fresh mta with 0 and BENCH_IDLE sessions held open after EHLO (from 50
@@ -380,8 +381,10 @@ accept_run() { # accept_run TEST SERVER ROUND SESSIONS N SIZE [PROCS]
   if [ -n "$md" ]; then set_aside "$md"; fi
 }
 
-relay_run() { # relay_run SERVER ROUND N: first submission to the N-th message at the sink
-  local srv=$1 round=$2 n=$3 rcpt sp wp t0 l i tend secs rate accept
+relay_run() { # relay_run SERVER ROUND N [PROCS]: first submission to the N-th message at the sink
+  local srv=$1 round=$2 n=$3 procs=${4:-1} rcpt sp wp t0 l i tend secs rate accept test=relay-s20-5KiB
+  local k share cp=() rc=0
+  [ "$procs" = 1 ] || test=relay-p$procs-5KiB
   case "$srv" in mta) rcpt=fwd@local.test ;; *) rcpt=u@relay.test ;; esac
   rm -f "$dir/sink.mark" "$dir/sink.mark.final" "$dir/sink.fifo"; mkfifo "$dir/sink.fifo"
   python3 "$probe" sinkcount "$n" "$dir/sink.mark" <"$dir/sink.fifo" & wp=$!
@@ -392,8 +395,22 @@ relay_run() { # relay_run SERVER ROUND N: first submission to the N-th message a
   l=$(load1)
   t0=$(date +%s.%N)
   rm -f "$dir/probe.stop"
-  timeout 900 "$src" -s 20 -m "$n" -l 5120 -f sender@remote.test -t "$rcpt" \
-    -M bench-client.test "$(addr_of "$srv")" >"$dir/source.out" 2>&1 || { cat "$dir/source.out" >&2; die "smtp-source failed"; }
+  if [ "$procs" = 1 ]; then
+    timeout 900 "$src" -s 20 -m "$n" -l 5120 -f sender@remote.test -t "$rcpt" \
+      -M bench-client.test "$(addr_of "$srv")" >"$dir/source.out" 2>&1 || rc=$?
+  else
+    # PROCS processes of one session each share the N messages, as in accept-p20.
+    for k in $(seq 1 "$procs"); do
+      share=$((n / procs + (k <= n % procs ? 1 : 0)))
+      [ "$share" -gt 0 ] || continue
+      timeout 900 "$src" -s 1 -m "$share" -l 5120 -f sender@remote.test -t "$rcpt" \
+        -M bench-client.test "$(addr_of "$srv")" >"$dir/source.out.$k" 2>&1 & cp+=($!)
+    done
+    for k in "${cp[@]}"; do wait "$k" || rc=$?; done
+    cat "$dir"/source.out.* >"$dir/source.out" 2>/dev/null || true
+    rm -f "$dir"/source.out.*
+  fi
+  [ "$rc" = 0 ] || { cat "$dir/source.out" >&2; die "smtp-source failed (rc=$rc)"; }
   accept=$(awk -v n="$n" -v t="$(secs_since "$t0")" 'BEGIN{printf "%.0f", n/t}')
   for i in $(seq 1 2400); do [ -s "$dir/sink.mark" ] && break; sleep 0.25; done
   stop_pid "$sp"; wait "$wp" 2>/dev/null || true
@@ -404,8 +421,8 @@ relay_run() { # relay_run SERVER ROUND N: first submission to the N-th message a
   else
     secs=NaN rate=NaN
   fi
-  record relay-s20-5KiB "$srv" "$round" "$rate" msg/s "$l" "secs=$secs accept_msg_per_s=$accept sink_got=$(cat "$dir/sink.mark.final" 2>/dev/null)"
-  log "relay $srv r$round: $rate msg/s end to end ($secs s; accepted at $accept msg/s; load $l; sink got $(cat "$dir/sink.mark.final" 2>/dev/null))"
+  record "$test" "$srv" "$round" "$rate" msg/s "$l" "secs=$secs accept_msg_per_s=$accept sink_got=$(cat "$dir/sink.mark.final" 2>/dev/null)"
+  log "$test $srv r$round: $rate msg/s end to end ($secs s; accepted at $accept msg/s; load $l; sink got $(cat "$dir/sink.mark.final" 2>/dev/null))"
   # Let the server record its deliveries before the next run.
   sleep 2
 }
@@ -422,6 +439,7 @@ fi
 if [[ $TESTS == *" relay "* ]]; then
   for r in $(seq 1 "$ROUNDS"); do
     for srv in mta postfix; do relay_run "$srv" "$r" "$RELAY_MSGS"; done
+    for srv in mta postfix; do relay_run "$srv" "$r" "$RELAY_MSGS" 20; done
   done
 fi
 
@@ -563,7 +581,7 @@ if [ "$smoke" = 1 ]; then
   want=()
   [[ $TESTS == *" accept "* ]] && for t in accept-s20-5KiB accept-p20-5KiB accept-s1-5KiB accept-s20-100KiB; do
     for srv in mta postfix sink; do want+=("$t:$srv"); done; done
-  [[ $TESTS == *" relay "* ]] && want+=(relay-s20-5KiB:mta relay-s20-5KiB:postfix)
+  [[ $TESTS == *" relay "* ]] && want+=(relay-s20-5KiB:mta relay-s20-5KiB:postfix relay-p20-5KiB:mta relay-p20-5KiB:postfix)
   [[ $TESTS == *" fsync "* ]] && want+=(fsync-s20:mta fsync-s20:postfix)
   [[ $TESTS == *" idle "* ]] && want+=(idle-rss:mta idle-rss:postfix)
   [[ $TESTS == *" big "* ]] && want+=(big-25MiB:mta)
