@@ -23,7 +23,14 @@
 #   idle     RSS of a fresh mta with 0 and BENCH_IDLE sessions held open after EHLO (from 50
 #            loopback source addresses); PSS per smtpd process for Postfix.
 #   fsync    fsync+fdatasync per accepted message at 20 sessions (strace -f), mta and Postfix.
+#   idle10k  BENCH_IDLE_MANY (10,000) sessions held open after EHLO on a fresh mta, from
+#            one loopback address per 20 sessions (each in its own /24, spread over 200
+#            /16s): RSS growth per session, and one more client's message sent meanwhile (its
+#            reply and the time from connect to the 250). mta only.
 #   big      peak RSS (VmHWM) of a fresh mta before and after one 25 MiB message.
+#   big50    BENCH_BIG_SESSIONS (50) concurrent 25 MiB messages on a fresh mta
+#            (scripts/bench/memory.py): peak RSS growth against limits.message_memory, the
+#            replies (250 / 452 4.3.1), and every accepted message delivered. mta only.
 #   tls25    STARTTLS on port 25: 20 sessions, one 5 KiB message each (EHLO, STARTTLS, EHLO,
 #            MAIL, RCPT, DATA, QUIT), mta and Postfix, from mta-load (bench/): msg/s, TLS
 #            handshakes/s, dot-to-250 p50/p99, server and client CPU per message.
@@ -34,8 +41,8 @@
 # Knobs (environment): BENCH_ROUNDS, BENCH_MSGS (20 sessions, 5 KiB), BENCH_MSGS_1 (1
 # session), BENCH_MSGS_BIG (100 KiB), BENCH_RELAY_MSGS, BENCH_FSYNC_MSGS, BENCH_IDLE,
 # BENCH_PF_IDLE, BENCH_PROBE_INTERVAL, BENCH_TLS_MSGS (tls25), BENCH_SUB_MSGS and
-# BENCH_SUB_PER_SESSION (submission), BENCH_TESTS (default "accept relay idle fsync big
-# tls25 submission"),
+# BENCH_SUB_PER_SESSION (submission), BENCH_IDLE_MANY (idle10k), BENCH_BIG_SESSIONS (big50),
+# BENCH_TESTS (default "accept relay idle idle10k fsync big big50 tls25 submission"),
 # BENCH_KEEP=1 keeps the work directory. Raw results: target/bench/results-TIME.tsv.
 #
 # Needs root (Postfix's daemons and smtp-sink drop privileges). Installs postfix (for
@@ -54,13 +61,15 @@ for arg in "$@"; do
   case "$arg" in
     --quick) quick=1 ;;
     --smoke) smoke=1 ;;
-    -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^set -euo/ { exit } NR > 1' "$0"; exit 0 ;;
     *) echo "bench: unknown argument $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 d_idle=1000 d_pf_idle=100
+d_idle_many=10000 d_big_sessions=50
 d_sub_per=10
 if [ "$smoke" = 1 ]; then d_rounds=1 d_msgs=40 d_msgs1=10 d_big=10 d_fsync=20 d_idle=20 d_pf_idle=5
+  d_idle_many=200 d_big_sessions=4
   d_tls=40 d_sub=40 d_sub_per=2
 elif [ "$quick" = 1 ]; then d_rounds=1 d_msgs=3000 d_msgs1=1000 d_big=600 d_fsync=1000 d_tls=1000 d_sub=1000
 else d_rounds=3 d_msgs=5000 d_msgs1=2000 d_big=2000 d_fsync=3000 d_tls=3000 d_sub=3000; fi
@@ -72,11 +81,13 @@ RELAY_MSGS=${BENCH_RELAY_MSGS:-$MSGS}
 FSYNC_MSGS=${BENCH_FSYNC_MSGS:-$d_fsync}
 IDLE=${BENCH_IDLE:-$d_idle}
 PF_IDLE=${BENCH_PF_IDLE:-$d_pf_idle}
+IDLE_MANY=${BENCH_IDLE_MANY:-$d_idle_many}
+BIG_SESSIONS=${BENCH_BIG_SESSIONS:-$d_big_sessions}
 PROBE_INTERVAL=${BENCH_PROBE_INTERVAL:-0.01}
 TLS_MSGS=${BENCH_TLS_MSGS:-$d_tls}
 SUB_MSGS=${BENCH_SUB_MSGS:-$d_sub}
 SUB_PER=${BENCH_SUB_PER_SESSION:-$d_sub_per}
-TESTS=" ${BENCH_TESTS:-accept relay idle fsync big tls25 submission} "
+TESTS=" ${BENCH_TESTS:-accept relay idle idle10k fsync big big50 tls25 submission} "
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { log "bench: $*"; exit 1; }
@@ -191,6 +202,7 @@ start_mta() { # start_mta NAME: sets mta_pid and mta_addr
   local d=$dir/$1
   mkdir -p "$d"
   sed -e "s|@DATA@|$d/data|" -e "s|@DNS_PORT@|$dns_port|" -e "s|@RELAY_PORT@|$relay_port|" \
+    -e "s|@MAX_SESSIONS@|${max_sessions:-2000}|" \
     -e "s|@TLS_CERT@|$tls/cert.pem|" -e "s|@TLS_KEY@|$tls/key.pem|" \
     "$repo/scripts/bench/mta.toml.in" >"$d/mta.toml"
   echo 'bench-password-1' | "$mta" user add u@local.test --password-stdin --config "$d/mta.toml" >/dev/null
@@ -206,7 +218,15 @@ start_mta() { # start_mta NAME: sets mta_pid and mta_addr
 }
 stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-ulimit -n 8192
+# Descriptors: mta raises its own soft limit to the hard one, probe.py too; the hard limit
+# must leave room for the idle10k row's sessions (one descriptor each, on both sides).
+hard_nofile=$(ulimit -H -n)
+if [ "$hard_nofile" != unlimited ] && [ "$hard_nofile" -lt $((IDLE_MANY + 4096)) ]; then
+  # Root may raise it, unless a container keeps CAP_SYS_RESOURCE from it.
+  ulimit -H -n $((IDLE_MANY + 4096)) 2>/dev/null ||
+    log "WARN: hard limit on open files $hard_nofile: too low for $IDLE_MANY idle sessions (idle10k)"
+fi
+[ "$(ulimit -H -n)" = unlimited ] || [ "$(ulimit -H -n)" -ge 8192 ] && ulimit -S -n 8192
 start_mta mta
 MTA_PID=$mta_pid MTA_ADDR=$mta_addr MTA_SUB=$mta_sub MTA_SUBS=$mta_subs
 MTA_MAILDIR=$dir/mta/data/mail
@@ -519,10 +539,10 @@ if [[ $TESTS == *" fsync "* ]]; then
 fi
 
 # --- idle sessions
-hold_run() { # hold_run ADDR N: hold N sessions; runs $on_ready while they are held
+hold_run() { # hold_run ADDR N [PROBE-ARGS...]: hold N sessions; runs $on_ready while they are held
   rm -f "$dir/hold.ready" "$dir/hold.stop"
   python3 "$probe" hold "$1" "$2" --sources 50 --ready "$dir/hold.ready" --stop-file "$dir/hold.stop" \
-    --max-s 300 >"$dir/hold.out" 2>&1 & local hp=$! i
+    --max-s 300 "${@:3}" >"$dir/hold.out" 2>&1 & local hp=$! i
   for i in $(seq 1 1200); do [ -s "$dir/hold.ready" ] && break; kill -0 "$hp" 2>/dev/null || break; sleep 0.25; done
   sleep 2
   "$on_ready"
@@ -555,6 +575,37 @@ if [[ $TESTS == *" idle "* ]]; then
   log "idle postfix: $pf_n smtpd processes for $PF_IDLE sessions, $per KiB PSS each ($hold_result; load $l)"
 fi
 
+# --- many idle sessions at once, and one more client's message meanwhile
+if [[ $TESTS == *" idle10k "* ]]; then
+  # The sessions plus the one more client, and room to spare; the caps per client stay
+  # those of the config: 20 sessions per source address, each address in its own /24.
+  max_sessions=$((IDLE_MANY + 100)) start_mta idle10k
+  sleep 2
+  l=$(load1)
+  rss0=$(kib "$mta_pid" VmRSS)
+  many_ready() { # with the sessions held: the server's RSS and descriptors, then one message
+    rss1=$(kib "$mta_pid" VmRSS)
+    fds=$(find "/proc/$mta_pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+    one=$(timeout 120 python3 "$probe" send1 "$mta_addr" u@local.test 5120 2>&1 | tail -n1) || true
+  }
+  t0=$(date +%s.%N)
+  on_ready=many_ready hold_run "$mta_addr" "$IDLE_MANY" --spread --sources $(((IDLE_MANY + 19) / 20)) --max-s 120
+  secs=$(secs_since "$t0")
+  per=$(awk -v a="$rss0" -v b="$rss1" -v n="$IDLE_MANY" 'BEGIN{printf "%.1f", (b-a)/n}')
+  reply=$(sed -n 's/^reply=\([0-9]*\).*/\1/p' <<<"$one")
+  ms=$(sed -n 's/.* connect_to_reply_ms=\([0-9.]*\).*/\1/p' <<<"$one")
+  [ "$reply" = 250 ] && wait_delivered "$dir/idle10k/data/mail" 1
+  established=$(sed -n 's/^established=\([0-9]*\).*/\1/p' <<<"$hold_result")
+  [ "${established:-0}" = "$IDLE_MANY" ] || log "WARN: idle10k: $hold_result"
+  [ "$smoke" = 0 ] || { [ "${established:-0}" = "$IDLE_MANY" ] && [ "$reply" = 250 ]; } ||
+    die "idle10k: not every session held, or the message sent meanwhile refused: $hold_result; ${one:-no answer}"
+  record idle10k mta 1 "$per" KiB/session "$l" "sessions=$IDLE_MANY rss_idle_kib=$rss0 rss_held_kib=$rss1 fds=$fds \
+one_reply=${reply:-none} one_connect_to_reply_ms=${ms:-NaN} row_secs=$secs $hold_result"
+  log "idle10k mta: $rss0 KiB idle, $rss1 KiB with $IDLE_MANY sessions: $per KiB each; $fds descriptors;" \
+    "one more message meanwhile: ${one:-no answer} ($hold_result; $secs s; load $l)"
+  stop_pid "$mta_pid"
+fi
+
 # --- one 25 MiB message: peak RSS before and after
 if [[ $TESTS == *" big "* ]]; then
   start_mta big
@@ -573,6 +624,17 @@ if [[ $TESTS == *" big "* ]]; then
   stop_pid "$mta_pid"
 fi
 
+# --- many 25 MiB messages at once: peak RSS against the memory budget
+if [[ $TESTS == *" big50 "* ]]; then
+  l=$(load1)
+  b50=$(nice python3 "$repo/scripts/bench/memory.py" --mta "$mta" --sessions "$BIG_SESSIONS" --size 25 2>&1 | tail -n1) ||
+    die "memory.py failed: $b50"
+  growth=$(sed -n 's/.* growth_mib=\([0-9.]*\).*/\1/p' <<<"$b50")
+  record "big50-25MiB" mta 1 "${growth:-NaN}" MiB "$l" "$b50"
+  log "$BIG_SESSIONS x 25 MiB at once: $b50 (load $l)"
+  grep -q ' lost=0 ' <<<"$b50 " || die "big50: an accepted message was not delivered: $b50"
+fi
+
 log "raw results: $out"
 python3 "$repo/scripts/bench/summary.py" "$out"
 
@@ -585,6 +647,8 @@ if [ "$smoke" = 1 ]; then
   [[ $TESTS == *" fsync "* ]] && want+=(fsync-s20:mta fsync-s20:postfix)
   [[ $TESTS == *" idle "* ]] && want+=(idle-rss:mta idle-rss:postfix)
   [[ $TESTS == *" big "* ]] && want+=(big-25MiB:mta)
+  [[ $TESTS == *" idle10k "* ]] && want+=(idle10k:mta)
+  [[ $TESTS == *" big50 "* ]] && want+=(big50-25MiB:mta)
   [[ $TESTS == *" tls25 "* ]] && want+=(tls25-s20-5KiB:mta tls25-s20-5KiB:postfix)
   [[ $TESTS == *" submission "* ]] && for t in submission submissions; do
     for srv in mta postfix chasquid; do want+=("$t-s20x$SUB_PER-5KiB:$srv"); done; done

@@ -13,6 +13,7 @@ mod control;
 mod control_client;
 mod dkim_cmd;
 mod doctor;
+mod fd_limit;
 mod identities;
 mod metrics_http;
 mod privileges;

@@ -2,7 +2,8 @@
 //! and enters the sandbox, opens the queue, prints the ready line, runs the server and the
 //! scheduler, and stops cleanly on SIGTERM or SIGINT; SIGHUP reloads the config (`reload.rs`).
 //!
-//! Start-up order: config (main.rs) → who to run as (`privileges::Plan`) → data dir →
+//! Start-up order: config (main.rs) → soft descriptor limit raised to the hard one
+//! (`fd_limit`) → who to run as (`privileges::Plan`) → data dir →
 //! certificate → DKIM keys (read, to fail early) → data-dir owner and modes → bind → drop
 //! privileges → sandbox → runtime → queue, users, router, inbound checks → listen → control
 //! socket → ready line. Everything up to the sandbox runs on the main thread alone: Landlock
@@ -49,6 +50,8 @@ pub fn run(
     source: &crate::ConfigSource,
 ) -> anyhow::Result<()> {
     init_logging(format);
+    // Before anything is opened; the limit holds for every thread started later.
+    crate::fd_limit::raise_and_log(&config);
     // Nothing we create is for other users: sled's files, Maildirs, sockets.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     // The built-in defaults (no config file) listen on loopback only, on unprivileged ports:

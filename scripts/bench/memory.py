@@ -4,12 +4,19 @@
 Starts a fresh `mta serve` (a temporary data dir, one local user), reads its VmHWM, sends
 SESSIONS messages of SIZE MiB at once over loopback (one thread and connection each,
 streamed, so the client holds little), waits until every reply is in and the deliveries
-are done, and prints the growth of the server's peak RSS with the replies counted.
+are done, and prints the growth of the server's peak RSS with the replies counted, the
+memory budget in force, and how many accepted messages were delivered whole:
+
+    sessions=50 size_mib=25 budget_mib=64 hwm_before_kib=.. hwm_after_kib=.. growth_mib=..
+    replies=250_2.0.0:2,452_4.3.1:3,at_DATA:452_4.3.1:45 accepted=2 delivered=2 lost=0 secs=.. load=..
 
     scripts/bench/memory.py [--mta target/release/mta] [--sessions 20] [--size 20]
                             [--budget BYTES]
 
-`--budget` sets `[limits] message_memory` (default: mta's own default).
+`--budget` sets `[limits] message_memory` (default: mta's own default, 64 MiB or
+`max_message_size` if larger: 64 MiB here). Every session comes from 127.0.0.1, so the
+caps per client address and network are raised to the sessions. The exit status is 1 when
+an accepted message was not delivered whole (`lost` > 0).
 """
 
 import argparse
@@ -33,6 +40,8 @@ submissions = []
 
 [limits]
 max_message_size = 33554432
+max_sessions_per_ip = {sessions}
+max_sessions_per_network = {sessions}
 {budget}
 
 [outbound]
@@ -71,7 +80,7 @@ def send(addr, size, results, i):
             s.sendall(cmd + b"\r\n")
             r = reply(f)
         if not r.startswith("354"):
-            results[i] = r
+            results[i] = "at_DATA:" + r
             return
         line = b"x" * 998 + b"\r\n"
         chunk = b"Subject: memory\r\n\r\n" + line * 64
@@ -99,7 +108,7 @@ def main():
     conf = os.path.join(tmp, "mta.toml")
     budget = f"message_memory = {a.budget}" if a.budget is not None else ""
     with open(conf, "w") as f:
-        f.write(CONFIG.format(data=data, budget=budget))
+        f.write(CONFIG.format(data=data, budget=budget, sessions=max(a.sessions, 20)))
     subprocess.run(
         [a.mta, "user", "add", "u@local.test", "--password-stdin", "--config", conf],
         input=b"memory-bench-password-1\n", check=True, stdout=subprocess.DEVNULL)
@@ -121,6 +130,7 @@ def main():
         if addr is None:
             sys.exit("mta did not start")
         before = hwm_kib(srv.pid)
+        t0 = time.monotonic()
         results = [None] * a.sessions
         threads = [threading.Thread(target=send, args=(addr, a.size << 20, results, i))
                    for i in range(a.sessions)]
@@ -130,19 +140,33 @@ def main():
             t.join(600)
         accepted = sum(1 for r in results if r and r.startswith("250"))
         maildir = os.path.join(data, "mail")
+
+        def delivered():
+            """Messages in the Maildir, and how many of them hold the whole body."""
+            files = [os.path.join(d, f) for d, _, fs in os.walk(maildir) if d.endswith("/new") for f in fs]
+            return len(files), sum(1 for f in files if os.path.getsize(f) >= a.size << 20)
+
         for _ in range(600):
-            n = sum(len(fs) for d, _, fs in os.walk(maildir) if d.endswith("/new"))
+            n, whole = delivered()
             if n >= accepted:
                 break
             time.sleep(0.5)
+        secs = time.monotonic() - t0
         after = hwm_kib(srv.pid)
+        budget_mib = (a.budget if a.budget is not None else max(64 << 20, 33554432)) / (1 << 20)
         codes = {}
         for r in results:
-            k = (r or "none")[:9]
+            # The reply's code and enhanced code; "at_DATA:" when it came instead of 354.
+            _, sep, text = (r or "none").rpartition("at_DATA:")
+            k = ("at_DATA:" if sep else "") + text[:9].replace(" ", "_")
             codes[k] = codes.get(k, 0) + 1
+        codes = ",".join(f"{k}:{v}" for k, v in sorted(codes.items()))
         print(f"sessions={a.sessions} size_mib={a.size} hwm_before_kib={before} "
               f"hwm_after_kib={after} growth_mib={(after - before) / 1024:.1f} "
-              f"replies={codes} load={os.getloadavg()[0]:.1f}")
+              f"budget_mib={budget_mib:g} replies={codes} accepted={accepted} delivered={whole} "
+              f"lost={accepted - min(whole, accepted)} secs={secs:.1f} load={os.getloadavg()[0]:.1f}")
+        if whole < accepted:
+            sys.exit(1)
     finally:
         srv.terminate()
         srv.wait(30)

@@ -8,20 +8,33 @@
       (--interval) between messages. Writes the --ready file once past EHLO. Stops after N
       messages, once the stop file exists, or after --max-s seconds.
       Prints: n=K p50_ms=A p99_ms=B max_ms=C
-  probe.py hold HOST:PORT N [--sources K] [--ready F] [--stop-file F] [--max-s S]
+  probe.py hold HOST:PORT N [--sources K] [--spread] [--ready F] [--stop-file F] [--max-s S]
       Opens N sessions from K loopback source addresses (127.0.1.1 ...), reads each
       greeting, sends EHLO, writes F (--ready) with the count once all answered, and holds
-      them idle until the stop file exists (at most S seconds). Prints: established=K failed=F
+      them idle until the stop file exists (at most S seconds; opening them takes at most S
+      seconds too, the sessions not open by then count as failed). Prints: established=K
+      failed=F
+      With --spread, each source address is in a /24 of its own and they are spread over
+      200 /16s (127.1.0.1, 127.2.0.1, ..., 127.200.0.1, 127.1.1.1, ...), as many clients
+      from many networks are: the server's caps per network and per block then count each
+      address's own sessions only.
+  probe.py send1 HOST:PORT RCPT SIZE
+      Connects and sends one message (EHLO, MAIL, RCPT, DATA, body, dot). Prints the reply
+      to the dot and the time from the start of the connect to that reply:
+      reply=250 connect_to_reply_ms=T text="250 2.0.0 ..."
   probe.py sinkcount N OUT
       Reads `smtp-sink -c` counters on stdin; when mesg= reaches N, writes the epoch time to
       OUT; keeps reading to EOF, then writes the last count to OUT.final.
 
 Every wait is bounded; a server that does not answer as expected ends the probe with exit 1.
+Each mode first raises its soft limit on open files to the hard one (`hold` needs one per
+session).
 """
 import argparse
 import asyncio
 import os
 import re
+import resource
 import socket
 import sys
 import time
@@ -106,7 +119,7 @@ def latency(a):
           f"p99_ms={percentile(times, 99):.2f} max_ms={(times[-1] if times else float('nan')):.2f}")
 
 
-async def hold_one(host, port, source, timeout=30):
+async def hold_one(host, port, source, timeout):
     r, w = await asyncio.wait_for(
         asyncio.open_connection(host, port, local_addr=(source, 0)), timeout)
 
@@ -125,13 +138,27 @@ async def hold_one(host, port, source, timeout=30):
     return r, w
 
 
+def source_addr(i, sources, spread):
+    """The loopback address the i-th session connects from."""
+    k = i % sources
+    if spread:
+        return f"127.{1 + k % 200}.{k // 200 % 256}.1"
+    return f"127.0.1.{1 + k}"
+
+
 async def hold(a):
     host, port = split_addr(a.addr)
     sem = asyncio.Semaphore(50)
+    # Opening them all takes at most --max-s too: a server that stops answering (out of
+    # descriptors, its backlog full) fails the rest quickly instead of 30 s each.
+    deadline = time.monotonic() + a.max_s
 
     async def one(i):
         async with sem:
-            return await hold_one(host, port, f"127.0.1.{1 + i % a.sources}")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError("not connected within --max-s")
+            return await hold_one(host, port, source_addr(i, a.sources, a.spread), min(30, left))
 
     res = await asyncio.gather(*(one(i) for i in range(a.n)), return_exceptions=True)
     ok = [x for x in res if not isinstance(x, BaseException)]
@@ -150,6 +177,37 @@ async def hold(a):
             pass
     print(f"established={len(ok)} failed={len(errs)}"
           + (f" first_error={errs[0]!r}" if errs else ""))
+
+
+def send1(a):
+    host, port = split_addr(a.addr)
+    t0 = time.perf_counter()
+    s = Smtp(host, port)
+    s.cmd(b"", b"220")
+    s.cmd(b"EHLO one.bench.test\r\n", b"250")
+    s.cmd(b"MAIL FROM:<probe@bench.test>\r\n", b"250")
+    s.cmd(f"RCPT TO:<{a.rcpt}>\r\n".encode(), b"250")
+    s.cmd(b"DATA\r\n", b"354")
+    s.sock.sendall(body_of(a.size))
+    s.sock.sendall(b".\r\n")
+    line = s.reply()
+    ms = (time.perf_counter() - t0) * 1000
+    try:
+        s.cmd(b"QUIT\r\n", b"221")
+    except (OSError, RuntimeError):
+        pass
+    text = line.decode("utf-8", "replace").replace('"', "'")
+    print(f'reply={text[:3]} connect_to_reply_ms={ms:.1f} text="{text}"')
+    if not line.startswith(b"250"):
+        sys.exit(1)
+
+
+def raise_nofile():
+    """Soft limit on open files up to the hard one (the kernel's usual ceiling if unlimited)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 def sinkcount(a):
@@ -191,18 +249,26 @@ def main():
     h.add_argument("addr")
     h.add_argument("n", type=int)
     h.add_argument("--sources", type=int, default=50)
+    h.add_argument("--spread", action="store_true")
     h.add_argument("--ready")
     h.add_argument("--stop-file")
     h.add_argument("--max-s", type=float, default=120)
+    o = sub.add_parser("send1")
+    o.add_argument("addr")
+    o.add_argument("rcpt")
+    o.add_argument("size", type=int)
     c = sub.add_parser("sinkcount")
     c.add_argument("n", type=int)
     c.add_argument("out")
     a = p.parse_args()
     try:
+        raise_nofile()
         if a.mode == "latency":
             latency(a)
         elif a.mode == "hold":
             asyncio.run(hold(a))
+        elif a.mode == "send1":
+            send1(a)
         else:
             sinkcount(a)
     except (OSError, RuntimeError) as e:

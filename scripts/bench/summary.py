@@ -104,6 +104,20 @@ def main():
         print(f"| one 25 MiB message: peak RSS before → after 250 → after delivery (MiB) "
               f"| {fmt(h0 / 1024 if h0 else None, 1)} → {fmt(h1 / 1024 if h1 else None, 1)} → "
               f"{fmt(h2 / 1024 if h2 else None, 1)} | | | | |")
+    if any(k[0] == "idle10k" for k in by):
+        m = med("idle10k", "mta")
+        n = probe("idle10k", "mta", "sessions")
+        ms = probe("idle10k", "mta", "one_connect_to_reply_ms")
+        reply = next((kv.partition("=")[2] for r in by[("idle10k", "mta")] for kv in r["extra"].split()
+                      if kv.startswith("one_reply=")), "none")
+        print(f"| memory per idle session, {fmt(n)} held (KiB, RSS growth / sessions) | {fmt(m, 1)} | | | | |")
+        print(f"| … one more message meanwhile: reply, connect → reply (ms) | {reply}, {fmt(ms, 1)} | | | | |")
+    if any(k[0] == "big50-25MiB" for k in by):
+        r = by[("big50-25MiB", "mta")][0]
+        kv = dict(x.partition("=")[::2] for x in r["extra"].split())
+        print(f"| {kv.get('sessions', '?')} × {kv.get('size_mib', '?')} MiB at once: peak RSS growth (MiB), "
+              f"budget {kv.get('budget_mib', '?')} MiB | {r['value']} (replies {kv.get('replies', '?')}; "
+              f"delivered {kv.get('delivered', '?')} of {kv.get('accepted', '?')} accepted) | | | | |")
     if loads:
         print(f"\nload average (1 min) at the start of the runs: {min(loads):.2f}–{max(loads):.2f}; "
               f"raw results: {sys.argv[1]}")

@@ -1,14 +1,16 @@
 //! The server out of file descriptors: every accept loop (SMTP, control socket, metrics)
 //! pauses after a failed `accept()` and logs the failure only now and then, instead of
-//! spinning at full CPU and writing a line per failure.
+//! spinning at full CPU and writing a line per failure. And the limit at start: `mta serve`
+//! raises its soft limit to the hard one, and says so when even that is below what the
+//! configured limits need.
 
 use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mta_tests::{TestMta, secs, wait_for};
+use mta_tests::{KeptDir, TestMta, base_config, secs, wait_for};
 
 /// Descriptors the server process has open now.
 fn open_fds(pid: &str) -> usize {
@@ -166,4 +168,104 @@ fn start_up_out_of_descriptors_is_named_as_such() {
             "{line}"
         );
     }
+}
+
+/// `mta serve` started under `prlimit --nofile=SOFT:HARD`, which sets the limits and then
+/// runs the server in its own process (so the child's pid is the server's). Killed on drop.
+struct Limited {
+    child: Child,
+    dir: KeptDir,
+}
+
+impl Limited {
+    fn start(extra_toml: &str, soft: u64, hard: u64) -> Limited {
+        let dir = KeptDir::new();
+        let config = dir.path().join("mta.toml");
+        std::fs::write(&config, base_config(dir.path(), extra_toml)).expect("write the config");
+        let out = std::fs::File::create(dir.path().join("out")).expect("create out");
+        let err = std::fs::File::create(dir.path().join("err")).expect("create err");
+        let child = Command::new("prlimit")
+            .arg(format!("--nofile={soft}:{hard}"))
+            .arg("--")
+            .arg(mta_tests::mta_bin())
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("run prlimit");
+        let mut me = Limited { child, dir };
+        wait_for(secs(30), "mta ready", || {
+            let ready = me.read("out").contains("mta ready");
+            if !ready && matches!(me.child.try_wait(), Ok(Some(_))) {
+                panic!("mta serve exited before it was ready:\n{}", me.read("err"));
+            }
+            ready
+        });
+        me
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// The soft and hard `Max open files` of the running server (`/proc/PID/limits`).
+    fn nofile(&self) -> (u64, u64) {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.child.id()))
+            .expect("read /proc/PID/limits");
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files line");
+        let n: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        (n[0], n[1])
+    }
+}
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Started with a soft limit of 256 under a hard one of 1000, the server runs with 1000 and
+/// says so; 1000 is enough for 100 sessions, so no warning. (Both limits stay under 1024,
+/// which any machine allows without privileges.)
+#[test]
+fn start_up_raises_the_soft_descriptor_limit_to_the_hard_one() {
+    let mta = Limited::start("[limits]\nmax_sessions = 100\n", 256, 1000);
+    assert_eq!(mta.nofile(), (1000, 1000), "{}", mta.read("err"));
+    let log = mta.read("err");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("raised the soft file-descriptor limit")
+                && l.contains("from=256")
+                && l.contains("to=1000")),
+        "{log}"
+    );
+    assert!(!log.contains("file-descriptor limit is below"), "{log}");
+}
+
+/// A hard limit below what `limits.max_sessions` needs: raised as far as it goes, and the
+/// start-up log names the shortfall; the server still starts.
+#[test]
+fn start_up_warns_when_the_hard_descriptor_limit_is_below_the_sessions() {
+    let mta = Limited::start("[limits]\nmax_sessions = 2000\n", 256, 512);
+    assert_eq!(mta.nofile(), (512, 512), "{}", mta.read("err"));
+    let log = mta.read("err");
+    // 2000 sessions + 32 outbound connections (the default) + 256 kept aside.
+    assert!(
+        log.lines().any(|l| l.contains("WARN")
+            && l.contains("file-descriptor limit is below")
+            && l.contains("limit=512")
+            && l.contains("needed=2288")
+            && l.contains("limits.max_sessions")),
+        "{log}"
+    );
 }
