@@ -56,6 +56,9 @@ def main():
     if any(k[0] == "relay-s20-5KiB" for k in by):
         m, p = med("relay-s20-5KiB", "mta"), med("relay-s20-5KiB", "postfix")
         print(f"| relay, 20 sessions, 5 KiB, to the sink (msg/s) | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
+    if any(k[0] == "backlog-drain" for k in by):
+        m, p = med("backlog-drain", "mta"), med("backlog-drain", "postfix")
+        print(f"| backlog drain after the destination came back, 1 KiB (msg/s) | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
     tls_tests = sorted({k[0] for k in by if k[0].startswith(("tls25-", "submission-", "submissions-"))},
                        key=lambda t: ("tls25-", "submission-", "submissions-").index(t.split("-")[0] + "-"))
     for test in tls_tests:
