@@ -3,8 +3,9 @@
 # test server, which stores nothing: the ceiling), in one run, interleaved (mta, postfix,
 # sink, mta, postfix, sink, ...), and a table of medians and ratios at the end.
 #
-#   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not)
-#   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes)
+#   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not, and
+#                               about 6 more for the backlog row's 100,000 messages)
+#   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes; backlog: 30 s)
 #   scripts/bench.sh --smoke    a handful of messages per row, debug build, one round: checks
 #                               that every server starts, every message is delivered and every
 #                               row produces a number (CI runs it; its figures mean nothing)
