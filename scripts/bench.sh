@@ -3,8 +3,9 @@
 # test server, which stores nothing: the ceiling), in one run, interleaved (mta, postfix,
 # sink, mta, postfix, sink, ...), and a table of medians and ratios at the end.
 #
-#   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not)
-#   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes)
+#   scripts/bench.sh            full run (about 5-6 minutes on 2 cores, busy or not, and
+#                               about 6 more for the backlog row's 100,000 messages)
+#   scripts/bench.sh --quick    fewer messages, one round (about 2 minutes; backlog: 30 s)
 #   scripts/bench.sh --smoke    a handful of messages per row, debug build, one round: checks
 #                               that every server starts, every message is delivered and every
 #                               row produces a number (CI runs it; its figures mean nothing)
@@ -38,11 +39,18 @@
 #            and the same with TLS from the first byte (port 465 style), mta, Postfix (its
 #            SASL through a private Dovecot's auth socket) and chasquid (its own users; unpacked
 #            from its Debian package with OpenSMTPD's mail.maildir as its delivery agent).
+#   backlog  BENCH_BACKLOG messages (100,000; --quick 5,000) queued for backlog.test while
+#            its MX (127.0.0.2, the relay sink's port) refuses connections; then smtp-sink
+#            listens there and the operator says "try now" (`mta queue flush`, `postqueue
+#            -f`): msg/s from that moment to the N-th message at the sink. 4 connections at
+#            once to the destination for both (mta's outbound.max_per_domain and per-address
+#            cap, Postfix's backlog_destination_concurrency_limit).
 # Knobs (environment): BENCH_ROUNDS, BENCH_MSGS (20 sessions, 5 KiB), BENCH_MSGS_1 (1
 # session), BENCH_MSGS_BIG (100 KiB), BENCH_RELAY_MSGS, BENCH_FSYNC_MSGS, BENCH_IDLE,
 # BENCH_PF_IDLE, BENCH_PROBE_INTERVAL, BENCH_TLS_MSGS (tls25), BENCH_SUB_MSGS and
 # BENCH_SUB_PER_SESSION (submission), BENCH_IDLE_MANY (idle10k), BENCH_BIG_SESSIONS (big50),
-# BENCH_TESTS (default "accept relay idle idle10k fsync big big50 tls25 submission"),
+# BENCH_BACKLOG (backlog), BENCH_TESTS (default "accept relay idle idle10k fsync big big50
+# tls25 submission backlog"),
 # BENCH_KEEP=1 keeps the work directory. Raw results: target/bench/results-TIME.tsv.
 #
 # Needs root (Postfix's daemons and smtp-sink drop privileges). Installs postfix (for
@@ -68,6 +76,9 @@ done
 d_idle=1000 d_pf_idle=100
 d_idle_many=10000 d_big_sessions=50
 d_sub_per=10
+d_backlog=100000
+[ "$quick" = 1 ] && d_backlog=5000
+[ "$smoke" = 1 ] && d_backlog=200
 if [ "$smoke" = 1 ]; then d_rounds=1 d_msgs=40 d_msgs1=10 d_big=10 d_fsync=20 d_idle=20 d_pf_idle=5
   d_idle_many=200 d_big_sessions=4
   d_tls=40 d_sub=40 d_sub_per=2
@@ -87,7 +98,8 @@ PROBE_INTERVAL=${BENCH_PROBE_INTERVAL:-0.01}
 TLS_MSGS=${BENCH_TLS_MSGS:-$d_tls}
 SUB_MSGS=${BENCH_SUB_MSGS:-$d_sub}
 SUB_PER=${BENCH_SUB_PER_SESSION:-$d_sub_per}
-TESTS=" ${BENCH_TESTS:-accept relay idle idle10k fsync big big50 tls25 submission} "
+BACKLOG=${BENCH_BACKLOG:-$d_backlog}
+TESTS=" ${BENCH_TESTS:-accept relay idle idle10k fsync big big50 tls25 submission backlog} "
 
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 die() { log "bench: $*"; exit 1; }
@@ -188,13 +200,15 @@ openssl x509 -req -in "$tls/req.pem" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAc
 chmod 644 "$tls"/*.pem
 TLS_CA=$tls/ca.pem
 
-# --- loopback DNS: MX relay.test -> 127.0.0.2 (for mta; Postfix uses a transport map)
+# --- loopback DNS: MX relay.test and backlog.test -> 127.0.0.2 (for mta; Postfix uses a
+# transport map)
 SINK_IP=127.0.0.2
 dns_port=$(free_port 127.0.0.1)
 relay_port=$(free_port $SINK_IP)
 /usr/sbin/dnsmasq --no-daemon --conf-file=/dev/null --pid-file= --port="$dns_port" \
   --listen-address=127.0.0.1 --bind-interfaces --no-resolv --no-hosts --local=/test/ \
-  --mx-host=relay.test,mx.relay.test,10 --host-record=mx.relay.test,$SINK_IP 2>/dev/null &
+  --mx-host=relay.test,mx.relay.test,10 --mx-host=backlog.test,mx.relay.test,10 \
+  --host-record=mx.relay.test,$SINK_IP 2>/dev/null &
 pids+=($!)
 
 # --- mta: one instance for throughput; fresh ones for the memory tests
@@ -463,6 +477,63 @@ if [[ $TESTS == *" relay "* ]]; then
   done
 fi
 
+# --- a backlog draining: N messages queued while the destination refuses connections, then
+# it comes back and the operator says "try now". Each server on its own (the other idle),
+# the same sink; the clock starts when the flush command is given.
+backlog_settled() { # backlog_settled SERVER N: every one of N messages tried and deferred
+  case "$1" in
+    mta)
+      "$mta" queue list --config "$dir/mta/mta.toml" 2>/dev/null | awk -v n="$2" '
+        / attempts 0 / { untried++ }
+        /^[0-9]+ message\(s\) queued$/ { queued = $1 }
+        END { exit !(queued >= n && untried == 0) }' ;;
+    postfix)
+      [ "$(find "$pf/queue/incoming" "$pf/queue/active" "$pf/queue/maildrop" -type f | wc -l)" = 0 ] &&
+        [ "$(find "$pf/queue/deferred" -type f | wc -l)" -ge "$2" ] ;;
+  esac
+}
+backlog_run() { # backlog_run SERVER N
+  local srv=$1 n=$2 rcpt sp wp t0 l i secs rate fill_secs
+  case "$srv" in mta) rcpt=backlog@local.test ;; *) rcpt=u@backlog.test ;; esac
+  ! (exec 3<>"/dev/tcp/$SINK_IP/$relay_port") 2>/dev/null || die "something listens on $SINK_IP:$relay_port"
+  t0=$(date +%s.%N)
+  timeout 1800 "$src" -s 20 -m "$n" -l 1024 -f sender@remote.test -t "$rcpt" \
+    -M bench-client.test "$(addr_of "$srv")" >"$dir/source.out" 2>&1 || { cat "$dir/source.out" >&2; die "smtp-source failed"; }
+  fill_secs=$(secs_since "$t0")
+  for i in $(seq 1 600); do backlog_settled "$srv" "$n" && break; sleep 1; done
+  backlog_settled "$srv" "$n" || die "backlog $srv: the $n messages were not all tried and deferred within 600 s"
+  rm -f "$dir/sink.mark" "$dir/sink.mark.final" "$dir/sink.fifo"; mkfifo "$dir/sink.fifo"
+  python3 "$probe" sinkcount "$n" "$dir/sink.mark" <"$dir/sink.fifo" & wp=$!
+  "$sink" -c -u nobody "$SINK_IP:$relay_port" 1024 >"$dir/sink.fifo" 2>/dev/null & sp=$!
+  pids+=("$sp")
+  wait_port "$SINK_IP" "$relay_port" || die "backlog sink does not answer"
+  l=$(load1)
+  t0=$(date +%s.%N)
+  case "$srv" in
+    mta) "$mta" queue flush --config "$dir/mta/mta.toml" >"$dir/flush.out" ;;
+    postfix) postqueue -c "$pf/etc" -f ;;
+  esac
+  for i in $(seq 1 7200); do [ -s "$dir/sink.mark" ] && break; sleep 0.25; done
+  stop_pid "$sp"; wait "$wp" 2>/dev/null || true
+  if [ -s "$dir/sink.mark" ]; then
+    secs=$(awk -v a="$t0" -v b="$(cat "$dir/sink.mark")" 'BEGIN{printf "%.3f", b-a}')
+    rate=$(awk -v n="$n" -v t="$secs" 'BEGIN{printf "%.0f", n/t}')
+  else
+    secs=NaN rate=NaN
+  fi
+  record backlog-drain "$srv" 1 "$rate" msg/s "$l" "messages=$n secs=$secs fill_secs=$fill_secs sink_got=$(cat "$dir/sink.mark.final" 2>/dev/null) $(cat "$dir/flush.out" 2>/dev/null | tr '\n' ' ')"
+  log "backlog $srv: $n messages drained in $secs s, $rate msg/s (filled in $fill_secs s; load $l; sink got $(cat "$dir/sink.mark.final" 2>/dev/null))"
+  rm -f "$dir/flush.out"
+  # Let the server record its deliveries before the next run.
+  sleep 2
+}
+if [[ $TESTS == *" backlog "* ]]; then
+  for srv in mta postfix; do backlog_run "$srv" "$BACKLOG"; done
+  m=$(awk -F'\t' '$1 == "backlog-drain" && $2 == "mta" {print $4}' "$out")
+  p=$(awk -F'\t' '$1 == "backlog-drain" && $2 == "postfix" {print $4}' "$out")
+  log "backlog: mta $m msg/s, postfix $p msg/s, ratio $(awk -v m="$m" -v p="$p" 'BEGIN{ if (p + 0 > 0) printf "%.2f", m / p; else print "NaN" }') (target >= 2)"
+fi
+
 # --- over TLS: mta-load (bench/) instead of smtp-source, which speaks no TLS. Its own
 # dot-to-250 percentiles replace the probe's; its CPU is reported apart from the server's.
 # A session refused with a 4xx (mta answers `454 4.7.0` to logins beyond the password checks
@@ -644,6 +715,7 @@ if [ "$smoke" = 1 ]; then
   [[ $TESTS == *" accept "* ]] && for t in accept-s20-5KiB accept-p20-5KiB accept-s1-5KiB accept-s20-100KiB; do
     for srv in mta postfix sink; do want+=("$t:$srv"); done; done
   [[ $TESTS == *" relay "* ]] && want+=(relay-s20-5KiB:mta relay-s20-5KiB:postfix relay-p20-5KiB:mta relay-p20-5KiB:postfix)
+  [[ $TESTS == *" backlog "* ]] && want+=(backlog-drain:mta backlog-drain:postfix)
   [[ $TESTS == *" fsync "* ]] && want+=(fsync-s20:mta fsync-s20:postfix)
   [[ $TESTS == *" idle "* ]] && want+=(idle-rss:mta idle-rss:postfix)
   [[ $TESTS == *" big "* ]] && want+=(big-25MiB:mta)

@@ -280,6 +280,7 @@ pub fn start(
                         crate::queue_stream::serve(queue, write).await;
                         return;
                     }
+                    "queue-flush" => flush_resuming(&queue, &hooks.dead).await,
                     "reload" => ask_reload(&hooks.reload).await,
                     l if l.starts_with("tls-") => crate::tls_cmd::answer(&hooks.memory, l),
                     l if l.starts_with("auth-") => crate::auth_cmd::answer(&hooks.server, l),
@@ -307,6 +308,29 @@ pub struct Hooks {
     pub memory: Arc<mta_smtp::relay::memory::TlsMemory>,
     /// The server's shared state, for its login blocks (`auth-blocked`, `auth-unblock X`).
     pub server: mta_smtp::server::Current,
+    /// The suspended destinations, which `queue-flush` ends.
+    pub dead: Arc<mta_smtp::relay::limits::Suspensions>,
+}
+
+/// `queue-flush` in a running server: ends every suspended destination's suspension first,
+/// so that the messages made due connect instead of being deferred again without trying
+/// until the next probe, then makes every waiting message due. The answer adds
+/// `"resumed": N`, the destinations that were suspended.
+async fn flush_resuming(queue: &Queue, dead: &mta_smtp::relay::limits::Suspensions) -> String {
+    let resumed = dead.resume_all();
+    if resumed > 0 {
+        tracing::info!(
+            destinations = resumed,
+            "suspended destinations resumed by operator"
+        );
+    }
+    let mut value = execute(queue, &Request::Flush).await;
+    if let Some(map) = value.as_object_mut()
+        && !map.contains_key("error")
+    {
+        map.insert("resumed".into(), json!(resumed));
+    }
+    value.to_string()
 }
 
 /// Whether a peer with uid `peer` may use the socket of a server running as uid `own`: root
@@ -561,6 +585,7 @@ pub(crate) mod tests {
                 Duration::from_secs(60),
             )),
             server: test_server(&data_dir, queue.clone()),
+            dead: Arc::new(mta_smtp::relay::limits::Suspensions::default()),
         };
         let server = start(&data_dir, queue, stopped, hooks).expect("socket");
         let dir_for_client = data_dir.clone();

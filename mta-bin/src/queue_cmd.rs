@@ -37,7 +37,7 @@ pub enum QueueCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Make every queued message due now.
+    /// Make every queued message due now, and try suspended destinations again at once.
     Flush {
         /// Print JSON for scripts.
         #[arg(long)]
@@ -176,7 +176,11 @@ fn render(request: &Request, answer: Value, via: Via) -> anyhow::Result<String> 
         Request::Show(_) => render_show(&serde_json::from_value(answer).context("unreadable")?),
         Request::Flush => {
             let n = answer.get("flushed").and_then(Value::as_u64).unwrap_or(0);
-            format!("{n} waiting message(s) made due now{later}\n")
+            let resumed = match answer.get("resumed").and_then(Value::as_u64) {
+                Some(k) if k > 0 => format!("; {k} suspended destination(s) tried again"),
+                _ => String::new(),
+            };
+            format!("{n} waiting message(s) made due now{resumed}{later}\n")
         }
         Request::Retry(id) => format!("{id} is due now{later}\n"),
         Request::Delete(id) => format!("{id} deleted\n"),
@@ -385,5 +389,15 @@ mod tests {
         )
         .expect("render");
         assert!(flushed.starts_with("2 waiting message(s) made due now (no server"));
+        let resumed = render(
+            &Request::Flush,
+            serde_json::json!({ "flushed": 5, "resumed": 2 }),
+            Via::Server,
+        )
+        .expect("render");
+        assert_eq!(
+            resumed,
+            "5 waiting message(s) made due now; 2 suspended destination(s) tried again\n"
+        );
     }
 }

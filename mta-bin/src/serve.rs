@@ -395,6 +395,7 @@ async fn serve(
         reload: reload_tx,
         memory: kept.memory.clone(),
         server: server.current(),
+        dead: kept.dead.clone(),
     };
     let control = control::start(data_dir, queue.clone(), stopped.clone(), hooks)?;
     // Watched before anyone is told we are ready: a SIGTERM right after "mta ready" must

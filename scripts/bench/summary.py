@@ -58,6 +58,9 @@ def main():
         if any(k[0] == test for k in by):
             m, p = med(test, "mta"), med(test, "postfix")
             print(f"| {name} | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
+    if any(k[0] == "backlog-drain" for k in by):
+        m, p = med("backlog-drain", "mta"), med("backlog-drain", "postfix")
+        print(f"| backlog drain after the destination came back, 1 KiB (msg/s) | {fmt(m)} | {fmt(p)} | — | {ratio(m, p)} | |")
     tls_tests = sorted({k[0] for k in by if k[0].startswith(("tls25-", "submission-", "submissions-"))},
                        key=lambda t: ("tls25-", "submission-", "submissions-").index(t.split("-")[0] + "-"))
     for test in tls_tests:

@@ -476,6 +476,18 @@ impl Suspensions {
         self.len() == 0
     }
 
+    /// Ends every suspension (the operator asked for the queue to be tried now, as
+    /// Postfix's `postqueue -f` marks its dead destinations alive): every destination is
+    /// connected to on its next attempt, and three more failures in a row suspend it
+    /// again. A probe in progress still records its result. Returns how many destinations
+    /// were suspended.
+    pub fn resume_all(&self) -> usize {
+        let mut map = self.map.lock().expect("suspension lock poisoned");
+        let before = map.len();
+        map.retain(|_, dead| dead.failures < FAILURES);
+        before - map.len()
+    }
+
     /// Whether `destination` is suspended now.
     pub fn is_suspended(&self, destination: &str) -> bool {
         let map = self.map.lock().expect("suspension lock poisoned");
@@ -530,6 +542,37 @@ mod tests {
         drop(probe);
         assert!(matches!(s.admit("dead.test", I, later), Admit::Go));
         assert!(matches!(s.admit("other.test", I, later), Admit::Go));
+    }
+
+    #[test]
+    fn resume_all_ends_every_suspension_and_a_probe_in_progress_still_records() {
+        let s = Arc::new(Suspensions::default());
+        let t0 = Instant::now();
+        for _ in 0..FAILURES {
+            s.failed("dead.test", "4.4.1 refused", I, t0);
+            s.failed("[192.0.2.1]", "4.4.1 refused", I, t0);
+        }
+        s.failed("flaky.test", "4.4.1 refused", I, t0);
+        let probe = match s.admit("dead.test", I, t0 + I) {
+            Admit::Probe(p) => p,
+            _ => panic!("a probe"),
+        };
+        assert_eq!(s.resume_all(), 2);
+        // Before the probe interval is over, at once: every attempt connects.
+        assert!(matches!(s.admit("dead.test", I, t0), Admit::Go));
+        assert!(matches!(s.admit("[192.0.2.1]", I, t0), Admit::Go));
+        // A destination not yet suspended keeps its count.
+        s.failed("flaky.test", "4.4.1 refused", I, t0);
+        s.failed("flaky.test", "4.4.1 refused", I, t0);
+        assert!(s.is_suspended("flaky.test"));
+        // The probe that was running ends without suspending anything again.
+        drop(probe);
+        assert!(matches!(s.admit("dead.test", I, t0), Admit::Go));
+        // Three failures in a row suspend it again.
+        for _ in 0..FAILURES {
+            s.failed("dead.test", "4.4.1 refused", I, t0);
+        }
+        assert!(matches!(s.admit("dead.test", I, t0), Admit::Skip(_)));
     }
 
     #[test]
@@ -795,6 +838,7 @@ mod tests {
     enum Op {
         Failed(u8),
         Succeeded(u8),
+        ResumeAll,
     }
 
     proptest! {
@@ -805,6 +849,7 @@ mod tests {
                 prop_oneof![
                     (0u8..12).prop_map(Op::Failed),
                     (0u8..12).prop_map(Op::Succeeded),
+                    Just(Op::ResumeAll),
                 ],
                 0..200,
             ),
@@ -833,6 +878,11 @@ mod tests {
                         let d = format!("d{n}.test");
                         s.succeeded(&d);
                         model.retain(|(k, _)| *k != d);
+                    }
+                    Op::ResumeAll => {
+                        let suspended = model.iter().filter(|(_, f)| *f >= FAILURES).count();
+                        prop_assert_eq!(s.resume_all(), suspended);
+                        model.retain(|(_, f)| *f < FAILURES);
                     }
                 }
                 prop_assert!(s.len() <= capacity);

@@ -190,3 +190,50 @@ fn queue_list_of_20000_messages_streams_in_bounded_memory() {
     assert_eq!(json["records"].as_array().map(Vec::len), Some(messages));
     assert_eq!(json["errors"], serde_json::json!([]));
 }
+
+#[test]
+fn queue_flush_tries_a_suspended_destination_again_at_once() {
+    let (port, trap) = on_shared_port("the trap", |p| {
+        Trap::listen(SocketAddr::from(([127, 0, 0, 9], p)))
+    });
+    let dns = dead_dns();
+    // The next probe of the suspended destination would be an hour away.
+    let tx = sender(&dns, port, "retry_first = \"1h\"\nretry_max = \"1h\"");
+    let messages = 30;
+    submit_many(&tx, DEAD, messages);
+    wait_for(secs(120), "every message tried once", || {
+        let q = queued(&tx);
+        q.len() == messages && q.values().all(|(_, attempts, _)| *attempts >= 1)
+    });
+    let q = queued(&tx);
+    assert!(
+        q.values()
+            .any(|(_, _, why)| why.contains("is suspended after")),
+        "the destination was suspended: {q:?}"
+    );
+    // The MX comes back on the same address and port; the operator flushes the queue.
+    drop(trap);
+    let rx = receiver("mx.dead.test", &["dead.test"], "127.0.0.9", port)
+        .user(DEAD, "victim-password-1")
+        .start();
+    let out = tx.mta(&["queue", "flush"], b"");
+    out.assert_success("mta queue flush");
+    // Every message is delivered now, not deferred again as suspended for another hour.
+    let files = rx.wait_for_mail(DEAD, messages, 120);
+    assert_eq!(files.len(), messages, "{}", tx.log());
+    // The domain and its MX's address were suspended.
+    assert!(
+        out.stdout.starts_with(&format!(
+            "{messages} waiting message(s) made due now; 2 suspended destination(s) tried again"
+        )),
+        "{}",
+        out.stdout
+    );
+    wait_for(secs(60), "the queue to empty", || queued(&tx).is_empty());
+    assert!(
+        tx.log()
+            .contains("suspended destinations resumed by operator"),
+        "{}",
+        tx.log()
+    );
+}
