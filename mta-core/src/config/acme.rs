@@ -8,7 +8,6 @@ use std::net::{Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-
 use super::Tls;
 use super::checker::Checker;
 use super::file::{List, RawAcme, S};
