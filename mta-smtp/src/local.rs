@@ -106,14 +106,16 @@ impl Maildirs {
             dir_syncs: dir_sync::DirSyncs::new(
                 std::sync::Arc::new(|dir: &OwnedFd| Ok(nix::unistd::fsync(dir)?)),
                 dir_sync::WAIT,
+                dir_sync::SIBLINGS,
             ),
         }
     }
 
-    /// The same, syncing directories with `sync` (a test counts and checks the syncs).
+    /// The same, syncing directories with `sync`, with no wait for deliveries still
+    /// writing (a test counts and checks the syncs, round by round).
     #[cfg(test)]
     fn with_dir_sync(mut self, sync: dir_sync::SyncFn, wait: std::time::Duration) -> Maildirs {
-        self.dir_syncs = dir_sync::DirSyncs::new(sync, wait);
+        self.dir_syncs = dir_sync::DirSyncs::new(sync, wait, std::time::Duration::ZERO);
         self
     }
 
@@ -161,6 +163,13 @@ impl Maildirs {
                 self.unique_name(&format!("S={},W={wire}", head_size + body_size))
             }
         };
+        let sync = !mta_core::durable_file::syncs_disabled();
+        // Counted among the writers into `new/` from here to the rename (see `dir_sync`).
+        let mut writing = if sync {
+            Some(self.dir_syncs.begin(&new)?)
+        } else {
+            None
+        };
         let result = (|| {
             let mode = self.access.mode(TreeLevel::Inside, false);
             let fd = openat(
@@ -188,13 +197,12 @@ impl Maildirs {
                     out.flush()?;
                 }
             }
-            let sync = !mta_core::durable_file::syncs_disabled();
             if sync {
                 file.sync_all()?;
             }
             renameat(&tmp, name.as_str(), &new, name.as_str())?;
-            if sync {
-                self.dir_syncs.sync(&new)?;
+            if let Some(writing) = writing.take() {
+                writing.sync(&new)?;
             }
             Ok::<(), io::Error>(())
         })();

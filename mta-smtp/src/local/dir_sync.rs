@@ -9,6 +9,11 @@
 //! is told by its device and inode (the same directory whatever path or descriptor reaches
 //! it: an `fsync` on any descriptor of it syncs it).
 //!
+//! A round does not start while other deliveries into the same directory are still writing
+//! their files (between [`DirSyncs::begin`] and their rename), for at most [`SIBLINGS`]: they
+//! are about to rename, and waiting for them lets one sync cover them too instead of each
+//! starting the next round alone.
+//!
 //! A failed round fails every caller waiting on it, and only them: their deliveries are
 //! retried with new files, and the next round syncs again, vouching only for the renames
 //! before it. A caller waits at most a bounded time for its round ([`WAIT`]); then its
@@ -23,6 +28,9 @@ use std::time::{Duration, Instant};
 /// How long a delivery waits for the sync that covers its rename.
 pub(super) const WAIT: Duration = Duration::from_secs(30);
 
+/// How long a round waits for deliveries still writing into the same directory.
+pub(super) const SIBLINGS: Duration = Duration::from_millis(10);
+
 /// How a directory is synced (`fsync`; a test counts the calls through it).
 pub(super) type SyncFn = Arc<dyn Fn(&OwnedFd) -> io::Result<()> + Send + Sync>;
 
@@ -31,25 +39,81 @@ pub(super) struct DirSyncs {
     dirs: Mutex<HashMap<(u64, u64), Arc<Rounds>>>,
     sync: SyncFn,
     wait: Duration,
+    siblings: Duration,
+}
+
+/// A delivery writing into a directory, from [`DirSyncs::begin`] until its sync returns.
+pub(super) struct Writing<'a> {
+    syncs: &'a DirSyncs,
+    key: (u64, u64),
+    rounds: Option<Arc<Rounds>>,
+    /// Still counted among the directory's writers (not renamed yet).
+    counted: bool,
+}
+
+impl Writing<'_> {
+    /// Called once the file is renamed into `dir`: returns once a sync of `dir` that started
+    /// after this call has returned without error. Blocking.
+    ///
+    /// # Errors
+    /// The error of the round that would have covered this call, or `TimedOut` when no
+    /// round covered it within the bounded wait.
+    pub(super) fn sync(mut self, dir: &OwnedFd) -> io::Result<()> {
+        let rounds = self.rounds.clone().expect("kept until dropped");
+        // No longer a writer from the moment it waits on a round: both at once, so that a
+        // round started in between, which covers the rename, is the one it waits on.
+        let was_writing = std::mem::take(&mut self.counted);
+        let (sync, wait, siblings) = (&self.syncs.sync, self.syncs.wait, self.syncs.siblings);
+        rounds.sync(|| sync(dir), wait, siblings, was_writing)
+    }
+
+    fn renamed(&mut self, rounds: &Rounds) {
+        if std::mem::take(&mut self.counted) {
+            let mut st = rounds.state.lock().unwrap_or_else(PoisonError::into_inner);
+            st.writing -= 1;
+            rounds.done.notify_all();
+        }
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        let Some(rounds) = self.rounds.take() else {
+            return;
+        };
+        // A delivery that failed before its rename writes no more.
+        self.renamed(&rounds);
+        // Clones are taken and dropped under the lock, so two counts (the map's and ours)
+        // mean no one else uses this directory's coordinator now: forget it.
+        let mut dirs = self
+            .syncs
+            .dirs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if Arc::strong_count(&rounds) == 2 {
+            dirs.remove(&self.key);
+        }
+        drop(rounds);
+    }
 }
 
 impl DirSyncs {
-    /// Coordinators that sync with `sync` and wait at most `wait` for a round.
-    pub(super) fn new(sync: SyncFn, wait: Duration) -> DirSyncs {
+    /// Coordinators that sync with `sync`, wait at most `wait` for a round, and hold a
+    /// round at most `siblings` for deliveries still writing.
+    pub(super) fn new(sync: SyncFn, wait: Duration, siblings: Duration) -> DirSyncs {
         DirSyncs {
             dirs: Mutex::new(HashMap::new()),
             sync,
             wait,
+            siblings,
         }
     }
 
-    /// Returns once a sync of the directory `dir` that started after this call has returned
-    /// without error. Blocking.
+    /// A delivery starts writing a file it will rename into the directory `dir`.
     ///
     /// # Errors
-    /// The error of the round that would have covered this call, `fstat`'s, or `TimedOut`
-    /// when no round covered it within the bounded wait.
-    pub(super) fn sync(&self, dir: &OwnedFd) -> io::Result<()> {
+    /// `fstat`'s.
+    pub(super) fn begin(&self, dir: &OwnedFd) -> io::Result<Writing<'_>> {
         let st = nix::sys::stat::fstat(dir)?;
         #[allow(clippy::unnecessary_cast)] // the field types differ between targets
         let key = (st.st_dev as u64, st.st_ino as u64);
@@ -57,15 +121,17 @@ impl DirSyncs {
             let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
             dirs.entry(key).or_default().clone()
         };
-        let result = rounds.sync(|| (self.sync)(dir), self.wait);
-        // Clones are taken and dropped under the lock, so two counts (the map's and ours)
-        // mean no one else uses this directory's coordinator now: forget it.
-        let mut dirs = self.dirs.lock().unwrap_or_else(PoisonError::into_inner);
-        if Arc::strong_count(&rounds) == 2 {
-            dirs.remove(&key);
-        }
-        drop(rounds);
-        result
+        rounds
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .writing += 1;
+        Ok(Writing {
+            syncs: self,
+            key,
+            rounds: Some(rounds),
+            counted: true,
+        })
     }
 
     /// Directories with a coordinator (callers in flight).
@@ -137,6 +203,8 @@ struct State {
     waiting: HashMap<u64, usize>,
     /// Results of finished rounds that callers still have to read.
     results: HashMap<u64, Result<(), Failure>>,
+    /// Deliveries between [`DirSyncs::begin`] and their rename.
+    writing: usize,
 }
 
 /// The rounds of one directory.
@@ -147,9 +215,20 @@ struct Rounds {
 }
 
 impl Rounds {
-    fn sync(&self, run: impl FnOnce() -> io::Result<()>, wait: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + wait;
+    fn sync(
+        &self,
+        run: impl FnOnce() -> io::Result<()>,
+        wait: Duration,
+        siblings: Duration,
+        was_writing: bool,
+    ) -> io::Result<()> {
+        let now = Instant::now();
+        let (deadline, siblings_deadline) = (now + wait, now + siblings);
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if was_writing {
+            st.writing -= 1;
+            self.done.notify_all();
+        }
         // The next round to start is the first that surely began after our rename.
         let round = st.started + 1;
         *st.waiting.entry(round).or_insert(0) += 1;
@@ -176,7 +255,18 @@ impl Rounds {
                 continue;
             }
             // No round is running and ours has not finished, so it has not started either
-            // (`started == finished == round - 1`): start it.
+            // (`started == finished == round - 1`). Deliveries still writing are about to
+            // rename: for a short while, let them, so that this round covers them too.
+            let hold = siblings_deadline.saturating_duration_since(Instant::now());
+            if st.writing > 0 && !hold.is_zero() {
+                st = self
+                    .done
+                    .wait_timeout(st, hold)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
+            }
+            // Start it.
             st.started = round;
             let run = run.take().expect("a caller starts at most its own round");
             drop(st);
@@ -253,7 +343,7 @@ mod tests {
                     }
                 })
             };
-            let syncs = Arc::new(DirSyncs::new(sync, Duration::from_secs(60)));
+            let syncs = Arc::new(DirSyncs::new(sync, Duration::from_secs(60), SIBLINGS));
             let dir = tempfile::tempdir().unwrap();
             let threads: Vec<_> = (0..6)
                 .map(|_| {
@@ -263,8 +353,9 @@ mod tests {
                         let fd: OwnedFd = std::fs::File::open(&path).unwrap().into();
                         let mut told = Vec::new();
                         for _ in 0..25 {
+                            let writing = syncs.begin(&fd).unwrap();
                             let mine = renames.fetch_add(1, Ordering::SeqCst) + 1;
-                            let result = syncs.sync(&fd);
+                            let result = writing.sync(&fd);
                             let at = clock.fetch_add(1, Ordering::SeqCst);
                             told.push((mine, result.map_err(|e| e.raw_os_error()), at));
                         }
@@ -299,6 +390,57 @@ mod tests {
         }
     }
 
+    /// Deliveries that began writing before a round would start are waited for: with all
+    /// of them between `begin` and their rename when the first asks for a sync, one round
+    /// covers them all.
+    #[test]
+    fn a_round_waits_for_deliveries_still_writing() {
+        const N: usize = 6;
+        let ran = Arc::new(AtomicU64::new(0));
+        let renamed = Arc::new(AtomicU64::new(0));
+        let sync: SyncFn = {
+            let (ran, renamed) = (ran.clone(), renamed.clone());
+            Arc::new(move |_dir: &OwnedFd| {
+                assert_eq!(
+                    renamed.load(Ordering::SeqCst),
+                    N as u64,
+                    "a rename not waited for"
+                );
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        };
+        let syncs = Arc::new(DirSyncs::new(
+            sync,
+            Duration::from_secs(60),
+            Duration::from_secs(60),
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(N));
+        let threads: Vec<_> = (0..N)
+            .map(|i| {
+                let (syncs, renamed, barrier) = (syncs.clone(), renamed.clone(), barrier.clone());
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let fd: OwnedFd = std::fs::File::open(&path).unwrap().into();
+                    let writing = syncs.begin(&fd).unwrap();
+                    barrier.wait();
+                    // The last one renames late: the others' round must wait for it.
+                    if i == N - 1 {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    renamed.fetch_add(1, Ordering::SeqCst);
+                    writing.sync(&fd)
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
+        assert_eq!(ran.load(Ordering::SeqCst), 1, "one round for all {N}");
+        assert_eq!(syncs.active(), 0);
+    }
+
     /// A round that does not end within the wait fails its waiters with `TimedOut`; they
     /// leave nothing behind, and the round's own caller still gets its result.
     #[test]
@@ -312,12 +454,12 @@ mod tests {
                 .recv_timeout(Duration::from_secs(30));
             Ok(())
         });
-        let syncs = Arc::new(DirSyncs::new(sync, Duration::from_millis(50)));
+        let syncs = Arc::new(DirSyncs::new(sync, Duration::from_millis(50), SIBLINGS));
         let dir = tempfile::tempdir().unwrap();
         let fd = || -> OwnedFd { std::fs::File::open(dir.path()).unwrap().into() };
         let first = {
             let (syncs, fd) = (syncs.clone(), fd());
-            std::thread::spawn(move || syncs.sync(&fd))
+            std::thread::spawn(move || syncs.begin(&fd)?.sync(&fd))
         };
         // Bounded: until the first caller's round is running.
         for _ in 0..3000 {
@@ -326,7 +468,8 @@ mod tests {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let e = syncs.sync(&fd()).unwrap_err();
+        let fd2 = fd();
+        let e = syncs.begin(&fd2).unwrap().sync(&fd2).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         release_tx.send(()).unwrap();
         first.join().unwrap().unwrap();
