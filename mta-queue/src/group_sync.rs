@@ -86,6 +86,15 @@ impl GroupSync {
         }
     }
 
+    /// How many rounds have started: a round numbered above this count starts after the
+    /// call, so it covers every write made before it.
+    pub fn started(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .started
+    }
+
     /// How many rounds have run (each is one flush and sync).
     pub fn syncs(&self) -> u64 {
         self.state

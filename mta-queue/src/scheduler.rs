@@ -305,7 +305,14 @@ impl Queue {
         let finished = record.envelope.is_finished();
         let (attempts, wait) = self.schedule_next(&mut record, now);
         self.remember_lane(id, next_lane(&mut record, deliver, lane, finished, now));
-        match self.store.update(&record, due_ms, finished).await {
+        let recorded = if rides_on_next_round(&record.envelope, &before) {
+            self.store
+                .update_with_next_round(&record, due_ms, finished)
+                .await
+        } else {
+            self.store.update(&record, due_ms, finished).await
+        };
+        match recorded {
             Ok(()) if finished => info!("done, removed from queue"),
             Ok(()) => {
                 info!(attempt = attempts, retry_in = ?Duration::from_secs(wait.as_secs()), "deferred")
@@ -379,6 +386,21 @@ impl Queue {
         record.next_attempt_ms = now + wait.as_millis() as u64;
         (attempts, wait)
     }
+}
+
+/// Whether an attempt's result may be recorded without a flush of its own
+/// ([`crate::store::Store::update_with_next_round`]): when it finished the message and every recipient it
+/// changed was delivered. A crash before the next round then only delivers them again. A
+/// failure (and so a bounce), or a recipient left pending (a new due time), is flushed
+/// before the attempt counts as recorded.
+fn rides_on_next_round(envelope: &Envelope, before: &[RcptState]) -> bool {
+    envelope.is_finished()
+        && envelope.recipients.len() == before.len()
+        && envelope
+            .recipients
+            .iter()
+            .zip(before)
+            .all(|(r, was)| r.state == *was || r.state == RcptState::Delivered)
 }
 
 /// The lane of the record's next attempt (`None` when it is finished). The local lane tried

@@ -601,3 +601,29 @@ async fn overdue_messages_start_gradually_and_new_mail_does_not_wait() {
     );
     runner.abort();
 }
+
+proptest::proptest! {
+    /// The decision to record an attempt without a flush of its own, against its plain
+    /// statement: nothing is left pending, and no recipient failed in this attempt.
+    #[test]
+    fn only_a_delivery_that_finishes_the_message_rides_on_the_next_round(
+        states in proptest::collection::vec((0u8..3, 0u8..3), 1..6)
+    ) {
+        let state = |n: u8| match n {
+            0 => RcptState::Pending,
+            1 => RcptState::Delivered,
+            _ => RcptState::Failed,
+        };
+        let mut e = envelope(&["a@x.test"], 0);
+        let template = e.recipients[0].clone();
+        e.recipients = states
+            .iter()
+            .map(|&(_, after)| Recipient { state: state(after), ..template.clone() })
+            .collect();
+        let before: Vec<RcptState> = states.iter().map(|&(was, _)| state(was)).collect();
+        let pending_after = states.iter().filter(|s| s.1 == 0).count();
+        let newly_failed = states.iter().filter(|s| s.1 == 2 && s.0 != 2).count();
+        let want = pending_after == 0 && newly_failed == 0;
+        proptest::prop_assert_eq!(rides_on_next_round(&e, &before), want);
+    }
+}

@@ -209,6 +209,11 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// How long a write that rides on the next flush round ([`Store::update_with_next_round`])
+/// waits for another write to start one before it starts one itself: the most a crash can
+/// find unflushed of it besides the round running then.
+pub const RIDE_AT_MOST: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// A message as loaded for delivery: its record and its body, shared rather than copied.
 pub type Loaded = (Record, Body);
 
@@ -368,6 +373,68 @@ impl Store {
         old_due_ms: u64,
         finished: bool,
     ) -> Result<(), StoreError> {
+        let h = self.write_update(record, old_due_ms, finished).await?;
+        self.flush_handle(&h).await
+    }
+
+    /// [`Store::update`] for an attempt that delivered every recipient it changed, without
+    /// a flush of its own: the new state rides on the next flush round, which another write
+    /// starts (a message accepted, a deferral) or, when none has started within
+    /// [`RIDE_AT_MOST`], one this call arranges. A crash before that round leaves the old
+    /// state on disk, so the recipients are delivered again (a duplicate), never lost
+    /// (`docs/durability.md`, "What a crash may duplicate").
+    ///
+    /// # Errors
+    /// [`StoreError`] on a write failure; a failure of the later flush gives the handles up
+    /// as any flush failure does.
+    pub async fn update_with_next_round(
+        &self,
+        record: &Record,
+        old_due_ms: u64,
+        finished: bool,
+    ) -> Result<(), StoreError> {
+        let h = self.write_update(record, old_due_ms, finished).await?;
+        // Rounds numbered above this one start after the write.
+        h.ride_mark.fetch_max(h.group.started(), Ordering::SeqCst);
+        if !h.ride_flush.swap(true, Ordering::SeqCst) {
+            // Held weakly: a store closed meanwhile (its last owner flushes it, as `mta
+            // serve` does when it stops) or a handle given up is not kept open for this.
+            let (path, shared, handle) = (
+                self.path.clone(),
+                Arc::downgrade(&self.shared),
+                Arc::downgrade(&h),
+            );
+            tokio::spawn(async move {
+                tokio::time::sleep(RIDE_AT_MOST).await;
+                let (Some(shared), Some(h)) = (shared.upgrade(), handle.upgrade()) else {
+                    return;
+                };
+                let store = Store { path, shared };
+                // Writes that found the flag set have set their mark before it is cleared;
+                // a write after the clear arranges a flush of its own.
+                h.ride_flush.store(false, Ordering::SeqCst);
+                if h.group.started() > h.ride_mark.load(Ordering::SeqCst) {
+                    return; // a round that started after every such write covers them
+                }
+                if let Err(e) = store.flush_handle(&h).await {
+                    tracing::error!(
+                        error = %e,
+                        "cannot flush delivery results; after a crash they are delivered again"
+                    );
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the new state of a message after an attempt (see [`Store::update`]); the
+    /// handle written to.
+    async fn write_update(
+        &self,
+        record: &Record,
+        old_due_ms: u64,
+        finished: bool,
+    ) -> Result<Arc<Handle>, StoreError> {
         let h = self.writable().await?;
         let id = record.envelope.id.clone();
         let json = serde_json::to_vec(record).expect("a Record always serialises");
@@ -390,7 +457,7 @@ impl Store {
         if finished {
             uncount(&h);
         }
-        self.flush_handle(&h).await
+        Ok(h)
     }
 
     /// Removes one schedule entry (of a message that no longer exists) and flushes.

@@ -57,6 +57,12 @@ pub(super) struct Handle {
     /// Messages in `envelopes`: counted once when opened, then kept up to date by insert,
     /// update and set-aside, so that the metrics never scan the queue.
     pub(super) count: std::sync::atomic::AtomicUsize,
+    /// A flush is arranged for the writes that ride on the next round
+    /// (`Store::update_with_next_round`).
+    pub(super) ride_flush: std::sync::atomic::AtomicBool,
+    /// The rounds started when the latest such write was done: a round numbered above it
+    /// covers every one of them.
+    pub(super) ride_mark: AtomicU64,
 }
 
 impl Handle {
@@ -105,6 +111,8 @@ impl Handle {
             corrupt: db.open_tree("corrupt").map_err(err)?,
             group: Default::default(),
             synced: Default::default(),
+            ride_flush: Default::default(),
+            ride_mark: Default::default(),
             db,
         })
     }

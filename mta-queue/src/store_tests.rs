@@ -474,3 +474,102 @@ fn a_hold_that_cannot_be_read_counts_as_held() {
     assert!(store.is_user_held("alice@example.org"));
     assert!(store.is_user_held("bob@example.org"));
 }
+
+/// The child half of [`a_kill_before_the_next_round_delivers_again`]: queues a message
+/// (flushed, as at `250`), records its delivery to be flushed with the next round, prints
+/// `recorded`, then, in mode `wait`, lets that round run and prints `flushed`; then blocks
+/// the runtime's only thread until it is killed, so nothing more runs.
+#[tokio::test]
+#[ignore = "a child process of a_kill_before_the_next_round_delivers_again"]
+async fn ride_child() {
+    let dir = std::env::var_os("MTA_TEST_RIDE_DIR").expect("run by the parent test");
+    let wait = std::env::var("MTA_TEST_RIDE_MODE").as_deref() == Ok("wait");
+    let store = Store::open(Path::new(&dir)).unwrap();
+    let queued = record("00000000000100000001", 100);
+    store.insert(&queued, b"abc").await.unwrap();
+    let mut delivered = queued.clone();
+    delivered.envelope.recipients[0].state = mta_core::envelope::RcptState::Delivered;
+    let syncs = store.syncs();
+    store
+        .update_with_next_round(&delivered, 100, true)
+        .await
+        .unwrap();
+    println!("ride: recorded");
+    if wait {
+        // Bounded: the round comes within RIDE_AT_MOST.
+        for _ in 0..1000 {
+            if store.syncs() > syncs {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(store.syncs() > syncs, "no round after the delivery");
+        println!("ride: flushed");
+    }
+    std::thread::sleep(std::time::Duration::from_secs(120));
+}
+
+/// Runs [`ride_child`] in `mode`, kills it (SIGKILL) once it printed `line`, and returns
+/// the store it left.
+fn kill_ride_child(mode: &str, line: &str) -> (tempfile::TempDir, Store) {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::tests::ride_child",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("MTA_TEST_RIDE_DIR", dir.path())
+        .env("MTA_TEST_RIDE_MODE", mode)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l == line => break,
+            Ok(_) => continue,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the child never printed {line:?}: {e}");
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    (dir, store)
+}
+
+/// A delivery recorded to ride on the next flush round: killed after the delivery and
+/// before that round, the message is still queued with its recipient pending, so it is
+/// delivered again (a duplicate), never lost; killed after the round, it is gone.
+#[test]
+fn a_kill_before_the_next_round_delivers_again() {
+    let id = MessageId::parse("00000000000100000001").unwrap();
+    let (_dir, store) = kill_ride_child("kill", "ride: recorded");
+    let (rec, body) = store
+        .load(&id)
+        .unwrap()
+        .expect("still queued: delivered again after the restart");
+    assert_eq!(
+        rec.envelope.recipients[0].state,
+        mta_core::envelope::RcptState::Pending
+    );
+    assert_eq!(&body[..], b"abc");
+    assert_eq!(store.due(100, 10).unwrap(), vec![(100, id.clone())]);
+
+    let (_dir, store) = kill_ride_child("wait", "ride: flushed");
+    assert!(store.load(&id).unwrap().is_none(), "removed by the round");
+    assert!(store.due(u64::MAX - 1, 10).unwrap().is_empty());
+}

@@ -1,7 +1,13 @@
 //! Local delivery into Maildir (the layout Dovecot reads): `ROOT/<domain>/<user>/Maildir`
 //! with `tmp/`, `new/`, `cur/`. A message is written to `tmp/`, fsynced, renamed into
 //! `new/`, and `new/` is fsynced, so a reader never sees a partial file and a delivered
-//! message survives a crash.
+//! message survives a crash. Concurrent deliveries into one `new/` share its `fsync`
+//! ([`dir_sync`]): a delivery is done only once a sync of `new/` that started after its
+//! rename has returned.
+//!
+//! The directories are opened as they are and created only when missing: a new user's
+//! Maildir gets `tmp/`, `new/` and `cur/` at its first delivery; a Maildir that lost its
+//! `tmp/` or `new/` gets all three back at its next one.
 //!
 //! The file is the queued message after a `Return-Path` and a `Delivered-To` header, with
 //! each CRLF stored as a bare LF (`local.line_endings = "lf"`, the default: what Postfix,
@@ -28,6 +34,8 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fchmod, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
+
+mod dir_sync;
 
 /// Who besides the user `mta` serves as may use delivered mail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +90,8 @@ pub struct Maildirs {
     access: MailAccess,
     endings: LineEndings,
     counter: AtomicU64,
+    /// The grouped syncs of the `new/` directories.
+    dir_syncs: dir_sync::DirSyncs,
 }
 
 impl Maildirs {
@@ -93,7 +103,20 @@ impl Maildirs {
             access,
             endings: LineEndings::Lf,
             counter: AtomicU64::new(0),
+            dir_syncs: dir_sync::DirSyncs::new(
+                std::sync::Arc::new(|dir: &OwnedFd| Ok(nix::unistd::fsync(dir)?)),
+                dir_sync::WAIT,
+                dir_sync::SIBLINGS,
+            ),
         }
+    }
+
+    /// The same, syncing directories with `sync`, with no wait for deliveries still
+    /// writing (a test counts and checks the syncs, round by round).
+    #[cfg(test)]
+    fn with_dir_sync(mut self, sync: dir_sync::SyncFn, wait: std::time::Duration) -> Maildirs {
+        self.dir_syncs = dir_sync::DirSyncs::new(sync, wait, std::time::Duration::ZERO);
+        self
     }
 
     /// The same, storing lines with `endings` (`local.line_endings`).
@@ -140,6 +163,13 @@ impl Maildirs {
                 self.unique_name(&format!("S={},W={wire}", head_size + body_size))
             }
         };
+        let sync = !mta_core::durable_file::syncs_disabled();
+        // Counted among the writers into `new/` from here to the rename (see `dir_sync`).
+        let mut writing = if sync {
+            Some(self.dir_syncs.begin(&new)?)
+        } else {
+            None
+        };
         let result = (|| {
             let mode = self.access.mode(TreeLevel::Inside, false);
             let fd = openat(
@@ -167,13 +197,12 @@ impl Maildirs {
                     out.flush()?;
                 }
             }
-            let sync = !mta_core::durable_file::syncs_disabled();
             if sync {
                 file.sync_all()?;
             }
             renameat(&tmp, name.as_str(), &new, name.as_str())?;
-            if sync {
-                File::from(new.try_clone()?).sync_all()?;
+            if let Some(writing) = writing.take() {
+                writing.sync(&new)?;
             }
             Ok::<(), io::Error>(())
         })();
@@ -193,27 +222,42 @@ impl Maildirs {
         self.open_parts(dir).map(drop)
     }
 
-    /// `tmp/` and `new/` of the Maildir `dir`, all three made when missing.
+    /// `tmp/` and `new/` of the Maildir `dir`. When the Maildir, `tmp/` or `new/` had to be
+    /// made, `cur/` is made too if missing: a new Maildir gets all three. An existing one is
+    /// only opened (`cur/` is the reader's: not looked at).
     fn open_parts(&self, dir: &Path) -> io::Result<(OwnedFd, OwnedFd)> {
-        let maildir = self.open_maildir(dir)?;
-        let inside = |name| self.dir_at(&maildir, name, TreeLevel::Inside);
-        let (tmp, new, _cur) = (inside("tmp")?, inside("new")?, inside("cur")?);
+        let (maildir, mut made) = self.open_maildir(dir)?;
+        let mut inside = |name| {
+            let (fd, created) = self.dir_at(&maildir, name, TreeLevel::Inside)?;
+            made |= created;
+            Ok::<_, io::Error>(fd)
+        };
+        let (tmp, new) = (inside("tmp")?, inside("new")?);
+        if made {
+            self.dir_at(&maildir, "cur", TreeLevel::Inside)?;
+        }
         Ok((tmp, new))
     }
 
     /// Opens `dir` one component at a time from the root, creating what is missing with
-    /// the modes of [`MailAccess::mode`], following no symbolic link.
-    fn open_maildir(&self, dir: &Path) -> io::Result<OwnedFd> {
+    /// the modes of [`MailAccess::mode`], following no symbolic link; whether `dir` itself
+    /// was made.
+    fn open_maildir(&self, dir: &Path) -> io::Result<(OwnedFd, bool)> {
         let relative = dir.strip_prefix(&self.root).map_err(|_| {
             io::Error::new(io::ErrorKind::InvalidInput, "Maildir outside the mail root")
         })?;
-        if !self.root.exists() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(self.access.mode(TreeLevel::Above, true) & 0o777)
-                .create(&self.root)?;
-        }
-        let mut fd: OwnedFd = File::open(&self.root)?.into();
+        let mut fd: OwnedFd = match File::open(&self.root) {
+            Ok(root) => root.into(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(self.access.mode(TreeLevel::Above, true) & 0o777)
+                    .create(&self.root)?;
+                File::open(&self.root)?.into()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut made = false;
         for (depth, part) in relative.components().enumerate() {
             let Component::Normal(name) = part else {
                 return Err(io::Error::new(
@@ -221,32 +265,39 @@ impl Maildirs {
                     "Maildir path with a component that is not a name",
                 ));
             };
-            fd = self.dir_at(&fd, name, TreeLevel::at(depth + 1))?;
+            (fd, made) = self.dir_at(&fd, name, TreeLevel::at(depth + 1))?;
         }
-        Ok(fd)
+        Ok((fd, made))
     }
 
-    /// The directory `name` in `parent`, created when missing; never a symbolic link.
+    /// The directory `name` in `parent`, created when missing (then `true`); never a
+    /// symbolic link. It is opened first: the `mkdir` only when that finds nothing.
     fn dir_at<P: ?Sized + nix::NixPath>(
         &self,
         parent: &OwnedFd,
         name: &P,
         level: TreeLevel,
-    ) -> io::Result<OwnedFd> {
+    ) -> io::Result<(OwnedFd, bool)> {
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        match openat(parent.as_fd(), name, flags, Mode::empty()) {
+            Ok(fd) => return Ok((fd, false)),
+            Err(Errno::ENOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
         let mode = self.access.mode(level, true);
         let created = match mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(mode & 0o777)) {
             Ok(()) => true,
+            // Made by a concurrent delivery since we looked.
             Err(Errno::EEXIST) => false,
             Err(e) => return Err(e.into()),
         };
-        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(parent.as_fd(), name, flags, Mode::empty())?;
         if created {
             // The umask took the group bits; the set-group-id bit is inherited, and kept
             // by chmod because `mta serve` is a member of the mail group.
             fchmod(&fd, Mode::from_bits_truncate(mode))?;
         }
-        Ok(fd)
+        Ok((fd, created))
     }
 
     /// `time.M<micros>P<pid>Q<n>.host,<sizes>`: unique per process and delivery, with
@@ -374,6 +425,167 @@ mod tests {
             let lfs = want.iter().filter(|&&b| b == b'\n').count();
             proptest::prop_assert_eq!(crlf_size(&bytes), want.len() + lfs);
         }
+    }
+
+    /// What the directory-sync seam saw: per sync, the files in `new/` when it started (the
+    /// renames it covers), whether it succeeded, and when it ended on `clock`.
+    #[derive(Default)]
+    struct SeenSyncs {
+        clock: AtomicU64,
+        syncs: std::sync::Mutex<Vec<(Vec<String>, bool, u64)>>,
+    }
+
+    fn names_in(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// Each delivery's result and when it returned, the syncs seen, `new/`, and the tree.
+    type Concurrent = (
+        Vec<(io::Result<PathBuf>, u64)>,
+        std::sync::Arc<SeenSyncs>,
+        PathBuf,
+        tempfile::TempDir,
+    );
+
+    /// `N` concurrent deliveries into one Maildir, the directory syncs through a seam: the
+    /// first sync holds until the other `N - 1` deliveries have renamed their files and wait
+    /// for the next round, and round `fail` (1-based) fails. Returns each delivery's result
+    /// with the seam's clock when it returned, and the syncs seen.
+    fn concurrent_writes(n: usize, fail: Option<usize>) -> Concurrent {
+        use std::sync::{Arc, OnceLock, Weak};
+        let dir = tempfile::tempdir().unwrap();
+        let seen = Arc::new(SeenSyncs::default());
+        let me: Arc<OnceLock<Weak<Maildirs>>> = Arc::new(OnceLock::new());
+        let rcpt = Address::parse("bob@example.org").unwrap();
+        let new_dir = dir.path().join("example.org/bob/Maildir/new");
+        let sync: dir_sync::SyncFn = {
+            let (seen, me, new_dir) = (seen.clone(), me.clone(), new_dir.clone());
+            Arc::new(move |fd: &OwnedFd| {
+                let covers = names_in(&new_dir);
+                let round = seen.syncs.lock().unwrap().len() + 1;
+                if round == 1 {
+                    let m = me.get().and_then(Weak::upgrade).unwrap();
+                    // Bounded: the others are quick to rename and queue up.
+                    for _ in 0..30_000 {
+                        if m.dir_syncs.waiting_for_next() == n - 1 {
+                            break;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                }
+                let ok = fail != Some(round);
+                let result = if ok {
+                    nix::unistd::fsync(fd).map_err(io::Error::from)
+                } else {
+                    Err(io::Error::from_raw_os_error(nix::libc::EIO))
+                };
+                let ended = seen.clock.fetch_add(1, Ordering::SeqCst);
+                seen.syncs.lock().unwrap().push((covers, ok, ended));
+                result
+            })
+        };
+        let m = Arc::new(
+            Maildirs::new(dir.path(), "mx.test", MailAccess::Private)
+                .with_dir_sync(sync, std::time::Duration::from_secs(60)),
+        );
+        me.set(Arc::downgrade(&m)).unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        m.prepare(&md).unwrap();
+        let threads: Vec<_> = (0..n)
+            .map(|i| {
+                let (m, md, rcpt, seen) = (m.clone(), md.clone(), rcpt.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    let body = format!("Subject: {i}\r\n\r\n{i}\r\n");
+                    let result = m.write(&md, &ReversePath::Null, &rcpt, body.as_bytes());
+                    (result, seen.clock.fetch_add(1, Ordering::SeqCst))
+                })
+            })
+            .collect();
+        let results = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(
+            m.dir_syncs.active(),
+            0,
+            "nothing kept once every delivery is done"
+        );
+        (results, seen, new_dir, dir)
+    }
+
+    /// Concurrent deliveries share the `fsync` of `new/`, and none returns before a sync
+    /// that started after its rename has returned.
+    #[test]
+    fn concurrent_deliveries_share_the_directory_sync() {
+        const N: usize = 8;
+        let (results, seen, new_dir, _dir) = concurrent_writes(N, None);
+        let syncs = seen.syncs.lock().unwrap().clone();
+        assert!(
+            syncs.len() < N,
+            "{} directory syncs for {N} deliveries",
+            syncs.len()
+        );
+        assert_eq!(
+            syncs.len(),
+            2,
+            "the first round, then one for the other {}",
+            N - 1
+        );
+        for (result, returned) in results {
+            let path = result.unwrap();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                syncs
+                    .iter()
+                    .any(|(covers, ok, ended)| *ok && covers.contains(&name) && ended < &returned),
+                "{name} returned without a sync that followed its rename: {syncs:?}"
+            );
+        }
+        assert_eq!(names_in(&new_dir).len(), N);
+    }
+
+    /// A failed sync of `new/` fails every delivery waiting on it (they are retried, as
+    /// after any failed sync), and only them: the next round syncs again.
+    #[test]
+    fn a_failed_directory_sync_fails_the_deliveries_waiting_on_it() {
+        const N: usize = 6;
+        let (results, seen, _new_dir, _dir) = concurrent_writes(N, Some(2));
+        let failed: Vec<_> = results.iter().filter(|(r, _)| r.is_err()).collect();
+        assert_eq!(failed.len(), N - 1, "every waiter of the failed round");
+        for (e, _) in &failed {
+            let e = e.as_ref().unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(nix::libc::EIO), "{e}");
+        }
+        let syncs = seen.syncs.lock().unwrap().clone();
+        assert_eq!(syncs.iter().map(|s| s.1).collect::<Vec<_>>(), [true, false]);
+    }
+
+    /// A delivery opens an existing Maildir's directories as they are and makes none: here
+    /// `cur/`, removed, stays away (it was made again by every delivery, with a `mkdir` per
+    /// directory per message). A new Maildir gets all three, and one that lost `new/` gets
+    /// `new/` and `cur/` back.
+    #[test]
+    fn directories_are_made_only_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Maildirs::new(dir.path(), "mx.test", MailAccess::Private);
+        let rcpt = Address::parse("bob@example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        m.write(&md, &ReversePath::Null, &rcpt, b"1\r\n").unwrap();
+        let mut parts = names_in(&md);
+        parts.sort();
+        assert_eq!(parts, ["cur", "new", "tmp"], "a new Maildir gets all three");
+        fs::remove_dir(md.join("cur")).unwrap();
+        m.write(&md, &ReversePath::Null, &rcpt, b"2\r\n").unwrap();
+        assert!(
+            !md.join("cur").exists(),
+            "an existing Maildir is only opened"
+        );
+        fs::rename(md.join("new"), md.join("old")).unwrap();
+        m.write(&md, &ReversePath::Null, &rcpt, b"3\r\n").unwrap();
+        let mut parts = names_in(&md);
+        parts.sort();
+        assert_eq!(parts, ["cur", "new", "old", "tmp"]);
+        assert_eq!(names_in(&md.join("new")).len(), 1);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::{base_config, mta_bin};
 
 /// The syscalls traced: what reads from and writes to sockets, and what syncs files.
 const TRACED: &str = "trace=read,readv,recvfrom,recvmsg,write,writev,sendto,sendmsg,\
-                      fsync,fdatasync,sync_file_range,syncfs";
+                      fsync,fdatasync,sync_file_range,syncfs,rename,renameat,renameat2,\
+                      mkdir,mkdirat";
 
 /// Whether `strace` can trace a child here (it is installed and ptrace is allowed); the
 /// error says why not.
@@ -299,6 +300,63 @@ pub fn check_trace(trace: &str, store: &str) -> SyncOrder {
                     c.entry + 1
                 ),
             )),
+        }
+    }
+    order
+}
+
+/// What [`check_maildir`] found.
+#[derive(Debug, Default)]
+pub struct MaildirOrder {
+    /// Files renamed into `new/`.
+    pub renames: usize,
+    /// Renames followed by a successful `fsync` of `new/` that started after the rename
+    /// returned.
+    pub covered: usize,
+    /// Renames without one: the file name and where.
+    pub uncovered: Vec<String>,
+    /// Successful `fsync`s of `new/` itself.
+    pub dir_syncs: usize,
+    /// `mkdir`/`mkdirat` calls anywhere under the Maildir tree, and how many found the
+    /// directory there already (`EEXIST`).
+    pub mkdirs: usize,
+    /// Of those, answered `EEXIST`.
+    pub mkdir_exists: usize,
+}
+
+/// Checks the Maildir writes in `trace` (`strace -f -ttt -yy`): every rename into the
+/// directory `new` must be followed by a successful `fsync` of `new` that *started* after
+/// the rename returned (a sync already running may not cover it). Counts the `mkdir`s made
+/// under `tree`.
+pub fn check_maildir(trace: &str, new: &str, tree: &str) -> MaildirOrder {
+    let mut order = MaildirOrder::default();
+    let all = calls(trace);
+    // Lines where successful syncs of `new` started.
+    let mut sync_starts: Vec<usize> = Vec::new();
+    for c in &all {
+        if matches!(c.name.as_str(), "fsync" | "fdatasync") && c.ret == Some(0) && c.fd == new {
+            sync_starts.push(c.entry);
+        }
+    }
+    order.dir_syncs = sync_starts.len();
+    sync_starts.sort_unstable();
+    for c in &all {
+        let renamed = matches!(c.name.as_str(), "renameat" | "renameat2" | "rename");
+        if renamed && c.ret == Some(0) && c.text.contains(&format!("<{new}>")) {
+            order.renames += 1;
+            if sync_starts.partition_point(|&s| s <= c.exit) < sync_starts.len() {
+                order.covered += 1;
+            } else {
+                order
+                    .uncovered
+                    .push(format!("line {}: {}", c.exit + 1, c.text));
+            }
+        }
+        if matches!(c.name.as_str(), "mkdir" | "mkdirat") && c.text.contains(tree) {
+            order.mkdirs += 1;
+            if c.text.contains("EEXIST") {
+                order.mkdir_exists += 1;
+            }
         }
     }
     order

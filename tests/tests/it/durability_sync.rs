@@ -7,7 +7,7 @@
 use std::collections::HashSet;
 
 use mta_tests::load::{Load, LoadSpec, Outcome, Rng};
-use mta_tests::strace::{TracedMta, check_trace, strace_works};
+use mta_tests::strace::{TracedMta, check_maildir, check_trace, strace_works};
 use mta_tests::{KeptDir, mta_with_config};
 
 const BOB: &str = "bob@example.test";
@@ -51,6 +51,16 @@ fn every_250_to_data_follows_a_store_sync() {
         }
     }
     assert_eq!(acked.len(), SESSIONS * PER_SESSION, "every message got 250");
+    // Every message in the Maildir before the stop (bounded), so that every delivery ran.
+    let maildir = dir.path().join("data/mail/example.test/bob/Maildir");
+    let new_dir = maildir.join("new");
+    for _ in 0..6000 {
+        let files = std::fs::read_dir(&new_dir).map_or(0, |d| d.count());
+        if files >= acked.len() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let trace = mta.stop();
 
     let store = format!("{}/", dir.path().join("data").join("queue").display());
@@ -76,6 +86,40 @@ fn every_250_to_data_follows_a_store_sync() {
         order.unproven.is_empty(),
         "250 without a store sync before it: {:?}",
         order.unproven
+    );
+
+    // Local delivery: every file renamed into new/ is covered by a sync of new/ that started
+    // after its rename; concurrent deliveries share those syncs; an existing Maildir's
+    // directories are opened, not made again for each message.
+    let md = check_maildir(
+        &trace,
+        &new_dir.display().to_string(),
+        &dir.path().join("data/mail").display().to_string(),
+    );
+    println!(
+        "strace figures, Maildir: {} renames into new/, {} covered by a later sync of new/; \
+         {} syncs of new/ ({:.2} per message); {} mkdir ({} answered EEXIST)",
+        md.renames,
+        md.covered,
+        md.dir_syncs,
+        md.dir_syncs as f64 / acked.len() as f64,
+        md.mkdirs,
+        md.mkdir_exists,
+    );
+    assert_eq!(md.renames, acked.len(), "one rename into new/ per message");
+    assert!(
+        md.uncovered.is_empty(),
+        "renames without a later sync of new/: {:?}",
+        md.uncovered
+    );
+    assert!(md.dir_syncs >= 1);
+    // The first delivery makes the tree (the root's and domain's directories, the user's,
+    // the Maildir and its three); concurrent first deliveries may each try some of them.
+    assert!(
+        md.mkdirs <= 7 * SESSIONS,
+        "{} mkdir for {} messages: directories made again for each message",
+        md.mkdirs,
+        acked.len()
     );
     let proven: HashSet<String> = order.proven.into_iter().collect();
     let missing: Vec<_> = acked.difference(&proven).collect();
