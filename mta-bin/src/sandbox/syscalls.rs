@@ -12,10 +12,11 @@ use std::collections::BTreeMap;
 
 use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition, SeccompRule};
 
-/// The allow-list: every call in [`ALLOWED`] without condition, and three with conditions on
+/// The allow-list: every call in [`ALLOWED`] without condition, and four with conditions on
 /// their arguments: `ioctl` but not `TIOCSTI`/`TIOCLINUX` (typing into a terminal), `clone`
-/// without namespace flags (no new user or network namespace to attack the kernel from), and
-/// `socket` only for IPv4, IPv6 and Unix sockets.
+/// without namespace flags (no new user or network namespace to attack the kernel from),
+/// `socket` only for IPv4, IPv6 and Unix sockets, and `setpriority` only to the password
+/// checks' nice value.
 ///
 /// # Errors
 /// A condition seccompiler refuses (a bug here, not an input problem).
@@ -43,6 +44,18 @@ pub(super) fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Er
         socket.push(SeccompRule::new(vec![eq])?);
     }
     rules.insert(libc::SYS_socket, socket);
+    // `setpriority` only as the password-check threads call it: one process (a thread, on
+    // Linux) lowered to their nice value, never raised.
+    let priority = SeccompRule::new(vec![
+        SeccompCondition::new(0, Len::Dword, Op::Eq, libc::PRIO_PROCESS as u64)?,
+        SeccompCondition::new(
+            2,
+            Len::Dword,
+            Op::Eq,
+            u64::from(mta_smtp::server::logins::CHECK_NICE.unsigned_abs()),
+        )?,
+    ])?;
+    rules.insert(libc::SYS_setpriority, vec![priority]);
     Ok(rules)
 }
 
@@ -51,7 +64,8 @@ pub(super) fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Er
 pub(super) const NOT_IMPLEMENTED: &[i64] = &[libc::SYS_clone3];
 
 /// System call numbers the filter allows without condition; everything else fails with
-/// `EPERM`. `ioctl`, `clone` and `socket` are allowed by [`rules`] with conditions.
+/// `EPERM`. `ioctl`, `clone`, `socket` and `setpriority` are allowed by [`rules`] with
+/// conditions.
 const ALLOWED: &[i64] = &[
     // Files and directories.
     libc::SYS_read,

@@ -604,3 +604,14 @@ proptest! {
         }
     }
 }
+
+/// A burst of logins takes the CPU that mail leaves: the checks run at a lower priority than
+/// the threads that serve sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_checks_run_below_the_sessions_priority() {
+    let checks = PasswordChecks::new(1, 1);
+    let turn = checks.turn(MAX_WAIT).await.expect("a turn");
+    let nice = checks.run(turn, super::own_nice).await.expect("ran");
+    // Nice values end at 19.
+    assert_eq!(nice, (super::own_nice() + CHECK_NICE).min(19));
+}

@@ -513,3 +513,35 @@ fn the_systemd_units_verify() {
         "{out}"
     );
 }
+
+/// The nice value of the password-check threads (`CHECK_NICE` in the server's login code).
+const CHECK_NICE: i32 = 10;
+
+/// Inside the sandbox the password checks still run at their lower priority: seccomp lets
+/// `setpriority` through for exactly that, so a burst of logins takes the CPU mail leaves.
+#[test]
+fn password_checks_run_at_a_lower_priority_inside_the_sandbox() {
+    let mta = TestMta::start_config(|dir| base_config(dir, "sandbox = true\n"));
+    assert!(
+        mta.log().contains("seccomp=on"),
+        "the sandbox is not in force:\n{}",
+        mta.log()
+    );
+    let tasks = format!("/proc/{}/task", mta.pid());
+    let mut nice = Vec::new();
+    for task in std::fs::read_dir(&tasks).expect("read the server's tasks") {
+        let path = task.expect("a task").path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.starts_with("mta-password") {
+            let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
+            // Field 19 is the nice value; the name (field 2) has no spaces here.
+            let value: i32 = stat.split(' ').nth(18).expect("19 fields").parse().expect("nice");
+            nice.push(value);
+        }
+    }
+    assert!(!nice.is_empty(), "no password-check thread in {tasks}");
+    assert!(
+        nice.iter().all(|&n| n == CHECK_NICE),
+        "nice values of the password-check threads: {nice:?}"
+    );
+}
