@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::control::{self, Listing, Request};
 use crate::control_client;
-use crate::queue_text::{printable, render_record, state};
+use crate::queue_text::{printable, recipient_line, render_record};
 
 /// Queue commands. Each takes `--json` to print the control socket's JSON answer for
 /// scripts.
@@ -232,18 +232,7 @@ fn render_show(detail: &Detail) -> String {
         if e.delay_warned { "sent" } else { "not sent" },
     );
     for r in &e.recipients {
-        out.push_str(&format!(
-            "    {}  {}  attempts {}  {}\n",
-            printable(&r.address.to_string()),
-            state(&r.state),
-            r.attempts,
-            printable(
-                &r.last_result
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            )
-        ));
+        out.push_str(&recipient_line(r));
     }
     out.push_str("headers\n");
     for line in &detail.headers {

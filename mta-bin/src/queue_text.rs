@@ -35,18 +35,23 @@ pub fn render_record(rec: &mta_queue::Record, held: bool) -> String {
         printable(&e.sender.to_string()),
     );
     for r in &e.recipients {
-        out.push_str(&format!(
-            "    {}  {}  attempts {}  {}\n",
-            printable(&r.address.to_string()),
-            state(&r.state),
-            r.attempts,
-            printable(
-                &r.last_result
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
-            )
-        ));
+        out.push_str(&recipient_line(r));
     }
     out
+}
+
+/// One recipient as the queue commands print it: address, state, attempts, last result.
+pub fn recipient_line(r: &mta_core::envelope::Recipient) -> String {
+    format!(
+        "    {}  {}  attempts {}  {}\n",
+        printable(&r.address.to_string()),
+        state(&r.state),
+        r.attempts,
+        printable(
+            &r.last_result
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        )
+    )
 }
