@@ -136,6 +136,14 @@ impl DirSyncs {
         })
     }
 
+    /// Syncs `dir` at once, on its own (a directory a delivery has just made an entry in).
+    ///
+    /// # Errors
+    /// The sync's.
+    pub(super) fn sync_now(&self, dir: &OwnedFd) -> io::Result<()> {
+        (self.sync)(dir)
+    }
+
     /// Directories with a coordinator (callers in flight).
     #[cfg(test)]
     pub(super) fn active(&self) -> usize {
