@@ -615,4 +615,56 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
         assert_eq!(syncs.active(), 0);
     }
+
+    /// A steady stream of deliveries that begin writing (and some fail before their rename)
+    /// never postpones a round for ever: a caller's round starts within [`SIBLINGS`] of its
+    /// call, however many others are writing then.
+    #[test]
+    fn a_stream_of_writers_does_not_starve_a_round() {
+        use std::sync::atomic::AtomicBool;
+        let sync: SyncFn = Arc::new(|_dir: &OwnedFd| Ok(()));
+        let syncs = Arc::new(DirSyncs::new(sync, Duration::from_secs(60), SIBLINGS));
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let (syncs, stop) = (syncs.clone(), stop.clone());
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let fd: OwnedFd = std::fs::File::open(&path).unwrap().into();
+                    // Bounded: at most 2000 writes, or until told to stop.
+                    for n in 0..2000 {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let writing = syncs.begin(&fd).unwrap();
+                        std::thread::sleep(Duration::from_millis(3));
+                        if (n + i) % 2 == 0 {
+                            drop(writing); // failed before its rename
+                        } else {
+                            writing.sync(&fd).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let t = Instant::now();
+            syncs.begin(&fd).unwrap().sync(&fd).unwrap();
+            slowest = slowest.max(t.elapsed());
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        // 10 ms, and room for a loaded machine.
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a round waited {slowest:?}"
+        );
+        assert_eq!(syncs.active(), 0);
+    }
 }
