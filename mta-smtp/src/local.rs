@@ -92,8 +92,9 @@ pub struct Maildirs {
     access: MailAccess,
     endings: LineEndings,
     counter: AtomicU64,
-    /// The grouped syncs of the `new/` directories.
-    dir_syncs: dir_sync::DirSyncs,
+    /// The grouped syncs of the `new/` directories: the process's, shared by every
+    /// `Maildirs` (a reload makes a new one while deliveries through the old one go on).
+    dir_syncs: std::sync::Arc<dir_sync::DirSyncs>,
 }
 
 impl Maildirs {
@@ -105,11 +106,7 @@ impl Maildirs {
             access,
             endings: LineEndings::Lf,
             counter: AtomicU64::new(0),
-            dir_syncs: dir_sync::DirSyncs::new(
-                std::sync::Arc::new(|dir: &OwnedFd| Ok(nix::unistd::fsync(dir)?)),
-                dir_sync::WAIT,
-                dir_sync::SIBLINGS,
-            ),
+            dir_syncs: dir_sync::DirSyncs::shared(),
         }
     }
 
@@ -117,7 +114,11 @@ impl Maildirs {
     /// writing (a test counts and checks the syncs, round by round).
     #[cfg(test)]
     fn with_dir_sync(mut self, sync: dir_sync::SyncFn, wait: std::time::Duration) -> Maildirs {
-        self.dir_syncs = dir_sync::DirSyncs::new(sync, wait, std::time::Duration::ZERO);
+        self.dir_syncs = std::sync::Arc::new(dir_sync::DirSyncs::new(
+            sync,
+            wait,
+            std::time::Duration::ZERO,
+        ));
         self
     }
 
@@ -667,6 +668,16 @@ mod tests {
         synced.lock().unwrap().clear();
         m.write(&md, &ReversePath::Null, &rcpt, b"3\r\n").unwrap();
         assert_eq!(*synced.lock().unwrap(), [key(&md.join("new"))]);
+    }
+
+    /// Two trees of Maildirs in one process (a reload makes a new one while deliveries
+    /// through the old one go on) share the directory syncs: one coordinator sees every
+    /// delivery into a `new/`, and so every failed round that may have dropped a rename.
+    #[test]
+    fn every_maildirs_of_the_process_shares_the_directory_syncs() {
+        let a = Maildirs::new(Path::new("/srv/mail"), "mx.test", MailAccess::Private);
+        let b = Maildirs::new(Path::new("/srv/mail"), "mx.test", MailAccess::Group);
+        assert!(std::sync::Arc::ptr_eq(&a.dir_syncs, &b.dir_syncs));
     }
 
     #[test]

@@ -100,6 +100,22 @@ impl Drop for Writing<'_> {
 }
 
 impl DirSyncs {
+    /// The process's coordinators, syncing with `fsync`: one for every tree of Maildirs, so
+    /// that deliveries through two of them (the old and the new after a reload) into one
+    /// directory still see each other's rounds, and their failures.
+    pub(super) fn shared() -> Arc<DirSyncs> {
+        static SHARED: std::sync::OnceLock<Arc<DirSyncs>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                Arc::new(DirSyncs::new(
+                    Arc::new(|dir: &OwnedFd| Ok(nix::unistd::fsync(dir)?)),
+                    WAIT,
+                    SIBLINGS,
+                ))
+            })
+            .clone()
+    }
+
     /// Coordinators that sync with `sync`, wait at most `wait` for a round, and hold a
     /// round at most `siblings` for deliveries still writing.
     pub(super) fn new(sync: SyncFn, wait: Duration, siblings: Duration) -> DirSyncs {
