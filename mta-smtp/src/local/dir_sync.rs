@@ -58,8 +58,9 @@ impl Writing<'_> {
     /// after this call has returned without error. Blocking.
     ///
     /// # Errors
-    /// The error of the round that would have covered this call, or `TimedOut` when no
-    /// round covered it within the bounded wait.
+    /// The error of the round that would have covered this call, or of the round running
+    /// when it was made (which may have dropped the rename), or `TimedOut` when no round
+    /// covered it within the bounded wait.
     pub(super) fn sync(mut self, dir: &OwnedFd) -> io::Result<()> {
         let rounds = self.rounds.clone().expect("kept until dropped");
         // No longer a writer from the moment it waits on a round: both at once, so that a
