@@ -8,6 +8,8 @@
 //! The directories are opened as they are and created only when missing: a new user's
 //! Maildir gets `tmp/`, `new/` and `cur/` at its first delivery; a Maildir that lost its
 //! `tmp/` or `new/` gets all three back at its next one.
+//! A directory made is synced into its parent (the `fsync` of `new/` makes the renames in
+//! `new/` durable, not `new/` itself) before the delivery counts.
 //!
 //! The file is the queued message after a `Return-Path` and a `Delivered-To` header, with
 //! each CRLF stored as a bare LF (`local.line_endings = "lf"`, the default: what Postfix,
@@ -90,8 +92,9 @@ pub struct Maildirs {
     access: MailAccess,
     endings: LineEndings,
     counter: AtomicU64,
-    /// The grouped syncs of the `new/` directories.
-    dir_syncs: dir_sync::DirSyncs,
+    /// The grouped syncs of the `new/` directories: the process's, shared by every
+    /// `Maildirs` (a reload makes a new one while deliveries through the old one go on).
+    dir_syncs: std::sync::Arc<dir_sync::DirSyncs>,
 }
 
 impl Maildirs {
@@ -103,11 +106,7 @@ impl Maildirs {
             access,
             endings: LineEndings::Lf,
             counter: AtomicU64::new(0),
-            dir_syncs: dir_sync::DirSyncs::new(
-                std::sync::Arc::new(|dir: &OwnedFd| Ok(nix::unistd::fsync(dir)?)),
-                dir_sync::WAIT,
-                dir_sync::SIBLINGS,
-            ),
+            dir_syncs: dir_sync::DirSyncs::shared(),
         }
     }
 
@@ -115,7 +114,11 @@ impl Maildirs {
     /// writing (a test counts and checks the syncs, round by round).
     #[cfg(test)]
     fn with_dir_sync(mut self, sync: dir_sync::SyncFn, wait: std::time::Duration) -> Maildirs {
-        self.dir_syncs = dir_sync::DirSyncs::new(sync, wait, std::time::Duration::ZERO);
+        self.dir_syncs = std::sync::Arc::new(dir_sync::DirSyncs::new(
+            sync,
+            wait,
+            std::time::Duration::ZERO,
+        ));
         self
     }
 
@@ -253,6 +256,12 @@ impl Maildirs {
                     .recursive(true)
                     .mode(self.access.mode(TreeLevel::Above, true) & 0o777)
                     .create(&self.root)?;
+                // The data directory, normally; one the server may not read is not synced
+                // (a failure to open it is no reason to fail the delivery).
+                let parent = self.root.parent().filter(|p| !p.as_os_str().is_empty());
+                if let Some(Ok(parent)) = parent.map(File::open) {
+                    self.sync_made_in(&parent.into())?;
+                }
                 File::open(&self.root)?.into()
             }
             Err(e) => return Err(e),
@@ -297,7 +306,18 @@ impl Maildirs {
             // by chmod because `mta serve` is a member of the mail group.
             fchmod(&fd, Mode::from_bits_truncate(mode))?;
         }
+        // Also when a concurrent delivery made it: its sync may not have returned yet.
+        self.sync_made_in(parent)?;
         Ok((fd, created))
+    }
+
+    /// Syncs `parent` after a directory was made in it: a sync of `new/` makes the renames
+    /// in `new/` durable, not the entry of `new/` (or of the Maildir, ...) in its parent.
+    fn sync_made_in(&self, parent: &OwnedFd) -> io::Result<()> {
+        if mta_core::durable_file::syncs_disabled() {
+            return Ok(());
+        }
+        self.dir_syncs.sync_now(parent)
     }
 
     /// `time.M<micros>P<pid>Q<n>.host,<sizes>`: unique per process and delivery, with
@@ -464,6 +484,18 @@ mod tests {
         let sync: dir_sync::SyncFn = {
             let (seen, me, new_dir) = (seen.clone(), me.clone(), new_dir.clone());
             Arc::new(move |fd: &OwnedFd| {
+                // Only the syncs of `new/` are rounds (not those of a parent in which
+                // `prepare` made a directory).
+                let st = nix::sys::stat::fstat(fd)?;
+                let is_new = fs::metadata(&new_dir).is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+                    let key = (st.st_dev as u64, st.st_ino as u64);
+                    (m.dev(), m.ino()) == key
+                });
+                if !is_new {
+                    return Ok(nix::unistd::fsync(fd)?);
+                }
                 let covers = names_in(&new_dir);
                 let round = seen.syncs.lock().unwrap().len() + 1;
                 if round == 1 {
@@ -586,6 +618,66 @@ mod tests {
         parts.sort();
         assert_eq!(parts, ["cur", "new", "old", "tmp"]);
         assert_eq!(names_in(&md.join("new")).len(), 1);
+    }
+
+    /// A directory a delivery makes is durably linked before the delivery counts: its
+    /// parent is synced after the `mkdir` (a sync of `new/` makes the rename in it durable,
+    /// not the entry of `new/` in the Maildir, nor the Maildir's in the user's directory).
+    #[test]
+    fn made_directories_are_synced_into_their_parents() {
+        use std::os::unix::fs::MetadataExt;
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(Mutex::new(Vec::<(u64, u64)>::new()));
+        let sync: dir_sync::SyncFn = {
+            let synced = synced.clone();
+            Arc::new(move |fd: &OwnedFd| {
+                let st = nix::sys::stat::fstat(fd)?;
+                #[allow(clippy::unnecessary_cast)] // the field types differ between targets
+                synced
+                    .lock()
+                    .unwrap()
+                    .push((st.st_dev as u64, st.st_ino as u64));
+                Ok(nix::unistd::fsync(fd)?)
+            })
+        };
+        let root = dir.path().join("mail");
+        let m = Maildirs::new(&root, "mx.test", MailAccess::Private)
+            .with_dir_sync(sync, std::time::Duration::from_secs(60));
+        let rcpt = Address::parse("bob@example.org").unwrap();
+        let md = m.maildir(&rcpt).unwrap();
+        let key = |p: &Path| {
+            let meta = fs::metadata(p).unwrap();
+            (meta.dev(), meta.ino())
+        };
+        m.write(&md, &ReversePath::Null, &rcpt, b"1\r\n").unwrap();
+        let user = root.join("example.org/bob");
+        for p in [dir.path(), &root, &root.join("example.org"), &user, &md] {
+            assert!(
+                synced.lock().unwrap().contains(&key(p)),
+                "{} not synced after a directory was made in it",
+                p.display()
+            );
+        }
+        // A Maildir that lost `new/`: it is made again, and the Maildir synced.
+        fs::rename(md.join("new"), md.join("old")).unwrap();
+        synced.lock().unwrap().clear();
+        m.write(&md, &ReversePath::Null, &rcpt, b"2\r\n").unwrap();
+        assert!(synced.lock().unwrap().contains(&key(&md)));
+        // An existing Maildir: `new/` only.
+        synced.lock().unwrap().clear();
+        m.write(&md, &ReversePath::Null, &rcpt, b"3\r\n").unwrap();
+        assert_eq!(*synced.lock().unwrap(), [key(&md.join("new"))]);
+    }
+
+    /// Two trees of Maildirs in one process (a reload makes a new one while deliveries
+    /// through the old one go on) share the directory syncs: one coordinator sees every
+    /// delivery into a `new/`, and so every failed round that may have dropped a rename.
+    #[test]
+    fn every_maildirs_of_the_process_shares_the_directory_syncs() {
+        let a = Maildirs::new(Path::new("/srv/mail"), "mx.test", MailAccess::Private);
+        let b = Maildirs::new(Path::new("/srv/mail"), "mx.test", MailAccess::Group);
+        assert!(std::sync::Arc::ptr_eq(&a.dir_syncs, &b.dir_syncs));
     }
 
     #[test]

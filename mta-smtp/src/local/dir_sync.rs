@@ -14,10 +14,12 @@
 //! are about to rename, and waiting for them lets one sync cover them too instead of each
 //! starting the next round alone.
 //!
-//! A failed round fails every caller waiting on it, and only them: their deliveries are
-//! retried with new files, and the next round syncs again, vouching only for the renames
-//! before it. A caller waits at most a bounded time for its round ([`WAIT`]); then its
-//! delivery fails and is retried, as after a failed sync.
+//! A failed round fails every caller waiting on it, and the callers that renamed while it
+//! ran (its `fsync` may have written their renames and dropped them; the error is reported
+//! once per open file, so the next round, on another caller's descriptor, may not see it),
+//! and only them: their deliveries are retried with new files, and the next round syncs
+//! again, vouching only for the renames before it. A caller waits at most a bounded time
+//! for its round ([`WAIT`]); then its delivery fails and is retried, as after a failed sync.
 
 use std::collections::HashMap;
 use std::io;
@@ -56,8 +58,9 @@ impl Writing<'_> {
     /// after this call has returned without error. Blocking.
     ///
     /// # Errors
-    /// The error of the round that would have covered this call, or `TimedOut` when no
-    /// round covered it within the bounded wait.
+    /// The error of the round that would have covered this call, or of the round running
+    /// when it was made (which may have dropped the rename), or `TimedOut` when no round
+    /// covered it within the bounded wait.
     pub(super) fn sync(mut self, dir: &OwnedFd) -> io::Result<()> {
         let rounds = self.rounds.clone().expect("kept until dropped");
         // No longer a writer from the moment it waits on a round: both at once, so that a
@@ -98,6 +101,22 @@ impl Drop for Writing<'_> {
 }
 
 impl DirSyncs {
+    /// The process's coordinators, syncing with `fsync`: one for every tree of Maildirs, so
+    /// that deliveries through two of them (the old and the new after a reload) into one
+    /// directory still see each other's rounds, and their failures.
+    pub(super) fn shared() -> Arc<DirSyncs> {
+        static SHARED: std::sync::OnceLock<Arc<DirSyncs>> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                Arc::new(DirSyncs::new(
+                    Arc::new(|dir: &OwnedFd| Ok(nix::unistd::fsync(dir)?)),
+                    WAIT,
+                    SIBLINGS,
+                ))
+            })
+            .clone()
+    }
+
     /// Coordinators that sync with `sync`, wait at most `wait` for a round, and hold a
     /// round at most `siblings` for deliveries still writing.
     pub(super) fn new(sync: SyncFn, wait: Duration, siblings: Duration) -> DirSyncs {
@@ -132,6 +151,14 @@ impl DirSyncs {
             rounds: Some(rounds),
             counted: true,
         })
+    }
+
+    /// Syncs `dir` at once, on its own (a directory a delivery has just made an entry in).
+    ///
+    /// # Errors
+    /// The sync's.
+    pub(super) fn sync_now(&self, dir: &OwnedFd) -> io::Result<()> {
+        (self.sync)(dir)
     }
 
     /// Directories with a coordinator (callers in flight).
@@ -232,15 +259,31 @@ impl Rounds {
         // The next round to start is the first that surely began after our rename.
         let round = st.started + 1;
         *st.waiting.entry(round).or_insert(0) += 1;
+        // A round running now began before the rename, but its `fsync` may write the rename
+        // and fail: what failed to be written is then dropped, and the error is reported
+        // once per open file, so the next round, on another caller's descriptor, may
+        // succeed without it. That round's failure is ours too: we read its result as well.
+        let running = (st.started > st.finished).then_some(st.started);
+        if let Some(before) = running {
+            *st.waiting.entry(before).or_insert(0) += 1;
+        }
         let mut run = Some(run);
         loop {
             if st.finished >= round {
-                return take_result(&mut st, round);
+                let before = running.map(|before| take_result(&mut st, before));
+                let ours = take_result(&mut st, round);
+                return match before {
+                    Some(Err(e)) => Err(e),
+                    _ => ours,
+                };
             }
             if st.started > st.finished {
                 // A round is running: ours, or the one before it. Wait for its end.
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    if let Some(before) = running {
+                        leave(&mut st, before);
+                    }
                     leave(&mut st, round);
                     return Err(io::Error::new(
                         io::ErrorKind::TimedOut,
@@ -310,15 +353,17 @@ mod tests {
     /// Against a model of what a sync vouches for: writers bump a counter (a rename), then
     /// ask for a sync; each sync records, when it starts, the counter (the renames it covers)
     /// and fails at random. A caller told `Ok` must have a successful round that started
-    /// after its rename and ended before the answer; a caller told `Err` must have had its
-    /// round fail (or time out, which this test never lets happen).
+    /// after its rename and ended before the answer; a caller told `Err` must have had a
+    /// round fail that ended after its rename (its own, or one running at its rename, which
+    /// may have written it) and before the answer (or time out, which this test never lets
+    /// happen).
     #[test]
     fn answers_match_the_rounds_that_ran() {
         for seed in 1..=6u64 {
             let renames = Arc::new(AtomicU64::new(0));
             let clock = Arc::new(AtomicU64::new(0));
-            // (covers up to, succeeded, ended at) per round.
-            let rounds = Arc::new(Mutex::new(Vec::<(u64, bool, u64)>::new()));
+            // (covers up to, succeeded, ended at, renames when it ended) per round.
+            let rounds = Arc::new(Mutex::new(Vec::<(u64, bool, u64, u64)>::new()));
             let rng = Arc::new(Mutex::new(seed));
             let sync: SyncFn = {
                 let (renames, clock, rounds, rng) =
@@ -334,8 +379,9 @@ mod tests {
                         *x % 5 == 0
                     };
                     std::thread::sleep(Duration::from_micros(200));
+                    let renamed = renames.load(Ordering::SeqCst);
                     let ended = clock.fetch_add(1, Ordering::SeqCst);
-                    rounds.lock().unwrap().push((covers, !fail, ended));
+                    rounds.lock().unwrap().push((covers, !fail, ended, renamed));
                     if fail {
                         Err(io::Error::from_raw_os_error(nix::libc::EIO))
                     } else {
@@ -373,16 +419,21 @@ mod tests {
                 "seed {seed}: no round was shared"
             );
             for (write, result, at) in &told {
-                let covered = |good: bool| {
-                    rounds
-                        .iter()
-                        .any(|(covers, ok, ended)| *ok == good && covers >= write && ended < at)
-                };
                 match result {
-                    Ok(()) => assert!(covered(true), "seed {seed}: write {write} told Ok"),
+                    Ok(()) => assert!(
+                        rounds
+                            .iter()
+                            .any(|(covers, ok, ended, _)| *ok && covers >= write && ended < at),
+                        "seed {seed}: write {write} told Ok"
+                    ),
                     Err(code) => {
                         assert_eq!(*code, Some(nix::libc::EIO));
-                        assert!(covered(false), "seed {seed}: write {write} told Err");
+                        assert!(
+                            rounds.iter().any(|(_, ok, ended, renamed)| !*ok
+                                && renamed >= write
+                                && ended < at),
+                            "seed {seed}: write {write} told Err"
+                        );
                     }
                 }
             }
@@ -473,6 +524,164 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         release_tx.send(()).unwrap();
         first.join().unwrap().unwrap();
+        assert_eq!(syncs.active(), 0);
+    }
+
+    /// A rename made while a round runs may be written, and dropped, by that round's
+    /// `fsync`: Linux marks what it failed to write clean, and reports the error once per
+    /// open file (a descriptor opened after the error was reported never sees it). Here a
+    /// model of that: round 1, running when `w` renames, fails; `x` opens the directory
+    /// after that failure, renames, and starts round 2 on its descriptor, which reports
+    /// nothing. `w`'s rename was never made durable, so `w` must not be told `Ok` (an
+    /// `fsync` on its own descriptor, as before the grouping, would have failed).
+    #[test]
+    fn a_failed_round_fails_the_renames_made_while_it_ran() {
+        use std::collections::HashMap as Map;
+        use std::os::fd::AsRawFd;
+        use std::sync::mpsc::channel;
+        const T: Duration = Duration::from_secs(30);
+        // Per descriptor, the error generation it has seen (its errseq sample); the
+        // generation now, and whether its error was reported to anyone.
+        #[derive(Default)]
+        struct ErrSeq {
+            seen_by: Map<i32, u64>,
+            generation: u64,
+            reported: bool,
+        }
+        let errseq = Arc::new(Mutex::new(ErrSeq::default()));
+        let (round1_tx, round1_rx) = channel::<()>();
+        let (go_tx, go_rx) = channel::<()>();
+        let (failed_tx, failed_rx) = channel::<()>();
+        let (x_began_tx, x_began_rx) = channel::<()>();
+        let (go_rx, x_began_rx) = (Mutex::new(go_rx), Mutex::new(x_began_rx));
+        let calls = Arc::new(AtomicU64::new(0));
+        let sync: SyncFn = {
+            let (errseq, calls) = (errseq.clone(), calls.clone());
+            Arc::new(move |fd: &OwnedFd| {
+                if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    round1_tx.send(()).unwrap();
+                    go_rx.lock().unwrap().recv_timeout(T).unwrap();
+                    // The writeback fails, dropping every rename made so far.
+                    errseq.lock().unwrap().generation += 1;
+                }
+                let mut e = errseq.lock().unwrap();
+                let generation = e.generation;
+                let seen = e.seen_by.insert(fd.as_raw_fd(), generation).unwrap_or(0);
+                if seen == generation {
+                    return Ok(());
+                }
+                e.reported = true;
+                drop(e);
+                if calls.load(Ordering::SeqCst) == 1 {
+                    // Reported: `x` opens the directory now, and begins writing.
+                    failed_tx.send(()).unwrap();
+                    x_began_rx.lock().unwrap().recv_timeout(T).unwrap();
+                }
+                Err(io::Error::from_raw_os_error(nix::libc::EIO))
+            })
+        };
+        // Deliveries still writing hold a round (as in the server, for longer here).
+        let syncs = Arc::new(DirSyncs::new(sync, T, T));
+        let dir = tempfile::tempdir().unwrap();
+        let open = |errseq: &Mutex<ErrSeq>| -> OwnedFd {
+            let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+            let mut e = errseq.lock().unwrap();
+            let sample = if e.reported { e.generation } else { 0 };
+            e.seen_by.insert(fd.as_raw_fd(), sample);
+            fd
+        };
+        let fd_v = open(&errseq);
+        let v = {
+            let syncs = syncs.clone();
+            std::thread::spawn(move || syncs.begin(&fd_v)?.sync(&fd_v))
+        };
+        round1_rx.recv_timeout(T).unwrap();
+        let fd_w = open(&errseq);
+        let w = {
+            let syncs = syncs.clone();
+            std::thread::spawn(move || {
+                let writing = syncs.begin(&fd_w)?;
+                // (renamed here, while round 1 runs)
+                writing.sync(&fd_w)
+            })
+        };
+        // Bounded: until `w` waits for round 2.
+        for _ in 0..3000 {
+            if syncs.waiting_for_next() == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(syncs.waiting_for_next(), 1);
+        go_tx.send(()).unwrap();
+        failed_rx.recv_timeout(T).unwrap();
+        let fd_x = open(&errseq);
+        let writing_x = syncs.begin(&fd_x).unwrap();
+        x_began_tx.send(()).unwrap();
+        assert_eq!(
+            v.join().unwrap().unwrap_err().raw_os_error(),
+            Some(nix::libc::EIO)
+        );
+        // (`x` renames, then asks for its sync: it starts round 2, on its descriptor.)
+        writing_x.sync(&fd_x).unwrap();
+        let told_w = w.join().unwrap();
+        assert!(
+            told_w.is_err(),
+            "a rename that a failed round may have dropped was told Ok"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(syncs.active(), 0);
+    }
+
+    /// A steady stream of deliveries that begin writing (and some fail before their rename)
+    /// never postpones a round for ever: a caller's round starts within [`SIBLINGS`] of its
+    /// call, however many others are writing then.
+    #[test]
+    fn a_stream_of_writers_does_not_starve_a_round() {
+        use std::sync::atomic::AtomicBool;
+        let sync: SyncFn = Arc::new(|_dir: &OwnedFd| Ok(()));
+        let syncs = Arc::new(DirSyncs::new(sync, Duration::from_secs(60), SIBLINGS));
+        let dir = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|i| {
+                let (syncs, stop) = (syncs.clone(), stop.clone());
+                let path = dir.path().to_path_buf();
+                std::thread::spawn(move || {
+                    let fd: OwnedFd = std::fs::File::open(&path).unwrap().into();
+                    // Bounded: at most 2000 writes, or until told to stop.
+                    for n in 0..2000 {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        let writing = syncs.begin(&fd).unwrap();
+                        std::thread::sleep(Duration::from_millis(3));
+                        if (n + i) % 2 == 0 {
+                            drop(writing); // failed before its rename
+                        } else {
+                            writing.sync(&fd).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..20 {
+            let t = Instant::now();
+            syncs.begin(&fd).unwrap().sync(&fd).unwrap();
+            slowest = slowest.max(t.elapsed());
+        }
+        stop.store(true, Ordering::SeqCst);
+        for w in writers {
+            w.join().unwrap();
+        }
+        // 10 ms, and room for a loaded machine.
+        assert!(
+            slowest < Duration::from_millis(500),
+            "a round waited {slowest:?}"
+        );
         assert_eq!(syncs.active(), 0);
     }
 }
