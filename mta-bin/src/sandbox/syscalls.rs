@@ -15,8 +15,8 @@ use seccompiler::{SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition,
 /// The allow-list: every call in [`ALLOWED`] without condition, and four with conditions on
 /// their arguments: `ioctl` but not `TIOCSTI`/`TIOCLINUX` (typing into a terminal), `clone`
 /// without namespace flags (no new user or network namespace to attack the kernel from),
-/// `socket` only for IPv4, IPv6 and Unix sockets, and `setpriority` only to the password
-/// checks' nice value.
+/// `socket` only for IPv4, IPv6 and Unix sockets, and `setpriority` only to a nice value
+/// from the password checks' to the highest.
 ///
 /// # Errors
 /// A condition seccompiler refuses (a bug here, not an input problem).
@@ -45,15 +45,14 @@ pub(super) fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::Er
     }
     rules.insert(libc::SYS_socket, socket);
     // `setpriority` only as the password-check threads call it: one process (a thread, on
-    // Linux) lowered to their nice value, never raised.
+    // Linux) given a nice value from theirs to the highest, which lowers, never raises, a
+    // server's priority (compared unsigned: a negative value is a large one, refused).
+    let lowest = mta_smtp::server::logins::CHECK_NICE.unsigned_abs();
+    let highest = mta_smtp::server::logins::MAX_NICE.unsigned_abs();
     let priority = SeccompRule::new(vec![
         SeccompCondition::new(0, Len::Dword, Op::Eq, libc::PRIO_PROCESS as u64)?,
-        SeccompCondition::new(
-            2,
-            Len::Dword,
-            Op::Eq,
-            u64::from(mta_smtp::server::logins::CHECK_NICE.unsigned_abs()),
-        )?,
+        SeccompCondition::new(2, Len::Dword, Op::Ge, u64::from(lowest))?,
+        SeccompCondition::new(2, Len::Dword, Op::Le, u64::from(highest))?,
     ])?;
     rules.insert(libc::SYS_setpriority, vec![priority]);
     Ok(rules)

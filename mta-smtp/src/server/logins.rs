@@ -609,20 +609,26 @@ impl PasswordChecks {
     }
 }
 
-/// The nice value of a password-check thread: a burst of logins takes the CPU that mail
-/// leaves, not the CPU mail needs. With one check per CPU at the default priority, 20
+/// How much nicer than the server a password-check thread runs: a burst of logins takes the
+/// CPU that mail leaves, not the CPU mail needs. With one check per CPU at the default priority, 20
 /// sessions logging in at once held both cores of a 2-core machine, and the reply to a
 /// message's final dot waited 19 ms (median) instead of 5.
 pub const CHECK_NICE: i32 = 10;
 
-/// Gives the calling thread [`CHECK_NICE`] (Linux applies a nice value per thread). A
-/// failure is no reason not to check passwords: the thread keeps its priority.
+/// Gives the calling thread a nice value [`CHECK_NICE`] above the one it started with (the
+/// server's own), at most 19 (Linux applies a nice value per thread). A failure is no reason
+/// not to check passwords: the thread keeps its priority.
 fn lower_priority() {
     let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), CHECK_NICE) {
+    let own = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    let lower = own.saturating_add(CHECK_NICE).min(MAX_NICE);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), lower) {
         tracing::debug!(error = %e, "password-check thread keeps its priority");
     }
 }
+
+/// The highest nice value (the lowest priority) Linux gives.
+pub const MAX_NICE: i32 = 19;
 
 /// The nice value of the calling thread, for the tests.
 #[cfg(test)]
