@@ -85,13 +85,17 @@ impl MailAccess {
     }
 }
 
+/// Files named so far by this process: one count for every [`Maildirs`], so that the one a
+/// reload makes never repeats a name the old one gave in the same microsecond (the rename
+/// into `new/` would replace that file).
+static NAMED: AtomicU64 = AtomicU64::new(0);
+
 /// A tree of Maildirs under one root directory.
 pub struct Maildirs {
     root: PathBuf,
     hostname: String,
     access: MailAccess,
     endings: LineEndings,
-    counter: AtomicU64,
     /// The grouped syncs of the `new/` directories: the process's, shared by every
     /// `Maildirs` (a reload makes a new one while deliveries through the old one go on).
     dir_syncs: std::sync::Arc<dir_sync::DirSyncs>,
@@ -105,7 +109,6 @@ impl Maildirs {
             hostname: hostname.replace(['/', ':'], "_"),
             access,
             endings: LineEndings::Lf,
-            counter: AtomicU64::new(0),
             dir_syncs: dir_sync::DirSyncs::shared(),
         }
     }
@@ -326,7 +329,7 @@ impl Maildirs {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let n = NAMED.fetch_add(1, Ordering::Relaxed);
         format!(
             "{}.M{}P{}Q{}.{},{}",
             now.as_secs(),
@@ -366,6 +369,20 @@ fn crlf_size(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two `Maildirs` of one process, as a reload makes, never name two files alike: the
+    /// rename into `new/` would replace the first.
+    #[test]
+    fn two_maildirs_of_one_process_never_give_the_same_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = Maildirs::new(dir.path(), "mx.example.test", MailAccess::Private);
+        let new = Maildirs::new(dir.path(), "mx.example.test", MailAccess::Private);
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..5000 {
+            assert!(names.insert(old.unique_name("S=1")));
+            assert!(names.insert(new.unique_name("S=1")));
+        }
+    }
 
     #[test]
     fn writes_into_new_with_headers() {
