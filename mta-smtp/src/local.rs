@@ -330,16 +330,23 @@ impl Maildirs {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
         let n = NAMED.fetch_add(1, Ordering::Relaxed);
-        format!(
-            "{}.M{}P{}Q{}.{},{}",
-            now.as_secs(),
-            now.subsec_micros(),
-            std::process::id(),
-            n,
-            self.hostname,
-            sizes
-        )
+        file_name(now, std::process::id(), n, &self.hostname, sizes)
     }
+}
+
+/// A Maildir file name for a delivery at `now` (since the epoch). The microseconds have six
+/// digits, so that names sort as the deliveries came: Dovecot numbers new mail in the order
+/// of its file names, and `M999` would sort after `M1000`.
+fn file_name(now: std::time::Duration, pid: u32, n: u64, host: &str, sizes: &str) -> String {
+    format!(
+        "{}.M{:06}P{}Q{}.{},{}",
+        now.as_secs(),
+        now.subsec_micros(),
+        pid,
+        n,
+        host,
+        sizes
+    )
 }
 
 /// Writes `bytes` with every CRLF as a bare LF; any other CR or LF is kept.
@@ -369,6 +376,32 @@ fn crlf_size(bytes: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Names sort as the deliveries came, also across a change in the number of digits of
+    /// the microseconds.
+    #[test]
+    fn file_names_sort_in_delivery_order() {
+        use std::time::Duration;
+        let times = [
+            Duration::new(1_765_000_000, 999_000),
+            Duration::new(1_765_000_000, 1_000_000),
+            Duration::new(1_765_000_000, 123_456_000),
+            Duration::new(1_765_000_001, 5_000),
+        ];
+        let names: Vec<String> = times
+            .iter()
+            .enumerate()
+            .map(|(n, t)| file_name(*t, 7, n as u64, "mx.test", "S=1"))
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(sorted, names);
+        assert!(
+            names[0].starts_with("1765000000.M000999P7Q0.mx.test"),
+            "{}",
+            names[0]
+        );
+    }
 
     /// Two `Maildirs` of one process, as a reload makes, never name two files alike: the
     /// rename into `new/` would replace the first.
