@@ -166,7 +166,7 @@ fn without_a_server_mta_auth_says_so() {
 #[test]
 fn a_hundred_concurrent_attempts_get_454_past_the_line_of_checks() {
     let mta = TestMta::start(
-        "[limits]\nmax_sessions_per_ip = 150\nmax_sessions_per_network = 150\nauth_failures = 150\n",
+        "[limits]\nmax_sessions_per_ip = 150\nmax_sessions_per_network = 150\nauth_failures = 100\n",
     );
     let replies = at_once(&mta, "127.0.0.5", 100, |i| format!("u{i}@example.test"));
     let (checked, busy) = (count(&replies, 535), count(&replies, 454));
