@@ -12,6 +12,14 @@ use std::fmt;
 /// Longest client text written to a log, in characters; the rest is cut with `…`.
 const MAX_CHARS: usize = 256;
 
+/// `text` as the bytes of a message on the wire: every line ending CRLF, a bare LF made one
+/// (reports built by mail-builder end lines with CRLF already; none is left bare).
+pub fn crlf(text: &str) -> Vec<u8> {
+    text.replace("\r\n", "\n")
+        .replace('\n', "\r\n")
+        .into_bytes()
+}
+
 /// Client text as a log field value: written as it is when it is plain (printable, no
 /// spaces, quotes or backslashes), else in double quotes with every character that is not
 /// printable escaped as `\u{..}` (control, format and separator characters alike).
@@ -86,6 +94,12 @@ pub fn terminal(text: &str, keep_newlines: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn crlf_ends_every_line_with_crlf_and_adds_no_cr() {
+        assert_eq!(crlf("a\r\nb\nc\r\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(crlf("a\rb"), b"a\rb");
+    }
 
     #[test]
     fn client_text_cannot_forge_log_lines() {

@@ -13,8 +13,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{debug, info};
 
 /// The protocol the CA asks for (RFC 8737 §6.2).
 pub const ACME_TLS_1: &[u8] = b"acme-tls/1";
@@ -76,42 +76,33 @@ impl ResolvesServerCert for AlpnCerts {
 }
 
 /// Serves challenge certificates on `listener` until `stopped`.
-pub async fn serve(listener: TcpListener, certs: AlpnCerts, mut stopped: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, certs: AlpnCerts, stopped: watch::Receiver<bool>) {
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(certs));
     config.alpn_protocols = vec![ACME_TLS_1.to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "acme tls-alpn-01: cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => return,
-        };
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
-                Ok(Ok(mut tls)) => {
-                    let name = tls.get_ref().1.server_name().unwrap_or("").to_string();
-                    info!(%peer, name = %mta_core::text::escape(&name), "acme tls-alpn-01: challenge answered");
-                    let _ = tls.shutdown().await;
-                }
-                Ok(Err(e)) => debug!(%peer, error = %e, "acme tls-alpn-01: handshake refused"),
-                Err(_) => {
-                    info!(%peer, "acme tls-alpn-01: no handshake within {}s", HANDSHAKE_TIME.as_secs())
+    super::accept::serve(
+        listener,
+        stopped,
+        MAX_CONNECTIONS,
+        "acme tls-alpn-01",
+        move |stream, peer| {
+            let acceptor = acceptor.clone();
+            async move {
+                match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
+                    Ok(Ok(mut tls)) => {
+                        let name = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                        info!(%peer, name = %mta_core::text::escape(&name), "acme tls-alpn-01: challenge answered");
+                        let _ = tls.shutdown().await;
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "acme tls-alpn-01: handshake refused"),
+                    Err(_) => {
+                        info!(%peer, "acme tls-alpn-01: no handshake within {}s", HANDSHAKE_TIME.as_secs())
+                    }
                 }
             }
-            drop(permit);
-        });
-    }
+        },
+    )
+    .await;
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
-use tracing::{debug, info, warn};
+use tokio::sync::watch;
+use tracing::{debug, info};
 
 /// Largest request head read (request line and headers).
 pub const MAX_REQUEST: usize = 4096;
@@ -62,30 +62,18 @@ pub fn requested_token(head: &[u8]) -> Option<&str> {
 }
 
 /// Serves challenges on `listener` until `stopped`.
-pub async fn serve(listener: TcpListener, tokens: Tokens, mut stopped: watch::Receiver<bool>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors, say: wait rather than spin.
-                    warn!(error = %e, "acme http-01: cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => return,
-        };
-        let tokens = tokens.clone();
-        tokio::spawn(async move {
-            answer(stream, peer, &tokens).await;
-            drop(permit);
-        });
-    }
+pub async fn serve(listener: TcpListener, tokens: Tokens, stopped: watch::Receiver<bool>) {
+    super::accept::serve(
+        listener,
+        stopped,
+        MAX_CONNECTIONS,
+        "acme http-01",
+        move |stream, peer| {
+            let tokens = tokens.clone();
+            async move { answer(stream, peer, &tokens).await }
+        },
+    )
+    .await;
 }
 
 /// Reads one request head within the bounds and answers it.

@@ -7,6 +7,7 @@
 //! serves the stored certificate). A failure keeps the current certificate and is logged,
 //! counted in `status.json` for `mta doctor`, and retried ([`schedule`]).
 
+mod accept;
 pub mod alpn;
 mod client;
 pub mod http01;

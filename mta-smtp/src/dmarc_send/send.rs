@@ -276,10 +276,7 @@ pub async fn messages(
             from.as_str(),
             names.iter().map(String::as_str),
         ) {
-            Ok(text) => {
-                let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
-                out.push((to, text.into_bytes()));
-            }
+            Ok(text) => out.push((to, mta_core::text::crlf(&text))),
             Err(e) => {
                 warn!(%domain, error = %escape(&e.to_string()), "cannot build the DMARC report")
             }

@@ -380,11 +380,7 @@ impl TlsReports {
                 from.as_str(),
                 names.iter().map(String::as_str),
             ) {
-                Ok(text) => {
-                    // mail-builder ends lines with CRLF already; make sure no bare LF is left.
-                    let text = text.replace("\r\n", "\n").replace('\n', "\r\n");
-                    out.push((to, text.into_bytes()));
-                }
+                Ok(text) => out.push((to, mta_core::text::crlf(&text))),
                 Err(e) => {
                     warn!(%domain, error = %escape(&e.to_string()), "cannot build the TLS report")
                 }
