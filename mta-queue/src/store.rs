@@ -1,9 +1,12 @@
-//! The sled store behind the queue: three trees written together in one transaction.
+//! The sled store behind the queue: three trees written together in one transaction (a
+//! finished message is removed with plain writes and an intent, `store_finish.rs`).
 //!
 //! - `envelopes`: queue id → JSON [`Record`] (the envelope and its next attempt time)
 //! - `bodies`: queue id → message bytes exactly as they will be delivered
 //! - `schedule`: next-attempt time (big-endian Unix ms) ++ queue id → empty; "what is due"
 //!   is a range scan from the start of this tree
+//! - `finishing`: queue id → schedule key, while a finished message is being removed
+//! - `corrupt`: records set aside
 //!
 //! Durability: sled runs with `flush_every_ms(None)`; every write that the SMTP client or the
 //! scheduler relies on is followed by `flush()` in `spawn_blocking` (sled's `flush_async`
@@ -437,26 +440,46 @@ impl Store {
     ) -> Result<Arc<Handle>, StoreError> {
         let h = self.writable().await?;
         let id = record.envelope.id.clone();
-        let json = serde_json::to_vec(record).expect("a Record always serialises");
         let old_key = schedule_key(old_due_ms, &id);
+        if finished {
+            // Without a transaction: `store_finish.rs` says why, and how a crash halfway
+            // through is completed.
+            let removed = self
+                .write_bounded(&h, move |h| {
+                    finish::remove_finished(
+                        &h.finishing,
+                        &h.envelopes,
+                        &h.bodies,
+                        &h.schedule,
+                        &id,
+                        &old_key,
+                    )
+                    .map_err(TransactionError::Storage)
+                })
+                .await?;
+            if removed {
+                uncount(&h);
+            }
+            return Ok(h);
+        }
+        let json = serde_json::to_vec(record).expect("a Record always serialises");
         let new_key = schedule_key(record.next_attempt_ms, &id);
         self.write_bounded(&h, move |h| {
-            (&h.envelopes, &h.bodies, &h.schedule).transaction(|(e, b, s)| {
+            (&h.envelopes, &h.schedule).transaction(|(e, s)| {
                 s.remove(old_key.as_slice())?;
-                if finished {
-                    e.remove(id.as_str().as_bytes())?;
-                    b.remove(id.as_str().as_bytes())?;
-                } else {
-                    e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                    s.insert(new_key.as_slice(), &[][..])?;
+                // The entry of the due time stored now, when it is not the caller's (the
+                // queue was flushed while the attempt ran): one message, one entry.
+                if let Some(stored) = e.get(id.as_str().as_bytes())?
+                    && let Ok(stored) = serde_json::from_slice::<Record>(&stored)
+                {
+                    s.remove(schedule_key(stored.next_attempt_ms, &id))?;
                 }
+                e.insert(id.as_str().as_bytes(), json.as_slice())?;
+                s.insert(new_key.as_slice(), &[][..])?;
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
         })
         .await?;
-        if finished {
-            uncount(&h);
-        }
         Ok(h)
     }
 
@@ -471,65 +494,6 @@ impl Store {
             h.schedule.remove(key).map_err(TransactionError::Storage)
         })?;
         self.flush_handle(&h).await
-    }
-
-    /// Makes every message that is scheduled later than `now_ms` due at `now_ms` (`mta
-    /// queue flush`). Returns how many were moved.
-    ///
-    /// # Errors
-    /// [`StoreError`] on a read, write or flush failure.
-    pub async fn reschedule_all(&self, now_ms: u64) -> Result<usize, StoreError> {
-        self.reschedule_after(now_ms, now_ms).await
-    }
-
-    /// Moves every message scheduled later than `after_ms` to `to_ms`. Returns how many
-    /// were moved.
-    ///
-    /// # Errors
-    /// [`StoreError`] on a read, write or flush failure.
-    pub async fn reschedule_after(&self, after_ms: u64, to_ms: u64) -> Result<usize, StoreError> {
-        let h = self.writable().await?;
-        let mut moved = 0;
-        let later: Vec<sled::IVec> = self.write(&h, |h| {
-            h.schedule
-                .range(schedule_key(after_ms.saturating_add(1), &zero_id())..)
-                .keys()
-                .collect::<Result<_, _>>()
-                .map_err(TransactionError::Storage)
-        })?;
-        for key in later {
-            let Some((due, id)) = decode_schedule_key(&key) else {
-                continue;
-            };
-            let mut record = match self.load_from(&h, &id) {
-                Ok(Some((record, _))) => record,
-                Ok(None) => {
-                    self.write(&h, |h| {
-                        h.schedule.remove(&key).map_err(TransactionError::Storage)
-                    })?;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "skipping unreadable record");
-                    continue;
-                }
-            };
-            record.next_attempt_ms = to_ms;
-            let json = serde_json::to_vec(&record).expect("a Record always serialises");
-            let new_key = schedule_key(to_ms, &id);
-            let old_key = schedule_key(due, &id);
-            self.write(&h, |h| {
-                (&h.envelopes, &h.schedule).transaction(|(e, s)| {
-                    s.remove(old_key.as_slice())?;
-                    s.insert(new_key.as_slice(), &[][..])?;
-                    e.insert(id.as_str().as_bytes(), json.as_slice())?;
-                    Ok::<(), ConflictableTransactionError<()>>(())
-                })
-            })?;
-            moved += 1;
-        }
-        self.flush_handle(&h).await?;
-        Ok(moved)
     }
 
     /// Up to `limit` messages due at or before `now_ms`, oldest first, as (due, id).
@@ -771,8 +735,12 @@ fn classify(path: &Path, source: sled::Error) -> StoreError {
     }
 }
 
+#[path = "store_finish.rs"]
+mod finish;
 #[path = "store_reopen.rs"]
 mod reopen;
+#[path = "store_reschedule.rs"]
+mod reschedule;
 #[path = "store_sending.rs"]
 mod sending;
 #[cfg(test)]

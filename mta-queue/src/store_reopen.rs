@@ -51,6 +51,8 @@ pub(super) struct Handle {
     pub(super) bodies: sled::Tree,
     pub(super) schedule: sled::Tree,
     pub(super) corrupt: sled::Tree,
+    /// Removals of finished messages begun (`store_finish.rs`).
+    pub(super) finishing: sled::Tree,
     pub(super) group: crate::group_sync::GroupSync,
     /// Blob files this handle's flushes made durable, at which length (`disk::sync_files`).
     pub(super) synced: std::sync::Mutex<crate::disk::SyncedBlobs>,
@@ -103,11 +105,17 @@ impl Handle {
             .map_err(|panic| panicked(path, panic))?
             .map_err(err)?;
         let envelopes = db.open_tree("envelopes").map_err(err)?;
+        let bodies = db.open_tree("bodies").map_err(err)?;
+        let schedule = db.open_tree("schedule").map_err(err)?;
+        let finishing = db.open_tree(super::finish::FINISHING).map_err(err)?;
+        super::finish::finish_interrupted(&finishing, &envelopes, &bodies, &schedule)
+            .map_err(err)?;
         Ok(Handle {
             count: std::sync::atomic::AtomicUsize::new(envelopes.len()),
             envelopes,
-            bodies: db.open_tree("bodies").map_err(err)?,
-            schedule: db.open_tree("schedule").map_err(err)?,
+            bodies,
+            schedule,
+            finishing,
             corrupt: db.open_tree("corrupt").map_err(err)?,
             group: Default::default(),
             synced: Default::default(),
