@@ -108,7 +108,9 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     if sorted.is_empty() {
         return None;
     }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    // Multiplied before divided: 0.28 × 25 is 7.000000000000001 in floating point, whose
+    // ceiling would be the 8th value where the 7th is the one.
+    let rank = (p * sorted.len() as f64 / 100.0).ceil() as usize;
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
@@ -188,6 +190,10 @@ mod tests {
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 50.0), Some(2.0));
         assert_eq!(percentile(&[1.0, 2.0, 3.0, 4.0], 99.0), Some(4.0));
         assert_eq!(percentile(&[], 50.0), None);
+        // 7 of 25 values are 28 %: the 28th percentile is the 7th value.
+        let mut v = vec![0.0; 7];
+        v.extend([1.0; 18]);
+        assert_eq!(percentile(&v, 28.0), Some(0.0));
     }
 
     /// Buffers made of reply-like lines (right and wrong codes, separators, line ends) and
