@@ -417,12 +417,11 @@ mod tests {
     proptest! {
         #[test]
         fn alignment_agrees_with_labels(
-            a in "[aB.]{0,3}(\\.?[ab]{1,2}){0,3}\\.?",
-            b in "[aB.]{0,3}(\\.?[ab]{1,2}){0,3}\\.?",
+            // Domains (no empty label inside; a root dot or nothing at all may come up),
+            // made so rather than filtered: a filter threw most of them away.
+            a in "([aB]{1,2}(\\.[ab]{1,2}){0,3}\\.?)?",
+            b in "([aB]{1,2}(\\.[ab]{1,2}){0,3}\\.?)?",
         ) {
-            // Names with empty labels inside are not domains; both sides skip them.
-            prop_assume!(!a.trim_end_matches('.').contains("..") && !a.starts_with('.'));
-            prop_assume!(!b.trim_end_matches('.').contains("..") && !b.starts_with('.'));
             prop_assert_eq!(aligned(&a, &b), aligned_model(&a, &b), "{} {}", a, b);
         }
     }
