@@ -2,7 +2,7 @@
 //! ready line reveals, killed when the test ends. On a failing test the temp dir is kept and
 //! the server's log printed.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -119,15 +119,14 @@ pub struct TestMta {
     config: PathBuf,
     listeners: Vec<(String, SocketAddr)>,
     cert: Option<PathBuf>,
-    /// Everything the server wrote on stderr, over all its runs.
-    log: Shared,
+    /// The file the server's stderr is, over all its runs. A file, not a pipe read by a
+    /// thread: a line the server logged before it answered is in the file when the test
+    /// reads the answer (through a pipe the copying thread could still be behind).
+    log: PathBuf,
     /// Everything it wrote on stdout, over all its runs.
     stdout: Shared,
     /// Environment variables set on every run (a smarthost password, `RUST_LOG`).
     env: Vec<(String, String)>,
-    /// The thread copying stderr into `log`: joined when the server exits early, so that
-    /// its last words are in the log.
-    stderr_reader: Option<std::thread::JoinHandle<()>>,
     dir: KeptDir,
 }
 
@@ -169,10 +168,9 @@ impl TestMta {
             config,
             listeners: Vec::new(),
             cert: None,
-            log: Shared::default(),
+            log: dir.path().join("serve-stderr.log"),
             stdout: Shared::default(),
             env,
-            stderr_reader: None,
             dir,
         };
         for (addr, password) in users {
@@ -197,19 +195,9 @@ impl TestMta {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(self.log_file())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start mta serve: {e}"));
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let log = self.log.clone();
-        self.stderr_reader = Some(std::thread::spawn(move || {
-            let mut chunk = [0u8; 8192];
-            while let Ok(n @ 1..) = stderr.read(&mut chunk) {
-                log.lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend_from_slice(&chunk[..n]);
-            }
-        }));
         let stdout = child.stdout.take().expect("stdout is piped");
         let (lines, ready) = mpsc::channel();
         let keep = self.stdout.clone();
@@ -258,10 +246,6 @@ impl TestMta {
                 }
                 Err(RecvTimeoutError::Disconnected) => {
                     let status = self.child.take().map(|mut c| c.wait());
-                    // Its stderr is at EOF now: let the reader copy the last of it.
-                    if let Some(reader) = self.stderr_reader.take() {
-                        let _ = reader.join();
-                    }
                     return Err(format!(
                         "mta serve exited before it was ready ({status:?})\n{}",
                         self.describe()
@@ -333,9 +317,18 @@ impl TestMta {
         text(&self.stdout)
     }
 
+    /// The server's stderr, opened for appending (made on first use).
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap_or_else(|e| panic!("cannot open {}: {e}", self.log.display()))
+    }
+
     /// What the server wrote on stderr so far (all runs).
     pub fn log(&self) -> String {
-        text(&self.log)
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
     }
 
     /// Runs `mta ARGS --config CONFIG` with `stdin`, bounded.
@@ -537,10 +530,10 @@ impl TestMta {
                 "mta serve exited with {status} on SIGTERM"
             );
         }
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend_from_slice(b"--- test harness: restart ---\n");
+        use std::io::Write;
+        self.log_file()
+            .write_all(b"--- test harness: restart ---\n")
+            .expect("write the restart mark into the server's log");
         self.spawn();
     }
 }
