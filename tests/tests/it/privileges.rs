@@ -534,35 +534,29 @@ fn password_checks_run_at_a_lower_priority_inside_the_sandbox() {
         let path = task.expect("a task").path();
         let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
         if comm.starts_with("mta-password") {
-            let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
-            // Field 19 is the nice value: the 17th after the name's closing parenthesis.
-            let value: i32 = stat
-                .rsplit(')')
-                .next()
-                .expect("fields")
-                .split(' ')
-                .nth(17)
-                .expect("nice")
-                .parse()
-                .expect("nice");
-            nice.push(value);
+            nice.push(nice_of(&path.join("stat")));
         }
     }
     assert!(!nice.is_empty(), "no password-check thread in {tasks}");
     // The server's own nice value (a suite run under `nice` starts it higher), plus ten, at
     // most 19.
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", mta.pid())).expect("stat");
-    let own: i32 = stat
-        .rsplit(')')
+    let own = nice_of(std::path::Path::new(&format!("/proc/{}/stat", mta.pid())));
+    assert!(
+        nice.iter().all(|&n| n == (own + CHECK_NICE).min(19)),
+        "nice values of the password-check threads: {nice:?}, the server's {own}"
+    );
+}
+
+/// The nice value in a `/proc/.../stat` file: field 19, the 17th after the name's closing
+/// parenthesis.
+fn nice_of(stat: &std::path::Path) -> i32 {
+    let text = std::fs::read_to_string(stat).expect("stat");
+    text.rsplit(')')
         .next()
         .expect("fields")
         .split(' ')
         .nth(17)
         .expect("nice")
         .parse()
-        .expect("nice");
-    assert!(
-        nice.iter().all(|&n| n == (own + CHECK_NICE).min(19)),
-        "nice values of the password-check threads: {nice:?}, the server's {own}"
-    );
+        .expect("nice")
 }
