@@ -19,7 +19,8 @@
 # and one more message must be accepted: in place (the store reopened without a restart), or
 # only after a restart (sled wedged; the log says "queue store stuck inside sled"). Then every
 # message that got 250 must be delivered. Exit 0 only when nothing was lost, every reply was
-# 250 or 4xx, and the server never died.
+# 250 or 4xx, and the server never died (stopping by itself with "stuck inside sled" in its
+# log is the documented way out, and counts as needing a restart).
 #
 # Needs root (mount -t tmpfs).
 set -euo pipefail
